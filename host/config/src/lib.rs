@@ -1,0 +1,151 @@
+//! Weft's configuration: the YAML schema ([`schema`]), loading, and validation.
+//!
+//! A configuration is accepted whole or not at all. [`load`] and [`parse`] return either a
+//! [`Config`] that passed every check, or a [`ConfigError`] listing every problem found, each with
+//! the file, line, column and field path:
+//!
+//! ```text
+//! weft.yaml:14:19: listeners[0].virtual_hosts[0].routes[1].route.cluster: unknown cluster `bakend`
+//! ```
+#![forbid(unsafe_code)]
+
+mod error;
+mod locate;
+pub mod schema;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+pub use error::{ConfigError, Problem};
+pub use locate::{Location, SourceMap};
+pub use schema::Config;
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    parse(&text, &file)
+}
+
+/// Parses and validates configuration `text`; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid {
+        file: file.to_owned(),
+        problems,
+    };
+    let deserializer = serde_yaml::Deserializer::from_str(text);
+    let config: Config = match serde_path_to_error::deserialize(deserializer) {
+        Ok(c) => c,
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let location = inner.location().map(|l| Location {
+                line: l.line(),
+                column: l.column(),
+            });
+            let message = strip_location(&inner.to_string());
+            let path = if path == "." { String::new() } else { path };
+            return Err(invalid(vec![Problem {
+                path,
+                location,
+                message,
+            }]));
+        }
+    };
+    let found = validate::validate(&config);
+    if found.is_empty() {
+        return Ok(config);
+    }
+    let map = SourceMap::index(text);
+    let mut problems: Vec<Problem> = found
+        .into_iter()
+        .map(|(path, message)| Problem {
+            location: map.locate(&path),
+            path,
+            message,
+        })
+        .collect();
+    problems.sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
+    Err(invalid(problems))
+}
+
+/// serde_yaml appends ` at line L column C` to its messages; the location is reported apart.
+fn strip_location(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// A cluster endpoint's address: an IP and port, or a DNS name to resolve and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EndpointAddress {
+    /// A literal socket address.
+    Ip(SocketAddr),
+    /// A name resolved (and refreshed) through the system resolver.
+    Dns {
+        /// The host name.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+}
+
+impl EndpointAddress {
+    /// Parses `ip:port`, `[v6]:port` or `name:port`; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<EndpointAddress, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(EndpointAddress::Ip(addr));
+        }
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Err(format!("`{text}` needs a port (`host:port`)"));
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("`{port}` in `{text}` is not a port number"))?;
+        let labels_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    && !label.starts_with('-')
+            });
+        if !labels_ok {
+            return Err(format!("`{host}` in `{text}` is neither an IP address nor a DNS name"));
+        }
+        Ok(EndpointAddress::Dns {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for EndpointAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndpointAddress::Ip(a) => a.fmt(f),
+            EndpointAddress::Dns { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// True for an RFC 9110 token (header names, methods).
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+                )
+        })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,536 @@
+//! The configuration file's schema: what a user writes in YAML.
+//!
+//! Every struct rejects unknown fields, so a typo is an error that names the field instead of a
+//! setting silently ignored. `docs/config.md` documents each field; keep the two in step.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The admin server (`/ready`, `/metrics`, `/config_dump`, …).
+    #[serde(default)]
+    pub admin: Admin,
+    /// Where the access log goes.
+    #[serde(default)]
+    pub access_log: AccessLog,
+    /// Worker threads of the proxy's runtime; 0 means one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// How long a graceful shutdown waits for in-flight requests.
+    #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// The sockets Weft accepts traffic on.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// The upstream services Weft forwards to.
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+}
+
+/// The admin server.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Address of the admin server; Envoy's and Istio's port by default.
+    #[serde(default = "defaults::admin_address")]
+    pub address: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            address: defaults::admin_address(),
+        }
+    }
+}
+
+/// The access log: one JSON object per request or TCP connection.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// `stdout`, `stderr`, `off`, or a file path (appended to).
+    #[serde(default = "defaults::access_log_path")]
+    pub path: String,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        AccessLog {
+            path: defaults::access_log_path(),
+        }
+    }
+}
+
+/// The protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 (h2c prior knowledge), routed by virtual hosts.
+    Http,
+    /// Opaque bytes proxied both ways to one cluster.
+    Tcp,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Unique name, used in metrics and logs.
+    pub name: String,
+    /// `ip:port` to bind.
+    pub address: SocketAddr,
+    /// `http` (default) or `tcp`.
+    #[serde(default = "defaults::protocol")]
+    pub protocol: ListenerProtocol,
+    /// HTTP settings; only for `protocol: http`.
+    #[serde(default)]
+    pub http: HttpSettings,
+    /// Virtual hosts; only for `protocol: http`.
+    #[serde(default)]
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// TCP proxy settings; required for `protocol: tcp`.
+    #[serde(default)]
+    pub tcp: Option<TcpProxy>,
+}
+
+/// Limits and timeouts of the downstream HTTP side of a listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Largest request header section (request line and headers), in bytes; larger gets 431.
+    #[serde(default = "defaults::max_request_headers_bytes")]
+    pub max_request_headers_bytes: usize,
+    /// Most request header lines; more gets 431.
+    #[serde(default = "defaults::max_request_headers")]
+    pub max_request_headers: usize,
+    /// Time allowed from the first byte of a request head to its end; slower gets 408.
+    #[serde(default = "defaults::request_header_timeout", with = "humantime_serde")]
+    pub request_header_timeout: Duration,
+    /// A downstream connection with no request in flight for this long is closed.
+    #[serde(default = "defaults::downstream_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Add `x-request-id` when the request has none.
+    #[serde(default = "defaults::yes")]
+    pub generate_request_id: bool,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            max_request_headers_bytes: defaults::max_request_headers_bytes(),
+            max_request_headers: defaults::max_request_headers(),
+            request_header_timeout: defaults::request_header_timeout(),
+            idle_timeout: defaults::downstream_idle_timeout(),
+            generate_request_id: true,
+        }
+    }
+}
+
+/// A TCP listener's target.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProxy {
+    /// The cluster connections are proxied to.
+    pub cluster: String,
+    /// A connection with no bytes either way for this long is closed.
+    #[serde(default = "defaults::tcp_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+/// A set of domains sharing a route table.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHost {
+    /// Unique name within the listener.
+    pub name: String,
+    /// Host names served: exact (`api.example.com`), suffix wildcard (`*.example.com`) or `*`.
+    /// A port in the request's Host is ignored when matching.
+    pub domains: Vec<String>,
+    /// Routes, tried in order; the first that matches wins.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// One route: a match and what to do with the requests it matches.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Name used in metrics and logs; defaults to `<virtual host>/<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Which requests this route takes; an empty match takes every request.
+    #[serde(default, rename = "match")]
+    pub matcher: RouteMatch,
+    /// Forward to a cluster. Exactly one of `route`, `redirect`, `direct_response`.
+    #[serde(default)]
+    pub route: Option<ForwardAction>,
+    /// Answer with a redirect.
+    #[serde(default)]
+    pub redirect: Option<RedirectAction>,
+    /// Answer directly, without an upstream.
+    #[serde(default)]
+    pub direct_response: Option<DirectResponseAction>,
+    /// Changes to the request's headers before it goes upstream.
+    #[serde(default)]
+    pub request_headers: HeaderMutations,
+    /// Changes to the response's headers before it goes downstream.
+    #[serde(default)]
+    pub response_headers: HeaderMutations,
+}
+
+/// The conditions a request must meet; all given conditions must hold.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Path condition (the query string is not part of the path).
+    #[serde(default)]
+    pub path: Option<PathMatch>,
+    /// Header conditions.
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+    /// Query parameter conditions.
+    #[serde(default)]
+    pub query: Vec<QueryMatch>,
+    /// Methods accepted (any when empty).
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+/// A path condition: exactly one of `exact`, `prefix`, `regex`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatch {
+    /// The path equals this.
+    #[serde(default)]
+    pub exact: Option<String>,
+    /// The path starts with this.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// The whole path matches this regular expression.
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Compare case-insensitively (exact and prefix).
+    #[serde(default)]
+    pub ignore_case: bool,
+}
+
+/// A header condition: at most one of `exact`, `regex`, `present`, `absent`
+/// (none means `present: true`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    /// Header name (case-insensitive).
+    pub name: String,
+    /// Some value equals this.
+    #[serde(default)]
+    pub exact: Option<String>,
+    /// Some value matches this regular expression in full.
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// The header is (true) or is not (false) present.
+    #[serde(default)]
+    pub present: Option<bool>,
+    /// The header is absent.
+    #[serde(default)]
+    pub absent: Option<bool>,
+    /// Invert the result.
+    #[serde(default)]
+    pub invert: bool,
+}
+
+/// A query parameter condition: at most one of `exact`, `regex`, `present`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryMatch {
+    /// Parameter name (case-sensitive).
+    pub name: String,
+    /// The (percent-decoded) value equals this.
+    #[serde(default)]
+    pub exact: Option<String>,
+    /// The value matches this regular expression in full.
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// The parameter is (true) or is not (false) present.
+    #[serde(default)]
+    pub present: Option<bool>,
+}
+
+/// Forward the request upstream.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAction {
+    /// The cluster. Exactly one of `cluster` and `weighted_clusters`.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Split traffic across clusters by weight.
+    #[serde(default)]
+    pub weighted_clusters: Vec<WeightedCluster>,
+    /// Whole-request deadline, from routing to the end of the upstream response headers.
+    /// Zero disables it.
+    #[serde(default = "defaults::route_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Replace the matched path prefix with this (only with a `prefix` path match).
+    #[serde(default)]
+    pub prefix_rewrite: Option<String>,
+    /// Rewrite the path with a regular expression.
+    #[serde(default)]
+    pub regex_rewrite: Option<RegexRewrite>,
+    /// Replace the Host header (`:authority` on HTTP/2) with this.
+    #[serde(default)]
+    pub host_rewrite: Option<String>,
+    /// How a `ring_hash` cluster hashes requests; the first policy that yields a key wins.
+    #[serde(default)]
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+/// One cluster of a weighted split.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedCluster {
+    /// The cluster.
+    pub name: String,
+    /// Its share relative to the others' weights (0 takes no traffic).
+    pub weight: u32,
+}
+
+/// A regular-expression path rewrite.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewrite {
+    /// Pattern, applied to every match in the path.
+    pub pattern: String,
+    /// Replacement; `$1`/`${name}` refer to capture groups.
+    pub substitution: String,
+}
+
+/// Where a ring-hash key comes from: exactly one of `header`, `cookie`, `source_ip`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashPolicy {
+    /// Hash this request header's value.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Hash this cookie's value.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Hash the downstream source IP.
+    #[serde(default)]
+    pub source_ip: bool,
+}
+
+/// Answer with a redirect; unset parts keep the request's.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectAction {
+    /// `http` or `https`.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// New host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// New port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// New path (the query string is kept unless `strip_query`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Replace the matched prefix.
+    #[serde(default)]
+    pub prefix_rewrite: Option<String>,
+    /// Drop the query string.
+    #[serde(default)]
+    pub strip_query: bool,
+    /// 301 (default), 302, 303, 307 or 308.
+    #[serde(default = "defaults::redirect_code")]
+    pub response_code: u16,
+}
+
+/// Answer directly.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseAction {
+    /// Status code, 200–599.
+    pub status: u16,
+    /// Body text (empty when unset).
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+/// Header changes: `remove` first, then `set` (replace), then `add` (append).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMutations {
+    /// Headers appended (existing values kept).
+    #[serde(default)]
+    pub add: Vec<HeaderValueOption>,
+    /// Headers replaced (existing values dropped).
+    #[serde(default)]
+    pub set: Vec<HeaderValueOption>,
+    /// Header names removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A header name and value.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValueOption {
+    /// Header name.
+    pub name: String,
+    /// Header value.
+    pub value: String,
+}
+
+/// Load-balancing policy of a cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Weighted round robin (smooth).
+    #[default]
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Power of two choices on active requests.
+    LeastRequest,
+    /// Consistent hashing on the route's `hash_policy`.
+    RingHash,
+}
+
+/// The protocol spoken to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c).
+    Http2,
+}
+
+/// An upstream service.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Unique name.
+    pub name: String,
+    /// Its endpoints.
+    pub endpoints: Vec<Endpoint>,
+    /// How requests are spread across endpoints.
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    /// Least-request sampling: how many endpoints to compare (default 2).
+    #[serde(default = "defaults::choice_count")]
+    pub choice_count: u32,
+    /// Ring-hash: minimum ring size (default 1024).
+    #[serde(default = "defaults::minimum_ring_size")]
+    pub minimum_ring_size: usize,
+    /// Deadline for a TCP connect to an endpoint.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Pooled upstream connections idle this long are closed.
+    #[serde(default = "defaults::upstream_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// `http1` (default) or `http2`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// How often DNS names among the endpoints are resolved again.
+    #[serde(default = "defaults::dns_refresh_rate", with = "humantime_serde")]
+    pub dns_refresh_rate: Duration,
+}
+
+/// One endpoint of a cluster.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `ip:port`, `[ipv6]:port` or `dns-name:port`.
+    pub address: String,
+    /// Relative weight, at least 1.
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
+}
+
+/// Default values, one function each so serde and the docs agree.
+pub mod defaults {
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::time::Duration;
+
+    use super::ListenerProtocol;
+
+    /// `127.0.0.1:15000`, Envoy's admin port.
+    pub fn admin_address() -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 15000))
+    }
+    /// `stdout`.
+    pub fn access_log_path() -> String {
+        "stdout".to_owned()
+    }
+    /// 15 s.
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(15)
+    }
+    /// `http`.
+    pub fn protocol() -> ListenerProtocol {
+        ListenerProtocol::Http
+    }
+    /// 60 KiB, Envoy's default.
+    pub fn max_request_headers_bytes() -> usize {
+        60 * 1024
+    }
+    /// 100, Envoy's default.
+    pub fn max_request_headers() -> usize {
+        100
+    }
+    /// 10 s.
+    pub fn request_header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    /// 1 h, Envoy's default idle timeout.
+    pub fn downstream_idle_timeout() -> Duration {
+        Duration::from_secs(3600)
+    }
+    /// 1 h.
+    pub fn tcp_idle_timeout() -> Duration {
+        Duration::from_secs(3600)
+    }
+    /// 15 s, Envoy's default route timeout.
+    pub fn route_timeout() -> Duration {
+        Duration::from_secs(15)
+    }
+    /// 301.
+    pub fn redirect_code() -> u16 {
+        301
+    }
+    /// 2.
+    pub fn choice_count() -> u32 {
+        2
+    }
+    /// 1024.
+    pub fn minimum_ring_size() -> usize {
+        1024
+    }
+    /// 5 s.
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    /// 60 s.
+    pub fn upstream_idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    /// 5 s, Envoy's default.
+    pub fn dns_refresh_rate() -> Duration {
+        Duration::from_secs(5)
+    }
+    /// 1.
+    pub fn weight() -> u32 {
+        1
+    }
+    /// true.
+    pub fn yes() -> bool {
+        true
+    }
+}

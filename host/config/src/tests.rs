@@ -1,0 +1,158 @@
+use super::*;
+
+const GOOD: &str = r#"
+admin:
+  address: 127.0.0.1:15000
+listeners:
+  - name: ingress
+    address: 127.0.0.1:10000
+    virtual_hosts:
+      - name: api
+        domains: ["api.example.com", "*.api.example.com"]
+        routes:
+          - name: users
+            match:
+              path: { prefix: /users }
+              headers: [{ name: x-canary, exact: "1" }]
+            route: { cluster: users, prefix_rewrite: / }
+          - match: { path: { exact: /old } }
+            redirect: { path: /new, response_code: 308 }
+          - direct_response: { status: 204 }
+  - name: db
+    address: 127.0.0.1:10001
+    protocol: tcp
+    tcp: { cluster: users }
+clusters:
+  - name: users
+    lb_policy: least_request
+    endpoints:
+      - address: 127.0.0.1:8080
+      - address: localhost:8081
+        weight: 3
+"#;
+
+#[test]
+fn a_good_config_parses_with_defaults() {
+    let c = parse(GOOD, "good.yaml").expect("valid");
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners[0].http.max_request_headers, 100);
+    assert_eq!(c.clusters[0].endpoints[1].weight, 3);
+    assert_eq!(c.clusters[0].connect_timeout, std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn an_unknown_field_names_file_line_and_path() {
+    let text = "listeners:\n  - name: a\n    adress: 127.0.0.1:1\n";
+    let err = parse(text, "bad.yaml").unwrap_err();
+    let p = &err.problems()[0];
+    assert_eq!(p.location.map(|l| l.line), Some(3));
+    assert!(p.message.contains("unknown field `adress`"), "{}", p.message);
+    assert!(err.to_string().starts_with("bad.yaml: 1 configuration error"), "{err}");
+    assert!(err.to_string().contains("bad.yaml:3:"), "{err}");
+}
+
+#[test]
+fn a_wrong_type_names_the_field_path() {
+    let text = "clusters:\n  - name: c\n    endpoints: []\n    connect_timeout: soon\n";
+    let err = parse(text, "t.yaml").unwrap_err();
+    let p = &err.problems()[0];
+    assert_eq!(p.path, "clusters[0].connect_timeout");
+    assert_eq!(p.location.map(|l| l.line), Some(4));
+}
+
+#[test]
+fn every_semantic_problem_is_reported_with_its_location() {
+    let text = r#"listeners:
+  - name: l
+    address: 127.0.0.1:1
+    virtual_hosts:
+      - name: v
+        domains: ["*"]
+        routes:
+          - match: { path: { regex: "(" } }
+            route: { cluster: missing }
+          - redirect: { response_code: 200 }
+            direct_response: { status: 200 }
+clusters:
+  - name: c
+    endpoints:
+      - address: "not an address"
+        weight: 0
+"#;
+    let err = parse(text, "many.yaml").unwrap_err();
+    let rendered: Vec<String> = err.problems().iter().map(|p| p.render("many.yaml")).collect();
+    let all = rendered.join("\n");
+    assert!(all.contains("many.yaml:8:"), "{all}");
+    assert!(all.contains("listeners[0].virtual_hosts[0].routes[0].match.path.regex: invalid regular expression"), "{all}");
+    assert!(all.contains("routes[0].route.cluster: unknown cluster `missing`"), "{all}");
+    assert!(all.contains("routes[1]: needs exactly one of"), "{all}");
+    assert!(all.contains("routes[1].redirect.response_code: 200 is not one of"), "{all}");
+    assert!(all.contains("clusters[0].endpoints[0].address"), "{all}");
+    assert!(all.contains("clusters[0].endpoints[0].weight: must be at least 1"), "{all}");
+    assert_eq!(err.problems().len(), 6, "{all}");
+    // Sorted by position in the file.
+    let lines: Vec<usize> = err.problems().iter().filter_map(|p| p.location.map(|l| l.line)).collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted);
+}
+
+#[test]
+fn duplicates_and_cross_references_are_caught() {
+    let text = r#"listeners:
+  - name: a
+    address: 127.0.0.1:15000
+  - name: a
+    address: 127.0.0.1:2
+    protocol: tcp
+clusters: []
+"#;
+    let err = parse(text, "d.yaml").unwrap_err();
+    let all: Vec<String> = err.problems().iter().map(|p| format!("{}: {}", p.path, p.message)).collect();
+    let all = all.join("\n");
+    assert!(all.contains("listeners[0].address: address 127.0.0.1:15000 is already used"), "{all}");
+    assert!(all.contains("listeners[1].name: duplicate listener name"), "{all}");
+    assert!(all.contains("listeners[1].tcp: required"), "{all}");
+}
+
+#[test]
+fn header_mutations_refuse_control_characters_and_hop_by_hop_names() {
+    let text = r#"listeners:
+  - name: l
+    address: 127.0.0.1:1
+    virtual_hosts:
+      - name: v
+        domains: ["*"]
+        routes:
+          - direct_response: { status: 200 }
+            response_headers:
+              set: [{ name: transfer-encoding, value: chunked }, { name: x-ok, value: "a\r\nb" }]
+"#;
+    let err = parse(text, "h.yaml").unwrap_err();
+    let all: Vec<String> = err.problems().iter().map(|p| format!("{}: {}", p.path, p.message)).collect();
+    let all = all.join("\n");
+    assert!(all.contains("response_headers.set[0].name"), "{all}");
+    assert!(all.contains("response_headers.set[1].value"), "{all}");
+}
+
+#[test]
+fn endpoint_addresses_parse() {
+    assert_eq!(
+        EndpointAddress::parse("127.0.0.1:80"),
+        Ok(EndpointAddress::Ip("127.0.0.1:80".parse().unwrap()))
+    );
+    assert!(matches!(EndpointAddress::parse("[::1]:80"), Ok(EndpointAddress::Ip(_))));
+    assert_eq!(
+        EndpointAddress::parse("svc.ns.svc.cluster.local:8080"),
+        Ok(EndpointAddress::Dns { host: "svc.ns.svc.cluster.local".into(), port: 8080 })
+    );
+    assert!(EndpointAddress::parse("nohost").is_err());
+    assert!(EndpointAddress::parse("a b:80").is_err());
+    assert!(EndpointAddress::parse("host:99999").is_err());
+}
+
+#[test]
+fn a_yaml_syntax_error_has_a_location() {
+    let err = parse("listeners: [\n", "s.yaml").unwrap_err();
+    assert!(err.problems()[0].location.is_some(), "{err}");
+}
