@@ -108,13 +108,13 @@ fn smooth_schedule(weights: &[u64], total: u64) -> Box<[u32]> {
         .map(|&w| i64::try_from(w).unwrap_or(i64::MAX))
         .collect();
     let mut current = vec![0i64; weights.len()];
-    let mut best_value = 0i64;
     let mut schedule = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     for _ in 0..total {
         let mut best = 0;
+        let mut best_value = i64::MIN;
         for (i, (c, &w)) in current.iter_mut().zip(&weights).enumerate() {
             *c += w;
-            if i == 0 || *c > best_value {
+            if *c > best_value {
                 best = i;
                 best_value = *c;
             }

@@ -77,8 +77,11 @@ impl Builder {
                 None => {
                     let name = scalar.unwrap_or("?").to_owned();
                     let path = join(parent, &name);
+                    let parent = parent.clone();
                     *key = Some(name);
                     self.record(path, mark);
+                    // A mapping is located at its first key.
+                    self.record(parent, mark);
                     None
                 }
                 Some(name) => Some(join(parent, &name)),
@@ -86,7 +89,6 @@ impl Builder {
             Frame::Sequence { next } => {
                 let path = format!("{parent}[{next}]");
                 *next += 1;
-                self.record(path.clone(), mark);
                 Some(path)
             }
         }
@@ -116,7 +118,6 @@ impl MarkedEventReceiver for Builder {
             }
             Event::MappingStart(..) => {
                 let path = self.node_start(mark, None).unwrap_or_default();
-                self.record(path.clone(), mark);
                 self.stack.push((path, Frame::Mapping { key: None }));
             }
             Event::SequenceStart(..) => {
@@ -144,6 +145,6 @@ mod tests {
         assert_eq!(map.locate("listeners[1].name"), Some(Location { line: 6, column: 5 }));
         assert_eq!(map.locate("listeners[0].domains[1]"), Some(Location { line: 5, column: 18 }));
         // An unknown path falls back to its nearest known ancestor.
-        assert_eq!(map.locate("listeners[1].nope.deeper"), Some(Location { line: 6, column: 3 }));
+        assert_eq!(map.locate("listeners[1].nope.deeper"), Some(Location { line: 6, column: 5 }));
     }
 }
