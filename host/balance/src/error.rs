@@ -32,7 +32,9 @@ pub enum BalanceError {
         max: usize,
     },
     /// The endpoint key list and the weight list have different lengths.
-    #[error("{keys} endpoint keys were given for {weights} endpoint weights: the counts must match")]
+    #[error(
+        "{keys} endpoint keys were given for {weights} endpoint weights: the counts must match"
+    )]
     KeyCountMismatch {
         /// Number of weights given.
         weights: usize,

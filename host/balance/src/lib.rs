@@ -34,6 +34,25 @@
 //! When [`PickContext::attempt`] is above 0 and [`PickContext::previous`]
 //! names an endpoint, every policy avoids that endpoint as long as another one
 //! is available, and returns it again only when it is the last one available.
+//!
+//! # Example
+//!
+//! ```
+//! use weft_balance::{AllAvailable, Balancer, PickContext, Policy, hash_bytes};
+//!
+//! let rr = Balancer::new(Policy::RoundRobin, &[5, 1, 1])?;
+//! let ctx = PickContext::new(&AllAvailable);
+//! let picks: Vec<_> = (0..7).filter_map(|_| rr.pick(&ctx)).collect();
+//! assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
+//!
+//! let ring = Balancer::new(Policy::ring_hash(), &[1, 1, 1])?;
+//! let ctx = PickContext::new(&AllAvailable).with_hash(hash_bytes(b"session-42"));
+//! let first = ring.pick(&ctx);
+//! assert_eq!(ring.pick(&ctx), first);
+//! // A retry avoids the endpoint that just failed.
+//! assert_ne!(ring.pick(&ctx.retry(1, first.unwrap_or(0))), first);
+//! # Ok::<(), weft_balance::BalanceError>(())
+//! ```
 
 mod error;
 mod least_request;
@@ -179,7 +198,11 @@ impl<'a> PickContext<'a> {
 
     /// The endpoint to avoid, if this is a retry.
     fn excluded(&self) -> Option<usize> {
-        if self.attempt > 0 { self.previous } else { None }
+        if self.attempt > 0 {
+            self.previous
+        } else {
+            None
+        }
     }
 }
 

@@ -151,9 +151,11 @@ mod tests {
         let counts = replica_counts(&[1, 1, 1], 1024);
         assert_eq!(counts.iter().sum::<usize>(), 1026);
         let counts = replica_counts(&[5, 3, 2], 1024);
-        assert_eq!(counts, vec![513, 308, 205]);
+        assert_eq!(counts, vec![513, 307, 205]);
+        // The lightest endpoint gets its full share of the minimum size.
         let counts = replica_counts(&[1, 9], 1024);
-        assert_eq!(counts, vec![1024, 9216]);
+        assert!(counts[0] >= 103, "{counts:?}");
+        assert!(counts[1].abs_diff(9 * counts[0]) <= 1, "{counts:?}");
     }
 
     #[test]

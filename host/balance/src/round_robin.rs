@@ -197,11 +197,7 @@ mod tests {
         let s = edf_schedule(&[5, 3, 2], 10);
         assert_eq!(counts(&s, 3), vec![5, 3, 2]);
         // No endpoint of weight 5 of 10 runs more than twice in a row.
-        let longest = s
-            .chunk_by(|a, b| a == b)
-            .map(<[u32]>::len)
-            .max()
-            .unwrap();
+        let longest = s.chunk_by(|a, b| a == b).map(<[u32]>::len).max().unwrap();
         assert!(longest <= 2, "{s:?}");
         let s = edf_schedule(&[5, 1, 1], 7);
         assert_eq!(counts(&s, 3), vec![5, 1, 1]);

@@ -46,7 +46,12 @@ struct Invalid<'a> {
 impl fmt::Display for Invalid<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();
-        write!(f, "{}: {n} configuration error{}", self.file, if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{}: {n} configuration error{}",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        )?;
         for p in self.problems {
             write!(f, "\n  {}", p.render(self.file))?;
         }

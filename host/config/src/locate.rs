@@ -141,10 +141,25 @@ mod tests {
     fn finds_nested_fields_and_items() {
         let text = "admin:\n  address: 1.2.3.4:5\nlisteners:\n  - name: a\n    domains: [x, y]\n  - name: b\n";
         let map = SourceMap::index(text);
-        assert_eq!(map.locate("admin.address"), Some(Location { line: 2, column: 3 }));
-        assert_eq!(map.locate("listeners[1].name"), Some(Location { line: 6, column: 5 }));
-        assert_eq!(map.locate("listeners[0].domains[1]"), Some(Location { line: 5, column: 18 }));
+        assert_eq!(
+            map.locate("admin.address"),
+            Some(Location { line: 2, column: 3 })
+        );
+        assert_eq!(
+            map.locate("listeners[1].name"),
+            Some(Location { line: 6, column: 5 })
+        );
+        assert_eq!(
+            map.locate("listeners[0].domains[1]"),
+            Some(Location {
+                line: 5,
+                column: 18
+            })
+        );
         // An unknown path falls back to its nearest known ancestor.
-        assert_eq!(map.locate("listeners[1].nope.deeper"), Some(Location { line: 6, column: 5 }));
+        assert_eq!(
+            map.locate("listeners[1].nope.deeper"),
+            Some(Location { line: 6, column: 5 })
+        );
     }
 }

@@ -112,7 +112,10 @@ pub struct HttpSettings {
     #[serde(default = "defaults::request_header_timeout", with = "humantime_serde")]
     pub request_header_timeout: Duration,
     /// A downstream connection with no request in flight for this long is closed.
-    #[serde(default = "defaults::downstream_idle_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "defaults::downstream_idle_timeout",
+        with = "humantime_serde"
+    )]
     pub idle_timeout: Duration,
     /// Add `x-request-id` when the request has none.
     #[serde(default = "defaults::yes")]

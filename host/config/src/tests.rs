@@ -37,7 +37,10 @@ fn a_good_config_parses_with_defaults() {
     assert_eq!(c.listeners.len(), 2);
     assert_eq!(c.listeners[0].http.max_request_headers, 100);
     assert_eq!(c.clusters[0].endpoints[1].weight, 3);
-    assert_eq!(c.clusters[0].connect_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(
+        c.clusters[0].connect_timeout,
+        std::time::Duration::from_secs(5)
+    );
 }
 
 #[test]
@@ -46,8 +49,16 @@ fn an_unknown_field_names_file_line_and_path() {
     let err = parse(text, "bad.yaml").unwrap_err();
     let p = &err.problems()[0];
     assert_eq!(p.location.map(|l| l.line), Some(3));
-    assert!(p.message.contains("unknown field `adress`"), "{}", p.message);
-    assert!(err.to_string().starts_with("bad.yaml: 1 configuration error"), "{err}");
+    assert!(
+        p.message.contains("unknown field `adress`"),
+        "{}",
+        p.message
+    );
+    assert!(
+        err.to_string()
+            .starts_with("bad.yaml: 1 configuration error"),
+        "{err}"
+    );
     assert!(err.to_string().contains("bad.yaml:3:"), "{err}");
 }
 
@@ -80,18 +91,40 @@ clusters:
         weight: 0
 "#;
     let err = parse(text, "many.yaml").unwrap_err();
-    let rendered: Vec<String> = err.problems().iter().map(|p| p.render("many.yaml")).collect();
+    let rendered: Vec<String> = err
+        .problems()
+        .iter()
+        .map(|p| p.render("many.yaml"))
+        .collect();
     let all = rendered.join("\n");
     assert!(all.contains("many.yaml:8:"), "{all}");
-    assert!(all.contains("listeners[0].virtual_hosts[0].routes[0].match.path.regex: invalid regular expression"), "{all}");
-    assert!(all.contains("routes[0].route.cluster: unknown cluster `missing`"), "{all}");
+    assert!(
+        all.contains(
+            "listeners[0].virtual_hosts[0].routes[0].match.path.regex: invalid regular expression"
+        ),
+        "{all}"
+    );
+    assert!(
+        all.contains("routes[0].route.cluster: unknown cluster `missing`"),
+        "{all}"
+    );
     assert!(all.contains("routes[1]: needs exactly one of"), "{all}");
-    assert!(all.contains("routes[1].redirect.response_code: 200 is not one of"), "{all}");
+    assert!(
+        all.contains("routes[1].redirect.response_code: 200 is not one of"),
+        "{all}"
+    );
     assert!(all.contains("clusters[0].endpoints[0].address"), "{all}");
-    assert!(all.contains("clusters[0].endpoints[0].weight: must be at least 1"), "{all}");
+    assert!(
+        all.contains("clusters[0].endpoints[0].weight: must be at least 1"),
+        "{all}"
+    );
     assert_eq!(err.problems().len(), 6, "{all}");
     // Sorted by position in the file.
-    let lines: Vec<usize> = err.problems().iter().filter_map(|p| p.location.map(|l| l.line)).collect();
+    let lines: Vec<usize> = err
+        .problems()
+        .iter()
+        .filter_map(|p| p.location.map(|l| l.line))
+        .collect();
     let mut sorted = lines.clone();
     sorted.sort();
     assert_eq!(lines, sorted);
@@ -108,10 +141,20 @@ fn duplicates_and_cross_references_are_caught() {
 clusters: []
 "#;
     let err = parse(text, "d.yaml").unwrap_err();
-    let all: Vec<String> = err.problems().iter().map(|p| format!("{}: {}", p.path, p.message)).collect();
+    let all: Vec<String> = err
+        .problems()
+        .iter()
+        .map(|p| format!("{}: {}", p.path, p.message))
+        .collect();
     let all = all.join("\n");
-    assert!(all.contains("listeners[0].address: address 127.0.0.1:15000 is already used"), "{all}");
-    assert!(all.contains("listeners[1].name: duplicate listener name"), "{all}");
+    assert!(
+        all.contains("listeners[0].address: address 127.0.0.1:15000 is already used"),
+        "{all}"
+    );
+    assert!(
+        all.contains("listeners[1].name: duplicate listener name"),
+        "{all}"
+    );
     assert!(all.contains("listeners[1].tcp: required"), "{all}");
 }
 
@@ -129,7 +172,11 @@ fn header_mutations_refuse_control_characters_and_hop_by_hop_names() {
               set: [{ name: transfer-encoding, value: chunked }, { name: x-ok, value: "a\r\nb" }]
 "#;
     let err = parse(text, "h.yaml").unwrap_err();
-    let all: Vec<String> = err.problems().iter().map(|p| format!("{}: {}", p.path, p.message)).collect();
+    let all: Vec<String> = err
+        .problems()
+        .iter()
+        .map(|p| format!("{}: {}", p.path, p.message))
+        .collect();
     let all = all.join("\n");
     assert!(all.contains("response_headers.set[0].name"), "{all}");
     assert!(all.contains("response_headers.set[1].value"), "{all}");
@@ -141,10 +188,16 @@ fn endpoint_addresses_parse() {
         EndpointAddress::parse("127.0.0.1:80"),
         Ok(EndpointAddress::Ip("127.0.0.1:80".parse().unwrap()))
     );
-    assert!(matches!(EndpointAddress::parse("[::1]:80"), Ok(EndpointAddress::Ip(_))));
+    assert!(matches!(
+        EndpointAddress::parse("[::1]:80"),
+        Ok(EndpointAddress::Ip(_))
+    ));
     assert_eq!(
         EndpointAddress::parse("svc.ns.svc.cluster.local:8080"),
-        Ok(EndpointAddress::Dns { host: "svc.ns.svc.cluster.local".into(), port: 8080 })
+        Ok(EndpointAddress::Dns {
+            host: "svc.ns.svc.cluster.local".into(),
+            port: 8080
+        })
     );
     assert!(EndpointAddress::parse("nohost").is_err());
     assert!(EndpointAddress::parse("a b:80").is_err());

@@ -33,7 +33,10 @@ impl Validator<'_> {
 
     fn config(&mut self, config: &Config) {
         if config.access_log.path.trim().is_empty() {
-            self.err("access_log.path", "must not be empty (use `off` to disable)");
+            self.err(
+                "access_log.path",
+                "must not be empty (use `off` to disable)",
+            );
         }
         if config.workers > 1024 {
             self.err("workers", format!("{} is more than 1024", config.workers));
@@ -44,12 +47,18 @@ impl Validator<'_> {
         for (i, l) in config.listeners.iter().enumerate() {
             let path = format!("listeners[{i}]");
             if !names.insert(l.name.as_str()) {
-                self.err(format!("{path}.name"), format!("duplicate listener name `{}`", l.name));
+                self.err(
+                    format!("{path}.name"),
+                    format!("duplicate listener name `{}`", l.name),
+                );
             }
             if !addresses.insert(l.address) {
                 self.err(
                     format!("{path}.address"),
-                    format!("address {} is already used by the admin server or another listener", l.address),
+                    format!(
+                        "address {} is already used by the admin server or another listener",
+                        l.address
+                    ),
                 );
             }
             self.listener(&path, l);
@@ -58,7 +67,10 @@ impl Validator<'_> {
         for (i, c) in config.clusters.iter().enumerate() {
             let path = format!("clusters[{i}]");
             if !names.insert(c.name.as_str()) {
-                self.err(format!("{path}.name"), format!("duplicate cluster name `{}`", c.name));
+                self.err(
+                    format!("{path}.name"),
+                    format!("duplicate cluster name `{}`", c.name),
+                );
             }
             self.cluster(&path, c);
         }
@@ -82,10 +94,16 @@ impl Validator<'_> {
             );
         }
         if h.request_header_timeout.is_zero() {
-            self.err(format!("{path}.http.request_header_timeout"), "must be more than zero");
+            self.err(
+                format!("{path}.http.request_header_timeout"),
+                "must be more than zero",
+            );
         }
         if h.idle_timeout.is_zero() {
-            self.err(format!("{path}.http.idle_timeout"), "must be more than zero");
+            self.err(
+                format!("{path}.http.idle_timeout"),
+                "must be more than zero",
+            );
         }
         match l.protocol {
             ListenerProtocol::Http => {
@@ -98,7 +116,10 @@ impl Validator<'_> {
                 for (i, vh) in l.virtual_hosts.iter().enumerate() {
                     let vpath = format!("{path}.virtual_hosts[{i}]");
                     if !vhost_names.insert(vh.name.as_str()) {
-                        self.err(format!("{vpath}.name"), format!("duplicate virtual host name `{}`", vh.name));
+                        self.err(
+                            format!("{vpath}.name"),
+                            format!("duplicate virtual host name `{}`", vh.name),
+                        );
                     }
                     for (j, d) in vh.domains.iter().enumerate() {
                         if !domains.insert(d.to_ascii_lowercase()) {
@@ -130,7 +151,10 @@ impl Validator<'_> {
 
     fn virtual_host(&mut self, path: &str, vh: &VirtualHost, route_names: &mut HashSet<String>) {
         if vh.domains.is_empty() {
-            self.err(format!("{path}.domains"), "needs at least one domain (`*` for any)");
+            self.err(
+                format!("{path}.domains"),
+                "needs at least one domain (`*` for any)",
+            );
         }
         for (i, d) in vh.domains.iter().enumerate() {
             if let Err(why) = check_domain(d) {
@@ -141,16 +165,26 @@ impl Validator<'_> {
             let rpath = format!("{path}.routes[{i}]");
             let name = r.name.clone().unwrap_or_else(|| format!("{}/{i}", vh.name));
             if !route_names.insert(name.clone()) {
-                self.err(format!("{rpath}.name"), format!("duplicate route name `{name}` in this listener"));
+                self.err(
+                    format!("{rpath}.name"),
+                    format!("duplicate route name `{name}` in this listener"),
+                );
             }
             self.route(&rpath, r);
         }
     }
 
     fn route(&mut self, path: &str, r: &Route) {
-        let actions = [r.route.is_some(), r.redirect.is_some(), r.direct_response.is_some()];
+        let actions = [
+            r.route.is_some(),
+            r.redirect.is_some(),
+            r.direct_response.is_some(),
+        ];
         if actions.iter().filter(|a| **a).count() != 1 {
-            self.err(path, "needs exactly one of `route`, `redirect`, `direct_response`");
+            self.err(
+                path,
+                "needs exactly one of `route`, `redirect`, `direct_response`",
+            );
         }
         let m = &r.matcher;
         if let Some(p) = &m.path {
@@ -164,7 +198,10 @@ impl Validator<'_> {
         }
         for (i, method) in m.methods.iter().enumerate() {
             if !is_token(method) {
-                self.err(format!("{path}.match.methods[{i}]"), format!("`{method}` is not an HTTP method"));
+                self.err(
+                    format!("{path}.match.methods[{i}]"),
+                    format!("`{method}` is not an HTTP method"),
+                );
             }
         }
         if let Some(f) = &r.route {
@@ -177,7 +214,10 @@ impl Validator<'_> {
         if let Some(d) = &r.direct_response
             && !(200..=599).contains(&d.status)
         {
-            self.err(format!("{path}.direct_response.status"), format!("{} is outside 200..=599", d.status));
+            self.err(
+                format!("{path}.direct_response.status"),
+                format!("{} is outside 200..=599", d.status),
+            );
         }
         self.mutations(&format!("{path}.request_headers"), &r.request_headers);
         self.mutations(&format!("{path}.response_headers"), &r.response_headers);
@@ -192,7 +232,10 @@ impl Validator<'_> {
             if let Some(v) = value
                 && !v.starts_with('/')
             {
-                self.err(format!("{path}.{field}"), format!("`{v}` must start with `/`"));
+                self.err(
+                    format!("{path}.{field}"),
+                    format!("`{v}` must start with `/`"),
+                );
             }
         }
         if let Some(re) = &p.regex {
@@ -202,11 +245,22 @@ impl Validator<'_> {
 
     fn header_match(&mut self, path: &str, h: &HeaderMatch) {
         if !is_header_name(&h.name) {
-            self.err(format!("{path}.name"), format!("`{}` is not a valid header name", h.name));
+            self.err(
+                format!("{path}.name"),
+                format!("`{}` is not a valid header name", h.name),
+            );
         }
-        let set = [h.exact.is_some(), h.regex.is_some(), h.present.is_some(), h.absent.is_some()];
+        let set = [
+            h.exact.is_some(),
+            h.regex.is_some(),
+            h.present.is_some(),
+            h.absent.is_some(),
+        ];
         if set.iter().filter(|s| **s).count() > 1 {
-            self.err(path, "takes at most one of `exact`, `regex`, `present`, `absent`");
+            self.err(
+                path,
+                "takes at most one of `exact`, `regex`, `present`, `absent`",
+            );
         }
         if let Some(re) = &h.regex {
             self.regex(&format!("{path}.regex"), re);
@@ -236,16 +290,25 @@ impl Validator<'_> {
                     total += u64::from(w.weight);
                 }
                 if total == 0 {
-                    self.err(format!("{path}.weighted_clusters"), "weights add up to zero");
+                    self.err(
+                        format!("{path}.weighted_clusters"),
+                        "weights add up to zero",
+                    );
                 }
             }
             _ => self.err(path, "needs exactly one of `cluster`, `weighted_clusters`"),
         }
         if f.prefix_rewrite.is_some() && !has_prefix {
-            self.err(format!("{path}.prefix_rewrite"), "needs a `match.path.prefix`");
+            self.err(
+                format!("{path}.prefix_rewrite"),
+                "needs a `match.path.prefix`",
+            );
         }
         if f.prefix_rewrite.is_some() && f.regex_rewrite.is_some() {
-            self.err(path, "takes at most one of `prefix_rewrite`, `regex_rewrite`");
+            self.err(
+                path,
+                "takes at most one of `prefix_rewrite`, `regex_rewrite`",
+            );
         }
         if let Some(rr) = &f.regex_rewrite {
             self.regex(&format!("{path}.regex_rewrite.pattern"), &rr.pattern);
@@ -253,7 +316,10 @@ impl Validator<'_> {
         if let Some(h) = &f.host_rewrite
             && (h.is_empty() || !is_header_value(h))
         {
-            self.err(format!("{path}.host_rewrite"), format!("`{h}` is not a valid host"));
+            self.err(
+                format!("{path}.host_rewrite"),
+                format!("`{h}` is not a valid host"),
+            );
         }
         for (i, hp) in f.hash_policy.iter().enumerate() {
             let set = [hp.header.is_some(), hp.cookie.is_some(), hp.source_ip];
@@ -266,7 +332,10 @@ impl Validator<'_> {
             if let Some(h) = &hp.header
                 && !is_header_name(h)
             {
-                self.err(format!("{path}.hash_policy[{i}].header"), format!("`{h}` is not a valid header name"));
+                self.err(
+                    format!("{path}.hash_policy[{i}].header"),
+                    format!("`{h}` is not a valid header name"),
+                );
             }
         }
     }
@@ -276,7 +345,10 @@ impl Validator<'_> {
             && s != "http"
             && s != "https"
         {
-            self.err(format!("{path}.scheme"), format!("`{s}` is neither `http` nor `https`"));
+            self.err(
+                format!("{path}.scheme"),
+                format!("`{s}` is neither `http` nor `https`"),
+            );
         }
         if ![301, 302, 303, 307, 308].contains(&r.response_code) {
             self.err(
@@ -303,7 +375,10 @@ impl Validator<'_> {
         for (field, list) in [("add", &m.add), ("set", &m.set)] {
             for (i, h) in list.iter().enumerate() {
                 if !is_header_name(&h.name) {
-                    self.err(format!("{path}.{field}[{i}].name"), format!("`{}` is not a valid header name", h.name));
+                    self.err(
+                        format!("{path}.{field}[{i}].name"),
+                        format!("`{}` is not a valid header name", h.name),
+                    );
                 } else if is_reserved_header(&h.name) {
                     self.err(
                         format!("{path}.{field}[{i}].name"),
@@ -320,7 +395,10 @@ impl Validator<'_> {
         }
         for (i, name) in m.remove.iter().enumerate() {
             if !is_header_name(name) {
-                self.err(format!("{path}.remove[{i}]"), format!("`{name}` is not a valid header name"));
+                self.err(
+                    format!("{path}.remove[{i}]"),
+                    format!("`{name}` is not a valid header name"),
+                );
             }
         }
     }
@@ -337,14 +415,20 @@ impl Validator<'_> {
                 self.err(format!("{path}.endpoints[{i}].address"), why);
             }
             if e.weight == 0 {
-                self.err(format!("{path}.endpoints[{i}].weight"), "must be at least 1");
+                self.err(
+                    format!("{path}.endpoints[{i}].weight"),
+                    "must be at least 1",
+                );
             }
         }
         if c.choice_count < 2 {
             self.err(format!("{path}.choice_count"), "must be at least 2");
         }
         if !(1..=8 * 1024 * 1024).contains(&c.minimum_ring_size) {
-            self.err(format!("{path}.minimum_ring_size"), "must be within 1..=8388608");
+            self.err(
+                format!("{path}.minimum_ring_size"),
+                "must be within 1..=8388608",
+            );
         }
         if c.connect_timeout.is_zero() {
             self.err(format!("{path}.connect_timeout"), "must be more than zero");
@@ -365,8 +449,17 @@ impl Validator<'_> {
 
     fn regex(&mut self, path: &str, pattern: &str) {
         if let Err(e) = regex::Regex::new(pattern) {
-            let first = e.to_string().lines().last().unwrap_or_default().trim().to_owned();
-            self.err(path, format!("invalid regular expression `{pattern}`: {first}"));
+            let first = e
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            self.err(
+                path,
+                format!("invalid regular expression `{pattern}`: {first}"),
+            );
         }
     }
 }
@@ -377,9 +470,9 @@ fn check_domain(d: &str) -> Result<(), String> {
     }
     let host = d.strip_prefix("*.").unwrap_or(d);
     let valid = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']'));
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
+        });
     if valid {
         Ok(())
     } else {
@@ -393,7 +486,9 @@ fn is_header_name(name: &str) -> bool {
 
 /// Header values must not carry control characters other than horizontal tab.
 fn is_header_value(value: &str) -> bool {
-    value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 fn is_reserved_header(name: &str) -> bool {
