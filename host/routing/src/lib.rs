@@ -165,7 +165,7 @@ pub struct Redirect {
 }
 
 /// Header changes: remove, then set, then add.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct HeaderMutations {
     remove: Vec<HeaderName>,
     set: Vec<(HeaderName, HeaderValue)>,

@@ -1,1 +1,8 @@
-fn main() {}
+//! The `weft` command: parse the command line and hand over to [`cli`].
+#![forbid(unsafe_code)]
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main(<cli::Cli as clap::Parser>::parse())
+}

@@ -1,0 +1,424 @@
+//! Tracking of the responses hyper writes, so the guard knows when every
+//! request it handed over has been fully answered (and whether the
+//! connection switched protocols).
+//!
+//! hyper's output is trusted to be well formed; if it is ever not understood
+//! the tracker marks itself desynchronised and the guard falls back to the
+//! conservative behaviour (never write its own response).
+
+use std::collections::VecDeque;
+
+use crate::body::{BodyTracker, ChunkedTracker};
+
+/// Longest response head line kept for inspection.
+const MAX_LINE: usize = 8 * 1024;
+
+/// What the guard remembers about a request it handed to hyper, needed to
+/// frame the response to it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestMeta {
+    pub(crate) head_method: bool,
+    pub(crate) connect: bool,
+}
+
+#[derive(Debug)]
+enum State {
+    Head,
+    Body(BodyTracker),
+    /// Close-delimited body: the response ends with the connection.
+    UntilClose,
+    /// A 101 (or 2xx to CONNECT) was written: everything after is opaque.
+    Switched,
+    /// hyper's output was not understood.
+    Desync,
+}
+
+#[derive(Debug, Default)]
+struct HeadFields {
+    status: Option<u16>,
+    http10: bool,
+    content_length: Option<u64>,
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+/// Streaming observer of the response byte stream.
+#[derive(Debug)]
+pub(crate) struct ResponseTracker {
+    state: State,
+    line: Vec<u8>,
+    /// The current line is too long and uninteresting: skip up to LF.
+    skipping: bool,
+    fields: HeadFields,
+    pending: VecDeque<RequestMeta>,
+    completed: u64,
+    last_closes: bool,
+}
+
+impl Default for ResponseTracker {
+    fn default() -> Self {
+        ResponseTracker {
+            state: State::Head,
+            line: Vec::new(),
+            skipping: false,
+            fields: HeadFields::default(),
+            pending: VecDeque::new(),
+            completed: 0,
+            last_closes: false,
+        }
+    }
+}
+
+fn trim(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+impl ResponseTracker {
+    /// Registers a request handed to hyper, in order.
+    pub(crate) fn push_request(&mut self, meta: RequestMeta) {
+        self.pending.push_back(meta);
+    }
+
+    /// Number of final responses completely written.
+    pub(crate) fn completed(&self) -> u64 {
+        self.completed
+    }
+
+    /// The connection switched protocols.
+    pub(crate) fn switched(&self) -> bool {
+        matches!(self.state, State::Switched)
+    }
+
+    /// hyper's output could not be followed.
+    pub(crate) fn desynced(&self) -> bool {
+        matches!(self.state, State::Desync)
+    }
+
+    /// Not inside a response: a new response (or our own) may start here.
+    pub(crate) fn at_boundary(&self) -> bool {
+        matches!(self.state, State::Head)
+            && self.line.is_empty()
+            && !self.skipping
+            && self.fields.status.is_none()
+    }
+
+    /// The last completed response announced the connection closes.
+    pub(crate) fn last_closes(&self) -> bool {
+        self.last_closes
+    }
+
+    /// Observes bytes written to the client. Returns true when something a
+    /// waiting reader cares about happened (a response completed, the
+    /// connection switched protocols, or tracking was lost).
+    pub(crate) fn feed(&mut self, mut data: &[u8]) -> bool {
+        let mut notable = false;
+        while !data.is_empty() {
+            match &mut self.state {
+                State::Head => {
+                    let (chunk, eol) = match data.iter().position(|&b| b == b'\n') {
+                        Some(p) => (&data[..p], Some(p)),
+                        None => (data, None),
+                    };
+                    if !self.skipping {
+                        if self.line.len() + chunk.len() > MAX_LINE {
+                            self.line.extend_from_slice(&chunk[..MAX_LINE - self.line.len()]);
+                            if self.line_is_interesting() {
+                                self.state = State::Desync;
+                                return true;
+                            }
+                            self.line.clear();
+                            self.skipping = true;
+                        } else {
+                            self.line.extend_from_slice(chunk);
+                        }
+                    }
+                    match eol {
+                        None => data = &[],
+                        Some(p) => {
+                            data = &data[p + 1..];
+                            let skipped = std::mem::take(&mut self.skipping);
+                            let mut line = std::mem::take(&mut self.line);
+                            if line.last() == Some(&b'\r') {
+                                line.pop();
+                            }
+                            if !skipped {
+                                notable |= self.on_line(&line);
+                            }
+                            line.clear();
+                            self.line = line;
+                        }
+                    }
+                }
+                State::Body(body) => match body.feed(data) {
+                    Ok((n, done)) => {
+                        data = &data[n..];
+                        if done {
+                            self.complete();
+                            notable = true;
+                        }
+                    }
+                    Err(_) => {
+                        self.state = State::Desync;
+                        return true;
+                    }
+                },
+                State::UntilClose | State::Switched | State::Desync => return notable,
+            }
+        }
+        notable
+    }
+
+    fn line_is_interesting(&self) -> bool {
+        if self.fields.status.is_none() {
+            return true;
+        }
+        let name = match self.line.iter().position(|&b| b == b':') {
+            Some(c) => &self.line[..c],
+            None => return false,
+        };
+        [&b"content-length"[..], b"transfer-encoding", b"connection"]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n))
+    }
+
+    fn on_line(&mut self, line: &[u8]) -> bool {
+        if self.fields.status.is_none() {
+            // Status line: HTTP/1.x NNN [reason]
+            let status = match line {
+                [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor, b' ', a, b, c, ..]
+                    if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() =>
+                {
+                    self.fields.http10 = *minor == b'0';
+                    u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
+                }
+                _ => {
+                    self.state = State::Desync;
+                    return true;
+                }
+            };
+            self.fields.status = Some(status);
+            return false;
+        }
+        if line.is_empty() {
+            return self.on_head_end();
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            self.state = State::Desync;
+            return true;
+        };
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let parsed = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok());
+            match parsed {
+                Some(n) => self.fields.content_length = Some(n),
+                None => {
+                    self.state = State::Desync;
+                    return true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = value.rsplit(|&b| b == b',').next().map(trim);
+            self.fields.chunked = last.is_some_and(|v| v.eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',').map(trim) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.fields.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.fields.keep_alive = true;
+                }
+            }
+        }
+        false
+    }
+
+    fn on_head_end(&mut self) -> bool {
+        let fields = std::mem::take(&mut self.fields);
+        let status = fields.status.unwrap_or(0);
+        if status == 101 {
+            self.state = State::Switched;
+            return true;
+        }
+        if (100..200).contains(&status) {
+            // Interim response (100 Continue): the final one follows.
+            return false;
+        }
+        let Some(meta) = self.pending.pop_front() else {
+            self.state = State::Desync;
+            return true;
+        };
+        self.last_closes = fields.close || (fields.http10 && !fields.keep_alive);
+        if meta.connect && (200..300).contains(&status) {
+            self.completed += 1;
+            self.state = State::Switched;
+            return true;
+        }
+        if meta.head_method || status == 204 || status == 304 {
+            self.complete();
+            return true;
+        }
+        if fields.chunked {
+            self.state = State::Body(BodyTracker::Chunked(ChunkedTracker::new(
+                usize::MAX,
+                usize::MAX,
+            )));
+            return false;
+        }
+        match fields.content_length {
+            Some(0) => {
+                self.complete();
+                true
+            }
+            Some(n) => {
+                self.state = State::Body(BodyTracker::Length(n));
+                false
+            }
+            None => {
+                self.state = State::UntilClose;
+                false
+            }
+        }
+    }
+
+    fn complete(&mut self) {
+        self.completed += 1;
+        self.state = State::Head;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GET: RequestMeta = RequestMeta {
+        head_method: false,
+        connect: false,
+    };
+
+    fn feed_bytewise(t: &mut ResponseTracker, data: &[u8]) {
+        for b in data {
+            t.feed(std::slice::from_ref(b));
+        }
+    }
+
+    #[test]
+    fn content_length_responses() {
+        let mut t = ResponseTracker::default();
+        t.push_request(GET);
+        t.push_request(GET);
+        assert!(t.at_boundary());
+        assert!(!t.feed(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhel"));
+        assert_eq!(t.completed(), 0);
+        assert!(!t.at_boundary());
+        assert!(t.feed(b"lo"));
+        assert_eq!(t.completed(), 1);
+        assert!(t.at_boundary());
+        feed_bytewise(&mut t, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(t.completed(), 2);
+        assert!(!t.last_closes());
+    }
+
+    #[test]
+    fn chunked_and_informational() {
+        let mut t = ResponseTracker::default();
+        t.push_request(GET);
+        feed_bytewise(&mut t, b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert_eq!(t.completed(), 0);
+        assert!(t.at_boundary());
+        feed_bytewise(
+            &mut t,
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        );
+        assert_eq!(t.completed(), 1);
+        assert!(t.at_boundary());
+    }
+
+    #[test]
+    fn head_and_no_content() {
+        let mut t = ResponseTracker::default();
+        t.push_request(RequestMeta {
+            head_method: true,
+            connect: false,
+        });
+        t.push_request(GET);
+        assert!(t.feed(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"));
+        assert!(t.feed(b"HTTP/1.1 204 No Content\r\n\r\n"));
+        assert_eq!(t.completed(), 2);
+    }
+
+    #[test]
+    fn switching_and_connect() {
+        let mut t = ResponseTracker::default();
+        t.push_request(GET);
+        assert!(t.feed(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\nRAW"));
+        assert!(t.switched());
+        let mut t = ResponseTracker::default();
+        t.push_request(RequestMeta {
+            head_method: false,
+            connect: true,
+        });
+        assert!(t.feed(b"HTTP/1.1 200 OK\r\n\r\nRAW"));
+        assert!(t.switched());
+    }
+
+    #[test]
+    fn close_detection() {
+        let mut t = ResponseTracker::default();
+        t.push_request(GET);
+        t.feed(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+        assert!(t.last_closes());
+        let mut t = ResponseTracker::default();
+        t.push_request(GET);
+        t.feed(b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n");
+        assert!(t.last_closes());
+        let mut t = ResponseTracker::default();
+        t.push_request(GET);
+        t.feed(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n");
+        assert!(!t.last_closes());
+    }
+
+    #[test]
+    fn close_delimited_never_completes() {
+        let mut t = ResponseTracker::default();
+        t.push_request(GET);
+        t.feed(b"HTTP/1.0 200 OK\r\n\r\nbody bytes");
+        assert_eq!(t.completed(), 0);
+        assert!(!t.at_boundary());
+    }
+
+    #[test]
+    fn long_lines() {
+        let mut t = ResponseTracker::default();
+        t.push_request(GET);
+        let mut resp = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+        resp.extend(std::iter::repeat_n(b'a', 3 * MAX_LINE));
+        resp.extend_from_slice(b"\r\ncontent-length: 1\r\n\r\nZ");
+        t.feed(&resp);
+        assert_eq!(t.completed(), 1);
+
+        let mut t = ResponseTracker::default();
+        t.push_request(GET);
+        let mut resp = b"HTTP/1.1 200 OK\r\nconnection: ".to_vec();
+        resp.extend(std::iter::repeat_n(b'a', 3 * MAX_LINE));
+        assert!(t.feed(&resp));
+        assert!(t.desynced());
+    }
+
+    #[test]
+    fn unexpected_output_desyncs() {
+        let mut t = ResponseTracker::default();
+        assert!(t.feed(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(t.desynced());
+        let mut t = ResponseTracker::default();
+        assert!(t.feed(b"garbage\r\n"));
+        assert!(t.desynced());
+    }
+}

@@ -1,0 +1,145 @@
+//! The access log: one JSON object per line for every HTTP request and TCP connection.
+//!
+//! Entries are handed to a dedicated writer thread through a bounded channel, so a slow disk
+//! never stalls a worker; when the channel is full the entry is dropped and counted.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+
+use serde::Serialize;
+
+/// One access-log line.
+#[derive(Debug, Default, Serialize)]
+pub struct Entry {
+    /// RFC 3339 start time.
+    pub start_time: String,
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// `HTTP/1.1`, `HTTP/2` or `TCP`.
+    pub protocol: &'static str,
+    /// Request method.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Host / `:authority`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// Path and query as received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Response status (0 when none was sent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Envoy response flags (`-` when none).
+    pub response_flags: &'static str,
+    /// Route name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<Arc<str>>,
+    /// Cluster name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_cluster: Option<Arc<str>>,
+    /// Endpoint address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_host: Option<String>,
+    /// Total duration in milliseconds (fractional).
+    pub duration_ms: f64,
+    /// Time until the upstream's response headers, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_service_time_ms: Option<f64>,
+    /// Body bytes received from downstream.
+    pub bytes_received: u64,
+    /// Body bytes sent downstream.
+    pub bytes_sent: u64,
+    /// Downstream peer address.
+    pub downstream_remote_address: String,
+    /// `x-request-id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// `user-agent`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Why the request was refused or failed, when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    tx: Option<SyncSender<Entry>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// A log that discards everything.
+    pub fn off() -> AccessLog {
+        AccessLog {
+            tx: None,
+            dropped: Arc::default(),
+        }
+    }
+
+    /// Opens `path` (`stdout`, `stderr`, `off` or a file, appended to) and starts the writer.
+    pub fn open(path: &str) -> std::io::Result<AccessLog> {
+        let sink: Box<dyn Write + Send> = match path {
+            "off" => return Ok(AccessLog::off()),
+            "stdout" | "/dev/stdout" => Box::new(std::io::stdout()),
+            "stderr" | "/dev/stderr" => Box::new(std::io::stderr()),
+            file => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(file)?),
+        };
+        let (tx, rx) = sync_channel::<Entry>(8192);
+        std::thread::Builder::new()
+            .name("weft-access-log".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
+                while let Ok(first) = rx.recv() {
+                    let mut next = Some(first);
+                    while let Some(entry) = next {
+                        if serde_json::to_writer(&mut out, &entry).is_ok() {
+                            let _ = out.write_all(b"\n");
+                        }
+                        next = rx.try_recv().ok();
+                    }
+                    let _ = out.flush();
+                }
+            })?;
+        Ok(AccessLog {
+            tx: Some(tx),
+            dropped: Arc::default(),
+        })
+    }
+
+    /// True when entries are written somewhere.
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues `entry`; never blocks.
+    pub fn log(&self, entry: Entry) {
+        if let Some(tx) = &self.tx
+            && let Err(TrySendError::Full(_)) = tx.try_send(entry)
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Entries dropped because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Formats a wall-clock time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_rfc3339() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_764_160_496_123);
+        assert_eq!(super::rfc3339(t), "2025-11-26T12:34:56.123Z");
+    }
+}

@@ -1,0 +1,158 @@
+//! The body type of every request and response the proxy handles: a streamed hyper body, a
+//! buffered one, or nothing; optionally metered, and carrying a completion hook that runs when
+//! the body is finished or dropped (the access log and the in-flight counters hang off it).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// Errors of a proxied body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs once when a body is done with (fully sent, or dropped).
+pub trait OnComplete: Send + Sync {
+    /// Called with the number of body bytes that passed through.
+    fn complete(self: Box<Self>, bytes: u64, errored: bool);
+}
+
+enum Kind {
+    Empty,
+    Full(Option<Bytes>),
+    Incoming(Incoming),
+}
+
+/// A proxied body.
+pub struct ProxyBody {
+    kind: Kind,
+    bytes: u64,
+    errored: bool,
+    meter: Option<Arc<AtomicU64>>,
+    on_complete: Option<Box<dyn OnComplete>>,
+}
+
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyBody").field("bytes", &self.bytes).finish_non_exhaustive()
+    }
+}
+
+impl ProxyBody {
+    fn of(kind: Kind) -> ProxyBody {
+        ProxyBody {
+            kind,
+            bytes: 0,
+            errored: false,
+            meter: None,
+            on_complete: None,
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> ProxyBody {
+        ProxyBody::of(Kind::Empty)
+    }
+
+    /// A buffered body.
+    pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            ProxyBody::empty()
+        } else {
+            ProxyBody::of(Kind::Full(Some(bytes)))
+        }
+    }
+
+    /// A streamed body from hyper.
+    pub fn incoming(body: Incoming) -> ProxyBody {
+        ProxyBody::of(Kind::Incoming(body))
+    }
+
+    /// Adds every data byte that passes to `meter` (shared with whoever reports it).
+    pub fn metered(mut self, meter: Arc<AtomicU64>) -> ProxyBody {
+        self.meter = Some(meter);
+        self
+    }
+
+    /// Runs `hook` once the body is finished or dropped.
+    pub fn on_complete(mut self, hook: Box<dyn OnComplete>) -> ProxyBody {
+        self.on_complete = Some(hook);
+        self
+    }
+
+    fn count(&mut self, n: usize) {
+        self.bytes += n as u64;
+        if let Some(m) = &self.meter {
+            m.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(hook) = self.on_complete.take() {
+            hook.complete(self.bytes, self.errored);
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // A body dropped before its end was cut short.
+        if self.on_complete.is_some() && !http_body::Body::is_end_stream(self) {
+            self.errored = true;
+        }
+        self.finish();
+    }
+}
+
+impl http_body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Incoming(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => {
+                    this.errored = true;
+                    Poll::Ready(Some(Err(e.into())))
+                }
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    let n = d.len();
+                    this.count(n);
+                }
+            }
+            Poll::Ready(None) => this.finish(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(b) => b.is_none(),
+            Kind::Incoming(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Incoming(body) => body.size_hint(),
+        }
+    }
+}

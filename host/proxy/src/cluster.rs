@@ -1,0 +1,274 @@
+//! Upstream clusters: endpoint sets (static or resolved from DNS and refreshed), the load
+//! balancer over them, and a pooled HTTP client.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use tokio::net::TcpStream;
+use weft_balance::{Balancer, EndpointState, PickContext, Policy};
+use weft_config::EndpointAddress;
+use weft_config::schema::{self, LbPolicy, UpstreamProtocol};
+
+use crate::body::ProxyBody;
+use crate::metrics::{ClusterMetrics, Metrics};
+
+/// One resolved endpoint and its live statistics.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Its socket address.
+    pub addr: SocketAddr,
+    /// `ip:port` as a URI authority, built once.
+    pub authority: http::uri::Authority,
+    /// Balancing weight.
+    pub weight: u32,
+    /// Requests in flight.
+    pub active: AtomicU64,
+    /// Requests sent.
+    pub rq_total: AtomicU64,
+    /// Requests that failed (connect failure, reset, timeout, 5xx).
+    pub rq_error: AtomicU64,
+    /// Connection attempts that failed.
+    pub cx_connect_fail: AtomicU64,
+}
+
+/// The endpoints of a cluster at one moment, with the balancer built over them.
+#[derive(Debug)]
+pub struct EndpointSet {
+    /// The endpoints, indexed as the balancer sees them.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    balancer: Option<Balancer>,
+}
+
+impl EndpointState for EndpointSet {
+    fn is_available(&self, _index: usize) -> bool {
+        true
+    }
+    fn active_requests(&self, index: usize) -> u64 {
+        self.endpoints.get(index).map_or(0, |e| e.active.load(Ordering::Relaxed))
+    }
+}
+
+impl EndpointSet {
+    fn build(policy: Policy, endpoints: Vec<Arc<Endpoint>>) -> EndpointSet {
+        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        let keys: Vec<Vec<u8>> = endpoints.iter().map(|e| e.addr.to_string().into_bytes()).collect();
+        let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let balancer = if endpoints.is_empty() {
+            None
+        } else {
+            Balancer::with_endpoint_keys(policy, &weights, &key_refs)
+                .inspect_err(|e| tracing::error!(error = %e, "cannot build load balancer"))
+                .ok()
+        };
+        EndpointSet { endpoints, balancer }
+    }
+
+    /// Picks an endpoint; `hash` feeds ring hashing. `None` when there is no endpoint.
+    pub fn pick(&self, hash: Option<u64>) -> Option<&Arc<Endpoint>> {
+        let balancer = self.balancer.as_ref()?;
+        let mut ctx = PickContext::new(self);
+        ctx.hash = hash;
+        balancer.pick(&ctx).and_then(|i| self.endpoints.get(i))
+    }
+}
+
+/// HTTP client type used for every cluster.
+pub type HttpClient = Client<CountingConnector, ProxyBody>;
+
+/// An upstream cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Its configuration, kept to decide whether a reload can reuse it.
+    pub config: schema::Cluster,
+    /// The balancing policy.
+    pub policy: LbPolicy,
+    endpoints: Arc<ArcSwap<EndpointSet>>,
+    /// Pooled client (keeps connections across reloads while the cluster is unchanged).
+    pub client: HttpClient,
+    /// Its metrics.
+    pub metrics: ClusterMetrics,
+    refresh: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(task) = &self.refresh {
+            task.abort();
+        }
+    }
+}
+
+fn policy_of(c: &schema::Cluster) -> Policy {
+    match c.lb_policy {
+        LbPolicy::RoundRobin => Policy::RoundRobin,
+        LbPolicy::Random => Policy::Random,
+        LbPolicy::LeastRequest => Policy::LeastRequest {
+            choice_count: c.choice_count,
+        },
+        LbPolicy::RingHash => Policy::RingHash {
+            minimum_ring_size: c.minimum_ring_size,
+        },
+    }
+}
+
+impl Cluster {
+    /// Builds a cluster, resolving DNS endpoints once (bounded by `resolve_timeout`) and
+    /// starting their refresh.
+    pub async fn new(config: &schema::Cluster, metrics: &Metrics) -> Cluster {
+        let metrics = metrics.cluster(&config.name);
+        let policy = policy_of(config);
+        let addresses: Vec<(EndpointAddress, u32)> = config
+            .endpoints
+            .iter()
+            .filter_map(|e| EndpointAddress::parse(&e.address).ok().map(|a| (a, e.weight)))
+            .collect();
+        let has_dns = addresses.iter().any(|(a, _)| matches!(a, EndpointAddress::Dns { .. }));
+        let resolved = resolve_all(&addresses, &[]).await;
+        let endpoints = Arc::new(ArcSwap::from_pointee(EndpointSet::build(policy, resolved)));
+        let refresh = has_dns.then(|| {
+            let endpoints = endpoints.clone();
+            let every = config.dns_refresh_rate;
+            let name = config.name.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let current = endpoints.load_full();
+                    let fresh = resolve_all(&addresses, &current.endpoints).await;
+                    let changed = fresh.len() != current.endpoints.len()
+                        || fresh.iter().zip(current.endpoints.iter()).any(|(a, b)| !Arc::ptr_eq(a, b));
+                    if changed {
+                        tracing::info!(cluster = %name, endpoints = fresh.len(), "DNS endpoints changed");
+                        endpoints.store(Arc::new(EndpointSet::build(policy, fresh)));
+                    }
+                }
+            })
+        });
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.enforce_http(true);
+        let connector = CountingConnector {
+            inner: connector,
+            opened: metrics.cx_total.clone(),
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.idle_timeout);
+        if config.protocol == UpstreamProtocol::Http2 {
+            builder.http2_only(true);
+        }
+        Cluster {
+            name: config.name.as_str().into(),
+            config: config.clone(),
+            policy: config.lb_policy,
+            endpoints,
+            client: builder.build(connector),
+            metrics,
+            refresh,
+        }
+    }
+
+    /// The current endpoint set.
+    pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {
+        self.endpoints.load()
+    }
+}
+
+/// Resolves every address; endpoints whose address is unchanged keep their statistics.
+async fn resolve_all(addresses: &[(EndpointAddress, u32)], previous: &[Arc<Endpoint>]) -> Vec<Arc<Endpoint>> {
+    let mut out: Vec<Arc<Endpoint>> = Vec::new();
+    for (address, weight) in addresses {
+        let addrs: Vec<SocketAddr> = match address {
+            EndpointAddress::Ip(a) => vec![*a],
+            EndpointAddress::Dns { host, port } => {
+                match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host.as_str(), *port))).await
+                {
+                    Ok(Ok(found)) => {
+                        let mut v: Vec<SocketAddr> = found.collect();
+                        v.sort();
+                        v.dedup();
+                        v
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%host, error = %e, "DNS resolution failed");
+                        // Keep what we had for this name rather than dropping to nothing.
+                        previous.iter().filter(|e| e.addr.port() == *port).map(|e| e.addr).collect()
+                    }
+                    Err(_) => {
+                        tracing::warn!(%host, "DNS resolution timed out");
+                        previous.iter().filter(|e| e.addr.port() == *port).map(|e| e.addr).collect()
+                    }
+                }
+            }
+        };
+        for addr in addrs {
+            if out.iter().any(|e| e.addr == addr) {
+                continue;
+            }
+            let reuse = previous.iter().find(|e| e.addr == addr && e.weight == *weight);
+            out.push(match reuse {
+                Some(e) => e.clone(),
+                None => Arc::new(Endpoint::new(addr, *weight)),
+            });
+        }
+    }
+    out
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr, weight: u32) -> Endpoint {
+        let authority = http::uri::Authority::try_from(addr.to_string().as_str())
+            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"));
+        Endpoint {
+            addr,
+            authority,
+            weight,
+            active: AtomicU64::new(0),
+            rq_total: AtomicU64::new(0),
+            rq_error: AtomicU64::new(0),
+            cx_connect_fail: AtomicU64::new(0),
+        }
+    }
+}
+
+/// `HttpConnector` that counts the connections it opens.
+#[derive(Clone, Debug)]
+pub struct CountingConnector {
+    inner: HttpConnector,
+    opened: Counter,
+}
+
+impl tower_service::Service<Uri> for CountingConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = <HttpConnector as tower_service::Service<Uri>>::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let fut = self.inner.call(uri);
+        let opened = self.opened.clone();
+        Box::pin(async move {
+            let io = fut.await?;
+            opened.inc();
+            Ok(io)
+        })
+    }
+}

@@ -1,0 +1,627 @@
+//! The HTTP request path: route, run the filter chain, pick an endpoint, forward, and map
+//! failures to Envoy's statuses and response flags.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use weft_framing::GuardHandle;
+use weft_routing::{Action, HashPolicy, RequestView, split_host_port};
+
+use crate::access_log::{self, Entry};
+use crate::body::{OnComplete, ProxyBody};
+use crate::cluster::{Cluster, Endpoint};
+use crate::filter::{FilterAction, LocalReply};
+use crate::generation::{HttpListener, ListenerGen};
+use crate::metrics::{ClusterMetrics, ListenerMetrics, RouteMetrics, class_index};
+use crate::server::{ListenerSlot, Shared};
+
+/// Envoy response flags this proxy sets.
+pub mod flags {
+    /// No route matched.
+    pub const NO_ROUTE: &str = "NR";
+    /// No healthy endpoint.
+    pub const NO_HEALTHY_UPSTREAM: &str = "UH";
+    /// Upstream connection failure.
+    pub const UPSTREAM_CONNECT_FAILURE: &str = "UF";
+    /// Upstream request timeout.
+    pub const UPSTREAM_TIMEOUT: &str = "UT";
+    /// Upstream reset before response headers.
+    pub const UPSTREAM_RESET: &str = "UR";
+    /// Downstream protocol error (framing guard).
+    pub const DOWNSTREAM_PROTOCOL_ERROR: &str = "DPE";
+    /// A filter answered locally.
+    pub const LOCAL_REPLY: &str = "-";
+    /// No flag.
+    pub const NONE: &str = "-";
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Requests in flight on a connection and when the last one ended, for the idle timeout.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    last_end_ms: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        self.last_end_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// How long the connection has been without a request in flight (zero while busy).
+    pub(crate) fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// What a request handler knows about its connection.
+pub(crate) struct ConnCtx {
+    pub peer: SocketAddr,
+    pub slot: Arc<ListenerSlot>,
+    pub shared: Arc<Shared>,
+    pub activity: Arc<Activity>,
+    pub guard: Option<GuardHandle>,
+    pub h2: bool,
+}
+
+/// Everything needed to account for a request once its response body is done.
+struct Completion {
+    start: Instant,
+    entry: Option<Entry>,
+    status: u16,
+    flag: &'static str,
+    listener: ListenerMetrics,
+    route: Option<RouteMetrics>,
+    cluster: Option<ClusterMetrics>,
+    endpoint: Option<Arc<Endpoint>>,
+    request_bytes: Arc<AtomicU64>,
+    activity: Arc<Activity>,
+    shared: Arc<Shared>,
+}
+
+impl OnComplete for Completion {
+    fn complete(mut self: Box<Self>, bytes: u64, errored: bool) {
+        let elapsed = self.start.elapsed();
+        let class = class_index(self.status);
+        self.listener.rq[class].inc();
+        self.listener.rq_time.observe(elapsed.as_secs_f64());
+        if let Some(r) = &self.route {
+            r.rq[class].inc();
+        }
+        if let Some(c) = &self.cluster {
+            c.rq_active.dec();
+        }
+        if let Some(e) = &self.endpoint {
+            e.active.fetch_sub(1, Ordering::Relaxed);
+            if errored || self.status >= 500 {
+                e.rq_error.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if self.flag != flags::NONE {
+            self.listener.flag(self.flag);
+        }
+        if let Some(mut entry) = self.entry.take() {
+            entry.status = Some(self.status);
+            entry.response_flags = self.flag;
+            entry.duration_ms = elapsed.as_secs_f64() * 1000.0;
+            entry.bytes_received = self.request_bytes.load(Ordering::Relaxed);
+            entry.bytes_sent = bytes;
+            if errored && entry.details.is_none() {
+                entry.details = Some("downstream or upstream stream ended early".to_owned());
+            }
+            self.shared.access_log.log(entry);
+        }
+        self.activity.end();
+    }
+}
+
+/// Serves one request of a downstream connection.
+pub(crate) async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    conn.activity.begin();
+    let generation = conn.slot.current();
+    let ListenerGen::Http(listener) = &*generation else {
+        // The listener turned into a TCP listener by a reload; this connection is stale.
+        let c = completion(&conn, start, generation.metrics().clone(), None, &req);
+        return Ok(local(c, StatusCode::SERVICE_UNAVAILABLE, "listener is being reconfigured", flags::NONE));
+    };
+    Ok(route_and_forward(req, &conn, listener, start).await)
+}
+
+fn completion(
+    conn: &ConnCtx,
+    start: Instant,
+    listener: ListenerMetrics,
+    listener_name: Option<&Arc<str>>,
+    req: &Request<Incoming>,
+) -> Box<Completion> {
+    let entry = conn.shared.access_log.enabled().then(|| Entry {
+        start_time: access_log::rfc3339(SystemTime::now()),
+        listener: listener_name.cloned().unwrap_or_else(|| conn.slot.name.clone()),
+        protocol: if conn.h2 { "HTTP/2" } else { version_name(req.version()) },
+        method: Some(req.method().as_str().to_owned()),
+        authority: authority_of(req, conn.h2).map(str::to_owned),
+        path: Some(
+            req.uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned()),
+        ),
+        downstream_remote_address: conn.peer.to_string(),
+        request_id: header_str(req.headers(), &X_REQUEST_ID).map(str::to_owned),
+        user_agent: header_str(req.headers(), &header::USER_AGENT).map(str::to_owned),
+        response_flags: flags::NONE,
+        ..Entry::default()
+    });
+    Box::new(Completion {
+        start,
+        entry,
+        status: 0,
+        flag: flags::NONE,
+        listener,
+        route: None,
+        cluster: None,
+        endpoint: None,
+        request_bytes: Arc::new(AtomicU64::new(0)),
+        activity: conn.activity.clone(),
+        shared: conn.shared.clone(),
+    })
+}
+
+fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The request's authority: the URI's (absolute-form or HTTP/2 `:authority`), else Host.
+fn authority_of(req: &Request<Incoming>, _h2: bool) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| header_str(req.headers(), &header::HOST))
+}
+
+/// A locally generated response carrying `flag`.
+fn local(mut c: Box<Completion>, status: StatusCode, body: &str, flag: &'static str) -> Response<ProxyBody> {
+    c.status = status.as_u16();
+    c.flag = flag;
+    if flag != flags::NONE
+        && let Some(e) = c.entry.as_mut()
+    {
+        e.details = Some(body.to_owned());
+    }
+    let mut resp = Response::new(ProxyBody::full(Bytes::copy_from_slice(body.as_bytes())).on_complete(c));
+    *resp.status_mut() = status;
+    if !body.is_empty() {
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    resp
+}
+
+fn local_reply(mut c: Box<Completion>, reply: LocalReply) -> Response<ProxyBody> {
+    c.status = reply.status.as_u16();
+    if let Some(e) = c.entry.as_mut() {
+        e.details = Some(reply.details.clone());
+    }
+    let mut resp = Response::new(ProxyBody::full(reply.body).on_complete(c));
+    *resp.status_mut() = reply.status;
+    *resp.headers_mut() = reply.headers;
+    resp
+}
+
+async fn route_and_forward(
+    req: Request<Incoming>,
+    conn: &Arc<ConnCtx>,
+    listener: &HttpListener,
+    start: Instant,
+) -> Response<ProxyBody> {
+    let mut c = completion(conn, start, listener.metrics.clone(), Some(&listener.name), &req);
+    let authority = authority_of(&req, conn.h2).unwrap_or("").to_owned();
+    let (host, _) = split_host_port(&authority);
+    let view = RequestView {
+        host,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        method: req.method(),
+        headers: req.headers(),
+    };
+    let Some(route) = listener.routes.route(&view) else {
+        return local(c, StatusCode::NOT_FOUND, "", flags::NO_ROUTE);
+    };
+    let state = listener.route_state.get(route.id);
+    if let Some(e) = c.entry.as_mut() {
+        e.route = Some(route.name.clone());
+    }
+    c.route = state.map(|s| s.metrics.clone());
+
+    let is_upgrade = !conn.h2 && is_upgrade_request(req.headers());
+    let mut req = req;
+    let downstream_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    if let Some(s) = state
+        && let FilterAction::Respond(reply) = s.filters.on_request(&mut parts)
+    {
+        return local_reply(c, reply);
+    }
+
+    let forward = match &route.action {
+        Action::Direct { status, body } => {
+            let resp = local(c, *status, body, flags::NONE);
+            return respond_through_filters(resp, state);
+        }
+        Action::Redirect(r) => {
+            let location = r.location("http", &authority, parts.uri.path(), parts.uri.query());
+            let mut resp = local(c, r.status, "", flags::NONE);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            return respond_through_filters(resp, state);
+        }
+        Action::Forward(f) => f,
+    };
+
+    let Some(cluster) = forward
+        .pick_cluster(fastrand::u64(..))
+        .and_then(|i| listener.clusters.get(i))
+    else {
+        return local(c, StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", flags::NO_HEALTHY_UPSTREAM);
+    };
+    if let Some(e) = c.entry.as_mut() {
+        e.upstream_cluster = Some(cluster.name.clone());
+    }
+    let hash = request_hash(&forward.hash_policy, &parts.headers, conn.peer);
+    let endpoint = cluster.endpoints().pick(hash).cloned();
+    let Some(endpoint) = endpoint else {
+        return local(c, StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", flags::NO_HEALTHY_UPSTREAM);
+    };
+    if let Some(e) = c.entry.as_mut() {
+        e.upstream_host = Some(endpoint.addr.to_string());
+    }
+
+    // Build the upstream request.
+    prepare_upstream_headers(&mut parts.headers, conn, listener, is_upgrade);
+    let host_value = match &forward.host_rewrite {
+        Some(h) => Some(h.clone()),
+        None => HeaderValue::from_str(&authority).ok(),
+    };
+    if let Some(h) = host_value {
+        parts.headers.insert(header::HOST, h);
+    }
+    let path = match forward.rewrite.apply(parts.uri.path()) {
+        Some(p) => match parts.uri.query() {
+            Some(q) => format!("{p}?{q}"),
+            None => p,
+        },
+        None => parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
+    };
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint.authority.clone())
+        .path_and_query(path)
+        .build();
+    let Ok(uri) = uri else {
+        return local(c, StatusCode::BAD_REQUEST, "invalid request path", flags::NONE);
+    };
+    parts.uri = uri;
+    parts.version = match cluster.config.protocol {
+        weft_config::schema::UpstreamProtocol::Http1 => Version::HTTP_11,
+        weft_config::schema::UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+    let body = ProxyBody::incoming(body).metered(c.request_bytes.clone());
+    let upstream_req = Request::from_parts(parts, body);
+
+    forward_upstream(upstream_req, c, cluster, endpoint, forward.timeout, state, downstream_upgrade, conn).await
+}
+
+fn respond_through_filters(
+    resp: Response<ProxyBody>,
+    state: Option<&crate::generation::RouteState>,
+) -> Response<ProxyBody> {
+    let Some(state) = state else {
+        return resp;
+    };
+    let (mut parts, body) = resp.into_parts();
+    // A filter's local reply at this point replaces the headers only; the body is kept.
+    if let FilterAction::Respond(reply) = state.filters.on_response(&mut parts) {
+        parts.status = reply.status;
+    }
+    Response::from_parts(parts, body)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward_upstream(
+    upstream_req: Request<ProxyBody>,
+    mut c: Box<Completion>,
+    cluster: &Arc<Cluster>,
+    endpoint: Arc<Endpoint>,
+    timeout: Option<Duration>,
+    state: Option<&crate::generation::RouteState>,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    conn: &Arc<ConnCtx>,
+) -> Response<ProxyBody> {
+    endpoint.active.fetch_add(1, Ordering::Relaxed);
+    endpoint.rq_total.fetch_add(1, Ordering::Relaxed);
+    cluster.metrics.rq_active.inc();
+    c.cluster = Some(cluster.metrics.clone());
+    c.endpoint = Some(endpoint.clone());
+
+    let sent = Instant::now();
+    let call = cluster.client.request(upstream_req);
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t, call).await {
+            Ok(r) => Ok(r),
+            Err(_) => Err(()),
+        },
+        None => Ok(call.await),
+    };
+    let upstream_time = sent.elapsed();
+    cluster.metrics.rq_time.observe(upstream_time.as_secs_f64());
+    if let Some(e) = c.entry.as_mut() {
+        e.upstream_service_time_ms = Some(upstream_time.as_secs_f64() * 1000.0);
+    }
+    let mut resp = match result {
+        Err(()) => {
+            cluster.metrics.rq_timeout.inc();
+            cluster.metrics.rq[4].inc();
+            return local(c, StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", flags::UPSTREAM_TIMEOUT);
+        }
+        Ok(Err(e)) => {
+            cluster.metrics.rq[4].inc();
+            if e.is_connect() {
+                cluster.metrics.cx_connect_fail.inc();
+                endpoint.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream connect failure");
+                return local(
+                    c,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                    flags::UPSTREAM_CONNECT_FAILURE,
+                );
+            }
+            tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream reset");
+            return local(
+                c,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                flags::UPSTREAM_RESET,
+            );
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    let status = resp.status();
+    cluster.metrics.rq[class_index(status.as_u16())].inc();
+    c.status = status.as_u16();
+
+    // WebSocket and other upgrades: splice the two upgraded connections together.
+    if status == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(down) = downstream_upgrade
+    {
+        let up = hyper::upgrade::on(&mut resp);
+        if let Some(g) = &conn.guard {
+            g.mark_upgraded();
+        }
+        tokio::spawn(async move {
+            match tokio::try_join!(down, up) {
+                Ok((d, u)) => {
+                    let mut d = TokioIo::new(d);
+                    let mut u = TokioIo::new(u);
+                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, true);
+        if let Some(s) = state {
+            let _ = s.filters.on_response(&mut parts);
+        }
+        return Response::from_parts(parts, ProxyBody::empty().on_complete(c));
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    parts.version = Version::HTTP_11;
+    if let Some(s) = state
+        && let FilterAction::Respond(reply) = s.filters.on_response(&mut parts)
+    {
+        return local_reply(c, reply);
+    }
+    Response::from_parts(parts, ProxyBody::incoming(body).on_complete(c))
+}
+
+fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the Connection header names.
+/// With `keep_upgrade`, `Upgrade` and `Connection: upgrade` are kept for the next hop.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let nominated: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in nominated {
+            if keep_upgrade && name == header::UPGRADE {
+                continue;
+            }
+            // Never let a client strip headers the proxy itself relies on downstream.
+            if name != header::HOST {
+                headers.remove(&name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::TRAILER);
+    if let Some(te) = headers.get(header::TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        headers.remove(header::TE);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn prepare_upstream_headers(headers: &mut HeaderMap, conn: &ConnCtx, listener: &HttpListener, is_upgrade: bool) {
+    strip_hop_by_hop(headers, is_upgrade);
+    let ip = conn.peer.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if listener.config.http.generate_request_id && !headers.contains_key(&X_REQUEST_ID) {
+        let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+        let mut buf = uuid::Uuid::encode_buffer();
+        if let Ok(v) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
+            headers.insert(X_REQUEST_ID.clone(), v);
+        }
+    }
+}
+
+fn request_hash(policies: &[HashPolicy], headers: &HeaderMap, peer: SocketAddr) -> Option<u64> {
+    for p in policies {
+        match p {
+            HashPolicy::Header(name) => {
+                if let Some(v) = headers.get(name) {
+                    return Some(weft_balance::hash_bytes(v.as_bytes()));
+                }
+            }
+            HashPolicy::Cookie(name) => {
+                let found = headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .filter_map(|kv| kv.trim().split_once('='))
+                    .find(|(k, _)| k == name);
+                if let Some((_, v)) = found {
+                    return Some(weft_balance::hash_bytes(v.as_bytes()));
+                }
+            }
+            HashPolicy::SourceIp => {
+                let bytes = match peer.ip() {
+                    std::net::IpAddr::V4(a) => a.octets().to_vec(),
+                    std::net::IpAddr::V6(a) => a.octets().to_vec(),
+                };
+                return Some(weft_balance::hash_bytes(&bytes));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_nominated_ones_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-keep"]);
+    }
+
+    #[test]
+    fn upgrade_is_kept_when_asked_and_te_trailers_survives() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::TE], "trailers");
+    }
+
+    #[test]
+    fn hash_policies_fall_through_in_order() {
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; session=abc"));
+        let policies = [
+            HashPolicy::Header(HeaderName::from_static("x-user")),
+            HashPolicy::Cookie("session".into()),
+            HashPolicy::SourceIp,
+        ];
+        assert_eq!(request_hash(&policies, &h, peer), Some(weft_balance::hash_bytes(b"abc")));
+        h.insert("x-user", HeaderValue::from_static("u1"));
+        assert_eq!(request_hash(&policies, &h, peer), Some(weft_balance::hash_bytes(b"u1")));
+        assert_eq!(request_hash(&policies[2..], &HeaderMap::new(), peer), Some(weft_balance::hash_bytes(&[10, 0, 0, 1])));
+        assert_eq!(request_hash(&[], &h, peer), None);
+    }
+}

@@ -1,0 +1,307 @@
+//! Prometheus metrics of the data plane, exported by the admin server on `/metrics`.
+//!
+//! Families are registered once per process; each configuration generation resolves the label
+//! sets it needs into handles up front, so a request only increments atomics. The names are
+//! documented in `docs/metrics.md`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~52 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// Labels of listener-level series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// Listener name.
+    pub listener: String,
+}
+
+/// Labels of listener-level series split by status class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerClassLabels {
+    /// Listener name.
+    pub listener: String,
+    /// `1xx` … `5xx`.
+    pub code_class: String,
+}
+
+/// Labels of listener-level series split by response flag.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerFlagLabels {
+    /// Listener name.
+    pub listener: String,
+    /// Envoy response flag, e.g. `NR`, `UF`.
+    pub response_flag: String,
+}
+
+/// Labels of route-level series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteClassLabels {
+    /// Listener name.
+    pub listener: String,
+    /// Route name.
+    pub route: String,
+    /// `1xx` … `5xx`.
+    pub code_class: String,
+}
+
+/// Labels of cluster-level series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// Cluster name.
+    pub cluster: String,
+}
+
+/// Labels of cluster-level series split by status class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterClassLabels {
+    /// Cluster name.
+    pub cluster: String,
+    /// `1xx` … `5xx`.
+    pub code_class: String,
+}
+
+/// Labels of the reload counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `success` or `failure`.
+    pub result: String,
+}
+
+/// Every metric family of the proxy.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    downstream_rq: Family<ListenerClassLabels, Counter>,
+    downstream_rq_time: HistogramFamily<ListenerLabels>,
+    downstream_cx_total: Family<ListenerLabels, Counter>,
+    downstream_cx_active: Family<ListenerLabels, Gauge>,
+    downstream_rq_rejected: Family<ListenerFlagLabels, Counter>,
+    response_flags: Family<ListenerFlagLabels, Counter>,
+    route_rq: Family<RouteClassLabels, Counter>,
+    upstream_rq: Family<ClusterClassLabels, Counter>,
+    upstream_rq_time: HistogramFamily<ClusterLabels>,
+    upstream_rq_active: Family<ClusterLabels, Gauge>,
+    upstream_cx_connect_fail: Family<ClusterLabels, Counter>,
+    upstream_rq_timeout: Family<ClusterLabels, Counter>,
+    upstream_cx_total: Family<ClusterLabels, Counter>,
+    /// Configuration reloads by result.
+    pub config_reload: Family<ResultLabels, Counter>,
+    /// The live configuration generation.
+    pub config_generation: Gauge,
+}
+
+/// The five status classes, indexed by `status / 100 - 1`.
+pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index into [`CODE_CLASSES`] for a status code.
+pub fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+/// Handles for one listener.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    /// Requests by status class.
+    pub rq: [Counter; 5],
+    /// Request duration.
+    pub rq_time: Histogram,
+    /// Connections accepted.
+    pub cx_total: Counter,
+    /// Connections open.
+    pub cx_active: Gauge,
+    /// Metrics family handle for rejections and flags (rare: resolved on use).
+    family: ListenerFamilies,
+}
+
+#[derive(Debug, Clone)]
+struct ListenerFamilies {
+    listener: String,
+    rejected: Family<ListenerFlagLabels, Counter>,
+    flags: Family<ListenerFlagLabels, Counter>,
+}
+
+/// Handles for one route.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    /// Requests by status class.
+    pub rq: [Counter; 5],
+}
+
+/// Handles for one cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    /// Upstream requests by status class.
+    pub rq: [Counter; 5],
+    /// Upstream request time (to response headers).
+    pub rq_time: Histogram,
+    /// Upstream requests in flight.
+    pub rq_active: Gauge,
+    /// Failed connection attempts.
+    pub cx_connect_fail: Counter,
+    /// Requests that hit the route timeout.
+    pub rq_timeout: Counter,
+    /// Upstream connections opened.
+    pub cx_total: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("weft");
+        let m = Metrics {
+            downstream_rq: Family::default(),
+            downstream_rq_time: Family::new_with_constructor(latency_histogram),
+            downstream_cx_total: Family::default(),
+            downstream_cx_active: Family::default(),
+            downstream_rq_rejected: Family::default(),
+            response_flags: Family::default(),
+            route_rq: Family::default(),
+            upstream_rq: Family::default(),
+            upstream_rq_time: Family::new_with_constructor(latency_histogram),
+            upstream_rq_active: Family::default(),
+            upstream_cx_connect_fail: Family::default(),
+            upstream_rq_timeout: Family::default(),
+            upstream_cx_total: Family::default(),
+            config_reload: Family::default(),
+            config_generation: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let reg = &mut registry;
+        reg.register("downstream_rq", "Downstream requests by listener and status class", m.downstream_rq.clone());
+        reg.register(
+            "downstream_rq_time_seconds",
+            "Downstream request duration, from request start to the end of the response",
+            m.downstream_rq_time.clone(),
+        );
+        reg.register("downstream_cx", "Downstream connections accepted", m.downstream_cx_total.clone());
+        reg.register("downstream_cx_active", "Downstream connections open", m.downstream_cx_active.clone());
+        reg.register(
+            "downstream_rq_rejected",
+            "Requests refused before routing (framing, limits, timeouts)",
+            m.downstream_rq_rejected.clone(),
+        );
+        reg.register("response_flags", "Responses by Envoy response flag", m.response_flags.clone());
+        reg.register("route_rq", "Requests by listener, route and status class", m.route_rq.clone());
+        reg.register("upstream_rq", "Upstream requests by cluster and status class", m.upstream_rq.clone());
+        reg.register(
+            "upstream_rq_time_seconds",
+            "Upstream request time to response headers",
+            m.upstream_rq_time.clone(),
+        );
+        reg.register("upstream_rq_active", "Upstream requests in flight", m.upstream_rq_active.clone());
+        reg.register(
+            "upstream_cx_connect_fail",
+            "Upstream connection attempts that failed or timed out",
+            m.upstream_cx_connect_fail.clone(),
+        );
+        reg.register("upstream_rq_timeout", "Upstream requests that hit the route timeout", m.upstream_rq_timeout.clone());
+        reg.register("upstream_cx", "Upstream connections opened", m.upstream_cx_total.clone());
+        reg.register("config_reload", "Configuration reloads by result", m.config_reload.clone());
+        reg.register("config_generation", "The live configuration generation", m.config_generation.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Handles for `listener`.
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        let l = ListenerLabels {
+            listener: listener.to_owned(),
+        };
+        ListenerMetrics {
+            rq: CODE_CLASSES.map(|c| {
+                self.downstream_rq.get_or_create_owned(&ListenerClassLabels {
+                    listener: listener.to_owned(),
+                    code_class: c.to_owned(),
+                })
+            }),
+            rq_time: self.downstream_rq_time.get_or_create_owned(&l),
+            cx_total: self.downstream_cx_total.get_or_create_owned(&l),
+            cx_active: self.downstream_cx_active.get_or_create_owned(&l),
+            family: ListenerFamilies {
+                listener: listener.to_owned(),
+                rejected: self.downstream_rq_rejected.clone(),
+                flags: self.response_flags.clone(),
+            },
+        }
+    }
+
+    /// Handles for `route` of `listener`.
+    pub fn route(&self, listener: &str, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            rq: CODE_CLASSES.map(|c| {
+                self.route_rq.get_or_create_owned(&RouteClassLabels {
+                    listener: listener.to_owned(),
+                    route: route.to_owned(),
+                    code_class: c.to_owned(),
+                })
+            }),
+        }
+    }
+
+    /// Handles for `cluster`.
+    pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
+        let l = ClusterLabels {
+            cluster: cluster.to_owned(),
+        };
+        ClusterMetrics {
+            rq: CODE_CLASSES.map(|c| {
+                self.upstream_rq.get_or_create_owned(&ClusterClassLabels {
+                    cluster: cluster.to_owned(),
+                    code_class: c.to_owned(),
+                })
+            }),
+            rq_time: self.upstream_rq_time.get_or_create_owned(&l),
+            rq_active: self.upstream_rq_active.get_or_create_owned(&l),
+            cx_connect_fail: self.upstream_cx_connect_fail.get_or_create_owned(&l),
+            rq_timeout: self.upstream_rq_timeout.get_or_create_owned(&l),
+            cx_total: self.upstream_cx_total.get_or_create_owned(&l),
+        }
+    }
+}
+
+impl ListenerMetrics {
+    /// Counts a request refused by the framing guard.
+    pub fn rejected(&self, reason: &str) {
+        self.family
+            .rejected
+            .get_or_create(&ListenerFlagLabels {
+                listener: self.family.listener.clone(),
+                response_flag: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a response carrying an Envoy response flag.
+    pub fn flag(&self, flag: &str) {
+        self.family
+            .flags
+            .get_or_create(&ListenerFlagLabels {
+                listener: self.family.listener.clone(),
+                response_flag: flag.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,161 @@
+//! Command-line interface: `weft run`, `weft validate`, `weft --version`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use weft_proxy::{ConfigSource, Proxy, StartOptions};
+
+/// The embedded demo configuration used by `weft run` without `-c`.
+pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
+const DEFAULT_LABEL: &str = "<embedded default>";
+/// Where the demo's echo upstream listens (must match `default.yaml`).
+const DEMO_ECHO: &str = "127.0.0.1:18080";
+
+/// Weft: a WebAssembly-extensible service-mesh sidecar proxy.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `weft_proxy=debug`.
+    #[arg(long, global = true, default_value = "info", env = "WEFT_LOG")]
+    log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy. Without `-c`, runs the embedded demo: an echo upstream behind Weft.
+    Run {
+        /// Configuration file (YAML); watched and hot-reloaded.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and print every error found.
+    Validate {
+        /// Configuration file (YAML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+/// Runs the parsed command line.
+pub fn main(cli: Cli) -> ExitCode {
+    init_logging(cli.log_format, &cli.log_level);
+    match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Run { config } => run(config),
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    match weft_config::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} listeners, {} clusters)",
+                path.display(),
+                c.listeners.len(),
+                c.clusters.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Option<PathBuf>) -> ExitCode {
+    let source = match &config {
+        Some(path) => ConfigSource::File(path.clone()),
+        None => ConfigSource::Embedded {
+            label: DEFAULT_LABEL.to_owned(),
+            text: DEFAULT_CONFIG.to_owned(),
+        },
+    };
+    // Read the configuration once up front: the worker count comes from it, and a bad file
+    // should fail before anything binds.
+    let workers = match source.load() {
+        Ok(c) => c.workers,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if workers > 1 {
+            b.worker_threads(workers);
+        }
+        b
+    };
+    let runtime = match builder.enable_all().thread_name("weft-worker").build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let demo = config.is_none();
+        if demo {
+            let addr = DEMO_ECHO.parse().unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 18080)));
+            if let Err(e) = weft_proxy::echo::spawn_echo(addr, "demo-echo").await {
+                eprintln!("demo echo upstream {DEMO_ECHO}: cannot bind: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        let proxy = match Proxy::start(source, StartOptions { watch: !demo, ..Default::default() }).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if demo {
+            print_demo_help(&proxy);
+        }
+        if proxy.run_until_signalled().await {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        }
+    })
+}
+
+fn print_demo_help(proxy: &Proxy) {
+    let listener = proxy.listener_addr("demo").map(|a| a.to_string()).unwrap_or_default();
+    let admin = proxy.admin_addr().map(|a| a.to_string()).unwrap_or_default();
+    println!(
+        "\nWeft demo is running: an echo upstream on {DEMO_ECHO} behind Weft on {listener}.\n\
+         Try:\n  \
+         curl -i http://{listener}/hello          # proxied to the echo upstream\n  \
+         curl -i http://{listener}/healthz        # direct response\n  \
+         curl -i http://{listener}/docs/intro     # redirect\n  \
+         curl -s http://{admin}/metrics | grep weft_downstream_rq\n  \
+         curl -s http://{admin}/config_dump\n\
+         Stop with Ctrl-C (graceful drain).\n"
+    );
+}
