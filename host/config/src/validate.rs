@@ -52,7 +52,8 @@ impl Validator<'_> {
                     format!("duplicate listener name `{}`", l.name),
                 );
             }
-            if !addresses.insert(l.address) {
+            // Port 0 asks the OS for a free port, so it never collides.
+            if l.address.port() != 0 && !addresses.insert(l.address) {
                 self.err(
                     format!("{path}.address"),
                     format!(

@@ -287,20 +287,39 @@ mod tests {
             b"5\r\nhelloX",
             b"5\r\nhello\rX",
         ] {
-            assert_eq!(every_split(body), Err(Rejection::InvalidChunkedBody), "{body:?}");
+            assert_eq!(
+                every_split(body),
+                Err(Rejection::InvalidChunkedBody),
+                "{body:?}"
+            );
         }
     }
 
     #[test]
     fn strict_crlf() {
         assert_eq!(every_split(b"5\nhello"), Err(Rejection::InvalidChunkedBody));
-        assert_eq!(every_split(b"5\r\rhello"), Err(Rejection::InvalidChunkedBody));
-        assert_eq!(every_split(b"5\r\nhello\n0"), Err(Rejection::InvalidChunkedBody));
+        assert_eq!(
+            every_split(b"5\r\rhello"),
+            Err(Rejection::InvalidChunkedBody)
+        );
+        assert_eq!(
+            every_split(b"5\r\nhello\n0"),
+            Err(Rejection::InvalidChunkedBody)
+        );
         assert_eq!(every_split(b"0\r\n\n"), Err(Rejection::InvalidLineEnding));
         assert_eq!(every_split(b"0\r\n\rX"), Err(Rejection::InvalidLineEnding));
-        assert_eq!(every_split(b"0\r\nA: b\n"), Err(Rejection::InvalidLineEnding));
-        assert_eq!(every_split(b"0\r\nA: b\r\r"), Err(Rejection::InvalidLineEnding));
-        assert_eq!(every_split(b"5;a\nhello"), Err(Rejection::InvalidChunkedBody));
+        assert_eq!(
+            every_split(b"0\r\nA: b\n"),
+            Err(Rejection::InvalidLineEnding)
+        );
+        assert_eq!(
+            every_split(b"0\r\nA: b\r\r"),
+            Err(Rejection::InvalidLineEnding)
+        );
+        assert_eq!(
+            every_split(b"5;a\nhello"),
+            Err(Rejection::InvalidChunkedBody)
+        );
     }
 
     #[test]
@@ -319,10 +338,22 @@ mod tests {
 
     #[test]
     fn bad_trailers() {
-        assert_eq!(every_split(b"0\r\n Folded: x\r\n\r\n"), Err(Rejection::ObsFold));
-        assert_eq!(every_split(b"0\r\nBad Name: x\r\n\r\n"), Err(Rejection::InvalidHeaderName));
-        assert_eq!(every_split(b"0\r\n: x\r\n\r\n"), Err(Rejection::InvalidHeaderName));
-        assert_eq!(every_split(b"0\r\nA: x\0\r\n\r\n"), Err(Rejection::InvalidHeaderValue));
+        assert_eq!(
+            every_split(b"0\r\n Folded: x\r\n\r\n"),
+            Err(Rejection::ObsFold)
+        );
+        assert_eq!(
+            every_split(b"0\r\nBad Name: x\r\n\r\n"),
+            Err(Rejection::InvalidHeaderName)
+        );
+        assert_eq!(
+            every_split(b"0\r\n: x\r\n\r\n"),
+            Err(Rejection::InvalidHeaderName)
+        );
+        assert_eq!(
+            every_split(b"0\r\nA: x\0\r\n\r\n"),
+            Err(Rejection::InvalidHeaderValue)
+        );
     }
 
     #[test]
@@ -333,7 +364,10 @@ mod tests {
             Err(Rejection::TooManyHeaders)
         );
         let mut t = ChunkedTracker::new(2, 11);
-        assert_eq!(t.feed(b"0\r\nA: 12345678\r\n\r\n"), Err(Rejection::HeadTooLarge));
+        assert_eq!(
+            t.feed(b"0\r\nA: 12345678\r\n\r\n"),
+            Err(Rejection::HeadTooLarge)
+        );
         let mut t = ChunkedTracker::new(2, 11);
         assert_eq!(t.feed(b"0\r\nA: 1234\r\n\r\n"), Ok((14, true)));
         assert!(t.is_done());

@@ -44,10 +44,23 @@ pub struct HeadInfo {
 
 /// `tchar` of RFC 9110 §5.6.2.
 pub(crate) fn is_tchar(b: u8) -> bool {
-    matches!(b,
-        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.'
-        | b'^' | b'_' | b'`' | b'|' | b'~')
-        || b.is_ascii_alphanumeric()
+    matches!(
+        b,
+        b'!' | b'#'
+            | b'$'
+            | b'%'
+            | b'&'
+            | b'\''
+            | b'*'
+            | b'+'
+            | b'-'
+            | b'.'
+            | b'^'
+            | b'_'
+            | b'`'
+            | b'|'
+            | b'~'
+    ) || b.is_ascii_alphanumeric()
 }
 
 /// A byte allowed inside a field value: HTAB, visible ASCII, SP, obs-text.
@@ -165,6 +178,11 @@ fn check_request_line(line: &[u8]) -> Result<(HttpVersion, &[u8]), Rejection> {
 /// The checks run on the raw bytes (not on a lenient parser's view), so bare
 /// CR/LF, obs-fold, duplicate framing headers and the other smuggling vectors
 /// documented on [`Rejection`] are all caught. Never panics.
+///
+/// # Errors
+///
+/// The first [`Rejection`] found; which one is reported when a head breaks
+/// several rules is not part of the contract.
 pub fn check_head(head: &[u8], limits: &Limits) -> Result<HeadInfo, Rejection> {
     if head.len() > limits.max_header_bytes {
         return Err(Rejection::HeadTooLarge);
@@ -405,21 +423,35 @@ mod tests {
             "Host: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n",
             "Host: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n",
         ] {
-            assert_eq!(check(&req(h)), Err(Rejection::ContentLengthWithTransferEncoding));
+            assert_eq!(
+                check(&req(h)),
+                Err(Rejection::ContentLengthWithTransferEncoding)
+            );
         }
     }
 
     #[test]
     fn rejects_duplicate_and_invalid_content_length() {
         assert_eq!(
-            check(&req("Host: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n")),
+            check(&req(
+                "Host: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n"
+            )),
             Err(Rejection::DuplicateContentLength)
         );
         assert_eq!(
             check(&req("Host: a\r\nContent-Length: 5, 5\r\n")),
             Err(Rejection::DuplicateContentLength)
         );
-        for v in ["", "-1", "+5", "5a", "0x10", "1 2", "18446744073709551616", "½"] {
+        for v in [
+            "",
+            "-1",
+            "+5",
+            "5a",
+            "0x10",
+            "1 2",
+            "18446744073709551616",
+            "½",
+        ] {
             assert_eq!(
                 check(&req(&format!("Host: a\r\nContent-Length: {v}\r\n"))),
                 Err(Rejection::InvalidContentLength),
@@ -468,7 +500,14 @@ mod tests {
                 "{v:?}"
             );
         }
-        for v in ["example.com", "example.com:8080", "[::1]:80", "10.0.0.1", "", "a_b-c.d"] {
+        for v in [
+            "example.com",
+            "example.com:8080",
+            "[::1]:80",
+            "10.0.0.1",
+            "",
+            "a_b-c.d",
+        ] {
             check(&format!("GET / HTTP/1.1\r\nHost: {v}\r\n\r\n")).unwrap();
         }
     }
@@ -490,7 +529,14 @@ mod tests {
 
     #[test]
     fn header_name_rules() {
-        for h in ["Host : a\r\n", "Ho st: a\r\n", ": a\r\n", "NoColon\r\n", "X\u{1}: a\r\n", "X(: a\r\n"] {
+        for h in [
+            "Host : a\r\n",
+            "Ho st: a\r\n",
+            ": a\r\n",
+            "NoColon\r\n",
+            "X\u{1}: a\r\n",
+            "X(: a\r\n",
+        ] {
             assert_eq!(
                 check(&format!("GET / HTTP/1.1\r\nHost: a\r\n{h}\r\n")),
                 Err(Rejection::InvalidHeaderName),
@@ -509,7 +555,10 @@ mod tests {
             check("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n\tb\r\n\r\n"),
             Err(Rejection::ObsFold)
         );
-        assert_eq!(check("GET / HTTP/1.1\r\n Host: a\r\n\r\n"), Err(Rejection::ObsFold));
+        assert_eq!(
+            check("GET / HTTP/1.1\r\n Host: a\r\n\r\n"),
+            Err(Rejection::ObsFold)
+        );
     }
 
     #[test]
@@ -558,7 +607,10 @@ mod tests {
 
     #[test]
     fn truncated_or_trailing_bytes() {
-        assert_eq!(check("GET / HTTP/1.1\r\nHost: a\r\n"), Err(Rejection::MalformedHead));
+        assert_eq!(
+            check("GET / HTTP/1.1\r\nHost: a\r\n"),
+            Err(Rejection::MalformedHead)
+        );
         assert_eq!(check("GET / HTTP/1.1"), Err(Rejection::MalformedHead));
         assert_eq!(check(""), Err(Rejection::MalformedHead));
         assert_eq!(
@@ -569,8 +621,10 @@ mod tests {
 
     #[test]
     fn upgrade_and_methods() {
-        let info = check("GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
-            .unwrap();
+        let info = check(
+            "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        )
+        .unwrap();
         assert!(info.upgrade);
         let info = check("GET /ws HTTP/1.0\r\nUpgrade: websocket\r\n\r\n").unwrap();
         assert!(!info.upgrade);
@@ -589,7 +643,10 @@ mod tests {
         let ok = "GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n";
         check_head(ok.as_bytes(), &l).unwrap();
         let too_many = "GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
-        assert_eq!(check_head(too_many.as_bytes(), &l), Err(Rejection::TooManyHeaders));
+        assert_eq!(
+            check_head(too_many.as_bytes(), &l),
+            Err(Rejection::TooManyHeaders)
+        );
 
         let l = Limits {
             max_header_bytes: ok.len(),
@@ -652,9 +709,15 @@ mod tests {
             ..Limits::default()
         };
         let mut s = HeadScanner::default();
-        assert_eq!(s.scan(b"GET / HTTP/1.1\nHost", &l), Err(Rejection::InvalidLineEnding));
+        assert_eq!(
+            s.scan(b"GET / HTTP/1.1\nHost", &l),
+            Err(Rejection::InvalidLineEnding)
+        );
         s.reset();
-        assert_eq!(s.scan(b"GET / HTTP/1.1\rHost", &l), Err(Rejection::InvalidLineEnding));
+        assert_eq!(
+            s.scan(b"GET / HTTP/1.1\rHost", &l),
+            Err(Rejection::InvalidLineEnding)
+        );
         s.reset();
         let roomy = Limits {
             max_header_bytes: 1024,

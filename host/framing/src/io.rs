@@ -168,8 +168,9 @@ struct PendingReject {
     rejection: Rejection,
     /// Number of responses hyper must have completed before ours.
     expected: u64,
-    /// Report EOF to the reader at once (body-level rejection).
-    eof_now: bool,
+    /// The rejected bytes belong to the body of the request the reader is
+    /// currently consuming (not to a new head).
+    body_level: bool,
     eof_delivered: bool,
     phase: EmitPhase,
     written: usize,
@@ -292,7 +293,7 @@ impl<IO> GuardedIo<IO> {
         self.reject = Some(PendingReject {
             rejection,
             expected,
-            eof_now: body_level,
+            body_level,
             eof_delivered: false,
             phase: EmitPhase::Undecided,
             written: 0,
@@ -461,11 +462,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> GuardedIo<IO> {
     }
 
     fn read_deliver_head(&mut self, out: &mut ReadBuf<'_>) -> Option<Poll<io::Result<()>>> {
-        let ReadState::DeliverHead {
-            remaining,
-            framing,
-        } = &mut self.read
-        else {
+        let ReadState::DeliverHead { remaining, framing } = &mut self.read else {
             return None;
         };
         let n = (*remaining).min(out.remaining());
@@ -557,12 +554,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> GuardedIo<IO> {
         let Some(rej) = &mut self.reject else {
             return Poll::Ready(Ok(()));
         };
-        if rej.eof_now || desynced || (flushed >= rej.expected && boundary) {
+        // Report EOF only once every earlier response is out: hyper treats
+        // EOF while a response is pending as an aborted connection and drops
+        // it. For a broken body, the response to that very request may
+        // already be under way (or may need the EOF to finish), so only the
+        // earlier ones are waited for.
+        if desynced || (flushed >= rej.expected && (rej.body_level || boundary)) {
             rej.eof_delivered = true;
             Poll::Ready(Ok(()))
         } else {
-            // Earlier responses are still being written: report EOF only
-            // once they are out, or hyper would abort them.
             self.shared.register(cx.waker());
             Poll::Pending
         }
@@ -790,5 +790,157 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<IO> {
                 ShutdownPhase::Done => return Poll::Ready(Ok(())),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    fn guarded() -> (GuardedIo<DuplexStream>, GuardHandle, DuplexStream) {
+        let (client, server) = duplex(1 << 20);
+        let (io, handle) = GuardedIo::new(server, Limits::default());
+        (io, handle, client)
+    }
+
+    /// Polls one read with a no-op waker.
+    fn try_read(io: &mut GuardedIo<DuplexStream>, cap: usize) -> Poll<io::Result<Vec<u8>>> {
+        let mut storage = vec![0u8; cap];
+        let mut rb = ReadBuf::new(&mut storage);
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(io)
+            .poll_read(&mut cx, &mut rb)
+            .map_ok(|()| rb.filled().to_vec())
+    }
+
+    async fn read_all_tiny(io: &mut GuardedIo<DuplexStream>, cap: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; cap];
+        loop {
+            let n = io.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn tiny_reader_buffers_see_exact_stream() {
+        let input: &[u8] = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+            POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+            1a;x=y\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nT: 1\r\n\r\n\
+            \r\nGET /c HTTP/1.1\r\nHost: a\r\n\r\n";
+        for cap in [1, 2, 3, 7, 64, 4096] {
+            let (mut io, handle, mut client) = guarded();
+            client.write_all(input).await.unwrap();
+            drop(client);
+            let got = read_all_tiny(&mut io, cap).await;
+            // Identical except for the skipped leading empty line.
+            let mut expected = input.to_vec();
+            let skip = expected
+                .windows(6)
+                .position(|w| w == b"\r\n\r\n\r\n")
+                .unwrap()
+                + 4;
+            expected.drain(skip..skip + 2);
+            assert_eq!(got, expected, "cap {cap}");
+            assert_eq!(handle.rejection(), None);
+        }
+    }
+
+    #[tokio::test]
+    async fn head_is_withheld_until_complete() {
+        let (mut io, _handle, mut client) = guarded();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .unwrap();
+        assert!(try_read(&mut io, 1024).is_pending());
+        client.write_all(b"\r\n").await.unwrap();
+        let Poll::Ready(Ok(head)) = try_read(&mut io, 1024) else {
+            panic!("head not delivered");
+        };
+        assert_eq!(head, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn rejection_waits_for_earlier_responses() {
+        let (mut io, handle, mut client) = guarded();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let Poll::Ready(Ok(head)) = try_read(&mut io, 1024) else {
+            panic!("first head not delivered");
+        };
+        assert_eq!(head, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        // Second head is rejected, but the first is not answered yet.
+        assert!(try_read(&mut io, 1024).is_pending());
+        assert_eq!(handle.rejection(), Some(Rejection::MissingHost));
+        io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        // Written but not flushed yet: still pending.
+        assert!(try_read(&mut io, 1024).is_pending());
+        io.flush().await.unwrap();
+        let Poll::Ready(Ok(eof)) = try_read(&mut io, 1024) else {
+            panic!("EOF not delivered");
+        };
+        assert!(eof.is_empty());
+        io.flush().await.unwrap();
+        drop(client.shutdown().await);
+        io.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        let mut expected = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec();
+        expected.extend_from_slice(Rejection::MissingHost.response_bytes());
+        assert_eq!(out, expected);
+        assert!(handle.stats().rejection_response_sent);
+    }
+
+    #[tokio::test]
+    async fn mark_upgraded_releases_buffered_bytes() {
+        let (mut io, handle, mut client) = guarded();
+        client
+            .write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\n\r\n\0\0raw")
+            .await
+            .unwrap();
+        let Poll::Ready(Ok(head)) = try_read(&mut io, 1024) else {
+            panic!("head not delivered");
+        };
+        assert!(head.ends_with(b"\r\n\r\n"));
+        // Withheld until the upgrade is decided.
+        assert!(try_read(&mut io, 1024).is_pending());
+        handle.mark_upgraded();
+        let Poll::Ready(Ok(raw)) = try_read(&mut io, 1024) else {
+            panic!("raw bytes not released");
+        };
+        assert_eq!(raw, b"\0\0raw");
+        client.write_all(b"\r\n\r\nmore").await.unwrap();
+        let Poll::Ready(Ok(raw)) = try_read(&mut io, 1024) else {
+            panic!("raw bytes not passed");
+        };
+        assert_eq!(raw, b"\r\n\r\nmore");
+        assert_eq!(handle.rejection(), None);
+    }
+
+    #[tokio::test]
+    async fn bad_chunk_reports_eof_immediately() {
+        let (mut io, handle, mut client) = guarded();
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        let Poll::Ready(Ok(_)) = try_read(&mut io, 1024) else {
+            panic!("head not delivered");
+        };
+        client.write_all(b"FFFFFFFFFFFFFFFFF\r\n").await.unwrap();
+        let Poll::Ready(Ok(eof)) = try_read(&mut io, 1024) else {
+            panic!("EOF not delivered");
+        };
+        assert!(eof.is_empty());
+        assert_eq!(handle.rejection(), Some(Rejection::InvalidChunkedBody));
     }
 }

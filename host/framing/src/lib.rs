@@ -8,13 +8,38 @@
 //! raw bytes of every request head on the connection first, and only hands a
 //! head to hyper once it is complete and passed [`check_head`].
 //!
-//! ```ignore
-//! let (io, guard) = GuardedIo::new(tcp_stream, Limits::default());
-//! hyper::server::conn::http1::Builder::new()
-//!     .serve_connection(TokioIo::new(io), service /* calls guard.mark_upgraded() on 101 */)
-//!     .with_upgrades()
-//!     .await;
-//! if let Some(rejection) = guard.rejection() { /* access log / metrics */ }
+//! ```no_run
+//! use std::convert::Infallible;
+//!
+//! use http_body_util::Full;
+//! use hyper::body::{Bytes, Incoming};
+//! use hyper::{Request, Response, StatusCode};
+//! use hyper_util::rt::TokioIo;
+//! use weft_framing::{GuardedIo, Limits};
+//!
+//! async fn serve(stream: tokio::net::TcpStream) {
+//!     let (io, guard) = GuardedIo::new(stream, Limits::default());
+//!     let svc_guard = guard.clone();
+//!     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+//!         let guard = svc_guard.clone();
+//!         async move {
+//!             let mut resp = Response::new(Full::<Bytes>::default());
+//!             if req.headers().contains_key(hyper::header::UPGRADE) {
+//!                 // ... spawn a task on hyper::upgrade::on(req) ...
+//!                 guard.mark_upgraded();
+//!                 *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+//!             }
+//!             Ok::<_, Infallible>(resp)
+//!         }
+//!     });
+//!     let _ = hyper::server::conn::http1::Builder::new()
+//!         .serve_connection(TokioIo::new(io), svc)
+//!         .with_upgrades()
+//!         .await;
+//!     if let Some(rejection) = guard.rejection() {
+//!         tracing::info!(reason = rejection.reason(), status = rejection.status(), "rejected");
+//!     }
+//! }
 //! ```
 //!
 //! # How it works
@@ -38,19 +63,23 @@
 //!   [`GuardHandle::mark_upgraded`]) switches the guard to passthrough for
 //!   the rest of the connection; any other final response resumes head
 //!   parsing.
-//! * **Rejection**: the [`Rejection`] is recorded on the [`GuardHandle`];
-//!   once every earlier request has been answered and flushed, hyper's next
-//!   read returns EOF (a body-level rejection returns EOF at once, so hyper
-//!   fails that body). hyper then closes the connection: it calls
-//!   `poll_flush` and then `poll_shutdown` on the IO. At the first of these
-//!   after the EOF (or at `poll_shutdown` if hyper closes on its own), the
-//!   guard writes its minimal `connection: close` response — only if the
-//!   response stream is at a message boundary, the rejected request is still
-//!   unanswered and the last response did not already announce
-//!   `connection: close` — then shuts the socket down and briefly drains
-//!   unread client bytes (lingering close, up to [`LINGER_TIMEOUT`] /
-//!   [`LINGER_MAX_BYTES`]) so the client receives the response instead of a
-//!   reset.
+//! * **Rejection**: the [`Rejection`] is recorded on the [`GuardHandle`]
+//!   and the guard stops reading the socket. hyper's next read returns EOF,
+//!   but only once every earlier request has been answered and flushed:
+//!   hyper treats EOF while a response is still pending as an aborted
+//!   connection and would drop that response. (For a broken chunked body the
+//!   EOF comes as soon as the earlier responses are out, so hyper fails that
+//!   body and the service sees the error.) On EOF at a message boundary
+//!   hyper closes the connection: it calls `poll_flush` (its dispatch loop)
+//!   and then `poll_shutdown` (which itself flushes first) on the IO. At the
+//!   first flush after the EOF — or at `poll_shutdown` if hyper closes for
+//!   its own reasons — the guard writes its minimal `connection: close`
+//!   response, if and only if the response stream is at a message boundary,
+//!   the rejected request is still unanswered and the last response did not
+//!   already announce `connection: close`. `poll_shutdown` then shuts the
+//!   socket down and briefly drains unread client bytes (lingering close, up
+//!   to [`LINGER_TIMEOUT`] / [`LINGER_MAX_BYTES`]) so the client receives
+//!   the response rather than a reset.
 //!
 //! The guard needs a Tokio runtime with the time driver enabled (for the
 //! header read timeout and the lingering close).

@@ -194,7 +194,11 @@ mod tests {
             assert_eq!(cl, body.len());
             // The body is the reason phrase of the status line.
             assert!(head.lines().next().unwrap().ends_with(body));
-            assert!(r.reason().bytes().all(|b| b.is_ascii_lowercase() || b == b'-'));
+            assert!(
+                r.reason()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'-')
+            );
         }
     }
 }

@@ -128,7 +128,8 @@ impl ResponseTracker {
                     };
                     if !self.skipping {
                         if self.line.len() + chunk.len() > MAX_LINE {
-                            self.line.extend_from_slice(&chunk[..MAX_LINE - self.line.len()]);
+                            self.line
+                                .extend_from_slice(&chunk[..MAX_LINE - self.line.len()]);
                             if self.line_is_interesting() {
                                 self.state = State::Desync;
                                 return true;
@@ -192,9 +193,21 @@ impl ResponseTracker {
         if self.fields.status.is_none() {
             // Status line: HTTP/1.x NNN [reason]
             let status = match line {
-                [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor, b' ', a, b, c, ..]
-                    if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() =>
-                {
+                [
+                    b'H',
+                    b'T',
+                    b'T',
+                    b'P',
+                    b'/',
+                    b'1',
+                    b'.',
+                    minor,
+                    b' ',
+                    a,
+                    b,
+                    c,
+                    ..,
+                ] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
                     self.fields.http10 = *minor == b'0';
                     u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
                 }
@@ -321,7 +334,10 @@ mod tests {
         assert!(t.feed(b"lo"));
         assert_eq!(t.completed(), 1);
         assert!(t.at_boundary());
-        feed_bytewise(&mut t, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        feed_bytewise(
+            &mut t,
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        );
         assert_eq!(t.completed(), 2);
         assert!(!t.last_closes());
     }

@@ -1,6 +1,10 @@
 //! End-to-end tests: a real hyper 1.x HTTP/1 server over
 //! `GuardedIo<TcpStream>`, driven by raw TCP clients.
 
+// Test-support helpers outside `#[test]` functions: panicking is how they
+// report failure.
+#![allow(clippy::unwrap_used)]
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -148,7 +152,12 @@ fn parse_responses(mut raw: &[u8]) -> Vec<(u16, String)> {
         let end = raw
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("incomplete response head: {:?}", String::from_utf8_lossy(raw)));
+            .unwrap_or_else(|| {
+                panic!(
+                    "incomplete response head: {:?}",
+                    String::from_utf8_lossy(raw)
+                )
+            });
         let head = std::str::from_utf8(&raw[..end]).unwrap();
         let mut lines = head.split("\r\n");
         let status: u16 = lines.next().unwrap()[9..12].parse().unwrap();
@@ -299,7 +308,12 @@ async fn slow_head_is_408() {
         ..Limits::default()
     };
     // Incomplete head, then nothing: the guard must time out.
-    assert_rejected(b"GET / HTTP/1.1\r\nHost: a\r\n", Rejection::HeadTimeout, limits).await;
+    assert_rejected(
+        b"GET / HTTP/1.1\r\nHost: a\r\n",
+        Rejection::HeadTimeout,
+        limits,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -439,7 +453,10 @@ async fn upgrade_switches_to_raw_passthrough() {
     .expect("no echo");
     assert!(got.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
     // Both directions keep flowing raw.
-    for msg in [&b"\r\n\r\n"[..], b"Transfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"] {
+    for msg in [
+        &b"\r\n\r\n"[..],
+        b"Transfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
+    ] {
         stream.write_all(msg).await.unwrap();
         let mut expected = b"echo:".to_vec();
         expected.extend_from_slice(msg);
@@ -529,10 +546,7 @@ async fn large_chunked_upload_streams_with_flat_memory() {
             stream.write_all(b"\r\n").await.unwrap();
             sent += n;
         }
-        stream
-            .write_all(b"0\r\nX-Done: yes\r\n\r\n")
-            .await
-            .unwrap();
+        stream.write_all(b"0\r\nX-Done: yes\r\n\r\n").await.unwrap();
         read_to_eof(&mut stream).await
     };
     let raw = timeout(Duration::from_secs(120), writer)
@@ -573,4 +587,59 @@ async fn large_content_length_upload_streams_with_flat_memory() {
     assert_eq!(parse_responses(&raw), vec![(200, TOTAL.to_string())]);
     let done = server.next_finished().await;
     assert!(done.guard.stats().buffer_high_water <= 16 * 1024);
+}
+
+#[tokio::test]
+async fn expect_continue_interim_response_is_tracked() {
+    let mut server = Server::start(limits()).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut interim = vec![0u8; b"HTTP/1.1 100 Continue\r\n\r\n".len()];
+    timeout(SAFETY, stream.read_exact(&mut interim))
+        .await
+        .expect("no 100 Continue")
+        .unwrap();
+    assert_eq!(interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    // Body, then a bad pipelined request: 200 (after the 100) then 400.
+    stream
+        .write_all(
+            b"abcGET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let raw = read_to_eof(&mut stream).await;
+    assert_eq!(
+        parse_responses(&raw),
+        vec![(200, "3".to_string()), (400, "Bad Request".to_string())]
+    );
+    drop(stream);
+    let done = server.next_finished().await;
+    assert_eq!(
+        done.guard.rejection(),
+        Some(Rejection::DuplicateContentLength)
+    );
+}
+
+#[tokio::test]
+async fn head_response_then_rejection() {
+    let mut server = Server::start(limits()).await;
+    let raw = exchange(
+        server.addr,
+        b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    )
+    .await;
+    // The HEAD response announces content-length: 1 but has no body; the
+    // guard's 400 follows its head directly.
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(raw.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(&raw[end..], Rejection::DuplicateHost.response_bytes());
+    assert_eq!(
+        server.next_finished().await.guard.rejection(),
+        Some(Rejection::DuplicateHost)
+    );
 }

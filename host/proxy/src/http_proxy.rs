@@ -322,6 +322,11 @@ async fn route_and_forward(
 
     // Build the upstream request.
     prepare_upstream_headers(&mut parts.headers, conn, listener, is_upgrade);
+    if let Some(e) = c.entry.as_mut()
+        && e.request_id.is_none()
+    {
+        e.request_id = header_str(&parts.headers, &X_REQUEST_ID).map(str::to_owned);
+    }
     let host_value = match &forward.host_rewrite {
         Some(h) => Some(h.clone()),
         None => HeaderValue::from_str(&authority).ok(),

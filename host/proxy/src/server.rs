@@ -203,6 +203,9 @@ async fn serve_http(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .keep_alive(true)
+        // The framing guard enforces the header timeout from a head's first byte; the idle
+        // timeout covers the time between requests.
+        .header_read_timeout(None)
         .max_buf_size(settings.max_request_headers_bytes.max(8192) + 8192)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();

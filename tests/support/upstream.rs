@@ -1,0 +1,140 @@
+//! Upstreams for tests: echo servers and servers that misbehave on purpose.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+/// An echo upstream named `name` on an ephemeral port (answers with JSON about the request).
+pub async fn echo(name: &str) -> SocketAddr {
+    weft_proxy::echo::spawn_echo("127.0.0.1:0".parse().expect("addr"), name)
+        .await
+        .expect("echo binds")
+}
+
+/// An upstream that waits `delay` before answering 200.
+pub async fn slow(delay: Duration) -> SocketAddr {
+    serve(move |_req| async move {
+        tokio::time::sleep(delay).await;
+        Response::new(Full::new(Bytes::from_static(b"slow")))
+    })
+    .await
+}
+
+/// An upstream that reads the request head then closes the connection without answering.
+pub async fn reset() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { continue };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                drop(s);
+            });
+        }
+    });
+    addr
+}
+
+/// A port with nothing listening on it.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    addr
+}
+
+/// An upstream that counts request body bytes and answers with the count; the counter is
+/// returned too.
+pub async fn sink() -> (SocketAddr, Arc<AtomicU64>) {
+    let total = Arc::new(AtomicU64::new(0));
+    let t = total.clone();
+    let addr = serve_incoming(move |req: Request<Incoming>| {
+        let t = t.clone();
+        async move {
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(d) = frame.data_ref() {
+                    n += d.len() as u64;
+                }
+            }
+            t.fetch_add(n, Ordering::Relaxed);
+            Response::new(Full::new(Bytes::from(n.to_string())))
+        }
+    })
+    .await;
+    (addr, total)
+}
+
+/// A WebSocket echo server: every text or binary message comes back unchanged.
+pub async fn websocket_echo() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { continue };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else { return };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if ws.send(msg).await.is_err() {
+                            break;
+                        }
+                    } else if msg.is_close() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Serves `f` (with a buffered request) on an ephemeral port, HTTP/1.1 and h2c.
+pub async fn serve<F, Fut>(f: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    serve_incoming(f).await
+}
+
+/// Serves `f` on an ephemeral port, HTTP/1.1 and h2c.
+pub async fn serve_incoming<F, Fut>(f: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { continue };
+            let f = f.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let f = f.clone();
+                    async move { Ok::<_, Infallible>(f(req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
