@@ -104,8 +104,8 @@ async fn valid_pipelined_requests_pass_and_a_bad_one_after_them_is_refused() {
         b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloPOST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /c HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
     )
     .await;
-    let statuses: Vec<&str> = resp.lines().filter(|l| l.starts_with("HTTP/1.1 ")).collect();
-    assert_eq!(statuses, ["HTTP/1.1 200 OK", "HTTP/1.1 200 OK", "HTTP/1.1 400 Bad Request"], "{resp}");
+    let statuses: Vec<&str> = resp.split("HTTP/1.1 ").skip(1).map(|r| &r[..3]).collect();
+    assert_eq!(statuses, ["200", "200", "400"], "{resp}");
     assert_eq!(upstream_bytes.load(std::sync::atomic::Ordering::Relaxed), 8);
     let m = p.metrics().await;
     assert_eq!(metric_value(&m, r#"weft_downstream_rq_total{listener="main",code_class="2xx"}"#), 2.0);
