@@ -84,7 +84,11 @@ async fn ring_hash_is_sticky_per_header_and_cookie_and_spreads_keys() {
     let p = proxy_with("ring_hash", [1, 1, 1]).await;
     for user in ["alice", "bob", "carol", "dave"] {
         let counts = tally(&p, 20, &[("x-user", user)]).await;
-        assert_eq!(counts.len(), 1, "{user} always lands on one endpoint: {counts:?}");
+        assert_eq!(
+            counts.len(),
+            1,
+            "{user} always lands on one endpoint: {counts:?}"
+        );
     }
     let counts = tally(&p, 10, &[("cookie", "theme=dark; session=s-42")]).await;
     assert_eq!(counts.len(), 1, "cookie stickiness: {counts:?}");

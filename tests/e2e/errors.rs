@@ -58,9 +58,37 @@ clusters:
         assert_eq!(line["response_flags"], flag, "{line}");
     }
     let m = p.metrics().await;
-    assert_eq!(metric_value(&m, r#"weft_response_flags_total{listener="main",response_flag="UF"}"#), 1.0, "{m}");
-    assert_eq!(metric_value(&m, r#"weft_upstream_cx_connect_fail_total{cluster="refused"}"#), 1.0);
-    assert_eq!(metric_value(&m, r#"weft_upstream_rq_timeout_total{cluster="stall"}"#), 1.0);
-    assert_eq!(metric_value(&m, r#"weft_downstream_rq_total{listener="main",code_class="5xx"}"#), 4.0);
-    assert_eq!(metric_value(&m, r#"weft_downstream_rq_total{listener="main",code_class="4xx"}"#), 1.0);
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_response_flags_total{listener="main",response_flag="UF"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_upstream_cx_connect_fail_total{cluster="refused"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&m, r#"weft_upstream_rq_timeout_total{cluster="stall"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_downstream_rq_total{listener="main",code_class="5xx"}"#
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_downstream_rq_total{listener="main",code_class="4xx"}"#
+        ),
+        1.0
+    );
 }

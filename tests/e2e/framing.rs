@@ -53,7 +53,8 @@ async fn smuggling_vectors_get_400_and_never_reach_the_upstream() {
     for (name, bytes) in cases {
         let resp = raw(addr, bytes).await;
         assert!(
-            status_line(&resp).starts_with("HTTP/1.1 400") || status_line(&resp).starts_with("HTTP/1.1 501"),
+            status_line(&resp).starts_with("HTTP/1.1 400")
+                || status_line(&resp).starts_with("HTTP/1.1 501"),
             "{name}: {resp:?}"
         );
     }
@@ -63,7 +64,10 @@ async fn smuggling_vectors_get_400_and_never_reach_the_upstream() {
     let m = p.metrics().await;
     assert!(m.contains("weft_downstream_rq_rejected_total"), "{m}");
     let lines = p.access_log_lines(cases.len()).await;
-    assert!(lines.iter().any(|l| l["response_flags"] == "DPE"), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l["response_flags"] == "DPE"),
+        "{lines:?}"
+    );
 }
 
 #[tokio::test]
@@ -86,7 +90,9 @@ async fn header_limits_give_431() {
 #[tokio::test]
 async fn a_slow_header_section_gets_408() {
     let (p, _) = proxy().await;
-    let mut s = tokio::net::TcpStream::connect(p.addr("main")).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(p.addr("main"))
+        .await
+        .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
     // Never finish the head: the 300 ms header timeout must answer and close.
@@ -108,5 +114,11 @@ async fn valid_pipelined_requests_pass_and_a_bad_one_after_them_is_refused() {
     assert_eq!(statuses, ["200", "200", "400"], "{resp}");
     assert_eq!(upstream_bytes.load(std::sync::atomic::Ordering::Relaxed), 8);
     let m = p.metrics().await;
-    assert_eq!(metric_value(&m, r#"weft_downstream_rq_total{listener="main",code_class="2xx"}"#), 2.0);
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_downstream_rq_total{listener="main",code_class="2xx"}"#
+        ),
+        2.0
+    );
 }

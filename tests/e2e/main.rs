@@ -1,4 +1,8 @@
 //! Weft end to end: real listeners on 127.0.0.1, real upstreams, real clients.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail loudly on unexpected input"
+)]
 
 mod admin;
 mod balancing;

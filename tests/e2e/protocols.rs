@@ -34,7 +34,9 @@ clusters:
         let client = client.clone();
         let url = p.url("main", &format!("/h2/{i}"));
         tasks.push(tokio::spawn(async move {
-            let req = http::Request::post(url).body(Full::from(vec![b'x'; 1000 * (i + 1)])).unwrap();
+            let req = http::Request::post(url)
+                .body(Full::from(vec![b'x'; 1000 * (i + 1)]))
+                .unwrap();
             send(&client, req).await
         }));
     }
@@ -48,9 +50,21 @@ clusters:
         assert_eq!(j["path"], format!("/h2/{i}"));
     }
     // h2 downstream, HTTP/1.1 upstream.
-    let r = send(&client, http::Request::get(p.url("main", "/h1")).body(Full::default()).unwrap()).await;
+    let r = send(
+        &client,
+        http::Request::get(p.url("main", "/h1"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r.json()["version"], "HTTP/1.1");
-    assert!(r.json()["headers"]["host"].as_str().unwrap().starts_with("127.0.0.1:"), "authority becomes Host");
+    assert!(
+        r.json()["headers"]["host"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "authority becomes Host"
+    );
     let lines = p.access_log_lines(9).await;
     assert!(lines.iter().all(|l| l["protocol"] == "HTTP/2"), "{lines:?}");
 }
@@ -72,10 +86,13 @@ clusters:
 "#
     ))
     .await;
-    let stream = tokio::net::TcpStream::connect(p.addr("main")).await.unwrap();
-    let (mut socket, resp) = tokio_tungstenite::client_async(format!("ws://{}/chat", p.addr("main")), stream)
+    let stream = tokio::net::TcpStream::connect(p.addr("main"))
         .await
-        .expect("websocket handshake through weft");
+        .unwrap();
+    let (mut socket, resp) =
+        tokio_tungstenite::client_async(format!("ws://{}/chat", p.addr("main")), stream)
+            .await
+            .expect("websocket handshake through weft");
     assert_eq!(resp.status(), 101);
     for i in 0..20 {
         let msg = format!("message {i} {}", "x".repeat(i * 100));
@@ -146,7 +163,14 @@ clusters:
         seen.push(text[..2].to_owned());
     }
     seen.sort();
-    assert_eq!(seen, ["t1", "t1", "t2", "t2"], "round robin across TCP endpoints");
+    assert_eq!(
+        seen,
+        ["t1", "t1", "t2", "t2"],
+        "round robin across TCP endpoints"
+    );
     let lines = p.access_log_lines(4).await;
-    assert!(lines.iter().filter(|l| l["protocol"] == "TCP").count() >= 3, "{lines:?}");
+    assert!(
+        lines.iter().filter(|l| l["protocol"] == "TCP").count() >= 3,
+        "{lines:?}"
+    );
 }

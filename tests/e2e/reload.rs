@@ -8,7 +8,12 @@ use std::time::Duration;
 use weft_e2e::upstream::echo;
 use weft_e2e::{TestProxy, client, eventually, get, metric_value, send};
 
-fn config(cluster: &str, a: std::net::SocketAddr, b: std::net::SocketAddr, extra_listener: bool) -> String {
+fn config(
+    cluster: &str,
+    a: std::net::SocketAddr,
+    b: std::net::SocketAddr,
+    extra_listener: bool,
+) -> String {
     let extra = if extra_listener {
         "  - name: extra\n    address: 127.0.0.1:0\n    virtual_hosts:\n      - name: any\n        domains: [\"*\"]\n        routes: [{ direct_response: { status: 200, body: extra } }]\n"
     } else {
@@ -32,7 +37,11 @@ listeners:
 }
 
 async fn post(url: &str) -> weft_e2e::Reply {
-    send(&client(), http::Request::post(url).body(Default::default()).unwrap()).await
+    send(
+        &client(),
+        http::Request::post(url).body(Default::default()).unwrap(),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,7 +57,13 @@ async fn reloads_under_continuous_load_fail_no_request() {
     let seen_v2 = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
     for _ in 0..4 {
-        let (stop, ok, failed, seen_v2, url) = (stop.clone(), ok.clone(), failed.clone(), seen_v2.clone(), url.clone());
+        let (stop, ok, failed, seen_v2, url) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            seen_v2.clone(),
+            url.clone(),
+        );
         load.push(tokio::spawn(async move {
             let client = client();
             // Bounded: at most 5000 requests per worker, and it stops when told.
@@ -59,7 +74,10 @@ async fn reloads_under_continuous_load_fail_no_request() {
                 let req = http::Request::get(&url).body(Default::default()).unwrap();
                 match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
                     Ok(Ok(r)) if r.status() == 200 => {
-                        let body = http_body_util::BodyExt::collect(r.into_body()).await.unwrap().to_bytes();
+                        let body = http_body_util::BodyExt::collect(r.into_body())
+                            .await
+                            .unwrap()
+                            .to_bytes();
                         if body.windows(4).any(|w| w == b"\"v2\"") {
                             seen_v2.store(true, Ordering::Relaxed);
                         }
@@ -84,12 +102,26 @@ async fn reloads_under_continuous_load_fail_no_request() {
     for t in load {
         t.await.unwrap();
     }
-    assert!(ok.load(Ordering::Relaxed) > 100, "load ran: {}", ok.load(Ordering::Relaxed));
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request may fail during reloads");
-    assert!(seen_v2.load(Ordering::Relaxed), "the new generation served traffic");
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "load ran: {}",
+        ok.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request may fail during reloads"
+    );
+    assert!(
+        seen_v2.load(Ordering::Relaxed),
+        "the new generation served traffic"
+    );
     assert_eq!(p.addr("main"), port_before, "the listener kept its socket");
     let m = p.metrics().await;
-    assert_eq!(metric_value(&m, r#"weft_config_reload_total{result="success"}"#), 20.0);
+    assert_eq!(
+        metric_value(&m, r#"weft_config_reload_total{result="success"}"#),
+        20.0
+    );
     assert_eq!(metric_value(&m, "weft_config_generation"), 21.0);
 }
 
@@ -105,15 +137,28 @@ async fn an_invalid_config_is_refused_and_the_old_one_keeps_serving() {
     assert_eq!(r.status, 400);
     let err = r.json()["error"].as_str().unwrap().to_owned();
     assert!(err.contains("weft.yaml:"), "{err}");
-    assert!(err.contains("listeners[0].virtual_hosts[0].routes[0].route.cluster: unknown cluster `nope`"), "{err}");
+    assert!(
+        err.contains(
+            "listeners[0].virtual_hosts[0].routes[0].route.cluster: unknown cluster `nope`"
+        ),
+        "{err}"
+    );
     // Still served by generation 1.
     let r = get(&p.url("main", "/")).await;
     assert_eq!(r.json()["server"], "v1");
     let dump = get(&format!("http://{admin}/config_dump")).await.json();
     assert_eq!(dump["generation"], 1);
-    assert!(dump["last_reload_error"].as_str().unwrap().contains("unknown cluster"));
+    assert!(
+        dump["last_reload_error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown cluster")
+    );
     let m = p.metrics().await;
-    assert_eq!(metric_value(&m, r#"weft_config_reload_total{result="failure"}"#), 1.0);
+    assert_eq!(
+        metric_value(&m, r#"weft_config_reload_total{result="failure"}"#),
+        1.0
+    );
 
     // YAML that does not parse is refused the same way.
     p.write_config("listeners: [ {");
@@ -136,7 +181,10 @@ async fn a_changed_file_is_picked_up_by_the_watcher() {
     })
     .await;
     assert!(switched, "the watcher reloaded the file");
-    assert!(p.proxy.listener_addr("extra").is_some(), "a listener added by reload is bound");
+    assert!(
+        p.proxy.listener_addr("extra").is_some(),
+        "a listener added by reload is bound"
+    );
     let r = get(&p.url("extra", "/")).await;
     assert_eq!(r.text(), "extra");
 }

@@ -74,22 +74,47 @@ async fn hosts_paths_headers_query_and_methods_pick_the_right_route() {
     assert_eq!(r.status, 200);
     let j = r.json();
     assert_eq!(j["server"], "b");
-    assert_eq!(j["path"], "/v2/users/7?x=1", "prefix rewrite keeps the query");
+    assert_eq!(
+        j["path"], "/v2/users/7?x=1",
+        "prefix rewrite keeps the query"
+    );
     assert_eq!(j["headers"]["host"], "users.internal", "host rewrite");
 
     let r = get_with(&format!("{base}/other"), &[("host", "api.test")]).await;
-    assert_eq!(r.status, 404, "an exact virtual host without a matching route is NR");
+    assert_eq!(
+        r.status, 404,
+        "an exact virtual host without a matching route is NR"
+    );
 
     let r = get_with(&format!("{base}/x"), &[("host", "deep.wild.test")]).await;
     assert_eq!(r.json()["server"], "b");
 
-    let r = get_with(&format!("{base}/app/page"), &[("user-agent", "Mozilla/5.0 (Windows NT 10.0; Win64)")]).await;
-    assert_eq!(r.json()["server"], "b", "Windows user agents go to the canary");
-    let r = get_with(&format!("{base}/app/page"), &[("user-agent", "curl/8"), ("x-secret", "s"), ("x-tag", "orig")]).await;
+    let r = get_with(
+        &format!("{base}/app/page"),
+        &[("user-agent", "Mozilla/5.0 (Windows NT 10.0; Win64)")],
+    )
+    .await;
+    assert_eq!(
+        r.json()["server"],
+        "b",
+        "Windows user agents go to the canary"
+    );
+    let r = get_with(
+        &format!("{base}/app/page"),
+        &[
+            ("user-agent", "curl/8"),
+            ("x-secret", "s"),
+            ("x-tag", "orig"),
+        ],
+    )
+    .await;
     let j = r.json();
     assert_eq!(j["server"], "a");
     assert_eq!(j["headers"]["x-env"], "prod");
-    assert!(j["headers"].get("x-secret").is_none(), "removed header must not reach upstream");
+    assert!(
+        j["headers"].get("x-secret").is_none(),
+        "removed header must not reach upstream"
+    );
     assert_eq!(r.header("x-route"), Some("app"), "response header set");
 
     let r = get(&format!("{base}/search?q=weft")).await;
@@ -104,7 +129,10 @@ async fn redirects_and_direct_responses() {
     let addr = p.addr("main");
     let r = get(&p.url("main", "/old/a?b=1")).await;
     assert_eq!(r.status, 308);
-    assert_eq!(r.header("location"), Some(format!("http://{addr}/new/a?b=1").as_str()));
+    assert_eq!(
+        r.header("location"),
+        Some(format!("http://{addr}/new/a?b=1").as_str())
+    );
 
     let r = get(&p.url("main", "/secure/x?y=1")).await;
     assert_eq!(r.status, 301);
@@ -119,13 +147,32 @@ async fn redirects_and_direct_responses() {
 #[tokio::test]
 async fn forwarding_headers_are_added() {
     let p = proxy().await;
-    let r = get_with(&p.url("main", "/app"), &[("x-forwarded-for", "203.0.113.9"), ("connection", "keep-alive, x-hop"), ("x-hop", "1")]).await;
+    let r = get_with(
+        &p.url("main", "/app"),
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+        ],
+    )
+    .await;
     let h = &r.json()["headers"];
     assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
-    assert_eq!(h["x-request-id"].as_str().map(str::len), Some(36), "x-request-id generated");
-    assert!(h.get("x-hop").is_none(), "Connection-nominated headers are hop-by-hop");
+    assert_eq!(
+        h["x-request-id"].as_str().map(str::len),
+        Some(36),
+        "x-request-id generated"
+    );
+    assert!(
+        h.get("x-hop").is_none(),
+        "Connection-nominated headers are hop-by-hop"
+    );
 
     let r = get_with(&p.url("main", "/app"), &[("x-request-id", "given-id")]).await;
-    assert_eq!(r.json()["headers"]["x-request-id"], "given-id", "an existing request id is kept");
+    assert_eq!(
+        r.json()["headers"]["x-request-id"],
+        "given-id",
+        "an existing request id is kept"
+    );
 }

@@ -29,12 +29,16 @@ clusters:
     let admin = p.admin();
     let quit = weft_e2e::send(
         &weft_e2e::client(),
-        http::Request::post(format!("http://{admin}/quitquitquit")).body(Default::default()).unwrap(),
+        http::Request::post(format!("http://{admin}/quitquitquit"))
+            .body(Default::default())
+            .unwrap(),
     )
     .await;
     assert_eq!(quit.status, 200);
     assert!(!p.proxy.is_ready());
-    let drained = tokio::time::timeout(Duration::from_secs(10), p.proxy.wait()).await.expect("drain ends");
+    let drained = tokio::time::timeout(Duration::from_secs(10), p.proxy.wait())
+        .await
+        .expect("drain ends");
     assert!(drained, "drained before the deadline");
     let r = in_flight.await.unwrap();
     assert_eq!(r.status, 200, "the in-flight request finished");

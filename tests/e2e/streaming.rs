@@ -33,7 +33,8 @@ clusters:
     let chunk = Bytes::from(vec![7u8; CHUNK]);
     let chunks = (GIB / CHUNK as u64) as usize;
     let body = StreamBody::new(stream::iter(
-        std::iter::repeat_n(chunk, chunks).map(|c| Ok::<_, std::convert::Infallible>(Frame::data(c))),
+        std::iter::repeat_n(chunk, chunks)
+            .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(c))),
     ));
     let client: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
     let before = rss_bytes();
@@ -52,5 +53,9 @@ clusters:
     let growth = rss_bytes().saturating_sub(before);
     // The client, the proxy and the upstream all live in this process: buffering anywhere would
     // show as ~1 GiB of growth. Allow for allocator noise.
-    assert!(growth < 64 * 1024 * 1024, "RSS grew by {} MiB", growth / (1024 * 1024));
+    assert!(
+        growth < 64 * 1024 * 1024,
+        "RSS grew by {} MiB",
+        growth / (1024 * 1024)
+    );
 }

@@ -153,7 +153,9 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
 
 /// An HTTP/2 prior-knowledge (h2c) client.
 pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 /// Sends `req` with `client` and reads the whole response (10 s at most).

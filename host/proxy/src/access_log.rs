@@ -86,7 +86,12 @@ impl AccessLog {
             "off" => return Ok(AccessLog::off()),
             "stdout" | "/dev/stdout" => Box::new(std::io::stdout()),
             "stderr" | "/dev/stderr" => Box::new(std::io::stderr()),
-            file => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(file)?),
+            file => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(file)?,
+            ),
         };
         let (tx, rx) = sync_channel::<Entry>(8192);
         std::thread::Builder::new()

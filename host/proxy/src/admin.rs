@@ -47,8 +47,10 @@ pub async fn start(proxy: Proxy, address: SocketAddr) -> std::io::Result<SocketA
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -56,8 +58,10 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Prox
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -111,10 +115,15 @@ async fn route(proxy: Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
             StatusCode::OK,
             "weft admin\n  GET  /ready\n  GET  /live\n  GET  /metrics\n  GET  /config_dump\n  GET  /clusters[?format=json]\n  POST /reload\n  POST /quitquitquit\n",
         ),
-        (_, "/ready" | "/live" | "/metrics" | "/config_dump" | "/clusters" | "/reload" | "/quitquitquit") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        }
-        _ => text(StatusCode::NOT_FOUND, "not found; GET / lists the endpoints\n"),
+        (
+            _,
+            "/ready" | "/live" | "/metrics" | "/config_dump" | "/clusters" | "/reload"
+            | "/quitquitquit",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; GET / lists the endpoints\n",
+        ),
     }
 }
 
@@ -151,10 +160,26 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<ProxyBody> {
             let a = e.addr;
             let _ = writeln!(out, "{n}::{a}::weight::{}", e.weight);
             let _ = writeln!(out, "{n}::{a}::health_flags::healthy");
-            let _ = writeln!(out, "{n}::{a}::rq_active::{}", e.active.load(Ordering::Relaxed));
-            let _ = writeln!(out, "{n}::{a}::rq_total::{}", e.rq_total.load(Ordering::Relaxed));
-            let _ = writeln!(out, "{n}::{a}::rq_error::{}", e.rq_error.load(Ordering::Relaxed));
-            let _ = writeln!(out, "{n}::{a}::cx_connect_fail::{}", e.cx_connect_fail.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{n}::{a}::rq_active::{}",
+                e.active.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "{n}::{a}::rq_total::{}",
+                e.rq_total.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "{n}::{a}::rq_error::{}",
+                e.rq_error.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "{n}::{a}::cx_connect_fail::{}",
+                e.cx_connect_fail.load(Ordering::Relaxed)
+            );
         }
     }
     text(StatusCode::OK, out)

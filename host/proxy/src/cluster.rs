@@ -55,14 +55,19 @@ impl EndpointState for EndpointSet {
         true
     }
     fn active_requests(&self, index: usize) -> u64 {
-        self.endpoints.get(index).map_or(0, |e| e.active.load(Ordering::Relaxed))
+        self.endpoints
+            .get(index)
+            .map_or(0, |e| e.active.load(Ordering::Relaxed))
     }
 }
 
 impl EndpointSet {
     fn build(policy: Policy, endpoints: Vec<Arc<Endpoint>>) -> EndpointSet {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
-        let keys: Vec<Vec<u8>> = endpoints.iter().map(|e| e.addr.to_string().into_bytes()).collect();
+        let keys: Vec<Vec<u8>> = endpoints
+            .iter()
+            .map(|e| e.addr.to_string().into_bytes())
+            .collect();
         let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         let balancer = if endpoints.is_empty() {
             None
@@ -71,7 +76,10 @@ impl EndpointSet {
                 .inspect_err(|e| tracing::error!(error = %e, "cannot build load balancer"))
                 .ok()
         };
-        EndpointSet { endpoints, balancer }
+        EndpointSet {
+            endpoints,
+            balancer,
+        }
     }
 
     /// Picks an endpoint; `hash` feeds ring hashing. `None` when there is no endpoint.
@@ -133,9 +141,15 @@ impl Cluster {
         let addresses: Vec<(EndpointAddress, u32)> = config
             .endpoints
             .iter()
-            .filter_map(|e| EndpointAddress::parse(&e.address).ok().map(|a| (a, e.weight)))
+            .filter_map(|e| {
+                EndpointAddress::parse(&e.address)
+                    .ok()
+                    .map(|a| (a, e.weight))
+            })
             .collect();
-        let has_dns = addresses.iter().any(|(a, _)| matches!(a, EndpointAddress::Dns { .. }));
+        let has_dns = addresses
+            .iter()
+            .any(|(a, _)| matches!(a, EndpointAddress::Dns { .. }));
         let resolved = resolve_all(&addresses, &[]).await;
         let endpoints = Arc::new(ArcSwap::from_pointee(EndpointSet::build(policy, resolved)));
         let refresh = has_dns.then(|| {
@@ -190,13 +204,20 @@ impl Cluster {
 }
 
 /// Resolves every address; endpoints whose address is unchanged keep their statistics.
-async fn resolve_all(addresses: &[(EndpointAddress, u32)], previous: &[Arc<Endpoint>]) -> Vec<Arc<Endpoint>> {
+async fn resolve_all(
+    addresses: &[(EndpointAddress, u32)],
+    previous: &[Arc<Endpoint>],
+) -> Vec<Arc<Endpoint>> {
     let mut out: Vec<Arc<Endpoint>> = Vec::new();
     for (address, weight) in addresses {
         let addrs: Vec<SocketAddr> = match address {
             EndpointAddress::Ip(a) => vec![*a],
             EndpointAddress::Dns { host, port } => {
-                match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host.as_str(), *port))).await
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::net::lookup_host((host.as_str(), *port)),
+                )
+                .await
                 {
                     Ok(Ok(found)) => {
                         let mut v: Vec<SocketAddr> = found.collect();
@@ -207,11 +228,19 @@ async fn resolve_all(addresses: &[(EndpointAddress, u32)], previous: &[Arc<Endpo
                     Ok(Err(e)) => {
                         tracing::warn!(%host, error = %e, "DNS resolution failed");
                         // Keep what we had for this name rather than dropping to nothing.
-                        previous.iter().filter(|e| e.addr.port() == *port).map(|e| e.addr).collect()
+                        previous
+                            .iter()
+                            .filter(|e| e.addr.port() == *port)
+                            .map(|e| e.addr)
+                            .collect()
                     }
                     Err(_) => {
                         tracing::warn!(%host, "DNS resolution timed out");
-                        previous.iter().filter(|e| e.addr.port() == *port).map(|e| e.addr).collect()
+                        previous
+                            .iter()
+                            .filter(|e| e.addr.port() == *port)
+                            .map(|e| e.addr)
+                            .collect()
                     }
                 }
             }
@@ -220,7 +249,9 @@ async fn resolve_all(addresses: &[(EndpointAddress, u32)], previous: &[Arc<Endpo
             if out.iter().any(|e| e.addr == addr) {
                 continue;
             }
-            let reuse = previous.iter().find(|e| e.addr == addr && e.weight == *weight);
+            let reuse = previous
+                .iter()
+                .find(|e| e.addr == addr && e.weight == *weight);
             out.push(match reuse {
                 Some(e) => e.clone(),
                 None => Arc::new(Endpoint::new(addr, *weight)),

@@ -35,7 +35,11 @@ pub async fn spawn_echo(address: SocketAddr, name: &str) -> std::io::Result<Sock
     Ok(bound)
 }
 
-async fn echo(req: Request<Incoming>, peer: SocketAddr, name: std::sync::Arc<str>) -> Result<Response<ProxyBody>, Infallible> {
+async fn echo(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    name: std::sync::Arc<str>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let (parts, body) = req.into_parts();
     // Count the body without keeping it.
     let mut body = body;
@@ -49,7 +53,12 @@ async fn echo(req: Request<Incoming>, peer: SocketAddr, name: std::sync::Arc<str
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), json!(String::from_utf8_lossy(v.as_bytes()))))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                json!(String::from_utf8_lossy(v.as_bytes())),
+            )
+        })
         .collect();
     let value = json!({
         "server": &*name,
@@ -60,8 +69,12 @@ async fn echo(req: Request<Incoming>, peer: SocketAddr, name: std::sync::Arc<str
         "body_bytes": length,
         "peer": peer.to_string(),
     });
-    let mut resp = Response::new(ProxyBody::full(serde_json::to_vec_pretty(&value).unwrap_or_default()));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    let mut resp = Response::new(ProxyBody::full(
+        serde_json::to_vec_pretty(&value).unwrap_or_default(),
+    ));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }

@@ -174,7 +174,12 @@ impl Generation {
                         .iter()
                         .find(|c| *c.name == *target.cluster)
                         .cloned()
-                        .ok_or_else(|| BuildError::Invalid(format!("{path}.tcp.cluster: unknown cluster `{}`", target.cluster)))?;
+                        .ok_or_else(|| {
+                            BuildError::Invalid(format!(
+                                "{path}.tcp.cluster: unknown cluster `{}`",
+                                target.cluster
+                            ))
+                        })?;
                     ListenerGen::Tcp(TcpListener {
                         name: l.name.as_str().into(),
                         generation: id,

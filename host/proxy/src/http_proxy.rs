@@ -148,14 +148,22 @@ impl OnComplete for Completion {
 }
 
 /// Serves one request of a downstream connection.
-pub(crate) async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Result<Response<ProxyBody>, Infallible> {
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ConnCtx>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     conn.activity.begin();
     let generation = conn.slot.current();
     let ListenerGen::Http(listener) = &*generation else {
         // The listener turned into a TCP listener by a reload; this connection is stale.
         let c = completion(&conn, start, generation.metrics().clone(), None, &req);
-        return Ok(local(c, StatusCode::SERVICE_UNAVAILABLE, "listener is being reconfigured", flags::NONE));
+        return Ok(local(
+            c,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "listener is being reconfigured",
+            flags::NONE,
+        ));
     };
     Ok(route_and_forward(req, &conn, listener, start).await)
 }
@@ -169,8 +177,14 @@ fn completion(
 ) -> Box<Completion> {
     let entry = conn.shared.access_log.enabled().then(|| Entry {
         start_time: access_log::rfc3339(SystemTime::now()),
-        listener: listener_name.cloned().unwrap_or_else(|| conn.slot.name.clone()),
-        protocol: if conn.h2 { "HTTP/2" } else { version_name(req.version()) },
+        listener: listener_name
+            .cloned()
+            .unwrap_or_else(|| conn.slot.name.clone()),
+        protocol: if conn.h2 {
+            "HTTP/2"
+        } else {
+            version_name(req.version())
+        },
         method: Some(req.method().as_str().to_owned()),
         authority: authority_of(req, conn.h2).map(str::to_owned),
         path: Some(
@@ -222,7 +236,12 @@ fn authority_of(req: &Request<Incoming>, _h2: bool) -> Option<&str> {
 }
 
 /// A locally generated response carrying `flag`.
-fn local(mut c: Box<Completion>, status: StatusCode, body: &str, flag: &'static str) -> Response<ProxyBody> {
+fn local(
+    mut c: Box<Completion>,
+    status: StatusCode,
+    body: &str,
+    flag: &'static str,
+) -> Response<ProxyBody> {
     c.status = status.as_u16();
     c.flag = flag;
     if flag != flags::NONE
@@ -230,7 +249,8 @@ fn local(mut c: Box<Completion>, status: StatusCode, body: &str, flag: &'static 
     {
         e.details = Some(body.to_owned());
     }
-    let mut resp = Response::new(ProxyBody::full(Bytes::copy_from_slice(body.as_bytes())).on_complete(c));
+    let mut resp =
+        Response::new(ProxyBody::full(Bytes::copy_from_slice(body.as_bytes())).on_complete(c));
     *resp.status_mut() = status;
     if !body.is_empty() {
         resp.headers_mut()
@@ -256,7 +276,13 @@ async fn route_and_forward(
     listener: &HttpListener,
     start: Instant,
 ) -> Response<ProxyBody> {
-    let mut c = completion(conn, start, listener.metrics.clone(), Some(&listener.name), &req);
+    let mut c = completion(
+        conn,
+        start,
+        listener.metrics.clone(),
+        Some(&listener.name),
+        &req,
+    );
     let authority = authority_of(&req, conn.h2).unwrap_or("").to_owned();
     let (host, _) = split_host_port(&authority);
     let view = RequestView {
@@ -306,7 +332,12 @@ async fn route_and_forward(
         .pick_cluster(fastrand::u64(..))
         .and_then(|i| listener.clusters.get(i))
     else {
-        return local(c, StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", flags::NO_HEALTHY_UPSTREAM);
+        return local(
+            c,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
+            flags::NO_HEALTHY_UPSTREAM,
+        );
     };
     if let Some(e) = c.entry.as_mut() {
         e.upstream_cluster = Some(cluster.name.clone());
@@ -314,7 +345,12 @@ async fn route_and_forward(
     let hash = request_hash(&forward.hash_policy, &parts.headers, conn.peer);
     let endpoint = cluster.endpoints().pick(hash).cloned();
     let Some(endpoint) = endpoint else {
-        return local(c, StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", flags::NO_HEALTHY_UPSTREAM);
+        return local(
+            c,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
+            flags::NO_HEALTHY_UPSTREAM,
+        );
     };
     if let Some(e) = c.entry.as_mut() {
         e.upstream_host = Some(endpoint.addr.to_string());
@@ -350,7 +386,12 @@ async fn route_and_forward(
         .path_and_query(path)
         .build();
     let Ok(uri) = uri else {
-        return local(c, StatusCode::BAD_REQUEST, "invalid request path", flags::NONE);
+        return local(
+            c,
+            StatusCode::BAD_REQUEST,
+            "invalid request path",
+            flags::NONE,
+        );
     };
     parts.uri = uri;
     parts.version = match cluster.config.protocol {
@@ -360,7 +401,17 @@ async fn route_and_forward(
     let body = ProxyBody::incoming(body).metered(c.request_bytes.clone());
     let upstream_req = Request::from_parts(parts, body);
 
-    forward_upstream(upstream_req, c, cluster, endpoint, forward.timeout, state, downstream_upgrade, conn).await
+    forward_upstream(
+        upstream_req,
+        c,
+        cluster,
+        endpoint,
+        forward.timeout,
+        state,
+        downstream_upgrade,
+        conn,
+    )
+    .await
 }
 
 fn respond_through_filters(
@@ -413,7 +464,12 @@ async fn forward_upstream(
         Err(()) => {
             cluster.metrics.rq_timeout.inc();
             cluster.metrics.rq[4].inc();
-            return local(c, StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", flags::UPSTREAM_TIMEOUT);
+            return local(
+                c,
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout",
+                flags::UPSTREAM_TIMEOUT,
+            );
         }
         Ok(Err(e)) => {
             cluster.metrics.rq[4].inc();
@@ -527,7 +583,12 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-fn prepare_upstream_headers(headers: &mut HeaderMap, conn: &ConnCtx, listener: &HttpListener, is_upgrade: bool) {
+fn prepare_upstream_headers(
+    headers: &mut HeaderMap,
+    conn: &ConnCtx,
+    listener: &HttpListener,
+    is_upgrade: bool,
+) {
     strip_hop_by_hop(headers, is_upgrade);
     let ip = conn.peer.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -588,10 +649,16 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_nominated_ones_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-keep", HeaderValue::from_static("1"));
@@ -623,10 +690,19 @@ mod tests {
             HashPolicy::Cookie("session".into()),
             HashPolicy::SourceIp,
         ];
-        assert_eq!(request_hash(&policies, &h, peer), Some(weft_balance::hash_bytes(b"abc")));
+        assert_eq!(
+            request_hash(&policies, &h, peer),
+            Some(weft_balance::hash_bytes(b"abc"))
+        );
         h.insert("x-user", HeaderValue::from_static("u1"));
-        assert_eq!(request_hash(&policies, &h, peer), Some(weft_balance::hash_bytes(b"u1")));
-        assert_eq!(request_hash(&policies[2..], &HeaderMap::new(), peer), Some(weft_balance::hash_bytes(&[10, 0, 0, 1])));
+        assert_eq!(
+            request_hash(&policies, &h, peer),
+            Some(weft_balance::hash_bytes(b"u1"))
+        );
+        assert_eq!(
+            request_hash(&policies[2..], &HeaderMap::new(), peer),
+            Some(weft_balance::hash_bytes(&[10, 0, 0, 1]))
+        );
         assert_eq!(request_hash(&[], &h, peer), None);
     }
 }

@@ -183,37 +183,81 @@ impl Metrics {
             registry: Registry::default(),
         };
         let reg = &mut registry;
-        reg.register("downstream_rq", "Downstream requests by listener and status class", m.downstream_rq.clone());
+        reg.register(
+            "downstream_rq",
+            "Downstream requests by listener and status class",
+            m.downstream_rq.clone(),
+        );
         reg.register(
             "downstream_rq_time_seconds",
             "Downstream request duration, from request start to the end of the response",
             m.downstream_rq_time.clone(),
         );
-        reg.register("downstream_cx", "Downstream connections accepted", m.downstream_cx_total.clone());
-        reg.register("downstream_cx_active", "Downstream connections open", m.downstream_cx_active.clone());
+        reg.register(
+            "downstream_cx",
+            "Downstream connections accepted",
+            m.downstream_cx_total.clone(),
+        );
+        reg.register(
+            "downstream_cx_active",
+            "Downstream connections open",
+            m.downstream_cx_active.clone(),
+        );
         reg.register(
             "downstream_rq_rejected",
             "Requests refused before routing (framing, limits, timeouts)",
             m.downstream_rq_rejected.clone(),
         );
-        reg.register("response_flags", "Responses by Envoy response flag", m.response_flags.clone());
-        reg.register("route_rq", "Requests by listener, route and status class", m.route_rq.clone());
-        reg.register("upstream_rq", "Upstream requests by cluster and status class", m.upstream_rq.clone());
+        reg.register(
+            "response_flags",
+            "Responses by Envoy response flag",
+            m.response_flags.clone(),
+        );
+        reg.register(
+            "route_rq",
+            "Requests by listener, route and status class",
+            m.route_rq.clone(),
+        );
+        reg.register(
+            "upstream_rq",
+            "Upstream requests by cluster and status class",
+            m.upstream_rq.clone(),
+        );
         reg.register(
             "upstream_rq_time_seconds",
             "Upstream request time to response headers",
             m.upstream_rq_time.clone(),
         );
-        reg.register("upstream_rq_active", "Upstream requests in flight", m.upstream_rq_active.clone());
+        reg.register(
+            "upstream_rq_active",
+            "Upstream requests in flight",
+            m.upstream_rq_active.clone(),
+        );
         reg.register(
             "upstream_cx_connect_fail",
             "Upstream connection attempts that failed or timed out",
             m.upstream_cx_connect_fail.clone(),
         );
-        reg.register("upstream_rq_timeout", "Upstream requests that hit the route timeout", m.upstream_rq_timeout.clone());
-        reg.register("upstream_cx", "Upstream connections opened", m.upstream_cx_total.clone());
-        reg.register("config_reload", "Configuration reloads by result", m.config_reload.clone());
-        reg.register("config_generation", "The live configuration generation", m.config_generation.clone());
+        reg.register(
+            "upstream_rq_timeout",
+            "Upstream requests that hit the route timeout",
+            m.upstream_rq_timeout.clone(),
+        );
+        reg.register(
+            "upstream_cx",
+            "Upstream connections opened",
+            m.upstream_cx_total.clone(),
+        );
+        reg.register(
+            "config_reload",
+            "Configuration reloads by result",
+            m.config_reload.clone(),
+        );
+        reg.register(
+            "config_generation",
+            "The live configuration generation",
+            m.config_generation.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -232,10 +276,11 @@ impl Metrics {
         };
         ListenerMetrics {
             rq: CODE_CLASSES.map(|c| {
-                self.downstream_rq.get_or_create_owned(&ListenerClassLabels {
-                    listener: listener.to_owned(),
-                    code_class: c.to_owned(),
-                })
+                self.downstream_rq
+                    .get_or_create_owned(&ListenerClassLabels {
+                        listener: listener.to_owned(),
+                        code_class: c.to_owned(),
+                    })
             }),
             rq_time: self.downstream_rq_time.get_or_create_owned(&l),
             cx_total: self.downstream_cx_total.get_or_create_owned(&l),

@@ -119,10 +119,11 @@ impl Proxy {
     pub async fn start(source: ConfigSource, options: StartOptions) -> Result<Proxy, ProxyError> {
         let config = source.load()?;
         let metrics = Arc::new(Metrics::new());
-        let access_log = AccessLog::open(&config.access_log.path).map_err(|error| ProxyError::AccessLog {
-            path: config.access_log.path.clone(),
-            error,
-        })?;
+        let access_log =
+            AccessLog::open(&config.access_log.path).map_err(|error| ProxyError::AccessLog {
+                path: config.access_log.path.clone(),
+                error,
+            })?;
         let label = source.label();
         let generation = Generation::build(1, label.clone(), config, None, &metrics)
             .await
@@ -132,14 +133,19 @@ impl Proxy {
             })?;
         let generation = Arc::new(generation);
         let drain_timeout = generation.config.drain_timeout;
-        let admin_address = options.admin_address.unwrap_or(generation.config.admin.address);
+        let admin_address = options
+            .admin_address
+            .unwrap_or(generation.config.admin.address);
         let proxy = Proxy {
             inner: Arc::new(Inner {
                 source,
                 generation: ArcSwap::new(generation.clone()),
                 slots: tokio::sync::Mutex::new(HashMap::new()),
                 addrs: std::sync::Mutex::new(HashMap::new()),
-                shared: Arc::new(Shared { metrics, access_log }),
+                shared: Arc::new(Shared {
+                    metrics,
+                    access_log,
+                }),
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 next_id: AtomicU64::new(2),
@@ -258,7 +264,9 @@ impl Proxy {
             .shared
             .metrics
             .config_reload
-            .get_or_create(&ResultLabels { result: label.into() })
+            .get_or_create(&ResultLabels {
+                result: label.into(),
+            })
             .inc();
         match &result {
             Ok(id) => {
@@ -282,12 +290,18 @@ impl Proxy {
         let id = self.inner.next_id.fetch_add(1, Ordering::SeqCst);
         let previous = self.inner.generation.load_full();
         let label = self.inner.source.label();
-        let generation = Generation::build(id, label.clone(), config, Some(&previous), &self.inner.shared.metrics)
-            .await
-            .map_err(|error| ProxyError::Build {
-                source_label: label,
-                error,
-            })?;
+        let generation = Generation::build(
+            id,
+            label.clone(),
+            config,
+            Some(&previous),
+            &self.inner.shared.metrics,
+        )
+        .await
+        .map_err(|error| ProxyError::Build {
+            source_label: label,
+            error,
+        })?;
         self.publish(Arc::new(generation)).await?;
         Ok(id)
     }
@@ -370,7 +384,11 @@ impl Proxy {
 
     /// The listeners' bound addresses by name.
     pub fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
-        self.inner.addrs.lock().map(|a| a.clone()).unwrap_or_default()
+        self.inner
+            .addrs
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
     }
 
     /// The listener's generation by name (for admin).

@@ -109,8 +109,12 @@ pub fn serve(
                         metrics.cx_total.inc();
                         metrics.cx_active.inc();
                         match &*lgen {
-                            ListenerGen::Http(_) => serve_http(stream, peer, slot, shared, shutdown).await,
-                            ListenerGen::Tcp(t) => serve_tcp(stream, peer, t, &shared, shutdown).await,
+                            ListenerGen::Http(_) => {
+                                serve_http(stream, peer, slot, shared, shutdown).await
+                            }
+                            ListenerGen::Tcp(t) => {
+                                serve_tcp(stream, peer, t, &shared, shutdown).await
+                            }
                         }
                         metrics.cx_active.dec();
                     });
@@ -285,7 +289,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<'_, S> {
         let before = buf.filled().len();
         let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            self.last
+                .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
         res
     }
@@ -299,7 +304,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<'_, S> {
     ) -> std::task::Poll<std::io::Result<usize>> {
         std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
     }
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(
@@ -338,7 +346,11 @@ async fn serve_tcp(
     entry.upstream_host = Some(endpoint.addr.to_string());
     endpoint.active.fetch_add(1, Ordering::Relaxed);
     endpoint.rq_total.fetch_add(1, Ordering::Relaxed);
-    let connect = tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(endpoint.addr)).await;
+    let connect = tokio::time::timeout(
+        cluster.config.connect_timeout,
+        TcpStream::connect(endpoint.addr),
+    )
+    .await;
     let mut upstream = match connect {
         Ok(Ok(s)) => s,
         Ok(Err(_)) | Err(_) => {

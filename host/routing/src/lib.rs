@@ -233,7 +233,7 @@ impl RouteTable {
                 routes,
             });
         }
-        table.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         Ok(table)
     }
 
@@ -443,11 +443,11 @@ impl Redirect {
             out.push_str(&p);
         }
         out.push_str(&new_path);
-        if let (false, Some(q)) = (self.strip_query, query) {
-            if !new_path.contains('?') {
-                out.push('?');
-                out.push_str(q);
-            }
+        if let (false, Some(q)) = (self.strip_query, query)
+            && !new_path.contains('?')
+        {
+            out.push('?');
+            out.push_str(q);
         }
         out
     }

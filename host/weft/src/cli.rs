@@ -60,7 +60,9 @@ pub fn main(cli: Cli) -> ExitCode {
 fn init_logging(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -121,13 +123,23 @@ fn run(config: Option<PathBuf>) -> ExitCode {
     runtime.block_on(async move {
         let demo = config.is_none();
         if demo {
-            let addr = DEMO_ECHO.parse().unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 18080)));
+            let addr = DEMO_ECHO
+                .parse()
+                .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 18080)));
             if let Err(e) = weft_proxy::echo::spawn_echo(addr, "demo-echo").await {
                 eprintln!("demo echo upstream {DEMO_ECHO}: cannot bind: {e}");
                 return ExitCode::FAILURE;
             }
         }
-        let proxy = match Proxy::start(source, StartOptions { watch: !demo, ..Default::default() }).await {
+        let proxy = match Proxy::start(
+            source,
+            StartOptions {
+                watch: !demo,
+                ..Default::default()
+            },
+        )
+        .await
+        {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("{e}");
@@ -146,8 +158,14 @@ fn run(config: Option<PathBuf>) -> ExitCode {
 }
 
 fn print_demo_help(proxy: &Proxy) {
-    let listener = proxy.listener_addr("demo").map(|a| a.to_string()).unwrap_or_default();
-    let admin = proxy.admin_addr().map(|a| a.to_string()).unwrap_or_default();
+    let listener = proxy
+        .listener_addr("demo")
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let admin = proxy
+        .admin_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     println!(
         "\nWeft demo is running: an echo upstream on {DEMO_ECHO} behind Weft on {listener}.\n\
          Try:\n  \

@@ -1,0 +1,133 @@
+//! The `weft` command line: validate, version, and a real process drained by SIGTERM.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn weft() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = weft().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("weft {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn validate_accepts_every_example_config() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut checked = 0;
+    let embedded = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/default.yaml");
+    let paths = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|e| e.unwrap().path());
+    for path in paths.chain([embedded]) {
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = weft().args(["validate", "-c"]).arg(&path).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "examples/ has configs");
+}
+
+#[test]
+fn validate_prints_every_error_with_file_line_column_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  - name: l\n    address: 127.0.0.1:1\n    virtual_hosts:\n      - name: v\n        domains: [\"*\"]\n        routes:\n          - route: { cluster: missing }\n          - match: { path: { regex: \"(\" } }\n            direct_response: { status: 200 }\nclusters: []\n",
+    )
+    .unwrap();
+    let out = weft().args(["validate", "-c"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    assert!(err.contains("2 configuration errors"), "{err}");
+    assert!(
+        err.contains(&format!("{file}:8:"))
+            && err.contains(
+                "listeners[0].virtual_hosts[0].routes[0].route.cluster: unknown cluster `missing`"
+            ),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{file}:9:"))
+            && err.contains("routes[1].match.path.regex: invalid regular expression"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_refuses_a_bad_config_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, "listeners: 7\n").unwrap();
+    let out = weft().args(["run", "-c"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yaml:1:"));
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weft.yaml");
+    std::fs::write(
+        &path,
+        "admin: { address: 127.0.0.1:0 }\naccess_log: { path: \"off\" }\nlisteners:\n  - name: main\n    address: 127.0.0.1:0\n    virtual_hosts:\n      - name: v\n        domains: [\"*\"]\n        routes: [{ direct_response: { status: 200, body: up } }]\n",
+    )
+    .unwrap();
+    let mut child = weft()
+        .args(["run", "--log-format", "json", "-c"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut addr = None;
+    while addr.is_none() && Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["fields"]["message"] == "listening" {
+            addr = v["fields"]["address"].as_str().map(str::to_owned);
+        }
+    }
+    let addr = addr.expect("weft logged its listening address");
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "weft did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("drained")), "{rest:?}");
+}
