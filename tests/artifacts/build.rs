@@ -1,0 +1,267 @@
+//! Builds the proxy-wasm guest fixtures in `tests/fixtures/wasm` (a cargo
+//! workspace of its own) for `wasm32-wasip1` in release with a nested cargo,
+//! then writes `$OUT_DIR/fixtures.rs` with one `pub const` path per fixture.
+//!
+//! The nested cargo gets a scrubbed environment: everything cargo hands a build
+//! script (`CARGO_ENCODED_RUSTFLAGS`, `CARGO_CFG_*`, `CARGO_PKG_*`, `OUT_DIR`,
+//! `TARGET`, ...) and every host-build override (`RUSTFLAGS`, wrappers,
+//! `CARGO_BUILD_*`, `CARGO_PROFILE_*`, `CARGO_TARGET_*`, ...) would otherwise
+//! leak into the wasm build. Its target dir is `$OUT_DIR/fixtures-target`.
+
+use std::collections::BTreeSet;
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const WASM_TARGET: &str = "wasm32-wasip1";
+
+/// `CARGO_*` variables (exact names or prefixes ending in `_`) the nested cargo
+/// keeps: where cargo lives, registry / network / auth settings, the
+/// jobserver (so it shares the outer build's job slots), terminal settings.
+const KEEP_CARGO_VARS: &[&str] = &[
+    "CARGO_HOME",
+    "CARGO_MAKEFLAGS",
+    "CARGO_BUILD_JOBS",
+    "CARGO_NET_",
+    "CARGO_HTTP_",
+    "CARGO_REGISTRY_",
+    "CARGO_REGISTRIES_",
+    "CARGO_TERM_",
+];
+
+/// Non-`CARGO_*` variables that must not reach the nested cargo. `RUSTC` and
+/// `RUSTUP_TOOLCHAIN` are kept on purpose: same compiler as the outer build.
+const REMOVE_VARS: &[&str] = &[
+    "RUSTFLAGS",
+    "RUSTDOCFLAGS",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTC_LINKER",
+    "OUT_DIR",
+    "TARGET",
+    "HOST",
+    "NUM_JOBS",
+    "OPT_LEVEL",
+    "DEBUG",
+    "PROFILE",
+];
+
+fn main() {
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let fixtures = manifest_dir.join("../fixtures/wasm");
+    let fixtures = fixtures
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("fixture workspace {}: {e}", fixtures.display()));
+    let workspace_manifest = fixtures.join("Cargo.toml");
+    let lockfile = fixtures.join("Cargo.lock");
+
+    println!("cargo:rerun-if-changed=build.rs");
+    rerun_if_changed(&workspace_manifest);
+    rerun_if_changed(&lockfile);
+
+    let members = workspace_members(&workspace_manifest);
+    assert!(
+        !members.is_empty(),
+        "no members in {}",
+        workspace_manifest.display()
+    );
+    warn_about_unlisted_crates(&fixtures, &members);
+
+    let mut fixtures_list = Vec::new(); // (package name, lib file stem)
+    for member in &members {
+        let dir = fixtures.join(member);
+        let manifest = dir.join("Cargo.toml");
+        rerun_if_changed(&manifest);
+        rerun_if_changed_recursive(&dir.join("src"));
+        let name = package_name(&manifest);
+        let stem = name.replace('-', "_");
+        fixtures_list.push((name, stem));
+    }
+
+    // The nested build.
+    let target_dir = out_dir.join("fixtures-target");
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(&fixtures)
+        .arg("build")
+        .arg("--release")
+        .arg("--target")
+        .arg(WASM_TARGET)
+        .arg("--manifest-path")
+        .arg(&workspace_manifest);
+    if lockfile.exists() {
+        cmd.arg("--locked");
+    }
+    for (key, _) in env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let leaks = if key.starts_with("CARGO_") {
+            !KEEP_CARGO_VARS.iter().any(|keep| {
+                if keep.ends_with('_') {
+                    key.starts_with(keep)
+                } else {
+                    key == *keep
+                }
+            })
+        } else {
+            key.starts_with("__CARGO") || REMOVE_VARS.contains(&key)
+        };
+        if leaks {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("CARGO_TARGET_DIR", &target_dir);
+    // Our stdout is cargo's directive channel: send the nested cargo's
+    // stdout to stderr, which cargo prints when this build script fails.
+    cmd.stdout(Stdio::from(std::io::stderr()))
+        .stderr(Stdio::inherit());
+
+    eprintln!("weft-test-artifacts: running {cmd:?}");
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("could not run {}: {e}", Path::new(&cargo).display()));
+    if !status.success() {
+        panic!(
+            "building the wasm fixtures failed ({status}); the nested cargo output is above.\n\
+             Reproduce with: cargo build --release --target {WASM_TARGET} --manifest-path {}\n\
+             (needs `rustup target add {WASM_TARGET}`)",
+            workspace_manifest.display()
+        );
+    }
+
+    // Generated constants.
+    let release = target_dir.join(WASM_TARGET).join("release");
+    let mut rs = String::from("// @generated by weft-test-artifacts/build.rs: do not edit.\n\n");
+    let mut consts = Vec::new();
+    for (name, stem) in &fixtures_list {
+        let wasm = release.join(format!("{stem}.wasm"));
+        let bytes = fs::read(&wasm).unwrap_or_else(|e| {
+            panic!("fixture `{name}` built but {} is unreadable ({e}); is its crate-type [\"cdylib\"]?", wasm.display())
+        });
+        assert!(
+            bytes.starts_with(b"\0asm"),
+            "{} is not a wasm module",
+            wasm.display()
+        );
+        let path = wasm
+            .to_str()
+            .unwrap_or_else(|| panic!("non-UTF-8 path {}", wasm.display()));
+        let konst = stem.to_ascii_uppercase();
+        writeln!(
+            rs,
+            "/// Absolute path of the `{name}` fixture (`{stem}.wasm`, {} bytes).",
+            bytes.len()
+        )
+        .expect("writing to a String");
+        writeln!(rs, "pub const {konst}: &str = {path:?};").expect("writing to a String");
+        consts.push((name, stem, konst));
+    }
+    rs.push_str("\n/// Every fixture as `(name, path)`.\npub const ALL: &[(&str, &str)] = &[\n");
+    for (name, _, konst) in &consts {
+        writeln!(rs, "    ({name:?}, {konst}),").expect("writing to a String");
+    }
+    rs.push_str("];\n\n");
+    rs.push_str(
+        "/// `foreach_fixture!(m)` expands `m!(fixture_name, PATH_EXPR);` once per fixture,\n\
+         /// e.g. to generate one test per fixture.\n\
+         #[macro_export]\nmacro_rules! foreach_fixture {\n    ($mac:ident) => {\n",
+    );
+    for (_, stem, konst) in &consts {
+        writeln!(rs, "        $mac!({stem}, $crate::{konst});").expect("writing to a String");
+    }
+    rs.push_str("    };\n}\n");
+    let generated = out_dir.join("fixtures.rs");
+    fs::write(&generated, rs).unwrap_or_else(|e| panic!("writing {}: {e}", generated.display()));
+}
+
+fn rerun_if_changed(path: &Path) {
+    println!("cargo:rerun-if-changed={}", path.display());
+}
+
+/// The directory itself (cargo then notices added files) and every file in it.
+fn rerun_if_changed_recursive(dir: &Path) {
+    rerun_if_changed(dir);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        if path.is_dir() {
+            rerun_if_changed_recursive(&path);
+        } else {
+            rerun_if_changed(&path);
+        }
+    }
+}
+
+/// The strings in `members = [ ... ]` of the fixture workspace manifest (a
+/// minimal TOML reader: one array, quoted entries, `#` comments).
+fn workspace_members(manifest: &Path) -> Vec<String> {
+    let text = read(manifest);
+    let start = text
+        .lines()
+        .position(|l| l.trim_start().starts_with("members"))
+        .unwrap_or_else(|| panic!("no `members = [...]` in {}", manifest.display()));
+    let mut members = Vec::new();
+    for line in text.lines().skip(start) {
+        let line = line.split('#').next().unwrap_or_default();
+        let mut rest = line
+            .split_once('=')
+            .map_or(line, |(k, v)| if k.contains('"') { line } else { v });
+        while let Some((_, after)) = rest.split_once('"') {
+            let (member, after) = after.split_once('"').unwrap_or_else(|| {
+                panic!("unterminated string in members of {}", manifest.display())
+            });
+            members.push(member.to_owned());
+            rest = after;
+        }
+        if line.contains(']') {
+            break;
+        }
+    }
+    members
+}
+
+/// `name = "..."` of the `[package]` table.
+fn package_name(manifest: &Path) -> String {
+    let text = read(manifest);
+    let mut in_package = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+        } else if in_package
+            && let Some((key, value)) = line.split_once('=')
+            && key.trim() == "name"
+        {
+            return value.trim().trim_matches('"').to_owned();
+        }
+    }
+    panic!("no [package] name in {}", manifest.display());
+}
+
+fn warn_about_unlisted_crates(fixtures: &Path, members: &[String]) {
+    let listed: BTreeSet<&str> = members.iter().map(String::as_str).collect();
+    let Ok(entries) = fs::read_dir(fixtures) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.join("Cargo.toml").is_file()
+            && let Some(dir) = path.file_name().and_then(|n| n.to_str())
+            && !listed.contains(dir)
+        {
+            println!(
+                "cargo:warning=wasm fixture crate `{dir}` is not in the members of {}; it is not built",
+                fixtures.join("Cargo.toml").display()
+            );
+        }
+    }
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
