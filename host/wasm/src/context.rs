@@ -1,0 +1,276 @@
+//! What a callback can see and change: the per-store host state, the data of the stream being
+//! served, and the effects a callback requests (acted on by the host after it returns).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::abi::{GuestMemory, HeaderList};
+use crate::plugin::PluginInfo;
+use crate::types::Status;
+
+/// Read-only attributes the embedding exposes to `proxy_get_property` (Envoy's attribute
+/// paths: `request.path`, `source.address`, …). Values use Envoy's encodings: strings raw,
+/// integers 8-byte little-endian, booleans one byte, timestamps nanoseconds.
+pub trait Properties: Send + Sync {
+    /// The value at `path` (segments), or `None` when it does not exist.
+    fn get(&self, path: &[&str]) -> Option<Vec<u8>>;
+}
+
+/// No properties.
+#[derive(Debug, Default)]
+pub struct NoProperties;
+
+impl Properties for NoProperties {
+    fn get(&self, _path: &[&str]) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// A local reply a plugin asked for with `proxy_send_local_response`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    /// Status code.
+    pub status: u16,
+    /// Details (for the access log).
+    pub details: String,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Extra headers (validated: no CR, LF or NUL).
+    pub headers: HeaderList,
+    /// gRPC status, `None` for -1.
+    pub grpc_status: Option<i32>,
+}
+
+/// An HTTP callout a plugin dispatched with `proxy_http_call`.
+#[derive(Debug, Clone)]
+pub struct HttpCallRequest {
+    /// The token returned to the plugin.
+    pub token: u32,
+    /// The context that dispatched it (gets `on_http_call_response`).
+    pub context_id: u32,
+    /// Target cluster name.
+    pub cluster: String,
+    /// Headers, with `:method`, `:path` and `:authority`.
+    pub headers: HeaderList,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Trailers.
+    pub trailers: HeaderList,
+    /// Deadline.
+    pub timeout: Duration,
+}
+
+/// An HTTP callout's outcome, as the plugin sees it.
+#[derive(Debug, Clone, Default)]
+pub struct HttpCallResponse {
+    /// Response headers, with `:status`.
+    pub headers: HeaderList,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Trailers.
+    pub trailers: HeaderList,
+}
+
+/// What a callback asked the host to do once it returns.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// `proxy_send_local_response`.
+    pub local_response: Option<LocalResponse>,
+    /// `proxy_continue_stream(HTTP_REQUEST)` (or DOWNSTREAM for TCP).
+    pub resume_request: bool,
+    /// `proxy_continue_stream(HTTP_RESPONSE)` (or UPSTREAM for TCP).
+    pub resume_response: bool,
+    /// `proxy_close_stream`.
+    pub close: bool,
+    /// `proxy_done`.
+    pub done: bool,
+}
+
+/// The data of one HTTP stream (or TCP connection) as plugins see it.
+pub struct StreamData {
+    /// Request headers, pseudo-headers first.
+    pub request_headers: HeaderList,
+    /// Request trailers.
+    pub request_trailers: HeaderList,
+    /// Response headers, `:status` first.
+    pub response_headers: HeaderList,
+    /// Response trailers.
+    pub response_trailers: HeaderList,
+    /// The request body bytes the current callback sees.
+    pub request_body: Vec<u8>,
+    /// The response body bytes the current callback sees.
+    pub response_body: Vec<u8>,
+    /// TCP: downstream bytes the current callback sees.
+    pub downstream_data: Vec<u8>,
+    /// TCP: upstream bytes the current callback sees.
+    pub upstream_data: Vec<u8>,
+    /// Attributes from the embedding.
+    pub properties: Arc<dyn Properties>,
+    /// Values written with `proxy_set_property` (Envoy's filter state), by dotted path.
+    pub filter_state: HashMap<String, Vec<u8>>,
+    /// Effects requested by callbacks, taken by the host after each one.
+    pub effects: Effects,
+}
+
+impl std::fmt::Debug for StreamData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamData")
+            .field("request_headers", &self.request_headers)
+            .field("response_headers", &self.response_headers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamData {
+    /// Empty stream data with `properties`.
+    pub fn new(properties: Arc<dyn Properties>) -> StreamData {
+        StreamData {
+            request_headers: HeaderList::default(),
+            request_trailers: HeaderList::default(),
+            response_headers: HeaderList::default(),
+            response_trailers: HeaderList::default(),
+            request_body: Vec::new(),
+            response_body: Vec::new(),
+            downstream_data: Vec::new(),
+            upstream_data: Vec::new(),
+            properties,
+            filter_state: HashMap::new(),
+            effects: Effects::default(),
+        }
+    }
+}
+
+/// Which callback is running, for the spec's access rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Idle,
+    VmStart,
+    Configure,
+    RequestHeaders,
+    RequestBody,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseBody,
+    ResponseTrailers,
+    HttpCallResponse,
+    Tick,
+    QueueReady,
+    Log,
+    Done,
+    NewConnection,
+    DownstreamData,
+    UpstreamData,
+    ConnectionClose,
+}
+
+/// A clock plugins read (`proxy_get_current_time_nanoseconds`, WASI `clock_time_get`); the
+/// test harness substitutes a controllable one.
+pub trait Clock: Send + Sync {
+    /// Wall-clock time.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// The memory limiter of one store; remembers whether a growth was refused, so that a trap that
+/// follows is reported as out-of-memory.
+#[derive(Debug)]
+pub(crate) struct Limiter {
+    pub(crate) max_memory: usize,
+    pub(crate) refused: bool,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The state of one wasmtime store (one plugin instance).
+pub(crate) struct HostState {
+    pub(crate) plugin: Arc<PluginInfo>,
+    pub(crate) memory: Option<GuestMemory>,
+    pub(crate) alloc: Option<wasmtime::TypedFunc<i32, i32>>,
+    pub(crate) limiter: Limiter,
+    pub(crate) phase: Phase,
+    /// The context the current callback runs for (changed by `proxy_set_effective_context`).
+    pub(crate) context_id: u32,
+    /// The context whose stream data is loaded in `stream`.
+    pub(crate) stream_context: u32,
+    pub(crate) root_context: u32,
+    pub(crate) stream: Option<StreamData>,
+    /// The callout response visible during `on_http_call_response`.
+    pub(crate) callout: Option<HttpCallResponse>,
+    /// Callouts dispatched by the current callback.
+    pub(crate) calls: Vec<HttpCallRequest>,
+    pub(crate) next_token: u32,
+    /// The tick period the root context asked for.
+    pub(crate) tick_period: Option<Duration>,
+    /// Root-context filter state (`proxy_set_property` outside a stream).
+    pub(crate) root_state: HashMap<String, Vec<u8>>,
+    /// `proxy_get_status` of the last callout.
+    pub(crate) last_status: (u32, Vec<u8>),
+    pub(crate) started: std::time::Instant,
+}
+
+impl HostState {
+    pub(crate) fn new(plugin: Arc<PluginInfo>) -> HostState {
+        let max_memory = plugin.limits.memory_bytes;
+        HostState {
+            plugin,
+            memory: None,
+            alloc: None,
+            limiter: Limiter {
+                max_memory,
+                refused: false,
+            },
+            phase: Phase::Idle,
+            context_id: 0,
+            stream_context: 0,
+            root_context: 0,
+            stream: None,
+            callout: None,
+            calls: Vec::new(),
+            next_token: 0,
+            tick_period: None,
+            root_state: HashMap::new(),
+            last_status: (0, Vec::new()),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The stream data of the effective context, if it is the loaded stream.
+    pub(crate) fn stream_mut(&mut self) -> Result<&mut StreamData, Status> {
+        if self.context_id != self.stream_context {
+            return Err(Status::BadArgument);
+        }
+        self.stream.as_mut().ok_or(Status::BadArgument)
+    }
+}

@@ -1,0 +1,188 @@
+//! The wasmtime engine shared by every plugin: epoch interruption for CPU deadlines, the
+//! pooling allocator with copy-on-write memory images, and an on-disk cache of compiled
+//! modules keyed by the module's sha256 and the engine's compatibility hash.
+
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, Module, OptLevel};
+
+use crate::LoadError;
+
+/// How often the epoch advances: the granularity of CPU deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Where compiled modules are cached (`None`: no disk cache).
+    pub cache_dir: Option<PathBuf>,
+    /// Use the pooling allocator (falls back to on-demand allocation if it cannot reserve).
+    pub pooling: bool,
+    /// Largest linear memory any plugin may have (the pooling allocator reserves this).
+    pub max_memory_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            cache_dir: default_cache_dir(),
+            pooling: true,
+            max_memory_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("weft").join("wasm"))
+}
+
+/// The shared engine; cheap to clone.
+#[derive(Clone)]
+pub struct WasmEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    cache_dir: Option<PathBuf>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for WasmEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmEngine")
+            .field("cache_dir", &self.inner.cache_dir)
+            .finish()
+    }
+}
+
+fn config(options: &EngineOptions, pooling: bool) -> Config {
+    let mut c = Config::new();
+    c.epoch_interruption(true);
+    c.cranelift_opt_level(OptLevel::Speed);
+    c.memory_init_cow(true);
+    c.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(20));
+    if pooling {
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_memories(1000);
+        pool.total_tables(1000);
+        pool.total_core_instances(1000);
+        pool.max_memory_size(options.max_memory_bytes);
+        c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    }
+    c
+}
+
+impl WasmEngine {
+    /// Builds the engine and starts the epoch ticker thread.
+    pub fn new(options: EngineOptions) -> Result<WasmEngine, LoadError> {
+        let engine = if options.pooling {
+            match Engine::new(&config(&options, true)) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pooling allocator unavailable; using on-demand allocation");
+                    Engine::new(&config(&options, false))
+                        .map_err(|e| LoadError::Engine(e.to_string()))?
+                }
+            }
+        } else {
+            Engine::new(&config(&options, false)).map_err(|e| LoadError::Engine(e.to_string()))?
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let stop2 = stop.clone();
+        std::thread::Builder::new()
+            .name("weft-wasm-epoch".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        Ok(WasmEngine {
+            inner: Arc::new(Inner {
+                engine,
+                cache_dir: options.cache_dir,
+                stop,
+            }),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Compiles `bytes`, or loads the cached compilation. Returns the module and its sha256.
+    pub fn compile(&self, bytes: &[u8]) -> Result<(Module, String), LoadError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotWasm);
+        }
+        let digest = hex(&Sha256::digest(bytes));
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.inner
+            .engine
+            .precompile_compatibility_hash()
+            .hash(&mut h);
+        let cache_file = self
+            .inner
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{digest}-{:016x}.cwasm", h.finish())));
+        if let Some(path) = &cache_file
+            && path.exists()
+        {
+            #[allow(unsafe_code, reason = "loading our own precompiled cache entry")]
+            // SAFETY: the file was written by `Module::serialize` of an engine with the same
+            // compatibility hash (it is in the file name), in a cache directory only Weft writes;
+            // wasmtime still checks the header and rejects a mismatched or foreign artifact.
+            let cached = unsafe { Module::deserialize_file(&self.inner.engine, path) };
+            match cached {
+                Ok(m) => return Ok((m, digest)),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "ignoring a bad module cache entry")
+                }
+            }
+        }
+        let module = Module::new(&self.inner.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        if let Some(path) = &cache_file
+            && let Ok(serialized) = module.serialize()
+        {
+            let write = || -> std::io::Result<()> {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                std::fs::write(&tmp, &serialized)?;
+                std::fs::rename(&tmp, path)
+            };
+            if let Err(e) = write() {
+                tracing::debug!(error = %e, "cannot write the module cache");
+            }
+        }
+        Ok((module, digest))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

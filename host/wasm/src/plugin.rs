@@ -1,0 +1,910 @@
+//! A plugin generation: a compiled module, linked once (`InstancePre`), validated by a canary
+//! instance (`on_vm_start` + `on_configure`), and a pool of instances serving streams. Every
+//! callback runs under a CPU deadline and a memory cap; an instance that traps is dropped and
+//! never reused, and the plugin's failure policy decides what happens next.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use wasmtime::{Instance, InstancePre, Linker, Store, TypedFunc};
+
+use crate::abi::GuestMemory;
+use crate::context::{
+    Clock, HostState, HttpCallRequest, HttpCallResponse, Phase, Properties, SystemClock,
+};
+use crate::engine::{EPOCH_TICK, WasmEngine};
+use crate::shared::QueueOwner;
+use crate::types::LogLevel;
+use crate::{Failure, LoadError, host};
+
+/// What the embedding (the proxy, or the test harness) provides to plugins.
+pub trait Embedder: Send + Sync {
+    /// True when `cluster` can take HTTP callouts.
+    fn has_cluster(&self, cluster: &str) -> bool;
+    /// Performs an HTTP callout; `None` when it failed (connect error, timeout, reset).
+    fn http_call(
+        &self,
+        call: HttpCallRequest,
+    ) -> Pin<Box<dyn Future<Output = Option<HttpCallResponse>> + Send>>;
+}
+
+/// An embedder with no clusters: every callout is refused.
+#[derive(Debug, Default)]
+pub struct NoCallouts;
+
+impl Embedder for NoCallouts {
+    fn has_cluster(&self, _cluster: &str) -> bool {
+        false
+    }
+    fn http_call(
+        &self,
+        _call: HttpCallRequest,
+    ) -> Pin<Box<dyn Future<Output = Option<HttpCallResponse>> + Send>> {
+        Box::pin(async { None })
+    }
+}
+
+/// What happens when a plugin traps, runs out of time or memory (Istio's `failStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// The failing request gets a local 503; once no healthy instance is left, every request
+    /// does until the plugin is reloaded.
+    FailClosed,
+    /// The failing request, and later ones while the plugin is broken, skip the plugin.
+    FailOpen,
+    /// The failing request gets a 503; the broken instance is replaced (with exponential backoff
+    /// after consecutive failures), and after too many failures in a window the plugin is
+    /// quarantined (fails closed) until reloaded.
+    Reload,
+}
+
+/// Budgets of one plugin.
+#[derive(Debug, Clone)]
+pub struct PluginLimits {
+    /// CPU time one callback may take.
+    pub cpu_deadline: Duration,
+    /// Linear memory cap per instance.
+    pub memory_bytes: usize,
+    /// Most body bytes buffered while the plugin pauses a stream.
+    pub max_body_bytes: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            cpu_deadline: Duration::from_millis(10),
+            memory_bytes: 64 * 1024 * 1024,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The `reload` policy's settings.
+#[derive(Debug, Clone)]
+pub struct ReloadPolicy {
+    /// First backoff after a failure; doubles per consecutive failure (capped at 30 s).
+    pub backoff: Duration,
+    /// Failures within `window` that quarantine the plugin.
+    pub max_failures: u32,
+    /// The failure-counting window.
+    pub window: Duration,
+}
+
+impl Default for ReloadPolicy {
+    fn default() -> Self {
+        ReloadPolicy {
+            backoff: Duration::from_millis(100),
+            max_failures: 5,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything needed to load a plugin.
+#[derive(Clone)]
+pub struct PluginSpec {
+    /// Unique plugin name.
+    pub name: String,
+    /// Where the module came from (for errors).
+    pub source: String,
+    /// The module bytes.
+    pub wasm: Vec<u8>,
+    /// Root id (`plugin_root_id`).
+    pub root_id: String,
+    /// VM id (`plugin_vm_id`; namespaces shared data and queues).
+    pub vm_id: String,
+    /// `PLUGIN_CONFIGURATION`.
+    pub configuration: Vec<u8>,
+    /// `VM_CONFIGURATION`.
+    pub vm_configuration: Vec<u8>,
+    /// WASI environment (`environ_get`), per plugin; the host's environment is not exposed.
+    pub env: Vec<(String, String)>,
+    /// Budgets.
+    pub limits: PluginLimits,
+    /// Failure policy.
+    pub failure_policy: FailurePolicy,
+    /// `reload` policy settings.
+    pub reload: ReloadPolicy,
+    /// Instances in the pool (at least 1).
+    pub instances: usize,
+    /// Log level reported to the plugin and applied to its logs.
+    pub log_level: LogLevel,
+    /// Attributes available without a stream (e.g. node metadata).
+    pub properties: Arc<dyn Properties>,
+    /// The clock plugins read.
+    pub clock: Arc<dyn Clock>,
+    /// Where plugin logs are also captured (the test harness reads them).
+    pub log_capture: Option<Arc<Mutex<Vec<(LogLevel, String)>>>>,
+}
+
+impl PluginSpec {
+    /// A spec with defaults for everything but the name and the bytes.
+    pub fn new(name: impl Into<String>, wasm: Vec<u8>) -> PluginSpec {
+        let name = name.into();
+        PluginSpec {
+            source: name.clone(),
+            name,
+            wasm,
+            root_id: String::new(),
+            vm_id: String::new(),
+            configuration: Vec::new(),
+            vm_configuration: Vec::new(),
+            env: Vec::new(),
+            limits: PluginLimits::default(),
+            failure_policy: FailurePolicy::Reload,
+            reload: ReloadPolicy::default(),
+            instances: 1,
+            log_level: LogLevel::Info,
+            properties: Arc::new(crate::context::NoProperties),
+            clock: Arc::new(SystemClock),
+            log_capture: None,
+        }
+    }
+}
+
+/// The parts of a spec every instance's host functions read.
+pub(crate) struct PluginInfo {
+    pub(crate) name: String,
+    pub(crate) root_id: String,
+    pub(crate) vm_id: String,
+    pub(crate) configuration: Vec<u8>,
+    pub(crate) vm_configuration: Vec<u8>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) limits: PluginLimits,
+    pub(crate) log_level: LogLevel,
+    pub(crate) properties: Arc<dyn Properties>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) embedder: Arc<dyn Embedder>,
+    log_capture: Option<Arc<Mutex<Vec<(LogLevel, String)>>>>,
+    queue_tx: tokio::sync::mpsc::UnboundedSender<u32>,
+}
+
+impl PluginInfo {
+    pub(crate) fn log(&self, level: LogLevel, msg: &str) {
+        if level < self.log_level {
+            return;
+        }
+        let plugin = self.name.as_str();
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, "{msg}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{msg}"),
+            LogLevel::Info => tracing::info!(plugin, "{msg}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{msg}"),
+            LogLevel::Error | LogLevel::Critical => tracing::error!(plugin, "{msg}"),
+        }
+        if let Some(c) = &self.log_capture
+            && let Ok(mut logs) = c.lock()
+        {
+            logs.push((level, msg.to_owned()));
+        }
+    }
+
+    pub(crate) fn env_block(&self) -> Vec<String> {
+        self.env.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+
+    pub(crate) fn queue_owner(&self) -> QueueOwner {
+        QueueOwner {
+            notify: self.queue_tx.clone(),
+        }
+    }
+}
+
+/// The guest's callbacks, resolved once per instance. Missing ones are skipped.
+#[derive(Default)]
+pub(crate) struct Funcs {
+    pub(crate) context_create: Option<TypedFunc<(i32, i32), ()>>,
+    pub(crate) vm_start: Option<TypedFunc<(i32, i32), i32>>,
+    pub(crate) configure: Option<TypedFunc<(i32, i32), i32>>,
+    pub(crate) request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    pub(crate) request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    pub(crate) request_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    pub(crate) response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    pub(crate) response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    pub(crate) response_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    pub(crate) http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    pub(crate) tick: Option<TypedFunc<i32, ()>>,
+    pub(crate) queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+    pub(crate) log: Option<TypedFunc<i32, ()>>,
+    pub(crate) done: Option<TypedFunc<i32, i32>>,
+    pub(crate) delete: Option<TypedFunc<i32, ()>>,
+    pub(crate) new_connection: Option<TypedFunc<i32, i32>>,
+    pub(crate) downstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
+    pub(crate) upstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
+    pub(crate) downstream_close: Option<TypedFunc<(i32, i32), ()>>,
+    pub(crate) upstream_close: Option<TypedFunc<(i32, i32), ()>>,
+}
+
+/// One instance: a store and its callbacks.
+pub(crate) struct InstanceState {
+    pub(crate) store: Store<HostState>,
+    pub(crate) funcs: Funcs,
+}
+
+/// An instance in the pool.
+pub(crate) struct Slot {
+    pub(crate) id: u64,
+    pub(crate) state: Mutex<InstanceState>,
+    pub(crate) broken: AtomicBool,
+    next_context: AtomicU32,
+    pub(crate) streams: AtomicUsize,
+}
+
+/// The root context id of every instance.
+pub(crate) const ROOT_CONTEXT: u32 = 1;
+
+impl Slot {
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, InstanceState>, Failure> {
+        self.state
+            .lock()
+            .map_err(|_| Failure::Unavailable("instance lock poisoned".into()))
+    }
+
+    pub(crate) fn next_context_id(&self) -> u32 {
+        self.next_context.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Counters of one plugin, for `/metrics` and `/plugins`.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    /// Streams served.
+    pub streams: AtomicU64,
+    /// Traps.
+    pub traps: AtomicU64,
+    /// CPU deadlines hit.
+    pub deadlines: AtomicU64,
+    /// Memory caps hit.
+    pub out_of_memory: AtomicU64,
+    /// Requests that skipped the plugin (fail open).
+    pub skipped: AtomicU64,
+    /// Requests refused because of the plugin (fail closed, quarantine, reload backoff).
+    pub rejected: AtomicU64,
+    /// Instances created after the first ones (reload policy).
+    pub replaced: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    failures: VecDeque<Instant>,
+    consecutive: u32,
+    retry_at: Option<Instant>,
+    quarantined: bool,
+    last_error: Option<String>,
+}
+
+/// A loaded, validated plugin generation.
+pub struct Plugin {
+    /// The plugin's name.
+    pub name: String,
+    /// sha256 of the module.
+    pub sha256: String,
+    /// The ABI version the module declares (`0.2.0` or `0.2.1`).
+    pub abi_version: &'static str,
+    /// The failure policy.
+    pub policy: FailurePolicy,
+    /// Counters.
+    pub stats: PluginStats,
+    pub(crate) info: Arc<PluginInfo>,
+    pre: InstancePre<HostState>,
+    engine: WasmEngine,
+    reload: ReloadPolicy,
+    target_instances: usize,
+    pool: Mutex<Vec<Arc<Slot>>>,
+    next_slot: AtomicUsize,
+    next_slot_id: AtomicU64,
+    health: Mutex<Health>,
+    queue_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u32>>>,
+    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    loaded_at: std::time::SystemTime,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        if let Ok(mut d) = self.driver.lock()
+            && let Some(task) = d.take()
+        {
+            task.abort();
+        }
+    }
+}
+
+fn abi_version(module: &wasmtime::Module) -> Result<&'static str, LoadError> {
+    let mut other = None;
+    for e in module.exports() {
+        match e.name() {
+            "proxy_abi_version_0_2_1" => return Ok("0.2.1"),
+            "proxy_abi_version_0_2_0" => return Ok("0.2.0"),
+            n if n.starts_with("proxy_abi_version_") => other = Some(n.to_owned()),
+            _ => {}
+        }
+    }
+    match other {
+        Some(n) => Err(LoadError::UnsupportedAbi(n)),
+        None => Err(LoadError::NoAbiMarker),
+    }
+}
+
+impl Plugin {
+    /// Compiles, links and validates a plugin: a canary instance runs `_initialize`,
+    /// `on_vm_start` and `on_configure`; any failure refuses the plugin with the reason. The
+    /// canary then joins the pool. CPU-heavy: call it off the request path.
+    pub fn load(
+        engine: &WasmEngine,
+        spec: PluginSpec,
+        embedder: Arc<dyn Embedder>,
+    ) -> Result<Arc<Plugin>, LoadError> {
+        let (module, sha256) = engine.compile(&spec.wasm)?;
+        let abi = abi_version(&module)?;
+        let mut linker = Linker::new(engine.engine());
+        host::add_to_linker(&mut linker).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        host::stub_other_wasi_imports(&mut linker, &module)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let (queue_tx, queue_rx) = tokio::sync::mpsc::unbounded_channel();
+        let info = Arc::new(PluginInfo {
+            name: spec.name.clone(),
+            root_id: spec.root_id.clone(),
+            vm_id: spec.vm_id.clone(),
+            configuration: spec.configuration.clone(),
+            vm_configuration: spec.vm_configuration.clone(),
+            env: spec.env.clone(),
+            limits: spec.limits.clone(),
+            log_level: spec.log_level,
+            properties: spec.properties.clone(),
+            clock: spec.clock.clone(),
+            embedder,
+            log_capture: spec.log_capture.clone(),
+            queue_tx,
+        });
+        let plugin = Arc::new(Plugin {
+            name: spec.name.clone(),
+            sha256,
+            abi_version: abi,
+            policy: spec.failure_policy,
+            stats: PluginStats::default(),
+            info,
+            pre,
+            engine: engine.clone(),
+            reload: spec.reload.clone(),
+            target_instances: spec.instances.max(1),
+            pool: Mutex::new(Vec::new()),
+            next_slot: AtomicUsize::new(0),
+            next_slot_id: AtomicU64::new(1),
+            health: Mutex::new(Health::default()),
+            queue_rx: Mutex::new(Some(queue_rx)),
+            driver: Mutex::new(None),
+            loaded_at: std::time::SystemTime::now(),
+        });
+        // The canary, then the rest of the pool.
+        for _ in 0..plugin.target_instances {
+            let slot = plugin.new_instance()?;
+            if let Ok(mut pool) = plugin.pool.lock() {
+                pool.push(slot);
+            }
+        }
+        plugin.start_driver();
+        Ok(plugin)
+    }
+
+    /// Creates and initializes one instance (root context configured).
+    fn new_instance(&self) -> Result<Arc<Slot>, LoadError> {
+        let mut store = Store::new(self.engine.engine(), HostState::new(self.info.clone()));
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        let ticks = self.deadline_ticks();
+        store.set_epoch_deadline(ticks);
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| LoadError::Start(format!("{e:#}")))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or(LoadError::MissingExport("memory"))?;
+        let alloc = typed::<i32, i32>(&instance, &mut store, "proxy_on_memory_allocate")?
+            .or(typed::<i32, i32>(&instance, &mut store, "malloc")?)
+            .ok_or(LoadError::MissingExport("proxy_on_memory_allocate"))?;
+        store.data_mut().memory = Some(GuestMemory::new(memory));
+        store.data_mut().alloc = Some(alloc);
+        store.data_mut().root_context = ROOT_CONTEXT;
+        store.data_mut().context_id = ROOT_CONTEXT;
+        // Reactor start functions.
+        let start_err = |e: wasmtime::Error| LoadError::Start(format!("{e:#}"));
+        if let Some(init) = typed::<(), ()>(&instance, &mut store, "_initialize")? {
+            init.call(&mut store, ()).map_err(start_err)?;
+            if let Some(main) = typed::<(i32, i32), i32>(&instance, &mut store, "main")? {
+                store.set_epoch_deadline(ticks);
+                main.call(&mut store, (0, 0)).map_err(start_err)?;
+            }
+        } else if let Some(start) = typed::<(), ()>(&instance, &mut store, "_start")? {
+            start.call(&mut store, ()).map_err(start_err)?;
+        }
+        let funcs = Funcs {
+            context_create: typed(&instance, &mut store, "proxy_on_context_create")?,
+            vm_start: typed(&instance, &mut store, "proxy_on_vm_start")?,
+            configure: typed(&instance, &mut store, "proxy_on_configure")?,
+            request_headers: typed(&instance, &mut store, "proxy_on_request_headers")?,
+            request_body: typed(&instance, &mut store, "proxy_on_request_body")?,
+            request_trailers: typed(&instance, &mut store, "proxy_on_request_trailers")?,
+            response_headers: typed(&instance, &mut store, "proxy_on_response_headers")?,
+            response_body: typed(&instance, &mut store, "proxy_on_response_body")?,
+            response_trailers: typed(&instance, &mut store, "proxy_on_response_trailers")?,
+            http_call_response: typed(&instance, &mut store, "proxy_on_http_call_response")?,
+            tick: typed(&instance, &mut store, "proxy_on_tick")?,
+            queue_ready: typed(&instance, &mut store, "proxy_on_queue_ready")?,
+            log: typed(&instance, &mut store, "proxy_on_log")?,
+            done: typed(&instance, &mut store, "proxy_on_done")?,
+            delete: typed(&instance, &mut store, "proxy_on_delete")?,
+            new_connection: typed(&instance, &mut store, "proxy_on_new_connection")?,
+            downstream_data: typed(&instance, &mut store, "proxy_on_downstream_data")?,
+            upstream_data: typed(&instance, &mut store, "proxy_on_upstream_data")?,
+            downstream_close: typed(
+                &instance,
+                &mut store,
+                "proxy_on_downstream_connection_close",
+            )?,
+            upstream_close: typed(&instance, &mut store, "proxy_on_upstream_connection_close")?,
+        };
+        let mut state = InstanceState { store, funcs };
+        let call_err = |f: Failure| LoadError::Start(f.to_string());
+        let root = ROOT_CONTEXT as i32;
+        if let Some(f) = state.funcs.context_create.clone() {
+            run(&mut state, ticks, Phase::Idle, ROOT_CONTEXT, |s| {
+                f.call(s, (root, 0))
+            })
+            .map_err(call_err)?;
+        }
+        if let Some(f) = state.funcs.vm_start.clone() {
+            let size = self.info.vm_configuration.len() as i32;
+            let ok = run(&mut state, ticks, Phase::VmStart, ROOT_CONTEXT, |s| {
+                f.call(s, (root, size))
+            })
+            .map_err(call_err)?;
+            if ok == 0 {
+                return Err(LoadError::VmStartFailed);
+            }
+        }
+        if let Some(f) = state.funcs.configure.clone() {
+            let size = self.info.configuration.len() as i32;
+            let ok = run(&mut state, ticks, Phase::Configure, ROOT_CONTEXT, |s| {
+                f.call(s, (root, size))
+            })
+            .map_err(call_err)?;
+            if ok == 0 {
+                return Err(LoadError::ConfigureRejected);
+            }
+        }
+        Ok(Arc::new(Slot {
+            id: self.next_slot_id.fetch_add(1, Ordering::Relaxed),
+            state: Mutex::new(state),
+            broken: AtomicBool::new(false),
+            next_context: AtomicU32::new(ROOT_CONTEXT + 1),
+            streams: AtomicUsize::new(0),
+        }))
+    }
+
+    pub(crate) fn deadline_ticks(&self) -> u64 {
+        let tick = EPOCH_TICK.as_micros().max(1);
+        (self.info.limits.cpu_deadline.as_micros() / tick).max(1) as u64
+    }
+
+    /// The plugin's budgets.
+    pub fn limits(&self) -> &PluginLimits {
+        &self.info.limits
+    }
+
+    /// When this generation was loaded.
+    pub fn loaded_at(&self) -> std::time::SystemTime {
+        self.loaded_at
+    }
+
+    /// Healthy instances now.
+    pub fn healthy_instances(&self) -> usize {
+        self.pool.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// True when the plugin cannot serve: quarantined, or no instance left and no replacement
+    /// will be made (fail-open and fail-closed policies).
+    pub fn is_broken(&self) -> bool {
+        let quarantined = self.health.lock().map(|h| h.quarantined).unwrap_or(true);
+        quarantined || (self.policy != FailurePolicy::Reload && self.healthy_instances() == 0)
+    }
+
+    /// The last failure's description.
+    pub fn last_error(&self) -> Option<String> {
+        self.health.lock().ok()?.last_error.clone()
+    }
+
+    /// A human-readable state: `ok`, `degraded`, `broken`, `backoff` or `quarantined`.
+    pub fn state(&self) -> &'static str {
+        let Ok(h) = self.health.lock() else {
+            return "broken";
+        };
+        if h.quarantined {
+            return "quarantined";
+        }
+        let healthy = self.healthy_instances();
+        if healthy == 0 {
+            if self.policy == FailurePolicy::Reload {
+                "backoff"
+            } else {
+                "broken"
+            }
+        } else if healthy < self.target_instances {
+            "degraded"
+        } else {
+            "ok"
+        }
+    }
+
+    /// An instance for a new stream (round robin over healthy ones); under the `reload` policy
+    /// a missing instance is recreated once the backoff has passed.
+    pub(crate) fn checkout(&self) -> Result<Arc<Slot>, Failure> {
+        {
+            let pool = self
+                .pool
+                .lock()
+                .map_err(|_| Failure::Unavailable("pool lock poisoned".into()))?;
+            if !pool.is_empty() {
+                let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % pool.len();
+                return Ok(pool[i].clone());
+            }
+        }
+        if self.policy != FailurePolicy::Reload {
+            return Err(Failure::Unavailable(format!(
+                "plugin {} is broken",
+                self.name
+            )));
+        }
+        {
+            let h = self
+                .health
+                .lock()
+                .map_err(|_| Failure::Unavailable("health lock poisoned".into()))?;
+            if h.quarantined {
+                return Err(Failure::Unavailable(format!(
+                    "plugin {} is quarantined",
+                    self.name
+                )));
+            }
+            if h.retry_at.is_some_and(|t| Instant::now() < t) {
+                return Err(Failure::Unavailable(format!(
+                    "plugin {} is restarting (backoff)",
+                    self.name
+                )));
+            }
+        }
+        match self.new_instance() {
+            Ok(slot) => {
+                self.stats.replaced.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(plugin = %self.name, "replaced a failed instance");
+                if let Ok(mut pool) = self.pool.lock() {
+                    // Refill to the target size, then hand out the new one.
+                    pool.push(slot.clone());
+                }
+                if let Ok(mut h) = self.health.lock() {
+                    h.retry_at = None;
+                }
+                Ok(slot)
+            }
+            Err(e) => {
+                self.record_failure(&e.to_string());
+                Err(Failure::Unavailable(format!(
+                    "plugin {} cannot restart: {e}",
+                    self.name
+                )))
+            }
+        }
+    }
+
+    /// Drops `slot` after a failure and applies the policy's bookkeeping.
+    pub(crate) fn instance_failed(&self, slot: &Slot, failure: &Failure) {
+        if slot.broken.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        match failure {
+            Failure::Deadline => self.stats.deadlines.fetch_add(1, Ordering::Relaxed),
+            Failure::OutOfMemory => self.stats.out_of_memory.fetch_add(1, Ordering::Relaxed),
+            _ => self.stats.traps.fetch_add(1, Ordering::Relaxed),
+        };
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.retain(|s| s.id != slot.id);
+        }
+        tracing::warn!(plugin = %self.name, policy = ?self.policy, "plugin instance failed and was discarded: {failure}");
+        self.record_failure(&failure.to_string());
+    }
+
+    fn record_failure(&self, what: &str) {
+        let Ok(mut h) = self.health.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        h.last_error = Some(what.to_owned());
+        h.failures.push_back(now);
+        while h
+            .failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.reload.window)
+        {
+            h.failures.pop_front();
+        }
+        h.consecutive += 1;
+        if self.policy == FailurePolicy::Reload {
+            if h.failures.len() as u32 >= self.reload.max_failures {
+                if !h.quarantined {
+                    tracing::error!(plugin = %self.name, failures = h.failures.len(), "plugin quarantined until reloaded");
+                }
+                h.quarantined = true;
+            } else {
+                let factor = 1u32 << (h.consecutive.saturating_sub(1)).min(8);
+                let backoff = (self.reload.backoff * factor).min(Duration::from_secs(30));
+                h.retry_at = Some(now + backoff);
+            }
+        }
+    }
+
+    pub(crate) fn stream_succeeded(&self) {
+        if let Ok(mut h) = self.health.lock() {
+            h.consecutive = 0;
+        }
+    }
+
+    /// Runs `on_tick` on the first healthy instance (timers fire once per plugin, not once per
+    /// worker). Returns false when no tick period is set.
+    pub fn tick(&self) -> bool {
+        let Some(slot) = self.primary() else {
+            return false;
+        };
+        let result = {
+            let Ok(mut state) = slot.lock() else {
+                return false;
+            };
+            if state.store.data().tick_period.is_none() {
+                return false;
+            }
+            let Some(f) = state.funcs.tick.clone() else {
+                return false;
+            };
+            let r = run(
+                &mut state,
+                self.deadline_ticks(),
+                Phase::Tick,
+                ROOT_CONTEXT,
+                |s| f.call(s, ROOT_CONTEXT as i32),
+            );
+            let calls = std::mem::take(&mut state.store.data_mut().calls);
+            r.map(|()| calls)
+        };
+        match result {
+            Ok(calls) => {
+                self.dispatch_root_calls(&slot, calls);
+                true
+            }
+            Err(f) => {
+                self.instance_failed(&slot, &f);
+                true
+            }
+        }
+    }
+
+    /// The tick period the primary instance's root context asked for.
+    pub fn tick_period(&self) -> Option<Duration> {
+        let slot = self.primary()?;
+        let state = slot.lock().ok()?;
+        state.store.data().tick_period
+    }
+
+    fn primary(&self) -> Option<Arc<Slot>> {
+        self.pool.lock().ok()?.first().cloned()
+    }
+
+    /// Delivers `on_queue_ready` for `queue` on the primary instance.
+    pub fn queue_ready(&self, queue: u32) {
+        let Some(slot) = self.primary() else {
+            return;
+        };
+        let result = {
+            let Ok(mut state) = slot.lock() else {
+                return;
+            };
+            let Some(f) = state.funcs.queue_ready.clone() else {
+                return;
+            };
+            let r = run(
+                &mut state,
+                self.deadline_ticks(),
+                Phase::QueueReady,
+                ROOT_CONTEXT,
+                |s| f.call(s, (ROOT_CONTEXT as i32, queue as i32)),
+            );
+            let calls = std::mem::take(&mut state.store.data_mut().calls);
+            r.map(|()| calls)
+        };
+        match result {
+            Ok(calls) => self.dispatch_root_calls(&slot, calls),
+            Err(f) => self.instance_failed(&slot, &f),
+        }
+    }
+
+    /// Callouts made by a root context run in the background; their responses go back to the
+    /// same instance.
+    fn dispatch_root_calls(&self, slot: &Arc<Slot>, calls: Vec<HttpCallRequest>) {
+        if calls.is_empty() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(plugin = %self.name, "no runtime to run root-context callouts");
+            return;
+        };
+        for call in calls {
+            let embedder = self.info.embedder.clone();
+            let slot = slot.clone();
+            let ticks = self.deadline_ticks();
+            let token = call.token;
+            let ctx = call.context_id;
+            handle.spawn(async move {
+                let response = embedder.http_call(call).await;
+                if slot.broken.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut state) = slot.lock() else {
+                    return;
+                };
+                let _ = deliver_call_response(&mut state, ticks, ctx, token, response);
+            });
+        }
+    }
+
+    fn start_driver(self: &Arc<Self>) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(mut rx) = self.queue_rx.lock().ok().and_then(|mut r| r.take()) else {
+            return;
+        };
+        let weak: Weak<Plugin> = Arc::downgrade(self);
+        let task = handle.spawn(async move {
+            let mut next_tick: Option<tokio::time::Instant> = None;
+            loop {
+                let sleep_until = next_tick
+                    .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_millis(200));
+                tokio::select! {
+                    q = rx.recv() => {
+                        let Some(q) = q else { return };
+                        let Some(p) = weak.upgrade() else { return };
+                        p.queue_ready(q);
+                    }
+                    _ = tokio::time::sleep_until(sleep_until) => {
+                        let Some(p) = weak.upgrade() else { return };
+                        if next_tick.is_some() {
+                            p.tick();
+                        }
+                        next_tick = p.tick_period().map(|d| tokio::time::Instant::now() + d);
+                    }
+                }
+            }
+        });
+        if let Ok(mut d) = self.driver.lock() {
+            *d = Some(task);
+        }
+    }
+}
+
+fn typed<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+    instance: &Instance,
+    store: &mut Store<HostState>,
+    name: &'static str,
+) -> Result<Option<TypedFunc<P, R>>, LoadError> {
+    match instance.get_func(&mut *store, name) {
+        None => Ok(None),
+        Some(f) => f
+            .typed::<P, R>(&*store)
+            .map(Some)
+            .map_err(|_| LoadError::BadExport(name)),
+    }
+}
+
+/// Runs one guest call under the CPU deadline, classifying failures.
+pub(crate) fn run<R>(
+    state: &mut InstanceState,
+    deadline_ticks: u64,
+    phase: Phase,
+    context_id: u32,
+    call: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+) -> Result<R, Failure> {
+    let store = &mut state.store;
+    store.set_epoch_deadline(deadline_ticks);
+    {
+        let data = store.data_mut();
+        data.phase = phase;
+        data.context_id = context_id;
+    }
+    let result = call(store);
+    let data = store.data_mut();
+    data.phase = Phase::Idle;
+    result.map_err(|e| classify_error(e, data.limiter.refused))
+}
+
+pub(crate) fn classify_error(e: wasmtime::Error, memory_refused: bool) -> Failure {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>()
+        && *trap == wasmtime::Trap::Interrupt
+    {
+        return Failure::Deadline;
+    }
+    if memory_refused {
+        return Failure::OutOfMemory;
+    }
+    Failure::Trap(format!("{e:#}"))
+}
+
+pub(crate) fn deliver_call_response(
+    state: &mut InstanceState,
+    ticks: u64,
+    context_id: u32,
+    token: u32,
+    response: Option<HttpCallResponse>,
+) -> Result<(), Failure> {
+    let Some(f) = state.funcs.http_call_response.clone() else {
+        return Ok(());
+    };
+    let (n_headers, body, n_trailers) = match &response {
+        Some(r) => (
+            r.headers.0.len() as i32,
+            r.body.len() as i32,
+            r.trailers.0.len() as i32,
+        ),
+        None => (0, 0, 0),
+    };
+    {
+        let data = state.store.data_mut();
+        data.last_status = match &response {
+            Some(_) => (0, Vec::new()),
+            None => (1, b"callout failed".to_vec()),
+        };
+        data.callout = response;
+    }
+    let r = run(state, ticks, Phase::HttpCallResponse, context_id, |s| {
+        f.call(
+            s,
+            (context_id as i32, token as i32, n_headers, body, n_trailers),
+        )
+    });
+    state.store.data_mut().callout = None;
+    r
+}

@@ -1,0 +1,331 @@
+//! Process-wide state plugins share: key-value data with compare-and-swap and queues (both
+//! scoped by VM id, as in Envoy), and plugin-defined metrics.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::types::{MetricType, Status};
+
+/// The most bytes a shared-data value may hold.
+pub const MAX_SHARED_VALUE: usize = 1024 * 1024;
+/// The most items a shared queue holds; more is refused with `InternalFailure`.
+pub const MAX_QUEUE_ITEMS: usize = 10_000;
+
+#[derive(Default)]
+struct Data {
+    map: HashMap<(String, String), (Vec<u8>, u32)>,
+}
+
+/// A queue's owner: who gets `on_queue_ready`.
+#[derive(Clone)]
+pub(crate) struct QueueOwner {
+    pub(crate) notify: tokio::sync::mpsc::UnboundedSender<u32>,
+}
+
+struct Queue {
+    vm_id: String,
+    name: String,
+    items: VecDeque<Vec<u8>>,
+    owner: Option<QueueOwner>,
+}
+
+#[derive(Default)]
+struct Queues {
+    by_id: HashMap<u32, Queue>,
+    next: u32,
+}
+
+fn data() -> &'static Mutex<Data> {
+    static DATA: OnceLock<Mutex<Data>> = OnceLock::new();
+    DATA.get_or_init(Mutex::default)
+}
+
+fn queues() -> &'static Mutex<Queues> {
+    static Q: OnceLock<Mutex<Queues>> = OnceLock::new();
+    Q.get_or_init(Mutex::default)
+}
+
+/// Reads `key` in `vm_id`'s namespace: value and CAS token.
+pub(crate) fn get(vm_id: &str, key: &str) -> Option<(Vec<u8>, u32)> {
+    let d = data().lock().ok()?;
+    d.map.get(&(vm_id.to_owned(), key.to_owned())).cloned()
+}
+
+/// Writes `key`; a non-zero `cas` must match the current token.
+pub(crate) fn set(vm_id: &str, key: &str, value: Vec<u8>, cas: u32) -> Status {
+    if value.len() > MAX_SHARED_VALUE {
+        return Status::BadArgument;
+    }
+    let Ok(mut d) = data().lock() else {
+        return Status::InternalFailure;
+    };
+    let entry = d.map.entry((vm_id.to_owned(), key.to_owned()));
+    match entry {
+        std::collections::hash_map::Entry::Occupied(mut o) => {
+            let (v, token) = o.get_mut();
+            if cas != 0 && cas != *token {
+                return Status::CasMismatch;
+            }
+            *v = value;
+            *token = token.wrapping_add(1).max(1);
+        }
+        std::collections::hash_map::Entry::Vacant(v) => {
+            if cas != 0 {
+                return Status::CasMismatch;
+            }
+            v.insert((value, 1));
+        }
+    }
+    Status::Ok
+}
+
+/// Registers (or re-registers) `name` in `vm_id`; the caller becomes the owner.
+pub(crate) fn register_queue(vm_id: &str, name: &str, owner: QueueOwner) -> u32 {
+    let Ok(mut q) = queues().lock() else {
+        return 0;
+    };
+    if let Some((id, queue)) = q
+        .by_id
+        .iter_mut()
+        .find(|(_, v)| v.vm_id == vm_id && v.name == name)
+    {
+        queue.owner = Some(owner);
+        return *id;
+    }
+    q.next += 1;
+    let id = q.next;
+    q.by_id.insert(
+        id,
+        Queue {
+            vm_id: vm_id.to_owned(),
+            name: name.to_owned(),
+            items: VecDeque::new(),
+            owner: Some(owner),
+        },
+    );
+    id
+}
+
+/// Finds the queue `name` of `vm_id`.
+pub(crate) fn resolve_queue(vm_id: &str, name: &str) -> Option<u32> {
+    let q = queues().lock().ok()?;
+    q.by_id
+        .iter()
+        .find(|(_, v)| v.vm_id == vm_id && v.name == name)
+        .map(|(id, _)| *id)
+}
+
+/// Appends to queue `id` and wakes its owner.
+pub(crate) fn enqueue(id: u32, value: Vec<u8>) -> Status {
+    let Ok(mut q) = queues().lock() else {
+        return Status::InternalFailure;
+    };
+    let Some(queue) = q.by_id.get_mut(&id) else {
+        return Status::NotFound;
+    };
+    if queue.items.len() >= MAX_QUEUE_ITEMS {
+        return Status::InternalFailure;
+    }
+    queue.items.push_back(value);
+    if let Some(owner) = &queue.owner {
+        let _ = owner.notify.send(id);
+    }
+    Status::Ok
+}
+
+/// Takes the oldest item of queue `id`.
+pub(crate) fn dequeue(id: u32) -> Result<Vec<u8>, Status> {
+    let Ok(mut q) = queues().lock() else {
+        return Err(Status::InternalFailure);
+    };
+    let queue = q.by_id.get_mut(&id).ok_or(Status::NotFound)?;
+    queue.items.pop_front().ok_or(Status::Empty)
+}
+
+/// One plugin-defined metric.
+#[derive(Debug)]
+pub struct Metric {
+    /// The plugin that defined it.
+    pub plugin: String,
+    /// The name the plugin gave.
+    pub name: String,
+    /// Counter, gauge or histogram.
+    pub kind: MetricType,
+    value: AtomicI64,
+    count: AtomicU64,
+    buckets: [AtomicU64; 16],
+}
+
+/// Histogram bucket upper bounds (powers of 4 from 1), `+Inf` implied.
+pub const HISTOGRAM_BOUNDS: [u64; 16] = [
+    1,
+    4,
+    16,
+    64,
+    256,
+    1024,
+    4096,
+    16384,
+    65536,
+    262_144,
+    1_048_576,
+    4_194_304,
+    16_777_216,
+    67_108_864,
+    268_435_456,
+    1_073_741_824,
+];
+
+impl Metric {
+    /// Counter/gauge value, or histogram sum.
+    pub fn value(&self) -> i64 {
+        self.value.load(Ordering::Relaxed)
+    }
+    /// Histogram observation count.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+    /// Histogram cumulative bucket counts (same order as [`HISTOGRAM_BOUNDS`]).
+    pub fn cumulative_buckets(&self) -> Vec<u64> {
+        let mut acc = 0;
+        self.buckets
+            .iter()
+            .map(|b| {
+                acc += b.load(Ordering::Relaxed);
+                acc
+            })
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct Metrics {
+    by_id: Vec<Arc<Metric>>,
+    by_key: HashMap<(String, String, u8), u32>,
+}
+
+fn metrics() -> &'static Mutex<Metrics> {
+    static M: OnceLock<Mutex<Metrics>> = OnceLock::new();
+    M.get_or_init(Mutex::default)
+}
+
+/// Defines (or finds) a metric; ids are process-wide and stable across plugin reloads.
+pub(crate) fn define_metric(plugin: &str, name: &str, kind: MetricType) -> u32 {
+    let Ok(mut m) = metrics().lock() else {
+        return 0;
+    };
+    let key = (plugin.to_owned(), name.to_owned(), kind as u8);
+    if let Some(id) = m.by_key.get(&key) {
+        return *id;
+    }
+    let id = m.by_id.len() as u32 + 1;
+    m.by_id.push(Arc::new(Metric {
+        plugin: plugin.to_owned(),
+        name: name.to_owned(),
+        kind,
+        value: AtomicI64::new(0),
+        count: AtomicU64::new(0),
+        buckets: Default::default(),
+    }));
+    m.by_key.insert(key, id);
+    id
+}
+
+fn metric(id: u32) -> Option<Arc<Metric>> {
+    let m = metrics().lock().ok()?;
+    m.by_id.get((id as usize).checked_sub(1)?).cloned()
+}
+
+/// `proxy_increment_metric`.
+pub(crate) fn increment(id: u32, delta: i64) -> Status {
+    let Some(m) = metric(id) else {
+        return Status::NotFound;
+    };
+    match m.kind {
+        MetricType::Counter if delta < 0 => Status::BadArgument,
+        MetricType::Counter | MetricType::Gauge => {
+            m.value.fetch_add(delta, Ordering::Relaxed);
+            Status::Ok
+        }
+        MetricType::Histogram => Status::BadArgument,
+    }
+}
+
+/// `proxy_record_metric`.
+pub(crate) fn record(id: u32, value: u64) -> Status {
+    let Some(m) = metric(id) else {
+        return Status::NotFound;
+    };
+    match m.kind {
+        MetricType::Counter => {
+            m.value.store(value as i64, Ordering::Relaxed);
+        }
+        MetricType::Gauge => m.value.store(value as i64, Ordering::Relaxed),
+        MetricType::Histogram => {
+            m.value.fetch_add(value as i64, Ordering::Relaxed);
+            m.count.fetch_add(1, Ordering::Relaxed);
+            let i = HISTOGRAM_BOUNDS
+                .iter()
+                .position(|b| value <= *b)
+                .unwrap_or(HISTOGRAM_BOUNDS.len() - 1);
+            if value <= HISTOGRAM_BOUNDS[i] {
+                m.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    Status::Ok
+}
+
+/// `proxy_get_metric`: histograms are not readable (as in Envoy).
+pub(crate) fn get_metric(id: u32) -> Result<u64, Status> {
+    let m = metric(id).ok_or(Status::NotFound)?;
+    match m.kind {
+        MetricType::Histogram => Err(Status::BadArgument),
+        _ => Ok(m.value.load(Ordering::Relaxed) as u64),
+    }
+}
+
+/// Every plugin-defined metric, for `/metrics`.
+pub fn all_metrics() -> Vec<Arc<Metric>> {
+    metrics()
+        .lock()
+        .map(|m| m.by_id.clone())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cas_semantics() {
+        assert_eq!(set("t-vm", "k", b"a".to_vec(), 7), Status::CasMismatch);
+        assert_eq!(set("t-vm", "k", b"a".to_vec(), 0), Status::Ok);
+        let (v, cas) = get("t-vm", "k").unwrap();
+        assert_eq!(v, b"a");
+        assert_eq!(
+            set("t-vm", "k", b"b".to_vec(), cas + 1),
+            Status::CasMismatch
+        );
+        assert_eq!(set("t-vm", "k", b"b".to_vec(), cas), Status::Ok);
+        assert_eq!(get("t-vm", "k").unwrap().0, b"b");
+        assert!(get("other-vm", "k").is_none(), "namespaced by VM id");
+    }
+
+    #[test]
+    fn counters_refuse_negative_deltas_and_histograms_are_unreadable() {
+        let c = define_metric("p", "c", MetricType::Counter);
+        assert_eq!(increment(c, 2), Status::Ok);
+        assert_eq!(increment(c, -1), Status::BadArgument);
+        assert_eq!(get_metric(c), Ok(2));
+        let h = define_metric("p", "h", MetricType::Histogram);
+        assert_eq!(record(h, 5), Status::Ok);
+        assert_eq!(get_metric(h), Err(Status::BadArgument));
+        assert_eq!(
+            define_metric("p", "c", MetricType::Counter),
+            c,
+            "same key, same id"
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! A plugin's context for one HTTP stream or TCP connection: the callbacks in Envoy's order,
+//! each run with the stream's data loaded into the instance.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::Failure;
+use crate::context::{Effects, HttpCallRequest, HttpCallResponse, Phase, Properties, StreamData};
+use crate::plugin::{InstanceState, Plugin, ROOT_CONTEXT, Slot, deliver_call_response};
+use crate::types::{Action, PeerType};
+
+/// One plugin's context for one stream.
+pub struct Stream {
+    plugin: Arc<Plugin>,
+    slot: Arc<Slot>,
+    id: u32,
+    data: Option<StreamData>,
+    calls: Vec<HttpCallRequest>,
+    finished: bool,
+    failed: bool,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("plugin", &self.plugin.name)
+            .field("context", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream {
+    /// Creates the stream context (`proxy_on_context_create(id, root)`) on a pooled instance.
+    pub fn new(plugin: &Arc<Plugin>, properties: Arc<dyn Properties>) -> Result<Stream, Failure> {
+        let slot = plugin.checkout()?;
+        let id = slot.next_context_id();
+        let mut stream = Stream {
+            plugin: plugin.clone(),
+            slot,
+            id,
+            data: Some(StreamData::new(properties)),
+            calls: Vec::new(),
+            finished: false,
+            failed: false,
+        };
+        plugin.stats.streams.fetch_add(1, Ordering::Relaxed);
+        stream.slot.streams.fetch_add(1, Ordering::Relaxed);
+        stream.call(Phase::Idle, |state, ctx| {
+            match state.funcs.context_create.clone() {
+                Some(f) => f.call(&mut state.store, (ctx, ROOT_CONTEXT as i32)),
+                None => Ok(()),
+            }
+        })?;
+        Ok(stream)
+    }
+
+    /// The plugin.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// The stream's data (headers, bodies) as the plugin sees and changes it.
+    pub fn data(&mut self) -> &mut StreamData {
+        // The data is only out of `self` during a callback, which holds `&mut self`.
+        self.data
+            .get_or_insert_with(|| StreamData::new(Arc::new(crate::context::NoProperties)))
+    }
+
+    /// Effects requested so far (local reply, resume, close), leaving none behind.
+    pub fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.data().effects)
+    }
+
+    /// Callouts dispatched so far, leaving none behind.
+    pub fn take_calls(&mut self) -> Vec<HttpCallRequest> {
+        std::mem::take(&mut self.calls)
+    }
+
+    /// True once a callback failed (the instance is gone).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    fn call<R>(
+        &mut self,
+        phase: Phase,
+        f: impl FnOnce(&mut InstanceState, i32) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        if self.failed || self.slot.broken.load(Ordering::SeqCst) {
+            self.failed = true;
+            return Err(Failure::Unavailable(format!(
+                "plugin {} instance was discarded after a failure",
+                self.plugin.name
+            )));
+        }
+        let ticks = self.plugin.deadline_ticks();
+        let id = self.id;
+        let result = {
+            let mut state = self.slot.lock()?;
+            let store = state.store.data_mut();
+            store.stream = self.data.take();
+            store.stream_context = id;
+            let r = run_with(&mut state, ticks, phase, id, f);
+            let store = state.store.data_mut();
+            self.data = store.stream.take();
+            store.stream_context = 0;
+            self.calls.append(&mut store.calls);
+            r
+        };
+        if let Err(failure) = &result {
+            self.failed = true;
+            self.plugin.instance_failed(&self.slot, failure);
+        }
+        result
+    }
+
+    fn action(
+        &mut self,
+        phase: Phase,
+        f: impl FnOnce(&mut InstanceState, i32) -> wasmtime::Result<i32>,
+    ) -> Result<Action, Failure> {
+        self.call(phase, f).map(Action::from_raw)
+    }
+
+    /// `proxy_on_request_headers`.
+    pub fn on_request_headers(&mut self, end_of_stream: bool) -> Result<Action, Failure> {
+        let n = self.data().request_headers.0.len() as i32;
+        self.action(Phase::RequestHeaders, |s, ctx| {
+            match s.funcs.request_headers.clone() {
+                Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// `proxy_on_request_body`; the data is `data().request_body`.
+    pub fn on_request_body(&mut self, end_of_stream: bool) -> Result<Action, Failure> {
+        let n = self.data().request_body.len() as i32;
+        self.action(Phase::RequestBody, |s, ctx| {
+            match s.funcs.request_body.clone() {
+                Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// `proxy_on_request_trailers`.
+    pub fn on_request_trailers(&mut self) -> Result<Action, Failure> {
+        let n = self.data().request_trailers.0.len() as i32;
+        self.action(Phase::RequestTrailers, |s, ctx| {
+            match s.funcs.request_trailers.clone() {
+                Some(f) => f.call(&mut s.store, (ctx, n)),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// `proxy_on_response_headers`.
+    pub fn on_response_headers(&mut self, end_of_stream: bool) -> Result<Action, Failure> {
+        let n = self.data().response_headers.0.len() as i32;
+        self.action(Phase::ResponseHeaders, |s, ctx| {
+            match s.funcs.response_headers.clone() {
+                Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// `proxy_on_response_body`; the data is `data().response_body`.
+    pub fn on_response_body(&mut self, end_of_stream: bool) -> Result<Action, Failure> {
+        let n = self.data().response_body.len() as i32;
+        self.action(Phase::ResponseBody, |s, ctx| {
+            match s.funcs.response_body.clone() {
+                Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// `proxy_on_response_trailers`.
+    pub fn on_response_trailers(&mut self) -> Result<Action, Failure> {
+        let n = self.data().response_trailers.0.len() as i32;
+        self.action(Phase::ResponseTrailers, |s, ctx| {
+            match s.funcs.response_trailers.clone() {
+                Some(f) => f.call(&mut s.store, (ctx, n)),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// Delivers a callout's outcome (`None`: it failed) to `proxy_on_http_call_response`.
+    pub fn on_http_call_response(
+        &mut self,
+        call: &HttpCallRequest,
+        response: Option<HttpCallResponse>,
+    ) -> Result<(), Failure> {
+        let ctx = call.context_id;
+        let token = call.token;
+        let ticks = self.plugin.deadline_ticks();
+        self.call(Phase::HttpCallResponse, move |state, _| {
+            deliver_call_response(state, ticks, ctx, token, response)
+                .map_err(|f| wasmtime::Error::new(FailureError(f)))
+        })
+    }
+
+    /// `proxy_on_new_connection` (TCP).
+    pub fn on_new_connection(&mut self) -> Result<Action, Failure> {
+        self.action(Phase::NewConnection, |s, ctx| {
+            match s.funcs.new_connection.clone() {
+                Some(f) => f.call(&mut s.store, ctx),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// `proxy_on_downstream_data` (TCP); the data is `data().downstream_data`.
+    pub fn on_downstream_data(&mut self, end_of_stream: bool) -> Result<Action, Failure> {
+        let n = self.data().downstream_data.len() as i32;
+        self.action(Phase::DownstreamData, |s, ctx| {
+            match s.funcs.downstream_data.clone() {
+                Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// `proxy_on_upstream_data` (TCP); the data is `data().upstream_data`.
+    pub fn on_upstream_data(&mut self, end_of_stream: bool) -> Result<Action, Failure> {
+        let n = self.data().upstream_data.len() as i32;
+        self.action(Phase::UpstreamData, |s, ctx| {
+            match s.funcs.upstream_data.clone() {
+                Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// `proxy_on_downstream_connection_close` / `proxy_on_upstream_connection_close` (TCP).
+    pub fn on_connection_close(&mut self, downstream: bool, peer: PeerType) -> Result<(), Failure> {
+        self.call(Phase::ConnectionClose, |s, ctx| {
+            let f = if downstream {
+                s.funcs.downstream_close.clone()
+            } else {
+                s.funcs.upstream_close.clone()
+            };
+            match f {
+                Some(f) => f.call(&mut s.store, (ctx, peer as i32)),
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// Ends the stream: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`, in Envoy's order.
+    /// Failures here are recorded but change nothing for the (finished) stream.
+    pub fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.slot.streams.fetch_sub(1, Ordering::Relaxed);
+        if self.failed {
+            return;
+        }
+        let _ = self.call(Phase::Log, |s, ctx| match s.funcs.log.clone() {
+            Some(f) => f.call(&mut s.store, ctx),
+            None => Ok(()),
+        });
+        let _ = self.call(Phase::Done, |s, ctx| match s.funcs.done.clone() {
+            Some(f) => f.call(&mut s.store, ctx).map(|_| ()),
+            None => Ok(()),
+        });
+        let _ = self.call(Phase::Done, |s, ctx| match s.funcs.delete.clone() {
+            Some(f) => f.call(&mut s.store, ctx),
+            None => Ok(()),
+        });
+        if !self.failed {
+            self.plugin.stream_succeeded();
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Carries a classified failure through wasmtime's error type.
+#[derive(Debug)]
+struct FailureError(Failure);
+
+impl std::fmt::Display for FailureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for FailureError {}
+
+/// Like [`run`] but the closure gets the context id; a nested classified failure is kept.
+fn run_with<R>(
+    state: &mut InstanceState,
+    ticks: u64,
+    phase: Phase,
+    id: u32,
+    f: impl FnOnce(&mut InstanceState, i32) -> wasmtime::Result<R>,
+) -> Result<R, Failure> {
+    state.store.set_epoch_deadline(ticks);
+    {
+        let data = state.store.data_mut();
+        data.phase = phase;
+        data.context_id = id;
+    }
+    let result = f(state, id as i32);
+    let data = state.store.data_mut();
+    data.phase = Phase::Idle;
+    let refused = data.limiter.refused;
+    result.map_err(|e| match e.downcast::<FailureError>() {
+        Ok(FailureError(f)) => f,
+        Err(e) => crate::plugin::classify_error(e, refused),
+    })
+}

@@ -1,0 +1,484 @@
+//! The host against real `.wasm` fixtures built from `tests/fixtures/wasm`.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use weft_test_artifacts as fx;
+
+use super::*;
+
+fn engine() -> WasmEngine {
+    static E: OnceLock<WasmEngine> = OnceLock::new();
+    E.get_or_init(|| {
+        WasmEngine::new(EngineOptions {
+            cache_dir: None,
+            ..EngineOptions::default()
+        })
+        .unwrap()
+    })
+    .clone()
+}
+
+fn spec(name: &str, path: &str, config: &str) -> PluginSpec {
+    let mut s = PluginSpec::new(name, fx::bytes(path));
+    s.configuration = config.as_bytes().to_vec();
+    s
+}
+
+fn load(spec: PluginSpec) -> Arc<Plugin> {
+    Plugin::load(&engine(), spec, Arc::new(NoCallouts)).unwrap()
+}
+
+struct Props(HashMap<String, Vec<u8>>);
+
+impl Properties for Props {
+    fn get(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.0.get(&path.join(".")).cloned()
+    }
+}
+
+fn request(stream: &mut Stream, path: &str) {
+    let h = &mut stream.data().request_headers;
+    h.add(":method", b"GET");
+    h.add(":path", path.as_bytes());
+    h.add(":authority", b"example.com");
+}
+
+fn header(list: &HeaderList, name: &str) -> Option<String> {
+    list.get(name)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+#[test]
+fn header_adder_adds_request_and_response_headers() {
+    let p = load(spec("adder", fx::HEADER_ADDER, "v1"));
+    assert_eq!(p.abi_version, "0.2.1");
+    let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+    request(&mut s, "/");
+    assert_eq!(s.on_request_headers(true).unwrap(), Action::Continue);
+    assert_eq!(
+        header(&s.data().request_headers, "x-plugin-seen").as_deref(),
+        Some("v1")
+    );
+    s.data().response_headers.add(":status", b"200");
+    assert_eq!(s.on_response_headers(true).unwrap(), Action::Continue);
+    assert_eq!(
+        header(&s.data().response_headers, "x-plugin").as_deref(),
+        Some("v1")
+    );
+    s.finish();
+    assert_eq!(
+        p.stats.streams.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn properties_are_read_with_envoy_encodings_and_set_properties_read_back() {
+    let p = load(spec(
+        "props",
+        fx::HOSTCALLS,
+        r#"{"echo_properties": ["request.path", "request.size", "plugin_name", "nope.nothing"], "properties_set": ["my.key", "my-value"]}"#,
+    ));
+    let mut props = HashMap::new();
+    props.insert("request.path".to_owned(), b"/p".to_vec());
+    props.insert("request.size".to_owned(), 42u64.to_le_bytes().to_vec());
+    let mut s = Stream::new(&p, Arc::new(Props(props))).unwrap();
+    request(&mut s, "/p");
+    s.on_request_headers(true).unwrap();
+    let h = &s.data().request_headers;
+    assert_eq!(header(h, "x-prop-request-path").as_deref(), Some("/p"));
+    assert_eq!(header(h, "x-prop-request-size").as_deref(), Some("42"));
+    assert_eq!(header(h, "x-prop-plugin_name").as_deref(), Some("props"));
+    assert_eq!(
+        header(h, "x-prop-nope-nothing").as_deref(),
+        Some("<missing>")
+    );
+    assert_eq!(header(h, "x-set-prop").as_deref(), Some("my-value"));
+}
+
+#[test]
+fn local_reply_is_an_effect_after_the_callback() {
+    let p = load(spec(
+        "deny",
+        fx::HOSTCALLS,
+        r#"{"deny_if_header": "x-block"}"#,
+    ));
+    let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+    request(&mut s, "/");
+    s.data().request_headers.add("x-block", b"1");
+    assert_eq!(s.on_request_headers(true).unwrap(), Action::Pause);
+    let reply = s.take_effects().local_response.unwrap();
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.body, b"denied\n");
+    assert_eq!(
+        header(&reply.headers, "x-denied-by").as_deref(),
+        Some("hostcalls")
+    );
+}
+
+fn body_edit(mode: &str, body: &str) -> String {
+    let p = load(spec(
+        "body",
+        fx::HOSTCALLS,
+        &format!(r#"{{"request_body": "{mode}"}}"#),
+    ));
+    let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+    request(&mut s, "/");
+    s.on_request_headers(false).unwrap();
+    s.data().request_body = body[..2].as_bytes().to_vec();
+    assert_eq!(
+        s.on_request_body(false).unwrap(),
+        Action::Pause,
+        "buffers until the end"
+    );
+    s.data().request_body = body.as_bytes().to_vec();
+    assert_eq!(s.on_request_body(true).unwrap(), Action::Continue);
+    String::from_utf8(s.data().request_body.clone()).unwrap()
+}
+
+#[test]
+fn set_buffer_bytes_prepends_appends_and_replaces() {
+    assert_eq!(body_edit("append:-end", "hello"), "hello-end");
+    assert_eq!(body_edit("prepend:start-", "hello"), "start-hello");
+    assert_eq!(body_edit("replace:bye", "hello"), "bye");
+}
+
+#[test]
+fn shared_data_metrics_and_wasi() {
+    let mut sp = spec(
+        "shared",
+        fx::HOSTCALLS,
+        r#"{"shared_counter": true, "metrics": true, "wasi": true}"#,
+    );
+    sp.vm_id = "vm-shared-test".into();
+    sp.env = vec![("WEFT_FIXTURE_ENV".into(), "from-config".into())];
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    sp.log_capture = Some(logs.clone());
+    let p = load(sp);
+    for expected in 1..=3 {
+        let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+        request(&mut s, "/x");
+        s.on_request_headers(true).unwrap();
+        s.data().response_headers.add(":status", b"200");
+        s.on_response_headers(true).unwrap();
+        let h = s.data().response_headers.clone();
+        assert_eq!(header(&h, "x-hits"), Some(expected.to_string()));
+        assert_eq!(header(&h, "x-counter"), Some(expected.to_string()));
+        assert_eq!(header(&h, "x-env").as_deref(), Some("from-config"));
+        assert_eq!(header(&h, "x-random").map(|v| v.len()), Some(16));
+        assert!(header(&h, "x-time").unwrap().parse::<u64>().unwrap() > 1_600_000_000_000_000_000);
+    }
+    let metrics = shared::all_metrics();
+    let counter = metrics
+        .iter()
+        .find(|m| m.plugin == "shared" && m.name == "hostcalls_requests")
+        .unwrap();
+    assert_eq!(counter.value(), 3);
+    let hist = metrics
+        .iter()
+        .find(|m| m.plugin == "shared" && m.name == "hostcalls_sizes")
+        .unwrap();
+    assert_eq!(hist.count(), 3);
+    let logs = logs.lock().unwrap();
+    assert!(
+        logs.iter()
+            .any(|(l, m)| *l == LogLevel::Info && !m.is_empty()),
+        "stdout reached the log: {logs:?}"
+    );
+    assert!(
+        logs.iter().any(|(l, _)| *l == LogLevel::Error),
+        "stderr reached the log at error: {logs:?}"
+    );
+}
+
+#[test]
+fn a_plugin_rejecting_its_configuration_is_refused() {
+    let err = Plugin::load(
+        &engine(),
+        spec("r", fx::HOSTCALLS, r#"{"reject": true}"#),
+        Arc::new(NoCallouts),
+    )
+    .unwrap_err();
+    assert_eq!(err, LoadError::ConfigureRejected);
+    let err = Plugin::load(
+        &engine(),
+        spec("r", fx::CONFIGURE_FAILS, ""),
+        Arc::new(NoCallouts),
+    )
+    .unwrap_err();
+    assert_eq!(err, LoadError::ConfigureRejected);
+}
+
+#[test]
+fn bad_modules_are_refused_with_the_reason() {
+    let e = engine();
+    let refuse =
+        |path: &str| Plugin::load(&e, spec("bad", path, ""), Arc::new(NoCallouts)).unwrap_err();
+    assert_eq!(refuse(fx::NO_ABI_MARKER), LoadError::NoAbiMarker);
+    assert_eq!(
+        refuse(fx::WRONG_ABI),
+        LoadError::UnsupportedAbi("proxy_abi_version_9_9_9".into())
+    );
+    let link = refuse(fx::UNKNOWN_IMPORT);
+    assert!(
+        matches!(&link, LoadError::Link(m) if m.contains("proxy_definitely_not_a_function")),
+        "{link}"
+    );
+    let mut garbage = PluginSpec::new("garbage", vec![0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+    garbage.configuration = Vec::new();
+    assert_eq!(
+        Plugin::load(&e, garbage, Arc::new(NoCallouts)).unwrap_err(),
+        LoadError::NotWasm
+    );
+    let truncated = PluginSpec::new("truncated", b"\0asm\x01\0\0\0\x01\xff".to_vec());
+    assert!(matches!(
+        Plugin::load(&e, truncated, Arc::new(NoCallouts)).unwrap_err(),
+        LoadError::Compile(_)
+    ));
+}
+
+#[test]
+fn bad_pointers_get_statuses_and_control_characters_never_reach_headers() {
+    let p = load(spec("ptr", fx::BAD_POINTERS, ""));
+    let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+    request(&mut s, "/");
+    s.on_request_headers(true).unwrap();
+    let h = s.data().request_headers.clone();
+    // 6 = InvalidMemoryAccess, 2 = BadArgument.
+    for i in [0, 1, 2, 4, 5] {
+        assert_eq!(
+            header(&h, &format!("x-status-{i}")).as_deref(),
+            Some("6"),
+            "call {i}: {h:?}"
+        );
+    }
+    assert_eq!(
+        header(&h, "x-status-3").as_deref(),
+        Some("2"),
+        "CR/LF in a value is refused"
+    );
+    assert!(h.get("x-inject").is_none());
+    assert!(
+        h.0.iter()
+            .all(|(_, v)| !v.contains(&b'\r') && !v.contains(&b'\n'))
+    );
+}
+
+#[test]
+fn a_trap_discards_the_instance_and_reload_replaces_it() {
+    let mut sp = spec("trap", fx::TRAP, "");
+    sp.failure_policy = FailurePolicy::Reload;
+    sp.reload.backoff = Duration::ZERO;
+    let p = load(sp);
+    for round in 0..3 {
+        let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+        request(&mut s, "/");
+        let f = s.on_request_headers(true).unwrap_err();
+        assert!(matches!(f, Failure::Trap(_)), "round {round}: {f}");
+        assert!(
+            s.on_response_headers(true).is_err(),
+            "a trapped instance is never reused"
+        );
+    }
+    assert_eq!(p.stats.traps.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(
+        p.stats.replaced.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}
+
+#[test]
+fn reload_policy_quarantines_after_too_many_failures() {
+    let mut sp = spec("q", fx::TRAP, "");
+    sp.reload = ReloadPolicy {
+        backoff: Duration::ZERO,
+        max_failures: 2,
+        window: Duration::from_secs(60),
+    };
+    let p = load(sp);
+    for _ in 0..2 {
+        let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+        request(&mut s, "/");
+        assert!(s.on_request_headers(true).is_err());
+    }
+    assert_eq!(p.state(), "quarantined");
+    assert!(matches!(
+        Stream::new(&p, Arc::new(NoProperties)),
+        Err(Failure::Unavailable(_))
+    ));
+}
+
+#[test]
+fn fail_open_and_fail_closed_plugins_stay_broken_until_reloaded() {
+    for policy in [FailurePolicy::FailOpen, FailurePolicy::FailClosed] {
+        let mut sp = spec("b", fx::TRAP, "");
+        sp.failure_policy = policy;
+        let p = load(sp);
+        let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+        request(&mut s, "/");
+        assert!(s.on_request_headers(true).is_err());
+        assert!(p.is_broken());
+        assert_eq!(p.state(), "broken");
+        assert!(Stream::new(&p, Arc::new(NoProperties)).is_err());
+    }
+}
+
+#[test]
+fn an_infinite_loop_hits_the_cpu_deadline() {
+    let mut sp = spec("loop", fx::BUSY_LOOP, "");
+    sp.limits.cpu_deadline = Duration::from_millis(20);
+    let p = load(sp);
+    let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+    request(&mut s, "/");
+    let start = Instant::now();
+    assert_eq!(s.on_request_headers(true).unwrap_err(), Failure::Deadline);
+    // Bounded: a generous safety limit, not a timing assertion of the deadline itself.
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        p.stats.deadlines.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn a_memory_bomb_hits_the_memory_cap() {
+    let mut sp = spec("bomb", fx::MEMORY_BOMB, "");
+    sp.limits.memory_bytes = 16 * 1024 * 1024;
+    let p = load(sp);
+    let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+    request(&mut s, "/");
+    assert_eq!(
+        s.on_request_headers(true).unwrap_err(),
+        Failure::OutOfMemory
+    );
+    assert_eq!(
+        p.stats
+            .out_of_memory
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+struct ScriptedCallouts;
+
+impl Embedder for ScriptedCallouts {
+    fn has_cluster(&self, cluster: &str) -> bool {
+        cluster == "authz"
+    }
+    fn http_call(
+        &self,
+        _call: HttpCallRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<HttpCallResponse>> + Send>> {
+        Box::pin(async { None })
+    }
+}
+
+#[test]
+fn callouts_pause_then_resume_with_the_response() {
+    let config = r#"{"callout": {"cluster": "authz", "path": "/check"}}"#;
+    let p = Plugin::load(
+        &engine(),
+        spec("callout", fx::HOSTCALLS, config),
+        Arc::new(ScriptedCallouts),
+    )
+    .unwrap();
+    // Allowed.
+    let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+    request(&mut s, "/");
+    assert_eq!(s.on_request_headers(true).unwrap(), Action::Pause);
+    let calls = s.take_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].cluster, "authz");
+    assert_eq!(calls[0].headers.get(":path"), Some(&b"/check"[..]));
+    let mut ok = HttpCallResponse::default();
+    ok.headers.add(":status", b"200");
+    ok.headers.add("x-auth-user", b"alice");
+    s.on_http_call_response(&calls[0], Some(ok)).unwrap();
+    let effects = s.take_effects();
+    assert!(effects.resume_request);
+    assert_eq!(
+        header(&s.data().request_headers, "x-auth-user").as_deref(),
+        Some("alice")
+    );
+    // Denied, and failed.
+    for (resp, status) in [(Some(403u16), 403u16), (None, 503)] {
+        let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+        request(&mut s, "/");
+        s.on_request_headers(true).unwrap();
+        let call = s.take_calls().remove(0);
+        let r = resp.map(|code| {
+            let mut r = HttpCallResponse::default();
+            r.headers.add(":status", code.to_string().as_bytes());
+            r
+        });
+        s.on_http_call_response(&call, r).unwrap();
+        assert_eq!(s.take_effects().local_response.unwrap().status, status);
+    }
+}
+
+#[test]
+fn a_callout_to_an_unknown_cluster_is_refused() {
+    let config = r#"{"callout": {"cluster": "nope"}}"#;
+    let p = Plugin::load(
+        &engine(),
+        spec("nocluster", fx::HOSTCALLS, config),
+        Arc::new(ScriptedCallouts),
+    )
+    .unwrap();
+    let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+    request(&mut s, "/");
+    s.on_request_headers(true).unwrap();
+    let reply = s.take_effects().local_response.unwrap();
+    assert_eq!(reply.status, 503);
+    assert_eq!(
+        header(&reply.headers, "x-callout-error").as_deref(),
+        Some("BadArgument")
+    );
+}
+
+#[test]
+fn ticks_fire_once_per_plugin_and_queues_wake_the_root() {
+    let mut sp = spec("ticker", fx::HOSTCALLS, r#"{"tick_ms": 10, "queue": "q1"}"#);
+    sp.vm_id = "vm-ticker".into();
+    sp.instances = 3;
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    sp.log_capture = Some(logs.clone());
+    let p = load(sp);
+    assert_eq!(p.healthy_instances(), 3);
+    assert_eq!(p.tick_period(), Some(Duration::from_millis(10)));
+    assert!(p.tick());
+    assert!(p.tick());
+    let (ticks, _) = shared::get("vm-ticker", "ticks").unwrap();
+    assert_eq!(ticks, b"2", "each tick ran once, not once per instance");
+    let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+    request(&mut s, "/queued");
+    s.on_request_headers(true).unwrap();
+    let id = shared::resolve_queue("vm-ticker", "q1").unwrap();
+    p.queue_ready(id);
+    assert!(
+        logs.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, m)| m.contains("dequeued /queued"))
+    );
+}
+
+#[test]
+fn the_module_cache_round_trips() {
+    let dir = std::env::temp_dir().join(format!("weft-cache-test-{}", std::process::id()));
+    let e = WasmEngine::new(EngineOptions {
+        cache_dir: Some(dir.clone()),
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    let bytes = fx::bytes(fx::HEADER_ADDER);
+    let (_, sha) = e.compile(&bytes).unwrap();
+    let entries = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(entries, 1);
+    let (_, sha2) = e.compile(&bytes).unwrap();
+    assert_eq!(sha, sha2);
+    let _ = std::fs::remove_dir_all(dir);
+}
