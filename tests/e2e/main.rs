@@ -8,6 +8,7 @@ mod admin;
 mod balancing;
 mod errors;
 mod framing;
+mod plugins;
 mod protocols;
 mod reload;
 mod routing;

@@ -30,6 +30,110 @@ pub struct Config {
     /// The upstream services Weft forwards to.
     #[serde(default)]
     pub clusters: Vec<Cluster>,
+    /// proxy-wasm plugins, attached to listeners and routes by name.
+    #[serde(default)]
+    pub plugins: Vec<Plugin>,
+}
+
+/// A proxy-wasm plugin (a `.wasm` module built against the proxy-wasm ABI 0.2.x).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugin {
+    /// Unique name; used to attach it, in metrics and in `/plugins`.
+    pub name: String,
+    /// Path of the `.wasm` file, relative to the configuration file. Watched: a new version is
+    /// validated and swapped in without dropping a request.
+    pub file: String,
+    /// `plugin_root_id`.
+    #[serde(default)]
+    pub root_id: String,
+    /// `plugin_vm_id` (shared data and queues are scoped by it); defaults to the name.
+    #[serde(default)]
+    pub vm_id: Option<String>,
+    /// Plugin configuration (`on_configure`): a string is passed as is, anything else as JSON.
+    #[serde(default)]
+    pub configuration: Option<serde_json::Value>,
+    /// VM configuration (`on_vm_start`), same encoding.
+    #[serde(default)]
+    pub vm_configuration: Option<serde_json::Value>,
+    /// Environment variables the plugin sees through WASI (the host's are never exposed).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// `fail_closed`, `fail_open` or `reload` (default).
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    /// Istio's WasmPlugin phase: `authn`, `authz`, `stats` or `unspecified` (default).
+    #[serde(default)]
+    pub phase: PluginPhase,
+    /// Higher runs first within a phase.
+    #[serde(default)]
+    pub priority: i32,
+    /// CPU time one callback may take.
+    #[serde(default = "defaults::cpu_deadline", with = "humantime_serde")]
+    pub cpu_deadline: Duration,
+    /// Linear memory cap per instance, in bytes.
+    #[serde(default = "defaults::plugin_memory")]
+    pub max_memory_bytes: usize,
+    /// Most body bytes buffered while the plugin pauses a stream.
+    #[serde(default = "defaults::plugin_body")]
+    pub max_body_bytes: usize,
+    /// Instances in the plugin's pool (independent of worker threads).
+    #[serde(default = "defaults::plugin_instances")]
+    pub instances: usize,
+    /// Log level of the plugin: `trace`, `debug`, `info`, `warn`, `error`, `critical`.
+    #[serde(default = "defaults::plugin_log_level")]
+    pub log_level: String,
+    /// `reload` policy: first backoff after a failure (doubles per consecutive failure).
+    #[serde(default = "defaults::plugin_backoff", with = "humantime_serde")]
+    pub reload_backoff: Duration,
+    /// `reload` policy: failures within `failure_window` that quarantine the plugin.
+    #[serde(default = "defaults::plugin_max_failures")]
+    pub max_failures: u32,
+    /// `reload` policy: the failure-counting window.
+    #[serde(default = "defaults::plugin_failure_window", with = "humantime_serde")]
+    pub failure_window: Duration,
+}
+
+/// What happens when a plugin traps, runs past its deadline or out of memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// The request gets 503; once no instance is left, every request does until reloaded.
+    FailClosed,
+    /// The request (and later ones while broken) skip the plugin.
+    FailOpen,
+    /// 503 for the request; the instance is replaced with backoff; quarantined after too many.
+    #[default]
+    Reload,
+}
+
+/// Plugin ordering phase, as Istio's WasmPlugin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginPhase {
+    /// Authentication.
+    Authn,
+    /// Authorization.
+    Authz,
+    /// Telemetry.
+    Stats,
+    /// Last.
+    #[default]
+    Unspecified,
+}
+
+/// A plugin attached to a listener or route.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRef {
+    /// The plugin's name (from `plugins`).
+    pub name: String,
+    /// Replaces the plugin's `configuration` here (a separate root context gets it).
+    #[serde(default)]
+    pub configuration: Option<serde_json::Value>,
+    /// On a route: do not run this listener-level plugin here.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// The admin server.
@@ -96,6 +200,9 @@ pub struct Listener {
     /// TCP proxy settings; required for `protocol: tcp`.
     #[serde(default)]
     pub tcp: Option<TcpProxy>,
+    /// Plugins run for every request of this listener (HTTP) or every connection (TCP).
+    #[serde(default)]
+    pub plugins: Vec<PluginRef>,
 }
 
 /// Limits and timeouts of the downstream HTTP side of a listener.
@@ -184,6 +291,9 @@ pub struct Route {
     /// Changes to the response's headers before it goes downstream.
     #[serde(default)]
     pub response_headers: HeaderMutations,
+    /// Plugins run for this route, besides the listener's (or `disabled: true` to drop one).
+    #[serde(default)]
+    pub plugins: Vec<PluginRef>,
 }
 
 /// The conditions a request must meet; all given conditions must hold.
@@ -535,5 +645,37 @@ pub mod defaults {
     /// true.
     pub fn yes() -> bool {
         true
+    }
+    /// 10 ms.
+    pub fn cpu_deadline() -> Duration {
+        Duration::from_millis(10)
+    }
+    /// 64 MiB.
+    pub fn plugin_memory() -> usize {
+        64 * 1024 * 1024
+    }
+    /// 1 MiB.
+    pub fn plugin_body() -> usize {
+        1024 * 1024
+    }
+    /// 2.
+    pub fn plugin_instances() -> usize {
+        2
+    }
+    /// `info`.
+    pub fn plugin_log_level() -> String {
+        "info".to_owned()
+    }
+    /// 100 ms.
+    pub fn plugin_backoff() -> Duration {
+        Duration::from_millis(100)
+    }
+    /// 5.
+    pub fn plugin_max_failures() -> u32 {
+        5
+    }
+    /// 60 s.
+    pub fn plugin_failure_window() -> Duration {
+        Duration::from_secs(60)
     }
 }

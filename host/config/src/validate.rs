@@ -16,6 +16,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Found> {
     let mut v = Validator {
         found: Vec::new(),
         clusters: config.clusters.iter().map(|c| c.name.as_str()).collect(),
+        plugins: config.plugins.iter().map(|p| p.name.as_str()).collect(),
     };
     v.config(config);
     v.found
@@ -24,6 +25,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Found> {
 struct Validator<'a> {
     found: Vec<Found>,
     clusters: HashSet<&'a str>,
+    plugins: HashSet<&'a str>,
 }
 
 impl Validator<'_> {
@@ -64,6 +66,17 @@ impl Validator<'_> {
             }
             self.listener(&path, l);
         }
+        let mut plugin_names = HashSet::new();
+        for (i, p) in config.plugins.iter().enumerate() {
+            let path = format!("plugins[{i}]");
+            if !plugin_names.insert(p.name.as_str()) {
+                self.err(
+                    format!("{path}.name"),
+                    format!("duplicate plugin name `{}`", p.name),
+                );
+            }
+            self.plugin(&path, p);
+        }
         let mut names = HashSet::new();
         for (i, c) in config.clusters.iter().enumerate() {
             let path = format!("clusters[{i}]");
@@ -77,7 +90,56 @@ impl Validator<'_> {
         }
     }
 
+    fn plugin(&mut self, path: &str, p: &crate::schema::Plugin) {
+        if p.name.is_empty() || p.name.contains(['/', ' ']) {
+            self.err(
+                format!("{path}.name"),
+                "must be non-empty, without `/` or spaces",
+            );
+        }
+        if p.file.trim().is_empty() {
+            self.err(format!("{path}.file"), "must name a .wasm file");
+        }
+        if p.cpu_deadline.is_zero() || p.cpu_deadline > std::time::Duration::from_secs(10) {
+            self.err(format!("{path}.cpu_deadline"), "must be within 1ms..=10s");
+        }
+        if !(1024 * 1024..=4 * 1024 * 1024 * 1024).contains(&p.max_memory_bytes) {
+            self.err(
+                format!("{path}.max_memory_bytes"),
+                "must be within 1 MiB..=4 GiB",
+            );
+        }
+        if !(1..=64).contains(&p.instances) {
+            self.err(format!("{path}.instances"), "must be within 1..=64");
+        }
+        if !["trace", "debug", "info", "warn", "error", "critical"].contains(&p.log_level.as_str())
+        {
+            self.err(
+                format!("{path}.log_level"),
+                format!("`{}` is not a log level", p.log_level),
+            );
+        }
+        if p.max_failures == 0 {
+            self.err(format!("{path}.max_failures"), "must be at least 1");
+        }
+    }
+
+    fn plugin_refs(&mut self, path: &str, refs: &[crate::schema::PluginRef], on_route: bool) {
+        for (i, r) in refs.iter().enumerate() {
+            if !self.plugins.contains(r.name.as_str()) {
+                self.err(
+                    format!("{path}.plugins[{i}].name"),
+                    format!("unknown plugin `{}`", r.name),
+                );
+            }
+            if r.disabled && !on_route {
+                self.err(format!("{path}.plugins[{i}].disabled"), "only for routes");
+            }
+        }
+    }
+
     fn listener(&mut self, path: &str, l: &Listener) {
+        self.plugin_refs(path, &l.plugins, false);
         if l.name.is_empty() {
             self.err(format!("{path}.name"), "must not be empty");
         }
@@ -176,6 +238,7 @@ impl Validator<'_> {
     }
 
     fn route(&mut self, path: &str, r: &Route) {
+        self.plugin_refs(path, &r.plugins, true);
         let actions = [
             r.route.is_some(),
             r.redirect.is_some(),

@@ -78,10 +78,16 @@ async fn route(proxy: Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
         }
         (&Method::GET, "/live") => text(StatusCode::OK, "OK\n"),
         (&Method::GET, "/metrics" | "/stats/prometheus") => {
-            let mut r = text(StatusCode::OK, proxy.metrics().encode());
+            let mut all = proxy.metrics().encode();
+            // The registry's text ends with `# EOF`; plugin series go before it.
+            let eof = all.rfind("# EOF").unwrap_or(all.len());
+            all.insert_str(eof, &proxy.plugins().encode_metrics());
+            let mut r = text(StatusCode::OK, all);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             r
         }
@@ -107,13 +113,30 @@ async fn route(proxy: Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
                 &json!({ "error": e.to_string(), "generation": proxy.generation().id }),
             ),
         },
+        (&Method::GET, "/plugins") => plugins(&proxy),
+        (&Method::POST, p) if p.starts_with("/plugins/") && p.ends_with("/reload") => {
+            let name = &p["/plugins/".len()..p.len() - "/reload".len()];
+            if !proxy.plugins().handles().iter().any(|h| h.name == name) {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({ "error": format!("no plugin `{name}`") }),
+                );
+            }
+            match proxy.reload_plugin(name).await {
+                Ok(n) => json_response(StatusCode::OK, &json!({ "plugin": name, "swapped": n })),
+                Err(e) => json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({ "plugin": name, "error": e.to_string(), "serving": "previous version" }),
+                ),
+            }
+        }
         (&Method::POST, "/quitquitquit") => {
             proxy.shutdown();
             text(StatusCode::OK, "OK\n")
         }
         (&Method::GET, "/") => text(
             StatusCode::OK,
-            "weft admin\n  GET  /ready\n  GET  /live\n  GET  /metrics\n  GET  /config_dump\n  GET  /clusters[?format=json]\n  POST /reload\n  POST /quitquitquit\n",
+            "weft admin\n  GET  /ready\n  GET  /live\n  GET  /metrics\n  GET  /config_dump\n  GET  /clusters[?format=json]\n  GET  /plugins\n  POST /plugins/<name>/reload\n  POST /reload\n  POST /quitquitquit\n",
         ),
         (
             _,
@@ -183,4 +206,73 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<ProxyBody> {
         }
     }
     text(StatusCode::OK, out)
+}
+
+/// Every plugin with its version and state, and the effective chain of every route.
+fn plugins(proxy: &Proxy) -> Response<ProxyBody> {
+    use crate::plugins::PluginVersion;
+    let list: Vec<_> = proxy
+        .plugins()
+        .handles()
+        .iter()
+        .map(|h| {
+            let (version, stats) = match &*h.current() {
+                PluginVersion::Loaded(p) => (
+                    json!({
+                        "sha256": p.sha256,
+                        "abi_version": p.abi_version,
+                        "state": p.state(),
+                        "healthy_instances": p.healthy_instances(),
+                        "loaded_at": crate::access_log::rfc3339(p.loaded_at()),
+                        "last_failure": p.last_error(),
+                    }),
+                    json!({
+                        "streams": p.stats.streams.load(Ordering::Relaxed),
+                        "traps": p.stats.traps.load(Ordering::Relaxed),
+                        "deadlines": p.stats.deadlines.load(Ordering::Relaxed),
+                        "out_of_memory": p.stats.out_of_memory.load(Ordering::Relaxed),
+                        "skipped": p.stats.skipped.load(Ordering::Relaxed),
+                        "rejected": p.stats.rejected.load(Ordering::Relaxed),
+                        "instances_replaced": p.stats.replaced.load(Ordering::Relaxed),
+                    }),
+                ),
+                PluginVersion::Failed { error } => {
+                    (json!({ "state": "failed", "error": error }), json!({}))
+                }
+            };
+            json!({
+                "name": h.name,
+                "label": h.label(),
+                "file": h.file.display().to_string(),
+                "failure_policy": h.policy(),
+                "phase": h.config.phase,
+                "priority": h.config.priority,
+                "version": version,
+                "stats": stats,
+                "swaps": h.swaps.load(Ordering::Relaxed),
+                "rejected_versions": h.rejected_versions.load(Ordering::Relaxed),
+                "last_error": h.last_error(),
+            })
+        })
+        .collect();
+    let g = proxy.generation();
+    let mut chains = Vec::new();
+    let mut names: Vec<&String> = g.listeners.keys().collect();
+    names.sort();
+    for name in names {
+        if let Some(crate::generation::ListenerGen::Http(l)) = g.listeners.get(name).map(|l| &**l) {
+            for (route, state) in l.routes.routes().zip(&l.route_state) {
+                chains.push(json!({
+                    "listener": name,
+                    "route": &*route.name,
+                    "native_filters": state.filters.names(),
+                    "plugins": state.wasm.iter().map(|h| h.label()).collect::<Vec<_>>(),
+                }));
+            }
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({ "plugins": list, "chains": chains }),
+    )
 }

@@ -10,6 +10,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
+use std::collections::VecDeque;
+
+use crate::wasm_filter::Pipeline;
 
 /// Errors of a proxied body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -24,6 +27,16 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
+    Frames(VecDeque<Frame<Bytes>>),
+    Piped(Box<Piped>),
+}
+
+/// A body whose frames pass through a plugin pipeline, after some already-filtered frames.
+struct Piped {
+    prefix: VecDeque<Frame<Bytes>>,
+    inner: ProxyBody,
+    pipeline: Pipeline,
+    done: bool,
 }
 
 /// A proxied body.
@@ -72,6 +85,25 @@ impl ProxyBody {
     /// A streamed body from hyper.
     pub fn incoming(body: Incoming) -> ProxyBody {
         ProxyBody::of(Kind::Incoming(body))
+    }
+
+    /// Already-produced frames.
+    pub fn frames(frames: VecDeque<Frame<Bytes>>) -> ProxyBody {
+        ProxyBody::of(Kind::Frames(frames))
+    }
+
+    /// `prefix`, then `inner`'s frames passed through `pipeline`.
+    pub fn piped(
+        prefix: VecDeque<Frame<Bytes>>,
+        inner: ProxyBody,
+        pipeline: Pipeline,
+    ) -> ProxyBody {
+        ProxyBody::of(Kind::Piped(Box::new(Piped {
+            prefix,
+            inner,
+            pipeline,
+            done: false,
+        })))
     }
 
     /// Adds every data byte that passes to `meter` (shared with whoever reports it).
@@ -131,6 +163,14 @@ impl http_body::Body for ProxyBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            Kind::Frames(frames) => Poll::Ready(frames.pop_front().map(Ok)),
+            Kind::Piped(p) => {
+                let r = p.poll(cx);
+                if let Poll::Ready(Some(Err(_))) = &r {
+                    this.errored = true;
+                }
+                r
+            }
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -150,6 +190,8 @@ impl http_body::Body for ProxyBody {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
             Kind::Incoming(body) => body.is_end_stream(),
+            Kind::Frames(f) => f.is_empty(),
+            Kind::Piped(p) => p.done && p.prefix.is_empty(),
         }
     }
 
@@ -158,6 +200,65 @@ impl http_body::Body for ProxyBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Incoming(body) => body.size_hint(),
+            Kind::Frames(f) => SizeHint::with_exact(
+                f.iter()
+                    .filter_map(|f| f.data_ref())
+                    .map(|d| d.len() as u64)
+                    .sum(),
+            ),
+            // Plugins may change the length.
+            Kind::Piped(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl Piped {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if let Some(f) = self.prefix.pop_front() {
+                return Poll::Ready(Some(Ok(f)));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match http_body::Body::poll_frame(Pin::new(&mut self.inner), cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => {
+                    self.done = true;
+                    match self.pipeline.push(Bytes::new(), true) {
+                        Ok(out) if !out.is_empty() => self.prefix.push_back(Frame::data(out)),
+                        Ok(_) => {}
+                        Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                    }
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let eos = http_body::Body::is_end_stream(&self.inner);
+                        match self.pipeline.push(data, eos) {
+                            Ok(out) if !out.is_empty() => {
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            }
+                            Ok(_) => {}
+                            Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            match self.pipeline.trailers(trailers) {
+                                Ok((out, trailers)) => {
+                                    if !out.is_empty() {
+                                        self.prefix.push_back(Frame::data(out));
+                                    }
+                                    self.prefix.push_back(Frame::trailers(trailers));
+                                }
+                                Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                            }
+                        }
+                        self.done = true;
+                    }
+                },
+            }
         }
     }
 }

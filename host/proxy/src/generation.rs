@@ -12,6 +12,59 @@ use weft_routing::RouteTable;
 use crate::cluster::Cluster;
 use crate::filter::{FilterChain, HeaderMutationFilter, HttpFilter};
 use crate::metrics::{ListenerMetrics, Metrics, RouteMetrics};
+use crate::plugins::{PluginHandle, PluginRegistry};
+
+/// Where a generation's plugins come from and how strictly failures count.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginContext<'a> {
+    /// The plugin registry.
+    pub registry: &'a PluginRegistry,
+    /// Plugin files are relative to this directory.
+    pub base_dir: &'a std::path::Path,
+    /// A plugin that fails to load refuses the generation (reloads); without it (startup) the
+    /// plugin's failure policy applies to requests.
+    pub strict: bool,
+}
+
+/// The effective plugin chain for `route_refs` on a listener with `listener_refs`.
+async fn plugin_chain(
+    plugins: PluginContext<'_>,
+    config: &Config,
+    listener_refs: &[schema::PluginRef],
+    route_refs: &[schema::PluginRef],
+) -> Result<Vec<Arc<PluginHandle>>, BuildError> {
+    let disabled: Vec<&str> = route_refs
+        .iter()
+        .filter(|r| r.disabled)
+        .map(|r| r.name.as_str())
+        .collect();
+    let mut refs: Vec<&schema::PluginRef> = listener_refs
+        .iter()
+        .filter(|r| !disabled.contains(&r.name.as_str()))
+        .collect();
+    refs.extend(route_refs.iter().filter(|r| !r.disabled));
+    let mut chain = Vec::with_capacity(refs.len());
+    for r in refs {
+        let plugin = config
+            .plugins
+            .iter()
+            .find(|p| p.name == r.name)
+            .ok_or_else(|| BuildError::Invalid(format!("unknown plugin `{}`", r.name)))?;
+        let handle = plugins
+            .registry
+            .resolve(
+                plugins.base_dir,
+                plugin,
+                r.configuration.as_ref(),
+                plugins.strict,
+            )
+            .await?;
+        chain.push(handle);
+    }
+    // Istio's order: phase, then priority (higher first); stable within equal keys.
+    chain.sort_by_key(|h| (h.config.phase, std::cmp::Reverse(h.config.priority)));
+    Ok(chain)
+}
 
 /// Why a configuration could not be compiled.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +75,12 @@ pub enum BuildError {
     /// A reference that validation should have caught.
     #[error("{0}")]
     Invalid(String),
+    /// A plugin could not be loaded.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugins::PluginError),
+    /// A feature that is not built yet.
+    #[error("unimplemented: {0}")]
+    Unimplemented(String),
 }
 
 /// One compiled configuration.
@@ -39,6 +98,25 @@ pub struct Generation {
     pub clusters: Arc<Vec<Arc<Cluster>>>,
     /// Its listeners by name.
     pub listeners: HashMap<String, Arc<ListenerGen>>,
+}
+
+impl Generation {
+    /// Every plugin handle any route uses.
+    pub fn plugin_handles(&self) -> Vec<Arc<PluginHandle>> {
+        let mut out: Vec<Arc<PluginHandle>> = Vec::new();
+        for l in self.listeners.values() {
+            if let ListenerGen::Http(h) = &**l {
+                for r in &h.route_state {
+                    for p in &r.wasm {
+                        if !out.iter().any(|o| Arc::ptr_eq(o, p)) {
+                            out.push(p.clone());
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 /// A listener's share of a generation.
@@ -92,8 +170,12 @@ pub struct HttpListener {
 pub struct RouteState {
     /// Metric handles.
     pub metrics: RouteMetrics,
-    /// The effective filter chain.
+    /// The native filter chain.
     pub filters: FilterChain,
+    /// The effective proxy-wasm chain (listener and route plugins, by phase and priority).
+    pub wasm: Vec<Arc<PluginHandle>>,
+    /// The largest body any plugin of the chain may buffer.
+    pub wasm_max_body: usize,
 }
 
 /// A TCP listener's target.
@@ -120,6 +202,7 @@ impl Generation {
         config: Config,
         previous: Option<&Generation>,
         metrics: &Metrics,
+        plugins: PluginContext<'_>,
     ) -> Result<Generation, BuildError> {
         let mut clusters = Vec::with_capacity(config.clusters.len());
         for c in &config.clusters {
@@ -139,22 +222,33 @@ impl Generation {
             let listener_gen = match l.protocol {
                 ListenerProtocol::Http => {
                     let routes = RouteTable::build(&path, l, &config.clusters)?;
-                    let route_state = routes
-                        .routes()
-                        .map(|r| {
-                            let mut filters: Vec<Arc<dyn HttpFilter>> = Vec::new();
-                            if !r.request_headers.is_empty() || !r.response_headers.is_empty() {
-                                filters.push(Arc::new(HeaderMutationFilter::new(
-                                    r.request_headers.clone(),
-                                    r.response_headers.clone(),
-                                )));
-                            }
-                            RouteState {
-                                metrics: metrics.route(&l.name, &r.name),
-                                filters: FilterChain::new(filters),
-                            }
-                        })
+                    let route_configs: Vec<&schema::Route> = l
+                        .virtual_hosts
+                        .iter()
+                        .flat_map(|v| v.routes.iter())
                         .collect();
+                    let mut route_state = Vec::with_capacity(routes.route_count());
+                    for (r, rc) in routes.routes().zip(route_configs) {
+                        let mut filters: Vec<Arc<dyn HttpFilter>> = Vec::new();
+                        if !r.request_headers.is_empty() || !r.response_headers.is_empty() {
+                            filters.push(Arc::new(HeaderMutationFilter::new(
+                                r.request_headers.clone(),
+                                r.response_headers.clone(),
+                            )));
+                        }
+                        let wasm = plugin_chain(plugins, &config, &l.plugins, &rc.plugins).await?;
+                        let wasm_max_body = wasm
+                            .iter()
+                            .map(|h| h.config.max_body_bytes)
+                            .max()
+                            .unwrap_or(0);
+                        route_state.push(RouteState {
+                            metrics: metrics.route(&l.name, &r.name),
+                            filters: FilterChain::new(filters),
+                            wasm,
+                            wasm_max_body,
+                        });
+                    }
                     ListenerGen::Http(HttpListener {
                         name: l.name.as_str().into(),
                         generation: id,
@@ -166,6 +260,11 @@ impl Generation {
                     })
                 }
                 ListenerProtocol::Tcp => {
+                    if !l.plugins.is_empty() {
+                        return Err(BuildError::Unimplemented(format!(
+                            "{path}.plugins: proxy-wasm network filters on TCP listeners"
+                        )));
+                    }
                     let target = l
                         .tcp
                         .as_ref()

@@ -22,6 +22,7 @@ use crate::filter::{FilterAction, LocalReply};
 use crate::generation::{HttpListener, ListenerGen};
 use crate::metrics::{ClusterMetrics, ListenerMetrics, RouteMetrics, class_index};
 use crate::server::{ListenerSlot, Shared};
+use crate::wasm_filter::{Outcome, RequestProperties, WasmExchange};
 
 /// Envoy response flags this proxy sets.
 pub mod flags {
@@ -94,6 +95,8 @@ pub(crate) struct ConnCtx {
     pub activity: Arc<Activity>,
     pub guard: Option<GuardHandle>,
     pub h2: bool,
+    pub local: SocketAddr,
+    pub id: u64,
 }
 
 /// Everything needed to account for a request once its response body is done.
@@ -109,10 +112,15 @@ struct Completion {
     request_bytes: Arc<AtomicU64>,
     activity: Arc<Activity>,
     shared: Arc<Shared>,
+    wasm: Option<WasmExchange>,
 }
 
 impl OnComplete for Completion {
     fn complete(mut self: Box<Self>, bytes: u64, errored: bool) {
+        // Plugins log first (`on_log`, `on_done`, `on_delete`), as in Envoy.
+        if let Some(w) = self.wasm.take() {
+            w.finish();
+        }
         let elapsed = self.start.elapsed();
         let class = class_index(self.status);
         self.listener.rq[class].inc();
@@ -210,6 +218,7 @@ fn completion(
         request_bytes: Arc::new(AtomicU64::new(0)),
         activity: conn.activity.clone(),
         shared: conn.shared.clone(),
+        wasm: None,
     })
 }
 
@@ -312,18 +321,59 @@ async fn route_and_forward(
         return local_reply(c, reply);
     }
 
+    let mut body = ProxyBody::incoming(body).metered(c.request_bytes.clone());
+    // The proxy-wasm chain: request headers (and a buffered body when a plugin asks for it).
+    if let Some(s) = state.filter(|s| !s.wasm.is_empty()) {
+        let props = Arc::new(RequestProperties::new(
+            &parts,
+            &authority,
+            conn.peer,
+            conn.local,
+            &route.name,
+            conn.id,
+            conn.h2,
+        ));
+        let mut exchange = match WasmExchange::start(&s.wasm, props) {
+            Ok(e) => e,
+            Err(reply) => return local_reply(c, reply),
+        };
+        let outcome = exchange
+            .request_headers(&mut parts, &authority, &mut body, s.wasm_max_body)
+            .await;
+        let pipeline = exchange.request_body_pipeline();
+        c.wasm = Some(exchange);
+        if let Outcome::Reply(reply) = outcome {
+            return local_reply(c, reply);
+        }
+        if !pipeline.is_empty() && !http_body::Body::is_end_stream(&body) {
+            // Plugins may change the body's length: send it chunked.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            body = ProxyBody::piped(Default::default(), body, pipeline);
+        }
+    }
+
     let forward = match &route.action {
         Action::Direct { status, body } => {
-            let resp = local(c, *status, body, flags::NONE);
-            return respond_through_filters(resp, state);
+            let mut headers = HeaderMap::new();
+            if !body.is_empty() {
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            }
+            return answer_locally(
+                c,
+                *status,
+                headers,
+                Bytes::copy_from_slice(body.as_bytes()),
+                state,
+            )
+            .await;
         }
         Action::Redirect(r) => {
             let location = r.location("http", &authority, parts.uri.path(), parts.uri.query());
-            let mut resp = local(c, r.status, "", flags::NONE);
+            let mut headers = HeaderMap::new();
             if let Ok(v) = HeaderValue::from_str(&location) {
-                resp.headers_mut().insert(header::LOCATION, v);
+                headers.insert(header::LOCATION, v);
             }
-            return respond_through_filters(resp, state);
+            return answer_locally(c, r.status, headers, Bytes::new(), state).await;
         }
         Action::Forward(f) => f,
     };
@@ -398,7 +448,6 @@ async fn route_and_forward(
         weft_config::schema::UpstreamProtocol::Http1 => Version::HTTP_11,
         weft_config::schema::UpstreamProtocol::Http2 => Version::HTTP_2,
     };
-    let body = ProxyBody::incoming(body).metered(c.request_bytes.clone());
     let upstream_req = Request::from_parts(parts, body);
 
     forward_upstream(
@@ -412,21 +461,6 @@ async fn route_and_forward(
         conn,
     )
     .await
-}
-
-fn respond_through_filters(
-    resp: Response<ProxyBody>,
-    state: Option<&crate::generation::RouteState>,
-) -> Response<ProxyBody> {
-    let Some(state) = state else {
-        return resp;
-    };
-    let (mut parts, body) = resp.into_parts();
-    // A filter's local reply at this point replaces the headers only; the body is kept.
-    if let FilterAction::Respond(reply) = state.filters.on_response(&mut parts) {
-        parts.status = reply.status;
-    }
-    Response::from_parts(parts, body)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -532,7 +566,52 @@ async fn forward_upstream(
     {
         return local_reply(c, reply);
     }
-    Response::from_parts(parts, ProxyBody::incoming(body).on_complete(c))
+    let mut body = ProxyBody::incoming(body);
+    if let (Some(exchange), Some(s)) = (c.wasm.as_mut(), state) {
+        exchange
+            .properties()
+            .set("upstream.address", endpoint.addr.to_string().into_bytes());
+        match exchange
+            .response(&mut parts, body, s.wasm_max_body.max(1))
+            .await
+        {
+            Ok(b) => body = b,
+            Err(reply) => return local_reply(c, reply),
+        }
+    }
+    Response::from_parts(parts, body.on_complete(c))
+}
+
+/// A direct response or redirect: through the native filters and the plugins' response
+/// phase, then downstream.
+async fn answer_locally(
+    mut c: Box<Completion>,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    state: Option<&crate::generation::RouteState>,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    let (mut parts, ()) = resp.into_parts();
+    if let Some(s) = state
+        && let FilterAction::Respond(reply) = s.filters.on_response(&mut parts)
+    {
+        parts.status = reply.status;
+    }
+    let mut body = ProxyBody::full(body);
+    if let (Some(exchange), Some(s)) = (c.wasm.as_mut(), state) {
+        match exchange
+            .response(&mut parts, body, s.wasm_max_body.max(1))
+            .await
+        {
+            Ok(b) => body = b,
+            Err(reply) => return local_reply(c, reply),
+        }
+    }
+    c.status = parts.status.as_u16();
+    Response::from_parts(parts, body.on_complete(c))
 }
 
 fn is_upgrade_request(headers: &HeaderMap) -> bool {

@@ -18,8 +18,10 @@ pub mod filter;
 pub mod generation;
 pub mod http_proxy;
 pub mod metrics;
+pub mod plugins;
 pub mod runtime;
 pub mod server;
+pub mod wasm_filter;
 mod watch;
 
 pub use runtime::{ConfigSource, Proxy, ProxyError, StartOptions};

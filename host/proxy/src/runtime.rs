@@ -13,8 +13,9 @@ use tokio_util::task::TaskTracker;
 use weft_config::{Config, ConfigError};
 
 use crate::access_log::AccessLog;
-use crate::generation::{BuildError, Generation, ListenerGen};
+use crate::generation::{BuildError, Generation, ListenerGen, PluginContext};
 use crate::metrics::{Metrics, ResultLabels};
+use crate::plugins::PluginRegistry;
 use crate::server::{self, ListenerSlot, Shared};
 
 /// Where the configuration comes from.
@@ -37,6 +38,17 @@ impl ConfigSource {
         match self {
             ConfigSource::File(p) => p.display().to_string(),
             ConfigSource::Embedded { label, .. } => label.clone(),
+        }
+    }
+
+    /// The directory plugin files are relative to.
+    pub fn base_dir(&self) -> PathBuf {
+        match self {
+            ConfigSource::File(p) => p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), PathBuf::from),
+            ConfigSource::Embedded { .. } => PathBuf::from("."),
         }
     }
 
@@ -103,6 +115,7 @@ struct Inner {
     last_error: std::sync::Mutex<Option<String>>,
     admin_addr: std::sync::Mutex<Option<SocketAddr>>,
     drain_timeout: Duration,
+    plugins: Arc<PluginRegistry>,
 }
 
 /// Options for [`Proxy::start`].
@@ -125,7 +138,14 @@ impl Proxy {
                 error,
             })?;
         let label = source.label();
-        let generation = Generation::build(1, label.clone(), config, None, &metrics)
+        let plugins = Arc::new(PluginRegistry::new());
+        let base_dir = source.base_dir();
+        let ctx = PluginContext {
+            registry: &plugins,
+            base_dir: &base_dir,
+            strict: false,
+        };
+        let generation = Generation::build(1, label.clone(), config, None, &metrics, ctx)
             .await
             .map_err(|error| ProxyError::Build {
                 source_label: label,
@@ -153,6 +173,7 @@ impl Proxy {
                 last_error: std::sync::Mutex::new(None),
                 admin_addr: std::sync::Mutex::new(None),
                 drain_timeout,
+                plugins,
             }),
         };
         proxy.publish(generation).await?;
@@ -170,6 +191,9 @@ impl Proxy {
             && let ConfigSource::File(path) = &proxy.inner.source
         {
             crate::watch::spawn(proxy.clone(), path.clone());
+        }
+        if options.watch {
+            crate::watch::spawn_plugin_watcher(proxy.clone());
         }
         proxy.inner.ready.store(true, Ordering::SeqCst);
         Ok(proxy)
@@ -247,6 +271,8 @@ impl Proxy {
         if let Ok(mut addrs) = self.inner.addrs.lock() {
             addrs.retain(|n, _| generation.listeners.contains_key(n));
         }
+        self.inner.plugins.set_clusters(generation.clusters.clone());
+        self.inner.plugins.retain(&generation.plugin_handles());
         self.inner.generation.store(generation);
         self.inner.shared.metrics.config_generation.set(id as i64);
         Ok(())
@@ -290,12 +316,19 @@ impl Proxy {
         let id = self.inner.next_id.fetch_add(1, Ordering::SeqCst);
         let previous = self.inner.generation.load_full();
         let label = self.inner.source.label();
+        let base_dir = self.inner.source.base_dir();
+        let ctx = PluginContext {
+            registry: &self.inner.plugins,
+            base_dir: &base_dir,
+            strict: true,
+        };
         let generation = Generation::build(
             id,
             label.clone(),
             config,
             Some(&previous),
             &self.inner.shared.metrics,
+            ctx,
         )
         .await
         .map_err(|error| ProxyError::Build {
@@ -389,6 +422,16 @@ impl Proxy {
             .lock()
             .map(|a| a.clone())
             .unwrap_or_default()
+    }
+
+    /// The plugin registry.
+    pub fn plugins(&self) -> &PluginRegistry {
+        &self.inner.plugins
+    }
+
+    /// Hot-swaps plugin `name` from its file (the old version keeps serving on failure).
+    pub async fn reload_plugin(&self, name: &str) -> Result<usize, crate::plugins::PluginError> {
+        self.inner.plugins.reload(name).await
     }
 
     /// The listener's generation by name (for admin).

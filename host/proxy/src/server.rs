@@ -130,6 +130,12 @@ pub fn serve(
     });
 }
 
+/// Process-wide connection ids (`connection.id`).
+fn next_connection_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Reads ahead (without consuming) until the bytes either start the HTTP/2 preface or cannot.
@@ -168,6 +174,8 @@ async fn serve_http(
     let settings = lgen.config().http.clone();
     let h2 = is_h2_prior_knowledge(&stream, settings.request_header_timeout).await;
     let activity = Arc::new(Activity::new());
+    let local = stream.local_addr().unwrap_or(slot.local_addr);
+    let id = next_connection_id();
     let idle = settings.idle_timeout;
 
     if h2 {
@@ -178,6 +186,8 @@ async fn serve_http(
             activity: activity.clone(),
             guard: None,
             h2: true,
+            local,
+            id,
         });
         let service = service_fn(move |req| http_proxy::handle(req, ctx.clone()));
         let conn = http2::Builder::new(TokioExecutor::new())
@@ -202,6 +212,8 @@ async fn serve_http(
         activity: activity.clone(),
         guard: Some(guard.clone()),
         h2: false,
+        local,
+        id,
     });
     let service = service_fn(move |req| http_proxy::handle(req, ctx.clone()));
     let conn = http1::Builder::new()

@@ -57,3 +57,66 @@ pub fn spawn(proxy: Proxy, path: PathBuf) {
         }
     });
 }
+
+/// Watches the directories of every plugin file; a changed file is hot-swapped (validated by a
+/// canary first; a bad version is refused and the old one keeps serving).
+pub fn spawn_plugin_watcher(proxy: Proxy) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            for p in ev.paths {
+                let _ = tx.send(p);
+            }
+        }
+    });
+    let Ok(mut watcher) = watcher else {
+        tracing::warn!("cannot watch plugin files; POST /plugins/<name>/reload still works");
+        return;
+    };
+    tokio::spawn(async move {
+        let mut watched: Vec<PathBuf> = Vec::new();
+        let mut hashes: std::collections::HashMap<PathBuf, Vec<u8>> =
+            std::collections::HashMap::new();
+        let mut refresh = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = refresh.tick() => {
+                    // Follow configuration reloads: watch the directories of the current files.
+                    for h in proxy.plugins().handles() {
+                        let dir = h.file.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+                        if !watched.contains(&dir) && watcher.watch(&dir, RecursiveMode::NonRecursive).is_ok() {
+                            watched.push(dir);
+                        }
+                        hashes.entry(h.file.clone()).or_insert_with(|| std::fs::read(&h.file).unwrap_or_default());
+                    }
+                }
+                changed = rx.recv() => {
+                    let Some(first) = changed else { return };
+                    let mut paths = vec![first];
+                    while let Ok(Some(p)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                        paths.push(p);
+                    }
+                    let handles = proxy.plugins().handles();
+                    let mut names: Vec<String> = Vec::new();
+                    for h in &handles {
+                        let dir_changed = paths.iter().any(|p| p == &h.file || p.parent() == h.file.parent());
+                        if !dir_changed {
+                            continue;
+                        }
+                        let now = std::fs::read(&h.file).unwrap_or_default();
+                        if now.is_empty() || hashes.get(&h.file) == Some(&now) {
+                            continue;
+                        }
+                        hashes.insert(h.file.clone(), now);
+                        if !names.contains(&h.name) {
+                            names.push(h.name.clone());
+                        }
+                    }
+                    for name in names {
+                        let _ = proxy.reload_plugin(&name).await;
+                    }
+                }
+            }
+        }
+    });
+}

@@ -524,6 +524,11 @@ impl Plugin {
         (self.info.limits.cpu_deadline.as_micros() / tick).max(1) as u64
     }
 
+    /// The embedding (for running callouts).
+    pub fn embedder(&self) -> Arc<dyn Embedder> {
+        self.info.embedder.clone()
+    }
+
     /// The plugin's budgets.
     pub fn limits(&self) -> &PluginLimits {
         &self.info.limits

@@ -482,3 +482,25 @@ fn the_module_cache_round_trips() {
     assert_eq!(sha, sha2);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn add_appends_to_existing_values() {
+    let p = load(spec(
+        "adds",
+        fx::HOSTCALLS,
+        r#"{"add_request_header": ["x-order", "second"]}"#,
+    ));
+    let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+    request(&mut s, "/");
+    s.data().request_headers.add("x-order", b"first");
+    s.on_request_headers(true).unwrap();
+    let values: Vec<String> = s
+        .data()
+        .request_headers
+        .0
+        .iter()
+        .filter(|(k, _)| k == "x-order")
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(values, ["first", "second"]);
+}

@@ -1,0 +1,467 @@
+//! proxy-wasm plugins in a running Weft: placement and order, callouts, body rewrites,
+//! failure policies, CPU deadlines, hot swap under load, admin and metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use weft_e2e::upstream::{echo, serve};
+use weft_e2e::{TestProxy, client, get, get_with, metric_value, send};
+use weft_test_artifacts as fx;
+
+fn plugin(name: &str, file: &str, extra: &str) -> String {
+    format!("  - name: {name}\n    file: {file}\n{extra}")
+}
+
+#[tokio::test]
+async fn listener_and_route_plugins_run_in_phase_and_priority_order() {
+    let up = echo("up").await;
+    let p = TestProxy::start(&format!(
+        r#"
+plugins:
+{}
+{}
+{}
+{}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    plugins: [{{ name: stats }}, {{ name: adder }}]
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes:
+          - name: plain
+            match: {{ path: {{ prefix: /plain }} }}
+            route: {{ cluster: up }}
+            plugins: [{{ name: adder, disabled: true }}]
+          - name: ordered
+            match: {{ path: {{ prefix: /ordered }} }}
+            route: {{ cluster: up }}
+            plugins:
+              - {{ name: authn-low }}
+              - {{ name: authn-high }}
+              - {{ name: adder, disabled: true }}
+              - {{ name: adder, configuration: "route-override" }}
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+        plugin("adder", fx::HEADER_ADDER, "    configuration: listener-level\n"),
+        plugin("stats", fx::HOSTCALLS, "    phase: stats\n    configuration: {add_request_header: [x-order, stats]}\n"),
+        plugin("authn-low", fx::HOSTCALLS, "    phase: authn\n    priority: 1\n    configuration: {add_request_header: [x-order, authn-low]}\n"),
+        plugin("authn-high", fx::HOSTCALLS, "    phase: authn\n    priority: 10\n    configuration: {add_request_header: [x-order, authn-high]}\n"),
+    ))
+    .await;
+    let r = get(&p.url("main", "/plain")).await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["headers"]["x-order"], "stats");
+    assert!(
+        j["headers"].get("x-plugin-seen").is_none(),
+        "adder disabled on this route"
+    );
+
+    let r = get(&p.url("main", "/ordered")).await;
+    let j = r.json();
+    // The echo joins repeated headers in order: the plugins' order.
+    assert_eq!(
+        j["headers"]["x-order"], "authn-high, authn-low, stats",
+        "{j}"
+    );
+    assert_eq!(j["headers"]["x-plugin-seen"], "route-override");
+    assert_eq!(r.header("x-plugin"), Some("route-override"));
+
+    let admin = format!("http://{}", p.admin());
+    let plugins = get(&format!("{admin}/plugins")).await.json();
+    let chain = plugins["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["route"] == "ordered")
+        .unwrap()
+        .clone();
+    let names: Vec<&str> = chain["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "authn-high",
+            "authn-low",
+            "stats",
+            "adder[\"route-override\"]"
+        ]
+    );
+    assert!(
+        plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["version"]["state"] == "ok"),
+        "{plugins}"
+    );
+    let m = p.metrics().await;
+    assert!(
+        metric_value(&m, r#"weft_plugin_streams_total{plugin="stats"}"#) >= 2.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_callout_authorizes_the_request() {
+    let up = echo("up").await;
+    let authz = serve(|req: http::Request<hyper::body::Incoming>| async move {
+        let allow = req.headers().get("x-auth-user").is_none();
+        let mut resp = http::Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = if allow {
+            http::StatusCode::OK
+        } else {
+            http::StatusCode::FORBIDDEN
+        };
+        resp.headers_mut()
+            .insert("x-auth-user", http::HeaderValue::from_static("alice"));
+        resp
+    })
+    .await;
+    let p = TestProxy::start(&format!(
+        r#"
+plugins:
+{}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    plugins: [{{ name: authz }}]
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes: [{{ route: {{ cluster: up }} }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+  - {{ name: authz-service, endpoints: [{{ address: "{authz}" }}] }}
+"#,
+        plugin("authz", fx::HOSTCALLS, "    configuration: {callout: {cluster: authz-service, path: /check, timeout_ms: 2000}}\n"),
+    ))
+    .await;
+    let r = get(&p.url("main", "/data")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["headers"]["x-auth-user"],
+        "alice",
+        "header copied from the callout"
+    );
+}
+
+#[tokio::test]
+async fn a_buffered_response_rewrite_gets_a_correct_content_length() {
+    let up = serve(|_req| async move {
+        http::Response::new(Full::new(Bytes::from_static(b"original body")))
+    })
+    .await;
+    let p = TestProxy::start(&format!(
+        r#"
+plugins:
+{}
+{}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes:
+          - match: {{ path: {{ prefix: /resp }} }}
+            route: {{ cluster: up }}
+            plugins: [{{ name: resp }}]
+          - match: {{ path: {{ prefix: /req }} }}
+            route: {{ cluster: sink }}
+            plugins: [{{ name: req }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+  - {{ name: sink, endpoints: [{{ address: "{}" }}] }}
+"#,
+        plugin(
+            "resp",
+            fx::HOSTCALLS,
+            "    configuration: {response_body: \"append: and more\"}\n"
+        ),
+        plugin(
+            "req",
+            fx::HOSTCALLS,
+            "    configuration: {request_body: \"replace:REPLACED\"}\n"
+        ),
+        weft_e2e::upstream::sink().await.0,
+    ))
+    .await;
+    let r = get(&p.url("main", "/resp")).await;
+    assert_eq!(r.text(), "original body and more");
+    assert_eq!(
+        r.header("content-length"),
+        Some("22"),
+        "Content-Length matches the rewritten body"
+    );
+
+    let req = http::Request::post(p.url("main", "/req"))
+        .body(Full::from("some request body"))
+        .unwrap();
+    let r = send(&client(), req).await;
+    assert_eq!(
+        r.text(),
+        "8",
+        "the upstream received the replaced body (8 bytes)"
+    );
+}
+
+#[tokio::test]
+async fn failure_policies_and_cpu_deadlines() {
+    let up = echo("up").await;
+    let p = TestProxy::start(&format!(
+        r#"
+plugins:
+{}
+{}
+{}
+{}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes:
+          - {{ match: {{ path: {{ prefix: /closed }} }}, route: {{ cluster: up }}, plugins: [{{ name: trap-closed }}] }}
+          - {{ match: {{ path: {{ prefix: /open }} }}, route: {{ cluster: up }}, plugins: [{{ name: trap-open }}] }}
+          - {{ match: {{ path: {{ prefix: /loop }} }}, route: {{ cluster: up }}, plugins: [{{ name: loop }}] }}
+          - {{ match: {{ path: {{ prefix: /not-loaded }} }}, route: {{ cluster: up }}, plugins: [{{ name: never-loads }}] }}
+          - {{ route: {{ cluster: up }} }}
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+        plugin("trap-closed", fx::TRAP, "    failure_policy: fail_closed\n"),
+        plugin("trap-open", fx::TRAP, "    failure_policy: fail_open\n"),
+        plugin("loop", fx::BUSY_LOOP, "    cpu_deadline: 20ms\n    reload_backoff: 0s\n    max_failures: 1000\n"),
+        plugin("never-loads", fx::CONFIGURE_FAILS, "    failure_policy: fail_open\n"),
+    ))
+    .await;
+    for _ in 0..3 {
+        let r = get(&p.url("main", "/closed")).await;
+        assert_eq!(r.status, 503, "fail_closed answers 503");
+        let r = get(&p.url("main", "/open")).await;
+        assert_eq!(r.status, 200, "fail_open skips the broken plugin");
+    }
+    // An infinite loop is cut at the deadline: the request fails, others are served meanwhile.
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let url = p.url("main", "/loop");
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    for _ in 0..10 {
+        assert_eq!(get(&p.url("main", "/other")).await.status, 200);
+    }
+    for l in loops {
+        assert_eq!(l.await.unwrap().status, 503);
+    }
+    // A plugin that failed to load at startup: the proxy serves by its policy (fail_open).
+    assert_eq!(get(&p.url("main", "/not-loaded")).await.status, 200);
+    let plugins = get(&format!("http://{}/plugins", p.admin())).await.json();
+    let find = |name: &str| {
+        plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(find("trap-closed")["version"]["state"], "broken");
+    assert_eq!(find("never-loads")["version"]["state"], "failed");
+    assert!(find("loop")["stats"]["deadlines"].as_u64().unwrap() >= 4);
+    let m = p.metrics().await;
+    assert!(
+        metric_value(&m, r#"weft_plugin_deadlines_total{plugin="loop"}"#) >= 4.0,
+        "{m}"
+    );
+    assert!(
+        metric_value(&m, r#"weft_plugin_skipped_total{plugin="trap-open"}"#) >= 2.0,
+        "{m}"
+    );
+}
+
+/// A copy of `wasm` with a custom section appended: same behaviour, different sha256.
+fn variant(wasm: &[u8], tag: u8) -> Vec<u8> {
+    let mut out = wasm.to_vec();
+    let name = b"weft-test";
+    let payload = [tag; 4];
+    out.push(0);
+    out.push((1 + name.len() + payload.len()) as u8);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.extend_from_slice(&payload);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swapping_a_plugin_100_times_under_load_fails_no_request() {
+    let up = echo("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("adder.wasm");
+    let original = fx::bytes(fx::HEADER_ADDER);
+    std::fs::write(&file, &original).unwrap();
+    let p = TestProxy::start(&format!(
+        r#"
+access_log: {{ path: "off" }}
+plugins:
+{}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    plugins: [{{ name: adder }}]
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes: [{{ route: {{ cluster: up }} }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+        plugin(
+            "adder",
+            &file.display().to_string(),
+            "    configuration: swapped\n"
+        ),
+    ))
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let url = p.url("main", "/");
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
+        load.push(tokio::spawn(async move {
+            let c = client();
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let req = http::Request::get(&url).body(Full::default()).unwrap();
+                match tokio::time::timeout(Duration::from_secs(5), c.request(req)).await {
+                    Ok(Ok(r))
+                        if r.status() == 200
+                            && r.headers().get("x-plugin").is_some_and(|v| v == "swapped") =>
+                    {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let admin = format!("http://{}", p.admin());
+    for i in 0..100u32 {
+        std::fs::write(&file, variant(&original, (i % 2) as u8)).unwrap();
+        let r = send(
+            &client(),
+            http::Request::post(format!("{admin}/plugins/adder/reload"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "swap {i}: {}", r.text());
+    }
+    // A broken version is refused; the last good one keeps serving.
+    std::fs::write(&file, b"not wasm at all").unwrap();
+    let r = send(
+        &client(),
+        http::Request::post(format!("{admin}/plugins/adder/reload"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().contains("not a WebAssembly module"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(get(&url).await.header("x-plugin"), Some("swapped"));
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "load ran: {}",
+        ok.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed during 100 swaps"
+    );
+    let plugins = get(&format!("{admin}/plugins")).await.json();
+    assert_eq!(plugins["plugins"][0]["swaps"], 100);
+    assert_eq!(plugins["plugins"][0]["rejected_versions"], 1);
+    assert!(
+        plugins["plugins"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not a WebAssembly module")
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_file_change_is_swapped_in_by_the_watcher() {
+    let up = echo("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.wasm");
+    std::fs::write(&file, fx::bytes(fx::HEADER_ADDER)).unwrap();
+    let p = TestProxy::start_with(
+        &format!(
+            r#"
+plugins:
+{}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    plugins: [{{ name: p }}]
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes: [{{ route: {{ cluster: up }} }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+            plugin(
+                "p",
+                &file.display().to_string(),
+                "    configuration: '{}'\n"
+            ),
+        ),
+        true,
+    )
+    .await;
+    assert_eq!(
+        get(&p.url("main", "/")).await.header("x-plugin"),
+        Some("{}")
+    );
+    // Replace the module with a different plugin (hostcalls accepts `{}`).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let tmp = dir.path().join("p.wasm.tmp");
+    std::fs::write(&tmp, fx::bytes(fx::HOSTCALLS)).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let url = p.url("main", "/");
+    let swapped = weft_e2e::eventually(Duration::from_secs(10), || {
+        let url = url.clone();
+        async move { get(&url).await.header("x-plugin").is_none() }
+    })
+    .await;
+    assert!(swapped, "the watcher swapped the plugin");
+    let _ = get_with(&p.url("main", "/"), &[]).await;
+}
