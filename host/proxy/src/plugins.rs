@@ -147,11 +147,13 @@ pub enum PluginError {
     },
 }
 
+/// A plugin name and its configuration override, if any.
+type HandleKey = (String, Option<String>);
+
 /// All plugin handles of the process, the engine, and the embedder for callouts.
 pub struct PluginRegistry {
-    engine: Option<WasmEngine>,
     embedder: Arc<ProxyEmbedder>,
-    handles: Mutex<HashMap<(String, Option<String>), Arc<PluginHandle>>>,
+    handles: Mutex<HashMap<HandleKey, Arc<PluginHandle>>>,
 }
 
 impl std::fmt::Debug for PluginRegistry {
@@ -167,19 +169,11 @@ impl Default for PluginRegistry {
 }
 
 impl PluginRegistry {
-    /// A registry; the engine is created on first use.
+    /// A registry; the (process-wide) engine is created on first use.
     pub fn new() -> PluginRegistry {
         PluginRegistry {
-            engine: None,
             embedder: Arc::new(ProxyEmbedder::default()),
             handles: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn engine(&self) -> Result<WasmEngine, LoadError> {
-        match &self.engine {
-            Some(e) => Ok(e.clone()),
-            None => shared_engine(),
         }
     }
 
@@ -305,7 +299,7 @@ impl PluginRegistry {
     }
 
     async fn load(&self, spec: PluginSpec) -> Result<Arc<Plugin>, LoadError> {
-        let engine = self.engine()?;
+        let engine = shared_engine()?;
         let embedder: Arc<dyn Embedder> = self.embedder.clone();
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {

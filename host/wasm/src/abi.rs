@@ -41,8 +41,6 @@ impl GuestMemory {
         Ok(data[r].to_vec())
     }
 
-    /// Reads a UTF-8 string (lossless or error).
-
     /// Writes `bytes` at `ptr`.
     pub(crate) fn write(
         &self,

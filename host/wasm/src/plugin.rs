@@ -21,6 +21,11 @@ use crate::shared::QueueOwner;
 use crate::types::LogLevel;
 use crate::{Failure, LoadError, host};
 
+/// Where plugin log lines are captured: level and message.
+pub type LogCapture = Arc<Mutex<Vec<(LogLevel, String)>>>;
+
+type CallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
+
 /// What the embedding (the proxy, or the test harness) provides to plugins.
 pub trait Embedder: Send + Sync {
     /// True when `cluster` can take HTTP callouts.
@@ -139,7 +144,7 @@ pub struct PluginSpec {
     /// The clock plugins read.
     pub clock: Arc<dyn Clock>,
     /// Where plugin logs are also captured (the test harness reads them).
-    pub log_capture: Option<Arc<Mutex<Vec<(LogLevel, String)>>>>,
+    pub log_capture: Option<LogCapture>,
 }
 
 impl PluginSpec {
@@ -180,7 +185,7 @@ pub(crate) struct PluginInfo {
     pub(crate) properties: Arc<dyn Properties>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) embedder: Arc<dyn Embedder>,
-    log_capture: Option<Arc<Mutex<Vec<(LogLevel, String)>>>>,
+    log_capture: Option<LogCapture>,
     queue_tx: tokio::sync::mpsc::UnboundedSender<u32>,
 }
 
@@ -227,7 +232,7 @@ pub(crate) struct Funcs {
     pub(crate) response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     pub(crate) response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     pub(crate) response_trailers: Option<TypedFunc<(i32, i32), i32>>,
-    pub(crate) http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    pub(crate) http_call_response: Option<CallResponseFn>,
     pub(crate) tick: Option<TypedFunc<i32, ()>>,
     pub(crate) queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     pub(crate) log: Option<TypedFunc<i32, ()>>,

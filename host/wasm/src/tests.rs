@@ -128,7 +128,7 @@ fn body_edit(mode: &str, body: &str) -> String {
     let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
     request(&mut s, "/");
     s.on_request_headers(false).unwrap();
-    s.data().request_body = body[..2].as_bytes().to_vec();
+    s.data().request_body = body.as_bytes()[..2].to_vec();
     assert_eq!(
         s.on_request_body(false).unwrap(),
         Action::Pause,
