@@ -6,6 +6,7 @@
 
 mod admin;
 mod balancing;
+mod differential;
 mod errors;
 mod framing;
 mod plugins;

@@ -465,3 +465,69 @@ clusters:
     assert!(swapped, "the watcher swapped the plugin");
     let _ = get_with(&p.url("main", "/"), &[]).await;
 }
+
+#[tokio::test]
+async fn network_filters_rewrite_tcp_bytes_both_ways_and_can_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw TCP echo upstream.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let p = TestProxy::start(&format!(
+        r#"
+plugins:
+{}
+listeners:
+  - name: tcp
+    address: 127.0.0.1:0
+    protocol: tcp
+    tcp: {{ cluster: up }}
+    plugins: [{{ name: rewrite }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+        plugin("rewrite", fx::TCP_REWRITE, "    configuration: \"tag:\"\n"),
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(p.addr("tcp")).await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &buf[..n],
+        b"tag:HELLO",
+        "upper-cased on the way up, tagged on the way back"
+    );
+    s.write_all(b"please QUIT").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the plugin closed the connection");
+    assert!(
+        rest.is_empty(),
+        "nothing of the QUIT chunk came back: {rest:?}"
+    );
+    let plugins = get(&format!("http://{}/plugins", p.admin())).await.json();
+    assert_eq!(plugins["plugins"][0]["stats"]["streams"], 1);
+}

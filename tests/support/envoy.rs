@@ -111,7 +111,11 @@ fn cluster(name: &str, addr: SocketAddr) -> String {
 
 /// The static bootstrap: listener and admin on port 0 of 127.0.0.1 (Envoy binds, the admin
 /// tells which port it got: no window in which another process can take it).
-fn bootstrap(plugins: &[EnvoyPlugin], upstream: SocketAddr, extra: &[(&str, SocketAddr)]) -> String {
+fn bootstrap(
+    plugins: &[EnvoyPlugin],
+    upstream: SocketAddr,
+    extra: &[(&str, SocketAddr)],
+) -> String {
     let mut filters = String::new();
     for p in plugins {
         filters.push_str(&format!(
@@ -218,7 +222,13 @@ impl TestEnvoy {
         let child = Command::new(binary)
             .arg("-c")
             .arg(&config)
-            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warning"])
+            .args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "-l",
+                "warning",
+            ])
             .args(["--base-id", &base_id().to_string()])
             .arg("--admin-address-path")
             .arg(&admin_path)

@@ -2,6 +2,7 @@
 //! upstreams with controllable behaviour, an HTTP client, and raw TCP probes.
 #![forbid(unsafe_code)]
 
+pub mod envoy;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -104,15 +104,19 @@ impl Generation {
     /// Every plugin handle any route uses.
     pub fn plugin_handles(&self) -> Vec<Arc<PluginHandle>> {
         let mut out: Vec<Arc<PluginHandle>> = Vec::new();
+        let mut add = |p: &Arc<PluginHandle>| {
+            if !out.iter().any(|o| Arc::ptr_eq(o, p)) {
+                out.push(p.clone());
+            }
+        };
         for l in self.listeners.values() {
-            if let ListenerGen::Http(h) = &**l {
-                for r in &h.route_state {
-                    for p in &r.wasm {
-                        if !out.iter().any(|o| Arc::ptr_eq(o, p)) {
-                            out.push(p.clone());
-                        }
-                    }
-                }
+            match &**l {
+                ListenerGen::Http(h) => h
+                    .route_state
+                    .iter()
+                    .flat_map(|r| r.wasm.iter())
+                    .for_each(&mut add),
+                ListenerGen::Tcp(t) => t.wasm.iter().for_each(&mut add),
             }
         }
         out
@@ -191,6 +195,8 @@ pub struct TcpListener {
     pub cluster: Arc<Cluster>,
     /// Metric handles.
     pub metrics: ListenerMetrics,
+    /// proxy-wasm network filters, in order.
+    pub wasm: Vec<Arc<PluginHandle>>,
 }
 
 impl Generation {
@@ -260,11 +266,7 @@ impl Generation {
                     })
                 }
                 ListenerProtocol::Tcp => {
-                    if !l.plugins.is_empty() {
-                        return Err(BuildError::Unimplemented(format!(
-                            "{path}.plugins: proxy-wasm network filters on TCP listeners"
-                        )));
-                    }
+                    let wasm = plugin_chain(plugins, &config, &l.plugins, &[]).await?;
                     let target = l
                         .tcp
                         .as_ref()
@@ -285,6 +287,7 @@ impl Generation {
                         config: l.clone(),
                         cluster,
                         metrics: lmetrics,
+                        wasm,
                     })
                 }
             };

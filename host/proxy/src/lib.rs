@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod plugins;
 pub mod runtime;
 pub mod server;
+pub mod tcp_filter;
 pub mod wasm_filter;
 mod watch;
 

@@ -21,6 +21,8 @@ use crate::access_log::{self, AccessLog, Entry};
 use crate::generation::{ListenerGen, TcpListener as TcpTarget};
 use crate::http_proxy::{self, Activity, ConnCtx, flags};
 use crate::metrics::Metrics;
+use crate::tcp_filter::{Close, ConnectionProperties, NetFilters};
+use weft_wasm::PeerType;
 
 /// What every connection shares: metrics and the access log.
 #[derive(Debug)]
@@ -330,6 +332,113 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<'_, S> {
     }
 }
 
+/// Bytes both ways, untouched, until either side closes or the connection idles out.
+async fn copy_plain(
+    downstream: &mut TcpStream,
+    upstream: &mut TcpStream,
+    idle: Duration,
+    shutdown: &CancellationToken,
+    entry: &mut Entry,
+) -> (u64, u64) {
+    let last = AtomicU64::new(0);
+    let epoch = Instant::now();
+    let mut down = Metered {
+        inner: downstream,
+        last: &last,
+        epoch,
+    };
+    let mut up = Metered {
+        inner: upstream,
+        last: &last,
+        epoch,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+    let mut copy = std::pin::pin!(copy);
+    loop {
+        tokio::select! {
+            res = copy.as_mut() => break res.unwrap_or((0, 0)),
+            _ = shutdown.cancelled() => break (0, 0),
+            _ = tokio::time::sleep(idle) => {
+                let since = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                if since >= idle {
+                    entry.details = Some("idle timeout".to_owned());
+                    break (0, 0);
+                }
+            }
+        }
+    }
+}
+
+/// Bytes both ways through the network filters.
+async fn copy_filtered(
+    downstream: &mut TcpStream,
+    upstream: &mut TcpStream,
+    filters: &NetFilters,
+    idle: Duration,
+    shutdown: &CancellationToken,
+    entry: &mut Entry,
+) -> (u64, u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut dr, mut dw) = downstream.split();
+    let (mut ur, mut uw) = upstream.split();
+    let mut to_up = filters.pipe(true);
+    let mut to_down = filters.pipe(false);
+    let last = AtomicU64::new(0);
+    let epoch = Instant::now();
+    let touch = || last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let forward = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = dr.read(&mut buf).await.map_err(|e| e.to_string())?;
+            touch();
+            let out = to_up.push(&buf[..n], n == 0).map_err(|c| c.0)?;
+            total += out.len() as u64;
+            uw.write_all(&out).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                let _ = uw.shutdown().await;
+                return Ok::<u64, String>(total);
+            }
+        }
+    };
+    let backward = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = ur.read(&mut buf).await.map_err(|e| e.to_string())?;
+            touch();
+            let out = to_down.push(&buf[..n], n == 0).map_err(|c| c.0)?;
+            total += out.len() as u64;
+            dw.write_all(&out).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                let _ = dw.shutdown().await;
+                return Ok::<u64, String>(total);
+            }
+        }
+    };
+    let both = async { tokio::try_join!(forward, backward) };
+    let mut both = std::pin::pin!(both);
+    loop {
+        tokio::select! {
+            res = both.as_mut() => match res {
+                Ok(totals) => break totals,
+                Err(why) => {
+                    entry.details = Some(why);
+                    break (0, 0);
+                }
+            },
+            _ = shutdown.cancelled() => break (0, 0),
+            _ = tokio::time::sleep(idle) => {
+                let since = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                if since >= idle {
+                    entry.details = Some("idle timeout".to_owned());
+                    break (0, 0);
+                }
+            }
+        }
+    }
+}
+
 async fn serve_tcp(
     mut downstream: TcpStream,
     peer: SocketAddr,
@@ -382,30 +491,28 @@ async fn serve_tcp(
         .tcp
         .as_ref()
         .map_or(Duration::from_secs(3600), |t| t.idle_timeout);
-    let last = AtomicU64::new(0);
-    let epoch = Instant::now();
-    let mut down = Metered {
-        inner: &mut downstream,
-        last: &last,
-        epoch,
-    };
-    let mut up = Metered {
-        inner: &mut upstream,
-        last: &last,
-        epoch,
-    };
-    let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
-    let mut copy = std::pin::pin!(copy);
-    let (received, sent) = loop {
-        tokio::select! {
-            res = copy.as_mut() => break res.unwrap_or((0, 0)),
-            _ = shutdown.cancelled() => break (0, 0),
-            _ = tokio::time::sleep(idle) => {
-                let since = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-                if since >= idle {
-                    entry.details = Some("idle timeout".to_owned());
-                    break (0, 0);
-                }
+    let (received, sent) = if target.wasm.is_empty() {
+        copy_plain(&mut downstream, &mut upstream, idle, &shutdown, &mut entry).await
+    } else {
+        let local = downstream.local_addr().unwrap_or(peer);
+        let props = Arc::new(ConnectionProperties::new(peer, local, next_connection_id()));
+        match NetFilters::start(&target.wasm, props) {
+            Ok(filters) => {
+                let r = copy_filtered(
+                    &mut downstream,
+                    &mut upstream,
+                    &filters,
+                    idle,
+                    &shutdown,
+                    &mut entry,
+                )
+                .await;
+                filters.finish(PeerType::Remote);
+                r
+            }
+            Err(Close(why)) => {
+                entry.details = Some(why);
+                (0, 0)
             }
         }
     };

