@@ -7,8 +7,11 @@ Stdlib only. Input (the --raw directory):
   B/r<R>_<cand>.json oha JSON output, scenario B, round R
 
 Per scenario and candidate: the median across rounds and the min-max spread of each metric.
-Ratios (weft/direct, weft/envoy, weft/nginx, weft/haproxy, each/direct) are computed within each
-round, where both sides ran back to back under the same machine conditions, then medianed.
+Ratios (weft/direct, weft/envoy, weft/nginx, weft/haproxy; the one-Wasm-plugin ones
+weft-wasm/envoy-wasm, weft-wasm/weft and envoy-wasm/envoy; each/direct) are computed within each
+round, where both sides ran in the same round under the same machine conditions, then medianed.
+Also: RSS per process (idle, after load, peak), the RSS cost of the plugin (weft-wasm minus weft,
+envoy-wasm minus envoy) and each process's start-up time (spawn -> first 200 through it).
 """
 
 import argparse
@@ -18,8 +21,12 @@ import statistics
 import sys
 from pathlib import Path
 
-CANDIDATES = ["direct", "weft", "envoy", "nginx", "haproxy"]
-PROXIES = ["weft", "envoy", "nginx", "haproxy"]
+CANDIDATES = ["direct", "weft", "weft-wasm", "envoy", "envoy-wasm", "nginx", "haproxy"]
+PROXIES = [c for c in CANDIDATES if c != "direct"]
+# The one-Wasm-plugin scenario: (with plugin, without plugin).
+PLUGIN_PAIRS = [("weft-wasm", "weft"), ("envoy-wasm", "envoy")]
+# RSS deltas: the pairs above, plus the warm-cache restart of weft-wasm (idle only).
+RSS_DELTAS = PLUGIN_PAIRS + [("weft-wasm-warm", "weft")]
 
 SCENARIOS = {
     "A": {
@@ -148,7 +155,8 @@ def collect(raw, scenario, rounds):
 
 def ratio_pairs(present):
     pairs = [("weft", other) for other in ["direct", "envoy", "nginx", "haproxy"]]
-    pairs += [(c, "direct") for c in PROXIES if c != "weft"]
+    pairs += [("weft-wasm", "envoy-wasm")] + PLUGIN_PAIRS
+    pairs += [(c, "direct") for c in ["envoy", "nginx", "haproxy"]]
     return [(a, b) for a, b in pairs if a in present and b in present]
 
 
@@ -156,11 +164,17 @@ def analyze(raw):
     meta = read_meta(raw / "meta.txt")
     rounds = int(meta.get("rounds", "1"))
     out = {
-        "meta": {k: v for k, v in meta.items() if not k.startswith(("rss_", "skip", "exited", "order."))},
+        "meta": {
+            k: v
+            for k, v in meta.items()
+            if not k.startswith(("rss_", "skip", "exited", "order.", "startup_ms."))
+        },
         "skipped": {k.split(".", 1)[1]: v for k, v in meta.items() if k.startswith("skip.")},
         "exited": {k.split(".", 1)[1]: v for k, v in meta.items() if k.startswith("exited.")},
         "scenarios": {},
         "rss_kb": {},
+        "rss_plugin_delta_kb": {},
+        "startup_ms": {},
         "problems": [],
     }
     for s, spec in SCENARIOS.items():
@@ -195,7 +209,7 @@ def analyze(raw):
         for c in CANDIDATES:
             if c not in runs and c not in out["skipped"]:
                 out["problems"].append(f"{s}: no results for {c}")
-    for c in PROXIES + ["upstream"]:
+    for c in PROXIES + ["weft-wasm-warm", "upstream"]:
         row = {}
         for kind in ("idle", "after", "peak"):
             v = meta.get(f"rss_{kind}_kb.{c}")
@@ -203,6 +217,15 @@ def analyze(raw):
                 row[kind] = int(v)
         if row:
             out["rss_kb"][c] = row
+    for with_plugin, without in RSS_DELTAS:
+        a, b = out["rss_kb"].get(with_plugin, {}), out["rss_kb"].get(without, {})
+        delta = {k: a[k] - b[k] for k in ("idle", "after", "peak") if k in a and k in b}
+        if delta:
+            out["rss_plugin_delta_kb"][f"{with_plugin} - {without}"] = delta
+    for c in PROXIES + ["weft-wasm-warm", "upstream"]:
+        v = meta.get(f"startup_ms.{c}")
+        if v:
+            out["startup_ms"][c] = int(v)
     return out
 
 
@@ -274,17 +297,47 @@ def markdown(res):
         for name, rs in sc["ratios"].items():
             lines.append(f"| {name} | " + " | ".join(rcell(rs[m]) for m, _, _ in metrics) + " |")
         lines.append("")
-    if res["rss_kb"]:
+    if res["rss_kb"] or res["startup_ms"]:
         lines += [
-            "## Memory (RSS, MiB; process plus its children)",
+            "## Memory (RSS, MiB; process plus its children) and start-up time",
             "",
-            "| process | idle after start | after load | peak (VmHWM) |",
+            "Start-up: ms from spawn until the first 200 through it (polled every 10 ms with curl, "
+            "so about ±10 ms); one sample per run. weft-wasm starts with an empty compile cache "
+            "(Envoy's V8 compiles at every start too); `weft-wasm (warm cache)` is a restart that "
+            "reuses the compiled module, measured after the load runs.",
+            "",
+            "| process | idle after start | after load | peak (VmHWM) | start-up ms |",
+            "|---|---|---|---|---|",
+        ]
+        for c in PROXIES + ["weft-wasm-warm", "upstream"]:
+            row = res["rss_kb"].get(c)
+            st = res["startup_ms"].get(c)
+            if row is None and st is None:
+                continue
+            row = row or {}
+            cells = [f"{row[k] / 1024:.1f}" if k in row else "–" for k in ("idle", "after", "peak")]
+            cells.append(str(st) if st is not None else "–")
+            label = "weft-wasm (warm cache)" if c == "weft-wasm-warm" else c
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if res["rss_plugin_delta_kb"]:
+        lines += [
+            "RSS cost of the plugin (MiB, with minus without):",
+            "",
+            "| delta | idle after start | after load | peak (VmHWM) |",
             "|---|---|---|---|",
         ]
-        for c, row in res["rss_kb"].items():
-            cells = [f"{row[k] / 1024:.1f}" if k in row else "–" for k in ("idle", "after", "peak")]
-            lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        for name, d in res["rss_plugin_delta_kb"].items():
+            cells = [f"{d[k] / 1024:+.1f}" if k in d else "–" for k in ("idle", "after", "peak")]
+            name = name.replace("weft-wasm-warm", "weft-wasm (warm cache)")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
+    if meta.get("plugin"):
+        lines += [
+            f"Plugin (weft-wasm and envoy-wasm, same file): {meta['plugin']}; Weft `instances: 1`, "
+            "Envoy V8 runtime.",
+            "",
+        ]
     versions = [f"{k.split('.', 1)[1]}: {v}" for k, v in meta.items() if k.startswith("version.")]
     if versions:
         lines += ["Versions: " + " · ".join(versions), ""]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Weft load benchmark: Weft vs Envoy vs nginx vs haproxy (and no proxy), one worker each,
-# all on 127.0.0.1 in front of the same nginx upstream. See bench/README.md.
+# all on 127.0.0.1 in front of the same nginx upstream; plus Weft and Envoy each running the
+# same proxy-wasm plugin (header_adder.wasm). See bench/README.md.
 #
 #   bench/run.sh                          # 3 rounds x 10 s per candidate and scenario
 #   ROUNDS=1 DURATION=3 bench/run.sh      # quick smoke run
@@ -55,7 +56,9 @@ meta() { printf '%s=%s\n' "$1" "$2" >>"$META"; }
 # Process bookkeeping and cleanup: everything started here is recorded and ended on exit.
 declare -a STARTED=()
 declare -A PID=()
-declare -A PORT=([direct]=18081 [weft]=18100 [envoy]=18101 [nginx]=18102 [haproxy]=18103)
+declare -A PORT=([direct]=18081 [weft]=18100 [envoy]=18101 [nginx]=18102 [haproxy]=18103
+    [weft-wasm]=18104 [envoy-wasm]=18105)
+declare -A START_NS=() # spawn time of each process (date +%s%N), for the start-up time
 declare -A SKIP=()
 CHILD="" # the long-running foreground-like child (build, install, load run), if any
 
@@ -185,6 +188,47 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
+# 2b. The proxy-wasm plugin shared by weft-wasm and envoy-wasm: header_adder.wasm (adds the
+# response header `x-plugin: v1` and the request header `x-plugin-seen: v1`). Both candidates
+# load the SAME copy, in the run directory; their configs are rendered from the templates in
+# bench/configs/ (@PLUGIN@ -> that copy's absolute path) and kept in raw/configs/.
+WASM_MANIFEST="$ROOT/tests/fixtures/wasm/Cargo.toml"
+WASM_BUILT="$ROOT/tests/fixtures/wasm/target/wasm32-wasip1/release/header_adder.wasm"
+PLUGIN="$RUN/header_adder.wasm"
+HAVE_PLUGIN=0
+mkdir -p "$RAW/configs"
+log "cargo build --release --target wasm32-wasip1 -p header_adder"
+if run_child cargo build --release -q --target wasm32-wasip1 --manifest-path "$WASM_MANIFEST" -p header_adder \
+    >"$RAW/logs/wasm-build.log" 2>&1 && [ -f "$WASM_BUILT" ] && cp -f "$WASM_BUILT" "$PLUGIN"; then
+    HAVE_PLUGIN=1
+    meta plugin "header_adder.wasm, $(stat -c %s "$PLUGIN") bytes, sha256 $(sha256sum "$PLUGIN" | cut -c1-16), configuration v1"
+    for f in weft-wasm.yaml envoy-wasm.yaml; do
+        sed "s|@PLUGIN@|$PLUGIN|g" "$BENCH/configs/$f" >"$RUN/$f"
+        cp -f "$RUN/$f" "$RAW/configs/$f"
+    done
+else
+    log "WARNING: header_adder.wasm failed to build (see $RAW/logs/wasm-build.log); skipping weft-wasm and envoy-wasm"
+    SKIP[weft-wasm]="plugin build failed"
+    SKIP[envoy-wasm]="plugin build failed"
+fi
+# Weft keeps compiled modules in an on-disk cache ($XDG_CACHE_HOME/weft/wasm, keyed by sha256);
+# Envoy's V8 compiles the module at every start. So that weft-wasm's start-up is measured like
+# Envoy's (a cold compile) and does not depend on ~/.cache, it gets its own empty cache in the
+# run directory (validate uses another one); a second, warm-cache start is measured at the end.
+WEFT_WASM_ENV=(env "XDG_CACHE_HOME=$RUN/weft-wasm-cache")
+HAVE_WEFT_WASM=0
+if [ $HAVE_PLUGIN = 1 ] && [ $HAVE_WEFT = 1 ]; then
+    if XDG_CACHE_HOME="$RUN/validate-cache" "$WEFT" validate -c "$RUN/weft-wasm.yaml" >>"$RAW/logs/weft-build.log" 2>&1; then
+        HAVE_WEFT_WASM=1
+    else
+        log "WARNING: weft validate rejected the weft-wasm config (see $RAW/logs/weft-build.log); skipping weft-wasm"
+        SKIP[weft-wasm]="config rejected by weft validate"
+    fi
+elif [ $HAVE_PLUGIN = 1 ]; then
+    SKIP[weft-wasm]="${SKIP[weft]:-Weft unavailable}"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # Core pinning: 2 cores. Proxies on CPU 1; wrk/oha and the upstream nginx share CPU 0.
 PIN_PROXY=() PIN_LOAD=()
 NCPU=$(nproc 2>/dev/null || echo 1)
@@ -204,24 +248,35 @@ start_proc() { # start_proc NAME CMD... (pinned to the proxy CPU unless NAME is 
     shift
     local pin=("${PIN_PROXY[@]}")
     [ "$name" = upstream ] && pin=("${PIN_LOAD[@]}")
+    START_NS[$name]=$(date +%s%N)
     "${pin[@]}" "$@" >"$RUN/$name.log" 2>&1 3>&- &
     PID[$name]=$!
     STARTED+=("$!")
 }
 
-wait_ready() { # wait_ready NAME PORT: up to 20 s for a 200 from http://127.0.0.1:PORT/
-    local name=$1 port=$2 i code
-    for i in $(seq 1 100); do
+# wait_ready NAME PORT: polls http://127.0.0.1:PORT/ every 10 ms, for up to 30 s after the
+# spawn, until it answers 200; records the start-up time (spawn -> first 200) as
+# startup_ms.NAME. Resolution: the 10 ms poll interval plus one curl start (a few ms).
+wait_ready() {
+    local name=$1 port=$2 code now
+    local t0=${START_NS[$name]}
+    local deadline=$((t0 + 30000000000))
+    while :; do
         if ! kill -0 "${PID[$name]}" 2>/dev/null; then
             log "WARNING: $name exited during start-up:"
             tail -5 "$RUN/$name.log" >&3
             return 1
         fi
         code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null)
-        [ "$code" = 200 ] && return 0
-        sleep 0.2
+        now=$(date +%s%N)
+        if [ "$code" = 200 ]; then
+            meta "startup_ms.$name" "$(((now - t0) / 1000000))"
+            return 0
+        fi
+        [ "$now" -ge "$deadline" ] && break
+        sleep 0.01
     done
-    log "WARNING: $name not answering 200 on :$port after 20 s"
+    log "WARNING: $name not answering 200 on :$port after 30 s"
     return 1
 }
 
@@ -268,15 +323,39 @@ start_candidate() { # start_candidate NAME CMD...
     return 1
 }
 
+# verify_plugin NAME: one request through NAME must come back with `x-plugin: v1`; otherwise
+# NAME is skipped (stopped) with a warning. The response headers are kept in raw/logs/.
+verify_plugin() {
+    local name=$1
+    curl -si --max-time 5 "http://127.0.0.1:${PORT[$name]}/" >"$RAW/logs/$name-check.txt" 2>&1
+    if tr -d '\r' <"$RAW/logs/$name-check.txt" | grep -qix 'x-plugin: v1'; then
+        log "$name: plugin check ok (x-plugin: v1)"
+        return 0
+    fi
+    log "WARNING: $name: no 'x-plugin: v1' in the response (see raw/logs/$name-check.txt); skipping $name"
+    SKIP[$name]="plugin check failed: no x-plugin: v1 in the response"
+    kill -TERM "${PID[$name]}" 2>/dev/null
+    return 1
+}
+
 CANDS=(direct)
 if [ $HAVE_WEFT = 1 ]; then
     start_candidate weft "$WEFT" run -c "$BENCH/configs/weft.yaml" --log-level warn && CANDS+=(weft)
 fi
+if [ $HAVE_WEFT_WASM = 1 ]; then
+    start_candidate weft-wasm "${WEFT_WASM_ENV[@]}" "$WEFT" run -c "$RUN/weft-wasm.yaml" --log-level warn &&
+        verify_plugin weft-wasm && CANDS+=(weft-wasm)
+fi
 if [ $HAVE_ENVOY = 1 ]; then
     start_candidate envoy "$ENVOY" -c "$BENCH/configs/envoy.yaml" --concurrency 1 \
         --disable-hot-restart --log-level warn && CANDS+=(envoy)
+    if [ $HAVE_PLUGIN = 1 ]; then
+        start_candidate envoy-wasm "$ENVOY" -c "$RUN/envoy-wasm.yaml" --concurrency 1 \
+            --disable-hot-restart --log-level warn && verify_plugin envoy-wasm && CANDS+=(envoy-wasm)
+    fi
 else
     SKIP[envoy]="not installed"
+    [ $HAVE_PLUGIN = 1 ] && SKIP[envoy-wasm]="Envoy not installed"
 fi
 start_candidate nginx nginx -p "$RUN/nginx/" -e "$RUN/nginx/error.log" -c "$BENCH/configs/nginx-proxy.conf" &&
     CANDS+=(nginx)
@@ -394,6 +473,29 @@ for c in "${CANDS[@]}" upstream; do
     fi
 done
 meta loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---------------------------------------------------------------------------------------------
+# 7b. weft-wasm start-up with a warm compile cache (as on a restart): stop it, start it again
+# with the cache its first start filled, time it (startup_ms.weft-wasm-warm), record its idle
+# RSS 1 s later (no compiler memory, unlike the cold start), stop it.
+if [[ " ${CANDS[*]} " == *" weft-wasm "* ]] && kill -0 "${PID[weft-wasm]}" 2>/dev/null; then
+    kill -TERM "${PID[weft-wasm]}" 2>/dev/null
+    for i in $(seq 1 50); do
+        kill -0 "${PID[weft-wasm]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! kill -0 "${PID[weft-wasm]}" 2>/dev/null && ! port_busy "${PORT[weft-wasm]}"; then
+        start_proc weft-wasm-warm "${WEFT_WASM_ENV[@]}" "$WEFT" run -c "$RUN/weft-wasm.yaml" --log-level warn
+        if wait_ready weft-wasm-warm "${PORT[weft-wasm]}"; then
+            log "weft-wasm restarted with a warm compile cache: ready in $(awk -F= '$1 == "startup_ms.weft-wasm-warm" { print $2 }' "$META") ms"
+            sleep 1
+            meta rss_idle_kb.weft-wasm-warm "$(rss_kb "${PID[weft-wasm-warm]}" VmRSS)"
+        fi
+        kill -TERM "${PID[weft-wasm-warm]}" 2>/dev/null
+    else
+        log "WARNING: weft-wasm did not stop; no warm-cache start-up measured"
+    fi
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 8. Analysis.
