@@ -329,7 +329,7 @@ async fn route_and_forward(
             &authority,
             conn.peer,
             conn.local,
-            &route.name,
+            route.name.clone(),
             conn.id,
             conn.h2,
         ));

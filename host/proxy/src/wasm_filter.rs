@@ -19,9 +19,22 @@ use crate::filter::LocalReply;
 use crate::plugins::{PluginHandle, PluginVersion};
 
 /// Attributes of one request, for `proxy_get_property`, with Envoy's names and encodings.
+/// Captured cheaply (shared `Uri`, `Method` and header values) and encoded on demand.
 pub struct RequestProperties {
-    fixed: Vec<(String, Vec<u8>)>,
-    dynamic: Mutex<Vec<(String, Vec<u8>)>>,
+    method: http::Method,
+    uri: http::Uri,
+    authority: String,
+    peer: SocketAddr,
+    local: SocketAddr,
+    route: Arc<str>,
+    connection_id: u64,
+    h2: bool,
+    time_ns: u64,
+    request_id: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    size: Option<u64>,
+    dynamic: Mutex<Vec<(&'static str, Vec<u8>)>>,
 }
 
 impl RequestProperties {
@@ -31,88 +44,71 @@ impl RequestProperties {
         authority: &str,
         peer: SocketAddr,
         local: SocketAddr,
-        route: &str,
+        route: Arc<str>,
         connection_id: u64,
         h2: bool,
     ) -> RequestProperties {
-        let s = |v: &str| v.as_bytes().to_vec();
-        let n = |v: u64| v.to_le_bytes().to_vec();
-        let header = |name: &HeaderName| head.headers.get(name).map(|v| v.as_bytes().to_vec());
-        let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64;
-        let mut fixed = vec![
-            ("request.path".into(), s(path)),
-            ("request.url_path".into(), s(head.uri.path())),
-            ("request.host".into(), s(authority)),
-            ("request.scheme".into(), s("http")),
-            ("request.method".into(), s(head.method.as_str())),
-            ("request.query".into(), s(head.uri.query().unwrap_or(""))),
-            (
-                "request.protocol".into(),
-                s(if h2 { "HTTP/2" } else { "HTTP/1.1" }),
-            ),
-            ("request.time".into(), n(now)),
-            ("source.address".into(), s(&peer.to_string())),
-            ("source.port".into(), n(u64::from(peer.port()))),
-            ("destination.address".into(), s(&local.to_string())),
-            ("destination.port".into(), n(u64::from(local.port()))),
-            ("connection.id".into(), n(connection_id)),
-            ("connection.mtls".into(), vec![0]),
-            ("xds.route_name".into(), s(route)),
-            ("route_name".into(), s(route)),
-        ];
-        for (key, name) in [
-            ("request.id", HeaderName::from_static("x-request-id")),
-            ("request.useragent", header::USER_AGENT),
-            ("request.referer", header::REFERER),
-        ] {
-            if let Some(v) = header(&name) {
-                fixed.push((key.into(), v));
-            }
-        }
-        if let Some(len) = head
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        {
-            fixed.push(("request.size".into(), n(len)));
-        }
-        for (k, v) in &head.headers {
-            fixed.push((
-                format!("request.headers.{}", k.as_str()),
-                v.as_bytes().to_vec(),
-            ));
-        }
         RequestProperties {
-            fixed,
+            method: head.method.clone(),
+            uri: head.uri.clone(),
+            authority: authority.to_owned(),
+            peer,
+            local,
+            route,
+            connection_id,
+            h2,
+            time_ns: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64,
+            request_id: head.headers.get("x-request-id").cloned(),
+            user_agent: head.headers.get(header::USER_AGENT).cloned(),
+            referer: head.headers.get(header::REFERER).cloned(),
+            size: head
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
             dynamic: Mutex::new(Vec::new()),
         }
     }
 
-    /// Records a value known later (`response.code`, `upstream.address`, …).
-    pub fn set(&self, key: &str, value: Vec<u8>) {
+    /// Records a value known later (`response.code`, `upstream.address`).
+    pub fn set(&self, key: &'static str, value: Vec<u8>) {
         if let Ok(mut d) = self.dynamic.lock() {
-            d.retain(|(k, _)| k != key);
-            d.push((key.to_owned(), value));
+            d.retain(|(k, _)| *k != key);
+            d.push((key, value));
         }
     }
 }
 
 impl Properties for RequestProperties {
     fn get(&self, path: &[&str]) -> Option<Vec<u8>> {
-        let key = path.join(".");
-        if let Some((_, v)) = self.fixed.iter().find(|(k, _)| *k == key) {
-            return Some(v.clone());
+        let s = |v: &str| Some(v.as_bytes().to_vec());
+        let n = |v: u64| Some(v.to_le_bytes().to_vec());
+        let h = |v: &Option<HeaderValue>| v.as_ref().map(|v| v.as_bytes().to_vec());
+        match path {
+            ["request", "path"] => s(self.uri.path_and_query().map_or("/", |p| p.as_str())),
+            ["request", "url_path"] => s(self.uri.path()),
+            ["request", "host"] => s(&self.authority),
+            ["request", "scheme"] => s("http"),
+            ["request", "method"] => s(self.method.as_str()),
+            ["request", "query"] => s(self.uri.query().unwrap_or("")),
+            ["request", "protocol"] => s(if self.h2 { "HTTP/2" } else { "HTTP/1.1" }),
+            ["request", "time"] => n(self.time_ns),
+            ["request", "id"] => h(&self.request_id),
+            ["request", "useragent"] => h(&self.user_agent),
+            ["request", "referer"] => h(&self.referer),
+            ["request", "size"] => self.size.and_then(n),
+            ["source", "address"] => s(&self.peer.to_string()),
+            ["source", "port"] => n(u64::from(self.peer.port())),
+            ["destination", "address"] => s(&self.local.to_string()),
+            ["destination", "port"] => n(u64::from(self.local.port())),
+            ["connection", "id"] => n(self.connection_id),
+            ["connection", "mtls"] => Some(vec![0]),
+            ["xds", "route_name"] | ["route_name"] => s(&self.route),
+            _ => {
+                let key = path.join(".");
+                let d = self.dynamic.lock().ok()?;
+                d.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+            }
         }
-        self.dynamic
-            .lock()
-            .ok()?
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.clone())
     }
 }
 
@@ -353,6 +349,7 @@ impl WasmExchange {
         max_body: usize,
     ) -> Outcome {
         let mut list = request_list(head, authority);
+        let mut modified = false;
         let mut buffered: Option<Bytes> = None;
         for i in 0..self.stages.len() {
             if self.stages[i].skipped {
@@ -363,7 +360,7 @@ impl WasmExchange {
                 let mut s = lock(&self.stages[i].stream);
                 s.data().request_headers = std::mem::take(&mut list);
                 let r = s.on_request_headers(end_of_stream);
-                list = s.data().request_headers.clone();
+                list = std::mem::take(&mut s.data().request_headers);
                 r
             };
             let action = match action {
@@ -373,10 +370,20 @@ impl WasmExchange {
                     Err(r) => return Outcome::Reply(r),
                 },
             };
+            let paused = action == Action::Pause;
+            if paused {
+                lock(&self.stages[i].stream).data().request_headers = list.clone();
+            }
             let settled = self.settle(i, action).await;
-            // Callbacks after a pause (callout responses) may have edited the headers.
-            if !self.stages[i].skipped {
-                list = lock(&self.stages[i].stream).data().request_headers.clone();
+            {
+                let mut s = lock(&self.stages[i].stream);
+                // Callbacks after a pause (callout responses) may have edited the headers.
+                if paused && !self.stages[i].skipped {
+                    list = s.data().request_headers.clone();
+                }
+                modified |= std::mem::take(&mut s.data().headers_modified);
+                // Keep a copy for `on_log`, which may read the request headers.
+                s.data().request_headers = list.clone();
             }
             match settled {
                 Settled::Reply(r) => return Outcome::Reply(r),
@@ -394,11 +401,14 @@ impl WasmExchange {
                     };
                     // A plugin may edit headers while it holds the body.
                     list = lock(&self.stages[i].stream).data().request_headers.clone();
+                    modified = true;
                     buffered = Some(out);
                 }
             }
         }
-        apply_request_list(head, &list);
+        if modified {
+            apply_request_list(head, &list);
+        }
         if let Some(b) = buffered {
             head.headers.remove(header::TRANSFER_ENCODING);
             head.headers
@@ -499,6 +509,7 @@ impl WasmExchange {
             u64::from(head.status.as_u16()).to_le_bytes().to_vec(),
         );
         let mut list = response_list(head);
+        let mut modified = false;
         let end_of_stream = http_body::Body::is_end_stream(&body);
         let mut whole_body: Option<Bytes> = None;
         let mut body = body;
@@ -510,7 +521,7 @@ impl WasmExchange {
                 let mut s = lock(&self.stages[i].stream);
                 s.data().response_headers = std::mem::take(&mut list);
                 let r = s.on_response_headers(end_of_stream);
-                list = s.data().response_headers.clone();
+                list = std::mem::take(&mut s.data().response_headers);
                 r
             };
             let action = match action {
@@ -520,9 +531,18 @@ impl WasmExchange {
                     continue;
                 }
             };
+            let paused = action == Action::Pause;
+            if paused {
+                lock(&self.stages[i].stream).data().response_headers = list.clone();
+            }
             let settled = self.settle(i, action).await;
-            if !self.stages[i].skipped {
-                list = lock(&self.stages[i].stream).data().response_headers.clone();
+            {
+                let mut s = lock(&self.stages[i].stream);
+                if paused && !self.stages[i].skipped {
+                    list = s.data().response_headers.clone();
+                }
+                modified |= std::mem::take(&mut s.data().headers_modified);
+                s.data().response_headers = list.clone();
             }
             match settled {
                 Settled::Reply(r) => return Err(r),
@@ -537,7 +557,9 @@ impl WasmExchange {
                 Settled::Stalled => {}
             }
         }
-        apply_response_list(head, &list);
+        if modified {
+            apply_response_list(head, &list);
+        }
         let mut pipeline = Pipeline::new(&self.stages, Direction::Response);
         if let Some(whole) = whole_body {
             let out = pipeline.push(whole, true).map_err(|e| e.reply())?;

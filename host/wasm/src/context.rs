@@ -111,6 +111,9 @@ pub struct StreamData {
     pub filter_state: HashMap<String, Vec<u8>>,
     /// Effects requested by callbacks, taken by the host after each one.
     pub effects: Effects,
+    /// Set when a plugin wrote to any header map (the embedding can skip writing back an
+    /// unchanged map); the embedding clears it.
+    pub headers_modified: bool,
 }
 
 impl std::fmt::Debug for StreamData {
@@ -137,6 +140,7 @@ impl StreamData {
             properties,
             filter_state: HashMap::new(),
             effects: Effects::default(),
+            headers_modified: false,
         }
     }
 }

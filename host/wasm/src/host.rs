@@ -335,10 +335,21 @@ fn map_ref(
         MapType::GrpcReceiveInitialMetadata | MapType::GrpcReceiveTrailingMetadata => {
             Err(Status::Unimplemented)
         }
-        MapType::HttpRequestHeaders => Ok(&mut state.stream_mut()?.request_headers),
-        MapType::HttpRequestTrailers => Ok(&mut state.stream_mut()?.request_trailers),
-        MapType::HttpResponseHeaders => Ok(&mut state.stream_mut()?.response_headers),
-        MapType::HttpResponseTrailers => Ok(&mut state.stream_mut()?.response_trailers),
+        MapType::HttpRequestHeaders
+        | MapType::HttpRequestTrailers
+        | MapType::HttpResponseHeaders
+        | MapType::HttpResponseTrailers => {
+            let stream = state.stream_mut()?;
+            if write {
+                stream.headers_modified = true;
+            }
+            Ok(match ty {
+                MapType::HttpRequestHeaders => &mut stream.request_headers,
+                MapType::HttpRequestTrailers => &mut stream.request_trailers,
+                MapType::HttpResponseHeaders => &mut stream.response_headers,
+                _ => &mut stream.response_trailers,
+            })
+        }
     }
 }
 
@@ -582,7 +593,16 @@ fn properties(linker: &mut Linker<HostState>) -> Result<()> {
                         .and_then(|s| s.filter_state.get(&joined))
                         .or_else(|| state.root_state.get(&joined))
                         .cloned();
-                    own.or_else(|| {
+                    // Envoy's header attributes come straight from the stream's maps.
+                    let from_headers = stream.and_then(|s| {
+                        let (list, name) = match segments.as_slice() {
+                            [a, b, name] if a == "request" && b == "headers" => (&s.request_headers, name),
+                            [a, b, name] if a == "response" && b == "headers" => (&s.response_headers, name),
+                            _ => return None,
+                        };
+                        list.get(name).map(<[u8]>::to_vec)
+                    });
+                    own.or(from_headers).or_else(|| {
                         let refs: Vec<&str> = segments.iter().map(String::as_str).collect();
                         stream
                             .and_then(|s| s.properties.get(&refs))
