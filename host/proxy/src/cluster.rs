@@ -107,7 +107,7 @@ pub struct Cluster {
     /// Pooled client (keeps connections across reloads while the cluster is unchanged).
     pub client: HttpClient,
     /// Its metrics.
-    pub metrics: ClusterMetrics,
+    pub metrics: Arc<ClusterMetrics>,
     refresh: Option<tokio::task::JoinHandle<()>>,
 }
 

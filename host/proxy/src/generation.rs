@@ -142,7 +142,7 @@ impl ListenerGen {
     }
 
     /// The listener's metrics.
-    pub fn metrics(&self) -> &ListenerMetrics {
+    pub fn metrics(&self) -> &Arc<ListenerMetrics> {
         match self {
             ListenerGen::Http(h) => &h.metrics,
             ListenerGen::Tcp(t) => &t.metrics,
@@ -166,14 +166,14 @@ pub struct HttpListener {
     /// The generation's clusters (route targets index into this).
     pub clusters: Arc<Vec<Arc<Cluster>>>,
     /// Metric handles.
-    pub metrics: ListenerMetrics,
+    pub metrics: Arc<ListenerMetrics>,
 }
 
 /// Per-route runtime state.
 #[derive(Debug)]
 pub struct RouteState {
     /// Metric handles.
-    pub metrics: RouteMetrics,
+    pub metrics: Arc<RouteMetrics>,
     /// The native filter chain.
     pub filters: FilterChain,
     /// The effective proxy-wasm chain (listener and route plugins, by phase and priority).
@@ -194,7 +194,7 @@ pub struct TcpListener {
     /// The cluster connections go to.
     pub cluster: Arc<Cluster>,
     /// Metric handles.
-    pub metrics: ListenerMetrics,
+    pub metrics: Arc<ListenerMetrics>,
     /// proxy-wasm network filters, in order.
     pub wasm: Vec<Arc<PluginHandle>>,
 }

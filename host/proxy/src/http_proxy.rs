@@ -97,6 +97,8 @@ pub(crate) struct ConnCtx {
     pub h2: bool,
     pub local: SocketAddr,
     pub id: u64,
+    /// The peer's IP as a header value (for `x-forwarded-for`).
+    pub peer_ip: HeaderValue,
 }
 
 /// Everything needed to account for a request once its response body is done.
@@ -105,9 +107,9 @@ struct Completion {
     entry: Option<Entry>,
     status: u16,
     flag: &'static str,
-    listener: ListenerMetrics,
-    route: Option<RouteMetrics>,
-    cluster: Option<ClusterMetrics>,
+    listener: Arc<ListenerMetrics>,
+    route: Option<Arc<RouteMetrics>>,
+    cluster: Option<Arc<ClusterMetrics>>,
     endpoint: Option<Arc<Endpoint>>,
     request_bytes: Arc<AtomicU64>,
     activity: Arc<Activity>,
@@ -179,7 +181,7 @@ pub(crate) async fn handle(
 fn completion(
     conn: &ConnCtx,
     start: Instant,
-    listener: ListenerMetrics,
+    listener: Arc<ListenerMetrics>,
     listener_name: Option<&Arc<str>>,
     req: &Request<Incoming>,
 ) -> Box<Completion> {
@@ -669,12 +671,12 @@ fn prepare_upstream_headers(
     is_upgrade: bool,
 ) {
     strip_hop_by_hop(headers, is_upgrade);
-    let ip = conn.peer.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+        Some(prev) if !prev.is_empty() => HeaderValue::from_str(&format!("{prev}, {}", conn.peer.ip())).ok(),
+        // The common case: the connection's own address, formatted once per connection.
+        _ => Some(conn.peer_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {

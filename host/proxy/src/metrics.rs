@@ -270,11 +270,11 @@ impl Metrics {
     }
 
     /// Handles for `listener`.
-    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+    pub fn listener(&self, listener: &str) -> std::sync::Arc<ListenerMetrics> {
         let l = ListenerLabels {
             listener: listener.to_owned(),
         };
-        ListenerMetrics {
+        std::sync::Arc::new(ListenerMetrics {
             rq: CODE_CLASSES.map(|c| {
                 self.downstream_rq
                     .get_or_create_owned(&ListenerClassLabels {
@@ -290,12 +290,12 @@ impl Metrics {
                 rejected: self.downstream_rq_rejected.clone(),
                 flags: self.response_flags.clone(),
             },
-        }
+        })
     }
 
     /// Handles for `route` of `listener`.
-    pub fn route(&self, listener: &str, route: &str) -> RouteMetrics {
-        RouteMetrics {
+    pub fn route(&self, listener: &str, route: &str) -> std::sync::Arc<RouteMetrics> {
+        std::sync::Arc::new(RouteMetrics {
             rq: CODE_CLASSES.map(|c| {
                 self.route_rq.get_or_create_owned(&RouteClassLabels {
                     listener: listener.to_owned(),
@@ -303,15 +303,15 @@ impl Metrics {
                     code_class: c.to_owned(),
                 })
             }),
-        }
+        })
     }
 
     /// Handles for `cluster`.
-    pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
+    pub fn cluster(&self, cluster: &str) -> std::sync::Arc<ClusterMetrics> {
         let l = ClusterLabels {
             cluster: cluster.to_owned(),
         };
-        ClusterMetrics {
+        std::sync::Arc::new(ClusterMetrics {
             rq: CODE_CLASSES.map(|c| {
                 self.upstream_rq.get_or_create_owned(&ClusterClassLabels {
                     cluster: cluster.to_owned(),
@@ -323,7 +323,7 @@ impl Metrics {
             cx_connect_fail: self.upstream_cx_connect_fail.get_or_create_owned(&l),
             rq_timeout: self.upstream_rq_timeout.get_or_create_owned(&l),
             cx_total: self.upstream_cx_total.get_or_create_owned(&l),
-        }
+        })
     }
 }
 

@@ -132,6 +132,10 @@ pub fn serve(
     });
 }
 
+fn peer_ip_value(peer: SocketAddr) -> http::HeaderValue {
+    http::HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(http::HeaderValue::from_static("unknown"))
+}
+
 /// Process-wide connection ids (`connection.id`).
 fn next_connection_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -190,6 +194,7 @@ async fn serve_http(
             h2: true,
             local,
             id,
+            peer_ip: peer_ip_value(peer),
         });
         let service = service_fn(move |req| http_proxy::handle(req, ctx.clone()));
         let conn = http2::Builder::new(TokioExecutor::new())
@@ -216,6 +221,7 @@ async fn serve_http(
         h2: false,
         local,
         id,
+        peer_ip: peer_ip_value(peer),
     });
     let service = service_fn(move |req| http_proxy::handle(req, ctx.clone()));
     let conn = http1::Builder::new()
