@@ -672,7 +672,9 @@ fn prepare_upstream_headers(
 ) {
     strip_hop_by_hop(headers, is_upgrade);
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => HeaderValue::from_str(&format!("{prev}, {}", conn.peer.ip())).ok(),
+        Some(prev) if !prev.is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", conn.peer.ip())).ok()
+        }
         // The common case: the connection's own address, formatted once per connection.
         _ => Some(conn.peer_ip.clone()),
     };

@@ -133,7 +133,8 @@ pub fn serve(
 }
 
 fn peer_ip_value(peer: SocketAddr) -> http::HeaderValue {
-    http::HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(http::HeaderValue::from_static("unknown"))
+    http::HeaderValue::from_str(&peer.ip().to_string())
+        .unwrap_or(http::HeaderValue::from_static("unknown"))
 }
 
 /// Process-wide connection ids (`connection.id`).

@@ -57,7 +57,10 @@ impl RequestProperties {
             route,
             connection_id,
             h2,
-            time_ns: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64,
+            time_ns: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64,
             request_id: head.headers.get("x-request-id").cloned(),
             user_agent: head.headers.get(header::USER_AGENT).cloned(),
             referer: head.headers.get(header::REFERER).cloned(),

@@ -27,7 +27,8 @@ fn config(n: usize) -> String {
 
 fn bench(c: &mut Criterion) {
     let cfg = weft_config::parse(&config(1000), "bench.yaml").expect("valid");
-    let table = RouteTable::build("listeners[0]", &cfg.listeners[0], &cfg.clusters).expect("builds");
+    let table =
+        RouteTable::build("listeners[0]", &cfg.listeners[0], &cfg.clusters).expect("builds");
     let mut headers = HeaderMap::new();
     headers.insert("x-tenant", HeaderValue::from_static("t998"));
     headers.insert("user-agent", HeaderValue::from_static("bench"));

@@ -596,8 +596,12 @@ fn properties(linker: &mut Linker<HostState>) -> Result<()> {
                     // Envoy's header attributes come straight from the stream's maps.
                     let from_headers = stream.and_then(|s| {
                         let (list, name) = match segments.as_slice() {
-                            [a, b, name] if a == "request" && b == "headers" => (&s.request_headers, name),
-                            [a, b, name] if a == "response" && b == "headers" => (&s.response_headers, name),
+                            [a, b, name] if a == "request" && b == "headers" => {
+                                (&s.request_headers, name)
+                            }
+                            [a, b, name] if a == "response" && b == "headers" => {
+                                (&s.response_headers, name)
+                            }
                             _ => return None,
                         };
                         list.get(name).map(<[u8]>::to_vec)
