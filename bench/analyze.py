@@ -3,15 +3,20 @@
 
 Stdlib only. Input (the --raw directory):
   meta.txt          key=value lines written by run.sh (rounds, orders, RSS, versions, skips)
-  A/r<R>_<cand>.txt wrk --latency output, scenario A, round R
+  A/r<R>_<cand>.txt wrk --latency output, scenario A (and E's candidates), round R
   B/r<R>_<cand>.json oha JSON output, scenario B, round R
+  C/r<R>_<cand>.txt h2load output, scenario C (h2c), round R
+  D/r<R>_<cand>.txt wrk --latency output, scenario D (1 MiB responses), round R
+  F/wrk.txt, F/swaps.txt, F/plugins-{before,after}.json  scenario F (plugin hot-swap under load)
 
 Per scenario and candidate: the median across rounds and the min-max spread of each metric.
-Ratios (weft/direct, weft/envoy, weft/nginx, weft/haproxy; the one-Wasm-plugin ones
-weft-wasm/envoy-wasm, weft-wasm/weft and envoy-wasm/envoy; each/direct) are computed within each
-round, where both sides ran in the same round under the same machine conditions, then medianed.
-Also: RSS per process (idle, after load, peak), the RSS cost of the plugin (weft-wasm minus weft,
-envoy-wasm minus envoy) and each process's start-up time (spawn -> first 200 through it).
+Ratios (weft/direct, weft/envoy, weft/nginx, weft/haproxy; the Wasm ones weft-wasm/envoy-wasm,
+weft-wasm/weft, envoy-wasm/envoy and, for three plugins, weft-wasm3/envoy-wasm3, weft-wasm3/weft,
+envoy-wasm3/envoy; each/direct) are computed within each round, where both sides ran in the same
+round under the same machine conditions, then medianed.
+Also: RSS per process (idle, after load, peak), the RSS cost of the plugin(s) (weft-wasm minus
+weft, envoy-wasm minus envoy, and the same for the three-plugin candidates), each process's
+start-up time (spawn -> first 200 through it), and scenario F's swap times and failures.
 """
 
 import argparse
@@ -21,10 +26,12 @@ import statistics
 import sys
 from pathlib import Path
 
-CANDIDATES = ["direct", "weft", "weft-wasm", "envoy", "envoy-wasm", "nginx", "haproxy"]
+CANDIDATES = [
+    "direct", "weft", "weft-wasm", "weft-wasm3", "envoy", "envoy-wasm", "envoy-wasm3", "nginx", "haproxy",
+]
 PROXIES = [c for c in CANDIDATES if c != "direct"]
-# The one-Wasm-plugin scenario: (with plugin, without plugin).
-PLUGIN_PAIRS = [("weft-wasm", "weft"), ("envoy-wasm", "envoy")]
+# The Wasm plugin candidates: (with plugin(s), without).
+PLUGIN_PAIRS = [("weft-wasm", "weft"), ("envoy-wasm", "envoy"), ("weft-wasm3", "weft"), ("envoy-wasm3", "envoy")]
 # RSS deltas: the pairs above, plus the warm-cache restart of weft-wasm (idle only).
 RSS_DELTAS = PLUGIN_PAIRS + [("weft-wasm-warm", "weft")]
 
@@ -42,7 +49,22 @@ SCENARIOS = {
             ("rps", "req/s", True),
         ],
     },
+    "C": {
+        "title": "Scenario C: HTTP/2 (h2c, prior knowledge) small responses, max throughput (h2load)",
+        "metrics": [("rps", "req/s", True), ("mean_ms", "mean ms", False)],
+    },
+    "D": {
+        "title": "Scenario D: 1 MiB responses, HTTP/1.1 (wrk)",
+        "metrics": [
+            ("rps", "req/s (≈ MiB/s)", True),
+            ("mib_s", "MiB/s transferred", True),
+            ("p50_ms", "p50 ms", False),
+            ("p99_ms", "p99 ms", False),
+        ],
+    },
 }
+# Raw file extension and parser per scenario (set below, after the parsers).
+PARSERS = {}
 
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
@@ -75,6 +97,42 @@ def parse_wrk(text):
     if m:
         errors += sum(int(g) for g in m.groups())
     out["errors"] = errors
+    return out
+
+
+_UNITS_BYTES = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+
+
+def parse_wrk_big(text):
+    """parse_wrk plus mib_s, from wrk's Transfer/sec line (wrk's KB/MB/GB are powers of 1024)."""
+    out = parse_wrk(text)
+    m = re.search(r"^Transfer/sec:\s+([0-9.]+)([KMGT]?B)", text, re.M)
+    out["mib_s"] = float(m.group(1)) * _UNITS_BYTES[m.group(2)] / 1024**2 if m else None
+    return out
+
+
+def parse_h2load(text):
+    """Returns {rps, mean_ms, requests, errors} from h2load's summary, or raises ValueError."""
+    m = re.search(r"^finished in [0-9.]+\w*, ([0-9.]+) req/s", text, re.M)
+    if not m:
+        raise ValueError("no 'finished in' line")
+    out = {"rps": float(m.group(1))}
+    m = re.search(
+        r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        text,
+        re.M,
+    )
+    if not m:
+        raise ValueError("no 'requests:' line")
+    out["requests"] = int(m.group(3))
+    errors = int(m.group(5)) + int(m.group(6)) + int(m.group(7))
+    m = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text, re.M)
+    if m:
+        errors += int(m.group(3)) + int(m.group(4))
+    out["errors"] = errors
+    m = re.search(r"^time for request:\s+(\S+)\s+(\S+)\s+(\S+)", text, re.M)
+    out["mean_ms"] = wrk_time_ms(m.group(3)) if m else None
     return out
 
 
@@ -111,6 +169,11 @@ def parse_oha(text):
     }
 
 
+PARSERS.update(
+    {"A": (".txt", parse_wrk), "B": (".json", parse_oha), "C": (".txt", parse_h2load), "D": (".txt", parse_wrk_big)}
+)
+
+
 def read_meta(path):
     meta = {}
     if path.exists():
@@ -136,7 +199,7 @@ def spread(values):
 def collect(raw, scenario, rounds):
     """{cand: {round: metrics}} plus a list of problems."""
     runs, problems = {}, []
-    ext, parser = (".txt", parse_wrk) if scenario == "A" else (".json", parse_oha)
+    ext, parser = PARSERS[scenario]
     for r in range(1, rounds + 1):
         for c in CANDIDATES:
             f = raw / scenario / f"r{r}_{c}{ext}"
@@ -155,7 +218,7 @@ def collect(raw, scenario, rounds):
 
 def ratio_pairs(present):
     pairs = [("weft", other) for other in ["direct", "envoy", "nginx", "haproxy"]]
-    pairs += [("weft-wasm", "envoy-wasm")] + PLUGIN_PAIRS
+    pairs += [("weft-wasm", "envoy-wasm"), ("weft-wasm3", "envoy-wasm3")] + PLUGIN_PAIRS
     pairs += [(c, "direct") for c in ["envoy", "nginx", "haproxy"]]
     return [(a, b) for a, b in pairs if a in present and b in present]
 
@@ -167,7 +230,7 @@ def analyze(raw):
         "meta": {
             k: v
             for k, v in meta.items()
-            if not k.startswith(("rss_", "skip", "exited", "order.", "startup_ms."))
+            if not k.startswith(("rss_", "skip", "exited", "order.", "startup_ms.", "f_"))
         },
         "skipped": {k.split(".", 1)[1]: v for k, v in meta.items() if k.startswith("skip.")},
         "exited": {k.split(".", 1)[1]: v for k, v in meta.items() if k.startswith("exited.")},
@@ -177,6 +240,7 @@ def analyze(raw):
         "startup_ms": {},
         "problems": [],
     }
+    skipped_c = {k.split(".", 1)[1]: v for k, v in meta.items() if k.startswith("skip_c.")}
     for s, spec in SCENARIOS.items():
         if f"skip_scenario.{s}" in meta:
             out["scenarios"][s] = {"title": spec["title"], "skipped": meta[f"skip_scenario.{s}"]}
@@ -206,9 +270,17 @@ def analyze(raw):
             "summary": summary,
             "ratios": ratios,
         }
+        if skipped_c and s == "C":
+            out["scenarios"][s]["skipped_candidates"] = skipped_c
+        expected = {c for k, v in meta.items() if k.startswith(f"order.{s}.") for c in v.split(",")}
         for c in CANDIDATES:
-            if c not in runs and c not in out["skipped"]:
+            if c in expected and c not in runs:
                 out["problems"].append(f"{s}: no results for {c}")
+    if "skip_scenario.F" in meta:
+        out["swap"] = {"skipped": meta["skip_scenario.F"]}
+    elif (raw / "F" / "swaps.txt").exists():
+        out["swap"] = analyze_swaps(raw / "F", meta)
+        out["problems"] += out["swap"].pop("problems")
     for c in PROXIES + ["weft-wasm-warm", "upstream"]:
         row = {}
         for kind in ("idle", "after", "peak"):
@@ -229,10 +301,75 @@ def analyze(raw):
     return out
 
 
+def plugin_swaps(path):
+    """The `adder` plugin's swap counter from a GET /plugins answer, if it has one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    found = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            if v.get("name") == "adder" and isinstance(v.get("swaps"), int):
+                found.append(v["swaps"])
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(data)
+    return max(found) if found else None
+
+
+def analyze_swaps(fdir, meta):
+    """Scenario F: swap times (POST wall time) and what wrk saw meanwhile."""
+    res = {"problems": []}
+    swaps = []
+    for line in (fdir / "swaps.txt").read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        parts = line.split()
+        swaps.append({"i": int(parts[0]), "at_ms": int(parts[1]), "code": parts[2], "ms": float(parts[3])})
+    ok = [s["ms"] for s in swaps if s["code"].startswith("2")]
+    res["swaps"] = swaps
+    res["requested"] = int(meta.get("f_swaps", len(swaps)))
+    res["ok"] = len(ok)
+    res["failed"] = len(swaps) - len(ok)
+    if ok:
+        res["swap_ms"] = {"median": statistics.median(ok), "min": min(ok), "max": max(ok), "n": len(ok)}
+    if res["failed"]:
+        res["problems"].append(f"F: {res['failed']} of {len(swaps)} reload POSTs did not return 2xx")
+    last = max((s["at_ms"] + s["ms"] for s in swaps), default=0)
+    res["last_swap_end_ms"] = round(last)
+    dur_ms = int(meta.get("f_duration_s", "10")) * 1000
+    if last > dur_ms:
+        res["problems"].append(f"F: the swaps ran past the end of the load ({last:.0f} ms > {dur_ms} ms)")
+    before, after = plugin_swaps(fdir / "plugins-before.json"), plugin_swaps(fdir / "plugins-after.json")
+    if before is not None and after is not None:
+        res["swap_counter_delta"] = after - before
+    try:
+        text = (fdir / "wrk.txt").read_text(errors="replace")
+        w = parse_wrk(text)
+        m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+        w["non_2xx"] = int(m.group(1)) if m else 0
+        m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+        w["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups()))) if m else {}
+        res["wrk"] = w
+    except (OSError, ValueError) as e:
+        res["problems"].append(f"F: unparsable wrk output ({e})")
+    res["rss_after_swaps_kb"] = int(meta["rss_after_swaps_kb.weft-wasm"]) if "rss_after_swaps_kb.weft-wasm" in meta else None
+    res["restore_check"] = meta.get("f_restore_check")
+    if res["restore_check"] and res["restore_check"] != "ok":
+        res["problems"].append(f"F: {res['restore_check']}")
+    return res
+
+
 def fmt(v, metric):
     if v is None:
         return "–"
-    if metric == "rps":
+    if metric in ("rps", "mib_s"):
         return f"{v:,.0f}"
     if v >= 100:
         return f"{v:.0f}"
@@ -279,6 +416,27 @@ def markdown(res):
             continue
         if s == "A":
             lines += [f"`wrk -t1 -c{meta.get('wrk_connections', '?')} -d{meta.get('duration_s', '?')}s --latency`", ""]
+            if meta.get("scenario_a_only_e"):
+                lines += ["(Only scenario E's candidates: A itself was not selected.)", ""]
+        elif s == "C":
+            lines += [
+                f"`h2load -t1 -c{meta.get('h2_connections', '?')} -m{meta.get('h2_streams', '?')} "
+                f"-D {meta.get('duration_s', '?')} --warm-up-time {meta.get('warmup_s', '?')} http://…/` "
+                "(h2c prior knowledge; upstream connections stay HTTP/1.1). nginx and haproxy serve h2c on "
+                "a second listener of the same process (`listen … http2`, `bind … proto h2`); `direct` "
+                "is the upstream nginx's own h2c server. h2load reports no percentiles: `mean ms` is "
+                "its mean time per request.",
+                "",
+            ]
+            for c, why in sc.get("skipped_candidates", {}).items():
+                lines += [f"Not in C: {c} ({why}).", ""]
+        elif s == "D":
+            lines += [
+                f"`wrk -t1 -c{meta.get('big_connections', '?')} -d{meta.get('duration_s', '?')}s --latency "
+                "http://…/1m` (a 1 MiB file from the upstream; req/s ≈ MiB/s of bodies). nginx streams "
+                "it (`proxy_max_temp_file_size 0` on that location) rather than spooling it to disk.",
+                "",
+            ]
         else:
             corr = " --latency-correction" if meta.get("oha_latency_correction") else ""
             lines += [
@@ -297,6 +455,45 @@ def markdown(res):
         for name, rs in sc["ratios"].items():
             lines.append(f"| {name} | " + " | ".join(rcell(rs[m]) for m, _, _ in metrics) + " |")
         lines.append("")
+    sw = res.get("swap")
+    if sw:
+        lines += ["## Scenario F: plugin hot-swap under load (Weft only)", ""]
+        if "skipped" in sw:
+            lines += [f"Skipped: {sw['skipped']}.", ""]
+        else:
+            w = sw.get("wrk", {})
+            lines += [
+                f"`wrk -t1 -c{meta.get('f_connections', '?')} -d{meta.get('f_duration_s', '?')}s --latency` on "
+                f"weft-wasm while {sw['requested']} times a variant of the plugin (a custom section "
+                "appended, new sha256) is renamed over its file and `POST /plugins/adder/reload` is "
+                "timed (compile + canary + publish; the compile cache misses every time).",
+                "",
+                "| swaps ok | swap ms median | min | max | non-2xx during load | socket errors | "
+                "requests | req/s | p99 ms |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            sm = sw.get("swap_ms") or {}
+            errs = sw.get("wrk", {}).get("socket_errors", {})
+            errs_s = ", ".join(f"{k} {v}" for k, v in errs.items() if v) or "0"
+            lines.append(
+                f"| {sw['ok']}/{len(sw['swaps'])} | {fmt(sm.get('median'), 'ms')} | {fmt(sm.get('min'), 'ms')} | "
+                f"{fmt(sm.get('max'), 'ms')} | {w.get('non_2xx', '–')} | {errs_s} | "
+                f"{w.get('requests') if w.get('requests') is not None else '–'} | {fmt(w.get('rps'), 'rps')} | "
+                f"{fmt(w.get('p99_ms'), 'ms')} |"
+            )
+            lines.append("")
+            notes = []
+            if "swap_counter_delta" in sw:
+                notes.append(
+                    f"`adder` swap counter went up by {sw['swap_counter_delta']} (the POSTs plus the file "
+                    "watcher's own reloads of the same files)"
+                )
+            notes.append(f"last swap ended {sw['last_swap_end_ms']} ms after the load started")
+            if sw.get("rss_after_swaps_kb"):
+                notes.append(f"weft-wasm RSS after the swaps {sw['rss_after_swaps_kb'] / 1024:.1f} MiB")
+            if sw.get("restore_check"):
+                notes.append(f"original plugin restored: {sw['restore_check']}")
+            lines += ["; ".join(notes).capitalize() + ".", ""]
     if res["rss_kb"] or res["startup_ms"]:
         lines += [
             "## Memory (RSS, MiB; process plus its children) and start-up time",
@@ -335,7 +532,9 @@ def markdown(res):
     if meta.get("plugin"):
         lines += [
             f"Plugin (weft-wasm and envoy-wasm, same file): {meta['plugin']}; Weft `instances: 1`, "
-            "Envoy V8 runtime.",
+            "Envoy V8 runtime. weft-wasm3 and envoy-wasm3 load three copies of it (an identical "
+            "file of their own), configured v1, v2, v3: three Weft plugin entries (one instance "
+            "each), three Envoy Wasm filters (each its own name and vm_id).",
             "",
         ]
     versions = [f"{k.split('.', 1)[1]}: {v}" for k, v in meta.items() if k.startswith("version.")]

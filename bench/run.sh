@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Weft load benchmark: Weft vs Envoy vs nginx vs haproxy (and no proxy), one worker each,
 # all on 127.0.0.1 in front of the same nginx upstream; plus Weft and Envoy each running the
-# same proxy-wasm plugin (header_adder.wasm). See bench/README.md.
+# same proxy-wasm plugin (header_adder.wasm), or three copies of it. See bench/README.md.
 #
 #   bench/run.sh                          # 3 rounds x 10 s per candidate and scenario
 #   ROUNDS=1 DURATION=3 bench/run.sh      # quick smoke run
+#   SCENARIOS=C,D bench/run.sh            # only some scenarios
 #
-# Environment: ROUNDS (3), DURATION seconds per measured run (10), WARMUP seconds (2),
-# CONNS wrk connections (32), OHA_RATE req/s (1000), OHA_CONNS (8), SKIP_B=1 to skip
-# scenario B, OHA_INSTALL_TIMEOUT seconds (600), NO_INSTALL=1 to install nothing.
+# Scenarios: A HTTP/1.1 throughput (wrk), B latency at a fixed rate (oha), C HTTP/2 (h2c)
+# throughput (h2load), D 1 MiB responses (wrk), E three plugins (weft-wasm3, envoy-wasm3; run
+# as part of A, or alone if A is not selected), F plugin hot-swap under load (Weft only).
+#
+# Environment: SCENARIOS (A,B,C,D,E,F), ROUNDS (3), DURATION seconds per measured run (10),
+# WARMUP seconds (2), CONNS wrk connections (32), OHA_RATE req/s (1000), OHA_CONNS (8), SKIP_B=1
+# to skip scenario B, H2_CONNS (32) and H2_STREAMS (10) for h2load, BIG_CONNS wrk connections
+# for D (8), F_DURATION seconds (10), F_CONNS (16), F_SWAPS (20), OHA_INSTALL_TIMEOUT seconds
+# (600), NO_INSTALL=1 to install nothing.
 # Results: bench/results/latest.json, bench/results/latest.md, raw output in bench/results/raw/.
 
 set -uo pipefail
@@ -26,8 +33,25 @@ OHA_CONNS=${OHA_CONNS:-8}
 OHA_INSTALL_TIMEOUT=${OHA_INSTALL_TIMEOUT:-600}
 SKIP_B=${SKIP_B:-0}
 NO_INSTALL=${NO_INSTALL:-0}
+SCENARIOS=${SCENARIOS:-A,B,C,D,E,F}
+H2_CONNS=${H2_CONNS:-32}
+H2_STREAMS=${H2_STREAMS:-10}
+BIG_CONNS=${BIG_CONNS:-8}
+F_DURATION=${F_DURATION:-10}
+F_CONNS=${F_CONNS:-16}
+F_SWAPS=${F_SWAPS:-20}
 
-for v in ROUNDS DURATION WARMUP CONNS OHA_RATE OHA_CONNS OHA_INSTALL_TIMEOUT; do
+SCENARIOS=${SCENARIOS^^}
+SCENARIOS=${SCENARIOS// /}
+if ! [[ $SCENARIOS =~ ^[A-F](,[A-F])*$ ]]; then
+    echo "bench: SCENARIOS must be a comma-separated list of A..F (got '$SCENARIOS')" >&2
+    exit 2
+fi
+[ "$SKIP_B" = 1 ] && SCENARIOS=$(echo ",$SCENARIOS," | sed 's/,B,/,/g; s/^,//; s/,$//')
+want() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
+
+for v in ROUNDS DURATION WARMUP CONNS OHA_RATE OHA_CONNS OHA_INSTALL_TIMEOUT H2_CONNS H2_STREAMS \
+    BIG_CONNS F_DURATION F_CONNS F_SWAPS; do
     if ! [[ ${!v} =~ ^[0-9]+$ ]] || [ "${!v}" -lt 1 ]; then
         echo "bench: $v must be a positive integer (got '${!v}')" >&2
         exit 2
@@ -42,7 +66,7 @@ INSTALL_LOG="$RAW/install.log"
 META="$RAW/meta.txt"
 
 rm -rf "$RAW"
-mkdir -p "$RAW/A" "$RAW/B" "$RAW/logs"
+mkdir -p "$RAW/A" "$RAW/B" "$RAW/C" "$RAW/D" "$RAW/F" "$RAW/logs"
 : >"$META"
 : >"$INSTALL_LOG"
 
@@ -57,7 +81,12 @@ meta() { printf '%s=%s\n' "$1" "$2" >>"$META"; }
 declare -a STARTED=()
 declare -A PID=()
 declare -A PORT=([direct]=18081 [weft]=18100 [envoy]=18101 [nginx]=18102 [haproxy]=18103
-    [weft-wasm]=18104 [envoy-wasm]=18105)
+    [weft-wasm]=18104 [envoy-wasm]=18105 [weft-wasm3]=18106 [envoy-wasm3]=18107)
+# Scenario C (h2c, prior knowledge): Weft and Envoy (codec_type AUTO) detect HTTP/2 on their
+# usual listener; nginx and haproxy get a second, HTTP/2-only listener (same process), and the
+# upstream nginx a second, h2c server for the direct baseline.
+declare -A H2PORT=([direct]=18082 [weft]=18100 [envoy]=18101 [nginx]=18112 [haproxy]=18113)
+declare -A ADMIN=([weft-wasm]=15904)
 declare -A START_NS=() # spawn time of each process (date +%s%N), for the start-up time
 declare -A SKIP=()
 CHILD="" # the long-running foreground-like child (build, install, load run), if any
@@ -144,7 +173,7 @@ HAVE_NGINX=0 HAVE_HAPROXY=0 HAVE_WRK=0 HAVE_H2LOAD=0 HAVE_ENVOY=0 HAVE_OHA=0
 ensure_cmd nginx nginx-light nginx && HAVE_NGINX=1
 ensure_cmd haproxy haproxy && HAVE_HAPROXY=1
 ensure_cmd wrk wrk && HAVE_WRK=1
-ensure_cmd h2load nghttp2-client && HAVE_H2LOAD=1 # installed for HTTP/2 runs; not used yet
+ensure_cmd h2load nghttp2-client && HAVE_H2LOAD=1 # scenario C
 
 envoy_bin() {
     local d
@@ -161,7 +190,7 @@ fi
 if [ -n "$ENVOY" ]; then HAVE_ENVOY=1; else log "WARNING: Envoy unavailable; skipping it"; fi
 
 OHA=$(command -v oha || true)
-if [ -z "$OHA" ] && [ "$SKIP_B" != 1 ] && [ "$NO_INSTALL" != 1 ] && command -v cargo >/dev/null; then
+if [ -z "$OHA" ] && want B && [ "$NO_INSTALL" != 1 ] && command -v cargo >/dev/null; then
     log "cargo install oha --locked (time-boxed to ${OHA_INSTALL_TIMEOUT}s)"
     run_child timeout -k 10 "$OHA_INSTALL_TIMEOUT" cargo install oha --locked -q >>"$INSTALL_LOG" 2>&1 ||
         log "cargo install oha failed or timed out (see $INSTALL_LOG)"
@@ -195,6 +224,7 @@ fi
 WASM_MANIFEST="$ROOT/tests/fixtures/wasm/Cargo.toml"
 WASM_BUILT="$ROOT/tests/fixtures/wasm/target/wasm32-wasip1/release/header_adder.wasm"
 PLUGIN="$RUN/header_adder.wasm"
+PLUGIN3="$RUN/wasm3/header_adder.wasm"
 HAVE_PLUGIN=0
 mkdir -p "$RAW/configs"
 log "cargo build --release --target wasm32-wasip1 -p header_adder"
@@ -206,17 +236,28 @@ if run_child cargo build --release -q --target wasm32-wasip1 --manifest-path "$W
         sed "s|@PLUGIN@|$PLUGIN|g" "$BENCH/configs/$f" >"$RUN/$f"
         cp -f "$RUN/$f" "$RAW/configs/$f"
     done
+    # Scenario E's candidates load their own (identical) copy, so that scenario F's rewrites of
+    # $PLUGIN (watched by weft-wasm) do not make weft-wasm3 recompile on the proxy CPU too.
+    mkdir -p "$RUN/wasm3"
+    cp -f "$PLUGIN" "$PLUGIN3"
+    for f in weft-wasm3.yaml envoy-wasm3.yaml; do
+        sed "s|@PLUGIN@|$PLUGIN3|g" "$BENCH/configs/$f" >"$RUN/$f"
+        cp -f "$RUN/$f" "$RAW/configs/$f"
+    done
 else
     log "WARNING: header_adder.wasm failed to build (see $RAW/logs/wasm-build.log); skipping weft-wasm and envoy-wasm"
     SKIP[weft-wasm]="plugin build failed"
     SKIP[envoy-wasm]="plugin build failed"
+    SKIP[weft-wasm3]="plugin build failed"
+    SKIP[envoy-wasm3]="plugin build failed"
 fi
 # Weft keeps compiled modules in an on-disk cache ($XDG_CACHE_HOME/weft/wasm, keyed by sha256);
 # Envoy's V8 compiles the module at every start. So that weft-wasm's start-up is measured like
 # Envoy's (a cold compile) and does not depend on ~/.cache, it gets its own empty cache in the
 # run directory (validate uses another one); a second, warm-cache start is measured at the end.
 WEFT_WASM_ENV=(env "XDG_CACHE_HOME=$RUN/weft-wasm-cache")
-HAVE_WEFT_WASM=0
+WEFT_WASM3_ENV=(env "XDG_CACHE_HOME=$RUN/weft-wasm3-cache") # weft-wasm3 starts cold too
+HAVE_WEFT_WASM=0 HAVE_WEFT_WASM3=0
 if [ $HAVE_PLUGIN = 1 ] && [ $HAVE_WEFT = 1 ]; then
     if XDG_CACHE_HOME="$RUN/validate-cache" "$WEFT" validate -c "$RUN/weft-wasm.yaml" >>"$RAW/logs/weft-build.log" 2>&1; then
         HAVE_WEFT_WASM=1
@@ -224,8 +265,17 @@ if [ $HAVE_PLUGIN = 1 ] && [ $HAVE_WEFT = 1 ]; then
         log "WARNING: weft validate rejected the weft-wasm config (see $RAW/logs/weft-build.log); skipping weft-wasm"
         SKIP[weft-wasm]="config rejected by weft validate"
     fi
+    if want E; then
+        if XDG_CACHE_HOME="$RUN/validate-cache" "$WEFT" validate -c "$RUN/weft-wasm3.yaml" >>"$RAW/logs/weft-build.log" 2>&1; then
+            HAVE_WEFT_WASM3=1
+        else
+            log "WARNING: weft validate rejected the weft-wasm3 config (see $RAW/logs/weft-build.log); skipping weft-wasm3"
+            SKIP[weft-wasm3]="config rejected by weft validate"
+        fi
+    fi
 elif [ $HAVE_PLUGIN = 1 ]; then
     SKIP[weft-wasm]="${SKIP[weft]:-Weft unavailable}"
+    want E && SKIP[weft-wasm3]="${SKIP[weft]:-Weft unavailable}"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +349,10 @@ if port_busy 18081; then
     log "ERROR: 127.0.0.1:18081 is already in use; stop whatever listens there first"
     exit 1
 fi
-mkdir -p "$RUN/upstream/tmp" "$RUN/nginx/tmp"
+mkdir -p "$RUN/upstream/tmp" "$RUN/upstream/data" "$RUN/nginx/tmp"
+# Scenario D's body: 1 MiB of random bytes, served by the upstream at /1m.
+head -c 1048576 /dev/urandom >"$RUN/upstream/data/1m"
+chmod 644 "$RUN/upstream/data/1m"
 start_proc upstream nginx -p "$RUN/upstream/" -e "$RUN/upstream/error.log" -c "$BENCH/configs/upstream-nginx.conf"
 wait_ready upstream 18081 || { log "ERROR: upstream nginx did not start"; exit 1; }
 PID[direct]=${PID[upstream]}
@@ -323,19 +376,24 @@ start_candidate() { # start_candidate NAME CMD...
     return 1
 }
 
-# verify_plugin NAME: one request through NAME must come back with `x-plugin: v1`; otherwise
-# NAME is skipped (stopped) with a warning. The response headers are kept in raw/logs/.
+# verify_plugin NAME [VALUE...]: one request through NAME must come back with `x-plugin: V`
+# for every VALUE (default v1); otherwise NAME is skipped (stopped) with a warning. The
+# response headers are kept in raw/logs/.
 verify_plugin() {
-    local name=$1
+    local name=$1 v
+    shift
+    [ $# = 0 ] && set -- v1
     curl -si --max-time 5 "http://127.0.0.1:${PORT[$name]}/" >"$RAW/logs/$name-check.txt" 2>&1
-    if tr -d '\r' <"$RAW/logs/$name-check.txt" | grep -qix 'x-plugin: v1'; then
-        log "$name: plugin check ok (x-plugin: v1)"
-        return 0
-    fi
-    log "WARNING: $name: no 'x-plugin: v1' in the response (see raw/logs/$name-check.txt); skipping $name"
-    SKIP[$name]="plugin check failed: no x-plugin: v1 in the response"
-    kill -TERM "${PID[$name]}" 2>/dev/null
-    return 1
+    for v in "$@"; do
+        if ! tr -d '\r' <"$RAW/logs/$name-check.txt" | grep -qix "x-plugin: $v"; then
+            log "WARNING: $name: no 'x-plugin: $v' in the response (see raw/logs/$name-check.txt); skipping $name"
+            SKIP[$name]="plugin check failed: no x-plugin: $v in the response"
+            kill -TERM "${PID[$name]}" 2>/dev/null
+            return 1
+        fi
+    done
+    log "$name: plugin check ok (x-plugin: $*)"
+    return 0
 }
 
 CANDS=(direct)
@@ -346,16 +404,25 @@ if [ $HAVE_WEFT_WASM = 1 ]; then
     start_candidate weft-wasm "${WEFT_WASM_ENV[@]}" "$WEFT" run -c "$RUN/weft-wasm.yaml" --log-level warn &&
         verify_plugin weft-wasm && CANDS+=(weft-wasm)
 fi
+if [ $HAVE_WEFT_WASM3 = 1 ]; then
+    start_candidate weft-wasm3 "${WEFT_WASM3_ENV[@]}" "$WEFT" run -c "$RUN/weft-wasm3.yaml" --log-level warn &&
+        verify_plugin weft-wasm3 v1 v2 v3 && CANDS+=(weft-wasm3)
+fi
 if [ $HAVE_ENVOY = 1 ]; then
     start_candidate envoy "$ENVOY" -c "$BENCH/configs/envoy.yaml" --concurrency 1 \
         --disable-hot-restart --log-level warn && CANDS+=(envoy)
     if [ $HAVE_PLUGIN = 1 ]; then
         start_candidate envoy-wasm "$ENVOY" -c "$RUN/envoy-wasm.yaml" --concurrency 1 \
             --disable-hot-restart --log-level warn && verify_plugin envoy-wasm && CANDS+=(envoy-wasm)
+        if want E; then
+            start_candidate envoy-wasm3 "$ENVOY" -c "$RUN/envoy-wasm3.yaml" --concurrency 1 \
+                --disable-hot-restart --log-level warn && verify_plugin envoy-wasm3 v1 v2 v3 && CANDS+=(envoy-wasm3)
+        fi
     fi
 else
     SKIP[envoy]="not installed"
     [ $HAVE_PLUGIN = 1 ] && SKIP[envoy-wasm]="Envoy not installed"
+    [ $HAVE_PLUGIN = 1 ] && want E && SKIP[envoy-wasm3]="Envoy not installed"
 fi
 start_candidate nginx nginx -p "$RUN/nginx/" -e "$RUN/nginx/error.log" -c "$BENCH/configs/nginx-proxy.conf" &&
     CANDS+=(nginx)
@@ -381,6 +448,13 @@ meta wrk_connections "$CONNS"
 meta oha_rate "$OHA_RATE"
 meta oha_connections "$OHA_CONNS"
 meta candidates "$(IFS=,; echo "${CANDS[*]}")"
+meta scenarios "$SCENARIOS"
+meta h2_connections "$H2_CONNS"
+meta h2_streams "$H2_STREAMS"
+meta big_connections "$BIG_CONNS"
+meta f_duration_s "$F_DURATION"
+meta f_connections "$F_CONNS"
+meta f_swaps "$F_SWAPS"
 meta date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 meta host_cpus "$NCPU"
 meta cpu_model "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
@@ -393,25 +467,54 @@ meta version.nginx "$(nginx -v 2>&1 | head -1 | sed 's/^nginx version: //')"
 [ $HAVE_HAPROXY = 1 ] && meta version.haproxy "$(haproxy -v 2>&1 | head -1 | cut -d' ' -f3)"
 [ $HAVE_WRK = 1 ] && meta version.wrk "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
 [ $HAVE_OHA = 1 ] && meta version.oha "$("$OHA" --version 2>&1 | head -1)"
+[ $HAVE_H2LOAD = 1 ] && meta version.h2load "$(h2load --version 2>&1 | head -1)"
 for c in "${!SKIP[@]}"; do meta "skip.$c" "${SKIP[$c]}"; done
 
-# Candidate order for round R (1-based): the list rotated left by R-1.
+# Candidate order for round R (1-based): the list (default: all candidates) rotated left by R-1.
 round_order() {
-    local r=$1 n=${#CANDS[@]} i out=()
+    local r=$1
+    shift
+    local list=("$@")
+    [ $# = 0 ] && list=("${CANDS[@]}")
+    local n=${#list[@]} i out=()
+    [ "$n" = 0 ] && return
     for i in $(seq 0 $((n - 1))); do
-        out+=("${CANDS[$(((i + r - 1) % n))]}")
+        out+=("${list[$(((i + r - 1) % n))]}")
     done
     echo "${out[@]}"
 }
+has_cand() { [[ " ${CANDS[*]} " == *" $1 "* ]]; }
+# The candidates among NAME... that started, in that order.
+pick() {
+    local c out=()
+    for c in "$@"; do has_cand "$c" && out+=("$c"); done
+    echo "${out[@]}"
+}
+# Scenario A: every candidate; scenario E's (weft-wasm3, envoy-wasm3) run in it. With E but
+# not A selected, A runs only what E's ratios need. B: the candidates without E's.
+if want A; then
+    A_CANDS=("${CANDS[@]}")
+elif want E; then
+    read -ra A_CANDS <<<"$(pick weft weft-wasm3 envoy-wasm3)"
+else
+    A_CANDS=()
+fi
+read -ra B_CANDS <<<"$(pick direct weft weft-wasm envoy envoy-wasm nginx haproxy)"
+read -ra D_CANDS <<<"$(pick direct weft envoy nginx haproxy)"
+for s in A B C D E F; do
+    want $s || { [ $s = A ] && want E; } || meta "skip_scenario.$s" "not in SCENARIOS"
+done
 
 alive() { [ "$1" = direct ] && kill -0 "${PID[upstream]}" 2>/dev/null || kill -0 "${PID[$1]}" 2>/dev/null; }
 
 # ---------------------------------------------------------------------------------------------
 # 5. Scenario A: HTTP/1.1 small responses, max throughput (wrk -t1 -c$CONNS).
 LOAD_TIMEOUT=$((DURATION + 30))
-if [ $HAVE_WRK = 1 ]; then
+if [ ${#A_CANDS[@]} = 0 ]; then
+    : # neither A nor E selected
+elif [ $HAVE_WRK = 1 ]; then
     for r in $(seq 1 "$ROUNDS"); do
-        order=$(round_order "$r")
+        order=$(round_order "$r" "${A_CANDS[@]}")
         meta "order.A.$r" "${order// /,}"
         for c in $order; do
             if ! alive "$c"; then
@@ -429,11 +532,12 @@ else
     log "WARNING: wrk unavailable; skipping scenario A"
     meta skip_scenario.A "wrk unavailable"
 fi
+want E && ! want A && meta scenario_a_only_e 1
 
 # ---------------------------------------------------------------------------------------------
 # 6. Scenario B: latency at a fixed rate (oha -q $OHA_RATE -c $OHA_CONNS).
-if [ "$SKIP_B" = 1 ]; then
-    meta skip_scenario.B "SKIP_B=1"
+if ! want B; then
+    [ "$SKIP_B" = 1 ] && meta skip_scenario.B "SKIP_B=1"
 elif [ $HAVE_OHA = 1 ]; then
     OHA_ARGS=(-q "$OHA_RATE" -c "$OHA_CONNS" --no-tui --output-format json)
     # Measure from each request's scheduled send time (no coordinated omission) where supported.
@@ -442,7 +546,7 @@ elif [ $HAVE_OHA = 1 ]; then
         meta oha_latency_correction 1
     fi
     for r in $(seq 1 "$ROUNDS"); do
-        order=$(round_order "$r")
+        order=$(round_order "$r" "${B_CANDS[@]}")
         meta "order.B.$r" "${order// /,}"
         for c in $order; do
             if ! alive "$c"; then
@@ -462,6 +566,72 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
+# 6b. Scenario C: HTTP/2 small responses, h2c with prior knowledge (h2load -t1 -c$H2_CONNS
+# -m$H2_STREAMS, its own --warm-up-time). Downstream HTTP/2, upstream HTTP/1.1 as in A.
+if want C; then
+    C_CANDS=()
+    if [ $HAVE_H2LOAD = 1 ]; then
+        for c in $(pick direct weft envoy nginx haproxy); do
+            # Each must answer h2c with prior knowledge (saved in raw/logs/<name>-h2-check.txt).
+            if curl -s -o /dev/null -w '%{http_version} %{http_code}\n' --http2-prior-knowledge --max-time 5 \
+                "http://127.0.0.1:${H2PORT[$c]}/" >"$RAW/logs/$c-h2-check.txt" 2>&1 &&
+                [ "$(cat "$RAW/logs/$c-h2-check.txt")" = "2 200" ]; then
+                C_CANDS+=("$c")
+            else
+                log "WARNING: $c does not answer h2c on :${H2PORT[$c]} (see raw/logs/$c-h2-check.txt); not in C"
+                meta "skip_c.$c" "no h2c answer on :${H2PORT[$c]}"
+            fi
+        done
+    else
+        log "WARNING: h2load unavailable; skipping scenario C"
+        meta skip_scenario.C "h2load unavailable (apt-get install nghttp2-client failed)"
+    fi
+    for r in $(seq 1 "$ROUNDS"); do
+        [ ${#C_CANDS[@]} = 0 ] && break
+        order=$(round_order "$r" "${C_CANDS[@]}")
+        meta "order.C.$r" "${order// /,}"
+        for c in $order; do
+            if ! alive "$c"; then
+                log "C round $r: $c is no longer running; skipped"
+                continue
+            fi
+            url="http://127.0.0.1:${H2PORT[$c]}/"
+            log "C round $r/$ROUNDS: $c (h2c, warm-up ${WARMUP}s, run ${DURATION}s)"
+            run_child timeout -k 5 $((WARMUP + LOAD_TIMEOUT)) "${PIN_LOAD[@]}" h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" \
+                -D "$DURATION" --warm-up-time "$WARMUP" "$url" \
+                >"$RAW/C/r${r}_$c.txt" 2>&1 || log "C round $r: h2load on $c exited non-zero"
+        done
+    done
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 6c. Scenario D: 1 MiB responses (the upstream's /1m), HTTP/1.1 (wrk -t1 -c$BIG_CONNS).
+if ! want D; then
+    :
+elif [ $HAVE_WRK = 1 ]; then
+    big=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 5 "http://127.0.0.1:18081/1m")
+    [ "$big" = "200 1048576" ] || log "WARNING: upstream /1m answered '$big', not '200 1048576'"
+    for r in $(seq 1 "$ROUNDS"); do
+        order=$(round_order "$r" "${D_CANDS[@]}")
+        meta "order.D.$r" "${order// /,}"
+        for c in $order; do
+            if ! alive "$c"; then
+                log "D round $r: $c is no longer running; skipped"
+                continue
+            fi
+            url="http://127.0.0.1:${PORT[$c]}/1m"
+            log "D round $r/$ROUNDS: $c (1 MiB, warm-up ${WARMUP}s, run ${DURATION}s)"
+            run_child timeout -k 5 $((WARMUP + 30)) "${PIN_LOAD[@]}" wrk -t1 -c"$BIG_CONNS" -d"${WARMUP}s" "$url" >/dev/null 2>&1
+            run_child timeout -k 5 "$LOAD_TIMEOUT" "${PIN_LOAD[@]}" wrk -t1 -c"$BIG_CONNS" -d"${DURATION}s" --latency "$url" \
+                >"$RAW/D/r${r}_$c.txt" 2>&1 || log "D round $r: wrk on $c exited non-zero"
+        done
+    done
+else
+    log "WARNING: wrk unavailable; skipping scenario D"
+    meta skip_scenario.D "wrk unavailable"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # 7. RSS after the load (VmRSS now, VmHWM = peak over the process's life).
 for c in "${CANDS[@]}" upstream; do
     [ "$c" = direct ] && continue
@@ -473,6 +643,68 @@ for c in "${CANDS[@]}" upstream; do
     fi
 done
 meta loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---------------------------------------------------------------------------------------------
+# 7a. Scenario F: plugin hot-swap under load (Weft only). While wrk -t1 -c$F_CONNS runs for
+# $F_DURATION s against weft-wasm, $F_SWAPS times: move a variant of the plugin (the same
+# module plus a custom section, so a new sha256) over the watched plugin file, then
+# POST /plugins/adder/reload on weft-wasm's admin and time that POST (compile + canary +
+# publish). Each variant is written beforehand to another directory and renamed into place, so
+# the file is never seen half-written. Note: Weft also watches the file, so each rename also
+# triggers the watcher's own reload (after a 200 ms debounce) of the same bytes; the
+# swap counters before/after (raw/F/plugins-*.json) show how many swaps happened in all.
+# Afterwards the original plugin is put back (and reloaded) and checked for x-plugin: v1.
+if ! want F; then
+    :
+elif [ $HAVE_WRK != 1 ] || ! has_cand weft-wasm || ! alive weft-wasm; then
+    log "WARNING: weft-wasm or wrk unavailable; skipping scenario F"
+    meta skip_scenario.F "weft-wasm or wrk unavailable"
+elif ! python3 "$BENCH/wasm_variant.py" "$PLUGIN" "$RUN/variants" "$F_SWAPS" 2>"$RAW/F/variants.err"; then
+    log "WARNING: could not write plugin variants (see raw/F/variants.err); skipping scenario F"
+    meta skip_scenario.F "could not write plugin variants"
+else
+    admin="http://127.0.0.1:${ADMIN[weft-wasm]}"
+    cp -f "$PLUGIN" "$RUN/header_adder.orig.wasm"
+    curl -s --max-time 5 "$admin/plugins" >"$RAW/F/plugins-before.json" 2>&1
+    : >"$RAW/F/swaps.txt"
+    echo "# swap start_ms_since_wrk_start http_code post_ms sha256_16" >>"$RAW/F/swaps.txt"
+    # 1 s of load first, then one swap every (F_DURATION - 2) / F_SWAPS seconds.
+    interval_ns=$(((F_DURATION - 2) * 1000000000 / F_SWAPS))
+    log "F: wrk -t1 -c$F_CONNS -d${F_DURATION}s on weft-wasm, $F_SWAPS plugin swaps"
+    "${PIN_LOAD[@]}" timeout -k 5 $((F_DURATION + 30)) wrk -t1 -c"$F_CONNS" -d"${F_DURATION}s" --latency \
+        "http://127.0.0.1:${PORT[weft-wasm]}/" >"$RAW/F/wrk.txt" 2>&1 3>&- &
+    CHILD=$!
+    t0=$(date +%s%N)
+    for i in $(seq 1 "$F_SWAPS"); do
+        target=$((t0 + 1000000000 + (i - 1) * interval_ns))
+        now=$(date +%s%N)
+        [ "$now" -lt "$target" ] && sleep "$(awk -v n=$((target - now)) 'BEGIN { printf "%.3f", n / 1e9 }')"
+        ts=$(date +%s%N)
+        sha=$(sha256sum "$RUN/variants/v$i.wasm" | cut -c1-16)
+        mv -f "$RUN/variants/v$i.wasm" "$PLUGIN"
+        res=$(curl -s -o "$RAW/F/reload_$i.json" -w '%{http_code} %{time_total}' --max-time 60 -X POST \
+            "$admin/plugins/adder/reload" 2>/dev/null)
+        code=${res%% *}
+        secs=${res#* }
+        echo "$i $(((ts - t0) / 1000000)) ${code:-000} $(awk -v s="${secs:-0}" 'BEGIN { printf "%.2f", s * 1000 }') $sha" >>"$RAW/F/swaps.txt"
+    done
+    wait "$CHILD" || log "F: wrk exited non-zero"
+    CHILD=""
+    meta f_swaps_done_ms "$((($(date +%s%N) - t0) / 1000000))"
+    sleep 0.5 # let the watcher's reload of the last variant finish
+    curl -s --max-time 5 "$admin/plugins" >"$RAW/F/plugins-after.json" 2>&1
+    meta rss_after_swaps_kb.weft-wasm "$(rss_kb "${PID[weft-wasm]}" VmRSS)"
+    # Put the original plugin back (the warm-cache restart below loads it).
+    mv -f "$RUN/header_adder.orig.wasm" "$PLUGIN"
+    curl -s -o "$RAW/F/reload_restore.json" --max-time 60 -X POST "$admin/plugins/adder/reload" >/dev/null 2>&1
+    sleep 0.5
+    if curl -si --max-time 5 "http://127.0.0.1:${PORT[weft-wasm]}/" | tr -d '\r' | grep -qix 'x-plugin: v1'; then
+        meta f_restore_check ok
+    else
+        log "WARNING: F: weft-wasm does not answer x-plugin: v1 after restoring the plugin"
+        meta f_restore_check "failed: no x-plugin: v1 after restoring the original plugin"
+    fi
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 7b. weft-wasm start-up with a warm compile cache (as on a restart): stop it, start it again

@@ -250,7 +250,10 @@ fn warn_about_unlisted_crates(fixtures: &Path, members: &[String]) {
     };
     for entry in entries.flatten() {
         let path = entry.path();
+        // Only fixture modules (cdylib) count; support crates such as `raw_abi` are
+        // dependencies of fixtures, not fixtures.
         if path.join("Cargo.toml").is_file()
+            && read(&path.join("Cargo.toml")).contains("cdylib")
             && let Some(dir) = path.file_name().and_then(|n| n.to_str())
             && !listed.contains(dir)
         {

@@ -294,11 +294,60 @@ async fn drive<C, E>(
     }
 }
 
+/// When bytes last moved on a TCP connection, for its idle timeout.
+struct IdleClock {
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl IdleClock {
+    fn new() -> IdleClock {
+        IdleClock {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Runs `work` to its end, unless the proxy shuts down or nothing moves for `idle` (then
+/// `None`, with the reason in the access-log entry).
+async fn until_idle<R>(
+    work: impl std::future::Future<Output = R>,
+    clock: &IdleClock,
+    idle: Duration,
+    shutdown: &CancellationToken,
+    entry: &mut Entry,
+) -> Option<R> {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            r = work.as_mut() => return Some(r),
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(idle) => {
+                if clock.idle_for() >= idle {
+                    entry.details = Some("idle timeout".to_owned());
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// Counts activity on a TCP stream for the idle timeout.
 struct Metered<'a, S> {
     inner: S,
-    last: &'a AtomicU64,
-    epoch: Instant,
+    clock: &'a IdleClock,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Metered<'_, S> {
@@ -310,8 +359,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<'_, S> {
         let before = buf.filled().len();
         let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.last
-                .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            self.clock.touch();
         }
         res
     }
@@ -347,31 +395,41 @@ async fn copy_plain(
     shutdown: &CancellationToken,
     entry: &mut Entry,
 ) -> (u64, u64) {
-    let last = AtomicU64::new(0);
-    let epoch = Instant::now();
+    let clock = IdleClock::new();
     let mut down = Metered {
         inner: downstream,
-        last: &last,
-        epoch,
+        clock: &clock,
     };
     let mut up = Metered {
         inner: upstream,
-        last: &last,
-        epoch,
+        clock: &clock,
     };
     let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
-    let mut copy = std::pin::pin!(copy);
+    match until_idle(copy, &clock, idle, shutdown, entry).await {
+        Some(Ok(totals)) => totals,
+        _ => (0, 0),
+    }
+}
+
+/// One direction through the network filters until the sender closes; returns bytes sent.
+async fn pump(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    pipe: &mut crate::tcp_filter::NetPipe,
+    clock: &IdleClock,
+) -> Result<u64, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0u64;
     loop {
-        tokio::select! {
-            res = copy.as_mut() => break res.unwrap_or((0, 0)),
-            _ = shutdown.cancelled() => break (0, 0),
-            _ = tokio::time::sleep(idle) => {
-                let since = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-                if since >= idle {
-                    entry.details = Some("idle timeout".to_owned());
-                    break (0, 0);
-                }
-            }
+        let n = from.read(&mut buf).await.map_err(|e| e.to_string())?;
+        clock.touch();
+        let out = pipe.push(&buf[..n], n == 0).map_err(|c| c.0)?;
+        total += out.len() as u64;
+        to.write_all(&out).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(total);
         }
     }
 }
@@ -385,64 +443,24 @@ async fn copy_filtered(
     shutdown: &CancellationToken,
     entry: &mut Entry,
 ) -> (u64, u64) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut dr, mut dw) = downstream.split();
     let (mut ur, mut uw) = upstream.split();
     let mut to_up = filters.pipe(true);
     let mut to_down = filters.pipe(false);
-    let last = AtomicU64::new(0);
-    let epoch = Instant::now();
-    let touch = || last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let forward = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut total = 0u64;
-        loop {
-            let n = dr.read(&mut buf).await.map_err(|e| e.to_string())?;
-            touch();
-            let out = to_up.push(&buf[..n], n == 0).map_err(|c| c.0)?;
-            total += out.len() as u64;
-            uw.write_all(&out).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                let _ = uw.shutdown().await;
-                return Ok::<u64, String>(total);
-            }
-        }
+    let clock = IdleClock::new();
+    let both = async {
+        tokio::try_join!(
+            pump(&mut dr, &mut uw, &mut to_up, &clock),
+            pump(&mut ur, &mut dw, &mut to_down, &clock)
+        )
     };
-    let backward = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut total = 0u64;
-        loop {
-            let n = ur.read(&mut buf).await.map_err(|e| e.to_string())?;
-            touch();
-            let out = to_down.push(&buf[..n], n == 0).map_err(|c| c.0)?;
-            total += out.len() as u64;
-            dw.write_all(&out).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                let _ = dw.shutdown().await;
-                return Ok::<u64, String>(total);
-            }
+    match until_idle(both, &clock, idle, shutdown, entry).await {
+        Some(Ok(totals)) => totals,
+        Some(Err(why)) => {
+            entry.details = Some(why);
+            (0, 0)
         }
-    };
-    let both = async { tokio::try_join!(forward, backward) };
-    let mut both = std::pin::pin!(both);
-    loop {
-        tokio::select! {
-            res = both.as_mut() => match res {
-                Ok(totals) => break totals,
-                Err(why) => {
-                    entry.details = Some(why);
-                    break (0, 0);
-                }
-            },
-            _ = shutdown.cancelled() => break (0, 0),
-            _ = tokio::time::sleep(idle) => {
-                let since = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-                if since >= idle {
-                    entry.details = Some("idle timeout".to_owned());
-                    break (0, 0);
-                }
-            }
-        }
+        None => (0, 0),
     }
 }
 
