@@ -504,3 +504,39 @@ fn add_appends_to_existing_values() {
         .collect();
     assert_eq!(values, ["first", "second"]);
 }
+
+#[test]
+fn the_remaining_host_functions_answer_as_specified() {
+    let mut sp = spec("misc", fx::HOSTCALLS, r#"{"misc": true}"#);
+    sp.log_level = LogLevel::Warn;
+    let p = load(sp);
+    let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+    request(&mut s, "/misc");
+    s.data().request_headers.add("x-original", b"kept");
+    s.on_request_headers(true).unwrap();
+    let h = s.data().request_headers.clone();
+    assert_eq!(
+        header(&h, "x-log-level").as_deref(),
+        Some("3"),
+        "proxy_get_log_level: warn"
+    );
+    assert_eq!(header(&h, "x-set-pairs").as_deref(), Some("ok"));
+    assert_eq!(
+        header(&h, "x-pairs").as_deref(),
+        Some("set"),
+        "set_header_map_pairs replaced the map"
+    );
+    assert_eq!(
+        header(&h, "x-original").as_deref(),
+        Some("kept"),
+        "the pairs round-tripped"
+    );
+    assert_eq!(
+        header(&h, "x-resolved-queue").as_deref(),
+        Some("none"),
+        "unknown queue: NOT_FOUND"
+    );
+    assert_eq!(header(&h, "x-get-status").as_deref(), Some("0"));
+    assert_eq!(header(&h, "x-done").as_deref(), Some("ok"));
+    assert!(s.take_effects().done, "proxy_done recorded");
+}
