@@ -230,7 +230,7 @@ def analyze(raw):
         "meta": {
             k: v
             for k, v in meta.items()
-            if not k.startswith(("rss_", "skip", "exited", "order.", "startup_ms.", "f_"))
+            if not k.startswith(("rss_", "skip", "exited", "order.", "startup_ms."))
         },
         "skipped": {k.split(".", 1)[1]: v for k, v in meta.items() if k.startswith("skip.")},
         "exited": {k.split(".", 1)[1]: v for k, v in meta.items() if k.startswith("exited.")},
@@ -283,7 +283,7 @@ def analyze(raw):
         out["problems"] += out["swap"].pop("problems")
     for c in PROXIES + ["weft-wasm-warm", "upstream"]:
         row = {}
-        for kind in ("idle", "after", "peak"):
+        for kind in ("idle", "after", "peak", "end", "end_peak"):
             v = meta.get(f"rss_{kind}_kb.{c}")
             if v:
                 row[kind] = int(v)
@@ -349,16 +349,19 @@ def analyze_swaps(fdir, meta):
     before, after = plugin_swaps(fdir / "plugins-before.json"), plugin_swaps(fdir / "plugins-after.json")
     if before is not None and after is not None:
         res["swap_counter_delta"] = after - before
-    try:
-        text = (fdir / "wrk.txt").read_text(errors="replace")
-        w = parse_wrk(text)
+    for key, name in (("wrk", "wrk.txt"), ("wrk_baseline", "wrk-baseline.txt")):
+        try:
+            text = (fdir / name).read_text(errors="replace")
+            w = parse_wrk(text)
+        except (OSError, ValueError) as e:
+            if key == "wrk" or (fdir / name).exists():
+                res["problems"].append(f"F: unparsable {name} ({e})")
+            continue
         m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
         w["non_2xx"] = int(m.group(1)) if m else 0
         m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
         w["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups()))) if m else {}
-        res["wrk"] = w
-    except (OSError, ValueError) as e:
-        res["problems"].append(f"F: unparsable wrk output ({e})")
+        res[key] = w
     res["rss_after_swaps_kb"] = int(meta["rss_after_swaps_kb.weft-wasm"]) if "rss_after_swaps_kb.weft-wasm" in meta else None
     res["restore_check"] = meta.get("f_restore_check")
     if res["restore_check"] and res["restore_check"] != "ok":
@@ -468,19 +471,27 @@ def markdown(res):
                 "appended, new sha256) is renamed over its file and `POST /plugins/adder/reload` is "
                 "timed (compile + canary + publish; the compile cache misses every time).",
                 "",
-                "| swaps ok | swap ms median | min | max | non-2xx during load | socket errors | "
-                "requests | req/s | p99 ms |",
-                "|---|---|---|---|---|---|---|---|---|",
+                "| swaps ok | swap ms median | min | max |",
+                "|---|---|---|---|",
             ]
             sm = sw.get("swap_ms") or {}
-            errs = sw.get("wrk", {}).get("socket_errors", {})
-            errs_s = ", ".join(f"{k} {v}" for k, v in errs.items() if v) or "0"
-            lines.append(
+            lines += [
                 f"| {sw['ok']}/{len(sw['swaps'])} | {fmt(sm.get('median'), 'ms')} | {fmt(sm.get('min'), 'ms')} | "
-                f"{fmt(sm.get('max'), 'ms')} | {w.get('non_2xx', '–')} | {errs_s} | "
-                f"{w.get('requests') if w.get('requests') is not None else '–'} | {fmt(w.get('rps'), 'rps')} | "
-                f"{fmt(w.get('p99_ms'), 'ms')} |"
-            )
+                f"{fmt(sm.get('max'), 'ms')} |",
+                "",
+                "| wrk run | requests | non-2xx | socket errors | req/s | p50 ms | p99 ms |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for key, label in (("wrk_baseline", "no swaps (baseline, just before)"), ("wrk", f"{len(sw['swaps'])} swaps")):
+                w = sw.get(key)
+                if not w:
+                    continue
+                errs_s = ", ".join(f"{k} {v}" for k, v in w.get("socket_errors", {}).items() if v) or "0"
+                lines.append(
+                    f"| {label} | {w.get('requests') if w.get('requests') is not None else '–'} | "
+                    f"{w.get('non_2xx', '–')} | {errs_s} | {fmt(w.get('rps'), 'rps')} | "
+                    f"{fmt(w.get('p50_ms'), 'ms')} | {fmt(w.get('p99_ms'), 'ms')} |"
+                )
             lines.append("")
             notes = []
             if "swap_counter_delta" in sw:
@@ -493,7 +504,8 @@ def markdown(res):
                 notes.append(f"weft-wasm RSS after the swaps {sw['rss_after_swaps_kb'] / 1024:.1f} MiB")
             if sw.get("restore_check"):
                 notes.append(f"original plugin restored: {sw['restore_check']}")
-            lines += ["; ".join(notes).capitalize() + ".", ""]
+            text = "; ".join(notes)
+            lines += [text[:1].upper() + text[1:] + ".", ""]
     if res["rss_kb"] or res["startup_ms"]:
         lines += [
             "## Memory (RSS, MiB; process plus its children) and start-up time",
@@ -503,8 +515,12 @@ def markdown(res):
             "(Envoy's V8 compiles at every start too); `weft-wasm (warm cache)` is a restart that "
             "reuses the compiled module, measured after the load runs.",
             "",
-            "| process | idle after start | after load | peak (VmHWM) | start-up ms |",
-            "|---|---|---|---|---|",
+            "`after A, B` and its peak are measured after scenarios A and B (and E), before C and "
+            "D; `after C, D` and `peak at end` after C and D, which only direct, weft, envoy, nginx "
+            "and haproxy run (1 MiB bodies and HTTP/2 grow some buffers).",
+            "",
+            "| process | idle after start | after A, B | peak after A, B | after C, D | peak at end | start-up ms |",
+            "|---|---|---|---|---|---|---|",
         ]
         for c in PROXIES + ["weft-wasm-warm", "upstream"]:
             row = res["rss_kb"].get(c)
@@ -512,7 +528,7 @@ def markdown(res):
             if row is None and st is None:
                 continue
             row = row or {}
-            cells = [f"{row[k] / 1024:.1f}" if k in row else "–" for k in ("idle", "after", "peak")]
+            cells = [f"{row[k] / 1024:.1f}" if k in row else "–" for k in ("idle", "after", "peak", "end", "end_peak")]
             cells.append(str(st) if st is not None else "–")
             label = "weft-wasm (warm cache)" if c == "weft-wasm-warm" else c
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -521,7 +537,7 @@ def markdown(res):
         lines += [
             "RSS cost of the plugin (MiB, with minus without):",
             "",
-            "| delta | idle after start | after load | peak (VmHWM) |",
+            "| delta | idle after start | after A, B | peak after A, B |",
             "|---|---|---|---|",
         ]
         for name, d in res["rss_plugin_delta_kb"].items():

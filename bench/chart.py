@@ -4,7 +4,7 @@
     python3 bench/chart.py [bench/results/latest.json] [docs/performance-ratios.svg]
 
 Bars: scenario A requests/s of each candidate relative to no proxy (median of the per-round
-ratios), and the headline Weft ratios against each peer.
+ratios), and the headline Weft ratios against each peer (one and three Wasm plugins included).
 """
 import json
 import statistics
@@ -25,7 +25,11 @@ def main():
     dst = sys.argv[2] if len(sys.argv) > 2 else "docs/performance-ratios.svg"
     data = json.load(open(src))
     runs = data["scenarios"]["A"]["runs"]
-    cands = [c for c in ["weft", "weft-wasm", "nginx", "haproxy", "envoy", "envoy-wasm"] if c in runs]
+    cands = [
+        c
+        for c in ["weft", "weft-wasm", "weft-wasm3", "nginx", "haproxy", "envoy", "envoy-wasm", "envoy-wasm3"]
+        if c in runs
+    ]
     bars = [(f"{c} / no proxy", per_round_ratio(runs, c, "direct")) for c in cands]
     bars += [
         ("weft / nginx", per_round_ratio(runs, "weft", "nginx")),
@@ -33,6 +37,8 @@ def main():
         ("weft / envoy", per_round_ratio(runs, "weft", "envoy")),
         ("weft-wasm / envoy-wasm", per_round_ratio(runs, "weft-wasm", "envoy-wasm")),
         ("weft-wasm / weft", per_round_ratio(runs, "weft-wasm", "weft")),
+        ("weft-wasm3 / envoy-wasm3", per_round_ratio(runs, "weft-wasm3", "envoy-wasm3")),
+        ("weft-wasm3 / weft", per_round_ratio(runs, "weft-wasm3", "weft")),
     ]
     bars = [(label, v) for label, v in bars if v is not None]
     width, row, left = 760, 28, 200

@@ -566,6 +566,19 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
+# 6a. RSS after the load of A and B (VmRSS now, VmHWM = peak over the process's life so far),
+# before C and D, which not every candidate runs.
+for c in "${CANDS[@]}" upstream; do
+    [ "$c" = direct ] && continue
+    if kill -0 "${PID[$c]}" 2>/dev/null; then
+        meta "rss_after_kb.$c" "$(rss_kb "${PID[$c]}" VmRSS)"
+        meta "rss_peak_kb.$c" "$(rss_kb "${PID[$c]}" VmHWM)"
+    else
+        meta "exited.$c" "exited before the end of the run"
+    fi
+done
+
+# ---------------------------------------------------------------------------------------------
 # 6b. Scenario C: HTTP/2 small responses, h2c with prior knowledge (h2load -t1 -c$H2_CONNS
 # -m$H2_STREAMS, its own --warm-up-time). Downstream HTTP/2, upstream HTTP/1.1 as in A.
 if want C; then
@@ -632,16 +645,17 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-# 7. RSS after the load (VmRSS now, VmHWM = peak over the process's life).
-for c in "${CANDS[@]}" upstream; do
-    [ "$c" = direct ] && continue
-    if kill -0 "${PID[$c]}" 2>/dev/null; then
-        meta "rss_after_kb.$c" "$(rss_kb "${PID[$c]}" VmRSS)"
-        meta "rss_peak_kb.$c" "$(rss_kb "${PID[$c]}" VmHWM)"
-    else
-        meta "exited.$c" "exited before the end of the run"
-    fi
-done
+# 7. RSS after the load of C and D (rss_end_kb: VmRSS now; rss_end_peak_kb: VmHWM), if either
+# ran: 1 MiB bodies and HTTP/2 grow some proxies' buffers, and only some candidates run them.
+if want C || want D; then
+    for c in "${CANDS[@]}" upstream; do
+        [ "$c" = direct ] && continue
+        if kill -0 "${PID[$c]}" 2>/dev/null; then
+            meta "rss_end_kb.$c" "$(rss_kb "${PID[$c]}" VmRSS)"
+            meta "rss_end_peak_kb.$c" "$(rss_kb "${PID[$c]}" VmHWM)"
+        fi
+    done
+fi
 meta loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ---------------------------------------------------------------------------------------------
@@ -654,6 +668,7 @@ meta loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 # triggers the watcher's own reload (after a 200 ms debounce) of the same bytes; the
 # swap counters before/after (raw/F/plugins-*.json) show how many swaps happened in all.
 # Afterwards the original plugin is put back (and reloaded) and checked for x-plugin: v1.
+# Just before, the same wrk run without swaps gives the baseline (raw/F/wrk-baseline.txt).
 if ! want F; then
     :
 elif [ $HAVE_WRK != 1 ] || ! has_cand weft-wasm || ! alive weft-wasm; then
@@ -670,6 +685,10 @@ else
     echo "# swap start_ms_since_wrk_start http_code post_ms sha256_16" >>"$RAW/F/swaps.txt"
     # 1 s of load first, then one swap every (F_DURATION - 2) / F_SWAPS seconds.
     interval_ns=$(((F_DURATION - 2) * 1000000000 / F_SWAPS))
+    # Baseline: the same load without swaps, just before.
+    log "F: wrk -t1 -c$F_CONNS -d${F_DURATION}s on weft-wasm, no swaps (baseline)"
+    run_child timeout -k 5 $((F_DURATION + 30)) "${PIN_LOAD[@]}" wrk -t1 -c"$F_CONNS" -d"${F_DURATION}s" --latency \
+        "http://127.0.0.1:${PORT[weft-wasm]}/" >"$RAW/F/wrk-baseline.txt" 2>&1 || log "F: baseline wrk exited non-zero"
     log "F: wrk -t1 -c$F_CONNS -d${F_DURATION}s on weft-wasm, $F_SWAPS plugin swaps"
     "${PIN_LOAD[@]}" timeout -k 5 $((F_DURATION + 30)) wrk -t1 -c"$F_CONNS" -d"${F_DURATION}s" --latency \
         "http://127.0.0.1:${PORT[weft-wasm]}/" >"$RAW/F/wrk.txt" 2>&1 3>&- &
