@@ -572,7 +572,10 @@ async fn forward_upstream(
     if let (Some(exchange), Some(s)) = (c.wasm.as_mut(), state) {
         let props = exchange.properties();
         props.set("upstream.address", endpoint.addr.to_string().into_bytes());
-        props.set("upstream.port", u64::from(endpoint.addr.port()).to_le_bytes().to_vec());
+        props.set(
+            "upstream.port",
+            u64::from(endpoint.addr.port()).to_le_bytes().to_vec(),
+        );
         props.set("xds.cluster_name", cluster.name.as_bytes().to_vec());
         match exchange
             .response(&mut parts, body, s.wasm_max_body.max(1))
