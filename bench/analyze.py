@@ -496,8 +496,8 @@ def markdown(res):
             notes = []
             if "swap_counter_delta" in sw:
                 notes.append(
-                    f"`adder` swap counter went up by {sw['swap_counter_delta']} (the POSTs plus the file "
-                    "watcher's own reloads of the same files)"
+                    f"`adder` swap counter (GET /plugins) went up by {sw['swap_counter_delta']} for "
+                    f"{sw['ok']} successful POSTs (any excess: the file watcher's own reloads)"
                 )
             notes.append(f"last swap ended {sw['last_swap_end_ms']} ms after the load started")
             if sw.get("rss_after_swaps_kb"):

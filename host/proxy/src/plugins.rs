@@ -490,7 +490,8 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// Lower-case hex sha256, as `Plugin::sha256`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes)
         .iter()

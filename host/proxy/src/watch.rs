@@ -75,8 +75,6 @@ pub fn spawn_plugin_watcher(proxy: Proxy) {
     };
     tokio::spawn(async move {
         let mut watched: Vec<PathBuf> = Vec::new();
-        let mut hashes: std::collections::HashMap<PathBuf, Vec<u8>> =
-            std::collections::HashMap::new();
         let mut refresh = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -87,7 +85,6 @@ pub fn spawn_plugin_watcher(proxy: Proxy) {
                         if !watched.contains(&dir) && watcher.watch(&dir, RecursiveMode::NonRecursive).is_ok() {
                             watched.push(dir);
                         }
-                        hashes.entry(h.file.clone()).or_insert_with(|| std::fs::read(&h.file).unwrap_or_default());
                     }
                 }
                 changed = rx.recv() => {
@@ -104,10 +101,15 @@ pub fn spawn_plugin_watcher(proxy: Proxy) {
                             continue;
                         }
                         let now = std::fs::read(&h.file).unwrap_or_default();
-                        if now.is_empty() || hashes.get(&h.file) == Some(&now) {
+                        // Unchanged from the serving version (e.g. already swapped in through
+                        // the admin endpoint): nothing to do.
+                        let serving = match &*h.current() {
+                            crate::plugins::PluginVersion::Loaded(p) => Some(p.sha256.clone()),
+                            crate::plugins::PluginVersion::Failed { .. } => None,
+                        };
+                        if now.is_empty() || serving.as_deref() == Some(crate::plugins::sha256_hex(&now).as_str()) {
                             continue;
                         }
-                        hashes.insert(h.file.clone(), now);
                         if !names.contains(&h.name) {
                             names.push(h.name.clone());
                         }
