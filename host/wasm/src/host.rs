@@ -796,59 +796,38 @@ fn callouts(linker: &mut Linker<HostState>) -> Result<()> {
         },
     )?;
     // gRPC callouts are not implemented yet (docs/abi.md); they answer Unimplemented.
-    linker.func_wrap(
-        ENV,
-        "proxy_grpc_call",
-        |_: Caller<'_, HostState>,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32| { status(Status::Unimplemented) },
-    )?;
-    linker.func_wrap(
-        ENV,
-        "proxy_grpc_stream",
-        |_: Caller<'_, HostState>,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32| { status(Status::Unimplemented) },
-    )?;
-    linker.func_wrap(
-        ENV,
-        "proxy_grpc_send",
-        |_: Caller<'_, HostState>, _: i32, _: i32, _: i32, _: i32| status(Status::Unimplemented),
-    )?;
-    linker.func_wrap(
-        ENV,
-        "proxy_grpc_cancel",
-        |_: Caller<'_, HostState>, _: i32| status(Status::Unimplemented),
-    )?;
-    linker.func_wrap(
-        ENV,
-        "proxy_grpc_close",
-        |_: Caller<'_, HostState>, _: i32| status(Status::Unimplemented),
-    )?;
-    linker.func_wrap(
-        ENV,
-        "proxy_call_foreign_function",
-        |_: Caller<'_, HostState>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| {
-            status(Status::NotFound)
-        },
-    )?;
+    for (name, params) in [
+        ("proxy_grpc_call", 12),
+        ("proxy_grpc_stream", 9),
+        ("proxy_grpc_send", 4),
+        ("proxy_grpc_cancel", 1),
+        ("proxy_grpc_close", 1),
+    ] {
+        define_stub(linker, name, params, Status::Unimplemented)?;
+    }
+    // No foreign functions are offered.
+    define_stub(linker, "proxy_call_foreign_function", 6, Status::NotFound)?;
+    Ok(())
+}
+
+/// Defines `env.name` as a function of `params` i32 arguments that always answers `answer`.
+fn define_stub(
+    linker: &mut Linker<HostState>,
+    name: &str,
+    params: usize,
+    answer: Status,
+) -> Result<()> {
+    let ty = wasmtime::FuncType::new(
+        linker.engine(),
+        std::iter::repeat_n(wasmtime::ValType::I32, params),
+        [wasmtime::ValType::I32],
+    );
+    linker.func_new(ENV, name, ty, move |_, _, results| {
+        if let Some(r) = results.first_mut() {
+            *r = Val::I32(answer.raw());
+        }
+        Ok(())
+    })?;
     Ok(())
 }
 
