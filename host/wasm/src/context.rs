@@ -242,6 +242,8 @@ pub(crate) struct HostState {
     /// `proxy_get_status` of the last callout.
     pub(crate) last_status: (u32, Vec<u8>),
     pub(crate) started: std::time::Instant,
+    /// This thread's CPU clock when the current guest call started (the CPU budget's base).
+    pub(crate) cpu_start: Option<std::time::Duration>,
 }
 
 impl HostState {
@@ -267,6 +269,7 @@ impl HostState {
             root_state: HashMap::new(),
             last_status: (0, Vec::new()),
             started: std::time::Instant::now(),
+            cpu_start: None,
         }
     }
 

@@ -432,9 +432,9 @@ impl Plugin {
     fn new_instance(&self) -> Result<Arc<Slot>, LoadError> {
         let mut store = Store::new(self.engine.engine(), HostState::new(self.info.clone()));
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(cpu_budget_check);
         let ticks = self.deadline_ticks();
-        store.set_epoch_deadline(ticks);
+        arm_deadline(&mut store, ticks);
         let instance = self
             .pre
             .instantiate(&mut store)
@@ -454,7 +454,7 @@ impl Plugin {
         if let Some(init) = typed::<(), ()>(&instance, &mut store, "_initialize")? {
             init.call(&mut store, ()).map_err(start_err)?;
             if let Some(main) = typed::<(i32, i32), i32>(&instance, &mut store, "main")? {
-                store.set_epoch_deadline(ticks);
+                arm_deadline(&mut store, ticks);
                 main.call(&mut store, (0, 0)).map_err(start_err)?;
             }
         } else if let Some(start) = typed::<(), ()>(&instance, &mut store, "_start")? {
@@ -836,6 +836,34 @@ impl Plugin {
     }
 }
 
+/// Starts a guest call's CPU budget: the epoch deadline (a wall-clock check every tick) and
+/// the thread CPU clock it is measured against.
+pub(crate) fn arm_deadline(store: &mut Store<HostState>, ticks: u64) {
+    store.set_epoch_deadline(ticks);
+    store.data_mut().cpu_start = Some(cpu_time::ThreadTime::now().as_duration());
+}
+
+/// Runs when a call reaches its epoch deadline: the budget is CPU time, so a call that was
+/// merely descheduled (a busy machine) gets the rest of its budget; one that used it is
+/// interrupted (a trap, reported as `Failure::Deadline`).
+fn cpu_budget_check(
+    ctx: wasmtime::StoreContextMut<'_, HostState>,
+) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+    let state = ctx.data();
+    let budget = state.plugin.limits.cpu_deadline;
+    let used = state.cpu_start.map_or(budget, |start| {
+        cpu_time::ThreadTime::now()
+            .as_duration()
+            .saturating_sub(start)
+    });
+    if used >= budget {
+        return Ok(wasmtime::UpdateDeadline::Interrupt);
+    }
+    let tick = EPOCH_TICK.as_micros().max(1);
+    let remaining = ((budget - used).as_micros() / tick).max(1) as u64;
+    Ok(wasmtime::UpdateDeadline::Continue(remaining))
+}
+
 fn typed<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
     instance: &Instance,
     store: &mut Store<HostState>,
@@ -859,7 +887,7 @@ pub(crate) fn run<R>(
     call: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
 ) -> Result<R, Failure> {
     let store = &mut state.store;
-    store.set_epoch_deadline(deadline_ticks);
+    arm_deadline(store, deadline_ticks);
     {
         let data = store.data_mut();
         data.phase = phase;

@@ -305,7 +305,7 @@ fn run_with<R>(
     id: u32,
     f: impl FnOnce(&mut InstanceState, i32) -> wasmtime::Result<R>,
 ) -> Result<R, Failure> {
-    state.store.set_epoch_deadline(ticks);
+    crate::plugin::arm_deadline(&mut state.store, ticks);
     {
         let data = state.store.data_mut();
         data.phase = phase;
