@@ -78,9 +78,6 @@ pub enum BuildError {
     /// A plugin could not be loaded.
     #[error(transparent)]
     Plugin(#[from] crate::plugins::PluginError),
-    /// A feature that is not built yet.
-    #[error("unimplemented: {0}")]
-    Unimplemented(String),
 }
 
 /// One compiled configuration.

@@ -38,8 +38,6 @@ pub mod flags {
     pub const UPSTREAM_RESET: &str = "UR";
     /// Downstream protocol error (framing guard).
     pub const DOWNSTREAM_PROTOCOL_ERROR: &str = "DPE";
-    /// A filter answered locally.
-    pub const LOCAL_REPLY: &str = "-";
     /// No flag.
     pub const NONE: &str = "-";
 }
