@@ -29,4 +29,4 @@ pub mod tcp_filter;
 pub mod wasm_filter;
 mod watch;
 
-pub use runtime::{ConfigSource, Proxy, ProxyError, StartOptions};
+pub use runtime::{ConfigSource, Proxy, ProxyError, Signals, StartOptions};

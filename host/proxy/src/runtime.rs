@@ -95,6 +95,26 @@ pub enum ProxyError {
     },
 }
 
+/// SIGTERM, SIGINT and SIGHUP handlers; install them before starting the proxy.
+#[derive(Debug)]
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside a tokio runtime).
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// A handle on the running proxy; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Proxy {
@@ -393,21 +413,14 @@ impl Proxy {
     }
 
     /// Runs until SIGTERM, SIGINT or `POST /quitquitquit`, reloading on SIGHUP; then drains.
-    pub async fn run_until_signalled(&self) -> bool {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return self.wait().await;
-        };
+    /// `signals` must be installed before the proxy starts listening, so that a signal that
+    /// arrives during start-up drains instead of killing the process.
+    pub async fn run_until_signalled(&self, mut signals: Signals) -> bool {
         loop {
             tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: draining"); self.shutdown(); }
-                _ = int.recv() => { tracing::info!("SIGINT: draining"); self.shutdown(); }
-                _ = hup.recv() => { let _ = self.reload().await; continue; }
+                _ = signals.term.recv() => { tracing::info!("SIGTERM: draining"); self.shutdown(); }
+                _ = signals.int.recv() => { tracing::info!("SIGINT: draining"); self.shutdown(); }
+                _ = signals.hup.recv() => { let _ = self.reload().await; continue; }
                 _ = self.inner.shutdown.cancelled() => {}
             }
             break;

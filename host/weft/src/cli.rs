@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use weft_proxy::{ConfigSource, Proxy, StartOptions};
+use weft_proxy::{ConfigSource, Proxy, Signals, StartOptions};
 
 /// The embedded demo configuration used by `weft run` without `-c`.
 pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
@@ -121,6 +121,14 @@ fn run(config: Option<PathBuf>) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Before anything listens: a SIGTERM during start-up then drains instead of killing.
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let demo = config.is_none();
         if demo {
             let addr = DEMO_ECHO
@@ -149,7 +157,7 @@ fn run(config: Option<PathBuf>) -> ExitCode {
         if demo {
             print_demo_help(&proxy);
         }
-        if proxy.run_until_signalled().await {
+        if proxy.run_until_signalled(signals).await {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(2)
