@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod envoy;
+pub mod plugins;
 pub mod upstream;
 
 use std::net::SocketAddr;
