@@ -128,17 +128,12 @@ mod tests {
         paths: Vec<String>,
     }
 
-    #[derive(Debug, Deserialize, PartialEq)]
+    #[derive(Debug, Deserialize, PartialEq, Default)]
     #[serde(rename_all = "UPPERCASE")]
     enum Action {
+        #[default]
         Allow,
         Deny,
-    }
-
-    impl Default for Action {
-        fn default() -> Self {
-            Action::Allow
-        }
     }
 
     #[derive(Debug, Deserialize, Default, PartialEq)]
@@ -151,7 +146,10 @@ mod tests {
     #[test]
     fn empty_configuration_uses_defaults() {
         assert_eq!(parse::<Settings>(b"").expect("empty"), Settings::default());
-        assert_eq!(parse::<Settings>(b"  \n").expect("blank"), Settings::default());
+        assert_eq!(
+            parse::<Settings>(b"  \n").expect("blank"),
+            Settings::default()
+        );
     }
 
     #[test]
@@ -170,7 +168,9 @@ mod tests {
     #[test]
     fn within_prefixes_the_path() {
         assert_eq!(
-            ConfigError::invalid("paths[0]", "bad").within("rules[2]").field(),
+            ConfigError::invalid("paths[0]", "bad")
+                .within("rules[2]")
+                .field(),
             "rules[2].paths[0]"
         );
         assert_eq!(

@@ -30,15 +30,13 @@ pub fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;
@@ -102,7 +100,10 @@ mod tests {
         assert_eq!(path_only("/a#f"), "/a");
         assert_eq!(query_string("/a?x=1&y=2#f"), "x=1&y=2");
         assert_eq!(query_string("/a"), "");
-        assert_eq!(query_param("/a?x=1&na%6De=b+c%21", "name").as_deref(), Some("b c!"));
+        assert_eq!(
+            query_param("/a?x=1&na%6De=b+c%21", "name").as_deref(),
+            Some("b c!")
+        );
         assert_eq!(query_param("/a?flag&x=1", "flag").as_deref(), Some(""));
         assert_eq!(query_param("/a?x=1", "y"), None);
         assert_eq!(percent_decode("100%"), "100%");

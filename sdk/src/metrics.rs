@@ -59,7 +59,10 @@ pub fn labeled(base: &str, labels: &[(&str, &str)]) -> String {
         name.push(';');
         name.push_str(k);
         name.push('=');
-        name.extend(v.chars().map(|c| if c == ';' || c == '=' { '_' } else { c }));
+        name.extend(
+            v.chars()
+                .map(|c| if c == ';' || c == '=' { '_' } else { c }),
+        );
     }
     name
 }

@@ -81,7 +81,10 @@ mod tests {
 
     #[test]
     fn integers_render_in_decimal() {
-        assert_eq!(decode_display("response.code", &200u64.to_le_bytes()), "200");
+        assert_eq!(
+            decode_display("response.code", &200u64.to_le_bytes()),
+            "200"
+        );
         assert_eq!(decode_display("request.path", b"/x"), "/x");
         assert_eq!(decode_display("response.code", b"abc"), "abc");
         assert_eq!(decode_u64(&[1, 0, 0, 0, 0, 0, 0, 0]), Some(1));

@@ -21,10 +21,8 @@ pub fn json(status: u32, body: &serde_json::Value, headers: &[(&str, &str)]) {
 /// Sends an error reply: `{"error": code, "message": message}`, with `reason_header` set to
 /// `code` so clients and logs can tell why without parsing the body.
 pub fn error(status: u32, code: &str, message: &str, reason_header: &str, extra: &[(&str, &str)]) {
-    let mut headers: Vec<(&str, &str)> = vec![
-        ("content-type", "application/json"),
-        (reason_header, code),
-    ];
+    let mut headers: Vec<(&str, &str)> =
+        vec![("content-type", "application/json"), (reason_header, code)];
     headers.extend_from_slice(extra);
     let body = error_body(code, message);
     let _ = proxy_wasm::hostcalls::send_http_response(status, headers, Some(&body));

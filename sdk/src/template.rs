@@ -159,8 +159,9 @@ mod tests {
 
     #[test]
     fn renders_variables_defaults_and_escapes() {
-        let t = Template::parse("%{request.path} by %{request.header.User-Agent} 100%% %{x.y|none}")
-            .expect("parse");
+        let t =
+            Template::parse("%{request.path} by %{request.header.User-Agent} 100%% %{x.y|none}")
+                .expect("parse");
         assert_eq!(t.render(resolve), "/x by curl 100% none");
         assert!(!t.is_literal());
         assert_eq!(t.vars().count(), 3);

@@ -38,7 +38,10 @@ impl Settings {
             return Err(ConfigError::invalid("reply_path", "must start with `/`"));
         }
         if s.greeting.bytes().any(|b| b.is_ascii_control()) {
-            return Err(ConfigError::invalid("greeting", "control characters are not allowed in a header value"));
+            return Err(ConfigError::invalid(
+                "greeting",
+                "control characters are not allowed in a header value",
+            ));
         }
         Ok(s)
     }
@@ -74,7 +77,10 @@ impl RootContext for HelloRoot {
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
         let settings = self.settings.clone()?;
-        Some(Box::new(Hello { settings, metrics: Metrics::new() }))
+        Some(Box::new(Hello {
+            settings,
+            metrics: Metrics::new(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {

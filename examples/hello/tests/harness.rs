@@ -14,8 +14,15 @@ fn adds_the_greeting_header_upstream() {
     let plugin = load(serde_json::json!({ "greeting": "hi there" }));
     let mut exchange = plugin.request().path("/api/items?page=2");
     assert_eq!(exchange.send_request(), Outcome::Continue);
-    assert_eq!(exchange.request_header("x-hello").as_deref(), Some("hi there"));
-    assert!(exchange.send_response(CannedResponse::new(200).body("ok")).is_continue());
+    assert_eq!(
+        exchange.request_header("x-hello").as_deref(),
+        Some("hi there")
+    );
+    assert!(
+        exchange
+            .send_response(CannedResponse::new(200).body("ok"))
+            .is_continue()
+    );
     assert_eq!(exchange.response_body(), b"ok");
     exchange.finish();
     assert_eq!(plugin.counter("hello_greetings"), Some(1));
@@ -27,7 +34,10 @@ fn answers_its_own_path_with_json() {
     let mut exchange = plugin.request().path("/hello?x=1");
     let reply = exchange.send_request().expect_reply();
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        reply.header("content-type").as_deref(),
+        Some("application/json")
+    );
     assert_eq!(reply.json()["greeting"], "hello from weft");
 }
 
@@ -37,5 +47,8 @@ fn a_bad_configuration_is_refused_naming_the_field() {
         .configuration_json(serde_json::json!({ "reply_path": "hello" }))
         .load()
         .expect_err("a relative reply_path is refused");
-    assert!(failure.logged("reply_path: must start with `/`"), "{failure}");
+    assert!(
+        failure.logged("reply_path: must start with `/`"),
+        "{failure}"
+    );
 }

@@ -209,8 +209,12 @@ impl PluginRegistry {
             Some(v) => config_bytes(&Some(v.clone())),
             None => config_bytes(&plugin.configuration),
         };
-        let file = base_dir.join(&plugin.file);
-        let bytes = tokio::fs::read(&file)
+        let file = if is_builtin(Path::new(&plugin.file)) {
+            PathBuf::from(&plugin.file)
+        } else {
+            base_dir.join(&plugin.file)
+        };
+        let bytes = read_module(&file)
             .await
             .map_err(|error| PluginError::Read {
                 name: plugin.name.clone(),
@@ -322,7 +326,7 @@ impl PluginRegistry {
             .unwrap_or_default();
         let mut swapped = 0;
         for handle in handles {
-            let bytes = tokio::fs::read(&handle.file)
+            let bytes = read_module(&handle.file)
                 .await
                 .map_err(|error| PluginError::Read {
                     name: name.to_owned(),
@@ -441,47 +445,86 @@ impl PluginRegistry {
                 let _ = writeln!(out, "{name}{{plugin=\"{label}\"}} {value}");
             }
         }
-        for m in weft_wasm::shared::all_metrics() {
-            let name = format!("weft_wasmcustom_{}", sanitize(&m.name));
-            let plugin = m.plugin.replace('"', "'");
-            match m.kind {
-                weft_wasm::types::MetricType::Counter => {
-                    let _ = writeln!(
-                        out,
-                        "# TYPE {name} counter\n{name}_total{{plugin=\"{plugin}\"}} {}",
-                        m.value()
-                    );
+        write_custom_metrics(&mut out, weft_wasm::shared::all_metrics());
+        out
+    }
+}
+
+/// Plugin-defined metrics in Prometheus text. A name `base;k=v;k2=v2` (the SDK's label
+/// convention) becomes series `weft_wasmcustom_base{plugin="…",k="v",k2="v2"}`; series are
+/// grouped under one `# TYPE` line per family.
+fn write_custom_metrics(out: &mut String, metrics: Vec<Arc<weft_wasm::shared::Metric>>) {
+    use weft_wasm::types::MetricType;
+    /// Family name, kind, and its series as (labels, metric).
+    type Family = (
+        String,
+        MetricType,
+        Vec<(String, Arc<weft_wasm::shared::Metric>)>,
+    );
+    let mut families: Vec<Family> = Vec::new();
+    for m in metrics {
+        let mut parts = m.name.split(';');
+        let base = sanitize(parts.next().unwrap_or_default());
+        let mut family = format!("weft_wasmcustom_{base}");
+        if m.kind == MetricType::Counter
+            && let Some(stripped) = family.strip_suffix("_total")
+        {
+            family = stripped.to_owned();
+        }
+        let mut labels = format!("plugin=\"{}\"", escape_label(&m.plugin));
+        for part in parts {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            let k = sanitize(k);
+            if k.is_empty() || k == "plugin" || k == "le" {
+                continue;
+            }
+            let _ = write!(labels, ",{k}=\"{}\"", escape_label(v));
+        }
+        match families
+            .iter_mut()
+            .find(|(f, kind, _)| *f == family && *kind == m.kind)
+        {
+            Some((_, _, series)) => series.push((labels, m)),
+            None => families.push((family, m.kind, vec![(labels, m)])),
+        }
+    }
+    for (family, kind, series) in families {
+        match kind {
+            MetricType::Counter => {
+                let _ = writeln!(out, "# TYPE {family} counter");
+                for (labels, m) in series {
+                    let _ = writeln!(out, "{family}_total{{{labels}}} {}", m.value());
                 }
-                weft_wasm::types::MetricType::Gauge => {
-                    let _ = writeln!(
-                        out,
-                        "# TYPE {name} gauge\n{name}{{plugin=\"{plugin}\"}} {}",
-                        m.value()
-                    );
+            }
+            MetricType::Gauge => {
+                let _ = writeln!(out, "# TYPE {family} gauge");
+                for (labels, m) in series {
+                    let _ = writeln!(out, "{family}{{{labels}}} {}", m.value());
                 }
-                weft_wasm::types::MetricType::Histogram => {
-                    let _ = writeln!(out, "# TYPE {name} histogram");
+            }
+            MetricType::Histogram => {
+                let _ = writeln!(out, "# TYPE {family} histogram");
+                for (labels, m) in series {
                     for (bound, count) in weft_wasm::shared::HISTOGRAM_BOUNDS
                         .iter()
                         .zip(m.cumulative_buckets())
                     {
-                        let _ = writeln!(
-                            out,
-                            "{name}_bucket{{plugin=\"{plugin}\",le=\"{bound}\"}} {count}"
-                        );
+                        let _ = writeln!(out, "{family}_bucket{{{labels},le=\"{bound}\"}} {count}");
                     }
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{{plugin=\"{plugin}\",le=\"+Inf\"}} {}",
-                        m.count()
-                    );
-                    let _ = writeln!(out, "{name}_sum{{plugin=\"{plugin}\"}} {}", m.value());
-                    let _ = writeln!(out, "{name}_count{{plugin=\"{plugin}\"}} {}", m.count());
+                    let _ = writeln!(out, "{family}_bucket{{{labels},le=\"+Inf\"}} {}", m.count());
+                    let _ = writeln!(out, "{family}_sum{{{labels}}} {}", m.value());
+                    let _ = writeln!(out, "{family}_count{{{labels}}} {}", m.count());
                 }
             }
         }
-        out
     }
+}
+
+/// Escapes a Prometheus label value.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn sanitize(name: &str) -> String {
@@ -592,4 +635,55 @@ async fn callout(cluster: &Cluster, call: HttpCallRequest) -> Option<HttpCallRes
         body: body.to_vec(),
         trailers,
     })
+}
+
+/// How a configuration names a module embedded in the binary: `file: builtin:<name>`.
+pub const BUILTIN_PREFIX: &str = "builtin:";
+
+static BUILTINS: std::sync::OnceLock<std::sync::Mutex<HashMap<String, &'static [u8]>>> =
+    std::sync::OnceLock::new();
+
+/// Makes modules embedded in the binary available as `file: builtin:<name>` (the `weft` binary
+/// registers the shipped plugins at start).
+pub fn register_builtin_plugins(modules: &[(&str, &'static [u8])]) {
+    let map = BUILTINS.get_or_init(|| std::sync::Mutex::new(HashMap::new()));
+    if let Ok(mut map) = map.lock() {
+        for (name, bytes) in modules {
+            map.insert((*name).to_owned(), *bytes);
+        }
+    }
+}
+
+/// True when `file` names an embedded module.
+pub fn is_builtin(file: &Path) -> bool {
+    file.to_str().is_some_and(|f| f.starts_with(BUILTIN_PREFIX))
+}
+
+/// A module's bytes: an embedded one for `builtin:<name>`, else the file's.
+async fn read_module(file: &Path) -> std::io::Result<Vec<u8>> {
+    let Some(name) = file.to_str().and_then(|f| f.strip_prefix(BUILTIN_PREFIX)) else {
+        return tokio::fs::read(file).await;
+    };
+    let map = BUILTINS.get_or_init(|| std::sync::Mutex::new(HashMap::new()));
+    let map = map
+        .lock()
+        .map_err(|_| std::io::Error::other("builtin plugin registry poisoned"))?;
+    match map.get(name) {
+        Some(bytes) => Ok(bytes.to_vec()),
+        None => {
+            let mut known: Vec<&str> = map.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "no builtin plugin `{name}` in this binary (builtins: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ))
+        }
+    }
 }

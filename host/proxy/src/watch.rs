@@ -81,6 +81,9 @@ pub fn spawn_plugin_watcher(proxy: Proxy) {
                 _ = refresh.tick() => {
                     // Follow configuration reloads: watch the directories of the current files.
                     for h in proxy.plugins().handles() {
+                        if crate::plugins::is_builtin(&h.file) {
+                            continue;
+                        }
                         let dir = h.file.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
                         if !watched.contains(&dir) && watcher.watch(&dir, RecursiveMode::NonRecursive).is_ok() {
                             watched.push(dir);
@@ -96,6 +99,9 @@ pub fn spawn_plugin_watcher(proxy: Proxy) {
                     let handles = proxy.plugins().handles();
                     let mut names: Vec<String> = Vec::new();
                     for h in &handles {
+                        if crate::plugins::is_builtin(&h.file) {
+                            continue;
+                        }
                         let dir_changed = paths.iter().any(|p| p == &h.file || p.parent() == h.file.parent());
                         if !dir_changed {
                             continue;

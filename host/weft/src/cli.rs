@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use weft_proxy::{ConfigSource, Proxy, Signals, StartOptions};
 
+include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
+
 /// The embedded demo configuration used by `weft run` without `-c`.
 pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
 const DEFAULT_LABEL: &str = "<embedded default>";
@@ -51,6 +53,7 @@ enum Command {
 /// Runs the parsed command line.
 pub fn main(cli: Cli) -> ExitCode {
     init_logging(cli.log_format, &cli.log_level);
+    weft_proxy::plugins::register_builtin_plugins(BUILTIN_PLUGINS);
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => run(config),

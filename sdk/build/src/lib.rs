@@ -308,7 +308,13 @@ mod tests {
         ] {
             assert!(leaks(key), "{key} must be removed");
         }
-        for key in ["CARGO_HOME", "CARGO_NET_OFFLINE", "CARGO_MAKEFLAGS", "PATH", "RUSTC"] {
+        for key in [
+            "CARGO_HOME",
+            "CARGO_NET_OFFLINE",
+            "CARGO_MAKEFLAGS",
+            "PATH",
+            "RUSTC",
+        ] {
             assert!(!leaks(key), "{key} must be kept");
         }
     }

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use weft_wasm::plugin::LogCapture;
 use weft_wasm::{
-    Embedder, EngineOptions, FailurePolicy, HttpCallRequest, HttpCallResponse, LoadError,
-    LogLevel, Plugin, PluginSpec, Properties, WasmEngine,
+    Embedder, EngineOptions, FailurePolicy, HttpCallRequest, HttpCallResponse, LoadError, LogLevel,
+    Plugin, PluginSpec, Properties, WasmEngine,
 };
 
 use crate::exchange::Exchange;
@@ -283,7 +283,9 @@ impl PluginBuilder {
         let mut spec = PluginSpec::new(name.clone(), wasm);
         spec.source = self.source.display().to_string();
         spec.root_id = self.root_id;
-        spec.vm_id = self.vm_id.unwrap_or_else(|| format!("weft-plugin-test-{n}"));
+        spec.vm_id = self
+            .vm_id
+            .unwrap_or_else(|| format!("weft-plugin-test-{n}"));
         spec.configuration = self.configuration;
         spec.vm_configuration = self.vm_configuration;
         spec.env = self.env;
