@@ -41,6 +41,10 @@ enum Command {
         /// Configuration file (YAML); watched and hot-reloaded.
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Also serve the built-in echo upstream on this address (the demo's upstream; the
+        /// embedded demo starts it on 127.0.0.1:18080).
+        #[arg(long, value_name = "ADDRESS")]
+        echo: Option<std::net::SocketAddr>,
     },
     /// Check a configuration file and print every error found.
     Validate {
@@ -56,7 +60,7 @@ pub fn main(cli: Cli) -> ExitCode {
     weft_proxy::plugins::register_builtin_plugins(BUILTIN_PLUGINS);
     match cli.command {
         Command::Validate { config } => validate(&config),
-        Command::Run { config } => run(config),
+        Command::Run { config, echo } => run(config, echo),
     }
 }
 
@@ -90,7 +94,7 @@ fn validate(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(config: Option<PathBuf>) -> ExitCode {
+fn run(config: Option<PathBuf>, echo: Option<std::net::SocketAddr>) -> ExitCode {
     let source = match &config {
         Some(path) => ConfigSource::File(path.clone()),
         None => ConfigSource::Embedded {
@@ -133,14 +137,16 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             }
         };
         let demo = config.is_none();
-        if demo {
-            let addr = DEMO_ECHO
+        let echo = echo.or_else(|| demo.then(|| {
+            DEMO_ECHO
                 .parse()
-                .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 18080)));
-            if let Err(e) = weft_proxy::echo::spawn_echo(addr, "demo-echo").await {
-                eprintln!("demo echo upstream {DEMO_ECHO}: cannot bind: {e}");
-                return ExitCode::FAILURE;
-            }
+                .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 18080)))
+        }));
+        if let Some(addr) = echo
+            && let Err(e) = weft_proxy::echo::spawn_echo(addr, "demo-echo").await
+        {
+            eprintln!("echo upstream {addr}: cannot bind: {e}");
+            return ExitCode::FAILURE;
         }
         let proxy = match Proxy::start(
             source,
