@@ -950,7 +950,9 @@ pub(crate) fn deliver_call_response(
             Some(_) => (0, Vec::new()),
             None => (1, b"callout failed".to_vec()),
         };
-        data.callout = response;
+        // A failed callout reads as empty maps and body (as in Envoy), not NOT_FOUND, which
+        // the Rust SDK's getters turn into a panic.
+        data.callout = Some(response.unwrap_or_default());
     }
     let r = run(state, ticks, Phase::HttpCallResponse, context_id, |s| {
         f.call(

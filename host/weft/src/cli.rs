@@ -8,10 +8,10 @@ use weft_proxy::{ConfigSource, Proxy, Signals, StartOptions};
 
 include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 
-/// The embedded demo configuration used by `weft run` without `-c`.
-pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
+/// The embedded demo configuration used by `weft run` without `-c`: the all-plugins example.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../examples/all-plugins/weft.yaml");
 const DEFAULT_LABEL: &str = "<embedded default>";
-/// Where the demo's echo upstream listens (must match `default.yaml`).
+/// Where the demo's echo upstream listens (must match the demo configuration).
 const DEMO_ECHO: &str = "127.0.0.1:18080";
 
 /// Weft: a WebAssembly-extensible service-mesh sidecar proxy.
@@ -184,13 +184,15 @@ fn print_demo_help(proxy: &Proxy) {
         .map(|a| a.to_string())
         .unwrap_or_default();
     println!(
-        "\nWeft demo is running: an echo upstream on {DEMO_ECHO} behind Weft on {listener}.\n\
+        "\nWeft demo is running: an echo upstream on {DEMO_ECHO} behind Weft on {listener},\n\
+         with the shipped plugins (telemetry, header-rewrite, authz on /private).\n\
          Try:\n  \
-         curl -i http://{listener}/hello          # proxied to the echo upstream\n  \
-         curl -i http://{listener}/healthz        # direct response\n  \
-         curl -i http://{listener}/docs/intro     # redirect\n  \
-         curl -s http://{admin}/metrics | grep weft_downstream_rq\n  \
-         curl -s http://{admin}/config_dump\n\
+         curl -i http://{listener}/hello                 # proxied; see x-client-address upstream, security headers back\n  \
+         curl -i http://{listener}/private/data          # 401: no API key (authz)\n  \
+         curl -i -H 'x-api-key: weft-demo-key-0123' http://{listener}/private/data   # 200\n  \
+         curl -i -H 'x-api-key: weft-demo-key-0123' http://{listener}/private/admin  # 403: policy admins-only\n  \
+         curl -s http://{admin}/metrics | grep wasmcustom   # the plugins' metrics\n  \
+         curl -s http://{admin}/plugins                  # plugin versions and chains\n\
          Stop with Ctrl-C (graceful drain).\n"
     );
 }
