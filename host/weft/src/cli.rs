@@ -137,11 +137,13 @@ fn run(config: Option<PathBuf>, echo: Option<std::net::SocketAddr>) -> ExitCode 
             }
         };
         let demo = config.is_none();
-        let echo = echo.or_else(|| demo.then(|| {
-            DEMO_ECHO
-                .parse()
-                .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 18080)))
-        }));
+        let echo = echo.or_else(|| {
+            demo.then(|| {
+                DEMO_ECHO
+                    .parse()
+                    .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 18080)))
+            })
+        });
         if let Some(addr) = echo
             && let Err(e) = weft_proxy::echo::spawn_echo(addr, "demo-echo").await
         {
