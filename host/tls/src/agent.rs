@@ -1,0 +1,1 @@
+//! The sidecar's certificate agent (istio-agent's role).

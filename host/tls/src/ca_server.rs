@@ -1,0 +1,1 @@
+//! The CA's signing endpoint (`weft ca serve`).
