@@ -9,6 +9,7 @@ mod balancing;
 mod differential;
 mod errors;
 mod framing;
+mod mtls;
 mod plugins;
 mod protocols;
 mod reload;

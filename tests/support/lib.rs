@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod envoy;
+pub mod mesh;
 pub mod upstream;
 
 use std::net::SocketAddr;

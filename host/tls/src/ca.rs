@@ -344,6 +344,28 @@ pub fn write_file(path: &Path, data: &str, private: bool) -> Result<(), TlsError
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// The URI SAN a CSR asks for (exactly one required).
+pub fn csr_uri(csr_pem: &str) -> Result<String, TlsError> {
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| ca_err("parsing the CSR", e))?;
+    let uris: Vec<String> = csr
+        .params
+        .subject_alt_names
+        .iter()
+        .filter_map(|s| match s {
+            SanType::URI(u) => Some(u.as_str().to_owned()),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(TlsError::Ca(format!(
+            "the CSR must ask for exactly one URI SAN (it has {})",
+            uris.len()
+        ))),
+    }
+}
+
 /// Makes a CSR for `spiffe_id` with a fresh key; returns (CSR PEM, key PEM).
 pub fn new_csr(spiffe_id: &str) -> Result<(String, String), TlsError> {
     let id = SpiffeId::parse(spiffe_id).map_err(|e| TlsError::Ca(e.to_string()))?;

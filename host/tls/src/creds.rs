@@ -216,6 +216,29 @@ impl Credentials {
         }))
     }
 
+    /// Credentials held in memory only (the CA endpoint's own certificate); `label` names them
+    /// in errors. They are never reloaded.
+    pub fn from_pem(
+        label: &str,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        bundle_pem: &[u8],
+    ) -> Result<Arc<Credentials>, TlsError> {
+        let files = CredentialFiles {
+            cert: PathBuf::from(format!("<{label} certificate>")),
+            key: PathBuf::from(format!("<{label} key>")),
+            bundle: PathBuf::from(format!("<{label} bundle>")),
+        };
+        let m = material_from_pem(&files, cert_pem, key_pem, bundle_pem, unix_now())?;
+        Ok(Arc::new(Credentials {
+            files,
+            current: ArcSwap::from_pointee(m),
+            rotations: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        }))
+    }
+
     /// The files this set is read from.
     pub fn files(&self) -> &CredentialFiles {
         &self.files

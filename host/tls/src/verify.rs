@@ -92,13 +92,31 @@ pub struct PeerRules {
     pub allowed: Vec<String>,
 }
 
+/// Where a verifier's trust bundle comes from.
+#[derive(Debug, Clone)]
+pub enum Roots {
+    /// The bundle of rotating credentials (and their trust domain as the default).
+    Creds(Arc<Credentials>),
+    /// A fixed bundle (e.g. the CA bundle of a workload that has no certificate yet).
+    Fixed(Arc<RootCertStore>),
+}
+
+impl Roots {
+    fn get(&self) -> (Arc<RootCertStore>, Option<String>) {
+        match self {
+            Roots::Creds(c) => {
+                let m = c.current();
+                (m.roots.clone(), m.trust_domain().map(str::to_owned))
+            }
+            Roots::Fixed(r) => (r.clone(), None),
+        }
+    }
+}
+
 impl PeerRules {
-    fn policy(&self, creds: &Credentials) -> IdentityPolicy {
+    fn policy(&self, own_td: Option<String>) -> IdentityPolicy {
         IdentityPolicy {
-            trust_domain: self
-                .trust_domain
-                .clone()
-                .or_else(|| creds.current().trust_domain().map(str::to_owned)),
+            trust_domain: self.trust_domain.clone().or(own_td),
             allowed: self.allowed.clone(),
         }
     }
@@ -107,14 +125,22 @@ impl PeerRules {
 /// Verifies servers (used by clusters): chain against the bundle, then the SPIFFE identity.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
-    creds: Arc<Credentials>,
+    roots: Roots,
     rules: PeerRules,
 }
 
 impl SpiffeServerVerifier {
     /// A verifier using `creds`' bundle.
     pub fn new(creds: Arc<Credentials>, rules: PeerRules) -> SpiffeServerVerifier {
-        SpiffeServerVerifier { creds, rules }
+        SpiffeServerVerifier {
+            roots: Roots::Creds(creds),
+            rules,
+        }
+    }
+
+    /// A verifier using a fixed bundle.
+    pub fn with_roots(roots: Roots, rules: PeerRules) -> SpiffeServerVerifier {
+        SpiffeServerVerifier { roots, rules }
     }
 }
 
@@ -127,10 +153,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let m = self.creds.current();
-        verify_chain_at(&m.roots, end_entity, intermediates, Usage::Server, now)?;
+        let (roots, own_td) = self.roots.get();
+        verify_chain_at(&roots, end_entity, intermediates, Usage::Server, now)?;
         self.rules
-            .policy(&self.creds)
+            .policy(own_td)
             .check(end_entity)
             .map_err(identity_error)?;
         Ok(ServerCertVerified::assertion())
@@ -212,7 +238,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         let m = self.creds.current();
         verify_chain_at(&m.roots, end_entity, intermediates, Usage::Client, now)?;
         self.rules
-            .policy(&self.creds)
+            .policy(m.trust_domain().map(str::to_owned))
             .check(end_entity)
             .map_err(identity_error)?;
         Ok(ClientCertVerified::assertion())
