@@ -64,7 +64,6 @@ fn rules(list: &[schema::SourceRule]) -> Vec<SourceRule> {
 }
 
 /// A listener's TLS: mode, acceptor (following rotating credentials) and authorization.
-#[derive(Debug)]
 pub struct ListenerTls {
     /// PeerAuthentication mode.
     pub mode: TlsMode,
@@ -74,6 +73,25 @@ pub struct ListenerTls {
     pub creds: Arc<Credentials>,
     /// Who may send requests.
     pub authorization: Authorization,
+}
+
+impl std::fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("mode", &self.mode)
+            .field("creds", &self.creds.files())
+            .field("authorization", &self.authorization)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("sni", &self.sni)
+            .field("creds", &self.creds.files())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ListenerTls {
@@ -116,7 +134,6 @@ impl ListenerTls {
 }
 
 /// A cluster's TLS client side.
-#[derive(Debug)]
 pub struct UpstreamTls {
     /// The connector.
     pub connector: tokio_rustls::TlsConnector,
