@@ -88,7 +88,8 @@ async fn mtls_two_sidecars_h2_with_identity_flowing_on() {
     assert!(xfcc.starts_with(&format!("By={server_id};Hash=")), "{xfcc}");
     assert!(xfcc.ends_with(&format!(";URI={client_id}")), "{xfcc}");
     assert!(!xfcc.contains("spoofed"), "sanitize_set replaces a client-sent header");
-    assert_eq!(j["headers"]["x-forwarded-proto"], "https");
+    // `x-forwarded-proto` stays what the first hop saw (plaintext to the outbound sidecar).
+    assert_eq!(j["headers"]["x-forwarded-proto"], "http");
     assert_eq!(j["headers"]["x-prop-connection-mtls"], "hex:01");
     assert_eq!(j["headers"]["x-prop-source-principal"], client_id.as_str());
     assert_eq!(
@@ -325,27 +326,40 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut load = Vec::new();
     for i in 0..3 {
-        let (stop, ok, failed, c, bundle, via) = (
+        let (stop, ok, failed, errors, c, bundle, via) = (
             stop.clone(),
             ok.clone(),
             failed.clone(),
+            errors.clone(),
             c.clone(),
             s.bundle.clone(),
             a.url("outbound", "/"),
         );
         load.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let good = if i == 0 {
-                    get(&via).await.status == 200
+                let outcome = if i == 0 {
+                    let r = get(&via).await;
+                    if r.status == 200 { Ok(()) } else { Err(format!("via sidecar: {} {}", r.status, r.text())) }
                 } else {
-                    matches!(tls_get(addr, Some(&c), &bundle, "cluster.local", false, "/").await, Ok(r) if r.reply.status == 200)
+                    match tls_get(addr, Some(&c), &bundle, "cluster.local", false, "/").await {
+                        Ok(r) if r.reply.status == 200 => Ok(()),
+                        Ok(r) => Err(format!("direct: {}", r.reply.status)),
+                        Err(e) => Err(format!("direct: {e}")),
+                    }
                 };
-                if good {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
+                match outcome {
+                    Ok(()) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut v) = errors.lock() {
+                            v.push(e);
+                        }
+                    }
                 }
             }
         }));
@@ -394,7 +408,12 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
         .expect("still served");
     assert_eq!(still.reply.status, 200);
     assert_eq!(still.server_cert_hash, second, "bad material refused, last good kept");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests during rotation");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests during rotation: {:?}",
+        errors.lock().map(|v| v.clone()).unwrap_or_default()
+    );
     assert!(ok.load(Ordering::Relaxed) > 10, "load ran");
 }
 
@@ -407,15 +426,15 @@ async fn mtls_bundle_rotation_takes_effect_for_new_handshakes() {
     let b = TestProxy::start(&inbound(app, &format!("mode: strict, {}", tls_files_yaml(&s)), "")).await;
     let addr = b.addr("inbound");
     let client_new = new.issue("client", &new.id("prod", "client"), HOUR);
+    // The client trusts both roots from the start; only the server's bundle changes.
+    let both = format!("{}{}", old.ca.bundle_pem(), new.ca.bundle_pem());
+    std::fs::write(&client_new.bundle, &both).expect("client bundle");
     assert!(
         tls_get(addr, Some(&client_new), &s.bundle, "cluster.local", false, "/").await.is_err(),
         "a client of the new CA is not trusted yet"
     );
     // Trust both roots (the usual CA migration step).
-    replace(
-        &s.bundle,
-        format!("{}{}", old.ca.bundle_pem(), new.ca.bundle_pem()).as_bytes(),
-    );
+    replace(&s.bundle, both.as_bytes());
     let trusted = eventually(Duration::from_secs(5), || {
         let (c, bundle) = (client_new.clone(), s.bundle.clone());
         async move { tls_get(addr, Some(&c), &bundle, "cluster.local", false, "/").await.is_ok() }
