@@ -395,7 +395,8 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
         .ca
         .issue(&weft_tls::ca::IssueRequest::new(&server_id, Duration::from_secs(1)))
         .expect("issue");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Certificate times have one-second resolution: wait well past the end.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     replace(&s.key, expired.key_pem.as_bytes());
     replace(&s.cert, expired.chain_pem.as_bytes());
     tokio::time::sleep(Duration::from_millis(600)).await;

@@ -147,7 +147,7 @@ pub fn material_from_pem(
         path: files.cert.clone(),
         source,
     })?;
-    if now < facts.not_before || now > facts.not_after {
+    if now < facts.not_before || now >= facts.not_after {
         return Err(TlsError::Expired {
             path: files.cert.clone(),
             not_before: rfc3339(facts.not_before),
