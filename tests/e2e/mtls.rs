@@ -73,7 +73,10 @@ async fn mtls_two_sidecars_h2_with_identity_flowing_on() {
     .await;
     let a = TestProxy::start(&outbound(
         b.addr("inbound"),
-        &format!("{}, match_identities: [\"{server_id}\"]", tls_files_yaml(&c)),
+        &format!(
+            "{}, match_identities: [\"{server_id}\"]",
+            tls_files_yaml(&c)
+        ),
     ))
     .await;
 
@@ -84,10 +87,15 @@ async fn mtls_two_sidecars_h2_with_identity_flowing_on() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let j = r.json();
-    let xfcc = j["headers"]["x-forwarded-client-cert"].as_str().unwrap_or_default();
+    let xfcc = j["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap_or_default();
     assert!(xfcc.starts_with(&format!("By={server_id};Hash=")), "{xfcc}");
     assert!(xfcc.ends_with(&format!(";URI={client_id}")), "{xfcc}");
-    assert!(!xfcc.contains("spoofed"), "sanitize_set replaces a client-sent header");
+    assert!(
+        !xfcc.contains("spoofed"),
+        "sanitize_set replaces a client-sent header"
+    );
     // `x-forwarded-proto` stays what the first hop saw (plaintext to the outbound sidecar).
     assert_eq!(j["headers"]["x-forwarded-proto"], "http");
     assert_eq!(j["headers"]["x-prop-connection-mtls"], "hex:01");
@@ -133,7 +141,10 @@ async fn mtls_strict_rejects_wrong_trust_domain_expired_wrong_id_and_plaintext()
     let app = echo("app").await;
     let b = TestProxy::start(&inbound(
         app,
-        &format!("mode: strict, trust_domain: cluster.local, {}", tls_files_yaml(&s)),
+        &format!(
+            "mode: strict, trust_domain: cluster.local, {}",
+            tls_files_yaml(&s)
+        ),
         "",
     ))
     .await;
@@ -149,7 +160,10 @@ async fn mtls_strict_rejects_wrong_trust_domain_expired_wrong_id_and_plaintext()
 
     // Expired certificate (1 s lifetime, then wait).
     let short = pki.issue("short", &pki.id("prod", "client"), Duration::from_secs(1));
-    let short_pem = (std::fs::read(&short.cert).expect("r"), std::fs::read(&short.key).expect("r"));
+    let short_pem = (
+        std::fs::read(&short.cert).expect("r"),
+        std::fs::read(&short.key).expect("r"),
+    );
     tokio::time::sleep(Duration::from_millis(2100)).await;
     // Weft's own loader refuses expired material, so present it with plain rustls.
     let e = expired_client_handshake(addr, &short_pem.0, &short_pem.1, &s.bundle).await;
@@ -157,11 +171,17 @@ async fn mtls_strict_rejects_wrong_trust_domain_expired_wrong_id_and_plaintext()
 
     // No client certificate at all.
     let e = tls_get(addr, None, &s.bundle, "cluster.local", false, "/").await;
-    assert!(e.is_err(), "client without certificate accepted in strict mode");
+    assert!(
+        e.is_err(),
+        "client without certificate accepted in strict mode"
+    );
 
     // Plaintext client in strict mode: no HTTP answer.
     let answer = raw(addr, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
-    assert!(!answer.starts_with("HTTP/"), "plaintext served in strict mode: {answer}");
+    assert!(
+        !answer.starts_with("HTTP/"),
+        "plaintext served in strict mode: {answer}"
+    );
 
     // Wrong SPIFFE ID on the client side: the cluster requires another server identity, so the
     // outbound sidecar refuses the upstream (503, UF).
@@ -178,7 +198,10 @@ async fn mtls_strict_rejects_wrong_trust_domain_expired_wrong_id_and_plaintext()
     assert_eq!(r.status, 503, "{}", r.text());
     let m = b.metrics().await;
     assert!(
-        metric_value(&m, "weft_downstream_tls_handshake_error_total{listener=\"inbound\"}") >= 3.0,
+        metric_value(
+            &m,
+            "weft_downstream_tls_handshake_error_total{listener=\"inbound\"}"
+        ) >= 3.0,
         "{m}"
     );
 }
@@ -211,9 +234,14 @@ async fn expired_client_handshake(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(chain, key)
         .map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(rustls::pki_types::ServerName::IpAddress(addr.ip().into()), tcp)
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+            tcp,
+        )
         .await
         .map_err(|e| e.to_string())?;
     // TLS 1.3: the server judges the client certificate after the client's Finished, so the
@@ -264,7 +292,10 @@ async fn mtls_authorization_allows_and_denies_by_principal_and_namespace() {
     assert_eq!(status(banned).await, 403);
     let m = b.metrics().await;
     assert_eq!(
-        metric_value(&m, "weft_downstream_rq_rbac_denied_total{listener=\"inbound\"}"),
+        metric_value(
+            &m,
+            "weft_downstream_rq_rbac_denied_total{listener=\"inbound\"}"
+        ),
         2.0
     );
 }
@@ -303,7 +334,10 @@ async fn mtls_permissive_serves_plaintext_and_mtls_on_one_port() {
         .iter()
         .filter_map(|l| l["connection_security_policy"].as_str())
         .collect();
-    assert!(policies.contains(&"none") && policies.contains(&"mutual_tls"), "{policies:?}");
+    assert!(
+        policies.contains(&"none") && policies.contains(&"mutual_tls"),
+        "{policies:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,7 +347,12 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
     let s = pki.issue("server", &server_id, HOUR);
     let c = pki.issue("client", &pki.id("prod", "client"), HOUR);
     let app = echo("app").await;
-    let b = TestProxy::start(&inbound(app, &format!("mode: strict, {}", tls_files_yaml(&s)), "")).await;
+    let b = TestProxy::start(&inbound(
+        app,
+        &format!("mode: strict, {}", tls_files_yaml(&s)),
+        "",
+    ))
+    .await;
     let addr = b.addr("inbound");
     let first = tls_get(addr, Some(&c), &s.bundle, "cluster.local", false, "/")
         .await
@@ -342,7 +381,11 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
             while !stop.load(Ordering::Relaxed) {
                 let outcome = if i == 0 {
                     let r = get(&via).await;
-                    if r.status == 200 { Ok(()) } else { Err(format!("via sidecar: {} {}", r.status, r.text())) }
+                    if r.status == 200 {
+                        Ok(())
+                    } else {
+                        Err(format!("via sidecar: {} {}", r.status, r.text()))
+                    }
                 } else {
                     match tls_get(addr, Some(&c), &bundle, "cluster.local", false, "/").await {
                         Ok(r) if r.reply.status == 200 => Ok(()),
@@ -367,7 +410,10 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Rotate: new key and certificate, each file replaced atomically.
-    let next = pki.ca.issue(&weft_tls::ca::IssueRequest::new(&server_id, HOUR)).expect("issue");
+    let next = pki
+        .ca
+        .issue(&weft_tls::ca::IssueRequest::new(&server_id, HOUR))
+        .expect("issue");
     replace(&s.key, next.key_pem.as_bytes());
     replace(&s.cert, next.chain_pem.as_bytes());
     let rotated = eventually(Duration::from_secs(5), || {
@@ -386,14 +432,20 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
 
     // Bad material: a key that does not match, then an expired certificate. Both refused;
     // the last good credentials keep serving.
-    let stranger = pki.ca.issue(&weft_tls::ca::IssueRequest::new(&server_id, HOUR)).expect("issue");
+    let stranger = pki
+        .ca
+        .issue(&weft_tls::ca::IssueRequest::new(&server_id, HOUR))
+        .expect("issue");
     replace(&s.key, stranger.key_pem.as_bytes());
     tokio::time::sleep(Duration::from_millis(600)).await;
     replace(&s.key, next.key_pem.as_bytes());
     tokio::time::sleep(Duration::from_millis(600)).await;
     let expired = pki
         .ca
-        .issue(&weft_tls::ca::IssueRequest::new(&server_id, Duration::from_secs(1)))
+        .issue(&weft_tls::ca::IssueRequest::new(
+            &server_id,
+            Duration::from_secs(1),
+        ))
         .expect("issue");
     // Certificate times have one-second resolution: wait well past the end.
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -408,7 +460,10 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
         .await
         .expect("still served");
     assert_eq!(still.reply.status, 200);
-    assert_eq!(still.server_cert_hash, second, "bad material refused, last good kept");
+    assert_eq!(
+        still.server_cert_hash, second,
+        "bad material refused, last good kept"
+    );
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
@@ -424,21 +479,39 @@ async fn mtls_bundle_rotation_takes_effect_for_new_handshakes() {
     let new = Pki::new("cluster.local");
     let s = old.issue("server", &old.id("prod", "server"), HOUR);
     let app = echo("app").await;
-    let b = TestProxy::start(&inbound(app, &format!("mode: strict, {}", tls_files_yaml(&s)), "")).await;
+    let b = TestProxy::start(&inbound(
+        app,
+        &format!("mode: strict, {}", tls_files_yaml(&s)),
+        "",
+    ))
+    .await;
     let addr = b.addr("inbound");
     let client_new = new.issue("client", &new.id("prod", "client"), HOUR);
     // The client trusts both roots from the start; only the server's bundle changes.
     let both = format!("{}{}", old.ca.bundle_pem(), new.ca.bundle_pem());
     std::fs::write(&client_new.bundle, &both).expect("client bundle");
     assert!(
-        tls_get(addr, Some(&client_new), &s.bundle, "cluster.local", false, "/").await.is_err(),
+        tls_get(
+            addr,
+            Some(&client_new),
+            &s.bundle,
+            "cluster.local",
+            false,
+            "/"
+        )
+        .await
+        .is_err(),
         "a client of the new CA is not trusted yet"
     );
     // Trust both roots (the usual CA migration step).
     replace(&s.bundle, both.as_bytes());
     let trusted = eventually(Duration::from_secs(5), || {
         let (c, bundle) = (client_new.clone(), s.bundle.clone());
-        async move { tls_get(addr, Some(&c), &bundle, "cluster.local", false, "/").await.is_ok() }
+        async move {
+            tls_get(addr, Some(&c), &bundle, "cluster.local", false, "/")
+                .await
+                .is_ok()
+        }
     })
     .await;
     assert!(trusted, "the new bundle takes effect for new handshakes");
@@ -451,7 +524,9 @@ async fn mtls_agent_gets_and_renews_its_certificate_from_ca_serve() {
     std::fs::write(&ca_bundle, pki.ca.bundle_pem()).expect("w");
     let token = pki.dir.join("token");
     std::fs::write(&token, "bootstrap-token-0123456789\n").expect("w");
-    let ca_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let ca_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let ca_addr = ca_listener.local_addr().expect("addr");
     // `weft ca serve` runs from the same CA directory layout the CLI writes.
     let ca_dir = pki.dir.join("ca");
@@ -491,7 +566,11 @@ identity:
         ca_bundle.display(),
         token.display(),
         out.display(),
-        inbound(app, &format!("mode: strict, {}", tls_files_yaml(&files)), "")
+        inbound(
+            app,
+            &format!("mode: strict, {}", tls_files_yaml(&files)),
+            ""
+        )
     ))
     .await;
     let addr = b.addr("inbound");
@@ -508,18 +587,28 @@ identity:
         }
     })
     .await;
-    assert!(renewed, "the agent renewed before expiry and the listener picked it up");
+    assert!(
+        renewed,
+        "the agent renewed before expiry and the listener picked it up"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&files.key).expect("key").permissions().mode();
+        let mode = std::fs::metadata(&files.key)
+            .expect("key")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "the private key stays private");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_posture_openssl_only_tls12_plus_and_forward_secret_suites() {
-    if std::process::Command::new("openssl").arg("version").output().is_err() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
         eprintln!("openssl not installed: posture check skipped (scripts/test.sh installs it)");
         return;
     }
@@ -527,7 +616,12 @@ async fn mtls_posture_openssl_only_tls12_plus_and_forward_secret_suites() {
     let s = pki.issue("server", &pki.id("prod", "server"), HOUR);
     let c = pki.issue("client", &pki.id("prod", "client"), HOUR);
     let app = echo("app").await;
-    let b = TestProxy::start(&inbound(app, &format!("mode: strict, {}", tls_files_yaml(&s)), "")).await;
+    let b = TestProxy::start(&inbound(
+        app,
+        &format!("mode: strict, {}", tls_files_yaml(&s)),
+        "",
+    ))
+    .await;
     let addr = b.addr("inbound").to_string();
     let s_client = |args: &[&str]| {
         let mut cmd = std::process::Command::new("openssl");
@@ -550,12 +644,22 @@ async fn mtls_posture_openssl_only_tls12_plus_and_forward_secret_suites() {
         assert!(!handshook(&out), "{old} accepted:\n{out}");
     }
     // Static-RSA and other non-forward-secret TLS 1.2 suites are refused.
-    for suite in ["AES128-GCM-SHA256", "AES256-SHA256", "DHE-RSA-AES128-GCM-SHA256"] {
+    for suite in [
+        "AES128-GCM-SHA256",
+        "AES256-SHA256",
+        "DHE-RSA-AES128-GCM-SHA256",
+    ] {
         let out = s_client(&["-tls1_2", "-cipher", suite]);
         assert!(!handshook(&out), "{suite} accepted:\n{out}");
     }
     let out = s_client(&["-tls1_2"]);
-    assert!(handshook(&out) && out.contains("ECDHE"), "TLS 1.2 with ECDHE:\n{out}");
+    assert!(
+        handshook(&out) && out.contains("ECDHE"),
+        "TLS 1.2 with ECDHE:\n{out}"
+    );
     let out = s_client(&["-tls1_3"]);
-    assert!(handshook(&out) && out.contains("TLSv1.3"), "TLS 1.3:\n{out}");
+    assert!(
+        handshook(&out) && out.contains("TLSv1.3"),
+        "TLS 1.3:\n{out}"
+    );
 }

@@ -125,8 +125,7 @@ pub async fn tls_get(
         }
         None => {
             let pem = std::fs::read(bundle).map_err(|e| e.to_string())?;
-            let roots =
-                weft_tls::creds::parse_bundle(bundle, &pem).map_err(|e| e.to_string())?;
+            let roots = weft_tls::creds::parse_bundle(bundle, &pem).map_err(|e| e.to_string())?;
             let verifier = SpiffeServerVerifier::with_roots(Roots::Fixed(Arc::new(roots)), rules);
             let mut c = rustls::ClientConfig::builder_with_provider(weft_tls::provider())
                 .with_safe_default_protocol_versions()
@@ -163,19 +162,27 @@ pub async fn tls_get(
         let resp = if alpn.as_deref() == Some(b"h2") {
             let mut r = req;
             *r.version_mut() = http::Version::HTTP_2;
-            *r.uri_mut() = format!("https://mesh.local{path}").parse().map_err(|e| format!("{e}"))?;
+            *r.uri_mut() = format!("https://mesh.local{path}")
+                .parse()
+                .map_err(|e| format!("{e}"))?;
             let (mut sender, conn) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
                     .await
                     .map_err(|e| format!("h2 handshake: {e}"))?;
             tokio::spawn(conn);
-            sender.send_request(r).await.map_err(|e| format!("request: {e}"))?
+            sender
+                .send_request(r)
+                .await
+                .map_err(|e| format!("request: {e}"))?
         } else {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
                 .await
                 .map_err(|e| format!("http1 handshake: {e}"))?;
             tokio::spawn(conn);
-            sender.send_request(req).await.map_err(|e| format!("request: {e}"))?
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"))?
         };
         let (parts, body) = resp.into_parts();
         let body = body

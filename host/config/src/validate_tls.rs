@@ -24,9 +24,9 @@ fn alpn(found: &mut Vec<Found>, path: &str, list: &[String]) {
 
 fn trust_domain(found: &mut Vec<Found>, path: String, td: &str) {
     let ok = !td.is_empty()
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        });
     if !ok {
         found.push((
             path,
@@ -91,7 +91,11 @@ pub(crate) fn listener(path: &str, l: &Listener) -> Vec<Found> {
     }
     required(&mut found, format!("{path}.cert_file"), &t.cert_file);
     required(&mut found, format!("{path}.key_file"), &t.key_file);
-    required(&mut found, format!("{path}.trust_bundle_file"), &t.trust_bundle_file);
+    required(
+        &mut found,
+        format!("{path}.trust_bundle_file"),
+        &t.trust_bundle_file,
+    );
     if let Some(td) = &t.trust_domain {
         trust_domain(&mut found, format!("{path}.trust_domain"), td);
     }
@@ -99,8 +103,16 @@ pub(crate) fn listener(path: &str, l: &Listener) -> Vec<Found> {
         found.push((format!("{path}.alpn"), "needs at least one protocol".into()));
     }
     alpn(&mut found, &path, &t.alpn);
-    rules(&mut found, &format!("{path}.authorization.allow"), &t.authorization.allow);
-    rules(&mut found, &format!("{path}.authorization.deny"), &t.authorization.deny);
+    rules(
+        &mut found,
+        &format!("{path}.authorization.allow"),
+        &t.authorization.allow,
+    );
+    rules(
+        &mut found,
+        &format!("{path}.authorization.deny"),
+        &t.authorization.deny,
+    );
     found
 }
 
@@ -113,12 +125,19 @@ pub(crate) fn cluster(path: &str, c: &Cluster) -> Vec<Found> {
     let path = format!("{path}.tls");
     required(&mut found, format!("{path}.cert_file"), &t.cert_file);
     required(&mut found, format!("{path}.key_file"), &t.key_file);
-    required(&mut found, format!("{path}.trust_bundle_file"), &t.trust_bundle_file);
+    required(
+        &mut found,
+        format!("{path}.trust_bundle_file"),
+        &t.trust_bundle_file,
+    );
     if let Some(td) = &t.trust_domain {
         trust_domain(&mut found, format!("{path}.trust_domain"), td);
     }
     if let Some(sni) = &t.sni
-        && (sni.is_empty() || !sni.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')))
+        && (sni.is_empty()
+            || !sni
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')))
     {
         found.push((format!("{path}.sni"), format!("`{sni}` is not a DNS name")));
     }
@@ -143,22 +162,34 @@ pub(crate) fn identity(i: &Identity) -> Vec<Found> {
             format!("`{}` is not `host:port`", i.ca_address),
         ));
     }
-    required(&mut found, "identity.ca_trust_bundle_file".into(), &i.ca_trust_bundle_file);
+    required(
+        &mut found,
+        "identity.ca_trust_bundle_file".into(),
+        &i.ca_trust_bundle_file,
+    );
     if i.output_dir.trim().is_empty() {
-        found.push(("identity.output_dir".into(), "required (a directory)".into()));
+        found.push((
+            "identity.output_dir".into(),
+            "required (a directory)".into(),
+        ));
     }
-    let id_ok = i
-        .spiffe_id
-        .strip_prefix("spiffe://")
-        .is_some_and(|rest| !rest.is_empty() && !rest.bytes().any(|b| b.is_ascii_control() || b == b' '));
+    let id_ok = i.spiffe_id.strip_prefix("spiffe://").is_some_and(|rest| {
+        !rest.is_empty() && !rest.bytes().any(|b| b.is_ascii_control() || b == b' ')
+    });
     if !id_ok {
         found.push((
             "identity.spiffe_id".into(),
-            format!("`{}` is not a SPIFFE ID (`spiffe://<trust-domain>/…`)", i.spiffe_id),
+            format!(
+                "`{}` is not a SPIFFE ID (`spiffe://<trust-domain>/…`)",
+                i.spiffe_id
+            ),
         ));
     }
     if !(0.1..=0.9).contains(&i.renew_fraction) {
-        found.push(("identity.renew_fraction".into(), "must be within 0.1..=0.9".into()));
+        found.push((
+            "identity.renew_fraction".into(),
+            "must be within 0.1..=0.9".into(),
+        ));
     }
     if i.ttl.as_secs() < 10 {
         found.push(("identity.ttl".into(), "must be at least 10s".into()));

@@ -316,7 +316,9 @@ impl tower_service::Service<Uri> for CountingConnector {
                 Some(tls) => {
                     let name = match (&tls.sni, io.peer_addr()) {
                         (Some(n), _) => n.clone(),
-                        (None, Ok(addr)) => rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+                        (None, Ok(addr)) => {
+                            rustls::pki_types::ServerName::IpAddress(addr.ip().into())
+                        }
                         (None, Err(e)) => return Err(e.into()),
                     };
                     let stream = tls.connector.connect(name, io).await.inspect_err(|e| {

@@ -345,16 +345,18 @@ async fn route_and_forward(
     let mut body = ProxyBody::incoming(body).metered(c.request_bytes.clone());
     // The proxy-wasm chain: request headers (and a buffered body when a plugin asks for it).
     if let Some(s) = state.filter(|s| !s.wasm.is_empty()) {
-        let props = Arc::new(RequestProperties::new(
-            &parts,
-            &authority,
-            conn.peer,
-            conn.local,
-            route.name.clone(),
-            conn.id,
-            conn.h2,
-        )
-        .with_security(conn.security.clone()));
+        let props = Arc::new(
+            RequestProperties::new(
+                &parts,
+                &authority,
+                conn.peer,
+                conn.local,
+                route.name.clone(),
+                conn.id,
+                conn.h2,
+            )
+            .with_security(conn.security.clone()),
+        );
         let mut exchange = match WasmExchange::start(&s.wasm, props) {
             Ok(e) => e,
             Err(reply) => return local_reply(c, reply),

@@ -232,7 +232,10 @@ async fn serve_http(
             return;
         }
     }
-    shared.metrics.tls.connection(&slot.name, crate::tls::policy::NONE);
+    shared
+        .metrics
+        .tls
+        .connection(&slot.name, crate::tls::policy::NONE);
     let h2 = is_h2_prior_knowledge(&stream, settings.request_header_timeout).await;
     let conn = Conn {
         peer,

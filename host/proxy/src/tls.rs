@@ -285,16 +285,17 @@ pub fn xfcc_element(sec: &ConnSecurity) -> Option<String> {
         parts.push(format!("By={}", quote_if_needed(by)));
     }
     parts.push(format!("Hash={}", peer.hash_hex));
-    parts.push(format!(
-        "Subject=\"{}\"",
-        peer.subject.replace('"', "\\\"")
-    ));
+    parts.push(format!("Subject=\"{}\"", peer.subject.replace('"', "\\\"")));
     parts.push(format!("URI={}", quote_if_needed(&peer.uri_san)));
     Some(parts.join(";"))
 }
 
 /// Applies `mode` to the request's `x-forwarded-client-cert`.
-pub fn apply_xfcc(headers: &mut HeaderMap, mode: ForwardClientCertDetails, sec: Option<&ConnSecurity>) {
+pub fn apply_xfcc(
+    headers: &mut HeaderMap,
+    mode: ForwardClientCertDetails,
+    sec: Option<&ConnSecurity>,
+) {
     let mtls = sec.is_some_and(ConnSecurity::mtls);
     match mode {
         ForwardClientCertDetails::AlwaysForwardOnly => {}
@@ -525,12 +526,26 @@ mod tests {
         assert_eq!(a.get(&XFCC).map(|v| v.as_bytes()), Some(&b"By=x;URI=y"[..]));
         let mut a = h.clone();
         apply_xfcc(&mut a, ForwardClientCertDetails::AppendForward, Some(&s));
-        let v = a.get(&XFCC).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-        assert!(v.starts_with("By=x;URI=y,By=spiffe://cluster.local/ns/b/sa/server;Hash="), "{v}");
-        assert!(v.ends_with(";Subject=\"O=cluster.local\";URI=spiffe://cluster.local/ns/a/sa/client"), "{v}");
+        let v = a
+            .get(&XFCC)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            v.starts_with("By=x;URI=y,By=spiffe://cluster.local/ns/b/sa/server;Hash="),
+            "{v}"
+        );
+        assert!(
+            v.ends_with(";Subject=\"O=cluster.local\";URI=spiffe://cluster.local/ns/a/sa/client"),
+            "{v}"
+        );
         let mut a = h.clone();
         apply_xfcc(&mut a, ForwardClientCertDetails::SanitizeSet, Some(&s));
-        let v = a.get(&XFCC).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let v = a
+            .get(&XFCC)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         assert!(v.starts_with("By=spiffe://"), "{v}");
     }
 }

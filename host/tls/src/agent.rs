@@ -159,11 +159,15 @@ async fn call(
     config: Arc<ClientConfig>,
     req: Request<Full<Bytes>>,
 ) -> Result<String, TlsError> {
-    let err = |what: &str, e: &dyn std::fmt::Display| TlsError::Ca(format!("{address}: {what}: {e}"));
-    let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(address))
-        .await
-        .map_err(|_| err("connect", &"timed out"))?
-        .map_err(|e| err("connect", &e))?;
+    let err =
+        |what: &str, e: &dyn std::fmt::Display| TlsError::Ca(format!("{address}: {what}: {e}"));
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await
+    .map_err(|_| err("connect", &"timed out"))?
+    .map_err(|e| err("connect", &e))?;
     let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
     let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
         .map_err(|e| err("server name", &e))?;
@@ -253,7 +257,9 @@ mod tests {
         std::fs::write(&bundle, ca.bundle_pem()).expect("w");
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, "0123456789abcdef0123\n").expect("w");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(crate::ca_server::serve(
             ca,
@@ -281,7 +287,9 @@ mod tests {
         let first = std::fs::read(cfg.files().cert).expect("cert");
         // Renewal authenticates with the certificate: no token needed.
         cfg.token_file = None;
-        fetch_once(&cfg).await.expect("renewal with the current certificate");
+        fetch_once(&cfg)
+            .await
+            .expect("renewal with the current certificate");
         assert_ne!(std::fs::read(cfg.files().cert).expect("cert"), first);
         // A token cannot get an identity outside its pattern.
         let mut other = cfg.clone();

@@ -10,8 +10,7 @@ use std::time::Duration;
 use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -80,7 +79,9 @@ fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
     if crate::provider().secure_random.fill(&mut bytes).is_err() {
         // ring's system RNG does not fail in practice; fall back to the clock.
-        bytes = OffsetDateTime::now_utc().unix_timestamp_nanos().to_be_bytes();
+        bytes = OffsetDateTime::now_utc()
+            .unix_timestamp_nanos()
+            .to_be_bytes();
     }
     bytes[0] &= 0x7f; // positive
     SerialNumber::from_slice(&bytes)
@@ -92,7 +93,12 @@ fn validity(params: &mut CertificateParams, ttl: Duration) {
     params.not_after = now + ttl;
 }
 
-fn ca_params(trust_domain: &str, cn: &str, ttl: Duration, path_len: Option<u8>) -> CertificateParams {
+fn ca_params(
+    trust_domain: &str,
+    cn: &str,
+    ttl: Duration,
+    path_len: Option<u8>,
+) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, trust_domain);
@@ -407,9 +413,15 @@ mod tests {
         let req = IssueRequest::new("spiffe://cluster.local/ns/a/sa/b", Duration::from_secs(60));
         inter.sign_csr(&csr, &req).expect("signed");
         let other = IssueRequest::new("spiffe://cluster.local/ns/a/sa/x", Duration::from_secs(60));
-        assert!(inter.sign_csr(&csr, &other).is_err(), "identity mismatch refused");
+        assert!(
+            inter.sign_csr(&csr, &other).is_err(),
+            "identity mismatch refused"
+        );
         let foreign = IssueRequest::new("spiffe://evil.org/ns/a/sa/b", Duration::from_secs(60));
-        assert!(inter.issue(&foreign).is_err(), "foreign trust domain refused");
+        assert!(
+            inter.issue(&foreign).is_err(),
+            "foreign trust domain refused"
+        );
     }
 
     #[test]

@@ -132,15 +132,15 @@ pub async fn serve(ca: Ca, listener: TcpListener, opts: ServeOptions) -> Result<
         let acceptor = acceptor.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "CA: TLS handshake refused");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "CA: TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let caller = tls
                 .get_ref()
                 .1
@@ -201,11 +201,10 @@ async fn handle(
             };
             let authorized = match (caller, token) {
                 (Some(id), _) => id.to_string() == wanted,
-                (None, Some(t)) => state
-                    .opts
-                    .tokens
-                    .iter()
-                    .any(|k| constant_time_eq(k.token.as_bytes(), t.as_bytes()) && pattern_matches(&k.pattern, &wanted)),
+                (None, Some(t)) => state.opts.tokens.iter().any(|k| {
+                    constant_time_eq(k.token.as_bytes(), t.as_bytes())
+                        && pattern_matches(&k.pattern, &wanted)
+                }),
                 (None, None) => false,
             };
             if !authorized {

@@ -19,7 +19,8 @@ pub enum MinVersion {
 }
 
 fn versions(min: MinVersion) -> &'static [&'static SupportedProtocolVersion] {
-    static BOTH: [&SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
+    static BOTH: [&SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
     static ONLY13: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
     match min {
         MinVersion::Tls12 => &BOTH,

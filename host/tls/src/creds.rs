@@ -317,9 +317,8 @@ impl Credentials {
         let files = self.files.clone();
         tokio::spawn(async move {
             let _watcher = watcher;
-            let snapshot = |f: &CredentialFiles| {
-                [&f.cert, &f.key, &f.bundle].map(|p| std::fs::read(p).ok())
-            };
+            let snapshot =
+                |f: &CredentialFiles| [&f.cert, &f.key, &f.bundle].map(|p| std::fs::read(p).ok());
             let mut last = snapshot(&files);
             let mut alive = tokio::time::interval(Duration::from_secs(2));
             loop {
@@ -384,10 +383,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let ca = Ca::new_root("cluster.local", Duration::from_secs(3600)).expect("ca");
         let a = ca
-            .issue(&IssueRequest::new("spiffe://cluster.local/ns/a/sa/b", Duration::from_secs(600)))
+            .issue(&IssueRequest::new(
+                "spiffe://cluster.local/ns/a/sa/b",
+                Duration::from_secs(600),
+            ))
             .expect("a");
         let b = ca
-            .issue(&IssueRequest::new("spiffe://cluster.local/ns/a/sa/c", Duration::from_secs(600)))
+            .issue(&IssueRequest::new(
+                "spiffe://cluster.local/ns/a/sa/c",
+                Duration::from_secs(600),
+            ))
             .expect("b");
         let files = CredentialFiles {
             cert: write(dir.path(), "cert.pem", &a.chain_pem),
@@ -396,7 +401,12 @@ mod tests {
         };
         let creds = Credentials::load(files.clone()).expect("valid");
         assert_eq!(
-            creds.current().identity.as_ref().map(ToString::to_string).as_deref(),
+            creds
+                .current()
+                .identity
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
             Some("spiffe://cluster.local/ns/a/sa/b")
         );
         // Key of another certificate: refused, old material stays.

@@ -70,8 +70,7 @@ pub struct CertFacts {
 
 /// Parses `der` and gathers its SANs, subject and validity.
 pub fn facts(der: &[u8]) -> Result<CertFacts, SanError> {
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| SanError::Parse(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| SanError::Parse(e.to_string()))?;
     let mut uri_sans = Vec::new();
     let mut has_nul = false;
     let san = cert
@@ -144,11 +143,7 @@ impl IdentityPolicy {
                 want: td.clone(),
             });
         }
-        if !self.allowed.is_empty()
-            && !self
-                .allowed
-                .iter()
-                .any(|p| pattern_matches(p, &id.uri_san))
+        if !self.allowed.is_empty() && !self.allowed.iter().any(|p| pattern_matches(p, &id.uri_san))
         {
             return Err(SanError::NotAllowed(id.uri_san));
         }

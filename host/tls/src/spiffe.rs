@@ -23,7 +23,9 @@ pub enum SpiffeError {
     #[error("`{0}`: the trust domain must be non-empty lowercase letters, digits, `.`, `-`, `_`")]
     TrustDomain(String),
     /// Bad path.
-    #[error("`{0}`: path segments must be non-empty letters, digits, `.`, `-`, `_` (not `.` or `..`)")]
+    #[error(
+        "`{0}`: path segments must be non-empty letters, digits, `.`, `-`, `_` (not `.` or `..`)"
+    )]
     Path(String),
     /// Too long or has a query, fragment, port or user info.
     #[error("`{0}`: {1}")]
@@ -34,10 +36,7 @@ impl SpiffeId {
     /// Parses and validates `s`.
     pub fn parse(s: &str) -> Result<SpiffeId, SpiffeError> {
         if s.len() > MAX_LEN {
-            return Err(SpiffeError::Other(
-                truncate(s),
-                "longer than 2048 bytes",
-            ));
+            return Err(SpiffeError::Other(truncate(s), "longer than 2048 bytes"));
         }
         let rest = s
             .strip_prefix("spiffe://")

@@ -58,12 +58,10 @@ fn pki_error(e: webpki::Error) -> Error {
         E::CertNotValidYet { .. } => CertificateError::NotValidYet,
         E::UnknownIssuer => CertificateError::UnknownIssuer,
         E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
-        E::RequiredEkuNotFoundContext(_) => {
-            CertificateError::InvalidPurpose
+        E::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
+        other => {
+            CertificateError::Other(rustls::OtherError(Arc::new(ChainError(other.to_string()))))
         }
-        other => CertificateError::Other(rustls::OtherError(Arc::new(ChainError(
-            other.to_string(),
-        )))),
     };
     Error::InvalidCertificate(c)
 }

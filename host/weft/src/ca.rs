@@ -124,7 +124,10 @@ pub fn main(cmd: CaCommand) -> ExitCode {
             });
             match result {
                 Ok(()) => {
-                    println!("{spiffe_id}: cert.pem, key.pem, bundle.pem written to {}", out_dir.display());
+                    println!(
+                        "{spiffe_id}: cert.pem, key.pem, bundle.pem written to {}",
+                        out_dir.display()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),
@@ -159,14 +162,18 @@ pub fn main(cmd: CaCommand) -> ExitCode {
                     Err(e) => return fail(format!("{listen}: cannot bind: {e}")),
                 };
                 let addr = listener.local_addr().unwrap_or(listen);
-                println!("weft CA for `{}` serving on https://{addr}", ca.trust_domain());
+                println!(
+                    "weft CA for `{}` serving on https://{addr}",
+                    ca.trust_domain()
+                );
                 let opts = weft_tls::ca_server::ServeOptions {
                     tokens,
                     default_ttl,
                     max_ttl,
                 };
                 let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
                         Ok(s) => s,
                         Err(e) => return fail(format!("cannot install signal handlers: {e}")),
                     };
