@@ -12,6 +12,7 @@ mod framing;
 mod plugin_authz;
 mod plugin_header_rewrite;
 mod plugin_telemetry;
+mod mtls;
 mod plugins;
 mod protocols;
 mod reload;

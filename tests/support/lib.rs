@@ -4,6 +4,7 @@
 
 pub mod envoy;
 pub mod plugins;
+pub mod mesh;
 pub mod upstream;
 
 use std::net::SocketAddr;

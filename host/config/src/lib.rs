@@ -12,7 +12,9 @@
 mod error;
 mod locate;
 pub mod schema;
+mod tls;
 mod validate;
+mod validate_tls;
 
 use std::fmt;
 use std::net::SocketAddr;

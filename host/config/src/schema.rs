@@ -8,6 +8,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::tls::{
+    Authorization, ClusterTls, ForwardClientCertDetails, Identity, ListenerTls, SourceRule,
+    TlsMode, TlsVersion,
+};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +38,9 @@ pub struct Config {
     /// proxy-wasm plugins, attached to listeners and routes by name.
     #[serde(default)]
     pub plugins: Vec<Plugin>,
+    /// The certificate agent: this sidecar's identity from a `weft ca serve` endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
 }
 
 /// A proxy-wasm plugin (a `.wasm` module built against the proxy-wasm ABI 0.2.x).
@@ -203,6 +211,12 @@ pub struct Listener {
     /// Plugins run for every request of this listener (HTTP) or every connection (TCP).
     #[serde(default)]
     pub plugins: Vec<PluginRef>,
+    /// TLS / mTLS (HTTP listeners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// What happens to `x-forwarded-client-cert` (Envoy's names).
+    #[serde(default)]
+    pub forward_client_cert_details: ForwardClientCertDetails,
 }
 
 /// Limits and timeouts of the downstream HTTP side of a listener.
@@ -554,6 +568,9 @@ pub struct Cluster {
     /// How often DNS names among the endpoints are resolved again.
     #[serde(default = "defaults::dns_refresh_rate", with = "humantime_serde")]
     pub dns_refresh_rate: Duration,
+    /// TLS / mTLS to the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
 }
 
 /// One endpoint of a cluster.

@@ -209,3 +209,76 @@ fn a_yaml_syntax_error_has_a_location() {
     let err = parse("listeners: [\n", "s.yaml").unwrap_err();
     assert!(err.problems()[0].location.is_some(), "{err}");
 }
+
+#[test]
+fn mesh_tls_fields_parse_and_are_checked() {
+    let good = r#"
+identity:
+  ca_address: 127.0.0.1:15012
+  ca_trust_bundle_file: ca.pem
+  bootstrap_token_file: token
+  spiffe_id: spiffe://cluster.local/ns/a/sa/b
+  output_dir: certs
+listeners:
+  - name: in
+    address: 127.0.0.1:1
+    forward_client_cert_details: append_forward
+    tls:
+      mode: permissive
+      cert_file: certs/cert.pem
+      key_file: certs/key.pem
+      trust_bundle_file: certs/bundle.pem
+      min_version: TLSv1_3
+      authorization:
+        allow: [{ namespaces: [prod] }]
+        deny: [{ principals: ["cluster.local/ns/prod/sa/banned"] }]
+clusters:
+  - name: c
+    endpoints: [{ address: 127.0.0.1:2 }]
+    tls: { cert_file: c.pem, key_file: k.pem, trust_bundle_file: b.pem, match_identities: ["spiffe://cluster.local/ns/a/*"] }
+"#;
+    let c = parse(good, "tls.yaml").expect("valid");
+    let tls = c.listeners[0].tls.as_ref().expect("tls");
+    assert_eq!(tls.mode, schema::TlsMode::Permissive);
+    assert_eq!(tls.alpn, ["h2", "http/1.1"]);
+    assert_eq!(c.identity.as_ref().map(|i| i.renew_fraction), Some(0.5));
+
+    let bad = r#"
+identity:
+  ca_address: nowhere
+  ca_trust_bundle_file: ""
+  spiffe_id: cluster.local/ns/a
+  output_dir: certs
+  renew_fraction: 1.5
+listeners:
+  - name: in
+    address: 127.0.0.1:1
+    tls: { cert_file: "", key_file: k, trust_bundle_file: b, alpn: [spdy], trust_domain: "Bad TD", authorization: { allow: [{}], deny: [{ principals: ["a*b"] }] } }
+  - name: t
+    address: 127.0.0.1:3
+    protocol: tcp
+    tcp: { cluster: c }
+    tls: { cert_file: c, key_file: k, trust_bundle_file: b }
+clusters:
+  - name: c
+    endpoints: [{ address: 127.0.0.1:2 }]
+    tls: { cert_file: c, key_file: k, trust_bundle_file: b, match_identities: [web] }
+"#;
+    let err = parse(bad, "bad.yaml").unwrap_err();
+    let all = err.to_string();
+    for expected in [
+        "listeners[0].tls.cert_file: required",
+        "listeners[0].tls.alpn[0]: `spdy` is not one of",
+        "listeners[0].tls.trust_domain: `Bad TD` is not a trust domain",
+        "listeners[0].tls.authorization.allow[0]: needs at least one of",
+        "listeners[0].tls.authorization.deny[0].principals[0]: `a*b`",
+        "listeners[1].tls: unimplemented: TLS on `protocol: tcp`",
+        "clusters[0].tls.match_identities[0]: `web` is not a SPIFFE ID",
+        "identity.ca_address",
+        "identity.ca_trust_bundle_file: required",
+        "identity.spiffe_id",
+        "identity.renew_fraction: must be within 0.1..=0.9",
+    ] {
+        assert!(all.contains(expected), "missing `{expected}` in:\n{all}");
+    }
+}

@@ -65,6 +65,7 @@ impl Validator<'_> {
                 );
             }
             self.listener(&path, l);
+            self.found.extend(crate::validate_tls::listener(&path, l));
         }
         let mut plugin_names = HashSet::new();
         for (i, p) in config.plugins.iter().enumerate() {
@@ -87,6 +88,10 @@ impl Validator<'_> {
                 );
             }
             self.cluster(&path, c);
+            self.found.extend(crate::validate_tls::cluster(&path, c));
+        }
+        if let Some(i) = &config.identity {
+            self.found.extend(crate::validate_tls::identity(i));
         }
     }
 

@@ -136,6 +136,15 @@ impl Cluster {
     /// Builds a cluster, resolving DNS endpoints once (bounded by `resolve_timeout`) and
     /// starting their refresh.
     pub async fn new(config: &schema::Cluster, metrics: &Metrics) -> Cluster {
+        Cluster::with_tls(config, metrics, None).await
+    }
+
+    /// [`Cluster::new`] with a TLS client side (`tls` from the cluster's `tls` block).
+    pub async fn with_tls(
+        config: &schema::Cluster,
+        metrics: &Metrics,
+        tls: Option<Arc<crate::tls::UpstreamTls>>,
+    ) -> Cluster {
         let metrics = metrics.cluster(&config.name);
         let policy = policy_of(config);
         let addresses: Vec<(EndpointAddress, u32)> = config
@@ -177,6 +186,7 @@ impl Cluster {
         let connector = CountingConnector {
             inner: connector,
             opened: metrics.cx_total.clone(),
+            tls,
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
@@ -277,29 +287,48 @@ impl Endpoint {
     }
 }
 
-/// `HttpConnector` that counts the connections it opens.
+/// `HttpConnector` that counts the connections it opens, and runs the TLS handshake when the
+/// cluster has `tls`.
 #[derive(Clone, Debug)]
 pub struct CountingConnector {
     inner: HttpConnector,
     opened: Counter,
+    tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 impl tower_service::Service<Uri> for CountingConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = <HttpConnector as tower_service::Service<Uri>>::Error;
+    type Response = TokioIo<crate::tls::UpstreamIo>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let fut = self.inner.call(uri);
         let opened = self.opened.clone();
+        let tls = self.tls.clone();
         Box::pin(async move {
-            let io = fut.await?;
+            let io: TcpStream = fut.await?.into_inner();
+            let io = match tls {
+                None => crate::tls::UpstreamIo::Plain(io),
+                Some(tls) => {
+                    let name = match (&tls.sni, io.peer_addr()) {
+                        (Some(n), _) => n.clone(),
+                        (None, Ok(addr)) => {
+                            rustls::pki_types::ServerName::IpAddress(addr.ip().into())
+                        }
+                        (None, Err(e)) => return Err(e.into()),
+                    };
+                    let stream = tls.connector.connect(name, io).await.inspect_err(|e| {
+                        tracing::debug!(error = %e, "upstream TLS handshake failed");
+                    })?;
+                    crate::tls::UpstreamIo::Tls(Box::new(stream))
+                }
+            };
             opened.inc();
-            Ok(io)
+            Ok(TokioIo::new(io))
         })
     }
 }

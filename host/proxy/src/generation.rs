@@ -78,6 +78,14 @@ pub enum BuildError {
     /// A plugin could not be loaded.
     #[error(transparent)]
     Plugin(#[from] crate::plugins::PluginError),
+    /// TLS material was refused.
+    #[error("{path}: {error}")]
+    Tls {
+        /// The configuration field path (`listeners[0].tls`).
+        path: String,
+        /// Why (names the file).
+        error: weft_tls::TlsError,
+    },
 }
 
 /// One compiled configuration.
@@ -164,6 +172,8 @@ pub struct HttpListener {
     pub clusters: Arc<Vec<Arc<Cluster>>>,
     /// Metric handles.
     pub metrics: Arc<ListenerMetrics>,
+    /// TLS (`None`: plaintext only).
+    pub tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 
 /// Per-route runtime state.
@@ -208,13 +218,25 @@ impl Generation {
         plugins: PluginContext<'_>,
     ) -> Result<Generation, BuildError> {
         let mut clusters = Vec::with_capacity(config.clusters.len());
-        for c in &config.clusters {
+        for (i, c) in config.clusters.iter().enumerate() {
             let reused = previous
                 .and_then(|p| p.clusters.iter().find(|old| old.config == *c))
                 .cloned();
             clusters.push(match reused {
                 Some(old) => old,
-                None => Arc::new(Cluster::new(c, metrics).await),
+                None => {
+                    let tls = match &c.tls {
+                        Some(t) => Some(
+                            crate::tls::UpstreamTls::build(t, c.protocol, plugins.base_dir)
+                                .map_err(|error| BuildError::Tls {
+                                    path: format!("clusters[{i}].tls"),
+                                    error,
+                                })?,
+                        ),
+                        None => None,
+                    };
+                    Arc::new(Cluster::with_tls(c, metrics, tls).await)
+                }
             });
         }
         let clusters = Arc::new(clusters);
@@ -252,6 +274,15 @@ impl Generation {
                             wasm_max_body,
                         });
                     }
+                    let tls = match &l.tls {
+                        Some(t) => crate::tls::ListenerTls::build(t, plugins.base_dir).map_err(
+                            |error| BuildError::Tls {
+                                path: format!("{path}.tls"),
+                                error,
+                            },
+                        )?,
+                        None => None,
+                    };
                     ListenerGen::Http(HttpListener {
                         name: l.name.as_str().into(),
                         generation: id,
@@ -260,6 +291,7 @@ impl Generation {
                         route_state,
                         clusters: clusters.clone(),
                         metrics: lmetrics,
+                        tls,
                     })
                 }
                 ListenerProtocol::Tcp => {

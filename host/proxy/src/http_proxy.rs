@@ -97,6 +97,8 @@ pub(crate) struct ConnCtx {
     pub id: u64,
     /// The peer's IP as a header value (for `x-forwarded-for`).
     pub peer_ip: HeaderValue,
+    /// TLS and the verified peer identity (`None`: plaintext).
+    pub security: Option<Arc<crate::tls::ConnSecurity>>,
 }
 
 /// Everything needed to account for a request once its response body is done.
@@ -204,6 +206,16 @@ fn completion(
         request_id: header_str(req.headers(), &X_REQUEST_ID).map(str::to_owned),
         user_agent: header_str(req.headers(), &header::USER_AGENT).map(str::to_owned),
         response_flags: flags::NONE,
+        connection_security_policy: Some(
+            conn.security
+                .as_ref()
+                .map_or(crate::tls::policy::NONE, |s| s.policy()),
+        ),
+        downstream_peer_uri_san: conn
+            .security
+            .as_ref()
+            .and_then(|s| s.peer.as_ref())
+            .map(|p| p.uri_san.clone()),
         ..Entry::default()
     });
     Box::new(Completion {
@@ -301,6 +313,15 @@ async fn route_and_forward(
         method: req.method(),
         headers: req.headers(),
     };
+    if let Some(tls) = &listener.tls
+        && let weft_tls::authz::Decision::Deny(why) =
+            crate::tls::authorize(tls, conn.security.as_deref())
+    {
+        conn.shared.metrics.tls.denied(&listener.name);
+        let resp = local(c, StatusCode::FORBIDDEN, "RBAC: access denied", flags::NONE);
+        tracing::debug!(listener = %listener.name, peer = %conn.peer, %why, "request denied by authorization");
+        return resp;
+    }
     let Some(route) = listener.routes.route(&view) else {
         return local(c, StatusCode::NOT_FOUND, "", flags::NO_ROUTE);
     };
@@ -324,15 +345,18 @@ async fn route_and_forward(
     let mut body = ProxyBody::incoming(body).metered(c.request_bytes.clone());
     // The proxy-wasm chain: request headers (and a buffered body when a plugin asks for it).
     if let Some(s) = state.filter(|s| !s.wasm.is_empty()) {
-        let props = Arc::new(RequestProperties::new(
-            &parts,
-            &authority,
-            conn.peer,
-            conn.local,
-            route.name.clone(),
-            conn.id,
-            conn.h2,
-        ));
+        let props = Arc::new(
+            RequestProperties::new(
+                &parts,
+                &authority,
+                conn.peer,
+                conn.local,
+                route.name.clone(),
+                conn.id,
+                conn.h2,
+            )
+            .with_security(conn.security.clone()),
+        );
         let mut exchange = match WasmExchange::start(&s.wasm, props) {
             Ok(e) => e,
             Err(reply) => return local_reply(c, reply),
@@ -684,8 +708,18 @@ fn prepare_upstream_headers(
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        let proto = if conn.security.as_ref().is_some_and(|s| s.tls) {
+            "https"
+        } else {
+            "http"
+        };
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
+    crate::tls::apply_xfcc(
+        headers,
+        listener.config.forward_client_cert_details,
+        conn.security.as_deref(),
+    );
     if listener.config.http.generate_request_id && !headers.contains_key(&X_REQUEST_ID) {
         let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
         let mut buf = uuid::Uuid::encode_buffer();

@@ -26,6 +26,7 @@ pub mod plugins;
 pub mod runtime;
 pub mod server;
 pub mod tcp_filter;
+pub mod tls;
 pub mod wasm_filter;
 mod watch;
 
