@@ -164,6 +164,11 @@ pub struct HttpListener {
     pub clusters: Arc<Vec<Arc<Cluster>>>,
     /// Metric handles.
     pub metrics: Arc<ListenerMetrics>,
+    /// The listener-wide token bucket and its metrics.
+    pub local_rate_limit: Option<(
+        crate::ratelimit::TokenBucket,
+        crate::resilience::RouteResilienceMetrics,
+    )>,
 }
 
 /// Per-route runtime state.
@@ -177,6 +182,8 @@ pub struct RouteState {
     pub wasm: Vec<Arc<PluginHandle>>,
     /// The largest body any plugin of the chain may buffer.
     pub wasm_max_body: usize,
+    /// Retries, faults, rate limit, mirrors.
+    pub resilience: crate::resilience::RouteResilience,
 }
 
 /// A TCP listener's target.
@@ -214,7 +221,16 @@ impl Generation {
                 .cloned();
             clusters.push(match reused {
                 Some(old) => old,
-                None => Arc::new(Cluster::new(c, metrics).await),
+                None => {
+                    let fresh = Arc::new(Cluster::new(c, metrics).await);
+                    // Same name, new settings: endpoints keep their health and ejections.
+                    if let Some(old) =
+                        previous.and_then(|p| p.clusters.iter().find(|old| old.name == fresh.name))
+                    {
+                        fresh.adopt_endpoint_state(old);
+                    }
+                    fresh
+                }
             });
         }
         let clusters = Arc::new(clusters);
@@ -231,7 +247,17 @@ impl Generation {
                         .flat_map(|v| v.routes.iter())
                         .collect();
                     let mut route_state = Vec::with_capacity(routes.route_count());
-                    for (r, rc) in routes.routes().zip(route_configs) {
+                    let route_paths: Vec<String> = l
+                        .virtual_hosts
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(v, vh)| {
+                            let path = &path;
+                            (0..vh.routes.len())
+                                .map(move |i| format!("{path}.virtual_hosts[{v}].routes[{i}]"))
+                        })
+                        .collect();
+                    for ((r, rc), rpath) in routes.routes().zip(route_configs).zip(route_paths) {
                         let mut filters: Vec<Arc<dyn HttpFilter>> = Vec::new();
                         if !r.request_headers.is_empty() || !r.response_headers.is_empty() {
                             filters.push(Arc::new(HeaderMutationFilter::new(
@@ -245,7 +271,11 @@ impl Generation {
                             .map(|h| h.config.max_body_bytes)
                             .max()
                             .unwrap_or(0);
+                        let resilience = crate::resilience::RouteResilience::build(
+                            &rpath, rc, &clusters, metrics, &l.name, &r.name,
+                        )?;
                         route_state.push(RouteState {
+                            resilience,
                             metrics: metrics.route(&l.name, &r.name),
                             filters: FilterChain::new(filters),
                             wasm,
@@ -260,6 +290,12 @@ impl Generation {
                         route_state,
                         clusters: clusters.clone(),
                         metrics: lmetrics,
+                        local_rate_limit: l.local_rate_limit.as_ref().map(|rl| {
+                            (
+                                crate::ratelimit::TokenBucket::new(rl, crate::health::now_ms()),
+                                metrics.route_resilience(&l.name, ""),
+                            )
+                        }),
                     })
                 }
                 ListenerProtocol::Tcp => {

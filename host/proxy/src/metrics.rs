@@ -98,6 +98,8 @@ pub struct Metrics {
     pub config_reload: Family<ResultLabels, Counter>,
     /// The live configuration generation.
     pub config_generation: Gauge,
+    /// Traffic management (retries, breakers, health, faults, mirrors, rate limits).
+    pub(crate) resilience: crate::resilience::Families,
 }
 
 /// The five status classes, indexed by `status / 100 - 1`.
@@ -180,6 +182,7 @@ impl Metrics {
             upstream_cx_total: Family::default(),
             config_reload: Family::default(),
             config_generation: Gauge::default(),
+            resilience: Default::default(),
             registry: Registry::default(),
         };
         let reg = &mut registry;
@@ -258,6 +261,7 @@ impl Metrics {
             "The live configuration generation",
             m.config_generation.clone(),
         );
+        m.resilience.register(reg);
         Metrics { registry, ..m }
     }
 
