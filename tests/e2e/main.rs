@@ -12,6 +12,7 @@ mod framing;
 mod plugins;
 mod protocols;
 mod reload;
+mod resilience;
 mod routing;
 mod shutdown;
 mod streaming;

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod envoy;
+pub mod faulty;
 pub mod upstream;
 
 use std::net::SocketAddr;
