@@ -16,6 +16,7 @@ mod mtls;
 mod plugins;
 mod protocols;
 mod reload;
+mod resilience;
 mod routing;
 mod shutdown;
 mod streaming;

@@ -5,6 +5,7 @@
 pub mod envoy;
 pub mod plugins;
 pub mod mesh;
+pub mod faulty;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -11,6 +11,7 @@
 
 mod error;
 mod locate;
+pub mod resilience;
 pub mod schema;
 mod tls;
 mod validate;

@@ -217,6 +217,9 @@ pub struct Listener {
     /// What happens to `x-forwarded-client-cert` (Envoy's names).
     #[serde(default)]
     pub forward_client_cert_details: ForwardClientCertDetails,
+    /// A token bucket for every request of this listener (HTTP); 429 when empty.
+    #[serde(default)]
+    pub local_rate_limit: Option<crate::resilience::LocalRateLimit>,
 }
 
 /// Limits and timeouts of the downstream HTTP side of a listener.
@@ -308,6 +311,12 @@ pub struct Route {
     /// Plugins run for this route, besides the listener's (or `disabled: true` to drop one).
     #[serde(default)]
     pub plugins: Vec<PluginRef>,
+    /// Delays and aborts injected into a share of this route's requests.
+    #[serde(default)]
+    pub fault: Option<crate::resilience::Fault>,
+    /// A token bucket for this route; 429 when empty.
+    #[serde(default)]
+    pub local_rate_limit: Option<crate::resilience::LocalRateLimit>,
 }
 
 /// The conditions a request must meet; all given conditions must hold.
@@ -413,6 +422,12 @@ pub struct ForwardAction {
     /// How a `ring_hash` cluster hashes requests; the first policy that yields a key wins.
     #[serde(default)]
     pub hash_policy: Vec<HashPolicy>,
+    /// When and how often failed requests are tried again.
+    #[serde(default)]
+    pub retry_policy: Option<crate::resilience::RetryPolicy>,
+    /// Shadow clusters that get a copy of a share of the requests.
+    #[serde(default)]
+    pub request_mirror_policies: Vec<crate::resilience::MirrorPolicy>,
 }
 
 /// One cluster of a weighted split.
@@ -571,6 +586,21 @@ pub struct Cluster {
     /// TLS / mTLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTls>,
+    /// Limits on requests and retries in flight; overflow gets 503 `UO`.
+    #[serde(default)]
+    pub circuit_breakers: Option<crate::resilience::CircuitBreakers>,
+    /// Passive health checking (ejection of failing endpoints).
+    #[serde(default)]
+    pub outlier_detection: Option<crate::resilience::OutlierDetection>,
+    /// Active health checks (at most one).
+    #[serde(default)]
+    pub health_checks: Vec<crate::resilience::HealthCheck>,
+    /// Retries in flight as a share of requests in flight (replaces `max_retries`).
+    #[serde(default)]
+    pub retry_budget: Option<crate::resilience::RetryBudget>,
+    /// When fewer than this percentage of endpoints are available, balance over all (0 off).
+    #[serde(default = "crate::resilience::defaults::panic_threshold")]
+    pub panic_threshold: f64,
 }
 
 /// One endpoint of a cluster.

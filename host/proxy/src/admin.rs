@@ -153,6 +153,7 @@ async fn route(proxy: Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
 /// Envoy's `/clusters` text format (`cluster::endpoint::stat::value`), or JSON.
 fn clusters(proxy: &Proxy, as_json: bool) -> Response<ProxyBody> {
     let g = proxy.generation();
+    let now = crate::health::now_ms();
     if as_json {
         let list: Vec<_> = g
             .clusters
@@ -162,10 +163,18 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<ProxyBody> {
                 json!({
                     "name": &*c.name,
                     "lb_policy": c.policy,
+                    "circuit_breakers": {
+                        "max_requests": c.resilience.breaker.max_requests,
+                        "max_retries": c.resilience.breaker.max_retries,
+                        "rq_active": c.resilience.breaker.active_requests(),
+                        "rq_retry_active": c.resilience.breaker.active_retries(),
+                    },
                     "endpoints": eps.endpoints.iter().map(|e| json!({
                         "address": e.addr.to_string(),
                         "weight": e.weight,
-                        "health": "healthy",
+                        "health": e.health.flags(now),
+                        "times_ejected": e.health.times_ejected.load(Ordering::Relaxed),
+                        "ejections_total": e.health.ejections_total.load(Ordering::Relaxed),
                         "rq_active": e.active.load(Ordering::Relaxed),
                         "rq_total": e.rq_total.load(Ordering::Relaxed),
                         "rq_error": e.rq_error.load(Ordering::Relaxed),
@@ -178,11 +187,39 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<ProxyBody> {
     }
     let mut out = String::new();
     for c in g.clusters.iter() {
+        let b = &c.resilience.breaker;
+        let n = &c.name;
+        let _ = writeln!(
+            out,
+            "{n}::default_priority::max_requests::{}",
+            b.max_requests
+        );
+        let _ = writeln!(out, "{n}::default_priority::max_retries::{}", b.max_retries);
+        let _ = writeln!(
+            out,
+            "{n}::default_priority::rq_active::{}",
+            b.active_requests()
+        );
+        let _ = writeln!(
+            out,
+            "{n}::default_priority::rq_retry_active::{}",
+            b.active_retries()
+        );
         for e in c.endpoints().endpoints.iter() {
             let n = &c.name;
             let a = e.addr;
             let _ = writeln!(out, "{n}::{a}::weight::{}", e.weight);
-            let _ = writeln!(out, "{n}::{a}::health_flags::healthy");
+            let _ = writeln!(out, "{n}::{a}::health_flags::{}", e.health.flags(now));
+            let _ = writeln!(
+                out,
+                "{n}::{a}::times_ejected::{}",
+                e.health.times_ejected.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "{n}::{a}::ejections_total::{}",
+                e.health.ejections_total.load(Ordering::Relaxed)
+            );
             let _ = writeln!(
                 out,
                 "{n}::{a}::rq_active::{}",

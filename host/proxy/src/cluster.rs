@@ -40,6 +40,8 @@ pub struct Endpoint {
     pub rq_error: AtomicU64,
     /// Connection attempts that failed.
     pub cx_connect_fail: AtomicU64,
+    /// Active health check and outlier state.
+    pub health: crate::health::EndpointHealth,
 }
 
 /// The endpoints of a cluster at one moment, with the balancer built over them.
@@ -51,8 +53,11 @@ pub struct EndpointSet {
 }
 
 impl EndpointState for EndpointSet {
-    fn is_available(&self, _index: usize) -> bool {
-        true
+    fn is_available(&self, index: usize) -> bool {
+        let now = crate::health::now_ms();
+        self.endpoints
+            .get(index)
+            .is_some_and(|e| e.health.is_available(now))
     }
     fn active_requests(&self, index: usize) -> u64 {
         self.endpoints
@@ -82,6 +87,11 @@ impl EndpointSet {
         }
     }
 
+    /// The balancer (`None` when there is no endpoint).
+    pub(crate) fn balancer(&self) -> Option<&Balancer> {
+        self.balancer.as_ref()
+    }
+
     /// Picks an endpoint; `hash` feeds ring hashing. `None` when there is no endpoint.
     pub fn pick(&self, hash: Option<u64>) -> Option<&Arc<Endpoint>> {
         let balancer = self.balancer.as_ref()?;
@@ -108,6 +118,8 @@ pub struct Cluster {
     pub client: HttpClient,
     /// Its metrics.
     pub metrics: Arc<ClusterMetrics>,
+    /// Circuit breakers, health checking, outlier detection.
+    pub resilience: crate::resilience::ClusterResilience,
     refresh: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -145,6 +157,7 @@ impl Cluster {
         metrics: &Metrics,
         tls: Option<Arc<crate::tls::UpstreamTls>>,
     ) -> Cluster {
+        let resilience_metrics = metrics.cluster_resilience(&config.name);
         let metrics = metrics.cluster(&config.name);
         let policy = policy_of(config);
         let addresses: Vec<(EndpointAddress, u32)> = config
@@ -196,6 +209,8 @@ impl Cluster {
         if config.protocol == UpstreamProtocol::Http2 {
             builder.http2_only(true);
         }
+        let resilience =
+            crate::resilience::ClusterResilience::start(config, &endpoints, resilience_metrics);
         Cluster {
             name: config.name.as_str().into(),
             config: config.clone(),
@@ -203,6 +218,7 @@ impl Cluster {
             endpoints,
             client: builder.build(connector),
             metrics,
+            resilience,
             refresh,
         }
     }
@@ -283,6 +299,7 @@ impl Endpoint {
             rq_total: AtomicU64::new(0),
             rq_error: AtomicU64::new(0),
             cx_connect_fail: AtomicU64::new(0),
+            health: Default::default(),
         }
     }
 }

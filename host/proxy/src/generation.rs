@@ -174,6 +174,11 @@ pub struct HttpListener {
     pub metrics: Arc<ListenerMetrics>,
     /// TLS (`None`: plaintext only).
     pub tls: Option<Arc<crate::tls::ListenerTls>>,
+    /// The listener-wide token bucket and its metrics.
+    pub local_rate_limit: Option<(
+        crate::ratelimit::TokenBucket,
+        crate::resilience::RouteResilienceMetrics,
+    )>,
 }
 
 /// Per-route runtime state.
@@ -187,6 +192,8 @@ pub struct RouteState {
     pub wasm: Vec<Arc<PluginHandle>>,
     /// The largest body any plugin of the chain may buffer.
     pub wasm_max_body: usize,
+    /// Retries, faults, rate limit, mirrors.
+    pub resilience: crate::resilience::RouteResilience,
 }
 
 /// A TCP listener's target.
@@ -235,7 +242,14 @@ impl Generation {
                         ),
                         None => None,
                     };
-                    Arc::new(Cluster::with_tls(c, metrics, tls).await)
+                    let fresh = Arc::new(Cluster::with_tls(c, metrics, tls).await);
+                    // Same name, new settings: endpoints keep their health and ejections.
+                    if let Some(old) =
+                        previous.and_then(|p| p.clusters.iter().find(|old| old.name == fresh.name))
+                    {
+                        fresh.adopt_endpoint_state(old);
+                    }
+                    fresh
                 }
             });
         }
@@ -253,7 +267,17 @@ impl Generation {
                         .flat_map(|v| v.routes.iter())
                         .collect();
                     let mut route_state = Vec::with_capacity(routes.route_count());
-                    for (r, rc) in routes.routes().zip(route_configs) {
+                    let route_paths: Vec<String> = l
+                        .virtual_hosts
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(v, vh)| {
+                            let path = &path;
+                            (0..vh.routes.len())
+                                .map(move |i| format!("{path}.virtual_hosts[{v}].routes[{i}]"))
+                        })
+                        .collect();
+                    for ((r, rc), rpath) in routes.routes().zip(route_configs).zip(route_paths) {
                         let mut filters: Vec<Arc<dyn HttpFilter>> = Vec::new();
                         if !r.request_headers.is_empty() || !r.response_headers.is_empty() {
                             filters.push(Arc::new(HeaderMutationFilter::new(
@@ -267,7 +291,11 @@ impl Generation {
                             .map(|h| h.config.max_body_bytes)
                             .max()
                             .unwrap_or(0);
+                        let resilience = crate::resilience::RouteResilience::build(
+                            &rpath, rc, &clusters, metrics, &l.name, &r.name,
+                        )?;
                         route_state.push(RouteState {
+                            resilience,
                             metrics: metrics.route(&l.name, &r.name),
                             filters: FilterChain::new(filters),
                             wasm,
@@ -292,6 +320,12 @@ impl Generation {
                         clusters: clusters.clone(),
                         metrics: lmetrics,
                         tls,
+                        local_rate_limit: l.local_rate_limit.as_ref().map(|rl| {
+                            (
+                                crate::ratelimit::TokenBucket::new(rl, crate::health::now_ms()),
+                                metrics.route_resilience(&l.name, ""),
+                            )
+                        }),
                     })
                 }
                 ListenerProtocol::Tcp => {

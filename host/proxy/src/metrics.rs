@@ -100,6 +100,8 @@ pub struct Metrics {
     pub config_generation: Gauge,
     /// Mesh TLS series (`connection_security_policy`, handshake errors, authorization).
     pub tls: crate::tls::TlsMetrics,
+    /// Traffic management (retries, breakers, health, faults, mirrors, rate limits).
+    pub(crate) resilience: crate::resilience::Families,
 }
 
 /// The five status classes, indexed by `status / 100 - 1`.
@@ -183,6 +185,7 @@ impl Metrics {
             config_reload: Family::default(),
             config_generation: Gauge::default(),
             tls: crate::tls::TlsMetrics::default(),
+            resilience: Default::default(),
             registry: Registry::default(),
         };
         let reg = &mut registry;
@@ -262,6 +265,7 @@ impl Metrics {
             m.config_generation.clone(),
         );
         m.tls.register(reg);
+        m.resilience.register(reg);
         Metrics { registry, ..m }
     }
 

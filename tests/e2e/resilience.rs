@@ -1,0 +1,783 @@
+//! Traffic management against upstreams that fail on purpose: retries (with a killed endpoint
+//! under load, body replay, budgets, per-try timeouts), circuit breakers, outlier ejection and
+//! recovery, active health checks and panic mode, weighted splits under reload, fault injection,
+//! mirroring and local rate limits. Every load loop is bounded in count and time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use weft_e2e::faulty::{Faulty, Mode};
+use weft_e2e::upstream::{echo, slow};
+use weft_e2e::{TestProxy, client, eventually, get, get_with, metric_value, send};
+
+fn proxy_yaml(routes: &str, clusters: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes:
+{routes}
+clusters:
+{clusters}
+"#
+    )
+}
+
+async fn post(url: &str, body: &'static str) -> weft_e2e::Reply {
+    send(
+        &client(),
+        http::Request::post(url)
+            .body(Full::new(bytes::Bytes::from_static(body.as_bytes())))
+            .unwrap(),
+    )
+    .await
+}
+
+async fn clusters_text(p: &TestProxy) -> String {
+    get(&format!("http://{}/clusters", p.admin())).await.text()
+}
+
+/// Sends `n` GETs from `workers` concurrent clients; returns (status → count).
+async fn load(url: &str, n: usize, workers: usize) -> HashMap<u16, usize> {
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (url, done) = (url.to_owned(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut counts: HashMap<u16, usize> = HashMap::new();
+            while done.fetch_add(1, Ordering::Relaxed) < n {
+                let req = http::Request::get(&url).body(Full::default()).unwrap();
+                let status =
+                    match tokio::time::timeout(Duration::from_secs(10), c.request(req)).await {
+                        Ok(Ok(r)) => {
+                            let s = r.status().as_u16();
+                            let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                            s
+                        }
+                        _ => 0,
+                    };
+                *counts.entry(status).or_default() += 1;
+            }
+            counts
+        }));
+    }
+    let mut all = HashMap::new();
+    for t in tasks {
+        for (k, v) in t.await.unwrap() {
+            *all.entry(k).or_default() += v;
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_three_endpoints_killed_under_load_fails_no_request_with_one_retry() {
+    let ups = [
+        Faulty::start("a").await,
+        Faulty::start("b").await,
+        Faulty::start("c").await,
+    ];
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route:\n              cluster: backends\n              retry_policy: { num_retries: 1, retry_on: \"connect-failure,reset,5xx\", per_try_timeout: 2s }",
+        &format!(
+            "  - name: backends\n    endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}, {{ address: \"{}\" }}]",
+            ups[0].addr, ups[1].addr, ups[2].addr
+        ),
+    ))
+    .await;
+    let url = p.url("main", "/");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (url, stop, ok, failed) = (url.clone(), stop.clone(), ok.clone(), failed.clone());
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            for _ in 0..3000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let req = http::Request::get(&url).body(Full::default()).unwrap();
+                match tokio::time::timeout(Duration::from_secs(5), c.request(req)).await {
+                    Ok(Ok(r)) if r.status() == 200 => {
+                        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ok.load(Ordering::Relaxed) >= 200
+        })
+        .await
+    );
+    ups[1].kill();
+    let b_at_kill = ups[1].hits();
+    let ok_at_kill = ok.load(Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            ok.load(Ordering::Relaxed) >= ok_at_kill + 600
+        })
+        .await
+    );
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let m = p.metrics().await;
+    let retries = metric_value(&m, r#"weft_upstream_rq_retry_total{cluster="backends"}"#);
+    println!(
+        "killed-endpoint load: ok={} failed={} retries={retries}",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request may fail");
+    assert!(
+        retries >= 1.0,
+        "requests to the killed endpoint were retried"
+    );
+    assert!(
+        ups[1].hits() <= b_at_kill + 4,
+        "the killed endpoint served nothing more"
+    );
+    assert!(ups[0].hits() > 0 && ups[2].hits() > 0);
+}
+
+#[tokio::test]
+async fn retries_replay_the_body_and_tell_the_upstream_the_attempt() {
+    let up = Faulty::start("only").await;
+    up.burst(2, 503);
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: one, retry_policy: { attempts: 2, retry_on: 5xx, retry_back_off: { base_interval: 1ms } } }",
+        &format!("  - {{ name: one, endpoints: [{{ address: \"{}\" }}] }}", up.addr),
+    ))
+    .await;
+    let r = post(&p.url("main", "/submit"), "payload").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["attempt"], "3");
+    assert_eq!(j["body"], "payload", "the third try carried the whole body");
+    assert_eq!(up.hits(), 3);
+    let m = p.metrics().await;
+    assert_eq!(
+        metric_value(&m, r#"weft_upstream_rq_retry_total{cluster="one"}"#),
+        2.0
+    );
+    assert_eq!(
+        metric_value(&m, r#"weft_upstream_rq_retry_success_total{cluster="one"}"#),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn exhausted_retries_are_flagged_and_budgets_and_per_try_timeouts_bound_them() {
+    let bad = Faulty::start("bad").await;
+    bad.set(Mode::Status(503));
+    let stall = Faulty::start("stall").await;
+    stall.set(Mode::Stall);
+    let spent = Faulty::start("spent").await;
+    spent.set(Mode::Status(503));
+    let p = TestProxy::start(&proxy_yaml(
+        "          - match: { path: { prefix: /bad } }\n            route: { cluster: bad, retry_policy: { num_retries: 2, retry_on: gateway-error, retry_back_off: { base_interval: 1ms } } }\n          - match: { path: { prefix: /stall } }\n            route: { cluster: stall, timeout: 5s, retry_policy: { num_retries: 1, retry_on: reset, per_try_timeout: 100ms } }\n          - route: { cluster: spent, retry_policy: { num_retries: 3, retry_on: 5xx } }",
+        &format!(
+            "  - {{ name: bad, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: stall, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: spent, retry_budget: {{ budget_percent: 0, min_retry_concurrency: 0 }}, endpoints: [{{ address: \"{}\" }}] }}",
+            bad.addr, stall.addr, spent.addr
+        ),
+    ))
+    .await;
+    let r = get(&p.url("main", "/bad")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(bad.hits(), 3, "one try and two retries");
+    let started = Instant::now();
+    let r = get(&p.url("main", "/stall")).await;
+    assert_eq!(r.status, 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "per-try timeouts, not the route timeout"
+    );
+    assert_eq!(stall.hits(), 2);
+    let r = get(&p.url("main", "/other")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(spent.hits(), 1, "an empty budget allows no retry");
+    let log = p.access_log_lines(3).await;
+    let flags: Vec<&str> = log
+        .iter()
+        .map(|l| l["response_flags"].as_str().unwrap())
+        .collect();
+    assert_eq!(flags, ["URX", "UT,URX", "-"]);
+    let m = p.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_upstream_rq_retry_overflow_total{cluster="spent",reason="budget"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_upstream_rq_retry_limit_exceeded_total{cluster="bad"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_overflow_is_a_fast_503_uo_while_admitted_requests_keep_their_latency() {
+    let delay = Duration::from_millis(1000);
+    let up = slow(delay).await;
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: guarded }",
+        &format!(
+            "  - {{ name: guarded, circuit_breakers: {{ max_requests: 2 }}, endpoints: [{{ address: \"{up}\" }}] }}"
+        ),
+    ))
+    .await;
+    let url = p.url("main", "/");
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let r = get(&url).await;
+            (
+                r.status.as_u16(),
+                r.header("x-envoy-overloaded").is_some(),
+                started.elapsed(),
+            )
+        }));
+    }
+    let mut admitted = Vec::new();
+    let mut overflowed = Vec::new();
+    for t in tasks {
+        let (status, overloaded, took) = t.await.unwrap();
+        match status {
+            200 => admitted.push(took),
+            503 => {
+                assert!(overloaded);
+                overflowed.push(took);
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    let slowest_overflow = overflowed.iter().max().copied().unwrap_or_default();
+    let fastest_admitted = admitted.iter().min().copied().unwrap_or_default();
+    println!(
+        "breaker: admitted {:?}, overflow {:?}",
+        admitted, overflowed
+    );
+    assert_eq!(admitted.len(), 2);
+    assert_eq!(overflowed.len(), 8);
+    assert!(
+        fastest_admitted >= delay,
+        "admitted requests waited for the upstream"
+    );
+    assert!(
+        fastest_admitted < delay * 2,
+        "admitted requests were not slowed: {fastest_admitted:?}"
+    );
+    assert!(
+        slowest_overflow < delay / 2,
+        "overflow did not wait for the upstream: {slowest_overflow:?}"
+    );
+    let m = p.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_circuit_breaker_overflow_total{cluster="guarded",reason="max_requests"}"#
+        ),
+        8.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_response_flags_total{listener="main",response_flag="UO"}"#
+        ),
+        8.0
+    );
+}
+
+#[tokio::test]
+async fn consecutive_5xx_eject_an_endpoint_which_comes_back_after_the_ejection_time() {
+    let good = Faulty::start("good").await;
+    let bad = Faulty::start("bad").await;
+    bad.set(Mode::Status(500));
+    let yaml = |breaker: u32| {
+        proxy_yaml(
+            "          - route: { cluster: pair }",
+            &format!(
+                "  - name: pair\n    circuit_breakers: {{ max_requests: {breaker} }}\n    outlier_detection: {{ consecutive_5xx: 3, interval: 100ms, base_ejection_time: 1s, max_ejection_percent: 50 }}\n    endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}]",
+                good.addr, bad.addr
+            ),
+        )
+    };
+    let p = TestProxy::start(&yaml(1000)).await;
+    let url = p.url("main", "/");
+    let mut failures = 0;
+    for _ in 0..20 {
+        if get(&url).await.status != 200 {
+            failures += 1;
+        }
+    }
+    assert_eq!(
+        failures, 3,
+        "ejected after exactly consecutive_5xx failures"
+    );
+    assert_eq!(bad.hits(), 3);
+    let text = clusters_text(&p).await;
+    assert!(
+        text.contains(&format!(
+            "pair::{}::health_flags::/failed_outlier_check",
+            bad.addr
+        )),
+        "{text}"
+    );
+    // A reload that changes the cluster's settings but not its endpoints keeps the ejection.
+    p.write_config(&yaml(999));
+    let r = send(
+        &client(),
+        http::Request::post(format!("http://{}/reload", p.admin()))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = clusters_text(&p).await;
+    assert!(
+        text.contains("pair::default_priority::max_requests::999"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "pair::{}::health_flags::/failed_outlier_check",
+            bad.addr
+        )),
+        "the ejection survived the reload: {text}"
+    );
+    bad.set(Mode::Ok);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&url).await;
+            bad.hits() > 3
+        })
+        .await,
+        "the endpoint is used again after its ejection time"
+    );
+    let text = clusters_text(&p).await;
+    assert!(
+        text.contains(&format!("pair::{}::health_flags::healthy", bad.addr)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pair::{}::ejections_total::1", bad.addr)),
+        "{text}"
+    );
+    let m = p.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_outlier_ejections_total{cluster="pair",reason="consecutive_5xx"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn active_health_checks_take_a_killed_endpoint_out_and_bring_it_back() {
+    let ups = [
+        Faulty::start("a").await,
+        Faulty::start("b").await,
+        Faulty::start("c").await,
+    ];
+    let eps = format!(
+        "[{{ address: \"{}\" }}, {{ address: \"{}\" }}, {{ address: \"{}\" }}]",
+        ups[0].addr, ups[1].addr, ups[2].addr
+    );
+    let p = TestProxy::start(&proxy_yaml(
+        "          - match: { path: { prefix: /tcp } }\n            route: { cluster: tcp }\n          - route: { cluster: http }",
+        &format!(
+            "  - name: http\n    health_checks: [{{ http: {{ path: /healthz, expected_statuses: [\"200-299\"] }}, interval: 50ms, timeout: 500ms, unhealthy_threshold: 2, healthy_threshold: 1 }}]\n    endpoints: {eps}\n  - name: tcp\n    health_checks: [{{ tcp: {{}}, interval: 50ms, timeout: 500ms, unhealthy_threshold: 2 }}]\n    endpoints: {eps}"
+        ),
+    ))
+    .await;
+    let b = ups[1].addr;
+    ups[1].kill();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let t = clusters_text(&p).await;
+            t.contains(&format!("http::{b}::health_flags::/failed_active_hc"))
+                && t.contains(&format!("tcp::{b}::health_flags::/failed_active_hc"))
+        })
+        .await,
+        "{}",
+        clusters_text(&p).await
+    );
+    for path in ["/", "/tcp"] {
+        let counts = load(&p.url("main", path), 60, 2).await;
+        assert_eq!(counts.get(&200), Some(&60), "{path}: {counts:?}");
+    }
+    ups[1].restart().await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !clusters_text(&p).await.contains("failed_active_hc")
+        })
+        .await
+    );
+    let before = ups[1].hits();
+    let counts = load(&p.url("main", "/"), 30, 1).await;
+    assert_eq!(counts.get(&200), Some(&30));
+    assert!(
+        ups[1].hits() >= before + 9,
+        "the endpoint rejoined the balancer"
+    );
+    let m = p.metrics().await;
+    assert!(
+        metric_value(
+            &m,
+            r#"weft_health_check_total{cluster="http",reason="failure"}"#
+        ) >= 2.0
+    );
+    assert_eq!(
+        metric_value(&m, r#"weft_membership_healthy{cluster="http"}"#),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn below_the_panic_threshold_traffic_spreads_over_all_endpoints() {
+    let a = Faulty::start("a").await;
+    let b = Faulty::start("b").await;
+    a.set_healthy(false);
+    b.set_healthy(false);
+    let eps = format!(
+        "[{{ address: \"{}\" }}, {{ address: \"{}\" }}]",
+        a.addr, b.addr
+    );
+    let hc = "[{ http: { path: /healthz }, interval: 50ms, unhealthy_threshold: 1 }]";
+    let p = TestProxy::start(&proxy_yaml(
+        "          - match: { path: { prefix: /strict } }\n            route: { cluster: strict }\n          - route: { cluster: lenient }",
+        &format!(
+            "  - {{ name: lenient, health_checks: {hc}, endpoints: {eps} }}\n  - {{ name: strict, panic_threshold: 0, health_checks: {hc}, endpoints: {eps} }}"
+        ),
+    ))
+    .await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            clusters_text(&p).await.matches("/failed_active_hc").count() == 4
+        })
+        .await
+    );
+    let counts = load(&p.url("main", "/"), 20, 1).await;
+    assert_eq!(counts.get(&200), Some(&20), "panic mode serves: {counts:?}");
+    assert!(a.hits() > 0 && b.hits() > 0);
+    let r = get(&p.url("main", "/strict")).await;
+    assert_eq!(
+        r.status, 503,
+        "without a panic threshold nothing is available"
+    );
+    assert_eq!(r.text(), "no healthy upstream");
+    let m = p.metrics().await;
+    assert!(
+        metric_value(
+            &m,
+            r#"weft_upstream_lb_healthy_panic_total{cluster="lenient"}"#
+        ) >= 20.0
+    );
+}
+
+fn split_yaml(v1: std::net::SocketAddr, v2: std::net::SocketAddr, w1: u32, w2: u32) -> String {
+    proxy_yaml(
+        &format!(
+            "          - match: {{ headers: [{{ name: user-agent, regex: \".*Windows.*\" }}] }}\n            route: {{ cluster: v2 }}\n          - route: {{ weighted_clusters: [{{ name: v1, weight: {w1} }}, {{ name: v2, weight: {w2} }}] }}"
+        ),
+        &format!(
+            "  - {{ name: v1, endpoints: [{{ address: \"{v1}\" }}] }}\n  - {{ name: v2, endpoints: [{{ address: \"{v2}\" }}] }}"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_90_10_split_holds_over_10000_requests_and_reweights_under_load_without_failure() {
+    let v1 = echo("v1").await;
+    let v2 = echo("v2").await;
+    let p = TestProxy::start(&split_yaml(v1, v2, 90, 10)).await;
+    let url = p.url("main", "/");
+    // Content-based canary: Windows user agents go to v2.
+    for _ in 0..5 {
+        let r = get_with(&url, &[("user-agent", "Mozilla/5.0 (Windows NT 10.0)")]).await;
+        assert_eq!(r.json()["server"], "v2");
+    }
+    let counts = load(&url, 10_000, 8).await;
+    assert_eq!(counts.get(&200), Some(&10_000), "{counts:?}");
+    let m = p.metrics().await;
+    let to_v2 = metric_value(
+        &m,
+        r#"weft_upstream_rq_total{cluster="v2",code_class="2xx"}"#,
+    ) - 5.0;
+    println!("90/10 over 10000: v2 got {to_v2}");
+    // Expected 1000; σ = 30; the bounds are five σ.
+    assert!((850.0..=1150.0).contains(&to_v2), "v2 got {to_v2}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let background = {
+        let (url, stop) = (url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let c = client();
+            let mut failed = 0;
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) && sent < 20_000 {
+                let req = http::Request::get(&url).body(Full::default()).unwrap();
+                match tokio::time::timeout(Duration::from_secs(5), c.request(req)).await {
+                    Ok(Ok(r)) if r.status() == 200 => {
+                        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                    }
+                    _ => failed += 1,
+                }
+                sent += 1;
+            }
+            (sent, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    p.write_config(&split_yaml(v1, v2, 50, 50));
+    let r = send(
+        &client(),
+        http::Request::post(format!("http://{}/reload", p.admin()))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed) = background.await.unwrap();
+    assert!(sent > 0);
+    assert_eq!(failed, 0, "no request failed across the re-weighting");
+    let before = metric_value(
+        &p.metrics().await,
+        r#"weft_upstream_rq_total{cluster="v2",code_class="2xx"}"#,
+    );
+    let counts = load(&url, 2000, 4).await;
+    assert_eq!(counts.get(&200), Some(&2000));
+    let after = metric_value(
+        &p.metrics().await,
+        r#"weft_upstream_rq_total{cluster="v2",code_class="2xx"}"#,
+    );
+    let share = after - before;
+    println!("50/50 over 2000 after reload: v2 got {share}");
+    // Expected 1000; σ ≈ 22.4; five σ.
+    assert!((888.0..=1112.0).contains(&share), "v2 got {share}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_percentages_hold_and_header_gated_delays_and_grpc_aborts_apply() {
+    let p = TestProxy::start(&proxy_yaml(
+        "          - match: { path: { prefix: /abort } }\n            fault: { abort: { http_status: 503, percentage: 30 } }\n            direct_response: { status: 200 }\n          - match: { path: { prefix: /delay } }\n            fault: { delay: { fixed_delay: 1ms, percentage: 50 } }\n            direct_response: { status: 200 }\n          - match: { path: { prefix: /gated } }\n            fault: { delay: { fixed_delay: 300ms }, headers: [{ name: x-chaos, exact: \"on\" }] }\n            direct_response: { status: 200 }\n          - match: { path: { prefix: /grpc } }\n            fault: { abort: { grpc_status: 14 } }\n            direct_response: { status: 200 }",
+        "  - { name: unused, endpoints: [{ address: \"127.0.0.1:9\" }] }",
+    ))
+    .await;
+    let counts = load(&p.url("main", "/abort"), 2000, 4).await;
+    let aborted = counts.get(&503).copied().unwrap_or(0);
+    println!("abort 30% of 2000: {aborted}");
+    // Expected 600; σ ≈ 20.5; five σ.
+    assert!((498..=702).contains(&aborted), "{counts:?}");
+    assert_eq!(aborted + counts.get(&200).copied().unwrap_or(0), 2000);
+    let counts = load(&p.url("main", "/delay"), 1000, 4).await;
+    assert_eq!(counts.get(&200), Some(&1000));
+    let m = p.metrics().await;
+    let delayed = metric_value(
+        &m,
+        r#"weft_fault_injected_total{listener="main",route="any/1",kind="delay"}"#,
+    );
+    println!("delay 50% of 1000: {delayed}");
+    // Expected 500; σ ≈ 15.8; five σ.
+    assert!((421.0..=579.0).contains(&delayed), "{delayed}");
+    let started = Instant::now();
+    assert_eq!(get(&p.url("main", "/gated")).await.status, 200);
+    let plain = started.elapsed();
+    let started = Instant::now();
+    assert_eq!(
+        get_with(&p.url("main", "/gated"), &[("x-chaos", "on")])
+            .await
+            .status,
+        200
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(
+        plain < Duration::from_millis(300),
+        "no header, no delay: {plain:?}"
+    );
+    let r = get(&p.url("main", "/grpc")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("grpc-status"), Some("14"));
+    let log = p.access_log_lines(3003).await;
+    let flags: Vec<&str> = log[log.len() - 3..]
+        .iter()
+        .map(|l| l["response_flags"].as_str().unwrap())
+        .collect();
+    assert_eq!(flags, ["-", "DI", "FI"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_get_a_share_with_a_shadow_host_and_never_slow_the_primary() {
+    let primary = echo("primary").await;
+    let stalled = Faulty::start("stalled").await;
+    stalled.set(Mode::Stall);
+    let half = Faulty::start("half").await;
+    let p = TestProxy::start(&proxy_yaml(
+        "          - match: { path: { prefix: /stalled } }\n            route: { cluster: primary, timeout: 30s, request_mirror_policies: [{ cluster: stalled }] }\n          - route: { cluster: primary, request_mirror_policies: [{ cluster: half, percentage: 50 }] }",
+        &format!(
+            "  - {{ name: primary, endpoints: [{{ address: \"{primary}\" }}] }}\n  - {{ name: stalled, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: half, endpoints: [{{ address: \"{}\" }}] }}",
+            stalled.addr, half.addr
+        ),
+    ))
+    .await;
+    let c = client();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let r = send(
+            &c,
+            http::Request::get(p.url("main", "/stalled"))
+                .header("host", "reviews")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["server"], "primary");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the stalled shadow never holds the primary"
+        );
+    }
+    assert!(eventually(Duration::from_secs(5), || async { stalled.hits() == 20 }).await);
+    assert!(
+        stalled.hosts().iter().all(|h| h == "reviews-shadow"),
+        "{:?}",
+        stalled.hosts()
+    );
+    let counts = load(&p.url("main", "/"), 400, 4).await;
+    assert_eq!(counts.get(&200), Some(&400));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let m = p.metrics().await;
+            let sent = metric_value(
+                &m,
+                r#"weft_upstream_rq_mirror_total{cluster="half",reason="sent"}"#,
+            );
+            sent == half.hits() as f64
+        })
+        .await
+    );
+    let mirrored = half.hits();
+    println!("mirror 50% of 400: {mirrored}");
+    // Expected 200; σ = 10; five σ.
+    assert!((150..=250).contains(&mirrored), "{mirrored}");
+}
+
+#[tokio::test]
+async fn local_rate_limits_answer_429_with_retry_after_per_route_and_per_listener() {
+    let up = echo("up").await;
+    let p = TestProxy::start(&format!(
+        r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes:
+          - local_rate_limit: {{ max_tokens: 3, fill_interval: 1h }}
+            route: {{ cluster: up }}
+  - name: edge
+    address: 127.0.0.1:0
+    local_rate_limit: {{ max_tokens: 2, tokens_per_fill: 1, fill_interval: 30s }}
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes: [{{ direct_response: {{ status: 204 }} }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(&p.url("main", "/")).await.status, 200);
+    }
+    let r = get(&p.url("main", "/")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("3600"));
+    for _ in 0..2 {
+        assert_eq!(get(&p.url("edge", "/")).await.status, 204);
+    }
+    let r = get(&p.url("edge", "/")).await;
+    assert_eq!(r.status, 429);
+    let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=30).contains(&secs));
+    let m = p.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_local_rate_limited_total{listener="main",route="any/0"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_local_rate_limited_total{listener="edge",route=""}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_response_flags_total{listener="main",response_flag="RL"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_slow_drip_body_is_not_cut_by_the_per_try_timeout_and_resets_are_retried() {
+    let drip = Faulty::start("drip").await;
+    drip.set(Mode::Drip {
+        chunks: 5,
+        every: Duration::from_millis(100),
+    });
+    let flaky = Faulty::start("flaky").await;
+    flaky.set(Mode::Reset);
+    let steady = Faulty::start("steady").await;
+    let p = TestProxy::start(&proxy_yaml(
+        "          - match: { path: { prefix: /drip } }\n            route: { cluster: drip, retry_policy: { num_retries: 1, retry_on: reset, per_try_timeout: 200ms } }\n          - route: { cluster: mixed, retry_policy: { num_retries: 1, retry_on: reset } }",
+        &format!(
+            "  - {{ name: drip, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: mixed, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
+            drip.addr, flaky.addr, steady.addr
+        ),
+    ))
+    .await;
+    let r = get(&p.url("main", "/drip")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "drip\n".repeat(5));
+    assert_eq!(drip.hits(), 1, "a response that started is never retried");
+    let counts = load(&p.url("main", "/"), 20, 1).await;
+    assert_eq!(
+        counts.get(&200),
+        Some(&20),
+        "resets go to the other endpoint: {counts:?}"
+    );
+    assert!(flaky.hits() >= 5, "the resetting endpoint was tried");
+}
