@@ -113,15 +113,18 @@ impl Template {
 pub fn host_value(var: &Var) -> Option<String> {
     use proxy_wasm::types::MapType;
     match var {
+        // Bytes, converted lossily: a non-UTF-8 header value must not trap the plugin.
         Var::RequestHeader(h) => {
-            proxy_wasm::hostcalls::get_map_value(MapType::HttpRequestHeaders, h)
+            proxy_wasm::hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, h)
                 .ok()
                 .flatten()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
         }
         Var::ResponseHeader(h) => {
-            proxy_wasm::hostcalls::get_map_value(MapType::HttpResponseHeaders, h)
+            proxy_wasm::hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, h)
                 .ok()
                 .flatten()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
         }
         Var::Property(p) => crate::properties::get_string(p),
     }

@@ -2,51 +2,16 @@
 //! workspace of its own) for `wasm32-wasip1` in release with a nested cargo,
 //! then writes `$OUT_DIR/fixtures.rs` with one `pub const` path per fixture.
 //!
-//! The nested cargo gets a scrubbed environment: everything cargo hands a build
-//! script (`CARGO_ENCODED_RUSTFLAGS`, `CARGO_CFG_*`, `CARGO_PKG_*`, `OUT_DIR`,
-//! `TARGET`, ...) and every host-build override (`RUSTFLAGS`, wrappers,
-//! `CARGO_BUILD_*`, `CARGO_PROFILE_*`, `CARGO_TARGET_*`, ...) would otherwise
-//! leak into the wasm build. Its target dir is `$OUT_DIR/fixtures-target`.
+//! The nested cargo (through `weft-plugin-build`) gets a scrubbed environment; its
+//! target dir is `$OUT_DIR/fixtures-target`.
 
 use std::collections::BTreeSet;
 use std::env;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-const WASM_TARGET: &str = "wasm32-wasip1";
-
-/// `CARGO_*` variables (exact names or prefixes ending in `_`) the nested cargo
-/// keeps: where cargo lives, registry / network / auth settings, the
-/// jobserver (so it shares the outer build's job slots), terminal settings.
-const KEEP_CARGO_VARS: &[&str] = &[
-    "CARGO_HOME",
-    "CARGO_MAKEFLAGS",
-    "CARGO_BUILD_JOBS",
-    "CARGO_NET_",
-    "CARGO_HTTP_",
-    "CARGO_REGISTRY_",
-    "CARGO_REGISTRIES_",
-    "CARGO_TERM_",
-];
-
-/// Non-`CARGO_*` variables that must not reach the nested cargo. `RUSTC` and
-/// `RUSTUP_TOOLCHAIN` are kept on purpose: same compiler as the outer build.
-const REMOVE_VARS: &[&str] = &[
-    "RUSTFLAGS",
-    "RUSTDOCFLAGS",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "RUSTC_LINKER",
-    "OUT_DIR",
-    "TARGET",
-    "HOST",
-    "NUM_JOBS",
-    "OPT_LEVEL",
-    "DEBUG",
-    "PROFILE",
-];
+use weft_plugin_build::WASM_TARGET;
 
 fn main() {
     let manifest_dir =
@@ -82,54 +47,13 @@ fn main() {
         fixtures_list.push((name, stem));
     }
 
-    // The nested build.
+    // The nested build (scrubbed environment: see weft-plugin-build).
     let target_dir = out_dir.join("fixtures-target");
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(&fixtures)
-        .arg("build")
-        .arg("--release")
-        .arg("--target")
-        .arg(WASM_TARGET)
-        .arg("--manifest-path")
-        .arg(&workspace_manifest);
-    if lockfile.exists() {
-        cmd.arg("--locked");
-    }
-    for (key, _) in env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        let leaks = if key.starts_with("CARGO_") {
-            !KEEP_CARGO_VARS.iter().any(|keep| {
-                if keep.ends_with('_') {
-                    key.starts_with(keep)
-                } else {
-                    key == *keep
-                }
-            })
-        } else {
-            key.starts_with("__CARGO") || REMOVE_VARS.contains(&key)
-        };
-        if leaks {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("CARGO_TARGET_DIR", &target_dir);
-    // Our stdout is cargo's directive channel: send the nested cargo's
-    // stdout to stderr, which cargo prints when this build script fails.
-    cmd.stdout(Stdio::from(std::io::stderr()))
-        .stderr(Stdio::inherit());
-
-    eprintln!("weft-test-artifacts: running {cmd:?}");
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("could not run {}: {e}", Path::new(&cargo).display()));
-    if !status.success() {
-        panic!(
-            "building the wasm fixtures failed ({status}); the nested cargo output is above.\n\
-             Reproduce with: cargo build --release --target {WASM_TARGET} --manifest-path {}\n\
-             (needs `rustup target add {WASM_TARGET}`)",
-            workspace_manifest.display()
-        );
+    if let Err(e) = weft_plugin_build::WasmBuild::new(&workspace_manifest, &target_dir)
+        .locked(lockfile.exists())
+        .run()
+    {
+        panic!("building the wasm fixtures: {e}");
     }
 
     // Generated constants.

@@ -8,6 +8,7 @@ mod admin;
 mod balancing;
 mod differential;
 mod errors;
+mod examples;
 mod framing;
 mod plugin_authz;
 mod plugin_header_rewrite;

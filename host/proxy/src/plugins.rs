@@ -445,6 +445,11 @@ impl PluginRegistry {
                 let _ = writeln!(out, "{name}{{plugin=\"{label}\"}} {value}");
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP weft_wasm_shared_queue_dropped Items dropped from full plugin shared queues.\n# TYPE weft_wasm_shared_queue_dropped counter\nweft_wasm_shared_queue_dropped_total {}",
+            weft_wasm::shared::QUEUE_DROPS.load(Ordering::Relaxed)
+        );
         write_custom_metrics(&mut out, weft_wasm::shared::all_metrics());
         out
     }

