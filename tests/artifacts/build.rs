@@ -42,7 +42,7 @@ fn main() {
         let manifest = dir.join("Cargo.toml");
         rerun_if_changed(&manifest);
         rerun_if_changed_recursive(&dir.join("src"));
-        let name = package_name(&manifest);
+        let name = weft_plugin_build::package_name(&manifest).unwrap_or_else(|e| panic!("{e}"));
         let stem = name.replace('-', "_");
         fixtures_list.push((name, stem));
     }
@@ -148,23 +148,6 @@ fn workspace_members(manifest: &Path) -> Vec<String> {
         }
     }
     members
-}
-
-/// `name = "..."` of the `[package]` table.
-fn package_name(manifest: &Path) -> String {
-    let text = read(manifest);
-    let mut in_package = false;
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_package = line == "[package]";
-        } else if in_package
-            && let Some((key, value)) = line.split_once('=')
-            && key.trim() == "name"
-        {
-            return value.trim().trim_matches('"').to_owned();
-        }
-    }
-    panic!("no [package] name in {}", manifest.display());
 }
 
 fn warn_about_unlisted_crates(fixtures: &Path, members: &[String]) {
