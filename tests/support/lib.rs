@@ -3,9 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod envoy;
-pub mod plugins;
-pub mod mesh;
 pub mod faulty;
+pub mod mesh;
+pub mod plugins;
 pub mod upstream;
 
 use std::net::SocketAddr;
