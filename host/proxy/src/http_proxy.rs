@@ -683,7 +683,8 @@ async fn forward_upstream(
     let mut previous: Option<usize> = None;
     let mut retry_permit: Option<crate::breaker::Permit> = None;
     let (mut resp, endpoint) = loop {
-        let set = cluster.endpoints();
+        // An owned snapshot: it is held across the upstream call.
+        let set = arc_swap::Guard::into_inner(cluster.endpoints());
         let Some((index, endpoint)) = cluster.pick_endpoint(&set, hash, attempt, previous) else {
             return local(
                 c,
