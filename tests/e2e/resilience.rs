@@ -781,3 +781,88 @@ async fn a_slow_drip_body_is_not_cut_by_the_per_try_timeout_and_resets_are_retri
     );
     assert!(flaky.hits() >= 5, "the resetting endpoint was tried");
 }
+
+#[tokio::test]
+async fn a_chunked_body_of_unknown_length_is_buffered_and_replayed() {
+    let up = Faulty::start("only").await;
+    up.burst(1, 502);
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: one, retry_policy: { num_retries: 1, retry_on: gateway-error, per_request_buffer_limit_bytes: 16 } }",
+        &format!("  - {{ name: one, endpoints: [{{ address: \"{}\" }}] }}", up.addr),
+    ))
+    .await;
+    let addr = p.addr("main");
+    let reply = weft_e2e::raw(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\npay\r\n4\r\nload\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains(r#""attempt":"2""#), "{reply}");
+    assert!(reply.contains(r#""body":"payload""#), "{reply}");
+    // Over the limit: streamed once, not retried.
+    up.burst(1, 502);
+    let reply = weft_e2e::raw(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n11\r\n0123456789abcdefg\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    assert_eq!(up.hits(), 3);
+}
+
+#[tokio::test]
+async fn health_checks_stop_with_their_generation_and_state_survives_an_unchanged_reload() {
+    let up = Faulty::start("checked").await;
+    up.set_healthy(false);
+    let with_check = |interval: &str| {
+        proxy_yaml(
+            "          - route: { cluster: checked }",
+            &format!(
+                "  - {{ name: checked, panic_threshold: 0, health_checks: [{{ http: {{ path: /healthz }}, interval: {interval}, unhealthy_threshold: 1 }}], endpoints: [{{ address: \"{}\" }}] }}",
+                up.addr
+            ),
+        )
+    };
+    let p = TestProxy::start(&with_check("20ms")).await;
+    let reload = || async {
+        send(
+            &client(),
+            http::Request::post(format!("http://{}/reload", p.admin()))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&p.url("main", "/")).await.status == 503
+        })
+        .await,
+        "the failing endpoint left the balancer"
+    );
+    // Only the listener changes: the cluster, its checker and its state carry over.
+    p.write_config(&with_check("20ms").replace("name: any", "name: renamed"));
+    assert_eq!(reload().await.status, 200);
+    assert_eq!(
+        get(&p.url("main", "/")).await.status,
+        503,
+        "still out after the reload"
+    );
+    // The cluster goes away: its checker stops.
+    p.write_config(&proxy_yaml(
+        "          - direct_response: { status: 204 }",
+        "  - { name: other, endpoints: [{ address: \"127.0.0.1:9\" }] }",
+    ));
+    assert_eq!(reload().await.status, 200);
+    assert_eq!(get(&p.url("main", "/")).await.status, 204);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after_removal = up.health_hits();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        up.health_hits() <= after_removal + 1,
+        "no checks after the cluster was dropped: {} then {}",
+        after_removal,
+        up.health_hits()
+    );
+}

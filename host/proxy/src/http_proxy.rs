@@ -570,7 +570,22 @@ async fn route_and_forward(
     let mirrors = resilience.map_or(&[][..], |r| r.mirrors.as_slice());
     let body = if retry.is_some() || !mirrors.is_empty() {
         let limit = retry.map_or(64 * 1024, |r| r.buffer_limit);
-        match RequestBody::buffer(body, limit).await {
+        let buffered = RequestBody::buffer(body, limit);
+        let buffered = match forward.timeout {
+            Some(t) => match tokio::time::timeout(t, buffered).await {
+                Ok(b) => b,
+                Err(_) => {
+                    return local(
+                        c,
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request body timeout",
+                        flags::NONE,
+                    );
+                }
+            },
+            None => buffered.await,
+        };
+        match buffered {
             Ok(b) => b,
             Err(e) => {
                 tracing::debug!(error = %e, "downstream request body failed");
