@@ -866,3 +866,57 @@ async fn health_checks_stop_with_their_generation_and_state_survives_an_unchange
         up.health_hits()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_with_a_low_success_rate_is_ejected_by_success_rate() {
+    let ups = [
+        Faulty::start("a").await,
+        Faulty::start("b").await,
+        Faulty::start("c").await,
+        Faulty::start("d").await,
+        Faulty::start("e").await,
+    ];
+    ups[4].set(Mode::Status(500));
+    let eps: Vec<String> = ups
+        .iter()
+        .map(|u| format!("{{ address: \"{}\" }}", u.addr))
+        .collect();
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: five }",
+        &format!(
+            "  - name: five\n    outlier_detection: {{ consecutive_5xx: 0, interval: 300ms, base_ejection_time: 30s, max_ejection_percent: 20, success_rate_minimum_hosts: 5, success_rate_request_volume: 10 }}\n    endpoints: [{}]",
+            eps.join(", ")
+        ),
+    ))
+    .await;
+    let url = p.url("main", "/");
+    let flagged = format!("five::{}::health_flags::/failed_outlier_check", ups[4].addr);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            load(&url, 50, 2).await;
+            clusters_text(&p).await.contains(&flagged)
+        })
+        .await,
+        "{}",
+        clusters_text(&p).await
+    );
+    let text = clusters_text(&p).await;
+    assert_eq!(text.matches("/failed_outlier_check").count(), 1, "{text}");
+    let counts = load(&url, 40, 2).await;
+    assert_eq!(counts.get(&200), Some(&40), "{counts:?}");
+    let m = p.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_outlier_ejections_total{cluster="five",reason="success_rate"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_outlier_ejections_total{cluster="five",reason="consecutive_5xx"}"#
+        ),
+        0.0
+    );
+}
