@@ -920,3 +920,62 @@ async fn an_endpoint_with_a_low_success_rate_is_ejected_by_success_rate() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_max_connections_wait_in_a_bounded_pending_queue() {
+    let delay = Duration::from_millis(400);
+    let up = slow(delay).await;
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: narrow }",
+        &format!(
+            "  - {{ name: narrow, circuit_breakers: {{ max_connections: 1, max_pending_requests: 1 }}, endpoints: [{{ address: \"{up}\" }}] }}"
+        ),
+    ))
+    .await;
+    let url = p.url("main", "/");
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let r = get(&url).await;
+            (r.status.as_u16(), started.elapsed())
+        }));
+    }
+    let mut served = Vec::new();
+    let mut overflowed = Vec::new();
+    for t in tasks {
+        let (status, took) = t.await.unwrap();
+        match status {
+            200 => served.push(took),
+            503 => overflowed.push(took),
+            s => panic!("unexpected {s}"),
+        }
+    }
+    served.sort();
+    println!("max_connections 1 + 1 pending: served {served:?}, overflow {overflowed:?}");
+    assert_eq!(served.len(), 2, "one on the connection, one from the queue");
+    assert_eq!(overflowed.len(), 2);
+    assert!(
+        served[1] >= delay * 2,
+        "the queued request waited its turn: {served:?}"
+    );
+    assert!(overflowed.iter().all(|t| *t < delay), "{overflowed:?}");
+    let m = p.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_circuit_breaker_overflow_total{cluster="narrow",reason="max_pending_requests"}"#
+        ),
+        2.0
+    );
+    let text = clusters_text(&p).await;
+    assert!(
+        text.contains("narrow::default_priority::max_connections::1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("narrow::default_priority::rq_pending::0"),
+        "{text}"
+    );
+}

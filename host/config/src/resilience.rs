@@ -66,10 +66,12 @@ pub struct RetryBudget {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakers {
-    /// Open upstream connections (not implemented: refused when set).
+    /// Upstream connections (HTTP/1: requests in flight, one per connection); unlimited when
+    /// unset.
     #[serde(default)]
     pub max_connections: Option<u32>,
-    /// Requests waiting for a connection (not implemented: refused when set).
+    /// Requests waiting for a connection when all `max_connections` are busy (default
+    /// unlimited, as Istio); needs `max_connections`.
     #[serde(default)]
     pub max_pending_requests: Option<u32>,
     /// Requests in flight to the cluster (default unlimited, as Istio).

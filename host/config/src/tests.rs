@@ -298,7 +298,7 @@ fn bad_resilience_settings_are_refused_with_their_paths_and_lines() {
         )
         .replace(
             "max_requests: 100,",
-            "max_connections: 10, max_requests: 100,",
+            "max_pending_requests: 10, max_requests: 100,",
         )
         .replace("panic_threshold: 30", "panic_threshold: -1")
         .replace("max_tokens: 10,", "max_tokens: 0,");
@@ -312,7 +312,7 @@ fn bad_resilience_settings_are_refused_with_their_paths_and_lines() {
         format!("{r}.route.request_mirror_policies[0].cluster: unknown cluster `v3`"),
         "clusters[0].outlier_detection.max_ejection_time: must be at least `base_ejection_time`"
             .to_owned(),
-        "clusters[0].circuit_breakers.max_connections: unimplemented".to_owned(),
+        "clusters[0].circuit_breakers.max_pending_requests: has no effect without `max_connections`".to_owned(),
         "clusters[0].panic_threshold: -1 is outside 0..=100".to_owned(),
         "clusters[1].health_checks[0]: needs exactly one of `http`, `tcp`".to_owned(),
         "clusters[1].health_checks[0].healthy_threshold: must be at least 1".to_owned(),

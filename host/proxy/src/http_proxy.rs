@@ -139,7 +139,7 @@ struct Completion {
     shared: Arc<Shared>,
     wasm: Option<WasmExchange>,
     /// The cluster's circuit-breaker slot, held until the response ends.
-    permit: Option<crate::breaker::Permit>,
+    permit: Option<crate::breaker::Admitted>,
 }
 
 impl OnComplete for Completion {
@@ -508,11 +508,31 @@ async fn route_and_forward(
         e.upstream_cluster = Some(cluster.name.clone());
     }
     let hash = request_hash(&forward.hash_policy, &parts.headers, conn.peer);
-    // Circuit breaker: requests in flight to the cluster. The slot is held to the response's end.
-    match cluster.resilience.breaker.try_request() {
-        Some(permit) => c.permit = Some(permit),
-        None => {
-            cluster.resilience.metrics.overflow_requests.inc();
+    // Circuit breakers: requests in flight, and connections (a request may wait in the bounded
+    // pending queue, within the route timeout). The slots are held to the response's end.
+    let admission = cluster.resilience.breaker.admit();
+    let admitted = match forward.timeout {
+        Some(t) => match tokio::time::timeout(t, admission).await {
+            Ok(a) => a,
+            Err(_) => {
+                return local(
+                    c,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    flags::UPSTREAM_TIMEOUT,
+                );
+            }
+        },
+        None => admission.await,
+    };
+    match admitted {
+        Ok(permit) => c.permit = Some(permit),
+        Err(overflow) => {
+            let m = &cluster.resilience.metrics;
+            match overflow {
+                crate::breaker::Overflow::Requests => m.overflow_requests.inc(),
+                crate::breaker::Overflow::Pending => m.overflow_pending.inc(),
+            };
             let mut resp = local(
                 c,
                 StatusCode::SERVICE_UNAVAILABLE,

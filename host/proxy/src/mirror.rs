@@ -42,7 +42,7 @@ pub(crate) fn send(m: &Mirror, copy: &Copy<'_>) {
         metrics.mirror_skipped.inc();
         return;
     };
-    let Some(permit) = m.cluster.resilience.breaker.try_request() else {
+    let Some(permit) = m.cluster.resilience.breaker.try_admit() else {
         metrics.mirror_skipped.inc();
         return;
     };

@@ -160,6 +160,8 @@ pub struct ClusterResilienceMetrics {
     pub retry_overflow_breaker: Counter,
     /// Requests refused by `max_requests`.
     pub overflow_requests: Counter,
+    /// Requests refused by `max_pending_requests`.
+    pub overflow_pending: Counter,
     ejections: [Counter; 4],
     /// Endpoints ejected now.
     pub ejections_active: Gauge,
@@ -226,6 +228,9 @@ impl Metrics {
             retry_overflow_budget: f.retry_overflow.get_or_create_owned(&r("budget")),
             retry_overflow_breaker: f.retry_overflow.get_or_create_owned(&r("circuit_breaker")),
             overflow_requests: f.breaker_overflow.get_or_create_owned(&r("max_requests")),
+            overflow_pending: f
+                .breaker_overflow
+                .get_or_create_owned(&r("max_pending_requests")),
             ejections: [
                 EjectReason::Consecutive5xx,
                 EjectReason::ConsecutiveGatewayErrors,
