@@ -587,7 +587,9 @@ async fn route_and_forward(
     let retry = resilience
         .and_then(|r| r.retry.as_ref())
         .filter(|_| !is_upgrade);
-    let mirrors = resilience.map_or(&[][..], |r| r.mirrors.as_slice());
+    let mirrors = resilience
+        .filter(|_| !is_upgrade)
+        .map_or(&[][..], |r| r.mirrors.as_slice());
     let body = if retry.is_some() || !mirrors.is_empty() {
         let limit = retry.map_or(64 * 1024, |r| r.buffer_limit);
         let buffered = RequestBody::buffer(body, limit);
@@ -697,7 +699,7 @@ fn refused_stream(e: &hyper_util::client::legacy::Error) -> bool {
 
 #[allow(clippy::too_many_arguments)]
 async fn forward_upstream(
-    upstream: Upstream,
+    mut upstream: Upstream,
     body: RequestBody,
     mut c: Box<Completion>,
     cluster: &Arc<Cluster>,
@@ -757,7 +759,12 @@ async fn forward_upstream(
         *req.method_mut() = upstream.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = upstream.version;
-        *req.headers_mut() = upstream.headers.clone();
+        *req.headers_mut() = if attempt < max_retries {
+            upstream.headers.clone()
+        } else {
+            // The last possible try (the only one without a retry policy) takes them.
+            std::mem::take(&mut upstream.headers)
+        };
         if retry.is_some() {
             req.headers_mut().insert(
                 HeaderName::from_static(crate::retry::ATTEMPT_COUNT_HEADER),
