@@ -979,3 +979,30 @@ async fn requests_beyond_max_connections_wait_in_a_bounded_pending_queue() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_retry_leaves_the_endpoint_that_failed_even_when_the_hash_pins_it() {
+    let flaky = Faulty::start("flaky").await;
+    flaky.set(Mode::Reset);
+    let steady = Faulty::start("steady").await;
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: ring, hash_policy: [{ header: x-user }], retry_policy: { num_retries: 1, retry_on: reset } }",
+        &format!(
+            "  - {{ name: ring, lb_policy: ring_hash, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
+            flaky.addr, steady.addr
+        ),
+    ))
+    .await;
+    let url = p.url("main", "/");
+    for i in 0..40 {
+        let user = format!("user-{i}");
+        let r = get_with(&url, &[("x-user", &user)]).await;
+        assert_eq!(r.status, 200, "{user}: {}", r.text());
+        assert_eq!(r.json()["server"], "steady");
+    }
+    assert!(
+        flaky.hits() >= 5,
+        "some keys hash to the failing endpoint ({}), and their retries went elsewhere",
+        flaky.hits()
+    );
+}
