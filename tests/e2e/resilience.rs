@@ -1006,3 +1006,29 @@ async fn a_retry_leaves_the_endpoint_that_failed_even_when_the_hash_pins_it() {
         flaky.hits()
     );
 }
+
+#[tokio::test]
+async fn an_http2_cluster_is_health_checked_over_http2() {
+    let (up, checks) = weft_e2e::faulty::h2_only().await;
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: grpcish }",
+        &format!(
+            "  - {{ name: grpcish, protocol: http2, panic_threshold: 0, health_checks: [{{ http: {{ path: /healthz }}, interval: 30ms, unhealthy_threshold: 1 }}], endpoints: [{{ address: \"{up}\" }}] }}"
+        ),
+    ))
+    .await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            checks.load(Ordering::Relaxed) >= 5
+        })
+        .await
+    );
+    let text = clusters_text(&p).await;
+    assert!(
+        text.contains(&format!("grpcish::{up}::health_flags::healthy")),
+        "{text}"
+    );
+    let r = get(&p.url("main", "/")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "h2");
+}

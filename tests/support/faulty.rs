@@ -260,3 +260,35 @@ async fn answer(state: &State, req: Request<Incoming>, close: &Notify) -> Respon
         }
     }
 }
+
+/// An upstream that speaks only HTTP/2 with prior knowledge (HTTP/1 is a protocol error to it):
+/// `/healthz` answers 200 and counts in the returned counter, other paths answer `h2`.
+pub async fn h2_only() -> (SocketAddr, Arc<AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let checks = Arc::new(AtomicU64::new(0));
+    let counter = checks.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let counter = counter.clone();
+                    async move {
+                        if req.uri().path() == "/healthz" {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok::<_, Infallible>(full(200, "h2".to_owned()))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, checks)
+}

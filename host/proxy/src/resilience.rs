@@ -303,6 +303,7 @@ impl ClusterResilience {
             metrics.healthy.set(endpoints.load().endpoints.len() as i64);
             tasks.push(crate::health::spawn_checker(
                 &config.name,
+                config.protocol,
                 hc,
                 endpoints.clone(),
                 metrics.clone(),
