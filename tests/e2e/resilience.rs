@@ -1032,3 +1032,43 @@ async fn an_http2_cluster_is_health_checked_over_http2() {
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "h2");
 }
+
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_bucket_and_refills_a_changed_one() {
+    let yaml = |tokens: u32, body: &str| {
+        proxy_yaml(
+            &format!(
+                "          - name: limited\n            local_rate_limit: {{ max_tokens: {tokens}, fill_interval: 1h }}\n            direct_response: {{ status: 200, body: {body} }}"
+            ),
+            "  - { name: unused, endpoints: [{ address: \"127.0.0.1:9\" }] }",
+        )
+    };
+    let p = TestProxy::start(&yaml(2, "one")).await;
+    let url = p.url("main", "/");
+    let reload = || async {
+        send(
+            &client(),
+            http::Request::post(format!("http://{}/reload", p.admin()))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .status
+    };
+    assert_eq!(get(&url).await.status, 200);
+    assert_eq!(get(&url).await.status, 200);
+    assert_eq!(get(&url).await.status, 429);
+    // Same limit, other changes: the spent bucket carries over.
+    p.write_config(&yaml(2, "two"));
+    assert_eq!(reload().await, 200);
+    let r = get(&url).await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (429, "local_rate_limited".to_owned())
+    );
+    // A new limit starts full.
+    p.write_config(&yaml(3, "three"));
+    assert_eq!(reload().await, 200);
+    let r = get(&url).await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "three".to_owned()));
+}

@@ -429,7 +429,7 @@ pub struct RouteResilience {
     /// Fault injection.
     pub fault: Option<FaultConfig>,
     /// Route-level token bucket.
-    pub rate_limit: Option<TokenBucket>,
+    pub rate_limit: Option<Arc<TokenBucket>>,
     /// Shadow clusters.
     pub mirrors: Vec<Mirror>,
     /// Metric handles.
@@ -445,6 +445,7 @@ impl RouteResilience {
         metrics: &Metrics,
         listener: &str,
         route: &str,
+        previous: Option<&crate::generation::Generation>,
     ) -> Result<RouteResilience, BuildError> {
         let forward = r.route.as_ref();
         let mut mirrors = Vec::new();
@@ -477,14 +478,53 @@ impl RouteResilience {
                 .as_ref()
                 .map(|f| FaultConfig::new(&format!("{path}.fault"), f))
                 .transpose()?,
-            rate_limit: r
-                .local_rate_limit
-                .as_ref()
-                .map(|rl| TokenBucket::new(rl, now_ms())),
+            rate_limit: r.local_rate_limit.as_ref().map(|rl| {
+                crate::ratelimit::carry_over(
+                    previous_route_bucket(previous, listener, route).as_ref(),
+                    rl,
+                    now_ms(),
+                )
+            }),
             mirrors,
             metrics: metrics.route_resilience(listener, route),
         })
     }
+}
+
+fn previous_http_listener<'a>(
+    previous: Option<&'a crate::generation::Generation>,
+    listener: &str,
+) -> Option<&'a crate::generation::HttpListener> {
+    match previous?.listeners.get(listener).map(|l| &**l) {
+        Some(crate::generation::ListenerGen::Http(h)) => Some(h),
+        _ => None,
+    }
+}
+
+/// The bucket route `route` of `listener` had in the previous generation.
+fn previous_route_bucket(
+    previous: Option<&crate::generation::Generation>,
+    listener: &str,
+    route: &str,
+) -> Option<Arc<TokenBucket>> {
+    let l = previous_http_listener(previous, listener)?;
+    l.routes
+        .routes()
+        .zip(&l.route_state)
+        .find(|(r, _)| &*r.name == route)
+        .and_then(|(_, s)| s.resilience.rate_limit.clone())
+}
+
+/// The listener-wide bucket of `listener`, carried over when its settings are unchanged.
+pub(crate) fn listener_bucket(
+    previous: Option<&crate::generation::Generation>,
+    listener: &str,
+    cfg: &weft_config::resilience::LocalRateLimit,
+) -> Arc<TokenBucket> {
+    let old = previous_http_listener(previous, listener)
+        .and_then(|l| l.local_rate_limit.as_ref())
+        .map(|(b, _)| b);
+    crate::ratelimit::carry_over(old, cfg, now_ms())
 }
 
 #[cfg(test)]
