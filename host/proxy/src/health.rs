@@ -144,7 +144,7 @@ enum Probe {
         host: String,
         expected: Vec<(u16, u16)>,
         /// HTTP/2 prior knowledge (an `http2` cluster), through this client.
-        h2: Option<H2Client>,
+        h2: Option<Box<H2Client>>,
     },
 }
 
@@ -172,9 +172,13 @@ pub(crate) fn spawn_checker(
                 .filter_map(|s| s.range().ok())
                 .collect(),
             h2: (protocol == weft_config::schema::UpstreamProtocol::Http2).then(|| {
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                Box::new(
+                    hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
                     .http2_only(true)
-                    .build_http()
+                    .build_http(),
+                )
             }),
         },
         None => Probe::Tcp,

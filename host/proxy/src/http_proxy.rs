@@ -672,7 +672,7 @@ struct Upstream {
 enum Tried {
     Response(Response<Incoming>),
     Failed(TryOutcome, hyper_util::client::legacy::Error),
-    TimedOut { per_try: bool },
+    TimedOut,
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> TryOutcome {
@@ -786,9 +786,7 @@ async fn forward_upstream(
             Some(d) => match tokio::time::timeout_at(d, call).await {
                 Ok(Ok(r)) => Tried::Response(r),
                 Ok(Err(e)) => Tried::Failed(classify(&e), e),
-                Err(_) => Tried::TimedOut {
-                    per_try: per_try.is_some(),
-                },
+                Err(_) => Tried::TimedOut,
             },
             None => match call.await {
                 Ok(r) => Tried::Response(r),
@@ -811,7 +809,7 @@ async fn forward_upstream(
                 TryOutcome::Status(r.status().as_u16(), grpc)
             }
             Tried::Failed(o, _) => *o,
-            Tried::TimedOut { .. } => TryOutcome::PerTryTimeout,
+            Tried::TimedOut => TryOutcome::PerTryTimeout,
         };
         cluster.observe(
             &set,
@@ -854,7 +852,7 @@ async fn forward_upstream(
                         endpoint.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Tried::TimedOut { .. } => {
+                Tried::TimedOut => {
                     cluster.metrics.rq_timeout.inc();
                     cluster.metrics.rq[4].inc();
                 }
@@ -900,10 +898,9 @@ async fn forward_upstream(
                 }
                 break (r, endpoint);
             }
-            Tried::TimedOut { per_try } => {
+            Tried::TimedOut => {
                 cluster.metrics.rq_timeout.inc();
                 cluster.metrics.rq[4].inc();
-                let _ = per_try;
                 return local(
                     c,
                     StatusCode::GATEWAY_TIMEOUT,
