@@ -232,7 +232,9 @@ listeners:
                 retry_on: "5xx,reset,retriable-status-codes,unavailable,409"
                 retriable_status_codes: [418]
                 retry_back_off: { base_interval: 10ms, max_interval: 1s }
-              request_mirror_policies: [{ cluster: v2, percentage: 5 }]
+              request_mirror_policies:
+                - { cluster: v2, percentage: 5 }
+                - { cluster: v1, runtime_fraction: { default_value: { numerator: 25, denominator: TEN_THOUSAND } } }
 clusters:
   - name: v1
     endpoints: [{ address: 127.0.0.1:8080 }]
@@ -259,6 +261,8 @@ fn resilience_settings_parse_with_istio_names_and_defaults() {
     let retry = r.retry_policy.as_ref().unwrap();
     assert_eq!(retry.num_retries, 3, "`attempts` is Istio's name");
     assert_eq!(retry.per_request_buffer_limit_bytes, 64 * 1024);
+    assert_eq!(r.request_mirror_policies[0].effective_percentage(), 5.0);
+    assert_eq!(r.request_mirror_policies[1].effective_percentage(), 0.25);
     let o = c.clusters[0].outlier_detection.as_ref().unwrap();
     assert_eq!(o.consecutive_gateway_errors, 0);
     assert_eq!(o.success_rate_stdev_factor, 1900);

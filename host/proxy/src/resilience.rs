@@ -466,7 +466,7 @@ impl RouteResilience {
                 })?;
             mirrors.push(Mirror {
                 cluster,
-                percentage: m.percentage,
+                percentage: m.effective_percentage(),
             });
         }
         Ok(RouteResilience {

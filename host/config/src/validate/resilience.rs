@@ -140,7 +140,21 @@ impl Validator<'_> {
         for (i, m) in f.request_mirror_policies.iter().enumerate() {
             let mpath = format!("{path}.request_mirror_policies[{i}]");
             self.cluster_ref(&format!("{mpath}.cluster"), &m.cluster);
-            self.percentage(format!("{mpath}.percentage"), m.percentage);
+            if m.percentage.is_some() && m.runtime_fraction.is_some() {
+                self.err(
+                    &mpath,
+                    "takes at most one of `percentage`, `runtime_fraction`",
+                );
+            }
+            if let Some(p) = m.percentage {
+                self.percentage(format!("{mpath}.percentage"), p);
+            }
+            if let Some(f) = &m.runtime_fraction {
+                self.percentage(
+                    format!("{mpath}.runtime_fraction.default_value.numerator"),
+                    f.default_value.percent(),
+                );
+            }
         }
     }
 
