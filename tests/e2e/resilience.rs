@@ -218,6 +218,11 @@ async fn exhausted_retries_are_flagged_and_budgets_and_per_try_timeouts_bound_th
         .map(|l| l["response_flags"].as_str().unwrap())
         .collect();
     assert_eq!(flags, ["URX", "UT,URX", "-"]);
+    let attempts: Vec<u64> = log
+        .iter()
+        .map(|l| l["upstream_request_attempt_count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, [3, 2, 1]);
     let m = p.metrics().await;
     assert_eq!(
         metric_value(

@@ -732,6 +732,7 @@ async fn forward_upstream(
         };
         if let Some(e) = c.entry.as_mut() {
             e.upstream_host = Some(endpoint.addr.to_string());
+            e.upstream_request_attempt_count = Some(attempt + 1);
         }
         let uri = Uri::builder()
             .scheme("http")
