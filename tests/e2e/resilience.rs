@@ -1077,3 +1077,106 @@ async fn a_reload_keeps_an_unchanged_bucket_and_refills_a_changed_one() {
     let r = get(&url).await;
     assert_eq!((r.status.as_u16(), r.text()), (200, "three".to_owned()));
 }
+
+/// Envoy 1.40 and Weft with the same retry policy and outlier detection in front of two
+/// identical misbehaving upstreams: the same statuses, the same `x-envoy-attempt-count` seen
+/// upstream, the same number of tries, and the same `/clusters` health flags after ejection.
+#[tokio::test]
+async fn retries_and_ejection_agree_with_envoy() {
+    let Some(binary) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let (via_envoy, via_weft) = (Faulty::start("e").await, Faulty::start("w").await);
+    let socket = |a: std::net::SocketAddr| {
+        format!("{{ address: \"{}\", port_value: {} }}", a.ip(), a.port())
+    };
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &binary,
+        &format!(
+            r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+    - name: main
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+                route_config:
+                  virtual_hosts:
+                    - name: any
+                      domains: ["*"]
+                      include_request_attempt_count: true
+                      routes:
+                        - match: {{ prefix: "/" }}
+                          route:
+                            cluster: up
+                            retry_policy: {{ retry_on: 5xx, num_retries: 2, retry_back_off: {{ base_interval: 0.001s }} }}
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+    - name: up
+      type: STATIC
+      connect_timeout: 1s
+      outlier_detection: {{ consecutive_5xx: 3, interval: 0.1s, base_ejection_time: 30s, max_ejection_percent: 100 }}
+      load_assignment:
+        cluster_name: up
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {} }} }} }}] }}]
+"#,
+            socket(via_envoy.addr)
+        ),
+    )
+    .await;
+    let weft = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: up, retry_policy: { num_retries: 2, retry_on: 5xx, retry_back_off: { base_interval: 1ms } } }",
+        &format!(
+            "  - name: up\n    outlier_detection: {{ consecutive_5xx: 3, interval: 100ms, base_ejection_time: 30s, max_ejection_percent: 100 }}\n    endpoints: [{{ address: \"{}\" }}]",
+            via_weft.addr
+        ),
+    ))
+    .await;
+    // A burst of two 503s: the third try succeeds, and says it is the third.
+    via_envoy.burst(2, 503);
+    via_weft.burst(2, 503);
+    let e = get(&envoy.url("/")).await;
+    let w = get(&weft.url("main", "/")).await;
+    assert_eq!(
+        (e.status, w.status),
+        (http::StatusCode::OK, http::StatusCode::OK)
+    );
+    assert_eq!(e.json()["attempt"], "3");
+    assert_eq!(w.json()["attempt"], e.json()["attempt"]);
+    assert_eq!((via_envoy.hits(), via_weft.hits()), (3, 3));
+    // Always 503: three tries, all fail, the endpoint is ejected (consecutive_5xx: 3).
+    via_envoy.set(Mode::Status(503));
+    via_weft.set(Mode::Status(503));
+    let e = get(&envoy.url("/")).await;
+    let w = get(&weft.url("main", "/")).await;
+    assert_eq!(e.status, w.status);
+    assert_eq!((via_envoy.hits(), via_weft.hits()), (6, 6));
+    let flags = |text: String, addr: std::net::SocketAddr| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("up::{addr}::health_flags::")))
+            .map(str::to_owned)
+    };
+    let envoy_flags = flags(
+        get(&format!("http://{}/clusters", envoy.admin()))
+            .await
+            .text(),
+        via_envoy.addr,
+    );
+    let weft_flags = flags(clusters_text(&weft).await, via_weft.addr);
+    let value = |l: Option<String>| l.map(|l| l.rsplit("::").next().unwrap_or("").to_owned());
+    let (envoy_flags, weft_flags) = (value(envoy_flags), value(weft_flags));
+    assert_eq!(weft_flags.as_deref(), Some("/failed_outlier_check"));
+    assert_eq!(envoy_flags, weft_flags);
+    // With its only endpoint ejected the cluster is in panic mode: both still try it.
+    let e = get(&envoy.url("/")).await;
+    let w = get(&weft.url("main", "/")).await;
+    assert_eq!(e.status, w.status);
+    assert!(via_envoy.hits() > 6 && via_weft.hits() > 6);
+}
