@@ -1279,3 +1279,107 @@ static_resources:
         assert!(e.iter().any(|(s, ..)| *s == 503), "{path}: some overflowed");
     }
 }
+
+/// Envoy 1.40 and Weft with the same fault injection (HTTP and gRPC aborts) and local rate
+/// limit: the same statuses, bodies and `grpc-status`. (Weft adds `Retry-After` to its 429s;
+/// Envoy's local rate limit does not.)
+#[tokio::test]
+async fn faults_and_local_rate_limits_agree_with_envoy() {
+    let Some(binary) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let up = echo("up").await;
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &binary,
+        &format!(
+            r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+    - name: main
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+                route_config:
+                  virtual_hosts:
+                    - name: any
+                      domains: ["*"]
+                      routes:
+                        - match: {{ prefix: "/abort" }}
+                          route: {{ cluster: up }}
+                          typed_per_filter_config:
+                            envoy.filters.http.fault:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                              abort: {{ http_status: 418, percentage: {{ numerator: 100 }} }}
+                        - match: {{ prefix: "/grpc" }}
+                          route: {{ cluster: up }}
+                          typed_per_filter_config:
+                            envoy.filters.http.fault:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                              abort: {{ grpc_status: 14, percentage: {{ numerator: 100 }} }}
+                        - match: {{ prefix: "/limited" }}
+                          route: {{ cluster: up }}
+                          typed_per_filter_config:
+                            envoy.filters.http.local_ratelimit:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                              stat_prefix: rl
+                              token_bucket: {{ max_tokens: 2, tokens_per_fill: 1, fill_interval: 3600s }}
+                              filter_enabled: {{ runtime_key: rl_enabled, default_value: {{ numerator: 100 }} }}
+                              filter_enforced: {{ runtime_key: rl_enforced, default_value: {{ numerator: 100 }} }}
+                http_filters:
+                  - name: envoy.filters.http.fault
+                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault }}
+                  - name: envoy.filters.http.local_ratelimit
+                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit, stat_prefix: rl }}
+                  - name: envoy.filters.http.router
+                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+    - name: up
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: up
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: "{}", port_value: {} }} }} }} }}] }}]
+"#,
+            up.ip(),
+            up.port()
+        ),
+    )
+    .await;
+    let weft = TestProxy::start(&proxy_yaml(
+        "          - match: { path: { prefix: /abort } }\n            fault: { abort: { http_status: 418 } }\n            route: { cluster: up }\n          - match: { path: { prefix: /grpc } }\n            fault: { abort: { grpc_status: 14 } }\n            route: { cluster: up }\n          - match: { path: { prefix: /limited } }\n            local_rate_limit: { max_tokens: 2, fill_interval: 3600s }\n            route: { cluster: up }",
+        &format!("  - {{ name: up, endpoints: [{{ address: \"{up}\" }}] }}"),
+    ))
+    .await;
+    let grpc = [("content-type", "application/grpc")];
+    for (path, headers, n) in [
+        ("/abort", &[][..], 1),
+        ("/grpc", &grpc[..], 1),
+        ("/limited", &[][..], 3),
+    ] {
+        for i in 0..n {
+            let e = get_with(&envoy.url(path), headers).await;
+            let w = get_with(&weft.url("main", path), headers).await;
+            println!(
+                "{path} #{i}: envoy {} {:?} / weft {} {:?}",
+                e.status,
+                e.text(),
+                w.status,
+                w.text()
+            );
+            assert_eq!(e.status, w.status, "{path} #{i}");
+            assert_eq!(
+                e.header("grpc-status"),
+                w.header("grpc-status"),
+                "{path} #{i}"
+            );
+            if e.status != 200 {
+                assert_eq!(e.text(), w.text(), "{path} #{i}");
+            }
+        }
+    }
+}
