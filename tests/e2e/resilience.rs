@@ -1377,6 +1377,9 @@ static_resources:
                 w.header("grpc-status"),
                 "{path} #{i}"
             );
+            if path == "/grpc" {
+                assert_eq!(w.header("grpc-status"), Some("14"));
+            }
             if e.status != 200 {
                 assert_eq!(e.text(), w.text(), "{path} #{i}");
             }
