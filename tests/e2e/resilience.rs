@@ -1386,3 +1386,32 @@ static_resources:
         }
     }
 }
+
+#[tokio::test]
+async fn retries_avoid_every_endpoint_already_tried() {
+    let bad1 = Faulty::start("bad1").await;
+    let bad2 = Faulty::start("bad2").await;
+    bad1.set(Mode::Reset);
+    bad2.set(Mode::Reset);
+    let good = Faulty::start("good").await;
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: ring, hash_policy: [{ header: x-user }], retry_policy: { num_retries: 2, retry_on: reset, retry_back_off: { base_interval: 1ms } } }",
+        &format!(
+            "  - {{ name: ring, lb_policy: ring_hash, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
+            bad1.addr, bad2.addr, good.addr
+        ),
+    ))
+    .await;
+    let url = p.url("main", "/");
+    for i in 0..40 {
+        let user = format!("user-{i}");
+        let r = get_with(&url, &[("x-user", &user)]).await;
+        assert_eq!(r.status, 200, "{user}: {}", r.text());
+        assert_eq!(r.json()["server"], "good");
+    }
+    assert!(bad1.hits() > 0 && bad2.hits() > 0);
+    assert!(
+        bad1.hits() + bad2.hits() <= 80,
+        "no endpoint is tried twice for one request"
+    );
+}

@@ -717,12 +717,13 @@ async fn forward_upstream(
     let max_retries = retry.map_or(0, |r| r.num_retries);
     let mut body = Some(body);
     let mut attempt: u32 = 0;
-    let mut previous: Option<usize> = None;
+    let mut tried_endpoints: Vec<usize> = Vec::new();
     let mut retry_permit: Option<crate::breaker::Permit> = None;
     let (mut resp, endpoint) = loop {
         // An owned snapshot: it is held across the upstream call.
         let set = arc_swap::Guard::into_inner(cluster.endpoints());
-        let Some((index, endpoint)) = cluster.pick_endpoint(&set, hash, attempt, previous) else {
+        let Some((index, endpoint)) = cluster.pick_endpoint(&set, hash, attempt, &tried_endpoints)
+        else {
             return local(
                 c,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -860,7 +861,7 @@ async fn forward_upstream(
             }
             drop(tried);
             attempt += 1;
-            previous = Some(index);
+            tried_endpoints.push(index);
             rm.retry.inc();
             if let Some(r) = retry {
                 let pause = crate::retry::backoff(attempt, r.base, r.max, fastrand::f64());

@@ -47,7 +47,7 @@ pub(crate) fn send(m: &Mirror, copy: &Copy<'_>) {
         return;
     };
     let set = m.cluster.endpoints();
-    let Some((_, endpoint)) = m.cluster.pick_endpoint(&set, None, 0, None) else {
+    let Some((_, endpoint)) = m.cluster.pick_endpoint(&set, None, 0, &[]) else {
         metrics.mirror_skipped.inc();
         return;
     };

@@ -342,20 +342,37 @@ impl EndpointState for Panicked<'_> {
     }
 }
 
+/// Another state with the endpoints already tried by this request taken out (Istio's
+/// `previous_hosts` retry predicate).
+struct Untried<'a> {
+    inner: &'a dyn EndpointState,
+    tried: &'a [usize],
+}
+
+impl EndpointState for Untried<'_> {
+    fn is_available(&self, index: usize) -> bool {
+        !self.tried.contains(&index) && self.inner.is_available(index)
+    }
+    fn active_requests(&self, index: usize) -> u64 {
+        self.inner.active_requests(index)
+    }
+}
+
 /// Whether a cluster with `available` of `total` endpoints is in panic mode.
 pub fn in_panic(available: usize, total: usize, threshold: f64) -> bool {
     total > 0 && threshold > 0.0 && (available as f64) * 100.0 < threshold * total as f64
 }
 
 impl Cluster {
-    /// Picks an endpoint of `set` for try `attempt` (0 first), avoiding `previous` on a retry;
-    /// balances over every endpoint when too few are available (panic mode).
+    /// Picks an endpoint of `set` for try `attempt` (0 first). A retry avoids every endpoint in
+    /// `tried` while another is available, else at least the last one tried; panic mode
+    /// balances over every endpoint when too few are available.
     pub fn pick_endpoint(
         &self,
         set: &EndpointSet,
         hash: Option<u64>,
         attempt: u32,
-        previous: Option<usize>,
+        tried: &[usize],
     ) -> Option<(usize, Arc<Endpoint>)> {
         let balancer = set.balancer()?;
         let now = now_ms();
@@ -375,10 +392,21 @@ impl Cluster {
             };
         let mut ctx = PickContext::new(state);
         ctx.hash = hash;
-        if let Some(p) = previous {
-            ctx = ctx.retry(attempt, p);
-        }
-        let i = balancer.pick(&ctx)?;
+        let picked = match tried.last() {
+            None => balancer.pick(&ctx),
+            Some(&last) => {
+                let untried = Untried {
+                    inner: state,
+                    tried,
+                };
+                let mut fresh = PickContext::new(&untried);
+                fresh.hash = hash;
+                balancer
+                    .pick(&fresh)
+                    .or_else(|| balancer.pick(&ctx.retry(attempt, last)))
+            }
+        };
+        let i = picked?;
         set.endpoints.get(i).map(|e| (i, e.clone()))
     }
 
