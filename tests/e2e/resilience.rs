@@ -1415,3 +1415,24 @@ async fn retries_avoid_every_endpoint_already_tried() {
         "no endpoint is tried twice for one request"
     );
 }
+
+#[tokio::test]
+async fn grpc_statuses_named_in_retry_on_are_retried() {
+    let up = Faulty::start("grpc").await;
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: one, retry_policy: { num_retries: 1, retry_on: \"unavailable,cancelled\", retry_back_off: { base_interval: 1ms } } }",
+        &format!("  - {{ name: one, endpoints: [{{ address: \"{}\" }}] }}", up.addr),
+    ))
+    .await;
+    let grpc = [("content-type", "application/grpc")];
+    up.grpc_burst(1, 14);
+    let r = get_with(&p.url("main", "/svc/Method"), &grpc).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("grpc-status"), None, "the retry succeeded");
+    assert_eq!(r.json()["attempt"], "2");
+    // `internal` (13) is not named: passed through as is.
+    up.grpc_burst(1, 13);
+    let r = get_with(&p.url("main", "/svc/Method"), &grpc).await;
+    assert_eq!(r.header("grpc-status"), Some("13"));
+    assert_eq!(up.hits(), 3);
+}
