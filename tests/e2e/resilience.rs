@@ -1436,3 +1436,100 @@ async fn grpc_statuses_named_in_retry_on_are_retried() {
     assert_eq!(r.header("grpc-status"), Some("13"));
     assert_eq!(up.hits(), 3);
 }
+
+/// Envoy 1.40 and Weft with the same active HTTP health check: the same `/clusters` health
+/// flags when the endpoint fails its check and after it passes again. (Envoy checks a cluster
+/// without traffic only every `no_traffic_interval`, 60 s by default; Weft always uses
+/// `interval`.)
+#[tokio::test]
+async fn health_check_flags_agree_with_envoy() {
+    let Some(binary) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let (via_envoy, via_weft) = (Faulty::start("e").await, Faulty::start("w").await);
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &binary,
+        &format!(
+            r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+    - name: main
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+                route_config:
+                  virtual_hosts:
+                    - name: any
+                      domains: ["*"]
+                      routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: up }} }}]
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+    - name: up
+      type: STATIC
+      connect_timeout: 1s
+      health_checks:
+        - timeout: 1s
+          interval: 0.05s
+          no_traffic_interval: 0.05s
+          unhealthy_threshold: 2
+          healthy_threshold: 1
+          http_health_check: {{ path: /healthz }}
+      load_assignment:
+        cluster_name: up
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: "{}", port_value: {} }} }} }} }}] }}]
+"#,
+            via_envoy.addr.ip(),
+            via_envoy.addr.port()
+        ),
+    )
+    .await;
+    let weft = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: up }",
+        &format!(
+            "  - name: up\n    health_checks: [{{ http: {{ path: /healthz }}, interval: 50ms, timeout: 1s, unhealthy_threshold: 2, healthy_threshold: 1 }}]\n    endpoints: [{{ address: \"{}\" }}]",
+            via_weft.addr
+        ),
+    ))
+    .await;
+    let flag = |text: String, addr: std::net::SocketAddr| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("up::{addr}::health_flags::"))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default()
+    };
+    let envoy_flag = || async {
+        flag(
+            get(&format!("http://{}/clusters", envoy.admin()))
+                .await
+                .text(),
+            via_envoy.addr,
+        )
+    };
+    let weft_flag = || async { flag(clusters_text(&weft).await, via_weft.addr) };
+    for (healthy, expected) in [
+        (true, "healthy"),
+        (false, "/failed_active_hc"),
+        (true, "healthy"),
+    ] {
+        via_envoy.set_healthy(healthy);
+        via_weft.set_healthy(healthy);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                envoy_flag().await == expected && weft_flag().await == expected
+            })
+            .await,
+            "expected {expected}: envoy {:?}, weft {:?}",
+            envoy_flag().await,
+            weft_flag().await
+        );
+    }
+}
