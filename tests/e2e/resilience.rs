@@ -1533,3 +1533,49 @@ static_resources:
         );
     }
 }
+
+#[tokio::test]
+async fn connect_failures_eject_by_consecutive_local_origin_failures() {
+    let good = Faulty::start("good").await;
+    let dead = weft_e2e::upstream::closed_port().await;
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: pair, retry_policy: { num_retries: 1, retry_on: connect-failure, retry_back_off: { base_interval: 1ms } } }",
+        &format!(
+            "  - name: pair\n    outlier_detection: {{ consecutive_5xx: 0, consecutive_local_origin_failures: 2, base_ejection_time: 30s, max_ejection_percent: 50 }}\n    endpoints: [{{ address: \"{}\" }}, {{ address: \"{dead}\" }}]",
+            good.addr
+        ),
+    ))
+    .await;
+    let counts = load(&p.url("main", "/"), 20, 1).await;
+    assert_eq!(
+        counts.get(&200),
+        Some(&20),
+        "retries hid the dead endpoint: {counts:?}"
+    );
+    let text = clusters_text(&p).await;
+    assert!(
+        text.contains(&format!(
+            "pair::{dead}::health_flags::/failed_outlier_check"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pair::{dead}::cx_connect_fail::2")),
+        "{text}"
+    );
+    let m = p.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_outlier_ejections_total{cluster="pair",reason="consecutive_local_origin_failures"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_upstream_rq_retry_success_total{cluster="pair"}"#
+        ),
+        2.0
+    );
+}
