@@ -218,6 +218,11 @@ async fn exhausted_retries_are_flagged_and_budgets_and_per_try_timeouts_bound_th
         .map(|l| l["response_flags"].as_str().unwrap())
         .collect();
     assert_eq!(flags, ["URX", "UT,URX", "-"]);
+    let attempts: Vec<u64> = log
+        .iter()
+        .map(|l| l["upstream_request_attempt_count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, [3, 2, 1]);
     let m = p.metrics().await;
     assert_eq!(
         metric_value(
@@ -780,4 +785,797 @@ async fn a_slow_drip_body_is_not_cut_by_the_per_try_timeout_and_resets_are_retri
         "resets go to the other endpoint: {counts:?}"
     );
     assert!(flaky.hits() >= 5, "the resetting endpoint was tried");
+}
+
+#[tokio::test]
+async fn a_chunked_body_of_unknown_length_is_buffered_and_replayed() {
+    let up = Faulty::start("only").await;
+    up.burst(1, 502);
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: one, retry_policy: { num_retries: 1, retry_on: gateway-error, per_request_buffer_limit_bytes: 16 } }",
+        &format!("  - {{ name: one, endpoints: [{{ address: \"{}\" }}] }}", up.addr),
+    ))
+    .await;
+    let addr = p.addr("main");
+    let reply = weft_e2e::raw(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\npay\r\n4\r\nload\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains(r#""attempt":"2""#), "{reply}");
+    assert!(reply.contains(r#""body":"payload""#), "{reply}");
+    // Over the limit: streamed once, not retried.
+    up.burst(1, 502);
+    let reply = weft_e2e::raw(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n11\r\n0123456789abcdefg\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+    assert_eq!(up.hits(), 3);
+}
+
+#[tokio::test]
+async fn health_checks_stop_with_their_generation_and_state_survives_an_unchanged_reload() {
+    let up = Faulty::start("checked").await;
+    up.set_healthy(false);
+    let with_check = |interval: &str| {
+        proxy_yaml(
+            "          - route: { cluster: checked }",
+            &format!(
+                "  - {{ name: checked, panic_threshold: 0, health_checks: [{{ http: {{ path: /healthz }}, interval: {interval}, unhealthy_threshold: 1 }}], endpoints: [{{ address: \"{}\" }}] }}",
+                up.addr
+            ),
+        )
+    };
+    let p = TestProxy::start(&with_check("20ms")).await;
+    let reload = || async {
+        send(
+            &client(),
+            http::Request::post(format!("http://{}/reload", p.admin()))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&p.url("main", "/")).await.status == 503
+        })
+        .await,
+        "the failing endpoint left the balancer"
+    );
+    // Only the listener changes: the cluster, its checker and its state carry over.
+    p.write_config(&with_check("20ms").replace("name: any", "name: renamed"));
+    assert_eq!(reload().await.status, 200);
+    assert_eq!(
+        get(&p.url("main", "/")).await.status,
+        503,
+        "still out after the reload"
+    );
+    // The cluster goes away: its checker stops.
+    p.write_config(&proxy_yaml(
+        "          - direct_response: { status: 204 }",
+        "  - { name: other, endpoints: [{ address: \"127.0.0.1:9\" }] }",
+    ));
+    assert_eq!(reload().await.status, 200);
+    assert_eq!(get(&p.url("main", "/")).await.status, 204);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after_removal = up.health_hits();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        up.health_hits() <= after_removal + 1,
+        "no checks after the cluster was dropped: {} then {}",
+        after_removal,
+        up.health_hits()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_with_a_low_success_rate_is_ejected_by_success_rate() {
+    let ups = [
+        Faulty::start("a").await,
+        Faulty::start("b").await,
+        Faulty::start("c").await,
+        Faulty::start("d").await,
+        Faulty::start("e").await,
+    ];
+    ups[4].set(Mode::Status(500));
+    let eps: Vec<String> = ups
+        .iter()
+        .map(|u| format!("{{ address: \"{}\" }}", u.addr))
+        .collect();
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: five }",
+        &format!(
+            "  - name: five\n    outlier_detection: {{ consecutive_5xx: 0, interval: 300ms, base_ejection_time: 30s, max_ejection_percent: 20, success_rate_minimum_hosts: 5, success_rate_request_volume: 10 }}\n    endpoints: [{}]",
+            eps.join(", ")
+        ),
+    ))
+    .await;
+    let url = p.url("main", "/");
+    let flagged = format!("five::{}::health_flags::/failed_outlier_check", ups[4].addr);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            load(&url, 50, 2).await;
+            clusters_text(&p).await.contains(&flagged)
+        })
+        .await,
+        "{}",
+        clusters_text(&p).await
+    );
+    let text = clusters_text(&p).await;
+    assert_eq!(text.matches("/failed_outlier_check").count(), 1, "{text}");
+    let counts = load(&url, 40, 2).await;
+    assert_eq!(counts.get(&200), Some(&40), "{counts:?}");
+    let m = p.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_outlier_ejections_total{cluster="five",reason="success_rate"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_outlier_ejections_total{cluster="five",reason="consecutive_5xx"}"#
+        ),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_max_connections_wait_in_a_bounded_pending_queue() {
+    let delay = Duration::from_millis(400);
+    let up = slow(delay).await;
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: narrow }",
+        &format!(
+            "  - {{ name: narrow, circuit_breakers: {{ max_connections: 1, max_pending_requests: 1 }}, endpoints: [{{ address: \"{up}\" }}] }}"
+        ),
+    ))
+    .await;
+    let url = p.url("main", "/");
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let r = get(&url).await;
+            (r.status.as_u16(), started.elapsed())
+        }));
+    }
+    let mut served = Vec::new();
+    let mut overflowed = Vec::new();
+    for t in tasks {
+        let (status, took) = t.await.unwrap();
+        match status {
+            200 => served.push(took),
+            503 => overflowed.push(took),
+            s => panic!("unexpected {s}"),
+        }
+    }
+    served.sort();
+    println!("max_connections 1 + 1 pending: served {served:?}, overflow {overflowed:?}");
+    assert_eq!(served.len(), 2, "one on the connection, one from the queue");
+    assert_eq!(overflowed.len(), 2);
+    assert!(
+        served[1] >= delay * 2,
+        "the queued request waited its turn: {served:?}"
+    );
+    assert!(overflowed.iter().all(|t| *t < delay), "{overflowed:?}");
+    let m = p.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_circuit_breaker_overflow_total{cluster="narrow",reason="max_pending_requests"}"#
+        ),
+        2.0
+    );
+    let text = clusters_text(&p).await;
+    assert!(
+        text.contains("narrow::default_priority::max_connections::1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("narrow::default_priority::rq_pending::0"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_leaves_the_endpoint_that_failed_even_when_the_hash_pins_it() {
+    let flaky = Faulty::start("flaky").await;
+    flaky.set(Mode::Reset);
+    let steady = Faulty::start("steady").await;
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: ring, hash_policy: [{ header: x-user }], retry_policy: { num_retries: 1, retry_on: reset } }",
+        &format!(
+            "  - {{ name: ring, lb_policy: ring_hash, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
+            flaky.addr, steady.addr
+        ),
+    ))
+    .await;
+    let url = p.url("main", "/");
+    for i in 0..40 {
+        let user = format!("user-{i}");
+        let r = get_with(&url, &[("x-user", &user)]).await;
+        assert_eq!(r.status, 200, "{user}: {}", r.text());
+        assert_eq!(r.json()["server"], "steady");
+    }
+    assert!(
+        flaky.hits() >= 5,
+        "some keys hash to the failing endpoint ({}), and their retries went elsewhere",
+        flaky.hits()
+    );
+}
+
+#[tokio::test]
+async fn an_http2_cluster_is_health_checked_over_http2() {
+    let (up, checks) = weft_e2e::faulty::h2_only().await;
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: grpcish }",
+        &format!(
+            "  - {{ name: grpcish, protocol: http2, panic_threshold: 0, health_checks: [{{ http: {{ path: /healthz }}, interval: 30ms, unhealthy_threshold: 1 }}], endpoints: [{{ address: \"{up}\" }}] }}"
+        ),
+    ))
+    .await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            checks.load(Ordering::Relaxed) >= 5
+        })
+        .await
+    );
+    let text = clusters_text(&p).await;
+    assert!(
+        text.contains(&format!("grpcish::{up}::health_flags::healthy")),
+        "{text}"
+    );
+    let r = get(&p.url("main", "/")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "h2");
+}
+
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_bucket_and_refills_a_changed_one() {
+    let yaml = |tokens: u32, body: &str| {
+        proxy_yaml(
+            &format!(
+                "          - name: limited\n            local_rate_limit: {{ max_tokens: {tokens}, fill_interval: 1h }}\n            direct_response: {{ status: 200, body: {body} }}"
+            ),
+            "  - { name: unused, endpoints: [{ address: \"127.0.0.1:9\" }] }",
+        )
+    };
+    let p = TestProxy::start(&yaml(2, "one")).await;
+    let url = p.url("main", "/");
+    let reload = || async {
+        send(
+            &client(),
+            http::Request::post(format!("http://{}/reload", p.admin()))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .status
+    };
+    assert_eq!(get(&url).await.status, 200);
+    assert_eq!(get(&url).await.status, 200);
+    assert_eq!(get(&url).await.status, 429);
+    // Same limit, other changes: the spent bucket carries over.
+    p.write_config(&yaml(2, "two"));
+    assert_eq!(reload().await, 200);
+    let r = get(&url).await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (429, "local_rate_limited".to_owned())
+    );
+    // A new limit starts full.
+    p.write_config(&yaml(3, "three"));
+    assert_eq!(reload().await, 200);
+    let r = get(&url).await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "three".to_owned()));
+}
+
+/// Envoy 1.40 and Weft with the same retry policy and outlier detection in front of two
+/// identical misbehaving upstreams: the same statuses, the same `x-envoy-attempt-count` seen
+/// upstream, the same number of tries, and the same `/clusters` health flags after ejection.
+#[tokio::test]
+async fn retries_and_ejection_agree_with_envoy() {
+    let Some(binary) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let (via_envoy, via_weft) = (Faulty::start("e").await, Faulty::start("w").await);
+    let socket = |a: std::net::SocketAddr| {
+        format!("{{ address: \"{}\", port_value: {} }}", a.ip(), a.port())
+    };
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &binary,
+        &format!(
+            r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+    - name: main
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+                route_config:
+                  virtual_hosts:
+                    - name: any
+                      domains: ["*"]
+                      include_request_attempt_count: true
+                      routes:
+                        - match: {{ prefix: "/" }}
+                          route:
+                            cluster: up
+                            retry_policy: {{ retry_on: 5xx, num_retries: 2, retry_back_off: {{ base_interval: 0.001s }} }}
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+    - name: up
+      type: STATIC
+      connect_timeout: 1s
+      outlier_detection: {{ consecutive_5xx: 3, interval: 0.1s, base_ejection_time: 30s, max_ejection_percent: 100 }}
+      load_assignment:
+        cluster_name: up
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {} }} }} }}] }}]
+"#,
+            socket(via_envoy.addr)
+        ),
+    )
+    .await;
+    let weft = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: up, retry_policy: { num_retries: 2, retry_on: 5xx, retry_back_off: { base_interval: 1ms } } }",
+        &format!(
+            "  - name: up\n    outlier_detection: {{ consecutive_5xx: 3, interval: 100ms, base_ejection_time: 30s, max_ejection_percent: 100 }}\n    endpoints: [{{ address: \"{}\" }}]",
+            via_weft.addr
+        ),
+    ))
+    .await;
+    // A burst of two 503s: the third try succeeds, and says it is the third.
+    via_envoy.burst(2, 503);
+    via_weft.burst(2, 503);
+    let e = get(&envoy.url("/")).await;
+    let w = get(&weft.url("main", "/")).await;
+    assert_eq!(
+        (e.status, w.status),
+        (http::StatusCode::OK, http::StatusCode::OK)
+    );
+    assert_eq!(e.json()["attempt"], "3");
+    assert_eq!(w.json()["attempt"], e.json()["attempt"]);
+    assert_eq!((via_envoy.hits(), via_weft.hits()), (3, 3));
+    // Always 503: three tries, all fail, the endpoint is ejected (consecutive_5xx: 3).
+    via_envoy.set(Mode::Status(503));
+    via_weft.set(Mode::Status(503));
+    let e = get(&envoy.url("/")).await;
+    let w = get(&weft.url("main", "/")).await;
+    assert_eq!(e.status, w.status);
+    assert_eq!((via_envoy.hits(), via_weft.hits()), (6, 6));
+    let flags = |text: String, addr: std::net::SocketAddr| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("up::{addr}::health_flags::")))
+            .map(str::to_owned)
+    };
+    let envoy_flags = flags(
+        get(&format!("http://{}/clusters", envoy.admin()))
+            .await
+            .text(),
+        via_envoy.addr,
+    );
+    let weft_flags = flags(clusters_text(&weft).await, via_weft.addr);
+    let value = |l: Option<String>| l.map(|l| l.rsplit("::").next().unwrap_or("").to_owned());
+    let (envoy_flags, weft_flags) = (value(envoy_flags), value(weft_flags));
+    assert_eq!(weft_flags.as_deref(), Some("/failed_outlier_check"));
+    assert_eq!(envoy_flags, weft_flags);
+    // With its only endpoint ejected the cluster is in panic mode: both still try it.
+    let e = get(&envoy.url("/")).await;
+    let w = get(&weft.url("main", "/")).await;
+    assert_eq!(e.status, w.status);
+    assert!(via_envoy.hits() > 6 && via_weft.hits() > 6);
+}
+
+/// Envoy 1.40 and Weft with the same circuit breakers in front of slow upstreams: four
+/// concurrent requests over a warm connection give the same statuses, the same
+/// `x-envoy-overloaded` header and body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breakers_agree_with_envoy() {
+    let Some(binary) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let delay = Duration::from_millis(400);
+    let ups = [
+        slow(delay).await,
+        slow(delay).await,
+        slow(delay).await,
+        slow(delay).await,
+    ];
+    let socket = |a: std::net::SocketAddr| {
+        format!("{{ address: \"{}\", port_value: {} }}", a.ip(), a.port())
+    };
+    let cluster = |name: &str, breakers: &str, a: std::net::SocketAddr| {
+        format!(
+            "    - name: {name}\n      type: STATIC\n      connect_timeout: 1s\n      circuit_breakers: {{ thresholds: [{breakers}] }}\n      load_assignment:\n        cluster_name: {name}\n        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {} }} }} }}] }}]\n",
+            socket(a)
+        )
+    };
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &binary,
+        &format!(
+            r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+    - name: main
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+                route_config:
+                  virtual_hosts:
+                    - name: any
+                      domains: ["*"]
+                      routes:
+                        - match: {{ prefix: "/pending" }}
+                          route: {{ cluster: narrow }}
+                        - match: {{ prefix: "/" }}
+                          route: {{ cluster: guarded }}
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+{}{}"#,
+            cluster("guarded", "{ max_requests: 1 }", ups[0]),
+            cluster("narrow", "{ max_connections: 1, max_pending_requests: 1 }", ups[1]),
+        ),
+    )
+    .await;
+    let weft = TestProxy::start(&proxy_yaml(
+        "          - match: { path: { prefix: /pending } }\n            route: { cluster: narrow }\n          - route: { cluster: guarded }",
+        &format!(
+            "  - {{ name: guarded, circuit_breakers: {{ max_requests: 1 }}, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: narrow, circuit_breakers: {{ max_connections: 1, max_pending_requests: 1 }}, endpoints: [{{ address: \"{}\" }}] }}",
+            ups[2], ups[3]
+        ),
+    ))
+    .await;
+    async fn burst(url: String) -> Vec<(u16, Option<String>, String)> {
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = get(&url).await;
+                (
+                    r.status.as_u16(),
+                    r.header("x-envoy-overloaded").map(str::to_owned),
+                    r.text(),
+                )
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out.sort();
+        out
+    }
+    for path in ["/", "/pending"] {
+        // Warm: a connection is open. (Cold, Envoy counts the first request as pending while
+        // its connection is being set up, so it admits one fewer than Weft.)
+        assert_eq!(get(&envoy.url(path)).await.status, 200);
+        assert_eq!(get(&weft.url("main", path)).await.status, 200);
+        let e = burst(envoy.url(path)).await;
+        let w = burst(weft.url("main", path)).await;
+        println!("{path}: envoy {e:?}\n{path}: weft {w:?}");
+        assert_eq!(e, w, "{path}");
+        assert!(e.iter().any(|(s, ..)| *s == 503), "{path}: some overflowed");
+    }
+}
+
+/// Envoy 1.40 and Weft with the same fault injection (HTTP and gRPC aborts) and local rate
+/// limit: the same statuses, bodies and `grpc-status`. (Weft adds `Retry-After` to its 429s;
+/// Envoy's local rate limit does not.)
+#[tokio::test]
+async fn faults_and_local_rate_limits_agree_with_envoy() {
+    let Some(binary) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let up = echo("up").await;
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &binary,
+        &format!(
+            r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+    - name: main
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+                route_config:
+                  virtual_hosts:
+                    - name: any
+                      domains: ["*"]
+                      routes:
+                        - match: {{ prefix: "/abort" }}
+                          route: {{ cluster: up }}
+                          typed_per_filter_config:
+                            envoy.filters.http.fault:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                              abort: {{ http_status: 418, percentage: {{ numerator: 100 }} }}
+                        - match: {{ prefix: "/grpc" }}
+                          route: {{ cluster: up }}
+                          typed_per_filter_config:
+                            envoy.filters.http.fault:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                              abort: {{ grpc_status: 14, percentage: {{ numerator: 100 }} }}
+                        - match: {{ prefix: "/limited" }}
+                          route: {{ cluster: up }}
+                          typed_per_filter_config:
+                            envoy.filters.http.local_ratelimit:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                              stat_prefix: rl
+                              token_bucket: {{ max_tokens: 2, tokens_per_fill: 1, fill_interval: 3600s }}
+                              filter_enabled: {{ runtime_key: rl_enabled, default_value: {{ numerator: 100 }} }}
+                              filter_enforced: {{ runtime_key: rl_enforced, default_value: {{ numerator: 100 }} }}
+                http_filters:
+                  - name: envoy.filters.http.fault
+                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault }}
+                  - name: envoy.filters.http.local_ratelimit
+                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit, stat_prefix: rl }}
+                  - name: envoy.filters.http.router
+                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+    - name: up
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: up
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: "{}", port_value: {} }} }} }} }}] }}]
+"#,
+            up.ip(),
+            up.port()
+        ),
+    )
+    .await;
+    let weft = TestProxy::start(&proxy_yaml(
+        "          - match: { path: { prefix: /abort } }\n            fault: { abort: { http_status: 418 } }\n            route: { cluster: up }\n          - match: { path: { prefix: /grpc } }\n            fault: { abort: { grpc_status: 14 } }\n            route: { cluster: up }\n          - match: { path: { prefix: /limited } }\n            local_rate_limit: { max_tokens: 2, fill_interval: 3600s }\n            route: { cluster: up }",
+        &format!("  - {{ name: up, endpoints: [{{ address: \"{up}\" }}] }}"),
+    ))
+    .await;
+    let grpc = [("content-type", "application/grpc")];
+    for (path, headers, n) in [
+        ("/abort", &[][..], 1),
+        ("/grpc", &grpc[..], 1),
+        ("/limited", &[][..], 3),
+    ] {
+        for i in 0..n {
+            let e = get_with(&envoy.url(path), headers).await;
+            let w = get_with(&weft.url("main", path), headers).await;
+            println!(
+                "{path} #{i}: envoy {} {:?} / weft {} {:?}",
+                e.status,
+                e.text(),
+                w.status,
+                w.text()
+            );
+            assert_eq!(e.status, w.status, "{path} #{i}");
+            assert_eq!(
+                e.header("grpc-status"),
+                w.header("grpc-status"),
+                "{path} #{i}"
+            );
+            if path == "/grpc" {
+                assert_eq!(w.header("grpc-status"), Some("14"));
+            }
+            if e.status != 200 {
+                assert_eq!(e.text(), w.text(), "{path} #{i}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn retries_avoid_every_endpoint_already_tried() {
+    let bad1 = Faulty::start("bad1").await;
+    let bad2 = Faulty::start("bad2").await;
+    bad1.set(Mode::Reset);
+    bad2.set(Mode::Reset);
+    let good = Faulty::start("good").await;
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: ring, hash_policy: [{ header: x-user }], retry_policy: { num_retries: 2, retry_on: reset, retry_back_off: { base_interval: 1ms } } }",
+        &format!(
+            "  - {{ name: ring, lb_policy: ring_hash, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
+            bad1.addr, bad2.addr, good.addr
+        ),
+    ))
+    .await;
+    let url = p.url("main", "/");
+    for i in 0..40 {
+        let user = format!("user-{i}");
+        let r = get_with(&url, &[("x-user", &user)]).await;
+        assert_eq!(r.status, 200, "{user}: {}", r.text());
+        assert_eq!(r.json()["server"], "good");
+    }
+    assert!(bad1.hits() > 0 && bad2.hits() > 0);
+    assert!(
+        bad1.hits() + bad2.hits() <= 80,
+        "no endpoint is tried twice for one request"
+    );
+}
+
+#[tokio::test]
+async fn grpc_statuses_named_in_retry_on_are_retried() {
+    let up = Faulty::start("grpc").await;
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: one, retry_policy: { num_retries: 1, retry_on: \"unavailable,cancelled\", retry_back_off: { base_interval: 1ms } } }",
+        &format!("  - {{ name: one, endpoints: [{{ address: \"{}\" }}] }}", up.addr),
+    ))
+    .await;
+    let grpc = [("content-type", "application/grpc")];
+    up.grpc_burst(1, 14);
+    let r = get_with(&p.url("main", "/svc/Method"), &grpc).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("grpc-status"), None, "the retry succeeded");
+    assert_eq!(r.json()["attempt"], "2");
+    // `internal` (13) is not named: passed through as is.
+    up.grpc_burst(1, 13);
+    let r = get_with(&p.url("main", "/svc/Method"), &grpc).await;
+    assert_eq!(r.header("grpc-status"), Some("13"));
+    assert_eq!(up.hits(), 3);
+}
+
+/// Envoy 1.40 and Weft with the same active HTTP health check: the same `/clusters` health
+/// flags when the endpoint fails its check and after it passes again. (Envoy checks a cluster
+/// without traffic only every `no_traffic_interval`, 60 s by default; Weft always uses
+/// `interval`.)
+#[tokio::test]
+async fn health_check_flags_agree_with_envoy() {
+    let Some(binary) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let (via_envoy, via_weft) = (Faulty::start("e").await, Faulty::start("w").await);
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &binary,
+        &format!(
+            r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+    - name: main
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+                route_config:
+                  virtual_hosts:
+                    - name: any
+                      domains: ["*"]
+                      routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: up }} }}]
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+    - name: up
+      type: STATIC
+      connect_timeout: 1s
+      health_checks:
+        - timeout: 1s
+          interval: 0.05s
+          no_traffic_interval: 0.05s
+          unhealthy_threshold: 2
+          healthy_threshold: 1
+          http_health_check: {{ path: /healthz }}
+      load_assignment:
+        cluster_name: up
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: "{}", port_value: {} }} }} }} }}] }}]
+"#,
+            via_envoy.addr.ip(),
+            via_envoy.addr.port()
+        ),
+    )
+    .await;
+    let weft = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: up }",
+        &format!(
+            "  - name: up\n    health_checks: [{{ http: {{ path: /healthz }}, interval: 50ms, timeout: 1s, unhealthy_threshold: 2, healthy_threshold: 1 }}]\n    endpoints: [{{ address: \"{}\" }}]",
+            via_weft.addr
+        ),
+    ))
+    .await;
+    let flag = |text: String, addr: std::net::SocketAddr| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("up::{addr}::health_flags::"))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default()
+    };
+    let envoy_flag = || async {
+        flag(
+            get(&format!("http://{}/clusters", envoy.admin()))
+                .await
+                .text(),
+            via_envoy.addr,
+        )
+    };
+    let weft_flag = || async { flag(clusters_text(&weft).await, via_weft.addr) };
+    for (healthy, expected) in [
+        (true, "healthy"),
+        (false, "/failed_active_hc"),
+        (true, "healthy"),
+    ] {
+        via_envoy.set_healthy(healthy);
+        via_weft.set_healthy(healthy);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                envoy_flag().await == expected && weft_flag().await == expected
+            })
+            .await,
+            "expected {expected}: envoy {:?}, weft {:?}",
+            envoy_flag().await,
+            weft_flag().await
+        );
+    }
+}
+
+#[tokio::test]
+async fn connect_failures_eject_by_consecutive_local_origin_failures() {
+    let good = Faulty::start("good").await;
+    let dead = weft_e2e::upstream::closed_port().await;
+    let p = TestProxy::start(&proxy_yaml(
+        "          - route: { cluster: pair, retry_policy: { num_retries: 1, retry_on: connect-failure, retry_back_off: { base_interval: 1ms } } }",
+        &format!(
+            "  - name: pair\n    outlier_detection: {{ consecutive_5xx: 0, consecutive_local_origin_failures: 2, base_ejection_time: 30s, max_ejection_percent: 50 }}\n    endpoints: [{{ address: \"{}\" }}, {{ address: \"{dead}\" }}]",
+            good.addr
+        ),
+    ))
+    .await;
+    let counts = load(&p.url("main", "/"), 20, 1).await;
+    assert_eq!(
+        counts.get(&200),
+        Some(&20),
+        "retries hid the dead endpoint: {counts:?}"
+    );
+    let text = clusters_text(&p).await;
+    assert!(
+        text.contains(&format!(
+            "pair::{dead}::health_flags::/failed_outlier_check"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("pair::{dead}::cx_connect_fail::2")),
+        "{text}"
+    );
+    let m = p.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_outlier_ejections_total{cluster="pair",reason="consecutive_local_origin_failures"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"weft_upstream_rq_retry_success_total{cluster="pair"}"#
+        ),
+        2.0
+    );
 }

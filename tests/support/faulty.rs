@@ -46,6 +46,8 @@ struct State {
     mode: Mutex<Mode>,
     /// Requests left in a 5xx burst, and its status.
     burst: Mutex<(u64, u16)>,
+    /// Requests left in a burst of gRPC errors (HTTP 200, `grpc-status`), and the code.
+    grpc_burst: Mutex<(u64, u32)>,
     healthy: AtomicBool,
     hits: AtomicU64,
     health_hits: AtomicU64,
@@ -71,6 +73,7 @@ impl Faulty {
                 name: name.to_owned(),
                 mode: Mutex::new(Mode::Ok),
                 burst: Mutex::new((0, 503)),
+                grpc_burst: Mutex::new((0, 14)),
                 healthy: AtomicBool::new(true),
                 hits: AtomicU64::new(0),
                 health_hits: AtomicU64::new(0),
@@ -90,6 +93,11 @@ impl Faulty {
     /// The next `n` requests get `status`, then the mode applies again.
     pub fn burst(&self, n: u64, status: u16) {
         *self.state.burst.lock().expect("lock") = (n, status);
+    }
+
+    /// The next `n` requests get HTTP 200 with `grpc-status: code` (a trailers-only gRPC error).
+    pub fn grpc_burst(&self, n: u64, code: u32) {
+        *self.state.grpc_burst.lock().expect("lock") = (n, code);
     }
 
     /// Whether `/healthz` answers 200 (else 503).
@@ -229,6 +237,25 @@ async fn answer(state: &State, req: Request<Incoming>, close: &Notify) -> Respon
     if let Some(status) = burst {
         return full(status, format!("burst from {}", state.name));
     }
+    let grpc = {
+        let mut b = state.grpc_burst.lock().expect("lock");
+        if b.0 > 0 {
+            b.0 -= 1;
+            Some(b.1)
+        } else {
+            None
+        }
+    };
+    if let Some(code) = grpc {
+        let mut r = full(200, String::new());
+        r.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        r.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from(code));
+        return r;
+    }
     match mode {
         Mode::Ok => full(
             200,
@@ -259,4 +286,36 @@ async fn answer(state: &State, req: Request<Incoming>, close: &Notify) -> Respon
             Response::new(ChannelBody(rx).boxed())
         }
     }
+}
+
+/// An upstream that speaks only HTTP/2 with prior knowledge (HTTP/1 is a protocol error to it):
+/// `/healthz` answers 200 and counts in the returned counter, other paths answer `h2`.
+pub async fn h2_only() -> (SocketAddr, Arc<AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let checks = Arc::new(AtomicU64::new(0));
+    let counter = checks.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let counter = counter.clone();
+                    async move {
+                        if req.uri().path() == "/healthz" {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok::<_, Infallible>(full(200, "h2".to_owned()))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, checks)
 }

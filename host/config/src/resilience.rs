@@ -66,10 +66,12 @@ pub struct RetryBudget {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakers {
-    /// Open upstream connections (not implemented: refused when set).
+    /// Upstream connections (HTTP/1: requests in flight, one per connection); unlimited when
+    /// unset.
     #[serde(default)]
     pub max_connections: Option<u32>,
-    /// Requests waiting for a connection (not implemented: refused when set).
+    /// Requests waiting for a connection when all `max_connections` are busy (default
+    /// unlimited, as Istio); needs `max_connections`.
     #[serde(default)]
     pub max_pending_requests: Option<u32>,
     /// Requests in flight to the cluster (default unlimited, as Istio).
@@ -241,9 +243,68 @@ pub struct FaultAbort {
 pub struct MirrorPolicy {
     /// The shadow cluster.
     pub cluster: String,
-    /// Share of requests mirrored, 0–100 (default 100).
-    #[serde(default = "defaults::hundred")]
-    pub percentage: f64,
+    /// Share of requests mirrored, 0–100 (Istio's `mirrorPercentage`; default 100).
+    #[serde(default)]
+    pub percentage: Option<f64>,
+    /// Envoy's form of the share: `{default_value: {numerator, denominator}}`; at most one of
+    /// `percentage` and `runtime_fraction`.
+    #[serde(default)]
+    pub runtime_fraction: Option<RuntimeFraction>,
+}
+
+impl MirrorPolicy {
+    /// The share mirrored, in percent.
+    pub fn effective_percentage(&self) -> f64 {
+        match (&self.runtime_fraction, self.percentage) {
+            (Some(f), _) => f.default_value.percent(),
+            (None, Some(p)) => p,
+            (None, None) => 100.0,
+        }
+    }
+}
+
+/// Envoy's `RuntimeFractionalPercent` (only its default value: Weft has no runtime layer).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFraction {
+    /// The fraction.
+    pub default_value: FractionalPercent,
+}
+
+/// `numerator / denominator`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FractionalPercent {
+    /// Numerator.
+    pub numerator: u32,
+    /// `HUNDRED` (default), `TEN_THOUSAND` or `MILLION`.
+    #[serde(default)]
+    pub denominator: Denominator,
+}
+
+/// Envoy's `FractionalPercent.DenominatorType`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Denominator {
+    /// 100.
+    #[default]
+    Hundred,
+    /// 10 000.
+    TenThousand,
+    /// 1 000 000.
+    Million,
+}
+
+impl FractionalPercent {
+    /// The fraction in percent (above 100 when the numerator exceeds the denominator).
+    pub fn percent(&self) -> f64 {
+        let denominator = match self.denominator {
+            Denominator::Hundred => 100.0,
+            Denominator::TenThousand => 10_000.0,
+            Denominator::Million => 1_000_000.0,
+        };
+        f64::from(self.numerator) * 100.0 / denominator
+    }
 }
 
 /// A local token bucket (Envoy's `local_ratelimit`): `max_tokens`, refilled with

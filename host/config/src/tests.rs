@@ -305,7 +305,9 @@ listeners:
                 retry_on: "5xx,reset,retriable-status-codes,unavailable,409"
                 retriable_status_codes: [418]
                 retry_back_off: { base_interval: 10ms, max_interval: 1s }
-              request_mirror_policies: [{ cluster: v2, percentage: 5 }]
+              request_mirror_policies:
+                - { cluster: v2, percentage: 5 }
+                - { cluster: v1, runtime_fraction: { default_value: { numerator: 25, denominator: TEN_THOUSAND } } }
 clusters:
   - name: v1
     endpoints: [{ address: 127.0.0.1:8080 }]
@@ -332,6 +334,8 @@ fn resilience_settings_parse_with_istio_names_and_defaults() {
     let retry = r.retry_policy.as_ref().unwrap();
     assert_eq!(retry.num_retries, 3, "`attempts` is Istio's name");
     assert_eq!(retry.per_request_buffer_limit_bytes, 64 * 1024);
+    assert_eq!(r.request_mirror_policies[0].effective_percentage(), 5.0);
+    assert_eq!(r.request_mirror_policies[1].effective_percentage(), 0.25);
     let o = c.clusters[0].outlier_detection.as_ref().unwrap();
     assert_eq!(o.consecutive_gateway_errors, 0);
     assert_eq!(o.success_rate_stdev_factor, 1900);
@@ -371,7 +375,7 @@ fn bad_resilience_settings_are_refused_with_their_paths_and_lines() {
         )
         .replace(
             "max_requests: 100,",
-            "max_connections: 10, max_requests: 100,",
+            "max_pending_requests: 10, max_requests: 100,",
         )
         .replace("panic_threshold: 30", "panic_threshold: -1")
         .replace("max_tokens: 10,", "max_tokens: 0,");
@@ -385,7 +389,7 @@ fn bad_resilience_settings_are_refused_with_their_paths_and_lines() {
         format!("{r}.route.request_mirror_policies[0].cluster: unknown cluster `v3`"),
         "clusters[0].outlier_detection.max_ejection_time: must be at least `base_ejection_time`"
             .to_owned(),
-        "clusters[0].circuit_breakers.max_connections: unimplemented".to_owned(),
+        "clusters[0].circuit_breakers.max_pending_requests: has no effect without `max_connections`".to_owned(),
         "clusters[0].panic_threshold: -1 is outside 0..=100".to_owned(),
         "clusters[1].health_checks[0]: needs exactly one of `http`, `tcp`".to_owned(),
         "clusters[1].health_checks[0].healthy_threshold: must be at least 1".to_owned(),

@@ -68,6 +68,9 @@ pub struct Entry {
     /// The downstream peer's URI SAN (SPIFFE ID), on mTLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub downstream_peer_uri_san: Option<String>,
+    /// Tries sent upstream (1 without retries), as Envoy's `%UPSTREAM_REQUEST_ATTEMPT_COUNT%`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_request_attempt_count: Option<u32>,
 }
 
 /// Where access-log lines go.

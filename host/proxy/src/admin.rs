@@ -168,6 +168,8 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<ProxyBody> {
                         "max_retries": c.resilience.breaker.max_retries,
                         "rq_active": c.resilience.breaker.active_requests(),
                         "rq_retry_active": c.resilience.breaker.active_retries(),
+                        "max_connections": c.resilience.breaker.max_connections(),
+                        "rq_pending": c.resilience.breaker.pending(),
                     },
                     "endpoints": eps.endpoints.iter().map(|e| json!({
                         "address": e.addr.to_string(),
@@ -195,6 +197,15 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<ProxyBody> {
             b.max_requests
         );
         let _ = writeln!(out, "{n}::default_priority::max_retries::{}", b.max_retries);
+        if let Some(max) = b.max_connections() {
+            let _ = writeln!(out, "{n}::default_priority::max_connections::{max}");
+            let _ = writeln!(
+                out,
+                "{n}::default_priority::max_pending_requests::{}",
+                b.max_pending
+            );
+            let _ = writeln!(out, "{n}::default_priority::rq_pending::{}", b.pending());
+        }
         let _ = writeln!(
             out,
             "{n}::default_priority::rq_active::{}",

@@ -176,7 +176,7 @@ pub struct HttpListener {
     pub tls: Option<Arc<crate::tls::ListenerTls>>,
     /// The listener-wide token bucket and its metrics.
     pub local_rate_limit: Option<(
-        crate::ratelimit::TokenBucket,
+        Arc<crate::ratelimit::TokenBucket>,
         crate::resilience::RouteResilienceMetrics,
     )>,
 }
@@ -292,7 +292,7 @@ impl Generation {
                             .max()
                             .unwrap_or(0);
                         let resilience = crate::resilience::RouteResilience::build(
-                            &rpath, rc, &clusters, metrics, &l.name, &r.name,
+                            &rpath, rc, &clusters, metrics, &l.name, &r.name, previous,
                         )?;
                         route_state.push(RouteState {
                             resilience,
@@ -322,7 +322,7 @@ impl Generation {
                         tls,
                         local_rate_limit: l.local_rate_limit.as_ref().map(|rl| {
                             (
-                                crate::ratelimit::TokenBucket::new(rl, crate::health::now_ms()),
+                                crate::resilience::listener_bucket(previous, &l.name, rl),
                                 metrics.route_resilience(&l.name, ""),
                             )
                         }),

@@ -143,13 +143,21 @@ enum Probe {
         path: String,
         host: String,
         expected: Vec<(u16, u16)>,
+        /// HTTP/2 prior knowledge (an `http2` cluster), through this client.
+        h2: Option<Box<H2Client>>,
     },
 }
+
+type H2Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
 
 /// Starts the active health checker of a cluster; the task ends when the handle is aborted
 /// (the cluster is dropped).
 pub(crate) fn spawn_checker(
     cluster: &str,
+    protocol: weft_config::schema::UpstreamProtocol,
     hc: &HealthCheck,
     endpoints: Arc<ArcSwap<EndpointSet>>,
     metrics: Arc<ClusterResilienceMetrics>,
@@ -163,6 +171,15 @@ pub(crate) fn spawn_checker(
                 .iter()
                 .filter_map(|s| s.range().ok())
                 .collect(),
+            h2: (protocol == weft_config::schema::UpstreamProtocol::Http2).then(|| {
+                Box::new(
+                    hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .http2_only(true)
+                    .build_http(),
+                )
+            }),
         },
         None => Probe::Tcp,
     };
@@ -214,6 +231,26 @@ pub(crate) fn spawn_checker(
 }
 
 async fn check(probe: &Probe, e: &Endpoint) -> bool {
+    if let Probe::Http {
+        path,
+        host,
+        expected,
+        h2: Some(client),
+    } = probe
+    {
+        let uri = format!("http://{}{path}", e.addr);
+        let Ok(req) = http::Request::get(uri)
+            .header(http::header::HOST, host.as_str())
+            .header(http::header::USER_AGENT, "weft-health-checker")
+            .body(http_body_util::Empty::new())
+        else {
+            return false;
+        };
+        return client
+            .request(req)
+            .await
+            .is_ok_and(|r| status_expected(r.status().as_u16(), expected));
+    }
     let Ok(mut stream) = tokio::net::TcpStream::connect(e.addr).await else {
         return false;
     };
@@ -223,6 +260,7 @@ async fn check(probe: &Probe, e: &Endpoint) -> bool {
             path,
             host,
             expected,
+            ..
         } => {
             let request = format!(
                 "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weft-health-checker\r\nConnection: close\r\n\r\n"

@@ -141,7 +141,7 @@ struct Completion {
     shared: Arc<Shared>,
     wasm: Option<WasmExchange>,
     /// The cluster's circuit-breaker slot, held until the response ends.
-    permit: Option<crate::breaker::Permit>,
+    permit: Option<crate::breaker::Admitted>,
 }
 
 impl OnComplete for Completion {
@@ -532,11 +532,31 @@ async fn route_and_forward(
         e.upstream_cluster = Some(cluster.name.clone());
     }
     let hash = request_hash(&forward.hash_policy, &parts.headers, conn.peer);
-    // Circuit breaker: requests in flight to the cluster. The slot is held to the response's end.
-    match cluster.resilience.breaker.try_request() {
-        Some(permit) => c.permit = Some(permit),
-        None => {
-            cluster.resilience.metrics.overflow_requests.inc();
+    // Circuit breakers: requests in flight, and connections (a request may wait in the bounded
+    // pending queue, within the route timeout). The slots are held to the response's end.
+    let admission = cluster.resilience.breaker.admit();
+    let admitted = match forward.timeout {
+        Some(t) => match tokio::time::timeout(t, admission).await {
+            Ok(a) => a,
+            Err(_) => {
+                return local(
+                    c,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    flags::UPSTREAM_TIMEOUT,
+                );
+            }
+        },
+        None => admission.await,
+    };
+    match admitted {
+        Ok(permit) => c.permit = Some(permit),
+        Err(overflow) => {
+            let m = &cluster.resilience.metrics;
+            match overflow {
+                crate::breaker::Overflow::Requests => m.overflow_requests.inc(),
+                crate::breaker::Overflow::Pending => m.overflow_pending.inc(),
+            };
             let mut resp = local(
                 c,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -591,10 +611,27 @@ async fn route_and_forward(
     let retry = resilience
         .and_then(|r| r.retry.as_ref())
         .filter(|_| !is_upgrade);
-    let mirrors = resilience.map_or(&[][..], |r| r.mirrors.as_slice());
+    let mirrors = resilience
+        .filter(|_| !is_upgrade)
+        .map_or(&[][..], |r| r.mirrors.as_slice());
     let body = if retry.is_some() || !mirrors.is_empty() {
         let limit = retry.map_or(64 * 1024, |r| r.buffer_limit);
-        match RequestBody::buffer(body, limit).await {
+        let buffered = RequestBody::buffer(body, limit);
+        let buffered = match forward.timeout {
+            Some(t) => match tokio::time::timeout(t, buffered).await {
+                Ok(b) => b,
+                Err(_) => {
+                    return local(
+                        c,
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request body timeout",
+                        flags::NONE,
+                    );
+                }
+            },
+            None => buffered.await,
+        };
+        match buffered {
             Ok(b) => b,
             Err(e) => {
                 tracing::debug!(error = %e, "downstream request body failed");
@@ -659,7 +696,7 @@ struct Upstream {
 enum Tried {
     Response(Response<Incoming>),
     Failed(TryOutcome, hyper_util::client::legacy::Error),
-    TimedOut { per_try: bool },
+    TimedOut,
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> TryOutcome {
@@ -686,7 +723,7 @@ fn refused_stream(e: &hyper_util::client::legacy::Error) -> bool {
 
 #[allow(clippy::too_many_arguments)]
 async fn forward_upstream(
-    upstream: Upstream,
+    mut upstream: Upstream,
     body: RequestBody,
     mut c: Box<Completion>,
     cluster: &Arc<Cluster>,
@@ -704,11 +741,13 @@ async fn forward_upstream(
     let max_retries = retry.map_or(0, |r| r.num_retries);
     let mut body = Some(body);
     let mut attempt: u32 = 0;
-    let mut previous: Option<usize> = None;
+    let mut tried_endpoints: Vec<usize> = Vec::new();
     let mut retry_permit: Option<crate::breaker::Permit> = None;
     let (mut resp, endpoint) = loop {
-        let set = cluster.endpoints();
-        let Some((index, endpoint)) = cluster.pick_endpoint(&set, hash, attempt, previous) else {
+        // An owned snapshot: it is held across the upstream call.
+        let set = arc_swap::Guard::into_inner(cluster.endpoints());
+        let Some((index, endpoint)) = cluster.pick_endpoint(&set, hash, attempt, &tried_endpoints)
+        else {
             return local(
                 c,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -718,6 +757,7 @@ async fn forward_upstream(
         };
         if let Some(e) = c.entry.as_mut() {
             e.upstream_host = Some(endpoint.addr.to_string());
+            e.upstream_request_attempt_count = Some(attempt + 1);
         }
         let uri = Uri::builder()
             .scheme("http")
@@ -745,7 +785,12 @@ async fn forward_upstream(
         *req.method_mut() = upstream.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = upstream.version;
-        *req.headers_mut() = upstream.headers.clone();
+        *req.headers_mut() = if attempt < max_retries {
+            upstream.headers.clone()
+        } else {
+            // The last possible try (the only one without a retry policy) takes them.
+            std::mem::take(&mut upstream.headers)
+        };
         if retry.is_some() {
             req.headers_mut().insert(
                 HeaderName::from_static(crate::retry::ATTEMPT_COUNT_HEADER),
@@ -767,9 +812,7 @@ async fn forward_upstream(
             Some(d) => match tokio::time::timeout_at(d, call).await {
                 Ok(Ok(r)) => Tried::Response(r),
                 Ok(Err(e)) => Tried::Failed(classify(&e), e),
-                Err(_) => Tried::TimedOut {
-                    per_try: per_try.is_some(),
-                },
+                Err(_) => Tried::TimedOut,
             },
             None => match call.await {
                 Ok(r) => Tried::Response(r),
@@ -792,7 +835,7 @@ async fn forward_upstream(
                 TryOutcome::Status(r.status().as_u16(), grpc)
             }
             Tried::Failed(o, _) => *o,
-            Tried::TimedOut { .. } => TryOutcome::PerTryTimeout,
+            Tried::TimedOut => TryOutcome::PerTryTimeout,
         };
         cluster.observe(
             &set,
@@ -835,14 +878,14 @@ async fn forward_upstream(
                         endpoint.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Tried::TimedOut { .. } => {
+                Tried::TimedOut => {
                     cluster.metrics.rq_timeout.inc();
                     cluster.metrics.rq[4].inc();
                 }
             }
             drop(tried);
             attempt += 1;
-            previous = Some(index);
+            tried_endpoints.push(index);
             rm.retry.inc();
             if let Some(r) = retry {
                 let pause = crate::retry::backoff(attempt, r.base, r.max, fastrand::f64());
@@ -881,10 +924,9 @@ async fn forward_upstream(
                 }
                 break (r, endpoint);
             }
-            Tried::TimedOut { per_try } => {
+            Tried::TimedOut => {
                 cluster.metrics.rq_timeout.inc();
                 cluster.metrics.rq[4].inc();
-                let _ = per_try;
                 return local(
                     c,
                     StatusCode::GATEWAY_TIMEOUT,

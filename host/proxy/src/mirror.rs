@@ -42,12 +42,12 @@ pub(crate) fn send(m: &Mirror, copy: &Copy<'_>) {
         metrics.mirror_skipped.inc();
         return;
     };
-    let Some(permit) = m.cluster.resilience.breaker.try_request() else {
+    let Some(permit) = m.cluster.resilience.breaker.try_admit() else {
         metrics.mirror_skipped.inc();
         return;
     };
     let set = m.cluster.endpoints();
-    let Some((_, endpoint)) = m.cluster.pick_endpoint(&set, None, 0, None) else {
+    let Some((_, endpoint)) = m.cluster.pick_endpoint(&set, None, 0, &[]) else {
         metrics.mirror_skipped.inc();
         return;
     };

@@ -1,7 +1,7 @@
 //! Local rate limiting: a token bucket per route or per listener (Envoy's `local_ratelimit`).
 //! A request without a token gets 429 with `Retry-After` and response flag `RL`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use weft_config::resilience::LocalRateLimit;
@@ -9,6 +9,8 @@ use weft_config::resilience::LocalRateLimit;
 /// A token bucket on an injectable millisecond clock.
 #[derive(Debug)]
 pub struct TokenBucket {
+    /// The settings it was built from (a reload with the same settings keeps the bucket).
+    pub config: LocalRateLimit,
     max_tokens: u64,
     tokens_per_fill: u64,
     fill_interval_ms: u64,
@@ -25,6 +27,7 @@ impl TokenBucket {
     /// A full bucket at `now_ms`.
     pub fn new(cfg: &LocalRateLimit, now_ms: u64) -> TokenBucket {
         TokenBucket {
+            config: cfg.clone(),
             max_tokens: u64::from(cfg.max_tokens),
             tokens_per_fill: u64::from(cfg.tokens_per_fill),
             fill_interval_ms: (cfg.fill_interval.as_millis() as u64).max(1),
@@ -57,6 +60,19 @@ impl TokenBucket {
             let next = s.last_fill_ms + self.fill_interval_ms;
             Err(Duration::from_millis(next.saturating_sub(now_ms)))
         }
+    }
+}
+
+/// `previous` when it was built from `cfg`, else a new full bucket: a reload that keeps a
+/// limit keeps its tokens (a reload must not refill a bucket under attack).
+pub fn carry_over(
+    previous: Option<&Arc<TokenBucket>>,
+    cfg: &LocalRateLimit,
+    now_ms: u64,
+) -> Arc<TokenBucket> {
+    match previous {
+        Some(p) if p.config == *cfg => p.clone(),
+        _ => Arc::new(TokenBucket::new(cfg, now_ms)),
     }
 }
 

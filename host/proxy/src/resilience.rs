@@ -160,6 +160,8 @@ pub struct ClusterResilienceMetrics {
     pub retry_overflow_breaker: Counter,
     /// Requests refused by `max_requests`.
     pub overflow_requests: Counter,
+    /// Requests refused by `max_pending_requests`.
+    pub overflow_pending: Counter,
     ejections: [Counter; 4],
     /// Endpoints ejected now.
     pub ejections_active: Gauge,
@@ -226,6 +228,9 @@ impl Metrics {
             retry_overflow_budget: f.retry_overflow.get_or_create_owned(&r("budget")),
             retry_overflow_breaker: f.retry_overflow.get_or_create_owned(&r("circuit_breaker")),
             overflow_requests: f.breaker_overflow.get_or_create_owned(&r("max_requests")),
+            overflow_pending: f
+                .breaker_overflow
+                .get_or_create_owned(&r("max_pending_requests")),
             ejections: [
                 EjectReason::Consecutive5xx,
                 EjectReason::ConsecutiveGatewayErrors,
@@ -298,6 +303,7 @@ impl ClusterResilience {
             metrics.healthy.set(endpoints.load().endpoints.len() as i64);
             tasks.push(crate::health::spawn_checker(
                 &config.name,
+                config.protocol,
                 hc,
                 endpoints.clone(),
                 metrics.clone(),
@@ -336,20 +342,37 @@ impl EndpointState for Panicked<'_> {
     }
 }
 
+/// Another state with the endpoints already tried by this request taken out (Istio's
+/// `previous_hosts` retry predicate).
+struct Untried<'a> {
+    inner: &'a dyn EndpointState,
+    tried: &'a [usize],
+}
+
+impl EndpointState for Untried<'_> {
+    fn is_available(&self, index: usize) -> bool {
+        !self.tried.contains(&index) && self.inner.is_available(index)
+    }
+    fn active_requests(&self, index: usize) -> u64 {
+        self.inner.active_requests(index)
+    }
+}
+
 /// Whether a cluster with `available` of `total` endpoints is in panic mode.
 pub fn in_panic(available: usize, total: usize, threshold: f64) -> bool {
     total > 0 && threshold > 0.0 && (available as f64) * 100.0 < threshold * total as f64
 }
 
 impl Cluster {
-    /// Picks an endpoint of `set` for try `attempt` (0 first), avoiding `previous` on a retry;
-    /// balances over every endpoint when too few are available (panic mode).
+    /// Picks an endpoint of `set` for try `attempt` (0 first). A retry avoids every endpoint in
+    /// `tried` while another is available, else at least the last one tried; panic mode
+    /// balances over every endpoint when too few are available.
     pub fn pick_endpoint(
         &self,
         set: &EndpointSet,
         hash: Option<u64>,
         attempt: u32,
-        previous: Option<usize>,
+        tried: &[usize],
     ) -> Option<(usize, Arc<Endpoint>)> {
         let balancer = set.balancer()?;
         let now = now_ms();
@@ -369,10 +392,21 @@ impl Cluster {
             };
         let mut ctx = PickContext::new(state);
         ctx.hash = hash;
-        if let Some(p) = previous {
-            ctx = ctx.retry(attempt, p);
-        }
-        let i = balancer.pick(&ctx)?;
+        let picked = match tried.last() {
+            None => balancer.pick(&ctx),
+            Some(&last) => {
+                let untried = Untried {
+                    inner: state,
+                    tried,
+                };
+                let mut fresh = PickContext::new(&untried);
+                fresh.hash = hash;
+                balancer
+                    .pick(&fresh)
+                    .or_else(|| balancer.pick(&ctx.retry(attempt, last)))
+            }
+        };
+        let i = picked?;
         set.endpoints.get(i).map(|e| (i, e.clone()))
     }
 
@@ -423,7 +457,7 @@ pub struct RouteResilience {
     /// Fault injection.
     pub fault: Option<FaultConfig>,
     /// Route-level token bucket.
-    pub rate_limit: Option<TokenBucket>,
+    pub rate_limit: Option<Arc<TokenBucket>>,
     /// Shadow clusters.
     pub mirrors: Vec<Mirror>,
     /// Metric handles.
@@ -439,6 +473,7 @@ impl RouteResilience {
         metrics: &Metrics,
         listener: &str,
         route: &str,
+        previous: Option<&crate::generation::Generation>,
     ) -> Result<RouteResilience, BuildError> {
         let forward = r.route.as_ref();
         let mut mirrors = Vec::new();
@@ -459,7 +494,7 @@ impl RouteResilience {
                 })?;
             mirrors.push(Mirror {
                 cluster,
-                percentage: m.percentage,
+                percentage: m.effective_percentage(),
             });
         }
         Ok(RouteResilience {
@@ -471,14 +506,53 @@ impl RouteResilience {
                 .as_ref()
                 .map(|f| FaultConfig::new(&format!("{path}.fault"), f))
                 .transpose()?,
-            rate_limit: r
-                .local_rate_limit
-                .as_ref()
-                .map(|rl| TokenBucket::new(rl, now_ms())),
+            rate_limit: r.local_rate_limit.as_ref().map(|rl| {
+                crate::ratelimit::carry_over(
+                    previous_route_bucket(previous, listener, route).as_ref(),
+                    rl,
+                    now_ms(),
+                )
+            }),
             mirrors,
             metrics: metrics.route_resilience(listener, route),
         })
     }
+}
+
+fn previous_http_listener<'a>(
+    previous: Option<&'a crate::generation::Generation>,
+    listener: &str,
+) -> Option<&'a crate::generation::HttpListener> {
+    match previous?.listeners.get(listener).map(|l| &**l) {
+        Some(crate::generation::ListenerGen::Http(h)) => Some(h),
+        _ => None,
+    }
+}
+
+/// The bucket route `route` of `listener` had in the previous generation.
+fn previous_route_bucket(
+    previous: Option<&crate::generation::Generation>,
+    listener: &str,
+    route: &str,
+) -> Option<Arc<TokenBucket>> {
+    let l = previous_http_listener(previous, listener)?;
+    l.routes
+        .routes()
+        .zip(&l.route_state)
+        .find(|(r, _)| &*r.name == route)
+        .and_then(|(_, s)| s.resilience.rate_limit.clone())
+}
+
+/// The listener-wide bucket of `listener`, carried over when its settings are unchanged.
+pub(crate) fn listener_bucket(
+    previous: Option<&crate::generation::Generation>,
+    listener: &str,
+    cfg: &weft_config::resilience::LocalRateLimit,
+) -> Arc<TokenBucket> {
+    let old = previous_http_listener(previous, listener)
+        .and_then(|l| l.local_rate_limit.as_ref())
+        .map(|(b, _)| b);
+    crate::ratelimit::carry_over(old, cfg, now_ms())
 }
 
 #[cfg(test)]

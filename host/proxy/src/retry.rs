@@ -1,9 +1,11 @@
 //! Retry policy: which failures are retried (Envoy's `retry_on` conditions), exponential
 //! back-off with full jitter, and the request body kept for replay.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body::Frame;
 use http_body_util::BodyExt;
 use weft_config::resilience::{RetryOn, RetryPolicy};
 
@@ -110,21 +112,45 @@ pub enum RequestBody {
 }
 
 impl RequestBody {
-    /// Buffers `body` when its length is known and at most `limit`; otherwise it is streamed.
+    /// Buffers `body` when it ends within `limit` bytes; otherwise it is streamed (what was
+    /// read ahead goes first).
     pub async fn buffer(
-        body: ProxyBody,
+        mut body: ProxyBody,
         limit: usize,
     ) -> Result<RequestBody, crate::body::BoxError> {
         use http_body::Body as _;
         if body.is_end_stream() {
             return Ok(RequestBody::Replay(Bytes::new()));
         }
-        match body.size_hint().exact() {
-            Some(n) if n <= limit as u64 => {
-                Ok(RequestBody::Replay(body.collect().await?.to_bytes()))
-            }
-            _ => Ok(RequestBody::Stream(body)),
+        let hint = body.size_hint();
+        if let Some(n) = hint.exact()
+            && n <= limit as u64
+        {
+            return Ok(RequestBody::Replay(body.collect().await?.to_bytes()));
         }
+        if hint.lower() > limit as u64 {
+            return Ok(RequestBody::Stream(body));
+        }
+        // Unknown length (chunked, HTTP/2): read ahead up to the limit.
+        let mut read: VecDeque<Frame<Bytes>> = VecDeque::new();
+        let mut size = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame?;
+            let is_data = frame.is_data();
+            size += frame.data_ref().map_or(0, Bytes::len);
+            read.push_back(frame);
+            if !is_data || size > limit {
+                // Trailers cannot be replayed from bytes; too much cannot be kept.
+                return Ok(RequestBody::Stream(ProxyBody::chain(read, body)));
+            }
+        }
+        let mut all = bytes::BytesMut::with_capacity(size);
+        for f in read {
+            if let Some(d) = f.data_ref() {
+                all.extend_from_slice(d);
+            }
+        }
+        Ok(RequestBody::Replay(all.freeze()))
     }
 
     /// Whether another try can be sent.

@@ -140,7 +140,21 @@ impl Validator<'_> {
         for (i, m) in f.request_mirror_policies.iter().enumerate() {
             let mpath = format!("{path}.request_mirror_policies[{i}]");
             self.cluster_ref(&format!("{mpath}.cluster"), &m.cluster);
-            self.percentage(format!("{mpath}.percentage"), m.percentage);
+            if m.percentage.is_some() && m.runtime_fraction.is_some() {
+                self.err(
+                    &mpath,
+                    "takes at most one of `percentage`, `runtime_fraction`",
+                );
+            }
+            if let Some(p) = m.percentage {
+                self.percentage(format!("{mpath}.percentage"), p);
+            }
+            if let Some(f) = &m.runtime_fraction {
+                self.percentage(
+                    format!("{mpath}.runtime_fraction.default_value.numerator"),
+                    f.default_value.percent(),
+                );
+            }
         }
     }
 
@@ -148,16 +162,19 @@ impl Validator<'_> {
         self.percentage(format!("{path}.panic_threshold"), c.panic_threshold);
         if let Some(b) = &c.circuit_breakers {
             let bpath = format!("{path}.circuit_breakers");
-            if b.max_connections.is_some() {
-                self.err(
-                    format!("{bpath}.max_connections"),
-                    "unimplemented: Weft limits requests (`max_requests`), not connections",
-                );
+            if let Some(n) = b.max_connections {
+                self.at_least_one(format!("{bpath}.max_connections"), n);
+                if c.protocol == crate::schema::UpstreamProtocol::Http2 {
+                    self.err(
+                        format!("{bpath}.max_connections"),
+                        "unimplemented for `protocol: http2` (one multiplexed connection)",
+                    );
+                }
             }
-            if b.max_pending_requests.is_some() {
+            if b.max_pending_requests.is_some() && b.max_connections.is_none() {
                 self.err(
                     format!("{bpath}.max_pending_requests"),
-                    "unimplemented: Weft never queues requests for a connection",
+                    "has no effect without `max_connections` (nothing waits for a connection)",
                 );
             }
             self.at_least_one(format!("{bpath}.max_requests"), b.max_requests);
