@@ -663,3 +663,89 @@ async fn mtls_posture_openssl_only_tls12_plus_and_forward_secret_suites() {
         "TLS 1.3:\n{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_kubernetes_secret_symlink_swap_rotates() {
+    let pki = Pki::new("cluster.local");
+    let id = pki.id("prod", "server");
+    let c = pki.issue("client", &pki.id("prod", "client"), HOUR);
+    // A mounted Secret: `..data -> ..v1/`, and each file a symlink through `..data`.
+    let mount = pki.dir.join("secret");
+    let v1 = pki.issue("secret/..v1", &id, HOUR);
+    drop(v1);
+    std::os::unix::fs::symlink("..v1", mount.join("..data")).expect("..data");
+    for f in ["cert.pem", "key.pem", "bundle.pem"] {
+        std::os::unix::fs::symlink(format!("..data/{f}"), mount.join(f)).expect("link");
+    }
+    let files = CredentialFiles {
+        cert: mount.join("cert.pem"),
+        key: mount.join("key.pem"),
+        bundle: mount.join("bundle.pem"),
+    };
+    let app = echo("app").await;
+    let b = TestProxy::start(&inbound(
+        app,
+        &format!("mode: strict, {}", tls_files_yaml(&files)),
+        "",
+    ))
+    .await;
+    let addr = b.addr("inbound");
+    let first = tls_get(addr, Some(&c), &files.bundle, "cluster.local", false, "/")
+        .await
+        .expect("served")
+        .server_cert_hash;
+    // The kubelet's update: write `..v2/`, point a temporary link at it, rename it over `..data`.
+    pki.issue("secret/..v2", &id, HOUR);
+    std::os::unix::fs::symlink("..v2", mount.join("..data_tmp")).expect("tmp link");
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).expect("swap");
+    let rotated = eventually(Duration::from_secs(5), || {
+        let (c, bundle, first) = (c.clone(), files.bundle.clone(), first.clone());
+        async move {
+            matches!(tls_get(addr, Some(&c), &bundle, "cluster.local", false, "/").await, Ok(r) if r.server_cert_hash != first)
+        }
+    })
+    .await;
+    assert!(
+        rotated,
+        "the symlink swap was seen and the new certificate served"
+    );
+}
+
+#[tokio::test]
+async fn mtls_bad_material_at_start_is_refused_naming_the_file() {
+    let pki = Pki::new("cluster.local");
+    let s = pki.issue("server", &pki.id("prod", "server"), HOUR);
+    let other = pki.issue("other", &pki.id("prod", "other"), HOUR);
+    std::fs::copy(&other.key, &s.key).expect("copy");
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("weft.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "access_log: {{ path: \"off\" }}\n{}",
+            inbound(
+                "127.0.0.1:9".parse().expect("addr"),
+                &format!("mode: strict, {}", tls_files_yaml(&s)),
+                ""
+            )
+        ),
+    )
+    .expect("write");
+    let err = weft_proxy::Proxy::start(
+        weft_proxy::ConfigSource::File(path),
+        weft_proxy::StartOptions {
+            watch: false,
+            admin_address: Some("127.0.0.1:0".parse().expect("addr")),
+        },
+    )
+    .await
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        err.contains("listeners[0].tls")
+            && err.contains("private key does not match")
+            && err.contains("key.pem"),
+        "{err}"
+    );
+}
