@@ -471,6 +471,18 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
         errors.lock().map(|v| v.clone()).unwrap_or_default()
     );
     assert!(ok.load(Ordering::Relaxed) > 10, "load ran");
+    // The admin `/certs` shows the rotation state and why the last material was refused.
+    let certs = get(&format!("http://{}/certs", b.admin())).await.json();
+    let entry = &certs["certificates"][0];
+    assert_eq!(entry["owner"], "listener inbound");
+    assert_eq!(entry["identity"], server_id.as_str());
+    assert!(entry["rotations"].as_u64() >= Some(1), "{certs}");
+    assert!(entry["refused_rotations"].as_u64() >= Some(2), "{certs}");
+    let why = entry["last_refusal"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("cert.pem") && why.contains("not valid now"),
+        "{certs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,6 +108,8 @@ pub struct Cluster {
     pub client: HttpClient,
     /// Its metrics.
     pub metrics: Arc<ClusterMetrics>,
+    /// Its TLS client side (for `/certs`).
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     refresh: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -186,7 +188,7 @@ impl Cluster {
         let connector = CountingConnector {
             inner: connector,
             opened: metrics.cx_total.clone(),
-            tls,
+            tls: tls.clone(),
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
@@ -203,6 +205,7 @@ impl Cluster {
             endpoints,
             client: builder.build(connector),
             metrics,
+            tls,
             refresh,
         }
     }
