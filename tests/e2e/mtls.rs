@@ -762,3 +762,56 @@ async fn mtls_bad_material_at_start_is_refused_naming_the_file() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_http1_upstream_with_sni_and_tls13_minimum() {
+    let pki = Pki::new("cluster.local");
+    let s = pki.issue("server", &pki.id("prod", "server"), HOUR);
+    let c = pki.issue("client", &pki.id("prod", "client"), HOUR);
+    let app = echo("app").await;
+    let plugin = format!(
+        "plugins:\n  - name: props\n    file: {}\n    configuration: {{echo_properties: [connection.requested_server_name, connection.tls_version, connection.uri_san_local_certificate]}}\n",
+        fx::HOSTCALLS
+    );
+    let b = TestProxy::start(&format!(
+        "{plugin}{}",
+        inbound(
+            app,
+            &format!("mode: strict, min_version: TLSv1_3, {}", tls_files_yaml(&s)),
+            "    plugins: [{ name: props }]\n"
+        )
+    ))
+    .await;
+    let a = TestProxy::start(&format!(
+        r#"
+listeners:
+  - name: outbound
+    address: 127.0.0.1:0
+    virtual_hosts: [{{ name: any, domains: ["*"], routes: [{{ route: {{ cluster: mesh }} }}] }}]
+clusters:
+  - name: mesh
+    endpoints: [{{ address: "{}" }}]
+    tls: {{ sni: server.prod.svc, {} }}
+"#,
+        b.addr("inbound"),
+        tls_files_yaml(&c)
+    ))
+    .await;
+    let r = get(&a.url("outbound", "/")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(
+        j["headers"]["x-prop-connection-requested_server_name"],
+        "server.prod.svc"
+    );
+    assert_eq!(j["headers"]["x-prop-connection-tls_version"], "TLSv1.3");
+    assert_eq!(
+        j["headers"]["x-prop-connection-uri_san_local_certificate"],
+        pki.id("prod", "server").as_str()
+    );
+    let lines = b.access_log_lines(1).await;
+    assert_eq!(
+        lines.last().map(|l| l["protocol"].clone()),
+        Some("HTTP/1.1".into())
+    );
+}
