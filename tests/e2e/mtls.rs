@@ -471,6 +471,18 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
         errors.lock().map(|v| v.clone()).unwrap_or_default()
     );
     assert!(ok.load(Ordering::Relaxed) > 10, "load ran");
+    // The admin `/certs` shows the rotation state and why the last material was refused.
+    let certs = get(&format!("http://{}/certs", b.admin())).await.json();
+    let entry = &certs["certificates"][0];
+    assert_eq!(entry["owner"], "listener inbound");
+    assert_eq!(entry["identity"], server_id.as_str());
+    assert!(entry["rotations"].as_u64() >= Some(1), "{certs}");
+    assert!(entry["refused_rotations"].as_u64() >= Some(2), "{certs}");
+    let why = entry["last_refusal"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("cert.pem") && why.contains("not valid now"),
+        "{certs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -661,5 +673,145 @@ async fn mtls_posture_openssl_only_tls12_plus_and_forward_secret_suites() {
     assert!(
         handshook(&out) && out.contains("TLSv1.3"),
         "TLS 1.3:\n{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_kubernetes_secret_symlink_swap_rotates() {
+    let pki = Pki::new("cluster.local");
+    let id = pki.id("prod", "server");
+    let c = pki.issue("client", &pki.id("prod", "client"), HOUR);
+    // A mounted Secret: `..data -> ..v1/`, and each file a symlink through `..data`.
+    let mount = pki.dir.join("secret");
+    let v1 = pki.issue("secret/..v1", &id, HOUR);
+    drop(v1);
+    std::os::unix::fs::symlink("..v1", mount.join("..data")).expect("..data");
+    for f in ["cert.pem", "key.pem", "bundle.pem"] {
+        std::os::unix::fs::symlink(format!("..data/{f}"), mount.join(f)).expect("link");
+    }
+    let files = CredentialFiles {
+        cert: mount.join("cert.pem"),
+        key: mount.join("key.pem"),
+        bundle: mount.join("bundle.pem"),
+    };
+    let app = echo("app").await;
+    let b = TestProxy::start(&inbound(
+        app,
+        &format!("mode: strict, {}", tls_files_yaml(&files)),
+        "",
+    ))
+    .await;
+    let addr = b.addr("inbound");
+    let first = tls_get(addr, Some(&c), &files.bundle, "cluster.local", false, "/")
+        .await
+        .expect("served")
+        .server_cert_hash;
+    // The kubelet's update: write `..v2/`, point a temporary link at it, rename it over `..data`.
+    pki.issue("secret/..v2", &id, HOUR);
+    std::os::unix::fs::symlink("..v2", mount.join("..data_tmp")).expect("tmp link");
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).expect("swap");
+    let rotated = eventually(Duration::from_secs(5), || {
+        let (c, bundle, first) = (c.clone(), files.bundle.clone(), first.clone());
+        async move {
+            matches!(tls_get(addr, Some(&c), &bundle, "cluster.local", false, "/").await, Ok(r) if r.server_cert_hash != first)
+        }
+    })
+    .await;
+    assert!(
+        rotated,
+        "the symlink swap was seen and the new certificate served"
+    );
+}
+
+#[tokio::test]
+async fn mtls_bad_material_at_start_is_refused_naming_the_file() {
+    let pki = Pki::new("cluster.local");
+    let s = pki.issue("server", &pki.id("prod", "server"), HOUR);
+    let other = pki.issue("other", &pki.id("prod", "other"), HOUR);
+    std::fs::copy(&other.key, &s.key).expect("copy");
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("weft.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "access_log: {{ path: \"off\" }}\n{}",
+            inbound(
+                "127.0.0.1:9".parse().expect("addr"),
+                &format!("mode: strict, {}", tls_files_yaml(&s)),
+                ""
+            )
+        ),
+    )
+    .expect("write");
+    let started = weft_proxy::Proxy::start(
+        weft_proxy::ConfigSource::File(path),
+        weft_proxy::StartOptions {
+            watch: false,
+            admin_address: Some("127.0.0.1:0".parse().expect("addr")),
+        },
+    )
+    .await;
+    let err = match started {
+        Ok(_) => panic!("a key that does not match its certificate was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("listeners[0].tls")
+            && err.contains("private key does not match")
+            && err.contains("key.pem"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_http1_upstream_with_sni_and_tls13_minimum() {
+    let pki = Pki::new("cluster.local");
+    let s = pki.issue("server", &pki.id("prod", "server"), HOUR);
+    let c = pki.issue("client", &pki.id("prod", "client"), HOUR);
+    let app = echo("app").await;
+    let plugin = format!(
+        "plugins:\n  - name: props\n    file: {}\n    configuration: {{echo_properties: [connection.requested_server_name, connection.tls_version, connection.uri_san_local_certificate]}}\n",
+        fx::HOSTCALLS
+    );
+    let b = TestProxy::start(&format!(
+        "{plugin}{}",
+        inbound(
+            app,
+            &format!("mode: strict, min_version: TLSv1_3, {}", tls_files_yaml(&s)),
+            "    plugins: [{ name: props }]\n"
+        )
+    ))
+    .await;
+    let a = TestProxy::start(&format!(
+        r#"
+listeners:
+  - name: outbound
+    address: 127.0.0.1:0
+    virtual_hosts: [{{ name: any, domains: ["*"], routes: [{{ route: {{ cluster: mesh }} }}] }}]
+clusters:
+  - name: mesh
+    endpoints: [{{ address: "{}" }}]
+    tls: {{ sni: server.prod.svc, {} }}
+"#,
+        b.addr("inbound"),
+        tls_files_yaml(&c)
+    ))
+    .await;
+    let r = get(&a.url("outbound", "/")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(
+        j["headers"]["x-prop-connection-requested_server_name"],
+        "server.prod.svc"
+    );
+    assert_eq!(j["headers"]["x-prop-connection-tls_version"], "TLSv1.3");
+    assert_eq!(
+        j["headers"]["x-prop-connection-uri_san_local_certificate"],
+        pki.id("prod", "server").as_str()
+    );
+    let lines = b.access_log_lines(1).await;
+    assert_eq!(
+        lines.last().map(|l| l["protocol"].clone()),
+        Some("HTTP/1.1".into())
     );
 }

@@ -114,6 +114,9 @@ async fn route(proxy: Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
             ),
         },
         (&Method::GET, "/plugins") => plugins(&proxy),
+        (&Method::GET, "/certs") => {
+            json_response(StatusCode::OK, &crate::tls::certs_json(&proxy.generation()))
+        }
         (&Method::POST, p) if p.starts_with("/plugins/") && p.ends_with("/reload") => {
             let name = &p["/plugins/".len()..p.len() - "/reload".len()];
             if !proxy.plugins().handles().iter().any(|h| h.name == name) {
@@ -136,7 +139,7 @@ async fn route(proxy: Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
         }
         (&Method::GET, "/") => text(
             StatusCode::OK,
-            "weft admin\n  GET  /ready\n  GET  /live\n  GET  /metrics\n  GET  /config_dump\n  GET  /clusters[?format=json]\n  GET  /plugins\n  POST /plugins/<name>/reload\n  POST /reload\n  POST /quitquitquit\n",
+            "weft admin\n  GET  /ready\n  GET  /live\n  GET  /metrics\n  GET  /config_dump\n  GET  /clusters[?format=json]\n  GET  /plugins\n  GET  /certs\n  POST /plugins/<name>/reload\n  POST /reload\n  POST /quitquitquit\n",
         ),
         (
             _,

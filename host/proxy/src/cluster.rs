@@ -120,6 +120,8 @@ pub struct Cluster {
     pub metrics: Arc<ClusterMetrics>,
     /// Circuit breakers, health checking, outlier detection.
     pub resilience: crate::resilience::ClusterResilience,
+    /// Its TLS client side (for `/certs`).
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     refresh: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -199,7 +201,7 @@ impl Cluster {
         let connector = CountingConnector {
             inner: connector,
             opened: metrics.cx_total.clone(),
-            tls,
+            tls: tls.clone(),
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
@@ -219,6 +221,7 @@ impl Cluster {
             client: builder.build(connector),
             metrics,
             resilience,
+            tls,
             refresh,
         }
     }

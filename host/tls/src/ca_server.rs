@@ -153,9 +153,11 @@ pub async fn serve(ca: Ca, listener: TcpListener, opts: ServeOptions) -> Result<
                 let caller = caller.clone();
                 async move { Ok::<_, Infallible>(handle(req, &state, caller.as_ref(), peer).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            // A CSR exchange is short: bound each connection so a slow client cannot hold one.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tls), svc);
+            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
         });
     }
 }
