@@ -11,6 +11,12 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component add clippy rustfmt >/dev/null 2>&1 || true
 fi
 
+# openssl: the mTLS posture test drives `openssl s_client` against a Weft listener.
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "== apt-get install openssl (TLS posture test)"
+  apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -D warnings"

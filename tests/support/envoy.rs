@@ -215,11 +215,17 @@ impl TestEnvoy {
         upstream: SocketAddr,
         extra: &[(&str, SocketAddr)],
     ) -> TestEnvoy {
+        TestEnvoy::start_bootstrap(binary, &bootstrap(plugins, upstream, extra)).await
+    }
+
+    /// Starts Envoy on a whole bootstrap text (listener `main` and the admin on port 0 of
+    /// 127.0.0.1), waiting as [`TestEnvoy::start`] does.
+    pub async fn start_bootstrap(binary: &Path, bootstrap_yaml: &str) -> TestEnvoy {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("envoy.yaml");
         let admin_path = dir.path().join("admin.addr");
         let log = dir.path().join("envoy.log");
-        std::fs::write(&config, bootstrap(plugins, upstream, extra)).expect("write bootstrap");
+        std::fs::write(&config, bootstrap_yaml).expect("write bootstrap");
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(binary)
             .arg("-c")

@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod envoy;
+pub mod faulty;
+pub mod mesh;
 pub mod plugins;
 pub mod upstream;
 

@@ -11,8 +11,11 @@
 
 mod error;
 mod locate;
+pub mod resilience;
 pub mod schema;
+mod tls;
 mod validate;
+mod validate_tls;
 
 use std::fmt;
 use std::net::SocketAddr;

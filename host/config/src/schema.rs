@@ -8,6 +8,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::tls::{
+    Authorization, ClusterTls, ForwardClientCertDetails, Identity, ListenerTls, SourceRule,
+    TlsMode, TlsVersion,
+};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +38,9 @@ pub struct Config {
     /// proxy-wasm plugins, attached to listeners and routes by name.
     #[serde(default)]
     pub plugins: Vec<Plugin>,
+    /// The certificate agent: this sidecar's identity from a `weft ca serve` endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
 }
 
 /// A proxy-wasm plugin (a `.wasm` module built against the proxy-wasm ABI 0.2.x).
@@ -203,6 +211,15 @@ pub struct Listener {
     /// Plugins run for every request of this listener (HTTP) or every connection (TCP).
     #[serde(default)]
     pub plugins: Vec<PluginRef>,
+    /// TLS / mTLS (HTTP listeners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// What happens to `x-forwarded-client-cert` (Envoy's names).
+    #[serde(default)]
+    pub forward_client_cert_details: ForwardClientCertDetails,
+    /// A token bucket for every request of this listener (HTTP); 429 when empty.
+    #[serde(default)]
+    pub local_rate_limit: Option<crate::resilience::LocalRateLimit>,
 }
 
 /// Limits and timeouts of the downstream HTTP side of a listener.
@@ -294,6 +311,12 @@ pub struct Route {
     /// Plugins run for this route, besides the listener's (or `disabled: true` to drop one).
     #[serde(default)]
     pub plugins: Vec<PluginRef>,
+    /// Delays and aborts injected into a share of this route's requests.
+    #[serde(default)]
+    pub fault: Option<crate::resilience::Fault>,
+    /// A token bucket for this route; 429 when empty.
+    #[serde(default)]
+    pub local_rate_limit: Option<crate::resilience::LocalRateLimit>,
 }
 
 /// The conditions a request must meet; all given conditions must hold.
@@ -399,6 +422,12 @@ pub struct ForwardAction {
     /// How a `ring_hash` cluster hashes requests; the first policy that yields a key wins.
     #[serde(default)]
     pub hash_policy: Vec<HashPolicy>,
+    /// When and how often failed requests are tried again.
+    #[serde(default)]
+    pub retry_policy: Option<crate::resilience::RetryPolicy>,
+    /// Shadow clusters that get a copy of a share of the requests.
+    #[serde(default)]
+    pub request_mirror_policies: Vec<crate::resilience::MirrorPolicy>,
 }
 
 /// One cluster of a weighted split.
@@ -554,6 +583,24 @@ pub struct Cluster {
     /// How often DNS names among the endpoints are resolved again.
     #[serde(default = "defaults::dns_refresh_rate", with = "humantime_serde")]
     pub dns_refresh_rate: Duration,
+    /// TLS / mTLS to the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
+    /// Limits on requests and retries in flight; overflow gets 503 `UO`.
+    #[serde(default)]
+    pub circuit_breakers: Option<crate::resilience::CircuitBreakers>,
+    /// Passive health checking (ejection of failing endpoints).
+    #[serde(default)]
+    pub outlier_detection: Option<crate::resilience::OutlierDetection>,
+    /// Active health checks (at most one).
+    #[serde(default)]
+    pub health_checks: Vec<crate::resilience::HealthCheck>,
+    /// Retries in flight as a share of requests in flight (replaces `max_retries`).
+    #[serde(default)]
+    pub retry_budget: Option<crate::resilience::RetryBudget>,
+    /// When fewer than this percentage of endpoints are available, balance over all (0 off).
+    #[serde(default = "crate::resilience::defaults::panic_threshold")]
+    pub panic_threshold: f64,
 }
 
 /// One endpoint of a cluster.

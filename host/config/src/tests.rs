@@ -209,3 +209,202 @@ fn a_yaml_syntax_error_has_a_location() {
     let err = parse("listeners: [\n", "s.yaml").unwrap_err();
     assert!(err.problems()[0].location.is_some(), "{err}");
 }
+
+#[test]
+fn mesh_tls_fields_parse_and_are_checked() {
+    let good = r#"
+identity:
+  ca_address: 127.0.0.1:15012
+  ca_trust_bundle_file: ca.pem
+  bootstrap_token_file: token
+  spiffe_id: spiffe://cluster.local/ns/a/sa/b
+  output_dir: certs
+listeners:
+  - name: in
+    address: 127.0.0.1:1
+    forward_client_cert_details: append_forward
+    tls:
+      mode: permissive
+      cert_file: certs/cert.pem
+      key_file: certs/key.pem
+      trust_bundle_file: certs/bundle.pem
+      min_version: TLSv1_3
+      authorization:
+        allow: [{ namespaces: [prod] }]
+        deny: [{ principals: ["cluster.local/ns/prod/sa/banned"] }]
+clusters:
+  - name: c
+    endpoints: [{ address: 127.0.0.1:2 }]
+    tls: { cert_file: c.pem, key_file: k.pem, trust_bundle_file: b.pem, match_identities: ["spiffe://cluster.local/ns/a/*"] }
+"#;
+    let c = parse(good, "tls.yaml").expect("valid");
+    let tls = c.listeners[0].tls.as_ref().expect("tls");
+    assert_eq!(tls.mode, schema::TlsMode::Permissive);
+    assert_eq!(tls.alpn, ["h2", "http/1.1"]);
+    assert_eq!(c.identity.as_ref().map(|i| i.renew_fraction), Some(0.5));
+
+    let bad = r#"
+identity:
+  ca_address: nowhere
+  ca_trust_bundle_file: ""
+  spiffe_id: cluster.local/ns/a
+  output_dir: certs
+  renew_fraction: 1.5
+listeners:
+  - name: in
+    address: 127.0.0.1:1
+    tls: { cert_file: "", key_file: k, trust_bundle_file: b, alpn: [spdy], trust_domain: "Bad TD", authorization: { allow: [{}], deny: [{ principals: ["a*b"] }] } }
+  - name: t
+    address: 127.0.0.1:3
+    protocol: tcp
+    tcp: { cluster: c }
+    tls: { cert_file: c, key_file: k, trust_bundle_file: b }
+clusters:
+  - name: c
+    endpoints: [{ address: 127.0.0.1:2 }]
+    tls: { cert_file: c, key_file: k, trust_bundle_file: b, match_identities: [web] }
+"#;
+    let err = parse(bad, "bad.yaml").unwrap_err();
+    let all = err.to_string();
+    for expected in [
+        "listeners[0].tls.cert_file: required",
+        "listeners[0].tls.alpn[0]: `spdy` is not one of",
+        "listeners[0].tls.trust_domain: `Bad TD` is not a trust domain",
+        "listeners[0].tls.authorization.allow[0]: needs at least one of",
+        "listeners[0].tls.authorization.deny[0].principals[0]: `a*b`",
+        "listeners[1].tls: unimplemented: TLS on `protocol: tcp`",
+        "clusters[0].tls.match_identities[0]: `web` is not a SPIFFE ID",
+        "identity.ca_address",
+        "identity.ca_trust_bundle_file: required",
+        "identity.spiffe_id",
+        "identity.renew_fraction: must be within 0.1..=0.9",
+    ] {
+        assert!(all.contains(expected), "missing `{expected}` in:\n{all}");
+    }
+}
+
+const RESILIENT: &str = r#"
+listeners:
+  - name: edge
+    address: 127.0.0.1:10000
+    local_rate_limit: { max_tokens: 100, fill_interval: 1s }
+    virtual_hosts:
+      - name: api
+        domains: ["*"]
+        routes:
+          - fault:
+              delay: { fixed_delay: 5s, percentage: 10 }
+              abort: { grpc_status: 14, percentage: 1.5 }
+              headers: [{ name: x-chaos, present: true }]
+            local_rate_limit: { max_tokens: 10, tokens_per_fill: 5, fill_interval: 100ms }
+            route:
+              weighted_clusters: [{ name: v1, weight: 90 }, { name: v2, weight: 10 }]
+              retry_policy:
+                attempts: 3
+                per_try_timeout: 250ms
+                retry_on: "5xx,reset,retriable-status-codes,unavailable,409"
+                retriable_status_codes: [418]
+                retry_back_off: { base_interval: 10ms, max_interval: 1s }
+              request_mirror_policies:
+                - { cluster: v2, percentage: 5 }
+                - { cluster: v1, runtime_fraction: { default_value: { numerator: 25, denominator: TEN_THOUSAND } } }
+clusters:
+  - name: v1
+    endpoints: [{ address: 127.0.0.1:8080 }]
+    circuit_breakers: { max_requests: 100, max_retries: 10 }
+    retry_budget: { budget_percent: 25, min_retry_concurrency: 5 }
+    outlier_detection: { consecutive_5xx: 3, interval: 1s, base_ejection_time: 10s, max_ejection_percent: 50 }
+    health_checks:
+      - http: { path: /healthz, host: v1.local, expected_statuses: [200, "300-399"] }
+        interval: 2s
+        interval_jitter: 100ms
+    panic_threshold: 30
+  - name: v2
+    endpoints: [{ address: 127.0.0.1:8081 }]
+    health_checks: [{ tcp: {} }]
+"#;
+
+#[test]
+fn resilience_settings_parse_with_istio_names_and_defaults() {
+    let c = parse(RESILIENT, "ok.yaml").expect("valid");
+    let r = c.listeners[0].virtual_hosts[0].routes[0]
+        .route
+        .as_ref()
+        .unwrap();
+    let retry = r.retry_policy.as_ref().unwrap();
+    assert_eq!(retry.num_retries, 3, "`attempts` is Istio's name");
+    assert_eq!(retry.per_request_buffer_limit_bytes, 64 * 1024);
+    assert_eq!(r.request_mirror_policies[0].effective_percentage(), 5.0);
+    assert_eq!(r.request_mirror_policies[1].effective_percentage(), 0.25);
+    let o = c.clusters[0].outlier_detection.as_ref().unwrap();
+    assert_eq!(o.consecutive_gateway_errors, 0);
+    assert_eq!(o.success_rate_stdev_factor, 1900);
+    assert_eq!(c.clusters[1].panic_threshold, 50.0);
+    assert_eq!(c.clusters[1].health_checks[0].unhealthy_threshold, 3);
+    let ranges: Vec<_> = c.clusters[0].health_checks[0]
+        .http
+        .as_ref()
+        .unwrap()
+        .expected_statuses
+        .iter()
+        .map(|s| s.range().unwrap())
+        .collect();
+    assert_eq!(ranges, [(200, 200), (300, 399)]);
+}
+
+#[test]
+fn bad_resilience_settings_are_refused_with_their_paths_and_lines() {
+    let bad = RESILIENT
+        .replace("percentage: 10 }", "percentage: 110 }")
+        .replace(
+            "attempts: 3",
+            "attempts: 3\n                retry_on: \"5xx,sometimes\"",
+        )
+        .replace(
+            "                retry_on: \"5xx,reset,retriable-status-codes,unavailable,409\"\n",
+            "",
+        )
+        .replace("cluster: v2, percentage: 5", "cluster: v3, percentage: 5")
+        .replace(
+            "consecutive_5xx: 3,",
+            "consecutive_5xx: 3, max_ejection_time: 1s,",
+        )
+        .replace(
+            "[{ tcp: {} }]",
+            "[{ tcp: {}, http: {}, healthy_threshold: 0 }]",
+        )
+        .replace(
+            "max_requests: 100,",
+            "max_pending_requests: 10, max_requests: 100,",
+        )
+        .replace("panic_threshold: 30", "panic_threshold: -1")
+        .replace("max_tokens: 10,", "max_tokens: 0,");
+    let err = parse(&bad, "bad.yaml").unwrap_err();
+    let text = err.to_string();
+    let r = "listeners[0].virtual_hosts[0].routes[0]";
+    for expected in [
+        format!("{r}.fault.delay.percentage: 110 is outside 0..=100"),
+        format!("{r}.local_rate_limit.max_tokens: must be at least 1"),
+        format!("{r}.route.retry_policy.retry_on: unknown retry condition `sometimes`"),
+        format!("{r}.route.request_mirror_policies[0].cluster: unknown cluster `v3`"),
+        "clusters[0].outlier_detection.max_ejection_time: must be at least `base_ejection_time`"
+            .to_owned(),
+        "clusters[0].circuit_breakers.max_pending_requests: has no effect without `max_connections`".to_owned(),
+        "clusters[0].panic_threshold: -1 is outside 0..=100".to_owned(),
+        "clusters[1].health_checks[0]: needs exactly one of `http`, `tcp`".to_owned(),
+        "clusters[1].health_checks[0].healthy_threshold: must be at least 1".to_owned(),
+    ] {
+        assert!(text.contains(&expected), "missing `{expected}` in:\n{text}");
+    }
+    let p = err
+        .problems()
+        .iter()
+        .find(|p| p.path.ends_with("fault.delay.percentage"))
+        .unwrap();
+    let line = bad
+        .lines()
+        .position(|l| l.contains("percentage: 110"))
+        .unwrap()
+        + 1;
+    assert_eq!(p.location.map(|l| l.line), Some(line), "{text}");
+}

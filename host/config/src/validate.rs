@@ -1,6 +1,8 @@
 //! Checks that go beyond the schema: references between sections, unique names, well-formed
 //! patterns and header names. Every problem is collected, not just the first.
 
+mod resilience;
+
 use std::collections::HashSet;
 
 use crate::schema::{
@@ -65,6 +67,7 @@ impl Validator<'_> {
                 );
             }
             self.listener(&path, l);
+            self.found.extend(crate::validate_tls::listener(&path, l));
         }
         let mut plugin_names = HashSet::new();
         for (i, p) in config.plugins.iter().enumerate() {
@@ -87,6 +90,10 @@ impl Validator<'_> {
                 );
             }
             self.cluster(&path, c);
+            self.found.extend(crate::validate_tls::cluster(&path, c));
+        }
+        if let Some(i) = &config.identity {
+            self.found.extend(crate::validate_tls::identity(i));
         }
     }
 
@@ -140,6 +147,7 @@ impl Validator<'_> {
 
     fn listener(&mut self, path: &str, l: &Listener) {
         self.plugin_refs(path, &l.plugins, false);
+        self.listener_resilience(path, l);
         if l.name.is_empty() {
             self.err(format!("{path}.name"), "must not be empty");
         }
@@ -239,6 +247,7 @@ impl Validator<'_> {
 
     fn route(&mut self, path: &str, r: &Route) {
         self.plugin_refs(path, &r.plugins, true);
+        self.route_resilience(path, r);
         let actions = [
             r.route.is_some(),
             r.redirect.is_some(),
@@ -345,6 +354,7 @@ impl Validator<'_> {
     }
 
     fn forward(&mut self, path: &str, f: &ForwardAction, has_prefix: bool) {
+        self.forward_resilience(path, f);
         match (&f.cluster, f.weighted_clusters.is_empty()) {
             (Some(c), true) => self.cluster_ref(&format!("{path}.cluster"), c),
             (None, false) => {
@@ -468,6 +478,7 @@ impl Validator<'_> {
     }
 
     fn cluster(&mut self, path: &str, c: &Cluster) {
+        self.cluster_resilience(path, c);
         if c.name.is_empty() {
             self.err(format!("{path}.name"), "must not be empty");
         }

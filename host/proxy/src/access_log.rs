@@ -62,6 +62,15 @@ pub struct Entry {
     /// Why the request was refused or failed, when it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<String>,
+    /// Istio's `connection_security_policy`: `mutual_tls` or `none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_security_policy: Option<&'static str>,
+    /// The downstream peer's URI SAN (SPIFFE ID), on mTLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downstream_peer_uri_san: Option<String>,
+    /// Tries sent upstream (1 without retries), as Envoy's `%UPSTREAM_REQUEST_ATTEMPT_COUNT%`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_request_attempt_count: Option<u32>,
 }
 
 /// Where access-log lines go.

@@ -114,6 +114,9 @@ async fn route(proxy: Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
             ),
         },
         (&Method::GET, "/plugins") => plugins(&proxy),
+        (&Method::GET, "/certs") => {
+            json_response(StatusCode::OK, &crate::tls::certs_json(&proxy.generation()))
+        }
         (&Method::POST, p) if p.starts_with("/plugins/") && p.ends_with("/reload") => {
             let name = &p["/plugins/".len()..p.len() - "/reload".len()];
             if !proxy.plugins().handles().iter().any(|h| h.name == name) {
@@ -136,7 +139,7 @@ async fn route(proxy: Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
         }
         (&Method::GET, "/") => text(
             StatusCode::OK,
-            "weft admin\n  GET  /ready\n  GET  /live\n  GET  /metrics\n  GET  /config_dump\n  GET  /clusters[?format=json]\n  GET  /plugins\n  POST /plugins/<name>/reload\n  POST /reload\n  POST /quitquitquit\n",
+            "weft admin\n  GET  /ready\n  GET  /live\n  GET  /metrics\n  GET  /config_dump\n  GET  /clusters[?format=json]\n  GET  /plugins\n  GET  /certs\n  POST /plugins/<name>/reload\n  POST /reload\n  POST /quitquitquit\n",
         ),
         (
             _,
@@ -153,6 +156,7 @@ async fn route(proxy: Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
 /// Envoy's `/clusters` text format (`cluster::endpoint::stat::value`), or JSON.
 fn clusters(proxy: &Proxy, as_json: bool) -> Response<ProxyBody> {
     let g = proxy.generation();
+    let now = crate::health::now_ms();
     if as_json {
         let list: Vec<_> = g
             .clusters
@@ -162,10 +166,20 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<ProxyBody> {
                 json!({
                     "name": &*c.name,
                     "lb_policy": c.policy,
+                    "circuit_breakers": {
+                        "max_requests": c.resilience.breaker.max_requests,
+                        "max_retries": c.resilience.breaker.max_retries,
+                        "rq_active": c.resilience.breaker.active_requests(),
+                        "rq_retry_active": c.resilience.breaker.active_retries(),
+                        "max_connections": c.resilience.breaker.max_connections(),
+                        "rq_pending": c.resilience.breaker.pending(),
+                    },
                     "endpoints": eps.endpoints.iter().map(|e| json!({
                         "address": e.addr.to_string(),
                         "weight": e.weight,
-                        "health": "healthy",
+                        "health": e.health.flags(now),
+                        "times_ejected": e.health.times_ejected.load(Ordering::Relaxed),
+                        "ejections_total": e.health.ejections_total.load(Ordering::Relaxed),
                         "rq_active": e.active.load(Ordering::Relaxed),
                         "rq_total": e.rq_total.load(Ordering::Relaxed),
                         "rq_error": e.rq_error.load(Ordering::Relaxed),
@@ -178,11 +192,48 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<ProxyBody> {
     }
     let mut out = String::new();
     for c in g.clusters.iter() {
+        let b = &c.resilience.breaker;
+        let n = &c.name;
+        let _ = writeln!(
+            out,
+            "{n}::default_priority::max_requests::{}",
+            b.max_requests
+        );
+        let _ = writeln!(out, "{n}::default_priority::max_retries::{}", b.max_retries);
+        if let Some(max) = b.max_connections() {
+            let _ = writeln!(out, "{n}::default_priority::max_connections::{max}");
+            let _ = writeln!(
+                out,
+                "{n}::default_priority::max_pending_requests::{}",
+                b.max_pending
+            );
+            let _ = writeln!(out, "{n}::default_priority::rq_pending::{}", b.pending());
+        }
+        let _ = writeln!(
+            out,
+            "{n}::default_priority::rq_active::{}",
+            b.active_requests()
+        );
+        let _ = writeln!(
+            out,
+            "{n}::default_priority::rq_retry_active::{}",
+            b.active_retries()
+        );
         for e in c.endpoints().endpoints.iter() {
             let n = &c.name;
             let a = e.addr;
             let _ = writeln!(out, "{n}::{a}::weight::{}", e.weight);
-            let _ = writeln!(out, "{n}::{a}::health_flags::healthy");
+            let _ = writeln!(out, "{n}::{a}::health_flags::{}", e.health.flags(now));
+            let _ = writeln!(
+                out,
+                "{n}::{a}::times_ejected::{}",
+                e.health.times_ejected.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "{n}::{a}::ejections_total::{}",
+                e.health.ejections_total.load(Ordering::Relaxed)
+            );
             let _ = writeln!(
                 out,
                 "{n}::{a}::rq_active::{}",

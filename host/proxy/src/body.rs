@@ -28,6 +28,8 @@ enum Kind {
     Full(Option<Bytes>),
     Incoming(Incoming),
     Frames(VecDeque<Frame<Bytes>>),
+    /// Frames already read, then the rest of the body they came from.
+    Chain(VecDeque<Frame<Bytes>>, Box<ProxyBody>),
     Piped(Box<Piped>),
 }
 
@@ -90,6 +92,11 @@ impl ProxyBody {
     /// Already-produced frames.
     pub fn frames(frames: VecDeque<Frame<Bytes>>) -> ProxyBody {
         ProxyBody::of(Kind::Frames(frames))
+    }
+
+    /// `prefix`, then the rest of `inner` (a body partly read ahead, e.g. for a retry buffer).
+    pub fn chain(prefix: VecDeque<Frame<Bytes>>, inner: ProxyBody) -> ProxyBody {
+        ProxyBody::of(Kind::Chain(prefix, Box::new(inner)))
     }
 
     /// `prefix`, then `inner`'s frames passed through `pipeline`.
@@ -164,6 +171,16 @@ impl http_body::Body for ProxyBody {
                 Poll::Pending => Poll::Pending,
             },
             Kind::Frames(frames) => Poll::Ready(frames.pop_front().map(Ok)),
+            Kind::Chain(prefix, inner) => match prefix.pop_front() {
+                Some(f) => Poll::Ready(Some(Ok(f))),
+                None => {
+                    let r = Pin::new(&mut **inner).poll_frame(cx);
+                    if let Poll::Ready(Some(Err(_))) = &r {
+                        this.errored = true;
+                    }
+                    r
+                }
+            },
             Kind::Piped(p) => {
                 let r = p.poll(cx);
                 if let Poll::Ready(Some(Err(_))) = &r {
@@ -191,6 +208,7 @@ impl http_body::Body for ProxyBody {
             Kind::Full(b) => b.is_none(),
             Kind::Incoming(body) => body.is_end_stream(),
             Kind::Frames(f) => f.is_empty(),
+            Kind::Chain(prefix, inner) => prefix.is_empty() && inner.is_end_stream(),
             Kind::Piped(p) => p.done && p.prefix.is_empty(),
         }
     }
@@ -208,6 +226,20 @@ impl http_body::Body for ProxyBody {
             ),
             // Plugins may change the length.
             Kind::Piped(_) => SizeHint::default(),
+            Kind::Chain(prefix, inner) => {
+                let read: u64 = prefix
+                    .iter()
+                    .filter_map(|f| f.data_ref())
+                    .map(|d| d.len() as u64)
+                    .sum();
+                let rest = inner.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(read + rest.lower());
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(read + upper);
+                }
+                hint
+            }
         }
     }
 }

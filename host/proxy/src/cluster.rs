@@ -40,6 +40,8 @@ pub struct Endpoint {
     pub rq_error: AtomicU64,
     /// Connection attempts that failed.
     pub cx_connect_fail: AtomicU64,
+    /// Active health check and outlier state.
+    pub health: crate::health::EndpointHealth,
 }
 
 /// The endpoints of a cluster at one moment, with the balancer built over them.
@@ -51,8 +53,11 @@ pub struct EndpointSet {
 }
 
 impl EndpointState for EndpointSet {
-    fn is_available(&self, _index: usize) -> bool {
-        true
+    fn is_available(&self, index: usize) -> bool {
+        let now = crate::health::now_ms();
+        self.endpoints
+            .get(index)
+            .is_some_and(|e| e.health.is_available(now))
     }
     fn active_requests(&self, index: usize) -> u64 {
         self.endpoints
@@ -82,6 +87,11 @@ impl EndpointSet {
         }
     }
 
+    /// The balancer (`None` when there is no endpoint).
+    pub(crate) fn balancer(&self) -> Option<&Balancer> {
+        self.balancer.as_ref()
+    }
+
     /// Picks an endpoint; `hash` feeds ring hashing. `None` when there is no endpoint.
     pub fn pick(&self, hash: Option<u64>) -> Option<&Arc<Endpoint>> {
         let balancer = self.balancer.as_ref()?;
@@ -108,6 +118,10 @@ pub struct Cluster {
     pub client: HttpClient,
     /// Its metrics.
     pub metrics: Arc<ClusterMetrics>,
+    /// Circuit breakers, health checking, outlier detection.
+    pub resilience: crate::resilience::ClusterResilience,
+    /// Its TLS client side (for `/certs`).
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     refresh: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -136,6 +150,16 @@ impl Cluster {
     /// Builds a cluster, resolving DNS endpoints once (bounded by `resolve_timeout`) and
     /// starting their refresh.
     pub async fn new(config: &schema::Cluster, metrics: &Metrics) -> Cluster {
+        Cluster::with_tls(config, metrics, None).await
+    }
+
+    /// [`Cluster::new`] with a TLS client side (`tls` from the cluster's `tls` block).
+    pub async fn with_tls(
+        config: &schema::Cluster,
+        metrics: &Metrics,
+        tls: Option<Arc<crate::tls::UpstreamTls>>,
+    ) -> Cluster {
+        let resilience_metrics = metrics.cluster_resilience(&config.name);
         let metrics = metrics.cluster(&config.name);
         let policy = policy_of(config);
         let addresses: Vec<(EndpointAddress, u32)> = config
@@ -177,6 +201,7 @@ impl Cluster {
         let connector = CountingConnector {
             inner: connector,
             opened: metrics.cx_total.clone(),
+            tls: tls.clone(),
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
@@ -186,6 +211,8 @@ impl Cluster {
         if config.protocol == UpstreamProtocol::Http2 {
             builder.http2_only(true);
         }
+        let resilience =
+            crate::resilience::ClusterResilience::start(config, &endpoints, resilience_metrics);
         Cluster {
             name: config.name.as_str().into(),
             config: config.clone(),
@@ -193,6 +220,8 @@ impl Cluster {
             endpoints,
             client: builder.build(connector),
             metrics,
+            resilience,
+            tls,
             refresh,
         }
     }
@@ -273,33 +302,53 @@ impl Endpoint {
             rq_total: AtomicU64::new(0),
             rq_error: AtomicU64::new(0),
             cx_connect_fail: AtomicU64::new(0),
+            health: Default::default(),
         }
     }
 }
 
-/// `HttpConnector` that counts the connections it opens.
+/// `HttpConnector` that counts the connections it opens, and runs the TLS handshake when the
+/// cluster has `tls`.
 #[derive(Clone, Debug)]
 pub struct CountingConnector {
     inner: HttpConnector,
     opened: Counter,
+    tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 impl tower_service::Service<Uri> for CountingConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = <HttpConnector as tower_service::Service<Uri>>::Error;
+    type Response = TokioIo<crate::tls::UpstreamIo>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let fut = self.inner.call(uri);
         let opened = self.opened.clone();
+        let tls = self.tls.clone();
         Box::pin(async move {
-            let io = fut.await?;
+            let io: TcpStream = fut.await?.into_inner();
+            let io = match tls {
+                None => crate::tls::UpstreamIo::Plain(io),
+                Some(tls) => {
+                    let name = match (&tls.sni, io.peer_addr()) {
+                        (Some(n), _) => n.clone(),
+                        (None, Ok(addr)) => {
+                            rustls::pki_types::ServerName::IpAddress(addr.ip().into())
+                        }
+                        (None, Err(e)) => return Err(e.into()),
+                    };
+                    let stream = tls.connector.connect(name, io).await.inspect_err(|e| {
+                        tracing::debug!(error = %e, "upstream TLS handshake failed");
+                    })?;
+                    crate::tls::UpstreamIo::Tls(Box::new(stream))
+                }
+            };
             opened.inc();
-            Ok(io)
+            Ok(TokioIo::new(io))
         })
     }
 }

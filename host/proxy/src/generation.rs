@@ -78,6 +78,14 @@ pub enum BuildError {
     /// A plugin could not be loaded.
     #[error(transparent)]
     Plugin(#[from] crate::plugins::PluginError),
+    /// TLS material was refused.
+    #[error("{path}: {error}")]
+    Tls {
+        /// The configuration field path (`listeners[0].tls`).
+        path: String,
+        /// Why (names the file).
+        error: weft_tls::TlsError,
+    },
 }
 
 /// One compiled configuration.
@@ -164,6 +172,13 @@ pub struct HttpListener {
     pub clusters: Arc<Vec<Arc<Cluster>>>,
     /// Metric handles.
     pub metrics: Arc<ListenerMetrics>,
+    /// TLS (`None`: plaintext only).
+    pub tls: Option<Arc<crate::tls::ListenerTls>>,
+    /// The listener-wide token bucket and its metrics.
+    pub local_rate_limit: Option<(
+        Arc<crate::ratelimit::TokenBucket>,
+        crate::resilience::RouteResilienceMetrics,
+    )>,
 }
 
 /// Per-route runtime state.
@@ -177,6 +192,8 @@ pub struct RouteState {
     pub wasm: Vec<Arc<PluginHandle>>,
     /// The largest body any plugin of the chain may buffer.
     pub wasm_max_body: usize,
+    /// Retries, faults, rate limit, mirrors.
+    pub resilience: crate::resilience::RouteResilience,
 }
 
 /// A TCP listener's target.
@@ -208,13 +225,32 @@ impl Generation {
         plugins: PluginContext<'_>,
     ) -> Result<Generation, BuildError> {
         let mut clusters = Vec::with_capacity(config.clusters.len());
-        for c in &config.clusters {
+        for (i, c) in config.clusters.iter().enumerate() {
             let reused = previous
                 .and_then(|p| p.clusters.iter().find(|old| old.config == *c))
                 .cloned();
             clusters.push(match reused {
                 Some(old) => old,
-                None => Arc::new(Cluster::new(c, metrics).await),
+                None => {
+                    let tls = match &c.tls {
+                        Some(t) => Some(
+                            crate::tls::UpstreamTls::build(t, c.protocol, plugins.base_dir)
+                                .map_err(|error| BuildError::Tls {
+                                    path: format!("clusters[{i}].tls"),
+                                    error,
+                                })?,
+                        ),
+                        None => None,
+                    };
+                    let fresh = Arc::new(Cluster::with_tls(c, metrics, tls).await);
+                    // Same name, new settings: endpoints keep their health and ejections.
+                    if let Some(old) =
+                        previous.and_then(|p| p.clusters.iter().find(|old| old.name == fresh.name))
+                    {
+                        fresh.adopt_endpoint_state(old);
+                    }
+                    fresh
+                }
             });
         }
         let clusters = Arc::new(clusters);
@@ -231,7 +267,17 @@ impl Generation {
                         .flat_map(|v| v.routes.iter())
                         .collect();
                     let mut route_state = Vec::with_capacity(routes.route_count());
-                    for (r, rc) in routes.routes().zip(route_configs) {
+                    let route_paths: Vec<String> = l
+                        .virtual_hosts
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(v, vh)| {
+                            let path = &path;
+                            (0..vh.routes.len())
+                                .map(move |i| format!("{path}.virtual_hosts[{v}].routes[{i}]"))
+                        })
+                        .collect();
+                    for ((r, rc), rpath) in routes.routes().zip(route_configs).zip(route_paths) {
                         let mut filters: Vec<Arc<dyn HttpFilter>> = Vec::new();
                         if !r.request_headers.is_empty() || !r.response_headers.is_empty() {
                             filters.push(Arc::new(HeaderMutationFilter::new(
@@ -245,13 +291,26 @@ impl Generation {
                             .map(|h| h.config.max_body_bytes)
                             .max()
                             .unwrap_or(0);
+                        let resilience = crate::resilience::RouteResilience::build(
+                            &rpath, rc, &clusters, metrics, &l.name, &r.name, previous,
+                        )?;
                         route_state.push(RouteState {
+                            resilience,
                             metrics: metrics.route(&l.name, &r.name),
                             filters: FilterChain::new(filters),
                             wasm,
                             wasm_max_body,
                         });
                     }
+                    let tls = match &l.tls {
+                        Some(t) => crate::tls::ListenerTls::build(t, plugins.base_dir).map_err(
+                            |error| BuildError::Tls {
+                                path: format!("{path}.tls"),
+                                error,
+                            },
+                        )?,
+                        None => None,
+                    };
                     ListenerGen::Http(HttpListener {
                         name: l.name.as_str().into(),
                         generation: id,
@@ -260,6 +319,13 @@ impl Generation {
                         route_state,
                         clusters: clusters.clone(),
                         metrics: lmetrics,
+                        tls,
+                        local_rate_limit: l.local_rate_limit.as_ref().map(|rl| {
+                            (
+                                crate::resilience::listener_bucket(previous, &l.name, rl),
+                                metrics.route_resilience(&l.name, ""),
+                            )
+                        }),
                     })
                 }
                 ListenerProtocol::Tcp => {

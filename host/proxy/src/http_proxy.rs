@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -21,6 +22,8 @@ use crate::cluster::{Cluster, Endpoint};
 use crate::filter::{FilterAction, LocalReply};
 use crate::generation::{HttpListener, ListenerGen};
 use crate::metrics::{ClusterMetrics, ListenerMetrics, RouteMetrics, class_index};
+use crate::outlier::Observation;
+use crate::retry::{RequestBody, RetryConfig, TryOutcome};
 use crate::server::{ListenerSlot, Shared};
 use crate::wasm_filter::{Outcome, RequestProperties, WasmExchange};
 
@@ -38,6 +41,28 @@ pub mod flags {
     pub const UPSTREAM_RESET: &str = "UR";
     /// Downstream protocol error (framing guard).
     pub const DOWNSTREAM_PROTOCOL_ERROR: &str = "DPE";
+    /// Circuit breaker overflow.
+    pub const UPSTREAM_OVERFLOW: &str = "UO";
+    /// The last allowed retry failed too.
+    pub const UPSTREAM_RETRY_LIMIT_EXCEEDED: &str = "URX";
+    /// Aborted by fault injection.
+    pub const FAULT_INJECTED: &str = "FI";
+    /// Delayed by fault injection.
+    pub const DELAY_INJECTED: &str = "DI";
+    /// Delayed, then aborted, by fault injection.
+    pub const DELAY_AND_FAULT_INJECTED: &str = "DI,FI";
+    /// Refused by a local rate limit.
+    pub const RATE_LIMITED: &str = "RL";
+
+    /// `flag` with `URX` added, for a request whose retries were exhausted.
+    pub fn with_retry_limit(flag: &'static str) -> &'static str {
+        match flag {
+            UPSTREAM_CONNECT_FAILURE => "UF,URX",
+            UPSTREAM_RESET => "UR,URX",
+            UPSTREAM_TIMEOUT => "UT,URX",
+            _ => UPSTREAM_RETRY_LIMIT_EXCEEDED,
+        }
+    }
     /// No flag.
     pub const NONE: &str = "-";
 }
@@ -97,6 +122,8 @@ pub(crate) struct ConnCtx {
     pub id: u64,
     /// The peer's IP as a header value (for `x-forwarded-for`).
     pub peer_ip: HeaderValue,
+    /// TLS and the verified peer identity (`None`: plaintext).
+    pub security: Option<Arc<crate::tls::ConnSecurity>>,
 }
 
 /// Everything needed to account for a request once its response body is done.
@@ -113,6 +140,8 @@ struct Completion {
     activity: Arc<Activity>,
     shared: Arc<Shared>,
     wasm: Option<WasmExchange>,
+    /// The cluster's circuit-breaker slot, held until the response ends.
+    permit: Option<crate::breaker::Admitted>,
 }
 
 impl OnComplete for Completion {
@@ -204,6 +233,16 @@ fn completion(
         request_id: header_str(req.headers(), &X_REQUEST_ID).map(str::to_owned),
         user_agent: header_str(req.headers(), &header::USER_AGENT).map(str::to_owned),
         response_flags: flags::NONE,
+        connection_security_policy: Some(
+            conn.security
+                .as_ref()
+                .map_or(crate::tls::policy::NONE, |s| s.policy()),
+        ),
+        downstream_peer_uri_san: conn
+            .security
+            .as_ref()
+            .and_then(|s| s.peer.as_ref())
+            .map(|p| p.uri_san.clone()),
         ..Entry::default()
     });
     Box::new(Completion {
@@ -219,6 +258,7 @@ fn completion(
         activity: conn.activity.clone(),
         shared: conn.shared.clone(),
         wasm: None,
+        permit: None,
     })
 }
 
@@ -268,6 +308,51 @@ fn local(
     resp
 }
 
+/// 429 from a local rate limit, with `Retry-After`.
+fn rate_limited(c: Box<Completion>, wait: Duration) -> Response<ProxyBody> {
+    let mut resp = local(
+        c,
+        StatusCode::TOO_MANY_REQUESTS,
+        "local_rate_limited",
+        flags::RATE_LIMITED,
+    );
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(crate::ratelimit::retry_after_secs(wait)),
+    );
+    resp
+}
+
+/// An injected abort: an HTTP status, or HTTP 200 with a `grpc-status`.
+fn fault_abort(
+    c: Box<Completion>,
+    abort: crate::fault::Abort,
+    flag: &'static str,
+) -> Response<ProxyBody> {
+    match abort {
+        crate::fault::Abort::Http(status) => local(
+            c,
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "fault filter abort",
+            flag,
+        ),
+        crate::fault::Abort::Grpc(code) => {
+            let mut resp = local(c, StatusCode::OK, "", flag);
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert("grpc-status", HeaderValue::from(code));
+            h.insert(
+                "grpc-message",
+                HeaderValue::from_static("fault filter abort"),
+            );
+            resp
+        }
+    }
+}
+
 fn local_reply(mut c: Box<Completion>, reply: LocalReply) -> Response<ProxyBody> {
     c.status = reply.status.as_u16();
     if let Some(e) = c.entry.as_mut() {
@@ -292,6 +377,12 @@ async fn route_and_forward(
         Some(&listener.name),
         &req,
     );
+    if let Some((bucket, m)) = &listener.local_rate_limit
+        && let Err(wait) = bucket.try_take(crate::health::now_ms())
+    {
+        m.rate_limited.inc();
+        return rate_limited(c, wait);
+    }
     let authority = authority_of(&req, conn.h2).unwrap_or("").to_owned();
     let (host, _) = split_host_port(&authority);
     let view = RequestView {
@@ -301,6 +392,15 @@ async fn route_and_forward(
         method: req.method(),
         headers: req.headers(),
     };
+    if let Some(tls) = &listener.tls
+        && let weft_tls::authz::Decision::Deny(why) =
+            crate::tls::authorize(tls, conn.security.as_deref())
+    {
+        conn.shared.metrics.tls.denied(&listener.name);
+        let resp = local(c, StatusCode::FORBIDDEN, "RBAC: access denied", flags::NONE);
+        tracing::debug!(listener = %listener.name, peer = %conn.peer, %why, "request denied by authorization");
+        return resp;
+    }
     let Some(route) = listener.routes.route(&view) else {
         return local(c, StatusCode::NOT_FOUND, "", flags::NO_ROUTE);
     };
@@ -309,6 +409,13 @@ async fn route_and_forward(
         e.route = Some(route.name.clone());
     }
     c.route = state.map(|s| s.metrics.clone());
+    if let Some(s) = state
+        && let Some(bucket) = &s.resilience.rate_limit
+        && let Err(wait) = bucket.try_take(crate::health::now_ms())
+    {
+        s.resilience.metrics.rate_limited.inc();
+        return rate_limited(c, wait);
+    }
 
     let is_upgrade = !conn.h2 && is_upgrade_request(req.headers());
     let mut req = req;
@@ -324,15 +431,18 @@ async fn route_and_forward(
     let mut body = ProxyBody::incoming(body).metered(c.request_bytes.clone());
     // The proxy-wasm chain: request headers (and a buffered body when a plugin asks for it).
     if let Some(s) = state.filter(|s| !s.wasm.is_empty()) {
-        let props = Arc::new(RequestProperties::new(
-            &parts,
-            &authority,
-            conn.peer,
-            conn.local,
-            route.name.clone(),
-            conn.id,
-            conn.h2,
-        ));
+        let props = Arc::new(
+            RequestProperties::new(
+                &parts,
+                &authority,
+                conn.peer,
+                conn.local,
+                route.name.clone(),
+                conn.id,
+                conn.h2,
+            )
+            .with_security(conn.security.clone()),
+        );
         let mut exchange = match WasmExchange::start(&s.wasm, props) {
             Ok(e) => e,
             Err(reply) => return local_reply(c, reply),
@@ -349,6 +459,35 @@ async fn route_and_forward(
             // Plugins may change the body's length: send it chunked.
             parts.headers.remove(header::CONTENT_LENGTH);
             body = ProxyBody::piped(Default::default(), body, pipeline);
+        }
+    }
+
+    if let Some(s) = state
+        && let Some(f) = &s.resilience.fault
+    {
+        let applies = f.headers.as_ref().is_none_or(|m| {
+            m.matches(&RequestView {
+                host,
+                path: parts.uri.path(),
+                query: parts.uri.query(),
+                method: &parts.method,
+                headers: &parts.headers,
+            })
+        });
+        let d = f.decide(applies, (fastrand::f64() * 100.0, fastrand::f64() * 100.0));
+        if let Some(delay) = d.delay {
+            s.resilience.metrics.delays.inc();
+            c.flag = flags::DELAY_INJECTED;
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(abort) = d.abort {
+            s.resilience.metrics.aborts.inc();
+            let flag = if d.delay.is_some() {
+                flags::DELAY_AND_FAULT_INJECTED
+            } else {
+                flags::FAULT_INJECTED
+            };
+            return fault_abort(c, abort, flag);
         }
     }
 
@@ -393,17 +532,41 @@ async fn route_and_forward(
         e.upstream_cluster = Some(cluster.name.clone());
     }
     let hash = request_hash(&forward.hash_policy, &parts.headers, conn.peer);
-    let endpoint = cluster.endpoints().pick(hash).cloned();
-    let Some(endpoint) = endpoint else {
-        return local(
-            c,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream",
-            flags::NO_HEALTHY_UPSTREAM,
-        );
+    // Circuit breakers: requests in flight, and connections (a request may wait in the bounded
+    // pending queue, within the route timeout). The slots are held to the response's end.
+    let admission = cluster.resilience.breaker.admit();
+    let admitted = match forward.timeout {
+        Some(t) => match tokio::time::timeout(t, admission).await {
+            Ok(a) => a,
+            Err(_) => {
+                return local(
+                    c,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    flags::UPSTREAM_TIMEOUT,
+                );
+            }
+        },
+        None => admission.await,
     };
-    if let Some(e) = c.entry.as_mut() {
-        e.upstream_host = Some(endpoint.addr.to_string());
+    match admitted {
+        Ok(permit) => c.permit = Some(permit),
+        Err(overflow) => {
+            let m = &cluster.resilience.metrics;
+            match overflow {
+                crate::breaker::Overflow::Requests => m.overflow_requests.inc(),
+                crate::breaker::Overflow::Pending => m.overflow_pending.inc(),
+            };
+            let mut resp = local(
+                c,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                flags::UPSTREAM_OVERFLOW,
+            );
+            resp.headers_mut()
+                .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+            return resp;
+        }
     }
 
     // Build the upstream request.
@@ -430,12 +593,7 @@ async fn route_and_forward(
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
     };
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(endpoint.authority.clone())
-        .path_and_query(path)
-        .build();
-    let Ok(uri) = uri else {
+    let Ok(path) = PathAndQuery::try_from(path) else {
         return local(
             c,
             StatusCode::BAD_REQUEST,
@@ -443,19 +601,82 @@ async fn route_and_forward(
             flags::NONE,
         );
     };
-    parts.uri = uri;
     parts.version = match cluster.config.protocol {
         weft_config::schema::UpstreamProtocol::Http1 => Version::HTTP_11,
         weft_config::schema::UpstreamProtocol::Http2 => Version::HTTP_2,
     };
-    let upstream_req = Request::from_parts(parts, body);
+
+    // Retries and mirrors need the body whole (when it is small enough to keep).
+    let resilience = state.map(|s| &s.resilience);
+    let retry = resilience
+        .and_then(|r| r.retry.as_ref())
+        .filter(|_| !is_upgrade);
+    let mirrors = resilience
+        .filter(|_| !is_upgrade)
+        .map_or(&[][..], |r| r.mirrors.as_slice());
+    let body = if retry.is_some() || !mirrors.is_empty() {
+        let limit = retry.map_or(64 * 1024, |r| r.buffer_limit);
+        let buffered = RequestBody::buffer(body, limit);
+        let buffered = match forward.timeout {
+            Some(t) => match tokio::time::timeout(t, buffered).await {
+                Ok(b) => b,
+                Err(_) => {
+                    return local(
+                        c,
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request body timeout",
+                        flags::NONE,
+                    );
+                }
+            },
+            None => buffered.await,
+        };
+        match buffered {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(error = %e, "downstream request body failed");
+                return local(
+                    c,
+                    StatusCode::BAD_REQUEST,
+                    "downstream request body could not be read",
+                    flags::NONE,
+                );
+            }
+        }
+    } else {
+        RequestBody::Stream(body)
+    };
+    if !mirrors.is_empty() {
+        let copy = crate::mirror::Copy {
+            method: &parts.method,
+            headers: &parts.headers,
+            authority: &authority,
+            path: &path,
+            body: match &body {
+                RequestBody::Replay(b) => Some(b),
+                RequestBody::Stream(_) => None,
+            },
+            timeout: forward.timeout,
+        };
+        for m in mirrors {
+            crate::mirror::send(m, &copy);
+        }
+    }
+    let upstream = Upstream {
+        method: parts.method,
+        headers: parts.headers,
+        version: parts.version,
+        path,
+    };
 
     forward_upstream(
-        upstream_req,
+        upstream,
+        body,
         c,
         cluster,
-        endpoint,
+        hash,
         forward.timeout,
+        retry,
         state,
         downstream_upgrade,
         conn,
@@ -463,70 +684,278 @@ async fn route_and_forward(
     .await
 }
 
+/// The parts of an upstream request that every try repeats.
+struct Upstream {
+    method: http::Method,
+    headers: HeaderMap,
+    version: Version,
+    path: PathAndQuery,
+}
+
+/// How one try to an endpoint ended, before any retry decision.
+enum Tried {
+    Response(Response<Incoming>),
+    Failed(TryOutcome, hyper_util::client::legacy::Error),
+    TimedOut,
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> TryOutcome {
+    if e.is_connect() {
+        TryOutcome::ConnectFailure
+    } else if refused_stream(e) {
+        TryOutcome::RefusedStream
+    } else {
+        TryOutcome::Reset
+    }
+}
+
+fn refused_stream(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if text.contains("REFUSED_STREAM") || text.contains("refused stream") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn forward_upstream(
-    upstream_req: Request<ProxyBody>,
+    mut upstream: Upstream,
+    body: RequestBody,
     mut c: Box<Completion>,
     cluster: &Arc<Cluster>,
-    endpoint: Arc<Endpoint>,
+    hash: Option<u64>,
     timeout: Option<Duration>,
+    retry: Option<&RetryConfig>,
     state: Option<&crate::generation::RouteState>,
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
     conn: &Arc<ConnCtx>,
 ) -> Response<ProxyBody> {
-    endpoint.active.fetch_add(1, Ordering::Relaxed);
-    endpoint.rq_total.fetch_add(1, Ordering::Relaxed);
     cluster.metrics.rq_active.inc();
     c.cluster = Some(cluster.metrics.clone());
-    c.endpoint = Some(endpoint.clone());
-
-    let sent = Instant::now();
-    let call = cluster.client.request(upstream_req);
-    let result = match timeout {
-        Some(t) => match tokio::time::timeout(t, call).await {
-            Ok(r) => Ok(r),
-            Err(_) => Err(()),
-        },
-        None => Ok(call.await),
-    };
-    let upstream_time = sent.elapsed();
-    cluster.metrics.rq_time.observe(upstream_time.as_secs_f64());
-    if let Some(e) = c.entry.as_mut() {
-        e.upstream_service_time_ms = Some(upstream_time.as_secs_f64() * 1000.0);
-    }
-    let mut resp = match result {
-        Err(()) => {
-            cluster.metrics.rq_timeout.inc();
-            cluster.metrics.rq[4].inc();
-            return local(
-                c,
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream request timeout",
-                flags::UPSTREAM_TIMEOUT,
-            );
-        }
-        Ok(Err(e)) => {
-            cluster.metrics.rq[4].inc();
-            if e.is_connect() {
-                cluster.metrics.cx_connect_fail.inc();
-                endpoint.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream connect failure");
-                return local(
-                    c,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-                    flags::UPSTREAM_CONNECT_FAILURE,
-                );
-            }
-            tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream reset");
+    let rm = &cluster.resilience.metrics;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let max_retries = retry.map_or(0, |r| r.num_retries);
+    let mut body = Some(body);
+    let mut attempt: u32 = 0;
+    let mut tried_endpoints: Vec<usize> = Vec::new();
+    let mut retry_permit: Option<crate::breaker::Permit> = None;
+    let (mut resp, endpoint) = loop {
+        // An owned snapshot: it is held across the upstream call.
+        let set = arc_swap::Guard::into_inner(cluster.endpoints());
+        let Some((index, endpoint)) = cluster.pick_endpoint(&set, hash, attempt, &tried_endpoints)
+        else {
             return local(
                 c,
                 StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-                flags::UPSTREAM_RESET,
+                "no healthy upstream",
+                flags::NO_HEALTHY_UPSTREAM,
+            );
+        };
+        if let Some(e) = c.entry.as_mut() {
+            e.upstream_host = Some(endpoint.addr.to_string());
+            e.upstream_request_attempt_count = Some(attempt + 1);
+        }
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(endpoint.authority.clone())
+            .path_and_query(upstream.path.clone())
+            .build();
+        let Ok(uri) = uri else {
+            return local(
+                c,
+                StatusCode::BAD_REQUEST,
+                "invalid request path",
+                flags::NONE,
+            );
+        };
+        let try_body = match body.take() {
+            Some(RequestBody::Replay(b)) => {
+                let copy = ProxyBody::full(b.clone());
+                body = Some(RequestBody::Replay(b));
+                copy
+            }
+            Some(RequestBody::Stream(s)) => s,
+            None => ProxyBody::empty(),
+        };
+        let mut req = Request::new(try_body);
+        *req.method_mut() = upstream.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = upstream.version;
+        *req.headers_mut() = if attempt < max_retries {
+            upstream.headers.clone()
+        } else {
+            // The last possible try (the only one without a retry policy) takes them.
+            std::mem::take(&mut upstream.headers)
+        };
+        if retry.is_some() {
+            req.headers_mut().insert(
+                HeaderName::from_static(crate::retry::ATTEMPT_COUNT_HEADER),
+                HeaderValue::from(attempt + 1),
             );
         }
-        Ok(Ok(resp)) => resp,
+
+        endpoint.active.fetch_add(1, Ordering::Relaxed);
+        endpoint.rq_total.fetch_add(1, Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        let per_try = retry
+            .and_then(|r| r.per_try_timeout)
+            .map(|t| now + t)
+            .filter(|p| deadline.is_none_or(|d| *p < d));
+        let try_deadline = per_try.or(deadline);
+        let sent = Instant::now();
+        let call = cluster.client.request(req);
+        let tried = match try_deadline {
+            Some(d) => match tokio::time::timeout_at(d, call).await {
+                Ok(Ok(r)) => Tried::Response(r),
+                Ok(Err(e)) => Tried::Failed(classify(&e), e),
+                Err(_) => Tried::TimedOut,
+            },
+            None => match call.await {
+                Ok(r) => Tried::Response(r),
+                Err(e) => Tried::Failed(classify(&e), e),
+            },
+        };
+        let upstream_time = sent.elapsed();
+        cluster.metrics.rq_time.observe(upstream_time.as_secs_f64());
+        if let Some(e) = c.entry.as_mut() {
+            e.upstream_service_time_ms = Some(upstream_time.as_secs_f64() * 1000.0);
+        }
+        drop(retry_permit.take());
+        let outcome = match &tried {
+            Tried::Response(r) => {
+                let grpc = r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                TryOutcome::Status(r.status().as_u16(), grpc)
+            }
+            Tried::Failed(o, _) => *o,
+            Tried::TimedOut => TryOutcome::PerTryTimeout,
+        };
+        cluster.observe(
+            &set,
+            &endpoint,
+            match outcome {
+                TryOutcome::Status(s, _) => Observation::Status(s),
+                _ => Observation::LocalFailure,
+            },
+        );
+        let out_of_time = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        let mut again = retry.is_some_and(|r| r.retries(outcome))
+            && attempt < max_retries
+            && body.as_ref().is_some_and(RequestBody::replayable)
+            && !out_of_time;
+        if again {
+            match cluster.resilience.breaker.try_retry() {
+                Ok(p) => retry_permit = Some(p),
+                Err(denied) => {
+                    let counter = match denied {
+                        crate::breaker::RetryDenied::Budget => &rm.retry_overflow_budget,
+                        crate::breaker::RetryDenied::CircuitBreaker => &rm.retry_overflow_breaker,
+                    };
+                    counter.inc();
+                    again = false;
+                }
+            }
+        }
+        if again {
+            // This try is over: account for it and go again, elsewhere if possible.
+            endpoint.active.fetch_sub(1, Ordering::Relaxed);
+            endpoint.rq_error.fetch_add(1, Ordering::Relaxed);
+            match &tried {
+                Tried::Response(r) => {
+                    cluster.metrics.rq[class_index(r.status().as_u16())].inc();
+                }
+                Tried::Failed(..) => {
+                    cluster.metrics.rq[4].inc();
+                    if matches!(outcome, TryOutcome::ConnectFailure) {
+                        cluster.metrics.cx_connect_fail.inc();
+                        endpoint.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Tried::TimedOut => {
+                    cluster.metrics.rq_timeout.inc();
+                    cluster.metrics.rq[4].inc();
+                }
+            }
+            drop(tried);
+            attempt += 1;
+            tried_endpoints.push(index);
+            rm.retry.inc();
+            if let Some(r) = retry {
+                let pause = crate::retry::backoff(attempt, r.base, r.max, fastrand::f64());
+                match deadline {
+                    Some(d) => {
+                        tokio::time::sleep_until(d.min(tokio::time::Instant::now() + pause)).await
+                    }
+                    None => tokio::time::sleep(pause).await,
+                }
+            }
+            continue;
+        }
+        c.endpoint = Some(endpoint.clone());
+        let failed = !matches!(outcome, TryOutcome::Status(s, _) if s < 500);
+        let exhausted = attempt > 0
+            && attempt >= max_retries
+            && failed
+            && retry.is_some_and(|r| r.retries(outcome));
+        if attempt > 0 && !failed {
+            rm.retry_success.inc();
+        }
+        if exhausted {
+            rm.retry_limit_exceeded.inc();
+        }
+        let urx = |flag: &'static str| {
+            if exhausted {
+                flags::with_retry_limit(flag)
+            } else {
+                flag
+            }
+        };
+        match tried {
+            Tried::Response(r) => {
+                if exhausted {
+                    c.flag = flags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+                }
+                break (r, endpoint);
+            }
+            Tried::TimedOut => {
+                cluster.metrics.rq_timeout.inc();
+                cluster.metrics.rq[4].inc();
+                return local(
+                    c,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    urx(flags::UPSTREAM_TIMEOUT),
+                );
+            }
+            Tried::Failed(o, e) => {
+                cluster.metrics.rq[4].inc();
+                if o == TryOutcome::ConnectFailure {
+                    cluster.metrics.cx_connect_fail.inc();
+                    endpoint.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream connect failure");
+                    return local(
+                        c,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                        urx(flags::UPSTREAM_CONNECT_FAILURE),
+                    );
+                }
+                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream reset");
+                return local(
+                    c,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                    urx(flags::UPSTREAM_RESET),
+                );
+            }
+        }
     };
     let status = resp.status();
     cluster.metrics.rq[class_index(status.as_u16())].inc();
@@ -684,8 +1113,18 @@ fn prepare_upstream_headers(
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        let proto = if conn.security.as_ref().is_some_and(|s| s.tls) {
+            "https"
+        } else {
+            "http"
+        };
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
+    crate::tls::apply_xfcc(
+        headers,
+        listener.config.forward_client_cert_details,
+        conn.security.as_deref(),
+    );
     if listener.config.http.generate_request_id && !headers.contains_key(&X_REQUEST_ID) {
         let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
         let mut buf = uuid::Uuid::encode_buffer();

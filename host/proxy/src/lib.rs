@@ -16,16 +16,25 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod breaker;
 pub mod cluster;
 pub mod echo;
+pub mod fault;
 pub mod filter;
 pub mod generation;
+pub mod health;
 pub mod http_proxy;
 pub mod metrics;
+pub mod mirror;
+pub mod outlier;
 pub mod plugins;
+pub mod ratelimit;
+pub mod resilience;
+pub mod retry;
 pub mod runtime;
 pub mod server;
 pub mod tcp_filter;
+pub mod tls;
 pub mod wasm_filter;
 mod watch;
 

@@ -98,6 +98,10 @@ pub struct Metrics {
     pub config_reload: Family<ResultLabels, Counter>,
     /// The live configuration generation.
     pub config_generation: Gauge,
+    /// Mesh TLS series (`connection_security_policy`, handshake errors, authorization).
+    pub tls: crate::tls::TlsMetrics,
+    /// Traffic management (retries, breakers, health, faults, mirrors, rate limits).
+    pub(crate) resilience: crate::resilience::Families,
 }
 
 /// The five status classes, indexed by `status / 100 - 1`.
@@ -180,6 +184,8 @@ impl Metrics {
             upstream_cx_total: Family::default(),
             config_reload: Family::default(),
             config_generation: Gauge::default(),
+            tls: crate::tls::TlsMetrics::default(),
+            resilience: Default::default(),
             registry: Registry::default(),
         };
         let reg = &mut registry;
@@ -258,6 +264,8 @@ impl Metrics {
             "The live configuration generation",
             m.config_generation.clone(),
         );
+        m.tls.register(reg);
+        m.resilience.register(reg);
         Metrics { registry, ..m }
     }
 

@@ -85,6 +85,9 @@ pub enum ProxyError {
         /// The OS error.
         error: std::io::Error,
     },
+    /// The certificate agent could not obtain a workload certificate.
+    #[error("identity: {0}")]
+    Identity(weft_tls::TlsError),
     /// The access log could not be opened.
     #[error("access_log.path {path}: {error}")]
     AccessLog {
@@ -151,6 +154,12 @@ impl Proxy {
     /// Loads the configuration, binds every listener and the admin server, and starts serving.
     pub async fn start(source: ConfigSource, options: StartOptions) -> Result<Proxy, ProxyError> {
         let config = source.load()?;
+        if let Some(identity) = &config.identity {
+            // The workload certificate must be in place before listeners load it.
+            crate::tls::start_agent(identity, &source.base_dir())
+                .await
+                .map_err(ProxyError::Identity)?;
+        }
         let metrics = Arc::new(Metrics::new());
         let access_log =
             AccessLog::open(&config.access_log.path).map_err(|error| ProxyError::AccessLog {

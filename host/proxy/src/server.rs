@@ -22,6 +22,8 @@ use crate::generation::{ListenerGen, TcpListener as TcpTarget};
 use crate::http_proxy::{self, Activity, ConnCtx, flags};
 use crate::metrics::Metrics;
 use crate::tcp_filter::{Close, ConnectionProperties, NetFilters};
+use crate::tls::ConnSecurity;
+use weft_config::schema::TlsMode;
 use weft_wasm::PeerType;
 
 /// What every connection shares: metrics and the access log.
@@ -170,6 +172,16 @@ async fn is_h2_prior_knowledge(stream: &TcpStream, deadline: Duration) -> bool {
     tokio::time::timeout(deadline, probe).await.unwrap_or(false)
 }
 
+/// Waits (up to `deadline`) for the first byte: a TLS handshake record starts with 0x16, which
+/// no HTTP/1 method or HTTP/2 preface does (permissive mode's detection).
+async fn starts_with_tls(stream: &TcpStream, deadline: Duration) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(deadline, stream.peek(&mut first)).await,
+        Ok(Ok(1))
+    ) && first[0] == 0x16
+}
+
 async fn serve_http(
     stream: TcpStream,
     peer: SocketAddr,
@@ -179,9 +191,85 @@ async fn serve_http(
 ) {
     let lgen = slot.current();
     let settings = lgen.config().http.clone();
-    let h2 = is_h2_prior_knowledge(&stream, settings.request_header_timeout).await;
-    let activity = Arc::new(Activity::new());
     let local = stream.local_addr().unwrap_or(slot.local_addr);
+    let tls = match &*lgen {
+        ListenerGen::Http(h) => h.tls.clone(),
+        ListenerGen::Tcp(_) => None,
+    };
+    if let Some(tls) = tls {
+        let use_tls = match tls.mode {
+            TlsMode::Strict => true,
+            TlsMode::Permissive => starts_with_tls(&stream, settings.request_header_timeout).await,
+            TlsMode::Disable => false,
+        };
+        if use_tls {
+            let handshake =
+                tokio::time::timeout(settings.request_header_timeout, tls.acceptor.accept(stream))
+                    .await;
+            let stream = match handshake {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    shared.metrics.tls.handshake_failed(&slot.name);
+                    tracing::debug!(listener = %slot.name, %peer, error = %e, "downstream TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.tls.handshake_failed(&slot.name);
+                    tracing::debug!(listener = %slot.name, %peer, "downstream TLS handshake timed out");
+                    return;
+                }
+            };
+            let (_, conn) = stream.get_ref();
+            let security = ConnSecurity::from_server(conn, &tls.creds);
+            let h2 = conn.alpn_protocol() == Some(b"h2");
+            shared.metrics.tls.connection(&slot.name, security.policy());
+            let conn = Conn {
+                peer,
+                local,
+                security: Some(Arc::new(security)),
+            };
+            serve_http_io(stream, h2, conn, slot, shared, shutdown).await;
+            return;
+        }
+    }
+    shared
+        .metrics
+        .tls
+        .connection(&slot.name, crate::tls::policy::NONE);
+    let h2 = is_h2_prior_knowledge(&stream, settings.request_header_timeout).await;
+    let conn = Conn {
+        peer,
+        local,
+        security: None,
+    };
+    serve_http_io(stream, h2, conn, slot, shared, shutdown).await;
+}
+
+/// Addresses and security of an accepted downstream connection.
+struct Conn {
+    peer: SocketAddr,
+    local: SocketAddr,
+    security: Option<Arc<ConnSecurity>>,
+}
+
+async fn serve_http_io<IO>(
+    stream: IO,
+    h2: bool,
+    conn: Conn,
+    slot: Arc<ListenerSlot>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Conn {
+        peer,
+        local,
+        security,
+    } = conn;
+    let lgen = slot.current();
+    let settings = lgen.config().http.clone();
+    let activity = Arc::new(Activity::new());
     let id = next_connection_id();
     let idle = settings.idle_timeout;
 
@@ -196,6 +284,7 @@ async fn serve_http(
             local,
             id,
             peer_ip: peer_ip_value(peer),
+            security: security.clone(),
         });
         let service = service_fn(move |req| http_proxy::handle(req, ctx.clone()));
         let conn = http2::Builder::new(TokioExecutor::new())
@@ -223,6 +312,7 @@ async fn serve_http(
         local,
         id,
         peer_ip: peer_ip_value(peer),
+        security,
     });
     let service = service_fn(move |req| http_proxy::handle(req, ctx.clone()));
     let conn = http1::Builder::new()

@@ -35,6 +35,7 @@ pub struct RequestProperties {
     referer: Option<HeaderValue>,
     size: Option<u64>,
     dynamic: Mutex<Vec<(&'static str, Vec<u8>)>>,
+    security: Option<Arc<crate::tls::ConnSecurity>>,
 }
 
 impl RequestProperties {
@@ -69,7 +70,14 @@ impl RequestProperties {
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok()),
             dynamic: Mutex::new(Vec::new()),
+            security: None,
         }
+    }
+
+    /// Adds the connection's TLS facts (`connection.mtls`, `source.principal`, …).
+    pub fn with_security(mut self, security: Option<Arc<crate::tls::ConnSecurity>>) -> Self {
+        self.security = security;
+        self
     }
 
     /// Records a value known later (`response.code`, `upstream.address`).
@@ -90,7 +98,11 @@ impl Properties for RequestProperties {
             ["request", "path"] => s(self.uri.path_and_query().map_or("/", |p| p.as_str())),
             ["request", "url_path"] => s(self.uri.path()),
             ["request", "host"] => s(&self.authority),
-            ["request", "scheme"] => s("http"),
+            ["request", "scheme"] => s(if self.security.as_ref().is_some_and(|c| c.tls) {
+                "https"
+            } else {
+                "http"
+            }),
             ["request", "method"] => s(self.method.as_str()),
             ["request", "query"] => s(self.uri.query().unwrap_or("")),
             ["request", "protocol"] => s(if self.h2 { "HTTP/2" } else { "HTTP/1.1" }),
@@ -104,7 +116,25 @@ impl Properties for RequestProperties {
             ["destination", "address"] => s(&self.local.to_string()),
             ["destination", "port"] => n(u64::from(self.local.port())),
             ["connection", "id"] => n(self.connection_id),
-            ["connection", "mtls"] => Some(vec![0]),
+            ["connection", "mtls"] => Some(vec![u8::from(
+                self.security.as_ref().is_some_and(|c| c.mtls()),
+            )]),
+            ["connection", "tls_version"] => self.security.as_ref()?.version.and_then(s),
+            ["connection", "requested_server_name"] => {
+                s(self.security.as_ref()?.sni.as_deref().unwrap_or(""))
+            }
+            ["connection", "uri_san_local_certificate"] => {
+                s(self.security.as_ref()?.local_uri.as_deref()?)
+            }
+            ["connection", "uri_san_peer_certificate"] | ["source", "principal"] => {
+                s(&self.security.as_ref()?.peer.as_ref()?.uri_san)
+            }
+            ["connection", "subject_peer_certificate"] => {
+                s(&self.security.as_ref()?.peer.as_ref()?.subject)
+            }
+            ["connection", "sha256_peer_certificate_digest"] => {
+                s(&self.security.as_ref()?.peer.as_ref()?.hash_hex)
+            }
             ["xds", "route_name"] | ["route_name"] => s(&self.route),
             _ => {
                 let key = path.join(".");

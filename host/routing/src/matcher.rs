@@ -125,6 +125,18 @@ impl RouteMatcher {
         })
     }
 
+    /// Conditions on headers only (e.g. a fault's `headers`); `path` names them in errors.
+    pub fn for_headers(
+        path: &str,
+        headers: &[schema::HeaderMatch],
+    ) -> Result<RouteMatcher, RoutingError> {
+        let m = schema::RouteMatch {
+            headers: headers.to_vec(),
+            ..schema::RouteMatch::default()
+        };
+        RouteMatcher::build(path, &m)
+    }
+
     /// The prefix this route matches on, if it is a prefix match.
     pub fn prefix(&self) -> Option<&str> {
         match &self.path {

@@ -1,4 +1,4 @@
-//! Command-line interface: `weft run`, `weft validate`, `weft --version`.
+//! Command-line interface: `weft run`, `weft validate`, `weft ca …`, `weft --version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +52,11 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// The built-in certificate authority (Citadel's role).
+    Ca {
+        #[command(subcommand)]
+        command: crate::ca::CaCommand,
+    },
 }
 
 /// Runs the parsed command line.
@@ -61,6 +66,7 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run { config, echo } => run(config, echo),
+        Command::Ca { command } => crate::ca::main(command),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `weft` command: parse the command line and hand over to [`cli`].
 #![forbid(unsafe_code)]
 
+mod ca;
 mod cli;
 
 fn main() -> std::process::ExitCode {

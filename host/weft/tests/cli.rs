@@ -138,3 +138,85 @@ fn sigterm_drains_and_exits_zero() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("drained")), "{rest:?}");
 }
+
+#[test]
+fn ca_init_intermediate_and_issue_write_a_verifiable_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let inter = dir.path().join("intermediate");
+    let out = dir.path().join("web");
+    let ok = |args: &[&std::ffi::OsStr]| {
+        let o = weft().arg("ca").args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    ok(&[
+        "init".as_ref(),
+        "--dir".as_ref(),
+        root.as_os_str(),
+        "--trust-domain".as_ref(),
+        "example.org".as_ref(),
+    ]);
+    ok(&[
+        "init".as_ref(),
+        "--dir".as_ref(),
+        inter.as_os_str(),
+        "--root-dir".as_ref(),
+        root.as_os_str(),
+        "--ttl".as_ref(),
+        "30d".as_ref(),
+    ]);
+    ok(&[
+        "issue".as_ref(),
+        "--ca-dir".as_ref(),
+        inter.as_os_str(),
+        "--spiffe-id".as_ref(),
+        "spiffe://example.org/ns/prod/sa/web".as_ref(),
+        "--ttl".as_ref(),
+        "1h".as_ref(),
+        "--out-dir".as_ref(),
+        out.as_os_str(),
+    ]);
+    let chain = std::fs::read_to_string(out.join("cert.pem")).unwrap();
+    assert_eq!(
+        chain.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "leaf + intermediate"
+    );
+    assert_eq!(
+        std::fs::read(out.join("bundle.pem")).unwrap(),
+        std::fs::read(root.join("root-cert.pem")).unwrap()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for key in [root.join("ca-key.pem"), out.join("key.pem")] {
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+    }
+    // Outside the CA's trust domain: refused with a clear message.
+    let o = weft()
+        .args(["ca", "issue", "--ca-dir"])
+        .arg(&inter)
+        .args(["--spiffe-id", "spiffe://evil.org/ns/a/sa/b", "--out-dir"])
+        .arg(dir.path().join("evil"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("outside this CA's trust domain `example.org`"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The signing endpoint starts from the same directory.
+    let mut serve = weft()
+        .args(["ca", "serve", "--listen", "127.0.0.1:0", "--ca-dir"])
+        .arg(&inter)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(serve.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("serving on https://127.0.0.1:"), "{line}");
+    let _ = serve.kill();
+    let _ = serve.wait();
+}
