@@ -242,8 +242,11 @@ pub(crate) struct HostState {
     /// `proxy_get_status` of the last callout.
     pub(crate) last_status: (u32, Vec<u8>),
     pub(crate) started: std::time::Instant,
-    /// This thread's CPU clock when the current guest call started (the CPU budget's base).
-    pub(crate) cpu_start: Option<std::time::Duration>,
+    /// The running call's CPU checkpoint, taken at its first epoch wake-up (never for calls
+    /// that end sooner): thread CPU time then, and the CPU time assumed used before it.
+    pub(crate) cpu_checkpoint: Option<(std::time::Duration, std::time::Duration)>,
+    /// Wall time of the running call's first deadline window (counted as CPU at the checkpoint).
+    pub(crate) first_window: std::time::Duration,
 }
 
 impl HostState {
@@ -269,7 +272,8 @@ impl HostState {
             root_state: HashMap::new(),
             last_status: (0, Vec::new()),
             started: std::time::Instant::now(),
-            cpu_start: None,
+            cpu_checkpoint: None,
+            first_window: std::time::Duration::ZERO,
         }
     }
 

@@ -851,26 +851,34 @@ impl Plugin {
     }
 }
 
-/// Starts a guest call's CPU budget: the epoch deadline (a wall-clock check every tick) and
-/// the thread CPU clock it is measured against.
+/// Starts a guest call's CPU budget. Reading the thread's CPU clock is a system call, too dear
+/// for every callback, so it is read only by calls that run long enough to reach their first
+/// epoch wake-up, after half the budget of wall time: that first window counts as CPU spent
+/// (an upper bound) and the rest of the budget is measured in thread CPU time from there. A
+/// spinning guest is interrupted after its budget of CPU; a short call that was merely
+/// descheduled (a busy machine) is not, unless it also burns the rest of its budget.
 pub(crate) fn arm_deadline(store: &mut Store<HostState>, ticks: u64) {
-    store.set_epoch_deadline(ticks);
-    store.data_mut().cpu_start = Some(cpu_time::ThreadTime::now().as_duration());
+    let first = (ticks / 2).max(1);
+    store.set_epoch_deadline(first);
+    let state = store.data_mut();
+    state.cpu_checkpoint = None;
+    state.first_window = EPOCH_TICK * u32::try_from(first).unwrap_or(u32::MAX);
 }
 
-/// Runs when a call reaches its epoch deadline: the budget is CPU time, so a call that was
-/// merely descheduled (a busy machine) gets the rest of its budget; one that used it is
-/// interrupted (a trap, reported as `Failure::Deadline`).
+/// Runs when a call reaches its epoch deadline (see [`arm_deadline`]).
 fn cpu_budget_check(
-    ctx: wasmtime::StoreContextMut<'_, HostState>,
+    mut ctx: wasmtime::StoreContextMut<'_, HostState>,
 ) -> wasmtime::Result<wasmtime::UpdateDeadline> {
-    let state = ctx.data();
+    let state = ctx.data_mut();
     let budget = state.plugin.limits.cpu_deadline;
-    let used = state.cpu_start.map_or(budget, |start| {
-        cpu_time::ThreadTime::now()
-            .as_duration()
-            .saturating_sub(start)
-    });
+    let now = cpu_time::ThreadTime::now().as_duration();
+    let used = match state.cpu_checkpoint {
+        None => {
+            state.cpu_checkpoint = Some((now, state.first_window));
+            state.first_window
+        }
+        Some((checkpoint, before)) => before + now.saturating_sub(checkpoint),
+    };
     if used >= budget {
         return Ok(wasmtime::UpdateDeadline::Interrupt);
     }

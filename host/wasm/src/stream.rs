@@ -46,7 +46,7 @@ impl Stream {
         plugin.stats.streams.fetch_add(1, Ordering::Relaxed);
         stream.slot.streams.fetch_add(1, Ordering::Relaxed);
         stream.call(Phase::Idle, |state, ctx| {
-            match state.funcs.context_create.clone() {
+            match &state.funcs.context_create {
                 Some(f) => f.call(&mut state.store, (ctx, ROOT_CONTEXT as i32)),
                 None => Ok(()),
             }
@@ -126,7 +126,7 @@ impl Stream {
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Result<Action, Failure> {
         let n = self.data().request_headers.0.len() as i32;
         self.action(Phase::RequestHeaders, |s, ctx| {
-            match s.funcs.request_headers.clone() {
+            match &s.funcs.request_headers {
                 Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
                 None => Ok(0),
             }
@@ -136,11 +136,9 @@ impl Stream {
     /// `proxy_on_request_body`; the data is `data().request_body`.
     pub fn on_request_body(&mut self, end_of_stream: bool) -> Result<Action, Failure> {
         let n = self.data().request_body.len() as i32;
-        self.action(Phase::RequestBody, |s, ctx| {
-            match s.funcs.request_body.clone() {
-                Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
-                None => Ok(0),
-            }
+        self.action(Phase::RequestBody, |s, ctx| match &s.funcs.request_body {
+            Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
+            None => Ok(0),
         })
     }
 
@@ -148,7 +146,7 @@ impl Stream {
     pub fn on_request_trailers(&mut self) -> Result<Action, Failure> {
         let n = self.data().request_trailers.0.len() as i32;
         self.action(Phase::RequestTrailers, |s, ctx| {
-            match s.funcs.request_trailers.clone() {
+            match &s.funcs.request_trailers {
                 Some(f) => f.call(&mut s.store, (ctx, n)),
                 None => Ok(0),
             }
@@ -159,7 +157,7 @@ impl Stream {
     pub fn on_response_headers(&mut self, end_of_stream: bool) -> Result<Action, Failure> {
         let n = self.data().response_headers.0.len() as i32;
         self.action(Phase::ResponseHeaders, |s, ctx| {
-            match s.funcs.response_headers.clone() {
+            match &s.funcs.response_headers {
                 Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
                 None => Ok(0),
             }
@@ -169,11 +167,9 @@ impl Stream {
     /// `proxy_on_response_body`; the data is `data().response_body`.
     pub fn on_response_body(&mut self, end_of_stream: bool) -> Result<Action, Failure> {
         let n = self.data().response_body.len() as i32;
-        self.action(Phase::ResponseBody, |s, ctx| {
-            match s.funcs.response_body.clone() {
-                Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
-                None => Ok(0),
-            }
+        self.action(Phase::ResponseBody, |s, ctx| match &s.funcs.response_body {
+            Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
+            None => Ok(0),
         })
     }
 
@@ -181,7 +177,7 @@ impl Stream {
     pub fn on_response_trailers(&mut self) -> Result<Action, Failure> {
         let n = self.data().response_trailers.0.len() as i32;
         self.action(Phase::ResponseTrailers, |s, ctx| {
-            match s.funcs.response_trailers.clone() {
+            match &s.funcs.response_trailers {
                 Some(f) => f.call(&mut s.store, (ctx, n)),
                 None => Ok(0),
             }
@@ -206,7 +202,7 @@ impl Stream {
     /// `proxy_on_new_connection` (TCP).
     pub fn on_new_connection(&mut self) -> Result<Action, Failure> {
         self.action(Phase::NewConnection, |s, ctx| {
-            match s.funcs.new_connection.clone() {
+            match &s.funcs.new_connection {
                 Some(f) => f.call(&mut s.store, ctx),
                 None => Ok(0),
             }
@@ -217,7 +213,7 @@ impl Stream {
     pub fn on_downstream_data(&mut self, end_of_stream: bool) -> Result<Action, Failure> {
         let n = self.data().downstream_data.len() as i32;
         self.action(Phase::DownstreamData, |s, ctx| {
-            match s.funcs.downstream_data.clone() {
+            match &s.funcs.downstream_data {
                 Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
                 None => Ok(0),
             }
@@ -227,11 +223,9 @@ impl Stream {
     /// `proxy_on_upstream_data` (TCP); the data is `data().upstream_data`.
     pub fn on_upstream_data(&mut self, end_of_stream: bool) -> Result<Action, Failure> {
         let n = self.data().upstream_data.len() as i32;
-        self.action(Phase::UpstreamData, |s, ctx| {
-            match s.funcs.upstream_data.clone() {
-                Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
-                None => Ok(0),
-            }
+        self.action(Phase::UpstreamData, |s, ctx| match &s.funcs.upstream_data {
+            Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
+            None => Ok(0),
         })
     }
 
@@ -239,9 +233,9 @@ impl Stream {
     pub fn on_connection_close(&mut self, downstream: bool, peer: PeerType) -> Result<(), Failure> {
         self.call(Phase::ConnectionClose, |s, ctx| {
             let f = if downstream {
-                s.funcs.downstream_close.clone()
+                s.funcs.downstream_close.as_ref()
             } else {
-                s.funcs.upstream_close.clone()
+                s.funcs.upstream_close.as_ref()
             };
             match f {
                 Some(f) => f.call(&mut s.store, (ctx, peer as i32)),
@@ -261,15 +255,15 @@ impl Stream {
         if self.failed {
             return;
         }
-        let _ = self.call(Phase::Log, |s, ctx| match s.funcs.log.clone() {
+        let _ = self.call(Phase::Log, |s, ctx| match &s.funcs.log {
             Some(f) => f.call(&mut s.store, ctx),
             None => Ok(()),
         });
-        let _ = self.call(Phase::Done, |s, ctx| match s.funcs.done.clone() {
+        let _ = self.call(Phase::Done, |s, ctx| match &s.funcs.done {
             Some(f) => f.call(&mut s.store, ctx).map(|_| ()),
             None => Ok(()),
         });
-        let _ = self.call(Phase::Done, |s, ctx| match s.funcs.delete.clone() {
+        let _ = self.call(Phase::Done, |s, ctx| match &s.funcs.delete {
             Some(f) => f.call(&mut s.store, ctx),
             None => Ok(()),
         });
