@@ -815,3 +815,84 @@ clusters:
         Some("HTTP/1.1".into())
     );
 }
+
+/// Active health checks to a TLS cluster go through the cluster's own mTLS client side (HTTP/2
+/// over ALPN here): a healthy sidecar passes, one answering an unexpected status fails, and a
+/// plaintext-only endpoint fails the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_health_checks_use_the_cluster_tls() {
+    let pki = Pki::new("cluster.local");
+    let server_id = pki.id("prod", "server");
+    let s = pki.issue("server", &server_id, HOUR);
+    let c = pki.issue("client", &pki.id("prod", "client"), HOUR);
+    let app = echo("app").await;
+    let b = TestProxy::start(&inbound(
+        app,
+        &format!("mode: strict, {}", tls_files_yaml(&s)),
+        "",
+    ))
+    .await;
+    let plaintext = echo("plaintext").await;
+    let cluster = |expected: &str, endpoints: &str| {
+        format!(
+            r#"
+listeners:
+  - name: outbound
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes: [{{ route: {{ cluster: mesh }} }}]
+clusters:
+  - name: mesh
+    protocol: http2
+    endpoints: [{endpoints}]
+    tls: {{ {tls}, match_identities: ["{server_id}"] }}
+    panic_threshold: 0
+    health_checks:
+      - http: {{ path: /healthz, expected_statuses: [{expected}] }}
+        interval: 100ms
+        timeout: 1s
+        healthy_threshold: 1
+        unhealthy_threshold: 1
+"#,
+            tls = tls_files_yaml(&c),
+        )
+    };
+    let both = format!(
+        "{{ address: \"{}\" }}, {{ address: \"{plaintext}\" }}",
+        b.addr("inbound")
+    );
+    let a = TestProxy::start(&cluster("200", &both)).await;
+    let clusters_url = format!("http://{}/clusters", a.admin());
+    let tls_ok = format!("mesh::{}::health_flags::healthy", b.addr("inbound"));
+    let plain_failed = format!("mesh::{plaintext}::health_flags::/failed_active_hc");
+    let settled = eventually(Duration::from_secs(10), || async {
+        let text = get(&clusters_url).await.text();
+        text.contains(&tls_ok) && text.contains(&plain_failed)
+    })
+    .await;
+    assert!(settled, "{}", get(&clusters_url).await.text());
+    // With the plaintext endpoint out, every request goes to the healthy mTLS one.
+    for _ in 0..20 {
+        let r = get(&a.url("outbound", "/x")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    // Over the same TLS connection, a status outside `expected_statuses` fails the check.
+    let a2 = TestProxy::start(&cluster(
+        "204",
+        &format!("{{ address: \"{}\" }}", b.addr("inbound")),
+    ))
+    .await;
+    let url2 = format!("http://{}/clusters", a2.admin());
+    let tls_failed = format!(
+        "mesh::{}::health_flags::/failed_active_hc",
+        b.addr("inbound")
+    );
+    let failed = eventually(Duration::from_secs(10), || async {
+        get(&url2).await.text().contains(&tls_failed)
+    })
+    .await;
+    assert!(failed, "{}", get(&url2).await.text());
+}

@@ -211,8 +211,12 @@ impl Cluster {
         if config.protocol == UpstreamProtocol::Http2 {
             builder.http2_only(true);
         }
-        let resilience =
-            crate::resilience::ClusterResilience::start(config, &endpoints, resilience_metrics);
+        let resilience = crate::resilience::ClusterResilience::start(
+            config,
+            &endpoints,
+            resilience_metrics,
+            tls.clone(),
+        );
         Cluster {
             name: config.name.as_str().into(),
             config: config.clone(),

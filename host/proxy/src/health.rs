@@ -1,6 +1,8 @@
 //! Endpoint health: the per-endpoint state that active health checks and outlier detection
 //! write and the balancer reads (`EndpointState::is_available`), and the active health checker
-//! (HTTP or TCP), one background task per cluster, stopped when its cluster is dropped.
+//! (HTTP or TCP), one background task per cluster, stopped when its cluster is dropped. A
+//! cluster with `tls` is checked over TLS with its own client side (certificate, trust bundle,
+//! SPIFFE identity check), as Envoy checks through the cluster's transport socket.
 
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -8,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use weft_config::resilience::HealthCheck;
 
 use crate::cluster::{Endpoint, EndpointSet};
@@ -143,15 +145,10 @@ enum Probe {
         path: String,
         host: String,
         expected: Vec<(u16, u16)>,
-        /// HTTP/2 prior knowledge (an `http2` cluster), through this client.
-        h2: Option<Box<H2Client>>,
+        /// HTTP/2 (an `http2` cluster: prior knowledge, or ALPN `h2` over TLS).
+        h2: bool,
     },
 }
-
-type H2Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Empty<bytes::Bytes>,
->;
 
 /// Starts the active health checker of a cluster; the task ends when the handle is aborted
 /// (the cluster is dropped).
@@ -161,6 +158,7 @@ pub(crate) fn spawn_checker(
     hc: &HealthCheck,
     endpoints: Arc<ArcSwap<EndpointSet>>,
     metrics: Arc<ClusterResilienceMetrics>,
+    tls: Option<Arc<crate::tls::UpstreamTls>>,
 ) -> tokio::task::JoinHandle<()> {
     let probe = match &hc.http {
         Some(h) => Probe::Http {
@@ -171,15 +169,7 @@ pub(crate) fn spawn_checker(
                 .iter()
                 .filter_map(|s| s.range().ok())
                 .collect(),
-            h2: (protocol == weft_config::schema::UpstreamProtocol::Http2).then(|| {
-                Box::new(
-                    hyper_util::client::legacy::Client::builder(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .http2_only(true)
-                    .build_http(),
-                )
-            }),
+            h2: protocol == weft_config::schema::UpstreamProtocol::Http2,
         },
         None => Probe::Tcp,
     };
@@ -193,8 +183,9 @@ pub(crate) fn spawn_checker(
                 let e = e.clone();
                 let probe = probe.clone();
                 let timeout = hc.timeout;
+                let tls = tls.clone();
                 checks.spawn(async move {
-                    let passed = tokio::time::timeout(timeout, check(&probe, &e))
+                    let passed = tokio::time::timeout(timeout, check(&probe, &e, tls.as_deref()))
                         .await
                         .unwrap_or(false);
                     (e, passed)
@@ -230,55 +221,78 @@ pub(crate) fn spawn_checker(
     })
 }
 
-async fn check(probe: &Probe, e: &Endpoint) -> bool {
-    if let Probe::Http {
-        path,
-        host,
-        expected,
-        h2: Some(client),
-    } = probe
-    {
-        let uri = format!("http://{}{path}", e.addr);
-        let Ok(req) = http::Request::get(uri)
-            .header(http::header::HOST, host.as_str())
-            .header(http::header::USER_AGENT, "weft-health-checker")
-            .body(http_body_util::Empty::new())
-        else {
-            return false;
-        };
-        return client
-            .request(req)
-            .await
-            .is_ok_and(|r| status_expected(r.status().as_u16(), expected));
-    }
-    let Ok(mut stream) = tokio::net::TcpStream::connect(e.addr).await else {
+async fn check(probe: &Probe, e: &Endpoint, tls: Option<&crate::tls::UpstreamTls>) -> bool {
+    let Ok(tcp) = tokio::net::TcpStream::connect(e.addr).await else {
         return false;
     };
-    match probe {
-        Probe::Tcp => true,
+    match tls {
+        None => probe_over(probe, tcp).await,
+        Some(t) => {
+            let name = t
+                .sni
+                .clone()
+                .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(e.addr.ip().into()));
+            match t.connector.connect(name, tcp).await {
+                Ok(stream) => probe_over(probe, stream).await,
+                Err(error) => {
+                    tracing::debug!(endpoint = %e.addr, %error, "health check TLS handshake failed");
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// Runs the probe over an established connection (plain or TLS).
+async fn probe_over<S>(probe: &Probe, mut stream: S) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (path, host, expected, h2) = match probe {
+        Probe::Tcp => return true,
         Probe::Http {
             path,
             host,
             expected,
-            ..
-        } => {
-            let request = format!(
-                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weft-health-checker\r\nConnection: close\r\n\r\n"
-            );
-            if stream.write_all(request.as_bytes()).await.is_err() {
-                return false;
-            }
-            let mut head = Vec::with_capacity(256);
-            let mut buf = [0u8; 256];
-            while !head.contains(&b'\n') && head.len() < 4096 {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            parse_status_line(&head).is_some_and(|s| status_expected(s, expected))
+            h2,
+        } => (path, host, expected, *h2),
+    };
+    if h2 {
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let Ok((mut sender, conn)) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await
+        else {
+            return false;
+        };
+        let driver = tokio::spawn(conn);
+        let passed = match http::Request::get(format!("http://{host}{path}"))
+            .header(http::header::USER_AGENT, "weft-health-checker")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+        {
+            Ok(req) => sender
+                .send_request(req)
+                .await
+                .is_ok_and(|r| status_expected(r.status().as_u16(), expected)),
+            Err(_) => false,
+        };
+        driver.abort();
+        return passed;
+    }
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weft-health-checker\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
+    parse_status_line(&head).is_some_and(|s| status_expected(s, expected))
 }
 
 #[cfg(test)]

@@ -297,6 +297,7 @@ impl ClusterResilience {
         config: &schema::Cluster,
         endpoints: &Arc<ArcSwap<EndpointSet>>,
         metrics: Arc<ClusterResilienceMetrics>,
+        tls: Option<Arc<crate::tls::UpstreamTls>>,
     ) -> ClusterResilience {
         let mut tasks = Vec::new();
         if let Some(hc) = config.health_checks.first() {
@@ -307,6 +308,7 @@ impl ClusterResilience {
                 hc,
                 endpoints.clone(),
                 metrics.clone(),
+                tls,
             ));
         }
         if let Some(o) = &config.outlier_detection {
