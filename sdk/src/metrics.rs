@@ -12,7 +12,7 @@ use proxy_wasm::types::MetricType;
 /// Metrics by name, defined on first use.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    ids: HashMap<String, u32>,
+    ids: HashMap<(u8, String), u32>,
 }
 
 impl Metrics {
@@ -21,12 +21,14 @@ impl Metrics {
         Metrics::default()
     }
 
+    /// The id of metric `name` of `kind` (a counter and a histogram may share a name).
     fn id(&mut self, kind: MetricType, name: &str) -> Option<u32> {
-        if let Some(id) = self.ids.get(name) {
+        let key = (kind as u8, name.to_owned());
+        if let Some(id) = self.ids.get(&key) {
             return Some(*id);
         }
         let id = proxy_wasm::hostcalls::define_metric(kind, name).ok()?;
-        self.ids.insert(name.to_owned(), id);
+        self.ids.insert(key, id);
         Some(id)
     }
 

@@ -92,3 +92,53 @@ clusters:
         1.0
     );
 }
+
+/// A client that leaves while Weft waits on a slow upstream: the request is still accounted
+/// for (in-flight counts come back to zero, the access log says `DC`), so least-request
+/// balancing and idle timeouts are not skewed by requests that no longer exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_request_is_accounted_for() {
+    let up = slow(Duration::from_secs(3)).await;
+    let proxy = TestProxy::start(&format!(
+        r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes: [{{ route: {{ cluster: up, timeout: 10s }} }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#
+    ))
+    .await;
+    let addr = proxy.addr("main");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let clusters = format!("http://{}/clusters", proxy.admin());
+    let active = format!("up::{up}::rq_active::1");
+    assert!(
+        weft_e2e::eventually(Duration::from_secs(5), || async {
+            get(&clusters).await.text().contains(&active)
+        })
+        .await,
+        "{}",
+        get(&clusters).await.text()
+    );
+    drop(s);
+    let idle = format!("up::{up}::rq_active::0");
+    assert!(
+        weft_e2e::eventually(Duration::from_secs(5), || async {
+            get(&clusters).await.text().contains(&idle)
+        })
+        .await,
+        "{}",
+        get(&clusters).await.text()
+    );
+    let lines = proxy.access_log_lines(1).await;
+    let line = lines.last().expect("an access log line");
+    assert_eq!(line["response_flags"], "DC", "{line}");
+}

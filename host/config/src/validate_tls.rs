@@ -38,7 +38,7 @@ fn trust_domain(found: &mut Vec<Found>, path: String, td: &str) {
 fn pattern(found: &mut Vec<Found>, path: String, p: &str) {
     if p.is_empty() || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
         found.push((path, format!("`{p}` is not a valid pattern")));
-    } else if p.len() > 1 && p[1..p.len() - 1].contains('*') {
+    } else if p.len() > 1 && p.as_bytes()[1..p.len() - 1].contains(&b'*') {
         found.push((
             path,
             format!("`{p}`: `*` may only start or end a pattern (`prefix*`, `*suffix`, `*`)"),

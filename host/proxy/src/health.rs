@@ -216,7 +216,7 @@ pub(crate) fn spawn_checker(
             } else {
                 hc.interval_jitter.mul_f64(fastrand::f64())
             };
-            tokio::time::sleep(hc.interval + jitter).await;
+            tokio::time::sleep(hc.interval.saturating_add(jitter)).await;
         }
     })
 }

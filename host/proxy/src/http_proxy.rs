@@ -65,6 +65,8 @@ pub mod flags {
     }
     /// No flag.
     pub const NONE: &str = "-";
+    /// The downstream went away before a response (Envoy's `DC`).
+    pub const DOWNSTREAM_CONNECTION_TERMINATION: &str = "DC";
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -142,21 +144,50 @@ struct Completion {
     wasm: Option<WasmExchange>,
     /// The cluster's circuit-breaker slot, held until the response ends.
     permit: Option<crate::breaker::Admitted>,
+    /// Set once accounted for (by the response body's end, or by drop).
+    accounted: bool,
 }
 
 impl OnComplete for Completion {
     fn complete(mut self: Box<Self>, bytes: u64, errored: bool) {
+        self.account(bytes, errored);
+    }
+}
+
+impl Drop for Completion {
+    /// A request whose handler was dropped before its response existed (the client went away
+    /// while Weft waited on the upstream, a backoff, a fault delay or a breaker queue) is still
+    /// accounted for: in-flight counters come back down, and it is logged with `DC`.
+    fn drop(&mut self) {
+        if !self.accounted {
+            if self.flag == flags::NONE {
+                self.flag = flags::DOWNSTREAM_CONNECTION_TERMINATION;
+            }
+            self.account(0, true);
+        }
+    }
+}
+
+impl Completion {
+    fn account(&mut self, bytes: u64, errored: bool) {
+        if self.accounted {
+            return;
+        }
+        self.accounted = true;
         // Plugins log first (`on_log`, `on_done`, `on_delete`), as in Envoy.
         if let Some(w) = self.wasm.take() {
             w.finish();
         }
         let elapsed = self.start.elapsed();
-        let class = class_index(self.status);
-        self.listener.rq[class].inc();
-        self.listener.rq_time.observe(elapsed.as_secs_f64());
-        if let Some(r) = &self.route {
-            r.rq[class].inc();
+        // Status 0: the client left before any response (`DC`): no status class to count.
+        if self.status != 0 {
+            let class = class_index(self.status);
+            self.listener.rq[class].inc();
+            if let Some(r) = &self.route {
+                r.rq[class].inc();
+            }
         }
+        self.listener.rq_time.observe(elapsed.as_secs_f64());
         if let Some(c) = &self.cluster {
             c.rq_active.dec();
         }
@@ -259,6 +290,7 @@ fn completion(
         shared: conn.shared.clone(),
         wasm: None,
         permit: None,
+        accounted: false,
     })
 }
 
@@ -737,7 +769,8 @@ async fn forward_upstream(
     cluster.metrics.rq_active.inc();
     c.cluster = Some(cluster.metrics.clone());
     let rm = &cluster.resilience.metrics;
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    // A timeout too large to add to the clock (a configuration of centuries) means none.
+    let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
     let max_retries = retry.map_or(0, |r| r.num_retries);
     let mut body = Some(body);
     let mut attempt: u32 = 0;
@@ -800,10 +833,13 @@ async fn forward_upstream(
 
         endpoint.active.fetch_add(1, Ordering::Relaxed);
         endpoint.rq_total.fetch_add(1, Ordering::Relaxed);
+        // From here the completion owns this try's `active` count (even if the request is
+        // dropped while waiting on the upstream).
+        c.endpoint = Some(endpoint.clone());
         let now = tokio::time::Instant::now();
         let per_try = retry
             .and_then(|r| r.per_try_timeout)
-            .map(|t| now + t)
+            .and_then(|t| now.checked_add(t))
             .filter(|p| deadline.is_none_or(|d| *p < d));
         let try_deadline = per_try.or(deadline);
         let sent = Instant::now();
@@ -865,6 +901,7 @@ async fn forward_upstream(
         }
         if again {
             // This try is over: account for it and go again, elsewhere if possible.
+            c.endpoint = None;
             endpoint.active.fetch_sub(1, Ordering::Relaxed);
             endpoint.rq_error.fetch_add(1, Ordering::Relaxed);
             match &tried {
@@ -891,7 +928,12 @@ async fn forward_upstream(
                 let pause = crate::retry::backoff(attempt, r.base, r.max, fastrand::f64());
                 match deadline {
                     Some(d) => {
-                        tokio::time::sleep_until(d.min(tokio::time::Instant::now() + pause)).await
+                        tokio::time::sleep_until(
+                            tokio::time::Instant::now()
+                                .checked_add(pause)
+                                .map_or(d, |p| d.min(p)),
+                        )
+                        .await
                     }
                     None => tokio::time::sleep(pause).await,
                 }

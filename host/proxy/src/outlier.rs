@@ -164,7 +164,8 @@ pub fn try_eject(set: &EndpointSet, endpoint: &Endpoint, cfg: &OutlierDetection,
         return false;
     }
     let times = h.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
-    let until = now + ejection_time(cfg, times).as_millis() as u64;
+    let until = now
+        .saturating_add(u64::try_from(ejection_time(cfg, times).as_millis()).unwrap_or(u64::MAX));
     h.ejected_until_ms.store(until, Ordering::Relaxed);
     h.ejections_total.fetch_add(1, Ordering::Relaxed);
     h.consecutive_5xx.store(0, Ordering::Relaxed);

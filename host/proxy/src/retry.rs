@@ -60,7 +60,7 @@ impl RetryConfig {
             .retry_back_off
             .as_ref()
             .and_then(|b| b.max_interval)
-            .unwrap_or(base * 10);
+            .unwrap_or(base.saturating_mul(10));
         RetryConfig {
             num_retries: p.num_retries,
             per_try_timeout: p.per_try_timeout,

@@ -321,7 +321,12 @@ pub fn xfcc_element(sec: &ConnSecurity) -> Option<String> {
         parts.push(format!("By={}", quote_if_needed(by)));
     }
     parts.push(format!("Hash={}", peer.hash_hex));
-    parts.push(format!("Subject=\"{}\"", peer.subject.replace('"', "\\\"")));
+    // Backslashes first, then quotes: a peer-chosen subject cannot close the quoted value
+    // early and append fields (`;URI=…`) of its own.
+    parts.push(format!(
+        "Subject=\"{}\"",
+        peer.subject.replace('\\', "\\\\").replace('"', "\\\"")
+    ));
     parts.push(format!("URI={}", quote_if_needed(&peer.uri_san)));
     Some(parts.join(";"))
 }

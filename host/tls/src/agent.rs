@@ -78,11 +78,14 @@ pub async fn fetch_once(cfg: &AgentConfig) -> Result<(i64, i64), TlsError> {
         source,
     })?;
     let roots = Arc::new(parse_bundle(&cfg.ca_bundle, &bundle_pem)?);
+    // Only the CA's own identity may answer: a workload certificate of the same trust domain
+    // (which also carries serverAuth) must not be able to pose as the CA and collect the
+    // bootstrap token or hand out another trust bundle.
     let verifier = Arc::new(SpiffeServerVerifier::with_roots(
-        Roots::Fixed(roots),
+        Roots::Fixed(roots.clone()),
         PeerRules {
             trust_domain: Some(id.trust_domain().to_owned()),
-            allowed: Vec::new(),
+            allowed: vec![crate::ca_server::ca_identity(id.trust_domain())],
         },
     ));
     let builder = ClientConfig::builder_with_provider(crate::provider())
@@ -135,8 +138,34 @@ pub async fn fetch_once(cfg: &AgentConfig) -> Result<(i64, i64), TlsError> {
         .map_err(|e| TlsError::Ca(e.to_string()))?;
     let bundle = call(&cfg.ca_address, Arc::new(config), bundle_req).await?;
 
-    // Check everything before writing: a bad answer must not replace good files.
+    // Check everything before writing: a bad answer must not replace good files. The issued
+    // chain must verify against the bundle this agent was configured with, and the returned
+    // bundle must still hold those anchors, so the answer cannot move the trust elsewhere.
     let files = cfg.files();
+    let issued = crate::creds::parse_certs(&files.cert, chain.as_bytes())?;
+    let (leaf, intermediates) = issued.split_first().ok_or_else(|| {
+        TlsError::Ca(format!(
+            "{}: the CA returned no certificate",
+            cfg.ca_address
+        ))
+    })?;
+    crate::verify::verify_chain(&roots, leaf, intermediates, crate::verify::Usage::Client)
+        .map_err(|e| {
+            TlsError::Ca(format!(
+                "{}: the issued certificate does not chain to {}: {e}",
+                cfg.ca_address,
+                cfg.ca_bundle.display()
+            ))
+        })?;
+    let configured = crate::creds::parse_certs(&cfg.ca_bundle, &bundle_pem)?;
+    let returned = crate::creds::parse_certs(&files.bundle, bundle.as_bytes())?;
+    if !configured.iter().all(|c| returned.contains(c)) {
+        return Err(TlsError::Ca(format!(
+            "{}: the returned trust bundle lacks the anchors of {}",
+            cfg.ca_address,
+            cfg.ca_bundle.display()
+        )));
+    }
     let m = crate::creds::material_from_pem(
         &files,
         chain.as_bytes(),
@@ -152,6 +181,15 @@ pub async fn fetch_once(cfg: &AgentConfig) -> Result<(i64, i64), TlsError> {
     write_file(&files.key, &key_pem, true)?;
     write_file(&files.cert, &chain, false)?;
     Ok((unix_now().min(m.not_after), m.not_after))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn call(
@@ -171,25 +209,39 @@ async fn call(
     let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
     let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
         .map_err(|e| err("server name", &e))?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| err("TLS handshake", &e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| err("HTTP handshake", &e))?;
-    tokio::spawn(conn);
+    let tls = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| err("TLS handshake", &"timed out"))?
+    .map_err(|e| err("TLS handshake", &e))?;
+    let (mut sender, conn) = tokio::time::timeout(
+        Duration::from_secs(10),
+        hyper::client::conn::http1::handshake(TokioIo::new(tls)),
+    )
+    .await
+    .map_err(|_| err("HTTP handshake", &"timed out"))?
+    .map_err(|e| err("HTTP handshake", &e))?;
+    // The connection task ends with this call (its sender is dropped on return).
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let _abort = AbortOnDrop(driver);
     let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
         .await
         .map_err(|_| err("request", &"timed out"))?
         .map_err(|e| err("request", &e))?;
     let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| err("response body", &e))?
-        .to_bytes();
+    // A chain or bundle is a few KiB; bound the body and the time to read it.
+    let body = tokio::time::timeout(
+        Duration::from_secs(10),
+        http_body_util::Limited::new(resp.into_body(), 256 * 1024).collect(),
+    )
+    .await
+    .map_err(|_| err("response body", &"timed out"))?
+    .map_err(|e| err("response body", &e))?
+    .to_bytes();
     let text = String::from_utf8_lossy(&body).into_owned();
     if status != StatusCode::OK {
         return Err(err(&format!("CA answered {status}"), &text.trim()));

@@ -63,12 +63,29 @@ impl IssueRequest {
 }
 
 /// An issued certificate.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Issued {
     /// Leaf followed by the CA chain (excluding the root), PEM.
     pub chain_pem: String,
     /// The private key, PEM (empty when issued from a CSR).
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for Issued {
+    /// The private key stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("chain_pem", &self.chain_pem)
+            .field(
+                "key_pem",
+                &if self.key_pem.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
 }
 
 fn ca_err(what: &str, e: impl std::fmt::Display) -> TlsError {
@@ -88,6 +105,8 @@ fn random_serial() -> SerialNumber {
 }
 
 fn validity(params: &mut CertificateParams, ttl: Duration) {
+    // At most a century: larger values would overflow the date (and mean nothing).
+    let ttl = ttl.min(Duration::from_secs(100 * 365 * 24 * 3600));
     let now = OffsetDateTime::now_utc();
     params.not_before = now - BACKDATE;
     params.not_after = now + ttl;
@@ -338,15 +357,29 @@ pub fn write_file(path: &Path, data: &str, private: bool) -> Result<(), TlsError
         path: path.to_owned(),
         source,
     };
+    use std::io::Write as _;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).map_err(err)?;
+    // A stale temporary file (or a symlink planted there) is removed, and the new one is
+    // created exclusively with its final mode: a private key is never readable by others,
+    // not even between the write and a chmod.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
     }
     #[cfg(not(unix))]
     let _ = private;
+    let mut file = options.open(&tmp).map_err(err)?;
+    file.write_all(data.as_bytes()).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    drop(file);
     std::fs::rename(&tmp, path).map_err(err)
 }
 

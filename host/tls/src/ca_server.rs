@@ -88,10 +88,15 @@ struct State {
     opts: ServeOptions,
 }
 
-/// The endpoint's own TLS credentials: a certificate from `ca` for
+/// The identity the signing endpoint presents (agents accept no other):
 /// `spiffe://<td>/ns/weft-system/sa/weft-ca`.
+pub fn ca_identity(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/weft-system/sa/weft-ca")
+}
+
+/// The endpoint's own TLS credentials: a certificate from `ca` for [`ca_identity`].
 pub fn server_credentials(ca: &Ca) -> Result<Arc<Credentials>, TlsError> {
-    let id = format!("spiffe://{}/ns/weft-system/sa/weft-ca", ca.trust_domain());
+    let id = ca_identity(ca.trust_domain());
     let mut req = IssueRequest::new(&id, Duration::from_secs(30 * 24 * 3600));
     req.dns_names = vec!["localhost".into()];
     let issued = ca.issue(&req)?;

@@ -469,6 +469,13 @@ impl Compiled {
                     "must not be empty",
                 ));
             }
+            // The name goes into the reason header of a denial: it must be a valid header value.
+            if p.name.len() > 128 || p.name.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
+                return Err(ConfigError::invalid(
+                    format!("{field}.name"),
+                    "use at most 128 visible ASCII characters (it is sent in the reason header)",
+                ));
+            }
             if s.policies[..i].iter().any(|q| q.name == p.name) {
                 return Err(ConfigError::invalid(
                     format!("{field}.name"),
@@ -584,7 +591,7 @@ fn patterns(list: &[String], field: &str, lower: bool) -> Result<Vec<String>, Co
                     "must not be empty",
                 ));
             }
-            if p.len() > 1 && p[1..p.len() - 1].contains('*') {
+            if p.len() > 1 && p.as_bytes()[1..p.len() - 1].contains(&b'*') {
                 return Err(ConfigError::invalid(
                     format!("{field}[{i}]"),
                     format!("{p:?}: `*` is only allowed at the start or the end"),

@@ -536,16 +536,15 @@ impl PolicySet {
     }
 }
 
-/// The longest path normalized; longer paths are matched as they are.
-const MAX_PATH: usize = 16 * 1024;
-
 /// The path as policies see it: the query and fragment dropped, percent-escapes of unreserved
 /// characters decoded (`%61` → `a`), repeated slashes merged and `.` / `..` segments resolved —
 /// so `/public/../admin` and `//%61dmin` are matched as `/admin`, as Envoy's path normalization
 /// does for Istio. Escaped slashes (`%2F`) stay as they are.
 pub fn normalize_path(raw: &str) -> String {
     let path = weft_sdk::http::path_only(raw);
-    if !path.starts_with('/') || path.len() > MAX_PATH {
+    // Every path is normalized, however long (linear time; the proxy bounds request heads):
+    // skipping long ones would let `/public/` + many `a/../` + `admin` pass as `/public/…`.
+    if !path.starts_with('/') {
         return path.to_owned();
     }
     let bytes = path.as_bytes();
@@ -954,5 +953,15 @@ mod tests {
         ] {
             assert_eq!(normalize_path(raw), want, "{raw}");
         }
+    }
+
+    #[test]
+    fn long_paths_are_normalized_too() {
+        // Skipping normalization for long paths would let this match ALLOW `/public/*` and
+        // miss DENY `/admin/*`, while the upstream resolves it to `/admin/x`.
+        let raw = format!("/public/{}admin/x", "a/../".repeat(8000));
+        assert_eq!(normalize_path(&raw), "/public/admin/x");
+        let raw = format!("/public/{}../admin/x", "a/../".repeat(8000));
+        assert_eq!(normalize_path(&raw), "/admin/x");
     }
 }

@@ -243,10 +243,10 @@ impl Context for Root {
         _body: usize,
         _trailers: usize,
     ) {
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
-            .and_then(|s| s.parse::<u16>().ok());
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
         let ok = matches!(status, Some(200..=299));
         if let Some(shared) = &self.shared
             && let Ok(mut s) = shared.try_borrow_mut()
@@ -678,10 +678,13 @@ impl Values {
     }
 }
 
+/// A request header as text; `None` when absent or not UTF-8 (read as bytes: the SDK's string
+/// getter panics on non-UTF-8 values, which any client can send).
 fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
         .ok()
         .flatten()
+        .and_then(|v| String::from_utf8(v).ok())
 }
 
 fn now_ns() -> u64 {

@@ -622,3 +622,16 @@ fn when_nobody_drains_the_shared_queue_spans_stay_in_the_bounded_instance_queue(
     assert_eq!(plugin.counter("telemetry_spans_dropped_total"), Some(3));
     assert_eq!(plugin.counter("telemetry_spans_exported_total"), Some(8));
 }
+
+#[test]
+fn a_non_utf8_traceparent_starts_a_new_trace_instead_of_trapping() {
+    let plugin = load(tracing(json!({})));
+    let mut ex = plugin
+        .request()
+        .path("/x")
+        .header_bytes("traceparent", b"00-\xff\xfe-bad-01");
+    assert!(ex.send_request().is_continue(), "the plugin must not trap");
+    let sent = ex.request_header("traceparent").expect("a new traceparent");
+    assert!(sent.starts_with("00-") && sent.len() == 55, "{sent}");
+    assert!(!plugin.is_broken());
+}

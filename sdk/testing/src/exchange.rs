@@ -120,6 +120,7 @@ pub struct Exchange<'p> {
     authority: String,
     scheme: String,
     headers: Vec<(String, String)>,
+    raw_headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
     trailers: Vec<(String, String)>,
     attributes: Arc<RequestAttributes>,
@@ -137,6 +138,7 @@ impl<'p> Exchange<'p> {
             authority: "example.com".into(),
             scheme: "http".into(),
             headers: Vec::new(),
+            raw_headers: Vec::new(),
             body: Vec::new(),
             trailers: Vec::new(),
             attributes: Arc::new(RequestAttributes {
@@ -177,6 +179,14 @@ impl<'p> Exchange<'p> {
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers
             .push((name.to_ascii_lowercase(), value.to_owned()));
+        self
+    }
+
+    /// Adds a request header whose value is arbitrary bytes (e.g. not UTF-8, as a hostile
+    /// client may send): a plugin must not trap on it.
+    pub fn header_bytes(mut self, name: &str, value: &[u8]) -> Self {
+        self.raw_headers
+            .push((name.to_ascii_lowercase(), value.to_vec()));
         self
     }
 
@@ -274,6 +284,9 @@ impl<'p> Exchange<'p> {
         headers.add(":path", self.path.as_bytes());
         for (k, v) in &self.headers {
             headers.add(k, v.as_bytes());
+        }
+        for (k, v) in &self.raw_headers {
+            headers.add(k, v);
         }
         let has_body = !self.body.is_empty();
         let has_trailers = !self.trailers.is_empty();
