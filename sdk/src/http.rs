@@ -30,7 +30,8 @@ pub fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+            b'%' if i + 2 < bytes.len() => match (hex_digit(bytes[i + 1]), hex_digit(bytes[i + 2]))
+            {
                 (Some(h), Some(l)) => {
                     out.push(h << 4 | l);
                     i += 2;
@@ -44,13 +45,21 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn hex(b: u8) -> Option<u8> {
+/// The value of a hexadecimal digit.
+pub fn hex_digit(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
+}
+
+/// True for an HTTP token (RFC 9110 `tchar`s): what a header name must be.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The value of cookie `name` in a `Cookie` header value.
@@ -125,6 +134,16 @@ mod tests {
         let h = vec![("Content-Type".to_owned(), "text/plain".to_owned())];
         assert_eq!(header(&h, "content-type"), Some("text/plain"));
         assert_eq!(header(&h, "accept"), None);
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(is_token("x-request-id"));
+        assert!(is_token("A!#$%&'*+-.^_`|~9"));
+        assert!(!is_token(""));
+        assert!(!is_token("a b"));
+        assert!(!is_token("a:b"));
+        assert!(!is_token("é"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!
 //! - [`config`]: typed `on_configure` parsing whose errors name the bad field
 //!   (`rules[2].action: unknown variant "alow"`), logged for the operator;
+//! - [`host`]: header and callout reads that cannot trap on non-UTF-8 input;
 //! - [`http`]: paths, query parameters, cookies, bearer tokens, case-insensitive header lookup;
 //! - [`properties`]: Envoy attribute paths (`source.address`, `request.path`, …) decoded to
 //!   strings and integers;
@@ -13,11 +14,12 @@
 //! - [`metrics`]: counters, gauges and histograms defined once by name (labels in the name);
 //! - [`reply`]: JSON local replies with a reason header.
 //!
-//! Functions that call the host (`properties`, `reply`, `metrics`, [`config::log_error`]) only
+//! Functions that call the host (`host`, `properties`, `reply`, `metrics`, [`config::log_error`]) only
 //! do something inside a proxy; the rest is pure and unit-testable natively. Test the whole
 //! plugin with the `weft-plugin-test` harness, which runs its real `.wasm` in Weft's host.
 
 pub mod config;
+pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod properties;

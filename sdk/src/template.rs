@@ -111,21 +111,11 @@ impl Template {
 
 /// Resolves a variable through the host.
 pub fn host_value(var: &Var) -> Option<String> {
-    use proxy_wasm::types::MapType;
+    // Bytes, converted lossily: a non-UTF-8 header value must not trap the plugin.
+    let lossy = |v: Vec<u8>| String::from_utf8_lossy(&v).into_owned();
     match var {
-        // Bytes, converted lossily: a non-UTF-8 header value must not trap the plugin.
-        Var::RequestHeader(h) => {
-            proxy_wasm::hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, h)
-                .ok()
-                .flatten()
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
-        }
-        Var::ResponseHeader(h) => {
-            proxy_wasm::hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, h)
-                .ok()
-                .flatten()
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
-        }
+        Var::RequestHeader(h) => crate::host::request_header_bytes(h).map(lossy),
+        Var::ResponseHeader(h) => crate::host::response_header_bytes(h).map(lossy),
         Var::Property(p) => crate::properties::get_string(p),
     }
 }

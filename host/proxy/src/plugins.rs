@@ -467,6 +467,7 @@ fn write_custom_metrics(out: &mut String, metrics: Vec<Arc<weft_wasm::shared::Me
         Vec<(String, Arc<weft_wasm::shared::Metric>)>,
     );
     let mut families: Vec<Family> = Vec::new();
+    let mut index: HashMap<(String, u8), usize> = HashMap::new();
     for m in metrics {
         let mut parts = m.name.split(';');
         let base = sanitize(parts.next().unwrap_or_default());
@@ -485,12 +486,13 @@ fn write_custom_metrics(out: &mut String, metrics: Vec<Arc<weft_wasm::shared::Me
             }
             let _ = write!(labels, ",{k}=\"{}\"", escape_label(v));
         }
-        match families
-            .iter_mut()
-            .find(|(f, kind, _)| *f == family && *kind == m.kind)
-        {
-            Some((_, _, series)) => series.push((labels, m)),
-            None => families.push((family, m.kind, vec![(labels, m)])),
+        // Indexed: a plugin may define thousands of labelled series (one per label set).
+        match index.get(&(family.clone(), m.kind as u8)) {
+            Some(&i) => families[i].2.push((labels, m)),
+            None => {
+                index.insert((family.clone(), m.kind as u8), families.len());
+                families.push((family, m.kind, vec![(labels, m)]));
+            }
         }
     }
     for (family, kind, series) in families {

@@ -1024,11 +1024,7 @@ fn compile_ext_authz(x: &ExtAuthzSpec) -> Result<ExtAuthz, ConfigError> {
 
 /// An HTTP header name: a non-empty token, not a pseudo-header.
 fn check_header_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 256
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let ok = name.len() <= 256 && weft_sdk::http::is_token(name);
     if ok {
         Ok(())
     } else {

@@ -553,7 +553,10 @@ pub fn normalize_path(raw: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'%'
             && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+            && let (Some(h), Some(l)) = (
+                weft_sdk::http::hex_digit(bytes[i + 1]),
+                weft_sdk::http::hex_digit(bytes[i + 2]),
+            )
         {
             let c = h << 4 | l;
             if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
@@ -592,15 +595,6 @@ pub fn normalize_path(raw: &str) -> String {
         out.push('/');
     }
     out
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

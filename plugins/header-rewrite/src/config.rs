@@ -273,31 +273,6 @@ fn bounded(field: &str, n: usize) -> Result<(), ConfigError> {
     }
 }
 
-/// True for an HTTP token (RFC 9110 `tchar`s).
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
-}
-
 /// A header name an operation may change: a token, not a pseudo-header, not hop-by-hop.
 /// Returned lower-case.
 fn header_name(name: &str) -> Result<String, ConfigError> {
@@ -309,7 +284,7 @@ fn header_name(name: &str) -> Result<String, ConfigError> {
             ),
         ));
     }
-    if !is_token(name) {
+    if !weft_sdk::http::is_token(name) {
         return Err(ConfigError::invalid(
             ".",
             format!("{name:?} is not a valid header name"),
@@ -331,7 +306,7 @@ fn condition_name(name: &str) -> Result<String, ConfigError> {
     if matches!(
         lower.as_str(),
         ":method" | ":path" | ":authority" | ":scheme"
-    ) || is_token(name)
+    ) || weft_sdk::http::is_token(name)
     {
         Ok(lower)
     } else {
@@ -454,7 +429,7 @@ impl RawWhen {
             .map_err(|e| e.within("path_regex"))?;
         let mut methods = Vec::with_capacity(self.methods.len());
         for (i, m) in self.methods.into_iter().enumerate() {
-            if !is_token(&m) {
+            if !weft_sdk::http::is_token(&m) {
                 return Err(ConfigError::invalid(
                     format!("methods[{i}]"),
                     format!("{m:?} is not a method"),

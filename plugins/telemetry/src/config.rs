@@ -496,11 +496,7 @@ fn compile_tracing(t: RawTracing) -> Result<Tracing, ConfigError> {
     for (name, value) in &t.headers.0 {
         let lower = name.to_ascii_lowercase();
         let reserved = lower.starts_with(':') || lower == "content-type" || lower == "host";
-        if name.is_empty()
-            || reserved
-            || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
-            || has_control(value)
-        {
+        if name.is_empty() || reserved || !weft_sdk::http::is_token(name) || has_control(value) {
             return Err(ConfigError::invalid(
                 format!("headers.{name}"),
                 "not a valid header (pseudo-headers, host and content-type are set by the plugin)",

@@ -243,10 +243,7 @@ impl Context for Root {
         _body: usize,
         _trailers: usize,
     ) {
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok());
+        let status = weft_sdk::host::call_response_status();
         let ok = matches!(status, Some(200..=299));
         if let Some(shared) = &self.shared
             && let Ok(mut s) = shared.try_borrow_mut()
@@ -389,7 +386,8 @@ impl HttpContext for Stream {
         if !wants_trace {
             return Action::Continue;
         }
-        let incoming = request_header(traceparent::HEADER).and_then(|v| traceparent::parse(&v));
+        let incoming = weft_sdk::host::request_header(traceparent::HEADER)
+            .and_then(|v| traceparent::parse(&v));
         let Ok(mut s) = self.shared.try_borrow_mut() else {
             return Action::Continue;
         };
@@ -676,15 +674,6 @@ impl Values {
             _ => template::host_value(var),
         }
     }
-}
-
-/// A request header as text; `None` when absent or not UTF-8 (read as bytes: the SDK's string
-/// getter panics on non-UTF-8 values, which any client can send).
-fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
-        .and_then(|v| String::from_utf8(v).ok())
 }
 
 fn now_ns() -> u64 {
