@@ -1,0 +1,702 @@
+//! proxy-wasm plugins in the proxy: loading them into handles that can be hot-swapped, the
+//! callouts they make to clusters, and per-plugin metrics.
+//!
+//! A [`PluginHandle`] is what a route's chain holds. It points at the current loaded version;
+//! a request takes that version once at its start and keeps it to the end, so a swap never
+//! tears a stream: in-flight streams finish on the old version, new streams use the new one.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Uri};
+use http_body_util::BodyExt;
+use weft_config::schema;
+use weft_wasm::{
+    Embedder, EngineOptions, FailurePolicy, HeaderList, HttpCallRequest, HttpCallResponse,
+    LoadError, LogLevel, Plugin, PluginLimits, PluginSpec, ReloadPolicy, WasmEngine,
+};
+
+use weft_body::ProxyBody;
+use weft_upstream::Cluster;
+
+/// Largest callout response body kept for a plugin.
+const MAX_CALLOUT_BODY: usize = 4 * 1024 * 1024;
+
+/// A loaded version of a plugin, or why it could not be loaded.
+#[derive(Debug)]
+pub enum PluginVersion {
+    /// Serving.
+    Loaded(Arc<Plugin>),
+    /// Never loaded (at startup): requests follow the plugin's failure policy.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// A plugin as routes see it: name, settings, and the current version.
+#[derive(Debug)]
+pub struct PluginHandle {
+    /// The plugin's name.
+    pub name: String,
+    /// Set when a route overrides the configuration (a separate root context).
+    pub variant: Option<String>,
+    /// Its configuration entry.
+    pub config: schema::Plugin,
+    /// The `.wasm` path, resolved against the configuration file's directory.
+    pub file: PathBuf,
+    /// The configuration bytes passed to `on_configure`.
+    pub configuration: Vec<u8>,
+    current: ArcSwap<PluginVersion>,
+    last_error: Mutex<Option<String>>,
+    /// Successful hot swaps.
+    pub swaps: AtomicU64,
+    /// Rejected new versions.
+    pub rejected_versions: AtomicU64,
+}
+
+impl PluginHandle {
+    /// The version new streams use.
+    pub fn current(&self) -> Arc<PluginVersion> {
+        self.current.load_full()
+    }
+
+    /// The failure policy.
+    pub fn policy(&self) -> FailurePolicy {
+        policy(self.config.failure_policy)
+    }
+
+    /// The last load or swap error.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok()?.clone()
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        if let Ok(mut l) = self.last_error.lock() {
+            *l = e;
+        }
+    }
+
+    /// A label for chains and metrics: `name` or `name[variant]`.
+    pub fn label(&self) -> String {
+        match &self.variant {
+            Some(v) => format!("{}[{v}]", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+fn policy(p: schema::FailurePolicy) -> FailurePolicy {
+    match p {
+        schema::FailurePolicy::FailClosed => FailurePolicy::FailClosed,
+        schema::FailurePolicy::FailOpen => FailurePolicy::FailOpen,
+        schema::FailurePolicy::Reload => FailurePolicy::Reload,
+    }
+}
+
+fn log_level(s: &str) -> LogLevel {
+    match s {
+        "trace" => LogLevel::Trace,
+        "debug" => LogLevel::Debug,
+        "warn" => LogLevel::Warn,
+        "error" => LogLevel::Error,
+        "critical" => LogLevel::Critical,
+        _ => LogLevel::Info,
+    }
+}
+
+/// A configuration value as plugin bytes: strings raw, anything else as JSON.
+pub fn config_bytes(v: &Option<serde_json::Value>) -> Vec<u8> {
+    match v {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::String(s)) => s.as_bytes().to_vec(),
+        Some(other) => other.to_string().into_bytes(),
+    }
+}
+
+/// Why a plugin could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The file could not be read.
+    #[error("plugins[{name}].file {file}: {error}")]
+    Read {
+        /// Plugin name.
+        name: String,
+        /// The path.
+        file: String,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The module was refused.
+    #[error("plugins[{name}] ({file}): {error}")]
+    Load {
+        /// Plugin name.
+        name: String,
+        /// The path.
+        file: String,
+        /// Why.
+        error: LoadError,
+    },
+    /// A listener or route names a plugin the configuration does not define.
+    #[error("unknown plugin `{name}`")]
+    Unknown {
+        /// The name.
+        name: String,
+    },
+}
+
+/// A plugin name and its configuration override, if any.
+type HandleKey = (String, Option<String>);
+
+/// All plugin handles of the process, the engine, and the embedder for callouts.
+pub struct PluginRegistry {
+    embedder: Arc<ProxyEmbedder>,
+    handles: Mutex<HashMap<HandleKey, Arc<PluginHandle>>>,
+}
+
+impl std::fmt::Debug for PluginRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRegistry").finish_non_exhaustive()
+    }
+}
+
+impl Default for PluginRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PluginRegistry {
+    /// A registry; the (process-wide) engine is created on first use.
+    pub fn new() -> PluginRegistry {
+        PluginRegistry {
+            embedder: Arc::new(ProxyEmbedder::default()),
+            handles: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Points callouts at a generation's clusters.
+    pub fn set_clusters(&self, clusters: Arc<Vec<Arc<Cluster>>>) {
+        self.embedder.clusters.store(clusters);
+    }
+
+    /// Every handle, sorted by label.
+    pub fn handles(&self) -> Vec<Arc<PluginHandle>> {
+        let mut v: Vec<_> = self
+            .handles
+            .lock()
+            .map(|h| h.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by_key(|h| h.label());
+        v
+    }
+
+    /// The handle for `plugin` with an optional configuration override. An unchanged handle
+    /// is reused; otherwise the module is loaded (off the async threads). With `strict`, a
+    /// failure is an error (a reload is refused); without it (startup), the handle records the
+    /// failure and requests follow the plugin's failure policy.
+    pub async fn resolve(
+        &self,
+        base_dir: &Path,
+        plugin: &schema::Plugin,
+        override_config: Option<&serde_json::Value>,
+        strict: bool,
+    ) -> Result<Arc<PluginHandle>, PluginError> {
+        let variant = override_config.map(|v| v.to_string());
+        let configuration = match override_config {
+            Some(v) => config_bytes(&Some(v.clone())),
+            None => config_bytes(&plugin.configuration),
+        };
+        let file = if is_builtin(Path::new(&plugin.file)) {
+            PathBuf::from(&plugin.file)
+        } else {
+            base_dir.join(&plugin.file)
+        };
+        let bytes = read_module(&file)
+            .await
+            .map_err(|error| PluginError::Read {
+                name: plugin.name.clone(),
+                file: file.display().to_string(),
+                error,
+            })?;
+        let key = (plugin.name.clone(), variant.clone());
+        if let Some(existing) = self.handles.lock().ok().and_then(|h| h.get(&key).cloned())
+            && existing.config == *plugin
+            && existing.file == file
+            && let PluginVersion::Loaded(p) = &*existing.current()
+            && p.sha256 == sha256_hex(&bytes)
+        {
+            return Ok(existing);
+        }
+        let spec = self.spec(plugin, &file, bytes, configuration.clone());
+        let version = match self.load(spec).await {
+            Ok(p) => PluginVersion::Loaded(p),
+            Err(error) => {
+                if strict {
+                    return Err(PluginError::Load {
+                        name: plugin.name.clone(),
+                        file: file.display().to_string(),
+                        error,
+                    });
+                }
+                tracing::error!(plugin = %plugin.name, file = %file.display(), "plugin failed to load; requests follow its failure policy: {error}");
+                PluginVersion::Failed {
+                    error: error.to_string(),
+                }
+            }
+        };
+        let error = match &version {
+            PluginVersion::Failed { error } => Some(error.clone()),
+            PluginVersion::Loaded(_) => None,
+        };
+        let handle = Arc::new(PluginHandle {
+            name: plugin.name.clone(),
+            variant,
+            config: plugin.clone(),
+            file,
+            configuration,
+            current: ArcSwap::from_pointee(version),
+            last_error: Mutex::new(error),
+            swaps: AtomicU64::new(0),
+            rejected_versions: AtomicU64::new(0),
+        });
+        if let Ok(mut h) = self.handles.lock() {
+            h.insert(key, handle.clone());
+        }
+        Ok(handle)
+    }
+
+    fn spec(
+        &self,
+        plugin: &schema::Plugin,
+        file: &Path,
+        wasm: Vec<u8>,
+        configuration: Vec<u8>,
+    ) -> PluginSpec {
+        let mut spec = PluginSpec::new(plugin.name.clone(), wasm);
+        spec.source = file.display().to_string();
+        spec.root_id = plugin.root_id.clone();
+        spec.vm_id = plugin.vm_id.clone().unwrap_or_else(|| plugin.name.clone());
+        spec.configuration = configuration;
+        spec.vm_configuration = config_bytes(&plugin.vm_configuration);
+        spec.env = plugin
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        spec.limits = PluginLimits {
+            cpu_deadline: plugin.cpu_deadline,
+            memory_bytes: plugin.max_memory_bytes,
+            max_body_bytes: plugin.max_body_bytes,
+        };
+        spec.failure_policy = policy(plugin.failure_policy);
+        spec.reload = ReloadPolicy {
+            backoff: plugin.reload_backoff,
+            max_failures: plugin.max_failures,
+            window: plugin.failure_window,
+        };
+        spec.instances = plugin.instances;
+        spec.log_level = log_level(&plugin.log_level);
+        spec
+    }
+
+    async fn load(&self, spec: PluginSpec) -> Result<Arc<Plugin>, LoadError> {
+        let engine = shared_engine()?;
+        let embedder: Arc<dyn Embedder> = self.embedder.clone();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            // Entering the runtime lets the plugin start its timer and queue driver.
+            let _guard = handle.enter();
+            Plugin::load(&engine, spec, embedder)
+        })
+        .await
+        .map_err(|e| LoadError::Start(format!("loader task failed: {e}")))?
+    }
+
+    /// Hot-swaps every handle of plugin `name` from its file: the new version is compiled,
+    /// started and configured (a canary) before it replaces the old one; a failure keeps the
+    /// old version serving and is reported. Returns the number of handles swapped.
+    pub async fn reload(&self, name: &str) -> Result<usize, PluginError> {
+        let handles: Vec<Arc<PluginHandle>> = self
+            .handles
+            .lock()
+            .map(|h| h.values().filter(|p| p.name == name).cloned().collect())
+            .unwrap_or_default();
+        let mut swapped = 0;
+        for handle in handles {
+            let bytes = read_module(&handle.file)
+                .await
+                .map_err(|error| PluginError::Read {
+                    name: name.to_owned(),
+                    file: handle.file.display().to_string(),
+                    error,
+                })?;
+            let spec = self.spec(
+                &handle.config,
+                &handle.file,
+                bytes,
+                handle.configuration.clone(),
+            );
+            match self.load(spec).await {
+                Ok(p) => {
+                    tracing::info!(plugin = %handle.label(), sha256 = %p.sha256, "plugin swapped");
+                    handle.current.store(Arc::new(PluginVersion::Loaded(p)));
+                    handle.swaps.fetch_add(1, Ordering::Relaxed);
+                    handle.set_error(None);
+                    swapped += 1;
+                }
+                Err(error) => {
+                    handle.rejected_versions.fetch_add(1, Ordering::Relaxed);
+                    let msg = error.to_string();
+                    tracing::error!(plugin = %handle.label(), "new plugin version rejected, the old one keeps serving: {msg}");
+                    handle.set_error(Some(msg));
+                    return Err(PluginError::Load {
+                        name: name.to_owned(),
+                        file: handle.file.display().to_string(),
+                        error,
+                    });
+                }
+            }
+        }
+        Ok(swapped)
+    }
+
+    /// Drops handles no generation uses any more.
+    pub fn retain(&self, used: &[Arc<PluginHandle>]) {
+        if let Ok(mut h) = self.handles.lock() {
+            h.retain(|_, v| used.iter().any(|u| Arc::ptr_eq(u, v)));
+        }
+    }
+
+    /// Prometheus text for plugin metrics (appended to `/metrics`).
+    pub fn encode_metrics(&self) -> String {
+        let mut out = String::new();
+        let handles = self.handles();
+        let series: [(&str, &str, &str); 9] = [
+            (
+                "weft_plugin_streams_total",
+                "counter",
+                "Streams a plugin served",
+            ),
+            ("weft_plugin_traps_total", "counter", "Plugin traps"),
+            (
+                "weft_plugin_deadlines_total",
+                "counter",
+                "Plugin callbacks that hit the CPU deadline",
+            ),
+            (
+                "weft_plugin_oom_total",
+                "counter",
+                "Plugin callbacks that hit the memory cap",
+            ),
+            (
+                "weft_plugin_skipped_total",
+                "counter",
+                "Requests that skipped a broken plugin (fail_open)",
+            ),
+            (
+                "weft_plugin_rejected_total",
+                "counter",
+                "Requests refused because a plugin failed",
+            ),
+            (
+                "weft_plugin_instances_replaced_total",
+                "counter",
+                "Plugin instances replaced (reload policy)",
+            ),
+            (
+                "weft_plugin_swaps_total",
+                "counter",
+                "Plugin versions hot-swapped in",
+            ),
+            (
+                "weft_plugin_healthy_instances",
+                "gauge",
+                "Healthy instances in a plugin's pool",
+            ),
+        ];
+        for (i, (name, kind, help)) in series.iter().enumerate() {
+            let family = name.strip_suffix("_total").unwrap_or(name);
+            let _ = writeln!(out, "# HELP {family} {help}.\n# TYPE {family} {kind}");
+            for h in &handles {
+                let label = h.label().replace('"', "'");
+                let value = match &*h.current() {
+                    PluginVersion::Loaded(p) => {
+                        let s = &p.stats;
+                        match i {
+                            0 => s.streams.load(Ordering::Relaxed),
+                            1 => s.traps.load(Ordering::Relaxed),
+                            2 => s.deadlines.load(Ordering::Relaxed),
+                            3 => s.out_of_memory.load(Ordering::Relaxed),
+                            4 => s.skipped.load(Ordering::Relaxed),
+                            5 => s.rejected.load(Ordering::Relaxed),
+                            6 => s.replaced.load(Ordering::Relaxed),
+                            7 => h.swaps.load(Ordering::Relaxed),
+                            _ => p.healthy_instances() as u64,
+                        }
+                    }
+                    PluginVersion::Failed { .. } => match i {
+                        7 => h.swaps.load(Ordering::Relaxed),
+                        _ => 0,
+                    },
+                };
+                let _ = writeln!(out, "{name}{{plugin=\"{label}\"}} {value}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP weft_wasm_shared_queue_dropped Items dropped from full plugin shared queues.\n# TYPE weft_wasm_shared_queue_dropped counter\nweft_wasm_shared_queue_dropped_total {}",
+            weft_wasm::shared::QUEUE_DROPS.load(Ordering::Relaxed)
+        );
+        write_custom_metrics(&mut out, weft_wasm::shared::all_metrics());
+        out
+    }
+}
+
+/// Plugin-defined metrics in Prometheus text. A name `base;k=v;k2=v2` (the SDK's label
+/// convention) becomes series `weft_wasmcustom_base{plugin="…",k="v",k2="v2"}`; series are
+/// grouped under one `# TYPE` line per family.
+fn write_custom_metrics(out: &mut String, metrics: Vec<Arc<weft_wasm::shared::Metric>>) {
+    use weft_wasm::types::MetricType;
+    /// Family name, kind, and its series as (labels, metric).
+    type Family = (
+        String,
+        MetricType,
+        Vec<(String, Arc<weft_wasm::shared::Metric>)>,
+    );
+    let mut families: Vec<Family> = Vec::new();
+    let mut index: HashMap<(String, u8), usize> = HashMap::new();
+    for m in metrics {
+        let mut parts = m.name.split(';');
+        let base = sanitize(parts.next().unwrap_or_default());
+        let mut family = format!("weft_wasmcustom_{base}");
+        if m.kind == MetricType::Counter
+            && let Some(stripped) = family.strip_suffix("_total")
+        {
+            family = stripped.to_owned();
+        }
+        let mut labels = format!("plugin=\"{}\"", escape_label(&m.plugin));
+        for part in parts {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            let k = sanitize(k);
+            if k.is_empty() || k == "plugin" || k == "le" {
+                continue;
+            }
+            let _ = write!(labels, ",{k}=\"{}\"", escape_label(v));
+        }
+        // Indexed: a plugin may define thousands of labelled series (one per label set).
+        match index.get(&(family.clone(), m.kind as u8)) {
+            Some(&i) => families[i].2.push((labels, m)),
+            None => {
+                index.insert((family.clone(), m.kind as u8), families.len());
+                families.push((family, m.kind, vec![(labels, m)]));
+            }
+        }
+    }
+    for (family, kind, series) in families {
+        match kind {
+            MetricType::Counter => {
+                let _ = writeln!(out, "# TYPE {family} counter");
+                for (labels, m) in series {
+                    let _ = writeln!(out, "{family}_total{{{labels}}} {}", m.value());
+                }
+            }
+            MetricType::Gauge => {
+                let _ = writeln!(out, "# TYPE {family} gauge");
+                for (labels, m) in series {
+                    let _ = writeln!(out, "{family}{{{labels}}} {}", m.value());
+                }
+            }
+            MetricType::Histogram => {
+                let _ = writeln!(out, "# TYPE {family} histogram");
+                for (labels, m) in series {
+                    for (bound, count) in weft_wasm::shared::HISTOGRAM_BOUNDS
+                        .iter()
+                        .zip(m.cumulative_buckets())
+                    {
+                        let _ = writeln!(out, "{family}_bucket{{{labels},le=\"{bound}\"}} {count}");
+                    }
+                    let _ = writeln!(out, "{family}_bucket{{{labels},le=\"+Inf\"}} {}", m.count());
+                    let _ = writeln!(out, "{family}_sum{{{labels}}} {}", m.value());
+                    let _ = writeln!(out, "{family}_count{{{labels}}} {}", m.count());
+                }
+            }
+        }
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// Lower-case hex sha256, as `Plugin::sha256`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One engine per process.
+fn shared_engine() -> Result<WasmEngine, LoadError> {
+    static ENGINE: std::sync::OnceLock<Result<WasmEngine, LoadError>> = std::sync::OnceLock::new();
+    ENGINE
+        .get_or_init(|| WasmEngine::new(EngineOptions::default()))
+        .clone()
+}
+
+/// Callouts from plugins go to the live generation's clusters.
+#[derive(Debug, Default)]
+pub struct ProxyEmbedder {
+    clusters: ArcSwap<Vec<Arc<Cluster>>>,
+}
+
+impl Embedder for ProxyEmbedder {
+    fn has_cluster(&self, cluster: &str) -> bool {
+        self.clusters.load().iter().any(|c| *c.name == *cluster)
+    }
+
+    fn http_call(
+        &self,
+        call: HttpCallRequest,
+    ) -> Pin<Box<dyn Future<Output = Option<HttpCallResponse>> + Send>> {
+        let cluster = self
+            .clusters
+            .load()
+            .iter()
+            .find(|c| *c.name == *call.cluster)
+            .cloned();
+        Box::pin(async move {
+            let cluster = cluster?;
+            let timeout = if call.timeout.is_zero() {
+                Duration::from_secs(10)
+            } else {
+                call.timeout
+            };
+            tokio::time::timeout(timeout, callout(&cluster, call))
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+}
+
+async fn callout(cluster: &Cluster, call: HttpCallRequest) -> Option<HttpCallResponse> {
+    let endpoint = cluster.endpoints().pick(None).cloned()?;
+    let method = call.headers.get(":method").unwrap_or(b"GET");
+    let path = String::from_utf8_lossy(call.headers.get(":path").unwrap_or(b"/")).into_owned();
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint.authority.clone())
+        .path_and_query(path)
+        .build()
+        .ok()?;
+    let mut req = Request::builder()
+        .method(http::Method::from_bytes(method).ok()?)
+        .uri(uri)
+        .body(ProxyBody::full(call.body))
+        .ok()?;
+    for (k, v) in &call.headers.0 {
+        let name = if k == ":authority" {
+            http::header::HOST
+        } else if k.starts_with(':') {
+            continue;
+        } else {
+            HeaderName::from_bytes(k.as_bytes()).ok()?
+        };
+        req.headers_mut()
+            .append(name, HeaderValue::from_bytes(v).ok()?);
+    }
+    let resp = cluster.client.request(req).await.ok()?;
+    let (parts, body) = resp.into_parts();
+    let mut headers = HeaderList::default();
+    headers.add(":status", parts.status.as_str().as_bytes());
+    for (k, v) in &parts.headers {
+        headers.add(k.as_str(), v.as_bytes());
+    }
+    let collected = http_body_util::Limited::new(body, MAX_CALLOUT_BODY)
+        .collect()
+        .await
+        .ok()?;
+    let mut trailers = HeaderList::default();
+    if let Some(t) = collected.trailers() {
+        for (k, v) in t {
+            trailers.add(k.as_str(), v.as_bytes());
+        }
+    }
+    let body: Bytes = collected.to_bytes();
+    Some(HttpCallResponse {
+        headers,
+        body: body.to_vec(),
+        trailers,
+    })
+}
+
+/// How a configuration names a module embedded in the binary: `file: builtin:<name>`.
+pub const BUILTIN_PREFIX: &str = "builtin:";
+
+static BUILTINS: std::sync::OnceLock<std::sync::Mutex<HashMap<String, &'static [u8]>>> =
+    std::sync::OnceLock::new();
+
+/// Makes modules embedded in the binary available as `file: builtin:<name>` (the `weft` binary
+/// registers the shipped plugins at start).
+pub fn register_builtin_plugins(modules: &[(&str, &'static [u8])]) {
+    let map = BUILTINS.get_or_init(|| std::sync::Mutex::new(HashMap::new()));
+    if let Ok(mut map) = map.lock() {
+        for (name, bytes) in modules {
+            map.insert((*name).to_owned(), *bytes);
+        }
+    }
+}
+
+/// True when `file` names an embedded module.
+pub fn is_builtin(file: &Path) -> bool {
+    file.to_str().is_some_and(|f| f.starts_with(BUILTIN_PREFIX))
+}
+
+/// A module's bytes: an embedded one for `builtin:<name>`, else the file's.
+async fn read_module(file: &Path) -> std::io::Result<Vec<u8>> {
+    let Some(name) = file.to_str().and_then(|f| f.strip_prefix(BUILTIN_PREFIX)) else {
+        return tokio::fs::read(file).await;
+    };
+    let map = BUILTINS.get_or_init(|| std::sync::Mutex::new(HashMap::new()));
+    let map = map
+        .lock()
+        .map_err(|_| std::io::Error::other("builtin plugin registry poisoned"))?;
+    match map.get(name) {
+        Some(bytes) => Ok(bytes.to_vec()),
+        None => {
+            let mut known: Vec<&str> = map.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "no builtin plugin `{name}` in this binary (builtins: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ))
+        }
+    }
+}

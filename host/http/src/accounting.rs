@@ -1,0 +1,200 @@
+//! Accounting for a request once it is over: status-class counters, in-flight gauges, the
+//! endpoint's statistics, the plugins' `on_log`, and the access-log entry. It runs when the
+//! response body ends, or when the request is dropped before a response existed (`DC`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use weft_body::OnComplete;
+use weft_observe::access_log::{self, Entry};
+use weft_observe::flags;
+use weft_observe::metrics::{ClusterMetrics, ListenerMetrics, RouteMetrics, class_index};
+use weft_upstream::Endpoint;
+
+use crate::conn::{Activity, ConnCtx, Shared};
+use crate::phases::wasm::WasmExchange;
+
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Everything needed to account for a request once its response body is done.
+pub struct Completion {
+    start: Instant,
+    /// The access-log entry being filled in (`None`: the access log is off).
+    pub entry: Option<Entry>,
+    /// The downstream response status (0: none was sent).
+    pub status: u16,
+    /// The Envoy response flag.
+    pub flag: &'static str,
+    listener: Arc<ListenerMetrics>,
+    /// The route's metric handles, once routed.
+    pub route: Option<Arc<RouteMetrics>>,
+    /// The cluster's metric handles, once forwarded.
+    pub cluster: Option<Arc<ClusterMetrics>>,
+    /// The endpoint of the try in flight (its `active` count is owned here).
+    pub endpoint: Option<Arc<Endpoint>>,
+    /// Request body bytes received.
+    pub request_bytes: Arc<AtomicU64>,
+    activity: Arc<Activity>,
+    shared: Arc<Shared>,
+    /// The proxy-wasm exchange, finished (`on_log`, `on_done`) before the access log.
+    pub wasm: Option<WasmExchange>,
+    /// The cluster's circuit-breaker slot, held until the response ends.
+    pub permit: Option<weft_upstream::breaker::Admitted>,
+    /// Set once accounted for (by the response body's end, or by drop).
+    accounted: bool,
+}
+
+impl OnComplete for Completion {
+    fn complete(mut self: Box<Self>, bytes: u64, errored: bool) {
+        self.account(bytes, errored);
+    }
+}
+
+impl Drop for Completion {
+    /// A request whose handler was dropped before its response existed (the client went away
+    /// while Weft waited on the upstream, a backoff, a fault delay or a breaker queue) is still
+    /// accounted for: in-flight counters come back down, and it is logged with `DC`.
+    fn drop(&mut self) {
+        if !self.accounted {
+            if self.flag == flags::NONE {
+                self.flag = flags::DOWNSTREAM_CONNECTION_TERMINATION;
+            }
+            self.account(0, true);
+        }
+    }
+}
+
+impl Completion {
+    fn account(&mut self, bytes: u64, errored: bool) {
+        if self.accounted {
+            return;
+        }
+        self.accounted = true;
+        // Plugins log first (`on_log`, `on_done`, `on_delete`), as in Envoy.
+        if let Some(w) = self.wasm.take() {
+            w.finish();
+        }
+        let elapsed = self.start.elapsed();
+        // Status 0: the client left before any response (`DC`): no status class to count.
+        if self.status != 0 {
+            let class = class_index(self.status);
+            self.listener.rq[class].inc();
+            if let Some(r) = &self.route {
+                r.rq[class].inc();
+            }
+        }
+        self.listener.rq_time.observe(elapsed.as_secs_f64());
+        if let Some(c) = &self.cluster {
+            c.rq_active.dec();
+        }
+        if let Some(e) = &self.endpoint {
+            e.active.fetch_sub(1, Ordering::Relaxed);
+            if errored || self.status >= 500 {
+                e.rq_error.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if self.flag != flags::NONE {
+            self.listener.flag(self.flag);
+        }
+        if let Some(mut entry) = self.entry.take() {
+            entry.status = Some(self.status);
+            entry.response_flags = self.flag;
+            entry.duration_ms = elapsed.as_secs_f64() * 1000.0;
+            entry.bytes_received = self.request_bytes.load(Ordering::Relaxed);
+            entry.bytes_sent = bytes;
+            if errored && entry.details.is_none() {
+                entry.details = Some("downstream or upstream stream ended early".to_owned());
+            }
+            self.shared.access_log.log(entry);
+        }
+        self.activity.end();
+    }
+}
+
+
+/// A fresh completion for `req` on `conn`, counted on `listener`.
+pub fn completion(
+    conn: &ConnCtx,
+    start: Instant,
+    listener: Arc<ListenerMetrics>,
+    listener_name: Option<&Arc<str>>,
+    req: &Request<Incoming>,
+) -> Box<Completion> {
+    let entry = conn.shared.access_log.enabled().then(|| Entry {
+        start_time: access_log::rfc3339(SystemTime::now()),
+        listener: listener_name
+            .cloned()
+            .unwrap_or_else(|| conn.listener.name().clone()),
+        protocol: if conn.h2 {
+            "HTTP/2"
+        } else {
+            version_name(req.version())
+        },
+        method: Some(req.method().as_str().to_owned()),
+        authority: authority_of(req).map(str::to_owned),
+        path: Some(
+            req.uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned()),
+        ),
+        downstream_remote_address: conn.peer.to_string(),
+        request_id: header_str(req.headers(), &X_REQUEST_ID).map(str::to_owned),
+        user_agent: header_str(req.headers(), &header::USER_AGENT).map(str::to_owned),
+        response_flags: flags::NONE,
+        connection_security_policy: Some(
+            conn.security
+                .as_ref()
+                .map_or(crate::security::policy::NONE, |s| s.policy()),
+        ),
+        downstream_peer_uri_san: conn
+            .security
+            .as_ref()
+            .and_then(|s| s.peer.as_ref())
+            .map(|p| p.uri_san.clone()),
+        ..Entry::default()
+    });
+    Box::new(Completion {
+        start,
+        entry,
+        status: 0,
+        flag: flags::NONE,
+        listener,
+        route: None,
+        cluster: None,
+        endpoint: None,
+        request_bytes: Arc::new(AtomicU64::new(0)),
+        activity: conn.activity.clone(),
+        shared: conn.shared.clone(),
+        wasm: None,
+        permit: None,
+        accounted: false,
+    })
+}
+
+fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The request's authority: the URI's (absolute-form or HTTP/2 `:authority`), else Host.
+pub(crate) fn authority_of(req: &Request<Incoming>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| header_str(req.headers(), &header::HOST))
+}
+

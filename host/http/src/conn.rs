@@ -1,0 +1,107 @@
+//! A downstream connection as the HTTP layer sees it: addresses, security, the listener it
+//! belongs to, and its activity (for the idle timeout).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::HeaderValue;
+use tokio::time::Instant;
+use weft_framing::GuardHandle;
+use weft_observe::AccessLog;
+use weft_observe::metrics::ListenerMetrics;
+
+use crate::listener::HttpListener;
+use crate::security::ConnSecurity;
+
+/// Requests in flight on a connection and when the last one ended, for the idle timeout.
+#[derive(Debug)]
+pub struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    last_end_ms: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn end(&self) {
+        self.last_end_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// How long the connection has been without a request in flight (zero while busy).
+    pub fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// Where a connection finds the listener configuration of the live generation; the
+/// transport's listener slot implements it. Each request reads it once, at its start.
+pub trait ListenerSource: Send + Sync + 'static {
+    /// The listener's name.
+    fn name(&self) -> &Arc<str>;
+    /// The listener's HTTP configuration now (`None`: the listener is no longer HTTP).
+    fn http(&self) -> Option<Arc<HttpListener>>;
+    /// The listener's metrics now.
+    fn metrics(&self) -> Arc<ListenerMetrics>;
+}
+
+/// What every connection shares: the access log.
+#[derive(Debug)]
+pub struct Shared {
+    /// The access log.
+    pub access_log: AccessLog,
+}
+
+/// What a request handler knows about its connection.
+pub struct ConnCtx {
+    /// The downstream peer's address.
+    pub peer: SocketAddr,
+    /// Our address on the connection.
+    pub local: SocketAddr,
+    /// The listener it was accepted on.
+    pub listener: Arc<dyn ListenerSource>,
+    /// What every connection shares.
+    pub shared: Arc<Shared>,
+    /// Requests in flight, for the idle timeout.
+    pub activity: Arc<Activity>,
+    /// The HTTP/1 framing guard (`None` on HTTP/2).
+    pub guard: Option<GuardHandle>,
+    /// HTTP/2.
+    pub h2: bool,
+    /// Process-wide connection id (`connection.id`).
+    pub id: u64,
+    /// The peer's IP as a header value (for `x-forwarded-for`).
+    pub peer_ip: HeaderValue,
+    /// TLS and the verified peer identity (`None`: plaintext).
+    pub security: Option<Arc<ConnSecurity>>,
+}
+
+/// Process-wide connection ids (`connection.id`).
+pub fn next_connection_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// `peer`'s IP as a header value.
+pub fn peer_ip_value(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+

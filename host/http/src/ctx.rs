@@ -1,0 +1,70 @@
+//! The per-request context every phase reads and writes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::request;
+use hyper::upgrade::OnUpgrade;
+use weft_body::ProxyBody;
+use weft_routing::{RequestView, Route, split_host_port};
+
+use crate::accounting::Completion;
+use crate::conn::ConnCtx;
+use crate::listener::{HttpListener, RouteState};
+
+/// One request on its way through the chains. The head and body are the request as it will
+/// go upstream (phases change them in place); `completion` is what gets accounted for at the
+/// end, whatever happens.
+pub struct RequestCtx<'a> {
+    /// The connection.
+    pub conn: &'a Arc<ConnCtx>,
+    /// The listener's configuration, as of the request's start.
+    pub listener: &'a HttpListener,
+    /// The route, once routing matched.
+    pub route: Option<&'a Route>,
+    /// The route's compiled state, once routing matched.
+    pub state: Option<&'a RouteState>,
+    /// The request head.
+    pub head: request::Parts,
+    /// The request body.
+    pub body: ProxyBody,
+    /// The request's authority (`:authority` or `Host`), as received.
+    pub authority: String,
+    /// Accounting: status, flag, access-log entry, metric handles.
+    pub completion: Box<Completion>,
+    /// An HTTP/1.1 `Upgrade` request.
+    pub is_upgrade: bool,
+    /// The downstream half of an upgrade, until it is spliced.
+    pub upgrade: Option<OnUpgrade>,
+    /// The upstream answered 101 and the connections were spliced.
+    pub upgraded: bool,
+    /// The cluster and endpoint that answered (for plugins' `upstream.*` properties).
+    pub upstream: Option<(Arc<str>, SocketAddr)>,
+}
+
+impl RequestCtx<'_> {
+    /// The request's host, without the port.
+    pub fn host(&self) -> &str {
+        split_host_port(&self.authority).0
+    }
+
+    /// The request as the route matchers see it.
+    pub fn view(&self) -> RequestView<'_> {
+        RequestView {
+            host: self.host(),
+            path: self.head.uri.path(),
+            query: self.head.uri.query(),
+            method: &self.head.method,
+            headers: &self.head.headers,
+        }
+    }
+
+    /// `https` on a TLS connection, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.conn.security.as_ref().is_some_and(|s| s.tls) {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! One try of an upstream request to one endpoint, and how it ended.
+
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Error as ClientError;
+use tokio::time::Instant;
+use weft_body::ProxyBody;
+use weft_upstream::Cluster;
+
+use super::retry::TryOutcome;
+
+/// How one try to an endpoint ended, before any retry decision.
+pub(crate) enum Tried {
+    /// Response headers arrived.
+    Response(http::Response<Incoming>),
+    /// The try failed before response headers.
+    Failed(TryOutcome, ClientError),
+    /// The per-try or route deadline passed.
+    TimedOut,
+}
+
+impl Tried {
+    /// What the retry policy and outlier detection see of it.
+    pub(crate) fn outcome(&self) -> TryOutcome {
+        match self {
+            Tried::Response(r) => {
+                let grpc = r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                TryOutcome::Status(r.status().as_u16(), grpc)
+            }
+            Tried::Failed(o, _) => *o,
+            Tried::TimedOut => TryOutcome::PerTryTimeout,
+        }
+    }
+}
+
+/// Sends `req` through `cluster`'s pool, bounded by `deadline`.
+pub(crate) async fn send(
+    cluster: &Cluster,
+    req: http::Request<ProxyBody>,
+    deadline: Option<Instant>,
+) -> Tried {
+    let call = cluster.client.request(req);
+    match deadline {
+        Some(d) => match tokio::time::timeout_at(d, call).await {
+            Ok(Ok(r)) => Tried::Response(r),
+            Ok(Err(e)) => Tried::Failed(classify(&e), e),
+            Err(_) => Tried::TimedOut,
+        },
+        None => match call.await {
+            Ok(r) => Tried::Response(r),
+            Err(e) => Tried::Failed(classify(&e), e),
+        },
+    }
+}
+
+/// A connect failure, an HTTP/2 `REFUSED_STREAM` (read from the h2 error code, the stream was
+/// never processed: always safe to retry), or another reset.
+pub(crate) fn classify(e: &ClientError) -> TryOutcome {
+    if e.is_connect() {
+        TryOutcome::ConnectFailure
+    } else if h2_reason(e) == Some(h2::Reason::REFUSED_STREAM) {
+        TryOutcome::RefusedStream
+    } else {
+        TryOutcome::Reset
+    }
+}
+
+/// The HTTP/2 error code anywhere in `e`'s source chain.
+fn h2_reason(e: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason();
+        }
+        source = s.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapped(h2::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn the_h2_reason_is_read_from_the_source_chain_not_the_text() {
+        let refused = Wrapped(h2::Error::from(h2::Reason::REFUSED_STREAM));
+        assert_eq!(h2_reason(&refused), Some(h2::Reason::REFUSED_STREAM));
+        let cancel = Wrapped(h2::Error::from(h2::Reason::CANCEL));
+        assert_eq!(h2_reason(&cancel), Some(h2::Reason::CANCEL));
+        // Text that merely mentions the code is not a refused stream.
+        let text = std::io::Error::other("peer said REFUSED_STREAM");
+        assert_eq!(h2_reason(&text), None);
+    }
+}

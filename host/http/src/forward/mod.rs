@@ -1,0 +1,495 @@
+//! Phase `weft.forward` (terminal): sends the request to the route's cluster.
+//!
+//! The steps, each in its own module: pick the cluster (weighted) and pass its circuit breaker
+//! (here); [`prepare`] the upstream head; buffer the body when retries or mirrors need it
+//! ([`retry::RequestBody`]); fire the [`mirror`]s; then the retry loop (here), each try one
+//! [`attempt`] to one endpoint; finally an HTTP [`upgrade`] is spliced, or the response head is
+//! cleaned of hop-by-hop headers and handed back to the response hooks.
+//!
+//! Failures before response headers end the request with Envoy's local replies and response
+//! flags (`UH`, `UO`, `UF`, `UR`, `UT`, with `URX` when retries were exhausted).
+
+pub(crate) mod attempt;
+pub mod mirror;
+pub(crate) mod prepare;
+pub mod retry;
+mod upgrade;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, StatusCode, Uri, Version, response};
+use hyper::body::Incoming;
+use weft_body::ProxyBody;
+use weft_observe::flags;
+use weft_observe::metrics::class_index;
+use weft_routing::{Action, Forward};
+use weft_upstream::outlier::Observation;
+use weft_upstream::{Cluster, Endpoint};
+
+use crate::ctx::RequestCtx;
+use crate::phase::{Flow, LocalReply, Phase};
+use attempt::Tried;
+use mirror::Mirror;
+use retry::{RequestBody, RetryConfig, TryOutcome};
+
+pub use prepare::strip_hop_by_hop;
+
+/// Forwards to the route's cluster, with the route's retry policy and mirrors.
+#[derive(Debug, Default)]
+pub struct ForwardPhase {
+    /// Retry policy.
+    pub retry: Option<RetryConfig>,
+    /// Shadow clusters.
+    pub mirrors: Vec<Mirror>,
+}
+
+/// The parts of an upstream request that every try repeats.
+struct Upstream {
+    method: http::Method,
+    headers: HeaderMap,
+    version: Version,
+    path: PathAndQuery,
+}
+
+impl Phase for ForwardPhase {
+    fn name(&self) -> String {
+        "weft.forward".to_owned()
+    }
+
+    async fn request<'a>(&'a self, ctx: &mut RequestCtx<'a>) -> Flow {
+        let Some(Action::Forward(forward)) = ctx.route.map(|r| &r.action) else {
+            return Flow::Continue;
+        };
+        match self.forward(ctx, forward).await {
+            Ok((head, body)) => Flow::Respond(head, body),
+            Err(reply) => Flow::Reply(reply),
+        }
+    }
+}
+
+fn unavailable(body: &str, flag: &'static str) -> LocalReply {
+    LocalReply::text(StatusCode::SERVICE_UNAVAILABLE, body, flag)
+}
+
+impl ForwardPhase {
+    async fn forward<'a>(
+        &'a self,
+        ctx: &mut RequestCtx<'a>,
+        forward: &'a Forward,
+    ) -> Result<(response::Parts, ProxyBody), LocalReply> {
+        let listener = ctx.listener;
+        let Some(cluster) = forward
+            .pick_cluster(fastrand::u64(..))
+            .and_then(|i| listener.clusters.get(i))
+        else {
+            return Err(unavailable(
+                "no healthy upstream",
+                flags::NO_HEALTHY_UPSTREAM,
+            ));
+        };
+        if let Some(e) = ctx.completion.entry.as_mut() {
+            e.upstream_cluster = Some(cluster.name.clone());
+        }
+        let hash = prepare::request_hash(&forward.hash_policy, &ctx.head.headers, ctx.conn.peer);
+        admit(ctx, cluster, forward.timeout).await?;
+
+        // The upstream request head.
+        prepare::prepare_upstream_headers(&mut ctx.head.headers, ctx.conn, listener, ctx.is_upgrade);
+        if let Some(e) = ctx.completion.entry.as_mut()
+            && e.request_id.is_none()
+        {
+            e.request_id = crate::accounting::header_str(
+                &ctx.head.headers,
+                &crate::accounting::X_REQUEST_ID,
+            )
+            .map(str::to_owned);
+        }
+        let host_value = match &forward.host_rewrite {
+            Some(h) => Some(h.clone()),
+            None => HeaderValue::from_str(&ctx.authority).ok(),
+        };
+        if let Some(h) = host_value {
+            ctx.head.headers.insert(header::HOST, h);
+        }
+        let path = match forward.rewrite.apply(ctx.head.uri.path()) {
+            Some(p) => match ctx.head.uri.query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p,
+            },
+            None => ctx
+                .head
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
+        };
+        let Ok(path) = PathAndQuery::try_from(path) else {
+            return Err(LocalReply::text(
+                StatusCode::BAD_REQUEST,
+                "invalid request path",
+                flags::NONE,
+            ));
+        };
+        let version = match cluster.config.protocol {
+            weft_config::schema::UpstreamProtocol::Http1 => Version::HTTP_11,
+            weft_config::schema::UpstreamProtocol::Http2 => Version::HTTP_2,
+        };
+
+        // Retries and mirrors need the body whole (when it is small enough to keep).
+        let retry = self.retry.as_ref().filter(|_| !ctx.is_upgrade);
+        let mirrors = if ctx.is_upgrade {
+            &[][..]
+        } else {
+            self.mirrors.as_slice()
+        };
+        let body = std::mem::replace(&mut ctx.body, ProxyBody::empty());
+        let body = if retry.is_some() || !mirrors.is_empty() {
+            let limit = retry.map_or(64 * 1024, |r| r.buffer_limit);
+            buffer_body(body, limit, forward.timeout).await?
+        } else {
+            RequestBody::Stream(body)
+        };
+        if !mirrors.is_empty() {
+            let copy = mirror::Copy {
+                method: &ctx.head.method,
+                headers: &ctx.head.headers,
+                authority: &ctx.authority,
+                path: &path,
+                body: match &body {
+                    RequestBody::Replay(b) => Some(b),
+                    RequestBody::Stream(_) => None,
+                },
+                timeout: forward.timeout,
+            };
+            for m in mirrors {
+                mirror::send(m, &copy);
+            }
+        }
+        let upstream = Upstream {
+            method: ctx.head.method.clone(),
+            headers: std::mem::take(&mut ctx.head.headers),
+            version,
+            path,
+        };
+        let (resp, endpoint) =
+            send_with_retries(ctx, upstream, body, cluster, hash, forward.timeout, retry).await?;
+        ctx.upstream = Some((cluster.name.clone(), endpoint.addr));
+        Ok(self.downstream_response(ctx, resp))
+    }
+
+    /// The upstream's response head made fit for the downstream hop; an upgrade is spliced.
+    fn downstream_response(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        mut resp: http::Response<Incoming>,
+    ) -> (response::Parts, ProxyBody) {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(down) = ctx.upgrade.take()
+        {
+            upgrade::splice(down, &mut resp, ctx.conn.guard.as_ref());
+            ctx.upgraded = true;
+            let (mut parts, _) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers, true);
+            return (parts, ProxyBody::empty());
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        parts.version = Version::HTTP_11;
+        (parts, ProxyBody::incoming(body))
+    }
+}
+
+/// Circuit breakers: requests in flight, and connections (a request may wait in the bounded
+/// pending queue, within the route timeout). The slot is held to the response's end.
+async fn admit(
+    ctx: &mut RequestCtx<'_>,
+    cluster: &Cluster,
+    timeout: Option<Duration>,
+) -> Result<(), LocalReply> {
+    let admission = cluster.resilience.breaker.admit();
+    let admitted = match timeout {
+        Some(t) => match tokio::time::timeout(t, admission).await {
+            Ok(a) => a,
+            Err(_) => {
+                return Err(LocalReply::text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    flags::UPSTREAM_TIMEOUT,
+                ));
+            }
+        },
+        None => admission.await,
+    };
+    match admitted {
+        Ok(permit) => {
+            ctx.completion.permit = Some(permit);
+            Ok(())
+        }
+        Err(overflow) => {
+            let m = &cluster.resilience.metrics;
+            match overflow {
+                weft_upstream::breaker::Overflow::Requests => m.overflow_requests.inc(),
+                weft_upstream::breaker::Overflow::Pending => m.overflow_pending.inc(),
+            };
+            Err(unavailable(
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                flags::UPSTREAM_OVERFLOW,
+            )
+            .with_header(
+                HeaderName::from_static("x-envoy-overloaded"),
+                HeaderValue::from_static("true"),
+            ))
+        }
+    }
+}
+
+/// Reads the request body whole (up to `limit`, within `timeout`) for replays.
+async fn buffer_body(
+    body: ProxyBody,
+    limit: usize,
+    timeout: Option<Duration>,
+) -> Result<RequestBody, LocalReply> {
+    let buffered = RequestBody::buffer(body, limit);
+    let buffered = match timeout {
+        Some(t) => match tokio::time::timeout(t, buffered).await {
+            Ok(b) => b,
+            Err(_) => {
+                return Err(LocalReply::text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body timeout",
+                    flags::NONE,
+                ));
+            }
+        },
+        None => buffered.await,
+    };
+    buffered.map_err(|e| {
+        tracing::debug!(error = %e, "downstream request body failed");
+        LocalReply::text(
+            StatusCode::BAD_REQUEST,
+            "downstream request body could not be read",
+            flags::NONE,
+        )
+    })
+}
+
+/// The retry loop: tries endpoints until one answers with a response the policy accepts, the
+/// retries or the budget run out, or the route deadline passes.
+async fn send_with_retries(
+    ctx: &mut RequestCtx<'_>,
+    mut upstream: Upstream,
+    body: RequestBody,
+    cluster: &Arc<Cluster>,
+    hash: Option<u64>,
+    timeout: Option<Duration>,
+    retry: Option<&RetryConfig>,
+) -> Result<(http::Response<Incoming>, Arc<Endpoint>), LocalReply> {
+    let c = &mut ctx.completion;
+    cluster.metrics.rq_active.inc();
+    c.cluster = Some(cluster.metrics.clone());
+    let rm = &cluster.resilience.metrics;
+    // A timeout too large to add to the clock (a configuration of centuries) means none.
+    let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
+    let max_retries = retry.map_or(0, |r| r.num_retries);
+    let mut body = Some(body);
+    let mut attempt: u32 = 0;
+    let mut tried_endpoints: Vec<usize> = Vec::new();
+    let mut retry_permit: Option<weft_upstream::breaker::Permit> = None;
+    loop {
+        // An owned snapshot: it is held across the upstream call.
+        let set = arc_swap::Guard::into_inner(cluster.endpoints());
+        let Some((index, endpoint)) = cluster.pick_endpoint(&set, hash, attempt, &tried_endpoints)
+        else {
+            return Err(unavailable(
+                "no healthy upstream",
+                flags::NO_HEALTHY_UPSTREAM,
+            ));
+        };
+        if let Some(e) = c.entry.as_mut() {
+            e.upstream_host = Some(endpoint.addr.to_string());
+            e.upstream_request_attempt_count = Some(attempt + 1);
+        }
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(endpoint.authority.clone())
+            .path_and_query(upstream.path.clone())
+            .build();
+        let Ok(uri) = uri else {
+            return Err(LocalReply::text(
+                StatusCode::BAD_REQUEST,
+                "invalid request path",
+                flags::NONE,
+            ));
+        };
+        let try_body = match body.take() {
+            Some(RequestBody::Replay(b)) => {
+                let copy = ProxyBody::full(b.clone());
+                body = Some(RequestBody::Replay(b));
+                copy
+            }
+            Some(RequestBody::Stream(s)) => s,
+            None => ProxyBody::empty(),
+        };
+        let mut req = Request::new(try_body);
+        *req.method_mut() = upstream.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = upstream.version;
+        *req.headers_mut() = if attempt < max_retries {
+            upstream.headers.clone()
+        } else {
+            // The last possible try (the only one without a retry policy) takes them.
+            std::mem::take(&mut upstream.headers)
+        };
+        if retry.is_some() {
+            req.headers_mut().insert(
+                HeaderName::from_static(retry::ATTEMPT_COUNT_HEADER),
+                HeaderValue::from(attempt + 1),
+            );
+        }
+
+        endpoint.active.fetch_add(1, Ordering::Relaxed);
+        endpoint.rq_total.fetch_add(1, Ordering::Relaxed);
+        // From here the completion owns this try's `active` count (even if the request is
+        // dropped while waiting on the upstream).
+        c.endpoint = Some(endpoint.clone());
+        let now = tokio::time::Instant::now();
+        let per_try = retry
+            .and_then(|r| r.per_try_timeout)
+            .and_then(|t| now.checked_add(t))
+            .filter(|p| deadline.is_none_or(|d| *p < d));
+        let tried = attempt::send(cluster, req, per_try.or(deadline)).await;
+        let upstream_time = now.elapsed();
+        cluster.metrics.rq_time.observe(upstream_time.as_secs_f64());
+        if let Some(e) = c.entry.as_mut() {
+            e.upstream_service_time_ms = Some(upstream_time.as_secs_f64() * 1000.0);
+        }
+        drop(retry_permit.take());
+        let outcome = tried.outcome();
+        cluster.observe(
+            &set,
+            &endpoint,
+            match outcome {
+                TryOutcome::Status(s, _) => Observation::Status(s),
+                _ => Observation::LocalFailure,
+            },
+        );
+        let out_of_time = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        let mut again = retry.is_some_and(|r| r.retries(outcome))
+            && attempt < max_retries
+            && body.as_ref().is_some_and(RequestBody::replayable)
+            && !out_of_time;
+        if again {
+            match cluster.resilience.breaker.try_retry() {
+                Ok(p) => retry_permit = Some(p),
+                Err(denied) => {
+                    let counter = match denied {
+                        weft_upstream::breaker::RetryDenied::Budget => &rm.retry_overflow_budget,
+                        weft_upstream::breaker::RetryDenied::CircuitBreaker => {
+                            &rm.retry_overflow_breaker
+                        }
+                    };
+                    counter.inc();
+                    again = false;
+                }
+            }
+        }
+        if again {
+            // This try is over: account for it and go again, elsewhere if possible.
+            c.endpoint = None;
+            endpoint.active.fetch_sub(1, Ordering::Relaxed);
+            endpoint.rq_error.fetch_add(1, Ordering::Relaxed);
+            count_failed_try(cluster, &endpoint, &tried, outcome);
+            drop(tried);
+            attempt += 1;
+            tried_endpoints.push(index);
+            rm.retry.inc();
+            if let Some(r) = retry {
+                let pause = retry::backoff(attempt, r.base, r.max, fastrand::f64());
+                let wake = tokio::time::Instant::now().checked_add(pause);
+                match (deadline, wake) {
+                    (Some(d), Some(w)) => tokio::time::sleep_until(d.min(w)).await,
+                    (Some(d), None) => tokio::time::sleep_until(d).await,
+                    (None, _) => tokio::time::sleep(pause).await,
+                }
+            }
+            continue;
+        }
+        let failed = !matches!(outcome, TryOutcome::Status(s, _) if s < 500);
+        let exhausted = attempt > 0
+            && attempt >= max_retries
+            && failed
+            && retry.is_some_and(|r| r.retries(outcome));
+        if attempt > 0 && !failed {
+            rm.retry_success.inc();
+        }
+        if exhausted {
+            rm.retry_limit_exceeded.inc();
+        }
+        let urx = |flag: &'static str| {
+            if exhausted {
+                flags::with_retry_limit(flag)
+            } else {
+                flag
+            }
+        };
+        return match tried {
+            Tried::Response(r) => {
+                if exhausted {
+                    c.flag = flags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+                }
+                cluster.metrics.rq[class_index(r.status().as_u16())].inc();
+                Ok((r, endpoint))
+            }
+            Tried::TimedOut => {
+                cluster.metrics.rq_timeout.inc();
+                cluster.metrics.rq[4].inc();
+                Err(LocalReply::text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    urx(flags::UPSTREAM_TIMEOUT),
+                ))
+            }
+            Tried::Failed(o, e) => {
+                cluster.metrics.rq[4].inc();
+                if o == TryOutcome::ConnectFailure {
+                    cluster.metrics.cx_connect_fail.inc();
+                    endpoint.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream connect failure");
+                    Err(unavailable(
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                        urx(flags::UPSTREAM_CONNECT_FAILURE),
+                    ))
+                } else {
+                    tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream reset");
+                    Err(unavailable(
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                        urx(flags::UPSTREAM_RESET),
+                    ))
+                }
+            }
+        };
+    }
+}
+
+/// Counts a try that will be retried.
+fn count_failed_try(cluster: &Cluster, endpoint: &Endpoint, tried: &Tried, outcome: TryOutcome) {
+    match tried {
+        Tried::Response(r) => {
+            cluster.metrics.rq[class_index(r.status().as_u16())].inc();
+        }
+        Tried::Failed(..) => {
+            cluster.metrics.rq[4].inc();
+            if matches!(outcome, TryOutcome::ConnectFailure) {
+                cluster.metrics.cx_connect_fail.inc();
+                endpoint.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Tried::TimedOut => {
+            cluster.metrics.rq_timeout.inc();
+            cluster.metrics.rq[4].inc();
+        }
+    }
+}

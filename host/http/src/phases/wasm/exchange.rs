@@ -1,0 +1,927 @@
+//! Running a route's proxy-wasm chain on one request: headers (with pause and callouts),
+//! bodies (streamed through each plugin, or buffered when a plugin pauses), trailers, and the
+//! final `on_log` / `on_done` / `on_delete`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, request, response};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use weft_wasm::{Action, Failure, FailurePolicy, HeaderList, LocalResponse, Properties, Stream};
+
+use weft_body::{BodyFilter, BoxError, ProxyBody};
+use weft_extensions::{PluginHandle, PluginVersion};
+
+use crate::phase::LocalReply;
+
+/// Attributes of one request, for `proxy_get_property`, with Envoy's names and encodings.
+/// Captured cheaply (shared `Uri`, `Method` and header values) and encoded on demand.
+pub struct RequestProperties {
+    method: http::Method,
+    uri: http::Uri,
+    authority: String,
+    peer: SocketAddr,
+    local: SocketAddr,
+    route: Arc<str>,
+    connection_id: u64,
+    h2: bool,
+    time_ns: u64,
+    request_id: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    size: Option<u64>,
+    dynamic: Mutex<Vec<(&'static str, Vec<u8>)>>,
+    security: Option<Arc<crate::security::ConnSecurity>>,
+}
+
+impl RequestProperties {
+    /// Captures the request's attributes.
+    pub fn new(
+        head: &request::Parts,
+        authority: &str,
+        peer: SocketAddr,
+        local: SocketAddr,
+        route: Arc<str>,
+        connection_id: u64,
+        h2: bool,
+    ) -> RequestProperties {
+        RequestProperties {
+            method: head.method.clone(),
+            uri: head.uri.clone(),
+            authority: authority.to_owned(),
+            peer,
+            local,
+            route,
+            connection_id,
+            h2,
+            time_ns: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64,
+            request_id: head.headers.get("x-request-id").cloned(),
+            user_agent: head.headers.get(header::USER_AGENT).cloned(),
+            referer: head.headers.get(header::REFERER).cloned(),
+            size: head
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            dynamic: Mutex::new(Vec::new()),
+            security: None,
+        }
+    }
+
+    /// Adds the connection's TLS facts (`connection.mtls`, `source.principal`, …).
+    pub fn with_security(mut self, security: Option<Arc<crate::security::ConnSecurity>>) -> Self {
+        self.security = security;
+        self
+    }
+
+    /// Records a value known later (`response.code`, `upstream.address`).
+    pub fn set(&self, key: &'static str, value: Vec<u8>) {
+        if let Ok(mut d) = self.dynamic.lock() {
+            d.retain(|(k, _)| *k != key);
+            d.push((key, value));
+        }
+    }
+}
+
+impl Properties for RequestProperties {
+    fn get(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let s = |v: &str| Some(v.as_bytes().to_vec());
+        let n = |v: u64| Some(v.to_le_bytes().to_vec());
+        let h = |v: &Option<HeaderValue>| v.as_ref().map(|v| v.as_bytes().to_vec());
+        match path {
+            ["request", "path"] => s(self.uri.path_and_query().map_or("/", |p| p.as_str())),
+            ["request", "url_path"] => s(self.uri.path()),
+            ["request", "host"] => s(&self.authority),
+            ["request", "scheme"] => s(if self.security.as_ref().is_some_and(|c| c.tls) {
+                "https"
+            } else {
+                "http"
+            }),
+            ["request", "method"] => s(self.method.as_str()),
+            ["request", "query"] => s(self.uri.query().unwrap_or("")),
+            ["request", "protocol"] => s(if self.h2 { "HTTP/2" } else { "HTTP/1.1" }),
+            ["request", "time"] => n(self.time_ns),
+            ["request", "id"] => h(&self.request_id),
+            ["request", "useragent"] => h(&self.user_agent),
+            ["request", "referer"] => h(&self.referer),
+            ["request", "size"] => self.size.and_then(n),
+            ["source", "address"] => s(&self.peer.to_string()),
+            ["source", "port"] => n(u64::from(self.peer.port())),
+            ["destination", "address"] => s(&self.local.to_string()),
+            ["destination", "port"] => n(u64::from(self.local.port())),
+            ["connection", "id"] => n(self.connection_id),
+            ["connection", "mtls"] => Some(vec![u8::from(
+                self.security.as_ref().is_some_and(|c| c.mtls()),
+            )]),
+            ["connection", "tls_version"] => self.security.as_ref()?.version.and_then(s),
+            ["connection", "requested_server_name"] => {
+                s(self.security.as_ref()?.sni.as_deref().unwrap_or(""))
+            }
+            ["connection", "uri_san_local_certificate"] => {
+                s(self.security.as_ref()?.local_uri.as_deref()?)
+            }
+            ["connection", "uri_san_peer_certificate"] | ["source", "principal"] => {
+                s(&self.security.as_ref()?.peer.as_ref()?.uri_san)
+            }
+            ["connection", "subject_peer_certificate"] => {
+                s(&self.security.as_ref()?.peer.as_ref()?.subject)
+            }
+            ["connection", "sha256_peer_certificate_digest"] => {
+                s(&self.security.as_ref()?.peer.as_ref()?.hash_hex)
+            }
+            ["xds", "route_name"] | ["route_name"] => s(&self.route),
+            _ => {
+                let key = path.join(".");
+                let d = self.dynamic.lock().ok()?;
+                d.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+            }
+        }
+    }
+}
+
+/// One plugin's stream for this request.
+struct Stage {
+    handle: Arc<PluginHandle>,
+    stream: Arc<Mutex<Stream>>,
+    policy: FailurePolicy,
+    skipped: bool,
+}
+
+/// What the chain decided.
+pub enum Outcome {
+    /// Go on.
+    Continue,
+    /// Answer with this instead.
+    Reply(LocalReply),
+}
+
+/// The chain's streams for one request.
+pub struct WasmExchange {
+    stages: Vec<Stage>,
+    properties: Arc<RequestProperties>,
+}
+
+fn reply_from(local: LocalResponse) -> LocalReply {
+    let mut headers = HeaderMap::new();
+    for (k, v) in &local.headers.0 {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    // As Envoy: a body without a declared type is text.
+    if !local.body.is_empty() && !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    LocalReply {
+        status: StatusCode::from_u16(local.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        headers,
+        body: Bytes::from(local.body),
+        details: if local.details.is_empty() {
+            "wasm_local_reply".to_owned()
+        } else {
+            local.details
+        },
+        flag: None,
+    }
+}
+
+fn failure_reply(label: &str, failure: &Failure) -> LocalReply {
+    LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        headers: HeaderMap::new(),
+        body: Bytes::from_static(b"plugin failure\n"),
+        details: format!("plugin {label}: {failure}"),
+        flag: None,
+    }
+}
+
+fn lock(stream: &Arc<Mutex<Stream>>) -> std::sync::MutexGuard<'_, Stream> {
+    match stream.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Request headers as plugins see them: pseudo-headers first, `host` folded into `:authority`.
+fn request_list(head: &request::Parts, authority: &str) -> HeaderList {
+    let mut list = HeaderList::default();
+    list.add(":method", head.method.as_str().as_bytes());
+    list.add(":scheme", b"http");
+    list.add(":authority", authority.as_bytes());
+    list.add(
+        ":path",
+        head.uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes(),
+    );
+    for (k, v) in &head.headers {
+        if k != header::HOST {
+            list.add(k.as_str(), v.as_bytes());
+        }
+    }
+    list
+}
+
+/// Writes plugin-edited request headers back.
+fn apply_request_list(head: &mut request::Parts, list: &HeaderList) {
+    let mut headers = HeaderMap::with_capacity(list.0.len());
+    for (k, v) in &list.0 {
+        match k.as_str() {
+            ":method" => {
+                if let Ok(m) = http::Method::from_bytes(v) {
+                    head.method = m;
+                }
+            }
+            ":path" => {
+                if let Ok(pq) = http::uri::PathAndQuery::try_from(v.as_slice()) {
+                    let mut parts = head.uri.clone().into_parts();
+                    parts.path_and_query = Some(pq);
+                    if let Ok(u) = http::Uri::from_parts(parts) {
+                        head.uri = u;
+                    }
+                }
+            }
+            ":authority" => {
+                if let Ok(v) = HeaderValue::from_bytes(v) {
+                    headers.insert(header::HOST, v);
+                }
+            }
+            k if k.starts_with(':') => {}
+            k => {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_bytes(v),
+                ) {
+                    headers.append(n, v);
+                }
+            }
+        }
+    }
+    head.headers = headers;
+}
+
+fn response_list(head: &response::Parts) -> HeaderList {
+    let mut list = HeaderList::default();
+    list.add(":status", head.status.as_str().as_bytes());
+    for (k, v) in &head.headers {
+        list.add(k.as_str(), v.as_bytes());
+    }
+    list
+}
+
+fn apply_response_list(head: &mut response::Parts, list: &HeaderList) {
+    let mut headers = HeaderMap::with_capacity(list.0.len());
+    for (k, v) in &list.0 {
+        if k == ":status" {
+            if let Some(s) = std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok())
+                && let Ok(status) = StatusCode::from_u16(s)
+            {
+                head.status = status;
+            }
+        } else if !k.starts_with(':')
+            && let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_bytes(v),
+            )
+        {
+            headers.append(n, v);
+        }
+    }
+    head.headers = headers;
+}
+
+fn map_to_list(map: &HeaderMap) -> HeaderList {
+    let mut list = HeaderList::default();
+    for (k, v) in map {
+        list.add(k.as_str(), v.as_bytes());
+    }
+    list
+}
+
+fn list_to_map(list: &HeaderList) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in &list.0 {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_bytes(v),
+        ) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+impl WasmExchange {
+    /// Creates a stream context in every plugin of `chain`, applying failure policies to
+    /// plugins that cannot serve.
+    pub fn start(
+        chain: &[Arc<PluginHandle>],
+        properties: Arc<RequestProperties>,
+    ) -> Result<WasmExchange, LocalReply> {
+        let mut stages = Vec::with_capacity(chain.len());
+        for handle in chain {
+            let policy = handle.policy();
+            let started = match &*handle.current() {
+                PluginVersion::Loaded(plugin) => Stream::new(plugin, properties.clone()),
+                PluginVersion::Failed { error } => {
+                    Err(Failure::Unavailable(format!("not loaded: {error}")))
+                }
+            };
+            match started {
+                Ok(stream) => stages.push(Stage {
+                    handle: handle.clone(),
+                    stream: Arc::new(Mutex::new(stream)),
+                    policy,
+                    skipped: false,
+                }),
+                Err(f) => {
+                    count(handle, policy);
+                    if policy != FailurePolicy::FailOpen {
+                        return Err(failure_reply(&handle.label(), &f));
+                    }
+                }
+            }
+        }
+        Ok(WasmExchange { stages, properties })
+    }
+
+    /// The request's attributes (to record the response code and upstream later).
+    pub fn properties(&self) -> &RequestProperties {
+        &self.properties
+    }
+
+    /// Applies the failure policy of stage `i`; `Err` is the reply for fail-closed.
+    fn failed(&mut self, i: usize, failure: &Failure) -> Result<(), LocalReply> {
+        let stage = &mut self.stages[i];
+        stage.skipped = true;
+        count(&stage.handle, stage.policy);
+        if stage.policy == FailurePolicy::FailOpen {
+            Ok(())
+        } else {
+            Err(failure_reply(&stage.handle.label(), failure))
+        }
+    }
+
+    /// Runs `on_request_headers` through the chain, handling pauses (callouts, body
+    /// buffering). `body` may be replaced by a buffered one.
+    pub async fn request_headers(
+        &mut self,
+        head: &mut request::Parts,
+        authority: &str,
+        body: &mut ProxyBody,
+        max_body: usize,
+    ) -> Outcome {
+        let mut list = request_list(head, authority);
+        let mut modified = false;
+        let mut buffered: Option<Bytes> = None;
+        for i in 0..self.stages.len() {
+            if self.stages[i].skipped {
+                continue;
+            }
+            let end_of_stream = buffered.is_none() && http_body::Body::is_end_stream(body);
+            let action = {
+                let mut s = lock(&self.stages[i].stream);
+                s.data().request_headers = std::mem::take(&mut list);
+                let r = s.on_request_headers(end_of_stream);
+                list = std::mem::take(&mut s.data().request_headers);
+                r
+            };
+            let action = match action {
+                Ok(a) => a,
+                Err(f) => match self.failed(i, &f) {
+                    Ok(()) => continue,
+                    Err(r) => return Outcome::Reply(r),
+                },
+            };
+            let paused = action == Action::Pause;
+            if paused {
+                lock(&self.stages[i].stream).data().request_headers = list.clone();
+            }
+            let settled = self.settle(i, action).await;
+            {
+                let mut s = lock(&self.stages[i].stream);
+                // Callbacks after a pause (callout responses) may have edited the headers.
+                if paused && !self.stages[i].skipped {
+                    list = s.data().request_headers.clone();
+                }
+                modified |= std::mem::take(&mut s.data().headers_modified);
+                // Keep a copy for `on_log`, which may read the request headers.
+                s.data().request_headers = list.clone();
+            }
+            match settled {
+                Settled::Reply(r) => return Outcome::Reply(r),
+                Settled::Continue => {}
+                Settled::Stalled => {
+                    // Paused with nothing pending: the plugin waits for the body (Envoy's
+                    // StopIteration). Buffer it (bounded) and deliver it whole to every plugin.
+                    let whole = match buffer_body(body, max_body).await {
+                        Ok(b) => b,
+                        Err(reply) => return Outcome::Reply(reply),
+                    };
+                    let out = match self.request_body_whole(whole) {
+                        Ok(b) => b,
+                        Err(r) => return Outcome::Reply(r),
+                    };
+                    // A plugin may edit headers while it holds the body.
+                    list = lock(&self.stages[i].stream).data().request_headers.clone();
+                    modified = true;
+                    buffered = Some(out);
+                }
+            }
+        }
+        if modified {
+            apply_request_list(head, &list);
+        }
+        if let Some(b) = buffered {
+            head.headers.remove(header::TRANSFER_ENCODING);
+            head.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+            *body = ProxyBody::full(b);
+        }
+        Outcome::Continue
+    }
+
+    /// After a pausing callback: runs callouts and their responses until the plugin resumes,
+    /// replies, or has nothing left to wait for.
+    async fn settle(&mut self, i: usize, mut action: Action) -> Settled {
+        loop {
+            let (effects, calls) = {
+                let mut s = lock(&self.stages[i].stream);
+                (s.take_effects(), s.take_calls())
+            };
+            if let Some(local) = effects.local_response {
+                return Settled::Reply(reply_from(local));
+            }
+            if effects.close {
+                return Settled::Reply(LocalReply {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    headers: HeaderMap::new(),
+                    body: Bytes::new(),
+                    details: format!("plugin {} closed the stream", self.stages[i].handle.label()),
+                    flag: None,
+                });
+            }
+            if effects.resume_request || effects.resume_response {
+                action = Action::Continue;
+            }
+            if action == Action::Continue && calls.is_empty() {
+                return Settled::Continue;
+            }
+            if calls.is_empty() {
+                return Settled::Stalled;
+            }
+            let plugin = lock(&self.stages[i].stream).plugin().clone();
+            for call in calls {
+                let response = plugin_call(&plugin, &call).await;
+                let r = lock(&self.stages[i].stream).on_http_call_response(&call, response);
+                if let Err(f) = r {
+                    return match self.failed(i, &f) {
+                        Ok(()) => Settled::Continue,
+                        Err(reply) => Settled::Reply(reply),
+                    };
+                }
+            }
+            if action == Action::Continue {
+                // Callouts fired by a plugin that did not pause: responses are delivered, the
+                // request never waited for them beyond this point.
+                continue;
+            }
+        }
+    }
+
+    fn request_body_whole(&mut self, whole: Bytes) -> Result<Bytes, LocalReply> {
+        let mut data = whole.to_vec();
+        for i in 0..self.stages.len() {
+            if self.stages[i].skipped {
+                continue;
+            }
+            let r = {
+                let mut s = lock(&self.stages[i].stream);
+                s.data().request_body = std::mem::take(&mut data);
+                let r = s.on_request_body(true);
+                data = std::mem::take(&mut s.data().request_body);
+                r
+            };
+            if let Err(f) = r {
+                self.failed(i, &f)?;
+            }
+            let effects = lock(&self.stages[i].stream).take_effects();
+            if let Some(local) = effects.local_response {
+                return Err(reply_from(local));
+            }
+        }
+        Ok(Bytes::from(data))
+    }
+
+    /// A body filter that streams request body frames through the chain.
+    pub fn request_body_pipeline(&self) -> Pipeline {
+        Pipeline::new(&self.stages, Direction::Request)
+    }
+
+    /// Runs `on_response_headers` in reverse order; then, unless the response has no body,
+    /// holds the headers until the first body bytes have passed every plugin, so that a plugin
+    /// that buffers and rewrites the body gets a correct Content-Length (Envoy keeps the old
+    /// one). Returns the body to send.
+    pub async fn response(
+        &mut self,
+        head: &mut response::Parts,
+        body: ProxyBody,
+        max_body: usize,
+    ) -> Result<ProxyBody, LocalReply> {
+        self.properties.set(
+            "response.code",
+            u64::from(head.status.as_u16()).to_le_bytes().to_vec(),
+        );
+        let mut list = response_list(head);
+        let mut modified = false;
+        let end_of_stream = http_body::Body::is_end_stream(&body);
+        let mut whole_body: Option<Bytes> = None;
+        let mut body = body;
+        for i in (0..self.stages.len()).rev() {
+            if self.stages[i].skipped {
+                continue;
+            }
+            let action = {
+                let mut s = lock(&self.stages[i].stream);
+                s.data().response_headers = std::mem::take(&mut list);
+                let r = s.on_response_headers(end_of_stream);
+                list = std::mem::take(&mut s.data().response_headers);
+                r
+            };
+            let action = match action {
+                Ok(a) => a,
+                Err(f) => {
+                    self.failed(i, &f)?;
+                    continue;
+                }
+            };
+            let paused = action == Action::Pause;
+            if paused {
+                lock(&self.stages[i].stream).data().response_headers = list.clone();
+            }
+            let settled = self.settle(i, action).await;
+            {
+                let mut s = lock(&self.stages[i].stream);
+                if paused && !self.stages[i].skipped {
+                    list = s.data().response_headers.clone();
+                }
+                modified |= std::mem::take(&mut s.data().headers_modified);
+                s.data().response_headers = list.clone();
+            }
+            match settled {
+                Settled::Reply(r) => return Err(r),
+                Settled::Continue => {}
+                Settled::Stalled if whole_body.is_none() => {
+                    let whole = buffer_body(&mut body, max_body).await.map_err(|mut r| {
+                        r.status = StatusCode::INTERNAL_SERVER_ERROR;
+                        r
+                    })?;
+                    whole_body = Some(whole);
+                }
+                Settled::Stalled => {}
+            }
+        }
+        if modified {
+            apply_response_list(head, &list);
+        }
+        let mut pipeline = Pipeline::new(&self.stages, Direction::Response);
+        if let Some(whole) = whole_body {
+            let out = pipeline.push(whole, true).map_err(|e| e.reply())?;
+            head.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+            return Ok(ProxyBody::full(out));
+        }
+        if end_of_stream || pipeline.is_empty() {
+            return Ok(body);
+        }
+        // Hold the headers until the first bytes pass (or the plugins buffer it all).
+        let mut prefix: VecDeque<Frame<Bytes>> = VecDeque::new();
+        let mut seen = 0usize;
+        let mut emitted = 0usize;
+        let mut ended = false;
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        seen += data.len();
+                        let eos = http_body::Body::is_end_stream(&body);
+                        let out = pipeline.push(data, eos).map_err(|e| e.reply())?;
+                        emitted += out.len();
+                        if !out.is_empty() {
+                            prefix.push_back(Frame::data(out));
+                        }
+                        if eos {
+                            ended = true;
+                            break;
+                        }
+                        if emitted > 0 {
+                            break;
+                        }
+                        if seen > max_body {
+                            return Err(LocalReply {
+                                status: StatusCode::INTERNAL_SERVER_ERROR,
+                                headers: HeaderMap::new(),
+                                body: Bytes::from_static(
+                                    b"response body too large for a plugin buffer\n",
+                                ),
+                                details: "wasm_buffer_overflow".into(),
+                                flag: None,
+                            });
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            let (out, trailers) =
+                                pipeline.trailers(trailers).map_err(|e| e.reply())?;
+                            emitted += out.len();
+                            if !out.is_empty() {
+                                prefix.push_back(Frame::data(out));
+                            }
+                            prefix.push_back(Frame::trailers(trailers));
+                        }
+                        ended = true;
+                        break;
+                    }
+                },
+                Some(Err(_)) => {
+                    return Err(LocalReply {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        headers: HeaderMap::new(),
+                        body: Bytes::from_static(b"upstream reset\n"),
+                        details: "upstream_reset_while_buffering".into(),
+                        flag: None,
+                    });
+                }
+                None => {
+                    let out = pipeline.push(Bytes::new(), true).map_err(|e| e.reply())?;
+                    emitted += out.len();
+                    if !out.is_empty() {
+                        prefix.push_back(Frame::data(out));
+                    }
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if ended {
+            head.headers.remove(header::TRANSFER_ENCODING);
+            head.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(emitted));
+            return Ok(ProxyBody::frames(prefix));
+        }
+        if emitted != seen {
+            // Already rewritten and still streaming: the length is no longer known.
+            head.headers.remove(header::CONTENT_LENGTH);
+        }
+        Ok(ProxyBody::piped(prefix, body, Box::new(pipeline)))
+    }
+
+    /// `on_log`, `on_done`, `on_delete` for every plugin, in chain order.
+    pub fn finish(&self) {
+        for stage in &self.stages {
+            lock(&stage.stream).finish();
+        }
+    }
+}
+
+fn count(handle: &PluginHandle, policy: FailurePolicy) {
+    if let PluginVersion::Loaded(p) = &*handle.current() {
+        let c = if policy == FailurePolicy::FailOpen {
+            &p.stats.skipped
+        } else {
+            &p.stats.rejected
+        };
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn plugin_call(
+    plugin: &Arc<weft_wasm::Plugin>,
+    call: &weft_wasm::HttpCallRequest,
+) -> Option<weft_wasm::HttpCallResponse> {
+    plugin.embedder().http_call(call.clone()).await
+}
+
+enum Settled {
+    Continue,
+    Stalled,
+    Reply(LocalReply),
+}
+
+/// Reads the whole body, refusing more than `max` bytes with 413.
+async fn buffer_body(body: &mut ProxyBody, max: usize) -> Result<Bytes, LocalReply> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| LocalReply {
+            status: StatusCode::BAD_REQUEST,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            details: format!("body read failed: {e}"),
+            flag: None,
+        })?;
+        if let Ok(data) = frame.into_data() {
+            out.extend_from_slice(&data);
+            if out.len() > max {
+                return Err(LocalReply {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    headers: HeaderMap::new(),
+                    body: Bytes::from_static(b"Payload Too Large"),
+                    details: "wasm_buffer_overflow".into(),
+                    flag: None,
+                });
+            }
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Which body a pipeline filters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Request body, chain order.
+    Request,
+    /// Response body, reverse order.
+    Response,
+}
+
+struct PipeStage {
+    label: String,
+    stream: Arc<Mutex<Stream>>,
+    policy: FailurePolicy,
+    held: Vec<u8>,
+    disabled: bool,
+}
+
+/// Streams body frames through each plugin's body callback; a plugin that returns Pause holds
+/// the bytes (they are released when it continues or the stream ends).
+pub struct Pipeline {
+    stages: Vec<PipeStage>,
+    direction: Direction,
+    ended: bool,
+}
+
+/// A plugin failed or replied in the middle of a body.
+pub struct PipelineError(LocalReply);
+
+impl PipelineError {
+    fn reply(self) -> LocalReply {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for PipelineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.details)
+    }
+}
+
+impl std::fmt::Display for PipelineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.details)
+    }
+}
+
+impl std::error::Error for PipelineError {}
+
+impl Pipeline {
+    fn new(stages: &[Stage], direction: Direction) -> Pipeline {
+        let mut v: Vec<PipeStage> = stages
+            .iter()
+            .filter(|s| !s.skipped)
+            .map(|s| PipeStage {
+                label: s.handle.label(),
+                stream: s.stream.clone(),
+                policy: s.policy,
+                held: Vec::new(),
+                disabled: false,
+            })
+            .collect();
+        if direction == Direction::Response {
+            v.reverse();
+        }
+        Pipeline {
+            stages: v,
+            direction,
+            ended: false,
+        }
+    }
+
+    /// True when no plugin takes part.
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+
+    /// Passes `data` through every stage; returns what comes out.
+    pub fn push(&mut self, data: Bytes, end_of_stream: bool) -> Result<Bytes, PipelineError> {
+        if self.ended {
+            return Ok(data);
+        }
+        self.ended = end_of_stream;
+        let mut chunk = data.to_vec();
+        for stage in &mut self.stages {
+            if stage.disabled {
+                continue;
+            }
+            stage.held.extend_from_slice(&chunk);
+            let (result, out, effects) = {
+                let mut s = lock(&stage.stream);
+                let held = std::mem::take(&mut stage.held);
+                let r = match self.direction {
+                    Direction::Request => {
+                        s.data().request_body = held;
+                        let r = s.on_request_body(end_of_stream);
+                        (r, std::mem::take(&mut s.data().request_body))
+                    }
+                    Direction::Response => {
+                        s.data().response_body = held;
+                        let r = s.on_response_body(end_of_stream);
+                        (r, std::mem::take(&mut s.data().response_body))
+                    }
+                };
+                (r.0, r.1, s.take_effects())
+            };
+            if let Some(local) = effects.local_response {
+                return Err(PipelineError(reply_from(local)));
+            }
+            match result {
+                Ok(Action::Pause)
+                    if !end_of_stream && !effects.resume_request && !effects.resume_response =>
+                {
+                    stage.held = out;
+                    return Ok(Bytes::new());
+                }
+                Ok(_) => chunk = out,
+                Err(f) => {
+                    stage.disabled = true;
+                    if stage.policy == FailurePolicy::FailOpen {
+                        // Pass what it held, unchanged.
+                        chunk = out;
+                    } else {
+                        return Err(PipelineError(failure_reply(&stage.label, &f)));
+                    }
+                }
+            }
+        }
+        Ok(Bytes::from(chunk))
+    }
+
+    /// The end of the body with trailers: held bytes are released (end of stream), then each
+    /// plugin sees the trailers.
+    pub fn trailers(&mut self, trailers: HeaderMap) -> Result<(Bytes, HeaderMap), PipelineError> {
+        let out = if self.ended {
+            Bytes::new()
+        } else {
+            self.push(Bytes::new(), true)?
+        };
+        let mut list = map_to_list(&trailers);
+        for stage in &mut self.stages {
+            if stage.disabled {
+                continue;
+            }
+            let mut s = lock(&stage.stream);
+            let r = match self.direction {
+                Direction::Request => {
+                    s.data().request_trailers = std::mem::take(&mut list);
+                    let r = s.on_request_trailers();
+                    list = s.data().request_trailers.clone();
+                    r
+                }
+                Direction::Response => {
+                    s.data().response_trailers = std::mem::take(&mut list);
+                    let r = s.on_response_trailers();
+                    list = s.data().response_trailers.clone();
+                    r
+                }
+            };
+            if let Err(f) = r
+                && stage.policy != FailurePolicy::FailOpen
+            {
+                return Err(PipelineError(failure_reply(&stage.label, &f)));
+            }
+        }
+        Ok((out, list_to_map(&list)))
+    }
+}
+
+impl BodyFilter for Pipeline {
+    fn push(&mut self, data: Bytes, end_of_stream: bool) -> Result<Bytes, BoxError> {
+        Pipeline::push(self, data, end_of_stream).map_err(|e| Box::new(e) as BoxError)
+    }
+
+    fn trailers(&mut self, trailers: HeaderMap) -> Result<(Bytes, HeaderMap), BoxError> {
+        Pipeline::trailers(self, trailers).map_err(|e| Box::new(e) as BoxError)
+    }
+}

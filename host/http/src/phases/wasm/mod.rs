@@ -1,0 +1,104 @@
+//! Phase `wasm:<plugins>`: the route's proxy-wasm chain (listener plugins, then the route's, by
+//! Istio's phase and priority). The request hook runs `on_request_headers` (and a buffered or
+//! streamed request body) through every plugin; a plugin's local reply, or a failure under the
+//! `fail_closed` policy, ends the request. The response hook runs the response phases in
+//! reverse plugin order. `on_log` / `on_done` run when the request is accounted for.
+
+mod exchange;
+
+use std::sync::Arc;
+
+use http::{header, response};
+use weft_body::ProxyBody;
+use weft_extensions::PluginHandle;
+
+pub use exchange::{Direction, Outcome, Pipeline, PipelineError, RequestProperties, WasmExchange};
+
+use crate::ctx::RequestCtx;
+use crate::phase::{Flow, LocalReply, Phase};
+
+/// A route's plugin chain.
+#[derive(Debug)]
+pub struct WasmPhase {
+    /// The plugins, in request order.
+    pub chain: Vec<Arc<PluginHandle>>,
+    /// The largest body any plugin of the chain may buffer.
+    pub max_body: usize,
+}
+
+impl WasmPhase {
+    /// The chain `chain` (already ordered).
+    pub fn new(chain: Vec<Arc<PluginHandle>>) -> WasmPhase {
+        let max_body = chain
+            .iter()
+            .map(|h| h.config.max_body_bytes)
+            .max()
+            .unwrap_or(0);
+        WasmPhase { chain, max_body }
+    }
+}
+
+impl Phase for WasmPhase {
+    fn name(&self) -> String {
+        let names: Vec<String> = self.chain.iter().map(|h| h.label()).collect();
+        format!("wasm:{}", names.join(","))
+    }
+
+    async fn request<'a>(&'a self, ctx: &mut RequestCtx<'a>) -> Flow {
+        let route = ctx.route.map(|r| r.name.clone()).unwrap_or_default();
+        let props = Arc::new(
+            RequestProperties::new(
+                &ctx.head,
+                &ctx.authority,
+                ctx.conn.peer,
+                ctx.conn.local,
+                route,
+                ctx.conn.id,
+                ctx.conn.h2,
+            )
+            .with_security(ctx.conn.security.clone()),
+        );
+        let mut exchange = match WasmExchange::start(&self.chain, props) {
+            Ok(e) => e,
+            Err(reply) => return Flow::Reply(reply),
+        };
+        let outcome = exchange
+            .request_headers(&mut ctx.head, &ctx.authority, &mut ctx.body, self.max_body)
+            .await;
+        let pipeline = exchange.request_body_pipeline();
+        ctx.completion.wasm = Some(exchange);
+        if let Outcome::Reply(reply) = outcome {
+            return Flow::Reply(reply);
+        }
+        if !pipeline.is_empty() && !http_body::Body::is_end_stream(&ctx.body) {
+            // Plugins may change the body's length: send it chunked.
+            ctx.head.headers.remove(header::CONTENT_LENGTH);
+            let body = std::mem::replace(&mut ctx.body, ProxyBody::empty());
+            ctx.body = ProxyBody::piped(Default::default(), body, Box::new(pipeline));
+        }
+        Flow::Continue
+    }
+
+    async fn response<'a>(
+        &'a self,
+        ctx: &mut RequestCtx<'a>,
+        head: &mut response::Parts,
+        body: ProxyBody,
+    ) -> Result<ProxyBody, LocalReply> {
+        if ctx.upgraded {
+            // A 101 Switching Protocols: the connection is spliced, plugins see nothing more.
+            return Ok(body);
+        }
+        let upstream = ctx.upstream.clone();
+        let Some(exchange) = ctx.completion.wasm.as_mut() else {
+            return Ok(body);
+        };
+        if let Some((cluster, addr)) = upstream {
+            let props = exchange.properties();
+            props.set("upstream.address", addr.to_string().into_bytes());
+            props.set("upstream.port", u64::from(addr.port()).to_le_bytes().to_vec());
+            props.set("xds.cluster_name", cluster.as_bytes().to_vec());
+        }
+        exchange.response(head, body, self.max_body.max(1)).await
+    }
+}

@@ -1,0 +1,11 @@
+//! What the data path reports, shared by every layer: the metric families (registered once per
+//! process, resolved into per-listener, per-route and per-cluster handles by each generation),
+//! Envoy's response flags, and the access log.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod flags;
+pub mod metrics;
+
+pub use access_log::{AccessLog, Entry};
+pub use metrics::Metrics;

@@ -1,0 +1,71 @@
+//! The workload identity: the certificate agent and the `/certs` admin view.
+
+use std::path::Path;
+
+use weft_config::schema;
+use weft_tls::TlsError;
+use weft_tls::creds::Credentials;
+
+
+fn resolve(base_dir: &Path, file: &str) -> std::path::PathBuf {
+    let p = Path::new(file);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base_dir.join(p)
+    }
+
+/// this returns, and renewals run in the background.
+pub async fn start_agent(id: &schema::Identity, base_dir: &Path) -> Result<(), TlsError> {
+    weft_tls::agent::start(weft_tls::agent::AgentConfig {
+        ca_address: id.ca_address.clone(),
+        ca_bundle: resolve(base_dir, &id.ca_trust_bundle_file),
+        token_file: id
+            .bootstrap_token_file
+            .as_deref()
+            .map(|f| resolve(base_dir, f)),
+        spiffe_id: id.spiffe_id.clone(),
+        out_dir: resolve(base_dir, &id.output_dir),
+        ttl: id.ttl,
+        renew_fraction: id.renew_fraction,
+    })
+    .await
+}
+
+fn creds_json(owner: String, creds: &Credentials) -> serde_json::Value {
+    let m = creds.current();
+    serde_json::json!({
+        "owner": owner,
+        "cert_file": creds.files().cert.display().to_string(),
+        "identity": m.identity.as_ref().map(ToString::to_string),
+        "valid_from": weft_tls::creds::rfc3339(m.not_before),
+        "expiration_time": weft_tls::creds::rfc3339(m.not_after),
+        "days_until_expiration": (m.not_after - weft_tls::creds::unix_now()) / 86_400,
+        "rotations": creds.rotations.load(std::sync::atomic::Ordering::Relaxed),
+        "refused_rotations": creds.refusals.load(std::sync::atomic::Ordering::Relaxed),
+        "last_refusal": creds.last_error(),
+    })
+}
+
+/// `GET /certs`: the certificates in use (Envoy's admin endpoint of that name), with rotation
+/// state.
+pub fn certs_json(g: &crate::generation::Generation) -> serde_json::Value {
+    let mut out = Vec::new();
+    let mut names: Vec<&String> = g.listeners.keys().collect();
+    names.sort();
+    for name in names {
+        if let Some(crate::generation::ListenerGen::Http(h)) = g.listeners.get(name).map(|l| &**l)
+            && let Some(t) = &h.tls
+        {
+            out.push(creds_json(format!("listener {name}"), &t.creds));
+        }
+    }
+    for c in g.clusters.iter() {
+        if let Some(t) = &c.tls {
+            out.push(creds_json(format!("cluster {}", c.name), &t.creds));
+        }
+    }
+    serde_json::json!({ "certificates": out })
+}
+
+/// What a downstream connection's security is.

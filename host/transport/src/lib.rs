@@ -1,0 +1,14 @@
+//! Listeners, from socket to protocol: [`slot`]s hold bound sockets across generations,
+//! [`accept`] loops hand each connection to the HTTP layer (after [`tls`] termination and
+//! protocol [`sniff`]ing) or to the [`tcp`] proxy.
+#![forbid(unsafe_code)]
+
+pub mod accept;
+pub mod slot;
+pub mod sniff;
+pub mod tcp;
+pub mod tls;
+
+pub use accept::serve;
+pub use slot::{HttpEntry, ListenerGen, ListenerSlot, Shared, TcpTarget, bind};
+pub use tls::ListenerTls;

@@ -1,0 +1,148 @@
+//! Listener slots: a bound socket that outlives configuration generations, and the listener
+//! configuration its connections use now (swapped atomically on reload).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use weft_config::schema;
+use weft_extensions::PluginHandle;
+use weft_http::{HttpListener, ListenerSource};
+use weft_observe::Metrics;
+use weft_observe::metrics::ListenerMetrics;
+use weft_upstream::Cluster;
+
+use crate::tls::ListenerTls;
+
+/// What every connection shares: metrics and what the HTTP layer shares (the access log).
+#[derive(Debug)]
+pub struct Shared {
+    /// Metric families.
+    pub metrics: Arc<Metrics>,
+    /// The HTTP layer's shared state.
+    pub http: Arc<weft_http::Shared>,
+}
+
+/// A listener's share of a generation.
+#[derive(Debug)]
+pub enum ListenerGen {
+    /// An HTTP listener.
+    Http(HttpEntry),
+    /// A TCP listener.
+    Tcp(TcpTarget),
+}
+
+/// An HTTP listener: its TLS termination (transport) and its routes and chains (HTTP layer).
+#[derive(Debug)]
+pub struct HttpEntry {
+    /// Routes, chains, clusters.
+    pub http: Arc<HttpListener>,
+    /// TLS (`None`: plaintext only).
+    pub tls: Option<Arc<ListenerTls>>,
+}
+
+/// A TCP listener's target.
+#[derive(Debug)]
+pub struct TcpTarget {
+    /// Listener name.
+    pub name: Arc<str>,
+    /// The generation this belongs to.
+    pub generation: u64,
+    /// Its configuration.
+    pub config: schema::Listener,
+    /// The cluster connections go to.
+    pub cluster: Arc<Cluster>,
+    /// Metric handles.
+    pub metrics: Arc<ListenerMetrics>,
+    /// proxy-wasm network filters, in order.
+    pub wasm: Vec<Arc<PluginHandle>>,
+}
+
+impl ListenerGen {
+    /// The listener's configuration.
+    pub fn config(&self) -> &schema::Listener {
+        match self {
+            ListenerGen::Http(h) => &h.http.config,
+            ListenerGen::Tcp(t) => &t.config,
+        }
+    }
+
+    /// The listener's metrics.
+    pub fn metrics(&self) -> &Arc<ListenerMetrics> {
+        match self {
+            ListenerGen::Http(h) => &h.http.metrics,
+            ListenerGen::Tcp(t) => &t.metrics,
+        }
+    }
+}
+
+/// A bound listener socket and the configuration its connections use now.
+#[derive(Debug)]
+pub struct ListenerSlot {
+    /// Listener name.
+    pub name: Arc<str>,
+    /// The address it is bound to (the real port when the configuration said 0).
+    pub local_addr: SocketAddr,
+    /// The address as configured, to notice a change on reload.
+    pub configured_addr: SocketAddr,
+    current: ArcSwap<ListenerGen>,
+    pub(crate) stop: CancellationToken,
+}
+
+impl ListenerSlot {
+    /// The listener's configuration in the live generation.
+    pub fn current(&self) -> Arc<ListenerGen> {
+        self.current.load_full()
+    }
+
+    /// Switches new requests and connections to `next`.
+    pub fn publish(&self, next: Arc<ListenerGen>) {
+        self.current.store(next);
+    }
+
+    /// Stops accepting (connections already accepted carry on).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// Binds `lgen`'s address and returns its slot; the accept loop starts with [`serve`].
+pub async fn bind(lgen: Arc<ListenerGen>) -> std::io::Result<(Arc<ListenerSlot>, TcpListener)> {
+    let cfg = lgen.config();
+    let socket = match cfg.address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(cfg.address)?;
+    let listener = socket.listen(1024)?;
+    let slot = Arc::new(ListenerSlot {
+        name: cfg.name.as_str().into(),
+        local_addr: listener.local_addr()?,
+        configured_addr: cfg.address,
+        current: ArcSwap::new(lgen),
+        stop: CancellationToken::new(),
+    });
+    Ok((slot, listener))
+}
+
+
+impl ListenerSource for ListenerSlot {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    fn http(&self) -> Option<Arc<HttpListener>> {
+        match &**self.current.load() {
+            ListenerGen::Http(h) => Some(h.http.clone()),
+            ListenerGen::Tcp(_) => None,
+        }
+    }
+
+    fn metrics(&self) -> Arc<ListenerMetrics> {
+        self.current.load().metrics().clone()
+    }
+}

@@ -1,0 +1,272 @@
+//! The TCP proxy: bytes both ways between a downstream connection and an endpoint of the
+//! listener's cluster, optionally through proxy-wasm network filters ([`filters`]).
+
+pub mod filters;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use weft_observe::access_log::{self, Entry};
+use weft_observe::flags;
+use weft_upstream::tls::UpstreamIo;
+use weft_wasm::PeerType;
+
+use crate::slot::TcpTarget;
+use filters::{Close, ConnectionProperties, NetFilters, NetPipe};
+
+/// When bytes last moved on a TCP connection, for its idle timeout.
+struct IdleClock {
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl IdleClock {
+    fn new() -> IdleClock {
+        IdleClock {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Runs `work` to its end, unless the proxy shuts down or nothing moves for `idle` (then
+/// `None`, with the reason in the access-log entry).
+async fn until_idle<R>(
+    work: impl std::future::Future<Output = R>,
+    clock: &IdleClock,
+    idle: Duration,
+    shutdown: &CancellationToken,
+    entry: &mut Entry,
+) -> Option<R> {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            r = work.as_mut() => return Some(r),
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(idle) => {
+                if clock.idle_for() >= idle {
+                    entry.details = Some("idle timeout".to_owned());
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Counts activity on a TCP stream for the idle timeout.
+struct Metered<'a, S> {
+    inner: S,
+    clock: &'a IdleClock,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<'_, S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.clock.touch();
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<'_, S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Bytes both ways, untouched, until either side closes or the connection idles out.
+async fn copy_plain(
+    downstream: &mut TcpStream,
+    upstream: &mut UpstreamIo,
+    idle: Duration,
+    shutdown: &CancellationToken,
+    entry: &mut Entry,
+) -> (u64, u64) {
+    let clock = IdleClock::new();
+    let mut down = Metered {
+        inner: downstream,
+        clock: &clock,
+    };
+    let mut up = Metered {
+        inner: upstream,
+        clock: &clock,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+    match until_idle(copy, &clock, idle, shutdown, entry).await {
+        Some(Ok(totals)) => totals,
+        _ => (0, 0),
+    }
+}
+
+/// One direction through the network filters until the sender closes; returns bytes sent.
+async fn pump(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    pipe: &mut NetPipe,
+    clock: &IdleClock,
+) -> Result<u64, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = from.read(&mut buf).await.map_err(|e| e.to_string())?;
+        clock.touch();
+        let out = pipe.push(&buf[..n], n == 0).map_err(|c| c.0)?;
+        total += out.len() as u64;
+        to.write_all(&out).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(total);
+        }
+    }
+}
+
+/// Bytes both ways through the network filters.
+async fn copy_filtered(
+    downstream: &mut TcpStream,
+    upstream: &mut UpstreamIo,
+    filters: &NetFilters,
+    idle: Duration,
+    shutdown: &CancellationToken,
+    entry: &mut Entry,
+) -> (u64, u64) {
+    let (mut dr, mut dw) = downstream.split();
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    let mut to_up = filters.pipe(true);
+    let mut to_down = filters.pipe(false);
+    let clock = IdleClock::new();
+    let both = async {
+        tokio::try_join!(
+            pump(&mut dr, &mut uw, &mut to_up, &clock),
+            pump(&mut ur, &mut dw, &mut to_down, &clock)
+        )
+    };
+    match until_idle(both, &clock, idle, shutdown, entry).await {
+        Some(Ok(totals)) => totals,
+        Some(Err(why)) => {
+            entry.details = Some(why);
+            (0, 0)
+        }
+        None => (0, 0),
+    }
+}
+
+/// Proxies one TCP connection to an endpoint of the listener's cluster (over the cluster's
+/// TLS when it has one), through the network plugins if any, until either side closes, the
+/// connection idles out, or the proxy drains; then logs it.
+pub(crate) async fn serve(
+    mut downstream: TcpStream,
+    peer: SocketAddr,
+    target: &TcpTarget,
+    shared: &weft_http::Shared,
+    shutdown: CancellationToken,
+) {
+    let start = Instant::now();
+    let cluster = &target.cluster;
+    let mut entry = Entry {
+        start_time: access_log::rfc3339(SystemTime::now()),
+        listener: target.name.clone(),
+        protocol: "TCP",
+        upstream_cluster: Some(cluster.name.clone()),
+        downstream_remote_address: peer.to_string(),
+        response_flags: flags::NONE,
+        ..Entry::default()
+    };
+    let endpoint = cluster.endpoints().pick(None).cloned();
+    let Some(endpoint) = endpoint else {
+        entry.response_flags = flags::NO_HEALTHY_UPSTREAM;
+        target.metrics.flag(flags::NO_HEALTHY_UPSTREAM);
+        shared.access_log.log(entry);
+        return;
+    };
+    entry.upstream_host = Some(endpoint.addr.to_string());
+    endpoint.active.fetch_add(1, Ordering::Relaxed);
+    endpoint.rq_total.fetch_add(1, Ordering::Relaxed);
+    let mut upstream = match cluster.connect(&endpoint).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream connect failure");
+            cluster.metrics.cx_connect_fail.inc();
+            endpoint.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+            endpoint.active.fetch_sub(1, Ordering::Relaxed);
+            entry.response_flags = flags::UPSTREAM_CONNECT_FAILURE;
+            target.metrics.flag(flags::UPSTREAM_CONNECT_FAILURE);
+            shared.access_log.log(entry);
+            return;
+        }
+    };
+    let idle = target
+        .config
+        .tcp
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |t| t.idle_timeout);
+    let (received, sent) = if target.wasm.is_empty() {
+        copy_plain(&mut downstream, &mut upstream, idle, &shutdown, &mut entry).await
+    } else {
+        let local = downstream.local_addr().unwrap_or(peer);
+        let props = Arc::new(ConnectionProperties::new(peer, local, weft_http::conn::next_connection_id()));
+        match NetFilters::start(&target.wasm, props) {
+            Ok(filters) => {
+                let r = copy_filtered(
+                    &mut downstream,
+                    &mut upstream,
+                    &filters,
+                    idle,
+                    &shutdown,
+                    &mut entry,
+                )
+                .await;
+                filters.finish(PeerType::Remote);
+                r
+            }
+            Err(Close(why)) => {
+                entry.details = Some(why);
+                (0, 0)
+            }
+        }
+    };
+    endpoint.active.fetch_sub(1, Ordering::Relaxed);
+    entry.bytes_received = received;
+    entry.bytes_sent = sent;
+    entry.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+    shared.access_log.log(entry);
+}

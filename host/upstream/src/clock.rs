@@ -1,0 +1,12 @@
+//! The data path's monotonic clock in milliseconds, on tokio's clock so that tests can pause
+//! and advance time.
+
+use std::sync::OnceLock;
+
+use tokio::time::Instant;
+
+/// Milliseconds on a process-wide monotonic clock (never 0, so 0 can mean "not set").
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}

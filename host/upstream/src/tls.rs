@@ -1,0 +1,197 @@
+//! The upstream connector's TLS: a cluster's client-side TLS settings and the stream type
+//! both plaintext and TLS connections share.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use weft_config::schema::{self, TlsVersion};
+use weft_tls::TlsError;
+use weft_tls::config::{ClientOptions, MinVersion};
+use weft_tls::creds::{CredentialFiles, Credentials};
+use weft_tls::verify::PeerRules;
+
+
+fn resolve(base_dir: &Path, file: &str) -> std::path::PathBuf {
+    let p = Path::new(file);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base_dir.join(p)
+    }
+}
+
+fn min_version(v: TlsVersion) -> MinVersion {
+    match v {
+        TlsVersion::Tls12 => MinVersion::Tls12,
+        TlsVersion::Tls13 => MinVersion::Tls13,
+    }
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("sni", &self.sni)
+            .field("creds", &self.creds.files())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cluster's TLS client side.
+pub struct UpstreamTls {
+    /// The connector.
+    pub connector: tokio_rustls::TlsConnector,
+    /// SNI to send (`None`: the endpoint's IP, which sends no SNI).
+    pub sni: Option<rustls::pki_types::ServerName<'static>>,
+    /// The credentials (rotated by their watcher).
+    pub creds: Arc<Credentials>,
+}
+
+impl UpstreamTls {
+    /// Loads the cluster's material and starts watching it.
+    pub fn build(
+        cfg: &schema::ClusterTls,
+        protocol: schema::UpstreamProtocol,
+        base_dir: &Path,
+    ) -> Result<Arc<UpstreamTls>, TlsError> {
+        let creds = Credentials::load(CredentialFiles {
+            cert: resolve(base_dir, &cfg.cert_file),
+            key: resolve(base_dir, &cfg.key_file),
+            bundle: resolve(base_dir, &cfg.trust_bundle_file),
+        })?;
+        let alpn: Vec<Vec<u8>> = if cfg.alpn.is_empty() {
+            match protocol {
+                schema::UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+                schema::UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+            }
+        } else {
+            cfg.alpn.iter().map(|a| a.as_bytes().to_vec()).collect()
+        };
+        let client = weft_tls::config::client_config(
+            creds.clone(),
+            &ClientOptions {
+                alpn,
+                min_version: min_version(cfg.min_version),
+                rules: PeerRules {
+                    trust_domain: cfg.trust_domain.clone(),
+                    allowed: cfg.match_identities.clone(),
+                },
+            },
+        )?;
+        let sni = match &cfg.sni {
+            Some(s) => Some(
+                rustls::pki_types::ServerName::try_from(s.clone())
+                    .map_err(|e| TlsError::Rustls(format!("sni `{s}`: {e}")))?,
+            ),
+            None => None,
+        };
+        creds.watch();
+        Ok(Arc::new(UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(client),
+            sni,
+            creds,
+        }))
+    }
+}
+
+impl UpstreamTls {
+    /// `tcp` as it should carry the cluster's traffic: plaintext without `tls`, else after a
+    /// TLS handshake (SNI from the configuration, else the endpoint's IP, which sends none).
+    pub async fn wrap(tls: Option<&UpstreamTls>, tcp: TcpStream) -> std::io::Result<UpstreamIo> {
+        let Some(tls) = tls else {
+            return Ok(UpstreamIo::Plain(tcp));
+        };
+        let name = match &tls.sni {
+            Some(n) => n.clone(),
+            None => rustls::pki_types::ServerName::IpAddress(tcp.peer_addr()?.ip().into()),
+        };
+        let stream = tls.connector.connect(name, tcp).await.inspect_err(|e| {
+            tracing::debug!(error = %e, "upstream TLS handshake failed");
+        })?;
+        Ok(UpstreamIo::Tls(Box::new(stream)))
+    }
+}
+
+/// An upstream connection: plaintext or TLS.
+#[derive(Debug)]
+pub enum UpstreamIo {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        match self {
+            UpstreamIo::Plain(s) => s.connected(),
+            UpstreamIo::Tls(s) => {
+                let (tcp, conn) = s.get_ref();
+                let c = tcp.connected();
+                if conn.alpn_protocol() == Some(b"h2") {
+                    c.negotiated_h2()
+                } else {
+                    c
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
