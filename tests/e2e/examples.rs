@@ -13,7 +13,7 @@ fn register_builtins() {
         let bytes = std::fs::read(shipped_plugin(name)).expect("built plugin");
         modules.push((name, Box::leak(bytes.into_boxed_slice())));
     }
-    weft_proxy::plugins::register_builtin_plugins(&modules);
+    weft_proxy::register_builtin_plugins(&modules);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 
 /// An echo upstream named `name` on an ephemeral port (answers with JSON about the request).
 pub async fn echo(name: &str) -> SocketAddr {
-    weft_proxy::echo::spawn_echo("127.0.0.1:0".parse().expect("addr"), name)
+    weft_echo::spawn_echo("127.0.0.1:0".parse().expect("addr"), name)
         .await
         .expect("echo binds")
 }

@@ -133,7 +133,7 @@ pub async fn run(options: &DemoOptions) -> Result<Report, DemoError> {
     let dir = tempfile::tempdir().map_err(|e| DemoError::Io(PathBuf::from("tempdir"), e))?;
     let plugin_path = dir.path().join("hello.wasm");
     write_atomically(&plugin_path, &v1)?;
-    let echo = weft_proxy::echo::spawn_echo(SocketAddr::from(([127, 0, 0, 1], 0)), "upstream")
+    let echo = weft_echo::spawn_echo(SocketAddr::from(([127, 0, 0, 1], 0)), "upstream")
         .await
         .map_err(|e| DemoError::Start(format!("echo upstream: {e}")))?;
     let config_path = dir.path().join("weft.yaml");

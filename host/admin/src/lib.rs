@@ -1,10 +1,17 @@
 //! The admin server, on Envoy's port and with Envoy's names: `/ready`, `/live`, `/metrics`
-//! (also `/stats/prometheus`), `/config_dump`, `/clusters`, `POST /reload`,
-//! `POST /quitquitquit`.
+//! (also `/stats/prometheus`), `/config_dump`, `/clusters`, `/plugins`, `/chains`, `/certs`,
+//! `POST /reload`, `POST /plugins/<name>/reload`, `POST /quitquitquit`.
+//!
+//! The routes are here; what they show and do comes from an [`AdminApi`] that the assembly
+//! (`weft-proxy`) implements, so this crate depends on no generation or reload machinery.
+#![forbid(unsafe_code)]
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::{Method, Request, Response, StatusCode, header};
@@ -13,12 +20,40 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
+use weft_body::ProxyBody;
+use weft_extensions::{PluginRegistry, PluginVersion};
+use weft_upstream::Cluster;
 
-use crate::body::ProxyBody;
-use crate::runtime::Proxy;
+/// A boxed future borrowed from the API object.
+pub type ApiFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the admin endpoints read and control; implemented by the running proxy.
+pub trait AdminApi: Send + Sync + 'static {
+    /// `/ready`: true once started and until draining begins.
+    fn is_ready(&self) -> bool;
+    /// `/metrics`: the Prometheus exposition of every metric family.
+    fn metrics(&self) -> String;
+    /// `/config_dump`: the live configuration; secrets (plugin configurations and
+    /// environments) are shown as their sha256 unless `include_secrets`.
+    fn config_dump(&self, include_secrets: bool) -> serde_json::Value;
+    /// The live generation's clusters.
+    fn clusters(&self) -> Arc<Vec<Arc<Cluster>>>;
+    /// The plugin registry.
+    fn plugins(&self) -> &PluginRegistry;
+    /// Every listener's phase chains, in order (native phases and plugins).
+    fn chains(&self) -> serde_json::Value;
+    /// `/certs`: certificates in use.
+    fn certs(&self) -> serde_json::Value;
+    /// `POST /reload`: reloads the configuration; `Err((why, live generation))`.
+    fn reload(&self) -> ApiFuture<'_, Result<u64, (String, u64)>>;
+    /// `POST /plugins/<name>/reload`: swaps in plugin `name` from its file.
+    fn reload_plugin<'a>(&'a self, name: &'a str) -> ApiFuture<'a, Result<usize, String>>;
+    /// `POST /quitquitquit`: starts draining.
+    fn shutdown(&self);
+}
 
 /// Binds the admin server and serves it until shutdown; returns the bound address.
-pub async fn start(proxy: Proxy, address: SocketAddr) -> std::io::Result<SocketAddr> {
+pub async fn start(proxy: Arc<dyn AdminApi>, address: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(address).await?;
     let bound = listener.local_addr()?;
     tracing::info!(address = %bound, "admin server listening");
@@ -65,7 +100,7 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Prox
     r
 }
 
-async fn route(proxy: Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn route(proxy: Arc<dyn AdminApi>, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
     match (req.method(), path) {
@@ -78,11 +113,7 @@ async fn route(proxy: Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
         }
         (&Method::GET, "/live") => text(StatusCode::OK, "OK\n"),
         (&Method::GET, "/metrics" | "/stats/prometheus") => {
-            let mut all = proxy.metrics().encode();
-            // The registry's text ends with `# EOF`; plugin series go before it.
-            let eof = all.rfind("# EOF").unwrap_or(all.len());
-            all.insert_str(eof, &proxy.plugins().encode_metrics());
-            let mut r = text(StatusCode::OK, all);
+            let mut r = text(StatusCode::OK, proxy.metrics());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 http::HeaderValue::from_static(
@@ -91,32 +122,21 @@ async fn route(proxy: Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
             );
             r
         }
-        (&Method::GET, "/config_dump") => {
-            let g = proxy.generation();
-            json_response(
-                StatusCode::OK,
-                &json!({
-                    "generation": g.id,
-                    "source": g.source,
-                    "loaded_at": crate::access_log::rfc3339(g.loaded_at),
-                    "last_reload_error": proxy.last_reload_error(),
-                    "listeners": proxy.listener_addrs(),
-                    "config": &*g.config,
-                }),
-            )
-        }
-        (&Method::GET, "/clusters") => clusters(&proxy, query.contains("format=json")),
+        (&Method::GET, "/config_dump") => json_response(
+            StatusCode::OK,
+            &proxy.config_dump(query_flag(query, "include_secrets")),
+        ),
+        (&Method::GET, "/clusters") => clusters(&*proxy, query.contains("format=json")),
         (&Method::POST, "/reload") => match proxy.reload().await {
             Ok(id) => json_response(StatusCode::OK, &json!({ "generation": id })),
-            Err(e) => json_response(
+            Err((e, live)) => json_response(
                 StatusCode::BAD_REQUEST,
-                &json!({ "error": e.to_string(), "generation": proxy.generation().id }),
+                &json!({ "error": e, "generation": live }),
             ),
         },
-        (&Method::GET, "/plugins") => plugins(&proxy),
-        (&Method::GET, "/certs") => {
-            json_response(StatusCode::OK, &crate::tls::certs_json(&proxy.generation()))
-        }
+        (&Method::GET, "/plugins") => plugins(&*proxy),
+        (&Method::GET, "/chains") => json_response(StatusCode::OK, &proxy.chains()),
+        (&Method::GET, "/certs") => json_response(StatusCode::OK, &proxy.certs()),
         (&Method::POST, p) if p.starts_with("/plugins/") && p.ends_with("/reload") => {
             let name = &p["/plugins/".len()..p.len() - "/reload".len()];
             if !proxy.plugins().handles().iter().any(|h| h.name == name) {
@@ -129,7 +149,7 @@ async fn route(proxy: Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
                 Ok(n) => json_response(StatusCode::OK, &json!({ "plugin": name, "swapped": n })),
                 Err(e) => json_response(
                     StatusCode::BAD_REQUEST,
-                    &json!({ "plugin": name, "error": e.to_string(), "serving": "previous version" }),
+                    &json!({ "plugin": name, "error": e, "serving": "previous version" }),
                 ),
             }
         }
@@ -139,12 +159,12 @@ async fn route(proxy: Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
         }
         (&Method::GET, "/") => text(
             StatusCode::OK,
-            "weft admin\n  GET  /ready\n  GET  /live\n  GET  /metrics\n  GET  /config_dump\n  GET  /clusters[?format=json]\n  GET  /plugins\n  GET  /certs\n  POST /plugins/<name>/reload\n  POST /reload\n  POST /quitquitquit\n",
+            "weft admin\n  GET  /ready\n  GET  /live\n  GET  /metrics\n  GET  /config_dump[?include_secrets=true]\n  GET  /clusters[?format=json]\n  GET  /plugins\n  GET  /chains\n  GET  /certs\n  POST /plugins/<name>/reload\n  POST /reload\n  POST /quitquitquit\n",
         ),
         (
             _,
-            "/ready" | "/live" | "/metrics" | "/config_dump" | "/clusters" | "/reload"
-            | "/quitquitquit",
+            "/ready" | "/live" | "/metrics" | "/config_dump" | "/clusters" | "/chains" | "/certs"
+            | "/reload" | "/quitquitquit",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
@@ -154,12 +174,11 @@ async fn route(proxy: Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
 }
 
 /// Envoy's `/clusters` text format (`cluster::endpoint::stat::value`), or JSON.
-fn clusters(proxy: &Proxy, as_json: bool) -> Response<ProxyBody> {
-    let g = proxy.generation();
-    let now = crate::health::now_ms();
+fn clusters(proxy: &dyn AdminApi, as_json: bool) -> Response<ProxyBody> {
+    let clusters = proxy.clusters();
+    let now = weft_upstream::clock::now_ms();
     if as_json {
-        let list: Vec<_> = g
-            .clusters
+        let list: Vec<_> = clusters
             .iter()
             .map(|c| {
                 let eps = c.endpoints();
@@ -191,7 +210,7 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<ProxyBody> {
         return json_response(StatusCode::OK, &json!({ "clusters": list }));
     }
     let mut out = String::new();
-    for c in g.clusters.iter() {
+    for c in clusters.iter() {
         let b = &c.resilience.breaker;
         let n = &c.name;
         let _ = writeln!(
@@ -260,8 +279,7 @@ fn clusters(proxy: &Proxy, as_json: bool) -> Response<ProxyBody> {
 }
 
 /// Every plugin with its version and state, and the effective chain of every route.
-fn plugins(proxy: &Proxy) -> Response<ProxyBody> {
-    use crate::plugins::PluginVersion;
+fn plugins(proxy: &dyn AdminApi) -> Response<ProxyBody> {
     let list: Vec<_> = proxy
         .plugins()
         .handles()
@@ -274,7 +292,7 @@ fn plugins(proxy: &Proxy) -> Response<ProxyBody> {
                         "abi_version": p.abi_version,
                         "state": p.state(),
                         "healthy_instances": p.healthy_instances(),
-                        "loaded_at": crate::access_log::rfc3339(p.loaded_at()),
+                        "loaded_at": weft_observe::access_log::rfc3339(p.loaded_at()),
                         "last_failure": p.last_error(),
                     }),
                     json!({
@@ -306,24 +324,17 @@ fn plugins(proxy: &Proxy) -> Response<ProxyBody> {
             })
         })
         .collect();
-    let g = proxy.generation();
-    let mut chains = Vec::new();
-    let mut names: Vec<&String> = g.listeners.keys().collect();
-    names.sort();
-    for name in names {
-        if let Some(crate::generation::ListenerGen::Http(l)) = g.listeners.get(name).map(|l| &**l) {
-            for (route, state) in l.routes.routes().zip(&l.route_state) {
-                chains.push(json!({
-                    "listener": name,
-                    "route": &*route.name,
-                    "native_filters": state.filters.names(),
-                    "plugins": state.wasm.iter().map(|h| h.label()).collect::<Vec<_>>(),
-                }));
-            }
-        }
-    }
+    let chains = proxy.chains();
     json_response(
         StatusCode::OK,
         &json!({ "plugins": list, "chains": chains }),
     )
+}
+
+/// Whether `name=true` (or `name=1`, or a bare `name`) is in the query string.
+fn query_flag(query: &str, name: &str) -> bool {
+    query.split('&').any(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, "true"));
+        k == name && matches!(v, "true" | "1")
+    })
 }

@@ -1,6 +1,8 @@
 //! A small echo server: the demo's upstream, also handy in tests. It answers every request with
 //! a JSON description of what it received.
 
+#![forbid(unsafe_code)]
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
@@ -11,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::json;
 
-use crate::body::ProxyBody;
+use weft_body::ProxyBody;
 
 /// Binds `address` and serves echo responses (HTTP/1.1 and h2c) until the runtime stops.
 pub async fn spawn_echo(address: SocketAddr, name: &str) -> std::io::Result<SocketAddr> {

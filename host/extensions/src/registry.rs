@@ -321,17 +321,18 @@ impl PluginRegistry {
         .map_err(|e| LoadError::Start(format!("loader task failed: {e}")))?
     }
 
-    /// Hot-swaps every handle of plugin `name` from its file: the new version is compiled,
-    /// started and configured (a canary) before it replaces the old one; a failure keeps the
-    /// old version serving and is reported. Returns the number of handles swapped.
+    /// Hot-swaps every handle of plugin `name` (every configuration variant routes use) from
+    /// its file, all or nothing: each new version is compiled, started and configured (a
+    /// canary) first; only when every variant passed are they all swapped in. Any failure keeps
+    /// every old version serving and is reported. Returns the number of handles swapped.
     pub async fn reload(&self, name: &str) -> Result<usize, PluginError> {
         let handles: Vec<Arc<PluginHandle>> = self
             .handles
             .lock()
             .map(|h| h.values().filter(|p| p.name == name).cloned().collect())
             .unwrap_or_default();
-        let mut swapped = 0;
-        for handle in handles {
+        let mut ready = Vec::with_capacity(handles.len());
+        for handle in &handles {
             let bytes = read_module(&handle.file)
                 .await
                 .map_err(|error| PluginError::Read {
@@ -346,18 +347,14 @@ impl PluginRegistry {
                 handle.configuration.clone(),
             );
             match self.load(spec).await {
-                Ok(p) => {
-                    tracing::info!(plugin = %handle.label(), sha256 = %p.sha256, "plugin swapped");
-                    handle.current.store(Arc::new(PluginVersion::Loaded(p)));
-                    handle.swaps.fetch_add(1, Ordering::Relaxed);
-                    handle.set_error(None);
-                    swapped += 1;
-                }
+                Ok(p) => ready.push((handle, p)),
                 Err(error) => {
-                    handle.rejected_versions.fetch_add(1, Ordering::Relaxed);
                     let msg = error.to_string();
-                    tracing::error!(plugin = %handle.label(), "new plugin version rejected, the old one keeps serving: {msg}");
-                    handle.set_error(Some(msg));
+                    for h in &handles {
+                        h.rejected_versions.fetch_add(1, Ordering::Relaxed);
+                        h.set_error(Some(msg.clone()));
+                    }
+                    tracing::error!(plugin = %handle.label(), "new plugin version rejected, every variant keeps its old version: {msg}");
                     return Err(PluginError::Load {
                         name: name.to_owned(),
                         file: handle.file.display().to_string(),
@@ -365,6 +362,13 @@ impl PluginRegistry {
                     });
                 }
             }
+        }
+        let swapped = ready.len();
+        for (handle, p) in ready {
+            tracing::info!(plugin = %handle.label(), sha256 = %p.sha256, "plugin swapped");
+            handle.current.store(Arc::new(PluginVersion::Loaded(p)));
+            handle.swaps.fetch_add(1, Ordering::Relaxed);
+            handle.set_error(None);
         }
         Ok(swapped)
     }

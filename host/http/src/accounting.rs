@@ -116,7 +116,6 @@ impl Completion {
     }
 }
 
-
 /// A fresh completion for `req` on `conn`, counted on `listener`.
 pub fn completion(
     conn: &ConnCtx,
@@ -197,4 +196,3 @@ pub(crate) fn authority_of(req: &Request<Incoming>) -> Option<&str> {
         .map(|a| a.as_str())
         .or_else(|| header_str(req.headers(), &header::HOST))
 }
-

@@ -104,4 +104,3 @@ pub fn next_connection_id() -> u64 {
 pub fn peer_ip_value(peer: SocketAddr) -> HeaderValue {
     HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
-

@@ -123,11 +123,7 @@ async fn serve(
 }
 
 /// The response to send downstream, accounted for when its body ends.
-fn respond(
-    mut c: Box<Completion>,
-    head: response::Parts,
-    body: ProxyBody,
-) -> Response<ProxyBody> {
+fn respond(mut c: Box<Completion>, head: response::Parts, body: ProxyBody) -> Response<ProxyBody> {
     c.status = head.status.as_u16();
     Response::from_parts(head, body.on_complete(c))
 }

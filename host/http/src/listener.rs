@@ -110,9 +110,10 @@ impl HttpListener {
             .iter()
             .enumerate()
             .flat_map(|(v, vh)| {
-                vh.routes.iter().enumerate().map(move |(i, r)| {
-                    (format!("{path}.virtual_hosts[{v}].routes[{i}]"), r)
-                })
+                vh.routes
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, r)| (format!("{path}.virtual_hosts[{v}].routes[{i}]"), r))
             })
             .collect();
         let mut route_state = Vec::with_capacity(routes.route_count());
@@ -140,7 +141,9 @@ impl HttpListener {
                 )));
             }
             if !r.request_headers.is_empty() {
-                steps.push(Step::RequestHeaders(RequestHeaders(r.request_headers.clone())));
+                steps.push(Step::RequestHeaders(RequestHeaders(
+                    r.request_headers.clone(),
+                )));
             }
             if !plugins.is_empty() {
                 steps.push(Step::Wasm(WasmPhase::new(plugins.clone())));
@@ -187,7 +190,11 @@ impl HttpListener {
                 m.rate_limited.clone(),
             )));
         }
-        if let Some(t) = l.tls.as_ref().filter(|t| t.mode != schema::TlsMode::Disable) {
+        if let Some(t) = l
+            .tls
+            .as_ref()
+            .filter(|t| t.mode != schema::TlsMode::Disable)
+        {
             let rules = crate::security::authorization(t);
             if !rules.is_empty() {
                 steps.push(Step::PeerAuthz(PeerAuthz::new(
@@ -215,17 +222,24 @@ impl HttpListener {
         self.route_state.iter().flat_map(|r| r.plugins.iter())
     }
 
-    /// The chains as admin lists them: the listener's phases, then each route's.
-    pub fn describe(&self) -> serde_json::Value {
-        serde_json::json!({
-            "listener": &*self.name,
-            "generation": self.generation,
-            "before_routing": self.chain.names(),
-            "routes": self.route_state.iter().map(|r| serde_json::json!({
-                "route": &*r.name,
-                "phases": r.chain.names(),
-            })).collect::<Vec<_>>(),
-        })
+    /// The chains as admin lists them, one entry per route: every phase a request of that
+    /// route goes through, in order (`router` marks where routing happens), and its plugins.
+    pub fn describe(&self) -> Vec<serde_json::Value> {
+        let before = self.chain.names();
+        self.route_state
+            .iter()
+            .map(|r| {
+                let mut phases = before.clone();
+                phases.push("router".to_owned());
+                phases.extend(r.chain.names());
+                serde_json::json!({
+                    "listener": &*self.name,
+                    "route": &*r.name,
+                    "phases": phases,
+                    "plugins": r.plugins.iter().map(|h| h.label()).collect::<Vec<_>>(),
+                })
+            })
+            .collect()
     }
 }
 

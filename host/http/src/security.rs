@@ -30,7 +30,6 @@ fn rules(list: &[schema::SourceRule]) -> Vec<SourceRule> {
         .collect()
 }
 
-
 /// Builds a listener's authorization rules from its configuration.
 pub fn authorization(cfg: &schema::ListenerTls) -> Authorization {
     Authorization {
@@ -88,7 +87,6 @@ impl ConnSecurity {
         }
     }
 }
-
 
 /// Whether a request from `sec` passes `authorization`.
 pub fn authorize(authorization: &Authorization, sec: Option<&ConnSecurity>) -> Decision {

@@ -167,4 +167,3 @@ async fn drive<C, E>(
         }
     }
 }
-

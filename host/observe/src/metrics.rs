@@ -602,7 +602,6 @@ impl Metrics {
     }
 }
 
-
 /// Labels of the security series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SecurityLabels {
@@ -685,4 +684,3 @@ impl TlsMetrics {
             .inc();
     }
 }
-

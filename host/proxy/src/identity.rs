@@ -6,7 +6,6 @@ use weft_config::schema;
 use weft_tls::TlsError;
 use weft_tls::creds::Credentials;
 
-
 fn resolve(base_dir: &Path, file: &str) -> std::path::PathBuf {
     let p = Path::new(file);
     if p.is_absolute() {
@@ -14,7 +13,9 @@ fn resolve(base_dir: &Path, file: &str) -> std::path::PathBuf {
     } else {
         base_dir.join(p)
     }
+}
 
+/// Starts the certificate agent of the `identity` block: a valid certificate is in place when
 /// this returns, and renewals run in the background.
 pub async fn start_agent(id: &schema::Identity, base_dir: &Path) -> Result<(), TlsError> {
     weft_tls::agent::start(weft_tls::agent::AgentConfig {
@@ -54,7 +55,7 @@ pub fn certs_json(g: &crate::generation::Generation) -> serde_json::Value {
     let mut names: Vec<&String> = g.listeners.keys().collect();
     names.sort();
     for name in names {
-        if let Some(crate::generation::ListenerGen::Http(h)) = g.listeners.get(name).map(|l| &**l)
+        if let Some(weft_transport::ListenerGen::Http(h)) = g.listeners.get(name).map(|l| &**l)
             && let Some(t) = &h.tls
         {
             out.push(creds_json(format!("listener {name}"), &t.creds));
@@ -67,5 +68,3 @@ pub fn certs_json(g: &crate::generation::Generation) -> serde_json::Value {
     }
     serde_json::json!({ "certificates": out })
 }
-
-/// What a downstream connection's security is.

@@ -1,41 +1,29 @@
-//! Weft's data plane.
+//! The assembly: Weft's data plane put together.
 //!
-//! The request path reads as the module list: [`server`] accepts connections (HTTP/1.1 behind
-//! the strict framing guard, HTTP/2 with prior knowledge, or TCP), [`http_proxy`] routes each
-//! request through [`weft_routing`], runs the route's [`filter`] chain, picks an endpoint of a
-//! [`cluster`] with [`weft_balance`] and forwards it. A configuration is compiled into an
-//! immutable [`generation`]; [`runtime`] publishes generations atomically, keeping listener
-//! sockets across reloads, and drains on shutdown. [`admin`] serves Envoy-style admin
-//! endpoints; [`metrics`] and [`access_log`] make everything visible.
+//! A configuration is compiled into an immutable [`generation::Generation`] (clusters from
+//! `weft-upstream`, HTTP listeners with their phase chains from `weft-http`, TCP targets and
+//! listener TLS from `weft-transport`). The [`reload`] actor is the one path by which a new
+//! generation is built and published; [`proxy::Proxy`] owns the listener sockets, the admin
+//! server (`weft-admin`, through [`admin_api`]), the file [`watch`]ers and shutdown.
+//!
+//! Layers, each a crate, importing only downward:
+//! `weft-proxy` → `weft-admin`, `weft-transport` → `weft-http` → `weft-extensions` →
+//! `weft-upstream` → `weft-observe`, `weft-body` (and the pure crates: config, routing,
+//! balance, framing, wasm, tls).
 #![forbid(unsafe_code)]
-#![expect(
-    clippy::result_large_err,
-    reason = "local replies travel on the rare error path; boxing them would cost the common path nothing but noise"
-)]
 
-pub mod access_log;
-pub mod admin;
-pub mod body;
-pub mod breaker;
-pub mod cluster;
-pub mod echo;
-pub mod fault;
-pub mod filter;
+pub mod admin_api;
 pub mod generation;
-pub mod health;
-pub mod http_proxy;
-pub mod metrics;
-pub mod mirror;
-pub mod outlier;
-pub mod plugins;
-pub mod ratelimit;
-pub mod resilience;
-pub mod retry;
-pub mod runtime;
-pub mod server;
-pub mod tcp_filter;
-pub mod tls;
-pub mod wasm_filter;
+pub mod identity;
+pub mod proxy;
+pub mod reload;
+pub mod signals;
+pub mod source;
 mod watch;
 
-pub use runtime::{ConfigSource, Proxy, ProxyError, Signals, StartOptions};
+pub use proxy::{Proxy, StartOptions};
+pub use reload::ReloadError;
+pub use signals::Signals;
+pub use source::{ConfigSource, ProxyError};
+/// Built-in plugin modules (embedded in the binary).
+pub use weft_extensions::register_builtin_plugins;

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
-use crate::runtime::Proxy;
+use crate::proxy::Proxy;
 
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Starts watching `path`; changes reload `proxy`. Failing to watch is logged, not fatal.
-pub fn spawn(proxy: Proxy, path: PathBuf) {
+fn spawn_config_watcher(proxy: Proxy, path: PathBuf) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if res.is_ok() {
@@ -60,7 +60,7 @@ pub fn spawn(proxy: Proxy, path: PathBuf) {
 
 /// Watches the directories of every plugin file; a changed file is hot-swapped (validated by a
 /// canary first; a bad version is refused and the old one keeps serving).
-pub fn spawn_plugin_watcher(proxy: Proxy) {
+fn spawn_plugin_watcher(proxy: Proxy) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
@@ -81,7 +81,7 @@ pub fn spawn_plugin_watcher(proxy: Proxy) {
                 _ = refresh.tick() => {
                     // Follow configuration reloads: watch the directories of the current files.
                     for h in proxy.plugins().handles() {
-                        if crate::plugins::is_builtin(&h.file) {
+                        if weft_extensions::is_builtin(&h.file) {
                             continue;
                         }
                         let dir = h.file.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
@@ -99,7 +99,7 @@ pub fn spawn_plugin_watcher(proxy: Proxy) {
                     let handles = proxy.plugins().handles();
                     let mut names: Vec<String> = Vec::new();
                     for h in &handles {
-                        if crate::plugins::is_builtin(&h.file) {
+                        if weft_extensions::is_builtin(&h.file) {
                             continue;
                         }
                         let dir_changed = paths.iter().any(|p| p == &h.file || p.parent() == h.file.parent());
@@ -110,10 +110,10 @@ pub fn spawn_plugin_watcher(proxy: Proxy) {
                         // Unchanged from the serving version (e.g. already swapped in through
                         // the admin endpoint): nothing to do.
                         let serving = match &*h.current() {
-                            crate::plugins::PluginVersion::Loaded(p) => Some(p.sha256.clone()),
-                            crate::plugins::PluginVersion::Failed { .. } => None,
+                            weft_extensions::PluginVersion::Loaded(p) => Some(p.sha256.clone()),
+                            weft_extensions::PluginVersion::Failed { .. } => None,
                         };
-                        if now.is_empty() || serving.as_deref() == Some(crate::plugins::sha256_hex(&now).as_str()) {
+                        if now.is_empty() || serving.as_deref() == Some(weft_extensions::sha256_hex(&now).as_str()) {
                             continue;
                         }
                         if !names.contains(&h.name) {
@@ -127,4 +127,12 @@ pub fn spawn_plugin_watcher(proxy: Proxy) {
             }
         }
     });
+}
+
+/// Starts the configuration file watcher (for a file source) and the plugin file watcher.
+pub(crate) fn spawn(proxy: &Proxy) {
+    if let crate::ConfigSource::File(path) = &proxy.inner.source {
+        spawn_config_watcher(proxy.clone(), path.clone());
+    }
+    spawn_plugin_watcher(proxy.clone());
 }

@@ -83,7 +83,9 @@ async fn serve_http(
     if let Some(tls) = tls {
         let use_tls = match tls.mode {
             TlsMode::Strict => true,
-            TlsMode::Permissive => crate::sniff::starts_with_tls(&stream, settings.request_header_timeout).await,
+            TlsMode::Permissive => {
+                crate::sniff::starts_with_tls(&stream, settings.request_header_timeout).await
+            }
             TlsMode::Disable => false,
         };
         if use_tls {
@@ -116,10 +118,7 @@ async fn serve_http(
             return;
         }
     }
-    shared
-        .metrics
-        .tls
-        .connection(&slot.name, policy::NONE);
+    shared.metrics.tls.connection(&slot.name, policy::NONE);
     let h2 = crate::sniff::is_h2_prior_knowledge(&stream, settings.request_header_timeout).await;
     let conn = Accepted {
         peer,
@@ -128,4 +127,3 @@ async fn serve_http(
     };
     serve_connection(stream, h2, conn, source, shared.http.clone(), shutdown).await;
 }
-

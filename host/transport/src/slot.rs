@@ -129,7 +129,6 @@ pub async fn bind(lgen: Arc<ListenerGen>) -> std::io::Result<(Arc<ListenerSlot>,
     Ok((slot, listener))
 }
 
-
 impl ListenerSource for ListenerSlot {
     fn name(&self) -> &Arc<str> {
         &self.name

@@ -41,4 +41,3 @@ pub(crate) async fn starts_with_tls(stream: &TcpStream, deadline: Duration) -> b
         Ok(Ok(1))
     ) && first[0] == 0x16
 }
-

@@ -10,7 +10,6 @@ use weft_tls::config::{MinVersion, ServerOptions};
 use weft_tls::creds::{CredentialFiles, Credentials};
 use weft_tls::verify::PeerRules;
 
-
 fn resolve(base_dir: &Path, file: &str) -> std::path::PathBuf {
     let p = Path::new(file);
     if p.is_absolute() {

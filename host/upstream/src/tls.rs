@@ -15,7 +15,6 @@ use weft_tls::config::{ClientOptions, MinVersion};
 use weft_tls::creds::{CredentialFiles, Credentials};
 use weft_tls::verify::PeerRules;
 
-
 fn resolve(base_dir: &Path, file: &str) -> std::path::PathBuf {
     let p = Path::new(file);
     if p.is_absolute() {

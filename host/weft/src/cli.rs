@@ -62,7 +62,7 @@ enum Command {
 /// Runs the parsed command line.
 pub fn main(cli: Cli) -> ExitCode {
     init_logging(cli.log_format, &cli.log_level);
-    weft_proxy::plugins::register_builtin_plugins(BUILTIN_PLUGINS);
+    weft_proxy::register_builtin_plugins(BUILTIN_PLUGINS);
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run { config, echo } => run(config, echo),
@@ -151,7 +151,7 @@ fn run(config: Option<PathBuf>, echo: Option<std::net::SocketAddr>) -> ExitCode 
             })
         });
         if let Some(addr) = echo
-            && let Err(e) = weft_proxy::echo::spawn_echo(addr, "demo-echo").await
+            && let Err(e) = weft_echo::spawn_echo(addr, "demo-echo").await
         {
             eprintln!("echo upstream {addr}: cannot bind: {e}");
             return ExitCode::FAILURE;

@@ -98,15 +98,18 @@ impl ForwardPhase {
         admit(ctx, cluster, forward.timeout).await?;
 
         // The upstream request head.
-        prepare::prepare_upstream_headers(&mut ctx.head.headers, ctx.conn, listener, ctx.is_upgrade);
+        prepare::prepare_upstream_headers(
+            &mut ctx.head.headers,
+            ctx.conn,
+            listener,
+            ctx.is_upgrade,
+        );
         if let Some(e) = ctx.completion.entry.as_mut()
             && e.request_id.is_none()
         {
-            e.request_id = crate::accounting::header_str(
-                &ctx.head.headers,
-                &crate::accounting::X_REQUEST_ID,
-            )
-            .map(str::to_owned);
+            e.request_id =
+                crate::accounting::header_str(&ctx.head.headers, &crate::accounting::X_REQUEST_ID)
+                    .map(str::to_owned);
         }
         let host_value = match &forward.host_rewrite {
             Some(h) => Some(h.clone()),

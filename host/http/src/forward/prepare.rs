@@ -105,7 +105,11 @@ pub(crate) fn prepare_upstream_headers(
 }
 
 /// The hash of the first hash policy that applies (`None`: none does).
-pub(crate) fn request_hash(policies: &[HashPolicy], headers: &HeaderMap, peer: SocketAddr) -> Option<u64> {
+pub(crate) fn request_hash(
+    policies: &[HashPolicy],
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Option<u64> {
     for p in policies {
         match p {
             HashPolicy::Header(name) => {

@@ -60,7 +60,10 @@ impl Phase for RateLimitPhase {
                         "local_rate_limited",
                         flags::RATE_LIMITED,
                     )
-                    .with_header(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(wait))),
+                    .with_header(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(retry_after_secs(wait)),
+                    ),
                 )
             }
         }

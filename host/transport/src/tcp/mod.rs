@@ -243,7 +243,11 @@ pub(crate) async fn serve(
         copy_plain(&mut downstream, &mut upstream, idle, &shutdown, &mut entry).await
     } else {
         let local = downstream.local_addr().unwrap_or(peer);
-        let props = Arc::new(ConnectionProperties::new(peer, local, weft_http::conn::next_connection_id()));
+        let props = Arc::new(ConnectionProperties::new(
+            peer,
+            local,
+            weft_http::conn::next_connection_id(),
+        ));
         match NetFilters::start(&target.wasm, props) {
             Ok(filters) => {
                 let r = copy_filtered(

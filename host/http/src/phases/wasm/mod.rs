@@ -96,7 +96,10 @@ impl Phase for WasmPhase {
         if let Some((cluster, addr)) = upstream {
             let props = exchange.properties();
             props.set("upstream.address", addr.to_string().into_bytes());
-            props.set("upstream.port", u64::from(addr.port()).to_le_bytes().to_vec());
+            props.set(
+                "upstream.port",
+                u64::from(addr.port()).to_le_bytes().to_vec(),
+            );
             props.set("xds.cluster_name", cluster.as_bytes().to_vec());
         }
         exchange.response(head, body, self.max_body.max(1)).await

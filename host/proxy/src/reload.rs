@@ -1,0 +1,243 @@
+//! The reload actor: the one path by which configuration changes.
+//!
+//! Every source — the file watcher, SIGHUP, `POST /reload`, plugin file changes, the plugin
+//! admin endpoint, and [`crate::Proxy::apply`] (later xDS) — sends a [`Command`] to one task,
+//! which handles them one at a time, in the order they were sent. So two reloads never
+//! interleave, and the newest request is always the one whose result ends up live: a request
+//! sent after another is applied after it. Reload requests that queue up while one is being
+//! built are coalesced: the source is read once more and every waiter gets that result.
+//!
+//! Applying a generation ([`publish`]): new and moved listeners are bound first (a failure
+//! refuses the whole generation, and the old listeners keep serving); then every kept listener
+//! is pointed at the new generation, the generation is published, listeners that were removed
+//! or moved stop accepting, and the new ones start. A listener whose protocol changes on the
+//! same address keeps its socket: new connections follow the new protocol at once.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use weft_config::Config;
+use weft_extensions::{PluginContext, PluginError};
+use weft_observe::metrics::ResultLabels;
+
+use crate::generation::Generation;
+use crate::proxy::Proxy;
+use crate::source::ProxyError;
+
+/// A refused reload (shared by every request coalesced into it).
+#[derive(Debug, Clone)]
+pub struct ReloadError(pub Arc<ProxyError>);
+
+impl ReloadError {
+    pub(crate) fn stopped() -> ReloadError {
+        ReloadError(Arc::new(ProxyError::Stopped))
+    }
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
+/// A request to the reload actor.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Re-read the configuration source and apply it.
+    Reload {
+        reply: oneshot::Sender<Result<u64, ReloadError>>,
+    },
+    /// Apply this configuration.
+    Apply {
+        config: Box<Config>,
+        reply: oneshot::Sender<Result<u64, ReloadError>>,
+    },
+    /// Hot-swap every variant of plugin `name` from its file.
+    Plugin {
+        name: String,
+        reply: oneshot::Sender<Result<usize, Arc<PluginError>>>,
+    },
+}
+
+/// Starts the actor; it stops when the proxy shuts down.
+pub(crate) fn spawn_actor(proxy: Proxy, mut inbox: mpsc::Receiver<Command>) {
+    tokio::spawn(async move {
+        let mut queued: VecDeque<Command> = VecDeque::new();
+        loop {
+            let next = match queued.pop_front() {
+                Some(c) => c,
+                None => tokio::select! {
+                    c = inbox.recv() => match c {
+                        Some(c) => c,
+                        None => return,
+                    },
+                    _ = proxy.inner.shutdown.cancelled() => return,
+                },
+            };
+            match next {
+                Command::Reload { reply } => {
+                    // Coalesce the reloads already waiting right behind this one.
+                    let mut waiters = vec![reply];
+                    while let Ok(c) = inbox.try_recv() {
+                        match c {
+                            Command::Reload { reply } if queued.is_empty() => waiters.push(reply),
+                            other => queued.push_back(other),
+                        }
+                    }
+                    let result = reload_from_source(&proxy).await;
+                    for w in waiters {
+                        let _ = w.send(result.clone());
+                    }
+                }
+                Command::Apply { config, reply } => {
+                    let result = apply(&proxy, *config).await;
+                    record(&proxy, &result);
+                    let _ = reply.send(result);
+                }
+                Command::Plugin { name, reply } => {
+                    let result = proxy.inner.plugins.reload(&name).await.map_err(Arc::new);
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    });
+}
+
+async fn reload_from_source(proxy: &Proxy) -> Result<u64, ReloadError> {
+    let result = match proxy.inner.source.load() {
+        Ok(config) => apply(proxy, config).await,
+        Err(e) => Err(ReloadError(Arc::new(ProxyError::Config(e)))),
+    };
+    record(proxy, &result);
+    result
+}
+
+/// Counts and logs a reload's result and keeps its error for admin.
+fn record(proxy: &Proxy, result: &Result<u64, ReloadError>) {
+    let label = if result.is_ok() { "success" } else { "failure" };
+    proxy
+        .metrics()
+        .config_reload
+        .get_or_create(&ResultLabels {
+            result: label.into(),
+        })
+        .inc();
+    match result {
+        Ok(id) => {
+            tracing::info!(generation = id, "configuration reloaded");
+            *proxy.inner.last_error.lock() = None;
+        }
+        Err(e) => {
+            tracing::error!("configuration rejected, the previous one keeps serving: {e}");
+            *proxy.inner.last_error.lock() = Some(e.to_string());
+        }
+    }
+}
+
+/// Compiles `config` into the next generation and publishes it.
+async fn apply(proxy: &Proxy, config: Config) -> Result<u64, ReloadError> {
+    let inner = &proxy.inner;
+    let previous = inner.generation.load_full();
+    let id = previous.id + 1;
+    let label = inner.source.label();
+    let base_dir = inner.source.base_dir();
+    let ctx = PluginContext {
+        registry: &inner.plugins,
+        base_dir: &base_dir,
+        strict: true,
+    };
+    let generation = Generation::build(
+        id,
+        label.clone(),
+        config,
+        Some(&previous),
+        &inner.shared.metrics,
+        ctx,
+    )
+    .await
+    .map_err(|error| {
+        ReloadError(Arc::new(ProxyError::Build {
+            source_label: label,
+            error,
+        }))
+    })?;
+    publish(proxy, Arc::new(generation))
+        .await
+        .map_err(|e| ReloadError(Arc::new(e)))?;
+    Ok(id)
+}
+
+/// Binds what is new, then switches every listener to `generation` and publishes it.
+pub(crate) async fn publish(proxy: &Proxy, generation: Arc<Generation>) -> Result<(), ProxyError> {
+    let inner = &proxy.inner;
+    // 1. Bind new and moved listeners before touching anything live; a failure leaves
+    //    everything as it was.
+    let mut fresh = Vec::new();
+    {
+        let slots = inner.slots.lock().clone();
+        for (name, lgen) in &generation.listeners {
+            let keep = slots
+                .get(name)
+                .is_some_and(|s| s.configured_addr == lgen.config().address);
+            if keep {
+                continue;
+            }
+            match weft_transport::bind(lgen.clone()).await {
+                Ok(bound) => fresh.push(bound),
+                Err(error) => {
+                    return Err(ProxyError::Bind {
+                        what: format!("listener {name}"),
+                        address: lgen.config().address,
+                        error,
+                    });
+                }
+            }
+        }
+    }
+    // 2. Publish.
+    let id = generation.id;
+    let mut slots = inner.slots.lock();
+    for (name, lgen) in &generation.listeners {
+        if let Some(slot) = slots.get(name)
+            && slot.configured_addr == lgen.config().address
+        {
+            slot.publish(lgen.clone());
+        }
+    }
+    inner.plugins.set_clusters(generation.clusters.clone());
+    inner.plugins.retain(&generation.plugin_handles());
+    inner.generation.store(generation.clone());
+    inner.shared.metrics.config_generation.set(id as i64);
+    // 3. Stop what was removed or moved; start what is new.
+    let stale: Vec<String> = slots
+        .iter()
+        .filter(|(n, s)| {
+            generation
+                .listeners
+                .get(*n)
+                .is_none_or(|l| l.config().address != s.configured_addr)
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in stale {
+        if let Some(slot) = slots.remove(&name) {
+            slot.stop();
+            tracing::info!(listener = %name, "listener closed");
+        }
+    }
+    for (slot, listener) in fresh {
+        tracing::info!(listener = %slot.name, address = %slot.local_addr, "listening");
+        slots.insert(slot.name.to_string(), slot.clone());
+        weft_transport::serve(
+            slot,
+            listener,
+            inner.shared.clone(),
+            inner.tracker.clone(),
+            inner.shutdown.clone(),
+        );
+    }
+    Ok(())
+}
