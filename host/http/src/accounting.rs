@@ -17,7 +17,7 @@ use weft_observe::metrics::{ClusterMetrics, ListenerMetrics, RouteMetrics, class
 use weft_upstream::Endpoint;
 
 use crate::conn::{Activity, ConnCtx, Shared};
-use crate::phases::wasm::WasmExchange;
+use crate::phases::wasm::exchange::WasmExchange;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -128,7 +128,7 @@ pub fn completion(
         start_time: access_log::rfc3339(SystemTime::now()),
         listener: listener_name
             .cloned()
-            .unwrap_or_else(|| conn.listener.name().clone()),
+            .unwrap_or_else(|| conn.listener_name.clone()),
         protocol: if conn.h2 {
             "HTTP/2"
         } else {

@@ -9,7 +9,7 @@ use weft_body::ProxyBody;
 
 use crate::ctx::RequestCtx;
 use crate::forward::ForwardPhase;
-use crate::phase::{Flow, LocalReply, Phase};
+use crate::phase::{Flow, Phase};
 use crate::phases::direct::DirectResponse;
 use crate::phases::fault::FaultPhase;
 use crate::phases::header_mutation::{RequestHeaders, ResponseHeaders};
@@ -17,6 +17,7 @@ use crate::phases::peer_authz::PeerAuthz;
 use crate::phases::rate_limit::RateLimitPhase;
 use crate::phases::redirect::Redirect;
 use crate::phases::wasm::WasmPhase;
+use crate::reply::LocalReply;
 
 /// One phase of a chain.
 #[derive(Debug)]

@@ -10,9 +10,7 @@ use http::HeaderValue;
 use tokio::time::Instant;
 use weft_framing::GuardHandle;
 use weft_observe::AccessLog;
-use weft_observe::metrics::ListenerMetrics;
 
-use crate::listener::HttpListener;
 use crate::security::ConnSecurity;
 
 /// Requests in flight on a connection and when the last one ended, for the idle timeout.
@@ -52,17 +50,6 @@ impl Activity {
     }
 }
 
-/// Where a connection finds the listener configuration of the live generation; the
-/// transport's listener slot implements it. Each request reads it once, at its start.
-pub trait ListenerSource: Send + Sync + 'static {
-    /// The listener's name.
-    fn name(&self) -> &Arc<str>;
-    /// The listener's HTTP configuration now (`None`: the listener is no longer HTTP).
-    fn http(&self) -> Option<Arc<HttpListener>>;
-    /// The listener's metrics now.
-    fn metrics(&self) -> Arc<ListenerMetrics>;
-}
-
 /// What every connection shares: the access log.
 #[derive(Debug)]
 pub struct Shared {
@@ -77,7 +64,7 @@ pub struct ConnCtx {
     /// Our address on the connection.
     pub local: SocketAddr,
     /// The listener it was accepted on.
-    pub listener: Arc<dyn ListenerSource>,
+    pub listener_name: Arc<str>,
     /// What every connection shares.
     pub shared: Arc<Shared>,
     /// Requests in flight, for the idle timeout.

@@ -10,7 +10,7 @@ use weft_routing::{RequestView, Route, split_host_port};
 
 use crate::accounting::Completion;
 use crate::conn::ConnCtx;
-use crate::listener::{HttpListener, RouteState};
+use crate::settings::ListenerSettings;
 
 /// One request on its way through the chains. The head and body are the request as it will
 /// go upstream (phases change them in place); `completion` is what gets accounted for at the
@@ -18,12 +18,10 @@ use crate::listener::{HttpListener, RouteState};
 pub struct RequestCtx<'a> {
     /// The connection.
     pub conn: &'a Arc<ConnCtx>,
-    /// The listener's configuration, as of the request's start.
-    pub listener: &'a HttpListener,
+    /// The listener's settings, as of the request's start.
+    pub listener: &'a ListenerSettings,
     /// The route, once routing matched.
     pub route: Option<&'a Route>,
-    /// The route's compiled state, once routing matched.
-    pub state: Option<&'a RouteState>,
     /// The request head.
     pub head: request::Parts,
     /// The request body.

@@ -15,19 +15,21 @@ use crate::accounting::{self, Completion};
 use crate::conn::ConnCtx;
 use crate::ctx::RequestCtx;
 use crate::forward::prepare::is_upgrade_request;
-use crate::listener::HttpListener;
-use crate::phase::{Flow, LocalReply};
+use crate::listener::{HttpListener, ListenerSource};
+use crate::phase::Flow;
+use crate::reply::LocalReply;
 
 /// Serves one request of a downstream connection.
 pub async fn handle(
     req: Request<Incoming>,
     conn: Arc<ConnCtx>,
+    source: Arc<dyn ListenerSource>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     conn.activity.begin();
-    let Some(listener) = conn.listener.http() else {
+    let Some(listener) = source.http() else {
         // The listener turned into a TCP listener by a reload; this connection is stale.
-        let c = accounting::completion(&conn, start, conn.listener.metrics(), None, &req);
+        let c = accounting::completion(&conn, start, source.metrics(), None, &req);
         return Ok(reply(
             c,
             LocalReply::text(
@@ -49,8 +51,8 @@ async fn serve(
     let completion = accounting::completion(
         conn,
         start,
-        listener.metrics.clone(),
-        Some(&listener.name),
+        listener.settings.metrics.clone(),
+        Some(&listener.settings.name),
         &req,
     );
     let authority = accounting::authority_of(&req).unwrap_or("").to_owned();
@@ -60,9 +62,8 @@ async fn serve(
     let body = ProxyBody::incoming(body).metered(completion.request_bytes.clone());
     let mut ctx = RequestCtx {
         conn,
-        listener,
+        listener: &listener.settings,
         route: None,
-        state: None,
         head,
         body,
         authority,
@@ -96,7 +97,6 @@ async fn serve(
     }
     ctx.completion.route = Some(state.metrics.clone());
     ctx.route = Some(route);
-    ctx.state = Some(state);
 
     // The route's chain, then its response hooks over what the terminal phase answered.
     match state.chain.request(&mut ctx).await {

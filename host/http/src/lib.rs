@@ -25,10 +25,14 @@ pub mod handle;
 pub mod listener;
 pub mod phase;
 pub mod phases;
+pub mod reply;
 pub mod security;
 pub mod server;
+pub mod settings;
 
-pub use conn::{ListenerSource, Shared};
-pub use listener::{BuildContext, BuildError, HttpListener, RouteState};
-pub use phase::{Flow, LocalReply, Phase};
+pub use conn::Shared;
+pub use listener::{BuildContext, BuildError, HttpListener, ListenerSource, RouteState};
+pub use phase::{Flow, Phase};
+pub use reply::LocalReply;
 pub use server::{Accepted, serve_connection};
+pub use settings::ListenerSettings;

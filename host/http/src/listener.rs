@@ -23,6 +23,7 @@ use crate::phases::peer_authz::PeerAuthz;
 use crate::phases::rate_limit::{RateLimitPhase, TokenBucket, carry_over};
 use crate::phases::redirect::Redirect;
 use crate::phases::wasm::WasmPhase;
+use crate::settings::ListenerSettings;
 
 /// Why an HTTP listener could not be compiled.
 #[derive(Debug, thiserror::Error)]
@@ -38,27 +39,28 @@ pub enum BuildError {
     Plugin(#[from] PluginError),
 }
 
+/// Where a connection finds the listener configuration of the live generation; the
+/// transport's listener slot implements it. Each request reads it once, at its start.
+pub trait ListenerSource: Send + Sync + 'static {
+    /// The listener's name.
+    fn name(&self) -> &Arc<str>;
+    /// The listener's HTTP configuration now (`None`: the listener is no longer HTTP).
+    fn http(&self) -> Option<Arc<HttpListener>>;
+    /// The listener's metrics now.
+    fn metrics(&self) -> Arc<ListenerMetrics>;
+}
+
 /// An HTTP listener's routes, chains and the clusters they reach.
 #[derive(Debug)]
 pub struct HttpListener {
-    /// Listener name.
-    pub name: Arc<str>,
-    /// The generation this belongs to.
-    pub generation: u64,
-    /// Its configuration.
-    pub config: schema::Listener,
-    /// Whether connections arrive over TLS (redirects then say `https`).
-    pub tls: bool,
+    /// Name, configuration, clusters, metric handles.
+    pub settings: ListenerSettings,
     /// Route table.
     pub routes: RouteTable,
     /// Phases that run before routing (listener rate limit, peer authorization).
     pub chain: Chain,
     /// Per-route state, indexed by route id.
     pub route_state: Vec<RouteState>,
-    /// The generation's clusters (route targets index into this).
-    pub clusters: Arc<Vec<Arc<Cluster>>>,
-    /// Metric handles.
-    pub metrics: Arc<ListenerMetrics>,
     /// The listener-wide token bucket (carried over by the next generation).
     pub rate_limit: Option<Arc<TokenBucket>>,
 }
@@ -204,15 +206,17 @@ impl HttpListener {
             }
         }
         Ok(HttpListener {
-            name: l.name.as_str().into(),
-            generation: ctx.generation,
-            config: l.clone(),
-            tls,
+            settings: ListenerSettings {
+                name: l.name.as_str().into(),
+                generation: ctx.generation,
+                config: l.clone(),
+                tls,
+                clusters: ctx.clusters.clone(),
+                metrics: metrics.listener(&l.name),
+            },
             routes,
             chain: Chain::new(steps),
             route_state,
-            clusters: ctx.clusters.clone(),
-            metrics: metrics.listener(&l.name),
             rate_limit,
         })
     }
@@ -233,7 +237,7 @@ impl HttpListener {
                 phases.push("router".to_owned());
                 phases.extend(r.chain.names());
                 serde_json::json!({
-                    "listener": &*self.name,
+                    "listener": &*self.settings.name,
                     "route": &*r.name,
                     "phases": phases,
                     "plugins": r.plugins.iter().map(|h| h.label()).collect::<Vec<_>>(),

@@ -16,7 +16,8 @@ use weft_observe::access_log::{self, Entry};
 use weft_observe::flags;
 use weft_observe::metrics::class_index;
 
-use crate::conn::{Activity, ConnCtx, ListenerSource, Shared, next_connection_id, peer_ip_value};
+use crate::conn::{Activity, ConnCtx, Shared, next_connection_id, peer_ip_value};
+use crate::listener::ListenerSource;
 use crate::security::ConnSecurity;
 
 /// Addresses and security of an accepted downstream connection.
@@ -51,7 +52,7 @@ pub async fn serve_connection<IO>(
     let Some(http) = listener.http() else {
         return;
     };
-    let settings = http.config.http.clone();
+    let settings = http.settings.config.http.clone();
     drop(http);
     let activity = Arc::new(Activity::new());
     let id = next_connection_id();
@@ -60,7 +61,7 @@ pub async fn serve_connection<IO>(
     if h2 {
         let ctx = Arc::new(ConnCtx {
             peer,
-            listener: listener.clone(),
+            listener_name: listener.name().clone(),
             shared: shared.clone(),
             activity: activity.clone(),
             guard: None,
@@ -70,7 +71,9 @@ pub async fn serve_connection<IO>(
             peer_ip: peer_ip_value(peer),
             security: security.clone(),
         });
-        let service = service_fn(move |req| crate::handle::handle(req, ctx.clone()));
+        let source = listener.clone();
+        let service =
+            service_fn(move |req| crate::handle::handle(req, ctx.clone(), source.clone()));
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(settings.max_request_headers_bytes as u32)
@@ -88,7 +91,7 @@ pub async fn serve_connection<IO>(
     let (io, guard) = GuardedIo::new(stream, limits);
     let ctx = Arc::new(ConnCtx {
         peer,
-        listener: listener.clone(),
+        listener_name: listener.name().clone(),
         shared: shared.clone(),
         activity: activity.clone(),
         guard: Some(guard.clone()),
@@ -98,7 +101,8 @@ pub async fn serve_connection<IO>(
         peer_ip: peer_ip_value(peer),
         security,
     });
-    let service = service_fn(move |req| crate::handle::handle(req, ctx.clone()));
+    let source = listener.clone();
+    let service = service_fn(move |req| crate::handle::handle(req, ctx.clone(), source.clone()));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .keep_alive(true)

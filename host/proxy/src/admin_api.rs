@@ -8,10 +8,10 @@ use weft_extensions::PluginRegistry;
 use weft_transport::ListenerGen;
 use weft_upstream::Cluster;
 
-use crate::proxy::Proxy;
+use crate::state::State;
 
-/// The admin view of a [`Proxy`].
-pub(crate) struct Api(pub Proxy);
+/// The admin view of the running proxy.
+pub(crate) struct Api(pub Arc<State>);
 
 impl AdminApi for Api {
     fn is_ready(&self) -> bool {

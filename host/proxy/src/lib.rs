@@ -13,16 +13,18 @@
 #![forbid(unsafe_code)]
 
 pub mod admin_api;
+pub mod commands;
 pub mod generation;
 pub mod identity;
 pub mod proxy;
 pub mod reload;
 pub mod signals;
 pub mod source;
+pub mod state;
 mod watch;
 
+pub use commands::ReloadError;
 pub use proxy::{Proxy, StartOptions};
-pub use reload::ReloadError;
 pub use signals::Signals;
 pub use source::{ConfigSource, ProxyError};
 /// Built-in plugin modules (embedded in the binary).

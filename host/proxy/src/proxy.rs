@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -15,34 +14,18 @@ use tokio_util::task::TaskTracker;
 use weft_config::Config;
 use weft_extensions::{PluginContext, PluginError, PluginRegistry};
 use weft_observe::{AccessLog, Metrics};
-use weft_transport::{ListenerGen, ListenerSlot, Shared};
+use weft_transport::{ListenerGen, Shared};
 
+use crate::commands::ReloadError;
 use crate::generation::Generation;
-use crate::reload::{Command, ReloadError};
 use crate::signals::Signals;
 use crate::source::{ConfigSource, ProxyError};
+use crate::state::State;
 
 /// A handle on the running proxy; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Proxy {
-    pub(crate) inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Inner {
-    pub(crate) source: ConfigSource,
-    pub(crate) generation: ArcSwap<Generation>,
-    /// Listener slots by name; only the reload actor changes them.
-    pub(crate) slots: Mutex<HashMap<String, Arc<ListenerSlot>>>,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) tracker: TaskTracker,
-    pub(crate) shutdown: CancellationToken,
-    ready: AtomicBool,
-    pub(crate) last_error: Mutex<Option<String>>,
-    admin_addr: Mutex<Option<SocketAddr>>,
-    drain_timeout: Duration,
-    pub(crate) plugins: Arc<PluginRegistry>,
-    pub(crate) commands: tokio::sync::mpsc::Sender<Command>,
+    pub(crate) inner: Arc<State>,
 }
 
 /// Options for [`Proxy::start`].
@@ -91,7 +74,7 @@ impl Proxy {
             .unwrap_or(generation.config.admin.address);
         let (commands, inbox) = tokio::sync::mpsc::channel(64);
         let proxy = Proxy {
-            inner: Arc::new(Inner {
+            inner: Arc::new(State {
                 source,
                 generation: ArcSwap::new(generation.clone()),
                 slots: Mutex::new(HashMap::new()),
@@ -109,9 +92,10 @@ impl Proxy {
                 commands,
             }),
         };
-        crate::reload::publish(&proxy, generation).await?;
-        crate::reload::spawn_actor(proxy.clone(), inbox);
-        let api: Arc<dyn weft_admin::AdminApi> = Arc::new(crate::admin_api::Api(proxy.clone()));
+        crate::reload::publish(&proxy.inner, generation).await?;
+        crate::reload::spawn_actor(proxy.inner.clone(), inbox);
+        let api: Arc<dyn weft_admin::AdminApi> =
+            Arc::new(crate::admin_api::Api(proxy.inner.clone()));
         let admin = weft_admin::start(api, admin_address)
             .await
             .map_err(|error| ProxyError::Bind {
@@ -121,93 +105,77 @@ impl Proxy {
             })?;
         *proxy.inner.admin_addr.lock() = Some(admin);
         if options.watch {
-            crate::watch::spawn(&proxy);
+            crate::watch::spawn(&proxy.inner);
         }
         proxy.inner.ready.store(true, Ordering::SeqCst);
         Ok(proxy)
     }
 
-    async fn command<T>(
-        &self,
-        make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Command,
-        closed: T,
-    ) -> T {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.inner.commands.send(make(tx)).await.is_err() {
-            return closed;
-        }
-        rx.await.unwrap_or(closed)
-    }
-
     /// Re-reads the configuration source and applies it (through the reload actor); on any
     /// error the live generation keeps serving and the error is logged, counted and returned.
     pub async fn reload(&self) -> Result<u64, ReloadError> {
-        self.command(
-            |reply| Command::Reload { reply },
-            Err(ReloadError::stopped()),
-        )
-        .await
+        self.inner.reload().await
     }
 
     /// Compiles and publishes `config` as a new generation (through the reload actor).
     pub async fn apply(&self, config: Config) -> Result<u64, ReloadError> {
-        self.command(
-            |reply| Command::Apply {
-                config: Box::new(config),
-                reply,
-            },
-            Err(ReloadError::stopped()),
-        )
-        .await
+        self.inner.apply(config).await
     }
 
     /// Hot-swaps plugin `name` from its file (through the reload actor; the old version keeps
     /// serving on failure).
     pub async fn reload_plugin(&self, name: &str) -> Result<usize, Arc<PluginError>> {
-        self.command(
-            |reply| Command::Plugin {
-                name: name.to_owned(),
-                reply,
-            },
-            Ok(0),
-        )
-        .await
+        self.inner.reload_plugin(name).await
     }
 
     /// The live generation.
     pub fn generation(&self) -> Arc<Generation> {
-        self.inner.generation.load_full()
+        self.inner.generation()
     }
 
     /// The bound address of listener `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.inner.slots.lock().get(name).map(|s| s.local_addr)
+        self.inner.listener_addr(name)
+    }
+
+    /// The listeners' bound addresses by name.
+    pub fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
+        self.inner.listener_addrs()
     }
 
     /// The bound admin address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        *self.inner.admin_addr.lock()
+        self.inner.admin_addr()
     }
 
     /// Metric families.
     pub fn metrics(&self) -> &Metrics {
-        &self.inner.shared.metrics
+        self.inner.metrics()
     }
 
     /// True once started and until draining begins.
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::SeqCst)
+        self.inner.is_ready()
     }
 
     /// The last reload error, if the last reload failed.
     pub fn last_reload_error(&self) -> Option<String> {
-        self.inner.last_error.lock().clone()
+        self.inner.last_reload_error()
     }
 
     /// Starts a graceful shutdown.
     pub fn shutdown(&self) {
-        self.inner.ready.store(false, Ordering::SeqCst);
-        self.inner.shutdown.cancel();
+        self.inner.shutdown();
+    }
+
+    /// The plugin registry.
+    pub fn plugins(&self) -> &PluginRegistry {
+        self.inner.plugins()
+    }
+
+    /// The listener's generation by name (for admin).
+    pub fn listener(&self, name: &str) -> Option<Arc<ListenerGen>> {
+        self.inner.listener(name)
     }
 
     /// Waits for the shutdown signal, then drains: stops accepting, asks every connection to
@@ -241,25 +209,5 @@ impl Proxy {
             break;
         }
         self.wait().await
-    }
-
-    /// The listeners' bound addresses by name.
-    pub fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
-        self.inner
-            .slots
-            .lock()
-            .iter()
-            .map(|(n, s)| (n.clone(), s.local_addr))
-            .collect()
-    }
-
-    /// The plugin registry.
-    pub fn plugins(&self) -> &PluginRegistry {
-        &self.inner.plugins
-    }
-
-    /// The listener's generation by name (for admin).
-    pub fn listener(&self, name: &str) -> Option<Arc<ListenerGen>> {
-        self.generation().listeners.get(name).cloned()
     }
 }

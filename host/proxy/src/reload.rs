@@ -16,54 +16,18 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use weft_config::Config;
-use weft_extensions::{PluginContext, PluginError};
+use weft_extensions::PluginContext;
 use weft_observe::metrics::ResultLabels;
 
+use crate::commands::{Command, ReloadError};
 use crate::generation::Generation;
-use crate::proxy::Proxy;
 use crate::source::ProxyError;
-
-/// A refused reload (shared by every request coalesced into it).
-#[derive(Debug, Clone)]
-pub struct ReloadError(pub Arc<ProxyError>);
-
-impl ReloadError {
-    pub(crate) fn stopped() -> ReloadError {
-        ReloadError(Arc::new(ProxyError::Stopped))
-    }
-}
-
-impl std::fmt::Display for ReloadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for ReloadError {}
-
-/// A request to the reload actor.
-#[derive(Debug)]
-pub(crate) enum Command {
-    /// Re-read the configuration source and apply it.
-    Reload {
-        reply: oneshot::Sender<Result<u64, ReloadError>>,
-    },
-    /// Apply this configuration.
-    Apply {
-        config: Box<Config>,
-        reply: oneshot::Sender<Result<u64, ReloadError>>,
-    },
-    /// Hot-swap every variant of plugin `name` from its file.
-    Plugin {
-        name: String,
-        reply: oneshot::Sender<Result<usize, Arc<PluginError>>>,
-    },
-}
+use crate::state::State;
 
 /// Starts the actor; it stops when the proxy shuts down.
-pub(crate) fn spawn_actor(proxy: Proxy, mut inbox: mpsc::Receiver<Command>) {
+pub(crate) fn spawn_actor(state: Arc<State>, mut inbox: mpsc::Receiver<Command>) {
     tokio::spawn(async move {
         let mut queued: VecDeque<Command> = VecDeque::new();
         loop {
@@ -74,7 +38,7 @@ pub(crate) fn spawn_actor(proxy: Proxy, mut inbox: mpsc::Receiver<Command>) {
                         Some(c) => c,
                         None => return,
                     },
-                    _ = proxy.inner.shutdown.cancelled() => return,
+                    _ = state.shutdown.cancelled() => return,
                 },
             };
             match next {
@@ -87,18 +51,18 @@ pub(crate) fn spawn_actor(proxy: Proxy, mut inbox: mpsc::Receiver<Command>) {
                             other => queued.push_back(other),
                         }
                     }
-                    let result = reload_from_source(&proxy).await;
+                    let result = reload_from_source(&state).await;
                     for w in waiters {
                         let _ = w.send(result.clone());
                     }
                 }
                 Command::Apply { config, reply } => {
-                    let result = apply(&proxy, *config).await;
-                    record(&proxy, &result);
+                    let result = apply(&state, *config).await;
+                    record(&state, &result);
                     let _ = reply.send(result);
                 }
                 Command::Plugin { name, reply } => {
-                    let result = proxy.inner.plugins.reload(&name).await.map_err(Arc::new);
+                    let result = state.plugins.reload(&name).await.map_err(Arc::new);
                     let _ = reply.send(result);
                 }
             }
@@ -106,19 +70,19 @@ pub(crate) fn spawn_actor(proxy: Proxy, mut inbox: mpsc::Receiver<Command>) {
     });
 }
 
-async fn reload_from_source(proxy: &Proxy) -> Result<u64, ReloadError> {
-    let result = match proxy.inner.source.load() {
-        Ok(config) => apply(proxy, config).await,
+async fn reload_from_source(state: &State) -> Result<u64, ReloadError> {
+    let result = match state.source.load() {
+        Ok(config) => apply(state, config).await,
         Err(e) => Err(ReloadError(Arc::new(ProxyError::Config(e)))),
     };
-    record(proxy, &result);
+    record(state, &result);
     result
 }
 
 /// Counts and logs a reload's result and keeps its error for admin.
-fn record(proxy: &Proxy, result: &Result<u64, ReloadError>) {
+fn record(state: &State, result: &Result<u64, ReloadError>) {
     let label = if result.is_ok() { "success" } else { "failure" };
-    proxy
+    state
         .metrics()
         .config_reload
         .get_or_create(&ResultLabels {
@@ -128,18 +92,18 @@ fn record(proxy: &Proxy, result: &Result<u64, ReloadError>) {
     match result {
         Ok(id) => {
             tracing::info!(generation = id, "configuration reloaded");
-            *proxy.inner.last_error.lock() = None;
+            *state.last_error.lock() = None;
         }
         Err(e) => {
             tracing::error!("configuration rejected, the previous one keeps serving: {e}");
-            *proxy.inner.last_error.lock() = Some(e.to_string());
+            *state.last_error.lock() = Some(e.to_string());
         }
     }
 }
 
 /// Compiles `config` into the next generation and publishes it.
-async fn apply(proxy: &Proxy, config: Config) -> Result<u64, ReloadError> {
-    let inner = &proxy.inner;
+async fn apply(state: &State, config: Config) -> Result<u64, ReloadError> {
+    let inner = state;
     let previous = inner.generation.load_full();
     let id = previous.id + 1;
     let label = inner.source.label();
@@ -164,15 +128,15 @@ async fn apply(proxy: &Proxy, config: Config) -> Result<u64, ReloadError> {
             error,
         }))
     })?;
-    publish(proxy, Arc::new(generation))
+    publish(state, Arc::new(generation))
         .await
         .map_err(|e| ReloadError(Arc::new(e)))?;
     Ok(id)
 }
 
 /// Binds what is new, then switches every listener to `generation` and publishes it.
-pub(crate) async fn publish(proxy: &Proxy, generation: Arc<Generation>) -> Result<(), ProxyError> {
-    let inner = &proxy.inner;
+pub(crate) async fn publish(state: &State, generation: Arc<Generation>) -> Result<(), ProxyError> {
+    let inner = state;
     // 1. Bind new and moved listeners before touching anything live; a failure leaves
     //    everything as it was.
     let mut fresh = Vec::new();

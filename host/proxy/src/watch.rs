@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
-use crate::proxy::Proxy;
+use std::sync::Arc;
+
+use crate::state::State;
 
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Starts watching `path`; changes reload `proxy`. Failing to watch is logged, not fatal.
-fn spawn_config_watcher(proxy: Proxy, path: PathBuf) {
+fn spawn_config_watcher(proxy: Arc<State>, path: PathBuf) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if res.is_ok() {
@@ -60,7 +62,7 @@ fn spawn_config_watcher(proxy: Proxy, path: PathBuf) {
 
 /// Watches the directories of every plugin file; a changed file is hot-swapped (validated by a
 /// canary first; a bad version is refused and the old one keeps serving).
-fn spawn_plugin_watcher(proxy: Proxy) {
+fn spawn_plugin_watcher(proxy: Arc<State>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
@@ -130,8 +132,8 @@ fn spawn_plugin_watcher(proxy: Proxy) {
 }
 
 /// Starts the configuration file watcher (for a file source) and the plugin file watcher.
-pub(crate) fn spawn(proxy: &Proxy) {
-    if let crate::ConfigSource::File(path) = &proxy.inner.source {
+pub(crate) fn spawn(proxy: &Arc<State>) {
+    if let crate::ConfigSource::File(path) = &proxy.source {
         spawn_config_watcher(proxy.clone(), path.clone());
     }
     spawn_plugin_watcher(proxy.clone());

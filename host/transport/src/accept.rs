@@ -76,7 +76,7 @@ async fn serve_http(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let settings = http.config.http.clone();
+    let settings = http.settings.config.http.clone();
     drop(http);
     let local = stream.local_addr().unwrap_or(slot.local_addr);
     let source: Arc<dyn ListenerSource> = slot.clone();

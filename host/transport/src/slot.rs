@@ -64,7 +64,7 @@ impl ListenerGen {
     /// The listener's configuration.
     pub fn config(&self) -> &schema::Listener {
         match self {
-            ListenerGen::Http(h) => &h.http.config,
+            ListenerGen::Http(h) => &h.http.settings.config,
             ListenerGen::Tcp(t) => &t.config,
         }
     }
@@ -72,7 +72,7 @@ impl ListenerGen {
     /// The listener's metrics.
     pub fn metrics(&self) -> &Arc<ListenerMetrics> {
         match self {
-            ListenerGen::Http(h) => &h.http.metrics,
+            ListenerGen::Http(h) => &h.http.settings.metrics,
             ListenerGen::Tcp(t) => &t.metrics,
         }
     }

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,90 +16,18 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
-use weft_balance::{Balancer, EndpointState, PickContext, Policy};
+use weft_balance::{EndpointState, PickContext, Policy};
 use weft_config::EndpointAddress;
 use weft_config::schema::{self, LbPolicy, UpstreamProtocol};
 
 use weft_body::ProxyBody;
 use weft_observe::metrics::{ClusterMetrics, Metrics};
 
-/// One resolved endpoint and its live statistics.
-#[derive(Debug)]
-pub struct Endpoint {
-    /// Its socket address.
-    pub addr: SocketAddr,
-    /// `ip:port` as a URI authority, built once.
-    pub authority: http::uri::Authority,
-    /// Balancing weight.
-    pub weight: u32,
-    /// Requests in flight.
-    pub active: AtomicU64,
-    /// Requests sent.
-    pub rq_total: AtomicU64,
-    /// Requests that failed (connect failure, reset, timeout, 5xx).
-    pub rq_error: AtomicU64,
-    /// Connection attempts that failed.
-    pub cx_connect_fail: AtomicU64,
-    /// Active health check and outlier state.
-    pub health: crate::health::EndpointHealth,
-}
-
-/// The endpoints of a cluster at one moment, with the balancer built over them.
-#[derive(Debug)]
-pub struct EndpointSet {
-    /// The endpoints, indexed as the balancer sees them.
-    pub endpoints: Vec<Arc<Endpoint>>,
-    balancer: Option<Balancer>,
-}
-
-impl EndpointState for EndpointSet {
-    fn is_available(&self, index: usize) -> bool {
-        let now = crate::health::now_ms();
-        self.endpoints
-            .get(index)
-            .is_some_and(|e| e.health.is_available(now))
-    }
-    fn active_requests(&self, index: usize) -> u64 {
-        self.endpoints
-            .get(index)
-            .map_or(0, |e| e.active.load(Ordering::Relaxed))
-    }
-}
-
-impl EndpointSet {
-    fn build(policy: Policy, endpoints: Vec<Arc<Endpoint>>) -> EndpointSet {
-        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
-        let keys: Vec<Vec<u8>> = endpoints
-            .iter()
-            .map(|e| e.addr.to_string().into_bytes())
-            .collect();
-        let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        let balancer = if endpoints.is_empty() {
-            None
-        } else {
-            Balancer::with_endpoint_keys(policy, &weights, &key_refs)
-                .inspect_err(|e| tracing::error!(error = %e, "cannot build load balancer"))
-                .ok()
-        };
-        EndpointSet {
-            endpoints,
-            balancer,
-        }
-    }
-
-    /// The balancer (`None` when there is no endpoint).
-    pub(crate) fn balancer(&self) -> Option<&Balancer> {
-        self.balancer.as_ref()
-    }
-
-    /// Picks an endpoint; `hash` feeds ring hashing. `None` when there is no endpoint.
-    pub fn pick(&self, hash: Option<u64>) -> Option<&Arc<Endpoint>> {
-        let balancer = self.balancer.as_ref()?;
-        let mut ctx = PickContext::new(self);
-        ctx.hash = hash;
-        balancer.pick(&ctx).and_then(|i| self.endpoints.get(i))
-    }
-}
+use crate::clock::now_ms;
+use crate::endpoint::{Endpoint, EndpointSet};
+use crate::outlier::Observation;
+use crate::resilience::{ClusterResilience, Panicked, Untried, in_panic};
+use crate::tls::{UpstreamIo, UpstreamTls};
 
 /// HTTP client type used for every cluster.
 pub type HttpClient = Client<CountingConnector, ProxyBody>;
@@ -119,9 +47,9 @@ pub struct Cluster {
     /// Its metrics.
     pub metrics: Arc<ClusterMetrics>,
     /// Circuit breakers, health checking, outlier detection.
-    pub resilience: crate::resilience::ClusterResilience,
+    pub resilience: ClusterResilience,
     /// Its TLS client side (for `/certs`).
-    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    pub tls: Option<Arc<UpstreamTls>>,
     refresh: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -157,7 +85,7 @@ impl Cluster {
     pub async fn with_tls(
         config: &schema::Cluster,
         metrics: &Metrics,
-        tls: Option<Arc<crate::tls::UpstreamTls>>,
+        tls: Option<Arc<UpstreamTls>>,
     ) -> Cluster {
         let resilience_metrics = metrics.cluster_resilience(&config.name);
         let metrics = metrics.cluster(&config.name);
@@ -211,12 +139,8 @@ impl Cluster {
         if config.protocol == UpstreamProtocol::Http2 {
             builder.http2_only(true);
         }
-        let resilience = crate::resilience::ClusterResilience::start(
-            config,
-            &endpoints,
-            resilience_metrics,
-            tls.clone(),
-        );
+        let resilience =
+            ClusterResilience::start(config, &endpoints, resilience_metrics, tls.clone());
         Cluster {
             name: config.name.as_str().into(),
             config: config.clone(),
@@ -233,11 +157,11 @@ impl Cluster {
     /// Opens a connection to `endpoint` for a TCP proxy: within the cluster's connect
     /// timeout, over the cluster's TLS client side when it has one (never plaintext to a TLS
     /// cluster).
-    pub async fn connect(&self, endpoint: &Endpoint) -> std::io::Result<crate::tls::UpstreamIo> {
+    pub async fn connect(&self, endpoint: &Endpoint) -> std::io::Result<UpstreamIo> {
         let connect = async {
             let tcp = TcpStream::connect(endpoint.addr).await?;
             let _ = tcp.set_nodelay(true);
-            crate::tls::UpstreamTls::wrap(self.tls.as_deref(), tcp).await
+            UpstreamTls::wrap(self.tls.as_deref(), tcp).await
         };
         match tokio::time::timeout(self.config.connect_timeout, connect).await {
             Ok(r) => {
@@ -317,34 +241,17 @@ async fn resolve_all(
     out
 }
 
-impl Endpoint {
-    fn new(addr: SocketAddr, weight: u32) -> Endpoint {
-        let authority = http::uri::Authority::try_from(addr.to_string().as_str())
-            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"));
-        Endpoint {
-            addr,
-            authority,
-            weight,
-            active: AtomicU64::new(0),
-            rq_total: AtomicU64::new(0),
-            rq_error: AtomicU64::new(0),
-            cx_connect_fail: AtomicU64::new(0),
-            health: Default::default(),
-        }
-    }
-}
-
 /// `HttpConnector` that counts the connections it opens, and runs the TLS handshake when the
 /// cluster has `tls`.
 #[derive(Clone, Debug)]
 pub struct CountingConnector {
     inner: HttpConnector,
     opened: Counter,
-    tls: Option<Arc<crate::tls::UpstreamTls>>,
+    tls: Option<Arc<UpstreamTls>>,
 }
 
 impl tower_service::Service<Uri> for CountingConnector {
-    type Response = TokioIo<crate::tls::UpstreamIo>;
+    type Response = TokioIo<UpstreamIo>;
     type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -358,9 +265,87 @@ impl tower_service::Service<Uri> for CountingConnector {
         let tls = self.tls.clone();
         Box::pin(async move {
             let io: TcpStream = fut.await?.into_inner();
-            let io = crate::tls::UpstreamTls::wrap(tls.as_deref(), io).await?;
+            let io = UpstreamTls::wrap(tls.as_deref(), io).await?;
             opened.inc();
             Ok(TokioIo::new(io))
         })
+    }
+}
+
+/// Endpoint picks and outlier bookkeeping.
+impl Cluster {
+    /// Picks an endpoint of `set` for try `attempt` (0 first). A retry avoids every endpoint in
+    /// `tried` while another is available, else at least the last one tried; panic mode
+    /// balances over every endpoint when too few are available.
+    pub fn pick_endpoint(
+        &self,
+        set: &EndpointSet,
+        hash: Option<u64>,
+        attempt: u32,
+        tried: &[usize],
+    ) -> Option<(usize, Arc<Endpoint>)> {
+        let balancer = set.balancer()?;
+        let now = now_ms();
+        let total = set.endpoints.len();
+        let available = set
+            .endpoints
+            .iter()
+            .filter(|e| e.health.is_available(now))
+            .count();
+        let panicked = Panicked(set);
+        let state: &dyn EndpointState =
+            if in_panic(available, total, self.resilience.panic_threshold) {
+                self.resilience.metrics.panic.inc();
+                &panicked
+            } else {
+                set
+            };
+        let mut ctx = PickContext::new(state);
+        ctx.hash = hash;
+        let picked = match tried.last() {
+            None => balancer.pick(&ctx),
+            Some(&last) => {
+                let untried = Untried {
+                    inner: state,
+                    tried,
+                };
+                let mut fresh = PickContext::new(&untried);
+                fresh.hash = hash;
+                balancer
+                    .pick(&fresh)
+                    .or_else(|| balancer.pick(&ctx.retry(attempt, last)))
+            }
+        };
+        let i = picked?;
+        set.endpoints.get(i).map(|e| (i, e.clone()))
+    }
+
+    /// Feeds one try's result to outlier detection.
+    pub fn observe(&self, set: &EndpointSet, endpoint: &Endpoint, o: Observation) {
+        if let Some(cfg) = &self.resilience.outlier {
+            crate::outlier::record(set, endpoint, cfg, o, &self.resilience.metrics, &self.name);
+        }
+    }
+
+    /// Takes over the health and ejection state of `old`'s endpoints with the same address
+    /// (a reload that changed the cluster's settings but not its endpoints).
+    pub fn adopt_endpoint_state(&self, old: &Cluster) {
+        let old_set = old.endpoints();
+        for e in self.endpoints().endpoints.iter() {
+            if let Some(o) = old_set.endpoints.iter().find(|o| o.addr == e.addr)
+                && !Arc::ptr_eq(o, e)
+            {
+                e.health.adopt(&o.health);
+            }
+        }
+        let healthy = self
+            .endpoints()
+            .endpoints
+            .iter()
+            .filter(|e| !e.health.failed_active_hc.load(Ordering::Relaxed))
+            .count();
+        if !self.config.health_checks.is_empty() {
+            self.resilience.metrics.healthy.set(healthy as i64);
+        }
     }
 }

@@ -5,115 +5,17 @@
 //! SPIFFE identity check), as Envoy checks through the cluster's transport socket.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use weft_config::resilience::HealthCheck;
 
-use crate::cluster::{Endpoint, EndpointSet};
+use crate::endpoint::{Endpoint, EndpointSet};
 use weft_observe::metrics::ClusterResilienceMetrics;
 
-pub use crate::clock::now_ms;
-
-/// Live health of one endpoint. Every field is an atomic: writers are the health checker, the
-/// outlier detector and request completions; the reader is every balancer pick.
-#[derive(Debug, Default)]
-pub struct EndpointHealth {
-    /// The active health check says the endpoint is down (`/failed_active_hc`).
-    pub failed_active_hc: AtomicBool,
-    /// Consecutive passed checks.
-    pub(crate) hc_passes: AtomicU32,
-    /// Consecutive failed checks.
-    pub(crate) hc_failures: AtomicU32,
-    /// Ejected by outlier detection until this [`now_ms`] instant (0: not ejected).
-    pub ejected_until_ms: AtomicU64,
-    /// How many times it was ejected (decays by one per interval without ejection).
-    pub times_ejected: AtomicU32,
-    /// Ejections in total.
-    pub ejections_total: AtomicU64,
-    pub(crate) consecutive_5xx: AtomicU32,
-    pub(crate) consecutive_gateway: AtomicU32,
-    pub(crate) consecutive_local: AtomicU32,
-    /// Successes in the current outlier interval.
-    pub(crate) window_success: AtomicU64,
-    /// Requests in the current outlier interval.
-    pub(crate) window_total: AtomicU64,
-}
-
-impl EndpointHealth {
-    /// Whether the endpoint is ejected at `now` (a [`now_ms`] instant).
-    pub fn is_ejected(&self, now: u64) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) > now
-    }
-
-    /// Whether the balancer may pick the endpoint at `now`.
-    pub fn is_available(&self, now: u64) -> bool {
-        !self.failed_active_hc.load(Ordering::Relaxed) && !self.is_ejected(now)
-    }
-
-    /// Envoy's `health_flags` text: `healthy`, or `/failed_active_hc/failed_outlier_check`.
-    pub fn flags(&self, now: u64) -> String {
-        let mut out = String::new();
-        if self.failed_active_hc.load(Ordering::Relaxed) {
-            out.push_str("/failed_active_hc");
-        }
-        if self.is_ejected(now) {
-            out.push_str("/failed_outlier_check");
-        }
-        if out.is_empty() {
-            out.push_str("healthy");
-        }
-        out
-    }
-
-    /// Takes over another endpoint's state (same address, carried across a reload).
-    pub fn adopt(&self, old: &EndpointHealth) {
-        let copy32 =
-            |a: &AtomicU32, b: &AtomicU32| a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
-        let copy64 =
-            |a: &AtomicU64, b: &AtomicU64| a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.failed_active_hc.store(
-            old.failed_active_hc.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-        copy32(&self.hc_passes, &old.hc_passes);
-        copy32(&self.hc_failures, &old.hc_failures);
-        copy64(&self.ejected_until_ms, &old.ejected_until_ms);
-        copy32(&self.times_ejected, &old.times_ejected);
-        copy64(&self.ejections_total, &old.ejections_total);
-        copy32(&self.consecutive_5xx, &old.consecutive_5xx);
-        copy32(&self.consecutive_gateway, &old.consecutive_gateway);
-        copy32(&self.consecutive_local, &old.consecutive_local);
-    }
-
-    /// Records one health-check result; returns the new "failed" state when it changed.
-    pub(crate) fn record_check(
-        &self,
-        passed: bool,
-        healthy_threshold: u32,
-        unhealthy_threshold: u32,
-    ) -> Option<bool> {
-        let failed = self.failed_active_hc.load(Ordering::Relaxed);
-        if passed {
-            self.hc_failures.store(0, Ordering::Relaxed);
-            let passes = self.hc_passes.fetch_add(1, Ordering::Relaxed) + 1;
-            if failed && passes >= healthy_threshold {
-                self.failed_active_hc.store(false, Ordering::Relaxed);
-                return Some(false);
-            }
-        } else {
-            self.hc_passes.store(0, Ordering::Relaxed);
-            let failures = self.hc_failures.fetch_add(1, Ordering::Relaxed) + 1;
-            if !failed && failures >= unhealthy_threshold {
-                self.failed_active_hc.store(true, Ordering::Relaxed);
-                return Some(true);
-            }
-        }
-        None
-    }
-}
+use crate::tls::UpstreamTls;
 
 /// Whether `status` is among the inclusive `ranges`.
 pub fn status_expected(status: u16, ranges: &[(u16, u16)]) -> bool {
@@ -153,7 +55,7 @@ pub(crate) fn spawn_checker(
     hc: &HealthCheck,
     endpoints: Arc<ArcSwap<EndpointSet>>,
     metrics: Arc<ClusterResilienceMetrics>,
-    tls: Option<Arc<crate::tls::UpstreamTls>>,
+    tls: Option<Arc<UpstreamTls>>,
 ) -> tokio::task::JoinHandle<()> {
     let probe = match &hc.http {
         Some(h) => Probe::Http {
@@ -216,7 +118,7 @@ pub(crate) fn spawn_checker(
     })
 }
 
-async fn check(probe: &Probe, e: &Endpoint, tls: Option<&crate::tls::UpstreamTls>) -> bool {
+async fn check(probe: &Probe, e: &Endpoint, tls: Option<&UpstreamTls>) -> bool {
     let Ok(tcp) = tokio::net::TcpStream::connect(e.addr).await else {
         return false;
     };
@@ -293,6 +195,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::EndpointHealth;
 
     #[test]
     fn thresholds_take_endpoints_out_and_bring_them_back() {

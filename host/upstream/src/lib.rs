@@ -10,9 +10,11 @@
 pub mod breaker;
 pub mod clock;
 pub mod cluster;
+pub mod endpoint;
 pub mod health;
 pub mod outlier;
 pub mod resilience;
 pub mod tls;
 
-pub use cluster::{Cluster, Endpoint, EndpointSet, HttpClient};
+pub use cluster::{Cluster, HttpClient};
+pub use endpoint::{Endpoint, EndpointHealth, EndpointSet};

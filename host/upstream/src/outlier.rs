@@ -13,8 +13,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use weft_config::resilience::OutlierDetection;
 
-use crate::cluster::{Endpoint, EndpointSet};
-use crate::health::{EndpointHealth, now_ms};
+use crate::clock::now_ms;
+use crate::endpoint::{Endpoint, EndpointHealth, EndpointSet};
 use weft_observe::metrics::ClusterResilienceMetrics;
 
 /// What an attempt to an endpoint came to.

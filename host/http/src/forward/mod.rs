@@ -31,7 +31,8 @@ use weft_upstream::outlier::Observation;
 use weft_upstream::{Cluster, Endpoint};
 
 use crate::ctx::RequestCtx;
-use crate::phase::{Flow, LocalReply, Phase};
+use crate::phase::{Flow, Phase};
+use crate::reply::LocalReply;
 use attempt::Tried;
 use mirror::Mirror;
 use retry::{RequestBody, RetryConfig, TryOutcome};

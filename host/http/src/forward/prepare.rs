@@ -8,7 +8,7 @@ use weft_routing::HashPolicy;
 
 use crate::accounting::X_REQUEST_ID;
 use crate::conn::ConnCtx;
-use crate::listener::HttpListener;
+use crate::settings::ListenerSettings;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -68,7 +68,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub(crate) fn prepare_upstream_headers(
     headers: &mut HeaderMap,
     conn: &ConnCtx,
-    listener: &HttpListener,
+    listener: &ListenerSettings,
     is_upgrade: bool,
 ) {
     strip_hop_by_hop(headers, is_upgrade);

@@ -11,7 +11,8 @@ use weft_config::resilience::Fault;
 use weft_observe::flags;
 
 use crate::ctx::RequestCtx;
-use crate::phase::{Flow, LocalReply, Phase};
+use crate::phase::{Flow, Phase};
+use crate::reply::LocalReply;
 
 /// How an injected abort answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,8 @@ use weft_body::ProxyBody;
 use weft_routing::HeaderMutations;
 
 use crate::ctx::RequestCtx;
-use crate::phase::{Flow, LocalReply, Phase};
+use crate::phase::{Flow, Phase};
+use crate::reply::LocalReply;
 
 /// Applies the route's request header mutations.
 #[derive(Debug)]

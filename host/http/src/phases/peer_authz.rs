@@ -8,7 +8,8 @@ use weft_observe::flags;
 use weft_tls::authz::{Authorization, Decision};
 
 use crate::ctx::RequestCtx;
-use crate::phase::{Flow, LocalReply, Phase};
+use crate::phase::{Flow, Phase};
+use crate::reply::LocalReply;
 use crate::security::authorize;
 
 /// A listener's peer authorization.

@@ -12,7 +12,8 @@ use weft_observe::flags;
 use weft_upstream::clock::now_ms;
 
 use crate::ctx::RequestCtx;
-use crate::phase::{Flow, LocalReply, Phase};
+use crate::phase::{Flow, Phase};
+use crate::reply::LocalReply;
 
 /// Takes a token from a bucket, or answers 429.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use weft_wasm::{Action, Failure, FailurePolicy, HeaderList, LocalResponse, Prope
 use weft_body::{BodyFilter, BoxError, ProxyBody};
 use weft_extensions::{PluginHandle, PluginVersion};
 
-use crate::phase::LocalReply;
+use crate::reply::LocalReply;
 
 /// Attributes of one request, for `proxy_get_property`, with Envoy's names and encodings.
 /// Captured cheaply (shared `Uri`, `Method` and header values) and encoded on demand.

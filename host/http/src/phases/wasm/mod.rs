@@ -4,7 +4,7 @@
 //! `fail_closed` policy, ends the request. The response hook runs the response phases in
 //! reverse plugin order. `on_log` / `on_done` run when the request is accounted for.
 
-mod exchange;
+pub mod exchange;
 
 use std::sync::Arc;
 
@@ -15,7 +15,8 @@ use weft_extensions::PluginHandle;
 pub use exchange::{Direction, Outcome, Pipeline, PipelineError, RequestProperties, WasmExchange};
 
 use crate::ctx::RequestCtx;
-use crate::phase::{Flow, LocalReply, Phase};
+use crate::phase::{Flow, Phase};
+use crate::reply::LocalReply;
 
 /// A route's plugin chain.
 #[derive(Debug)]
