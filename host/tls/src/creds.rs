@@ -192,6 +192,39 @@ pub fn load_material(files: &CredentialFiles) -> Result<Material, TlsError> {
     material_from_pem(files, &cert, &key, &bundle, unix_now())
 }
 
+/// Writes `data` to `path` (via a temporary file and a rename, so a watcher never sees half a
+/// file); `private` files get mode 0600.
+pub fn write_file(path: &Path, data: &str, private: bool) -> Result<(), TlsError> {
+    let err = |source| TlsError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    // A stale temporary file (or a symlink planted there) is removed, and the new one is
+    // created exclusively with its final mode: a private key is never readable by others,
+    // not even between the write and a chmod.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(&tmp).map_err(err)?;
+    file.write_all(data.as_bytes()).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
 /// RFC 3339 (UTC, seconds) for messages.
 pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
@@ -370,7 +403,7 @@ impl ResolvesClientCert for Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::{Ca, IssueRequest};
+    use crate::test_ca::TestCa;
 
     fn write(dir: &Path, name: &str, data: &str) -> PathBuf {
         let p = dir.join(name);
@@ -381,21 +414,11 @@ mod tests {
     #[test]
     fn loads_valid_and_refuses_mismatch_and_expired() {
         let dir = tempfile::tempdir().expect("tmp");
-        let ca = Ca::new_root("cluster.local", Duration::from_secs(3600)).expect("ca");
-        let a = ca
-            .issue(&IssueRequest::new(
-                "spiffe://cluster.local/ns/a/sa/b",
-                Duration::from_secs(600),
-            ))
-            .expect("a");
-        let b = ca
-            .issue(&IssueRequest::new(
-                "spiffe://cluster.local/ns/a/sa/c",
-                Duration::from_secs(600),
-            ))
-            .expect("b");
+        let ca = TestCa::new("cluster.local");
+        let a = ca.issue("spiffe://cluster.local/ns/a/sa/b", Duration::from_secs(600));
+        let b = ca.issue("spiffe://cluster.local/ns/a/sa/c", Duration::from_secs(600));
         let files = CredentialFiles {
-            cert: write(dir.path(), "cert.pem", &a.chain_pem),
+            cert: write(dir.path(), "cert.pem", &a.cert_pem),
             key: write(dir.path(), "key.pem", &a.key_pem),
             bundle: write(dir.path(), "bundle.pem", &ca.bundle_pem()),
         };
@@ -419,7 +442,7 @@ mod tests {
         let now = unix_now();
         let e = material_from_pem(
             &files,
-            a.chain_pem.as_bytes(),
+            a.cert_pem.as_bytes(),
             a.key_pem.as_bytes(),
             ca.bundle_pem().as_bytes(),
             now + 10_000,
