@@ -5,7 +5,8 @@
 //! - [`verify`]: rustls verifiers that check the chain against the trust bundle, then the URI SAN
 //!   instead of a DNS name.
 //! - [`creds`]: certificate, key and bundle loaded from files, validated, swapped atomically on
-//!   change (rotation without restart; bad material is refused and the old keeps serving).
+//!   change (rotation without restart, followed with `weft-watch`; bad material is refused and
+//!   the old keeps serving).
 //! - [`config`]: rustls server and client configurations (TLS 1.2/1.3, ECDHE suites only).
 //! - [`authz`]: listener authorization rules on the peer's identity.
 //! - [`agent`]: the sidecar's renewing client: keeps a workload certificate from the CA in
