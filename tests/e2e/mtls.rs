@@ -412,7 +412,7 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
     // Rotate: new key and certificate, each file replaced atomically.
     let next = pki
         .ca
-        .issue(&weft_tls::ca::IssueRequest::new(&server_id, HOUR))
+        .issue(&weft_ca::IssueRequest::new(&server_id, HOUR))
         .expect("issue");
     replace(&s.key, next.key_pem.as_bytes());
     replace(&s.cert, next.chain_pem.as_bytes());
@@ -434,7 +434,7 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
     // the last good credentials keep serving.
     let stranger = pki
         .ca
-        .issue(&weft_tls::ca::IssueRequest::new(&server_id, HOUR))
+        .issue(&weft_ca::IssueRequest::new(&server_id, HOUR))
         .expect("issue");
     replace(&s.key, stranger.key_pem.as_bytes());
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -442,7 +442,7 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let expired = pki
         .ca
-        .issue(&weft_tls::ca::IssueRequest::new(
+        .issue(&weft_ca::IssueRequest::new(
             &server_id,
             Duration::from_secs(1),
         ))
@@ -543,12 +543,12 @@ async fn mtls_agent_gets_and_renews_its_certificate_from_ca_serve() {
     // `weft ca serve` runs from the same CA directory layout the CLI writes.
     let ca_dir = pki.dir.join("ca");
     pki.ca.save(&ca_dir).expect("save");
-    let serving = weft_tls::ca::Ca::load(&ca_dir).expect("load");
-    tokio::spawn(weft_tls::ca_server::serve(
+    let serving = weft_ca::Ca::load(&ca_dir).expect("load");
+    tokio::spawn(weft_ca::server::serve(
         serving,
         ca_listener,
-        weft_tls::ca_server::ServeOptions {
-            tokens: vec![weft_tls::ca_server::Token {
+        weft_ca::server::ServeOptions {
+            tokens: vec![weft_ca::server::Token {
                 token: "bootstrap-token-0123456789".into(),
                 pattern: "spiffe://cluster.local/ns/prod/*".into(),
             }],

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use weft_tls::ca::{Ca, IssueRequest};
+use weft_ca::{Ca, IssueRequest};
 use weft_tls::config::{ClientOptions, MinVersion};
 use weft_tls::creds::{CredentialFiles, Credentials};
 use weft_tls::verify::{PeerRules, Roots, SpiffeServerVerifier};

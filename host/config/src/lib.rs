@@ -16,6 +16,7 @@ pub mod schema;
 mod tls;
 mod validate;
 mod validate_tls;
+mod yaml;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -41,24 +42,9 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         file: file.to_owned(),
         problems,
     };
-    let deserializer = serde_yaml::Deserializer::from_str(text);
-    let config: Config = match serde_path_to_error::deserialize(deserializer) {
+    let config = match yaml::deserialize(text) {
         Ok(c) => c,
-        Err(e) => {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let location = inner.location().map(|l| Location {
-                line: l.line(),
-                column: l.column(),
-            });
-            let message = strip_location(&inner.to_string());
-            let path = if path == "." { String::new() } else { path };
-            return Err(invalid(vec![Problem {
-                path,
-                location,
-                message,
-            }]));
-        }
+        Err(problem) => return Err(invalid(vec![problem])),
     };
     let found = validate::validate(&config);
     if found.is_empty() {
@@ -75,14 +61,6 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         .collect();
     problems.sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
     Err(invalid(problems))
-}
-
-/// serde_yaml appends ` at line L column C` to its messages; the location is reported apart.
-fn strip_location(message: &str) -> String {
-    match message.find(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
-    }
 }
 
 /// A cluster endpoint's address: an IP and port, or a DNS name to resolve and a port.

@@ -3,8 +3,7 @@
 
 use std::collections::HashMap;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use serde_saphyr::granit_parser::{Event, Marker, Parser, Span, SpannedEventReceiver};
 
 /// A 1-based line and column in the configuration text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,8 +21,8 @@ pub struct SourceMap {
 }
 
 impl SourceMap {
-    /// Indexes `text`; a text the YAML scanner rejects gives an empty map (serde reports that
-    /// error with its own location).
+    /// Indexes `text` with the YAML parser serde-saphyr uses; a text it rejects gives an empty map
+    /// (deserialization reports that error with its own location).
     pub fn index(text: &str) -> SourceMap {
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
@@ -103,8 +102,9 @@ fn join(parent: &str, key: &str) -> String {
     }
 }
 
-impl MarkedEventReceiver for Builder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
+impl<'input> SpannedEventReceiver<'input> for Builder {
+    fn on_event(&mut self, ev: Event<'input>, span: Span) {
+        let mark = span.start;
         match ev {
             Event::Scalar(value, ..) => {
                 if let Some(path) = self.node_start(mark, Some(&value)) {

@@ -210,6 +210,104 @@ fn a_yaml_syntax_error_has_a_location() {
     assert!(err.problems()[0].location.is_some(), "{err}");
 }
 
+/// The single problem `text` has, rendered as `weft validate` prints it.
+fn only_problem(text: &str) -> String {
+    let err = parse(text, "e.yaml").unwrap_err();
+    assert_eq!(err.problems().len(), 1, "{err}");
+    let rendered = err.problems()[0].render("e.yaml");
+    assert!(!rendered.contains(" at line "), "{rendered}");
+    rendered
+}
+
+#[test]
+fn parser_errors_are_file_line_column_path_message() {
+    // A value of the wrong type: located at its key.
+    assert_eq!(
+        only_problem("clusters:\n  - name: c\n    endpoints: []\n    connect_timeout: soon\n"),
+        "e.yaml:4:5: clusters[0].connect_timeout: invalid value: string \"soon\", expected a duration"
+    );
+    assert_eq!(
+        only_problem(
+            "listeners:\n  - name: l\n    address: 127.0.0.1:1\n    plugins: [{ name: p, disabled: yes }]\n"
+        ),
+        "e.yaml:4:36: listeners[0].plugins[0].disabled: invalid boolean (true or false expected)"
+    );
+    // An unknown field, in a flow mapping after non-ASCII text: columns count characters.
+    assert_eq!(
+        only_problem(
+            "clusters:\n  - name: é\n    endpoints:\n      - { address: 127.0.0.1:1, wieght: 2 }\n"
+        ),
+        "e.yaml:4:33: clusters[0].endpoints[0].wieght: unknown field `wieght`, expected `address` or `weight`"
+    );
+    assert_eq!(
+        only_problem("listeners:\n  - { name: éé, address: 127.0.0.1:1, bogus: 1 }\n"),
+        "e.yaml:2:39: listeners[0].bogus: unknown field `bogus`, expected one of `name`, `address`, \
+         `protocol`, `http`, `virtual_hosts`, `tcp`, `plugins`, `tls`, \
+         `forward_client_cert_details`, `local_rate_limit`"
+    );
+    assert_eq!(
+        only_problem("clusters:\n  - name: c\n    endpoints: []\n    lb_policy: fastest\n"),
+        "e.yaml:4:16: clusters[0].lb_policy: unknown variant `fastest`, expected one of \
+         `round_robin`, `random`, `least_request`, `ring_hash`"
+    );
+    // YAML syntax errors.
+    assert_eq!(
+        only_problem("listeners: [\n"),
+        "e.yaml:1:12: listeners: unclosed bracket '['"
+    );
+    assert_eq!(
+        only_problem("admin:\n  address: 1.2.3.4:5\n bad: x\n"),
+        "e.yaml:3:2: while parsing a block mapping, did not find expected key"
+    );
+    // A repeated key, in a struct, at the top level, and in a map: located at the repetition.
+    assert_eq!(
+        only_problem("admin:\n  address: 127.0.0.1:1\n  address: 127.0.0.1:2\n"),
+        "e.yaml:3:3: admin: duplicate mapping key `address` is not allowed here"
+    );
+    assert_eq!(
+        only_problem("workers: 1\nworkers: 2\n"),
+        "e.yaml:2:1: duplicate mapping key `workers` is not allowed here"
+    );
+    assert_eq!(
+        only_problem("plugins:\n  - name: p\n    file: p.wasm\n    env:\n      A: x\n      A: y\n"),
+        "e.yaml:6:7: plugins[0].env: duplicate mapping key `A` is not allowed here"
+    );
+    // Two documents.
+    assert_eq!(
+        only_problem("workers: 1\n---\nworkers: 2\n"),
+        "e.yaml:3:1: only single YAML document expected but multiple found"
+    );
+}
+
+#[test]
+fn yaml_is_read_as_before() {
+    // An empty file is the default configuration.
+    assert_eq!(parse("", "e.yaml").expect("valid").listeners.len(), 0);
+    assert_eq!(parse("# nothing\n", "e.yaml").expect("valid").workers, 0);
+    // `<<` is not a merge key.
+    let merge = "clusters:\n  - &c\n    name: c\n    endpoints: []\n  - <<: *c\n    name: d\n";
+    assert!(only_problem(merge).starts_with("e.yaml:5:5: clusters[1].<<: unknown field `<<`"));
+    // Aliases work.
+    let alias = "clusters:\n  - name: c\n    endpoints: &e [{ address: 127.0.0.1:1 }]\n  - name: d\n    endpoints: *e\n";
+    assert_eq!(
+        parse(alias, "e.yaml").expect("valid").clusters[1]
+            .endpoints
+            .len(),
+        1
+    );
+    // Untyped plugin configuration: YAML 1.2 scalars, `yes`, `017` and `1_000` are strings.
+    let plugin = "plugins:\n  - name: p\n    file: p.wasm\n    configuration:\n      \
+                  {a: yes, b: 017, c: 1_000, d: 0x10, e: ~, f: 1.5, g: '1', h: true, i: [on]}\n";
+    let c = parse(plugin, "e.yaml").expect("valid");
+    assert_eq!(
+        c.plugins[0].configuration,
+        Some(serde_json::json!({
+            "a": "yes", "b": "017", "c": "1_000", "d": 16, "e": null, "f": 1.5, "g": "1",
+            "h": true, "i": ["on"]
+        }))
+    );
+}
+
 #[test]
 fn mesh_tls_fields_parse_and_are_checked() {
     let good = r#"

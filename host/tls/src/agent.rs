@@ -12,11 +12,15 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use rcgen::string::Ia5String;
+use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls::ClientConfig;
 
 use crate::TlsError;
-use crate::ca::{new_csr, write_file};
-use crate::creds::{CredentialFiles, Credentials, load_material, parse_bundle, unix_now};
+use crate::ca_protocol::{ALPN, BUNDLE_PATH, MAX_ANSWER_BYTES, SIGN_PATH, TTL_HEADER, ca_identity};
+use crate::creds::{
+    CredentialFiles, Credentials, load_material, parse_bundle, unix_now, write_file,
+};
 use crate::spiffe::SpiffeId;
 use crate::verify::{PeerRules, Roots, SpiffeServerVerifier};
 
@@ -61,6 +65,25 @@ fn next_delay(renew: i64, now: i64) -> Duration {
     Duration::from_secs(renew.saturating_sub(now).max(1) as u64)
 }
 
+fn csr_err(what: &str, e: impl std::fmt::Display) -> TlsError {
+    TlsError::Ca(format!("{what}: {e}"))
+}
+
+/// Makes a CSR for `spiffe_id` with a fresh key; returns (CSR PEM, key PEM). The key never
+/// leaves the workload: only the CSR is sent to the CA.
+pub fn new_csr(spiffe_id: &str) -> Result<(String, String), TlsError> {
+    let id = SpiffeId::parse(spiffe_id).map_err(|e| TlsError::Ca(e.to_string()))?;
+    let key = KeyPair::generate().map_err(|e| csr_err("generating the key", e))?;
+    let mut p = CertificateParams::default();
+    let uri = Ia5String::try_from(id.to_string()).map_err(|e| csr_err("URI SAN", e))?;
+    p.subject_alt_names = vec![SanType::URI(uri)];
+    let csr = p
+        .serialize_request(&key)
+        .map_err(|e| csr_err("making the CSR", e))?;
+    let pem = csr.pem().map_err(|e| csr_err("encoding the CSR", e))?;
+    Ok((pem, key.serialize_pem()))
+}
+
 /// The current certificate, if valid and for our identity.
 fn current(cfg: &AgentConfig) -> Option<Arc<Credentials>> {
     let c = Credentials::load(cfg.files()).ok()?;
@@ -85,7 +108,7 @@ pub async fn fetch_once(cfg: &AgentConfig) -> Result<(i64, i64), TlsError> {
         Roots::Fixed(roots.clone()),
         PeerRules {
             trust_domain: Some(id.trust_domain().to_owned()),
-            allowed: vec![crate::ca_server::ca_identity(id.trust_domain())],
+            allowed: vec![ca_identity(id.trust_domain())],
         },
     ));
     let builder = ClientConfig::builder_with_provider(crate::provider())
@@ -98,7 +121,7 @@ pub async fn fetch_once(cfg: &AgentConfig) -> Result<(i64, i64), TlsError> {
         Some(c) => builder.with_client_cert_resolver(c.clone()),
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![ALPN.to_vec()];
     let token = match (&held, &cfg.token_file) {
         (Some(_), _) => None,
         (None, Some(f)) => Some(
@@ -120,9 +143,9 @@ pub async fn fetch_once(cfg: &AgentConfig) -> Result<(i64, i64), TlsError> {
     let (csr, key_pem) = new_csr(&cfg.spiffe_id)?;
     let mut req = Request::builder()
         .method(Method::POST)
-        .uri("/v1/sign")
+        .uri(SIGN_PATH)
         .header(http::header::HOST, cfg.ca_address.as_str())
-        .header("x-weft-ttl", cfg.ttl.as_secs().to_string());
+        .header(TTL_HEADER, cfg.ttl.as_secs().to_string());
     if let Some(t) = &token {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
     }
@@ -132,7 +155,7 @@ pub async fn fetch_once(cfg: &AgentConfig) -> Result<(i64, i64), TlsError> {
     let chain = call(&cfg.ca_address, Arc::new(config.clone()), req).await?;
     let bundle_req = Request::builder()
         .method(Method::GET)
-        .uri("/v1/bundle")
+        .uri(BUNDLE_PATH)
         .header(http::header::HOST, cfg.ca_address.as_str())
         .body(Full::new(Bytes::new()))
         .map_err(|e| TlsError::Ca(e.to_string()))?;
@@ -236,7 +259,7 @@ async fn call(
     // A chain or bundle is a few KiB; bound the body and the time to read it.
     let body = tokio::time::timeout(
         Duration::from_secs(10),
-        http_body_util::Limited::new(resp.into_body(), 256 * 1024).collect(),
+        http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES).collect(),
     )
     .await
     .map_err(|_| err("response body", &"timed out"))?
@@ -301,54 +324,21 @@ mod tests {
         assert_eq!(next_delay(300, 200), Duration::from_secs(100));
     }
 
-    #[tokio::test]
-    async fn bootstrap_then_renew_with_certificate() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let ca = crate::ca::Ca::new_root("cluster.local", Duration::from_secs(3600)).expect("ca");
-        let bundle = dir.path().join("ca-bundle.pem");
-        std::fs::write(&bundle, ca.bundle_pem()).expect("w");
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, "0123456789abcdef0123\n").expect("w");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(crate::ca_server::serve(
-            ca,
-            listener,
-            crate::ca_server::ServeOptions {
-                tokens: vec![crate::ca_server::Token {
-                    token: "0123456789abcdef0123".into(),
-                    pattern: "spiffe://cluster.local/ns/default/*".into(),
-                }],
-                default_ttl: Duration::from_secs(600),
-                max_ttl: Duration::from_secs(3600),
-            },
-        ));
-        let mut cfg = AgentConfig {
-            ca_address: addr.to_string(),
-            ca_bundle: bundle,
-            token_file: Some(token_file.clone()),
-            spiffe_id: "spiffe://cluster.local/ns/default/sa/web".into(),
-            out_dir: dir.path().join("out"),
-            ttl: Duration::from_secs(120),
-            renew_fraction: 0.5,
-        };
-        let (nb, na) = fetch_once(&cfg).await.expect("bootstrap");
-        assert!(na - nb <= 120 + 60, "ttl honoured");
-        let first = std::fs::read(cfg.files().cert).expect("cert");
-        // Renewal authenticates with the certificate: no token needed.
-        cfg.token_file = None;
-        fetch_once(&cfg)
-            .await
-            .expect("renewal with the current certificate");
-        assert_ne!(std::fs::read(cfg.files().cert).expect("cert"), first);
-        // A token cannot get an identity outside its pattern.
-        let mut other = cfg.clone();
-        other.out_dir = dir.path().join("other");
-        other.token_file = Some(token_file);
-        other.spiffe_id = "spiffe://cluster.local/ns/kube-system/sa/admin".into();
-        let e = fetch_once(&other).await.expect_err("refused");
-        assert!(e.to_string().contains("403"), "{e}");
+    #[test]
+    fn csr_asks_for_the_spiffe_id_only() {
+        let (csr, key) = new_csr("spiffe://cluster.local/ns/a/sa/b").expect("csr");
+        let parsed = rcgen::CertificateSigningRequestParams::from_pem(&csr).expect("parse");
+        let uris: Vec<&str> = parsed
+            .params
+            .subject_alt_names
+            .iter()
+            .filter_map(|s| match s {
+                SanType::URI(u) => Some(u.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(uris, ["spiffe://cluster.local/ns/a/sa/b"]);
+        assert!(key.contains("PRIVATE KEY"));
+        assert!(new_csr("https://example.org/not-spiffe").is_err());
     }
 }

@@ -3,18 +3,18 @@
 //! A [`Credentials`] holds the current [`Material`] (certificate chain with its signing key, and
 //! the trust bundle) behind an `ArcSwap`. It is the rustls certificate resolver itself, so each
 //! new handshake takes whatever is current while established connections keep the session they
-//! negotiated. The watcher ([`Credentials::watch`]) follows the files' directories (atomic
-//! renames and Kubernetes Secret `..data` symlink swaps included); new material is validated
-//! first (parsable, key matches the certificate, certificate valid now, no bad SAN) and a
-//! refusal is logged while the last good material keeps serving.
+//! negotiated. The watcher ([`Credentials::watch`], a [`weft_watch::Watcher`]) follows the
+//! files' directories (atomic renames and Kubernetes Secret `..data` symlink swaps included);
+//! new material is validated first (parsable, key matches the certificate, certificate valid
+//! now, no bad SAN) and a refusal is logged while the last good material keeps serving.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
+use parking_lot::Mutex;
 use rustls::RootCertStore;
 use rustls::client::ResolvesClientCert;
 use rustls::pki_types::pem::PemObject;
@@ -71,6 +71,10 @@ pub struct Credentials {
     /// Refused rotations since start.
     pub refusals: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Rotation attempts so far (successful or refused), for those waiting on one.
+    attempts: tokio::sync::watch::Sender<u64>,
+    /// The file watcher, while [`Credentials::watch`] is on; it stops with `self`.
+    watcher: Mutex<Option<weft_watch::Watcher>>,
 }
 
 /// Seconds since the Unix epoch now.
@@ -192,6 +196,39 @@ pub fn load_material(files: &CredentialFiles) -> Result<Material, TlsError> {
     material_from_pem(files, &cert, &key, &bundle, unix_now())
 }
 
+/// Writes `data` to `path` (via a temporary file and a rename, so a watcher never sees half a
+/// file); `private` files get mode 0600.
+pub fn write_file(path: &Path, data: &str, private: bool) -> Result<(), TlsError> {
+    let err = |source| TlsError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    // A stale temporary file (or a symlink planted there) is removed, and the new one is
+    // created exclusively with its final mode: a private key is never readable by others,
+    // not even between the write and a chmod.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(&tmp).map_err(err)?;
+    file.write_all(data.as_bytes()).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
 /// RFC 3339 (UTC, seconds) for messages.
 pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
@@ -207,13 +244,19 @@ impl Credentials {
     /// Loads the files (refusing bad material with an error naming the file).
     pub fn load(files: CredentialFiles) -> Result<Arc<Credentials>, TlsError> {
         let m = load_material(&files)?;
-        Ok(Arc::new(Credentials {
+        Ok(Arc::new(Credentials::new(files, m)))
+    }
+
+    fn new(files: CredentialFiles, m: Material) -> Credentials {
+        Credentials {
             files,
             current: ArcSwap::from_pointee(m),
             rotations: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
             last_error: Mutex::new(None),
-        }))
+            attempts: tokio::sync::watch::Sender::new(0),
+            watcher: Mutex::new(None),
+        }
     }
 
     /// Credentials held in memory only (the CA endpoint's own certificate); `label` names them
@@ -230,13 +273,7 @@ impl Credentials {
             bundle: PathBuf::from(format!("<{label} bundle>")),
         };
         let m = material_from_pem(&files, cert_pem, key_pem, bundle_pem, unix_now())?;
-        Ok(Arc::new(Credentials {
-            files,
-            current: ArcSwap::from_pointee(m),
-            rotations: AtomicU64::new(0),
-            refusals: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-        }))
+        Ok(Arc::new(Credentials::new(files, m)))
     }
 
     /// The files this set is read from.
@@ -251,22 +288,28 @@ impl Credentials {
 
     /// The last refused rotation's error, if the latest attempt failed.
     pub fn last_error(&self) -> Option<String> {
-        match self.last_error.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.last_error.lock().clone()
     }
 
     fn set_error(&self, e: Option<String>) {
-        match self.last_error.lock() {
-            Ok(mut g) => *g = e,
-            Err(p) => *p.into_inner() = e,
-        }
+        *self.last_error.lock() = e;
+    }
+
+    /// Counts rotation attempts ([`Credentials::reload`] calls, successful or refused): wait on
+    /// `changed()` to learn that the files were looked at again.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.attempts.subscribe()
     }
 
     /// Reads the files again; valid new material replaces the current one, otherwise the
     /// error is returned (and recorded) and the current material stays.
     pub fn reload(&self) -> Result<(), TlsError> {
+        let result = self.try_reload();
+        self.attempts.send_modify(|n| *n += 1);
+        result
+    }
+
+    fn try_reload(&self) -> Result<(), TlsError> {
         match load_material(&self.files) {
             Ok(m) => {
                 self.current.store(Arc::new(m));
@@ -284,64 +327,27 @@ impl Credentials {
         }
     }
 
-    /// Watches the files' directories and reloads on content change, for as long as `self`
-    /// is alive (the task holds only a weak reference). Must run inside a tokio runtime.
+    /// Watches the files' directories and reloads when their content changed, for as long as
+    /// `self` is alive: the watcher belongs to `self`, and the task, holding only a weak
+    /// reference, ends when it stops. Calling it again replaces the watcher. Must run inside a
+    /// tokio runtime.
     pub fn watch(self: &Arc<Self>) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                let _ = tx.send(());
-            }
-        });
-        let mut watcher = match watcher {
+        let files = [&self.files.cert, &self.files.key, &self.files.bundle].map(PathBuf::clone);
+        let (watcher, mut changes) = match weft_watch::Watcher::new(files, DEBOUNCE) {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch TLS files; rotation needs a reload");
                 return;
             }
         };
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        for f in [&self.files.cert, &self.files.key, &self.files.bundle] {
-            let dir = f
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map_or_else(|| PathBuf::from("."), PathBuf::from);
-            if !dirs.contains(&dir) {
-                if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch TLS directory");
-                }
-                dirs.push(dir);
-            }
-        }
+        *self.watcher.lock() = Some(watcher);
         let weak: Weak<Credentials> = Arc::downgrade(self);
-        let files = self.files.clone();
         tokio::spawn(async move {
-            let _watcher = watcher;
-            let snapshot =
-                |f: &CredentialFiles| [&f.cert, &f.key, &f.bundle].map(|p| std::fs::read(p).ok());
-            let mut last = snapshot(&files);
-            let mut alive = tokio::time::interval(Duration::from_secs(2));
-            loop {
-                tokio::select! {
-                    ev = rx.recv() => {
-                        if ev.is_none() {
-                            return;
-                        }
-                        while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-                        let Some(creds) = weak.upgrade() else { return };
-                        let now = snapshot(&files);
-                        if now == last {
-                            continue;
-                        }
-                        last = now;
-                        let _ = creds.reload();
-                    }
-                    _ = alive.tick() => {
-                        if weak.strong_count() == 0 {
-                            return;
-                        }
-                    }
-                }
+            // Ends when the watcher is dropped (with `self`, or replaced by another `watch`).
+            while changes.recv().await.is_some() {
+                let Some(creds) = weak.upgrade() else { return };
+                // A refusal is logged and recorded; the current material keeps serving.
+                let _ = creds.reload();
             }
         });
     }
@@ -370,7 +376,7 @@ impl ResolvesClientCert for Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::{Ca, IssueRequest};
+    use crate::test_ca::TestCa;
 
     fn write(dir: &Path, name: &str, data: &str) -> PathBuf {
         let p = dir.join(name);
@@ -381,21 +387,11 @@ mod tests {
     #[test]
     fn loads_valid_and_refuses_mismatch_and_expired() {
         let dir = tempfile::tempdir().expect("tmp");
-        let ca = Ca::new_root("cluster.local", Duration::from_secs(3600)).expect("ca");
-        let a = ca
-            .issue(&IssueRequest::new(
-                "spiffe://cluster.local/ns/a/sa/b",
-                Duration::from_secs(600),
-            ))
-            .expect("a");
-        let b = ca
-            .issue(&IssueRequest::new(
-                "spiffe://cluster.local/ns/a/sa/c",
-                Duration::from_secs(600),
-            ))
-            .expect("b");
+        let ca = TestCa::new("cluster.local");
+        let a = ca.issue("spiffe://cluster.local/ns/a/sa/b", Duration::from_secs(600));
+        let b = ca.issue("spiffe://cluster.local/ns/a/sa/c", Duration::from_secs(600));
         let files = CredentialFiles {
-            cert: write(dir.path(), "cert.pem", &a.chain_pem),
+            cert: write(dir.path(), "cert.pem", &a.cert_pem),
             key: write(dir.path(), "key.pem", &a.key_pem),
             bundle: write(dir.path(), "bundle.pem", &ca.bundle_pem()),
         };
@@ -419,7 +415,7 @@ mod tests {
         let now = unix_now();
         let e = material_from_pem(
             &files,
-            a.chain_pem.as_bytes(),
+            a.cert_pem.as_bytes(),
             a.key_pem.as_bytes(),
             ca.bundle_pem().as_bytes(),
             now + 10_000,
@@ -430,5 +426,69 @@ mod tests {
         // Garbage.
         let e = material_from_pem(&files, b"nope", b"", b"", now).expect_err("garbage");
         assert!(matches!(e, TlsError::Pem { .. }), "{e}");
+    }
+
+    fn identity(creds: &Credentials) -> Option<String> {
+        creds.current().identity.as_ref().map(ToString::to_string)
+    }
+
+    /// Waits (on the attempt counter) until `done` holds; the timeout only guards a hang.
+    async fn until(attempts: &mut tokio::sync::watch::Receiver<u64>, done: impl Fn() -> bool) {
+        let wait = async {
+            while !done() {
+                attempts.changed().await.expect("credentials alive");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("reloaded within 10 s");
+    }
+
+    /// Rotation through the watcher: waits on the attempt counter, never on a clock.
+    #[tokio::test]
+    async fn watch_rotates_and_refuses() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ca = TestCa::new("cluster.local");
+        let a = ca.issue("spiffe://cluster.local/ns/a/sa/a", Duration::from_secs(600));
+        let b = ca.issue("spiffe://cluster.local/ns/a/sa/b", Duration::from_secs(600));
+        let files = CredentialFiles {
+            cert: write(dir.path(), "cert.pem", &a.cert_pem),
+            key: write(dir.path(), "key.pem", &a.key_pem),
+            bundle: write(dir.path(), "bundle.pem", &ca.bundle_pem()),
+        };
+        let creds = Credentials::load(files.clone()).expect("valid");
+        let mut attempts = creds.subscribe();
+        creds.watch();
+
+        // New certificate and key, written the way the agent writes them.
+        write_file(&files.key, &b.key_pem, true).expect("key");
+        write_file(&files.cert, &b.cert_pem, false).expect("cert");
+        until(&mut attempts, || {
+            creds.rotations.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        assert_eq!(
+            identity(&creds).as_deref(),
+            Some("spiffe://cluster.local/ns/a/sa/b")
+        );
+        assert_eq!(creds.last_error(), None);
+
+        // A key that does not match: refused, the current material keeps serving.
+        let refused = creds.refusals.load(Ordering::Relaxed);
+        write_file(&files.key, &a.key_pem, true).expect("key");
+        until(&mut attempts, || {
+            creds.refusals.load(Ordering::Relaxed) > refused
+        })
+        .await;
+        assert_eq!(creds.rotations.load(Ordering::Relaxed), 1);
+        assert!(
+            creds.last_error().is_some_and(|e| e.contains("key.pem")),
+            "{:?}",
+            creds.last_error()
+        );
+        assert_eq!(
+            identity(&creds).as_deref(),
+            Some("spiffe://cluster.local/ns/a/sa/b")
+        );
     }
 }

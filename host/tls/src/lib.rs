@@ -5,24 +5,29 @@
 //! - [`verify`]: rustls verifiers that check the chain against the trust bundle, then the URI SAN
 //!   instead of a DNS name.
 //! - [`creds`]: certificate, key and bundle loaded from files, validated, swapped atomically on
-//!   change (rotation without restart; bad material is refused and the old keeps serving).
+//!   change (rotation without restart, followed with `weft-watch`; bad material is refused and
+//!   the old keeps serving).
 //! - [`config`]: rustls server and client configurations (TLS 1.2/1.3, ECDHE suites only).
 //! - [`authz`]: listener authorization rules on the peer's identity.
-//! - [`ca`]: the built-in CA (root or intermediate; issuing and CSR signing).
-//! - [`agent`] and [`ca_server`]: the signing endpoint and the sidecar's renewing client.
+//! - [`agent`]: the sidecar's renewing client: keeps a workload certificate from the CA in
+//!   place, speaking [`ca_protocol`] with the CA's signing endpoint.
+//!
+//! The CA itself (issuing, signing, `weft ca serve`) is the crate `weft-ca`, built on this one.
 
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod authz;
-pub mod ca;
-pub mod ca_server;
+pub mod ca_protocol;
 pub mod config;
 pub mod creds;
 pub mod error;
 pub mod peer;
 pub mod spiffe;
 pub mod verify;
+
+#[cfg(test)]
+pub(crate) mod test_ca;
 
 pub use error::TlsError;
 pub use peer::PeerIdentity;

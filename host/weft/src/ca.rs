@@ -1,4 +1,4 @@
-//! `weft ca init | issue | serve`: argument parsing only; the CA is `weft_tls::ca`.
+//! `weft ca init | issue | serve`: argument parsing only; the CA is the crate `weft_ca`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
-use weft_tls::ca::{Ca, IssueRequest, write_file};
+use weft_ca::{Ca, IssueRequest};
+use weft_tls::creds::write_file;
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
@@ -144,7 +145,7 @@ pub fn main(cmd: CaCommand) -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            let tokens = match token_file.as_deref().map(weft_tls::ca_server::load_tokens) {
+            let tokens = match token_file.as_deref().map(weft_ca::server::load_tokens) {
                 None => Vec::new(),
                 Some(Ok(t)) => t,
                 Some(Err(e)) => return fail(e),
@@ -166,7 +167,7 @@ pub fn main(cmd: CaCommand) -> ExitCode {
                     "weft CA for `{}` serving on https://{addr}",
                     ca.trust_domain()
                 );
-                let opts = weft_tls::ca_server::ServeOptions {
+                let opts = weft_ca::server::ServeOptions {
                     tokens,
                     default_ttl,
                     max_ttl,
@@ -178,7 +179,7 @@ pub fn main(cmd: CaCommand) -> ExitCode {
                         Err(e) => return fail(format!("cannot install signal handlers: {e}")),
                     };
                 tokio::select! {
-                    r = weft_tls::ca_server::serve(ca, listener, opts) => match r {
+                    r = weft_ca::server::serve(ca, listener, opts) => match r {
                         Ok(()) => ExitCode::SUCCESS,
                         Err(e) => fail(e),
                     },

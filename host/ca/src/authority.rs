@@ -3,6 +3,9 @@
 //!
 //! On disk a CA is Istio's "plugged-in CA" layout: `ca-cert.pem`, `ca-key.pem`,
 //! `root-cert.pem` and `cert-chain.pem` (the CA certificate up to, not including, the root).
+//!
+//! CSRs are made by the workload's agent (`weft_tls::agent::new_csr`); files are written with
+//! `weft_tls::creds::write_file` (temporary file and rename, private keys 0600).
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,8 +17,10 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
-use crate::TlsError;
-use crate::spiffe::{SpiffeId, is_trust_domain};
+use weft_tls::TlsError;
+use weft_tls::creds::{parse_bundle, parse_certs, write_file};
+use weft_tls::spiffe::{SpiffeId, is_trust_domain};
+use weft_tls::verify::{Usage, verify_chain};
 
 /// Clock skew allowed for: certificates start this long before they are issued.
 const BACKDATE: Duration = Duration::from_secs(60);
@@ -94,7 +99,7 @@ fn ca_err(what: &str, e: impl std::fmt::Display) -> TlsError {
 
 fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
-    if crate::provider().secure_random.fill(&mut bytes).is_err() {
+    if weft_tls::provider().secure_random.fill(&mut bytes).is_err() {
         // ring's system RNG does not fail in practice; fall back to the clock.
         bytes = OffsetDateTime::now_utc()
             .unix_timestamp_nanos()
@@ -313,7 +318,7 @@ impl Ca {
             what: format!("not a usable private key: {e}"),
         })?;
         let path = dir.join("ca-cert.pem");
-        let der = crate::creds::parse_certs(&path, cert_pem.as_bytes())?;
+        let der = parse_certs(&path, cert_pem.as_bytes())?;
         let trust_domain = trust_domain_of(&der[0]).ok_or_else(|| TlsError::Pem {
             path: path.clone(),
             what: "the CA certificate's subject has no O (organization) naming a trust domain"
@@ -331,13 +336,14 @@ impl Ca {
             &format!("spiffe://{}/probe", ca.trust_domain),
             Duration::from_secs(60),
         ))?;
-        let leaf = crate::creds::parse_certs(&path, probe.chain_pem.as_bytes())?;
-        let roots = crate::creds::parse_bundle(&dir.join("root-cert.pem"), ca.root_pem.as_bytes())?;
-        crate::verify::verify_chain(&roots, &leaf[0], &leaf[1..], crate::verify::Usage::Server)
-            .map_err(|_| TlsError::KeyMismatch {
+        let leaf = parse_certs(&path, probe.chain_pem.as_bytes())?;
+        let roots = parse_bundle(&dir.join("root-cert.pem"), ca.root_pem.as_bytes())?;
+        verify_chain(&roots, &leaf[0], &leaf[1..], Usage::Server).map_err(|_| {
+            TlsError::KeyMismatch {
                 cert: path,
                 key: dir.join("ca-key.pem"),
-            })?;
+            }
+        })?;
         Ok(ca)
     }
 }
@@ -348,39 +354,6 @@ fn trust_domain_of(der: &[u8]) -> Option<String> {
     let org = cert.subject().iter_organization().next()?;
     let td = org.as_str().ok()?.to_owned();
     is_trust_domain(&td).then_some(td)
-}
-
-/// Writes `data` to `path` (via a temporary file and a rename, so a watcher never sees half a
-/// file); `private` files get mode 0600.
-pub fn write_file(path: &Path, data: &str, private: bool) -> Result<(), TlsError> {
-    let err = |source| TlsError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    // A stale temporary file (or a symlink planted there) is removed, and the new one is
-    // created exclusively with its final mode: a private key is never readable by others,
-    // not even between the write and a chmod.
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if private { 0o600 } else { 0o644 });
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut file = options.open(&tmp).map_err(err)?;
-    file.write_all(data.as_bytes()).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(err)
 }
 
 /// The URI SAN a CSR asks for (exactly one required).
@@ -405,20 +378,6 @@ pub fn csr_uri(csr_pem: &str) -> Result<String, TlsError> {
     }
 }
 
-/// Makes a CSR for `spiffe_id` with a fresh key; returns (CSR PEM, key PEM).
-pub fn new_csr(spiffe_id: &str) -> Result<(String, String), TlsError> {
-    let id = SpiffeId::parse(spiffe_id).map_err(|e| TlsError::Ca(e.to_string()))?;
-    let key = KeyPair::generate().map_err(|e| ca_err("generating the key", e))?;
-    let mut p = CertificateParams::default();
-    let uri = Ia5String::try_from(id.to_string()).map_err(|e| ca_err("URI SAN", e))?;
-    p.subject_alt_names = vec![SanType::URI(uri)];
-    let csr = p
-        .serialize_request(&key)
-        .map_err(|e| ca_err("making the CSR", e))?;
-    let pem = csr.pem().map_err(|e| ca_err("encoding the CSR", e))?;
-    Ok((pem, key.serialize_pem()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,13 +395,13 @@ mod tests {
             ))
             .expect("issue");
         let p = Path::new("x.pem");
-        let chain = crate::creds::parse_certs(p, issued.chain_pem.as_bytes()).expect("chain");
+        let chain = parse_certs(p, issued.chain_pem.as_bytes()).expect("chain");
         assert_eq!(chain.len(), 2, "leaf + intermediate");
-        let roots = crate::creds::parse_bundle(p, inter.bundle_pem().as_bytes()).expect("roots");
-        crate::verify::verify_chain(&roots, &chain[0], &chain[1..], crate::verify::Usage::Client)
-            .expect("chains to the root");
+        let roots = parse_bundle(p, inter.bundle_pem().as_bytes()).expect("roots");
+        verify_chain(&roots, &chain[0], &chain[1..], Usage::Client).expect("chains to the root");
 
-        let (csr, _key) = new_csr("spiffe://cluster.local/ns/a/sa/b").expect("csr");
+        let (csr, _key) =
+            weft_tls::agent::new_csr("spiffe://cluster.local/ns/a/sa/b").expect("csr");
         let req = IssueRequest::new("spiffe://cluster.local/ns/a/sa/b", Duration::from_secs(60));
         inter.sign_csr(&csr, &req).expect("signed");
         let other = IssueRequest::new("spiffe://cluster.local/ns/a/sa/x", Duration::from_secs(60));

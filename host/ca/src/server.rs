@@ -1,11 +1,10 @@
-//! The CA's signing endpoint (`weft ca serve`): HTTPS, HTTP/1.1.
+//! The CA's signing endpoint (`weft ca serve`): HTTPS, HTTP/1.1, speaking the protocol of
+//! [`weft_tls::ca_protocol`] (`POST /v1/sign` with a CSR, `GET /v1/bundle`).
 //!
-//! - `POST /v1/sign` with a PEM CSR as the body. The caller is authenticated either by its
-//!   current workload certificate (mTLS: it may only renew its own SPIFFE ID) or by a bootstrap
-//!   token (`authorization: Bearer <token>`: it may ask for IDs matching the token's pattern).
-//!   The optional `x-weft-ttl` header asks for a lifetime in seconds (capped). The answer is the
-//!   PEM chain (leaf first). Only public keys travel: the workload keeps its private key.
-//! - `GET /v1/bundle`: the trust bundle (root certificate), PEM.
+//! A signing caller is authenticated either by its current workload certificate (mTLS: it may
+//! only renew its own SPIFFE ID) or by a bootstrap token (`authorization: Bearer <token>`: it
+//! may ask for IDs matching the token's pattern). The endpoint presents a certificate for
+//! [`ca_identity`], the only identity agents accept as the CA.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,15 +20,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::TlsError;
-use crate::ca::{Ca, IssueRequest, csr_uri};
-use crate::config::{MinVersion, ServerOptions};
-use crate::creds::Credentials;
-use crate::spiffe::{SpiffeId, pattern_matches};
-use crate::verify::PeerRules;
+use weft_tls::TlsError;
+use weft_tls::ca_protocol::{ALPN, BUNDLE_PATH, MAX_CSR_BYTES, SIGN_PATH, TTL_HEADER};
+use weft_tls::config::{MinVersion, ServerOptions};
+use weft_tls::creds::Credentials;
+use weft_tls::spiffe::{SpiffeId, pattern_matches};
+use weft_tls::verify::PeerRules;
 
-/// Largest CSR accepted.
-const MAX_BODY: usize = 16 * 1024;
+use crate::authority::{Ca, IssueRequest, csr_uri};
+
+pub use weft_tls::ca_protocol::ca_identity;
 
 /// A bootstrap token and the SPIFFE IDs (pattern) it may ask for.
 #[derive(Debug, Clone)]
@@ -88,12 +88,6 @@ struct State {
     opts: ServeOptions,
 }
 
-/// The identity the signing endpoint presents (agents accept no other):
-/// `spiffe://<td>/ns/weft-system/sa/weft-ca`.
-pub fn ca_identity(trust_domain: &str) -> String {
-    format!("spiffe://{trust_domain}/ns/weft-system/sa/weft-ca")
-}
-
 /// The endpoint's own TLS credentials: a certificate from `ca` for [`ca_identity`].
 pub fn server_credentials(ca: &Ca) -> Result<Arc<Credentials>, TlsError> {
     let id = ca_identity(ca.trust_domain());
@@ -111,10 +105,10 @@ pub fn server_credentials(ca: &Ca) -> Result<Arc<Credentials>, TlsError> {
 /// Serves until the listener fails; each connection runs on its own task.
 pub async fn serve(ca: Ca, listener: TcpListener, opts: ServeOptions) -> Result<(), TlsError> {
     let creds = server_credentials(&ca)?;
-    let config = crate::config::server_config(
+    let config = weft_tls::config::server_config(
         creds,
         &ServerOptions {
-            alpn: vec![b"http/1.1".to_vec()],
+            alpn: vec![ALPN.to_vec()],
             min_version: MinVersion::Tls12,
             rules: PeerRules {
                 trust_domain: Some(ca.trust_domain().to_owned()),
@@ -151,7 +145,7 @@ pub async fn serve(ca: Ca, listener: TcpListener, opts: ServeOptions) -> Result<
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .and_then(|leaf| crate::peer::identity(leaf).ok())
+                .and_then(|leaf| weft_tls::peer::identity(leaf).ok())
                 .map(|p| p.spiffe);
             let svc = service_fn(move |req| {
                 let state = state.clone();
@@ -180,8 +174,8 @@ async fn handle(
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/v1/bundle") => reply(StatusCode::OK, state.ca.bundle_pem()),
-        (&Method::POST, "/v1/sign") => {
+        (&Method::GET, BUNDLE_PATH) => reply(StatusCode::OK, state.ca.bundle_pem()),
+        (&Method::POST, SIGN_PATH) => {
             let token = req
                 .headers()
                 .get(http::header::AUTHORIZATION)
@@ -190,12 +184,12 @@ async fn handle(
                 .map(str::to_owned);
             let ttl = req
                 .headers()
-                .get("x-weft-ttl")
+                .get(TTL_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
                 .map_or(state.opts.default_ttl, Duration::from_secs)
                 .min(state.opts.max_ttl);
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            let body = match Limited::new(req.into_body(), MAX_CSR_BYTES).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, "CSR too large\n"),
             };
@@ -235,4 +229,62 @@ async fn handle(
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_tls::agent::{AgentConfig, fetch_once};
+
+    /// The renewing agent of `weft-tls` against this endpoint.
+    #[tokio::test]
+    async fn bootstrap_then_renew_with_certificate() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ca = Ca::new_root("cluster.local", Duration::from_secs(3600)).expect("ca");
+        let bundle = dir.path().join("ca-bundle.pem");
+        std::fs::write(&bundle, ca.bundle_pem()).expect("w");
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "0123456789abcdef0123\n").expect("w");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve(
+            ca,
+            listener,
+            ServeOptions {
+                tokens: vec![Token {
+                    token: "0123456789abcdef0123".into(),
+                    pattern: "spiffe://cluster.local/ns/default/*".into(),
+                }],
+                default_ttl: Duration::from_secs(600),
+                max_ttl: Duration::from_secs(3600),
+            },
+        ));
+        let mut cfg = AgentConfig {
+            ca_address: addr.to_string(),
+            ca_bundle: bundle,
+            token_file: Some(token_file.clone()),
+            spiffe_id: "spiffe://cluster.local/ns/default/sa/web".into(),
+            out_dir: dir.path().join("out"),
+            ttl: Duration::from_secs(120),
+            renew_fraction: 0.5,
+        };
+        let (nb, na) = fetch_once(&cfg).await.expect("bootstrap");
+        assert!(na - nb <= 120 + 60, "ttl honoured");
+        let first = std::fs::read(cfg.files().cert).expect("cert");
+        // Renewal authenticates with the certificate: no token needed.
+        cfg.token_file = None;
+        fetch_once(&cfg)
+            .await
+            .expect("renewal with the current certificate");
+        assert_ne!(std::fs::read(cfg.files().cert).expect("cert"), first);
+        // A token cannot get an identity outside its pattern.
+        let mut other = cfg.clone();
+        other.out_dir = dir.path().join("other");
+        other.token_file = Some(token_file);
+        other.spiffe_id = "spiffe://cluster.local/ns/kube-system/sa/admin".into();
+        let e = fetch_once(&other).await.expect_err("refused");
+        assert!(e.to_string().contains("403"), "{e}");
+    }
 }
