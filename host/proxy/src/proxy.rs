@@ -90,6 +90,7 @@ impl Proxy {
                 drain_timeout,
                 plugins,
                 commands,
+                published: tokio::sync::watch::Sender::new(0),
             }),
         };
         crate::reload::publish(&proxy.inner, generation).await?;

@@ -36,6 +36,8 @@ pub(crate) struct State {
     pub(crate) drain_timeout: Duration,
     pub(crate) plugins: Arc<PluginRegistry>,
     pub(crate) commands: tokio::sync::mpsc::Sender<Command>,
+    /// The id of the last published generation (watchers follow it).
+    pub(crate) published: tokio::sync::watch::Sender<u64>,
 }
 
 impl State {
