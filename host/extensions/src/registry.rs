@@ -10,8 +10,10 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -76,13 +78,11 @@ impl PluginHandle {
 
     /// The last load or swap error.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok()?.clone()
+        self.last_error.lock().clone()
     }
 
     fn set_error(&self, e: Option<String>) {
-        if let Ok(mut l) = self.last_error.lock() {
-            *l = e;
-        }
+        *self.last_error.lock() = e;
     }
 
     /// A label for chains and metrics: `name` or `name[variant]`.
@@ -190,11 +190,7 @@ impl PluginRegistry {
 
     /// Every handle, sorted by label.
     pub fn handles(&self) -> Vec<Arc<PluginHandle>> {
-        let mut v: Vec<_> = self
-            .handles
-            .lock()
-            .map(|h| h.values().cloned().collect())
-            .unwrap_or_default();
+        let mut v: Vec<_> = self.handles.lock().values().cloned().collect();
         v.sort_by_key(|h| h.label());
         v
     }
@@ -228,7 +224,7 @@ impl PluginRegistry {
                 error,
             })?;
         let key = (plugin.name.clone(), variant.clone());
-        if let Some(existing) = self.handles.lock().ok().and_then(|h| h.get(&key).cloned())
+        if let Some(existing) = self.handles.lock().get(&key).cloned()
             && existing.config == *plugin
             && existing.file == file
             && let PluginVersion::Loaded(p) = &*existing.current()
@@ -268,9 +264,7 @@ impl PluginRegistry {
             swaps: AtomicU64::new(0),
             rejected_versions: AtomicU64::new(0),
         });
-        if let Ok(mut h) = self.handles.lock() {
-            h.insert(key, handle.clone());
-        }
+        self.handles.lock().insert(key, handle.clone());
         Ok(handle)
     }
 
@@ -329,8 +323,10 @@ impl PluginRegistry {
         let handles: Vec<Arc<PluginHandle>> = self
             .handles
             .lock()
-            .map(|h| h.values().filter(|p| p.name == name).cloned().collect())
-            .unwrap_or_default();
+            .values()
+            .filter(|p| p.name == name)
+            .cloned()
+            .collect();
         let mut ready = Vec::with_capacity(handles.len());
         for handle in &handles {
             let bytes = read_module(&handle.file)
@@ -375,9 +371,9 @@ impl PluginRegistry {
 
     /// Drops handles no generation uses any more.
     pub fn retain(&self, used: &[Arc<PluginHandle>]) {
-        if let Ok(mut h) = self.handles.lock() {
-            h.retain(|_, v| used.iter().any(|u| Arc::ptr_eq(u, v)));
-        }
+        self.handles
+            .lock()
+            .retain(|_, v| used.iter().any(|u| Arc::ptr_eq(u, v)));
     }
 
     /// Prometheus text for plugin metrics (appended to `/metrics`).
@@ -657,17 +653,15 @@ async fn callout(cluster: &Cluster, call: HttpCallRequest) -> Option<HttpCallRes
 /// How a configuration names a module embedded in the binary: `file: builtin:<name>`.
 pub const BUILTIN_PREFIX: &str = "builtin:";
 
-static BUILTINS: std::sync::OnceLock<std::sync::Mutex<HashMap<String, &'static [u8]>>> =
+static BUILTINS: std::sync::OnceLock<Mutex<HashMap<String, &'static [u8]>>> =
     std::sync::OnceLock::new();
 
 /// Makes modules embedded in the binary available as `file: builtin:<name>` (the `weft` binary
 /// registers the shipped plugins at start).
 pub fn register_builtin_plugins(modules: &[(&str, &'static [u8])]) {
-    let map = BUILTINS.get_or_init(|| std::sync::Mutex::new(HashMap::new()));
-    if let Ok(mut map) = map.lock() {
-        for (name, bytes) in modules {
-            map.insert((*name).to_owned(), *bytes);
-        }
+    let mut map = BUILTINS.get_or_init(|| Mutex::new(HashMap::new())).lock();
+    for (name, bytes) in modules {
+        map.insert((*name).to_owned(), *bytes);
     }
 }
 
@@ -681,10 +675,7 @@ async fn read_module(file: &Path) -> std::io::Result<Vec<u8>> {
     let Some(name) = file.to_str().and_then(|f| f.strip_prefix(BUILTIN_PREFIX)) else {
         return tokio::fs::read(file).await;
     };
-    let map = BUILTINS.get_or_init(|| std::sync::Mutex::new(HashMap::new()));
-    let map = map
-        .lock()
-        .map_err(|_| std::io::Error::other("builtin plugin registry poisoned"))?;
+    let map = BUILTINS.get_or_init(|| Mutex::new(HashMap::new())).lock();
     match map.get(name) {
         Some(bytes) => Ok(bytes.to_vec()),
         None => {

@@ -169,14 +169,14 @@ impl Generation {
                                 target.cluster
                             ))
                         })?;
-                    ListenerGen::Tcp(TcpTarget {
+                    ListenerGen::Tcp(Box::new(TcpTarget {
                         name: l.name.as_str().into(),
                         generation: id,
                         config: l.clone(),
                         cluster,
                         metrics: metrics.listener(&l.name),
                         wasm,
-                    })
+                    }))
                 }
             };
             listeners.insert(l.name.clone(), Arc::new(listener_gen));

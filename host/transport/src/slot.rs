@@ -31,7 +31,7 @@ pub enum ListenerGen {
     /// An HTTP listener.
     Http(HttpEntry),
     /// A TCP listener.
-    Tcp(TcpTarget),
+    Tcp(Box<TcpTarget>),
 }
 
 /// An HTTP listener: its TLS termination (transport) and its routes and chains (HTTP layer).

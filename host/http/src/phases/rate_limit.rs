@@ -2,10 +2,11 @@
 //! (before routing) or per route (Envoy's `local_ratelimit`). A request without a token gets
 //! 429 with `Retry-After` and response flag `RL`; a request with one continues.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode, header};
+use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use weft_config::resilience::LocalRateLimit;
 use weft_observe::flags;
@@ -105,10 +106,7 @@ impl TokenBucket {
 
     /// Takes a token at `now_ms`; without one, says how long until the next fill.
     pub fn try_take(&self, now_ms: u64) -> Result<(), Duration> {
-        let mut s = match self.state.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut s = self.state.lock();
         let elapsed = now_ms.saturating_sub(s.last_fill_ms);
         let fills = elapsed / self.fill_interval_ms;
         if fills > 0 {

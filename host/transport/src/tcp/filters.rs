@@ -3,8 +3,9 @@
 //! `Pause`), the close callbacks, and `on_log` / `on_done` / `on_delete` at the end.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::{Mutex, MutexGuard};
 use weft_wasm::{Action, Failure, FailurePolicy, PeerType, Properties, Stream};
 
 use weft_extensions::{PluginHandle, PluginVersion};
@@ -48,11 +49,8 @@ struct Stage {
     policy: FailurePolicy,
 }
 
-fn lock(stream: &Mutex<Stream>) -> std::sync::MutexGuard<'_, Stream> {
-    match stream.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
+fn lock(stream: &Mutex<Stream>) -> MutexGuard<'_, Stream> {
+    stream.lock()
 }
 
 /// The plugins of one TCP connection.

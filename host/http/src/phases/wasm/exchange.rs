@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -12,6 +12,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, request, response};
 use http_body::Frame;
 use http_body_util::BodyExt;
+use parking_lot::{Mutex, MutexGuard};
 use weft_wasm::{Action, Failure, FailurePolicy, HeaderList, LocalResponse, Properties, Stream};
 
 use weft_body::{BodyFilter, BoxError, ProxyBody};
@@ -83,10 +84,9 @@ impl RequestProperties {
 
     /// Records a value known later (`response.code`, `upstream.address`).
     pub fn set(&self, key: &'static str, value: Vec<u8>) {
-        if let Ok(mut d) = self.dynamic.lock() {
-            d.retain(|(k, _)| *k != key);
-            d.push((key, value));
-        }
+        let mut d = self.dynamic.lock();
+        d.retain(|(k, _)| *k != key);
+        d.push((key, value));
     }
 }
 
@@ -139,7 +139,7 @@ impl Properties for RequestProperties {
             ["xds", "route_name"] | ["route_name"] => s(&self.route),
             _ => {
                 let key = path.join(".");
-                let d = self.dynamic.lock().ok()?;
+                let d = self.dynamic.lock();
                 d.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
             }
         }
@@ -205,11 +205,8 @@ fn failure_reply(label: &str, failure: &Failure) -> LocalReply {
     }
 }
 
-fn lock(stream: &Arc<Mutex<Stream>>) -> std::sync::MutexGuard<'_, Stream> {
-    match stream.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+fn lock(stream: &Arc<Mutex<Stream>>) -> MutexGuard<'_, Stream> {
+    stream.lock()
 }
 
 /// Request headers as plugins see them: pseudo-headers first, `host` folded into `:authority`.
