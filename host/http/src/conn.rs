@@ -97,3 +97,21 @@ pub fn next_connection_id() -> u64 {
 pub fn peer_ip_value(peer: SocketAddr) -> HeaderValue {
     HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_time_runs_on_tokios_clock_only_while_nothing_is_in_flight() {
+        let a = Activity::new();
+        a.begin();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(a.idle_for(), Duration::ZERO, "busy: never idle");
+        a.end();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(a.idle_for(), Duration::from_secs(3));
+        a.begin();
+        assert_eq!(a.idle_for(), Duration::ZERO);
+    }
+}
