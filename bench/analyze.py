@@ -14,6 +14,10 @@ Ratios (weft/direct, weft/envoy, weft/nginx, weft/haproxy; the Wasm ones weft-wa
 weft-wasm/weft, envoy-wasm/envoy and, for three plugins, weft-wasm3/envoy-wasm3, weft-wasm3/weft,
 envoy-wasm3/envoy; each/direct) are computed within each round, where both sides ran in the same
 round under the same machine conditions, then medianed.
+With WEFT_BASE_BIN (an older Weft build side by side): the new/old ratios weft/weft-base,
+weft-wasm/weft-base-wasm and weft-wasm3/weft-base-wasm3, gathered per scenario (A, B, C, D and
+E, E being weft-wasm3 in A's runs) into `new_vs_old` and a table at the top of the Markdown,
+which is also printed (unless --quiet).
 Also: RSS per process (idle, after load, peak), the RSS cost of the plugin(s) (weft-wasm minus
 weft, envoy-wasm minus envoy, and the same for the three-plugin candidates), each process's
 start-up time (spawn -> first 200 through it), and scenario F's swap times and failures.
@@ -27,11 +31,28 @@ import sys
 from pathlib import Path
 
 CANDIDATES = [
-    "direct", "weft", "weft-wasm", "weft-wasm3", "envoy", "envoy-wasm", "envoy-wasm3", "nginx", "haproxy",
+    "direct", "weft", "weft-base", "weft-wasm", "weft-base-wasm", "weft-wasm3", "weft-base-wasm3",
+    "envoy", "envoy-wasm", "envoy-wasm3", "nginx", "haproxy",
 ]
 PROXIES = [c for c in CANDIDATES if c != "direct"]
 # The Wasm plugin candidates: (with plugin(s), without).
-PLUGIN_PAIRS = [("weft-wasm", "weft"), ("envoy-wasm", "envoy"), ("weft-wasm3", "weft"), ("envoy-wasm3", "envoy")]
+PLUGIN_PAIRS = [
+    ("weft-wasm", "weft"), ("envoy-wasm", "envoy"), ("weft-wasm3", "weft"), ("envoy-wasm3", "envoy"),
+    ("weft-base-wasm", "weft-base"), ("weft-base-wasm3", "weft-base"),
+]
+# New build / older build (WEFT_BASE_BIN): the same config on each.
+NEW_OLD_PAIRS = [("weft", "weft-base"), ("weft-wasm", "weft-base-wasm"), ("weft-wasm3", "weft-base-wasm3")]
+# The new/old summary: (label, scenario whose runs hold it, pair, throughput metric, latency metric).
+# Scenario E's candidates run in A; h2load (C) reports no percentiles, so C has the mean.
+NEW_OLD_ROWS = [
+    ("A", "A", ("weft", "weft-base"), "rps", "p99_ms"),
+    ("A, one plugin", "A", ("weft-wasm", "weft-base-wasm"), "rps", "p99_ms"),
+    ("B", "B", ("weft", "weft-base"), "rps", "p99_ms"),
+    ("B, one plugin", "B", ("weft-wasm", "weft-base-wasm"), "rps", "p99_ms"),
+    ("C", "C", ("weft", "weft-base"), "rps", "mean_ms"),
+    ("D", "D", ("weft", "weft-base"), "rps", "p99_ms"),
+    ("E (three plugins, in A)", "A", ("weft-wasm3", "weft-base-wasm3"), "rps", "p99_ms"),
+]
 # RSS deltas: the pairs above, plus the warm-cache restart of weft-wasm (idle only).
 RSS_DELTAS = PLUGIN_PAIRS + [("weft-wasm-warm", "weft")]
 
@@ -217,7 +238,8 @@ def collect(raw, scenario, rounds):
 
 
 def ratio_pairs(present):
-    pairs = [("weft", other) for other in ["direct", "envoy", "nginx", "haproxy"]]
+    pairs = list(NEW_OLD_PAIRS)
+    pairs += [("weft", other) for other in ["direct", "envoy", "nginx", "haproxy"]]
     pairs += [("weft-wasm", "envoy-wasm"), ("weft-wasm3", "envoy-wasm3")] + PLUGIN_PAIRS
     pairs += [(c, "direct") for c in ["envoy", "nginx", "haproxy"]]
     return [(a, b) for a, b in pairs if a in present and b in present]
@@ -298,7 +320,64 @@ def analyze(raw):
         v = meta.get(f"startup_ms.{c}")
         if v:
             out["startup_ms"][c] = int(v)
+    if "weft_base_bin" in meta:
+        out["new_vs_old"] = new_vs_old(out, meta)
     return out
+
+
+def new_vs_old(res, meta):
+    """The new/old (WEFT_BASE_BIN) ratios per scenario, from the per-round ratios above."""
+    rows = []
+    selected = set(meta.get("scenarios", "ABCDEF").split(","))
+    for label, s, (a, b), tput, lat in NEW_OLD_ROWS:
+        sc = res["scenarios"].get(s, {})
+        r = sc.get("ratios", {}).get(f"{a}/{b}")
+        if r is None:
+            # Listed as missing only if its scenario was selected (E's rows: if E was).
+            if label[0] in selected:
+                why = sc.get("skipped") or "no results for both in any round"
+                rows.append({"scenario": label, "pair": f"{a}/{b}", "missing": why})
+            continue
+        rows.append({
+            "scenario": label,
+            "pair": f"{a}/{b}",
+            "rps": r.get(tput),
+            "latency_metric": lat,
+            "latency": r.get(lat),
+        })
+    return {
+        "new": meta.get("weft_bin"),
+        "new_version": meta.get("version.weft"),
+        "new_git_rev": meta.get("git_rev"),
+        "base": meta.get("weft_base_bin"),
+        "base_version": meta.get("version.weft-base"),
+        "rows": rows,
+    }
+
+
+def new_vs_old_markdown(nvo):
+    lines = [
+        "## New vs old build (WEFT_BASE_BIN)",
+        "",
+        f"new: `{nvo.get('new')}` ({nvo.get('new_version') or '?'}) · "
+        f"old: `{nvo.get('base')}` ({nvo.get('base_version') or '?'}) · "
+        f"bench checkout: git {nvo.get('new_git_rev') or '?'}",
+        "",
+        "new/old, each computed within a round (same conditions), then medianed (min–max across "
+        "rounds): req/s above 1 means the new build is faster; latency below 1 means it is quicker. "
+        "Latency is p99, except C (h2load reports no percentiles: its mean time per request).",
+        "",
+        "| scenario | ratio | req/s new/old | latency new/old |",
+        "|---|---|---|---|",
+    ]
+    for row in nvo["rows"]:
+        if row.get("missing"):
+            lines.append(f"| {row['scenario']} | {row['pair']} | – (not run: {row['missing']}) | – |")
+            continue
+        lat = "p99" if row["latency_metric"] == "p99_ms" else "mean"
+        lines.append(f"| {row['scenario']} | {row['pair']} | {rcell(row['rps'])} | {lat} {rcell(row['latency'])} |")
+    lines.append("")
+    return lines
 
 
 def plugin_swaps(path):
@@ -412,6 +491,8 @@ def markdown(res):
         "is quicker.",
         "",
     ]
+    if res.get("new_vs_old"):
+        lines += new_vs_old_markdown(res["new_vs_old"])
     for s, sc in res["scenarios"].items():
         lines += [f"## {sc['title']}", ""]
         if "skipped" in sc:
@@ -516,8 +597,8 @@ def markdown(res):
             "reuses the compiled module, measured after the load runs.",
             "",
             "`after A, B` and its peak are measured after scenarios A and B (and E), before C and "
-            "D; `after C, D` and `peak at end` after C and D, which only direct, weft, envoy, nginx "
-            "and haproxy run (1 MiB bodies and HTTP/2 grow some buffers).",
+            "D; `after C, D` and `peak at end` after C and D, which only direct, weft (and "
+            "weft-base), envoy, nginx and haproxy run (1 MiB bodies and HTTP/2 grow some buffers).",
             "",
             "| process | idle after start | after A, B | peak after A, B | after C, D | peak at end | start-up ms |",
             "|---|---|---|---|---|---|---|",
@@ -570,6 +651,7 @@ def main():
     ap.add_argument("--raw", type=Path, default=Path(__file__).parent / "results" / "raw")
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "latest.json")
     ap.add_argument("--md", type=Path, default=Path(__file__).parent / "results" / "latest.md")
+    ap.add_argument("--quiet", action="store_true", help="do not print the new/old (WEFT_BASE_BIN) table")
     args = ap.parse_args()
     if not (args.raw / "meta.txt").exists():
         print(f"analyze: {args.raw}/meta.txt not found; run bench/run.sh first", file=sys.stderr)
@@ -577,6 +659,8 @@ def main():
     res = analyze(args.raw)
     args.json.write_text(json.dumps(res, indent=2) + "\n")
     args.md.write_text(markdown(res))
+    if res.get("new_vs_old") and not args.quiet:
+        print("\n".join(new_vs_old_markdown(res["new_vs_old"])))
     return 0
 
 

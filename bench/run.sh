@@ -6,6 +6,7 @@
 #   bench/run.sh                          # 3 rounds x 10 s per candidate and scenario
 #   ROUNDS=1 DURATION=3 bench/run.sh      # quick smoke run
 #   SCENARIOS=C,D bench/run.sh            # only some scenarios
+#   WEFT_BASE_BIN=$(bench/build-base.sh main) bench/run.sh   # also an older Weft build, side by side
 #
 # Scenarios: A HTTP/1.1 throughput (wrk), B latency at a fixed rate (oha), C HTTP/2 (h2c)
 # throughput (h2load), D 1 MiB responses (wrk), E three plugins (weft-wasm3, envoy-wasm3; run
@@ -16,6 +17,13 @@
 # to skip scenario B, H2_CONNS (32) and H2_STREAMS (10) for h2load, BIG_CONNS wrk connections
 # for D (8), F_DURATION seconds (10), F_CONNS (16), F_SWAPS (20), OHA_INSTALL_TIMEOUT seconds
 # (600), NO_INSTALL=1 to install nothing.
+# WEFT_BIN=PATH: benchmark that weft binary instead of building this checkout (cargo build
+# --release -p weft, into $CARGO_TARGET_DIR if set).
+# WEFT_BASE_BIN=PATH: a second, older weft binary (e.g. from bench/build-base.sh REV), run side by
+# side as the candidates weft-base (config of weft), weft-base-wasm (of weft-wasm) and
+# weft-base-wasm3 (of weft-wasm3, scenario E), on their own ports (18108-18110, admin
+# 15908-15910), in every scenario their counterparts run except F; analyze.py then reports the
+# new/old ratios weft/weft-base, weft-wasm/weft-base-wasm, weft-wasm3/weft-base-wasm3.
 # Results: bench/results/latest.json, bench/results/latest.md, raw output in bench/results/raw/.
 
 set -uo pipefail
@@ -40,6 +48,8 @@ BIG_CONNS=${BIG_CONNS:-8}
 F_DURATION=${F_DURATION:-10}
 F_CONNS=${F_CONNS:-16}
 F_SWAPS=${F_SWAPS:-20}
+WEFT_BIN=${WEFT_BIN:-}
+WEFT_BASE_BIN=${WEFT_BASE_BIN:-}
 
 SCENARIOS=${SCENARIOS^^}
 SCENARIOS=${SCENARIOS// /}
@@ -55,6 +65,16 @@ for v in ROUNDS DURATION WARMUP CONNS OHA_RATE OHA_CONNS OHA_INSTALL_TIMEOUT H2_
     if ! [[ ${!v} =~ ^[0-9]+$ ]] || [ "${!v}" -lt 1 ]; then
         echo "bench: $v must be a positive integer (got '${!v}')" >&2
         exit 2
+    fi
+done
+
+for v in WEFT_BIN WEFT_BASE_BIN; do
+    if [ -n "${!v}" ]; then
+        if ! [ -f "${!v}" ] || ! [ -x "${!v}" ]; then
+            echo "bench: $v=${!v} is not an executable file" >&2
+            exit 2
+        fi
+        printf -v "$v" '%s' "$(cd "$(dirname "${!v}")" && pwd)/$(basename "${!v}")" # absolute
     fi
 done
 
@@ -81,11 +101,15 @@ meta() { printf '%s=%s\n' "$1" "$2" >>"$META"; }
 declare -a STARTED=()
 declare -A PID=()
 declare -A PORT=([direct]=18081 [weft]=18100 [envoy]=18101 [nginx]=18102 [haproxy]=18103
-    [weft-wasm]=18104 [envoy-wasm]=18105 [weft-wasm3]=18106 [envoy-wasm3]=18107)
+    [weft-wasm]=18104 [envoy-wasm]=18105 [weft-wasm3]=18106 [envoy-wasm3]=18107
+    [weft-base]=18108 [weft-base-wasm]=18109 [weft-base-wasm3]=18110)
+# The WEFT_BASE_BIN candidates' admin ports (their configs are the weft ones with these ports).
+declare -A BASE_ADMIN=([weft-base]=15908 [weft-base-wasm]=15909 [weft-base-wasm3]=15910)
 # Scenario C (h2c, prior knowledge): Weft and Envoy (codec_type AUTO) detect HTTP/2 on their
 # usual listener; nginx and haproxy get a second, HTTP/2-only listener (same process), and the
 # upstream nginx a second, h2c server for the direct baseline.
-declare -A H2PORT=([direct]=18082 [weft]=18100 [envoy]=18101 [nginx]=18112 [haproxy]=18113)
+declare -A H2PORT=([direct]=18082 [weft]=18100 [envoy]=18101 [nginx]=18112 [haproxy]=18113
+    [weft-base]=18108)
 declare -A ADMIN=([weft-wasm]=15904)
 declare -A START_NS=() # spawn time of each process (date +%s%N), for the start-up time
 declare -A SKIP=()
@@ -199,12 +223,29 @@ fi
 [ -n "$OHA" ] && HAVE_OHA=1
 
 # ---------------------------------------------------------------------------------------------
-# 2. Build Weft (release).
-WEFT="$ROOT/target/release/weft"
+# 2. Build Weft (release), unless WEFT_BIN names a binary to use instead.
+# cargo's target directory for a manifest (CARGO_TARGET_DIR, .cargo/config.toml, or ./target).
+target_dir() {
+    local d
+    d=$(cargo metadata --manifest-path "$1" --no-deps --format-version 1 2>/dev/null |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null)
+    echo "${d:-$(dirname "$1")/target}"
+}
 HAVE_WEFT=0
-log "cargo build --release -p weft"
-if run_child cargo build --manifest-path "$ROOT/Cargo.toml" --release -q -p weft >"$RAW/logs/weft-build.log" 2>&1 &&
-    [ -x "$WEFT" ]; then
+WEFT_READY=0
+if [ -n "$WEFT_BIN" ]; then
+    WEFT=$WEFT_BIN
+    log "weft: $WEFT (WEFT_BIN; not building)"
+    : >"$RAW/logs/weft-build.log"
+    WEFT_READY=1
+else
+    WEFT="$(target_dir "$ROOT/Cargo.toml")/release/weft"
+    log "cargo build --release -p weft"
+    run_child cargo build --manifest-path "$ROOT/Cargo.toml" --release -q -p weft >"$RAW/logs/weft-build.log" 2>&1 &&
+        [ -x "$WEFT" ] && WEFT_READY=1
+fi
+meta weft_bin "$WEFT"
+if [ $WEFT_READY = 1 ]; then
     if "$WEFT" validate -c "$BENCH/configs/weft.yaml" >>"$RAW/logs/weft-build.log" 2>&1; then
         HAVE_WEFT=1
     else
@@ -222,7 +263,7 @@ fi
 # load the SAME copy, in the run directory; their configs are rendered from the templates in
 # bench/configs/ (@PLUGIN@ -> that copy's absolute path) and kept in raw/configs/.
 WASM_MANIFEST="$ROOT/tests/fixtures/wasm/Cargo.toml"
-WASM_BUILT="$ROOT/tests/fixtures/wasm/target/wasm32-wasip1/release/header_adder.wasm"
+WASM_BUILT="$(target_dir "$WASM_MANIFEST")/wasm32-wasip1/release/header_adder.wasm"
 PLUGIN="$RUN/header_adder.wasm"
 PLUGIN3="$RUN/wasm3/header_adder.wasm"
 HAVE_PLUGIN=0
@@ -276,6 +317,62 @@ if [ $HAVE_PLUGIN = 1 ] && [ $HAVE_WEFT = 1 ]; then
 elif [ $HAVE_PLUGIN = 1 ]; then
     SKIP[weft-wasm]="${SKIP[weft]:-Weft unavailable}"
     want E && SKIP[weft-wasm3]="${SKIP[weft]:-Weft unavailable}"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 2c. The older build (WEFT_BASE_BIN), side by side: weft-base, weft-base-wasm and
+# weft-base-wasm3 run the configs of weft, weft-wasm and weft-wasm3 with only the listener and
+# admin addresses changed (rendered into the run directory and raw/configs/, and checked with
+# the base binary's own `weft validate`). weft-base-wasm loads its own copy of the plugin (F
+# rewrites weft-wasm's), weft-base-wasm3 the wasm3 copy; both start with their own empty
+# compile cache, like weft-wasm and weft-wasm3 (so the two builds never share cache entries).
+HAVE_BASE=0 HAVE_BASE_WASM=0 HAVE_BASE_WASM3=0
+WEFT_BASE_WASM_ENV=(env "XDG_CACHE_HOME=$RUN/weft-base-wasm-cache")
+WEFT_BASE_WASM3_ENV=(env "XDG_CACHE_HOME=$RUN/weft-base-wasm3-cache")
+# render_base NAME TEMPLATE FROM_PORT FROM_ADMIN [PLUGIN]: writes $RUN/NAME.yaml, TEMPLATE with
+# 127.0.0.1:FROM_PORT and 127.0.0.1:FROM_ADMIN replaced by NAME's listener and admin ports and
+# @PLUGIN@ by PLUGIN; fails unless both replacements happened and nothing of the old ones is left.
+render_base() {
+    local name=$1 src=$2 from=$3 from_admin=$4 plugin=${5:-}
+    local to=${PORT[$name]} to_admin=${BASE_ADMIN[$name]} dst="$RUN/$1.yaml"
+    sed -e "s|127\.0\.0\.1:$from\b|127.0.0.1:$to|g" -e "s|127\.0\.0\.1:$from_admin\b|127.0.0.1:$to_admin|g" \
+        -e "s|@PLUGIN@|$plugin|g" "$src" >"$dst" || return 1
+    cp -f "$dst" "$RAW/configs/$name.yaml"
+    grep -q "127\.0\.0\.1:$to\b" "$dst" && grep -q "127\.0\.0\.1:$to_admin\b" "$dst" &&
+        ! grep -Eq "127\.0\.0\.1:($from|$from_admin)\b|@PLUGIN@" "$dst" && return 0
+    log "WARNING: could not render the $name config from $(basename "$src"); skipping $name"
+    SKIP[$name]="config rendering failed"
+    return 1
+}
+# validate_base NAME: `weft validate` of the base binary on $RUN/NAME.yaml.
+validate_base() {
+    local name=$1
+    if XDG_CACHE_HOME="$RUN/validate-base-cache" "$WEFT_BASE_BIN" validate -c "$RUN/$name.yaml" \
+        >>"$RAW/logs/weft-base-validate.log" 2>&1; then
+        return 0
+    fi
+    log "WARNING: WEFT_BASE_BIN's weft validate rejected the $name config (see raw/logs/weft-base-validate.log); skipping $name"
+    SKIP[$name]="config rejected by weft validate (WEFT_BASE_BIN)"
+    return 1
+}
+if [ -n "$WEFT_BASE_BIN" ]; then
+    meta weft_base_bin "$WEFT_BASE_BIN"
+    log "weft-base: $WEFT_BASE_BIN (WEFT_BASE_BIN)"
+    : >"$RAW/logs/weft-base-validate.log"
+    render_base weft-base "$BENCH/configs/weft.yaml" 18100 15900 && validate_base weft-base && HAVE_BASE=1
+    if [ $HAVE_PLUGIN = 1 ]; then
+        mkdir -p "$RUN/base"
+        cp -f "$PLUGIN" "$RUN/base/header_adder.wasm"
+        render_base weft-base-wasm "$BENCH/configs/weft-wasm.yaml" 18104 15904 "$RUN/base/header_adder.wasm" &&
+            validate_base weft-base-wasm && HAVE_BASE_WASM=1
+        if want E; then
+            render_base weft-base-wasm3 "$BENCH/configs/weft-wasm3.yaml" 18106 15906 "$PLUGIN3" &&
+                validate_base weft-base-wasm3 && HAVE_BASE_WASM3=1
+        fi
+    else
+        SKIP[weft-base-wasm]="plugin build failed"
+        want E && SKIP[weft-base-wasm3]="plugin build failed"
+    fi
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -400,13 +497,24 @@ CANDS=(direct)
 if [ $HAVE_WEFT = 1 ]; then
     start_candidate weft "$WEFT" run -c "$BENCH/configs/weft.yaml" --log-level warn && CANDS+=(weft)
 fi
+if [ $HAVE_BASE = 1 ]; then
+    start_candidate weft-base "$WEFT_BASE_BIN" run -c "$RUN/weft-base.yaml" --log-level warn && CANDS+=(weft-base)
+fi
 if [ $HAVE_WEFT_WASM = 1 ]; then
     start_candidate weft-wasm "${WEFT_WASM_ENV[@]}" "$WEFT" run -c "$RUN/weft-wasm.yaml" --log-level warn &&
         verify_plugin weft-wasm && CANDS+=(weft-wasm)
 fi
+if [ $HAVE_BASE_WASM = 1 ]; then
+    start_candidate weft-base-wasm "${WEFT_BASE_WASM_ENV[@]}" "$WEFT_BASE_BIN" run -c "$RUN/weft-base-wasm.yaml" --log-level warn &&
+        verify_plugin weft-base-wasm && CANDS+=(weft-base-wasm)
+fi
 if [ $HAVE_WEFT_WASM3 = 1 ]; then
     start_candidate weft-wasm3 "${WEFT_WASM3_ENV[@]}" "$WEFT" run -c "$RUN/weft-wasm3.yaml" --log-level warn &&
         verify_plugin weft-wasm3 v1 v2 v3 && CANDS+=(weft-wasm3)
+fi
+if [ $HAVE_BASE_WASM3 = 1 ]; then
+    start_candidate weft-base-wasm3 "${WEFT_BASE_WASM3_ENV[@]}" "$WEFT_BASE_BIN" run -c "$RUN/weft-base-wasm3.yaml" --log-level warn &&
+        verify_plugin weft-base-wasm3 v1 v2 v3 && CANDS+=(weft-base-wasm3)
 fi
 if [ $HAVE_ENVOY = 1 ]; then
     start_candidate envoy "$ENVOY" -c "$BENCH/configs/envoy.yaml" --concurrency 1 \
@@ -462,6 +570,7 @@ meta kernel "$(uname -r)"
 meta loadavg_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 meta git_rev "$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo -dirty)"
 [ $HAVE_WEFT = 1 ] && meta version.weft "$("$WEFT" --version 2>&1 | head -1)"
+[ -n "$WEFT_BASE_BIN" ] && meta version.weft-base "$("$WEFT_BASE_BIN" --version 2>&1 | head -1)"
 [ $HAVE_ENVOY = 1 ] && meta version.envoy "$("$ENVOY" --version 2>&1 | grep -o 'version: .*' | head -1 | awk -F/ '{ print $2 }')"
 meta version.nginx "$(nginx -v 2>&1 | head -1 | sed 's/^nginx version: //')"
 [ $HAVE_HAPROXY = 1 ] && meta version.haproxy "$(haproxy -v 2>&1 | head -1 | cut -d' ' -f3)"
@@ -490,17 +599,18 @@ pick() {
     for c in "$@"; do has_cand "$c" && out+=("$c"); done
     echo "${out[@]}"
 }
-# Scenario A: every candidate; scenario E's (weft-wasm3, envoy-wasm3) run in it. With E but
-# not A selected, A runs only what E's ratios need. B: the candidates without E's.
+# Scenario A: every candidate; scenario E's (weft-wasm3, envoy-wasm3, weft-base-wasm3) run in
+# it. With E but not A selected, A runs only what E's ratios need. B: the candidates without
+# E's. The WEFT_BASE_BIN candidates run wherever their counterparts do (not in F).
 if want A; then
     A_CANDS=("${CANDS[@]}")
 elif want E; then
-    read -ra A_CANDS <<<"$(pick weft weft-wasm3 envoy-wasm3)"
+    read -ra A_CANDS <<<"$(pick weft weft-base weft-wasm3 weft-base-wasm3 envoy-wasm3)"
 else
     A_CANDS=()
 fi
-read -ra B_CANDS <<<"$(pick direct weft weft-wasm envoy envoy-wasm nginx haproxy)"
-read -ra D_CANDS <<<"$(pick direct weft envoy nginx haproxy)"
+read -ra B_CANDS <<<"$(pick direct weft weft-base weft-wasm weft-base-wasm envoy envoy-wasm nginx haproxy)"
+read -ra D_CANDS <<<"$(pick direct weft weft-base envoy nginx haproxy)"
 for s in A B C D E F; do
     want $s || { [ $s = A ] && want E; } || meta "skip_scenario.$s" "not in SCENARIOS"
 done
@@ -584,7 +694,7 @@ done
 if want C; then
     C_CANDS=()
     if [ $HAVE_H2LOAD = 1 ]; then
-        for c in $(pick direct weft envoy nginx haproxy); do
+        for c in $(pick direct weft weft-base envoy nginx haproxy); do
             # Each must answer h2c with prior knowledge (saved in raw/logs/<name>-h2-check.txt).
             if curl -s -o /dev/null -w '%{http_version} %{http_code}\n' --http2-prior-knowledge --max-time 5 \
                 "http://127.0.0.1:${H2PORT[$c]}/" >"$RAW/logs/$c-h2-check.txt" 2>&1 &&
@@ -750,6 +860,6 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # 8. Analysis.
-python3 "$BENCH/analyze.py" --raw "$RAW" --json "$RESULTS/latest.json" --md "$RESULTS/latest.md" || exit 1
+python3 "$BENCH/analyze.py" --quiet --raw "$RAW" --json "$RESULTS/latest.json" --md "$RESULTS/latest.md" || exit 1
 log "wrote $RESULTS/latest.json and $RESULTS/latest.md"
 cat "$RESULTS/latest.md"
