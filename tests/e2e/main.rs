@@ -6,18 +6,23 @@
 
 mod admin;
 mod balancing;
+mod config_dump;
 mod differential;
 mod errors;
 mod examples;
 mod framing;
 mod mtls;
+mod phases;
 mod plugin_authz;
 mod plugin_header_rewrite;
+mod plugin_swap;
 mod plugin_telemetry;
 mod plugins;
 mod protocols;
 mod reload;
+mod reload_actor;
 mod resilience;
 mod routing;
 mod shutdown;
 mod streaming;
+mod upstream_tls;

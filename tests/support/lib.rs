@@ -202,6 +202,25 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Connects to `addr`, writes `bytes` and reads until `want` bytes arrived, the peer closed, or
+/// 5 s passed; returns what was read.
+pub async fn tcp_exchange(addr: SocketAddr, bytes: &[u8], want: usize) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while out.len() < want {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    out
+}
+
 /// Polls `check` every 20 ms until it is true or `within` passes; returns the last result.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where

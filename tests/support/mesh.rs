@@ -209,3 +209,102 @@ fn sha256(data: &[u8]) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(data).to_vec()
 }
+
+/// What a TLS upstream ([`tls_echo`]) saw of one accepted connection's handshake.
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    /// The client's SPIFFE ID (the URI SAN of the certificate it presented).
+    pub peer_id: String,
+    /// SHA-256 (hex) of the client's leaf certificate.
+    pub peer_cert_hash: String,
+    /// The negotiated TLS version (`TLSv1_3`, ...).
+    pub version: String,
+}
+
+/// SHA-256 (hex) of the leaf (first) certificate of `files.cert`.
+pub fn leaf_sha256(files: &CredentialFiles) -> String {
+    let pem = std::fs::read(&files.cert).expect("read cert");
+    let certs = weft_tls::creds::parse_certs(&files.cert, &pem).expect("parse cert");
+    let leaf = certs.first().expect("a certificate");
+    weft_tls::peer::hex(&sha256(leaf))
+}
+
+/// A TLS echo server presenting `server`'s certificate and requiring a client certificate
+/// that chains to `server`'s bundle and whose SPIFFE ID is one of `allowed_clients` (mTLS).
+/// Every accepted connection reports its handshake on the channel (`Err` with the reason when
+/// the handshake failed, e.g. a plaintext client), then gets its bytes echoed until it closes.
+pub async fn tls_echo(
+    server: &CredentialFiles,
+    allowed_clients: &[String],
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Result<Handshake, String>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let creds = Credentials::load(server.clone()).expect("server credentials");
+    let config = weft_tls::config::server_config(
+        creds,
+        &weft_tls::config::ServerOptions {
+            alpn: Vec::new(),
+            min_version: MinVersion::Tls12,
+            rules: PeerRules {
+                trust_domain: None,
+                allowed: allowed_clients.to_vec(),
+            },
+            require_client_cert: true,
+        },
+    )
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let mut tls = match acceptor.accept(tcp).await {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("handshake: {e}")));
+                        return;
+                    }
+                };
+                let (_, conn) = tls.get_ref();
+                let leaf = conn.peer_certificates().and_then(|c| c.first());
+                let seen = Handshake {
+                    peer_id: leaf
+                        .and_then(|c| weft_tls::peer::identity(c).ok())
+                        .map(|id| id.uri_san)
+                        .unwrap_or_default(),
+                    peer_cert_hash: leaf
+                        .map(|c| weft_tls::peer::hex(&sha256(c)))
+                        .unwrap_or_default(),
+                    version: conn
+                        .protocol_version()
+                        .map(|v| format!("{v:?}"))
+                        .unwrap_or_default(),
+                };
+                let _ = tx.send(Ok(seen));
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if tls.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, rx)
+}
