@@ -166,7 +166,6 @@ fn hex_sha256(data: &[u8]) -> String {
 /// `chains`), `/chains` (`wasm:…` phases, `plugins`) and every `weft_plugin_*` series of
 /// `/metrics`, so listener and route `configuration` overrides appear in clear text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: plugin variant labels carry configuration overrides in clear text"]
 async fn plugin_secrets_do_not_leak_through_other_admin_endpoints() {
     let up = echo("up").await;
     let p = TestProxy::start(&config(up)).await;

@@ -94,7 +94,12 @@ clusters:
             "authn-high",
             "authn-low",
             "stats",
-            "adder[\"route-override\"]"
+            // A variant is named by its configuration's digest, never the configuration.
+            format!(
+                "adder[{}]",
+                weft_extensions::variant_digest("\"route-override\"")
+            )
+            .as_str()
         ]
     );
     assert!(

@@ -10,5 +10,5 @@ pub mod registry;
 pub use chain::PluginContext;
 pub use registry::{
     BUILTIN_PREFIX, PluginError, PluginHandle, PluginRegistry, PluginVersion, config_bytes,
-    is_builtin, register_builtin_plugins, sha256_hex,
+    is_builtin, register_builtin_plugins, sha256_hex, variant_digest,
 };

@@ -86,12 +86,23 @@ impl PluginHandle {
     }
 
     /// A label for chains and metrics: `name` or `name[variant]`.
+    ///
+    /// A variant is named by the first 12 hex digits of its configuration's sha256, never by
+    /// the configuration itself: overrides carry secrets (API keys, HMAC keys), and labels are
+    /// shown by admin endpoints and in metric labels.
     pub fn label(&self) -> String {
         match &self.variant {
-            Some(v) => format!("{}[{v}]", self.name),
+            Some(v) => format!("{}[{}]", self.name, variant_digest(v)),
             None => self.name.clone(),
         }
     }
+}
+
+/// The short digest that names a configuration variant in labels.
+pub fn variant_digest(configuration_json: &str) -> String {
+    let mut hex = sha256_hex(configuration_json.as_bytes());
+    hex.truncate(12);
+    hex
 }
 
 fn policy(p: schema::FailurePolicy) -> FailurePolicy {
