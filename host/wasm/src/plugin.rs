@@ -4,8 +4,6 @@
 //! never reused, and the plugin's failure policy decides what happens next.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -14,44 +12,14 @@ use wasmtime::{Instance, InstancePre, Linker, Store, TypedFunc};
 
 use crate::abi::GuestMemory;
 use crate::context::{
-    Clock, HostState, HttpCallRequest, HttpCallResponse, Phase, Properties, SystemClock,
+    Clock, HostState, HttpCallRequest, HttpCallResponse, Phase, PluginInfo, Properties, SystemClock,
 };
+pub use crate::context::{Embedder, LogCapture, NoCallouts, PluginLimits};
 use crate::engine::{EPOCH_TICK, WasmEngine};
-use crate::shared::QueueOwner;
 use crate::types::LogLevel;
 use crate::{Failure, LoadError, host};
 
-/// Where plugin log lines are captured: level and message.
-pub type LogCapture = Arc<Mutex<Vec<(LogLevel, String)>>>;
-
 type CallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
-
-/// What the embedding (the proxy, or the test harness) provides to plugins.
-pub trait Embedder: Send + Sync {
-    /// True when `cluster` can take HTTP callouts.
-    fn has_cluster(&self, cluster: &str) -> bool;
-    /// Performs an HTTP callout; `None` when it failed (connect error, timeout, reset).
-    fn http_call(
-        &self,
-        call: HttpCallRequest,
-    ) -> Pin<Box<dyn Future<Output = Option<HttpCallResponse>> + Send>>;
-}
-
-/// An embedder with no clusters: every callout is refused.
-#[derive(Debug, Default)]
-pub struct NoCallouts;
-
-impl Embedder for NoCallouts {
-    fn has_cluster(&self, _cluster: &str) -> bool {
-        false
-    }
-    fn http_call(
-        &self,
-        _call: HttpCallRequest,
-    ) -> Pin<Box<dyn Future<Output = Option<HttpCallResponse>> + Send>> {
-        Box::pin(async { None })
-    }
-}
 
 /// What happens when a plugin traps, runs out of time or memory (Istio's `failStrategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -66,27 +34,6 @@ pub enum FailurePolicy {
     /// after consecutive failures), and after too many failures in a window the plugin is
     /// quarantined (fails closed) until reloaded.
     Reload,
-}
-
-/// Budgets of one plugin.
-#[derive(Debug, Clone)]
-pub struct PluginLimits {
-    /// CPU time one callback may take.
-    pub cpu_deadline: Duration,
-    /// Linear memory cap per instance.
-    pub memory_bytes: usize,
-    /// Most body bytes buffered while the plugin pauses a stream.
-    pub max_body_bytes: usize,
-}
-
-impl Default for PluginLimits {
-    fn default() -> Self {
-        PluginLimits {
-            cpu_deadline: Duration::from_millis(10),
-            memory_bytes: 64 * 1024 * 1024,
-            max_body_bytes: 1024 * 1024,
-        }
-    }
 }
 
 /// The `reload` policy's settings.
@@ -168,61 +115,6 @@ impl PluginSpec {
             properties: Arc::new(crate::context::NoProperties),
             clock: Arc::new(SystemClock),
             log_capture: None,
-        }
-    }
-}
-
-/// The parts of a spec every instance's host functions read.
-pub(crate) struct PluginInfo {
-    pub(crate) name: String,
-    pub(crate) root_id: String,
-    pub(crate) vm_id: String,
-    pub(crate) configuration: Vec<u8>,
-    pub(crate) vm_configuration: Vec<u8>,
-    pub(crate) env: Vec<(String, String)>,
-    pub(crate) limits: PluginLimits,
-    pub(crate) log_level: LogLevel,
-    pub(crate) properties: Arc<dyn Properties>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) embedder: Arc<dyn Embedder>,
-    log_capture: Option<LogCapture>,
-    queue_tx: tokio::sync::mpsc::UnboundedSender<u32>,
-    /// The last warning or error the plugin logged (what a refused configuration reports).
-    last_warning: Mutex<Option<String>>,
-}
-
-impl PluginInfo {
-    pub(crate) fn log(&self, level: LogLevel, msg: &str) {
-        if level >= LogLevel::Warn
-            && let Ok(mut last) = self.last_warning.lock()
-        {
-            *last = Some(msg.chars().take(1024).collect());
-        }
-        if level < self.log_level {
-            return;
-        }
-        let plugin = self.name.as_str();
-        match level {
-            LogLevel::Trace => tracing::trace!(plugin, "{msg}"),
-            LogLevel::Debug => tracing::debug!(plugin, "{msg}"),
-            LogLevel::Info => tracing::info!(plugin, "{msg}"),
-            LogLevel::Warn => tracing::warn!(plugin, "{msg}"),
-            LogLevel::Error | LogLevel::Critical => tracing::error!(plugin, "{msg}"),
-        }
-        if let Some(c) = &self.log_capture
-            && let Ok(mut logs) = c.lock()
-        {
-            logs.push((level, msg.to_owned()));
-        }
-    }
-
-    pub(crate) fn env_block(&self) -> Vec<String> {
-        self.env.iter().map(|(k, v)| format!("{k}={v}")).collect()
-    }
-
-    pub(crate) fn queue_owner(&self) -> QueueOwner {
-        QueueOwner {
-            notify: self.queue_tx.clone(),
         }
     }
 }
