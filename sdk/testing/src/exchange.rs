@@ -110,6 +110,14 @@ impl Properties for RequestAttributes {
     }
 }
 
+impl TestPlugin {
+    /// A new request (`GET /`, authority `example.com`, scheme `http`) to send through the
+    /// plugin.
+    pub fn request(&self) -> Exchange<'_> {
+        Exchange::new(self)
+    }
+}
+
 /// One request through the plugin. Build it, [`send_request`](Exchange::send_request), then
 /// optionally [`send_response`](Exchange::send_response), then [`finish`](Exchange::finish)
 /// (dropping it finishes too).
@@ -130,7 +138,7 @@ pub struct Exchange<'p> {
 }
 
 impl<'p> Exchange<'p> {
-    pub(crate) fn new(plugin: &'p TestPlugin) -> Exchange<'p> {
+    fn new(plugin: &'p TestPlugin) -> Exchange<'p> {
         Exchange {
             plugin,
             method: "GET".into(),

@@ -15,7 +15,6 @@ use weft_wasm::{
     Plugin, PluginSpec, Properties, WasmEngine,
 };
 
-use crate::exchange::Exchange;
 use crate::{CannedResponse, ManualClock, find, to_pairs};
 
 /// One engine per test process (it owns the epoch ticker and the pooling reservation).
@@ -513,11 +512,5 @@ impl TestPlugin {
     /// True once the plugin failed and no instance can serve (fail-closed).
     pub fn is_broken(&self) -> bool {
         self.plugin.is_broken()
-    }
-
-    /// A new request (`GET /`, authority `example.com`, scheme `http`) to send through the
-    /// plugin.
-    pub fn request(&self) -> Exchange<'_> {
-        Exchange::new(self)
     }
 }
