@@ -6,8 +6,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
 
 use crate::abi::{GuestMemory, HeaderList};
 use crate::shared::QueueOwner;
@@ -362,10 +364,8 @@ pub(crate) struct PluginInfo {
 
 impl PluginInfo {
     pub(crate) fn log(&self, level: LogLevel, msg: &str) {
-        if level >= LogLevel::Warn
-            && let Ok(mut last) = self.last_warning.lock()
-        {
-            *last = Some(msg.chars().take(1024).collect());
+        if level >= LogLevel::Warn {
+            *self.last_warning.lock() = Some(msg.chars().take(1024).collect());
         }
         if level < self.log_level {
             return;
@@ -378,10 +378,8 @@ impl PluginInfo {
             LogLevel::Warn => tracing::warn!(plugin, "{msg}"),
             LogLevel::Error | LogLevel::Critical => tracing::error!(plugin, "{msg}"),
         }
-        if let Some(c) = &self.log_capture
-            && let Ok(mut logs) = c.lock()
-        {
-            logs.push((level, msg.to_owned()));
+        if let Some(c) = &self.log_capture {
+            c.lock().push((level, msg.to_owned()));
         }
     }
 
