@@ -20,6 +20,7 @@
 //!
 //! [`this_plugin!`] builds the crate under test for `wasm32-wasip1` (release) once per test
 //! process, into `target/weft-plugins`; tests then load the module it produced.
+#![forbid(unsafe_code)]
 
 mod exchange;
 mod plugin;
