@@ -5,19 +5,27 @@
 //! The nested builds go to `<target>/weft-plugins`, the directory the plugin test harness and
 //! the end-to-end tests use, so the work is shared.
 
+use std::error::Error;
 use std::path::{Path, PathBuf};
 
 /// `builtin:<name>` → the crate directory under `plugins/`.
 const SHIPPED: &[&str] = &["authz", "header-rewrite", "telemetry"];
 
 fn main() {
-    let manifest_dir =
-        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    if let Err(e) = build() {
+        // Displayed, not debug-printed as `fn main() -> Result` would.
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn build() -> Result<(), Box<dyn Error>> {
+    let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR")?);
+    let out_dir = PathBuf::from(env("OUT_DIR")?);
     let root = manifest_dir
         .join("../..")
         .canonicalize()
-        .expect("workspace root");
+        .map_err(|e| format!("the workspace root: {e}"))?;
     println!("cargo:rerun-if-changed=build.rs");
     rerun_if_changed_recursive(&root.join("sdk/src"));
     println!(
@@ -39,26 +47,32 @@ fn main() {
             "cargo:rerun-if-changed={}",
             dir.join("Cargo.toml").display()
         );
-        let package = weft_plugin_build::package_name(&dir.join("Cargo.toml"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let package = weft_plugin_build::package_name(&dir.join("Cargo.toml"))?;
         let built = weft_plugin_build::WasmBuild::new(root.join("Cargo.toml"), &target)
             .package(&package)
             .run()
-            .unwrap_or_else(|e| panic!("shipped plugin `{name}`: {e}"));
+            .map_err(|e| format!("shipped plugin `{name}`: {e}"))?;
         let path = built
             .first()
-            .unwrap_or_else(|| panic!("shipped plugin `{name}` produced no module"));
+            .ok_or_else(|| format!("shipped plugin `{name}` produced no module"))?;
         // Copied into OUT_DIR so a later rebuild of the shared directory cannot change what
         // this build embedded.
         let copy = out_dir.join(format!("{name}.wasm"));
-        std::fs::copy(path, &copy).unwrap_or_else(|e| panic!("copying {}: {e}", path.display()));
+        std::fs::copy(path, &copy).map_err(|e| format!("copying {}: {e}", path.display()))?;
         rs.push_str(&format!(
             "    ({name:?}, include_bytes!({:?})),\n",
             copy.display().to_string()
         ));
     }
     rs.push_str("];\n");
-    std::fs::write(out_dir.join("builtin_plugins.rs"), rs).expect("writing builtin_plugins.rs");
+    std::fs::write(out_dir.join("builtin_plugins.rs"), rs)
+        .map_err(|e| format!("writing builtin_plugins.rs: {e}"))?;
+    Ok(())
+}
+
+/// A variable cargo sets for build scripts.
+fn env(name: &str) -> Result<std::ffi::OsString, String> {
+    std::env::var_os(name).ok_or_else(|| format!("{name} is not set (not run by cargo?)"))
 }
 
 fn rerun_if_changed_recursive(dir: &Path) {

@@ -17,6 +17,7 @@
 //! Functions that call the host (`host`, `properties`, `reply`, `metrics`, [`config::log_error`]) only
 //! do something inside a proxy; the rest is pure and unit-testable natively. Test the whole
 //! plugin with the `weft-plugin-test` harness, which runs its real `.wasm` in Weft's host.
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod host;

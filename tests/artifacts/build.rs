@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::env;
+use std::error::Error;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,13 +15,20 @@ use std::path::{Path, PathBuf};
 use weft_plugin_build::WASM_TARGET;
 
 fn main() {
-    let manifest_dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    if let Err(e) = build() {
+        // Displayed, not debug-printed as `fn main() -> Result` would.
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn build() -> Result<(), Box<dyn Error>> {
+    let manifest_dir = PathBuf::from(cargo_env("CARGO_MANIFEST_DIR")?);
+    let out_dir = PathBuf::from(cargo_env("OUT_DIR")?);
     let fixtures = manifest_dir.join("../fixtures/wasm");
     let fixtures = fixtures
         .canonicalize()
-        .unwrap_or_else(|e| panic!("fixture workspace {}: {e}", fixtures.display()));
+        .map_err(|e| format!("fixture workspace {}: {e}", fixtures.display()))?;
     let workspace_manifest = fixtures.join("Cargo.toml");
     let lockfile = fixtures.join("Cargo.lock");
 
@@ -28,12 +36,10 @@ fn main() {
     rerun_if_changed(&workspace_manifest);
     rerun_if_changed(&lockfile);
 
-    let members = workspace_members(&workspace_manifest);
-    assert!(
-        !members.is_empty(),
-        "no members in {}",
-        workspace_manifest.display()
-    );
+    let members = workspace_members(&workspace_manifest)?;
+    if members.is_empty() {
+        return Err(format!("no members in {}", workspace_manifest.display()).into());
+    }
     warn_about_unlisted_crates(&fixtures, &members);
 
     let mut fixtures_list = Vec::new(); // (package name, lib file stem)
@@ -42,19 +48,17 @@ fn main() {
         let manifest = dir.join("Cargo.toml");
         rerun_if_changed(&manifest);
         rerun_if_changed_recursive(&dir.join("src"));
-        let name = weft_plugin_build::package_name(&manifest).unwrap_or_else(|e| panic!("{e}"));
+        let name = weft_plugin_build::package_name(&manifest)?;
         let stem = name.replace('-', "_");
         fixtures_list.push((name, stem));
     }
 
     // The nested build (scrubbed environment: see weft-plugin-build).
     let target_dir = out_dir.join("fixtures-target");
-    if let Err(e) = weft_plugin_build::WasmBuild::new(&workspace_manifest, &target_dir)
+    weft_plugin_build::WasmBuild::new(&workspace_manifest, &target_dir)
         .locked(lockfile.exists())
         .run()
-    {
-        panic!("building the wasm fixtures: {e}");
-    }
+        .map_err(|e| format!("building the wasm fixtures: {e}"))?;
 
     // Generated constants.
     let release = target_dir.join(WASM_TARGET).join("release");
@@ -62,30 +66,27 @@ fn main() {
     let mut consts = Vec::new();
     for (name, stem) in &fixtures_list {
         let wasm = release.join(format!("{stem}.wasm"));
-        let bytes = fs::read(&wasm).unwrap_or_else(|e| {
-            panic!("fixture `{name}` built but {} is unreadable ({e}); is its crate-type [\"cdylib\"]?", wasm.display())
-        });
-        assert!(
-            bytes.starts_with(b"\0asm"),
-            "{} is not a wasm module",
-            wasm.display()
-        );
+        let bytes = fs::read(&wasm).map_err(|e| {
+            format!("fixture `{name}` built but {} is unreadable ({e}); is its crate-type [\"cdylib\"]?", wasm.display())
+        })?;
+        if !bytes.starts_with(b"\0asm") {
+            return Err(format!("{} is not a wasm module", wasm.display()).into());
+        }
         let path = wasm
             .to_str()
-            .unwrap_or_else(|| panic!("non-UTF-8 path {}", wasm.display()));
+            .ok_or_else(|| format!("non-UTF-8 path {}", wasm.display()))?;
         let konst = stem.to_ascii_uppercase();
         writeln!(
             rs,
             "/// Absolute path of the `{name}` fixture (`{stem}.wasm`, {} bytes).",
             bytes.len()
-        )
-        .expect("writing to a String");
-        writeln!(rs, "pub const {konst}: &str = {path:?};").expect("writing to a String");
+        )?;
+        writeln!(rs, "pub const {konst}: &str = {path:?};")?;
         consts.push((name, stem, konst));
     }
     rs.push_str("\n/// Every fixture as `(name, path)`.\npub const ALL: &[(&str, &str)] = &[\n");
     for (name, _, konst) in &consts {
-        writeln!(rs, "    ({name:?}, {konst}),").expect("writing to a String");
+        writeln!(rs, "    ({name:?}, {konst}),")?;
     }
     rs.push_str("];\n\n");
     rs.push_str(
@@ -94,11 +95,17 @@ fn main() {
          #[macro_export]\nmacro_rules! foreach_fixture {\n    ($mac:ident) => {\n",
     );
     for (_, stem, konst) in &consts {
-        writeln!(rs, "        $mac!({stem}, $crate::{konst});").expect("writing to a String");
+        writeln!(rs, "        $mac!({stem}, $crate::{konst});")?;
     }
     rs.push_str("    };\n}\n");
     let generated = out_dir.join("fixtures.rs");
-    fs::write(&generated, rs).unwrap_or_else(|e| panic!("writing {}: {e}", generated.display()));
+    fs::write(&generated, rs).map_err(|e| format!("writing {}: {e}", generated.display()))?;
+    Ok(())
+}
+
+/// A variable cargo sets for build scripts.
+fn cargo_env(name: &str) -> Result<std::ffi::OsString, String> {
+    env::var_os(name).ok_or_else(|| format!("{name} is not set (not run by cargo?)"))
 }
 
 fn rerun_if_changed(path: &Path) {
@@ -124,12 +131,12 @@ fn rerun_if_changed_recursive(dir: &Path) {
 
 /// The strings in `members = [ ... ]` of the fixture workspace manifest (a
 /// minimal TOML reader: one array, quoted entries, `#` comments).
-fn workspace_members(manifest: &Path) -> Vec<String> {
-    let text = read(manifest);
+fn workspace_members(manifest: &Path) -> Result<Vec<String>, String> {
+    let text = read(manifest)?;
     let start = text
         .lines()
         .position(|l| l.trim_start().starts_with("members"))
-        .unwrap_or_else(|| panic!("no `members = [...]` in {}", manifest.display()));
+        .ok_or_else(|| format!("no `members = [...]` in {}", manifest.display()))?;
     let mut members = Vec::new();
     for line in text.lines().skip(start) {
         let line = line.split('#').next().unwrap_or_default();
@@ -137,9 +144,9 @@ fn workspace_members(manifest: &Path) -> Vec<String> {
             .split_once('=')
             .map_or(line, |(k, v)| if k.contains('"') { line } else { v });
         while let Some((_, after)) = rest.split_once('"') {
-            let (member, after) = after.split_once('"').unwrap_or_else(|| {
-                panic!("unterminated string in members of {}", manifest.display())
-            });
+            let (member, after) = after.split_once('"').ok_or_else(|| {
+                format!("unterminated string in members of {}", manifest.display())
+            })?;
             members.push(member.to_owned());
             rest = after;
         }
@@ -147,7 +154,7 @@ fn workspace_members(manifest: &Path) -> Vec<String> {
             break;
         }
     }
-    members
+    Ok(members)
 }
 
 fn warn_about_unlisted_crates(fixtures: &Path, members: &[String]) {
@@ -160,7 +167,7 @@ fn warn_about_unlisted_crates(fixtures: &Path, members: &[String]) {
         // Only fixture modules (cdylib) count; support crates such as `raw_abi` are
         // dependencies of fixtures, not fixtures.
         if path.join("Cargo.toml").is_file()
-            && read(&path.join("Cargo.toml")).contains("cdylib")
+            && read(&path.join("Cargo.toml")).is_ok_and(|t| t.contains("cdylib"))
             && let Some(dir) = path.file_name().and_then(|n| n.to_str())
             && !listed.contains(dir)
         {
@@ -172,6 +179,6 @@ fn warn_about_unlisted_crates(fixtures: &Path, members: &[String]) {
     }
 }
 
-fn read(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+fn read(path: &Path) -> Result<String, String> {
+    fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))
 }

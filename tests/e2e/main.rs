@@ -1,7 +1,8 @@
 //! Weft end to end: real listeners on 127.0.0.1, real upstreams, real clients.
-#![allow(
+#![expect(
     clippy::unwrap_used,
-    reason = "test helpers fail loudly on unexpected input"
+    clippy::expect_used,
+    reason = "test helpers outside #[test] functions fail loudly on unexpected input"
 )]
 
 mod admin;

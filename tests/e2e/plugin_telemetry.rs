@@ -5,11 +5,12 @@
 //! HTTP server on 127.0.0.1 that records every POST body.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use weft_e2e::envoy::{EnvoyPlugin, TestEnvoy, require_envoy};
 use weft_e2e::plugins::shipped_plugin;
@@ -43,7 +44,7 @@ async fn collector() -> (SocketAddr, Exports) {
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
             let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            s.lock().unwrap().push((path, ct, json));
+            s.lock().push((path, ct, json));
             http::Response::new(Full::new(Bytes::from_static(b"{}")))
         }
     })
@@ -55,7 +56,6 @@ async fn collector() -> (SocketAddr, Exports) {
 fn spans(exports: &Exports) -> Vec<Value> {
     exports
         .lock()
-        .unwrap()
         .iter()
         .flat_map(|(_, _, body)| {
             body["resourceSpans"][0]["scopeSpans"][0]["spans"]
@@ -174,7 +174,7 @@ async fn metrics_spans_and_trace_propagation_through_weft() {
         2
     );
     {
-        let exports = exports.lock().unwrap();
+        let exports = exports.lock();
         let (path, content_type, body) = &exports[0];
         assert_eq!(path, "/v1/traces");
         assert_eq!(content_type, "application/json");

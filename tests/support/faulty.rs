@@ -5,8 +5,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::AbortHandle;
@@ -87,17 +88,17 @@ impl Faulty {
 
     /// Switches how requests are answered.
     pub fn set(&self, mode: Mode) {
-        *self.state.mode.lock().expect("lock") = mode;
+        *self.state.mode.lock() = mode;
     }
 
     /// The next `n` requests get `status`, then the mode applies again.
     pub fn burst(&self, n: u64, status: u16) {
-        *self.state.burst.lock().expect("lock") = (n, status);
+        *self.state.burst.lock() = (n, status);
     }
 
     /// The next `n` requests get HTTP 200 with `grpc-status: code` (a trailers-only gRPC error).
     pub fn grpc_burst(&self, n: u64, code: u32) {
-        *self.state.grpc_burst.lock().expect("lock") = (n, code);
+        *self.state.grpc_burst.lock() = (n, code);
     }
 
     /// Whether `/healthz` answers 200 (else 503).
@@ -117,12 +118,12 @@ impl Faulty {
 
     /// Host headers seen, in order.
     pub fn hosts(&self) -> Vec<String> {
-        self.state.hosts.lock().expect("lock").clone()
+        self.state.hosts.lock().clone()
     }
 
     /// Stops listening and drops every open connection.
     pub fn kill(&self) {
-        for t in self.state.tasks.lock().expect("lock").drain(..) {
+        for t in self.state.tasks.lock().drain(..) {
             t.abort();
         }
     }
@@ -162,16 +163,12 @@ impl Faulty {
                         _ = close.notified() => {}
                     }
                 });
-                let mut tasks = state.tasks.lock().expect("lock");
+                let mut tasks = state.tasks.lock();
                 tasks.retain(|t| !t.is_finished());
                 tasks.push(conn.abort_handle());
             }
         });
-        self.state
-            .tasks
-            .lock()
-            .expect("lock")
-            .push(accept.abort_handle());
+        self.state.tasks.lock().push(accept.abort_handle());
     }
 }
 
@@ -217,9 +214,9 @@ async fn answer(state: &State, req: Request<Incoming>, close: &Notify) -> Respon
     };
     let host = header("host");
     let attempt = header("x-envoy-attempt-count");
-    state.hosts.lock().expect("lock").push(host.clone());
+    state.hosts.lock().push(host.clone());
     let burst = {
-        let mut b = state.burst.lock().expect("lock");
+        let mut b = state.burst.lock();
         if b.0 > 0 {
             b.0 -= 1;
             Some(b.1)
@@ -227,7 +224,7 @@ async fn answer(state: &State, req: Request<Incoming>, close: &Notify) -> Respon
             None
         }
     };
-    let mode = *state.mode.lock().expect("lock");
+    let mode = *state.mode.lock();
     let body = req
         .into_body()
         .collect()
@@ -238,7 +235,7 @@ async fn answer(state: &State, req: Request<Incoming>, close: &Notify) -> Respon
         return full(status, format!("burst from {}", state.name));
     }
     let grpc = {
-        let mut b = state.grpc_burst.lock().expect("lock");
+        let mut b = state.grpc_burst.lock();
         if b.0 > 0 {
             b.0 -= 1;
             Some(b.1)

@@ -1,6 +1,10 @@
 //! Helpers for Weft's end-to-end tests: a proxy started from a YAML text on ephemeral ports,
 //! upstreams with controllable behaviour, an HTTP client, and raw TCP probes.
 #![forbid(unsafe_code)]
+#![expect(
+    clippy::expect_used,
+    reason = "test support: a setup step that fails fails the test that asked for it, naming the step"
+)]
 
 pub mod envoy;
 pub mod faulty;

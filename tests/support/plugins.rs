@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -17,7 +19,7 @@ pub fn workspace_root() -> PathBuf {
 pub fn wasm_of(dir: &str) -> String {
     static BUILT: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    let mut built = built.lock();
     if let Some(path) = built.get(dir) {
         return path.clone();
     }

@@ -5,6 +5,7 @@
 //! - the number of greetings is a counter metric, `hello_greetings`.
 //!
 //! Configuration (JSON, or YAML in Weft's config): `{"greeting": "hi", "reply_path": "/hello"}`.
+#![forbid(unsafe_code)]
 
 use serde::Deserialize;
 use weft_sdk::metrics::Metrics;

@@ -8,6 +8,7 @@
 //! Version 2 of the module is version 1 with an extra custom section (`weft-demo-version`):
 //! a different module (new sha256, compiled and swapped like any new build) with the same
 //! behaviour, so that any failure would come from the swap itself.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -172,7 +173,7 @@ clusters:
 
     let requests = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let first_failure = Arc::new(std::sync::Mutex::new(None::<String>));
+    let first_failure = Arc::new(parking_lot::Mutex::new(None::<String>));
     let deadline = Instant::now() + options.duration;
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut workers = Vec::new();
@@ -216,9 +217,7 @@ clusters:
                 };
                 if let Some(p) = problem {
                     failed.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut f) = first_failure.lock() {
-                        f.get_or_insert(p);
-                    }
+                    first_failure.lock().get_or_insert(p);
                 }
             }
         }));
@@ -245,7 +244,7 @@ clusters:
         failed: failed.load(Ordering::Relaxed),
         swaps: swaps(&proxy),
         swap_times,
-        first_failure: first_failure.lock().ok().and_then(|f| f.clone()),
+        first_failure: first_failure.lock().clone(),
     };
     proxy.shutdown();
     let _ = proxy.wait().await;

@@ -1,4 +1,8 @@
 //! One load-balancer pick for each policy over 16 weighted endpoints.
+#![expect(
+    clippy::expect_used,
+    reason = "a benchmark whose setup fails has nothing to measure: it stops, naming the step"
+)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use weft_balance::{AllAvailable, Balancer, PickContext, Policy, hash_bytes};

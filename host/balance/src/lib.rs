@@ -53,6 +53,7 @@
 //! assert_ne!(ring.pick(&ctx.retry(1, first.unwrap_or(0))), first);
 //! # Ok::<(), weft_balance::BalanceError>(())
 //! ```
+#![forbid(unsafe_code)]
 
 mod error;
 mod least_request;

@@ -11,11 +11,11 @@
 
 mod error;
 mod locate;
+mod matching;
 pub mod resilience;
 pub mod schema;
 mod tls;
 mod validate;
-mod validate_tls;
 mod yaml;
 
 use std::fmt;

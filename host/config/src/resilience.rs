@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::schema::HeaderMatch;
+use crate::matching::HeaderMatch;
 
 /// A route's retry policy (Envoy's `retry_policy`, Istio's `retries`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

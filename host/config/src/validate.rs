@@ -2,6 +2,7 @@
 //! patterns and header names. Every problem is collected, not just the first.
 
 mod resilience;
+mod tls;
 
 use std::collections::HashSet;
 
@@ -67,7 +68,7 @@ impl Validator<'_> {
                 );
             }
             self.listener(&path, l);
-            self.found.extend(crate::validate_tls::listener(&path, l));
+            self.found.extend(tls::listener(&path, l));
         }
         let mut plugin_names = HashSet::new();
         for (i, p) in config.plugins.iter().enumerate() {
@@ -90,10 +91,10 @@ impl Validator<'_> {
                 );
             }
             self.cluster(&path, c);
-            self.found.extend(crate::validate_tls::cluster(&path, c));
+            self.found.extend(tls::cluster(&path, c));
         }
         if let Some(i) = &config.identity {
-            self.found.extend(crate::validate_tls::identity(i));
+            self.found.extend(tls::identity(i));
         }
     }
 

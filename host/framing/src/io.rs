@@ -3,11 +3,12 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -52,7 +53,7 @@ struct Shared {
 
 impl Shared {
     fn register(&self, waker: &Waker) {
-        let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.waker.lock();
         match slot.as_ref() {
             Some(w) if w.will_wake(waker) => {}
             _ => *slot = Some(waker.clone()),
@@ -60,7 +61,7 @@ impl Shared {
     }
 
     fn wake(&self) {
-        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let waker = self.waker.lock().take();
         if let Some(w) = waker {
             w.wake();
         }

@@ -83,6 +83,7 @@
 //!
 //! The guard needs a Tokio runtime with the time driver enabled (for the
 //! header read timeout and the lingering close).
+#![forbid(unsafe_code)]
 
 mod body;
 mod head;

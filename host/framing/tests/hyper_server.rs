@@ -1,9 +1,11 @@
 //! End-to-end tests: a real hyper 1.x HTTP/1 server over
 //! `GuardedIo<TcpStream>`, driven by raw TCP clients.
 
-// Test-support helpers outside `#[test]` functions: panicking is how they
-// report failure.
-#![allow(clippy::unwrap_used)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test-support helpers outside #[test] functions report failure by panicking"
+)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

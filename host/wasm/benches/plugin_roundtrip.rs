@@ -2,6 +2,10 @@
 //! `on_request_headers` (header get + add), `on_response_headers`, and `on_log` / `on_done` /
 //! `on_delete`, against the real `header_adder.wasm`. Also the cost of checking out an
 //! instance (context creation alone) and the memory a loaded plugin adds.
+#![expect(
+    clippy::expect_used,
+    reason = "a benchmark whose setup fails has nothing to measure: it stops, naming the step"
+)]
 
 use std::sync::Arc;
 

@@ -1,13 +1,19 @@
-//! What a callback can see and change: the per-store host state, the data of the stream being
-//! served, and the effects a callback requests (acted on by the host after it returns).
+//! What a callback can see and change: the per-store host state, the plugin-wide settings its
+//! host functions read, the data of the stream being served, and the effects a callback requests
+//! (acted on by the host after it returns). Also what the embedding provides to every callback
+//! ([`Properties`], [`Clock`], [`Embedder`]).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use parking_lot::Mutex;
+
 use crate::abi::{GuestMemory, HeaderList};
-use crate::plugin::PluginInfo;
-use crate::types::Status;
+use crate::shared::QueueOwner;
+use crate::types::{LogLevel, Status};
 
 /// Read-only attributes the embedding exposes to `proxy_get_property` (Envoy's attribute
 /// paths: `request.path`, `source.address`, …). Values use Envoy's encodings: strings raw,
@@ -283,5 +289,107 @@ impl HostState {
             return Err(Status::BadArgument);
         }
         self.stream.as_mut().ok_or(Status::BadArgument)
+    }
+}
+
+/// What the embedding (the proxy, or the test harness) provides to plugins.
+pub trait Embedder: Send + Sync {
+    /// True when `cluster` can take HTTP callouts.
+    fn has_cluster(&self, cluster: &str) -> bool;
+    /// Performs an HTTP callout; `None` when it failed (connect error, timeout, reset).
+    fn http_call(
+        &self,
+        call: HttpCallRequest,
+    ) -> Pin<Box<dyn Future<Output = Option<HttpCallResponse>> + Send>>;
+}
+
+/// An embedder with no clusters: every callout is refused.
+#[derive(Debug, Default)]
+pub struct NoCallouts;
+
+impl Embedder for NoCallouts {
+    fn has_cluster(&self, _cluster: &str) -> bool {
+        false
+    }
+    fn http_call(
+        &self,
+        _call: HttpCallRequest,
+    ) -> Pin<Box<dyn Future<Output = Option<HttpCallResponse>> + Send>> {
+        Box::pin(async { None })
+    }
+}
+
+/// Where plugin log lines are captured: level and message.
+pub type LogCapture = Arc<Mutex<Vec<(LogLevel, String)>>>;
+
+/// Budgets of one plugin.
+#[derive(Debug, Clone)]
+pub struct PluginLimits {
+    /// CPU time one callback may take.
+    pub cpu_deadline: Duration,
+    /// Linear memory cap per instance.
+    pub memory_bytes: usize,
+    /// Most body bytes buffered while the plugin pauses a stream.
+    pub max_body_bytes: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            cpu_deadline: Duration::from_millis(10),
+            memory_bytes: 64 * 1024 * 1024,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The parts of a spec every instance's host functions read.
+pub(crate) struct PluginInfo {
+    pub(crate) name: String,
+    pub(crate) root_id: String,
+    pub(crate) vm_id: String,
+    pub(crate) configuration: Vec<u8>,
+    pub(crate) vm_configuration: Vec<u8>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) limits: PluginLimits,
+    pub(crate) log_level: LogLevel,
+    pub(crate) properties: Arc<dyn Properties>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) embedder: Arc<dyn Embedder>,
+    pub(crate) log_capture: Option<LogCapture>,
+    pub(crate) queue_tx: tokio::sync::mpsc::UnboundedSender<u32>,
+    /// The last warning or error the plugin logged (what a refused configuration reports).
+    pub(crate) last_warning: Mutex<Option<String>>,
+}
+
+impl PluginInfo {
+    pub(crate) fn log(&self, level: LogLevel, msg: &str) {
+        if level >= LogLevel::Warn {
+            *self.last_warning.lock() = Some(msg.chars().take(1024).collect());
+        }
+        if level < self.log_level {
+            return;
+        }
+        let plugin = self.name.as_str();
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, "{msg}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{msg}"),
+            LogLevel::Info => tracing::info!(plugin, "{msg}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{msg}"),
+            LogLevel::Error | LogLevel::Critical => tracing::error!(plugin, "{msg}"),
+        }
+        if let Some(c) = &self.log_capture {
+            c.lock().push((level, msg.to_owned()));
+        }
+    }
+
+    pub(crate) fn env_block(&self) -> Vec<String> {
+        self.env.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+
+    pub(crate) fn queue_owner(&self) -> QueueOwner {
+        QueueOwner {
+            notify: self.queue_tx.clone(),
+        }
     }
 }

@@ -150,7 +150,7 @@ impl WasmEngine {
         if let Some(path) = &cache_file
             && path.exists()
         {
-            #[allow(unsafe_code, reason = "loading our own precompiled cache entry")]
+            #[expect(unsafe_code, reason = "loading our own precompiled cache entry")]
             // SAFETY: the file was written by `Module::serialize` of an engine with the same
             // compatibility hash (it is in the file name), in a cache directory only Weft writes;
             // wasmtime still checks the header and rejects a mismatched or foreign artifact.

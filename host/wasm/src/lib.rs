@@ -22,13 +22,11 @@ pub mod types;
 
 pub use abi::HeaderList;
 pub use context::{
-    Clock, Effects, HttpCallRequest, HttpCallResponse, LocalResponse, NoProperties, Properties,
-    StreamData, SystemClock,
+    Clock, Effects, Embedder, HttpCallRequest, HttpCallResponse, LocalResponse, NoCallouts,
+    NoProperties, PluginLimits, Properties, StreamData, SystemClock,
 };
 pub use engine::{EngineOptions, WasmEngine};
-pub use plugin::{
-    Embedder, FailurePolicy, NoCallouts, Plugin, PluginLimits, PluginSpec, ReloadPolicy,
-};
+pub use plugin::{FailurePolicy, Plugin, PluginSpec, ReloadPolicy};
 pub use stream::Stream;
 pub use types::{Action, LogLevel, PeerType};
 

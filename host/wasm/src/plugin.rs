@@ -4,54 +4,24 @@
 //! never reused, and the plugin's failure policy decides what happens next.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, MutexGuard};
 use wasmtime::{Instance, InstancePre, Linker, Store, TypedFunc};
 
 use crate::abi::GuestMemory;
 use crate::context::{
-    Clock, HostState, HttpCallRequest, HttpCallResponse, Phase, Properties, SystemClock,
+    Clock, HostState, HttpCallRequest, HttpCallResponse, Phase, PluginInfo, Properties, SystemClock,
 };
+pub use crate::context::{Embedder, LogCapture, NoCallouts, PluginLimits};
 use crate::engine::{EPOCH_TICK, WasmEngine};
-use crate::shared::QueueOwner;
 use crate::types::LogLevel;
 use crate::{Failure, LoadError, host};
 
-/// Where plugin log lines are captured: level and message.
-pub type LogCapture = Arc<Mutex<Vec<(LogLevel, String)>>>;
-
 type CallResponseFn = TypedFunc<(i32, i32, i32, i32, i32), ()>;
-
-/// What the embedding (the proxy, or the test harness) provides to plugins.
-pub trait Embedder: Send + Sync {
-    /// True when `cluster` can take HTTP callouts.
-    fn has_cluster(&self, cluster: &str) -> bool;
-    /// Performs an HTTP callout; `None` when it failed (connect error, timeout, reset).
-    fn http_call(
-        &self,
-        call: HttpCallRequest,
-    ) -> Pin<Box<dyn Future<Output = Option<HttpCallResponse>> + Send>>;
-}
-
-/// An embedder with no clusters: every callout is refused.
-#[derive(Debug, Default)]
-pub struct NoCallouts;
-
-impl Embedder for NoCallouts {
-    fn has_cluster(&self, _cluster: &str) -> bool {
-        false
-    }
-    fn http_call(
-        &self,
-        _call: HttpCallRequest,
-    ) -> Pin<Box<dyn Future<Output = Option<HttpCallResponse>> + Send>> {
-        Box::pin(async { None })
-    }
-}
 
 /// What happens when a plugin traps, runs out of time or memory (Istio's `failStrategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -66,27 +36,6 @@ pub enum FailurePolicy {
     /// after consecutive failures), and after too many failures in a window the plugin is
     /// quarantined (fails closed) until reloaded.
     Reload,
-}
-
-/// Budgets of one plugin.
-#[derive(Debug, Clone)]
-pub struct PluginLimits {
-    /// CPU time one callback may take.
-    pub cpu_deadline: Duration,
-    /// Linear memory cap per instance.
-    pub memory_bytes: usize,
-    /// Most body bytes buffered while the plugin pauses a stream.
-    pub max_body_bytes: usize,
-}
-
-impl Default for PluginLimits {
-    fn default() -> Self {
-        PluginLimits {
-            cpu_deadline: Duration::from_millis(10),
-            memory_bytes: 64 * 1024 * 1024,
-            max_body_bytes: 1024 * 1024,
-        }
-    }
 }
 
 /// The `reload` policy's settings.
@@ -172,61 +121,6 @@ impl PluginSpec {
     }
 }
 
-/// The parts of a spec every instance's host functions read.
-pub(crate) struct PluginInfo {
-    pub(crate) name: String,
-    pub(crate) root_id: String,
-    pub(crate) vm_id: String,
-    pub(crate) configuration: Vec<u8>,
-    pub(crate) vm_configuration: Vec<u8>,
-    pub(crate) env: Vec<(String, String)>,
-    pub(crate) limits: PluginLimits,
-    pub(crate) log_level: LogLevel,
-    pub(crate) properties: Arc<dyn Properties>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) embedder: Arc<dyn Embedder>,
-    log_capture: Option<LogCapture>,
-    queue_tx: tokio::sync::mpsc::UnboundedSender<u32>,
-    /// The last warning or error the plugin logged (what a refused configuration reports).
-    last_warning: Mutex<Option<String>>,
-}
-
-impl PluginInfo {
-    pub(crate) fn log(&self, level: LogLevel, msg: &str) {
-        if level >= LogLevel::Warn
-            && let Ok(mut last) = self.last_warning.lock()
-        {
-            *last = Some(msg.chars().take(1024).collect());
-        }
-        if level < self.log_level {
-            return;
-        }
-        let plugin = self.name.as_str();
-        match level {
-            LogLevel::Trace => tracing::trace!(plugin, "{msg}"),
-            LogLevel::Debug => tracing::debug!(plugin, "{msg}"),
-            LogLevel::Info => tracing::info!(plugin, "{msg}"),
-            LogLevel::Warn => tracing::warn!(plugin, "{msg}"),
-            LogLevel::Error | LogLevel::Critical => tracing::error!(plugin, "{msg}"),
-        }
-        if let Some(c) = &self.log_capture
-            && let Ok(mut logs) = c.lock()
-        {
-            logs.push((level, msg.to_owned()));
-        }
-    }
-
-    pub(crate) fn env_block(&self) -> Vec<String> {
-        self.env.iter().map(|(k, v)| format!("{k}={v}")).collect()
-    }
-
-    pub(crate) fn queue_owner(&self) -> QueueOwner {
-        QueueOwner {
-            notify: self.queue_tx.clone(),
-        }
-    }
-}
-
 /// The guest's callbacks, resolved once per instance. Missing ones are skipped.
 #[derive(Default)]
 pub(crate) struct Funcs {
@@ -271,14 +165,51 @@ pub(crate) struct Slot {
 pub(crate) const ROOT_CONTEXT: u32 = 1;
 
 impl Slot {
-    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, InstanceState>, Failure> {
-        self.state
-            .lock()
-            .map_err(|_| Failure::Unavailable("instance lock poisoned".into()))
+    /// Locks the instance for a callback; refused once the instance is broken.
+    pub(crate) fn lock(&self) -> Result<SlotGuard<'_>, Failure> {
+        let guard = self.state.lock();
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(Failure::Unavailable(
+                "the plugin instance was discarded after a failure".into(),
+            ));
+        }
+        Ok(SlotGuard {
+            state: guard,
+            broken: &self.broken,
+        })
     }
 
     pub(crate) fn next_context_id(&self) -> u32 {
         self.next_context.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// An instance locked for a callback. When the thread unwinds while holding it (a panic in a host
+/// function or in the embedder's code), the guest was stopped mid-callback and its state cannot
+/// be trusted: the instance is marked broken and never used again.
+pub(crate) struct SlotGuard<'a> {
+    state: MutexGuard<'a, InstanceState>,
+    broken: &'a AtomicBool,
+}
+
+impl Deref for SlotGuard<'_> {
+    type Target = InstanceState;
+    fn deref(&self) -> &InstanceState {
+        &self.state
+    }
+}
+
+impl DerefMut for SlotGuard<'_> {
+    fn deref_mut(&mut self) -> &mut InstanceState {
+        &mut self.state
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.broken.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -347,9 +278,7 @@ impl std::fmt::Debug for Plugin {
 
 impl Drop for Plugin {
     fn drop(&mut self) {
-        if let Ok(mut d) = self.driver.lock()
-            && let Some(task) = d.take()
-        {
+        if let Some(task) = self.driver.lock().take() {
             task.abort();
         }
     }
@@ -428,9 +357,7 @@ impl Plugin {
         // The canary, then the rest of the pool.
         for _ in 0..plugin.target_instances {
             let slot = plugin.new_instance()?;
-            if let Ok(mut pool) = plugin.pool.lock() {
-                pool.push(slot);
-            }
+            plugin.pool.lock().push(slot);
         }
         plugin.start_driver();
         Ok(plugin)
@@ -524,8 +451,7 @@ impl Plugin {
                     .info
                     .last_warning
                     .lock()
-                    .ok()
-                    .and_then(|mut l| l.take())
+                    .take()
                     .unwrap_or_else(|| "the plugin logged no reason".to_owned());
                 return Err(LoadError::ConfigureRejected(reason));
             }
@@ -561,27 +487,24 @@ impl Plugin {
 
     /// Healthy instances now.
     pub fn healthy_instances(&self) -> usize {
-        self.pool.lock().map(|p| p.len()).unwrap_or(0)
+        self.pool.lock().len()
     }
 
     /// True when the plugin cannot serve: quarantined, or no instance left and no replacement
     /// will be made (fail-open and fail-closed policies).
     pub fn is_broken(&self) -> bool {
-        let quarantined = self.health.lock().map(|h| h.quarantined).unwrap_or(true);
+        let quarantined = self.health.lock().quarantined;
         quarantined || (self.policy != FailurePolicy::Reload && self.healthy_instances() == 0)
     }
 
     /// The last failure's description.
     pub fn last_error(&self) -> Option<String> {
-        self.health.lock().ok()?.last_error.clone()
+        self.health.lock().last_error.clone()
     }
 
     /// A human-readable state: `ok`, `degraded`, `broken`, `backoff` or `quarantined`.
     pub fn state(&self) -> &'static str {
-        let Ok(h) = self.health.lock() else {
-            return "broken";
-        };
-        if h.quarantined {
+        if self.health.lock().quarantined {
             return "quarantined";
         }
         let healthy = self.healthy_instances();
@@ -602,10 +525,7 @@ impl Plugin {
     /// a missing instance is recreated once the backoff has passed.
     pub(crate) fn checkout(&self) -> Result<Arc<Slot>, Failure> {
         {
-            let pool = self
-                .pool
-                .lock()
-                .map_err(|_| Failure::Unavailable("pool lock poisoned".into()))?;
+            let pool = self.pool.lock();
             if !pool.is_empty() {
                 let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % pool.len();
                 return Ok(pool[i].clone());
@@ -618,10 +538,7 @@ impl Plugin {
             )));
         }
         {
-            let h = self
-                .health
-                .lock()
-                .map_err(|_| Failure::Unavailable("health lock poisoned".into()))?;
+            let h = self.health.lock();
             if h.quarantined {
                 return Err(Failure::Unavailable(format!(
                     "plugin {} is quarantined",
@@ -639,13 +556,9 @@ impl Plugin {
             Ok(slot) => {
                 self.stats.replaced.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(plugin = %self.name, "replaced a failed instance");
-                if let Ok(mut pool) = self.pool.lock() {
-                    // Refill to the target size, then hand out the new one.
-                    pool.push(slot.clone());
-                }
-                if let Ok(mut h) = self.health.lock() {
-                    h.retry_at = None;
-                }
+                // Refill to the target size, then hand out the new one.
+                self.pool.lock().push(slot.clone());
+                self.health.lock().retry_at = None;
                 Ok(slot)
             }
             Err(e) => {
@@ -668,17 +581,13 @@ impl Plugin {
             Failure::OutOfMemory => self.stats.out_of_memory.fetch_add(1, Ordering::Relaxed),
             _ => self.stats.traps.fetch_add(1, Ordering::Relaxed),
         };
-        if let Ok(mut pool) = self.pool.lock() {
-            pool.retain(|s| s.id != slot.id);
-        }
+        self.pool.lock().retain(|s| s.id != slot.id);
         tracing::warn!(plugin = %self.name, policy = ?self.policy, "plugin instance failed and was discarded: {failure}");
         self.record_failure(&failure.to_string());
     }
 
     fn record_failure(&self, what: &str) {
-        let Ok(mut h) = self.health.lock() else {
-            return;
-        };
+        let mut h = self.health.lock();
         let now = Instant::now();
         h.last_error = Some(what.to_owned());
         h.failures.push_back(now);
@@ -705,9 +614,7 @@ impl Plugin {
     }
 
     pub(crate) fn stream_succeeded(&self) {
-        if let Ok(mut h) = self.health.lock() {
-            h.consecutive = 0;
-        }
+        self.health.lock().consecutive = 0;
     }
 
     /// Runs `on_tick` on the first healthy instance (timers fire once per plugin, not once per
@@ -756,7 +663,7 @@ impl Plugin {
     }
 
     fn primary(&self) -> Option<Arc<Slot>> {
-        self.pool.lock().ok()?.first().cloned()
+        self.pool.lock().first().cloned()
     }
 
     /// Delivers `on_queue_ready` for `queue` on the primary instance.
@@ -820,7 +727,7 @@ impl Plugin {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let Some(mut rx) = self.queue_rx.lock().ok().and_then(|mut r| r.take()) else {
+        let Some(mut rx) = self.queue_rx.lock().take() else {
             return;
         };
         let weak: Weak<Plugin> = Arc::downgrade(self);
@@ -845,9 +752,7 @@ impl Plugin {
                 }
             }
         });
-        if let Ok(mut d) = self.driver.lock() {
-            *d = Some(task);
-        }
+        *self.driver.lock() = Some(task);
     }
 }
 

@@ -3,7 +3,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 
 use crate::types::{MetricType, Status};
 
@@ -48,7 +50,7 @@ fn queues() -> &'static Mutex<Queues> {
 
 /// Reads `key` in `vm_id`'s namespace: value and CAS token.
 pub(crate) fn get(vm_id: &str, key: &str) -> Option<(Vec<u8>, u32)> {
-    let d = data().lock().ok()?;
+    let d = data().lock();
     d.map.get(&(vm_id.to_owned(), key.to_owned())).cloned()
 }
 
@@ -57,9 +59,7 @@ pub(crate) fn set(vm_id: &str, key: &str, value: Vec<u8>, cas: u32) -> Status {
     if value.len() > MAX_SHARED_VALUE {
         return Status::BadArgument;
     }
-    let Ok(mut d) = data().lock() else {
-        return Status::InternalFailure;
-    };
+    let mut d = data().lock();
     let entry = d.map.entry((vm_id.to_owned(), key.to_owned()));
     match entry {
         std::collections::hash_map::Entry::Occupied(mut o) => {
@@ -82,9 +82,7 @@ pub(crate) fn set(vm_id: &str, key: &str, value: Vec<u8>, cas: u32) -> Status {
 
 /// Registers (or re-registers) `name` in `vm_id`; the caller becomes the owner.
 pub(crate) fn register_queue(vm_id: &str, name: &str, owner: QueueOwner) -> u32 {
-    let Ok(mut q) = queues().lock() else {
-        return 0;
-    };
+    let mut q = queues().lock();
     if let Some((id, queue)) = q
         .by_id
         .iter_mut()
@@ -109,7 +107,7 @@ pub(crate) fn register_queue(vm_id: &str, name: &str, owner: QueueOwner) -> u32 
 
 /// Finds the queue `name` of `vm_id`.
 pub(crate) fn resolve_queue(vm_id: &str, name: &str) -> Option<u32> {
-    let q = queues().lock().ok()?;
+    let q = queues().lock();
     q.by_id
         .iter()
         .find(|(_, v)| v.vm_id == vm_id && v.name == name)
@@ -120,9 +118,7 @@ pub(crate) fn resolve_queue(vm_id: &str, name: &str) -> Option<u32> {
 /// other than OK would trap plugins built with the Rust SDK, which panics on it), and counts
 /// the drop.
 pub(crate) fn enqueue(id: u32, value: Vec<u8>) -> Status {
-    let Ok(mut q) = queues().lock() else {
-        return Status::InternalFailure;
-    };
+    let mut q = queues().lock();
     let Some(queue) = q.by_id.get_mut(&id) else {
         return Status::NotFound;
     };
@@ -142,9 +138,7 @@ pub static QUEUE_DROPS: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 
 /// Takes the oldest item of queue `id`.
 pub(crate) fn dequeue(id: u32) -> Result<Vec<u8>, Status> {
-    let Ok(mut q) = queues().lock() else {
-        return Err(Status::InternalFailure);
-    };
+    let mut q = queues().lock();
     let queue = q.by_id.get_mut(&id).ok_or(Status::NotFound)?;
     queue.items.pop_front().ok_or(Status::Empty)
 }
@@ -218,9 +212,7 @@ fn metrics() -> &'static Mutex<Metrics> {
 
 /// Defines (or finds) a metric; ids are process-wide and stable across plugin reloads.
 pub(crate) fn define_metric(plugin: &str, name: &str, kind: MetricType) -> u32 {
-    let Ok(mut m) = metrics().lock() else {
-        return 0;
-    };
+    let mut m = metrics().lock();
     let key = (plugin.to_owned(), name.to_owned(), kind as u8);
     if let Some(id) = m.by_key.get(&key) {
         return *id;
@@ -239,7 +231,7 @@ pub(crate) fn define_metric(plugin: &str, name: &str, kind: MetricType) -> u32 {
 }
 
 fn metric(id: u32) -> Option<Arc<Metric>> {
-    let m = metrics().lock().ok()?;
+    let m = metrics().lock();
     m.by_id.get((id as usize).checked_sub(1)?).cloned()
 }
 
@@ -294,10 +286,7 @@ pub(crate) fn get_metric(id: u32) -> Result<u64, Status> {
 
 /// Every plugin-defined metric, for `/metrics`.
 pub fn all_metrics() -> Vec<Arc<Metric>> {
-    metrics()
-        .lock()
-        .map(|m| m.by_id.clone())
-        .unwrap_or_default()
+    metrics().lock().by_id.clone()
 }
 
 #[cfg(test)]

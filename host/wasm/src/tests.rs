@@ -1,10 +1,10 @@
 //! The host against real `.wasm` fixtures built from `tests/fixtures/wasm`.
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use weft_test_artifacts as fx;
 
 use super::*;
@@ -182,7 +182,7 @@ fn shared_data_metrics_and_wasi() {
         .find(|m| m.plugin == "shared" && m.name == "hostcalls_sizes")
         .unwrap();
     assert_eq!(hist.count(), 3);
-    let logs = logs.lock().unwrap();
+    let logs = logs.lock();
     assert!(
         logs.iter()
             .any(|(l, m)| *l == LogLevel::Info && !m.is_empty()),
@@ -460,7 +460,6 @@ fn ticks_fire_once_per_plugin_and_queues_wake_the_root() {
     p.queue_ready(id);
     assert!(
         logs.lock()
-            .unwrap()
             .iter()
             .any(|(_, m)| m.contains("dequeued /queued"))
     );

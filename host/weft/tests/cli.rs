@@ -1,5 +1,4 @@
 //! The `weft` command line: validate, version, and a real process drained by SIGTERM.
-#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};

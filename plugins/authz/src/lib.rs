@@ -13,6 +13,7 @@
 //!
 //! The logic lives in pure modules ([`config`], [`policy`], [`jwt`], [`authn`], [`cidr`]) that
 //! are unit-tested natively; [`filter`] is the proxy-wasm glue.
+#![forbid(unsafe_code)]
 
 pub mod authn;
 pub mod cidr;

@@ -1,6 +1,10 @@
 //! The authz plugin's real `.wasm` in Weft's host (weft-plugin-test): policies, JWT (HS256,
 //! RS256, ES256; inline and fetched JWKS), API keys, external authorization, metrics and
 //! configuration errors.
+#![expect(
+    clippy::expect_used,
+    reason = "token and plugin helpers outside #[test] functions report failure by panicking"
+)]
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

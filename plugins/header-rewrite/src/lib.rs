@@ -10,6 +10,7 @@
 //!
 //! The schema is documented in `docs/plugins/header-rewrite.md`. Pure logic lives in
 //! [`config`], [`rules`] and [`security`]; [`filter`] is the thin proxy-wasm glue.
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod filter;

@@ -12,6 +12,7 @@
 //! The configuration schema is in `docs/plugins/telemetry.md`. Pure logic lives in
 //! [`config`], [`traceparent`], [`otlp`], [`batch`], [`labels`] and [`ids`]; the proxy-wasm
 //! glue in `filter`.
+#![forbid(unsafe_code)]
 
 pub mod batch;
 pub mod config;

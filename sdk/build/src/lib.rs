@@ -8,6 +8,7 @@
 //! test binary (`CARGO_ENCODED_RUSTFLAGS`, `CARGO_CFG_*`, `CARGO_PKG_*`, `OUT_DIR`, `TARGET`, …)
 //! and every host-build override (`RUSTFLAGS`, wrappers, `CARGO_BUILD_*`, `CARGO_PROFILE_*`,
 //! `CARGO_TARGET_*`, …) would otherwise leak into the wasm build.
+#![forbid(unsafe_code)]
 
 use std::ffi::OsString;
 use std::fmt;

@@ -1,8 +1,9 @@
 //! One HTTP request (and its response) through the plugin, with the callbacks in Envoy's order.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use weft_wasm::{Action, Failure, HeaderList, LocalResponse, Properties, Stream};
 
 use crate::plugin::{AttributeMap, TestPlugin};
@@ -99,14 +100,18 @@ struct RequestAttributes {
 impl Properties for RequestAttributes {
     fn get(&self, path: &[&str]) -> Option<Vec<u8>> {
         let key = path.join(".");
-        if let Some(v) = self.own.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(v) = self.own.lock().get(&key) {
             return Some(v.clone());
         }
-        self.plugin
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned()
+        self.plugin.lock().get(&key).cloned()
+    }
+}
+
+impl TestPlugin {
+    /// A new request (`GET /`, authority `example.com`, scheme `http`) to send through the
+    /// plugin.
+    pub fn request(&self) -> Exchange<'_> {
+        Exchange::new(self)
     }
 }
 
@@ -130,7 +135,7 @@ pub struct Exchange<'p> {
 }
 
 impl<'p> Exchange<'p> {
-    pub(crate) fn new(plugin: &'p TestPlugin) -> Exchange<'p> {
+    fn new(plugin: &'p TestPlugin) -> Exchange<'p> {
         Exchange {
             plugin,
             method: "GET".into(),
@@ -208,7 +213,6 @@ impl<'p> Exchange<'p> {
         self.attributes
             .own
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_owned(), value.into());
         self
     }
@@ -220,11 +224,7 @@ impl<'p> Exchange<'p> {
 
     /// The attributes Weft derives from the request, unless set explicitly.
     fn derive_attributes(&self) {
-        let mut own = self
-            .attributes
-            .own
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut own = self.attributes.own.lock();
         let (url_path, query) = match self.path.split_once('?') {
             Some((p, q)) => (p.to_owned(), q.to_owned()),
             None => (self.path.clone(), String::new()),
@@ -325,14 +325,10 @@ impl<'p> Exchange<'p> {
     /// Sends the upstream's response through the plugin (headers, then the body as one
     /// chunk). `response.code` is set for the plugin's property reads.
     pub fn send_response(&mut self, response: CannedResponse) -> Outcome {
-        self.attributes
-            .own
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                "response.code".into(),
-                u64::from(response.status).to_le_bytes().to_vec(),
-            );
+        self.attributes.own.lock().insert(
+            "response.code".into(),
+            u64::from(response.status).to_le_bytes().to_vec(),
+        );
         let has_body = !response.body.is_empty();
         let headers = response.header_list();
         let body = response.body;

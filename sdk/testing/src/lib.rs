@@ -20,14 +20,17 @@
 //!
 //! [`this_plugin!`] builds the crate under test for `wasm32-wasip1` (release) once per test
 //! process, into `target/weft-plugins`; tests then load the module it produced.
+#![forbid(unsafe_code)]
 
 mod exchange;
 mod plugin;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
 
 pub use exchange::{Exchange, LocalReply, Outcome};
 pub use plugin::{PluginBuilder, RecordedCallout, TestPlugin};
@@ -38,7 +41,7 @@ pub use weft_wasm::{Action, LoadError, LogLevel};
 pub fn build_plugin(manifest_dir: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    let mut built = built.lock();
     if let Some(path) = built.get(manifest_dir) {
         return path.clone();
     }
@@ -72,18 +75,18 @@ impl ManualClock {
 
     /// The time it reads.
     pub fn now(&self) -> SystemTime {
-        *self.now.lock().unwrap_or_else(|e| e.into_inner())
+        *self.now.lock()
     }
 
     /// Moves it forward.
     pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
+        let mut now = self.now.lock();
         *now += by;
     }
 
     /// Sets it.
     pub fn set(&self, to: SystemTime) {
-        *self.now.lock().unwrap_or_else(|e| e.into_inner()) = to;
+        *self.now.lock() = to;
     }
 }
 

@@ -6,16 +6,16 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use parking_lot::Mutex;
 use weft_wasm::plugin::LogCapture;
 use weft_wasm::{
     Embedder, EngineOptions, FailurePolicy, HttpCallRequest, HttpCallResponse, LoadError, LogLevel,
     Plugin, PluginSpec, Properties, WasmEngine,
 };
 
-use crate::exchange::Exchange;
 use crate::{CannedResponse, ManualClock, find, to_pairs};
 
 /// One engine per test process (it owns the epoch ticker and the pooling reservation).
@@ -34,11 +34,7 @@ pub(crate) struct PluginAttributes(pub(crate) AttributeMap);
 
 impl Properties for PluginAttributes {
     fn get(&self, path: &[&str]) -> Option<Vec<u8>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&path.join("."))
-            .cloned()
+        self.0.lock().get(&path.join(".")).cloned()
     }
 }
 
@@ -89,29 +85,18 @@ pub(crate) struct ScriptedCallouts {
 
 impl ScriptedCallouts {
     fn set(&self, cluster: &str, script: Script) {
-        self.scripts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(cluster.to_owned(), script);
+        self.scripts.lock().insert(cluster.to_owned(), script);
     }
 
     /// Records `call` and returns its scripted outcome (`None`: the call failed).
     pub(crate) fn answer(&self, call: &HttpCallRequest) -> Option<HttpCallResponse> {
-        self.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(RecordedCallout {
-                cluster: call.cluster.clone(),
-                headers: to_pairs(&call.headers),
-                body: call.body.clone(),
-                timeout: call.timeout,
-            });
-        let script = self
-            .scripts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&call.cluster)
-            .cloned();
+        self.calls.lock().push(RecordedCallout {
+            cluster: call.cluster.clone(),
+            headers: to_pairs(&call.headers),
+            body: call.body.clone(),
+            timeout: call.timeout,
+        });
+        let script = self.scripts.lock().get(&call.cluster).cloned();
         match script {
             Some(Script::Respond(r)) => Some(HttpCallResponse {
                 headers: r.header_list(),
@@ -125,10 +110,7 @@ impl ScriptedCallouts {
 
 impl Embedder for ScriptedCallouts {
     fn has_cluster(&self, cluster: &str) -> bool {
-        self.scripts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(cluster)
+        self.scripts.lock().contains_key(cluster)
     }
 
     fn http_call(
@@ -270,7 +252,7 @@ impl PluginBuilder {
         let clock = Arc::new(ManualClock::new(self.start));
         let attributes: AttributeMap = Arc::new(Mutex::new(self.attributes));
         {
-            let mut a = attributes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut a = attributes.lock();
             a.entry("plugin_name".into())
                 .or_insert_with(|| self.spec_name.clone().into_bytes());
             a.entry("plugin_root_id".into())
@@ -297,7 +279,7 @@ impl PluginBuilder {
         spec.clock = clock.clone();
         spec.log_capture = Some(logs.clone());
         let plugin = Plugin::load(&engine, spec, callouts.clone()).map_err(|error| {
-            let logs = logs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let logs = logs.lock().clone();
             LoadFailure { error, logs }
         })?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -408,10 +390,7 @@ impl TestPlugin {
 
     /// Sets a plugin-wide attribute after load.
     pub fn set_property(&self, name: &str, value: impl Into<Vec<u8>>) {
-        self.attributes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_owned(), value.into());
+        self.attributes.lock().insert(name.to_owned(), value.into());
     }
 
     /// Callouts to `cluster` get `response` from now on.
@@ -426,11 +405,7 @@ impl TestPlugin {
 
     /// Every callout made so far, in order.
     pub fn callouts(&self) -> Vec<RecordedCallout> {
-        self.callouts
-            .calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.callouts.calls.lock().clone()
     }
 
     /// Runs `on_tick` once (whatever the tick period) and delivers the responses of the
@@ -455,21 +430,17 @@ impl TestPlugin {
 
     /// The plugin's log lines so far.
     pub fn logs(&self) -> Vec<(LogLevel, String)> {
-        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.logs.lock().clone()
     }
 
     /// True when a log line contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
-        self.logs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|(_, l)| l.contains(needle))
+        self.logs.lock().iter().any(|(_, l)| l.contains(needle))
     }
 
     /// Forgets the log lines captured so far.
     pub fn clear_logs(&self) {
-        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.logs.lock().clear();
     }
 
     fn metric(&self, name: &str) -> Option<Arc<weft_wasm::shared::Metric>> {
@@ -513,11 +484,5 @@ impl TestPlugin {
     /// True once the plugin failed and no instance can serve (fail-closed).
     pub fn is_broken(&self) -> bool {
         self.plugin.is_broken()
-    }
-
-    /// A new request (`GET /`, authority `example.com`, scheme `http`) to send through the
-    /// plugin.
-    pub fn request(&self) -> Exchange<'_> {
-        Exchange::new(self)
     }
 }

@@ -11,6 +11,7 @@
 //! ```no_run
 //! let module = weft_test_artifacts::bytes(weft_test_artifacts::HOSTCALLS);
 //! ```
+#![forbid(unsafe_code)]
 
 include!(concat!(env!("OUT_DIR"), "/fixtures.rs"));
 

@@ -1,7 +1,8 @@
-//! Validation of the mesh-security fields (kept apart from `validate.rs`).
+//! Checks of the mesh-security settings (`crate::tls`): listener and cluster TLS, peer
+//! authorization rules and the certificate agent.
 
+use super::Found;
 use crate::schema::{Cluster, Identity, Listener, ListenerProtocol, SourceRule, TlsMode};
-use crate::validate::Found;
 
 const ALPN: [&str; 2] = ["h2", "http/1.1"];
 
