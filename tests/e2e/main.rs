@@ -10,6 +10,7 @@ mod differential;
 mod errors;
 mod examples;
 mod framing;
+mod metrics;
 mod mtls;
 mod plugin_authz;
 mod plugin_header_rewrite;
