@@ -12,6 +12,7 @@ mod differential;
 mod errors;
 mod examples;
 mod framing;
+mod metrics;
 mod mtls;
 mod phases;
 mod plugin_authz;

@@ -1,12 +1,11 @@
 //! proxy-wasm plugins in the proxy: loading them into handles that can be hot-swapped, the
-//! callouts they make to clusters, and per-plugin metrics.
+//! callouts they make to clusters, and the per-plugin stats [`crate::metrics`] exports.
 //!
 //! A [`PluginHandle`] is what a route's chain holds. It points at the current loaded version;
 //! a request takes that version once at its start and keeps it to the end, so a swap never
 //! tears a stream: in-flight streams finish on the old version, new streams use the new one.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -386,175 +385,6 @@ impl PluginRegistry {
             .lock()
             .retain(|_, v| used.iter().any(|u| Arc::ptr_eq(u, v)));
     }
-
-    /// Prometheus text for plugin metrics (appended to `/metrics`).
-    pub fn encode_metrics(&self) -> String {
-        let mut out = String::new();
-        let handles = self.handles();
-        let series: [(&str, &str, &str); 9] = [
-            (
-                "weft_plugin_streams_total",
-                "counter",
-                "Streams a plugin served",
-            ),
-            ("weft_plugin_traps_total", "counter", "Plugin traps"),
-            (
-                "weft_plugin_deadlines_total",
-                "counter",
-                "Plugin callbacks that hit the CPU deadline",
-            ),
-            (
-                "weft_plugin_oom_total",
-                "counter",
-                "Plugin callbacks that hit the memory cap",
-            ),
-            (
-                "weft_plugin_skipped_total",
-                "counter",
-                "Requests that skipped a broken plugin (fail_open)",
-            ),
-            (
-                "weft_plugin_rejected_total",
-                "counter",
-                "Requests refused because a plugin failed",
-            ),
-            (
-                "weft_plugin_instances_replaced_total",
-                "counter",
-                "Plugin instances replaced (reload policy)",
-            ),
-            (
-                "weft_plugin_swaps_total",
-                "counter",
-                "Plugin versions hot-swapped in",
-            ),
-            (
-                "weft_plugin_healthy_instances",
-                "gauge",
-                "Healthy instances in a plugin's pool",
-            ),
-        ];
-        for (i, (name, kind, help)) in series.iter().enumerate() {
-            let family = name.strip_suffix("_total").unwrap_or(name);
-            let _ = writeln!(out, "# HELP {family} {help}.\n# TYPE {family} {kind}");
-            for h in &handles {
-                let label = h.label().replace('"', "'");
-                let value = match &*h.current() {
-                    PluginVersion::Loaded(p) => {
-                        let s = &p.stats;
-                        match i {
-                            0 => s.streams.load(Ordering::Relaxed),
-                            1 => s.traps.load(Ordering::Relaxed),
-                            2 => s.deadlines.load(Ordering::Relaxed),
-                            3 => s.out_of_memory.load(Ordering::Relaxed),
-                            4 => s.skipped.load(Ordering::Relaxed),
-                            5 => s.rejected.load(Ordering::Relaxed),
-                            6 => s.replaced.load(Ordering::Relaxed),
-                            7 => h.swaps.load(Ordering::Relaxed),
-                            _ => p.healthy_instances() as u64,
-                        }
-                    }
-                    PluginVersion::Failed { .. } => match i {
-                        7 => h.swaps.load(Ordering::Relaxed),
-                        _ => 0,
-                    },
-                };
-                let _ = writeln!(out, "{name}{{plugin=\"{label}\"}} {value}");
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP weft_wasm_shared_queue_dropped Items dropped from full plugin shared queues.\n# TYPE weft_wasm_shared_queue_dropped counter\nweft_wasm_shared_queue_dropped_total {}",
-            weft_wasm::shared::QUEUE_DROPS.load(Ordering::Relaxed)
-        );
-        write_custom_metrics(&mut out, weft_wasm::shared::all_metrics());
-        out
-    }
-}
-
-/// Plugin-defined metrics in Prometheus text. A name `base;k=v;k2=v2` (the SDK's label
-/// convention) becomes series `weft_wasmcustom_base{plugin="…",k="v",k2="v2"}`; series are
-/// grouped under one `# TYPE` line per family.
-fn write_custom_metrics(out: &mut String, metrics: Vec<Arc<weft_wasm::shared::Metric>>) {
-    use weft_wasm::types::MetricType;
-    /// Family name, kind, and its series as (labels, metric).
-    type Family = (
-        String,
-        MetricType,
-        Vec<(String, Arc<weft_wasm::shared::Metric>)>,
-    );
-    let mut families: Vec<Family> = Vec::new();
-    let mut index: HashMap<(String, u8), usize> = HashMap::new();
-    for m in metrics {
-        let mut parts = m.name.split(';');
-        let base = sanitize(parts.next().unwrap_or_default());
-        let mut family = format!("weft_wasmcustom_{base}");
-        if m.kind == MetricType::Counter
-            && let Some(stripped) = family.strip_suffix("_total")
-        {
-            family = stripped.to_owned();
-        }
-        let mut labels = format!("plugin=\"{}\"", escape_label(&m.plugin));
-        for part in parts {
-            let (k, v) = part.split_once('=').unwrap_or((part, ""));
-            let k = sanitize(k);
-            if k.is_empty() || k == "plugin" || k == "le" {
-                continue;
-            }
-            let _ = write!(labels, ",{k}=\"{}\"", escape_label(v));
-        }
-        // Indexed: a plugin may define thousands of labelled series (one per label set).
-        match index.get(&(family.clone(), m.kind as u8)) {
-            Some(&i) => families[i].2.push((labels, m)),
-            None => {
-                index.insert((family.clone(), m.kind as u8), families.len());
-                families.push((family, m.kind, vec![(labels, m)]));
-            }
-        }
-    }
-    for (family, kind, series) in families {
-        match kind {
-            MetricType::Counter => {
-                let _ = writeln!(out, "# TYPE {family} counter");
-                for (labels, m) in series {
-                    let _ = writeln!(out, "{family}_total{{{labels}}} {}", m.value());
-                }
-            }
-            MetricType::Gauge => {
-                let _ = writeln!(out, "# TYPE {family} gauge");
-                for (labels, m) in series {
-                    let _ = writeln!(out, "{family}{{{labels}}} {}", m.value());
-                }
-            }
-            MetricType::Histogram => {
-                let _ = writeln!(out, "# TYPE {family} histogram");
-                for (labels, m) in series {
-                    for (bound, count) in weft_wasm::shared::HISTOGRAM_BOUNDS
-                        .iter()
-                        .zip(m.cumulative_buckets())
-                    {
-                        let _ = writeln!(out, "{family}_bucket{{{labels},le=\"{bound}\"}} {count}");
-                    }
-                    let _ = writeln!(out, "{family}_bucket{{{labels},le=\"+Inf\"}} {}", m.count());
-                    let _ = writeln!(out, "{family}_sum{{{labels}}} {}", m.value());
-                    let _ = writeln!(out, "{family}_count{{{labels}}} {}", m.count());
-                }
-            }
-        }
-    }
-}
-
-/// Escapes a Prometheus label value.
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
 }
 
 /// Lower-case hex sha256, as `Plugin::sha256`.

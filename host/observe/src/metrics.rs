@@ -4,6 +4,7 @@
 //! sets it needs into handles up front, so a request only increments atomics. The names are
 //! documented in `docs/metrics.md`.
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -270,7 +271,14 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Adds families that `collector` encodes at every scrape, after the registered ones and
+    /// under the same `weft` prefix (the plugins' families are read from their live handles this
+    /// way). Register each collector once, before the metrics are shared.
+    pub fn register_collector(&mut self, collector: Box<dyn Collector>) {
+        self.registry.register_collector(collector);
+    }
+
+    /// The OpenMetrics text exposition of every family: one encoding of one registry.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.

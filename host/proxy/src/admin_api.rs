@@ -19,11 +19,8 @@ impl AdminApi for Api {
     }
 
     fn metrics(&self) -> String {
-        let mut all = self.0.metrics().encode();
-        // The registry's text ends with `# EOF`; plugin series go before it.
-        let eof = all.rfind("# EOF").unwrap_or(all.len());
-        all.insert_str(eof, &self.0.plugins().encode_metrics());
-        all
+        // The plugin families are a collector in the same registry (registered at start).
+        self.0.metrics().encode()
     }
 
     fn config_dump(&self, include_secrets: bool) -> Value {

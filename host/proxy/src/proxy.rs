@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_config::Config;
-use weft_extensions::{PluginContext, PluginError, PluginRegistry};
+use weft_extensions::{PluginContext, PluginError, PluginMetrics, PluginRegistry};
 use weft_observe::{AccessLog, Metrics};
 use weft_transport::{ListenerGen, Shared};
 
@@ -47,14 +47,17 @@ impl Proxy {
                 .await
                 .map_err(ProxyError::Identity)?;
         }
-        let metrics = Arc::new(Metrics::new());
+        let plugins = Arc::new(PluginRegistry::new());
+        let mut metrics = Metrics::new();
+        // Once per process: the plugin families are read from the live handles at each scrape.
+        metrics.register_collector(Box::new(PluginMetrics::new(plugins.clone())));
+        let metrics = Arc::new(metrics);
         let access_log =
             AccessLog::open(&config.access_log.path).map_err(|error| ProxyError::AccessLog {
                 path: config.access_log.path.clone(),
                 error,
             })?;
         let label = source.label();
-        let plugins = Arc::new(PluginRegistry::new());
         let base_dir = source.base_dir();
         let ctx = PluginContext {
             registry: &plugins,
