@@ -158,15 +158,16 @@ async fn mtls_strict_rejects_wrong_trust_domain_expired_wrong_id_and_plaintext()
     let e = tls_get(addr, Some(&foreign), &s.bundle, "cluster.local", false, "/").await;
     assert!(e.is_err(), "foreign trust domain accepted");
 
-    // Expired certificate (1 s lifetime, then wait).
-    let short = pki.issue("short", &pki.id("prod", "client"), Duration::from_secs(1));
-    let short_pem = (
-        std::fs::read(&short.cert).expect("r"),
-        std::fs::read(&short.key).expect("r"),
-    );
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Expired certificate (issued already expired: its validity ended an hour ago).
+    let expired = pki.issue_expired(&pki.id("prod", "client"));
     // Weft's own loader refuses expired material, so present it with plain rustls.
-    let e = expired_client_handshake(addr, &short_pem.0, &short_pem.1, &s.bundle).await;
+    let e = expired_client_handshake(
+        addr,
+        expired.chain_pem.as_bytes(),
+        expired.key_pem.as_bytes(),
+        &s.bundle,
+    )
+    .await;
     assert!(e.is_err(), "expired client certificate accepted");
 
     // No client certificate at all.
@@ -402,10 +403,34 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
                         errors.lock().push(e);
                     }
                 }
+                // A failing test drops the runtime, whose sockets then fail at once: without a
+                // yield this loop would spin and the runtime could never stop.
+                tokio::task::yield_now().await;
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every step below waits for the load to make progress, so that it runs through each one.
+    let progressed = |n: usize| {
+        let ok = ok.clone();
+        async move {
+            let from = ok.load(Ordering::Relaxed);
+            assert!(
+                eventually(Duration::from_secs(10), || async {
+                    ok.load(Ordering::Relaxed) >= from + n
+                })
+                .await,
+                "the load served {n} more requests"
+            );
+        }
+    };
+    // The `/certs` entry of the listener, for its rotation counters.
+    let certs_url = format!("http://{}/certs", b.admin());
+    let certs = || {
+        let url = certs_url.clone();
+        async move { get(&url).await.json()["certificates"][0].clone() }
+    };
+    let count = |v: &serde_json::Value, field: &str| v[field].as_u64().unwrap_or_default();
+    progressed(10).await;
 
     // Rotate: new key and certificate, each file replaced atomically.
     let next = pki
@@ -434,22 +459,50 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
         .ca
         .issue(&weft_ca::IssueRequest::new(&server_id, HOUR))
         .expect("issue");
+    progressed(5).await;
+    let before = certs().await;
     replace(&s.key, stranger.key_pem.as_bytes());
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let now = certs().await;
+            count(&now, "refused_rotations") > count(&before, "refused_rotations")
+                && now["last_refusal"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("key.pem"))
+        })
+        .await,
+        "the mismatched key was looked at and refused: {}",
+        certs().await
+    );
+    progressed(5).await;
+    // The good key back: the same material as `second` again, taken as a rotation.
+    let before = certs().await;
     replace(&s.key, next.key_pem.as_bytes());
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let expired = pki
-        .ca
-        .issue(&weft_ca::IssueRequest::new(
-            &server_id,
-            Duration::from_secs(1),
-        ))
-        .expect("issue");
-    // Certificate times have one-second resolution: wait well past the end.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            count(&certs().await, "rotations") > count(&before, "rotations")
+        })
+        .await,
+        "the good key was taken back: {}",
+        certs().await
+    );
+    progressed(5).await;
+    let expired = pki.issue_expired(&server_id);
     replace(&s.key, expired.key_pem.as_bytes());
     replace(&s.cert, expired.chain_pem.as_bytes());
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Refused for its dates once both files were read (a look between the two replacements
+    // would see a key that does not match).
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            certs().await["last_refusal"]
+                .as_str()
+                .is_some_and(|e| e.contains("cert.pem") && e.contains("not valid now"))
+        })
+        .await,
+        "the expired certificate was refused: {}",
+        certs().await
+    );
+    progressed(5).await;
     stop.store(true, Ordering::Relaxed);
     for t in load {
         t.await.expect("load task");
@@ -470,7 +523,7 @@ async fn mtls_rotation_under_load_fails_no_request_and_refuses_bad_material() {
     );
     assert!(ok.load(Ordering::Relaxed) > 10, "load ran");
     // The admin `/certs` shows the rotation state and why the last material was refused.
-    let certs = get(&format!("http://{}/certs", b.admin())).await.json();
+    let certs = get(&certs_url).await.json();
     let entry = &certs["certificates"][0];
     assert_eq!(entry["owner"], "listener inbound");
     assert_eq!(entry["identity"], server_id.as_str());

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use weft_e2e::upstream::{echo, serve};
-use weft_e2e::{TestProxy, client, get, get_with, metric_value, send};
+use weft_e2e::{TestProxy, client, get, metric_value, send};
 use weft_test_artifacts as fx;
 
 fn plugin(name: &str, file: &str, extra: &str) -> String {
@@ -456,19 +456,40 @@ clusters:
         get(&p.url("main", "/")).await.header("x-plugin"),
         Some("{}")
     );
-    // Replace the module with a different plugin (hostcalls accepts `{}`).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Replace the module with a different plugin (hostcalls accepts `{}`). The watcher is
+    // armed when the proxy has started: no waiting before the change.
+    let hostcalls = fx::bytes(fx::HOSTCALLS);
+    let want = sha256_hex(&hostcalls);
     let tmp = dir.path().join("p.wasm.tmp");
-    std::fs::write(&tmp, fx::bytes(fx::HOSTCALLS)).unwrap();
+    std::fs::write(&tmp, &hostcalls).unwrap();
     std::fs::rename(&tmp, &file).unwrap();
-    let url = p.url("main", "/");
+    let plugins_url = format!("http://{}/plugins", p.admin());
     let swapped = weft_e2e::eventually(Duration::from_secs(10), || {
-        let url = url.clone();
-        async move { get(&url).await.header("x-plugin").is_none() }
+        let (plugins_url, want) = (plugins_url.clone(), want.clone());
+        async move {
+            let v = get(&plugins_url).await.json();
+            v["plugins"][0]["swaps"] == 1 && v["plugins"][0]["version"]["sha256"] == want.as_str()
+        }
     })
     .await;
-    assert!(swapped, "the watcher swapped the plugin");
-    let _ = get_with(&p.url("main", "/"), &[]).await;
+    assert!(
+        swapped,
+        "the watcher swapped the plugin: {}",
+        get(&plugins_url).await.text()
+    );
+    assert_eq!(
+        get(&p.url("main", "/")).await.header("x-plugin"),
+        None,
+        "the new module serves"
+    );
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[tokio::test]

@@ -55,13 +55,17 @@ async fn reloads_under_continuous_load_fail_no_request() {
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let seen_v2 = Arc::new(AtomicBool::new(false));
+    // Responses from each cluster: a response from the cluster a reload switched to is a
+    // request the new generation served.
+    let served = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let mut load = Vec::new();
     for _ in 0..4 {
-        let (stop, ok, failed, seen_v2, url) = (
+        let (stop, ok, failed, seen_v2, served, url) = (
             stop.clone(),
             ok.clone(),
             failed.clone(),
             seen_v2.clone(),
+            served.clone(),
             url.clone(),
         );
         load.push(tokio::spawn(async move {
@@ -80,6 +84,9 @@ async fn reloads_under_continuous_load_fail_no_request() {
                             .to_bytes();
                         if body.windows(4).any(|w| w == b"\"v2\"") {
                             seen_v2.store(true, Ordering::Relaxed);
+                            served[1].fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            served[0].fetch_add(1, Ordering::Relaxed);
                         }
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
@@ -93,10 +100,20 @@ async fn reloads_under_continuous_load_fail_no_request() {
     let admin = p.admin();
     for i in 0..20 {
         let target = if i % 2 == 0 { "v2" } else { "v1" };
+        let from_target = &served[if i % 2 == 0 { 1 } else { 0 }];
+        let before = from_target.load(Ordering::Relaxed);
         p.write_config(&config(target, a, b, i % 4 == 0));
         let r = post(&format!("http://{admin}/reload")).await;
         assert_eq!(r.status, 200, "{}", r.text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Keep the load on this generation until it has served some of it.
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                from_target.load(Ordering::Relaxed) >= before + 5
+            })
+            .await,
+            "generation {} served the load",
+            i + 2
+        );
     }
     stop.store(true, Ordering::Relaxed);
     for t in load {

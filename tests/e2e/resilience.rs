@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http_body_util::Full;
 use weft_e2e::faulty::{Faulty, Mode};
-use weft_e2e::upstream::{echo, slow};
+use weft_e2e::upstream::{echo, gated};
 use weft_e2e::{TestProxy, client, eventually, get, get_with, metric_value, send};
 
 fn proxy_yaml(routes: &str, clusters: &str) -> String {
@@ -38,6 +38,14 @@ async fn post(url: &str, body: &'static str) -> weft_e2e::Reply {
             .unwrap(),
     )
     .await
+}
+
+/// The next message of `rx` (the answer of a request task), 10 s at most (a failure guard).
+async fn next_answer<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an answer within 10 s")
+        .expect("a request task answered")
 }
 
 async fn clusters_text(p: &TestProxy) -> String {
@@ -191,7 +199,7 @@ async fn exhausted_retries_are_flagged_and_budgets_and_per_try_timeouts_bound_th
     let spent = Faulty::start("spent").await;
     spent.set(Mode::Status(503));
     let p = TestProxy::start(&proxy_yaml(
-        "          - match: { path: { prefix: /bad } }\n            route: { cluster: bad, retry_policy: { num_retries: 2, retry_on: gateway-error, retry_back_off: { base_interval: 1ms } } }\n          - match: { path: { prefix: /stall } }\n            route: { cluster: stall, timeout: 5s, retry_policy: { num_retries: 1, retry_on: reset, per_try_timeout: 100ms } }\n          - route: { cluster: spent, retry_policy: { num_retries: 3, retry_on: 5xx } }",
+        "          - match: { path: { prefix: /bad } }\n            route: { cluster: bad, retry_policy: { num_retries: 2, retry_on: gateway-error, retry_back_off: { base_interval: 1ms } } }\n          - match: { path: { prefix: /stall } }\n            route: { cluster: stall, timeout: 1h, retry_policy: { num_retries: 1, retry_on: reset, per_try_timeout: 100ms } }\n          - route: { cluster: spent, retry_policy: { num_retries: 3, retry_on: 5xx } }",
         &format!(
             "  - {{ name: bad, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: stall, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: spent, retry_budget: {{ budget_percent: 0, min_retry_concurrency: 0 }}, endpoints: [{{ address: \"{}\" }}] }}",
             bad.addr, stall.addr, spent.addr
@@ -201,13 +209,11 @@ async fn exhausted_retries_are_flagged_and_budgets_and_per_try_timeouts_bound_th
     let r = get(&p.url("main", "/bad")).await;
     assert_eq!(r.status, 503);
     assert_eq!(bad.hits(), 3, "one try and two retries");
-    let started = Instant::now();
+    // Per-try timeouts, not the route timeout, end it: with a route timeout of an hour, an
+    // answer at all (`get` gives up after 10 s) means both tries were cut short, and the
+    // second try (the retry) only happens when the first one timed out on its own.
     let r = get(&p.url("main", "/stall")).await;
     assert_eq!(r.status, 504);
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "per-try timeouts, not the route timeout"
-    );
     assert_eq!(stall.hits(), 2);
     let r = get(&p.url("main", "/other")).await;
     assert_eq!(r.status, 503);
@@ -238,12 +244,19 @@ async fn exhausted_retries_are_flagged_and_budgets_and_per_try_timeouts_bound_th
         ),
         1.0
     );
+    assert_eq!(
+        metric_value(&m, r#"weft_upstream_rq_timeout_total{cluster="stall"}"#),
+        2.0,
+        "both tries timed out"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_overflow_is_a_fast_503_uo_while_admitted_requests_keep_their_latency() {
-    let delay = Duration::from_millis(1000);
-    let up = slow(delay).await;
+    // The upstream holds every request until released: the overflow must be answered while
+    // the admitted requests are provably still waiting for it.
+    let gate = gated().await;
+    let up = gate.addr;
     let p = TestProxy::start(&proxy_yaml(
         "          - route: { cluster: guarded }",
         &format!(
@@ -252,52 +265,47 @@ async fn breaker_overflow_is_a_fast_503_uo_while_admitted_requests_keep_their_la
     ))
     .await;
     let url = p.url("main", "/");
-    let mut tasks = Vec::new();
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..10 {
-        let url = url.clone();
-        tasks.push(tokio::spawn(async move {
-            let started = Instant::now();
+        let (url, done_tx) = (url.clone(), done_tx.clone());
+        tokio::spawn(async move {
             let r = get(&url).await;
-            (
+            let _ = done_tx.send((
                 r.status.as_u16(),
                 r.header("x-envoy-overloaded").is_some(),
-                started.elapsed(),
-            )
-        }));
+                r.text(),
+            ));
+        });
     }
-    let mut admitted = Vec::new();
-    let mut overflowed = Vec::new();
-    for t in tasks {
-        let (status, overloaded, took) = t.await.unwrap();
-        match status {
-            200 => admitted.push(took),
-            503 => {
-                assert!(overloaded);
-                overflowed.push(took);
-            }
-            s => panic!("unexpected {s}"),
-        }
+    drop(done_tx);
+    // Eight answers come back while the upstream has answered nothing: the overflow did not
+    // wait for the upstream.
+    for _ in 0..8 {
+        let (status, overloaded, _) = next_answer(&mut done).await;
+        assert_eq!(
+            status, 503,
+            "only overflow can be answered before the upstream"
+        );
+        assert!(overloaded);
     }
-    let slowest_overflow = overflowed.iter().max().copied().unwrap_or_default();
-    let fastest_admitted = admitted.iter().min().copied().unwrap_or_default();
-    println!(
-        "breaker: admitted {:?}, overflow {:?}",
-        admitted, overflowed
-    );
-    assert_eq!(admitted.len(), 2);
-    assert_eq!(overflowed.len(), 8);
-    assert!(
-        fastest_admitted >= delay,
-        "admitted requests waited for the upstream"
+    gate.wait_arrived(2).await;
+    assert_eq!(
+        gate.arrived(),
+        2,
+        "only the two admitted requests reached the upstream"
     );
     assert!(
-        fastest_admitted < delay * 2,
-        "admitted requests were not slowed: {fastest_admitted:?}"
+        done.try_recv().is_err(),
+        "the admitted requests are still waiting"
     );
-    assert!(
-        slowest_overflow < delay / 2,
-        "overflow did not wait for the upstream: {slowest_overflow:?}"
-    );
+    // The admitted requests end as soon as the upstream answers, with its answer.
+    gate.open();
+    for _ in 0..2 {
+        let (status, _, body) = next_answer(&mut done).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, "gated", "admitted requests got the upstream's answer");
+    }
+    assert!(done.recv().await.is_none(), "ten answers in all");
     let m = p.metrics().await;
     assert_eq!(
         metric_value(
@@ -537,8 +545,9 @@ async fn a_90_10_split_holds_over_10000_requests_and_reweights_under_load_withou
     assert!((850.0..=1150.0).contains(&to_v2), "v2 got {to_v2}");
 
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let background = {
-        let (url, stop) = (url.clone(), stop.clone());
+        let (url, stop, answered) = (url.clone(), stop.clone(), answered.clone());
         tokio::spawn(async move {
             let c = client();
             let mut failed = 0;
@@ -552,11 +561,22 @@ async fn a_90_10_split_holds_over_10000_requests_and_reweights_under_load_withou
                     _ => failed += 1,
                 }
                 sent += 1;
+                answered.fetch_add(1, Ordering::Relaxed);
             }
             (sent, failed)
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The load runs on the old weights, across the reload, and on the new weights.
+    let progressed = |from: usize| {
+        let answered = answered.clone();
+        async move {
+            eventually(Duration::from_secs(10), || async {
+                answered.load(Ordering::Relaxed) >= from + 50
+            })
+            .await
+        }
+    };
+    assert!(progressed(0).await, "the load runs before the reload");
     p.write_config(&split_yaml(v1, v2, 50, 50));
     let r = send(
         &client(),
@@ -566,10 +586,14 @@ async fn a_90_10_split_holds_over_10000_requests_and_reweights_under_load_withou
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let at_reload = answered.load(Ordering::Relaxed);
+    assert!(
+        progressed(at_reload).await,
+        "the load runs after the reload"
+    );
     stop.store(true, Ordering::Relaxed);
     let (sent, failed) = background.await.unwrap();
-    assert!(sent > 0);
+    assert!(sent >= 100, "{sent}");
     assert_eq!(failed, 0, "no request failed across the re-weighting");
     let before = metric_value(
         &p.metrics().await,
@@ -610,21 +634,23 @@ async fn fault_percentages_hold_and_header_gated_delays_and_grpc_aborts_apply() 
     println!("delay 50% of 1000: {delayed}");
     // Expected 500; σ ≈ 15.8; five σ.
     assert!((421.0..=579.0).contains(&delayed), "{delayed}");
-    let started = Instant::now();
+    // The header-gated delay: counted (and flagged `DI` in the access log, below) only for
+    // the request that carries the header.
+    let gated_delays = async || {
+        metric_value(
+            &p.metrics().await,
+            r#"weft_fault_injected_total{listener="main",route="any/2",kind="delay"}"#,
+        )
+    };
     assert_eq!(get(&p.url("main", "/gated")).await.status, 200);
-    let plain = started.elapsed();
-    let started = Instant::now();
+    assert_eq!(gated_delays().await, 0.0, "no header, no delay");
     assert_eq!(
         get_with(&p.url("main", "/gated"), &[("x-chaos", "on")])
             .await
             .status,
         200
     );
-    assert!(started.elapsed() >= Duration::from_millis(300));
-    assert!(
-        plain < Duration::from_millis(300),
-        "no header, no delay: {plain:?}"
-    );
+    assert_eq!(gated_delays().await, 1.0, "the header brings the delay");
     let r = get(&p.url("main", "/grpc")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("grpc-status"), Some("14"));
@@ -643,7 +669,7 @@ async fn mirrors_get_a_share_with_a_shadow_host_and_never_slow_the_primary() {
     stalled.set(Mode::Stall);
     let half = Faulty::start("half").await;
     let p = TestProxy::start(&proxy_yaml(
-        "          - match: { path: { prefix: /stalled } }\n            route: { cluster: primary, timeout: 30s, request_mirror_policies: [{ cluster: stalled }] }\n          - route: { cluster: primary, request_mirror_policies: [{ cluster: half, percentage: 50 }] }",
+        "          - match: { path: { prefix: /stalled } }\n            route: { cluster: primary, timeout: 1h, request_mirror_policies: [{ cluster: stalled }] }\n          - route: { cluster: primary, request_mirror_policies: [{ cluster: half, percentage: 50 }] }",
         &format!(
             "  - {{ name: primary, endpoints: [{{ address: \"{primary}\" }}] }}\n  - {{ name: stalled, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: half, endpoints: [{{ address: \"{}\" }}] }}",
             stalled.addr, half.addr
@@ -651,8 +677,9 @@ async fn mirrors_get_a_share_with_a_shadow_host_and_never_slow_the_primary() {
     ))
     .await;
     let c = client();
+    // The shadow never answers and may take an hour (the route timeout) to be given up on, so
+    // a primary answer that waited for it would never come (`send` gives up after 10 s).
     for _ in 0..20 {
-        let started = Instant::now();
         let r = send(
             &c,
             http::Request::get(p.url("main", "/stalled"))
@@ -663,12 +690,17 @@ async fn mirrors_get_a_share_with_a_shadow_host_and_never_slow_the_primary() {
         .await;
         assert_eq!(r.status, 200);
         assert_eq!(r.json()["server"], "primary");
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "the stalled shadow never holds the primary"
-        );
     }
     assert!(eventually(Duration::from_secs(5), || async { stalled.hits() == 20 }).await);
+    // Every shadow reached the stalled upstream and none has finished: all twenty primary
+    // answers came back while their shadows were still waiting.
+    let m = p.metrics().await;
+    for reason in ["sent", "failed", "skipped"] {
+        let series =
+            format!(r#"weft_upstream_rq_mirror_total{{cluster="stalled",reason="{reason}"}}"#);
+        assert!(m.contains(&series), "{m}");
+        assert_eq!(metric_value(&m, &series), 0.0, "shadows {reason}");
+    }
     assert!(
         stalled.hosts().iter().all(|h| h == "reviews-shadow"),
         "{:?}",
@@ -854,21 +886,42 @@ async fn health_checks_stop_with_their_generation_and_state_survives_an_unchange
         503,
         "still out after the reload"
     );
-    // The cluster goes away: its checker stops.
+    // The cluster goes away: its checker stops. A witness cluster, checked at the same
+    // interval, measures the time in the proxy's own check rounds instead of sleeping.
+    let witness = Faulty::start("witness").await;
     p.write_config(&proxy_yaml(
         "          - direct_response: { status: 204 }",
-        "  - { name: other, endpoints: [{ address: \"127.0.0.1:9\" }] }",
+        &format!(
+            "  - {{ name: other, health_checks: [{{ http: {{ path: /healthz }}, interval: 20ms, unhealthy_threshold: 1 }}], endpoints: [{{ address: \"{}\" }}] }}",
+            witness.addr
+        ),
     ));
     assert_eq!(reload().await.status, 200);
     assert_eq!(get(&p.url("main", "/")).await.status, 204);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let witness_rounds = |n: u64| {
+        let witness = &witness;
+        async move {
+            let from = witness.health_hits();
+            assert!(
+                eventually(Duration::from_secs(10), || async {
+                    witness.health_hits() >= from + n
+                })
+                .await,
+                "the witness was checked {n} more times"
+            );
+        }
+    };
+    // Settle: a check the old checker had in flight lands.
+    witness_rounds(5).await;
     let after_removal = up.health_hits();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Fifteen rounds of 20 ms: a checker still running would have checked about as often.
+    witness_rounds(15).await;
     assert!(
         up.health_hits() <= after_removal + 1,
-        "no checks after the cluster was dropped: {} then {}",
+        "no checks after the cluster was dropped: {} then {} (witness: {})",
         after_removal,
-        up.health_hits()
+        up.health_hits(),
+        witness.health_hits()
     );
 }
 
@@ -928,8 +981,9 @@ async fn an_endpoint_with_a_low_success_rate_is_ejected_by_success_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_max_connections_wait_in_a_bounded_pending_queue() {
-    let delay = Duration::from_millis(400);
-    let up = slow(delay).await;
+    // The upstream answers one request per release: the queue is observed, not timed.
+    let gate = gated().await;
+    let up = gate.addr;
     let p = TestProxy::start(&proxy_yaml(
         "          - route: { cluster: narrow }",
         &format!(
@@ -938,34 +992,39 @@ async fn requests_beyond_max_connections_wait_in_a_bounded_pending_queue() {
     ))
     .await;
     let url = p.url("main", "/");
-    let mut tasks = Vec::new();
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..4 {
-        let url = url.clone();
-        tasks.push(tokio::spawn(async move {
-            let started = Instant::now();
-            let r = get(&url).await;
-            (r.status.as_u16(), started.elapsed())
-        }));
+        let (url, done_tx) = (url.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            let _ = done_tx.send(get(&url).await.status.as_u16());
+        });
     }
-    let mut served = Vec::new();
-    let mut overflowed = Vec::new();
-    for t in tasks {
-        let (status, took) = t.await.unwrap();
-        match status {
-            200 => served.push(took),
-            503 => overflowed.push(took),
-            s => panic!("unexpected {s}"),
-        }
+    drop(done_tx);
+    // One request holds the only connection, one waits in the queue, and the two beyond the
+    // queue are refused at once: answered while the upstream has answered nothing.
+    for _ in 0..2 {
+        assert_eq!(next_answer(&mut done).await, 503);
     }
-    served.sort();
-    println!("max_connections 1 + 1 pending: served {served:?}, overflow {overflowed:?}");
-    assert_eq!(served.len(), 2, "one on the connection, one from the queue");
-    assert_eq!(overflowed.len(), 2);
+    gate.wait_arrived(1).await;
+    assert_eq!(gate.arrived(), 1, "one request on the connection");
+    let text = clusters_text(&p).await;
     assert!(
-        served[1] >= delay * 2,
-        "the queued request waited its turn: {served:?}"
+        text.contains("narrow::default_priority::rq_pending::1"),
+        "one request queued: {text}"
     );
-    assert!(overflowed.iter().all(|t| *t < delay), "{overflowed:?}");
+    assert!(done.try_recv().is_err(), "the other two are still waiting");
+    // The queued request waits its turn: it reaches the upstream only after the first one
+    // was answered.
+    gate.release(1);
+    assert_eq!(next_answer(&mut done).await, 200);
+    gate.wait_arrived(2).await;
+    gate.release(1);
+    assert_eq!(
+        next_answer(&mut done).await,
+        200,
+        "the queued request is served"
+    );
+    assert!(done.recv().await.is_none(), "four answers in all");
     let m = p.metrics().await;
     assert_eq!(
         metric_value(
@@ -1181,21 +1240,16 @@ static_resources:
     assert!(via_envoy.hits() > 6 && via_weft.hits() > 6);
 }
 
-/// Envoy 1.40 and Weft with the same circuit breakers in front of slow upstreams: four
-/// concurrent requests over a warm connection give the same statuses, the same
-/// `x-envoy-overloaded` header and body.
+/// Envoy 1.40 and Weft with the same circuit breakers in front of upstreams that hold every
+/// request until released: four concurrent requests over a warm connection give the same
+/// statuses, the same `x-envoy-overloaded` header and body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn circuit_breakers_agree_with_envoy() {
     let Some(binary) = weft_e2e::envoy::require_envoy() else {
         return;
     };
-    let delay = Duration::from_millis(400);
-    let ups = [
-        slow(delay).await,
-        slow(delay).await,
-        slow(delay).await,
-        slow(delay).await,
-    ];
+    let gates = [gated().await, gated().await, gated().await, gated().await];
+    let ups = [gates[0].addr, gates[1].addr, gates[2].addr, gates[3].addr];
     let socket = |a: std::net::SocketAddr| {
         format!("{{ address: \"{}\", port_value: {} }}", a.ip(), a.port())
     };
@@ -1247,12 +1301,26 @@ static_resources:
         ),
     ))
     .await;
-    async fn burst(url: String) -> Vec<(u16, Option<String>, String)> {
+    /// Four concurrent requests to `url`, whose upstream `gate` holds them: once each one is
+    /// decided — answered (overflow), at the upstream, or queued (`queued` reads the proxy's
+    /// pending count) — the gate opens and every answer is collected.
+    async fn burst<F, Fut>(
+        url: String,
+        gate: &weft_e2e::upstream::Gate,
+        queued: F,
+    ) -> Vec<(u16, Option<String>, String)>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = usize>,
+    {
+        let before = gate.arrived();
+        let answered = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..4 {
-            let url = url.clone();
+            let (url, answered) = (url.clone(), answered.clone());
             tasks.push(tokio::spawn(async move {
                 let r = get(&url).await;
+                answered.fetch_add(1, Ordering::Relaxed);
                 (
                     r.status.as_u16(),
                     r.header("x-envoy-overloaded").map(str::to_owned),
@@ -1260,6 +1328,15 @@ static_resources:
                 )
             }));
         }
+        let decided = eventually(Duration::from_secs(10), || async {
+            answered.load(Ordering::Relaxed) + (gate.arrived() - before) + queued().await == 4
+        })
+        .await;
+        assert!(
+            decided,
+            "{url}: all four requests were admitted, queued or refused"
+        );
+        gate.open();
         let mut out = Vec::new();
         for t in tasks {
             out.push(t.await.unwrap());
@@ -1267,13 +1344,43 @@ static_resources:
         out.sort();
         out
     }
-    for path in ["/", "/pending"] {
+    let envoy_admin = envoy.admin();
+    let envoy_pending = |cluster: &'static str| async move {
+        let stats = get(&format!(
+            "http://{envoy_admin}/stats?filter=cluster.{cluster}.upstream_rq_pending_active"
+        ))
+        .await
+        .text();
+        stats
+            .rsplit(": ")
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .expect("Envoy's pending gauge")
+    };
+    let weft_admin = weft.admin();
+    let weft_pending = |cluster: &'static str| async move {
+        let v = get(&format!("http://{weft_admin}/clusters?format=json"))
+            .await
+            .json();
+        v["clusters"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == cluster))
+            .and_then(|c| c["circuit_breakers"]["rq_pending"].as_u64())
+            .map(|n| n as usize)
+            .expect("Weft's pending count")
+    };
+    for (path, cluster, envoy_gate, weft_gate) in [
+        ("/", "guarded", &gates[0], &gates[2]),
+        ("/pending", "narrow", &gates[1], &gates[3]),
+    ] {
         // Warm: a connection is open. (Cold, Envoy counts the first request as pending while
         // its connection is being set up, so it admits one fewer than Weft.)
+        envoy_gate.release(1);
         assert_eq!(get(&envoy.url(path)).await.status, 200);
+        weft_gate.release(1);
         assert_eq!(get(&weft.url("main", path)).await.status, 200);
-        let e = burst(envoy.url(path)).await;
-        let w = burst(weft.url("main", path)).await;
+        let e = burst(envoy.url(path), envoy_gate, || envoy_pending(cluster)).await;
+        let w = burst(weft.url("main", path), weft_gate, || weft_pending(cluster)).await;
         println!("{path}: envoy {e:?}\n{path}: weft {w:?}");
         assert_eq!(e, w, "{path}");
         assert!(e.iter().any(|(s, ..)| *s == 503), "{path}: some overflowed");

@@ -225,7 +225,25 @@ pub async fn tcp_exchange(addr: SocketAddr, bytes: &[u8], want: usize) -> Vec<u8
     out
 }
 
-/// Polls `check` every 20 ms until it is true or `within` passes; returns the last result.
+/// Waits on a condition: polls `check` (every 20 ms) until it is true, and returns true; or
+/// returns false once `within` has passed without it. Use it, asserting the result, wherever a
+/// test must wait for something the proxy does on its own (a counter in `/metrics`, a state
+/// in `/clusters`, `/plugins` or `/certs`, a count kept by a test upstream):
+///
+/// ```no_run
+/// # async fn demo(p: &weft_e2e::TestProxy) {
+/// use std::time::Duration;
+/// let swapped = weft_e2e::eventually(Duration::from_secs(10), || async {
+///     let m = p.metrics().await;
+///     weft_e2e::metric_value(&m, "weft_config_generation") >= 2.0
+/// })
+/// .await;
+/// assert!(swapped, "the new generation is live");
+/// # }
+/// ```
+///
+/// `within` is a failure guard: make it generous (seconds), as it is never what the test
+/// waits for. Never sleep a fixed time instead, and never assert on elapsed time.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use weft_ca::{Ca, IssueRequest};
+use weft_ca::{Ca, IssueRequest, Issued};
 use weft_tls::config::{ClientOptions, MinVersion};
 use weft_tls::creds::{CredentialFiles, Credentials};
 use weft_tls::verify::{PeerRules, Roots, SpiffeServerVerifier};
@@ -60,6 +60,64 @@ impl Pki {
         std::fs::write(&files.key, &issued.key_pem).expect("key");
         std::fs::write(&files.cert, &issued.chain_pem).expect("cert");
         files
+    }
+
+    /// A certificate for `spiffe_id` signed by this CA, made like [`Ca::issue`]'s (same names,
+    /// key usages and extensions) but whose validity ended an hour ago: an expired certificate
+    /// without waiting for a short-lived one to run out.
+    pub fn issue_expired(&self, spiffe_id: &str) -> Issued {
+        use rcgen::string::Ia5String;
+        use rcgen::{
+            CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+        };
+        // The CA key is private to `Ca`; its on-disk layout has it.
+        let ca_dir = self.dir.join(".expired-issuer");
+        self.ca.save(&ca_dir).expect("save the CA");
+        let read = |f: &str| std::fs::read_to_string(ca_dir.join(f)).expect("CA file");
+        let ca_key = KeyPair::from_pem(&read("ca-key.pem")).expect("CA key");
+        let issuer = Issuer::from_ca_cert_pem(&read("ca-cert.pem"), &ca_key).expect("issuer");
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, self.ca.trust_domain());
+        p.distinguished_name = dn;
+        p.subject_alt_names = vec![SanType::URI(
+            Ia5String::try_from(spiffe_id).expect("URI SAN"),
+        )];
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        // Unique per call: a counter and the time (only uniqueness matters, not secrecy).
+        static ISSUED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut serial = [0u8; 16];
+        serial[..8].copy_from_slice(
+            &ISSUED
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .to_be_bytes(),
+        );
+        serial[8..].copy_from_slice(
+            &std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .to_be_bytes(),
+        );
+        p.serial_number = Some(SerialNumber::from_slice(&serial));
+        p.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - Duration::from_secs(2 * 3600);
+        p.not_after = now - Duration::from_secs(3600);
+        let key = KeyPair::generate().expect("key");
+        let cert = p.signed_by(&key, &issuer).expect("sign");
+        Issued {
+            chain_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
     }
 }
 

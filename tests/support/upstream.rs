@@ -31,6 +31,71 @@ pub async fn slow(delay: Duration) -> SocketAddr {
     .await
 }
 
+/// An upstream that holds every request until the test lets it through, so that a test can
+/// act while requests are provably in flight (instead of sleeping and hoping they are).
+///
+/// [`Gate::arrived`] counts the requests received so far and [`Gate::wait_arrived`] waits for
+/// that count; each [`Gate::release`] lets one held request (or the next to arrive) answer
+/// `200 gated`; [`Gate::open`] lets every request through from then on.
+pub struct Gate {
+    /// Its address.
+    pub addr: SocketAddr,
+    arrived: tokio::sync::watch::Receiver<usize>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Gate {
+    /// Requests received so far (answered or held).
+    pub fn arrived(&self) -> usize {
+        *self.arrived.borrow()
+    }
+
+    /// Waits until at least `n` requests have been received. Panics after 10 s (a failure
+    /// guard, not the synchronisation).
+    pub async fn wait_arrived(&self, n: usize) {
+        let mut rx = self.arrived.clone();
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|a| *a >= n))
+            .await
+            .unwrap_or_else(|_| panic!("{n} requests reached the gated upstream within 10 s"))
+            .expect("the gated upstream is running");
+    }
+
+    /// Lets `n` more requests answer.
+    pub fn release(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+
+    /// Lets every request answer, now and from now on.
+    pub fn open(&self) {
+        self.permits.close();
+    }
+}
+
+/// A [`Gate`]d upstream on an ephemeral port (HTTP/1.1 and h2c).
+pub async fn gated() -> Gate {
+    let (arrivals, arrived) = tokio::sync::watch::channel(0usize);
+    let arrivals = Arc::new(arrivals);
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let p = permits.clone();
+    let addr = serve(move |_req| {
+        let (arrivals, permits) = (arrivals.clone(), p.clone());
+        async move {
+            arrivals.send_modify(|n| *n += 1);
+            // A closed semaphore (an open gate) lets everything through.
+            if let Ok(permit) = permits.acquire().await {
+                permit.forget();
+            }
+            Response::new(Full::new(Bytes::from_static(b"gated")))
+        }
+    })
+    .await;
+    Gate {
+        addr,
+        arrived,
+        permits,
+    }
+}
+
 /// An upstream that reads the request head then closes the connection without answering.
 pub async fn reset() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -2,7 +2,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
 fn weft() -> Command {
     Command::new(env!("CARGO_BIN_EXE_weft"))
@@ -102,17 +103,30 @@ fn sigterm_drains_and_exits_zero() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut addr = None;
-    while addr.is_none() && Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["fields"]["message"] == "listening" {
-            addr = v["fields"]["address"].as_str().map(str::to_owned);
+    // The log lines arrive on a channel (a reader thread), so that waiting for one can have a
+    // failure guard instead of blocking forever on a silent child.
+    let stderr = child.stderr.take().unwrap();
+    let (line_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line_tx.send(line).is_err() {
+                return;
+            }
         }
-    }
-    let addr = addr.expect("weft logged its listening address");
+    });
+    // Ready: the `listening` line names the address.
+    let addr = loop {
+        let Ok(line) = lines.recv_timeout(Duration::from_secs(20)) else {
+            let _ = child.kill();
+            panic!("weft did not log its listening address");
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["fields"]["message"] == "listening"
+            && let Some(a) = v["fields"]["address"].as_str()
+        {
+            break a.to_owned();
+        }
+    };
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -120,21 +134,24 @@ fn sigterm_drains_and_exits_zero() {
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let pid = child.id().to_string();
+    // The exit arrives on a channel too (a thread blocked in `wait`).
+    let (exit_tx, exited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exit_tx.send(child.wait());
+    });
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
+    let status = match exited.recv_timeout(Duration::from_secs(20)) {
+        Ok(status) => status.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("weft did not exit after SIGTERM");
         }
-        assert!(Instant::now() < deadline, "weft did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0));
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    // Everything logged until the pipe closed.
+    let rest: Vec<String> = lines.iter().collect();
     assert!(rest.iter().any(|l| l.contains("drained")), "{rest:?}");
 }
 
