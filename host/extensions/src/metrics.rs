@@ -8,8 +8,10 @@
 //! encoder. The families are listed in `docs/metrics.md`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -103,8 +105,7 @@ impl PluginMetrics {
         let first = self
             .warned
             .lock()
-            .map(|mut w| w.insert((m.plugin.clone(), m.name.clone())))
-            .unwrap_or(false);
+            .insert((m.plugin.clone(), m.name.clone()));
         if first {
             tracing::warn!(plugin = %m.plugin, metric = %m.name, "plugin metric not exported: {why}");
         }
