@@ -1047,7 +1047,7 @@ fn wasi(linker: &mut Linker<HostState>) -> Result<()> {
             let Ok(mem) = memory(&caller) else {
                 return Ok(WASI_EFAULT);
             };
-            match mem.with_slice_mut(&mut caller, ptr, len, |buf| getrandom::fill(buf)) {
+            match mem.with_slice_mut(&mut caller, ptr, len, getrandom::fill) {
                 Ok(Ok(())) => Ok(WASI_ESUCCESS),
                 Ok(Err(_)) => Ok(WASI_EIO),
                 Err(_) => Ok(WASI_EFAULT),
