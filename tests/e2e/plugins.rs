@@ -557,3 +557,48 @@ clusters:
     let plugins = get(&format!("http://{}/plugins", p.admin())).await.json();
     assert_eq!(plugins["plugins"][0]["stats"]["streams"], 1);
 }
+
+#[tokio::test]
+async fn a_request_body_held_past_max_body_bytes_is_refused_with_413() {
+    let (sink, received) = weft_e2e::upstream::sink().await;
+    let p = TestProxy::start(&format!(
+        r#"
+plugins:
+{}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes:
+          - match: {{ path: {{ prefix: / }} }}
+            route: {{ cluster: sink }}
+            plugins: [{{ name: hold }}]
+clusters:
+  - {{ name: sink, endpoints: [{{ address: "{sink}" }}] }}
+"#,
+        // Pauses in on_request_body until the end of the stream.
+        plugin(
+            "hold",
+            fx::HOSTCALLS,
+            "    configuration: {request_body: \"buffer\"}\n    max_body_bytes: 65536\n"
+        ),
+    ))
+    .await;
+    // Within the bound: held, then forwarded whole.
+    let small = http::Request::post(p.url("main", "/"))
+        .body(Full::from(vec![b'a'; 60_000]))
+        .unwrap();
+    let r = send(&client(), small).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text(), "60000");
+    // 2 MiB (the issue's case): past 64 KiB held, the request is answered 413 and the held
+    // bytes are never forwarded.
+    let big = http::Request::post(p.url("main", "/"))
+        .body(Full::from(vec![b'b'; 2 * 1024 * 1024]))
+        .unwrap();
+    let r = send(&client(), big).await;
+    assert_eq!(r.status(), 413, "{}", r.text());
+    assert_eq!(received.load(Ordering::Relaxed), 60_000);
+}

@@ -303,6 +303,7 @@ fn plugins(proxy: &dyn AdminApi) -> Response<ProxyBody> {
                         "skipped": p.stats.skipped.load(Ordering::Relaxed),
                         "rejected": p.stats.rejected.load(Ordering::Relaxed),
                         "instances_replaced": p.stats.replaced.load(Ordering::Relaxed),
+                        "logs_dropped": p.logs_dropped(),
                     }),
                 ),
                 PluginVersion::Failed { error } => {

@@ -86,6 +86,30 @@ pub struct Plugin {
     /// Most body bytes buffered while the plugin pauses a stream.
     #[serde(default = "defaults::plugin_body")]
     pub max_body_bytes: usize,
+    /// Most bytes one WASI `random_get` may ask for (more: `EINVAL`).
+    #[serde(default = "defaults::plugin_random")]
+    pub max_random_bytes: usize,
+    /// Longest log line (`proxy_log`, stdout/stderr); longer ones are cut with a marker.
+    #[serde(default = "defaults::plugin_log_line")]
+    pub max_log_line_bytes: usize,
+    /// Most bytes one WASI `fd_write` to stdout/stderr captures; the rest is dropped.
+    #[serde(default = "defaults::plugin_fd_write")]
+    pub max_fd_write_bytes: usize,
+    /// Log lines per second (one-second burst); excess lines are dropped and counted.
+    #[serde(default = "defaults::plugin_log_rate")]
+    pub log_lines_per_second: u32,
+    /// Largest shared-queue item (more: `BadArgument`).
+    #[serde(default = "defaults::plugin_queue_item")]
+    pub max_queue_item_bytes: usize,
+    /// Most bytes queued in one shared queue (the oldest items are dropped).
+    #[serde(default = "defaults::plugin_queue_bytes")]
+    pub max_queue_bytes: usize,
+    /// Most shared-data keys per `vm_id` (more: `BadArgument`).
+    #[serde(default = "defaults::plugin_shared_keys")]
+    pub max_shared_data_keys: usize,
+    /// Most shared-data bytes (keys and values) per `vm_id` (more: `BadArgument`).
+    #[serde(default = "defaults::plugin_shared_bytes")]
+    pub max_shared_data_bytes: usize,
     /// Instances in the plugin's pool (independent of worker threads).
     #[serde(default = "defaults::plugin_instances")]
     pub instances: usize,
@@ -646,6 +670,38 @@ pub mod defaults {
     /// 1 MiB.
     pub fn plugin_body() -> usize {
         1024 * 1024
+    }
+    /// 64 KiB.
+    pub fn plugin_random() -> usize {
+        64 * 1024
+    }
+    /// 4 KiB.
+    pub fn plugin_log_line() -> usize {
+        4096
+    }
+    /// 64 KiB.
+    pub fn plugin_fd_write() -> usize {
+        64 * 1024
+    }
+    /// 100 lines per second.
+    pub fn plugin_log_rate() -> u32 {
+        100
+    }
+    /// 64 KiB.
+    pub fn plugin_queue_item() -> usize {
+        64 * 1024
+    }
+    /// 4 MiB.
+    pub fn plugin_queue_bytes() -> usize {
+        4 * 1024 * 1024
+    }
+    /// 4096.
+    pub fn plugin_shared_keys() -> usize {
+        4096
+    }
+    /// 16 MiB.
+    pub fn plugin_shared_bytes() -> usize {
+        16 * 1024 * 1024
     }
     /// 2.
     pub fn plugin_instances() -> usize {

@@ -506,3 +506,35 @@ fn bad_resilience_settings_are_refused_with_their_paths_and_lines() {
         + 1;
     assert_eq!(p.location.map(|l| l.line), Some(line), "{text}");
 }
+
+#[test]
+fn plugin_bounds_have_defaults_and_bad_values_are_refused_with_their_path() {
+    let c = parse("plugins:\n  - name: p\n    file: p.wasm\n", "e.yaml").expect("valid");
+    let p = &c.plugins[0];
+    assert_eq!(p.max_random_bytes, 64 * 1024);
+    assert_eq!(p.max_log_line_bytes, 4096);
+    assert_eq!(p.max_fd_write_bytes, 64 * 1024);
+    assert_eq!(p.log_lines_per_second, 100);
+    assert_eq!(p.max_queue_item_bytes, 64 * 1024);
+    assert_eq!(p.max_queue_bytes, 4 * 1024 * 1024);
+    assert_eq!(p.max_shared_data_keys, 4096);
+    assert_eq!(p.max_shared_data_bytes, 16 * 1024 * 1024);
+    for (field, value) in [
+        ("max_body_bytes", "0"),
+        ("max_random_bytes", "0"),
+        ("max_log_line_bytes", "10"),
+        ("max_fd_write_bytes", "0"),
+        ("log_lines_per_second", "0"),
+        ("max_queue_item_bytes", "0"),
+        ("max_queue_bytes", "10"),
+        ("max_shared_data_keys", "0"),
+        ("max_shared_data_bytes", "2000000000000"),
+    ] {
+        let text = format!("plugins:\n  - name: p\n    file: p.wasm\n    {field}: {value}\n");
+        let problem = only_problem(&text);
+        assert!(
+            problem.contains(&format!("plugins[0].{field}: must be")),
+            "{field}: {problem}"
+        );
+    }
+}

@@ -117,6 +117,65 @@ impl Validator<'_> {
                 "must be within 1 MiB..=4 GiB",
             );
         }
+        const KIB: usize = 1024;
+        const MIB: usize = 1024 * KIB;
+        const GIB: usize = 1024 * MIB;
+        for (field, value, range, text) in [
+            ("max_body_bytes", p.max_body_bytes, 1..=GIB, "1 B..=1 GiB"),
+            (
+                "max_random_bytes",
+                p.max_random_bytes,
+                16..=16 * MIB,
+                "16 B..=16 MiB",
+            ),
+            (
+                "max_log_line_bytes",
+                p.max_log_line_bytes,
+                64..=MIB,
+                "64 B..=1 MiB",
+            ),
+            (
+                "max_fd_write_bytes",
+                p.max_fd_write_bytes,
+                64..=16 * MIB,
+                "64 B..=16 MiB",
+            ),
+            (
+                "max_queue_item_bytes",
+                p.max_queue_item_bytes,
+                1..=64 * MIB,
+                "1 B..=64 MiB",
+            ),
+            ("max_queue_bytes", p.max_queue_bytes, 1..=GIB, "1 B..=1 GiB"),
+            (
+                "max_shared_data_keys",
+                p.max_shared_data_keys,
+                1..=1_000_000,
+                "1..=1000000",
+            ),
+            (
+                "max_shared_data_bytes",
+                p.max_shared_data_bytes,
+                1..=GIB,
+                "1 B..=1 GiB",
+            ),
+        ] {
+            if !range.contains(&value) {
+                self.err(format!("{path}.{field}"), format!("must be within {text}"));
+            }
+        }
+        if p.max_queue_bytes < p.max_queue_item_bytes {
+            self.err(
+                format!("{path}.max_queue_bytes"),
+                "must be at least max_queue_item_bytes",
+            );
+        }
+        if !(1..=100_000).contains(&p.log_lines_per_second) {
+            self.err(
+                format!("{path}.log_lines_per_second"),
+                "must be within 1..=100000",
+            );
+        }
         if !(1..=64).contains(&p.instances) {
             self.err(format!("{path}.instances"), "must be within 1..=64");
         }

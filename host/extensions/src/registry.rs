@@ -300,6 +300,14 @@ impl PluginRegistry {
             cpu_deadline: plugin.cpu_deadline,
             memory_bytes: plugin.max_memory_bytes,
             max_body_bytes: plugin.max_body_bytes,
+            max_random_bytes: plugin.max_random_bytes,
+            max_log_line_bytes: plugin.max_log_line_bytes,
+            max_fd_write_bytes: plugin.max_fd_write_bytes,
+            log_lines_per_second: plugin.log_lines_per_second,
+            max_queue_item_bytes: plugin.max_queue_item_bytes,
+            max_queue_bytes: plugin.max_queue_bytes,
+            max_shared_data_keys: plugin.max_shared_data_keys,
+            max_shared_data_bytes: plugin.max_shared_data_bytes,
         };
         spec.failure_policy = policy(plugin.failure_policy);
         spec.reload = ReloadPolicy {

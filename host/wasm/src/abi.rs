@@ -41,6 +41,48 @@ impl GuestMemory {
         Ok(data[r].to_vec())
     }
 
+    /// Copies at most `max` of the `len` bytes at `ptr` (the whole range is checked): the bytes,
+    /// and how many were left out. The host never copies more than `max`.
+    pub(crate) fn read_prefix(
+        &self,
+        store: impl AsContext,
+        ptr: i32,
+        len: i32,
+        max: usize,
+    ) -> Result<(Vec<u8>, usize), MemoryError> {
+        let data = self.memory.data(&store);
+        let r = range(ptr, len, data.len())?;
+        let total = r.len();
+        let keep = total.min(max);
+        Ok((data[r.start..r.start + keep].to_vec(), total - keep))
+    }
+
+    /// Calls `f` with the guest bytes at `ptr..ptr + len` (checked), without copying them.
+    pub(crate) fn with_slice<R>(
+        &self,
+        store: impl AsContext,
+        ptr: i32,
+        len: i32,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, MemoryError> {
+        let data = self.memory.data(&store);
+        let r = range(ptr, len, data.len())?;
+        Ok(f(&data[r]))
+    }
+
+    /// Calls `f` with the guest bytes at `ptr..ptr + len` (checked), writable in place.
+    pub(crate) fn with_slice_mut<R>(
+        &self,
+        mut store: impl AsContextMut,
+        ptr: i32,
+        len: i32,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R, MemoryError> {
+        let data = self.memory.data_mut(&mut store);
+        let r = range(ptr, len, data.len())?;
+        Ok(f(&mut data[r]))
+    }
+
     /// Writes `bytes` at `ptr`.
     pub(crate) fn write(
         &self,

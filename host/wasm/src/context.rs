@@ -322,7 +322,8 @@ impl Embedder for NoCallouts {
 /// Where plugin log lines are captured: level and message.
 pub type LogCapture = Arc<Mutex<Vec<(LogLevel, String)>>>;
 
-/// Budgets of one plugin.
+/// Budgets of one plugin. Every bound a plugin can push against is here, with its default;
+/// docs/abi.md lists what the plugin sees when it is exceeded.
 #[derive(Debug, Clone)]
 pub struct PluginLimits {
     /// CPU time one callback may take.
@@ -331,6 +332,25 @@ pub struct PluginLimits {
     pub memory_bytes: usize,
     /// Most body bytes buffered while the plugin pauses a stream.
     pub max_body_bytes: usize,
+    /// Most bytes one WASI `random_get` may ask for (more: `EINVAL`, nothing written).
+    pub max_random_bytes: usize,
+    /// Longest log line (`proxy_log`, and each line written to stdout/stderr); longer lines are
+    /// cut and end with a `…[truncated N bytes]` marker.
+    pub max_log_line_bytes: usize,
+    /// Most bytes one WASI `fd_write` to stdout/stderr captures; the rest is reported written
+    /// and dropped.
+    pub max_fd_write_bytes: usize,
+    /// Log lines per second (a token bucket with a one-second burst); excess lines are dropped
+    /// and counted.
+    pub log_lines_per_second: u32,
+    /// Largest shared-queue item (more: `BadArgument`).
+    pub max_queue_item_bytes: usize,
+    /// Most bytes queued in one shared queue; a full queue drops its oldest items.
+    pub max_queue_bytes: usize,
+    /// Most shared-data keys per `vm_id` (a new key past it: `BadArgument`).
+    pub max_shared_data_keys: usize,
+    /// Most shared-data bytes (keys and values) per `vm_id` (a write past it: `BadArgument`).
+    pub max_shared_data_bytes: usize,
 }
 
 impl Default for PluginLimits {
@@ -339,8 +359,66 @@ impl Default for PluginLimits {
             cpu_deadline: Duration::from_millis(10),
             memory_bytes: 64 * 1024 * 1024,
             max_body_bytes: 1024 * 1024,
+            max_random_bytes: 64 * 1024,
+            max_log_line_bytes: 4096,
+            max_fd_write_bytes: 64 * 1024,
+            log_lines_per_second: 100,
+            max_queue_item_bytes: 64 * 1024,
+            max_queue_bytes: 4 * 1024 * 1024,
+            max_shared_data_keys: 4096,
+            max_shared_data_bytes: 16 * 1024 * 1024,
         }
     }
+}
+
+/// A token bucket of log lines: `rate` per second, bursts of up to `rate`.
+#[derive(Debug)]
+pub(crate) struct LogBucket {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl LogBucket {
+    pub(crate) fn new(rate: u32) -> LogBucket {
+        LogBucket {
+            tokens: f64::from(rate),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes a token if one is left.
+    pub(crate) fn take(&mut self, rate: u32) -> bool {
+        let now = std::time::Instant::now();
+        let rate = f64::from(rate);
+        let refill = now.duration_since(self.last).as_secs_f64() * rate;
+        self.tokens = (self.tokens + refill).min(rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary) with a marker saying how much was
+/// cut; `text` itself when it fits.
+pub(crate) fn truncate_line(text: &str, max: usize, dropped_before: usize) -> String {
+    let cut = if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        end
+    } else {
+        text.len()
+    };
+    let dropped = dropped_before + (text.len() - cut);
+    if dropped == 0 {
+        return text.to_owned();
+    }
+    format!("{}…[truncated {dropped} bytes]", &text[..cut])
 }
 
 /// The parts of a spec every instance's host functions read.
@@ -360,6 +438,10 @@ pub(crate) struct PluginInfo {
     pub(crate) queue_tx: tokio::sync::mpsc::UnboundedSender<u32>,
     /// The last warning or error the plugin logged (what a refused configuration reports).
     pub(crate) last_warning: Mutex<Option<String>>,
+    /// The log-rate token bucket.
+    pub(crate) log_bucket: Mutex<LogBucket>,
+    /// Log lines dropped by the rate limit.
+    pub(crate) logs_dropped: std::sync::atomic::AtomicU64,
 }
 
 impl PluginInfo {
@@ -368,6 +450,15 @@ impl PluginInfo {
             *self.last_warning.lock() = Some(msg.chars().take(1024).collect());
         }
         if level < self.log_level {
+            return;
+        }
+        if !self
+            .log_bucket
+            .lock()
+            .take(self.limits.log_lines_per_second)
+        {
+            self.logs_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         let plugin = self.name.as_str();

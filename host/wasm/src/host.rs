@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use wasmtime::{Caller, Linker, Module, Val};
 
 use crate::abi::{GuestMemory, HeaderList, ReturnError, valid_header_name, valid_header_value};
-use crate::context::{HostState, HttpCallRequest, LocalResponse, Phase};
+use crate::context::{HostState, HttpCallRequest, LocalResponse, Phase, truncate_line};
 use crate::shared;
 use crate::types::{BufferType, LogLevel, MapType, MetricType, Status, StreamType};
 
@@ -23,6 +23,65 @@ const WASI_EBADF: i32 = 8;
 const WASI_EINVAL: i32 = 28;
 const WASI_ENOSYS: i32 = 52;
 const WASI_EFAULT: i32 = 21;
+const WASI_EIO: i32 = 29;
+
+/// Most iovecs one `fd_write` may pass (POSIX's usual `IOV_MAX`); more is `EINVAL`.
+const MAX_IOVS: i32 = 1024;
+
+/// Splits what a plugin writes to stdout/stderr into log lines, holding at most one line of
+/// `max_line` bytes and looking at no more than `max_total` bytes in all.
+struct LineSplitter {
+    max_line: usize,
+    budget: usize,
+    line: Vec<u8>,
+    line_dropped: usize,
+    lines: Vec<String>,
+    dropped: usize,
+}
+
+impl LineSplitter {
+    fn new(max_line: usize, max_total: usize) -> LineSplitter {
+        LineSplitter {
+            max_line,
+            budget: max_total,
+            line: Vec::new(),
+            line_dropped: 0,
+            lines: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let take = bytes.len().min(self.budget);
+        self.budget -= take;
+        self.dropped += bytes.len() - take;
+        for (i, part) in bytes[..take].split(|b| *b == b'\n').enumerate() {
+            if i > 0 {
+                self.end_line();
+            }
+            let room = self.max_line.saturating_sub(self.line.len());
+            let keep = part.len().min(room);
+            self.line.extend_from_slice(&part[..keep]);
+            self.line_dropped += part.len() - keep;
+        }
+    }
+
+    fn end_line(&mut self) {
+        if !self.line.is_empty() || self.line_dropped > 0 {
+            let text = String::from_utf8_lossy(&self.line);
+            self.lines
+                .push(truncate_line(&text, self.max_line, self.line_dropped));
+        }
+        self.line.clear();
+        self.line_dropped = 0;
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        self.line_dropped += self.dropped;
+        self.end_line();
+        self.lines
+    }
+}
 
 fn memory(caller: &Caller<'_, HostState>) -> std::result::Result<GuestMemory, Status> {
     caller.data().memory.ok_or(Status::InternalFailure)
@@ -101,8 +160,14 @@ fn logging(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_log",
         |caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
-            let msg = tri!(read(&caller, ptr, len));
-            let msg = String::from_utf8_lossy(&msg);
+            // Only the first `max_log_line_bytes` are copied out of the guest.
+            let max = caller.data().plugin.limits.max_log_line_bytes;
+            let mem = tri!(memory(&caller));
+            let (msg, dropped) = tri!(
+                mem.read_prefix(&caller, ptr, len, max)
+                    .map_err(Status::from)
+            );
+            let msg = truncate_line(&String::from_utf8_lossy(&msg), max, dropped);
             caller.data().plugin.log(level_of(level), &msg);
             status(Status::Ok)
         },
@@ -672,10 +737,21 @@ fn shared_data(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_set_shared_data",
         |caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32| {
+            let max_bytes = caller.data().plugin.limits.max_shared_data_bytes;
+            // Sizes are checked before anything is copied out of the guest.
+            if (kl as u32 as usize).saturating_add(vl as u32 as usize) > max_bytes
+                || vl as u32 as usize > shared::MAX_SHARED_VALUE
+            {
+                return status(Status::BadArgument);
+            }
             let key = tri!(read_str(&caller, kp, kl));
             let value = tri!(read(&caller, vp, vl));
-            let vm = caller.data().plugin.vm_id.clone();
-            status(shared::set(&vm, &key, value, cas as u32))
+            let plugin = &caller.data().plugin;
+            let limits = shared::DataLimits {
+                max_keys: plugin.limits.max_shared_data_keys,
+                max_bytes: plugin.limits.max_shared_data_bytes,
+            };
+            status(shared::set(&plugin.vm_id, &key, value, cas as u32, limits))
         },
     )?;
     linker.func_wrap(
@@ -711,8 +787,17 @@ fn shared_data(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_enqueue_shared_queue",
         |caller: Caller<'_, HostState>, id: i32, vp: i32, vl: i32| {
+            let limits = &caller.data().plugin.limits;
+            let limits = shared::QueueLimits {
+                max_item: limits.max_queue_item_bytes,
+                max_bytes: limits.max_queue_bytes,
+            };
+            // Checked before the item is copied out of the guest.
+            if vl as u32 as usize > limits.max_item {
+                return status(Status::BadArgument);
+            }
             let value = tri!(read(&caller, vp, vl));
-            status(shared::enqueue(id as u32, value))
+            status(shared::enqueue(id as u32, value, limits))
         },
     )?;
     linker.func_wrap(
@@ -889,33 +974,36 @@ fn wasi(linker: &mut Linker<HostState>) -> Result<()> {
             let Ok(mem) = memory(&caller) else {
                 return Ok(WASI_EFAULT);
             };
-            let mut text = Vec::new();
-            for i in 0..iovs_len.max(0) {
+            if !(0..=MAX_IOVS).contains(&iovs_len) {
+                return Ok(WASI_EINVAL);
+            }
+            let limits = &caller.data().plugin.limits;
+            let mut lines = LineSplitter::new(limits.max_log_line_bytes, limits.max_fd_write_bytes);
+            let mut written: u32 = 0;
+            for i in 0..iovs_len {
                 let Ok(iov) = mem.read(&caller, iovs.wrapping_add(i * 8), 8) else {
                     return Ok(WASI_EFAULT);
                 };
                 let ptr = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
                 let len = i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-                let Ok(bytes) = mem.read(&caller, ptr, len) else {
+                // Read in place: at most one line (bounded) is held by the host.
+                if mem
+                    .with_slice(&caller, ptr, len, |bytes| lines.push(bytes))
+                    .is_err()
+                {
                     return Ok(WASI_EFAULT);
-                };
-                text.extend_from_slice(&bytes);
+                }
+                written = written.wrapping_add(len as u32);
             }
             let level = if fd == 1 {
                 LogLevel::Info
             } else {
                 LogLevel::Error
             };
-            for line in String::from_utf8_lossy(&text)
-                .lines()
-                .filter(|l| !l.is_empty())
-            {
-                caller.data().plugin.log(level, line);
+            for line in lines.finish() {
+                caller.data().plugin.log(level, &line);
             }
-            if mem
-                .write_u32(&mut caller, written_out, text.len() as u32)
-                .is_err()
-            {
+            if mem.write_u32(&mut caller, written_out, written).is_err() {
                 return Ok(WASI_EFAULT);
             }
             Ok(WASI_ESUCCESS)
@@ -951,16 +1039,19 @@ fn wasi(linker: &mut Linker<HostState>) -> Result<()> {
         WASI,
         "random_get",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32> {
+            // The length is checked before anything else; the bytes are written straight into
+            // guest memory (nothing is allocated on the host), from the OS CSPRNG.
+            if len as u32 as usize > caller.data().plugin.limits.max_random_bytes {
+                return Ok(WASI_EINVAL);
+            }
             let Ok(mem) = memory(&caller) else {
                 return Ok(WASI_EFAULT);
             };
-            let mut bytes = vec![0u8; len.max(0) as usize];
-            fastrand::fill(&mut bytes);
-            Ok(if mem.write(&mut caller, ptr, &bytes).is_ok() {
-                WASI_ESUCCESS
-            } else {
-                WASI_EFAULT
-            })
+            match mem.with_slice_mut(&mut caller, ptr, len, getrandom::fill) {
+                Ok(Ok(())) => Ok(WASI_ESUCCESS),
+                Ok(Err(_)) => Ok(WASI_EIO),
+                Err(_) => Ok(WASI_EFAULT),
+            }
         },
     )?;
     linker.func_wrap(

@@ -334,6 +334,10 @@ impl Plugin {
             log_capture: spec.log_capture.clone(),
             queue_tx,
             last_warning: Mutex::new(None),
+            log_bucket: Mutex::new(crate::context::LogBucket::new(
+                spec.limits.log_lines_per_second,
+            )),
+            logs_dropped: AtomicU64::new(0),
         });
         let plugin = Arc::new(Plugin {
             name: spec.name.clone(),
@@ -497,6 +501,11 @@ impl Plugin {
         quarantined || (self.policy != FailurePolicy::Reload && self.healthy_instances() == 0)
     }
 
+    /// Log lines dropped by the plugin's log-rate limit.
+    pub fn logs_dropped(&self) -> u64 {
+        self.info.logs_dropped.load(Ordering::Relaxed)
+    }
+
     /// The last failure's description.
     pub fn last_error(&self) -> Option<String> {
         self.health.lock().last_error.clone()
@@ -606,9 +615,7 @@ impl Plugin {
                 }
                 h.quarantined = true;
             } else {
-                let factor = 1u32 << (h.consecutive.saturating_sub(1)).min(8);
-                let backoff = (self.reload.backoff * factor).min(Duration::from_secs(30));
-                h.retry_at = Some(now + backoff);
+                h.retry_at = Some(now + backoff(self.reload.backoff, h.consecutive));
             }
         }
     }
@@ -754,6 +761,19 @@ impl Plugin {
         });
         *self.driver.lock() = Some(task);
     }
+}
+
+/// The longest back-off of the `reload` policy.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The back-off after `consecutive` failures: `first` doubled per failure after the first,
+/// capped at [`MAX_BACKOFF`]; saturating, so no `first` or count can overflow.
+pub(crate) fn backoff(first: Duration, consecutive: u32) -> Duration {
+    let factor = 1u32 << consecutive.saturating_sub(1).min(8);
+    first
+        .checked_mul(factor)
+        .unwrap_or(MAX_BACKOFF)
+        .min(MAX_BACKOFF)
 }
 
 /// Starts a guest call's CPU budget. Reading the thread's CPU clock is a system call, too dear

@@ -17,6 +17,30 @@ pub const MAX_QUEUE_ITEMS: usize = 10_000;
 #[derive(Default)]
 struct Data {
     map: HashMap<(String, String), (Vec<u8>, u32)>,
+    /// Per `vm_id`: keys, and bytes of keys and values.
+    usage: HashMap<String, (usize, usize)>,
+}
+
+/// The bounds of one shared-data write (from the writing plugin's limits).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DataLimits {
+    pub(crate) max_keys: usize,
+    pub(crate) max_bytes: usize,
+}
+
+impl DataLimits {
+    #[cfg(test)]
+    const NONE: DataLimits = DataLimits {
+        max_keys: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+}
+
+/// The bounds of one shared-queue write (from the writing plugin's limits).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    pub(crate) max_item: usize,
+    pub(crate) max_bytes: usize,
 }
 
 /// A queue's owner: who gets `on_queue_ready`.
@@ -29,6 +53,8 @@ struct Queue {
     vm_id: String,
     name: String,
     items: VecDeque<Vec<u8>>,
+    /// Bytes in `items`.
+    bytes: usize,
     owner: Option<QueueOwner>,
 }
 
@@ -54,29 +80,44 @@ pub(crate) fn get(vm_id: &str, key: &str) -> Option<(Vec<u8>, u32)> {
     d.map.get(&(vm_id.to_owned(), key.to_owned())).cloned()
 }
 
-/// Writes `key`; a non-zero `cas` must match the current token.
-pub(crate) fn set(vm_id: &str, key: &str, value: Vec<u8>, cas: u32) -> Status {
+/// Writes `key`; a non-zero `cas` must match the current token. A value over
+/// [`MAX_SHARED_VALUE`], a new key past `limits.max_keys`, or a write that takes `vm_id` past
+/// `limits.max_bytes` (keys and values) is refused with `BadArgument`, and nothing changes.
+pub(crate) fn set(vm_id: &str, key: &str, value: Vec<u8>, cas: u32, limits: DataLimits) -> Status {
     if value.len() > MAX_SHARED_VALUE {
         return Status::BadArgument;
     }
     let mut d = data().lock();
-    let entry = d.map.entry((vm_id.to_owned(), key.to_owned()));
-    match entry {
+    let Data { map, usage } = &mut *d;
+    let (keys, bytes) = usage.get(vm_id).copied().unwrap_or((0, 0));
+    let entry = map.entry((vm_id.to_owned(), key.to_owned()));
+    let (keys, bytes) = match entry {
         std::collections::hash_map::Entry::Occupied(mut o) => {
             let (v, token) = o.get_mut();
             if cas != 0 && cas != *token {
                 return Status::CasMismatch;
             }
+            let bytes = bytes.saturating_sub(v.len()) + value.len();
+            if bytes > limits.max_bytes {
+                return Status::BadArgument;
+            }
             *v = value;
             *token = token.wrapping_add(1).max(1);
+            (keys, bytes)
         }
         std::collections::hash_map::Entry::Vacant(v) => {
             if cas != 0 {
                 return Status::CasMismatch;
             }
+            let bytes = bytes + key.len() + value.len();
+            if keys >= limits.max_keys || bytes > limits.max_bytes {
+                return Status::BadArgument;
+            }
             v.insert((value, 1));
+            (keys + 1, bytes)
         }
-    }
+    };
+    usage.insert(vm_id.to_owned(), (keys, bytes));
     Status::Ok
 }
 
@@ -99,6 +140,7 @@ pub(crate) fn register_queue(vm_id: &str, name: &str, owner: QueueOwner) -> u32 
             vm_id: vm_id.to_owned(),
             name: name.to_owned(),
             items: VecDeque::new(),
+            bytes: 0,
             owner: Some(owner),
         },
     );
@@ -114,18 +156,26 @@ pub(crate) fn resolve_queue(vm_id: &str, name: &str) -> Option<u32> {
         .map(|(id, _)| *id)
 }
 
-/// Appends to queue `id` and wakes its owner. A full queue drops its oldest item (a status
-/// other than OK would trap plugins built with the Rust SDK, which panics on it), and counts
-/// the drop.
-pub(crate) fn enqueue(id: u32, value: Vec<u8>) -> Status {
+/// Appends to queue `id` and wakes its owner. An item over `limits.max_item` is refused with
+/// `BadArgument`. A full queue (items, or `limits.max_bytes`) drops its oldest items (a status
+/// other than OK would trap plugins built with the Rust SDK, which panics on it), and counts the
+/// drops.
+pub(crate) fn enqueue(id: u32, value: Vec<u8>, limits: QueueLimits) -> Status {
+    if value.len() > limits.max_item || value.len() > limits.max_bytes {
+        return Status::BadArgument;
+    }
     let mut q = queues().lock();
     let Some(queue) = q.by_id.get_mut(&id) else {
         return Status::NotFound;
     };
-    if queue.items.len() >= MAX_QUEUE_ITEMS {
-        queue.items.pop_front();
+    while queue.items.len() >= MAX_QUEUE_ITEMS || queue.bytes + value.len() > limits.max_bytes {
+        let Some(old) = queue.items.pop_front() else {
+            break;
+        };
+        queue.bytes -= old.len();
         QUEUE_DROPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+    queue.bytes += value.len();
     queue.items.push_back(value);
     if let Some(owner) = &queue.owner {
         let _ = owner.notify.send(id);
@@ -140,7 +190,9 @@ pub static QUEUE_DROPS: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 pub(crate) fn dequeue(id: u32) -> Result<Vec<u8>, Status> {
     let mut q = queues().lock();
     let queue = q.by_id.get_mut(&id).ok_or(Status::NotFound)?;
-    queue.items.pop_front().ok_or(Status::Empty)
+    let item = queue.items.pop_front().ok_or(Status::Empty)?;
+    queue.bytes -= item.len();
+    Ok(item)
 }
 
 /// One plugin-defined metric.
@@ -295,17 +347,67 @@ mod tests {
 
     #[test]
     fn cas_semantics() {
-        assert_eq!(set("t-vm", "k", b"a".to_vec(), 7), Status::CasMismatch);
-        assert_eq!(set("t-vm", "k", b"a".to_vec(), 0), Status::Ok);
+        assert_eq!(
+            set("t-vm", "k", b"a".to_vec(), 7, DataLimits::NONE),
+            Status::CasMismatch
+        );
+        assert_eq!(
+            set("t-vm", "k", b"a".to_vec(), 0, DataLimits::NONE),
+            Status::Ok
+        );
         let (v, cas) = get("t-vm", "k").unwrap();
         assert_eq!(v, b"a");
         assert_eq!(
-            set("t-vm", "k", b"b".to_vec(), cas + 1),
+            set("t-vm", "k", b"b".to_vec(), cas + 1, DataLimits::NONE),
             Status::CasMismatch
         );
-        assert_eq!(set("t-vm", "k", b"b".to_vec(), cas), Status::Ok);
+        assert_eq!(
+            set("t-vm", "k", b"b".to_vec(), cas, DataLimits::NONE),
+            Status::Ok
+        );
         assert_eq!(get("t-vm", "k").unwrap().0, b"b");
         assert!(get("other-vm", "k").is_none(), "namespaced by VM id");
+    }
+
+    #[test]
+    fn shared_data_is_bounded_per_vm_in_keys_and_bytes() {
+        let l = DataLimits {
+            max_keys: 2,
+            max_bytes: 10,
+        };
+        assert_eq!(set("b-vm", "a", b"12".to_vec(), 0, l), Status::Ok); // 3 bytes
+        assert_eq!(set("b-vm", "b", b"12".to_vec(), 0, l), Status::Ok); // 6 bytes
+        assert_eq!(
+            set("b-vm", "c", Vec::new(), 0, l),
+            Status::BadArgument,
+            "a third key"
+        );
+        assert_eq!(
+            set("b-vm", "a", b"1234567".to_vec(), 0, l),
+            Status::BadArgument,
+            "11 bytes"
+        );
+        assert_eq!(set("b-vm", "a", b"123456".to_vec(), 0, l), Status::Ok); // 10 bytes
+        assert_eq!(get("b-vm", "a").unwrap().0, b"123456");
+        assert_eq!(set("b-vm2", "c", Vec::new(), 0, l), Status::Ok, "per vm_id");
+    }
+
+    #[test]
+    fn shared_queues_are_bounded_in_item_size_and_bytes() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let id = register_queue("qb-vm", "q", QueueOwner { notify: tx });
+        let l = QueueLimits {
+            max_item: 4,
+            max_bytes: 8,
+        };
+        assert_eq!(enqueue(id, b"12345".to_vec(), l), Status::BadArgument);
+        for item in [b"aaaa", b"bbbb", b"cccc"] {
+            assert_eq!(enqueue(id, item.to_vec(), l), Status::Ok);
+        }
+        // 12 bytes do not fit in 8: the oldest item was dropped.
+        assert_eq!(dequeue(id).unwrap(), b"bbbb");
+        assert_eq!(dequeue(id).unwrap(), b"cccc");
+        assert_eq!(dequeue(id), Err(Status::Empty));
     }
 
     #[test]

@@ -539,3 +539,93 @@ fn the_remaining_host_functions_answer_as_specified() {
     assert_eq!(header(&h, "x-done").as_deref(), Some("ok"));
     assert!(s.take_effects().done, "proxy_done recorded");
 }
+
+#[test]
+fn every_bound_answers_the_plugin_without_growing_host_memory() {
+    let mut sp = spec("bounds", fx::BOUNDS_ABUSE, "");
+    sp.vm_id = "bounds-abuse".into();
+    sp.limits.max_shared_data_bytes = 100_000;
+    sp.limits.log_lines_per_second = 5;
+    let capture: crate::plugin::LogCapture = Arc::default();
+    sp.log_capture = Some(capture.clone());
+    let p = load(sp);
+    let limits = p.limits().clone();
+    let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+    request(&mut s, "/");
+    let started = Instant::now();
+    s.on_request_headers(true).unwrap();
+    // A 2 GiB random_get is refused before anything is allocated or filled: the whole
+    // callback, with its 200 000-byte writes, takes milliseconds.
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let h = s.data().request_headers.clone();
+    let status = |i: usize| header(&h, &format!("x-status-{i}")).unwrap_or_default();
+    // WASI errno: 28 = EINVAL, 21 = EFAULT. Proxy-wasm: 2 = BadArgument.
+    let expected = [
+        (0, "28", "2 GiB random_get"),
+        (1, "0", "32-byte random_get"),
+        (2, "21", "out-of-bounds random_get"),
+        (3, "0", "200 000 bytes to stdout"),
+        (4, "28", "2^31 - 1 iovecs"),
+        (5, "0", "a 200 000-byte log line"),
+        (6, "2", "2 GiB shared-data value"),
+        (7, "2", "shared data past max_shared_data_bytes"),
+        (8, "0", "small shared data"),
+        (9, "2", "queue item past max_queue_item_bytes"),
+        (10, "0", "small queue item"),
+        (11, "50", "every flood line answered OK"),
+    ];
+    for (i, want, what) in expected {
+        assert_eq!(status(i), want, "call {i} ({what}): {h:?}");
+    }
+    assert!(shared::get("bounds-abuse", "big").is_none());
+    assert!(shared::get("bounds-abuse", "huge").is_none());
+    assert_eq!(shared::get("bounds-abuse", "small").unwrap().0, b"v");
+    // Lines were cut to max_log_line_bytes (plus the marker), and the flood was rate limited:
+    // the burst of 5 lines lets the stdout line, the log line and 3 flood lines through.
+    let logs = capture.lock().clone();
+    assert_eq!(
+        logs.len(),
+        5,
+        "{:?}",
+        logs.iter().map(|l| l.1.len()).collect::<Vec<_>>()
+    );
+    let marker = "…[truncated";
+    assert!(
+        logs[0]
+            .1
+            .starts_with(&"a".repeat(limits.max_log_line_bytes))
+    );
+    assert!(logs[0].1.contains(marker), "stdout line cut");
+    assert!(logs[1].1.contains(&format!(
+        "{marker} {} bytes]",
+        200_000 - limits.max_log_line_bytes
+    )));
+    assert!(
+        logs.iter()
+            .all(|(_, l)| l.len() <= limits.max_log_line_bytes + 40)
+    );
+    assert_eq!(p.logs_dropped(), 47);
+}
+
+#[test]
+fn reload_backoff_saturates_instead_of_overflowing() {
+    use crate::plugin::{MAX_BACKOFF, backoff};
+    assert_eq!(
+        backoff(Duration::from_millis(100), 1),
+        Duration::from_millis(100)
+    );
+    assert_eq!(
+        backoff(Duration::from_millis(100), 3),
+        Duration::from_millis(400)
+    );
+    assert_eq!(
+        backoff(Duration::from_millis(100), u32::MAX),
+        Duration::from_millis(25_600)
+    );
+    // Duration * 256 overflows for a first back-off this large; it used to panic.
+    assert_eq!(backoff(Duration::MAX, 9), MAX_BACKOFF);
+    assert_eq!(
+        backoff(Duration::from_secs(u64::MAX / 100), 20),
+        MAX_BACKOFF
+    );
+}

@@ -271,6 +271,9 @@ async fn buffer_body(
         None => buffered.await,
     };
     buffered.map_err(|e| {
+        if let Some(reply) = crate::phases::wasm::PipelineError::find(e.as_ref()) {
+            return reply;
+        }
         tracing::debug!(error = %e, "downstream request body failed");
         LocalReply::text(
             StatusCode::BAD_REQUEST,
@@ -457,6 +460,11 @@ async fn send_with_retries(
                 ))
             }
             Tried::Failed(o, e) => {
+                // The request body failed in a plugin (a local reply, a failure, or a body over
+                // `max_body_bytes`): answer what the plugin pipeline decided.
+                if let Some(reply) = crate::phases::wasm::PipelineError::find(&e) {
+                    return Err(reply);
+                }
                 cluster.metrics.rq[4].inc();
                 if o == TryOutcome::ConnectFailure {
                     cluster.metrics.cx_connect_fail.inc();

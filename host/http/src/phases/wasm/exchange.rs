@@ -745,6 +745,25 @@ async fn buffer_body(body: &mut ProxyBody, max: usize) -> Result<Bytes, LocalRep
     Ok(Bytes::from(out))
 }
 
+/// The reply for a body over a plugin's `max_body_bytes` (Envoy: 413 for a request, 500 for a
+/// response).
+fn body_too_large(direction: Direction, label: &str) -> LocalReply {
+    let (status, body): (StatusCode, &'static [u8]) = match direction {
+        Direction::Request => (StatusCode::PAYLOAD_TOO_LARGE, b"Payload Too Large"),
+        Direction::Response => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            b"response body too large for a plugin buffer\n",
+        ),
+    };
+    LocalReply {
+        status,
+        headers: HeaderMap::new(),
+        body: Bytes::from_static(body),
+        details: format!("wasm_buffer_overflow: plugin {label} held more than max_body_bytes"),
+        flag: None,
+    }
+}
+
 /// Which body a pipeline filters.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -759,6 +778,8 @@ struct PipeStage {
     stream: Arc<Mutex<Stream>>,
     policy: FailurePolicy,
     held: Vec<u8>,
+    /// The plugin's `max_body_bytes`: the most it may hold while paused.
+    max_held: usize,
     disabled: bool,
 }
 
@@ -768,6 +789,8 @@ pub struct Pipeline {
     stages: Vec<PipeStage>,
     direction: Direction,
     ended: bool,
+    /// Set once a plugin held more than its `max_body_bytes`: every later push fails the same.
+    overflowed: Option<LocalReply>,
 }
 
 /// A plugin failed or replied in the middle of a body.
@@ -776,6 +799,19 @@ pub struct PipelineError(LocalReply);
 impl PipelineError {
     fn reply(self) -> LocalReply {
         self.0
+    }
+
+    /// The reply this error stands for, when `error` (or an error it wraps, e.g. an upstream
+    /// request whose body failed) is one.
+    pub fn find(error: &(dyn std::error::Error + 'static)) -> Option<LocalReply> {
+        let mut e: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(cur) = e {
+            if let Some(p) = cur.downcast_ref::<PipelineError>() {
+                return Some(p.0.clone());
+            }
+            e = cur.source();
+        }
+        None
     }
 }
 
@@ -803,6 +839,7 @@ impl Pipeline {
                 stream: s.stream.clone(),
                 policy: s.policy,
                 held: Vec::new(),
+                max_held: s.handle.config.max_body_bytes,
                 disabled: false,
             })
             .collect();
@@ -813,6 +850,7 @@ impl Pipeline {
             stages: v,
             direction,
             ended: false,
+            overflowed: None,
         }
     }
 
@@ -823,6 +861,9 @@ impl Pipeline {
 
     /// Passes `data` through every stage; returns what comes out.
     pub fn push(&mut self, data: Bytes, end_of_stream: bool) -> Result<Bytes, PipelineError> {
+        if let Some(reply) = &self.overflowed {
+            return Err(PipelineError(reply.clone()));
+        }
         if self.ended {
             return Ok(data);
         }
@@ -831,6 +872,17 @@ impl Pipeline {
         for stage in &mut self.stages {
             if stage.disabled {
                 continue;
+            }
+            if !stage.held.is_empty()
+                && stage.held.len().saturating_add(chunk.len()) > stage.max_held
+            {
+                // The plugin paused and would hold more than its `max_body_bytes`: Envoy's
+                // buffer overflow, 413 for a request; 500 for a response (its headers are still
+                // held while the first bytes pass, see `WasmExchange::response`).
+                stage.held = Vec::new();
+                let reply = body_too_large(self.direction, &stage.label);
+                self.overflowed = Some(reply.clone());
+                return Err(PipelineError(reply));
             }
             stage.held.extend_from_slice(&chunk);
             let (result, out, effects) = {
@@ -857,6 +909,11 @@ impl Pipeline {
                 Ok(Action::Pause)
                     if !end_of_stream && !effects.resume_request && !effects.resume_response =>
                 {
+                    if out.len() > stage.max_held {
+                        let reply = body_too_large(self.direction, &stage.label);
+                        self.overflowed = Some(reply.clone());
+                        return Err(PipelineError(reply));
+                    }
                     stage.held = out;
                     return Ok(Bytes::new());
                 }
