@@ -5,15 +5,7 @@ use std::path::Path;
 use weft_config::schema;
 use weft_tls::TlsError;
 use weft_tls::creds::Credentials;
-
-fn resolve(base_dir: &Path, file: &str) -> std::path::PathBuf {
-    let p = Path::new(file);
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base_dir.join(p)
-    }
-}
+use weft_upstream::tls::resolve;
 
 /// Starts the certificate agent of the `identity` block: a valid certificate is in place when
 /// this returns, and renewals run in the background.

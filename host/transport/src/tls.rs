@@ -4,27 +4,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use weft_config::schema::{self, TlsMode, TlsVersion};
+use weft_config::schema::{self, TlsMode};
 use weft_tls::TlsError;
-use weft_tls::config::{MinVersion, ServerOptions};
+use weft_tls::config::ServerOptions;
 use weft_tls::creds::{CredentialFiles, Credentials};
 use weft_tls::verify::PeerRules;
-
-fn resolve(base_dir: &Path, file: &str) -> std::path::PathBuf {
-    let p = Path::new(file);
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base_dir.join(p)
-    }
-}
-
-fn min_version(v: TlsVersion) -> MinVersion {
-    match v {
-        TlsVersion::Tls12 => MinVersion::Tls12,
-        TlsVersion::Tls13 => MinVersion::Tls13,
-    }
-}
+use weft_upstream::tls::{min_version, resolve};
 
 /// A listener's TLS: mode, acceptor (following rotating credentials) and authorization.
 pub struct ListenerTls {

@@ -15,7 +15,8 @@ use weft_tls::config::{ClientOptions, MinVersion};
 use weft_tls::creds::{CredentialFiles, Credentials};
 use weft_tls::verify::PeerRules;
 
-fn resolve(base_dir: &Path, file: &str) -> std::path::PathBuf {
+/// `file` as configured: absolute, or relative to the configuration's directory.
+pub fn resolve(base_dir: &Path, file: &str) -> std::path::PathBuf {
     let p = Path::new(file);
     if p.is_absolute() {
         p.to_owned()
@@ -24,7 +25,8 @@ fn resolve(base_dir: &Path, file: &str) -> std::path::PathBuf {
     }
 }
 
-fn min_version(v: TlsVersion) -> MinVersion {
+/// The configuration's minimum TLS version for rustls.
+pub fn min_version(v: TlsVersion) -> MinVersion {
     match v {
         TlsVersion::Tls12 => MinVersion::Tls12,
         TlsVersion::Tls13 => MinVersion::Tls13,
