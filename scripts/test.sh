@@ -17,6 +17,10 @@ if ! command -v openssl >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq openssl >/dev/null
 fi
 
+# Incremental caches double the target dir and CI builds once; report the disk we start with.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+echo "== disk: $(df -h . | awk 'NR==2 {print $4 " free of " $2}')"
+
 echo "== module import cycles"
 python3 scripts/module-cycles.py
 echo "== cargo fmt --check"
