@@ -50,4 +50,8 @@ if [ -n "${WEFT_ENVOY:-}" ]; then
 fi
 
 echo "== cargo test"
-cargo test --workspace --quiet 2>&1 | tee /tmp/weft-test.log
+# --no-fail-fast: one failing binary must not hide the results of the others.
+status=0
+cargo test --workspace --quiet --no-fail-fast 2>&1 | tee /tmp/weft-test.log || status=$?
+awk '/^test result/ {p += $4; f += $6} END {printf "== %d passed, %d failed\n", p, f}' /tmp/weft-test.log
+exit "$status"
