@@ -1,4 +1,5 @@
-//! Command-line interface: `weft run`, `weft validate`, `weft ca …`, `weft --version`.
+//! Command-line interface: `weft run`, `weft validate`, `weft ca …`, `weft inject`,
+//! `weft --version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +58,8 @@ enum Command {
         #[command(subcommand)]
         command: crate::ca::CaCommand,
     },
+    /// Add the Weft sidecar to Kubernetes manifests (as `istioctl kube-inject`).
+    Inject(crate::inject::InjectArgs),
 }
 
 /// Runs the parsed command line.
@@ -67,6 +70,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Validate { config } => validate(&config),
         Command::Run { config, echo } => run(config, echo),
         Command::Ca { command } => crate::ca::main(command),
+        Command::Inject(args) => crate::inject::main(args),
     }
 }
 
