@@ -246,7 +246,10 @@ fn inject_workload(w: &mut Workload, options: &Options) -> Result<Outcome, BadAn
     }
     let lookup = Lookup::new(t.metadata.annotations.as_ref(), t.metadata.labels.as_ref());
     if !lookup.inject()? {
-        return Ok(Outcome::Skipped(format!("{} is false", annotations::INJECT)));
+        return Ok(Outcome::Skipped(format!(
+            "{} is false",
+            annotations::INJECT
+        )));
     }
     let merge_metrics = lookup.bool(annotations::MERGE_METRICS, true)?;
     remove_previous(&mut t, merge_metrics);
@@ -437,6 +440,9 @@ mod tests {
     fn tags() {
         assert_eq!(with_tag("weft:0.1.0", "0.2.0"), "weft:0.2.0");
         assert_eq!(with_tag("reg:5000/weft", "1"), "reg:5000/weft:1");
-        assert_eq!(with_tag("reg:5000/a/weft:0.1@sha256:ab", "2"), "reg:5000/a/weft:2");
+        assert_eq!(
+            with_tag("reg:5000/a/weft:0.1@sha256:ab", "2"),
+            "reg:5000/a/weft:2"
+        );
     }
 }

@@ -31,7 +31,11 @@ pub fn from_value<T: DeserializeOwned + Serialize>(value: &Value) -> Result<T, F
     let typed: T = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
         let path = e.path().to_string();
         FieldError::Invalid {
-            path: if path == "." { "(top)".to_owned() } else { path },
+            path: if path == "." {
+                "(top)".to_owned()
+            } else {
+                path
+            },
             message: e.into_inner().to_string(),
         }
     })?;
@@ -96,7 +100,9 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named() {
-        let r = pod("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers:\n  - name: c\n    imagePullPolcy: Always\n");
+        let r = pod(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers:\n  - name: c\n    imagePullPolcy: Always\n",
+        );
         assert_eq!(
             r.err(),
             Some(FieldError::Unknown {
@@ -107,7 +113,9 @@ mod tests {
 
     #[test]
     fn wrong_type_is_named() {
-        let r = pod("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers:\n  - name: c\n    ports: [{containerPort: eighty}]\n");
+        let r = pod(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers:\n  - name: c\n    ports: [{containerPort: eighty}]\n",
+        );
         match r {
             Err(FieldError::Invalid { path, .. }) => {
                 assert_eq!(path, "spec.containers[0].ports[0].containerPort")
@@ -118,7 +126,9 @@ mod tests {
 
     #[test]
     fn numbers_as_quantities_and_empty_values_are_fine() {
-        let r = pod("apiVersion: v1\nkind: Pod\nmetadata: {name: a, creationTimestamp: null}\nspec:\n  containers:\n  - name: c\n    resources: {limits: {cpu: 1}}\n    env: []\n  volumes: [{name: v, emptyDir: {}}]\n");
+        let r = pod(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a, creationTimestamp: null}\nspec:\n  containers:\n  - name: c\n    resources: {limits: {cpu: 1}}\n    env: []\n  volumes: [{name: v, emptyDir: {}}]\n",
+        );
         assert!(r.is_ok(), "{r:?}");
     }
 }

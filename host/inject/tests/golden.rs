@@ -33,31 +33,37 @@ pub fn options() -> Options {
 fn goldens_match_and_reinjection_changes_nothing() {
     let update = std::env::var_os("WEFT_UPDATE_GOLDEN").is_some_and(|v| v == "1");
     let inputs = inputs();
-    assert!(inputs.len() >= 1, "fixtures missing: {inputs:?}");
+    assert!(inputs.len() >= 10, "fixtures missing: {inputs:?}");
     let mut failures = Vec::new();
     for input in inputs {
         let text = std::fs::read_to_string(&input).expect("read input");
         let out = inject(&text, &options())
             .unwrap_or_else(|e| panic!("{}: {e}", input.display()))
             .yaml;
-        let golden = PathBuf::from(
-            input
-                .to_string_lossy()
-                .replace(".in.yaml", ".golden.yaml"),
-        );
+        let golden = PathBuf::from(input.to_string_lossy().replace(".in.yaml", ".golden.yaml"));
         if update {
             std::fs::write(&golden, &out).expect("write golden");
         }
-        let want = std::fs::read_to_string(&golden)
-            .unwrap_or_else(|e| panic!("{}: {e} (WEFT_UPDATE_GOLDEN=1 creates it)", golden.display()));
+        let want = std::fs::read_to_string(&golden).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (WEFT_UPDATE_GOLDEN=1 creates it)",
+                golden.display()
+            )
+        });
         if out != want {
-            failures.push(format!("{}: output differs from the golden", input.display()));
+            failures.push(format!(
+                "{}: output differs from the golden",
+                input.display()
+            ));
         }
         let again = inject(&out, &options())
             .unwrap_or_else(|e| panic!("{} re-injected: {e}", input.display()))
             .yaml;
         if again != out {
-            failures.push(format!("{}: injecting twice changed the output", input.display()));
+            failures.push(format!(
+                "{}: injecting twice changed the output",
+                input.display()
+            ));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -76,6 +82,13 @@ fn every_workload_kind_is_injected_by_some_fixture() {
             }
         }
     }
-    let want = ["CronJob", "DaemonSet", "Deployment", "Job", "Pod", "StatefulSet"];
+    let want = [
+        "CronJob",
+        "DaemonSet",
+        "Deployment",
+        "Job",
+        "Pod",
+        "StatefulSet",
+    ];
     assert_eq!(kinds.iter().map(String::as_str).collect::<Vec<_>>(), want);
 }

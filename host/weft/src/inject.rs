@@ -92,8 +92,9 @@ pub fn main(args: InjectArgs) -> ExitCode {
         }
     }
     let written = match &args.output {
-        Some(path) => std::fs::write(path, &injected.yaml)
-            .map_err(|e| format!("{}: {e}", path.display())),
+        Some(path) => {
+            std::fs::write(path, &injected.yaml).map_err(|e| format!("{}: {e}", path.display()))
+        }
         None => std::io::stdout()
             .lock()
             .write_all(injected.yaml.as_bytes())
