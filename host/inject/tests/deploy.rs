@@ -85,7 +85,13 @@ fn find<'a>(objects: &'a [(String, Value)], kind: &str, name: &str) -> &'a Value
 #[test]
 fn every_manifest_is_a_known_kind_without_unknown_fields() {
     let objects = objects();
-    for kind in ["Namespace", "ServiceAccount", "ConfigMap", "Service", "Deployment"] {
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "Service",
+        "Deployment",
+    ] {
         assert!(objects.iter().any(|(k, _)| k == kind), "no {kind}");
     }
 }
@@ -94,19 +100,27 @@ fn every_manifest_is_a_known_kind_without_unknown_fields() {
 fn the_mesh_config_map_is_a_valid_weft_configuration_on_the_injected_paths() {
     let objects = objects();
     let cm = find(&objects, "ConfigMap", "weft-mesh");
-    assert_eq!(cm["metadata"]["name"], Options::default().config_map.as_str());
+    assert_eq!(
+        cm["metadata"]["name"],
+        Options::default().config_map.as_str()
+    );
     let text = cm["data"]["weft.yaml"].as_str().expect("weft.yaml key");
     let config = weft_config::parse(text, "deploy/kubernetes/mesh.yaml: weft.yaml")
         .unwrap_or_else(|e| panic!("{e}"));
     let identity = config.identity.expect("an identity block");
     assert!(identity.ca_trust_bundle_file.starts_with(CA_DIR));
-    assert!(identity
-        .bootstrap_token_file
-        .as_deref()
-        .is_some_and(|f| f.starts_with(CA_DIR)));
+    assert!(
+        identity
+            .bootstrap_token_file
+            .as_deref()
+            .is_some_and(|f| f.starts_with(CA_DIR))
+    );
     assert_eq!(identity.output_dir, CERTS_DIR);
     let ports: Vec<u16> = config.listeners.iter().map(|l| l.address.port()).collect();
-    assert!(ports.contains(&PORTS.outbound) && ports.contains(&PORTS.inbound), "{ports:?}");
+    assert!(
+        ports.contains(&PORTS.outbound) && ports.contains(&PORTS.inbound),
+        "{ports:?}"
+    );
     assert_eq!(config.admin.address.port(), PORTS.admin);
 
     // The CA address is the CA's Service, and the CA runs as the identity agents accept.
@@ -136,7 +150,10 @@ fn the_example_is_what_weft_inject_makes_of_its_source() {
         std::fs::write(&injected, &out).expect("write");
     }
     let want = std::fs::read_to_string(&injected).expect("app.injected.yaml");
-    assert!(out == want, "deploy/kubernetes/example/app.injected.yaml is stale: regenerate with weft inject (or WEFT_UPDATE_GOLDEN=1)");
+    assert!(
+        out == want,
+        "deploy/kubernetes/example/app.injected.yaml is stale: regenerate with weft inject (or WEFT_UPDATE_GOLDEN=1)"
+    );
     // Two services, each with its service account and an injected Deployment.
     let objects = objects();
     for name in ["httpbin", "curl"] {
