@@ -103,7 +103,8 @@ impl Options {
             ("proxy-cpu-limit", &r.cpu_limit, true),
             ("proxy-memory-limit", &r.memory_limit, true),
         ] {
-            if !(optional && v.is_empty()) && !annotations::is_quantity(v) {
+            let unset = optional && v.is_empty();
+            if !unset && !annotations::is_quantity(v) {
                 return bad(
                     flag,
                     format!("`{v}` is not a Kubernetes quantity (like 100m or 128Mi)"),

@@ -8,21 +8,21 @@ use serde_json::Value;
 
 use crate::strict::{FieldError, from_value};
 
-/// A workload read from a manifest.
+/// A workload read from a manifest (boxed: the types are a few kilobytes each).
 #[derive(Debug, Clone)]
 pub enum Workload {
     /// apps/v1 Deployment.
-    Deployment(Deployment),
+    Deployment(Box<Deployment>),
     /// apps/v1 StatefulSet.
-    StatefulSet(StatefulSet),
+    StatefulSet(Box<StatefulSet>),
     /// apps/v1 DaemonSet.
-    DaemonSet(DaemonSet),
+    DaemonSet(Box<DaemonSet>),
     /// batch/v1 Job.
-    Job(Job),
+    Job(Box<Job>),
     /// batch/v1 CronJob.
-    CronJob(CronJob),
+    CronJob(Box<CronJob>),
     /// v1 Pod.
-    Pod(Pod),
+    Pod(Box<Pod>),
 }
 
 /// The parts of a workload injection reads and changes.

@@ -2,6 +2,10 @@
 //! unknown fields fail), the mesh ConfigMap is a valid Weft configuration wired to the paths
 //! `weft inject` mounts, the CA matches the identity sidecars expect, and the injected example
 //! is exactly what `weft inject` makes of its source (`WEFT_UPDATE_GOLDEN=1` rewrites it).
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers outside #[test] functions fail loudly on unexpected input"
+)]
 
 use std::path::{Path, PathBuf};
 

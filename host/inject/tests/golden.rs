@@ -1,6 +1,10 @@
 //! Golden manifests: every `tests/fixtures/inject/*.in.yaml` is injected and compared with its
 //! `*.golden.yaml` (`WEFT_UPDATE_GOLDEN=1` rewrites them); every golden is injected again and
 //! must come back unchanged.
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers outside #[test] functions fail loudly on unexpected input"
+)]
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,9 @@
 //! Behaviour of `weft inject` beyond the goldens: the facts each annotation controls, the
 //! errors (each naming its document and field), and idempotence on edited manifests.
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers outside #[test] functions fail loudly on unexpected input"
+)]
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
