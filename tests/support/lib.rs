@@ -53,6 +53,7 @@ impl TestProxy {
             StartOptions {
                 watch,
                 admin_address: Some("127.0.0.1:0".parse().expect("addr")),
+                ..Default::default()
             },
         )
         .await

@@ -35,6 +35,10 @@ pub struct StartOptions {
     pub watch: bool,
     /// Override the admin address (tests use port 0).
     pub admin_address: Option<SocketAddr>,
+    /// Override `identity.spiffe_id`: one mesh configuration then serves every workload, each
+    /// sidecar asking for its own identity (`weft run` takes it from `WEFT_SPIFFE_ID`, which
+    /// `weft inject` sets from the pod's namespace and service account).
+    pub spiffe_id: Option<String>,
 }
 
 impl Proxy {
@@ -42,8 +46,12 @@ impl Proxy {
     pub async fn start(source: ConfigSource, options: StartOptions) -> Result<Proxy, ProxyError> {
         let config = source.load()?;
         if let Some(identity) = &config.identity {
+            let mut identity = identity.clone();
+            if let Some(id) = &options.spiffe_id {
+                identity.spiffe_id.clone_from(id);
+            }
             // The workload certificate must be in place before listeners load it.
-            crate::identity::start_agent(identity, &source.base_dir())
+            crate::identity::start_agent(&identity, &source.base_dir())
                 .await
                 .map_err(ProxyError::Identity)?;
         }
