@@ -42,6 +42,35 @@ pub struct Config {
     /// The certificate agent: this sidecar's identity from a `weft ca serve` endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
+    /// The overload manager: a process memory watermark above which Weft sheds load.
+    #[serde(default)]
+    pub overload: Overload,
+}
+
+/// The overload manager (Envoy's idea, one memory watermark): while the process's resident
+/// memory is above `max_rss_bytes`, listeners stop accepting, idle connections are closed and
+/// new requests are answered 503 with response flag `OM`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overload {
+    /// The watermark in bytes of resident memory; 0 (the default) disables the manager.
+    #[serde(default)]
+    pub max_rss_bytes: u64,
+    /// How often the resident memory is sampled.
+    #[serde(
+        default = "defaults::overload_refresh_interval",
+        with = "humantime_serde"
+    )]
+    pub refresh_interval: Duration,
+}
+
+impl Default for Overload {
+    fn default() -> Self {
+        Overload {
+            max_rss_bytes: 0,
+            refresh_interval: defaults::overload_refresh_interval(),
+        }
+    }
 }
 
 /// A proxy-wasm plugin (a `.wasm` module built against the proxy-wasm ABI 0.2.x).
@@ -245,6 +274,14 @@ pub struct Listener {
     /// A token bucket for every request of this listener (HTTP); 429 when empty.
     #[serde(default)]
     pub local_rate_limit: Option<crate::resilience::LocalRateLimit>,
+    /// Most connections open at once on this listener; more are closed as soon as they are
+    /// accepted and counted (`weft_downstream_cx_overflow`). Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Most bytes buffered for one downstream connection in each direction (Envoy's
+    /// `per_connection_buffer_limit_bytes`); beyond it Weft stops reading from the sender.
+    #[serde(default = "defaults::per_connection_buffer_limit_bytes")]
+    pub per_connection_buffer_limit_bytes: usize,
 }
 
 /// Limits and timeouts of the downstream HTTP side of a listener.
@@ -269,6 +306,15 @@ pub struct HttpSettings {
     /// Add `x-request-id` when the request has none.
     #[serde(default = "defaults::yes")]
     pub generate_request_id: bool,
+    /// A request with no bytes moving either way for this long is ended: 408 while the
+    /// request is incomplete, else 504 with flag `SI` (Envoy's `stream_idle_timeout`).
+    /// Zero disables it.
+    #[serde(default = "defaults::stream_idle_timeout", with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+    /// Time allowed for the whole request (headers and body) to arrive; slower gets 408
+    /// (Envoy's `request_timeout`). Zero (the default) disables it.
+    #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for HttpSettings {
@@ -279,6 +325,8 @@ impl Default for HttpSettings {
             request_header_timeout: defaults::request_header_timeout(),
             idle_timeout: defaults::downstream_idle_timeout(),
             generate_request_id: true,
+            stream_idle_timeout: defaults::stream_idle_timeout(),
+            request_timeout: Duration::ZERO,
         }
     }
 }
@@ -372,10 +420,24 @@ pub struct ForwardAction {
     /// Split traffic across clusters by weight.
     #[serde(default)]
     pub weighted_clusters: Vec<WeightedCluster>,
-    /// Whole-request deadline, from routing to the end of the upstream response headers.
-    /// Zero disables it.
+    /// Time allowed for the upstream response headers, counted from the moment the
+    /// downstream request is complete (its whole body received), as Envoy counts it; slower
+    /// gets 504 `UT`. Zero disables it.
     #[serde(default = "defaults::route_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// This route's stream idle timeout, replacing the listener's `http.stream_idle_timeout`
+    /// (Envoy's route `idle_timeout`). Zero disables it.
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// Upgrades this route lets through (Envoy's `upgrade_configs`). `websocket` is allowed
+    /// unless listed with `enabled: false`; any other type only when listed. A request with
+    /// any other `Upgrade` is answered 403 (`h2c` upgrades are served as plain HTTP/1.1).
+    #[serde(default)]
+    pub upgrade_configs: Vec<UpgradeConfig>,
     /// Replace the matched path prefix with this (only with a `prefix` path match).
     #[serde(default)]
     pub prefix_rewrite: Option<String>,
@@ -394,6 +456,17 @@ pub struct ForwardAction {
     /// Shadow clusters that get a copy of a share of the requests.
     #[serde(default)]
     pub request_mirror_policies: Vec<crate::resilience::MirrorPolicy>,
+}
+
+/// One upgrade type a route allows (or, with `enabled: false`, refuses).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeConfig {
+    /// The `Upgrade` token, compared case-insensitively (`websocket`, `CONNECT-UDP`, ...).
+    pub upgrade_type: String,
+    /// Whether it is allowed.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
 }
 
 /// One cluster of a weighted split.
@@ -543,6 +616,10 @@ pub struct Cluster {
     /// Pooled upstream connections idle this long are closed.
     #[serde(default = "defaults::upstream_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Most bytes buffered for one upstream connection in each direction (Envoy's
+    /// `per_connection_buffer_limit_bytes`); beyond it Weft stops reading from the upstream.
+    #[serde(default = "defaults::per_connection_buffer_limit_bytes")]
+    pub per_connection_buffer_limit_bytes: usize,
     /// `http1` (default) or `http2`.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
@@ -622,6 +699,18 @@ pub mod defaults {
     /// 1 h.
     pub fn tcp_idle_timeout() -> Duration {
         Duration::from_secs(3600)
+    }
+    /// 5 min, Envoy's default `stream_idle_timeout`.
+    pub fn stream_idle_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+    /// 1 MiB, Envoy's default `per_connection_buffer_limit_bytes`.
+    pub fn per_connection_buffer_limit_bytes() -> usize {
+        1024 * 1024
+    }
+    /// 1 s, Envoy's overload manager `refresh_interval`.
+    pub fn overload_refresh_interval() -> Duration {
+        Duration::from_secs(1)
     }
     /// 15 s, Envoy's default route timeout.
     pub fn route_timeout() -> Duration {

@@ -90,6 +90,7 @@ mod head;
 mod io;
 mod rejection;
 mod response;
+pub mod upstream;
 
 use std::time::Duration;
 

@@ -190,9 +190,18 @@ pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Optio
 }
 
 /// The request's authority: the URI's (absolute-form or HTTP/2 `:authority`), else Host.
+/// Userinfo (`user:pw@`) is stripped, as Envoy does: it never reaches the upstream's Host,
+/// the route matchers or the access log.
 pub(crate) fn authority_of(req: &Request<Incoming>) -> Option<&str> {
     req.uri()
         .authority()
-        .map(|a| a.as_str())
+        .map(|a| strip_userinfo(a.as_str()))
         .or_else(|| header_str(req.headers(), &header::HOST))
+}
+
+/// `user:pw@host` → `host`.
+pub(crate) fn strip_userinfo(authority: &str) -> &str {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
 }

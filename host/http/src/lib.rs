@@ -25,14 +25,17 @@ pub mod chain;
 pub mod conn;
 pub mod ctx;
 pub mod forward;
+pub mod h2_watch;
 pub mod handle;
 pub mod listener;
+pub mod overload;
 pub mod phase;
 pub mod phases;
 pub mod reply;
 pub mod security;
 pub mod server;
 pub mod settings;
+pub mod timeouts;
 
 pub use conn::Shared;
 pub use listener::{BuildContext, BuildError, HttpListener, ListenerSource, RouteState};

@@ -34,6 +34,12 @@ pub fn with_retry_limit(flag: &'static str) -> &'static str {
         _ => UPSTREAM_RETRY_LIMIT_EXCEEDED,
     }
 }
+/// Refused by the overload manager (Envoy's `OM`).
+pub const OVERLOAD_MANAGER: &str = "OM";
+/// The stream idle timeout ended the request (Envoy's `SI`).
+pub const STREAM_IDLE_TIMEOUT: &str = "SI";
+/// The upstream's response was not valid HTTP (Envoy's `UPE`).
+pub const UPSTREAM_PROTOCOL_ERROR: &str = "UPE";
 /// No flag.
 pub const NONE: &str = "-";
 /// The downstream went away before a response (Envoy's `DC`).

@@ -84,6 +84,7 @@ impl Proxy {
             .admin_address
             .unwrap_or(generation.config.admin.address);
         let (commands, inbox) = tokio::sync::mpsc::channel(64);
+        let overload = Arc::new(weft_http::overload::Overload::new(metrics.overload.clone()));
         let proxy = Proxy {
             inner: Arc::new(State {
                 source,
@@ -91,7 +92,10 @@ impl Proxy {
                 slots: Mutex::new(HashMap::new()),
                 shared: Arc::new(Shared {
                     metrics,
-                    http: Arc::new(weft_http::Shared { access_log }),
+                    http: Arc::new(weft_http::Shared {
+                        access_log,
+                        overload: overload.clone(),
+                    }),
                 }),
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
@@ -106,6 +110,7 @@ impl Proxy {
         };
         crate::reload::publish(&proxy.inner, generation).await?;
         crate::reload::spawn_actor(proxy.inner.clone(), inbox);
+        overload.spawn_sampler(proxy.inner.shutdown.clone());
         let api: Arc<dyn weft_admin::AdminApi> =
             Arc::new(crate::admin_api::Api(proxy.inner.clone()));
         let admin = weft_admin::start(api, admin_address)

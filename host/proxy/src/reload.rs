@@ -174,6 +174,11 @@ pub(crate) async fn publish(state: &State, generation: Arc<Generation>) -> Resul
     inner.plugins.set_clusters(generation.clusters.clone());
     inner.plugins.retain(&generation.plugin_handles());
     inner.generation.store(generation.clone());
+    inner
+        .shared
+        .http
+        .overload
+        .configure(&generation.config.overload);
     inner.shared.metrics.config_generation.set(id as i64);
     inner.published.send_replace(id);
     // 3. Stop what was removed or moved; start what is new.

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -14,6 +15,7 @@ use weft_http::security::{ConnSecurity, policy};
 use weft_http::{Accepted, HttpListener, ListenerSource, serve_connection};
 
 use crate::slot::{ListenerGen, ListenerSlot, Shared};
+use crate::sniff::{Prefixed, Sniffed};
 use crate::tls::ListenerTls;
 
 /// Runs the accept loop of `slot` until it is stopped or the proxy shuts down.
@@ -27,6 +29,16 @@ pub fn serve(
     let conns = tracker.clone();
     tracker.spawn(async move {
         loop {
+            // Above the memory watermark: accept nothing until it clears (new connections wait
+            // in the kernel's backlog).
+            let overload = &shared.http.overload;
+            if overload.active() {
+                tokio::select! {
+                    _ = slot.stop.cancelled() => break,
+                    _ = shutdown.cancelled() => break,
+                    _ = overload.wait_until_normal() => {}
+                }
+            }
             let accepted = tokio::select! {
                 _ = slot.stop.cancelled() => break,
                 _ = shutdown.cancelled() => break,
@@ -34,17 +46,27 @@ pub fn serve(
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let lgen = slot.current();
+                    let metrics = lgen.metrics().clone();
+                    let Some(open) = OpenConnection::admit(&slot, lgen.config().max_connections)
+                    else {
+                        // Over `max_connections`: closed at once (Envoy's
+                        // `downstream_cx_overflow`).
+                        metrics.cx_overflow.inc();
+                        drop(stream);
+                        continue;
+                    };
                     let slot = slot.clone();
                     let shared = shared.clone();
                     let shutdown = shutdown.clone();
                     conns.spawn(async move {
-                        let lgen = slot.current();
-                        let metrics = lgen.metrics().clone();
+                        let _open = open;
                         metrics.cx_total.inc();
                         metrics.cx_active.inc();
                         match &*lgen {
                             ListenerGen::Http(h) => {
                                 let (http, tls) = (h.http.clone(), h.tls.clone());
+                                drop(lgen);
                                 serve_http(stream, peer, slot, http, tls, shared, shutdown).await
                             }
                             ListenerGen::Tcp(t) => {
@@ -63,6 +85,26 @@ pub fn serve(
         }
         tracing::debug!(listener = %slot.name, "accept loop stopped");
     });
+}
+
+/// A connection counted against its listener's `max_connections` until dropped.
+struct OpenConnection(Arc<ListenerSlot>);
+
+impl OpenConnection {
+    fn admit(slot: &Arc<ListenerSlot>, max: Option<u32>) -> Option<OpenConnection> {
+        let before = slot.open.fetch_add(1, Ordering::AcqRel);
+        if max.is_some_and(|m| before >= m) {
+            slot.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(OpenConnection(slot.clone()))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Terminates TLS where the listener's mode asks for it (permissive: when the first byte is a
@@ -89,9 +131,11 @@ async fn serve_http(
             TlsMode::Disable => false,
         };
         if use_tls {
-            let handshake =
-                tokio::time::timeout(settings.request_header_timeout, tls.acceptor.accept(stream))
-                    .await;
+            let handshake = tokio::time::timeout(
+                settings.request_header_timeout,
+                Box::pin(tls.acceptor.accept(stream)),
+            )
+            .await;
             let stream = match handshake {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -114,16 +158,47 @@ async fn serve_http(
                 local,
                 security: Some(Arc::new(security)),
             };
-            serve_connection(stream, h2, conn, source, shared.http.clone(), shutdown).await;
+            Box::pin(serve_connection(
+                stream,
+                h2,
+                conn,
+                source,
+                shared.http.clone(),
+                shutdown,
+            ))
+            .await;
             return;
         }
     }
     shared.metrics.tls.connection(&slot.name, policy::NONE);
-    let h2 = crate::sniff::is_h2_prior_knowledge(&stream, settings.request_header_timeout).await;
+    // An idle connection waits for its first byte holding only its socket and a 24-byte
+    // buffer (up to the idle timeout); the rest of an HTTP/2 preface must follow within the
+    // header timeout.
+    let mut stream = stream;
+    let (sniffed, prefix) = crate::sniff::sniff_h2(
+        &mut stream,
+        settings.idle_timeout,
+        settings.request_header_timeout,
+    )
+    .await;
+    let h2 = match sniffed {
+        Sniffed::H2 => true,
+        Sniffed::Http1 => false,
+        Sniffed::Nothing => return,
+    };
     let conn = Accepted {
         peer,
         local,
         security: None,
     };
-    serve_connection(stream, h2, conn, source, shared.http.clone(), shutdown).await;
+    // Boxed: the protocol state is allocated only now, not for the connection's whole life.
+    Box::pin(serve_connection(
+        Prefixed::new(prefix, stream),
+        h2,
+        conn,
+        source,
+        shared.http.clone(),
+        shutdown,
+    ))
+    .await;
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -89,6 +90,8 @@ pub struct ListenerSlot {
     pub configured_addr: SocketAddr,
     current: ArcSwap<ListenerGen>,
     pub(crate) stop: CancellationToken,
+    /// Connections open on this socket, across generations (for `max_connections`).
+    pub(crate) open: AtomicU32,
 }
 
 impl ListenerSlot {
@@ -125,6 +128,7 @@ pub async fn bind(lgen: Arc<ListenerGen>) -> std::io::Result<(Arc<ListenerSlot>,
         configured_addr: cfg.address,
         current: ArcSwap::new(lgen),
         stop: CancellationToken::new(),
+        open: AtomicU32::new(0),
     });
     Ok((slot, listener))
 }

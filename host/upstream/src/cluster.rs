@@ -27,7 +27,7 @@ use crate::clock::now_ms;
 use crate::endpoint::{Endpoint, EndpointSet};
 use crate::outlier::Observation;
 use crate::resilience::{ClusterResilience, Panicked, Untried, in_panic};
-use crate::tls::{UpstreamIo, UpstreamTls};
+use crate::tls::{HttpIo, UpstreamIo, UpstreamTls};
 
 /// HTTP client type used for every cluster.
 pub type HttpClient = Client<CountingConnector, ProxyBody>;
@@ -130,12 +130,21 @@ impl Cluster {
             inner: connector,
             opened: metrics.cx_total.clone(),
             tls: tls.clone(),
+            http1: config.protocol == UpstreamProtocol::Http1,
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(config.idle_timeout);
+        // Bounded buffers: a slow downstream reader stops the upstream reads (back-pressure)
+        // instead of letting a response pile up in the proxy.
+        let limit = weft_config::BufferLimit(config.per_connection_buffer_limit_bytes);
+        builder
+            .http1_max_buf_size(limit.http1_buf(16 * 1024))
+            .http2_initial_stream_window_size(limit.h2_stream_window())
+            .http2_initial_connection_window_size(limit.h2_connection_window())
+            .http2_max_send_buf_size(limit.h2_send_buf());
         if config.protocol == UpstreamProtocol::Http2 {
             builder.http2_only(true);
         }
@@ -248,10 +257,12 @@ pub struct CountingConnector {
     inner: HttpConnector,
     opened: Counter,
     tls: Option<Arc<UpstreamTls>>,
+    /// HTTP/1 cluster: responses are checked ([`HttpIo`]).
+    http1: bool,
 }
 
 impl tower_service::Service<Uri> for CountingConnector {
-    type Response = TokioIo<UpstreamIo>;
+    type Response = TokioIo<HttpIo>;
     type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -263,11 +274,12 @@ impl tower_service::Service<Uri> for CountingConnector {
         let fut = self.inner.call(uri);
         let opened = self.opened.clone();
         let tls = self.tls.clone();
+        let http1 = self.http1;
         Box::pin(async move {
             let io: TcpStream = fut.await?.into_inner();
             let io = UpstreamTls::wrap(tls.as_deref(), io).await?;
             opened.inc();
-            Ok(TokioIo::new(io))
+            Ok(TokioIo::new(HttpIo::new(io, http1)))
         })
     }
 }

@@ -151,8 +151,10 @@ impl ForwardPhase {
         };
         let body = std::mem::replace(&mut ctx.body, ProxyBody::empty());
         let body = if retry.is_some() || !mirrors.is_empty() {
+            // Bounded by the request-level timeouts (`request_timeout`, stream idle), not by
+            // the route timeout, which starts only once the request is complete.
             let limit = retry.map_or(64 * 1024, |r| r.buffer_limit);
-            buffer_body(body, limit, forward.timeout).await?
+            buffer_body(body, limit).await?
         } else {
             RequestBody::Stream(body)
         };
@@ -178,8 +180,34 @@ impl ForwardPhase {
             version,
             path,
         };
-        let (resp, endpoint) =
-            send_with_retries(ctx, upstream, body, cluster, hash, forward.timeout, retry).await?;
+        // The route timeout starts when the downstream request is complete (Envoy's
+        // semantics): a slow upload is bounded by the request-level timeouts instead.
+        let watch = ctx.watch.clone();
+        let route_timer = async {
+            match forward.timeout {
+                Some(t) => {
+                    let done = watch.completed().await;
+                    match done.checked_add(t) {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let sent = tokio::select! {
+            sent = send_with_retries(ctx, upstream, body, cluster, hash, forward.timeout, retry) => sent,
+            _ = route_timer => {
+                cluster.metrics.rq_timeout.inc();
+                cluster.metrics.rq[4].inc();
+                Err(LocalReply::text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    flags::UPSTREAM_TIMEOUT,
+                ))
+            }
+        };
+        let (resp, endpoint) = sent?;
         ctx.upstream = Some((cluster.name.clone(), endpoint.addr));
         Ok(self.downstream_response(ctx, resp))
     }
@@ -250,26 +278,9 @@ async fn admit(
     }
 }
 
-/// Reads the request body whole (up to `limit`, within `timeout`) for replays.
-async fn buffer_body(
-    body: ProxyBody,
-    limit: usize,
-    timeout: Option<Duration>,
-) -> Result<RequestBody, LocalReply> {
-    let buffered = RequestBody::buffer(body, limit);
-    let buffered = match timeout {
-        Some(t) => match tokio::time::timeout(t, buffered).await {
-            Ok(b) => b,
-            Err(_) => {
-                return Err(LocalReply::text(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request body timeout",
-                    flags::NONE,
-                ));
-            }
-        },
-        None => buffered.await,
-    };
+/// Reads the request body whole (up to `limit`) for replays.
+async fn buffer_body(body: ProxyBody, limit: usize) -> Result<RequestBody, LocalReply> {
+    let buffered = RequestBody::buffer(body, limit).await;
     buffered.map_err(|e| {
         if let Some(reply) = crate::phases::wasm::PipelineError::find(e.as_ref()) {
             return reply;
@@ -298,8 +309,10 @@ async fn send_with_retries(
     cluster.metrics.rq_active.inc();
     c.cluster = Some(cluster.metrics.clone());
     let rm = &cluster.resilience.metrics;
-    // A timeout too large to add to the clock (a configuration of centuries) means none.
-    let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
+    // The route deadline counts from the request's completion: known here when the body was
+    // buffered (retries), else enforced by the caller once the body ends. A timeout too large
+    // to add to the clock (a configuration of centuries) means none.
+    let deadline = timeout.and_then(|t| ctx.watch.completed_at().and_then(|at| at.checked_add(t)));
     let max_retries = retry.map_or(0, |r| r.num_retries);
     let mut body = Some(body);
     let mut attempt: u32 = 0;
@@ -340,6 +353,12 @@ async fn send_with_retries(
             Some(RequestBody::Stream(s)) => s,
             None => ProxyBody::empty(),
         };
+        // hyper sends no body for a GET or HEAD of unknown length unless told to: a chunked
+        // GET/HEAD body is forwarded (as Envoy and nginx do), not silently dropped.
+        let chunked_get = upstream.version == Version::HTTP_11
+            && matches!(upstream.method, http::Method::GET | http::Method::HEAD)
+            && !http_body::Body::is_end_stream(&try_body)
+            && http_body::Body::size_hint(&try_body).exact().is_none();
         let mut req = Request::new(try_body);
         *req.method_mut() = upstream.method.clone();
         *req.uri_mut() = uri;
@@ -350,6 +369,12 @@ async fn send_with_retries(
             // The last possible try (the only one without a retry policy) takes them.
             std::mem::take(&mut upstream.headers)
         };
+        if chunked_get {
+            req.headers_mut().insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
         if retry.is_some() {
             req.headers_mut().insert(
                 HeaderName::from_static(retry::ATTEMPT_COUNT_HEADER),
@@ -466,6 +491,16 @@ async fn send_with_retries(
                     return Err(reply);
                 }
                 cluster.metrics.rq[4].inc();
+                if attempt::framing_error(&e) {
+                    // The upstream broke HTTP/1 framing (bare CR/LF in a head, a bad chunk):
+                    // nothing of it reaches the client.
+                    tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream protocol error");
+                    return Err(LocalReply::text(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+                        flags::UPSTREAM_PROTOCOL_ERROR,
+                    ));
+                }
                 if o == TryOutcome::ConnectFailure {
                     cluster.metrics.cx_connect_fail.inc();
                     endpoint.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
