@@ -1,6 +1,7 @@
 //! Checks that go beyond the schema: references between sections, unique names, well-formed
 //! patterns and header names. Every problem is collected, not just the first.
 
+mod capture;
 mod resilience;
 mod tls;
 
@@ -57,8 +58,9 @@ impl Validator<'_> {
                     format!("duplicate listener name `{}`", l.name),
                 );
             }
-            // Port 0 asks the OS for a free port, so it never collides.
-            if l.address.port() != 0 && !addresses.insert(l.address) {
+            // Port 0 asks the OS for a free port, so it never collides; a listener reached
+            // through a capture listener binds nothing.
+            if l.bind_to_port && l.address.port() != 0 && !addresses.insert(l.address) {
                 self.err(
                     format!("{path}.address"),
                     format!(
@@ -96,6 +98,7 @@ impl Validator<'_> {
         if let Some(i) = &config.identity {
             self.found.extend(tls::identity(i));
         }
+        self.found.extend(capture::config(config));
     }
 
     fn plugin(&mut self, path: &str, p: &crate::schema::Plugin) {
@@ -542,9 +545,7 @@ impl Validator<'_> {
         if c.name.is_empty() {
             self.err(format!("{path}.name"), "must not be empty");
         }
-        if c.endpoints.is_empty() {
-            self.err(format!("{path}.endpoints"), "needs at least one endpoint");
-        }
+        capture::cluster(&mut self.found, path, c);
         for (i, e) in c.endpoints.iter().enumerate() {
             if let Err(why) = EndpointAddress::parse(&e.address) {
                 self.err(format!("{path}.endpoints[{i}].address"), why);

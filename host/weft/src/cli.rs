@@ -1,4 +1,5 @@
-//! Command-line interface: `weft run`, `weft validate`, `weft ca …`, `weft --version`.
+//! Command-line interface: `weft run`, `weft validate`, `weft ca …`, `weft iptables`,
+//! `weft --version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +58,9 @@ enum Command {
         #[command(subcommand)]
         command: crate::ca::CaCommand,
     },
+    /// Install (or print, or remove) the iptables rules that capture a pod's TCP traffic
+    /// into Weft (outbound to 15001, inbound to 15006), as Istio's istio-iptables.
+    Iptables(crate::iptables::IptablesArgs),
 }
 
 /// Runs the parsed command line.
@@ -67,6 +71,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Validate { config } => validate(&config),
         Command::Run { config, echo } => run(config, echo),
         Command::Ca { command } => crate::ca::main(command),
+        Command::Iptables(args) => crate::iptables::main(args),
     }
 }
 

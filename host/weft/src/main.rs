@@ -3,6 +3,7 @@
 
 mod ca;
 mod cli;
+mod iptables;
 
 fn main() -> std::process::ExitCode {
     cli::main(<cli::Cli as clap::Parser>::parse())
