@@ -6,6 +6,8 @@
 //! (`weft-proxy`) implements, so this crate depends on no generation or reload machinery.
 #![forbid(unsafe_code)]
 
+pub mod sidecar;
+
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
@@ -50,6 +52,16 @@ pub trait AdminApi: Send + Sync + 'static {
     fn reload_plugin<'a>(&'a self, name: &'a str) -> ApiFuture<'a, Result<usize, String>>;
     /// `POST /quitquitquit`: starts draining.
     fn shutdown(&self);
+    /// `GET /healthz/ready` on the sidecar health port (15021): `Err(why)` until the
+    /// configuration, the required plugins and (with `identity`) a valid certificate are in
+    /// place, and while draining.
+    fn sidecar_ready(&self) -> Result<(), String> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err("not ready".to_owned())
+        }
+    }
 }
 
 /// Binds the admin server and serves it until shutdown; returns the bound address.
@@ -79,7 +91,7 @@ pub async fn start(proxy: Arc<dyn AdminApi>, address: SocketAddr) -> std::io::Re
     Ok(bound)
 }
 
-fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
+pub(crate) fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(

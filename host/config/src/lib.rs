@@ -9,6 +9,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod capture;
 mod error;
 mod locate;
 mod matching;
@@ -42,10 +43,11 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         file: file.to_owned(),
         problems,
     };
-    let config = match yaml::deserialize(text) {
+    let mut config = match yaml::deserialize(text) {
         Ok(c) => c,
         Err(problem) => return Err(invalid(vec![problem])),
     };
+    capture::expand(&mut config);
     let found = validate::validate(&config);
     if found.is_empty() {
         return Ok(config);

@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::capture::{
+    ClusterType, FilterChain, FilterChainMatch, OriginalDstOptions, OutboundTrafficPolicy, Sidecar,
+    TransportProtocol,
+};
 pub use crate::matching::{HeaderMatch, PathMatch, QueryMatch};
 pub use crate::tls::{
     Authorization, ClusterTls, ForwardClientCertDetails, Identity, ListenerTls, SourceRule,
@@ -45,6 +49,9 @@ pub struct Config {
     /// The overload manager: a process memory watermark above which Weft sheds load.
     #[serde(default)]
     pub overload: Overload,
+    /// Istio's sidecar ports (15021 health, 15090 and 15020 metrics) and the capture preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<Sidecar>,
 }
 
 /// The overload manager (Envoy's idea, one memory watermark): while the process's resident
@@ -282,6 +289,59 @@ pub struct Listener {
     /// `per_connection_buffer_limit_bytes`); beyond it Weft stops reading from the sender.
     #[serde(default = "defaults::per_connection_buffer_limit_bytes")]
     pub per_connection_buffer_limit_bytes: usize,
+    /// A capture listener: reads each connection's original destination (`SO_ORIGINAL_DST`,
+    /// after an iptables REDIRECT) and hands it to the matching `filter_chains` entry (Envoy's
+    /// `original_dst` listener filter).
+    #[serde(default)]
+    pub original_dst: bool,
+    /// `false`: no socket is bound; the listener is reached through a capture listener's
+    /// filter chain (Envoy's `bind_to_port`).
+    #[serde(default = "defaults::yes")]
+    pub bind_to_port: bool,
+    /// Capture listener: filter chains, the most specific match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter_chains: Vec<FilterChain>,
+    /// Capture listener: a connection no chain matches goes to `passthrough_cluster`
+    /// (`allow_any`) or is closed (`registry_only`).
+    #[serde(default)]
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// Capture listener: the cluster unmatched connections go to under `allow_any` (an
+    /// `original_dst` cluster; a built-in `PassthroughCluster` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passthrough_cluster: Option<String>,
+    /// Capture listener: how long to wait for the first bytes when a chain matches on the
+    /// protocol; then the connection is opaque TCP.
+    #[serde(
+        default = "crate::capture::defaults::protocol_detection_timeout",
+        with = "humantime_serde"
+    )]
+    pub protocol_detection_timeout: Duration,
+}
+
+impl Listener {
+    /// A listener with every setting at its default (no routes, no target).
+    pub fn named(name: &str, address: SocketAddr) -> Listener {
+        Listener {
+            name: name.to_owned(),
+            address,
+            protocol: defaults::protocol(),
+            http: HttpSettings::default(),
+            virtual_hosts: Vec::new(),
+            tcp: None,
+            plugins: Vec::new(),
+            tls: None,
+            forward_client_cert_details: ForwardClientCertDetails::default(),
+            local_rate_limit: None,
+            max_connections: None,
+            per_connection_buffer_limit_bytes: defaults::per_connection_buffer_limit_bytes(),
+            original_dst: false,
+            bind_to_port: true,
+            filter_chains: Vec::new(),
+            outbound_traffic_policy: OutboundTrafficPolicy::default(),
+            passthrough_cluster: None,
+            protocol_detection_timeout: crate::capture::defaults::protocol_detection_timeout(),
+        }
+    }
 }
 
 /// Limits and timeouts of the downstream HTTP side of a listener.
@@ -599,7 +659,15 @@ pub enum UpstreamProtocol {
 pub struct Cluster {
     /// Unique name.
     pub name: String,
+    /// `static` (default: the endpoints listed) or `original_dst` (the connection's original
+    /// destination; no endpoints).
+    #[serde(default, rename = "type")]
+    pub kind: ClusterType,
+    /// Options of an `original_dst` cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_dst: Option<OriginalDstOptions>,
     /// Its endpoints.
+    #[serde(default)]
     pub endpoints: Vec<Endpoint>,
     /// How requests are spread across endpoints.
     #[serde(default)]
@@ -644,6 +712,32 @@ pub struct Cluster {
     /// When fewer than this percentage of endpoints are available, balance over all (0 off).
     #[serde(default = "crate::resilience::defaults::panic_threshold")]
     pub panic_threshold: f64,
+}
+
+impl Cluster {
+    /// A static cluster with no endpoint and every setting at its default.
+    pub fn named(name: &str) -> Cluster {
+        Cluster {
+            name: name.to_owned(),
+            kind: ClusterType::Static,
+            original_dst: None,
+            endpoints: Vec::new(),
+            lb_policy: LbPolicy::default(),
+            choice_count: defaults::choice_count(),
+            minimum_ring_size: defaults::minimum_ring_size(),
+            connect_timeout: defaults::connect_timeout(),
+            idle_timeout: defaults::upstream_idle_timeout(),
+            protocol: UpstreamProtocol::default(),
+            dns_refresh_rate: defaults::dns_refresh_rate(),
+            tls: None,
+            circuit_breakers: None,
+            outlier_detection: None,
+            health_checks: Vec::new(),
+            retry_budget: None,
+            panic_threshold: crate::resilience::defaults::panic_threshold(),
+            per_connection_buffer_limit_bytes: defaults::per_connection_buffer_limit_bytes(),
+        }
+    }
 }
 
 /// One endpoint of a cluster.

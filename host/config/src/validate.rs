@@ -1,6 +1,7 @@
 //! Checks that go beyond the schema: references between sections, unique names, well-formed
 //! patterns and header names. Every problem is collected, not just the first.
 
+mod capture;
 mod resilience;
 mod tls;
 
@@ -57,8 +58,9 @@ impl Validator<'_> {
                     format!("duplicate listener name `{}`", l.name),
                 );
             }
-            // Port 0 asks the OS for a free port, so it never collides.
-            if l.address.port() != 0 && !addresses.insert(l.address) {
+            // Port 0 asks the OS for a free port, so it never collides; a listener reached
+            // through a capture listener binds nothing.
+            if l.bind_to_port && l.address.port() != 0 && !addresses.insert(l.address) {
                 self.err(
                     format!("{path}.address"),
                     format!(
@@ -111,6 +113,7 @@ impl Validator<'_> {
         {
             self.err("overload.refresh_interval", "must be within 10ms..=60s");
         }
+        self.found.extend(capture::config(config));
     }
 
     /// `per_connection_buffer_limit_bytes` of a listener or cluster: at least 32 KiB (and
@@ -599,9 +602,7 @@ impl Validator<'_> {
         if c.name.is_empty() {
             self.err(format!("{path}.name"), "must not be empty");
         }
-        if c.endpoints.is_empty() {
-            self.err(format!("{path}.endpoints"), "needs at least one endpoint");
-        }
+        capture::cluster(&mut self.found, path, c);
         for (i, e) in c.endpoints.iter().enumerate() {
             if let Err(why) = EndpointAddress::parse(&e.address) {
                 self.err(format!("{path}.endpoints[{i}].address"), why);

@@ -105,8 +105,10 @@ pub struct Shared {
 pub struct ConnCtx {
     /// The downstream peer's address.
     pub peer: SocketAddr,
-    /// Our address on the connection.
+    /// Our address on the connection (the original destination when it was captured).
     pub local: SocketAddr,
+    /// The original destination, when a capture listener handed the connection over.
+    pub original_dst: Option<SocketAddr>,
     /// The listener it was accepted on.
     pub listener_name: Arc<str>,
     /// What every connection shares.

@@ -27,8 +27,11 @@ use crate::security::ConnSecurity;
 pub struct Accepted {
     /// The peer's address.
     pub peer: SocketAddr,
-    /// Our address.
+    /// Our address (the original destination when the connection was captured).
     pub local: SocketAddr,
+    /// The original destination, when a capture listener handed the connection over (what an
+    /// `original_dst` cluster connects to).
+    pub original_dst: Option<SocketAddr>,
     /// TLS and the peer identity (`None`: plaintext).
     pub security: Option<Arc<ConnSecurity>>,
 }
@@ -49,6 +52,7 @@ pub async fn serve_connection<IO>(
     let Accepted {
         peer,
         local,
+        original_dst,
         security,
     } = conn;
     let Some(http) = listener.http() else {
@@ -77,6 +81,7 @@ pub async fn serve_connection<IO>(
             guard: None,
             h2: true,
             local,
+            original_dst,
             id,
             peer_ip: peer_ip_value(peer),
             security: security.clone(),
@@ -114,6 +119,7 @@ pub async fn serve_connection<IO>(
         guard: Some(guard.clone()),
         h2: false,
         local,
+        original_dst,
         id,
         peer_ip: peer_ip_value(peer),
         security,

@@ -143,6 +143,9 @@ pub(crate) async fn publish(state: &State, generation: Arc<Generation>) -> Resul
     {
         let slots = inner.slots.lock().clone();
         for (name, lgen) in &generation.listeners {
+            if !lgen.config().bind_to_port {
+                continue;
+            }
             let keep = slots
                 .get(name)
                 .is_some_and(|s| s.configured_addr == lgen.config().address);
@@ -188,7 +191,7 @@ pub(crate) async fn publish(state: &State, generation: Arc<Generation>) -> Resul
             generation
                 .listeners
                 .get(*n)
-                .is_none_or(|l| l.config().address != s.configured_addr)
+                .is_none_or(|l| !l.config().bind_to_port || l.config().address != s.configured_addr)
         })
         .map(|(n, _)| n.clone())
         .collect();

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_config::schema::TlsMode;
 use weft_http::security::{ConnSecurity, policy};
-use weft_http::{Accepted, HttpListener, ListenerSource, serve_connection};
+use weft_http::{Accepted, ListenerSource, serve_connection};
 
 use crate::slot::{ListenerGen, ListenerSlot, Shared};
 use crate::sniff::{Prefixed, Sniffed};
@@ -65,12 +65,21 @@ pub fn serve(
                         metrics.cx_active.inc();
                         match &*lgen {
                             ListenerGen::Http(h) => {
-                                let (http, tls) = (h.http.clone(), h.tls.clone());
+                                let addrs = Addrs {
+                                    peer,
+                                    local: stream.local_addr().unwrap_or(slot.local_addr),
+                                    original_dst: None,
+                                };
+                                let tls = h.tls.clone();
                                 drop(lgen);
-                                serve_http(stream, peer, slot, http, tls, shared, shutdown).await
+                                serve_http(stream, addrs, slot, tls, shared, shutdown).await
                             }
                             ListenerGen::Tcp(t) => {
-                                crate::tcp::serve(stream, peer, t, &shared.http, shutdown).await
+                                crate::tcp::serve(stream, peer, t, &shared.http, shutdown, None)
+                                    .await
+                            }
+                            ListenerGen::Capture(c) => {
+                                crate::capture::serve(stream, peer, slot, c, shared, shutdown).await
                             }
                         }
                         metrics.cx_active.dec();
@@ -107,21 +116,37 @@ impl Drop for OpenConnection {
     }
 }
 
+/// A connection's addresses.
+pub(crate) struct Addrs {
+    /// The peer.
+    pub(crate) peer: SocketAddr,
+    /// Ours (the original destination when captured).
+    pub(crate) local: SocketAddr,
+    /// The original destination, when a capture listener handed the connection over.
+    pub(crate) original_dst: Option<SocketAddr>,
+}
+
 /// Terminates TLS where the listener's mode asks for it (permissive: when the first byte is a
 /// TLS handshake), detects HTTP/2 prior knowledge, and hands the connection to the HTTP layer.
-async fn serve_http(
+pub(crate) async fn serve_http(
     stream: TcpStream,
-    peer: SocketAddr,
-    slot: Arc<ListenerSlot>,
-    http: Arc<HttpListener>,
+    addrs: Addrs,
+    source: Arc<dyn ListenerSource>,
     tls: Option<Arc<ListenerTls>>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
+    let Some(http) = source.http() else {
+        return;
+    };
     let settings = http.settings.config.http.clone();
     drop(http);
-    let local = stream.local_addr().unwrap_or(slot.local_addr);
-    let source: Arc<dyn ListenerSource> = slot.clone();
+    let Addrs {
+        peer,
+        local,
+        original_dst,
+    } = addrs;
+    let name = source.name().clone();
     if let Some(tls) = tls {
         let use_tls = match tls.mode {
             TlsMode::Strict => true,
@@ -139,23 +164,24 @@ async fn serve_http(
             let stream = match handshake {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    shared.metrics.tls.handshake_failed(&slot.name);
-                    tracing::debug!(listener = %slot.name, %peer, error = %e, "downstream TLS handshake failed");
+                    shared.metrics.tls.handshake_failed(&name);
+                    tracing::debug!(listener = %name, %peer, error = %e, "downstream TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    shared.metrics.tls.handshake_failed(&slot.name);
-                    tracing::debug!(listener = %slot.name, %peer, "downstream TLS handshake timed out");
+                    shared.metrics.tls.handshake_failed(&name);
+                    tracing::debug!(listener = %name, %peer, "downstream TLS handshake timed out");
                     return;
                 }
             };
             let (_, conn) = stream.get_ref();
             let security = ConnSecurity::from_server(conn, &tls.creds);
             let h2 = conn.alpn_protocol() == Some(b"h2");
-            shared.metrics.tls.connection(&slot.name, security.policy());
+            shared.metrics.tls.connection(&name, security.policy());
             let conn = Accepted {
                 peer,
                 local,
+                original_dst,
                 security: Some(Arc::new(security)),
             };
             Box::pin(serve_connection(
@@ -170,7 +196,7 @@ async fn serve_http(
             return;
         }
     }
-    shared.metrics.tls.connection(&slot.name, policy::NONE);
+    shared.metrics.tls.connection(&name, policy::NONE);
     // An idle connection waits for its first byte holding only its socket and a 24-byte
     // buffer (up to the idle timeout); the rest of an HTTP/2 preface must follow within the
     // header timeout.
@@ -189,6 +215,7 @@ async fn serve_http(
     let conn = Accepted {
         peer,
         local,
+        original_dst,
         security: None,
     };
     // Boxed: the protocol state is allocated only now, not for the connection's whole life.

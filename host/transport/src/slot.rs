@@ -33,6 +33,8 @@ pub enum ListenerGen {
     Http(HttpEntry),
     /// A TCP listener.
     Tcp(Box<TcpTarget>),
+    /// A capture listener (`original_dst: true`).
+    Capture(Box<crate::capture::CaptureEntry>),
 }
 
 /// An HTTP listener: its TLS termination (transport) and its routes and chains (HTTP layer).
@@ -67,6 +69,7 @@ impl ListenerGen {
         match self {
             ListenerGen::Http(h) => &h.http.settings.config,
             ListenerGen::Tcp(t) => &t.config,
+            ListenerGen::Capture(c) => &c.config,
         }
     }
 
@@ -75,6 +78,7 @@ impl ListenerGen {
         match self {
             ListenerGen::Http(h) => &h.http.settings.metrics,
             ListenerGen::Tcp(t) => &t.metrics,
+            ListenerGen::Capture(c) => &c.metrics,
         }
     }
 }
@@ -141,7 +145,7 @@ impl ListenerSource for ListenerSlot {
     fn http(&self) -> Option<Arc<HttpListener>> {
         match &**self.current.load() {
             ListenerGen::Http(h) => Some(h.http.clone()),
-            ListenerGen::Tcp(_) => None,
+            ListenerGen::Tcp(_) | ListenerGen::Capture(_) => None,
         }
     }
 

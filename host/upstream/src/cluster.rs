@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 use weft_balance::{EndpointState, PickContext, Policy};
 use weft_config::EndpointAddress;
-use weft_config::schema::{self, LbPolicy, UpstreamProtocol};
+use weft_config::schema::{self, ClusterType, LbPolicy, UpstreamProtocol};
 
 use weft_body::ProxyBody;
 use weft_observe::metrics::{ClusterMetrics, Metrics};
@@ -189,6 +189,25 @@ impl Cluster {
     /// The current endpoint set.
     pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {
         self.endpoints.load()
+    }
+
+    /// True for an `original_dst` cluster (Envoy's `ORIGINAL_DST`): each connection or request
+    /// goes to its own original destination instead of a listed endpoint.
+    pub fn is_original_dst(&self) -> bool {
+        self.config.kind == ClusterType::OriginalDst
+    }
+
+    /// The endpoint of an `original_dst` cluster for original destination `dst`: `dst`, or the
+    /// configured `original_dst.address` at `dst`'s port. Not part of the endpoint set (one
+    /// per connection or request), so `/clusters` lists none.
+    pub fn original_dst_endpoint(&self, dst: SocketAddr) -> Arc<Endpoint> {
+        let ip = self
+            .config
+            .original_dst
+            .as_ref()
+            .and_then(|o| o.address)
+            .unwrap_or(dst.ip());
+        Arc::new(Endpoint::new(SocketAddr::new(ip, dst.port()), 1))
     }
 }
 

@@ -294,6 +294,29 @@ async fn buffer_body(body: ProxyBody, limit: usize) -> Result<RequestBody, Local
     })
 }
 
+/// Where a request to an `original_dst` cluster goes: the `x-envoy-original-dst-host` header
+/// (an `ip:port`) when the cluster has `use_http_header`, else the connection's original
+/// destination (`None` when it was not captured: 503 `UH`).
+fn original_destination(
+    cluster: &Cluster,
+    conn: Option<std::net::SocketAddr>,
+    headers: &http::HeaderMap,
+) -> Option<std::net::SocketAddr> {
+    let from_header = cluster
+        .config
+        .original_dst
+        .as_ref()
+        .is_some_and(|o| o.use_http_header)
+        .then(|| {
+            headers
+                .get(weft_config::capture::ORIGINAL_DST_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        })
+        .flatten();
+    from_header.or(conn)
+}
+
 /// The retry loop: tries endpoints until one answers with a response the policy accepts, the
 /// retries or the budget run out, or the route deadline passes.
 async fn send_with_retries(
@@ -305,6 +328,11 @@ async fn send_with_retries(
     timeout: Option<Duration>,
     retry: Option<&RetryConfig>,
 ) -> Result<(http::Response<Incoming>, Arc<Endpoint>), LocalReply> {
+    // An `original_dst` cluster has one destination per request: the connection's original
+    // destination, or the header's when the cluster trusts it.
+    let original_dst = cluster
+        .is_original_dst()
+        .then(|| original_destination(cluster, ctx.conn.original_dst, &upstream.headers));
     let c = &mut ctx.completion;
     cluster.metrics.rq_active.inc();
     c.cluster = Some(cluster.metrics.clone());
@@ -321,8 +349,11 @@ async fn send_with_retries(
     loop {
         // An owned snapshot: it is held across the upstream call.
         let set = arc_swap::Guard::into_inner(cluster.endpoints());
-        let Some((index, endpoint)) = cluster.pick_endpoint(&set, hash, attempt, &tried_endpoints)
-        else {
+        let picked = match original_dst {
+            Some(dst) => dst.map(|dst| (0, cluster.original_dst_endpoint(dst))),
+            None => cluster.pick_endpoint(&set, hash, attempt, &tried_endpoints),
+        };
+        let Some((index, endpoint)) = picked else {
             return Err(unavailable(
                 "no healthy upstream",
                 flags::NO_HEALTHY_UPSTREAM,

@@ -191,14 +191,16 @@ async fn copy_filtered(
 }
 
 /// Proxies one TCP connection to an endpoint of the listener's cluster (over the cluster's
-/// TLS when it has one), through the network plugins if any, until either side closes, the
-/// connection idles out, or the proxy drains; then logs it.
+/// TLS when it has one; to `original_dst` for an `original_dst` cluster), through the network
+/// plugins if any, until either side closes, the connection idles out, or the proxy drains;
+/// then logs it.
 pub(crate) async fn serve(
     mut downstream: TcpStream,
     peer: SocketAddr,
     target: &TcpTarget,
     shared: &weft_http::Shared,
     shutdown: CancellationToken,
+    original_dst: Option<SocketAddr>,
 ) {
     let start = Instant::now();
     let cluster = &target.cluster;
@@ -211,7 +213,11 @@ pub(crate) async fn serve(
         response_flags: flags::NONE,
         ..Entry::default()
     };
-    let endpoint = cluster.endpoints().pick(None).cloned();
+    let endpoint = if cluster.is_original_dst() {
+        original_dst.map(|dst| cluster.original_dst_endpoint(dst))
+    } else {
+        cluster.endpoints().pick(None).cloned()
+    };
     let Some(endpoint) = endpoint else {
         entry.response_flags = flags::NO_HEALTHY_UPSTREAM;
         target.metrics.flag(flags::NO_HEALTHY_UPSTREAM);
@@ -242,7 +248,7 @@ pub(crate) async fn serve(
     let (received, sent) = if target.wasm.is_empty() {
         copy_plain(&mut downstream, &mut upstream, idle, &shutdown, &mut entry).await
     } else {
-        let local = downstream.local_addr().unwrap_or(peer);
+        let local = original_dst.unwrap_or_else(|| downstream.local_addr().unwrap_or(peer));
         let props = Arc::new(ConnectionProperties::new(
             peer,
             local,
