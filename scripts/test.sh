@@ -49,6 +49,16 @@ if [ -n "${WEFT_ENVOY:-}" ]; then
   "$WEFT_ENVOY" --version | grep -o 'version: .*' || { echo "$WEFT_ENVOY does not run" >&2; exit 1; }
 fi
 
+# httpwg-cli (HTTP/2 conformance suite) for tests/e2e/h2_conformance.rs: built once into a cache.
+echo "== httpwg (HTTP/2 conformance suite)"
+if [ "${WEFT_SKIP_HTTPWG:-}" = 1 ]; then
+  echo "WEFT_SKIP_HTTPWG=1: the conformance test is skipped"
+else
+  WEFT_HTTPWG="$(scripts/h2-conformance.sh)"
+  export WEFT_HTTPWG
+  echo "WEFT_HTTPWG=$WEFT_HTTPWG"
+fi
+
 echo "== cargo test"
 # --no-fail-fast: one failing binary must not hide the results of the others.
 status=0

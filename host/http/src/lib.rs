@@ -25,6 +25,7 @@ pub mod chain;
 pub mod conn;
 pub mod ctx;
 pub mod forward;
+pub mod h2_semantics;
 pub mod h2_watch;
 pub mod handle;
 pub mod listener;

@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
-use weft_framing::{GuardedIo, Limits};
+use weft_framing::{GuardedIo, H2GuardedIo, Limits};
 use weft_observe::access_log::{self, Entry};
 use weft_observe::flags;
 use weft_observe::metrics::class_index;
@@ -87,9 +87,22 @@ pub async fn serve_connection<IO>(
             security: security.clone(),
         });
         let source = listener.clone();
-        let service =
-            service_fn(move |req| crate::handle::handle(req, ctx.clone(), source.clone()));
-        let (io, blocks) = H2Watch::new(stream);
+        let service = service_fn(move |req| {
+            let (ctx, source) = (ctx.clone(), source.clone());
+            async move {
+                // A malformed request is a stream error (RST_STREAM PROTOCOL_ERROR, which
+                // hyper takes from the h2 error), never forwarded.
+                if let Err(malformed) = crate::h2_semantics::check(&req) {
+                    refused(&ctx.shared, source.as_ref(), ctx.peer, malformed.reason());
+                    return Err(h2::Error::from(h2::Reason::PROTOCOL_ERROR));
+                }
+                crate::handle::handle(req, ctx, source)
+                    .await
+                    .map_err(|never| match never {})
+            }
+        });
+        let (io, frames) = H2GuardedIo::new(stream);
+        let (io, blocks) = H2Watch::new(io);
         checks.header = Some((blocks, settings.request_header_timeout));
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -102,6 +115,9 @@ pub async fn serve_connection<IO>(
             .max_send_buf_size(limit.h2_send_buf())
             .serve_connection(TokioIo::new(io), service);
         drive(conn, checks, &shutdown, |c| c.graceful_shutdown()).await;
+        if let Some(violation) = frames.violation() {
+            refused(&shared, listener.as_ref(), peer, violation.reason());
+        }
         return;
     }
 
@@ -155,6 +171,24 @@ pub async fn serve_connection<IO>(
             ..Entry::default()
         });
     }
+}
+
+/// Counts and logs an HTTP/2 request or connection refused for a protocol violation
+/// (`DPE`, no status: the answer is a stream or connection error).
+fn refused(shared: &Shared, listener: &dyn ListenerSource, peer: SocketAddr, reason: &str) {
+    let metrics = listener.metrics();
+    metrics.rejected(reason);
+    metrics.flag(flags::DOWNSTREAM_PROTOCOL_ERROR);
+    shared.access_log.log(Entry {
+        start_time: access_log::rfc3339(SystemTime::now()),
+        listener: listener.name().clone(),
+        protocol: "HTTP/2",
+        status: None,
+        response_flags: flags::DOWNSTREAM_PROTOCOL_ERROR,
+        downstream_remote_address: peer.to_string(),
+        details: Some(reason.to_owned()),
+        ..Entry::default()
+    });
 }
 
 /// What a connection's driver watches besides the connection itself.
