@@ -14,6 +14,7 @@ mod locate;
 mod matching;
 pub mod resilience;
 pub mod schema;
+pub mod telemetry;
 mod tls;
 mod validate;
 mod yaml;

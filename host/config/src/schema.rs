@@ -9,6 +9,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::matching::{HeaderMatch, PathMatch, QueryMatch};
+pub use crate::telemetry::{
+    IstioMetric, IstioMetrics, MetricOverride, MetricSelector, Node, TagOperation, TagOverride,
+    Telemetry, WorkloadMode,
+};
 pub use crate::tls::{
     Authorization, ClusterTls, ForwardClientCertDetails, Identity, ListenerTls, SourceRule,
     TlsMode, TlsVersion,
@@ -42,6 +46,12 @@ pub struct Config {
     /// The certificate agent: this sidecar's identity from a `weft ca serve` endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
+    /// This workload's node metadata (Istio's), for the standard metrics' labels.
+    #[serde(default)]
+    pub node: Node,
+    /// Istio's standard metrics: on by default, overrides as Istio's Telemetry API.
+    #[serde(default)]
+    pub telemetry: Telemetry,
 }
 
 /// A proxy-wasm plugin (a `.wasm` module built against the proxy-wasm ABI 0.2.x).
@@ -245,6 +255,24 @@ pub struct Listener {
     /// A token bucket for every request of this listener (HTTP); 429 when empty.
     #[serde(default)]
     pub local_rate_limit: Option<crate::resilience::LocalRateLimit>,
+    /// Envoy's listener `traffic_direction`: `inbound` (Istio's `reporter="destination"`),
+    /// `outbound` (`reporter="source"`) or `unspecified` (default: reported as `source`, as
+    /// Istio's stats filter does, with no metadata exchange: a mesh edge).
+    #[serde(default)]
+    pub traffic_direction: TrafficDirection,
+}
+
+/// Envoy's `TrafficDirection` of a listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficDirection {
+    /// Neither: an edge (gateway) listener.
+    #[default]
+    Unspecified,
+    /// Traffic into this workload.
+    Inbound,
+    /// Traffic from this workload to others.
+    Outbound,
 }
 
 /// Limits and timeouts of the downstream HTTP side of a listener.

@@ -96,6 +96,10 @@ impl Validator<'_> {
         if let Some(i) = &config.identity {
             self.found.extend(tls::identity(i));
         }
+        self.found
+            .extend(crate::telemetry::validate(&config.telemetry));
+        self.found
+            .extend(crate::telemetry::validate_node(&config.node));
     }
 
     fn plugin(&mut self, path: &str, p: &crate::schema::Plugin) {

@@ -26,6 +26,7 @@ pub mod conn;
 pub mod ctx;
 pub mod forward;
 pub mod handle;
+pub mod istio;
 pub mod listener;
 pub mod phase;
 pub mod phases;

@@ -176,6 +176,11 @@ impl Generation {
                         cluster,
                         metrics: metrics.listener(&l.name),
                         wasm,
+                        istio: config
+                            .telemetry
+                            .metrics
+                            .enabled
+                            .then(|| metrics.istio.reporting(&config.node, &config.telemetry)),
                     }))
                 }
             };
