@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use weft_body::ProxyBody;
 use weft_extensions::{PluginRegistry, PluginVersion};
+use weft_observe::exposition::{self, Format};
 use weft_upstream::Cluster;
 
 /// A boxed future borrowed from the API object.
@@ -33,8 +34,8 @@ pub type ApiFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait AdminApi: Send + Sync + 'static {
     /// `/ready`: true once started and until draining begins.
     fn is_ready(&self) -> bool;
-    /// `/metrics`: the Prometheus exposition of every metric family.
-    fn metrics(&self) -> String;
+    /// `/metrics`: the exposition of every metric family in `format`.
+    fn metrics(&self, format: Format) -> String;
     /// `/config_dump`: the live configuration; secrets (plugin configurations and
     /// environments) are shown as their sha256 unless `include_secrets`.
     fn config_dump(&self, include_secrets: bool) -> serde_json::Value;
@@ -101,6 +102,29 @@ pub(crate) fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Respons
     r
 }
 
+/// The metrics in the format the `Accept` header prefers; `HEAD` gets the headers only.
+fn metrics(proxy: &dyn AdminApi, req: &Request<Incoming>) -> Response<ProxyBody> {
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = exposition::negotiate(accept);
+    let body = proxy.metrics(format);
+    let length = body.len();
+    let mut r = if req.method() == Method::HEAD {
+        text(StatusCode::OK, bytes::Bytes::new())
+    } else {
+        text(StatusCode::OK, body)
+    };
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(format.content_type()),
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, http::HeaderValue::from(length));
+    r
+}
+
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     let mut r = Response::new(ProxyBody::full(body));
@@ -124,16 +148,7 @@ async fn route(proxy: Arc<dyn AdminApi>, req: Request<Incoming>) -> Response<Pro
             }
         }
         (&Method::GET, "/live") => text(StatusCode::OK, "OK\n"),
-        (&Method::GET, "/metrics" | "/stats/prometheus") => {
-            let mut r = text(StatusCode::OK, proxy.metrics());
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                http::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
-        }
+        (&Method::GET | &Method::HEAD, "/metrics" | "/stats/prometheus") => metrics(&*proxy, &req),
         (&Method::GET, "/config_dump") => json_response(
             StatusCode::OK,
             &proxy.config_dump(query_flag(query, "include_secrets")),

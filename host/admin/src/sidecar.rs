@@ -19,6 +19,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use weft_body::ProxyBody;
 
+use weft_observe::exposition::Format;
+
 use crate::{AdminApi, text};
 
 /// Which sidecar port a server is.
@@ -84,7 +86,7 @@ async fn route(
     client: &Client<HttpConnector, Empty<Bytes>>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let get = req.method() == Method::GET;
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
     match (port, req.uri().path()) {
         (SidecarPort::Health, "/healthz/ready") if get => match proxy.sidecar_ready() {
             Ok(()) => text(StatusCode::OK, ""),
@@ -114,7 +116,7 @@ async fn merged(
             format!("# application metrics from {url} unavailable: {why}\n")
         }
     };
-    let mut r = text(StatusCode::OK, merge(&app, &proxy.metrics()));
+    let mut r = text(StatusCode::OK, merge(&app, &proxy.metrics(Format::Text)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -15,6 +15,7 @@ mod locate;
 mod matching;
 pub mod resilience;
 pub mod schema;
+pub mod telemetry;
 mod tls;
 mod validate;
 mod yaml;

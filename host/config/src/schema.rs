@@ -13,6 +13,10 @@ pub use crate::capture::{
     TransportProtocol,
 };
 pub use crate::matching::{HeaderMatch, PathMatch, QueryMatch};
+pub use crate::telemetry::{
+    IstioMetric, IstioMetrics, MetricOverride, MetricSelector, Node, TagOperation, TagOverride,
+    Telemetry, WorkloadMode,
+};
 pub use crate::tls::{
     Authorization, ClusterTls, ForwardClientCertDetails, Identity, ListenerTls, SourceRule,
     TlsMode, TlsVersion,
@@ -52,6 +56,12 @@ pub struct Config {
     /// Istio's sidecar ports (15021 health, 15090 and 15020 metrics) and the capture preset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<Sidecar>,
+    /// This workload's node metadata (Istio's), for the standard metrics' labels.
+    #[serde(default)]
+    pub node: Node,
+    /// Istio's standard metrics: on by default, overrides as Istio's Telemetry API.
+    #[serde(default)]
+    pub telemetry: Telemetry,
 }
 
 /// The overload manager (Envoy's idea, one memory watermark): while the process's resident
@@ -316,6 +326,11 @@ pub struct Listener {
         with = "humantime_serde"
     )]
     pub protocol_detection_timeout: Duration,
+    /// Envoy's listener `traffic_direction`: `inbound` (Istio's `reporter="destination"`),
+    /// `outbound` (`reporter="source"`) or `unspecified` (default: reported as `source`, as
+    /// Istio's stats filter does, with no metadata exchange: a mesh edge).
+    #[serde(default)]
+    pub traffic_direction: TrafficDirection,
 }
 
 impl Listener {
@@ -340,8 +355,22 @@ impl Listener {
             outbound_traffic_policy: OutboundTrafficPolicy::default(),
             passthrough_cluster: None,
             protocol_detection_timeout: crate::capture::defaults::protocol_detection_timeout(),
+            traffic_direction: TrafficDirection::default(),
         }
     }
+}
+
+/// Envoy's `TrafficDirection` of a listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficDirection {
+    /// Neither: an edge (gateway) listener.
+    #[default]
+    Unspecified,
+    /// Traffic into this workload.
+    Inbound,
+    /// Traffic from this workload to others.
+    Outbound,
 }
 
 /// Limits and timeouts of the downstream HTTP side of a listener.

@@ -114,6 +114,10 @@ impl Validator<'_> {
             self.err("overload.refresh_interval", "must be within 10ms..=60s");
         }
         self.found.extend(capture::config(config));
+        self.found
+            .extend(crate::telemetry::validate(&config.telemetry));
+        self.found
+            .extend(crate::telemetry::validate_node(&config.node));
     }
 
     /// `per_connection_buffer_limit_bytes` of a listener or cluster: at least 32 KiB (and

@@ -111,6 +111,7 @@ async fn serve(
         request: Deadlines::enabled(http.request_timeout),
         idle: Deadlines::enabled(http.stream_idle_timeout),
     };
+    crate::istio::on_request(&mut ctx);
 
     // Before routing.
     if let (Flow::Reply(r), _) = listener.chain.request(&mut ctx).await {
@@ -193,8 +194,15 @@ async fn serve(
 }
 
 /// The response to send downstream, accounted for when its body ends.
-fn respond(mut c: Box<Completion>, head: response::Parts, body: ProxyBody) -> Response<ProxyBody> {
+fn respond(
+    mut c: Box<Completion>,
+    mut head: response::Parts,
+    body: ProxyBody,
+) -> Response<ProxyBody> {
     c.status = head.status.as_u16();
+    if let Some(istio) = c.istio.as_mut() {
+        crate::istio::on_response(istio, &mut head.headers);
+    }
     Response::from_parts(head, body.on_complete(c))
 }
 
@@ -236,14 +244,24 @@ fn reply(mut c: Box<Completion>, reply: LocalReply) -> Response<ProxyBody> {
     if let Some(flag) = reply.flag {
         c.flag = flag;
     }
+    // Envoy's `response.code_details`: the reply's own token, else what its flag means.
+    c.code_details = if !reply.details.is_empty() && !reply.details.contains(' ') {
+        reply.details.clone().into()
+    } else {
+        flags::code_details(c.flag).unwrap_or("local_reply").into()
+    };
     if !reply.details.is_empty()
         && let Some(e) = c.entry.as_mut()
     {
         e.details = Some(reply.details);
     }
+    let mut headers = reply.headers;
+    if let Some(istio) = c.istio.as_mut() {
+        crate::istio::on_response(istio, &mut headers);
+    }
     let mut resp = Response::new(ProxyBody::full(reply.body).on_complete(c));
     *resp.status_mut() = reply.status;
-    *resp.headers_mut() = reply.headers;
+    *resp.headers_mut() = headers;
     resp
 }
 

@@ -28,6 +28,7 @@ pub mod forward;
 pub mod h2_semantics;
 pub mod h2_watch;
 pub mod handle;
+pub mod istio;
 pub mod listener;
 pub mod overload;
 pub mod phase;

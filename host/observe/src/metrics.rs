@@ -83,6 +83,8 @@ pub struct ResultLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Istio's standard families (not under the `weft_` prefix).
+    pub istio: Arc<crate::istio::IstioFamilies>,
     downstream_rq: Family<ListenerClassLabels, Counter>,
     downstream_rq_time: HistogramFamily<ListenerLabels>,
     downstream_cx_total: Family<ListenerLabels, Counter>,
@@ -212,8 +214,11 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every family.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("weft");
+        let mut root = Registry::default();
+        let istio = Arc::new(crate::istio::IstioFamilies::default());
+        root.register_collector(Box::new(crate::istio::IstioCollector(istio.clone())));
         let m = Metrics {
+            istio,
             downstream_rq: Family::default(),
             downstream_rq_time: Family::new_with_constructor(latency_histogram),
             downstream_cx_total: Family::default(),
@@ -235,7 +240,7 @@ impl Metrics {
             overload: OverloadMetrics::default(),
             registry: Registry::default(),
         };
-        let reg = &mut registry;
+        let reg = root.sub_registry_with_prefix("weft");
         reg.register(
             "downstream_rq",
             "Downstream requests by listener and status class",
@@ -319,14 +324,19 @@ impl Metrics {
         m.tls.register(reg);
         m.resilience.register(reg);
         m.overload.register(reg);
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
     /// Adds families that `collector` encodes at every scrape, after the registered ones and
     /// under the same `weft` prefix (the plugins' families are read from their live handles this
     /// way). Register each collector once, before the metrics are shared.
     pub fn register_collector(&mut self, collector: Box<dyn Collector>) {
-        self.registry.register_collector(collector);
+        self.registry
+            .sub_registry_with_prefix("weft")
+            .register_collector(collector);
     }
 
     /// The OpenMetrics text exposition of every family: one encoding of one registry.
@@ -335,6 +345,12 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The Prometheus text format 0.0.4 exposition of every family (what Prometheus asks for
+    /// when it does not accept OpenMetrics): see [`crate::exposition`].
+    pub fn encode_text(&self) -> String {
+        crate::exposition::openmetrics_to_text(&self.encode())
     }
 
     /// Handles for `listener`.

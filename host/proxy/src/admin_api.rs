@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use weft_admin::{AdminApi, ApiFuture};
 use weft_extensions::PluginRegistry;
+use weft_observe::exposition::Format;
 use weft_transport::ListenerGen;
 use weft_upstream::Cluster;
 
@@ -39,9 +40,12 @@ impl AdminApi for Api {
         Ok(())
     }
 
-    fn metrics(&self) -> String {
+    fn metrics(&self, format: Format) -> String {
         // The plugin families are a collector in the same registry (registered at start).
-        self.0.metrics().encode()
+        match format {
+            Format::OpenMetrics => self.0.metrics().encode(),
+            Format::Text => self.0.metrics().encode_text(),
+        }
     }
 
     fn config_dump(&self, include_secrets: bool) -> Value {

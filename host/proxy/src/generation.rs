@@ -181,6 +181,11 @@ impl Generation {
                         cluster,
                         metrics: metrics.listener(&l.name),
                         wasm,
+                        istio: config
+                            .telemetry
+                            .metrics
+                            .enabled
+                            .then(|| metrics.istio.reporting(&config.node, &config.telemetry)),
                     }))
                 }
             };
@@ -288,6 +293,11 @@ async fn capture_entry(
             cluster,
             metrics: listener_metrics,
             wasm: Vec::new(),
+            istio: config
+                .telemetry
+                .metrics
+                .enabled
+                .then(|| metrics.istio.reporting(&config.node, &config.telemetry)),
         }),
         own_ports: own_ports(config),
     })

@@ -61,6 +61,8 @@ pub struct TcpTarget {
     pub metrics: Arc<ListenerMetrics>,
     /// proxy-wasm network filters, in order.
     pub wasm: Vec<Arc<PluginHandle>>,
+    /// Istio's standard TCP metrics (`None`: turned off).
+    pub istio: Option<Arc<weft_observe::istio::Reporting>>,
 }
 
 impl ListenerGen {
