@@ -116,7 +116,12 @@ impl ForwardPhase {
             Some(h) => Some(h.clone()),
             None => HeaderValue::from_str(&ctx.authority).ok(),
         };
-        if let Some(h) = host_value {
+        if cluster.config.protocol == weft_config::schema::UpstreamProtocol::Http2 {
+            // HTTP/2 carries the authority in `:authority`, which the pooled client sets to
+            // the endpoint; a `Host` that differs from it is malformed (RFC 9113 §8.3.1: a
+            // client MUST NOT send one, and Weft's own HTTP/2 server refuses it).
+            ctx.head.headers.remove(header::HOST);
+        } else if let Some(h) = host_value {
             ctx.head.headers.insert(header::HOST, h);
         }
         let path = match forward.rewrite.apply(ctx.head.uri.path()) {
