@@ -351,7 +351,8 @@ clusters:
     let url = |path: &str| p.url("main", path);
     let host = [("host", "local.test")];
     let key = [("host", "local.test"), ("x-api-key", "weft-demo-key-0123")];
-    let cases: [(&str, &[(&str, &str)], u16); 6] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: [Case<'_>; 6] = [
         ("/private/data", &host, 401),
         ("/private/admin", &key, 403),
         ("/private/data", &key, 200),

@@ -10,6 +10,7 @@ pub mod envoy;
 pub mod faulty;
 pub mod mesh;
 pub mod plugins;
+pub mod prometheus;
 pub mod upstream;
 
 use std::net::SocketAddr;
