@@ -393,4 +393,25 @@ clusters:
         !m.contains(r#"plugin="telemetry-local",method="GET",route="private",status="0""#),
         "no local reply is labelled status 0: {m}"
     );
+    // The exported series maps back to the name the plugin defined.
+    let names = weft_e2e::get(&format!("http://{}/stats/plugin_metrics", p.admin()))
+        .await
+        .json();
+    let entry = names
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|e| {
+            e["plugin"] == "telemetry-local"
+                && e["sample"] == "weft_wasmcustom_requests_total"
+                && e["labels"]["status"] == "401"
+        })
+        .unwrap_or_else(|| panic!("no 401 entry in {names}"));
+    let raw = entry["name"].as_str().unwrap_or_default();
+    assert!(
+        raw.starts_with("requests;") && raw.contains("status=401"),
+        "{entry}"
+    );
+    assert_eq!(entry["type"], "counter");
+    assert_eq!(entry["labels"]["plugin"], "telemetry-local");
 }
