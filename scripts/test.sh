@@ -17,6 +17,21 @@ if ! command -v openssl >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq openssl >/dev/null
 fi
 
+# prometheus: tests/e2e/prometheus.rs starts a real Prometheus (Debian's package) scraping Weft
+# and runs Istio's dashboard queries. Only the binary is used: the package's service is kept
+# from starting (policy-rc.d) and the test runs its own on an ephemeral port.
+if ! command -v prometheus >/dev/null 2>&1; then
+  echo "== apt-get install prometheus (scrape and PromQL test)"
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
+  fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
+fi
+export WEFT_PROMETHEUS="${WEFT_PROMETHEUS:-$(command -v prometheus)}"
+
 # Incremental caches double the target dir and CI builds once; report the disk we start with.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 echo "== disk: $(df -h . | awk 'NR==2 {print $4 " free of " $2}')"

@@ -22,6 +22,7 @@ mod plugin_header_rewrite;
 mod plugin_swap;
 mod plugin_telemetry;
 mod plugins;
+mod prometheus;
 mod protocols;
 mod reload;
 mod reload_actor;

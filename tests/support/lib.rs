@@ -11,6 +11,7 @@ pub mod faulty;
 pub mod mesh;
 pub mod plugins;
 pub mod recording;
+pub mod prometheus;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 //! The admin server, on Envoy's port and with Envoy's names: `/ready`, `/live`, `/metrics`
-//! (also `/stats/prometheus`), `/config_dump`, `/clusters`, `/plugins`, `/chains`, `/certs`,
+//! (also `/stats/prometheus`; `/stats/plugin_metrics` maps plugin metric names), `/config_dump`, `/clusters`, `/plugins`, `/chains`, `/certs`,
 //! `POST /reload`, `POST /plugins/<name>/reload`, `POST /quitquitquit`.
 //!
 //! The routes are here; what they show and do comes from an [`AdminApi`] that the assembly
@@ -162,6 +162,10 @@ async fn route(proxy: Arc<dyn AdminApi>, req: Request<Incoming>) -> Response<Pro
             ),
         },
         (&Method::GET, "/plugins") => plugins(&*proxy),
+        (&Method::GET, "/stats/plugin_metrics") => json_response(
+            StatusCode::OK,
+            &json!(weft_extensions::metrics::plugin_metric_names()),
+        ),
         (&Method::GET, "/chains") => json_response(StatusCode::OK, &proxy.chains()),
         (&Method::GET, "/certs") => json_response(StatusCode::OK, &proxy.certs()),
         (&Method::POST, p) if p.starts_with("/plugins/") && p.ends_with("/reload") => {
@@ -186,7 +190,7 @@ async fn route(proxy: Arc<dyn AdminApi>, req: Request<Incoming>) -> Response<Pro
         }
         (&Method::GET, "/") => text(
             StatusCode::OK,
-            "weft admin\n  GET  /ready\n  GET  /live\n  GET  /metrics\n  GET  /config_dump[?include_secrets=true]\n  GET  /clusters[?format=json]\n  GET  /plugins\n  GET  /chains\n  GET  /certs\n  POST /plugins/<name>/reload\n  POST /reload\n  POST /quitquitquit\n",
+            "weft admin\n  GET  /ready\n  GET  /live\n  GET  /metrics\n  GET  /stats/plugin_metrics\n  GET  /config_dump[?include_secrets=true]\n  GET  /clusters[?format=json]\n  GET  /plugins\n  GET  /chains\n  GET  /certs\n  POST /plugins/<name>/reload\n  POST /reload\n  POST /quitquitquit\n",
         ),
         (
             _,

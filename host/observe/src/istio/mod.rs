@@ -602,8 +602,12 @@ impl Reporting {
     }
 
     fn encode_family(&self, family: Family, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        // Described only once it has a series (as Envoy shows a stat once it exists).
         let present = self.groups.iter().enumerate().any(|(i, groups)| {
-            family.http() == (i % 2 == 0) && groups.iter().any(|g| g.families.contains(&family))
+            family.http() == (i % 2 == 0)
+                && groups
+                    .iter()
+                    .any(|g| g.families.contains(&family) && !g.series.read().is_empty())
         });
         if !present {
             return Ok(());
