@@ -26,5 +26,6 @@ mod reload_actor;
 mod resilience;
 mod routing;
 mod shutdown;
+mod sidecar;
 mod streaming;
 mod upstream_tls;
