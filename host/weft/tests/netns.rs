@@ -333,6 +333,8 @@ sidecar:
       listener: out-b-plain
     - match: {{ destination_port: 9000 }}
       listener: out-b-tcp
+    - match: {{ destination_port: 9001 }}
+      listener: out-b-tcp
 listeners:
   - name: out-b-http
     address: "{B_IP}:8080"
@@ -374,6 +376,8 @@ sidecar:
   inbound:
     - match: {{ destination_port: 8080 }}
       listener: in-http
+    - match: {{ destination_port: 9001 }}
+      listener: in-tcp-pod-ip
 plugins:
   - name: header-rewrite
     file: builtin:header-rewrite
@@ -396,6 +400,16 @@ listeners:
       - name: app
         domains: ["*"]
         routes: [{{ route: {{ cluster: InboundPassthroughCluster }} }}]
+  - name: in-tcp-pod-ip
+    address: "0.0.0.0:9001"
+    bind_to_port: false
+    protocol: tcp
+    tcp: {{ cluster: pod-ip }}
+clusters:
+  # Delivery to the pod's own IP from 127.0.0.6, which the capture rules leave alone.
+  - name: pod-ip
+    type: original_dst
+    source_address: 127.0.0.6
 "#
     )
 }
@@ -460,6 +474,7 @@ async fn two_captured_pods_talk_mtls_through_both_sidecars() {
     let release = Arc::new(Notify::new());
     serve_app(listen_in(&b, 8080), arrived_tx, release.clone());
     serve_echo(listen_in(&b, 9000));
+    serve_echo(listen_in(&b, 9001));
     let unknown = listen_in(&b, 7000);
 
     let dir = pods.dir.path().to_owned();
@@ -502,11 +517,12 @@ async fn two_captured_pods_talk_mtls_through_both_sidecars() {
     );
     assert_eq!(seen["x-weft-inbound"], "pod-b", "{seen}");
 
-    // 3. Opaque TCP through both sidecars (A: TCP chain to an original_dst cluster; B: no
-    //    chain for the port, so the inbound passthrough to 127.0.0.1).
-    {
+    // 3. Opaque TCP through both sidecars (A: TCP chain to an original_dst cluster; B, port
+    //    9000: no chain, so the inbound passthrough to 127.0.0.1; port 9001: a chain delivering
+    //    to B's own IP from 127.0.0.6, not captured again).
+    for port in [9000, 9001] {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = connect_in(&a, SocketAddr::from((B_IP, 9000))).unwrap();
+        let mut s = connect_in(&a, SocketAddr::from((B_IP, port))).unwrap();
         app_connections += 1;
         let payload = b"\x00\x01opaque bytes\xff";
         s.write_all(payload).await.unwrap();
