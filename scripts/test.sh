@@ -31,6 +31,16 @@ if ! command -v prometheus >/dev/null 2>&1; then
   if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
 fi
 export WEFT_PROMETHEUS="${WEFT_PROMETHEUS:-$(command -v prometheus)}"
+# iptables, iproute2 (ip netns) and setpriv (util-linux): the sidecar test in network
+# namespaces (host/weft/tests/netns.rs) runs `weft iptables` and Weft as the proxy user.
+missing=()
+command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== apt-get install ${missing[*]} (sidecar capture test)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 
 # Incremental caches double the target dir and CI builds once; report the disk we start with.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"

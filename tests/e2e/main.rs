@@ -29,6 +29,7 @@ mod reload_actor;
 mod resilience;
 mod routing;
 mod shutdown;
+mod sidecar;
 mod smuggling;
 mod streaming;
 mod upstream_tls;

@@ -10,8 +10,8 @@ pub mod envoy;
 pub mod faulty;
 pub mod mesh;
 pub mod plugins;
-pub mod recording;
 pub mod prometheus;
+pub mod recording;
 pub mod upstream;
 
 use std::net::SocketAddr;

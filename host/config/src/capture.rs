@@ -245,10 +245,16 @@ pub(crate) fn expand(config: &mut Config) {
             .push(original_dst(PASSTHROUGH_CLUSTER, None));
     }
     if !has_cluster(config, INBOUND_PASSTHROUGH_CLUSTER) {
-        config.clusters.push(original_dst(
+        let mut inbound = original_dst(
             INBOUND_PASSTHROUGH_CLUSTER,
             sidecar.inbound_delivery_address,
-        ));
+        );
+        if sidecar.inbound_delivery_address.is_none() {
+            // Delivering to the pod's own IP goes over loopback as the proxy user, which the
+            // capture rules send back to inbound capture unless the source is 127.0.0.6.
+            inbound.source_address = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)));
+        }
+        config.clusters.push(inbound);
     }
     if !has_cluster(config, BLACKHOLE_CLUSTER) {
         config.clusters.push(Cluster::named(BLACKHOLE_CLUSTER));
@@ -284,13 +290,5 @@ pub(crate) fn expand(config: &mut Config) {
             OutboundTrafficPolicy::AllowAny,
             INBOUND_PASSTHROUGH_CLUSTER,
         ));
-    }
-}
-
-/// The loopback address of `ip`'s family.
-pub fn loopback_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
     }
 }

@@ -695,6 +695,11 @@ pub struct Cluster {
     /// Options of an `original_dst` cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_dst: Option<OriginalDstOptions>,
+    /// Bind upstream connections to this source address (Envoy's `upstream_bind_config`):
+    /// `127.0.0.6` lets an inbound sidecar deliver to its own pod IP without being captured
+    /// again (the `-o lo -s 127.0.0.6` rule of `weft iptables`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<std::net::IpAddr>,
     /// Its endpoints.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
@@ -750,6 +755,7 @@ impl Cluster {
             name: name.to_owned(),
             kind: ClusterType::Static,
             original_dst: None,
+            source_address: None,
             endpoints: Vec::new(),
             lb_policy: LbPolicy::default(),
             choice_count: defaults::choice_count(),

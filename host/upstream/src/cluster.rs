@@ -125,6 +125,7 @@ impl Cluster {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_local_address(config.source_address);
         connector.enforce_http(true);
         let connector = CountingConnector {
             inner: connector,
@@ -168,7 +169,17 @@ impl Cluster {
     /// cluster).
     pub async fn connect(&self, endpoint: &Endpoint) -> std::io::Result<UpstreamIo> {
         let connect = async {
-            let tcp = TcpStream::connect(endpoint.addr).await?;
+            let tcp = match self.config.source_address {
+                None => TcpStream::connect(endpoint.addr).await?,
+                Some(source) => {
+                    let socket = match source {
+                        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                    };
+                    socket.bind(SocketAddr::new(source, 0))?;
+                    socket.connect(endpoint.addr).await?
+                }
+            };
             let _ = tcp.set_nodelay(true);
             UpstreamTls::wrap(self.tls.as_deref(), tcp).await
         };

@@ -104,7 +104,7 @@ pub(crate) async fn serve(
     // Not redirected (a client that connected to the capture port itself): its destination
     // is the capture port, refused below.
     let dst = original_dst::of(&stream).unwrap_or(local);
-    if entry.own_ports.contains(&dst.port()) {
+    if entry.own_ports.contains(&dst.port()) || dst.port() == slot.local_addr.port() {
         refuse(
             entry,
             &shared,
