@@ -304,6 +304,10 @@ fn malformed_yaml_names_the_document() {
     let e = error(&input);
     assert!(e.starts_with("document 3 (line 19)"), "{e}");
     assert!(e.contains("not valid YAML"), "{e}");
+    assert!(
+        e.contains("line 19 column 6"),
+        "the position is the file's: {e}"
+    );
 }
 
 #[test]
