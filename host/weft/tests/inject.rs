@@ -229,3 +229,28 @@ fn the_ca_deployment_command_line_serves() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn skipped_workloads_are_reported_on_stderr_and_passed_through() {
+    let input = "apiVersion: v1\nkind: Pod\nmetadata: {name: x, annotations: {sidecar.weft.dev/inject: \"false\"}}\nspec: {containers: [{name: a, image: b}]}\n";
+    let mut child = weft()
+        .args(["inject", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), input);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "<stdin>: document 1 (line 1, Pod x): not injected: sidecar.weft.dev/inject is false"
+    );
+}
