@@ -26,8 +26,16 @@ impl Document<'_> {
     }
 
     /// Parses the document into a generic value; `None` for a document holding only comments.
+    /// A syntax error's line and column count from the start of the whole input.
     pub fn parse(&self) -> Result<Option<serde_json::Value>, InjectError> {
-        match serde_saphyr::from_str::<Option<serde_json::Value>>(self.text) {
+        let text = if self.line > 1 {
+            // Blank lines in place of the documents before: the parser's positions are then
+            // the input's own.
+            std::borrow::Cow::Owned("\n".repeat(self.line - 1) + self.text)
+        } else {
+            std::borrow::Cow::Borrowed(self.text)
+        };
+        match serde_saphyr::from_str::<Option<serde_json::Value>>(&text) {
             Ok(v) => Ok(v.filter(|v| !v.is_null())),
             Err(e) => Err(InjectError::Yaml {
                 doc: self.reference(),

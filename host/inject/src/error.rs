@@ -32,7 +32,7 @@ pub enum InjectError {
     Yaml {
         /// The document.
         doc: DocumentRef,
-        /// The parser's message (its line numbers count from the document's first line).
+        /// The parser's message (its positions are the whole input's).
         message: String,
     },
     /// A field has the wrong type or value for the Kubernetes schema.

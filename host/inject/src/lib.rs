@@ -1,7 +1,8 @@
 //! `weft inject`: adds the Weft sidecar to Kubernetes workload manifests, as
 //! `istioctl kube-inject` does for Istio.
 //!
-//! Each document of a multi-document YAML input is read on its own. Deployments,
+//! Each document of a multi-document YAML input is read on its own (and each item of a `v1`
+//! `List`). Deployments,
 //! StatefulSets, DaemonSets, Jobs, CronJobs and Pods are read into their k8s-openapi types
 //! (strictly: an unknown field is an error that names it) and get, in their pod template:
 //!
@@ -165,7 +166,8 @@ pub fn to_yaml<T: Serialize>(o: &T) -> Result<String, serde_saphyr::SerializeErr
     serde_saphyr::to_string(o)
 }
 
-/// Injects the sidecar into every workload of `input` (multi-document YAML).
+/// Injects the sidecar into every workload of `input` (multi-document YAML; a `v1` `List`'s
+/// items count as documents of their own).
 pub fn inject(input: &str, options: &Options) -> Result<Injected, InjectError> {
     options.validate()?;
     let mut yaml = String::new();
@@ -173,50 +175,113 @@ pub fn inject(input: &str, options: &Options) -> Result<Injected, InjectError> {
     for doc in documents::split(input) {
         let mut reference = doc.reference();
         let (text, outcome) = match doc.parse()? {
-            None => (doc.text.to_owned(), Outcome::PassedThrough),
+            None => (None, Outcome::PassedThrough),
             Some(value) => {
                 reference.object = describe(&value);
-                let field_error = |e: FieldError| match e {
-                    FieldError::Invalid { path, message } => InjectError::Field {
-                        doc: reference.clone(),
-                        path,
-                        message,
-                    },
-                    FieldError::Unknown { path } => InjectError::UnknownField {
-                        doc: reference.clone(),
-                        path,
-                    },
-                };
-                match Workload::read(&value).map_err(field_error)? {
-                    None => (doc.text.to_owned(), Outcome::PassedThrough),
-                    Some(mut w) => match inject_workload(&mut w, options) {
-                        Err(bad) => {
-                            return Err(InjectError::Annotation {
-                                doc: reference,
-                                name: bad.name,
-                                message: bad.message,
-                            });
-                        }
-                        Ok(Outcome::Injected) => {
-                            let text = w.to_yaml().map_err(|e| InjectError::Serialize {
-                                doc: reference.clone(),
-                                message: e.to_string(),
-                            })?;
-                            (text, Outcome::Injected)
-                        }
-                        Ok(other) => (doc.text.to_owned(), other),
-                    },
+                if is_list(&value) {
+                    inject_list(value, options, &reference)?
+                } else {
+                    match inject_object(&value, options, &reference, "")? {
+                        (Some(w), outcome) => (
+                            Some(w.to_yaml().map_err(|e| serialize_error(&reference, e))?),
+                            outcome,
+                        ),
+                        (None, outcome) => (None, outcome),
+                    }
                 }
             }
         };
         if !yaml.is_empty() {
             yaml.push_str("---\n");
         }
+        let text = text.as_deref().unwrap_or(doc.text);
         yaml.push_str(text.trim_end_matches(['\n', '\r']));
         yaml.push('\n');
         outcomes.push((reference, outcome));
     }
     Ok(Injected { yaml, outcomes })
+}
+
+fn serialize_error(reference: &DocumentRef, e: impl std::fmt::Display) -> InjectError {
+    InjectError::Serialize {
+        doc: reference.clone(),
+        message: e.to_string(),
+    }
+}
+
+/// `kind: List` (what `kubectl get -o yaml` prints for several objects).
+fn is_list(value: &serde_json::Value) -> bool {
+    value.get("apiVersion").and_then(serde_json::Value::as_str) == Some("v1")
+        && value.get("kind").and_then(serde_json::Value::as_str) == Some("List")
+        && value.get("items").is_some_and(serde_json::Value::is_array)
+}
+
+/// Reads one object and injects it when it is a workload: the injected workload (`None` when
+/// unchanged) and what happened. Field paths in errors are prefixed with `prefix`.
+fn inject_object(
+    value: &serde_json::Value,
+    options: &Options,
+    reference: &DocumentRef,
+    prefix: &str,
+) -> Result<(Option<Workload>, Outcome), InjectError> {
+    let field_error = |e: FieldError| match e {
+        FieldError::Invalid { path, message } => InjectError::Field {
+            doc: reference.clone(),
+            path: format!("{prefix}{path}"),
+            message,
+        },
+        FieldError::Unknown { path } => InjectError::UnknownField {
+            doc: reference.clone(),
+            path: format!("{prefix}{path}"),
+        },
+    };
+    let Some(mut w) = Workload::read(value).map_err(field_error)? else {
+        return Ok((None, Outcome::PassedThrough));
+    };
+    match inject_workload(&mut w, options) {
+        Err(bad) => Err(InjectError::Annotation {
+            doc: reference.clone(),
+            name: bad.name,
+            message: bad.message,
+        }),
+        Ok(Outcome::Injected) => Ok((Some(w), Outcome::Injected)),
+        Ok(other) => Ok((None, other)),
+    }
+}
+
+/// Injects the workloads among a List's items; the List is rewritten only when one changed.
+fn inject_list(
+    mut value: serde_json::Value,
+    options: &Options,
+    reference: &DocumentRef,
+) -> Result<(Option<String>, Outcome), InjectError> {
+    let mut outcome = Outcome::PassedThrough;
+    if let Some(items) = value
+        .get_mut("items")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for (i, item) in items.iter_mut().enumerate() {
+            let mut item_ref = reference.clone();
+            if let Some(what) = describe(item) {
+                item_ref.object = Some(format!("List item {i}: {what}"));
+            }
+            match inject_object(item, options, &item_ref, &format!("items[{i}]."))? {
+                (Some(w), _) => {
+                    *item = w.to_value().map_err(|e| serialize_error(&item_ref, e))?;
+                    outcome = Outcome::Injected;
+                }
+                (None, Outcome::Skipped(why)) if outcome == Outcome::PassedThrough => {
+                    outcome = Outcome::Skipped(why);
+                }
+                (None, _) => {}
+            }
+        }
+    }
+    if outcome != Outcome::Injected {
+        return Ok((None, outcome));
+    }
+    let text = to_yaml(&value).map_err(|e| serialize_error(reference, e))?;
+    Ok((Some(text), outcome))
 }
 
 /// `Kind name` of a generic object, for messages.

@@ -125,6 +125,18 @@ impl Workload {
         })
     }
 
+    /// The object as a generic value (fields sorted, as the API's own order is).
+    pub fn to_value(&self) -> Result<Value, serde_json::Error> {
+        match self {
+            Workload::Deployment(o) => serde_json::to_value(o),
+            Workload::StatefulSet(o) => serde_json::to_value(o),
+            Workload::DaemonSet(o) => serde_json::to_value(o),
+            Workload::Job(o) => serde_json::to_value(o),
+            Workload::CronJob(o) => serde_json::to_value(o),
+            Workload::Pod(o) => serde_json::to_value(o),
+        }
+    }
+
     /// The object as YAML, fields in the API's order.
     pub fn to_yaml(&self) -> Result<String, serde_saphyr::SerializeError> {
         match self {

@@ -91,6 +91,7 @@ fn every_workload_kind_is_injected_by_some_fixture() {
         "DaemonSet",
         "Deployment",
         "Job",
+        "List",
         "Pod",
         "StatefulSet",
     ];

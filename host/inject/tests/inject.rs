@@ -304,6 +304,10 @@ fn malformed_yaml_names_the_document() {
     let e = error(&input);
     assert!(e.starts_with("document 3 (line 19)"), "{e}");
     assert!(e.contains("not valid YAML"), "{e}");
+    assert!(
+        e.contains("line 19 column 6"),
+        "the position is the file's: {e}"
+    );
 }
 
 #[test]
@@ -381,5 +385,29 @@ fn bad_options_are_refused_before_reading() {
             }
         ),
         "{e}"
+    );
+}
+
+#[test]
+fn list_items_are_injected_and_their_errors_name_the_item() {
+    let list = format!(
+        "apiVersion: v1\nkind: List\nitems:\n{}",
+        deployment("{}")
+            .lines()
+            .enumerate()
+            .map(|(i, l)| format!("{}{l}\n", if i == 0 { "  - " } else { "    " }))
+            .collect::<String>()
+    );
+    let r = inject(&list, &Options::default()).expect("inject");
+    assert_eq!(r.outcomes[0].1, Outcome::Injected);
+    assert!(r.yaml.contains("name: weft-proxy"));
+    assert_eq!(
+        inject(&r.yaml, &Options::default()).expect("again").yaml,
+        r.yaml
+    );
+    let e = error(&list.replace("serviceAccountName", "serviceAcountName"));
+    assert_eq!(
+        e,
+        "document 1 (line 1, List item 0: Deployment web): items[0].spec.template.spec.serviceAcountName: unknown field"
     );
 }

@@ -51,7 +51,13 @@ pub struct InjectArgs {
 
 /// Runs `weft inject`.
 pub fn main(args: InjectArgs) -> ExitCode {
-    let input = if args.file.as_os_str() == "-" {
+    let stdin = args.file.as_os_str() == "-";
+    let label = if stdin {
+        "<stdin>".to_owned()
+    } else {
+        args.file.display().to_string()
+    };
+    let input = if stdin {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s).map(|_| s)
     } else {
@@ -60,7 +66,7 @@ pub fn main(args: InjectArgs) -> ExitCode {
     let input = match input {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{}: {e}", args.file.display());
+            eprintln!("{label}: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -82,13 +88,13 @@ pub fn main(args: InjectArgs) -> ExitCode {
     let injected = match weft_inject::inject(&input, &options) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("{}: {e}", args.file.display());
+            eprintln!("{label}: {e}");
             return ExitCode::FAILURE;
         }
     };
     for (doc, outcome) in &injected.outcomes {
         if let Outcome::Skipped(why) = outcome {
-            eprintln!("{}: {doc}: not injected: {why}", args.file.display());
+            eprintln!("{label}: {doc}: not injected: {why}");
         }
     }
     let written = match &args.output {

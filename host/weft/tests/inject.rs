@@ -151,3 +151,106 @@ fn bootstrap_prints_the_ca_and_per_namespace_secrets() {
         assert!(ca.bundle_pem().contains(root.trim()), "{ns}: the CA's root");
     }
 }
+
+/// The CA Deployment's command line in deploy/kubernetes/ca.yaml, run for real: its mount paths
+/// point at a CA directory and token file from `weft ca init`, and it listens on 127.0.0.1:0.
+#[test]
+fn the_ca_deployment_command_line_serves() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use std::io::BufRead;
+
+    let text = std::fs::read_to_string(repo().join("deploy/kubernetes/ca.yaml")).expect("ca.yaml");
+    let deployment: Deployment = documents::split(&text)
+        .iter()
+        .filter_map(|d| d.parse().expect("yaml"))
+        .find(|v| v["kind"] == "Deployment")
+        .map(|v| from_value(&v).expect("typed"))
+        .expect("a Deployment");
+    let spec = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod spec");
+    let container = &spec.containers[0];
+    assert_eq!(container.command.as_deref(), Some(&["weft".to_owned()][..]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mounts: Vec<(String, String)> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| {
+            (
+                m.mount_path.clone(),
+                dir.path().join(&m.name).display().to_string(),
+            )
+        })
+        .collect();
+    let status = weft()
+        .args(["ca", "init", "--dir"])
+        .arg(dir.path().join("ca"))
+        .output()
+        .expect("ca init");
+    assert!(status.status.success());
+    std::fs::create_dir_all(dir.path().join("tokens")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("tokens/tokens"),
+        "0123456789abcdef0123 spiffe://cluster.local/ns/demo/*\n",
+    )
+    .expect("tokens");
+    let args: Vec<String> = container
+        .args
+        .iter()
+        .flatten()
+        .map(|a| {
+            let mut a = a.clone();
+            for (mount, local) in &mounts {
+                a = a.replace(mount.as_str(), local);
+            }
+            if a.starts_with("0.0.0.0:") {
+                a = "127.0.0.1:0".to_owned();
+            }
+            a
+        })
+        .collect();
+    let mut child = weft()
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    child.kill().expect("kill");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        line.contains("serving on https://127.0.0.1:"),
+        "{line}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn skipped_workloads_are_reported_on_stderr_and_passed_through() {
+    let input = "apiVersion: v1\nkind: Pod\nmetadata: {name: x, annotations: {sidecar.weft.dev/inject: \"false\"}}\nspec: {containers: [{name: a, image: b}]}\n";
+    let mut child = weft()
+        .args(["inject", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), input);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "<stdin>: document 1 (line 1, Pod x): not injected: sidecar.weft.dev/inject is false"
+    );
+}
