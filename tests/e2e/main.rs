@@ -12,6 +12,7 @@ mod differential;
 mod errors;
 mod examples;
 mod framing;
+mod hardening;
 mod metrics;
 mod mtls;
 mod phases;
