@@ -13,6 +13,7 @@ mod errors;
 mod examples;
 mod framing;
 mod h2_conformance;
+mod hardening;
 mod istio_metrics;
 mod metrics;
 mod mtls;

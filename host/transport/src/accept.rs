@@ -28,20 +28,32 @@ pub fn serve(
 ) {
     let conns = tracker.clone();
     tracker.spawn(async move {
+        let mut overload = shared.http.overload.subscribe();
         loop {
             // Above the memory watermark: accept nothing until it clears (new connections wait
-            // in the kernel's backlog).
-            let overload = &shared.http.overload;
-            if overload.active() {
+            // in the kernel's backlog). A change of state interrupts a pending accept.
+            if *overload.borrow_and_update() {
                 tokio::select! {
                     _ = slot.stop.cancelled() => break,
                     _ = shutdown.cancelled() => break,
-                    _ = overload.wait_until_normal() => {}
+                    cleared = overload.wait_for(|over| !over) => {
+                        if cleared.is_err() {
+                            break;
+                        }
+                    }
                 }
+                continue;
             }
             let accepted = tokio::select! {
                 _ = slot.stop.cancelled() => break,
                 _ = shutdown.cancelled() => break,
+                changed = overload.changed() => {
+                    if changed.is_err() {
+                        // The manager is gone: the proxy is stopping.
+                        break;
+                    }
+                    continue;
+                }
                 a = listener.accept() => a,
             };
             match accepted {
