@@ -254,3 +254,35 @@ fn skipped_workloads_are_reported_on_stderr_and_passed_through() {
         "<stdin>: document 1 (line 1, Pod x): not injected: sidecar.weft.dev/inject is false"
     );
 }
+
+/// The capture step `weft inject` writes into every pod is a command line `weft iptables`
+/// accepts: run with `--dry-run`, it prints the rules and exits 0 (flags agree across crates).
+#[test]
+fn the_injected_capture_command_is_accepted_by_weft_iptables() {
+    let capture = weft_inject::commands::CaptureArgs {
+        include_outbound_cidrs: "*".to_owned(),
+        exclude_outbound_cidrs: "10.96.0.1/32".to_owned(),
+        include_inbound_ports: "*".to_owned(),
+        exclude_inbound_ports: "8081".to_owned(),
+        exclude_outbound_ports: "5432".to_owned(),
+    };
+    let out = weft()
+        .args(capture.args())
+        .arg("--dry-run")
+        .output()
+        .expect("run weft iptables");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        rules.contains("15001") && rules.contains("15006"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("10.96.0.1/32") && rules.contains("5432"),
+        "{rules}"
+    );
+}
