@@ -10,8 +10,8 @@ Scenarios (each bounded in connections and seconds; 127.0.0.1 only):
   slow-read   1,000 connections each asking for a 1 MiB response and reading nothing
   slow-write  1,000 uploads announcing 1 MiB that send 64 KiB and stall
   h2-stalled  100 HTTP/2 connections x 10 streams of 1 MiB responses with a zero window
-For each: the proxy's RSS before, while the clients hold on (after `hold` s), and 30 s after
-the clients closed (memory given back?). The upstream is a small asyncio server in this
+For each, on a fresh proxy process: its RSS before, while the clients hold on (after `hold`
+s), and 30 s after the clients closed (memory given back?), and its CPU while they hold on. The upstream is a small asyncio server in this
 script answering every request with a 1 MiB body. Needs `ulimit -n` >= 12000.
 """
 
@@ -56,7 +56,8 @@ async def upstream(reader, writer):
                 await reader.readexactly(length)
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % MIB + BODY)
             await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError,
+            asyncio.CancelledError):
         pass
     finally:
         writer.close()
@@ -189,38 +190,41 @@ async def wait_port(port):
 
 
 async def bench_proxy(kind, binary, up_port, names, hold):
-    port, admin = (18300, 18301) if kind == "weft" else (18310, 18311)
-    tmp = tempfile.mkdtemp()
-    if kind == "weft":
-        cfg = os.path.join(tmp, "weft.yaml")
-        with open(cfg, "w") as f:
-            f.write(weft_config(port, admin, up_port))
-        cmd = [binary, "run", "-c", cfg, "--log-level", "error"]
-    else:
-        cfg = os.path.join(tmp, "envoy.json")
-        with open(cfg, "w") as f:
-            f.write(envoy_config(port, admin, up_port))
-        cmd = [binary, "-c", cfg, "--concurrency", "2", "-l", "error"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        await wait_port(port)
-        await asyncio.sleep(1)
-        out = []
-        for name in names:
+    """Each scenario on a fresh proxy process, so one scenario's freed memory does not hide the
+    next one's cost."""
+    port, admin = (18300, 18301) if kind != "envoy" else (18310, 18311)
+    out = []
+    for name in names:
+        tmp = tempfile.mkdtemp()
+        if kind != "envoy":
+            cfg = os.path.join(tmp, "weft.yaml")
+            with open(cfg, "w") as f:
+                f.write(weft_config(port, admin, up_port))
+            cmd = [binary, "run", "-c", cfg, "--log-level", "error"]
+        else:
+            cfg = os.path.join(tmp, "envoy.json")
+            with open(cfg, "w") as f:
+                f.write(envoy_config(port, admin, up_port))
+            cmd = [binary, "-c", cfg, "--concurrency", "2", "-l", "error"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            await wait_port(port)
+            await asyncio.sleep(1)
             r = await scenario(name, proc.pid, port, hold, SCENARIOS[name])
             r["proxy"] = kind
             print(json.dumps(r), flush=True)
             out.append(r)
-        return out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    return out
 
 
 async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--weft", required=True)
     ap.add_argument("--envoy")
+    ap.add_argument("--label", default="weft", help="name of the Weft build in the results")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--hold", type=float, default=10.0)
     ap.add_argument("--out", default="bench/results/hardening.json")
@@ -230,7 +234,7 @@ async def main():
     server = await asyncio.start_server(upstream, "127.0.0.1", 0, limit=65536)
     up_port = server.sockets[0].getsockname()[1]
     names = a.scenarios.split(",")
-    results = await bench_proxy("weft", a.weft, up_port, names, a.hold)
+    results = await bench_proxy(a.label, a.weft, up_port, names, a.hold)
     if a.envoy:
         results += await bench_proxy("envoy", a.envoy, up_port, names, a.hold)
     server.close()

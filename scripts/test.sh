@@ -17,6 +17,12 @@ if ! command -v openssl >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq openssl >/dev/null
 fi
 
+# make: jemalloc (the weft binary's allocator) is built from source by tikv-jemalloc-sys.
+if ! command -v make >/dev/null 2>&1; then
+  echo "== apt-get install make (jemalloc build)"
+  apt-get update -qq && apt-get install -y -qq make >/dev/null
+fi
+
 # Incremental caches double the target dir and CI builds once; report the disk we start with.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 echo "== disk: $(df -h . | awk 'NR==2 {print $4 " free of " $2}')"
