@@ -13,6 +13,7 @@ pub mod capture;
 mod error;
 mod locate;
 mod matching;
+mod preset;
 pub mod resilience;
 pub mod schema;
 mod tls;
@@ -47,7 +48,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         Ok(c) => c,
         Err(problem) => return Err(invalid(vec![problem])),
     };
-    capture::expand(&mut config);
+    preset::expand(&mut config);
     let found = validate::validate(&config);
     if found.is_empty() {
         return Ok(config);

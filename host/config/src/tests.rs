@@ -540,3 +540,92 @@ fn plugin_bounds_have_defaults_and_bad_values_are_refused_with_their_path() {
         );
     }
 }
+
+#[test]
+fn the_sidecar_preset_writes_the_capture_listeners_and_istios_clusters() {
+    let c = parse(
+        r#"
+sidecar:
+  capture: true
+  outbound_traffic_policy: registry_only
+  outbound: [{ match: { destination_port: 9080, prefix_ranges: ["10.0.0.0/8"] }, listener: out }]
+listeners:
+  - name: out
+    address: 0.0.0.0:9080
+    bind_to_port: false
+    protocol: tcp
+    tcp: { cluster: PassthroughCluster }
+"#,
+        "s.yaml",
+    )
+    .unwrap();
+    let names: Vec<&str> = c.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["out", "virtual_outbound", "virtual_inbound"]);
+    let outbound = &c.listeners[1];
+    assert!(outbound.original_dst && outbound.bind_to_port);
+    assert_eq!(outbound.address.port(), 15001);
+    assert_eq!(
+        outbound.outbound_traffic_policy,
+        schema::OutboundTrafficPolicy::RegistryOnly
+    );
+    assert_eq!(
+        outbound.filter_chains[0].matcher.destination_port,
+        Some(9080)
+    );
+    assert_eq!(c.listeners[2].address.port(), 15006);
+    let inbound = c
+        .clusters
+        .iter()
+        .find(|c| c.name == "InboundPassthroughCluster")
+        .unwrap();
+    assert_eq!(inbound.kind, schema::ClusterType::OriginalDst);
+    assert_eq!(
+        inbound.original_dst.as_ref().and_then(|o| o.address),
+        Some("127.0.0.1".parse().unwrap())
+    );
+    assert!(
+        c.clusters
+            .iter()
+            .any(|c| c.name == "BlackHoleCluster" && c.endpoints.is_empty())
+    );
+}
+
+#[test]
+fn bad_capture_settings_are_refused_with_their_paths() {
+    let text = r#"listeners:
+  - name: capture
+    address: 0.0.0.0:15001
+    original_dst: true
+    passthrough_cluster: plain
+    filter_chains:
+      - { match: { server_names: ["bad name"] }, listener: bound }
+      - { listener: missing }
+    virtual_hosts: [{ name: v, domains: ["*"] }]
+  - name: bound
+    address: 0.0.0.0:8080
+    filter_chains: [{ listener: capture }]
+clusters:
+  - { name: plain, endpoints: [{ address: 127.0.0.1:1 }] }
+  - { name: od, type: original_dst, endpoints: [{ address: 127.0.0.1:2 }] }
+  - { name: empty }
+"#;
+    let err = parse(text, "c.yaml").unwrap_err();
+    let all: Vec<String> = err
+        .problems()
+        .iter()
+        .map(|p| format!("{}: {}", p.path, p.message))
+        .collect();
+    let all = all.join("\n");
+    for want in [
+        "listeners[0]: a capture listener only hands connections over",
+        "listeners[0].passthrough_cluster: cluster `plain` is not `type: original_dst`",
+        "listeners[0].filter_chains[0].listener: listener `bound` must have `bind_to_port: false`",
+        "listeners[0].filter_chains[0].match.server_names[0]: `bad name` is not a host name",
+        "listeners[0].filter_chains[1].listener: unknown listener `missing`",
+        "listeners[1].filter_chains: only for a capture listener",
+        "clusters[1].endpoints: an `original_dst` cluster connects to the original destination",
+        "clusters[2].endpoints: needs at least one endpoint",
+    ] {
+        assert!(all.contains(want), "missing `{want}` in\n{all}");
+    }
+}

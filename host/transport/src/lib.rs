@@ -6,12 +6,15 @@
 
 pub mod accept;
 pub mod capture;
+pub mod handoff;
 pub mod slot;
 pub mod sniff;
 pub mod tcp;
 pub mod tls;
 
 pub use accept::serve;
-pub use capture::{CaptureChain, CaptureEntry};
-pub use slot::{HttpEntry, ListenerGen, ListenerSlot, Shared, TcpTarget, bind};
+
+pub use slot::{
+    CaptureChain, CaptureEntry, HttpEntry, ListenerGen, ListenerSlot, Shared, TcpTarget, bind,
+};
 pub use tls::ListenerTls;
