@@ -311,11 +311,8 @@ fn inject_workload(w: &mut Workload, options: &Options) -> Result<Outcome, BadAn
         ));
     }
     let lookup = Lookup::new(t.metadata.annotations.as_ref(), t.metadata.labels.as_ref());
-    if !lookup.inject()? {
-        return Ok(Outcome::Skipped(format!(
-            "{} is false",
-            annotations::INJECT
-        )));
+    if let Some(why) = lookup.opted_out()? {
+        return Ok(Outcome::Skipped(why));
     }
     let merge_metrics = lookup.bool(annotations::MERGE_METRICS, true)?;
     remove_previous(&mut t, merge_metrics);

@@ -251,6 +251,6 @@ fn skipped_workloads_are_reported_on_stderr_and_passed_through() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), input);
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
-        "<stdin>: document 1 (line 1, Pod x): not injected: sidecar.weft.dev/inject is false"
+        "<stdin>: document 1 (line 1, Pod x): not injected: annotation sidecar.weft.dev/inject is `false`"
     );
 }
