@@ -84,6 +84,7 @@ impl Proxy {
             .admin_address
             .unwrap_or(generation.config.admin.address);
         let (commands, inbox) = tokio::sync::mpsc::channel(64);
+        let overload = Arc::new(weft_http::overload::Overload::new(metrics.overload.clone()));
         let proxy = Proxy {
             inner: Arc::new(State {
                 source,
@@ -91,13 +92,17 @@ impl Proxy {
                 slots: Mutex::new(HashMap::new()),
                 shared: Arc::new(Shared {
                     metrics,
-                    http: Arc::new(weft_http::Shared { access_log }),
+                    http: Arc::new(weft_http::Shared {
+                        access_log,
+                        overload: overload.clone(),
+                    }),
                 }),
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 ready: AtomicBool::new(false),
                 last_error: Mutex::new(None),
                 admin_addr: Mutex::new(None),
+                sidecar_addrs: Mutex::new(HashMap::new()),
                 drain_timeout,
                 plugins,
                 commands,
@@ -106,9 +111,10 @@ impl Proxy {
         };
         crate::reload::publish(&proxy.inner, generation).await?;
         crate::reload::spawn_actor(proxy.inner.clone(), inbox);
+        overload.spawn_sampler(proxy.inner.shutdown.clone());
         let api: Arc<dyn weft_admin::AdminApi> =
             Arc::new(crate::admin_api::Api(proxy.inner.clone()));
-        let admin = weft_admin::start(api, admin_address)
+        let admin = weft_admin::start(api.clone(), admin_address)
             .await
             .map_err(|error| ProxyError::Bind {
                 what: "admin".into(),
@@ -116,6 +122,9 @@ impl Proxy {
                 error,
             })?;
         *proxy.inner.admin_addr.lock() = Some(admin);
+        if let Some(sidecar) = proxy.inner.generation().config.sidecar.clone() {
+            start_sidecar_ports(&proxy, &api, &sidecar).await?;
+        }
         if options.watch {
             crate::watch::spawn(&proxy.inner);
         }
@@ -158,6 +167,12 @@ impl Proxy {
     /// The bound admin address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.inner.admin_addr()
+    }
+
+    /// The bound address of sidecar port `name`: `health` (15021), `prometheus` (15090) or
+    /// `merged` (15020).
+    pub fn sidecar_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.inner.sidecar_addrs.lock().get(name).copied()
     }
 
     /// Metric families.
@@ -222,4 +237,40 @@ impl Proxy {
         }
         self.wait().await
     }
+}
+
+/// Binds Istio's sidecar ports (read once at start): health, Prometheus, and the merged
+/// metrics when the application's metrics URL is known.
+async fn start_sidecar_ports(
+    proxy: &Proxy,
+    api: &Arc<dyn weft_admin::AdminApi>,
+    sidecar: &weft_config::schema::Sidecar,
+) -> Result<(), ProxyError> {
+    use weft_admin::sidecar::SidecarPort;
+    let mut ports = vec![
+        ("health", sidecar.health_address, SidecarPort::Health),
+        (
+            "prometheus",
+            sidecar.prometheus_address,
+            SidecarPort::Prometheus,
+        ),
+    ];
+    if let Some(merged) = sidecar
+        .app_metrics_url
+        .as_deref()
+        .and_then(SidecarPort::merged)
+    {
+        ports.push(("merged", sidecar.merged_metrics_address, merged));
+    }
+    for (name, address, port) in ports {
+        let bound = weft_admin::sidecar::start(api.clone(), address, port)
+            .await
+            .map_err(|error| ProxyError::Bind {
+                what: format!("sidecar {name} port"),
+                address,
+                error,
+            })?;
+        proxy.inner.sidecar_addrs.lock().insert(name, bound);
+    }
+    Ok(())
 }

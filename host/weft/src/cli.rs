@@ -1,4 +1,4 @@
-//! Command-line interface: `weft run`, `weft validate`, `weft ca …`, `weft inject`,
+//! Command-line interface: `weft run`, `weft validate`, `weft ca …`, `weft inject`, `weft iptables`,
 //! `weft --version`.
 
 use std::path::PathBuf;
@@ -64,6 +64,9 @@ enum Command {
     },
     /// Add the Weft sidecar to Kubernetes manifests (as `istioctl kube-inject`).
     Inject(crate::inject::InjectArgs),
+    /// Install (or print, or remove) the iptables rules that capture a pod's TCP traffic
+    /// into Weft (outbound to 15001, inbound to 15006), as Istio's istio-iptables.
+    Iptables(crate::iptables::IptablesArgs),
 }
 
 /// Runs the parsed command line.
@@ -79,6 +82,7 @@ pub fn main(cli: Cli) -> ExitCode {
         } => run(config, echo, spiffe_id),
         Command::Ca { command } => crate::ca::main(command),
         Command::Inject(args) => crate::inject::main(args),
+        Command::Iptables(args) => crate::iptables::main(args),
     }
 }
 
