@@ -63,7 +63,9 @@ pub struct CaptureArgs {
 }
 
 impl CaptureArgs {
-    /// `weft iptables …`'s arguments (after the executable). A list left empty is not passed.
+    /// `weft iptables …`'s arguments (after the executable), with its long flag names (which
+    /// are istio-iptables' long names: `-p`, `-z`, `-u`, `-g`, `-i`, `-x`, `-b`, `-d`, `-o`).
+    /// A list left empty is not passed.
     pub fn args(&self) -> Vec<String> {
         let mut args = vec![
             "iptables".to_owned(),
@@ -71,17 +73,17 @@ impl CaptureArgs {
             PROXY_UID.to_string(),
             "--proxy-gid".to_owned(),
             PROXY_GID.to_string(),
-            "--outbound-port".to_owned(),
+            "--proxy-port".to_owned(),
             PORTS.outbound.to_string(),
-            "--inbound-port".to_owned(),
+            "--inbound-capture-port".to_owned(),
             PORTS.inbound.to_string(),
         ];
         let lists = [
-            ("--include-outbound-cidrs", &self.include_outbound_cidrs),
-            ("--exclude-outbound-cidrs", &self.exclude_outbound_cidrs),
-            ("--include-inbound-ports", &self.include_inbound_ports),
-            ("--exclude-inbound-ports", &self.exclude_inbound_ports),
-            ("--exclude-outbound-ports", &self.exclude_outbound_ports),
+            ("--outbound-ranges", &self.include_outbound_cidrs),
+            ("--outbound-ranges-exclude", &self.exclude_outbound_cidrs),
+            ("--inbound-ports", &self.include_inbound_ports),
+            ("--inbound-ports-exclude", &self.exclude_inbound_ports),
+            ("--outbound-ports-exclude", &self.exclude_outbound_ports),
         ];
         for (flag, value) in lists {
             if !value.is_empty() {

@@ -82,8 +82,8 @@ fn sidecar_is_native_and_capture_runs_first_as_root() {
         Some("iptables")
     );
     assert_eq!(flag(capture, "--proxy-uid"), Some("1337"));
-    assert_eq!(flag(capture, "--outbound-port"), Some("15001"));
-    assert_eq!(flag(capture, "--inbound-port"), Some("15006"));
+    assert_eq!(flag(capture, "--proxy-port"), Some("15001"));
+    assert_eq!(flag(capture, "--inbound-capture-port"), Some("15006"));
 
     let proxy = init(&spec, "weft-proxy");
     assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
@@ -170,37 +170,37 @@ fn each_traffic_annotation_reaches_its_flag() {
         (
             "traffic.sidecar.weft.dev/excludeOutboundIPRanges",
             "10.0.0.0/8",
-            "--exclude-outbound-cidrs",
+            "--outbound-ranges-exclude",
             "10.0.0.0/8",
         ),
         (
             "traffic.sidecar.weft.dev/includeOutboundIPRanges",
             "10.0.0.0/8 , fd00::/8",
-            "--include-outbound-cidrs",
+            "--outbound-ranges",
             "10.0.0.0/8,fd00::/8",
         ),
         (
             "traffic.sidecar.weft.dev/excludeInboundPorts",
             "8081",
-            "--exclude-inbound-ports",
+            "--inbound-ports-exclude",
             "15020,15021,15090,8081",
         ),
         (
             "traffic.sidecar.weft.dev/includeInboundPorts",
             "8080",
-            "--include-inbound-ports",
+            "--inbound-ports",
             "8080",
         ),
         (
             "traffic.sidecar.weft.dev/excludeOutboundPorts",
             "3306",
-            "--exclude-outbound-ports",
+            "--outbound-ports-exclude",
             "3306",
         ),
         (
             "traffic.sidecar.istio.io/excludeOutboundPorts",
             "3306",
-            "--exclude-outbound-ports",
+            "--outbound-ports-exclude",
             "3306",
         ),
     ];
@@ -215,10 +215,10 @@ fn each_traffic_annotation_reaches_its_flag() {
     // Absent: everything captured, nothing extra excluded.
     let spec = injected_spec(&deployment("{}"));
     let capture = init(&spec, "weft-init");
-    assert_eq!(flag(capture, "--include-outbound-cidrs"), Some("*"));
-    assert_eq!(flag(capture, "--include-inbound-ports"), Some("*"));
-    assert_eq!(flag(capture, "--exclude-outbound-cidrs"), None);
-    assert_eq!(flag(capture, "--exclude-outbound-ports"), None);
+    assert_eq!(flag(capture, "--outbound-ranges"), Some("*"));
+    assert_eq!(flag(capture, "--inbound-ports"), Some("*"));
+    assert_eq!(flag(capture, "--outbound-ranges-exclude"), None);
+    assert_eq!(flag(capture, "--outbound-ports-exclude"), None);
 }
 
 #[test]
@@ -280,7 +280,7 @@ fn editing_an_injected_manifest_and_injecting_again_applies_the_edit_once() {
     assert_eq!(spec.init_containers.as_ref().map(Vec::len), Some(2));
     assert_eq!(spec.volumes.as_ref().map(Vec::len), Some(4));
     assert_eq!(
-        flag(init(&spec, "weft-init"), "--exclude-outbound-ports"),
+        flag(init(&spec, "weft-init"), "--outbound-ports-exclude"),
         Some("25")
     );
     // Without the status annotation, the containers' names still identify the old injection.
