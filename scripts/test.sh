@@ -59,5 +59,13 @@ else
   echo "WEFT_HTTPWG=$WEFT_HTTPWG"
 fi
 
+# Fuzz smoke run: every fuzz/ target for 20 s (cargo-fuzz on stable, --sanitizer none).
+if [ "${WEFT_SKIP_FUZZ:-}" = 1 ]; then
+  echo "== fuzz smoke run skipped (WEFT_SKIP_FUZZ=1)"
+else
+  echo "== fuzz smoke run (scripts/fuzz-smoke.sh)"
+  scripts/fuzz-smoke.sh
+fi
+
 echo "== cargo test"
 cargo test --workspace --quiet 2>&1 | tee /tmp/weft-test.log
