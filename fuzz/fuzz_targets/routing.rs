@@ -26,7 +26,7 @@ listeners:
             route: { cluster: a, regex_rewrite: { pattern: "^/users/([0-9]+)/(.*)$", substitution: "/u/$1/$2" } }
           - match: { path: { prefix: /h }, headers: [ { name: x-a, exact: b }, { name: x-r, regex: "^[a-z]+$" }, { name: x-p, present: true } ] }
             route: { cluster: a }
-          - match: { path: { prefix: /q }, query_parameters: [ { name: k, exact: v }, { name: r, regex: "^[0-9]*$" } ] }
+          - match: { path: { prefix: /q }, query: [ { name: k, exact: v }, { name: r, regex: "^[0-9]*$" } ] }
             route: { cluster: a, host_rewrite: rewritten.example }
           - match: { path: { prefix: /redirect } }
             redirect: { host: other.example, path: /moved, scheme: https, port: 8443 }
