@@ -89,6 +89,14 @@ else
   echo "WEFT_HTTPWG=$WEFT_HTTPWG"
 fi
 
+# Fuzz smoke run: every fuzz/ target for 20 s (cargo-fuzz on stable, --sanitizer none).
+if [ "${WEFT_SKIP_FUZZ:-}" = 1 ]; then
+  echo "== fuzz smoke run skipped (WEFT_SKIP_FUZZ=1)"
+else
+  echo "== fuzz smoke run (scripts/fuzz-smoke.sh)"
+  scripts/fuzz-smoke.sh
+fi
+
 echo "== cargo test"
 # --no-fail-fast: one failing binary must not hide the results of the others.
 status=0

@@ -20,6 +20,7 @@ mod mtls;
 mod phases;
 mod plugin_authz;
 mod plugin_header_rewrite;
+mod plugin_soak;
 mod plugin_swap;
 mod plugin_telemetry;
 mod plugins;

@@ -8,6 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use wasmtime::{Caller, Linker, Module, Val};
 
 use crate::abi::{GuestMemory, HeaderList, ReturnError, valid_header_name, valid_header_value};
+use crate::codec::path_segments;
 use crate::context::{HostState, HttpCallRequest, LocalResponse, Phase, truncate_line};
 use crate::shared;
 use crate::types::{BufferType, LogLevel, MapType, MetricType, Status, StreamType};
@@ -625,15 +626,6 @@ fn stream_control(linker: &mut Linker<HostState>) -> Result<()> {
         },
     )?;
     Ok(())
-}
-
-/// `a\0b\0c` → `["a", "b", "c"]`.
-fn path_segments(bytes: &[u8]) -> Vec<String> {
-    bytes
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
 }
 
 fn properties(linker: &mut Linker<HostState>) -> Result<()> {
