@@ -35,7 +35,24 @@ async fn pair(
     weft_extra: &str,
     envoy_fail_open: bool,
 ) -> Option<Pair> {
+    pair_with_clusters(up, name, file, config, weft_extra, envoy_fail_open, &[]).await
+}
+
+/// [`pair`] with more clusters by name (callout targets) in both proxies.
+async fn pair_with_clusters(
+    up: SocketAddr,
+    name: &str,
+    file: &str,
+    config: &str,
+    weft_extra: &str,
+    envoy_fail_open: bool,
+    clusters: &[(&str, SocketAddr)],
+) -> Option<Pair> {
     let binary = require_envoy()?;
+    let weft_clusters: String = clusters
+        .iter()
+        .map(|(n, a)| format!("  - {{ name: {n}, endpoints: [{{ address: \"{a}\" }}] }}\n"))
+        .collect();
     let weft = TestProxy::start(&format!(
         r#"
 plugins:
@@ -53,7 +70,7 @@ listeners:
         routes: [{{ route: {{ cluster: up }} }}]
 clusters:
   - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
-"#,
+{weft_clusters}"#,
         file = quoted(file),
         config = quoted(config),
     ))
@@ -62,7 +79,7 @@ clusters:
         fail_open: envoy_fail_open,
         ..EnvoyPlugin::new(name, file, config)
     };
-    let envoy = TestEnvoy::start(&binary, &[plugin], up, &[]).await;
+    let envoy = TestEnvoy::start(&binary, &[plugin], up, clusters).await;
     Some(Pair { weft, envoy })
 }
 
@@ -334,4 +351,244 @@ async fn trap_fail_closed_agrees() {
         assert_eq!(e.status, w.status, "{round}: {}", w.text());
         assert_eq!(w.text(), "plugin failure\n", "weft, {round}");
     }
+}
+
+// ---- proxy-wasm ABI behaviours (issue 12, item 6): the `abi_probe` fixture reports what the
+// host did as `x-probe-<key>` response headers; Envoy's and Weft's must agree.
+
+/// The `x-probe-*` response headers, sorted, as `name: value` lines.
+fn probes(r: &Reply) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("x-probe-"))
+        .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Starts a pair on `abi_probe` with `config`.
+async fn probe_pair(up: SocketAddr, config: &str, clusters: &[(&str, SocketAddr)]) -> Option<Pair> {
+    pair_with_clusters(up, "abi", fx::ABI_PROBE, config, "", false, clusters).await
+}
+
+/// One request through a fresh pair on `abi_probe` with `config`: `(envoy, weft, pair)`.
+async fn probe_once(config: &str, clusters: &[(&str, SocketAddr)]) -> Option<(Reply, Reply, Pair)> {
+    let up = echo("up").await;
+    let p = probe_pair(up, config, clusters).await?;
+    let (e, w) = p.both("POST", "/probe", &[], b"abc").await;
+    println!("envoy {:#?}\nweft {:#?}", probes(&e), probes(&w));
+    Some((e, w, p))
+}
+
+/// Asserts that both proxies report the same value for each probe key.
+fn same_probes(e: &Reply, w: &Reply, keys: &[&str]) {
+    for k in keys {
+        let name = format!("x-probe-{k}");
+        assert!(
+            e.header(&name).is_some(),
+            "envoy reported {name}: {:?}",
+            probes(e)
+        );
+        assert_eq!(e.header(&name), w.header(&name), "{name}");
+    }
+}
+
+/// #6: `host` on the request headers is `:authority` (Envoy stores `Host` as `:authority`).
+#[tokio::test]
+async fn abi_host_aliases_authority() {
+    let Some((e, w, p)) = probe_once(r#"{"host":true}"#, &[]).await else {
+        return;
+    };
+    assert_eq!(
+        e.header("x-probe-host"),
+        Some(format!("Ok:{}", p.envoy.addr()).as_str())
+    );
+    assert_eq!(
+        w.header("x-probe-host"),
+        Some(format!("Ok:{}", p.weft.addr("main")).as_str())
+    );
+    assert_eq!(e.header("x-probe-host"), e.header("x-probe-authority"));
+    assert_eq!(w.header("x-probe-host"), w.header("x-probe-authority"));
+}
+
+/// The write part (`add=…,replace=…,remove=…`) of an `ops` probe.
+fn writes(r: &Reply, key: &str) -> String {
+    let v = r.header(&format!("x-probe-{key}")).unwrap_or("<absent>");
+    v.split_once(',').map_or(v, |(_, w)| w).to_owned()
+}
+
+/// #7: writing the request maps once the response has begun, or the response maps before it
+/// exists, is `BadArgument` in both. DOCUMENTED DIFFERENCE: reads there are `BadArgument` in
+/// Envoy (the Rust SDK panics on it); Weft still reads the request headers in the response
+/// phase and answers `NotFound` for a response map before the response.
+#[tokio::test]
+async fn abi_header_writes_by_phase() {
+    let Some((e, w, _p)) = probe_once(r#"{"phase_ops":true}"#, &[]).await else {
+        return;
+    };
+    for key in [
+        "resp-phase-req-headers",
+        "resp-phase-req-trailers",
+        "req-phase-resp-headers",
+        "req-phase-resp-trailers",
+    ] {
+        assert_eq!(
+            writes(&e, key),
+            "add=BadArgument,replace=BadArgument,remove=BadArgument",
+            "envoy {key}"
+        );
+        assert_eq!(writes(&e, key), writes(&w, key), "{key}");
+    }
+    for key in ["req-phase-resp-headers", "resp-phase-req-headers"] {
+        let v = e.header(&format!("x-probe-{key}")).unwrap_or_default();
+        assert!(v.starts_with("get=BadArgument"), "envoy {key}: {v}");
+        let v = w.header(&format!("x-probe-{key}")).unwrap_or_default();
+        assert!(v.starts_with("get=NotFound"), "weft {key}: {v}");
+    }
+}
+
+/// #13: a callout that times out, or cannot connect, reaches `on_http_call_response` with the
+/// reply Envoy's async client makes up (status, headers and body), not with no headers.
+#[tokio::test]
+async fn abi_failed_callouts_get_envoys_replies() {
+    let gate = weft_e2e::upstream::gated().await;
+    let closed = weft_e2e::upstream::closed_port().await;
+    let clusters = [("slow", gate.addr), ("closed", closed)];
+    let keys = ["callout-counts", "callout-headers", "callout-body"];
+    let config = r#"{"callout":{"cluster":"slow","timeout_ms":200}}"#;
+    let Some((e, w, _p)) = probe_once(config, &clusters).await else {
+        return;
+    };
+    assert_eq!(
+        e.header("x-probe-callout-headers"),
+        Some(":status=504;content-length=24;content-type=text/plain")
+    );
+    assert_eq!(
+        e.header("x-probe-callout-body"),
+        Some("upstream request timeout")
+    );
+    same_probes(&e, &w, &keys);
+    let config = r#"{"callout":{"cluster":"closed","timeout_ms":2000}}"#;
+    let Some((e, w, _p)) = probe_once(config, &clusters).await else {
+        return;
+    };
+    assert!(
+        e.header("x-probe-callout-headers")
+            .is_some_and(|h| h.starts_with(":status=503;")),
+        "{:?}",
+        probes(&e)
+    );
+    same_probes(&e, &w, &keys);
+}
+
+/// #13: `proxy_record_metric` on a counter adds (5 then 3 → 8); a negative increment is
+/// `BadArgument`; a gauge is set. A CAS token on a shared-data key that does not exist is
+/// ignored: the write succeeds.
+#[tokio::test]
+async fn abi_counter_record_adds_and_cas_on_missing_key_succeeds() {
+    let config = r#"{"metrics":true,"cas_missing":true}"#;
+    let Some((e, w, _p)) = probe_once(config, &[]).await else {
+        return;
+    };
+    assert_eq!(
+        e.header("x-probe-counter"),
+        Some("record=Ok,Ok increment(-1)=BadArgument value=8")
+    );
+    assert_eq!(e.header("x-probe-cas-missing"), Some("Ok"));
+    same_probes(&e, &w, &["counter", "gauge", "cas-missing"]);
+}
+
+/// #12: `proxy_set_property` on a built-in attribute succeeds but later reads still give the
+/// attribute; a custom path reads back what was written.
+#[tokio::test]
+async fn abi_set_property_does_not_shadow_attributes() {
+    let Some((e, w, _p)) = probe_once(r#"{"set_builtin":true}"#, &[]).await else {
+        return;
+    };
+    assert_eq!(e.header("x-probe-after-set-builtin"), Some("/probe"));
+    same_probes(
+        &e,
+        &w,
+        &[
+            "set-builtin",
+            "after-set-builtin",
+            "set-custom",
+            "after-set-custom",
+        ],
+    );
+}
+
+/// #11: the foreign functions plugins use: `compress` / `uncompress` (zlib; real zlib output
+/// decodes; garbage is `SerializationFailure`), `clear_route_cache`; unknown names `NotFound`.
+#[tokio::test]
+async fn abi_foreign_functions_agree() {
+    let Some((e, w, _p)) = probe_once(r#"{"foreign":true}"#, &[]).await else {
+        return;
+    };
+    assert_eq!(
+        e.header("x-probe-foreign-uncompress-zlib"),
+        Some("Ok:hello")
+    );
+    same_probes(
+        &e,
+        &w,
+        &[
+            "foreign-compress-roundtrip",
+            "foreign-uncompress-zlib",
+            "foreign-uncompress-garbage",
+            "foreign-clear-route-cache",
+            "foreign-unknown",
+        ],
+    );
+}
+
+/// Log lines written to a shared buffer (a `tracing` writer).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// #9: a plugin's `proxy_log` at critical (what Rust SDK panic messages use) is logged as
+/// critical: Envoy `[critical][wasm]`; Weft at error (`tracing`'s highest level) with
+/// `severity="critical"`, not as a plain error.
+#[tokio::test]
+async fn abi_critical_log_is_critical() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // This test's runtime is single-threaded: the proxy's tasks, and the plugin's callbacks,
+    // run on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let config = r#"{"log_critical":"probe critical line"}"#;
+    let Some((e, w, p)) = probe_once(config, &[]).await else {
+        return;
+    };
+    same_probes(&e, &w, &["log-critical"]);
+    let envoy_log = p.envoy.log();
+    assert!(
+        envoy_log
+            .lines()
+            .any(|l| l.contains("[critical][wasm]") && l.contains("probe critical line")),
+        "{envoy_log}"
+    );
+    let weft_log = String::from_utf8_lossy(&captured.0.lock()).into_owned();
+    let line = weft_log
+        .lines()
+        .find(|l| l.contains("probe critical line"))
+        .unwrap_or_else(|| panic!("weft logged the line: {weft_log}"));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("severity=\"critical\""), "{line}");
 }

@@ -77,6 +77,8 @@ impl Completion {
         self.accounted = true;
         // Plugins log first (`on_log`, `on_done`, `on_delete`), as in Envoy.
         if let Some(w) = self.wasm.take() {
+            w.properties()
+                .record_sizes(self.request_bytes.load(Ordering::Relaxed), bytes);
             w.finish();
         }
         let elapsed = self.start.elapsed();

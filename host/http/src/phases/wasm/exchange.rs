@@ -82,11 +82,25 @@ impl RequestProperties {
         self
     }
 
+    /// Records the body bytes received and sent, for `on_log` (`request.size`,
+    /// `response.size`; the `*.total_size` add the header bytes).
+    pub fn record_sizes(&self, received: u64, sent: u64) {
+        self.set("request.size", received.to_le_bytes().to_vec());
+        self.set("response.size", sent.to_le_bytes().to_vec());
+    }
+
     /// Records a value known later (`response.code`, `upstream.address`).
     pub fn set(&self, key: &'static str, value: Vec<u8>) {
         let mut d = self.dynamic.lock();
         d.retain(|(k, _)| *k != key);
         d.push((key, value));
+    }
+}
+
+impl RequestProperties {
+    fn dynamic_value(&self, key: &str) -> Option<Vec<u8>> {
+        let d = self.dynamic.lock();
+        d.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
     }
 }
 
@@ -111,7 +125,9 @@ impl Properties for RequestProperties {
             ["request", "id"] => h(&self.request_id),
             ["request", "useragent"] => h(&self.user_agent),
             ["request", "referer"] => h(&self.referer),
-            ["request", "size"] => self.size.and_then(n),
+            ["request", "size"] => self
+                .dynamic_value("request.size")
+                .or_else(|| self.size.and_then(n)),
             ["source", "address"] => s(&self.peer.to_string()),
             ["source", "port"] => n(u64::from(self.peer.port())),
             ["destination", "address"] => s(&self.local.to_string()),
@@ -140,7 +156,15 @@ impl Properties for RequestProperties {
             _ => {
                 let key = path.join(".");
                 let d = self.dynamic.lock();
-                d.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+                d.iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.clone())
+                    .or_else(|| match path {
+                        // Nothing sent yet and no flag raised, as Envoy reports them before
+                        // the response (the response phase and `on_log` record the real ones).
+                        ["response", "size"] | ["response", "flags"] => n(0),
+                        _ => None,
+                    })
             }
         }
     }

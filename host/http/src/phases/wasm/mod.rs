@@ -46,6 +46,12 @@ impl Phase for WasmPhase {
     }
 
     async fn request<'a>(&'a self, ctx: &mut RequestCtx<'a>) -> Flow {
+        // Envoy adds these before its filters: plugins see them.
+        crate::forward::prepare::add_proto_and_request_id(
+            &mut ctx.head.headers,
+            ctx.conn,
+            ctx.listener,
+        );
         let route = ctx.route.map(|r| r.name.clone()).unwrap_or_default();
         let props = Arc::new(
             RequestProperties::new(
@@ -59,6 +65,13 @@ impl Phase for WasmPhase {
             )
             .with_security(ctx.conn.security.clone()),
         );
+        // The route's cluster is known before the upstream is picked (not for weighted splits).
+        if let Some(weft_routing::Action::Forward(f)) = ctx.route.map(|r| &r.action)
+            && let weft_routing::Target::Cluster(i) = f.target
+            && let Some(cluster) = ctx.listener.clusters.get(i)
+        {
+            props.set("xds.cluster_name", cluster.name.as_bytes().to_vec());
+        }
         let mut exchange = match WasmExchange::start(&self.chain, props) {
             Ok(e) => e,
             Err(reply) => return Flow::Reply(reply),
@@ -102,6 +115,7 @@ impl Phase for WasmPhase {
                 u64::from(addr.port()).to_le_bytes().to_vec(),
             );
             props.set("xds.cluster_name", cluster.as_bytes().to_vec());
+            props.set("response.code_details", b"via_upstream".to_vec());
         }
         exchange.response(head, body, self.max_body.max(1)).await
     }
