@@ -592,3 +592,74 @@ async fn abi_critical_log_is_critical() {
     assert!(line.contains("ERROR"), "{line}");
     assert!(line.contains("severity=\"critical\""), "{line}");
 }
+
+/// #10: attributes Envoy provides. `x-request-id` and `x-forwarded-proto` exist before the
+/// plugins run (`request.id` is the id sent upstream); the route's cluster is known in the
+/// request phase; sizes, flags and code details have Envoy's types. DOCUMENTED DIFFERENCES:
+/// the `*.total_size` values (Envoy counts only the body bytes seen so far), the order inside
+/// the serialized `request.headers`, and `node.*` (no node identity in Weft yet: both absent
+/// here, as this Envoy has no node either).
+#[tokio::test]
+async fn abi_properties_envoy_provides() {
+    let props = [
+        "request.id",
+        "request.headers",
+        "request.headers.x-forwarded-proto",
+        "request.size",
+        "request.total_size",
+        "response.size",
+        "response.total_size",
+        "response.flags",
+        "response.code",
+        "response.code_details",
+        "xds.cluster_name",
+        "node.id",
+        "connection.requested_server_name",
+    ];
+    let config = serde_json::json!({ "properties": props }).to_string();
+    let Some((e, w, _p)) = probe_once(&config, &[]).await else {
+        return;
+    };
+    same_probes(
+        &e,
+        &w,
+        &[
+            "req-request-headers-x-forwarded-proto",
+            "req-request-size",
+            "req-response-size",
+            "req-response-flags",
+            "req-response-code",
+            "req-xds-cluster-name",
+            "req-node-id",
+            "req-connection-requested-server-name",
+            "resp-response-code",
+            "resp-response-code-details",
+            "resp-response-flags",
+            "resp-xds-cluster-name",
+        ],
+    );
+    assert_eq!(e.header("x-probe-req-xds-cluster-name"), Some("up"));
+    assert_eq!(
+        e.header("x-probe-resp-response-code-details"),
+        Some("via_upstream")
+    );
+    for r in [&e, &w] {
+        let id = r.header("x-probe-req-request-id").unwrap_or_default();
+        assert_eq!(id.len(), 36, "a UUID: {id}");
+        assert_eq!(
+            r.json()["headers"]["x-request-id"],
+            id,
+            "request.id is the id sent upstream"
+        );
+        assert!(
+            r.header("x-probe-req-request-headers")
+                .is_some_and(|h| h.starts_with("hex:")),
+            "{:?}",
+            probes(r)
+        );
+        for k in ["req-request-total-size", "resp-response-total-size"] {
+            let v = r.header(&format!("x-probe-{k}")).unwrap_or_default();
+            assert!(v.parse::<u64>().is_ok(), "{k}: {v}");
+        }
+    }
+}
