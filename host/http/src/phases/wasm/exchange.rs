@@ -190,6 +190,8 @@ pub enum Outcome {
 pub struct WasmExchange {
     stages: Vec<Stage>,
     properties: Arc<RequestProperties>,
+    /// The request body was buffered and delivered whole to every plugin already.
+    body_delivered: bool,
 }
 
 fn reply_from(local: LocalResponse) -> LocalReply {
@@ -376,7 +378,11 @@ impl WasmExchange {
                 }
             }
         }
-        Ok(WasmExchange { stages, properties })
+        Ok(WasmExchange {
+            stages,
+            properties,
+            body_delivered: false,
+        })
     }
 
     /// The request's attributes (to record the response code and upstream later).
@@ -445,6 +451,12 @@ impl WasmExchange {
             match settled {
                 Settled::Reply(r) => return Outcome::Reply(r),
                 Settled::Continue => {}
+                Settled::Stalled if buffered.is_none() && http_body::Body::is_end_stream(body) => {
+                    // Paused with nothing pending on a request without a body: there is no
+                    // body to wait for (Envoy delivers no `on_request_body` either). Go on,
+                    // adding no `Content-Length: 0`.
+                }
+                Settled::Stalled if buffered.is_some() => {}
                 Settled::Stalled => {
                     // Paused with nothing pending: the plugin waits for the body (Envoy's
                     // StopIteration). Buffer it (bounded) and deliver it whole to every plugin.
@@ -467,6 +479,8 @@ impl WasmExchange {
             apply_request_list(head, &list);
         }
         if let Some(b) = buffered {
+            // Every plugin has seen the whole body, with `end_of_stream`: once.
+            self.body_delivered = true;
             head.headers.remove(header::TRANSFER_ENCODING);
             head.headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
@@ -550,6 +564,108 @@ impl WasmExchange {
     /// A body filter that streams request body frames through the chain.
     pub fn request_body_pipeline(&self) -> Pipeline {
         Pipeline::new(&self.stages, Direction::Request)
+    }
+
+    /// The request body to send upstream, streamed through the plugins' `on_request_body`,
+    /// keeping the client's framing: a body with `Content-Length` keeps it unless a plugin
+    /// changes the length. The head is held until the first bytes have passed every plugin (as
+    /// for responses): a plugin that buffers to the end gets an exact `Content-Length` for its
+    /// rewritten body; one that changed the first bytes' length makes the body chunked; one that
+    /// changes the length later fails the upstream request (500) rather than break the framing.
+    /// A body already delivered whole (a pause in `on_request_headers`) is not delivered again.
+    pub async fn request_body(
+        &mut self,
+        head: &mut request::Parts,
+        mut body: ProxyBody,
+    ) -> Result<ProxyBody, LocalReply> {
+        let mut pipeline = self.request_body_pipeline();
+        if self.body_delivered || pipeline.is_empty() || http_body::Body::is_end_stream(&body) {
+            return Ok(body);
+        }
+        let declared = head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let Some(declared) = declared else {
+            // Chunked in, chunked out.
+            return Ok(ProxyBody::piped(VecDeque::new(), body, Box::new(pipeline)));
+        };
+        let mut prefix: VecDeque<Frame<Bytes>> = VecDeque::new();
+        let (mut seen, mut emitted) = (0u64, 0u64);
+        let mut ended = false;
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        seen += data.len() as u64;
+                        let eos = http_body::Body::is_end_stream(&body);
+                        let out = pipeline.push(data, eos).map_err(|e| e.reply())?;
+                        emitted += out.len() as u64;
+                        if !out.is_empty() {
+                            prefix.push_back(Frame::data(out));
+                        }
+                        if eos {
+                            ended = true;
+                            break;
+                        }
+                        if emitted > 0 {
+                            break;
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            let (out, trailers) =
+                                pipeline.trailers(trailers).map_err(|e| e.reply())?;
+                            emitted += out.len() as u64;
+                            if !out.is_empty() {
+                                prefix.push_back(Frame::data(out));
+                            }
+                            prefix.push_back(Frame::trailers(trailers));
+                        }
+                        ended = true;
+                        break;
+                    }
+                },
+                Some(Err(e)) => {
+                    return Err(LocalReply {
+                        status: StatusCode::BAD_REQUEST,
+                        headers: HeaderMap::new(),
+                        body: Bytes::new(),
+                        details: format!("body read failed: {e}"),
+                        flag: None,
+                    });
+                }
+                None => {
+                    let out = pipeline.push(Bytes::new(), true).map_err(|e| e.reply())?;
+                    emitted += out.len() as u64;
+                    if !out.is_empty() {
+                        prefix.push_back(Frame::data(out));
+                    }
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if ended {
+            if prefix.iter().any(Frame::is_trailers) {
+                // Trailers need chunked framing.
+                head.headers.remove(header::CONTENT_LENGTH);
+            } else if emitted != declared {
+                head.headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(emitted));
+            }
+            return Ok(ProxyBody::frames(prefix));
+        }
+        if emitted != seen {
+            // Rewritten while still streaming: the length is no longer known.
+            head.headers.remove(header::CONTENT_LENGTH);
+            return Ok(ProxyBody::piped(prefix, body, Box::new(pipeline)));
+        }
+        let guard = LengthGuard {
+            pipeline,
+            remaining: declared.saturating_sub(emitted),
+        };
+        Ok(ProxyBody::piped(prefix, body, Box::new(guard)))
     }
 
     /// Runs `on_response_headers` in reverse order; then, unless the response has no body,
@@ -991,6 +1107,47 @@ impl Pipeline {
             }
         }
         Ok((out, list_to_map(&list)))
+    }
+}
+
+/// The rest of a request body whose `Content-Length` went upstream unchanged: a plugin that
+/// changes the length now fails the body (the upstream request is aborted) instead of sending
+/// more or fewer bytes than declared.
+struct LengthGuard {
+    pipeline: Pipeline,
+    remaining: u64,
+}
+
+impl LengthGuard {
+    fn take(&mut self, n: usize, end_of_stream: bool) -> Result<(), BoxError> {
+        let n = n as u64;
+        if n > self.remaining || (end_of_stream && n != self.remaining) {
+            return Err(Box::new(PipelineError(LocalReply {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                headers: HeaderMap::new(),
+                body: Bytes::from_static(b"plugin changed the request body length\n"),
+                details: "wasm_body_length_changed: a plugin changed the length of a request \
+                          body already forwarded with its Content-Length"
+                    .into(),
+                flag: None,
+            })));
+        }
+        self.remaining -= n;
+        Ok(())
+    }
+}
+
+impl BodyFilter for LengthGuard {
+    fn push(&mut self, data: Bytes, end_of_stream: bool) -> Result<Bytes, BoxError> {
+        let out = Pipeline::push(&mut self.pipeline, data, end_of_stream)?;
+        self.take(out.len(), end_of_stream)?;
+        Ok(out)
+    }
+
+    fn trailers(&mut self, trailers: HeaderMap) -> Result<(Bytes, HeaderMap), BoxError> {
+        let (out, trailers) = Pipeline::trailers(&mut self.pipeline, trailers)?;
+        self.take(out.len(), true)?;
+        Ok((out, trailers))
     }
 }
 

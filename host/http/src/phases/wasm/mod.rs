@@ -8,7 +8,7 @@ pub mod exchange;
 
 use std::sync::Arc;
 
-use http::{header, response};
+use http::response;
 use weft_body::ProxyBody;
 use weft_extensions::PluginHandle;
 
@@ -79,18 +79,20 @@ impl Phase for WasmPhase {
         let outcome = exchange
             .request_headers(&mut ctx.head, &ctx.authority, &mut ctx.body, self.max_body)
             .await;
-        let pipeline = exchange.request_body_pipeline();
-        ctx.completion.wasm = Some(exchange);
         if let Outcome::Reply(reply) = outcome {
+            ctx.completion.wasm = Some(exchange);
             return Flow::Reply(reply);
         }
-        if !pipeline.is_empty() && !http_body::Body::is_end_stream(&ctx.body) {
-            // Plugins may change the body's length: send it chunked.
-            ctx.head.headers.remove(header::CONTENT_LENGTH);
-            let body = std::mem::replace(&mut ctx.body, ProxyBody::empty());
-            ctx.body = ProxyBody::piped(Default::default(), body, Box::new(pipeline));
+        let body = std::mem::replace(&mut ctx.body, ProxyBody::empty());
+        let body = exchange.request_body(&mut ctx.head, body).await;
+        ctx.completion.wasm = Some(exchange);
+        match body {
+            Ok(body) => {
+                ctx.body = body;
+                Flow::Continue
+            }
+            Err(reply) => Flow::Reply(reply),
         }
-        Flow::Continue
     }
 
     async fn response<'a>(
