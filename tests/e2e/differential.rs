@@ -700,3 +700,59 @@ async fn abi_paused_request_body_delivered_once() {
     assert_eq!(e.header("x-probe-body-eos"), Some("0"));
     same_upstream_view(&e, &w, &["content-length", "transfer-encoding"]);
 }
+
+/// #8: a plugin's local reply runs through its own `on_response_headers` (it may add headers),
+/// and `response.code` is the reply's status in the response callbacks and in `on_log` (which
+/// writes it to shared data; the next request reads it back).
+#[tokio::test]
+async fn abi_local_reply_runs_own_response_callbacks() {
+    let up = echo("up").await;
+    let config = r#"{"local_reply":401,"read_log":true,"properties":["response.code"]}"#;
+    let Some(p) = probe_pair(up, config, &[]).await else {
+        return;
+    };
+    let (e, w) = p.both("GET", "/local", &[], b"").await;
+    same_status_and_headers(&e, &w, &["x-local", "x-probe-own-response-headers"]);
+    assert_eq!(e.status, 401);
+    assert_eq!(e.header("x-probe-own-response-headers"), Some("ran"));
+    same_probes(&e, &w, &["resp-response-code"]);
+    assert_eq!(w.text(), e.text());
+    // `on_log` of an earlier request has written what it saw (bounded: on_log runs as the
+    // reply completes, normally before the next request arrives).
+    for (who, url) in [
+        ("envoy", p.envoy.url("/again")),
+        ("weft", p.weft.url("main", "/again")),
+    ] {
+        let mut seen = String::new();
+        for _ in 0..50 {
+            let r = weft_e2e::get(&url).await;
+            seen = r.header("x-probe-onlog").unwrap_or_default().to_owned();
+            if seen != "<missing>" {
+                break;
+            }
+        }
+        assert_eq!(seen, "response.code=401", "{who}");
+    }
+}
+
+/// #2: a response trailer a plugin adds at the end of the stream, to an HTTP/1.1 client that
+/// accepts trailers (`TE: trailers`). HTTP/1.1 carries trailers only in a chunked body; Envoy
+/// 1.40 (HTTP/1 `enable_trailers` off by default) keeps the upstream's `Content-Length` and
+/// drops the trailer. Weft does the same (documented in docs/abi.md): neither sends it.
+#[tokio::test]
+async fn abi_http1_response_trailers_as_envoy() {
+    let up = echo("up").await;
+    let config = r#"{"trailers":true}"#;
+    let Some(p) = pair(up, "hostcalls", fx::HOSTCALLS, config, "", false).await else {
+        return;
+    };
+    let request = b"GET /t HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n";
+    let (e_head, e_body) = split_raw(&raw(p.envoy.addr(), request).await);
+    let (w_head, w_body) = split_raw(&raw(p.weft.addr("main"), request).await);
+    for (who, head, body) in [("envoy", &e_head, &e_body), ("weft", &w_head, &w_body)] {
+        assert!(head.starts_with("http/1.1 200"), "{who}: {head}");
+        assert!(head.contains("\r\ncontent-length: "), "{who}: {head}");
+        assert!(!head.contains("transfer-encoding"), "{who}: {head}");
+        assert!(!body.contains("x-trailer"), "{who}: {body}");
+    }
+}

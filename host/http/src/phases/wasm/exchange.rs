@@ -192,6 +192,8 @@ pub struct WasmExchange {
     properties: Arc<RequestProperties>,
     /// The request body was buffered and delivered whole to every plugin already.
     body_delivered: bool,
+    /// A plugin answered the request headers with a local reply.
+    local_reply: bool,
 }
 
 fn reply_from(local: LocalResponse) -> LocalReply {
@@ -382,6 +384,7 @@ impl WasmExchange {
             stages,
             properties,
             body_delivered: false,
+            local_reply: false,
         })
     }
 
@@ -449,7 +452,15 @@ impl WasmExchange {
                 s.data().request_headers = list.clone();
             }
             match settled {
-                Settled::Reply(r) => return Outcome::Reply(r),
+                Settled::Reply(r) => {
+                    // As Envoy's encoder chain: the reply passes back through this plugin and
+                    // those before it, not through the plugins after it.
+                    for later in &mut self.stages[i + 1..] {
+                        later.skipped = true;
+                    }
+                    self.local_reply = true;
+                    return Outcome::Reply(r);
+                }
                 Settled::Continue => {}
                 Settled::Stalled if buffered.is_none() && http_body::Body::is_end_stream(body) => {
                     // Paused with nothing pending on a request without a body: there is no
@@ -564,6 +575,49 @@ impl WasmExchange {
     /// A body filter that streams request body frames through the chain.
     pub fn request_body_pipeline(&self) -> Pipeline {
         Pipeline::new(&self.stages, Direction::Request)
+    }
+
+    /// A reply the chain made (a plugin's local reply, or a failure under `fail_closed`), as
+    /// the client will get it. A plugin's own local reply runs through the response callbacks
+    /// of that plugin and those before it (Envoy's encoder chain: they may add headers or
+    /// rewrite the body); every reply records `response.code` and `response.code_details` for
+    /// `on_log`.
+    pub async fn reply(&mut self, reply: LocalReply, max_body: usize) -> LocalReply {
+        self.properties.set(
+            "response.code",
+            u64::from(reply.status.as_u16()).to_le_bytes().to_vec(),
+        );
+        self.properties
+            .set("response.code_details", reply.details.clone().into_bytes());
+        if !std::mem::take(&mut self.local_reply) {
+            return reply;
+        }
+        let (mut head, ()) = http::Response::new(()).into_parts();
+        head.status = reply.status;
+        head.headers = reply.headers.clone();
+        if !head.headers.contains_key(header::CONTENT_LENGTH) {
+            head.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
+        }
+        let body = match self
+            .response(&mut head, ProxyBody::full(reply.body.clone()), max_body)
+            .await
+        {
+            Ok(body) => body,
+            Err(r) => return r,
+        };
+        let body = match http_body_util::Limited::new(body, max_body).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(_) => return reply,
+        };
+        head.headers.remove(header::CONTENT_LENGTH);
+        LocalReply {
+            status: head.status,
+            headers: head.headers,
+            body,
+            details: reply.details,
+            flag: reply.flag,
+        }
     }
 
     /// The request body to send upstream, streamed through the plugins' `on_request_body`,

@@ -80,18 +80,22 @@ impl Phase for WasmPhase {
             .request_headers(&mut ctx.head, &ctx.authority, &mut ctx.body, self.max_body)
             .await;
         if let Outcome::Reply(reply) = outcome {
+            let reply = exchange.reply(reply, self.max_body.max(1)).await;
             ctx.completion.wasm = Some(exchange);
             return Flow::Reply(reply);
         }
         let body = std::mem::replace(&mut ctx.body, ProxyBody::empty());
-        let body = exchange.request_body(&mut ctx.head, body).await;
-        ctx.completion.wasm = Some(exchange);
-        match body {
+        match exchange.request_body(&mut ctx.head, body).await {
             Ok(body) => {
                 ctx.body = body;
+                ctx.completion.wasm = Some(exchange);
                 Flow::Continue
             }
-            Err(reply) => Flow::Reply(reply),
+            Err(reply) => {
+                let reply = exchange.reply(reply, self.max_body.max(1)).await;
+                ctx.completion.wasm = Some(exchange);
+                Flow::Reply(reply)
+            }
         }
     }
 
