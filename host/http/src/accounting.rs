@@ -102,6 +102,7 @@ impl Completion {
                 "response.flags",
                 flags::envoy_bits(self.flag).to_le_bytes().to_vec(),
             );
+            p.record_sizes(self.request_bytes.load(Ordering::Relaxed), bytes);
             w.finish();
         }
         let elapsed = self.start.elapsed();

@@ -26,6 +26,6 @@ mod watch;
 pub use commands::ReloadError;
 pub use proxy::{Proxy, StartOptions};
 pub use signals::Signals;
-pub use source::{ConfigSource, ProxyError};
+pub use source::{ConfigSource, ProxyError, check_plugins};
 /// Built-in plugin modules (embedded in the binary).
 pub use weft_extensions::register_builtin_plugins;

@@ -56,6 +56,10 @@ enum Command {
         /// Configuration file (YAML).
         #[arg(short, long)]
         config: PathBuf,
+        /// Also load every plugin (compile, start, configure) and fail if one does not load, as
+        /// Envoy refuses to start then (`weft run` serves with each plugin's failure policy).
+        #[arg(long)]
+        load_plugins: bool,
     },
     /// The built-in certificate authority (Citadel's role).
     Ca {
@@ -74,7 +78,10 @@ pub fn main(cli: Cli) -> ExitCode {
     init_logging(cli.log_format, &cli.log_level);
     weft_proxy::register_builtin_plugins(BUILTIN_PLUGINS);
     match cli.command {
-        Command::Validate { config } => validate(&config),
+        Command::Validate {
+            config,
+            load_plugins,
+        } => validate(&config, load_plugins),
         Command::Run {
             config,
             echo,
@@ -98,8 +105,37 @@ fn init_logging(format: LogFormat, filter: &str) {
     }
 }
 
-fn validate(path: &std::path::Path) -> ExitCode {
+fn validate(path: &std::path::Path, load_plugins: bool) -> ExitCode {
     match weft_config::load(path) {
+        Ok(c) if load_plugins => {
+            let base_dir = ConfigSource::File(path.to_path_buf()).base_dir();
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let errors = runtime.block_on(weft_proxy::check_plugins(&c, &base_dir));
+            if errors.is_empty() {
+                println!(
+                    "{}: ok ({} listeners, {} clusters, {} plugins loaded)",
+                    path.display(),
+                    c.listeners.len(),
+                    c.clusters.len(),
+                    c.plugins.len()
+                );
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("{}: {} plugin(s) do not load", path.display(), errors.len());
+            for e in errors {
+                eprintln!("{e}");
+            }
+            ExitCode::FAILURE
+        }
         Ok(c) => {
             println!(
                 "{}: ok ({} listeners, {} clusters)",
