@@ -28,3 +28,4 @@ mod routing;
 mod shutdown;
 mod streaming;
 mod upstream_tls;
+mod xds;

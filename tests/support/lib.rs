@@ -11,6 +11,7 @@ pub mod faulty;
 pub mod mesh;
 pub mod plugins;
 pub mod upstream;
+pub mod xds;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -16,6 +16,7 @@ pub mod resilience;
 pub mod schema;
 mod tls;
 mod validate;
+pub mod xds;
 mod yaml;
 
 use std::fmt;
@@ -25,6 +26,7 @@ use std::path::Path;
 pub use error::{ConfigError, Problem};
 pub use locate::{Location, SourceMap};
 pub use schema::Config;
+pub use xds::{DynamicResources, compose};
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -42,6 +42,9 @@ pub struct Config {
     /// The certificate agent: this sidecar's identity from a `weft ca serve` endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
+    /// Weft as an xDS client: the control plane and this node's identity (`xds.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds: Option<crate::xds::Xds>,
 }
 
 /// A proxy-wasm plugin (a `.wasm` module built against the proxy-wasm ABI 0.2.x).

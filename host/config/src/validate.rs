@@ -22,6 +22,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Found> {
         plugins: config.plugins.iter().map(|p| p.name.as_str()).collect(),
     };
     v.config(config);
+    v.found.extend(crate::xds::validate(config));
     v.found
 }
 

@@ -6,6 +6,7 @@
 pub mod access_log;
 pub mod flags;
 pub mod metrics;
+pub mod xds;
 
 pub use access_log::{AccessLog, Entry};
 pub use metrics::Metrics;

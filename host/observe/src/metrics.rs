@@ -104,6 +104,8 @@ pub struct Metrics {
     pub tls: TlsMetrics,
     /// Traffic management (retries, breakers, health, faults, mirrors, rate limits).
     pub resilience: Families,
+    /// The xDS client (`weft_xds_*`).
+    pub xds: crate::xds::XdsMetrics,
 }
 
 /// The five status classes, indexed by `status / 100 - 1`.
@@ -188,6 +190,7 @@ impl Metrics {
             config_generation: Gauge::default(),
             tls: TlsMetrics::default(),
             resilience: Default::default(),
+            xds: Default::default(),
             registry: Registry::default(),
         };
         let reg = &mut registry;
@@ -268,6 +271,7 @@ impl Metrics {
         );
         m.tls.register(reg);
         m.resilience.register(reg);
+        m.xds.register(reg);
         Metrics { registry, ..m }
     }
 

@@ -94,6 +94,9 @@ impl Proxy {
                 plugins,
                 commands,
                 published: tokio::sync::watch::Sender::new(0),
+                file_config: Mutex::new(generation.config.clone()),
+                dynamic: Mutex::new(Arc::default()),
+                dynamic_status: Mutex::new(None),
             }),
         };
         crate::reload::publish(&proxy.inner, generation).await?;
