@@ -424,3 +424,42 @@ pub fn route_config(name: &str, routes: Vec<route::Route>) -> route::RouteConfig
         ..Default::default()
     }
 }
+
+/// Envoy's bootstrap for the same control plane and node as [`bootstrap`]: ADS for CDS and LDS
+/// (EDS and RDS follow through `ads: {}` in the resources), admin on port 0.
+pub fn envoy_bootstrap(addr: SocketAddr) -> String {
+    format!(
+        r#"admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+node:
+  id: sidecar~127.0.0.1~envoy-pod.test-ns~test-ns.svc.cluster.local
+  cluster: test-app.test-ns
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds-grpc }} }}]
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+    - name: xds-grpc
+      type: STATIC
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: {{ http2_protocol_options: {{}} }}
+      load_assignment:
+        cluster_name: xds-grpc
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: {{ address: "{ip}", port_value: {port} }}
+"#,
+        ip = addr.ip(),
+        port = addr.port()
+    )
+}

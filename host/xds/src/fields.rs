@@ -65,13 +65,19 @@ mod tests {
     use super::*;
 
     #[derive(Debug, Default)]
-    #[expect(dead_code, reason = "read only through Debug, as the protobuf messages are")]
+    #[expect(
+        dead_code,
+        reason = "read only through Debug, as the protobuf messages are"
+    )]
     struct Inner {
         a: u32,
     }
 
     #[derive(Debug, Default)]
-    #[expect(dead_code, reason = "read only through Debug, as the protobuf messages are")]
+    #[expect(
+        dead_code,
+        reason = "read only through Debug, as the protobuf messages are"
+    )]
     struct Outer {
         name: String,
         inner: Option<Inner>,
