@@ -235,3 +235,61 @@ fn rename(
     let dynamic = index.checked_sub(statics)?;
     Some((name(dynamic)?, rest.to_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(extra: &str) -> Result<Config, ConfigError> {
+        crate::parse(
+            &format!(
+                "admin: {{ address: 127.0.0.1:0 }}\nclusters:\n  - name: xds\n    protocol: http2\n    endpoints: [{{ address: 127.0.0.1:15010 }}]\n{extra}"
+            ),
+            "weft.yaml",
+        )
+    }
+
+    #[test]
+    fn the_bootstrap_names_a_static_h2_cluster_and_a_node() {
+        let ok =
+            file("xds: { cluster: xds, node: { id: sidecar~10.0.0.1~p.ns~ns.svc.cluster.local } }")
+                .unwrap_or_else(|e| panic!("{e}"));
+        let x = ok.xds.unwrap_or_else(|| panic!("xds section"));
+        assert!(x.node.istio_meta_env);
+        let err = file("xds: { cluster: nope, node: { id: n } }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("xds.cluster: unknown cluster `nope`"), "{err}");
+        let err = file("xds: { cluster: xds, node: { id: \"\" } }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("xds.node.id: must not be empty"), "{err}");
+    }
+
+    #[test]
+    fn dynamic_problems_are_named_by_resource() {
+        let config = file("").unwrap_or_else(|e| panic!("{e}"));
+        let mut dup = config.clusters[0].clone();
+        dup.endpoints.clear();
+        let mut empty = dup.clone();
+        empty.name = "eds".into();
+        let dynamic = DynamicResources {
+            listeners: Vec::new(),
+            clusters: vec![dup, empty],
+        };
+        let err = compose(&config, &dynamic, "xds").unwrap_err();
+        let problems: Vec<_> = err.problems().iter().map(|p| p.render("xds")).collect();
+        // The clash is named; an EDS cluster with no endpoints yet is allowed.
+        assert!(
+            problems.contains(
+                &"xds: cluster \"xds\": a static cluster of that name exists in the file"
+                    .to_owned()
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            !problems.iter().any(|p| p.contains("\"eds\"")),
+            "{problems:?}"
+        );
+    }
+}

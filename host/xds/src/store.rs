@@ -216,3 +216,160 @@ impl Store {
             .collect();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3 as c;
+    use envoy_types::pb::envoy::config::endpoint::v3 as e;
+    use envoy_types::pb::envoy::config::route::v3 as r;
+    use prost::Name;
+
+    use super::*;
+
+    fn any<M: Name>(m: &M) -> Any {
+        Any {
+            type_url: M::type_url(),
+            value: m.encode_to_vec(),
+        }
+    }
+
+    fn eds(name: &str) -> c::Cluster {
+        c::Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(c::cluster::ClusterDiscoveryType::Type(
+                c::cluster::DiscoveryType::Eds as i32,
+            )),
+            ..Default::default()
+        }
+    }
+
+    fn cla(name: &str, port: u32) -> e::ClusterLoadAssignment {
+        use envoy_types::pb::envoy::config::core::v3 as core;
+        let address = core::Address {
+            address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                address: "127.0.0.1".into(),
+                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port)),
+                ..Default::default()
+            })),
+        };
+        e::ClusterLoadAssignment {
+            cluster_name: name.into(),
+            endpoints: vec![e::LocalityLbEndpoints {
+                lb_endpoints: vec![
+                    e::LbEndpoint {
+                        host_identifier: Some(e::lb_endpoint::HostIdentifier::Endpoint(
+                            e::Endpoint {
+                                address: Some(address.clone()),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    },
+                    // Unhealthy: takes no traffic.
+                    e::LbEndpoint {
+                        health_status: 2,
+                        host_identifier: Some(e::lb_endpoint::HostIdentifier::Endpoint(
+                            e::Endpoint {
+                                address: Some(address),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unsupported_cluster_fields_are_refused_by_name() {
+        let mut maglev = eds("a");
+        maglev.lb_policy = c::cluster::LbPolicy::Maglev as i32;
+        let err = Store::default()
+            .with(Kind::Cluster, &[any(&maglev)])
+            .unwrap_err();
+        assert_eq!(err, "cluster \"a\".lb_policy: MAGLEV is unimplemented");
+        let mut outlier = eds("b");
+        outlier.outlier_detection = Some(c::OutlierDetection::default());
+        let err = Store::default()
+            .with(Kind::Cluster, &[any(&outlier)])
+            .unwrap_err();
+        assert!(
+            err.starts_with("cluster \"b\".outlier_detection: unimplemented"),
+            "{err}"
+        );
+        let err = Store::default()
+            .with(Kind::Cluster, &[any(&eds("d")), any(&eds("d"))])
+            .unwrap_err();
+        assert_eq!(err, "duplicate resource name `d`");
+    }
+
+    #[test]
+    fn eds_clusters_warm_until_their_endpoints_arrive_and_unhealthy_ones_are_left_out() {
+        let statics = HashSet::new();
+        let s = Store::default()
+            .with(Kind::Cluster, &[any(&eds("a"))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!s.clusters_warm());
+        let composed = s.compose(&statics);
+        assert_eq!(composed.warming, vec!["cds/a".to_owned()]);
+        assert!(composed.resources.clusters.is_empty());
+        let s = s
+            .with(Kind::Endpoint, &[any(&cla("a", 9000))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.clusters_warm());
+        let composed = s.compose(&statics);
+        assert!(composed.warming.is_empty());
+        assert_eq!(composed.resources.clusters[0].endpoints.len(), 1);
+        assert_eq!(
+            composed.resources.clusters[0].endpoints[0].address,
+            "127.0.0.1:9000"
+        );
+    }
+
+    #[test]
+    fn a_route_to_an_unknown_cluster_answers_503() {
+        let rc = r::RouteConfiguration {
+            name: "rc".into(),
+            virtual_hosts: vec![r::VirtualHost {
+                name: "vh".into(),
+                domains: vec!["*".into()],
+                routes: vec![r::Route {
+                    r#match: Some(r::RouteMatch {
+                        path_specifier: Some(r::route_match::PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(r::route::Action::Route(r::RouteAction {
+                        cluster_specifier: Some(r::route_action::ClusterSpecifier::Cluster(
+                            "nowhere".into(),
+                        )),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let vhosts = route::route_configuration("rc", rc).unwrap_or_else(|e| panic!("{e}"));
+        let mut s = Store::default();
+        let mut l: Listener = serde_json::from_value(serde_json::json!({
+            "name": "l", "address": "127.0.0.1:0"
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        l.virtual_hosts = vhosts;
+        s.listeners.insert(
+            "l".into(),
+            listener::Translated {
+                listener: l,
+                rds: None,
+            },
+        );
+        let composed = s.compose(&HashSet::new());
+        let route = &composed.resources.listeners[0].virtual_hosts[0].routes[0];
+        assert!(route.route.is_none());
+        assert_eq!(route.direct_response.as_ref().map(|d| d.status), Some(503));
+    }
+}
