@@ -222,6 +222,7 @@ mod tests {
     use envoy_types::pb::envoy::config::cluster::v3 as c;
     use envoy_types::pb::envoy::config::endpoint::v3 as e;
     use envoy_types::pb::envoy::config::route::v3 as r;
+    use envoy_types::pb::google::protobuf::UInt32Value;
     use prost::Name;
 
     use super::*;
@@ -292,14 +293,30 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, "cluster \"a\".lb_policy: MAGLEV is unimplemented");
         let mut outlier = eds("b");
-        outlier.outlier_detection = Some(c::OutlierDetection::default());
+        outlier.outlier_detection = Some(c::OutlierDetection {
+            failure_percentage_threshold: Some(UInt32Value { value: 85 }),
+            ..Default::default()
+        });
         let err = Store::default()
             .with(Kind::Cluster, &[any(&outlier)])
             .unwrap_err();
         assert!(
-            err.starts_with("cluster \"b\".outlier_detection: unimplemented"),
+            err.starts_with(
+                "cluster \"b\".outlier_detection.failure_percentage_threshold: unimplemented"
+            ),
             "{err}"
         );
+        // Envoy's defaults: 5 consecutive 5xx enforced, gateway failures not enforced.
+        outlier.outlier_detection = Some(c::OutlierDetection {
+            consecutive_gateway_failure: Some(UInt32Value { value: 3 }),
+            ..Default::default()
+        });
+        let s = Store::default()
+            .with(Kind::Cluster, &[any(&outlier)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let od = s.clusters["b"].cluster.outlier_detection.clone();
+        let od = od.unwrap_or_else(|| panic!("mapped"));
+        assert_eq!((od.consecutive_5xx, od.consecutive_gateway_errors), (5, 0));
         let err = Store::default()
             .with(Kind::Cluster, &[any(&eds("d")), any(&eds("d"))])
             .unwrap_err();

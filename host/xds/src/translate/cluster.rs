@@ -124,6 +124,9 @@ pub(crate) fn translate(c: XCluster) -> Result<Translated, String> {
     if let Some(cb) = rest.circuit_breakers.take() {
         cluster.circuit_breakers = circuit_breakers(&format!("{path}.circuit_breakers"), cb)?;
     }
+    if let Some(od) = rest.outlier_detection.take() {
+        cluster.outlier_detection = Some(outlier(&format!("{path}.outlier_detection"), od)?);
+    }
     // The deprecated `http2_protocol_options` is how simple control planes ask for h2.
     #[expect(
         deprecated,
@@ -161,5 +164,85 @@ fn circuit_breakers(
         reject_rest(&path, &rest)?;
         out = Some(b);
     }
+    Ok(out)
+}
+
+/// Envoy's outlier detection: consecutive 5xx, consecutive gateway failures (when enforced),
+/// success rate (enforced or not); partial enforcement percentages, failure-percentage
+/// ejection and split local-origin accounting are unimplemented.
+fn outlier(
+    path: &str,
+    od: envoy_types::pb::envoy::config::cluster::v3::OutlierDetection,
+) -> Result<weft_config::resilience::OutlierDetection, String> {
+    let mut rest = od;
+    let all_or_nothing = |field: &str, v: Option<u32>| -> Result<bool, String> {
+        match v {
+            None | Some(100) => Ok(true),
+            Some(0) => Ok(false),
+            Some(n) => Err(format!(
+                "{path}.{field}: {n}% is unimplemented (only 0 or 100)"
+            )),
+        }
+    };
+    let enforce_5xx = all_or_nothing(
+        "enforcing_consecutive_5xx",
+        rest.enforcing_consecutive_5xx.take().map(|v| v.value),
+    )?;
+    let enforce_sr = all_or_nothing(
+        "enforcing_success_rate",
+        rest.enforcing_success_rate.take().map(|v| v.value),
+    )?;
+    // Envoy's default for gateway failures is not enforced (0).
+    let enforce_gw = match rest
+        .enforcing_consecutive_gateway_failure
+        .take()
+        .map(|v| v.value)
+    {
+        None | Some(0) => false,
+        Some(100) => true,
+        Some(n) => {
+            return Err(format!(
+                "{path}.enforcing_consecutive_gateway_failure: {n}% is unimplemented (only 0 or 100)"
+            ));
+        }
+    };
+    let mut out: weft_config::resilience::OutlierDetection =
+        serde_json::from_value(serde_json::json!({})).map_err(|e| format!("{path}: {e}"))?;
+    let c5 = rest.consecutive_5xx.take().map_or(5, |v| v.value);
+    out.consecutive_5xx = if enforce_5xx { c5 } else { 0 };
+    let gw = rest
+        .consecutive_gateway_failure
+        .take()
+        .map_or(5, |v| v.value);
+    out.consecutive_gateway_errors = if enforce_gw { gw } else { 0 };
+    if let Some(d) = rest.interval.take() {
+        out.interval = duration(&format!("{path}.interval"), &d)?;
+    }
+    if let Some(d) = rest.base_ejection_time.take() {
+        out.base_ejection_time = duration(&format!("{path}.base_ejection_time"), &d)?;
+    }
+    if let Some(d) = rest.max_ejection_time.take() {
+        out.max_ejection_time = duration(&format!("{path}.max_ejection_time"), &d)?;
+    }
+    if let Some(p) = rest.max_ejection_percent.take() {
+        out.max_ejection_percent = f64::from(p.value);
+    }
+    if let Some(v) = rest.success_rate_minimum_hosts.take() {
+        out.success_rate_minimum_hosts = v.value;
+    }
+    if let Some(v) = rest.success_rate_request_volume.take() {
+        out.success_rate_request_volume = v.value;
+    }
+    if let Some(v) = rest.success_rate_stdev_factor.take() {
+        out.success_rate_stdev_factor = v.value;
+    }
+    if !enforce_sr {
+        out.success_rate_stdev_factor = 0;
+    }
+    // Only meaningful with split local-origin errors (rejected below when set).
+    rest.consecutive_local_origin_failure = None;
+    rest.enforcing_consecutive_local_origin_failure = None;
+    rest.enforcing_local_origin_success_rate = None;
+    reject_rest(path, &rest)?;
     Ok(out)
 }
