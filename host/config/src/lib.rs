@@ -9,6 +9,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod compose;
 mod error;
 mod locate;
 mod matching;
@@ -23,10 +24,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 
+pub use compose::{DynamicResources, compose};
 pub use error::{ConfigError, Problem};
 pub use locate::{Location, SourceMap};
 pub use schema::Config;
-pub use xds::{DynamicResources, compose};
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {

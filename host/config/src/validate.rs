@@ -3,6 +3,7 @@
 
 mod resilience;
 mod tls;
+mod xds;
 
 use std::collections::HashSet;
 
@@ -22,7 +23,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Found> {
         plugins: config.plugins.iter().map(|p| p.name.as_str()).collect(),
     };
     v.config(config);
-    v.found.extend(crate::xds::validate(config));
+    v.found.extend(xds::xds(config));
     v.found
 }
 
