@@ -343,3 +343,51 @@ async fn the_same_snapshot_behaves_the_same_in_envoy_and_weft() {
         }
     }
 }
+
+/// Static and dynamic resources compose, and a file reload keeps the dynamic ones.
+#[tokio::test]
+async fn a_file_reload_keeps_the_xds_resources() {
+    let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
+    let file_up = upstream::echo("static").await;
+    let cp = ControlPlane::start(snapshot("1", v1, v2, "one").await).await;
+    let static_part = |path: &str| {
+        format!(
+            r#"listeners:
+  - name: file
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes: [{{ match: {{ path: {{ prefix: "{path}" }} }}, route: {{ cluster: file-up }} }}]
+"#
+        )
+    };
+    let with_file = |path: &str| {
+        format!(
+            "{}  - name: file-up\n    endpoints: [{{ address: \"{file_up}\" }}]\n{}",
+            bootstrap(cp.addr),
+            static_part(path)
+        )
+    };
+    let tp = TestProxy::start(&with_file("/")).await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await);
+    assert_eq!(get(&tp.url("file", "/a")).await.json()["server"], "static");
+    assert_eq!(get(&tp.url("web", "/v1")).await.json()["server"], "v1");
+
+    // The file changes: its listener now only takes /b; the xDS listener stays.
+    tp.write_config(&with_file("/b"));
+    tp.proxy.reload().await.unwrap();
+    assert_eq!(get(&tp.url("file", "/a")).await.status, 404);
+    assert_eq!(get(&tp.url("web", "/v1")).await.json()["server"], "v1");
+    let dump = get(&format!("http://{}/config_dump", tp.admin()))
+        .await
+        .json();
+    let listeners: Vec<&str> = dump["config"]["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listeners, ["file", "web"]);
+}
