@@ -10,6 +10,8 @@ pub mod envoy;
 pub mod faulty;
 pub mod mesh;
 pub mod plugins;
+pub mod prometheus;
+pub mod recording;
 pub mod upstream;
 pub mod xds;
 
@@ -54,6 +56,7 @@ impl TestProxy {
             StartOptions {
                 watch,
                 admin_address: Some("127.0.0.1:0".parse().expect("addr")),
+                ..Default::default()
             },
         )
         .await
@@ -104,9 +107,19 @@ impl TestProxy {
         }
     }
 
-    /// The `/metrics` text.
+    /// The `/metrics` text, as OpenMetrics (what Prometheus asks for).
     pub async fn metrics(&self) -> String {
-        let r = get(&format!("http://{}/metrics", self.admin())).await;
+        let r = get_with(
+            &format!("http://{}/metrics", self.admin()),
+            &[("accept", "application/openmetrics-text;version=1.0.0")],
+        )
+        .await;
+        String::from_utf8_lossy(&r.body).into_owned()
+    }
+
+    /// The `/stats/prometheus` text with no `Accept`: Prometheus text format 0.0.4.
+    pub async fn metrics_text(&self) -> String {
+        let r = get(&format!("http://{}/stats/prometheus", self.admin())).await;
         String::from_utf8_lossy(&r.body).into_owned()
     }
 }

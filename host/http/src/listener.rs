@@ -213,6 +213,11 @@ impl HttpListener {
                 tls,
                 clusters: ctx.clusters.clone(),
                 metrics: metrics.listener(&l.name),
+                istio: ctx.config.telemetry.metrics.enabled.then(|| {
+                    metrics
+                        .istio
+                        .reporting(&ctx.config.node, &ctx.config.telemetry)
+                }),
             },
             routes,
             chain: Chain::new(steps),

@@ -22,4 +22,6 @@ pub struct ListenerSettings {
     pub clusters: Arc<Vec<Arc<Cluster>>>,
     /// Metric handles.
     pub metrics: Arc<ListenerMetrics>,
+    /// Istio's standard metrics and metadata exchange (`None`: turned off).
+    pub istio: Option<Arc<weft_observe::istio::Reporting>>,
 }

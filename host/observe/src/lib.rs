@@ -4,7 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod exposition;
 pub mod flags;
+pub mod istio;
 pub mod metrics;
 pub mod xds;
 

@@ -35,6 +35,10 @@ pub struct StartOptions {
     pub watch: bool,
     /// Override the admin address (tests use port 0).
     pub admin_address: Option<SocketAddr>,
+    /// Override `identity.spiffe_id`: one mesh configuration then serves every workload, each
+    /// sidecar asking for its own identity (`weft run` takes it from `WEFT_SPIFFE_ID`, which
+    /// `weft inject` sets from the pod's namespace and service account).
+    pub spiffe_id: Option<String>,
 }
 
 impl Proxy {
@@ -42,8 +46,12 @@ impl Proxy {
     pub async fn start(source: ConfigSource, options: StartOptions) -> Result<Proxy, ProxyError> {
         let config = source.load()?;
         if let Some(identity) = &config.identity {
+            let mut identity = identity.clone();
+            if let Some(id) = &options.spiffe_id {
+                identity.spiffe_id.clone_from(id);
+            }
             // The workload certificate must be in place before listeners load it.
-            crate::identity::start_agent(identity, &source.base_dir())
+            crate::identity::start_agent(&identity, &source.base_dir())
                 .await
                 .map_err(ProxyError::Identity)?;
         }
@@ -76,6 +84,7 @@ impl Proxy {
             .admin_address
             .unwrap_or(generation.config.admin.address);
         let (commands, inbox) = tokio::sync::mpsc::channel(64);
+        let overload = Arc::new(weft_http::overload::Overload::new(metrics.overload.clone()));
         let proxy = Proxy {
             inner: Arc::new(State {
                 source,
@@ -83,13 +92,17 @@ impl Proxy {
                 slots: Mutex::new(HashMap::new()),
                 shared: Arc::new(Shared {
                     metrics,
-                    http: Arc::new(weft_http::Shared { access_log }),
+                    http: Arc::new(weft_http::Shared {
+                        access_log,
+                        overload: overload.clone(),
+                    }),
                 }),
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 ready: AtomicBool::new(false),
                 last_error: Mutex::new(None),
                 admin_addr: Mutex::new(None),
+                sidecar_addrs: Mutex::new(HashMap::new()),
                 drain_timeout,
                 plugins,
                 commands,
@@ -101,9 +114,10 @@ impl Proxy {
         };
         crate::reload::publish(&proxy.inner, generation).await?;
         crate::reload::spawn_actor(proxy.inner.clone(), inbox);
+        overload.spawn_sampler(proxy.inner.shutdown.clone());
         let api: Arc<dyn weft_admin::AdminApi> =
             Arc::new(crate::admin_api::Api(proxy.inner.clone()));
-        let admin = weft_admin::start(api, admin_address)
+        let admin = weft_admin::start(api.clone(), admin_address)
             .await
             .map_err(|error| ProxyError::Bind {
                 what: "admin".into(),
@@ -111,6 +125,9 @@ impl Proxy {
                 error,
             })?;
         *proxy.inner.admin_addr.lock() = Some(admin);
+        if let Some(sidecar) = proxy.inner.generation().config.sidecar.clone() {
+            start_sidecar_ports(&proxy, &api, &sidecar).await?;
+        }
         if options.watch {
             crate::watch::spawn(&proxy.inner);
         }
@@ -182,6 +199,12 @@ impl Proxy {
         self.inner.admin_addr()
     }
 
+    /// The bound address of sidecar port `name`: `health` (15021), `prometheus` (15090) or
+    /// `merged` (15020).
+    pub fn sidecar_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.inner.sidecar_addrs.lock().get(name).copied()
+    }
+
     /// Metric families.
     pub fn metrics(&self) -> &Metrics {
         self.inner.metrics()
@@ -244,4 +267,40 @@ impl Proxy {
         }
         self.wait().await
     }
+}
+
+/// Binds Istio's sidecar ports (read once at start): health, Prometheus, and the merged
+/// metrics when the application's metrics URL is known.
+async fn start_sidecar_ports(
+    proxy: &Proxy,
+    api: &Arc<dyn weft_admin::AdminApi>,
+    sidecar: &weft_config::schema::Sidecar,
+) -> Result<(), ProxyError> {
+    use weft_admin::sidecar::SidecarPort;
+    let mut ports = vec![
+        ("health", sidecar.health_address, SidecarPort::Health),
+        (
+            "prometheus",
+            sidecar.prometheus_address,
+            SidecarPort::Prometheus,
+        ),
+    ];
+    if let Some(merged) = sidecar
+        .app_metrics_url
+        .as_deref()
+        .and_then(SidecarPort::merged)
+    {
+        ports.push(("merged", sidecar.merged_metrics_address, merged));
+    }
+    for (name, address, port) in ports {
+        let bound = weft_admin::sidecar::start(api.clone(), address, port)
+            .await
+            .map_err(|error| ProxyError::Bind {
+                what: format!("sidecar {name} port"),
+                address,
+                error,
+            })?;
+        proxy.inner.sidecar_addrs.lock().insert(name, bound);
+    }
+    Ok(())
 }

@@ -172,6 +172,9 @@ pub(crate) async fn publish(state: &State, generation: Arc<Generation>) -> Resul
     {
         let slots = inner.slots.lock().clone();
         for (name, lgen) in &generation.listeners {
+            if !lgen.config().bind_to_port {
+                continue;
+            }
             let keep = slots
                 .get(name)
                 .is_some_and(|s| s.configured_addr == lgen.config().address);
@@ -203,6 +206,11 @@ pub(crate) async fn publish(state: &State, generation: Arc<Generation>) -> Resul
     inner.plugins.set_clusters(generation.clusters.clone());
     inner.plugins.retain(&generation.plugin_handles());
     inner.generation.store(generation.clone());
+    inner
+        .shared
+        .http
+        .overload
+        .configure(&generation.config.overload);
     inner.shared.metrics.config_generation.set(id as i64);
     inner.published.send_replace(id);
     // 3. Stop what was removed or moved; start what is new.
@@ -212,7 +220,7 @@ pub(crate) async fn publish(state: &State, generation: Arc<Generation>) -> Resul
             generation
                 .listeners
                 .get(*n)
-                .is_none_or(|l| l.config().address != s.configured_addr)
+                .is_none_or(|l| !l.config().bind_to_port || l.config().address != s.configured_addr)
         })
         .map(|(n, _)| n.clone())
         .collect();

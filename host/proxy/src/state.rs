@@ -33,6 +33,8 @@ pub(crate) struct State {
     pub(crate) ready: AtomicBool,
     pub(crate) last_error: Mutex<Option<String>>,
     pub(crate) admin_addr: Mutex<Option<SocketAddr>>,
+    /// The sidecar ports' bound addresses: `health`, `prometheus`, `merged`.
+    pub(crate) sidecar_addrs: Mutex<HashMap<&'static str, SocketAddr>>,
     pub(crate) drain_timeout: Duration,
     pub(crate) plugins: Arc<PluginRegistry>,
     pub(crate) commands: tokio::sync::mpsc::Sender<Command>,

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -32,6 +33,8 @@ pub enum ListenerGen {
     Http(HttpEntry),
     /// A TCP listener.
     Tcp(Box<TcpTarget>),
+    /// A capture listener (`original_dst: true`).
+    Capture(Box<crate::capture::CaptureEntry>),
 }
 
 /// An HTTP listener: its TLS termination (transport) and its routes and chains (HTTP layer).
@@ -58,6 +61,8 @@ pub struct TcpTarget {
     pub metrics: Arc<ListenerMetrics>,
     /// proxy-wasm network filters, in order.
     pub wasm: Vec<Arc<PluginHandle>>,
+    /// Istio's standard TCP metrics (`None`: turned off).
+    pub istio: Option<Arc<weft_observe::istio::Reporting>>,
 }
 
 impl ListenerGen {
@@ -66,6 +71,7 @@ impl ListenerGen {
         match self {
             ListenerGen::Http(h) => &h.http.settings.config,
             ListenerGen::Tcp(t) => &t.config,
+            ListenerGen::Capture(c) => &c.config,
         }
     }
 
@@ -74,6 +80,7 @@ impl ListenerGen {
         match self {
             ListenerGen::Http(h) => &h.http.settings.metrics,
             ListenerGen::Tcp(t) => &t.metrics,
+            ListenerGen::Capture(c) => &c.metrics,
         }
     }
 }
@@ -89,6 +96,8 @@ pub struct ListenerSlot {
     pub configured_addr: SocketAddr,
     current: ArcSwap<ListenerGen>,
     pub(crate) stop: CancellationToken,
+    /// Connections open on this socket, across generations (for `max_connections`).
+    pub(crate) open: AtomicU32,
 }
 
 impl ListenerSlot {
@@ -125,6 +134,7 @@ pub async fn bind(lgen: Arc<ListenerGen>) -> std::io::Result<(Arc<ListenerSlot>,
         configured_addr: cfg.address,
         current: ArcSwap::new(lgen),
         stop: CancellationToken::new(),
+        open: AtomicU32::new(0),
     });
     Ok((slot, listener))
 }
@@ -137,7 +147,7 @@ impl ListenerSource for ListenerSlot {
     fn http(&self) -> Option<Arc<HttpListener>> {
         match &**self.current.load() {
             ListenerGen::Http(h) => Some(h.http.clone()),
-            ListenerGen::Tcp(_) => None,
+            ListenerGen::Tcp(_) | ListenerGen::Capture(_) => None,
         }
     }
 

@@ -1,4 +1,5 @@
-//! Command-line interface: `weft run`, `weft validate`, `weft ca …`, `weft --version`.
+//! Command-line interface: `weft run`, `weft validate`, `weft ca …`, `weft inject`, `weft iptables`,
+//! `weft --version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,10 @@ enum Command {
         /// embedded demo starts it on 127.0.0.1:18080).
         #[arg(long, value_name = "ADDRESS")]
         echo: Option<std::net::SocketAddr>,
+        /// The SPIFFE ID the certificate agent asks for, instead of `identity.spiffe_id` (set by
+        /// `weft inject` from the pod's namespace and service account).
+        #[arg(long, value_name = "ID", env = "WEFT_SPIFFE_ID")]
+        spiffe_id: Option<String>,
     },
     /// Check a configuration file and print every error found.
     Validate {
@@ -57,6 +62,11 @@ enum Command {
         #[command(subcommand)]
         command: crate::ca::CaCommand,
     },
+    /// Add the Weft sidecar to Kubernetes manifests (as `istioctl kube-inject`).
+    Inject(crate::inject::InjectArgs),
+    /// Install (or print, or remove) the iptables rules that capture a pod's TCP traffic
+    /// into Weft (outbound to 15001, inbound to 15006), as Istio's istio-iptables.
+    Iptables(crate::iptables::IptablesArgs),
 }
 
 /// Runs the parsed command line.
@@ -65,8 +75,14 @@ pub fn main(cli: Cli) -> ExitCode {
     weft_proxy::register_builtin_plugins(BUILTIN_PLUGINS);
     match cli.command {
         Command::Validate { config } => validate(&config),
-        Command::Run { config, echo } => run(config, echo),
+        Command::Run {
+            config,
+            echo,
+            spiffe_id,
+        } => run(config, echo, spiffe_id),
         Command::Ca { command } => crate::ca::main(command),
+        Command::Inject(args) => crate::inject::main(args),
+        Command::Iptables(args) => crate::iptables::main(args),
     }
 }
 
@@ -100,7 +116,11 @@ fn validate(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(config: Option<PathBuf>, echo: Option<std::net::SocketAddr>) -> ExitCode {
+fn run(
+    config: Option<PathBuf>,
+    echo: Option<std::net::SocketAddr>,
+    spiffe_id: Option<String>,
+) -> ExitCode {
     let source = match &config {
         Some(path) => ConfigSource::File(path.clone()),
         None => ConfigSource::Embedded {
@@ -160,6 +180,7 @@ fn run(config: Option<PathBuf>, echo: Option<std::net::SocketAddr>) -> ExitCode 
             source,
             StartOptions {
                 watch: !demo,
+                spiffe_id,
                 ..Default::default()
             },
         )

@@ -3,6 +3,8 @@
 
 mod ca;
 mod cli;
+mod inject;
+mod iptables;
 
 fn main() -> std::process::ExitCode {
     cli::main(<cli::Cli as clap::Parser>::parse())
