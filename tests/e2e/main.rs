@@ -35,3 +35,4 @@ mod sidecar;
 mod smuggling;
 mod streaming;
 mod upstream_tls;
+mod xds;

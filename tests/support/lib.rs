@@ -13,6 +13,7 @@ pub mod plugins;
 pub mod prometheus;
 pub mod recording;
 pub mod upstream;
+pub mod xds;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod capture;
+mod compose;
 mod error;
 mod locate;
 mod matching;
@@ -19,12 +20,14 @@ pub mod schema;
 pub mod telemetry;
 mod tls;
 mod validate;
+pub mod xds;
 mod yaml;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 
+pub use compose::{DynamicResources, compose};
 pub use error::{ConfigError, Problem};
 pub use locate::{Location, SourceMap};
 pub use schema::Config;

@@ -62,6 +62,9 @@ pub struct Config {
     /// Istio's standard metrics: on by default, overrides as Istio's Telemetry API.
     #[serde(default)]
     pub telemetry: Telemetry,
+    /// Weft as an xDS client: the control plane and this node's identity (`xds.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds: Option<crate::xds::Xds>,
 }
 
 /// The overload manager (Envoy's idea, one memory watermark): while the process's resident

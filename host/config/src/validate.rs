@@ -4,6 +4,7 @@
 mod capture;
 mod resilience;
 mod tls;
+mod xds;
 
 use std::collections::HashSet;
 
@@ -23,6 +24,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Found> {
         plugins: config.plugins.iter().map(|p| p.name.as_str()).collect(),
     };
     v.config(config);
+    v.found.extend(xds::xds(config));
     v.found
 }
 

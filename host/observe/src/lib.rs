@@ -8,6 +8,7 @@ pub mod exposition;
 pub mod flags;
 pub mod istio;
 pub mod metrics;
+pub mod xds;
 
 pub use access_log::{AccessLog, Entry};
 pub use metrics::Metrics;

@@ -109,6 +109,8 @@ pub struct Metrics {
     pub resilience: Families,
     /// The overload manager.
     pub overload: OverloadMetrics,
+    /// The xDS client (`weft_xds_*`).
+    pub xds: crate::xds::XdsMetrics,
 }
 
 /// The overload manager's series (not per listener: the watermark is process-wide).
@@ -238,6 +240,7 @@ impl Metrics {
             tls: TlsMetrics::default(),
             resilience: Default::default(),
             overload: OverloadMetrics::default(),
+            xds: Default::default(),
             registry: Registry::default(),
         };
         let reg = root.sub_registry_with_prefix("weft");
@@ -324,6 +327,7 @@ impl Metrics {
         m.tls.register(reg);
         m.resilience.register(reg);
         m.overload.register(reg);
+        m.xds.register(reg);
         Metrics {
             registry: root,
             ..m

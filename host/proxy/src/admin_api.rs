@@ -61,6 +61,7 @@ impl AdminApi for Api {
             "last_reload_error": self.0.last_reload_error(),
             "listeners": self.0.listener_addrs(),
             "config": config,
+            "dynamic": self.0.dynamic_status.lock().as_ref().map(|s| s.dump()),
         })
     }
 

@@ -107,6 +107,9 @@ impl Proxy {
                 plugins,
                 commands,
                 published: tokio::sync::watch::Sender::new(0),
+                file_config: Mutex::new(generation.config.clone()),
+                dynamic: Mutex::new(Arc::default()),
+                dynamic_status: Mutex::new(None),
             }),
         };
         crate::reload::publish(&proxy.inner, generation).await?;
@@ -141,6 +144,33 @@ impl Proxy {
     /// Compiles and publishes `config` as a new generation (through the reload actor).
     pub async fn apply(&self, config: Config) -> Result<u64, ReloadError> {
         self.inner.apply(config).await
+    }
+
+    /// Replaces the dynamic listeners and clusters (through the reload actor). On error the
+    /// live generation, and the previous dynamic resources, keep serving.
+    pub async fn apply_dynamic(
+        &self,
+        resources: weft_config::DynamicResources,
+    ) -> Result<u64, ReloadError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let command = crate::commands::Command::Dynamic {
+            resources: Box::new(resources),
+            reply: tx,
+        };
+        if self.inner.commands.send(command).await.is_err() {
+            return Err(ReloadError::stopped());
+        }
+        rx.await.unwrap_or_else(|_| Err(ReloadError::stopped()))
+    }
+
+    /// Shows `status` in `/config_dump` (under `dynamic`).
+    pub fn set_dynamic_status(&self, status: Arc<dyn crate::dynamic::DynamicStatus>) {
+        *self.inner.dynamic_status.lock() = Some(status);
+    }
+
+    /// The file's half of the live configuration (the `xds` bootstrap lives there).
+    pub fn file_config(&self) -> Arc<weft_config::Config> {
+        self.inner.file_config.lock().clone()
     }
 
     /// Hot-swaps plugin `name` from its file (through the reload actor; the old version keeps

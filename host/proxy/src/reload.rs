@@ -57,7 +57,14 @@ pub(crate) fn spawn_actor(state: Arc<State>, mut inbox: mpsc::Receiver<Command>)
                     }
                 }
                 Command::Apply { config, reply } => {
-                    let result = apply(&state, *config).await;
+                    let dynamic = (**state.dynamic.lock()).clone();
+                    let result = apply_composed(&state, *config, dynamic).await;
+                    record(&state, &result);
+                    let _ = reply.send(result);
+                }
+                Command::Dynamic { resources, reply } => {
+                    let file = state.file_config.lock().clone();
+                    let result = apply_composed(&state, (*file).clone(), *resources).await;
                     record(&state, &result);
                     let _ = reply.send(result);
                 }
@@ -72,7 +79,10 @@ pub(crate) fn spawn_actor(state: Arc<State>, mut inbox: mpsc::Receiver<Command>)
 
 async fn reload_from_source(state: &State) -> Result<u64, ReloadError> {
     let result = match state.source.load() {
-        Ok(config) => apply(state, config).await,
+        Ok(config) => {
+            let dynamic = (**state.dynamic.lock()).clone();
+            apply_composed(state, config, dynamic).await
+        }
         Err(e) => Err(ReloadError(Arc::new(ProxyError::Config(e)))),
     };
     record(state, &result);
@@ -99,6 +109,25 @@ fn record(state: &State, result: &Result<u64, ReloadError>) {
             *state.last_error.lock() = Some(e.to_string());
         }
     }
+}
+
+/// Composes the file's configuration with the dynamic resources, then compiles and publishes
+/// it; on success both halves are kept as the last good ones.
+async fn apply_composed(
+    state: &State,
+    file: Config,
+    dynamic: weft_config::DynamicResources,
+) -> Result<u64, ReloadError> {
+    let config = if dynamic.is_empty() {
+        file.clone()
+    } else {
+        weft_config::compose(&file, &dynamic, "xds")
+            .map_err(|e| ReloadError(Arc::new(ProxyError::Config(e))))?
+    };
+    let id = apply(state, config).await?;
+    *state.file_config.lock() = Arc::new(file);
+    *state.dynamic.lock() = Arc::new(dynamic);
+    Ok(id)
 }
 
 /// Compiles `config` into the next generation and publishes it.

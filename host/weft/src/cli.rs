@@ -231,6 +231,15 @@ fn run(
         if demo {
             print_demo_help(&proxy);
         }
+        // With an `xds` section, the control plane's resources join the file's (the client
+        // stops with the process; the configuration it set is drained like any other).
+        let _xds = match weft_xds::start(&proxy) {
+            Ok(client) => client,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
         if proxy.run_until_signalled(signals).await {
             ExitCode::SUCCESS
         } else {
