@@ -41,6 +41,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "== apt-get install ${missing[*]} (sidecar capture test)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# make: jemalloc (the weft binary's allocator) is built from source by tikv-jemalloc-sys.
+if ! command -v make >/dev/null 2>&1; then
+  echo "== apt-get install make (jemalloc build)"
+  apt-get update -qq && apt-get install -y -qq make >/dev/null
+fi
 
 # Incremental caches double the target dir and CI builds once; report the disk we start with.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"

@@ -459,3 +459,57 @@ async fn request_and_stream_idle_timeouts_answer_408_or_504_si_as_envoy() {
         "{lines:?}"
     );
 }
+
+#[tokio::test]
+async fn upgrades_match_envoy_unknown_types_403_and_h2c_served_as_http11() {
+    let Some(binary) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let up = echo("up").await;
+    let weft = TestProxy::start(&one_route(up, "", "")).await;
+    let envoy = weft_e2e::envoy::TestEnvoy::start(&binary, &[], up, &[]).await;
+    for addr in [weft.addr("main"), envoy.addr()] {
+        let url = format!("http://{addr}/x");
+        let r = get_with(&url, &[("upgrade", "foo"), ("connection", "upgrade")]).await;
+        assert_eq!(r.status, 403, "{addr}: unknown upgrade");
+        let r = get_with(
+            &url,
+            &[
+                ("upgrade", "h2c"),
+                ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+                ("connection", "Upgrade, HTTP2-Settings"),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{addr}: h2c");
+        let h = &r.json()["headers"];
+        for name in ["upgrade", "http2-settings", "connection"] {
+            assert!(h.get(name).is_none(), "{addr}: {name} forwarded: {h}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_response_is_disconnected_after_the_stream_idle_timeout() {
+    const LEN: usize = 8 * 1024 * 1024;
+    let mut response = format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n").into_bytes();
+    response.resize(response.len() + LEN, b'x');
+    let up = canned(Box::leak(response.into_boxed_slice())).await;
+    let p = TestProxy::start(&one_route(
+        up,
+        "",
+        "    http: { stream_idle_timeout: 300ms }",
+    ))
+    .await;
+    let mut s = TcpStream::connect(p.addr("main")).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // The client never reads: once the socket buffers are full nothing moves, and the proxy
+    // gives the connection up (the access log entry is written when the response is dropped).
+    let lines = p.access_log_lines(1).await;
+    assert_eq!(lines.len(), 1, "the stalled response was ended");
+    let sent = lines[0]["bytes_sent"].as_u64().unwrap();
+    assert!(sent < LEN as u64, "cut short: {sent} of {LEN} bytes");
+    drop(s);
+}

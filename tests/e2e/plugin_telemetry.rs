@@ -409,7 +409,7 @@ clusters:
         .unwrap_or_else(|| panic!("no 401 entry in {names}"));
     let raw = entry["name"].as_str().unwrap_or_default();
     assert!(
-        raw.starts_with("requests;") && raw.contains("status=401"),
+        raw.starts_with("requests_total;") && raw.contains("status=401"),
         "{entry}"
     );
     assert_eq!(entry["type"], "counter");

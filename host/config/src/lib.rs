@@ -14,6 +14,7 @@ mod compose;
 mod error;
 mod locate;
 mod matching;
+mod preset;
 pub mod resilience;
 pub mod schema;
 pub mod telemetry;
@@ -51,7 +52,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         Ok(c) => c,
         Err(problem) => return Err(invalid(vec![problem])),
     };
-    capture::expand(&mut config);
+    preset::expand(&mut config);
     let found = validate::validate(&config);
     if found.is_empty() {
         return Ok(config);

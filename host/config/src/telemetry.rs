@@ -65,10 +65,10 @@ pub struct Telemetry {
 #[serde(deny_unknown_fields)]
 pub struct IstioMetrics {
     /// `false` turns every `istio_*` family and the metadata exchange off.
-    #[serde(default = "crate::schema::defaults::yes")]
+    #[serde(default = "yes")]
     pub enabled: bool,
     /// Exchange workload metadata with peer sidecars (`x-envoy-peer-metadata` headers).
-    #[serde(default = "crate::schema::defaults::yes")]
+    #[serde(default = "yes")]
     pub metadata_exchange: bool,
     /// Per-metric changes, applied in order, as Istio's Telemetry `metrics[].overrides`.
     #[serde(default)]
@@ -268,4 +268,8 @@ fn valid_label_name(name: &str) -> bool {
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.starts_with("__")
+}
+
+fn yes() -> bool {
+    true
 }

@@ -616,3 +616,35 @@ fn buffer_limits_map_onto_hyper_and_h2_settings() {
     assert_eq!(big.h2_stream_window(), 1024 * 1024);
     assert_eq!(big.h2_connection_window(), 64 * 1024 * 1024);
 }
+
+#[test]
+fn telemetry_and_node_problems_name_file_and_field() {
+    let text = "node:\n  namespace: \"\"\ntelemetry:\n  metrics:\n    overrides:\n      - match: { metric: REQUEST_COUNT }\n        tag_overrides:\n          request_protocol: { operation: REMOVE, value: x }\n          \"bad-name\": { value: v }\n          team: {}\n";
+    let err = parse(text, "t.yaml").unwrap_err();
+    let rendered: Vec<String> = err.problems().iter().map(|p| p.render("t.yaml")).collect();
+    for expected in [
+        "t.yaml:2:3: node.namespace: must be non-empty, without control characters",
+        "telemetry.metrics.overrides[0].tag_overrides.request_protocol.value: REMOVE takes no value",
+        "telemetry.metrics.overrides[0].tag_overrides.bad-name: not a Prometheus label name",
+        "telemetry.metrics.overrides[0].tag_overrides.team.value: UPSERT needs a value",
+    ] {
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.contains(expected) && r.starts_with("t.yaml:")),
+            "{expected} in {rendered:#?}"
+        );
+    }
+    // An unknown metric name is a schema error at its field.
+    let bad =
+        only_problem("telemetry:\n  metrics:\n    overrides: [{ match: { metric: REQUESTS } }]\n");
+    assert!(
+        bad.starts_with("e.yaml:3:") && bad.contains("telemetry.metrics.overrides[0].match.metric"),
+        "{bad}"
+    );
+    // And a listener direction is Envoy's names only.
+    let dir = only_problem(
+        "listeners:\n  - { name: l, address: 127.0.0.1:1, traffic_direction: sideways }\n",
+    );
+    assert!(dir.contains("listeners[0].traffic_direction"), "{dir}");
+}

@@ -111,7 +111,8 @@ async fn serve(
         request: Deadlines::enabled(http.request_timeout),
         idle: Deadlines::enabled(http.stream_idle_timeout),
     };
-    crate::istio::on_request(&mut ctx);
+    ctx.completion.istio =
+        crate::istio::on_request(ctx.listener, ctx.conn, &mut ctx.head, &ctx.authority);
 
     // Before routing.
     if let (Flow::Reply(r), _) = listener.chain.request(&mut ctx).await {

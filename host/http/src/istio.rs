@@ -18,8 +18,9 @@ use weft_observe::istio::{
     HttpReport, PEER_METADATA, PEER_METADATA_ID, Reporter, Reporting, Workload,
 };
 
-use crate::ctx::RequestCtx;
+use crate::conn::ConnCtx;
 use crate::security::ConnSecurity;
+use crate::settings::ListenerSettings;
 
 /// A request's share of Istio reporting, carried by its completion.
 pub struct IstioCall {
@@ -46,14 +47,18 @@ fn head_bytes(headers: &HeaderMap) -> u64 {
         + 2
 }
 
-/// Starts Istio reporting for the request in `ctx`: reads and removes the exchange headers,
-/// and adds this sidecar's on an outbound listener.
-pub fn on_request(ctx: &mut RequestCtx<'_>) {
-    let Some(reporting) = ctx.listener.istio.clone() else {
-        return;
-    };
-    let direction = ctx.listener.config.traffic_direction;
-    let headers = &mut ctx.head.headers;
+/// Starts Istio reporting for a request (`head`, as received on `listener`): reads and removes
+/// the exchange headers, and adds this sidecar's on an outbound listener. `None`: reporting
+/// is off for the listener.
+pub fn on_request(
+    listener: &ListenerSettings,
+    conn: &ConnCtx,
+    head: &mut http::request::Parts,
+    authority: &str,
+) -> Option<Box<IstioCall>> {
+    let reporting = listener.istio.clone()?;
+    let direction = listener.config.traffic_direction;
+    let headers = &mut head.headers;
     let caller = headers.remove(&PEER_METADATA);
     let caller_id = headers.remove(&PEER_METADATA_ID);
     let exchanging = reporting.exchange().is_some();
@@ -69,12 +74,8 @@ pub fn on_request(ctx: &mut RequestCtx<'_>) {
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     // The request line: method, target, version and the separators.
-    let request_line = (ctx.head.method.as_str().len()
-        + ctx
-            .head
-            .uri
-            .path_and_query()
-            .map_or(1, |p| p.as_str().len())
+    let request_line = (head.method.as_str().len()
+        + head.uri.path_and_query().map_or(1, |p| p.as_str().len())
         + 12) as u64;
     let request_head_bytes = request_line + head_bytes(headers);
     if direction == TrafficDirection::Outbound
@@ -83,18 +84,18 @@ pub fn on_request(ctx: &mut RequestCtx<'_>) {
         headers.insert(&PEER_METADATA_ID, x.id.clone());
         headers.insert(&PEER_METADATA, x.metadata.clone());
     }
-    ctx.completion.istio = Some(Box::new(IstioCall {
+    Some(Box::new(IstioCall {
         reporting,
         direction,
         peer,
         caller_exchanged,
-        host: ctx.authority.clone(),
+        host: authority.to_owned(),
         grpc,
         grpc_status: None,
-        security: ctx.conn.security.clone(),
+        security: conn.security.clone(),
         request_head_bytes,
         response_head_bytes: 0,
-    }));
+    }))
 }
 
 /// Reads, removes and (inbound) answers the exchange headers on the downstream response.

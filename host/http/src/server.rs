@@ -191,6 +191,9 @@ fn refused(shared: &Shared, listener: &dyn ListenerSource, peer: SocketAddr, rea
     });
 }
 
+/// How long past the stream idle timeout a stalled connection is left before it is closed.
+const STALL_GRACE: Duration = Duration::from_secs(1);
+
 /// What a connection's driver watches besides the connection itself.
 struct Checks<'a> {
     activity: &'a Activity,
@@ -281,7 +284,7 @@ impl Checks<'_> {
     fn next_check(&self) -> Duration {
         let mut next = self.idle;
         if let Some(s) = self.stream_idle {
-            next = next.min(s);
+            next = next.min(s.saturating_add(STALL_GRACE));
         }
         if let Some((_, h)) = &self.header {
             next = next.min(*h);
@@ -299,6 +302,10 @@ impl Checks<'_> {
             next = self.idle - idle_for;
         }
         if let Some(limit) = self.stream_idle {
+            // Before a response, the request's own guard answers 408/504 at `stream_idle`;
+            // the connection is closed only if it is still stalled a grace period later (a
+            // response that stopped moving, or a client that stopped reading it).
+            let limit = limit.saturating_add(STALL_GRACE);
             let stalled = self.activity.stalled_for();
             if stalled >= limit {
                 return Verdict::Close("stream idle timeout");

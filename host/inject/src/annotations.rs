@@ -89,24 +89,28 @@ impl<'a> Lookup<'a> {
         a.get(&istio).map(|v| (istio, v.as_str()))
     }
 
-    /// Whether injection is wanted: labels before annotations, Weft before Istio, as Istio
-    /// does; absent means yes.
-    pub fn inject(&self) -> Result<bool, BadAnnotation> {
+    /// Whether injection is refused: labels before annotations, Weft before Istio, as Istio
+    /// does; absent means wanted. `Some(where)` names the label or annotation that said no.
+    pub fn opted_out(&self) -> Result<Option<String>, BadAnnotation> {
         let istio = istio_name(INJECT);
-        for (map, name) in [
-            (self.labels, INJECT),
-            (self.annotations, INJECT),
-            (self.labels, istio.as_str()),
-            (self.annotations, istio.as_str()),
+        for (map, what, name) in [
+            (self.labels, "label", INJECT),
+            (self.annotations, "annotation", INJECT),
+            (self.labels, "label", istio.as_str()),
+            (self.annotations, "annotation", istio.as_str()),
         ] {
             if let Some(v) = map.and_then(|m| m.get(name)) {
-                return parse_bool(v).ok_or_else(|| BadAnnotation {
-                    name: name.to_owned(),
-                    message: format!("`{v}` is not true or false"),
-                });
+                return match parse_bool(v) {
+                    Some(true) => Ok(None),
+                    Some(false) => Ok(Some(format!("{what} {name} is `{v}`"))),
+                    None => Err(BadAnnotation {
+                        name: name.to_owned(),
+                        message: format!("`{v}` is not true or false"),
+                    }),
+                };
             }
         }
-        Ok(true)
+        Ok(None)
     }
 
     /// An annotation that must be a boolean; `default` when absent.

@@ -63,7 +63,9 @@ pub struct CaptureArgs {
 }
 
 impl CaptureArgs {
-    /// `weft iptables …`'s arguments (after the executable). A list left empty is not passed.
+    /// `weft iptables …`'s arguments (after the executable), with its long flag names (which
+    /// are istio-iptables' long names: `-p`, `-z`, `-u`, `-g`, `-i`, `-x`, `-b`, `-d`, `-o`).
+    /// A list left empty is not passed.
     pub fn args(&self) -> Vec<String> {
         let mut args = vec![
             "iptables".to_owned(),

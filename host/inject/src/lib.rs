@@ -311,11 +311,8 @@ fn inject_workload(w: &mut Workload, options: &Options) -> Result<Outcome, BadAn
         ));
     }
     let lookup = Lookup::new(t.metadata.annotations.as_ref(), t.metadata.labels.as_ref());
-    if !lookup.inject()? {
-        return Ok(Outcome::Skipped(format!(
-            "{} is false",
-            annotations::INJECT
-        )));
+    if let Some(why) = lookup.opted_out()? {
+        return Ok(Outcome::Skipped(why));
     }
     let merge_metrics = lookup.bool(annotations::MERGE_METRICS, true)?;
     remove_previous(&mut t, merge_metrics);
@@ -353,26 +350,20 @@ fn inject_workload(w: &mut Workload, options: &Options) -> Result<Outcome, BadAn
         .flat_map(|c| c.ports.iter().flatten().cloned())
         .collect();
     let annotations = t.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    let prometheus_annotations = if merge_metrics
-        && annotations
-            .get(annotations::PROMETHEUS_SCRAPE)
-            .is_none_or(|v| v != "false")
-    {
-        let own: BTreeMap<&str, String> = [
-            ("scrape", annotations::PROMETHEUS_SCRAPE),
-            ("path", annotations::PROMETHEUS_PATH),
-            ("port", annotations::PROMETHEUS_PORT),
-        ]
-        .into_iter()
-        .filter_map(|(k, name)| annotations.get(name).map(|v| (k, v.clone())))
-        .collect();
+    // Scrape the sidecar's own metrics (15090) unless the application has its own scrape
+    // annotations: those are left as they are, so its metrics are not lost.
+    let app_scraped = [
+        annotations::PROMETHEUS_SCRAPE,
+        annotations::PROMETHEUS_PATH,
+        annotations::PROMETHEUS_PORT,
+    ]
+    .iter()
+    .any(|name| annotations.contains_key(*name));
+    if merge_metrics && !app_scraped {
         for (name, value) in sidecar::prometheus_annotations() {
             annotations.insert(name.to_owned(), value);
         }
-        (!own.is_empty()).then(|| serde_json::to_string(&own).unwrap_or_default())
-    } else {
-        None
-    };
+    }
     let facts = PodFacts {
         spiffe_id: format!(
             "spiffe://{}/ns/{namespace}/sa/{service_account}",
@@ -390,7 +381,6 @@ fn inject_workload(w: &mut Workload, options: &Options) -> Result<Outcome, BadAn
         workload_name,
         owner,
         mesh_id: options.trust_domain.clone(),
-        prometheus_annotations,
     };
     let sidecar = Sidecar {
         image,
@@ -476,8 +466,13 @@ fn remove_previous(t: &mut Template<'_>, merge_metrics: bool) {
         return;
     }
     if let Some(annotations) = &mut t.metadata.annotations {
-        for (name, value) in sidecar::prometheus_annotations() {
-            if annotations.get(name) == Some(&value) {
+        // Ours only when all three are exactly what injection writes.
+        let ours = sidecar::prometheus_annotations();
+        if ours
+            .iter()
+            .all(|(name, value)| annotations.get(*name) == Some(value))
+        {
+            for (name, _) in ours {
                 annotations.remove(name);
             }
         }

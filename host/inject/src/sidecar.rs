@@ -36,7 +36,8 @@ pub const INIT_CONTAINERS: [&str; 2] = [INIT_CONTAINER, PROXY_CONTAINER];
 pub const VOLUMES: [&str; 4] = [CONFIG_VOLUME, CA_VOLUME, CERTS_VOLUME, PLUGINS_VOLUME];
 
 /// The env variable Istio's agent keeps an application's own `prometheus.io/*` annotations in
-/// (JSON) when the pod's are pointed at the merged-metrics port.
+/// (JSON); `weft inject` no longer writes it, but restores them from it when it replaces an
+/// injection that did.
 pub const PROMETHEUS_ANNOTATIONS_ENV: &str = "ISTIO_PROMETHEUS_ANNOTATIONS";
 /// The env variable carrying the workload's SPIFFE ID.
 pub const SPIFFE_ID_ENV: &str = "WEFT_SPIFFE_ID";
@@ -143,8 +144,6 @@ pub struct PodFacts {
     pub owner: String,
     /// `ISTIO_META_MESH_ID` (the trust domain, as Istio's default).
     pub mesh_id: String,
-    /// The application's own `prometheus.io/*` annotations, as JSON, when replaced.
-    pub prometheus_annotations: Option<String>,
 }
 
 /// The proxy's environment, in Istio's order; `POD_NAMESPACE` comes before anything that
@@ -170,9 +169,6 @@ pub fn proxy_env(facts: PodFacts) -> Vec<EnvVar> {
         env_value("ISTIO_META_OWNER", facts.owner),
         env_value("ISTIO_META_MESH_ID", facts.mesh_id),
     ]);
-    if let Some(p) = facts.prometheus_annotations {
-        env.push(env_value(PROMETHEUS_ANNOTATIONS_ENV, p));
-    }
     env
 }
 
@@ -333,13 +329,13 @@ impl Sidecar {
     }
 }
 
-/// The Prometheus annotations pointing at the merged-metrics port.
+/// The Prometheus annotations pointing at the proxy's metrics port.
 pub fn prometheus_annotations() -> [(&'static str, String); 3] {
     [
         (crate::annotations::PROMETHEUS_SCRAPE, "true".to_owned()),
         (
             crate::annotations::PROMETHEUS_PORT,
-            PORTS.merged_metrics.to_string(),
+            PORTS.proxy_metrics.to_string(),
         ),
         (crate::annotations::PROMETHEUS_PATH, METRICS_PATH.to_owned()),
     ]

@@ -126,6 +126,11 @@ fn the_mesh_config_map_is_a_valid_weft_configuration_on_the_injected_paths() {
         "{ports:?}"
     );
     assert_eq!(config.admin.address.port(), PORTS.admin);
+    // The sidecar ports the injected probes and scrape annotations use.
+    let sidecar = config.sidecar.as_ref().expect("a sidecar block");
+    assert!(sidecar.capture);
+    assert_eq!(sidecar.health_address.port(), PORTS.health);
+    assert_eq!(sidecar.prometheus_address.port(), PORTS.proxy_metrics);
 
     // The CA address is the CA's Service, and the CA runs as the identity agents accept.
     let svc = find(&objects, "Service", "weft-ca");

@@ -6,6 +6,7 @@
 
 pub mod accept;
 pub mod capture;
+pub mod http_conn;
 pub mod slot;
 pub mod sniff;
 pub mod tcp;

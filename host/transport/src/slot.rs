@@ -1,6 +1,7 @@
 //! Listener slots: a bound socket that outlives configuration generations, and the listener
 //! configuration its connections use now (swapped atomically on reload).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
@@ -8,7 +9,7 @@ use std::sync::atomic::AtomicU32;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use weft_config::schema;
+use weft_config::schema::{self, FilterChainMatch};
 use weft_extensions::PluginHandle;
 use weft_http::{HttpListener, ListenerSource};
 use weft_observe::Metrics;
@@ -34,7 +35,7 @@ pub enum ListenerGen {
     /// A TCP listener.
     Tcp(Box<TcpTarget>),
     /// A capture listener (`original_dst: true`).
-    Capture(Box<crate::capture::CaptureEntry>),
+    Capture(Box<CaptureEntry>),
 }
 
 /// An HTTP listener: its TLS termination (transport) and its routes and chains (HTTP layer).
@@ -154,4 +155,36 @@ impl ListenerSource for ListenerSlot {
     fn metrics(&self) -> Arc<ListenerMetrics> {
         self.current.load().metrics().clone()
     }
+}
+
+/// One filter chain of a capture listener.
+#[derive(Debug)]
+pub struct CaptureChain {
+    /// Its name (the target listener's unless named).
+    pub name: Arc<str>,
+    /// Its match.
+    pub matcher: FilterChainMatch,
+    /// The listener (`bind_to_port: false`) it hands connections to.
+    pub target: Arc<str>,
+}
+
+/// A capture listener's share of a generation.
+#[derive(Debug)]
+pub struct CaptureEntry {
+    /// Listener name.
+    pub name: Arc<str>,
+    /// Its configuration.
+    pub config: schema::Listener,
+    /// Its metrics.
+    pub metrics: Arc<ListenerMetrics>,
+    /// Filter chains, in configuration order.
+    pub chains: Vec<CaptureChain>,
+    /// The listeners the chains name, in the same generation.
+    pub targets: HashMap<String, Arc<ListenerGen>>,
+    /// Where an unmatched connection goes: the passthrough (`original_dst`) cluster under
+    /// `allow_any`, `BlackHoleCluster` (no endpoint) under `registry_only`.
+    pub fallback: Arc<TcpTarget>,
+    /// Ports an original destination must not have: Weft's own capture listeners and
+    /// sidecar ports (a connection to them would loop through the proxy).
+    pub own_ports: Vec<u16>,
 }

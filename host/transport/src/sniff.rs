@@ -462,6 +462,75 @@ mod detect_tests {
         assert_eq!(protocols(&H2_PREFACE[..10]), None);
     }
 
+    fn client_hello_bytes() -> Vec<u8> {
+        let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"istio-peer-exchange".to_vec(), b"h2".to_vec()];
+        let name = "reviews.default.svc"
+            .try_into()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut conn = tokio_rustls::rustls::ClientConnection::new(Arc::new(config), name)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).unwrap_or_else(|e| panic!("{e}"));
+        hello
+    }
+
+    async fn pair() -> (tokio::net::TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let client = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (server, _) = l.accept().await.unwrap_or_else(|e| panic!("{e}"));
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn detection_on_a_socket_waits_for_a_split_client_hello_and_consumes_nothing() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let hello = client_hello_bytes();
+        let (mut client, mut server) = pair().await;
+        client
+            .write_all(&hello[..10])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (seen, ()) = tokio::join!(detect(&server, Duration::from_secs(10)), async {
+            client
+                .write_all(&hello[10..])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        });
+        assert!(seen.tls);
+        assert_eq!(seen.server_name.as_deref(), Some("reviews.default.svc"));
+        assert_eq!(
+            seen.application_protocols,
+            vec!["istio-peer-exchange", "h2"]
+        );
+        // Peeked, not read: the handshake still has every byte.
+        let mut all = vec![0u8; hello.len()];
+        server
+            .read_exact(&mut all)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(all, hello);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_opaque_tcp_after_the_detection_timeout() {
+        let (_client, server) = pair().await;
+        // Server-first protocol: the client sends nothing; the paused clock jumps to the end.
+        let seen = detect(&server, Duration::from_millis(100)).await;
+        assert_eq!(seen, Detected::default());
+    }
+
     #[test]
     fn a_client_hello_gives_sni_and_alpn() {
         // A real ClientHello from rustls' client.

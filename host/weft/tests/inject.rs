@@ -251,38 +251,56 @@ fn skipped_workloads_are_reported_on_stderr_and_passed_through() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), input);
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
-        "<stdin>: document 1 (line 1, Pod x): not injected: sidecar.weft.dev/inject is false"
+        "<stdin>: document 1 (line 1, Pod x): not injected: annotation sidecar.weft.dev/inject is `false`"
     );
 }
 
-/// The capture step `weft inject` writes into every pod is a command line `weft iptables`
-/// accepts: run with `--dry-run`, it prints the rules and exits 0 (flags agree across crates).
+/// Every `weft-init` container `weft inject` writes (in the goldens and the deployed example)
+/// is a command line the real `weft iptables` accepts: run with `--dry-run` it prints rules.
 #[test]
-fn the_injected_capture_command_is_accepted_by_weft_iptables() {
-    let capture = weft_inject::commands::CaptureArgs {
-        include_outbound_cidrs: "*".to_owned(),
-        exclude_outbound_cidrs: "10.96.0.1/32".to_owned(),
-        include_inbound_ports: "*".to_owned(),
-        exclude_inbound_ports: "8081".to_owned(),
-        exclude_outbound_ports: "5432".to_owned(),
-    };
-    let out = weft()
-        .args(capture.args())
-        .arg("--dry-run")
-        .output()
-        .expect("run weft iptables");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rules = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        rules.contains("15001") && rules.contains("15006"),
-        "{rules}"
-    );
-    assert!(
-        rules.contains("10.96.0.1/32") && rules.contains("5432"),
-        "{rules}"
-    );
+fn injected_capture_command_lines_are_accepted_by_weft_iptables() {
+    use k8s_openapi::api::core::v1::Container;
+
+    let mut files: Vec<std::path::PathBuf> =
+        std::fs::read_dir(repo().join("tests/fixtures/inject"))
+            .expect("fixtures")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.to_string_lossy().ends_with(".golden.yaml"))
+            .collect();
+    files.push(repo().join("deploy/kubernetes/example/app.injected.yaml"));
+    let mut checked = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        for doc in documents::split(&text) {
+            let Some(v) = doc.parse().expect("yaml") else {
+                continue;
+            };
+            // Every init container named weft-init, wherever the pod template is.
+            let mut stack = vec![&v];
+            while let Some(v) = stack.pop() {
+                match v {
+                    serde_json::Value::Object(m) => {
+                        if m.get("name").and_then(|n| n.as_str()) == Some("weft-init") {
+                            let c: Container = from_value(v).expect("container");
+                            let mut cmd = weft();
+                            cmd.args(c.args.iter().flatten()).arg("--dry-run");
+                            let out = cmd.output().expect("run weft iptables");
+                            assert!(
+                                out.status.success() && !out.stdout.is_empty(),
+                                "{}: {:?}: {}",
+                                file.display(),
+                                c.args,
+                                String::from_utf8_lossy(&out.stderr)
+                            );
+                            checked += 1;
+                        }
+                        stack.extend(m.values());
+                    }
+                    serde_json::Value::Array(a) => stack.extend(a),
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} weft-init containers found");
 }

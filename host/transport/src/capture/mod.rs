@@ -8,52 +8,20 @@
 pub mod matcher;
 pub mod original_dst;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use weft_config::schema::{self, FilterChainMatch};
+use weft_config::schema::FilterChainMatch;
 use weft_http::{HttpListener, ListenerSource};
 use weft_observe::access_log::{self, Entry};
 use weft_observe::flags;
 use weft_observe::metrics::ListenerMetrics;
 
-use crate::slot::{ListenerGen, ListenerSlot, Shared, TcpTarget};
-
-/// One filter chain of a capture listener.
-#[derive(Debug)]
-pub struct CaptureChain {
-    /// Its name (the target listener's unless named).
-    pub name: Arc<str>,
-    /// Its match.
-    pub matcher: FilterChainMatch,
-    /// The listener (`bind_to_port: false`) it hands connections to.
-    pub target: Arc<str>,
-}
-
-/// A capture listener's share of a generation.
-#[derive(Debug)]
-pub struct CaptureEntry {
-    /// Listener name.
-    pub name: Arc<str>,
-    /// Its configuration.
-    pub config: schema::Listener,
-    /// Its metrics.
-    pub metrics: Arc<ListenerMetrics>,
-    /// Filter chains, in configuration order.
-    pub chains: Vec<CaptureChain>,
-    /// The listeners the chains name, in the same generation.
-    pub targets: HashMap<String, Arc<ListenerGen>>,
-    /// Where an unmatched connection goes: the passthrough (`original_dst`) cluster under
-    /// `allow_any`, `BlackHoleCluster` (no endpoint) under `registry_only`.
-    pub fallback: Arc<TcpTarget>,
-    /// Ports an original destination must not have: Weft's own capture listeners and
-    /// sidecar ports (a connection to them would loop through the proxy).
-    pub own_ports: Vec<u16>,
-}
+pub use crate::slot::{CaptureChain, CaptureEntry};
+use crate::slot::{ListenerGen, ListenerSlot, Shared};
 
 /// The source of a listener reached through a capture listener: each request reads the
 /// target's configuration in the capture slot's live generation, so reloads apply to
@@ -156,14 +124,15 @@ pub(crate) async fn serve(
                 name,
                 fallback_metrics: entry.metrics.clone(),
             });
-            let addrs = crate::accept::Addrs {
+            let addrs = crate::http_conn::Addrs {
                 peer,
                 // Envoy's original_dst filter restores the local address to the original
                 // destination: what `destination.address` and the access log show.
                 local: dst,
                 original_dst: Some(dst),
             };
-            crate::accept::serve_http(stream, addrs, source, h.tls.clone(), shared, shutdown).await;
+            crate::http_conn::serve_http(stream, addrs, source, h.tls.clone(), shared, shutdown)
+                .await;
         }
         ListenerGen::Tcp(t) => {
             crate::tcp::serve(stream, peer, t, &shared.http, shutdown, Some(dst)).await;
