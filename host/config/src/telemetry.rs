@@ -60,15 +60,19 @@ pub struct Telemetry {
     pub metrics: IstioMetrics,
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// Istio's standard metrics: on by default.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IstioMetrics {
     /// `false` turns every `istio_*` family and the metadata exchange off.
-    #[serde(default = "crate::schema::defaults::yes")]
+    #[serde(default = "yes")]
     pub enabled: bool,
     /// Exchange workload metadata with peer sidecars (`x-envoy-peer-metadata` headers).
-    #[serde(default = "crate::schema::defaults::yes")]
+    #[serde(default = "yes")]
     pub metadata_exchange: bool,
     /// Per-metric changes, applied in order, as Istio's Telemetry `metrics[].overrides`.
     #[serde(default)]

@@ -73,7 +73,12 @@ async fn serve(
         upgraded: false,
         upstream: None,
     };
-    crate::istio::on_request(&mut ctx);
+    ctx.completion.istio = crate::istio::on_request(
+        ctx.listener,
+        &mut ctx.head,
+        &ctx.authority,
+        ctx.conn.security.as_ref(),
+    );
 
     // Before routing.
     if let (Flow::Reply(r), _) = listener.chain.request(&mut ctx).await {

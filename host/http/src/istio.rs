@@ -11,15 +11,15 @@
 
 use std::sync::Arc;
 
-use http::HeaderMap;
 use http::header::{self, HeaderValue};
+use http::{HeaderMap, request};
 use weft_config::schema::TrafficDirection;
 use weft_observe::istio::{
     HttpReport, PEER_METADATA, PEER_METADATA_ID, Reporter, Reporting, Workload,
 };
 
-use crate::ctx::RequestCtx;
 use crate::security::ConnSecurity;
+use crate::settings::ListenerSettings;
 
 /// A request's share of Istio reporting, carried by its completion.
 pub struct IstioCall {
@@ -46,14 +46,18 @@ fn head_bytes(headers: &HeaderMap) -> u64 {
         + 2
 }
 
-/// Starts Istio reporting for the request in `ctx`: reads and removes the exchange headers,
-/// and adds this sidecar's on an outbound listener.
-pub fn on_request(ctx: &mut RequestCtx<'_>) {
-    let Some(reporting) = ctx.listener.istio.clone() else {
-        return;
-    };
-    let direction = ctx.listener.config.traffic_direction;
-    let headers = &mut ctx.head.headers;
+/// Starts Istio reporting for a request of `listener` (head `head`, `authority`, on a connection
+/// with `security`): reads and removes the exchange headers, and adds this sidecar's on an
+/// outbound listener. `None`: Istio metrics are off on this listener.
+pub fn on_request(
+    listener: &ListenerSettings,
+    head: &mut request::Parts,
+    authority: &str,
+    security: Option<&Arc<ConnSecurity>>,
+) -> Option<Box<IstioCall>> {
+    let reporting = listener.istio.clone()?;
+    let direction = listener.config.traffic_direction;
+    let headers = &mut head.headers;
     let caller = headers.remove(&PEER_METADATA);
     let caller_id = headers.remove(&PEER_METADATA_ID);
     let exchanging = reporting.exchange().is_some();
@@ -69,12 +73,8 @@ pub fn on_request(ctx: &mut RequestCtx<'_>) {
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     // The request line: method, target, version and the separators.
-    let request_line = (ctx.head.method.as_str().len()
-        + ctx
-            .head
-            .uri
-            .path_and_query()
-            .map_or(1, |p| p.as_str().len())
+    let request_line = (head.method.as_str().len()
+        + head.uri.path_and_query().map_or(1, |p| p.as_str().len())
         + 12) as u64;
     let request_head_bytes = request_line + head_bytes(headers);
     if direction == TrafficDirection::Outbound
@@ -83,18 +83,18 @@ pub fn on_request(ctx: &mut RequestCtx<'_>) {
         headers.insert(&PEER_METADATA_ID, x.id.clone());
         headers.insert(&PEER_METADATA, x.metadata.clone());
     }
-    ctx.completion.istio = Some(Box::new(IstioCall {
+    Some(Box::new(IstioCall {
         reporting,
         direction,
         peer,
         caller_exchanged,
-        host: ctx.authority.clone(),
+        host: authority.to_owned(),
         grpc,
         grpc_status: None,
-        security: ctx.conn.security.clone(),
+        security: security.cloned(),
         request_head_bytes,
         response_head_bytes: 0,
-    }));
+    }))
 }
 
 /// Reads, removes and (inbound) answers the exchange headers on the downstream response.
