@@ -27,4 +27,5 @@ mod resilience;
 mod routing;
 mod shutdown;
 mod streaming;
+mod trace_spans;
 mod upstream_tls;

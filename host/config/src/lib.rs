@@ -11,7 +11,9 @@
 
 mod error;
 mod locate;
+pub mod log_format;
 mod matching;
+pub mod observe;
 pub mod resilience;
 pub mod schema;
 mod tls;

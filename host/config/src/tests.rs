@@ -243,7 +243,7 @@ fn parser_errors_are_file_line_column_path_message() {
         only_problem("listeners:\n  - { name: éé, address: 127.0.0.1:1, bogus: 1 }\n"),
         "e.yaml:2:39: listeners[0].bogus: unknown field `bogus`, expected one of `name`, `address`, \
          `protocol`, `http`, `virtual_hosts`, `tcp`, `plugins`, `tls`, \
-         `forward_client_cert_details`, `local_rate_limit`"
+         `forward_client_cert_details`, `local_rate_limit`, `tracing`, `access_log`"
     );
     assert_eq!(
         only_problem("clusters:\n  - name: c\n    endpoints: []\n    lb_policy: fastest\n"),

@@ -1,6 +1,7 @@
 //! Checks that go beyond the schema: references between sections, unique names, well-formed
 //! patterns and header names. Every problem is collected, not just the first.
 
+mod observe;
 mod resilience;
 mod tls;
 
@@ -22,6 +23,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Found> {
         plugins: config.plugins.iter().map(|p| p.name.as_str()).collect(),
     };
     v.config(config);
+    v.found.extend(observe::check(config));
     v.found
 }
 

@@ -45,6 +45,8 @@ pub struct Completion {
     pub wasm: Option<WasmExchange>,
     /// The cluster's circuit-breaker slot, held until the response ends.
     pub permit: Option<weft_upstream::breaker::Admitted>,
+    /// The request's span, when sampled.
+    pub span: Option<Box<crate::trace::Active>>,
     /// Set once accounted for (by the response body's end, or by drop).
     accounted: bool,
 }
@@ -100,6 +102,16 @@ impl Completion {
         }
         if self.flag != flags::NONE {
             self.listener.flag(self.flag);
+        }
+        if let Some(span) = self.span.take() {
+            span.finish(crate::trace::Outcome {
+                status: self.status,
+                flag: self.flag,
+                request_bytes: self.request_bytes.load(Ordering::Relaxed),
+                response_bytes: bytes,
+                upstream_address: self.endpoint.as_ref().map(|e| e.addr.to_string()),
+                elapsed,
+            });
         }
         if let Some(mut entry) = self.entry.take() {
             entry.status = Some(self.status);
@@ -171,11 +183,12 @@ pub fn completion(
         shared: conn.shared.clone(),
         wasm: None,
         permit: None,
+        span: None,
         accounted: false,
     })
 }
 
-fn version_name(v: Version) -> &'static str {
+pub(crate) fn version_name(v: Version) -> &'static str {
     match v {
         Version::HTTP_09 => "HTTP/0.9",
         Version::HTTP_10 => "HTTP/1.0",

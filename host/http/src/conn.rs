@@ -56,11 +56,13 @@ impl Activity {
     }
 }
 
-/// What every connection shares: the access log.
+/// What every connection shares: the access log and the span exporter.
 #[derive(Debug)]
 pub struct Shared {
     /// The access log.
     pub access_log: AccessLog,
+    /// The span exporter (`None`: tracing is off).
+    pub tracer: Option<weft_observe::trace::Exporter>,
 }
 
 /// What a request handler knows about its connection.

@@ -73,6 +73,8 @@ async fn serve(
         upgraded: false,
         upstream: None,
     };
+    // The request's span, before any phase: they all see Weft's span as the parent.
+    ctx.completion.span = crate::trace::start(&mut ctx);
 
     // Before routing.
     if let (Flow::Reply(r), _) = listener.chain.request(&mut ctx).await {
@@ -96,6 +98,9 @@ async fn serve(
         e.route = Some(route.name.clone());
     }
     ctx.completion.route = Some(state.metrics.clone());
+    if let (Some(op), Some(span)) = (&state.decorator, ctx.completion.span.as_mut()) {
+        span.name = op.to_string();
+    }
     ctx.route = Some(route);
 
     // The route's chain, then its response hooks over what the terminal phase answered.

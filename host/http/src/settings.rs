@@ -22,4 +22,6 @@ pub struct ListenerSettings {
     pub clusters: Arc<Vec<Arc<Cluster>>>,
     /// Metric handles.
     pub metrics: Arc<ListenerMetrics>,
+    /// Tracing (`None`: no spans, trace headers pass through).
+    pub trace: Option<Arc<crate::trace::TraceSettings>>,
 }

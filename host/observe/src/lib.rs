@@ -6,6 +6,8 @@
 pub mod access_log;
 pub mod flags;
 pub mod metrics;
+pub mod reporters;
+pub mod trace;
 
 pub use access_log::{AccessLog, Entry};
 pub use metrics::Metrics;

@@ -48,15 +48,21 @@ impl Proxy {
                 .map_err(ProxyError::Identity)?;
         }
         let plugins = Arc::new(PluginRegistry::new());
-        let mut metrics = Metrics::new();
-        // Once per process: the plugin families are read from the live handles at each scrape.
-        metrics.register_collector(Box::new(PluginMetrics::new(plugins.clone())));
-        let metrics = Arc::new(metrics);
         let access_log =
             AccessLog::open(&config.access_log.path).map_err(|error| ProxyError::AccessLog {
                 path: config.access_log.path.clone(),
                 error,
             })?;
+        let span_stats = Arc::new(weft_observe::trace::ExportStats::default());
+        let tracer = crate::spans::exporter(config.tracing.as_ref(), span_stats.clone());
+        let mut metrics = Metrics::new();
+        metrics.register_collector(Box::new(weft_observe::reporters::ReporterMetrics {
+            spans: span_stats,
+            access_log: access_log.clone(),
+        }));
+        // Once per process: the plugin families are read from the live handles at each scrape.
+        metrics.register_collector(Box::new(PluginMetrics::new(plugins.clone())));
+        let metrics = Arc::new(metrics);
         let label = source.label();
         let base_dir = source.base_dir();
         let ctx = PluginContext {
@@ -83,7 +89,7 @@ impl Proxy {
                 slots: Mutex::new(HashMap::new()),
                 shared: Arc::new(Shared {
                     metrics,
-                    http: Arc::new(weft_http::Shared { access_log }),
+                    http: Arc::new(weft_http::Shared { access_log, tracer }),
                 }),
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
