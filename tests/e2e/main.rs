@@ -5,6 +5,7 @@
     reason = "test helpers outside #[test] functions fail loudly on unexpected input"
 )]
 
+mod access_log_formats;
 mod admin;
 mod balancing;
 mod config_dump;

@@ -16,6 +16,7 @@ use weft_observe::flags;
 use weft_observe::metrics::{ClusterMetrics, ListenerMetrics, RouteMetrics, class_index};
 use weft_upstream::Endpoint;
 
+use crate::access::ListenerLog;
 use crate::conn::{Activity, ConnCtx, Shared};
 use crate::phases::wasm::exchange::WasmExchange;
 
@@ -47,6 +48,8 @@ pub struct Completion {
     pub permit: Option<weft_upstream::breaker::Admitted>,
     /// The request's span, when sampled.
     pub span: Option<Box<crate::trace::Active>>,
+    /// The access log's default format (when the entry has none of its own).
+    pub(crate) log_default: Arc<weft_observe::access_log::LineFormat>,
     /// Set once accounted for (by the response body's end, or by drop).
     accounted: bool,
 }
@@ -128,16 +131,45 @@ impl Completion {
     }
 }
 
-/// A fresh completion for `req` on `conn`, counted on `listener`.
+/// A fresh completion for `req` on `conn`, counted on `listener`; `log` is the listener's
+/// access-log choice.
 pub fn completion(
     conn: &ConnCtx,
     start: Instant,
     listener: Arc<ListenerMetrics>,
     listener_name: Option<&Arc<str>>,
+    log: &ListenerLog,
     req: &Request<Incoming>,
 ) -> Box<Completion> {
-    let entry = conn.shared.access_log.enabled().then(|| Entry {
-        start_time: access_log::rfc3339(SystemTime::now()),
+    let (logged, format) = match log {
+        ListenerLog::Off => (false, None),
+        ListenerLog::Default => (true, None),
+        ListenerLog::Format(f) => (true, Some(f.clone())),
+    };
+    let now = SystemTime::now();
+    let entry = (logged && conn.shared.access_log.enabled()).then(|| Entry {
+        start_time: access_log::rfc3339(now),
+        start: Some(now),
+        downstream_local_address: Some(conn.local.to_string()),
+        requested_server_name: conn.security.as_ref().and_then(|s| s.sni.clone()),
+        connection_id: Some(conn.id),
+        req_headers: crate::access::capture_request(
+            format
+                .as_deref()
+                .unwrap_or(conn.shared.access_log.default_format()),
+            &crate::access::RequestView {
+                method: req.method(),
+                uri: req.uri(),
+                authority: authority_of(req),
+                headers: req.headers(),
+                scheme: if conn.security.as_ref().is_some_and(|s| s.tls) {
+                    "https"
+                } else {
+                    "http"
+                },
+            },
+        ),
+        format,
         listener: listener_name
             .cloned()
             .unwrap_or_else(|| conn.listener_name.clone()),
@@ -184,6 +216,7 @@ pub fn completion(
         wasm: None,
         permit: None,
         span: None,
+        log_default: conn.shared.access_log.default_format().clone(),
         accounted: false,
     })
 }

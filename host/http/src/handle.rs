@@ -29,7 +29,14 @@ pub async fn handle(
     conn.activity.begin();
     let Some(listener) = source.http() else {
         // The listener turned into a TCP listener by a reload; this connection is stale.
-        let c = accounting::completion(&conn, start, source.metrics(), None, &req);
+        let c = accounting::completion(
+            &conn,
+            start,
+            source.metrics(),
+            None,
+            &crate::access::ListenerLog::Default,
+            &req,
+        );
         return Ok(reply(
             c,
             LocalReply::text(
@@ -53,6 +60,7 @@ async fn serve(
         start,
         listener.settings.metrics.clone(),
         Some(&listener.settings.name),
+        &listener.settings.access_log,
         &req,
     );
     let authority = accounting::authority_of(&req).unwrap_or("").to_owned();
@@ -130,6 +138,11 @@ async fn serve(
 /// The response to send downstream, accounted for when its body ends.
 fn respond(mut c: Box<Completion>, head: response::Parts, body: ProxyBody) -> Response<ProxyBody> {
     c.status = head.status.as_u16();
+    crate::access::capture_response(&mut c, &head.headers);
+    let via_upstream = c.endpoint.is_some();
+    if let Some(e) = c.entry.as_mut() {
+        e.via_upstream = via_upstream;
+    }
     Response::from_parts(head, body.on_complete(c))
 }
 
@@ -144,6 +157,7 @@ fn reply(mut c: Box<Completion>, reply: LocalReply) -> Response<ProxyBody> {
     {
         e.details = Some(reply.details);
     }
+    crate::access::capture_response(&mut c, &reply.headers);
     let mut resp = Response::new(ProxyBody::full(reply.body).on_complete(c));
     *resp.status_mut() = reply.status;
     *resp.headers_mut() = reply.headers;

@@ -20,6 +20,7 @@
     reason = "local replies travel on the rare error path; boxing them would cost the common path nothing but noise"
 )]
 
+pub mod access;
 pub mod accounting;
 pub mod chain;
 pub mod conn;

@@ -217,6 +217,7 @@ impl HttpListener {
                 clusters: ctx.clusters.clone(),
                 metrics: metrics.listener(&l.name),
                 trace: crate::trace::TraceSettings::build(ctx.config.tracing.as_ref(), l),
+                access_log: crate::access::ListenerLog::build(l),
             },
             routes,
             chain: Chain::new(steps),

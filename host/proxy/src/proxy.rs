@@ -48,8 +48,9 @@ impl Proxy {
                 .map_err(ProxyError::Identity)?;
         }
         let plugins = Arc::new(PluginRegistry::new());
-        let access_log =
-            AccessLog::open(&config.access_log.path).map_err(|error| ProxyError::AccessLog {
+        let access_log = log_format(&config)
+            .and_then(|f| AccessLog::open(&config.access_log.path, f))
+            .map_err(|error| ProxyError::AccessLog {
                 path: config.access_log.path.clone(),
                 error,
             })?;
@@ -220,4 +221,11 @@ impl Proxy {
         }
         self.wait().await
     }
+}
+
+/// The access log's default line format (validated with the configuration, so a failure here
+/// is reported as the access log's error).
+fn log_format(config: &Config) -> std::io::Result<weft_observe::access_log::LineFormat> {
+    weft_observe::access_log::LineFormat::compile(&config.access_log.log_format())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
 }

@@ -108,6 +108,17 @@ impl ForwardPhase {
             listener,
             ctx.is_upgrade,
         );
+        let scheme = ctx.scheme();
+        crate::access::recapture_request(
+            &mut ctx.completion,
+            &crate::access::RequestView {
+                method: &ctx.head.method,
+                uri: &ctx.head.uri,
+                authority: Some(&ctx.authority),
+                headers: &ctx.head.headers,
+                scheme,
+            },
+        );
         if let Some(s) = ctx.completion.span.as_mut()
             && s.request_id.is_none()
         {
