@@ -78,7 +78,7 @@ pub(crate) fn capture_request(format: &LineFormat, r: &RequestView<'_>) -> Vec<O
 
 /// Captures the response headers the completion's format reads.
 pub(crate) fn capture_response(c: &mut Completion, headers: &HeaderMap) {
-    let default = c.default_log_format().clone();
+    let default = c.log_default.clone();
     if let Some(e) = c.entry.as_mut() {
         let names = effective(e, &default).response_headers();
         if names.is_empty() {
@@ -91,7 +91,7 @@ pub(crate) fn capture_response(c: &mut Completion, headers: &HeaderMap) {
 /// Captures the request headers again, as they go upstream (`x-request-id` generated,
 /// `x-forwarded-for` appended).
 pub(crate) fn recapture_request(c: &mut Completion, r: &RequestView<'_>) {
-    let default = c.default_log_format().clone();
+    let default = c.log_default.clone();
     if let Some(e) = c.entry.as_mut() {
         let f = effective(e, &default);
         if f.request_headers().is_empty() {

@@ -48,6 +48,8 @@ pub struct Completion {
     pub permit: Option<weft_upstream::breaker::Admitted>,
     /// The request's span, when sampled.
     pub span: Option<Box<crate::trace::Active>>,
+    /// The access log's default format (when the entry has none of its own).
+    pub(crate) log_default: Arc<weft_observe::access_log::LineFormat>,
     /// Set once accounted for (by the response body's end, or by drop).
     accounted: bool,
 }
@@ -73,11 +75,6 @@ impl Drop for Completion {
 }
 
 impl Completion {
-    /// The access log's default line format (for entries without one of their own).
-    pub(crate) fn default_log_format(&self) -> &Arc<weft_observe::access_log::LineFormat> {
-        self.shared.access_log.default_format()
-    }
-
     fn account(&mut self, bytes: u64, errored: bool) {
         if self.accounted {
             return;
@@ -219,6 +216,7 @@ pub fn completion(
         wasm: None,
         permit: None,
         span: None,
+        log_default: conn.shared.access_log.default_format().clone(),
         accounted: false,
     })
 }
