@@ -17,6 +17,36 @@ if ! command -v openssl >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq openssl >/dev/null
 fi
 
+# prometheus: tests/e2e/prometheus.rs starts a real Prometheus (Debian's package) scraping Weft
+# and runs Istio's dashboard queries. Only the binary is used: the package's service is kept
+# from starting (policy-rc.d) and the test runs its own on an ephemeral port.
+if ! command -v prometheus >/dev/null 2>&1; then
+  echo "== apt-get install prometheus (scrape and PromQL test)"
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
+  fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi
+fi
+export WEFT_PROMETHEUS="${WEFT_PROMETHEUS:-$(command -v prometheus)}"
+# iptables, iproute2 (ip netns) and setpriv (util-linux): the sidecar test in network
+# namespaces (host/weft/tests/netns.rs) runs `weft iptables` and Weft as the proxy user.
+missing=()
+command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== apt-get install ${missing[*]} (sidecar capture test)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# make: jemalloc (the weft binary's allocator) is built from source by tikv-jemalloc-sys.
+if ! command -v make >/dev/null 2>&1; then
+  echo "== apt-get install make (jemalloc build)"
+  apt-get update -qq && apt-get install -y -qq make >/dev/null
+fi
+
 # Incremental caches double the target dir and CI builds once; report the disk we start with.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 echo "== disk: $(df -h . | awk 'NR==2 {print $4 " free of " $2}')"
@@ -49,5 +79,27 @@ if [ -n "${WEFT_ENVOY:-}" ]; then
   "$WEFT_ENVOY" --version | grep -o 'version: .*' || { echo "$WEFT_ENVOY does not run" >&2; exit 1; }
 fi
 
+# httpwg-cli (HTTP/2 conformance suite) for tests/e2e/h2_conformance.rs: built once into a cache.
+echo "== httpwg (HTTP/2 conformance suite)"
+if [ "${WEFT_SKIP_HTTPWG:-}" = 1 ]; then
+  echo "WEFT_SKIP_HTTPWG=1: the conformance test is skipped"
+else
+  WEFT_HTTPWG="$(scripts/h2-conformance.sh)"
+  export WEFT_HTTPWG
+  echo "WEFT_HTTPWG=$WEFT_HTTPWG"
+fi
+
+# Fuzz smoke run: every fuzz/ target for 20 s (cargo-fuzz on stable, --sanitizer none).
+if [ "${WEFT_SKIP_FUZZ:-}" = 1 ]; then
+  echo "== fuzz smoke run skipped (WEFT_SKIP_FUZZ=1)"
+else
+  echo "== fuzz smoke run (scripts/fuzz-smoke.sh)"
+  scripts/fuzz-smoke.sh
+fi
+
 echo "== cargo test"
-cargo test --workspace --quiet 2>&1 | tee /tmp/weft-test.log
+# --no-fail-fast: one failing binary must not hide the results of the others.
+status=0
+cargo test --workspace --quiet --no-fail-fast 2>&1 | tee /tmp/weft-test.log || status=$?
+awk '/^test result/ {p += $4; f += $6} END {printf "== %d passed, %d failed\n", p, f}' /tmp/weft-test.log
+exit "$status"

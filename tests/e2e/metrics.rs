@@ -83,6 +83,51 @@ fn parse_and_check(text: &str) -> Exposition {
     exposition
 }
 
+/// Checks a text 0.0.4 exposition: no OpenMetrics-only lines, one `# HELP` and `# TYPE` per
+/// family, every sample named as its family (a counter's TYPE names its `_total` samples; a
+/// histogram's samples add `_bucket`, `_sum`, `_count`), and `families` families in all.
+pub(crate) fn check_text_0_0_4(text: &str, families: usize) {
+    let mut types: HashMap<&str, &str> = HashMap::new();
+    let mut helps: BTreeSet<&str> = BTreeSet::new();
+    let mut current: Option<(&str, &str)> = None;
+    for line in text.lines() {
+        assert!(
+            line != "# EOF" && !line.starts_with("# UNIT"),
+            "OpenMetrics-only line `{line}` in text 0.0.4"
+        );
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or_default();
+            assert!(helps.insert(name), "second HELP for {name}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE line has a type");
+            assert!(types.insert(name, kind).is_none(), "second TYPE for {name}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{kind} is no 0.0.4 type"
+            );
+            current = Some((name, kind));
+        } else {
+            let sample = line.split(['{', ' ']).next().unwrap_or_default();
+            let (family, kind) = current.unwrap_or_else(|| panic!("`{line}` before any TYPE"));
+            let ok = match kind {
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| sample == format!("{family}{s}")),
+                _ => sample == family,
+            };
+            assert!(ok, "sample `{sample}` under TYPE {family} {kind}");
+            assert!(
+                !line.contains(" # {"),
+                "exemplars are OpenMetrics-only: {line}"
+            );
+        }
+    }
+    for name in &helps {
+        assert!(types.contains_key(name), "HELP without TYPE: {name}");
+    }
+    assert_eq!(types.len(), families, "every family, once");
+}
+
 fn family<'a>(e: &'a Exposition, name: &str) -> &'a Family {
     e.families
         .get(name)
@@ -216,11 +261,25 @@ clusters:
     let text = p.metrics().await;
     let e = parse_and_check(&text);
     // `/stats/prometheus` is the same exposition.
-    let stats = parse_and_check(&get(&format!("{admin}/stats/prometheus")).await.text());
+    let stats = parse_and_check(
+        &get_with(
+            &format!("{admin}/stats/prometheus"),
+            &[("accept", "application/openmetrics-text; version=1.0.0")],
+        )
+        .await
+        .text(),
+    );
     assert_eq!(
         stats.families.keys().collect::<BTreeSet<_>>(),
         e.families.keys().collect::<BTreeSet<_>>()
     );
+    // Without `Accept`: text 0.0.4, the same families, each described under its samples' names.
+    let plain = get(&format!("{admin}/stats/prometheus")).await;
+    assert_eq!(
+        plain.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    check_text_0_0_4(&plain.text(), e.families.len());
 
     // The registry's own families and the plugin families side by side.
     assert!(

@@ -665,6 +665,88 @@ identity:
     }
 }
 
+/// One mesh configuration for every workload (what `weft inject` deploys): the SPIFFE ID given
+/// at start (`weft run` takes it from `WEFT_SPIFFE_ID`) is the one the agent asks the CA for,
+/// not the configuration's placeholder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_agent_asks_for_the_spiffe_id_given_at_start_over_the_configured_one() {
+    let pki = Pki::new("cluster.local");
+    let ca_bundle = pki.dir.join("ca-bundle.pem");
+    std::fs::write(&ca_bundle, pki.ca.bundle_pem()).expect("w");
+    let token = pki.dir.join("token");
+    std::fs::write(&token, "bootstrap-token-0123456789\n").expect("w");
+    let ca_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let ca_addr = ca_listener.local_addr().expect("addr");
+    let ca_dir = pki.dir.join("ca");
+    pki.ca.save(&ca_dir).expect("save");
+    tokio::spawn(weft_ca::server::serve(
+        weft_ca::Ca::load(&ca_dir).expect("load"),
+        ca_listener,
+        weft_ca::server::ServeOptions {
+            tokens: vec![weft_ca::server::Token {
+                token: "bootstrap-token-0123456789".into(),
+                pattern: "spiffe://cluster.local/ns/prod/*".into(),
+            }],
+            default_ttl: HOUR,
+            max_ttl: HOUR,
+        },
+    ));
+    let out = pki.dir.join("workload");
+    let files = CredentialFiles {
+        cert: out.join("cert.pem"),
+        key: out.join("key.pem"),
+        bundle: out.join("bundle.pem"),
+    };
+    let app = echo("app").await;
+    let path = pki.dir.join("weft.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+identity:
+  ca_address: "{ca_addr}"
+  ca_trust_bundle_file: {}
+  bootstrap_token_file: {}
+  spiffe_id: spiffe://cluster.local/ns/prod/sa/placeholder
+  output_dir: {}
+{}"#,
+            ca_bundle.display(),
+            token.display(),
+            out.display(),
+            inbound(
+                app,
+                &format!("mode: strict, {}", tls_files_yaml(&files)),
+                ""
+            )
+        ),
+    )
+    .expect("write");
+    let wanted = pki.id("prod", "reviews");
+    let proxy = weft_proxy::Proxy::start(
+        weft_proxy::ConfigSource::File(path),
+        weft_proxy::StartOptions {
+            admin_address: Some("127.0.0.1:0".parse().expect("addr")),
+            spiffe_id: Some(wanted.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("proxy starts");
+    let material = weft_tls::creds::load_material(&files).expect("the agent wrote a certificate");
+    assert_eq!(
+        material.identity.as_ref().map(ToString::to_string),
+        Some(wanted)
+    );
+    let addr = proxy.listener_addr("inbound").expect("inbound");
+    let c = pki.issue("client", &pki.id("prod", "client"), HOUR);
+    let served = tls_get(addr, Some(&c), &ca_bundle, "cluster.local", false, "/")
+        .await
+        .expect("served with that certificate");
+    assert_eq!(served.reply.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_posture_openssl_only_tls12_plus_and_forward_secret_suites() {
     if std::process::Command::new("openssl")
@@ -799,6 +881,7 @@ async fn mtls_bad_material_at_start_is_refused_naming_the_file() {
         weft_proxy::StartOptions {
             watch: false,
             admin_address: Some("127.0.0.1:0".parse().expect("addr")),
+            ..Default::default()
         },
     )
     .await;

@@ -299,3 +299,119 @@ async fn envoy_continues_and_propagates_the_incoming_trace() {
     assert_eq!(got[0]["spanId"], parts[2]);
     assert_eq!(got[0]["parentSpanId"], PARENT);
 }
+
+/// Requests answered locally (another plugin's 401 and 403, a direct response, a redirect, the
+/// proxy's own 404 for no route and 503 for no healthy endpoint) reach the telemetry plugin's
+/// `on_log` with their real status: `response.code` is set before `on_log` whoever answered.
+#[tokio::test]
+async fn local_replies_are_labelled_with_their_real_status() {
+    let up = echo("up").await;
+    let dead = closed_port().await;
+    let p = TestProxy::start(&format!(
+        r#"
+plugins:
+  - name: telemetry-local
+    file: {telemetry}
+    configuration: {config}
+    failure_policy: fail_closed
+  - name: authz-local
+    file: {authz}
+    failure_policy: fail_closed
+    configuration:
+      api_keys:
+        keys: [{{ name: client, key: weft-demo-key-0123 }}]
+      policies:
+        - name: admins-only
+          action: DENY
+          rules: [{{ to: [{{ operation: {{ paths: ["/private/admin*"] }} }}] }}]
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    plugins: [{{ name: telemetry-local }}]
+    virtual_hosts:
+      - name: any
+        domains: ["local.test"]
+        routes:
+          - {{ name: healthz, match: {{ path: {{ exact: /healthz }} }}, direct_response: {{ status: 200, body: "ok" }} }}
+          - {{ name: docs, match: {{ path: {{ prefix: /docs }} }}, redirect: {{ prefix_rewrite: /guide, response_code: 302 }} }}
+          - {{ name: dead, match: {{ path: {{ prefix: /dead }} }}, route: {{ cluster: dead }} }}
+          - name: private
+            match: {{ path: {{ prefix: /private }} }}
+            plugins: [{{ name: authz-local }}]
+            route: {{ cluster: up }}
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+  - {{ name: dead, endpoints: [{{ address: "{dead}" }}] }}
+"#,
+        telemetry = quoted(&shipped_plugin("telemetry")),
+        authz = quoted(&shipped_plugin("authz")),
+        config = quoted(&json!({ "access_log": {} }).to_string()),
+    ))
+    .await;
+    let url = |path: &str| p.url("main", path);
+    let host = [("host", "local.test")];
+    let key = [("host", "local.test"), ("x-api-key", "weft-demo-key-0123")];
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: [Case<'_>; 6] = [
+        ("/private/data", &host, 401),
+        ("/private/admin", &key, 403),
+        ("/private/data", &key, 200),
+        ("/healthz", &host, 200),
+        ("/docs/x", &host, 302),
+        ("/dead", &host, 503),
+    ];
+    for (path, headers, status) in cases {
+        let r = get_with(&url(path), headers).await;
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+    }
+    let series = |route: &str, status: u16| {
+        format!(
+            r#"weft_wasmcustom_requests_total{{plugin="telemetry-local",method="GET",route="{route}",status="{status}"}}"#
+        )
+    };
+    let expected = [
+        ("private", 401),
+        ("private", 403),
+        ("private", 200),
+        ("healthz", 200),
+        ("docs", 302),
+        ("dead", 503),
+    ];
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let m = p.metrics().await;
+            expected
+                .iter()
+                .all(|(route, status)| metric_value(&m, &series(route, *status)) == 1.0)
+        })
+        .await,
+        "{}",
+        p.metrics().await
+    );
+    let m = p.metrics().await;
+    assert!(
+        !m.contains(r#"plugin="telemetry-local",method="GET",route="private",status="0""#),
+        "no local reply is labelled status 0: {m}"
+    );
+    // The exported series maps back to the name the plugin defined.
+    let names = weft_e2e::get(&format!("http://{}/stats/plugin_metrics", p.admin()))
+        .await
+        .json();
+    let entry = names
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|e| {
+            e["plugin"] == "telemetry-local"
+                && e["sample"] == "weft_wasmcustom_requests_total"
+                && e["labels"]["status"] == "401"
+        })
+        .unwrap_or_else(|| panic!("no 401 entry in {names}"));
+    let raw = entry["name"].as_str().unwrap_or_default();
+    assert!(
+        raw.starts_with("requests_total;") && raw.contains("status=401"),
+        "{entry}"
+    );
+    assert_eq!(entry["type"], "counter");
+    assert_eq!(entry["labels"]["plugin"], "telemetry-local");
+}

@@ -10,7 +10,10 @@ pub mod envoy;
 pub mod faulty;
 pub mod mesh;
 pub mod plugins;
+pub mod prometheus;
+pub mod recording;
 pub mod upstream;
+pub mod xds;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +56,7 @@ impl TestProxy {
             StartOptions {
                 watch,
                 admin_address: Some("127.0.0.1:0".parse().expect("addr")),
+                ..Default::default()
             },
         )
         .await
@@ -103,9 +107,19 @@ impl TestProxy {
         }
     }
 
-    /// The `/metrics` text.
+    /// The `/metrics` text, as OpenMetrics (what Prometheus asks for).
     pub async fn metrics(&self) -> String {
-        let r = get(&format!("http://{}/metrics", self.admin())).await;
+        let r = get_with(
+            &format!("http://{}/metrics", self.admin()),
+            &[("accept", "application/openmetrics-text;version=1.0.0")],
+        )
+        .await;
+        String::from_utf8_lossy(&r.body).into_owned()
+    }
+
+    /// The `/stats/prometheus` text with no `Accept`: Prometheus text format 0.0.4.
+    pub async fn metrics_text(&self) -> String {
+        let r = get(&format!("http://{}/stats/prometheus", self.admin())).await;
         String::from_utf8_lossy(&r.body).into_owned()
     }
 }
@@ -249,7 +263,10 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + within;
+    // `within` is a bound on waiting, never an assertion on speed: a loaded CI machine (two cores,
+    // parallel test binaries, file-watch debouncing) can take several times longer than a quiet one,
+    // so the bound is at least 30 s. A passing check returns as soon as it holds.
+    let deadline = tokio::time::Instant::now() + within.max(Duration::from_secs(30));
     loop {
         if check().await {
             return true;

@@ -163,6 +163,7 @@ clusters:
         StartOptions {
             watch: true,
             admin_address: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ..Default::default()
         },
     )
     .await

@@ -1,10 +1,12 @@
 //! The admin server, on Envoy's port and with Envoy's names: `/ready`, `/live`, `/metrics`
-//! (also `/stats/prometheus`), `/config_dump`, `/clusters`, `/plugins`, `/chains`, `/certs`,
+//! (also `/stats/prometheus`; `/stats/plugin_metrics` maps plugin metric names), `/config_dump`, `/clusters`, `/plugins`, `/chains`, `/certs`,
 //! `POST /reload`, `POST /plugins/<name>/reload`, `POST /quitquitquit`.
 //!
 //! The routes are here; what they show and do comes from an [`AdminApi`] that the assembly
 //! (`weft-proxy`) implements, so this crate depends on no generation or reload machinery.
 #![forbid(unsafe_code)]
+
+pub mod sidecar;
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -22,6 +24,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use weft_body::ProxyBody;
 use weft_extensions::{PluginRegistry, PluginVersion};
+use weft_observe::exposition::{self, Format};
 use weft_upstream::Cluster;
 
 /// A boxed future borrowed from the API object.
@@ -31,8 +34,8 @@ pub type ApiFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait AdminApi: Send + Sync + 'static {
     /// `/ready`: true once started and until draining begins.
     fn is_ready(&self) -> bool;
-    /// `/metrics`: the Prometheus exposition of every metric family.
-    fn metrics(&self) -> String;
+    /// `/metrics`: the exposition of every metric family in `format`.
+    fn metrics(&self, format: Format) -> String;
     /// `/config_dump`: the live configuration; secrets (plugin configurations and
     /// environments) are shown as their sha256 unless `include_secrets`.
     fn config_dump(&self, include_secrets: bool) -> serde_json::Value;
@@ -50,6 +53,16 @@ pub trait AdminApi: Send + Sync + 'static {
     fn reload_plugin<'a>(&'a self, name: &'a str) -> ApiFuture<'a, Result<usize, String>>;
     /// `POST /quitquitquit`: starts draining.
     fn shutdown(&self);
+    /// `GET /healthz/ready` on the sidecar health port (15021): `Err(why)` until the
+    /// configuration, the required plugins and (with `identity`) a valid certificate are in
+    /// place, and while draining.
+    fn sidecar_ready(&self) -> Result<(), String> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err("not ready".to_owned())
+        }
+    }
 }
 
 /// Binds the admin server and serves it until shutdown; returns the bound address.
@@ -79,13 +92,36 @@ pub async fn start(proxy: Arc<dyn AdminApi>, address: SocketAddr) -> std::io::Re
     Ok(bound)
 }
 
-fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
+pub(crate) fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    r
+}
+
+/// The metrics in the format the `Accept` header prefers; `HEAD` gets the headers only.
+fn metrics(proxy: &dyn AdminApi, req: &Request<Incoming>) -> Response<ProxyBody> {
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = exposition::negotiate(accept);
+    let body = proxy.metrics(format);
+    let length = body.len();
+    let mut r = if req.method() == Method::HEAD {
+        text(StatusCode::OK, bytes::Bytes::new())
+    } else {
+        text(StatusCode::OK, body)
+    };
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(format.content_type()),
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, http::HeaderValue::from(length));
     r
 }
 
@@ -112,16 +148,7 @@ async fn route(proxy: Arc<dyn AdminApi>, req: Request<Incoming>) -> Response<Pro
             }
         }
         (&Method::GET, "/live") => text(StatusCode::OK, "OK\n"),
-        (&Method::GET, "/metrics" | "/stats/prometheus") => {
-            let mut r = text(StatusCode::OK, proxy.metrics());
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                http::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
-        }
+        (&Method::GET | &Method::HEAD, "/metrics" | "/stats/prometheus") => metrics(&*proxy, &req),
         (&Method::GET, "/config_dump") => json_response(
             StatusCode::OK,
             &proxy.config_dump(query_flag(query, "include_secrets")),
@@ -135,6 +162,10 @@ async fn route(proxy: Arc<dyn AdminApi>, req: Request<Incoming>) -> Response<Pro
             ),
         },
         (&Method::GET, "/plugins") => plugins(&*proxy),
+        (&Method::GET, "/stats/plugin_metrics") => json_response(
+            StatusCode::OK,
+            &json!(weft_extensions::metrics::plugin_metric_names()),
+        ),
         (&Method::GET, "/chains") => json_response(StatusCode::OK, &proxy.chains()),
         (&Method::GET, "/certs") => json_response(StatusCode::OK, &proxy.certs()),
         (&Method::POST, p) if p.starts_with("/plugins/") && p.ends_with("/reload") => {
@@ -159,7 +190,7 @@ async fn route(proxy: Arc<dyn AdminApi>, req: Request<Incoming>) -> Response<Pro
         }
         (&Method::GET, "/") => text(
             StatusCode::OK,
-            "weft admin\n  GET  /ready\n  GET  /live\n  GET  /metrics\n  GET  /config_dump[?include_secrets=true]\n  GET  /clusters[?format=json]\n  GET  /plugins\n  GET  /chains\n  GET  /certs\n  POST /plugins/<name>/reload\n  POST /reload\n  POST /quitquitquit\n",
+            "weft admin\n  GET  /ready\n  GET  /live\n  GET  /metrics\n  GET  /stats/plugin_metrics\n  GET  /config_dump[?include_secrets=true]\n  GET  /clusters[?format=json]\n  GET  /plugins\n  GET  /chains\n  GET  /certs\n  POST /plugins/<name>/reload\n  POST /reload\n  POST /quitquitquit\n",
         ),
         (
             _,

@@ -35,6 +35,15 @@ pub trait OnComplete: Send + Sync {
     fn complete(self: Box<Self>, bytes: u64, errored: bool);
 }
 
+/// Told when a body moves (for idle timeouts) and when it ends (for timeouts that start when
+/// the request is complete).
+pub trait Progress: Send + Sync {
+    /// A frame passed.
+    fn moved(&self);
+    /// The last frame passed.
+    fn ended(&self);
+}
+
 enum Kind {
     Empty,
     Full(Option<Bytes>),
@@ -60,6 +69,7 @@ pub struct ProxyBody {
     errored: bool,
     meter: Option<Arc<AtomicU64>>,
     on_complete: Option<Box<dyn OnComplete>>,
+    progress: Option<Arc<dyn Progress>>,
 }
 
 impl std::fmt::Debug for ProxyBody {
@@ -78,6 +88,7 @@ impl ProxyBody {
             errored: false,
             meter: None,
             on_complete: None,
+            progress: None,
         }
     }
 
@@ -128,6 +139,12 @@ impl ProxyBody {
     /// Adds every data byte that passes to `meter` (shared with whoever reports it).
     pub fn metered(mut self, meter: Arc<AtomicU64>) -> ProxyBody {
         self.meter = Some(meter);
+        self
+    }
+
+    /// Reports every frame and the end of the body to `progress`.
+    pub fn watched(mut self, progress: Arc<dyn Progress>) -> ProxyBody {
+        self.progress = Some(progress);
         self
     }
 
@@ -207,8 +224,20 @@ impl http_body::Body for ProxyBody {
                     let n = d.len();
                     this.count(n);
                 }
+                if let Some(p) = &this.progress {
+                    p.moved();
+                    // A body that knows it is done may never be polled for its end.
+                    if frame.is_trailers() || http_body::Body::is_end_stream(&*this) {
+                        p.ended();
+                    }
+                }
             }
-            Poll::Ready(None) => this.finish(),
+            Poll::Ready(None) => {
+                if let Some(p) = &this.progress {
+                    p.ended();
+                }
+                this.finish()
+            }
             _ => {}
         }
         polled

@@ -9,21 +9,27 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod capture;
+mod compose;
 mod error;
 mod locate;
 pub mod log_format;
 mod matching;
 pub mod observe;
+mod preset;
 pub mod resilience;
 pub mod schema;
+pub mod telemetry;
 mod tls;
 mod validate;
+pub mod xds;
 mod yaml;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 
+pub use compose::{DynamicResources, compose};
 pub use error::{ConfigError, Problem};
 pub use locate::{Location, SourceMap};
 pub use schema::Config;
@@ -44,10 +50,11 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         file: file.to_owned(),
         problems,
     };
-    let config = match yaml::deserialize(text) {
+    let mut config = match yaml::deserialize(text) {
         Ok(c) => c,
         Err(problem) => return Err(invalid(vec![problem])),
     };
+    preset::expand(&mut config);
     let found = validate::validate(&config);
     if found.is_empty() {
         return Ok(config);
@@ -129,3 +136,35 @@ pub fn is_token(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// How a `per_connection_buffer_limit_bytes` maps onto the buffers hyper and h2 offer, for
+/// downstream and upstream connections alike (docs/hardening.md lists the figures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferLimit(pub usize);
+
+impl BufferLimit {
+    /// An HTTP/1 connection's read (and write queue) bound: a sixteenth of the limit, at least
+    /// `floor` (an HTTP/1 head must fit) and hyper's minimum of 8 KiB, at most the limit.
+    pub fn http1_buf(self, floor: usize) -> usize {
+        (self.0 / 16).max(floor).max(8192).min(self.0.max(8192))
+    }
+
+    /// The HTTP/2 receive window of one stream: the limit, at most 1 MiB.
+    pub fn h2_stream_window(self) -> u32 {
+        u32::try_from(self.0.min(1024 * 1024))
+            .unwrap_or(u32::MAX)
+            .max(65_535)
+    }
+
+    /// The HTTP/2 receive window of the whole connection: the limit.
+    pub fn h2_connection_window(self) -> u32 {
+        u32::try_from(self.0.min(i32::MAX as usize))
+            .unwrap_or(i32::MAX as u32)
+            .max(65_535)
+    }
+
+    /// The HTTP/2 send buffer of one stream: a sixteenth of the limit, at least 16 KiB.
+    pub fn h2_send_buf(self) -> usize {
+        (self.0 / 16).max(16 * 1024)
+    }
+}

@@ -8,10 +8,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::capture::{
+    ClusterType, FilterChain, FilterChainMatch, OriginalDstOptions, OutboundTrafficPolicy, Sidecar,
+    TransportProtocol,
+};
 pub use crate::matching::{HeaderMatch, PathMatch, QueryMatch};
 pub use crate::observe::{
     Decorator, ListenerAccessLog, ListenerTracing, LogFormat, LogPreset, OtlpProtocol,
     TraceOperation, Tracing,
+pub use crate::telemetry::{
+    IstioMetric, IstioMetrics, MetricOverride, MetricSelector, Node, TagOperation, TagOverride,
+    Telemetry, WorkloadMode,
 };
 pub use crate::tls::{
     Authorization, ClusterTls, ForwardClientCertDetails, Identity, ListenerTls, SourceRule,
@@ -49,6 +56,47 @@ pub struct Config {
     /// Native tracing: spans exported over OTLP (`docs/tracing.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+    /// The overload manager: a process memory watermark above which Weft sheds load.
+    #[serde(default)]
+    pub overload: Overload,
+    /// Istio's sidecar ports (15021 health, 15090 and 15020 metrics) and the capture preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<Sidecar>,
+    /// This workload's node metadata (Istio's), for the standard metrics' labels.
+    #[serde(default)]
+    pub node: Node,
+    /// Istio's standard metrics: on by default, overrides as Istio's Telemetry API.
+    #[serde(default)]
+    pub telemetry: Telemetry,
+    /// Weft as an xDS client: the control plane and this node's identity (`xds.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds: Option<crate::xds::Xds>,
+}
+
+/// The overload manager (Envoy's idea, one memory watermark): while the process's resident
+/// memory is above `max_rss_bytes`, listeners stop accepting, idle connections are closed and
+/// new requests are answered 503 with response flag `OM`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overload {
+    /// The watermark in bytes of resident memory; 0 (the default) disables the manager.
+    #[serde(default)]
+    pub max_rss_bytes: u64,
+    /// How often the resident memory is sampled.
+    #[serde(
+        default = "defaults::overload_refresh_interval",
+        with = "humantime_serde"
+    )]
+    pub refresh_interval: Duration,
+}
+
+impl Default for Overload {
+    fn default() -> Self {
+        Overload {
+            max_rss_bytes: 0,
+            refresh_interval: defaults::overload_refresh_interval(),
+        }
+    }
 }
 
 /// A proxy-wasm plugin (a `.wasm` module built against the proxy-wasm ABI 0.2.x).
@@ -281,6 +329,88 @@ pub struct Listener {
     /// This listener's access-log format (or `disabled`), overriding `access_log`'s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<ListenerAccessLog>,
+    /// Most connections open at once on this listener; more are closed as soon as they are
+    /// accepted and counted (`weft_downstream_cx_overflow`). Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Most bytes buffered for one downstream connection in each direction (Envoy's
+    /// `per_connection_buffer_limit_bytes`); beyond it Weft stops reading from the sender.
+    #[serde(default = "defaults::per_connection_buffer_limit_bytes")]
+    pub per_connection_buffer_limit_bytes: usize,
+    /// A capture listener: reads each connection's original destination (`SO_ORIGINAL_DST`,
+    /// after an iptables REDIRECT) and hands it to the matching `filter_chains` entry (Envoy's
+    /// `original_dst` listener filter).
+    #[serde(default)]
+    pub original_dst: bool,
+    /// `false`: no socket is bound; the listener is reached through a capture listener's
+    /// filter chain (Envoy's `bind_to_port`).
+    #[serde(default = "defaults::yes")]
+    pub bind_to_port: bool,
+    /// Capture listener: filter chains, the most specific match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter_chains: Vec<FilterChain>,
+    /// Capture listener: a connection no chain matches goes to `passthrough_cluster`
+    /// (`allow_any`) or is closed (`registry_only`).
+    #[serde(default)]
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// Capture listener: the cluster unmatched connections go to under `allow_any` (an
+    /// `original_dst` cluster; a built-in `PassthroughCluster` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passthrough_cluster: Option<String>,
+    /// Capture listener: how long to wait for the first bytes when a chain matches on the
+    /// protocol; then the connection is opaque TCP.
+    #[serde(
+        default = "crate::capture::defaults::protocol_detection_timeout",
+        with = "humantime_serde"
+    )]
+    pub protocol_detection_timeout: Duration,
+    /// Envoy's listener `traffic_direction`: `inbound` (Istio's `reporter="destination"`),
+    /// `outbound` (`reporter="source"`) or `unspecified` (default: reported as `source`, as
+    /// Istio's stats filter does, with no metadata exchange: a mesh edge).
+    #[serde(default)]
+    pub traffic_direction: TrafficDirection,
+}
+
+impl Listener {
+    /// A listener with every setting at its default (no routes, no target).
+    pub fn named(name: &str, address: SocketAddr) -> Listener {
+        Listener {
+            name: name.to_owned(),
+            address,
+            protocol: defaults::protocol(),
+            http: HttpSettings::default(),
+            virtual_hosts: Vec::new(),
+            tcp: None,
+            plugins: Vec::new(),
+            tls: None,
+            forward_client_cert_details: ForwardClientCertDetails::default(),
+            local_rate_limit: None,
+            max_connections: None,
+            per_connection_buffer_limit_bytes: defaults::per_connection_buffer_limit_bytes(),
+            original_dst: false,
+            bind_to_port: true,
+            filter_chains: Vec::new(),
+            outbound_traffic_policy: OutboundTrafficPolicy::default(),
+            passthrough_cluster: None,
+            protocol_detection_timeout: crate::capture::defaults::protocol_detection_timeout(),
+            traffic_direction: TrafficDirection::default(),
+            tracing: None,
+            access_log: None,
+        }
+    }
+}
+
+/// Envoy's `TrafficDirection` of a listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficDirection {
+    /// Neither: an edge (gateway) listener.
+    #[default]
+    Unspecified,
+    /// Traffic into this workload.
+    Inbound,
+    /// Traffic from this workload to others.
+    Outbound,
 }
 
 /// Limits and timeouts of the downstream HTTP side of a listener.
@@ -305,6 +435,15 @@ pub struct HttpSettings {
     /// Add `x-request-id` when the request has none.
     #[serde(default = "defaults::yes")]
     pub generate_request_id: bool,
+    /// A request with no bytes moving either way for this long is ended: 408 while the
+    /// request is incomplete, else 504 with flag `SI` (Envoy's `stream_idle_timeout`).
+    /// Zero disables it.
+    #[serde(default = "defaults::stream_idle_timeout", with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+    /// Time allowed for the whole request (headers and body) to arrive; slower gets 408
+    /// (Envoy's `request_timeout`). Zero (the default) disables it.
+    #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for HttpSettings {
@@ -315,6 +454,8 @@ impl Default for HttpSettings {
             request_header_timeout: defaults::request_header_timeout(),
             idle_timeout: defaults::downstream_idle_timeout(),
             generate_request_id: true,
+            stream_idle_timeout: defaults::stream_idle_timeout(),
+            request_timeout: Duration::ZERO,
         }
     }
 }
@@ -411,10 +552,24 @@ pub struct ForwardAction {
     /// Split traffic across clusters by weight.
     #[serde(default)]
     pub weighted_clusters: Vec<WeightedCluster>,
-    /// Whole-request deadline, from routing to the end of the upstream response headers.
-    /// Zero disables it.
+    /// Time allowed for the upstream response headers, counted from the moment the
+    /// downstream request is complete (its whole body received), as Envoy counts it; slower
+    /// gets 504 `UT`. Zero disables it.
     #[serde(default = "defaults::route_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// This route's stream idle timeout, replacing the listener's `http.stream_idle_timeout`
+    /// (Envoy's route `idle_timeout`). Zero disables it.
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// Upgrades this route lets through (Envoy's `upgrade_configs`). `websocket` is allowed
+    /// unless listed with `enabled: false`; any other type only when listed. A request with
+    /// any other `Upgrade` is answered 403 (`h2c` upgrades are served as plain HTTP/1.1).
+    #[serde(default)]
+    pub upgrade_configs: Vec<UpgradeConfig>,
     /// Replace the matched path prefix with this (only with a `prefix` path match).
     #[serde(default)]
     pub prefix_rewrite: Option<String>,
@@ -433,6 +588,17 @@ pub struct ForwardAction {
     /// Shadow clusters that get a copy of a share of the requests.
     #[serde(default)]
     pub request_mirror_policies: Vec<crate::resilience::MirrorPolicy>,
+}
+
+/// One upgrade type a route allows (or, with `enabled: false`, refuses).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeConfig {
+    /// The `Upgrade` token, compared case-insensitively (`websocket`, `CONNECT-UDP`, ...).
+    pub upgrade_type: String,
+    /// Whether it is allowed.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
 }
 
 /// One cluster of a weighted split.
@@ -565,7 +731,20 @@ pub enum UpstreamProtocol {
 pub struct Cluster {
     /// Unique name.
     pub name: String,
+    /// `static` (default: the endpoints listed) or `original_dst` (the connection's original
+    /// destination; no endpoints).
+    #[serde(default, rename = "type")]
+    pub kind: ClusterType,
+    /// Options of an `original_dst` cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_dst: Option<OriginalDstOptions>,
+    /// Bind upstream connections to this source address (Envoy's `upstream_bind_config`):
+    /// `127.0.0.6` lets an inbound sidecar deliver to its own pod IP without being captured
+    /// again (the `-o lo -s 127.0.0.6` rule of `weft iptables`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<std::net::IpAddr>,
     /// Its endpoints.
+    #[serde(default)]
     pub endpoints: Vec<Endpoint>,
     /// How requests are spread across endpoints.
     #[serde(default)]
@@ -582,6 +761,10 @@ pub struct Cluster {
     /// Pooled upstream connections idle this long are closed.
     #[serde(default = "defaults::upstream_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Most bytes buffered for one upstream connection in each direction (Envoy's
+    /// `per_connection_buffer_limit_bytes`); beyond it Weft stops reading from the upstream.
+    #[serde(default = "defaults::per_connection_buffer_limit_bytes")]
+    pub per_connection_buffer_limit_bytes: usize,
     /// `http1` (default) or `http2`.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
@@ -606,6 +789,33 @@ pub struct Cluster {
     /// When fewer than this percentage of endpoints are available, balance over all (0 off).
     #[serde(default = "crate::resilience::defaults::panic_threshold")]
     pub panic_threshold: f64,
+}
+
+impl Cluster {
+    /// A static cluster with no endpoint and every setting at its default.
+    pub fn named(name: &str) -> Cluster {
+        Cluster {
+            name: name.to_owned(),
+            kind: ClusterType::Static,
+            original_dst: None,
+            source_address: None,
+            endpoints: Vec::new(),
+            lb_policy: LbPolicy::default(),
+            choice_count: defaults::choice_count(),
+            minimum_ring_size: defaults::minimum_ring_size(),
+            connect_timeout: defaults::connect_timeout(),
+            idle_timeout: defaults::upstream_idle_timeout(),
+            protocol: UpstreamProtocol::default(),
+            dns_refresh_rate: defaults::dns_refresh_rate(),
+            tls: None,
+            circuit_breakers: None,
+            outlier_detection: None,
+            health_checks: Vec::new(),
+            retry_budget: None,
+            panic_threshold: crate::resilience::defaults::panic_threshold(),
+            per_connection_buffer_limit_bytes: defaults::per_connection_buffer_limit_bytes(),
+        }
+    }
 }
 
 /// One endpoint of a cluster.
@@ -661,6 +871,18 @@ pub mod defaults {
     /// 1 h.
     pub fn tcp_idle_timeout() -> Duration {
         Duration::from_secs(3600)
+    }
+    /// 5 min, Envoy's default `stream_idle_timeout`.
+    pub fn stream_idle_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+    /// 1 MiB, Envoy's default `per_connection_buffer_limit_bytes`.
+    pub fn per_connection_buffer_limit_bytes() -> usize {
+        1024 * 1024
+    }
+    /// 1 s, Envoy's overload manager `refresh_interval`.
+    pub fn overload_refresh_interval() -> Duration {
+        Duration::from_secs(1)
     }
     /// 15 s, Envoy's default route timeout.
     pub fn route_timeout() -> Duration {

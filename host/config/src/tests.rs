@@ -243,7 +243,10 @@ fn parser_errors_are_file_line_column_path_message() {
         only_problem("listeners:\n  - { name: éé, address: 127.0.0.1:1, bogus: 1 }\n"),
         "e.yaml:2:39: listeners[0].bogus: unknown field `bogus`, expected one of `name`, `address`, \
          `protocol`, `http`, `virtual_hosts`, `tcp`, `plugins`, `tls`, \
-         `forward_client_cert_details`, `local_rate_limit`, `tracing`, `access_log`"
+         `forward_client_cert_details`, `local_rate_limit`, `tracing`, `access_log`, \
+         `max_connections`, `per_connection_buffer_limit_bytes`, `original_dst`, `bind_to_port`, \
+         `filter_chains`, `outbound_traffic_policy`, `passthrough_cluster`, \
+         `protocol_detection_timeout`, `traffic_direction`"
     );
     assert_eq!(
         only_problem("clusters:\n  - name: c\n    endpoints: []\n    lb_policy: fastest\n"),
@@ -537,4 +540,111 @@ fn plugin_bounds_have_defaults_and_bad_values_are_refused_with_their_path() {
             "{field}: {problem}"
         );
     }
+}
+
+#[test]
+fn hardening_limits_have_envoys_defaults_and_bad_values_name_their_field() {
+    let c = parse(GOOD, "good.yaml").unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.per_connection_buffer_limit_bytes, 1024 * 1024);
+    assert_eq!(l.max_connections, None);
+    assert_eq!(
+        l.http.stream_idle_timeout,
+        std::time::Duration::from_secs(300)
+    );
+    assert_eq!(l.http.request_timeout, std::time::Duration::ZERO);
+    assert_eq!(c.clusters[0].per_connection_buffer_limit_bytes, 1024 * 1024);
+    assert_eq!(c.overload.max_rss_bytes, 0);
+    let forward = c.listeners[0].virtual_hosts[0].routes[0]
+        .route
+        .as_ref()
+        .unwrap();
+    assert!(forward.upgrade_configs.is_empty());
+    assert_eq!(forward.idle_timeout, None);
+
+    let bad = GOOD
+        .replace(
+            "    address: 127.0.0.1:10000\n",
+            "    address: 127.0.0.1:10000\n    max_connections: 0\n    per_connection_buffer_limit_bytes: 1000\n",
+        )
+        .replace(
+            "route: { cluster: users, prefix_rewrite: / }",
+            "route: { cluster: users, prefix_rewrite: /, idle_timeout: 1s, upgrade_configs: [{ upgrade_type: h2c }, { upgrade_type: \"not a token\" }, { upgrade_type: WebSocket }, { upgrade_type: websocket, enabled: false }] }",
+        )
+        .replace(
+            "    lb_policy: least_request\n",
+            "    lb_policy: least_request\n    per_connection_buffer_limit_bytes: 4294967296\n",
+        )
+        + "overload: { max_rss_bytes: 1000, refresh_interval: 0s }\n";
+    let err = parse(&bad, "bad.yaml").unwrap_err();
+    let all = err.to_string();
+    for want in [
+        "listeners[0].max_connections: must be at least 1",
+        "listeners[0].per_connection_buffer_limit_bytes: 1000 is outside 69632..=2147483647",
+        "routes[0].route.upgrade_configs[0].upgrade_type: h2c upgrades are always served",
+        "routes[0].route.upgrade_configs[1].upgrade_type: `not a token` is not an HTTP token",
+        "routes[0].route.upgrade_configs[3].upgrade_type: duplicate upgrade type `websocket`",
+        "clusters[0].per_connection_buffer_limit_bytes: 4294967296 is outside 32768..=2147483647",
+        "overload.max_rss_bytes: 1000 is less than 16 MiB",
+        "overload.refresh_interval: must be within 10ms..=60s",
+    ] {
+        assert!(all.contains(want), "missing `{want}` in:\n{all}");
+    }
+    assert!(
+        all.contains("bad.yaml:8:5: listeners[0].per_connection"),
+        "errors are located: {all}"
+    );
+}
+
+#[test]
+fn buffer_limits_map_onto_hyper_and_h2_settings() {
+    let mib = BufferLimit(1024 * 1024);
+    assert_eq!(mib.http1_buf(69_632), 69_632);
+    assert_eq!(mib.http1_buf(16 * 1024), 64 * 1024);
+    assert_eq!(mib.h2_stream_window(), 1024 * 1024);
+    assert_eq!(mib.h2_connection_window(), 1024 * 1024);
+    assert_eq!(mib.h2_send_buf(), 64 * 1024);
+    let small = BufferLimit(32 * 1024);
+    assert_eq!(small.http1_buf(0), 8192);
+    assert_eq!(
+        small.h2_stream_window(),
+        65_535,
+        "never below the protocol's default"
+    );
+    assert_eq!(small.h2_send_buf(), 16 * 1024);
+    let big = BufferLimit(64 * 1024 * 1024);
+    assert_eq!(big.h2_stream_window(), 1024 * 1024);
+    assert_eq!(big.h2_connection_window(), 64 * 1024 * 1024);
+}
+
+#[test]
+fn telemetry_and_node_problems_name_file_and_field() {
+    let text = "node:\n  namespace: \"\"\ntelemetry:\n  metrics:\n    overrides:\n      - match: { metric: REQUEST_COUNT }\n        tag_overrides:\n          request_protocol: { operation: REMOVE, value: x }\n          \"bad-name\": { value: v }\n          team: {}\n";
+    let err = parse(text, "t.yaml").unwrap_err();
+    let rendered: Vec<String> = err.problems().iter().map(|p| p.render("t.yaml")).collect();
+    for expected in [
+        "t.yaml:2:3: node.namespace: must be non-empty, without control characters",
+        "telemetry.metrics.overrides[0].tag_overrides.request_protocol.value: REMOVE takes no value",
+        "telemetry.metrics.overrides[0].tag_overrides.bad-name: not a Prometheus label name",
+        "telemetry.metrics.overrides[0].tag_overrides.team.value: UPSERT needs a value",
+    ] {
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.contains(expected) && r.starts_with("t.yaml:")),
+            "{expected} in {rendered:#?}"
+        );
+    }
+    // An unknown metric name is a schema error at its field.
+    let bad =
+        only_problem("telemetry:\n  metrics:\n    overrides: [{ match: { metric: REQUESTS } }]\n");
+    assert!(
+        bad.starts_with("e.yaml:3:") && bad.contains("telemetry.metrics.overrides[0].match.metric"),
+        "{bad}"
+    );
+    // And a listener direction is Envoy's names only.
+    let dir = only_problem(
+        "listeners:\n  - { name: l, address: 127.0.0.1:1, traffic_direction: sideways }\n",
+    );
+    assert!(dir.contains("listeners[0].traffic_direction"), "{dir}");
 }

@@ -1,9 +1,11 @@
 //! Checks that go beyond the schema: references between sections, unique names, well-formed
 //! patterns and header names. Every problem is collected, not just the first.
 
+mod capture;
 mod observe;
 mod resilience;
 mod tls;
+mod xds;
 
 use std::collections::HashSet;
 
@@ -24,6 +26,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Found> {
     };
     v.config(config);
     v.found.extend(observe::check(config));
+    v.found.extend(xds::xds(config));
     v.found
 }
 
@@ -59,8 +62,9 @@ impl Validator<'_> {
                     format!("duplicate listener name `{}`", l.name),
                 );
             }
-            // Port 0 asks the OS for a free port, so it never collides.
-            if l.address.port() != 0 && !addresses.insert(l.address) {
+            // Port 0 asks the OS for a free port, so it never collides; a listener reached
+            // through a capture listener binds nothing.
+            if l.bind_to_port && l.address.port() != 0 && !addresses.insert(l.address) {
                 self.err(
                     format!("{path}.address"),
                     format!(
@@ -97,6 +101,38 @@ impl Validator<'_> {
         }
         if let Some(i) = &config.identity {
             self.found.extend(tls::identity(i));
+        }
+        let o = &config.overload;
+        if o.max_rss_bytes != 0 && o.max_rss_bytes < 16 * 1024 * 1024 {
+            self.err(
+                "overload.max_rss_bytes",
+                format!(
+                    "{} is less than 16 MiB (0 disables the overload manager)",
+                    o.max_rss_bytes
+                ),
+            );
+        }
+        if !(std::time::Duration::from_millis(10)..=std::time::Duration::from_secs(60))
+            .contains(&o.refresh_interval)
+        {
+            self.err("overload.refresh_interval", "must be within 10ms..=60s");
+        }
+        self.found.extend(capture::config(config));
+        self.found
+            .extend(crate::telemetry::validate(&config.telemetry));
+        self.found
+            .extend(crate::telemetry::validate_node(&config.node));
+    }
+
+    /// `per_connection_buffer_limit_bytes` of a listener or cluster: at least 32 KiB (and
+    /// `floor`), at most 2^31 - 1 (the largest HTTP/2 window).
+    fn buffer_limit(&mut self, path: &str, value: usize, floor: usize) {
+        let floor = floor.max(32 * 1024);
+        if !(floor..=i32::MAX as usize).contains(&value) {
+            self.err(
+                format!("{path}.per_connection_buffer_limit_bytes"),
+                format!("{value} is outside {floor}..={}", i32::MAX),
+            );
         }
     }
 
@@ -236,6 +272,18 @@ impl Validator<'_> {
             self.err(
                 format!("{path}.http.idle_timeout"),
                 "must be more than zero",
+            );
+        }
+        // An HTTP/1 head must fit in the connection's read buffer.
+        self.buffer_limit(
+            path,
+            l.per_connection_buffer_limit_bytes,
+            h.max_request_headers_bytes + 8192,
+        );
+        if l.max_connections == Some(0) {
+            self.err(
+                format!("{path}.max_connections"),
+                "must be at least 1 (leave it out for no limit)",
             );
         }
         match l.protocol {
@@ -417,6 +465,23 @@ impl Validator<'_> {
 
     fn forward(&mut self, path: &str, f: &ForwardAction, has_prefix: bool) {
         self.forward_resilience(path, f);
+        let mut types = HashSet::new();
+        for (i, u) in f.upgrade_configs.iter().enumerate() {
+            let upath = format!("{path}.upgrade_configs[{i}].upgrade_type");
+            if !is_token(&u.upgrade_type) {
+                self.err(&upath, format!("`{}` is not an HTTP token", u.upgrade_type));
+            } else if u.upgrade_type.eq_ignore_ascii_case("h2c") {
+                self.err(
+                    &upath,
+                    "h2c upgrades are always served as plain HTTP/1.1 requests",
+                );
+            } else if !types.insert(u.upgrade_type.to_ascii_lowercase()) {
+                self.err(
+                    &upath,
+                    format!("duplicate upgrade type `{}`", u.upgrade_type),
+                );
+            }
+        }
         match (&f.cluster, f.weighted_clusters.is_empty()) {
             (Some(c), true) => self.cluster_ref(&format!("{path}.cluster"), c),
             (None, false) => {
@@ -541,12 +606,11 @@ impl Validator<'_> {
 
     fn cluster(&mut self, path: &str, c: &Cluster) {
         self.cluster_resilience(path, c);
+        self.buffer_limit(path, c.per_connection_buffer_limit_bytes, 0);
         if c.name.is_empty() {
             self.err(format!("{path}.name"), "must not be empty");
         }
-        if c.endpoints.is_empty() {
-            self.err(format!("{path}.endpoints"), "needs at least one endpoint");
-        }
+        capture::cluster(&mut self.found, path, c);
         for (i, e) in c.endpoints.iter().enumerate() {
             if let Err(why) = EndpointAddress::parse(&e.address) {
                 self.err(format!("{path}.endpoints[{i}].address"), why);

@@ -118,6 +118,46 @@ impl Collector for PluginMetrics {
     }
 }
 
+/// The inverse of the plugin-defined metrics' name mapping (`GET /stats/plugin_metrics`): for
+/// every metric a plugin defined, the name it gave (`base;k=v;…`) next to the family and labels
+/// it is exported as. Sanitizing names is lossy (`a.b` and `a_b` both become `a_b`); this list
+/// is how a series is traced back to the exact plugin-defined name.
+pub fn plugin_metric_names() -> Vec<serde_json::Value> {
+    weft_wasm::shared::all_metrics()
+        .iter()
+        .map(|m| {
+            let reading = CustomReading {
+                plugin: m.plugin.clone(),
+                name: m.name.clone(),
+                kind: m.kind,
+                value: 0,
+                count: 0,
+                cumulative: Vec::new(),
+            };
+            let (family, labels) = custom_series(&reading);
+            let sample = match m.kind {
+                PluginMetricType::Counter => format!("{family}_total"),
+                _ => family.clone(),
+            };
+            serde_json::json!({
+                "plugin": m.plugin,
+                "name": m.name,
+                "type": match m.kind {
+                    PluginMetricType::Counter => "counter",
+                    PluginMetricType::Gauge => "gauge",
+                    PluginMetricType::Histogram => "histogram",
+                },
+                "family": format!("weft_{family}"),
+                "sample": format!("weft_{sample}"),
+                "labels": labels
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect::<serde_json::Map<_, _>>(),
+            })
+        })
+        .collect()
+}
+
 /// Everything the plugin families show, read once per scrape.
 #[derive(Debug, Clone, Default)]
 struct Readings {

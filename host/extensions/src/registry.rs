@@ -440,16 +440,36 @@ impl Embedder for ProxyEmbedder {
             } else {
                 call.timeout
             };
-            tokio::time::timeout(timeout, callout(&cluster, call))
-                .await
-                .ok()
-                .flatten()
+            match tokio::time::timeout(timeout, callout(&cluster, call)).await {
+                Ok(r) => r,
+                // Envoy's async client answers a timed-out call itself; plugins check for it.
+                Err(_) => Some(synthesized(504, "upstream request timeout")),
+            }
         })
     }
 }
 
+/// A reply the host makes up for a callout that got none, with Envoy's status, headers and body
+/// (`:status`, `content-length`, `content-type: text/plain`).
+fn synthesized(status: u16, body: &str) -> HttpCallResponse {
+    let mut headers = HeaderList::default();
+    headers.add(":status", status.to_string().as_bytes());
+    headers.add("content-length", body.len().to_string().as_bytes());
+    headers.add("content-type", b"text/plain");
+    HttpCallResponse {
+        headers,
+        body: body.as_bytes().to_vec(),
+        trailers: HeaderList::default(),
+    }
+}
+
+/// Performs one callout. Failures before a response are answered as Envoy's router answers them
+/// (503 with its text); a response whose body fails (reset, over `MAX_CALLOUT_BODY`) is `None`
+/// (Envoy: `on_http_call_response` with no headers).
 async fn callout(cluster: &Cluster, call: HttpCallRequest) -> Option<HttpCallResponse> {
-    let endpoint = cluster.endpoints().pick(None).cloned()?;
+    let Some(endpoint) = cluster.endpoints().pick(None).cloned() else {
+        return Some(synthesized(503, "no healthy upstream"));
+    };
     let method = call.headers.get(":method").unwrap_or(b"GET");
     let path = String::from_utf8_lossy(call.headers.get(":path").unwrap_or(b"/")).into_owned();
     let uri = Uri::builder()
@@ -474,7 +494,22 @@ async fn callout(cluster: &Cluster, call: HttpCallRequest) -> Option<HttpCallRes
         req.headers_mut()
             .append(name, HeaderValue::from_bytes(v).ok()?);
     }
-    let resp = cluster.client.request(req).await.ok()?;
+    let resp = match cluster.client.request(req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let reason = if e.is_connect() {
+                "remote connection failure"
+            } else {
+                "connection termination"
+            };
+            return Some(synthesized(
+                503,
+                &format!(
+                    "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
+                ),
+            ));
+        }
+    };
     let (parts, body) = resp.into_parts();
     let mut headers = HeaderList::default();
     headers.add(":status", parts.status.as_str().as_bytes());

@@ -8,6 +8,10 @@ use crate::head::{is_field_value_byte, is_tchar};
 /// Longest chunk-size line (size + extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
 
+/// Most hex digits in a chunk size, leading zeros included (`httparse` refuses more too): a
+/// parser that reads only the first few digits would see `0000…05` as the last chunk.
+const MAX_CHUNK_SIZE_DIGITS: u8 = 16;
+
 /// Tracks one message body.
 #[derive(Debug)]
 pub(crate) enum BodyTracker {
@@ -84,6 +88,8 @@ pub(crate) struct ChunkedTracker {
     size: u64,
     /// Length of the current chunk-size line.
     line_len: usize,
+    /// Hex digits of the current chunk size.
+    digits: u8,
     trailers: usize,
     trailer_bytes: usize,
     max_trailers: usize,
@@ -98,6 +104,7 @@ impl ChunkedTracker {
             state: ChunkState::SizeStart,
             size: 0,
             line_len: 0,
+            digits: 0,
             trailers: 0,
             trailer_bytes: 0,
             max_trailers,
@@ -156,6 +163,10 @@ impl ChunkedTracker {
             }
             self.state = match (self.state, b) {
                 (S::SizeStart | S::Size, _) if b.is_ascii_hexdigit() => {
+                    self.digits += 1;
+                    if self.digits > MAX_CHUNK_SIZE_DIGITS {
+                        return Err(Rejection::InvalidChunkedBody);
+                    }
                     let digit = match b {
                         b'0'..=b'9' => b - b'0',
                         b'a'..=b'f' => b - b'a' + 10,
@@ -175,6 +186,7 @@ impl ChunkedTracker {
                 (S::Ext, _) if is_field_value_byte(b) => S::Ext,
                 (S::SizeLf, b'\n') => {
                     self.line_len = 0;
+                    self.digits = 0;
                     if self.size == 0 {
                         S::TrailerStart
                     } else {
@@ -322,10 +334,25 @@ mod tests {
         );
     }
 
+    /// Found by the `http1_chunked` fuzz target (differential against httparse): a chunk size
+    /// padded with leading zeros past 16 digits was accepted, where httparse (and parsers
+    /// that read a fixed number of digits, seeing `0`) disagree.
+    #[test]
+    fn chunk_sizes_of_more_than_16_digits_are_refused_even_as_leading_zeros() {
+        let padded = b"00000000000000000000000000000000000000000000000000000005 ;NN:2345678\r\n0\r\n0o\r\n0\r\n\r\nG";
+        assert_eq!(every_split(padded), Err(Rejection::InvalidChunkedBody));
+        let sixteen = b"0000000000000005\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(every_split(sixteen), Ok(Some(sixteen.len())));
+        assert_eq!(
+            every_split(b"00000000000000005\r\nhello\r\n0\r\n\r\n"),
+            Err(Rejection::InvalidChunkedBody)
+        );
+    }
+
     #[test]
     fn size_overflow() {
         // 16 hex digits fit in u64, 17 significant ones do not.
-        let ok = b"000000000000000000000000000000000000000000000000000000001\r\nx\r\n0\r\n\r\n";
+        let ok = b"0000000000000001\r\nx\r\n0\r\n\r\n";
         assert_eq!(every_split(ok), Ok(Some(ok.len())));
         let mut t = tracker();
         assert_eq!(t.feed(b"FFFFFFFFFFFFFFFF\r\n"), Ok((18, false)));
@@ -433,5 +460,32 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+/// The chunked-body parser the guard runs on request bodies, on its own: it finds where a
+/// chunked body ends (trailers included) without buffering it. Public so the parser can be
+/// fuzzed and differentially tested against other parsers (`fuzz/`).
+#[derive(Debug)]
+pub struct ChunkedBody(ChunkedTracker);
+
+impl ChunkedBody {
+    /// A parser whose trailer section is bounded by `limits` (lines and bytes).
+    pub fn new(limits: &crate::Limits) -> ChunkedBody {
+        ChunkedBody(ChunkedTracker::new(
+            limits.max_headers,
+            limits.max_header_bytes,
+        ))
+    }
+
+    /// Feeds the next bytes: how many of them belong to the body, and whether the body ended
+    /// there (the rest of `input` follows the body). Never panics.
+    ///
+    /// # Errors
+    ///
+    /// The body is malformed ([`Rejection::InvalidChunkedBody`], a bad line ending, a trailer
+    /// breaking the header rules or limits).
+    pub fn feed(&mut self, input: &[u8]) -> Result<(usize, bool), Rejection> {
+        self.0.feed(input)
     }
 }

@@ -1,4 +1,4 @@
-//! Request-smuggling guard for Weft's HTTP/1 listener.
+//! Request-smuggling guard for Weft's HTTP/1 listener, and an HTTP/2 frame guard ([`h2`]).
 //!
 //! hyper 1.x's HTTP/1 server silently normalises several ambiguous request
 //! framings (it drops `Content-Length` when `Transfer-Encoding` is present,
@@ -86,13 +86,17 @@
 #![forbid(unsafe_code)]
 
 mod body;
+pub mod h2;
 mod head;
 mod io;
 mod rejection;
 mod response;
+pub mod upstream;
 
 use std::time::Duration;
 
+pub use body::ChunkedBody;
+pub use h2::{H2GuardHandle, H2GuardedIo, H2Violation};
 pub use head::{BodyFraming, HeadInfo, HttpVersion, check_head};
 pub use io::{GuardHandle, GuardStats, GuardedIo, LINGER_MAX_BYTES, LINGER_TIMEOUT};
 pub use rejection::Rejection;

@@ -54,6 +54,21 @@ pub(crate) struct ResponseTracker {
     pending: VecDeque<RequestMeta>,
     completed: u64,
     last_closes: bool,
+    /// Judge the bytes (an upstream's responses) instead of only following them.
+    strict: bool,
+    /// Strict: the previous head byte was a CR (a LF must follow).
+    cr_pending: bool,
+    /// Strict: what was wrong.
+    violation: Option<Violation>,
+}
+
+/// Why an upstream's response was refused (strict tracking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    /// A CR or LF that is not part of a CRLF inside a response head (response splitting).
+    BareCrLf,
+    /// A chunked body that is not valid (a chunk size overflowing 64 bits, a bad chunk line).
+    InvalidChunk,
 }
 
 impl Default for ResponseTracker {
@@ -66,6 +81,9 @@ impl Default for ResponseTracker {
             pending: VecDeque::new(),
             completed: 0,
             last_closes: false,
+            strict: false,
+            cr_pending: false,
+            violation: None,
         }
     }
 }
@@ -81,6 +99,37 @@ fn trim(mut v: &[u8]) -> &[u8] {
 }
 
 impl ResponseTracker {
+    /// A tracker that also judges what it reads: bare CR/LF in heads and broken chunked
+    /// bodies are violations (for an upstream's responses).
+    pub(crate) fn strict() -> ResponseTracker {
+        ResponseTracker {
+            strict: true,
+            ..ResponseTracker::default()
+        }
+    }
+
+    /// The first violation seen (strict trackers only).
+    pub(crate) fn violation(&self) -> Option<Violation> {
+        self.violation
+    }
+
+    /// Checks head bytes for CR and LF outside CRLF; `eol`: `chunk` is followed by a LF.
+    fn check_line_ending(&mut self, chunk: &[u8], eol: bool) {
+        for &b in chunk {
+            if self.cr_pending || b == b'\n' {
+                self.violation = Some(Violation::BareCrLf);
+                return;
+            }
+            self.cr_pending = b == b'\r';
+        }
+        if eol {
+            if !self.cr_pending {
+                self.violation = Some(Violation::BareCrLf);
+            }
+            self.cr_pending = false;
+        }
+    }
+
     /// Registers a request handed to hyper, in order.
     pub(crate) fn push_request(&mut self, meta: RequestMeta) {
         self.pending.push_back(meta);
@@ -126,6 +175,13 @@ impl ResponseTracker {
                         Some(p) => (&data[..p], Some(p)),
                         None => (data, None),
                     };
+                    if self.strict {
+                        self.check_line_ending(chunk, eol.is_some());
+                        if self.violation.is_some() {
+                            self.state = State::Desync;
+                            return true;
+                        }
+                    }
                     if !self.skipping {
                         if self.line.len() + chunk.len() > MAX_LINE {
                             self.line
@@ -166,6 +222,9 @@ impl ResponseTracker {
                         }
                     }
                     Err(_) => {
+                        if self.strict {
+                            self.violation = Some(Violation::InvalidChunk);
+                        }
                         self.state = State::Desync;
                         return true;
                     }

@@ -31,6 +31,8 @@ pub struct Completion {
     pub status: u16,
     /// The Envoy response flag.
     pub flag: &'static str,
+    /// Envoy's `response.code_details` (empty: `via_upstream` once a response is sent).
+    pub code_details: std::borrow::Cow<'static, str>,
     listener: Arc<ListenerMetrics>,
     /// The route's metric handles, once routed.
     pub route: Option<Arc<RouteMetrics>>,
@@ -50,6 +52,8 @@ pub struct Completion {
     pub span: Option<Box<crate::trace::Active>>,
     /// The access log's default format (when the entry has none of its own).
     pub(crate) log_default: Arc<weft_observe::access_log::LineFormat>,
+    /// Istio's standard metrics for this request (`None`: off on this listener).
+    pub istio: Option<Box<crate::istio::IstioCall>>,
     /// Set once accounted for (by the response body's end, or by drop).
     accounted: bool,
 }
@@ -80,8 +84,30 @@ impl Completion {
             return;
         }
         self.accounted = true;
-        // Plugins log first (`on_log`, `on_done`, `on_delete`), as in Envoy.
+        // Plugins log first (`on_log`, `on_done`, `on_delete`), as in Envoy, and see how the
+        // request ended whoever answered it (an upstream, a plugin, a route, the proxy).
         if let Some(w) = self.wasm.take() {
+            let p = w.properties();
+            if self.status != 0 {
+                p.set(
+                    "response.code",
+                    u64::from(self.status).to_le_bytes().to_vec(),
+                );
+            }
+            if self.code_details.is_empty() {
+                self.code_details = flags::code_details(self.flag)
+                    .unwrap_or(if self.status == 0 { "" } else { "via_upstream" })
+                    .into();
+            }
+            p.set(
+                "response.code_details",
+                self.code_details.as_bytes().to_vec(),
+            );
+            p.set(
+                "response.flags",
+                flags::envoy_bits(self.flag).to_le_bytes().to_vec(),
+            );
+            p.record_sizes(self.request_bytes.load(Ordering::Relaxed), bytes);
             w.finish();
         }
         let elapsed = self.start.elapsed();
@@ -115,6 +141,15 @@ impl Completion {
                 upstream_address: self.endpoint.as_ref().map(|e| e.addr.to_string()),
                 elapsed,
             });
+        }
+        if let Some(istio) = &self.istio {
+            istio.report(
+                self.status,
+                self.flag,
+                elapsed.as_millis() as u64,
+                self.request_bytes.load(Ordering::Relaxed),
+                bytes,
+            );
         }
         if let Some(mut entry) = self.entry.take() {
             entry.status = Some(self.status);
@@ -206,6 +241,7 @@ pub fn completion(
         entry,
         status: 0,
         flag: flags::NONE,
+        code_details: std::borrow::Cow::Borrowed(""),
         listener,
         route: None,
         cluster: None,
@@ -217,6 +253,7 @@ pub fn completion(
         permit: None,
         span: None,
         log_default: conn.shared.access_log.default_format().clone(),
+        istio: None,
         accounted: false,
     })
 }
@@ -236,9 +273,18 @@ pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Optio
 }
 
 /// The request's authority: the URI's (absolute-form or HTTP/2 `:authority`), else Host.
+/// Userinfo (`user:pw@`) is stripped, as Envoy does: it never reaches the upstream's Host,
+/// the route matchers or the access log.
 pub(crate) fn authority_of(req: &Request<Incoming>) -> Option<&str> {
     req.uri()
         .authority()
-        .map(|a| a.as_str())
+        .map(|a| strip_userinfo(a.as_str()))
         .or_else(|| header_str(req.headers(), &header::HOST))
+}
+
+/// `user:pw@host` → `host`.
+pub(crate) fn strip_userinfo(authority: &str) -> &str {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
 }

@@ -19,6 +19,8 @@ pub struct Activity {
     epoch: Instant,
     in_flight: AtomicUsize,
     last_end_ms: AtomicU64,
+    /// When a request or response body last moved (for the stalled-connection check).
+    last_progress_ms: AtomicU64,
 }
 
 impl Default for Activity {
@@ -33,11 +35,35 @@ impl Activity {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_end_ms: AtomicU64::new(0),
+            last_progress_ms: AtomicU64::new(0),
         }
     }
 
+    /// A body moved on this connection.
+    pub fn touch(&self) {
+        self.last_progress_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long requests have been in flight without any body moving (zero when idle: the
+    /// idle timeout covers that).
+    pub fn stalled_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            return Duration::ZERO;
+        }
+        let last = self
+            .last_progress_ms
+            .load(Ordering::Relaxed)
+            .max(self.last_end_ms.load(Ordering::Relaxed));
+        self.epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
+    }
+
     pub(crate) fn begin(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.touch();
+        }
     }
 
     pub(crate) fn end(&self) {
@@ -56,21 +82,35 @@ impl Activity {
     }
 }
 
-/// What every connection shares: the access log and the span exporter.
+impl weft_body::Progress for Activity {
+    fn moved(&self) {
+        self.touch();
+    }
+
+    fn ended(&self) {
+        self.touch();
+    }
+}
+
+/// What every connection shares: the access log, the span exporter and the overload manager.
 #[derive(Debug)]
 pub struct Shared {
     /// The access log.
     pub access_log: AccessLog,
     /// The span exporter (`None`: tracing is off).
     pub tracer: Option<weft_observe::trace::Exporter>,
+    /// The overload manager.
+    pub overload: Arc<crate::overload::Overload>,
 }
 
 /// What a request handler knows about its connection.
 pub struct ConnCtx {
     /// The downstream peer's address.
     pub peer: SocketAddr,
-    /// Our address on the connection.
+    /// Our address on the connection (the original destination when it was captured).
     pub local: SocketAddr,
+    /// The original destination, when a capture listener handed the connection over.
+    pub original_dst: Option<SocketAddr>,
     /// The listener it was accepted on.
     pub listener_name: Arc<str>,
     /// What every connection shares.

@@ -38,6 +38,8 @@ pub struct RequestCtx<'a> {
     pub upgraded: bool,
     /// The cluster and endpoint that answered (for plugins' `upstream.*` properties).
     pub upstream: Option<(Arc<str>, SocketAddr)>,
+    /// The request's progress (for timeouts that start when the request is complete).
+    pub watch: Arc<crate::timeouts::StreamWatch>,
 }
 
 impl RequestCtx<'_> {

@@ -18,6 +18,9 @@ use crate::forward::prepare::is_upgrade_request;
 use crate::listener::{HttpListener, ListenerSource};
 use crate::phase::Flow;
 use crate::reply::LocalReply;
+use crate::timeouts::{self, Deadlines, StreamWatch};
+use weft_body::Progress;
+use weft_routing::Action;
 
 /// Serves one request of a downstream connection.
 pub async fn handle(
@@ -46,6 +49,25 @@ pub async fn handle(
             ),
         ));
     };
+    if conn.shared.overload.active() {
+        // Above the memory watermark: shed (Envoy's overload manager answers the same).
+        conn.shared.overload.metrics.rq_shed.inc();
+        let c = accounting::completion(
+            &conn,
+            start,
+            listener.settings.metrics.clone(),
+            Some(&listener.settings.name),
+            &req,
+        );
+        return Ok(reply(
+            c,
+            LocalReply::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "envoy overloaded",
+                flags::OVERLOAD_MANAGER,
+            ),
+        ));
+    }
     Ok(serve(req, &conn, &listener, start).await)
 }
 
@@ -64,10 +86,20 @@ async fn serve(
         &req,
     );
     let authority = accounting::authority_of(&req).unwrap_or("").to_owned();
+    if !conn.h2 && is_h2c_upgrade(req.headers()) {
+        // Served as the plain HTTP/1.1 request it also is (as Envoy does).
+        remove_h2c_upgrade(req.headers_mut());
+    }
     let is_upgrade = !conn.h2 && is_upgrade_request(req.headers());
     let upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (head, body) = req.into_parts();
-    let body = ProxyBody::incoming(body).metered(completion.request_bytes.clone());
+    let watch = Arc::new(StreamWatch::new(conn.activity.clone()));
+    let body = ProxyBody::incoming(body)
+        .metered(completion.request_bytes.clone())
+        .watched(watch.clone());
+    if http_body::Body::is_end_stream(&body) {
+        watch.ended();
+    }
     let mut ctx = RequestCtx {
         conn,
         listener: &listener.settings,
@@ -80,9 +112,17 @@ async fn serve(
         upgrade,
         upgraded: false,
         upstream: None,
+        watch: watch.clone(),
     };
     // The request's span, before any phase: they all see Weft's span as the parent.
     ctx.completion.span = crate::trace::start(&mut ctx);
+    let http = &listener.settings.config.http;
+    let mut deadlines = Deadlines {
+        request: Deadlines::enabled(http.request_timeout),
+        idle: Deadlines::enabled(http.stream_idle_timeout),
+    };
+    ctx.completion.istio =
+        crate::istio::on_request(ctx.listener, ctx.conn, &mut ctx.head, &ctx.authority);
 
     // Before routing.
     if let (Flow::Reply(r), _) = listener.chain.request(&mut ctx).await {
@@ -110,13 +150,45 @@ async fn serve(
         span.name = op.to_string();
     }
     ctx.route = Some(route);
+    if let Action::Forward(f) = &route.action {
+        if let Some(idle) = f.idle_timeout {
+            deadlines.idle = Deadlines::enabled(idle);
+        }
+        // Upgrades only where the route allows them (Envoy answers 403, details
+        // `upgrade_failed`); the upgrade request itself runs the route's chain below.
+        if ctx.is_upgrade {
+            let token = ctx
+                .head
+                .headers
+                .get(http::header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !f.allows_upgrade(token.trim()) {
+                return reply(
+                    ctx.completion,
+                    LocalReply::text(StatusCode::FORBIDDEN, "", flags::NONE)
+                        .detailed("upgrade_failed"),
+                );
+            }
+        }
+    }
 
-    // The route's chain, then its response hooks over what the terminal phase answered.
-    match state.chain.request(&mut ctx).await {
+    // The route's chain (bounded by the request-level timeouts until it answers), then its
+    // response hooks over what the terminal phase answered.
+    let ran = match timeouts::guard(state.chain.request(&mut ctx), &watch, deadlines).await {
+        Ok(ran) => ran,
+        Err(r) => return reply(ctx.completion, r),
+    };
+    match ran {
         (Flow::Reply(r), _) => reply(ctx.completion, r),
         (Flow::Respond(mut head, body), ran) => {
             match state.chain.response(&mut ctx, ran, &mut head, body).await {
-                Ok(body) => respond(ctx.completion, head, body),
+                Ok(body) => respond(
+                    ctx.completion,
+                    head,
+                    // A moving response keeps the connection out of the stalled check.
+                    body.watched(conn.activity.clone()),
+                ),
                 Err(r) => reply(ctx.completion, r),
             }
         }
@@ -136,8 +208,15 @@ async fn serve(
 }
 
 /// The response to send downstream, accounted for when its body ends.
-fn respond(mut c: Box<Completion>, head: response::Parts, body: ProxyBody) -> Response<ProxyBody> {
+fn respond(
+    mut c: Box<Completion>,
+    mut head: response::Parts,
+    body: ProxyBody,
+) -> Response<ProxyBody> {
     c.status = head.status.as_u16();
+    if let Some(istio) = c.istio.as_mut() {
+        crate::istio::on_response(istio, &mut head.headers);
+    }
     crate::access::capture_response(&mut c, &head.headers);
     let via_upstream = c.endpoint.is_some();
     if let Some(e) = c.entry.as_mut() {
@@ -146,20 +225,92 @@ fn respond(mut c: Box<Completion>, head: response::Parts, body: ProxyBody) -> Re
     Response::from_parts(head, body.on_complete(c))
 }
 
+/// `Upgrade: h2c` (RFC 7540 §3.2, obsolete in RFC 9113): never an upgrade through a proxy.
+fn is_h2c_upgrade(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c"))
+}
+
+/// Removes `Upgrade`, `HTTP2-Settings` and their `Connection` tokens.
+fn remove_h2c_upgrade(headers: &mut http::HeaderMap) {
+    headers.remove(http::header::UPGRADE);
+    headers.remove("http2-settings");
+    let kept: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("upgrade")
+                && !t.eq_ignore_ascii_case("http2-settings")
+        })
+        .map(str::to_owned)
+        .collect();
+    headers.remove(http::header::CONNECTION);
+    if !kept.is_empty()
+        && let Ok(v) = http::HeaderValue::from_str(&kept.join(", "))
+    {
+        headers.insert(http::header::CONNECTION, v);
+    }
+}
+
 /// A local reply, accounted for when its body ends.
 fn reply(mut c: Box<Completion>, reply: LocalReply) -> Response<ProxyBody> {
     c.status = reply.status.as_u16();
     if let Some(flag) = reply.flag {
         c.flag = flag;
     }
+    // Envoy's `response.code_details`: the reply's own token, else what its flag means.
+    c.code_details = if !reply.details.is_empty() && !reply.details.contains(' ') {
+        reply.details.clone().into()
+    } else {
+        flags::code_details(c.flag).unwrap_or("local_reply").into()
+    };
     if !reply.details.is_empty()
         && let Some(e) = c.entry.as_mut()
     {
         e.details = Some(reply.details);
     }
-    crate::access::capture_response(&mut c, &reply.headers);
+    let mut headers = reply.headers;
+    if let Some(istio) = c.istio.as_mut() {
+        crate::istio::on_response(istio, &mut headers);
+    }
+    crate::access::capture_response(&mut c, &headers);
     let mut resp = Response::new(ProxyBody::full(reply.body).on_complete(c));
     *resp.status_mut() = reply.status;
-    *resp.headers_mut() = reply.headers;
+    *resp.headers_mut() = headers;
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_is_stripped_from_the_authority() {
+        use crate::accounting::strip_userinfo;
+        assert_eq!(strip_userinfo("user:pw@evil.example"), "evil.example");
+        assert_eq!(strip_userinfo("a@b@host:8080"), "host:8080");
+        assert_eq!(strip_userinfo("host:8080"), "host:8080");
+    }
+
+    #[test]
+    fn h2c_upgrade_headers_are_removed_and_other_connection_tokens_kept() {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::UPGRADE, "H2C".parse().unwrap());
+        h.insert("http2-settings", "AAMAAABkAAQAAP__".parse().unwrap());
+        h.insert(
+            http::header::CONNECTION,
+            "Upgrade, HTTP2-Settings, x-hop".parse().unwrap(),
+        );
+        assert!(is_h2c_upgrade(&h));
+        remove_h2c_upgrade(&mut h);
+        assert!(!h.contains_key(http::header::UPGRADE));
+        assert!(!h.contains_key("http2-settings"));
+        assert_eq!(h[http::header::CONNECTION], "x-hop");
+        assert!(!is_upgrade_request(&h));
+    }
 }

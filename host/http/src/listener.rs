@@ -218,6 +218,11 @@ impl HttpListener {
                 metrics: metrics.listener(&l.name),
                 trace: crate::trace::TraceSettings::build(ctx.config.tracing.as_ref(), l),
                 access_log: crate::access::ListenerLog::build(l),
+                istio: ctx.config.telemetry.metrics.enabled.then(|| {
+                    metrics
+                        .istio
+                        .reporting(&ctx.config.node, &ctx.config.telemetry)
+                }),
             },
             routes,
             chain: Chain::new(steps),

@@ -41,6 +41,12 @@ impl LocalReply {
         }
     }
 
+    /// Sets the access log's `details` (Envoy's response code details).
+    pub fn detailed(mut self, details: &str) -> LocalReply {
+        self.details = details.to_owned();
+        self
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> LocalReply {
         self.headers.insert(name, value);

@@ -26,4 +26,6 @@ pub struct ListenerSettings {
     pub access_log: crate::access::ListenerLog,
     /// Tracing (`None`: no spans, trace headers pass through).
     pub trace: Option<Arc<crate::trace::TraceSettings>>,
+    /// Istio's standard metrics and metadata exchange (`None`: turned off).
+    pub istio: Option<Arc<weft_observe::istio::Reporting>>,
 }

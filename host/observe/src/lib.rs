@@ -4,10 +4,13 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod exposition;
 pub mod flags;
+pub mod istio;
 pub mod metrics;
 pub mod reporters;
 pub mod trace;
+pub mod xds;
 
 pub use access_log::{AccessLog, Entry};
 pub use metrics::Metrics;

@@ -83,11 +83,14 @@ pub struct ResultLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Istio's standard families (not under the `weft_` prefix).
+    pub istio: Arc<crate::istio::IstioFamilies>,
     downstream_rq: Family<ListenerClassLabels, Counter>,
     downstream_rq_time: HistogramFamily<ListenerLabels>,
     downstream_cx_total: Family<ListenerLabels, Counter>,
     downstream_cx_active: Family<ListenerLabels, Gauge>,
     downstream_rq_rejected: Family<ListenerFlagLabels, Counter>,
+    downstream_cx_overflow: Family<ListenerLabels, Counter>,
     response_flags: Family<ListenerFlagLabels, Counter>,
     route_rq: Family<RouteClassLabels, Counter>,
     upstream_rq: Family<ClusterClassLabels, Counter>,
@@ -104,6 +107,48 @@ pub struct Metrics {
     pub tls: TlsMetrics,
     /// Traffic management (retries, breakers, health, faults, mirrors, rate limits).
     pub resilience: Families,
+    /// The overload manager.
+    pub overload: OverloadMetrics,
+    /// The xDS client (`weft_xds_*`).
+    pub xds: crate::xds::XdsMetrics,
+}
+
+/// The overload manager's series (not per listener: the watermark is process-wide).
+#[derive(Debug, Clone, Default)]
+pub struct OverloadMetrics {
+    /// 1 while the process is above its memory watermark.
+    pub active: Gauge,
+    /// The last sampled resident memory, in bytes.
+    pub rss_bytes: Gauge,
+    /// Requests answered 503 `OM` while overloaded.
+    pub rq_shed: Counter,
+    /// Idle connections closed when the watermark was crossed.
+    pub cx_idle_closed: Counter,
+}
+
+impl OverloadMetrics {
+    fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "overload_active",
+            "1 while resident memory is above overload.max_rss_bytes",
+            self.active.clone(),
+        );
+        reg.register(
+            "process_resident_memory_sampled_bytes",
+            "Resident memory at the overload manager's last sample",
+            self.rss_bytes.clone(),
+        );
+        reg.register(
+            "overload_rq_shed",
+            "Requests answered 503 (flag OM) while overloaded",
+            self.rq_shed.clone(),
+        );
+        reg.register(
+            "overload_cx_idle_closed",
+            "Idle downstream connections closed by the overload manager",
+            self.cx_idle_closed.clone(),
+        );
+    }
 }
 
 /// The five status classes, indexed by `status / 100 - 1`.
@@ -125,6 +170,8 @@ pub struct ListenerMetrics {
     pub cx_total: Counter,
     /// Connections open.
     pub cx_active: Gauge,
+    /// Connections refused by `max_connections`.
+    pub cx_overflow: Counter,
     /// Metrics family handle for rejections and flags (rare: resolved on use).
     family: ListenerFamilies,
 }
@@ -169,13 +216,17 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every family.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("weft");
+        let mut root = Registry::default();
+        let istio = Arc::new(crate::istio::IstioFamilies::default());
+        root.register_collector(Box::new(crate::istio::IstioCollector(istio.clone())));
         let m = Metrics {
+            istio,
             downstream_rq: Family::default(),
             downstream_rq_time: Family::new_with_constructor(latency_histogram),
             downstream_cx_total: Family::default(),
             downstream_cx_active: Family::default(),
             downstream_rq_rejected: Family::default(),
+            downstream_cx_overflow: Family::default(),
             response_flags: Family::default(),
             route_rq: Family::default(),
             upstream_rq: Family::default(),
@@ -188,9 +239,11 @@ impl Metrics {
             config_generation: Gauge::default(),
             tls: TlsMetrics::default(),
             resilience: Default::default(),
+            overload: OverloadMetrics::default(),
+            xds: Default::default(),
             registry: Registry::default(),
         };
-        let reg = &mut registry;
+        let reg = root.sub_registry_with_prefix("weft");
         reg.register(
             "downstream_rq",
             "Downstream requests by listener and status class",
@@ -215,6 +268,11 @@ impl Metrics {
             "downstream_rq_rejected",
             "Requests refused before routing (framing, limits, timeouts)",
             m.downstream_rq_rejected.clone(),
+        );
+        reg.register(
+            "downstream_cx_overflow",
+            "Downstream connections closed at accept because the listener had max_connections open",
+            m.downstream_cx_overflow.clone(),
         );
         reg.register(
             "response_flags",
@@ -268,14 +326,21 @@ impl Metrics {
         );
         m.tls.register(reg);
         m.resilience.register(reg);
-        Metrics { registry, ..m }
+        m.overload.register(reg);
+        m.xds.register(reg);
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
     /// Adds families that `collector` encodes at every scrape, after the registered ones and
     /// under the same `weft` prefix (the plugins' families are read from their live handles this
     /// way). Register each collector once, before the metrics are shared.
     pub fn register_collector(&mut self, collector: Box<dyn Collector>) {
-        self.registry.register_collector(collector);
+        self.registry
+            .sub_registry_with_prefix("weft")
+            .register_collector(collector);
     }
 
     /// The OpenMetrics text exposition of every family: one encoding of one registry.
@@ -284,6 +349,12 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The Prometheus text format 0.0.4 exposition of every family (what Prometheus asks for
+    /// when it does not accept OpenMetrics): see [`crate::exposition`].
+    pub fn encode_text(&self) -> String {
+        crate::exposition::openmetrics_to_text(&self.encode())
     }
 
     /// Handles for `listener`.
@@ -302,6 +373,7 @@ impl Metrics {
             rq_time: self.downstream_rq_time.get_or_create_owned(&l),
             cx_total: self.downstream_cx_total.get_or_create_owned(&l),
             cx_active: self.downstream_cx_active.get_or_create_owned(&l),
+            cx_overflow: self.downstream_cx_overflow.get_or_create_owned(&l),
             family: ListenerFamilies {
                 listener: listener.to_owned(),
                 rejected: self.downstream_rq_rejected.clone(),

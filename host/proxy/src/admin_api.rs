@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use weft_admin::{AdminApi, ApiFuture};
 use weft_extensions::PluginRegistry;
+use weft_observe::exposition::Format;
 use weft_transport::ListenerGen;
 use weft_upstream::Cluster;
 
@@ -18,9 +19,33 @@ impl AdminApi for Api {
         self.0.is_ready()
     }
 
-    fn metrics(&self) -> String {
+    fn sidecar_ready(&self) -> Result<(), String> {
+        if !self.0.is_ready() {
+            return Err("starting or draining".to_owned());
+        }
+        let g = self.0.generation();
+        // A plugin the requests depend on (anything but fail_open) must be loaded.
+        for handle in g.plugin_handles() {
+            let failed = matches!(
+                &*handle.current(),
+                weft_extensions::PluginVersion::Failed { .. }
+            );
+            if failed && handle.policy() != weft_wasm::FailurePolicy::FailOpen {
+                return Err(format!("plugin {} is not loaded", handle.label()));
+            }
+        }
+        if g.config.identity.is_some() {
+            crate::identity::certificates_valid(&g)?;
+        }
+        Ok(())
+    }
+
+    fn metrics(&self, format: Format) -> String {
         // The plugin families are a collector in the same registry (registered at start).
-        self.0.metrics().encode()
+        match format {
+            Format::OpenMetrics => self.0.metrics().encode(),
+            Format::Text => self.0.metrics().encode_text(),
+        }
     }
 
     fn config_dump(&self, include_secrets: bool) -> Value {
@@ -36,6 +61,7 @@ impl AdminApi for Api {
             "last_reload_error": self.0.last_reload_error(),
             "listeners": self.0.listener_addrs(),
             "config": config,
+            "dynamic": self.0.dynamic_status.lock().as_ref().map(|s| s.dump()),
         })
     }
 
@@ -59,6 +85,15 @@ impl AdminApi for Api {
                     "listener": name,
                     "phases": ["weft.tcp_proxy"],
                     "plugins": t.wasm.iter().map(|h| h.label()).collect::<Vec<_>>(),
+                })),
+                Some(ListenerGen::Capture(c)) => chains.push(json!({
+                    "listener": name,
+                    "phases": ["weft.original_dst"],
+                    "filter_chains": c.chains.iter().map(|ch| json!({
+                        "name": &*ch.name,
+                        "listener": &*ch.target,
+                    })).collect::<Vec<_>>(),
+                    "fallback_cluster": &*c.fallback.cluster.name,
                 })),
                 None => {}
             }

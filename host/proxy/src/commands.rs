@@ -38,6 +38,11 @@ pub(crate) enum Command {
         config: Box<Config>,
         reply: oneshot::Sender<Result<u64, ReloadError>>,
     },
+    /// Replace the dynamic (xDS) listeners and clusters, composed with the file's.
+    Dynamic {
+        resources: Box<weft_config::DynamicResources>,
+        reply: oneshot::Sender<Result<u64, ReloadError>>,
+    },
     /// Hot-swap every variant of plugin `name` from its file.
     Plugin {
         name: String,

@@ -11,7 +11,7 @@ use weft_config::schema::ListenerProtocol;
 use weft_extensions::{PluginContext, PluginHandle};
 use weft_http::{BuildContext, HttpListener};
 use weft_observe::Metrics;
-use weft_transport::{HttpEntry, ListenerGen, ListenerTls, TcpTarget};
+use weft_transport::{CaptureChain, CaptureEntry, HttpEntry, ListenerGen, ListenerTls, TcpTarget};
 use weft_upstream::Cluster;
 use weft_upstream::tls::UpstreamTls;
 
@@ -75,6 +75,7 @@ impl Generation {
             match &**l {
                 ListenerGen::Http(h) => h.http.plugin_handles().for_each(&mut add),
                 ListenerGen::Tcp(t) => t.wasm.iter().for_each(&mut add),
+                ListenerGen::Capture(_) => {}
             }
         }
         out
@@ -124,7 +125,11 @@ impl Generation {
         }
         let clusters = Arc::new(clusters);
         let mut listeners = HashMap::new();
+        // Capture listeners last: their filter chains point at the others.
         for (i, l) in config.listeners.iter().enumerate() {
+            if l.original_dst {
+                continue;
+            }
             let path = format!("listeners[{i}]");
             let listener_gen = match l.protocol {
                 ListenerProtocol::Http => {
@@ -176,10 +181,22 @@ impl Generation {
                         cluster,
                         metrics: metrics.listener(&l.name),
                         wasm,
+                        istio: config
+                            .telemetry
+                            .metrics
+                            .enabled
+                            .then(|| metrics.istio.reporting(&config.node, &config.telemetry)),
                     }))
                 }
             };
             listeners.insert(l.name.clone(), Arc::new(listener_gen));
+        }
+        for l in config.listeners.iter().filter(|l| l.original_dst) {
+            let entry = capture_entry(id, l, &config, &clusters, &listeners, metrics).await?;
+            listeners.insert(
+                l.name.clone(),
+                Arc::new(ListenerGen::Capture(Box::new(entry))),
+            );
         }
         Ok(Generation {
             id,
@@ -190,4 +207,98 @@ impl Generation {
             listeners,
         })
     }
+}
+
+/// Ports a captured connection's original destination must not have: every capture listener's,
+/// the admin's and the sidecar ports (a connection to one of them would loop through Weft).
+fn own_ports(config: &Config) -> Vec<u16> {
+    let mut ports: Vec<u16> = config
+        .listeners
+        .iter()
+        .filter(|l| l.original_dst)
+        .map(|l| l.address.port())
+        .collect();
+    ports.push(config.admin.address.port());
+    if let Some(s) = &config.sidecar {
+        ports.extend([
+            s.health_address.port(),
+            s.prometheus_address.port(),
+            s.merged_metrics_address.port(),
+        ]);
+    }
+    ports.retain(|p| *p != 0);
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Compiles capture listener `l`: its chains, their target listeners, and where unmatched
+/// connections go (the passthrough cluster, or `BlackHoleCluster` under `registry_only`).
+async fn capture_entry(
+    id: u64,
+    l: &weft_config::schema::Listener,
+    config: &Config,
+    clusters: &Arc<Vec<Arc<Cluster>>>,
+    listeners: &HashMap<String, Arc<ListenerGen>>,
+    metrics: &Metrics,
+) -> Result<CaptureEntry, BuildError> {
+    use weft_config::capture::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+    use weft_config::schema::{Cluster as ClusterConfig, ClusterType, OutboundTrafficPolicy};
+
+    let mut chains = Vec::new();
+    let mut targets = HashMap::new();
+    for chain in &l.filter_chains {
+        let target = listeners.get(&chain.listener).cloned().ok_or_else(|| {
+            BuildError::Invalid(format!(
+                "listener {}: filter chain names unknown listener `{}`",
+                l.name, chain.listener
+            ))
+        })?;
+        targets.insert(chain.listener.clone(), target);
+        chains.push(CaptureChain {
+            name: chain.name.as_deref().unwrap_or(&chain.listener).into(),
+            matcher: chain.matcher.clone(),
+            target: chain.listener.as_str().into(),
+        });
+    }
+    let fallback_name = match l.outbound_traffic_policy {
+        OutboundTrafficPolicy::AllowAny => l
+            .passthrough_cluster
+            .clone()
+            .unwrap_or_else(|| PASSTHROUGH_CLUSTER.to_owned()),
+        OutboundTrafficPolicy::RegistryOnly => BLACKHOLE_CLUSTER.to_owned(),
+    };
+    let cluster = match clusters.iter().find(|c| *c.name == *fallback_name) {
+        Some(c) => c.clone(),
+        None => {
+            // The built-in Passthrough (original destination) or BlackHole (no endpoint).
+            let mut c = ClusterConfig::named(&fallback_name);
+            if fallback_name != BLACKHOLE_CLUSTER {
+                c.kind = ClusterType::OriginalDst;
+            }
+            Arc::new(Cluster::new(&c, metrics).await)
+        }
+    };
+    let listener_metrics = metrics.listener(&l.name);
+    Ok(CaptureEntry {
+        name: l.name.as_str().into(),
+        config: l.clone(),
+        metrics: listener_metrics.clone(),
+        chains,
+        targets,
+        fallback: Arc::new(TcpTarget {
+            name: l.name.as_str().into(),
+            generation: id,
+            config: l.clone(),
+            cluster,
+            metrics: listener_metrics,
+            wasm: Vec::new(),
+            istio: config
+                .telemetry
+                .metrics
+                .enabled
+                .then(|| metrics.istio.reporting(&config.node, &config.telemetry)),
+        }),
+        own_ports: own_ports(config),
+    })
 }

@@ -60,3 +60,29 @@ pub fn certs_json(g: &crate::generation::Generation) -> serde_json::Value {
     }
     serde_json::json!({ "certificates": out })
 }
+
+/// `Err(why)` unless every certificate the generation serves or connects with is within its
+/// validity period (the readiness of a sidecar with an `identity`).
+pub fn certificates_valid(g: &crate::generation::Generation) -> Result<(), String> {
+    let now = weft_tls::creds::unix_now();
+    let mut all: Vec<(String, &Credentials)> = Vec::new();
+    for (name, l) in &g.listeners {
+        if let weft_transport::ListenerGen::Http(h) = &**l
+            && let Some(t) = &h.tls
+        {
+            all.push((format!("listener {name}"), &t.creds));
+        }
+    }
+    for c in g.clusters.iter() {
+        if let Some(t) = &c.tls {
+            all.push((format!("cluster {}", c.name), &t.creds));
+        }
+    }
+    for (owner, creds) in all {
+        let m = creds.current();
+        if m.not_before > now || m.not_after <= now {
+            return Err(format!("{owner}: no valid certificate"));
+        }
+    }
+    Ok(())
+}

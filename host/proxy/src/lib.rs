@@ -14,6 +14,7 @@
 
 pub mod admin_api;
 pub mod commands;
+pub mod dynamic;
 pub mod generation;
 pub mod identity;
 pub mod proxy;
@@ -25,8 +26,9 @@ pub mod state;
 mod watch;
 
 pub use commands::ReloadError;
+pub use dynamic::DynamicStatus;
 pub use proxy::{Proxy, StartOptions};
 pub use signals::Signals;
-pub use source::{ConfigSource, ProxyError};
+pub use source::{ConfigSource, ProxyError, check_plugins};
 /// Built-in plugin modules (embedded in the binary).
 pub use weft_extensions::register_builtin_plugins;

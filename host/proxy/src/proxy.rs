@@ -35,6 +35,10 @@ pub struct StartOptions {
     pub watch: bool,
     /// Override the admin address (tests use port 0).
     pub admin_address: Option<SocketAddr>,
+    /// Override `identity.spiffe_id`: one mesh configuration then serves every workload, each
+    /// sidecar asking for its own identity (`weft run` takes it from `WEFT_SPIFFE_ID`, which
+    /// `weft inject` sets from the pod's namespace and service account).
+    pub spiffe_id: Option<String>,
 }
 
 impl Proxy {
@@ -42,8 +46,12 @@ impl Proxy {
     pub async fn start(source: ConfigSource, options: StartOptions) -> Result<Proxy, ProxyError> {
         let config = source.load()?;
         if let Some(identity) = &config.identity {
+            let mut identity = identity.clone();
+            if let Some(id) = &options.spiffe_id {
+                identity.spiffe_id.clone_from(id);
+            }
             // The workload certificate must be in place before listeners load it.
-            crate::identity::start_agent(identity, &source.base_dir())
+            crate::identity::start_agent(&identity, &source.base_dir())
                 .await
                 .map_err(ProxyError::Identity)?;
         }
@@ -83,6 +91,7 @@ impl Proxy {
             .admin_address
             .unwrap_or(generation.config.admin.address);
         let (commands, inbox) = tokio::sync::mpsc::channel(64);
+        let overload = Arc::new(weft_http::overload::Overload::new(metrics.overload.clone()));
         let proxy = Proxy {
             inner: Arc::new(State {
                 source,
@@ -90,24 +99,33 @@ impl Proxy {
                 slots: Mutex::new(HashMap::new()),
                 shared: Arc::new(Shared {
                     metrics,
-                    http: Arc::new(weft_http::Shared { access_log, tracer }),
+                    http: Arc::new(weft_http::Shared {
+                        access_log,
+                        tracer,
+                        overload: overload.clone(),
+                    }),
                 }),
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 ready: AtomicBool::new(false),
                 last_error: Mutex::new(None),
                 admin_addr: Mutex::new(None),
+                sidecar_addrs: Mutex::new(HashMap::new()),
                 drain_timeout,
                 plugins,
                 commands,
                 published: tokio::sync::watch::Sender::new(0),
+                file_config: Mutex::new(generation.config.clone()),
+                dynamic: Mutex::new(Arc::default()),
+                dynamic_status: Mutex::new(None),
             }),
         };
         crate::reload::publish(&proxy.inner, generation).await?;
         crate::reload::spawn_actor(proxy.inner.clone(), inbox);
+        overload.spawn_sampler(proxy.inner.shutdown.clone());
         let api: Arc<dyn weft_admin::AdminApi> =
             Arc::new(crate::admin_api::Api(proxy.inner.clone()));
-        let admin = weft_admin::start(api, admin_address)
+        let admin = weft_admin::start(api.clone(), admin_address)
             .await
             .map_err(|error| ProxyError::Bind {
                 what: "admin".into(),
@@ -115,6 +133,9 @@ impl Proxy {
                 error,
             })?;
         *proxy.inner.admin_addr.lock() = Some(admin);
+        if let Some(sidecar) = proxy.inner.generation().config.sidecar.clone() {
+            start_sidecar_ports(&proxy, &api, &sidecar).await?;
+        }
         if options.watch {
             crate::watch::spawn(&proxy.inner);
         }
@@ -131,6 +152,33 @@ impl Proxy {
     /// Compiles and publishes `config` as a new generation (through the reload actor).
     pub async fn apply(&self, config: Config) -> Result<u64, ReloadError> {
         self.inner.apply(config).await
+    }
+
+    /// Replaces the dynamic listeners and clusters (through the reload actor). On error the
+    /// live generation, and the previous dynamic resources, keep serving.
+    pub async fn apply_dynamic(
+        &self,
+        resources: weft_config::DynamicResources,
+    ) -> Result<u64, ReloadError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let command = crate::commands::Command::Dynamic {
+            resources: Box::new(resources),
+            reply: tx,
+        };
+        if self.inner.commands.send(command).await.is_err() {
+            return Err(ReloadError::stopped());
+        }
+        rx.await.unwrap_or_else(|_| Err(ReloadError::stopped()))
+    }
+
+    /// Shows `status` in `/config_dump` (under `dynamic`).
+    pub fn set_dynamic_status(&self, status: Arc<dyn crate::dynamic::DynamicStatus>) {
+        *self.inner.dynamic_status.lock() = Some(status);
+    }
+
+    /// The file's half of the live configuration (the `xds` bootstrap lives there).
+    pub fn file_config(&self) -> Arc<weft_config::Config> {
+        self.inner.file_config.lock().clone()
     }
 
     /// Hot-swaps plugin `name` from its file (through the reload actor; the old version keeps
@@ -157,6 +205,12 @@ impl Proxy {
     /// The bound admin address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.inner.admin_addr()
+    }
+
+    /// The bound address of sidecar port `name`: `health` (15021), `prometheus` (15090) or
+    /// `merged` (15020).
+    pub fn sidecar_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.inner.sidecar_addrs.lock().get(name).copied()
     }
 
     /// Metric families.
@@ -228,4 +282,40 @@ impl Proxy {
 fn log_format(config: &Config) -> std::io::Result<weft_observe::access_log::LineFormat> {
     weft_observe::access_log::LineFormat::compile(&config.access_log.log_format())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
+}
+
+/// Binds Istio's sidecar ports (read once at start): health, Prometheus, and the merged
+/// metrics when the application's metrics URL is known.
+async fn start_sidecar_ports(
+    proxy: &Proxy,
+    api: &Arc<dyn weft_admin::AdminApi>,
+    sidecar: &weft_config::schema::Sidecar,
+) -> Result<(), ProxyError> {
+    use weft_admin::sidecar::SidecarPort;
+    let mut ports = vec![
+        ("health", sidecar.health_address, SidecarPort::Health),
+        (
+            "prometheus",
+            sidecar.prometheus_address,
+            SidecarPort::Prometheus,
+        ),
+    ];
+    if let Some(merged) = sidecar
+        .app_metrics_url
+        .as_deref()
+        .and_then(SidecarPort::merged)
+    {
+        ports.push(("merged", sidecar.merged_metrics_address, merged));
+    }
+    for (name, address, port) in ports {
+        let bound = weft_admin::sidecar::start(api.clone(), address, port)
+            .await
+            .map_err(|error| ProxyError::Bind {
+                what: format!("sidecar {name} port"),
+                address,
+                error,
+            })?;
+        proxy.inner.sidecar_addrs.lock().insert(name, bound);
+    }
+    Ok(())
 }

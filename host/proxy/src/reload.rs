@@ -57,7 +57,14 @@ pub(crate) fn spawn_actor(state: Arc<State>, mut inbox: mpsc::Receiver<Command>)
                     }
                 }
                 Command::Apply { config, reply } => {
-                    let result = apply(&state, *config).await;
+                    let dynamic = (**state.dynamic.lock()).clone();
+                    let result = apply_composed(&state, *config, dynamic).await;
+                    record(&state, &result);
+                    let _ = reply.send(result);
+                }
+                Command::Dynamic { resources, reply } => {
+                    let file = state.file_config.lock().clone();
+                    let result = apply_composed(&state, (*file).clone(), *resources).await;
                     record(&state, &result);
                     let _ = reply.send(result);
                 }
@@ -72,7 +79,10 @@ pub(crate) fn spawn_actor(state: Arc<State>, mut inbox: mpsc::Receiver<Command>)
 
 async fn reload_from_source(state: &State) -> Result<u64, ReloadError> {
     let result = match state.source.load() {
-        Ok(config) => apply(state, config).await,
+        Ok(config) => {
+            let dynamic = (**state.dynamic.lock()).clone();
+            apply_composed(state, config, dynamic).await
+        }
         Err(e) => Err(ReloadError(Arc::new(ProxyError::Config(e)))),
     };
     record(state, &result);
@@ -99,6 +109,25 @@ fn record(state: &State, result: &Result<u64, ReloadError>) {
             *state.last_error.lock() = Some(e.to_string());
         }
     }
+}
+
+/// Composes the file's configuration with the dynamic resources, then compiles and publishes
+/// it; on success both halves are kept as the last good ones.
+async fn apply_composed(
+    state: &State,
+    file: Config,
+    dynamic: weft_config::DynamicResources,
+) -> Result<u64, ReloadError> {
+    let config = if dynamic.is_empty() {
+        file.clone()
+    } else {
+        weft_config::compose(&file, &dynamic, "xds")
+            .map_err(|e| ReloadError(Arc::new(ProxyError::Config(e))))?
+    };
+    let id = apply(state, config).await?;
+    *state.file_config.lock() = Arc::new(file);
+    *state.dynamic.lock() = Arc::new(dynamic);
+    Ok(id)
 }
 
 /// Compiles `config` into the next generation and publishes it.
@@ -144,6 +173,9 @@ pub(crate) async fn publish(state: &State, generation: Arc<Generation>) -> Resul
     {
         let slots = inner.slots.lock().clone();
         for (name, lgen) in &generation.listeners {
+            if !lgen.config().bind_to_port {
+                continue;
+            }
             let keep = slots
                 .get(name)
                 .is_some_and(|s| s.configured_addr == lgen.config().address);
@@ -175,6 +207,11 @@ pub(crate) async fn publish(state: &State, generation: Arc<Generation>) -> Resul
     inner.plugins.set_clusters(generation.clusters.clone());
     inner.plugins.retain(&generation.plugin_handles());
     inner.generation.store(generation.clone());
+    inner
+        .shared
+        .http
+        .overload
+        .configure(&generation.config.overload);
     inner.shared.metrics.config_generation.set(id as i64);
     inner.published.send_replace(id);
     // 3. Stop what was removed or moved; start what is new.
@@ -184,7 +221,7 @@ pub(crate) async fn publish(state: &State, generation: Arc<Generation>) -> Resul
             generation
                 .listeners
                 .get(*n)
-                .is_none_or(|l| l.config().address != s.configured_addr)
+                .is_none_or(|l| !l.config().bind_to_port || l.config().address != s.configured_addr)
         })
         .map(|(n, _)| n.clone())
         .collect();

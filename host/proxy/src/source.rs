@@ -89,3 +89,19 @@ pub enum ProxyError {
         error: std::io::Error,
     },
 }
+
+/// Loads every plugin of `config` as `weft run` would (read, compile, link, `on_vm_start`,
+/// `on_configure` with each plugin's base configuration) and returns one line per plugin that
+/// does not load, naming it and why. `weft validate --load-plugins` refuses a configuration with
+/// any, as Envoy refuses to start on a Wasm filter that fails to load (`weft run` keeps serving
+/// with each plugin's failure policy). Route-level configuration overrides are not loaded.
+pub async fn check_plugins(config: &Config, base_dir: &std::path::Path) -> Vec<String> {
+    let registry = weft_extensions::PluginRegistry::new();
+    let mut errors = Vec::new();
+    for plugin in &config.plugins {
+        if let Err(e) = registry.resolve(base_dir, plugin, None, true).await {
+            errors.push(e.to_string());
+        }
+    }
+    errors
+}

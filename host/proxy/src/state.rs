@@ -33,9 +33,17 @@ pub(crate) struct State {
     pub(crate) ready: AtomicBool,
     pub(crate) last_error: Mutex<Option<String>>,
     pub(crate) admin_addr: Mutex<Option<SocketAddr>>,
+    /// The sidecar ports' bound addresses: `health`, `prometheus`, `merged`.
+    pub(crate) sidecar_addrs: Mutex<HashMap<&'static str, SocketAddr>>,
     pub(crate) drain_timeout: Duration,
     pub(crate) plugins: Arc<PluginRegistry>,
     pub(crate) commands: tokio::sync::mpsc::Sender<Command>,
+    /// The file's half of the live configuration (what a dynamic update is composed with).
+    pub(crate) file_config: Mutex<Arc<Config>>,
+    /// The dynamic (xDS) half of the live configuration.
+    pub(crate) dynamic: Mutex<Arc<weft_config::DynamicResources>>,
+    /// What a dynamic source shows in `/config_dump` (its resources, versions, errors).
+    pub(crate) dynamic_status: Mutex<Option<Arc<dyn crate::dynamic::DynamicStatus>>>,
     /// The id of the last published generation (watchers follow it).
     pub(crate) published: tokio::sync::watch::Sender<u64>,
 }

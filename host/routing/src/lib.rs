@@ -129,6 +129,25 @@ pub struct Forward {
     pub host_rewrite: Option<HeaderValue>,
     /// Ring-hash key sources, in order.
     pub hash_policy: Vec<HashPolicy>,
+    /// The route's stream idle timeout, replacing the listener's (zero: disabled).
+    pub idle_timeout: Option<Duration>,
+    /// `upgrade_configs`: lowercased upgrade types and whether each is allowed.
+    pub upgrades: Vec<(String, bool)>,
+}
+
+impl Forward {
+    /// Whether an `Upgrade: token` request may go through this route: `websocket` unless
+    /// disabled, any other type only when enabled (Envoy's `upgrade_configs`).
+    pub fn allows_upgrade(&self, token: &str) -> bool {
+        match self
+            .upgrades
+            .iter()
+            .find(|(t, _)| t.eq_ignore_ascii_case(token))
+        {
+            Some((_, enabled)) => *enabled,
+            None => token.eq_ignore_ascii_case("websocket"),
+        }
+    }
 }
 
 /// Which cluster(s) a forward goes to.
@@ -357,6 +376,12 @@ fn build_action(
             rewrite,
             host_rewrite,
             hash_policy,
+            idle_timeout: f.idle_timeout,
+            upgrades: f
+                .upgrade_configs
+                .iter()
+                .map(|u| (u.upgrade_type.to_ascii_lowercase(), u.enabled))
+                .collect(),
         }));
     }
     if let Some(rd) = &r.redirect {

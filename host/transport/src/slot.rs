@@ -1,13 +1,15 @@
 //! Listener slots: a bound socket that outlives configuration generations, and the listener
 //! configuration its connections use now (swapped atomically on reload).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use weft_config::schema;
+use weft_config::schema::{self, FilterChainMatch};
 use weft_extensions::PluginHandle;
 use weft_http::{HttpListener, ListenerSource};
 use weft_observe::Metrics;
@@ -32,6 +34,8 @@ pub enum ListenerGen {
     Http(HttpEntry),
     /// A TCP listener.
     Tcp(Box<TcpTarget>),
+    /// A capture listener (`original_dst: true`).
+    Capture(Box<CaptureEntry>),
 }
 
 /// An HTTP listener: its TLS termination (transport) and its routes and chains (HTTP layer).
@@ -58,6 +62,8 @@ pub struct TcpTarget {
     pub metrics: Arc<ListenerMetrics>,
     /// proxy-wasm network filters, in order.
     pub wasm: Vec<Arc<PluginHandle>>,
+    /// Istio's standard TCP metrics (`None`: turned off).
+    pub istio: Option<Arc<weft_observe::istio::Reporting>>,
 }
 
 impl ListenerGen {
@@ -66,6 +72,7 @@ impl ListenerGen {
         match self {
             ListenerGen::Http(h) => &h.http.settings.config,
             ListenerGen::Tcp(t) => &t.config,
+            ListenerGen::Capture(c) => &c.config,
         }
     }
 
@@ -74,6 +81,7 @@ impl ListenerGen {
         match self {
             ListenerGen::Http(h) => &h.http.settings.metrics,
             ListenerGen::Tcp(t) => &t.metrics,
+            ListenerGen::Capture(c) => &c.metrics,
         }
     }
 }
@@ -89,6 +97,8 @@ pub struct ListenerSlot {
     pub configured_addr: SocketAddr,
     current: ArcSwap<ListenerGen>,
     pub(crate) stop: CancellationToken,
+    /// Connections open on this socket, across generations (for `max_connections`).
+    pub(crate) open: AtomicU32,
 }
 
 impl ListenerSlot {
@@ -125,6 +135,7 @@ pub async fn bind(lgen: Arc<ListenerGen>) -> std::io::Result<(Arc<ListenerSlot>,
         configured_addr: cfg.address,
         current: ArcSwap::new(lgen),
         stop: CancellationToken::new(),
+        open: AtomicU32::new(0),
     });
     Ok((slot, listener))
 }
@@ -137,11 +148,43 @@ impl ListenerSource for ListenerSlot {
     fn http(&self) -> Option<Arc<HttpListener>> {
         match &**self.current.load() {
             ListenerGen::Http(h) => Some(h.http.clone()),
-            ListenerGen::Tcp(_) => None,
+            ListenerGen::Tcp(_) | ListenerGen::Capture(_) => None,
         }
     }
 
     fn metrics(&self) -> Arc<ListenerMetrics> {
         self.current.load().metrics().clone()
     }
+}
+
+/// One filter chain of a capture listener.
+#[derive(Debug)]
+pub struct CaptureChain {
+    /// Its name (the target listener's unless named).
+    pub name: Arc<str>,
+    /// Its match.
+    pub matcher: FilterChainMatch,
+    /// The listener (`bind_to_port: false`) it hands connections to.
+    pub target: Arc<str>,
+}
+
+/// A capture listener's share of a generation.
+#[derive(Debug)]
+pub struct CaptureEntry {
+    /// Listener name.
+    pub name: Arc<str>,
+    /// Its configuration.
+    pub config: schema::Listener,
+    /// Its metrics.
+    pub metrics: Arc<ListenerMetrics>,
+    /// Filter chains, in configuration order.
+    pub chains: Vec<CaptureChain>,
+    /// The listeners the chains name, in the same generation.
+    pub targets: HashMap<String, Arc<ListenerGen>>,
+    /// Where an unmatched connection goes: the passthrough (`original_dst`) cluster under
+    /// `allow_any`, `BlackHoleCluster` (no endpoint) under `registry_only`.
+    pub fallback: Arc<TcpTarget>,
+    /// Ports an original destination must not have: Weft's own capture listeners and
+    /// sidecar ports (a connection to them would loop through the proxy).
+    pub own_ports: Vec<u16>,
 }

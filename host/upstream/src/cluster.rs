@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 use weft_balance::{EndpointState, PickContext, Policy};
 use weft_config::EndpointAddress;
-use weft_config::schema::{self, LbPolicy, UpstreamProtocol};
+use weft_config::schema::{self, ClusterType, LbPolicy, UpstreamProtocol};
 
 use weft_body::ProxyBody;
 use weft_observe::metrics::{ClusterMetrics, Metrics};
@@ -27,7 +27,7 @@ use crate::clock::now_ms;
 use crate::endpoint::{Endpoint, EndpointSet};
 use crate::outlier::Observation;
 use crate::resilience::{ClusterResilience, Panicked, Untried, in_panic};
-use crate::tls::{UpstreamIo, UpstreamTls};
+use crate::tls::{HttpIo, UpstreamIo, UpstreamTls};
 
 /// HTTP client type used for every cluster.
 pub type HttpClient = Client<CountingConnector, ProxyBody>;
@@ -125,17 +125,27 @@ impl Cluster {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_local_address(config.source_address);
         connector.enforce_http(true);
         let connector = CountingConnector {
             inner: connector,
             opened: metrics.cx_total.clone(),
             tls: tls.clone(),
+            http1: config.protocol == UpstreamProtocol::Http1,
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(config.idle_timeout);
+        // Bounded buffers: a slow downstream reader stops the upstream reads (back-pressure)
+        // instead of letting a response pile up in the proxy.
+        let limit = weft_config::BufferLimit(config.per_connection_buffer_limit_bytes);
+        builder
+            .http1_max_buf_size(limit.http1_buf(16 * 1024))
+            .http2_initial_stream_window_size(limit.h2_stream_window())
+            .http2_initial_connection_window_size(limit.h2_connection_window())
+            .http2_max_send_buf_size(limit.h2_send_buf());
         if config.protocol == UpstreamProtocol::Http2 {
             builder.http2_only(true);
         }
@@ -159,7 +169,17 @@ impl Cluster {
     /// cluster).
     pub async fn connect(&self, endpoint: &Endpoint) -> std::io::Result<UpstreamIo> {
         let connect = async {
-            let tcp = TcpStream::connect(endpoint.addr).await?;
+            let tcp = match self.config.source_address {
+                None => TcpStream::connect(endpoint.addr).await?,
+                Some(source) => {
+                    let socket = match source {
+                        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                    };
+                    socket.bind(SocketAddr::new(source, 0))?;
+                    socket.connect(endpoint.addr).await?
+                }
+            };
             let _ = tcp.set_nodelay(true);
             UpstreamTls::wrap(self.tls.as_deref(), tcp).await
         };
@@ -180,6 +200,25 @@ impl Cluster {
     /// The current endpoint set.
     pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {
         self.endpoints.load()
+    }
+
+    /// True for an `original_dst` cluster (Envoy's `ORIGINAL_DST`): each connection or request
+    /// goes to its own original destination instead of a listed endpoint.
+    pub fn is_original_dst(&self) -> bool {
+        self.config.kind == ClusterType::OriginalDst
+    }
+
+    /// The endpoint of an `original_dst` cluster for original destination `dst`: `dst`, or the
+    /// configured `original_dst.address` at `dst`'s port. Not part of the endpoint set (one
+    /// per connection or request), so `/clusters` lists none.
+    pub fn original_dst_endpoint(&self, dst: SocketAddr) -> Arc<Endpoint> {
+        let ip = self
+            .config
+            .original_dst
+            .as_ref()
+            .and_then(|o| o.address)
+            .unwrap_or(dst.ip());
+        Arc::new(Endpoint::new(SocketAddr::new(ip, dst.port()), 1))
     }
 }
 
@@ -248,10 +287,12 @@ pub struct CountingConnector {
     inner: HttpConnector,
     opened: Counter,
     tls: Option<Arc<UpstreamTls>>,
+    /// HTTP/1 cluster: responses are checked ([`HttpIo`]).
+    http1: bool,
 }
 
 impl tower_service::Service<Uri> for CountingConnector {
-    type Response = TokioIo<UpstreamIo>;
+    type Response = TokioIo<HttpIo>;
     type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -263,11 +304,12 @@ impl tower_service::Service<Uri> for CountingConnector {
         let fut = self.inner.call(uri);
         let opened = self.opened.clone();
         let tls = self.tls.clone();
+        let http1 = self.http1;
         Box::pin(async move {
             let io: TcpStream = fut.await?.into_inner();
             let io = UpstreamTls::wrap(tls.as_deref(), io).await?;
             opened.inc();
-            Ok(TokioIo::new(io))
+            Ok(TokioIo::new(HttpIo::new(io, http1)))
         })
     }
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use weft_framing::upstream::ResponseChecker;
 
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -194,5 +195,91 @@ impl AsyncWrite for UpstreamIo {
             UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+/// An upstream connection of the HTTP client: HTTP/1 responses are read through a
+/// [`ResponseChecker`] (bare CR/LF in a head, a broken chunked body: the read fails with an
+/// `UpstreamFramingError` before hyper parses the bytes, and the request is answered 502).
+#[derive(Debug)]
+pub struct HttpIo {
+    io: UpstreamIo,
+    checker: Option<Box<ResponseChecker>>,
+}
+
+impl HttpIo {
+    /// Wraps `io`; `http1`: check its responses (never for HTTP/2).
+    pub fn new(io: UpstreamIo, http1: bool) -> HttpIo {
+        let h2 = match &io {
+            UpstreamIo::Tls(s) => s.get_ref().1.alpn_protocol() == Some(b"h2"),
+            UpstreamIo::Plain(_) => false,
+        };
+        HttpIo {
+            io,
+            checker: (http1 && !h2).then(Box::default),
+        }
+    }
+}
+
+impl Connection for HttpIo {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl AsyncRead for HttpIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(checker)) = (&polled, this.checker.as_mut())
+            && let Err(e) = checker.on_read(&buf.filled()[before..])
+        {
+            return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for HttpIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some(checker)) = (&polled, this.checker.as_mut()) {
+            checker.on_write(&buf[..*n]);
+        }
+        polled
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let (Poll::Ready(Ok(n)), Some(checker)) = (&polled, this.checker.as_mut())
+            && *n > 0
+            && let Some(first) = bufs.iter().find(|b| !b.is_empty())
+        {
+            checker.on_write(&first[..first.len().min(*n)]);
+        }
+        polled
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

@@ -467,7 +467,10 @@ impl PluginInfo {
             LogLevel::Debug => tracing::debug!(plugin, "{msg}"),
             LogLevel::Info => tracing::info!(plugin, "{msg}"),
             LogLevel::Warn => tracing::warn!(plugin, "{msg}"),
-            LogLevel::Error | LogLevel::Critical => tracing::error!(plugin, "{msg}"),
+            LogLevel::Error => tracing::error!(plugin, "{msg}"),
+            // `tracing` has no level above error: the line says it is critical, as Envoy's
+            // `[critical][wasm]` does (Rust SDK panic messages come at this level).
+            LogLevel::Critical => tracing::error!(plugin, severity = "critical", "{msg}"),
         }
         if let Some(c) = &self.log_capture {
             c.lock().push((level, msg.to_owned()));

@@ -8,6 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use wasmtime::{Caller, Linker, Module, Val};
 
 use crate::abi::{GuestMemory, HeaderList, ReturnError, valid_header_name, valid_header_value};
+use crate::codec::path_segments;
 use crate::context::{HostState, HttpCallRequest, LocalResponse, Phase, truncate_line};
 use crate::shared;
 use crate::types::{BufferType, LogLevel, MapType, MetricType, Status, StreamType};
@@ -404,7 +405,28 @@ fn map_ref(
         | MapType::HttpRequestTrailers
         | MapType::HttpResponseHeaders
         | MapType::HttpResponseTrailers => {
+            let phase = state.phase;
             let stream = state.stream_mut()?;
+            // Envoy's rules: the request maps are read-only once the response has begun (and in
+            // `on_log`); the response maps do not exist before the response. A write outside
+            // them is `BadArgument`, as in Envoy. A read of a response map before the response
+            // is `NotFound` (Envoy: `BadArgument`, which makes Rust SDK plugins panic).
+            let responding = !stream.response_headers.0.is_empty();
+            let request_map = matches!(
+                ty,
+                MapType::HttpRequestHeaders | MapType::HttpRequestTrailers
+            );
+            if request_map {
+                if write && (responding || matches!(phase, Phase::Log | Phase::Done)) {
+                    return Err(Status::BadArgument);
+                }
+            } else if !responding {
+                return Err(if write {
+                    Status::BadArgument
+                } else {
+                    Status::NotFound
+                });
+            }
             if write {
                 stream.headers_modified = true;
             }
@@ -478,7 +500,7 @@ fn header_maps(linker: &mut Linker<HostState>) -> Result<()> {
          ptr_out: i32,
          len_out: i32| {
             let ty = tri!(MapType::from_raw(ty).ok_or(Status::BadArgument));
-            let key = tri!(read_str(&caller, kp, kl));
+            let key = header_key(ty, tri!(read_str(&caller, kp, kl)));
             let value = tri!(map_ref(caller.data_mut(), ty, false))
                 .get(&key)
                 .map(<[u8]>::to_vec);
@@ -502,7 +524,7 @@ fn header_maps(linker: &mut Linker<HostState>) -> Result<()> {
                   vp: i32,
                   vl: i32| {
                 let ty = tri!(MapType::from_raw(ty).ok_or(Status::BadArgument));
-                let key = tri!(read_str(&caller, kp, kl));
+                let key = header_key(ty, tri!(read_str(&caller, kp, kl)));
                 let value = tri!(read(&caller, vp, vl));
                 // No CR, LF or NUL from a plugin ever reaches the wire.
                 if !valid_header_name(&key) || !valid_header_value(&value) {
@@ -522,12 +544,21 @@ fn header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         "proxy_remove_header_map_value",
         |mut caller: Caller<'_, HostState>, ty: i32, kp: i32, kl: i32| {
             let ty = tri!(MapType::from_raw(ty).ok_or(Status::BadArgument));
-            let key = tri!(read_str(&caller, kp, kl));
+            let key = header_key(ty, tri!(read_str(&caller, kp, kl)));
             tri!(map_ref(caller.data_mut(), ty, true)).remove(&key);
             status(Status::Ok)
         },
     )?;
     Ok(())
+}
+
+/// Envoy keeps `Host` as `:authority`: on the request headers, `host` names `:authority`.
+fn header_key(ty: MapType, key: String) -> String {
+    if ty == MapType::HttpRequestHeaders && key.eq_ignore_ascii_case("host") {
+        ":authority".to_owned()
+    } else {
+        key
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -627,15 +658,6 @@ fn stream_control(linker: &mut Linker<HostState>) -> Result<()> {
     Ok(())
 }
 
-/// `a\0b\0c` → `["a", "b", "c"]`.
-fn path_segments(bytes: &[u8]) -> Vec<String> {
-    bytes
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
-}
-
 fn properties(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap(
         ENV,
@@ -660,23 +682,60 @@ fn properties(linker: &mut Linker<HostState>) -> Result<()> {
                         .cloned();
                     // Envoy's header attributes come straight from the stream's maps.
                     let from_headers = stream.and_then(|s| {
+                        let le = |n: u64| Some(n.to_le_bytes().to_vec());
+                        // Envoy's `*.total_size`: header bytes (names and values) plus body.
+                        let total = |list: &HeaderList, body: &[&str]| {
+                            let headers: usize =
+                                list.0.iter().map(|(k, v)| k.len() + v.len()).sum();
+                            let body = s
+                                .properties
+                                .get(body)
+                                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                                .map_or(0, u64::from_le_bytes);
+                            le(headers as u64 + body)
+                        };
+                        let responding = !s.response_headers.0.is_empty();
+                        match segments.as_slice() {
+                            [a, b] if a == "request" && b == "headers" => {
+                                return Some(s.request_headers.serialize());
+                            }
+                            [a, b] if a == "response" && b == "headers" && responding => {
+                                return Some(s.response_headers.serialize());
+                            }
+                            [a, b] if a == "request" && b == "total_size" => {
+                                return total(&s.request_headers, &["request", "size"]);
+                            }
+                            [a, b] if a == "response" && b == "total_size" => {
+                                return total(&s.response_headers, &["response", "size"]);
+                            }
+                            _ => {}
+                        }
                         let (list, name) = match segments.as_slice() {
                             [a, b, name] if a == "request" && b == "headers" => {
+                                let name = if name.eq_ignore_ascii_case("host") {
+                                    ":authority"
+                                } else {
+                                    name.as_str()
+                                };
                                 (&s.request_headers, name)
                             }
                             [a, b, name] if a == "response" && b == "headers" => {
-                                (&s.response_headers, name)
+                                (&s.response_headers, name.as_str())
                             }
                             _ => return None,
                         };
                         list.get(name).map(<[u8]>::to_vec)
                     });
-                    own.or(from_headers).or_else(|| {
-                        let refs: Vec<&str> = segments.iter().map(String::as_str).collect();
-                        stream
-                            .and_then(|s| s.properties.get(&refs))
-                            .or_else(|| plugin.properties.get(&refs))
-                    })
+                    // Built-in attributes first: `proxy_set_property` on one does not shadow
+                    // it (Envoy keeps written values apart, in filter state).
+                    from_headers
+                        .or_else(|| {
+                            let refs: Vec<&str> = segments.iter().map(String::as_str).collect();
+                            stream
+                                .and_then(|s| s.properties.get(&refs))
+                                .or_else(|| plugin.properties.get(&refs))
+                        })
+                        .or(own)
                 }
             };
             match value {
@@ -890,9 +949,58 @@ fn callouts(linker: &mut Linker<HostState>) -> Result<()> {
     ] {
         define_stub(linker, name, params, Status::Unimplemented)?;
     }
-    // No foreign functions are offered.
-    define_stub(linker, "proxy_call_foreign_function", 6, Status::NotFound)?;
+    linker.func_wrap(
+        ENV,
+        "proxy_call_foreign_function",
+        |mut caller: Caller<'_, HostState>,
+         np: i32,
+         nl: i32,
+         ap: i32,
+         al: i32,
+         ptr_out: i32,
+         len_out: i32| {
+            let name = tri!(read_str(&caller, np, nl));
+            let args = tri!(read(&caller, ap, al));
+            match foreign_function(&name, &args) {
+                Ok(Some(result)) => return_bytes(&mut caller, &result, ptr_out, len_out),
+                Ok(None) => status(Status::Ok),
+                Err(s) => status(s),
+            }
+        },
+    )?;
     Ok(())
+}
+
+/// Most bytes `uncompress` produces (a plugin cannot make the host inflate a bomb).
+const MAX_UNCOMPRESSED: u64 = 16 * 1024 * 1024;
+
+/// Envoy's foreign functions that plugins use: `compress` / `uncompress` (zlib format, as
+/// zlib's `compress()` / `uncompress()`; undecodable input is `SerializationFailure`) and
+/// `clear_route_cache` (Weft does not re-route after plugins: `Ok`, no effect). Any other name
+/// is `NotFound`, as in Envoy for an unknown function.
+fn foreign_function(name: &str, args: &[u8]) -> std::result::Result<Option<Vec<u8>>, Status> {
+    use std::io::{Read, Write};
+    match name {
+        "compress" => {
+            let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            z.write_all(args)
+                .and_then(|()| z.finish())
+                .map(Some)
+                .map_err(|_| Status::SerializationFailure)
+        }
+        "uncompress" => {
+            let mut out = Vec::new();
+            let mut z = flate2::read::ZlibDecoder::new(args).take(MAX_UNCOMPRESSED + 1);
+            z.read_to_end(&mut out)
+                .map_err(|_| Status::SerializationFailure)?;
+            if out.len() as u64 > MAX_UNCOMPRESSED {
+                return Err(Status::SerializationFailure);
+            }
+            Ok(Some(out))
+        }
+        "clear_route_cache" => Ok(None),
+        _ => Err(Status::NotFound),
+    }
 }
 
 /// Defines `env.name` as a function of `params` i32 arguments that always answers `answer`.

@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 mod abi;
+pub mod codec;
 mod context;
 pub mod engine;
 mod host;

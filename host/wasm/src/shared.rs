@@ -80,7 +80,8 @@ pub(crate) fn get(vm_id: &str, key: &str) -> Option<(Vec<u8>, u32)> {
     d.map.get(&(vm_id.to_owned(), key.to_owned())).cloned()
 }
 
-/// Writes `key`; a non-zero `cas` must match the current token. A value over
+/// Writes `key`; a non-zero `cas` must match the current token of an existing key (for a
+/// missing key it is ignored, as in Envoy). A value over
 /// [`MAX_SHARED_VALUE`], a new key past `limits.max_keys`, or a write that takes `vm_id` past
 /// `limits.max_bytes` (keys and values) is refused with `BadArgument`, and nothing changes.
 pub(crate) fn set(vm_id: &str, key: &str, value: Vec<u8>, cas: u32, limits: DataLimits) -> Status {
@@ -106,9 +107,7 @@ pub(crate) fn set(vm_id: &str, key: &str, value: Vec<u8>, cas: u32, limits: Data
             (keys, bytes)
         }
         std::collections::hash_map::Entry::Vacant(v) => {
-            if cas != 0 {
-                return Status::CasMismatch;
-            }
+            // A CAS token for a key that does not exist is ignored (Envoy: the write succeeds).
             let bytes = bytes + key.len() + value.len();
             if keys >= limits.max_keys || bytes > limits.max_bytes {
                 return Status::BadArgument;
@@ -308,8 +307,9 @@ pub(crate) fn record(id: u32, value: u64) -> Status {
         return Status::NotFound;
     };
     match m.kind {
+        // Envoy adds to a counter (it never goes down).
         MetricType::Counter => {
-            m.value.store(value as i64, Ordering::Relaxed);
+            m.value.fetch_add(value as i64, Ordering::Relaxed);
         }
         MetricType::Gauge => m.value.store(value as i64, Ordering::Relaxed),
         MetricType::Histogram => {
@@ -347,12 +347,9 @@ mod tests {
 
     #[test]
     fn cas_semantics() {
+        // As Envoy: a token for a key that does not exist yet is ignored.
         assert_eq!(
             set("t-vm", "k", b"a".to_vec(), 7, DataLimits::NONE),
-            Status::CasMismatch
-        );
-        assert_eq!(
-            set("t-vm", "k", b"a".to_vec(), 0, DataLimits::NONE),
             Status::Ok
         );
         let (v, cas) = get("t-vm", "k").unwrap();
@@ -416,6 +413,9 @@ mod tests {
         assert_eq!(increment(c, 2), Status::Ok);
         assert_eq!(increment(c, -1), Status::BadArgument);
         assert_eq!(get_metric(c), Ok(2));
+        // `proxy_record_metric` on a counter adds, as in Envoy.
+        assert_eq!(record(c, 3), Status::Ok);
+        assert_eq!(get_metric(c), Ok(5));
         let h = define_metric("p", "h", MetricType::Histogram);
         assert_eq!(record(h, 5), Status::Ok);
         assert_eq!(get_metric(h), Err(Status::BadArgument));

@@ -1,4 +1,5 @@
-//! Command-line interface: `weft run`, `weft validate`, `weft ca …`, `weft --version`.
+//! Command-line interface: `weft run`, `weft validate`, `weft ca …`, `weft inject`, `weft iptables`,
+//! `weft --version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,18 +46,31 @@ enum Command {
         /// embedded demo starts it on 127.0.0.1:18080).
         #[arg(long, value_name = "ADDRESS")]
         echo: Option<std::net::SocketAddr>,
+        /// The SPIFFE ID the certificate agent asks for, instead of `identity.spiffe_id` (set by
+        /// `weft inject` from the pod's namespace and service account).
+        #[arg(long, value_name = "ID", env = "WEFT_SPIFFE_ID")]
+        spiffe_id: Option<String>,
     },
     /// Check a configuration file and print every error found.
     Validate {
         /// Configuration file (YAML).
         #[arg(short, long)]
         config: PathBuf,
+        /// Also load every plugin (compile, start, configure) and fail if one does not load, as
+        /// Envoy refuses to start then (`weft run` serves with each plugin's failure policy).
+        #[arg(long)]
+        load_plugins: bool,
     },
     /// The built-in certificate authority (Citadel's role).
     Ca {
         #[command(subcommand)]
         command: crate::ca::CaCommand,
     },
+    /// Add the Weft sidecar to Kubernetes manifests (as `istioctl kube-inject`).
+    Inject(crate::inject::InjectArgs),
+    /// Install (or print, or remove) the iptables rules that capture a pod's TCP traffic
+    /// into Weft (outbound to 15001, inbound to 15006), as Istio's istio-iptables.
+    Iptables(crate::iptables::IptablesArgs),
 }
 
 /// Runs the parsed command line.
@@ -64,9 +78,18 @@ pub fn main(cli: Cli) -> ExitCode {
     init_logging(cli.log_format, &cli.log_level);
     weft_proxy::register_builtin_plugins(BUILTIN_PLUGINS);
     match cli.command {
-        Command::Validate { config } => validate(&config),
-        Command::Run { config, echo } => run(config, echo),
+        Command::Validate {
+            config,
+            load_plugins,
+        } => validate(&config, load_plugins),
+        Command::Run {
+            config,
+            echo,
+            spiffe_id,
+        } => run(config, echo, spiffe_id),
         Command::Ca { command } => crate::ca::main(command),
+        Command::Inject(args) => crate::inject::main(args),
+        Command::Iptables(args) => crate::iptables::main(args),
     }
 }
 
@@ -82,8 +105,37 @@ fn init_logging(format: LogFormat, filter: &str) {
     }
 }
 
-fn validate(path: &std::path::Path) -> ExitCode {
+fn validate(path: &std::path::Path, load_plugins: bool) -> ExitCode {
     match weft_config::load(path) {
+        Ok(c) if load_plugins => {
+            let base_dir = ConfigSource::File(path.to_path_buf()).base_dir();
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let errors = runtime.block_on(weft_proxy::check_plugins(&c, &base_dir));
+            if errors.is_empty() {
+                println!(
+                    "{}: ok ({} listeners, {} clusters, {} plugins loaded)",
+                    path.display(),
+                    c.listeners.len(),
+                    c.clusters.len(),
+                    c.plugins.len()
+                );
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("{}: {} plugin(s) do not load", path.display(), errors.len());
+            for e in errors {
+                eprintln!("{e}");
+            }
+            ExitCode::FAILURE
+        }
         Ok(c) => {
             println!(
                 "{}: ok ({} listeners, {} clusters)",
@@ -100,7 +152,11 @@ fn validate(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(config: Option<PathBuf>, echo: Option<std::net::SocketAddr>) -> ExitCode {
+fn run(
+    config: Option<PathBuf>,
+    echo: Option<std::net::SocketAddr>,
+    spiffe_id: Option<String>,
+) -> ExitCode {
     let source = match &config {
         Some(path) => ConfigSource::File(path.clone()),
         None => ConfigSource::Embedded {
@@ -160,6 +216,7 @@ fn run(config: Option<PathBuf>, echo: Option<std::net::SocketAddr>) -> ExitCode 
             source,
             StartOptions {
                 watch: !demo,
+                spiffe_id,
                 ..Default::default()
             },
         )
@@ -174,6 +231,15 @@ fn run(config: Option<PathBuf>, echo: Option<std::net::SocketAddr>) -> ExitCode 
         if demo {
             print_demo_help(&proxy);
         }
+        // With an `xds` section, the control plane's resources join the file's (the client
+        // stops with the process; the configuration it set is drained like any other).
+        let _xds = match weft_xds::start(&proxy) {
+            Ok(client) => client,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
         if proxy.run_until_signalled(signals).await {
             ExitCode::SUCCESS
         } else {

@@ -50,6 +50,50 @@ fn validate_accepts_every_example_config() {
 }
 
 #[test]
+fn validate_load_plugins_refuses_a_plugin_that_does_not_load() {
+    // The demo's shipped plugins all load.
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/all-plugins/weft.yaml");
+    let out = weft()
+        .args(["validate", "--load-plugins", "-c"])
+        .arg(&demo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("plugins loaded"));
+    // A file that is not WebAssembly: valid configuration, but the plugin does not load.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.wasm"), b"not wasm").unwrap();
+    let path = dir.path().join("weft.yaml");
+    std::fs::write(
+        &path,
+        "plugins:\n  - name: broken\n    file: broken.wasm\nlisteners:\n  - name: l\n    address: 127.0.0.1:1\n    plugins: [{ name: broken }]\n    virtual_hosts:\n      - name: v\n        domains: [\"*\"]\n        routes:\n          - direct_response: { status: 200 }\nclusters: []\n",
+    )
+    .unwrap();
+    let plain = weft().args(["validate", "-c"]).arg(&path).output().unwrap();
+    assert!(
+        plain.status.success(),
+        "without --load-plugins the configuration is valid: {}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let out = weft()
+        .args(["validate", "--load-plugins", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken") && err.contains("not a WebAssembly module"),
+        "{err}"
+    );
+}
+
+#[test]
 fn validate_prints_every_error_with_file_line_column_and_path() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");

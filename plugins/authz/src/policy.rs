@@ -571,7 +571,19 @@ pub fn normalize_path(raw: &str) -> String {
             i += 3;
             continue;
         }
-        decoded.push(bytes[i]);
+        if bytes[i] == b'%'
+            && bytes
+                .get(i + 1)
+                .is_some_and(|&b| b == b'%' || weft_sdk::http::hex_digit(b).is_some())
+        {
+            // A `%` that starts no escape but is followed by a hex digit or another `%` is
+            // written `%25`, so it never forms a new escape with what the next escape decodes
+            // to (`%3%33` would otherwise become `%33`, which a second normalization, or a
+            // second decoder upstream, reads as `3`). Normalizing twice changes nothing.
+            decoded.extend_from_slice(b"%25");
+        } else {
+            decoded.push(bytes[i]);
+        }
         i += 1;
     }
     let decoded = String::from_utf8_lossy(&decoded);
@@ -944,9 +956,25 @@ mod tests {
             ("/%", "/%"),
             ("/%zz", "/%zz"),
             ("/%E2%82%AC", "/%E2%82%AC"),
+            ("/%3%33", "/%2533"),
+            ("/%%33", "/%253"),
+            ("/%3", "/%253"),
         ] {
             assert_eq!(normalize_path(raw), want, "{raw}");
+            assert_eq!(
+                normalize_path(want),
+                want,
+                "{raw}: normalizing twice changes nothing"
+            );
         }
+    }
+
+    /// Found by the `authz` fuzz target: normalization was not idempotent.
+    #[test]
+    fn normalizing_a_normalized_path_changes_nothing() {
+        let raw = "/\u{fffd}/%3333%3%3333%33\u{fffd}3\u{fffd}";
+        let once = normalize_path(raw);
+        assert_eq!(normalize_path(&once), once);
     }
 
     #[test]

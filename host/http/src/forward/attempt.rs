@@ -68,6 +68,26 @@ pub(crate) fn classify(e: &ClientError) -> TryOutcome {
     }
 }
 
+/// Whether `e` comes from the upstream breaking HTTP/1 framing (weft-framing's checker).
+pub(crate) fn framing_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<weft_framing::upstream::UpstreamFramingError>() {
+            return true;
+        }
+        // io::Error's `source` skips the error it wraps: look inside.
+        if let Some(inner) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && inner.is::<weft_framing::upstream::UpstreamFramingError>()
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// The HTTP/2 error code anywhere in `e`'s source chain.
 fn h2_reason(e: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);

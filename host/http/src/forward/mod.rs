@@ -137,7 +137,12 @@ impl ForwardPhase {
             Some(h) => Some(h.clone()),
             None => HeaderValue::from_str(&ctx.authority).ok(),
         };
-        if let Some(h) = host_value {
+        if cluster.config.protocol == weft_config::schema::UpstreamProtocol::Http2 {
+            // HTTP/2 carries the authority in `:authority`, which the pooled client sets to
+            // the endpoint; a `Host` that differs from it is malformed (RFC 9113 §8.3.1: a
+            // client MUST NOT send one, and Weft's own HTTP/2 server refuses it).
+            ctx.head.headers.remove(header::HOST);
+        } else if let Some(h) = host_value {
             ctx.head.headers.insert(header::HOST, h);
         }
         let path = match forward.rewrite.apply(ctx.head.uri.path()) {
@@ -172,8 +177,10 @@ impl ForwardPhase {
         };
         let body = std::mem::replace(&mut ctx.body, ProxyBody::empty());
         let body = if retry.is_some() || !mirrors.is_empty() {
+            // Bounded by the request-level timeouts (`request_timeout`, stream idle), not by
+            // the route timeout, which starts only once the request is complete.
             let limit = retry.map_or(64 * 1024, |r| r.buffer_limit);
-            buffer_body(body, limit, forward.timeout).await?
+            buffer_body(body, limit).await?
         } else {
             RequestBody::Stream(body)
         };
@@ -199,8 +206,34 @@ impl ForwardPhase {
             version,
             path,
         };
-        let (resp, endpoint) =
-            send_with_retries(ctx, upstream, body, cluster, hash, forward.timeout, retry).await?;
+        // The route timeout starts when the downstream request is complete (Envoy's
+        // semantics): a slow upload is bounded by the request-level timeouts instead.
+        let watch = ctx.watch.clone();
+        let route_timer = async {
+            match forward.timeout {
+                Some(t) => {
+                    let done = watch.completed().await;
+                    match done.checked_add(t) {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let sent = tokio::select! {
+            sent = send_with_retries(ctx, upstream, body, cluster, hash, forward.timeout, retry) => sent,
+            _ = route_timer => {
+                cluster.metrics.rq_timeout.inc();
+                cluster.metrics.rq[4].inc();
+                Err(LocalReply::text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    flags::UPSTREAM_TIMEOUT,
+                ))
+            }
+        };
+        let (resp, endpoint) = sent?;
         ctx.upstream = Some((cluster.name.clone(), endpoint.addr));
         Ok(self.downstream_response(ctx, resp))
     }
@@ -271,26 +304,9 @@ async fn admit(
     }
 }
 
-/// Reads the request body whole (up to `limit`, within `timeout`) for replays.
-async fn buffer_body(
-    body: ProxyBody,
-    limit: usize,
-    timeout: Option<Duration>,
-) -> Result<RequestBody, LocalReply> {
-    let buffered = RequestBody::buffer(body, limit);
-    let buffered = match timeout {
-        Some(t) => match tokio::time::timeout(t, buffered).await {
-            Ok(b) => b,
-            Err(_) => {
-                return Err(LocalReply::text(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request body timeout",
-                    flags::NONE,
-                ));
-            }
-        },
-        None => buffered.await,
-    };
+/// Reads the request body whole (up to `limit`) for replays.
+async fn buffer_body(body: ProxyBody, limit: usize) -> Result<RequestBody, LocalReply> {
+    let buffered = RequestBody::buffer(body, limit).await;
     buffered.map_err(|e| {
         if let Some(reply) = crate::phases::wasm::PipelineError::find(e.as_ref()) {
             return reply;
@@ -304,6 +320,29 @@ async fn buffer_body(
     })
 }
 
+/// Where a request to an `original_dst` cluster goes: the `x-envoy-original-dst-host` header
+/// (an `ip:port`) when the cluster has `use_http_header`, else the connection's original
+/// destination (`None` when it was not captured: 503 `UH`).
+fn original_destination(
+    cluster: &Cluster,
+    conn: Option<std::net::SocketAddr>,
+    headers: &http::HeaderMap,
+) -> Option<std::net::SocketAddr> {
+    let from_header = cluster
+        .config
+        .original_dst
+        .as_ref()
+        .is_some_and(|o| o.use_http_header)
+        .then(|| {
+            headers
+                .get(weft_config::capture::ORIGINAL_DST_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        })
+        .flatten();
+    from_header.or(conn)
+}
+
 /// The retry loop: tries endpoints until one answers with a response the policy accepts, the
 /// retries or the budget run out, or the route deadline passes.
 async fn send_with_retries(
@@ -315,12 +354,19 @@ async fn send_with_retries(
     timeout: Option<Duration>,
     retry: Option<&RetryConfig>,
 ) -> Result<(http::Response<Incoming>, Arc<Endpoint>), LocalReply> {
+    // An `original_dst` cluster has one destination per request: the connection's original
+    // destination, or the header's when the cluster trusts it.
+    let original_dst = cluster
+        .is_original_dst()
+        .then(|| original_destination(cluster, ctx.conn.original_dst, &upstream.headers));
     let c = &mut ctx.completion;
     cluster.metrics.rq_active.inc();
     c.cluster = Some(cluster.metrics.clone());
     let rm = &cluster.resilience.metrics;
-    // A timeout too large to add to the clock (a configuration of centuries) means none.
-    let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
+    // The route deadline counts from the request's completion: known here when the body was
+    // buffered (retries), else enforced by the caller once the body ends. A timeout too large
+    // to add to the clock (a configuration of centuries) means none.
+    let deadline = timeout.and_then(|t| ctx.watch.completed_at().and_then(|at| at.checked_add(t)));
     let max_retries = retry.map_or(0, |r| r.num_retries);
     let mut body = Some(body);
     let mut attempt: u32 = 0;
@@ -329,8 +375,11 @@ async fn send_with_retries(
     loop {
         // An owned snapshot: it is held across the upstream call.
         let set = arc_swap::Guard::into_inner(cluster.endpoints());
-        let Some((index, endpoint)) = cluster.pick_endpoint(&set, hash, attempt, &tried_endpoints)
-        else {
+        let picked = match original_dst {
+            Some(dst) => dst.map(|dst| (0, cluster.original_dst_endpoint(dst))),
+            None => cluster.pick_endpoint(&set, hash, attempt, &tried_endpoints),
+        };
+        let Some((index, endpoint)) = picked else {
             return Err(unavailable(
                 "no healthy upstream",
                 flags::NO_HEALTHY_UPSTREAM,
@@ -361,6 +410,12 @@ async fn send_with_retries(
             Some(RequestBody::Stream(s)) => s,
             None => ProxyBody::empty(),
         };
+        // hyper sends no body for a GET or HEAD of unknown length unless told to: a chunked
+        // GET/HEAD body is forwarded (as Envoy and nginx do), not silently dropped.
+        let chunked_get = upstream.version == Version::HTTP_11
+            && matches!(upstream.method, http::Method::GET | http::Method::HEAD)
+            && !http_body::Body::is_end_stream(&try_body)
+            && http_body::Body::size_hint(&try_body).exact().is_none();
         let mut req = Request::new(try_body);
         *req.method_mut() = upstream.method.clone();
         *req.uri_mut() = uri;
@@ -371,6 +426,12 @@ async fn send_with_retries(
             // The last possible try (the only one without a retry policy) takes them.
             std::mem::take(&mut upstream.headers)
         };
+        if chunked_get {
+            req.headers_mut().insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
         if retry.is_some() {
             req.headers_mut().insert(
                 HeaderName::from_static(retry::ATTEMPT_COUNT_HEADER),
@@ -487,6 +548,16 @@ async fn send_with_retries(
                     return Err(reply);
                 }
                 cluster.metrics.rq[4].inc();
+                if attempt::framing_error(&e) {
+                    // The upstream broke HTTP/1 framing (bare CR/LF in a head, a bad chunk):
+                    // nothing of it reaches the client.
+                    tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream protocol error");
+                    return Err(LocalReply::text(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+                        flags::UPSTREAM_PROTOCOL_ERROR,
+                    ));
+                }
                 if o == TryOutcome::ConnectFailure {
                     cluster.metrics.cx_connect_fail.inc();
                     endpoint.cx_connect_fail.fetch_add(1, Ordering::Relaxed);

@@ -82,6 +82,22 @@ pub(crate) fn prepare_upstream_headers(
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
+    add_proto_and_request_id(headers, conn, listener);
+    crate::security::apply_xfcc(
+        headers,
+        listener.config.forward_client_cert_details,
+        conn.security.as_deref(),
+    );
+}
+
+/// `x-forwarded-proto` and (when the listener generates them) `x-request-id`, unless present.
+/// Envoy adds both before its HTTP filters run, so proxy-wasm plugins see them; the Wasm phase
+/// calls this before its chain, forwarding again later changes nothing.
+pub(crate) fn add_proto_and_request_id(
+    headers: &mut HeaderMap,
+    conn: &ConnCtx,
+    listener: &ListenerSettings,
+) {
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         let proto = if conn.security.as_ref().is_some_and(|s| s.tls) {
             "https"
@@ -90,11 +106,6 @@ pub(crate) fn prepare_upstream_headers(
         };
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
-    crate::security::apply_xfcc(
-        headers,
-        listener.config.forward_client_cert_details,
-        conn.security.as_deref(),
-    );
     if listener.config.http.generate_request_id && !headers.contains_key(&X_REQUEST_ID) {
         let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
         let mut buf = uuid::Uuid::encode_buffer();

@@ -30,6 +30,7 @@ impl Phase for DirectResponse {
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
         let (parts, ()) = resp.into_parts();
+        ctx.completion.code_details = "direct_response".into();
         Flow::Respond(
             parts,
             ProxyBody::full(Bytes::copy_from_slice(body.as_bytes())),

@@ -34,6 +34,8 @@ impl Phase for Redirect {
             resp.headers_mut().insert(header::LOCATION, v);
         }
         let (parts, ()) = resp.into_parts();
+        // Envoy's details for a route's redirect too.
+        ctx.completion.code_details = "direct_response".into();
         Flow::Respond(parts, ProxyBody::empty())
     }
 }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use weft_observe::access_log::{self, Entry};
 use weft_observe::flags;
+use weft_observe::istio::{Reporter, TcpReport};
 use weft_upstream::tls::UpstreamIo;
 use weft_wasm::PeerType;
 
@@ -190,15 +191,27 @@ async fn copy_filtered(
     }
 }
 
+/// Istio's view of a TCP connection: TCP listeners are plaintext, so no SPIFFE identities.
+fn tcp_report(reporter: Reporter, flags: &str) -> TcpReport<'_> {
+    TcpReport {
+        reporter,
+        peer_principal: None,
+        local_principal: None,
+        flags,
+    }
+}
+
 /// Proxies one TCP connection to an endpoint of the listener's cluster (over the cluster's
-/// TLS when it has one), through the network plugins if any, until either side closes, the
-/// connection idles out, or the proxy drains; then logs it.
+/// TLS when it has one; to `original_dst` for an `original_dst` cluster), through the network
+/// plugins if any, until either side closes, the connection idles out, or the proxy drains;
+/// then logs it.
 pub(crate) async fn serve(
     mut downstream: TcpStream,
     peer: SocketAddr,
     target: &TcpTarget,
     shared: &weft_http::Shared,
     shutdown: CancellationToken,
+    original_dst: Option<SocketAddr>,
 ) {
     let start = Instant::now();
     let cluster = &target.cluster;
@@ -211,10 +224,22 @@ pub(crate) async fn serve(
         response_flags: flags::NONE,
         ..Entry::default()
     };
-    let endpoint = cluster.endpoints().pick(None).cloned();
+    let reporter = Reporter::of(target.config.traffic_direction);
+    // Istio: a connection that never reaches an upstream is opened and closed at once.
+    let istio_failed = |flag: &str| {
+        if let Some(r) = &target.istio {
+            r.record_tcp(&tcp_report(reporter, flag), true, true, 0, 0);
+        }
+    };
+    let endpoint = if cluster.is_original_dst() {
+        original_dst.map(|dst| cluster.original_dst_endpoint(dst))
+    } else {
+        cluster.endpoints().pick(None).cloned()
+    };
     let Some(endpoint) = endpoint else {
         entry.response_flags = flags::NO_HEALTHY_UPSTREAM;
         target.metrics.flag(flags::NO_HEALTHY_UPSTREAM);
+        istio_failed(flags::NO_HEALTHY_UPSTREAM);
         shared.access_log.log(entry);
         return;
     };
@@ -230,10 +255,14 @@ pub(crate) async fn serve(
             endpoint.active.fetch_sub(1, Ordering::Relaxed);
             entry.response_flags = flags::UPSTREAM_CONNECT_FAILURE;
             target.metrics.flag(flags::UPSTREAM_CONNECT_FAILURE);
+            istio_failed(flags::UPSTREAM_CONNECT_FAILURE);
             shared.access_log.log(entry);
             return;
         }
     };
+    if let Some(r) = &target.istio {
+        r.record_tcp(&tcp_report(reporter, flags::NONE), true, false, 0, 0);
+    }
     let idle = target
         .config
         .tcp
@@ -242,7 +271,7 @@ pub(crate) async fn serve(
     let (received, sent) = if target.wasm.is_empty() {
         copy_plain(&mut downstream, &mut upstream, idle, &shutdown, &mut entry).await
     } else {
-        let local = downstream.local_addr().unwrap_or(peer);
+        let local = original_dst.unwrap_or_else(|| downstream.local_addr().unwrap_or(peer));
         let props = Arc::new(ConnectionProperties::new(
             peer,
             local,
@@ -269,6 +298,16 @@ pub(crate) async fn serve(
         }
     };
     endpoint.active.fetch_sub(1, Ordering::Relaxed);
+    if let Some(r) = &target.istio {
+        // Bytes are reported at close (Istio also reports every few seconds while open).
+        r.record_tcp(
+            &tcp_report(reporter, flags::NONE),
+            false,
+            true,
+            sent,
+            received,
+        );
+    }
     entry.bytes_received = received;
     entry.bytes_sent = sent;
     entry.duration_ms = start.elapsed().as_secs_f64() * 1000.0;

@@ -82,11 +82,25 @@ impl RequestProperties {
         self
     }
 
+    /// Records the body bytes received and sent, for `on_log` (`request.size`,
+    /// `response.size`; the `*.total_size` add the header bytes).
+    pub fn record_sizes(&self, received: u64, sent: u64) {
+        self.set("request.size", received.to_le_bytes().to_vec());
+        self.set("response.size", sent.to_le_bytes().to_vec());
+    }
+
     /// Records a value known later (`response.code`, `upstream.address`).
     pub fn set(&self, key: &'static str, value: Vec<u8>) {
         let mut d = self.dynamic.lock();
         d.retain(|(k, _)| *k != key);
         d.push((key, value));
+    }
+}
+
+impl RequestProperties {
+    fn dynamic_value(&self, key: &str) -> Option<Vec<u8>> {
+        let d = self.dynamic.lock();
+        d.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
     }
 }
 
@@ -111,7 +125,9 @@ impl Properties for RequestProperties {
             ["request", "id"] => h(&self.request_id),
             ["request", "useragent"] => h(&self.user_agent),
             ["request", "referer"] => h(&self.referer),
-            ["request", "size"] => self.size.and_then(n),
+            ["request", "size"] => self
+                .dynamic_value("request.size")
+                .or_else(|| self.size.and_then(n)),
             ["source", "address"] => s(&self.peer.to_string()),
             ["source", "port"] => n(u64::from(self.peer.port())),
             ["destination", "address"] => s(&self.local.to_string()),
@@ -140,7 +156,15 @@ impl Properties for RequestProperties {
             _ => {
                 let key = path.join(".");
                 let d = self.dynamic.lock();
-                d.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+                d.iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.clone())
+                    .or_else(|| match path {
+                        // Nothing sent yet and no flag raised, as Envoy reports them before
+                        // the response (the response phase and `on_log` record the real ones).
+                        ["response", "size"] | ["response", "flags"] => n(0),
+                        _ => None,
+                    })
             }
         }
     }
@@ -166,6 +190,10 @@ pub enum Outcome {
 pub struct WasmExchange {
     stages: Vec<Stage>,
     properties: Arc<RequestProperties>,
+    /// The request body was buffered and delivered whole to every plugin already.
+    body_delivered: bool,
+    /// A plugin answered the request headers with a local reply.
+    local_reply: bool,
 }
 
 fn reply_from(local: LocalResponse) -> LocalReply {
@@ -352,7 +380,12 @@ impl WasmExchange {
                 }
             }
         }
-        Ok(WasmExchange { stages, properties })
+        Ok(WasmExchange {
+            stages,
+            properties,
+            body_delivered: false,
+            local_reply: false,
+        })
     }
 
     /// The request's attributes (to record the response code and upstream later).
@@ -419,8 +452,22 @@ impl WasmExchange {
                 s.data().request_headers = list.clone();
             }
             match settled {
-                Settled::Reply(r) => return Outcome::Reply(r),
+                Settled::Reply(r) => {
+                    // As Envoy's encoder chain: the reply passes back through this plugin and
+                    // those before it, not through the plugins after it.
+                    for later in &mut self.stages[i + 1..] {
+                        later.skipped = true;
+                    }
+                    self.local_reply = true;
+                    return Outcome::Reply(r);
+                }
                 Settled::Continue => {}
+                Settled::Stalled if buffered.is_none() && http_body::Body::is_end_stream(body) => {
+                    // Paused with nothing pending on a request without a body: there is no
+                    // body to wait for (Envoy delivers no `on_request_body` either). Go on,
+                    // adding no `Content-Length: 0`.
+                }
+                Settled::Stalled if buffered.is_some() => {}
                 Settled::Stalled => {
                     // Paused with nothing pending: the plugin waits for the body (Envoy's
                     // StopIteration). Buffer it (bounded) and deliver it whole to every plugin.
@@ -443,6 +490,8 @@ impl WasmExchange {
             apply_request_list(head, &list);
         }
         if let Some(b) = buffered {
+            // Every plugin has seen the whole body, with `end_of_stream`: once.
+            self.body_delivered = true;
             head.headers.remove(header::TRANSFER_ENCODING);
             head.headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
@@ -526,6 +575,151 @@ impl WasmExchange {
     /// A body filter that streams request body frames through the chain.
     pub fn request_body_pipeline(&self) -> Pipeline {
         Pipeline::new(&self.stages, Direction::Request)
+    }
+
+    /// A reply the chain made (a plugin's local reply, or a failure under `fail_closed`), as
+    /// the client will get it. A plugin's own local reply runs through the response callbacks
+    /// of that plugin and those before it (Envoy's encoder chain: they may add headers or
+    /// rewrite the body); every reply records `response.code` and `response.code_details` for
+    /// `on_log`.
+    pub async fn reply(&mut self, reply: LocalReply, max_body: usize) -> LocalReply {
+        self.properties.set(
+            "response.code",
+            u64::from(reply.status.as_u16()).to_le_bytes().to_vec(),
+        );
+        self.properties
+            .set("response.code_details", reply.details.clone().into_bytes());
+        if !std::mem::take(&mut self.local_reply) {
+            return reply;
+        }
+        let (mut head, ()) = http::Response::new(()).into_parts();
+        head.status = reply.status;
+        head.headers = reply.headers.clone();
+        if !head.headers.contains_key(header::CONTENT_LENGTH) {
+            head.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
+        }
+        let body = match self
+            .response(&mut head, ProxyBody::full(reply.body.clone()), max_body)
+            .await
+        {
+            Ok(body) => body,
+            Err(r) => return r,
+        };
+        let body = match http_body_util::Limited::new(body, max_body).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(_) => return reply,
+        };
+        head.headers.remove(header::CONTENT_LENGTH);
+        LocalReply {
+            status: head.status,
+            headers: head.headers,
+            body,
+            details: reply.details,
+            flag: reply.flag,
+        }
+    }
+
+    /// The request body to send upstream, streamed through the plugins' `on_request_body`,
+    /// keeping the client's framing: a body with `Content-Length` keeps it unless a plugin
+    /// changes the length. The head is held until the first bytes have passed every plugin (as
+    /// for responses): a plugin that buffers to the end gets an exact `Content-Length` for its
+    /// rewritten body; one that changed the first bytes' length makes the body chunked; one that
+    /// changes the length later fails the upstream request (500) rather than break the framing.
+    /// A body already delivered whole (a pause in `on_request_headers`) is not delivered again.
+    pub async fn request_body(
+        &mut self,
+        head: &mut request::Parts,
+        mut body: ProxyBody,
+    ) -> Result<ProxyBody, LocalReply> {
+        let mut pipeline = self.request_body_pipeline();
+        if self.body_delivered || pipeline.is_empty() || http_body::Body::is_end_stream(&body) {
+            return Ok(body);
+        }
+        let declared = head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let Some(declared) = declared else {
+            // Chunked in, chunked out.
+            return Ok(ProxyBody::piped(VecDeque::new(), body, Box::new(pipeline)));
+        };
+        let mut prefix: VecDeque<Frame<Bytes>> = VecDeque::new();
+        let (mut seen, mut emitted) = (0u64, 0u64);
+        let mut ended = false;
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        seen += data.len() as u64;
+                        let eos = http_body::Body::is_end_stream(&body);
+                        let out = pipeline.push(data, eos).map_err(|e| e.reply())?;
+                        emitted += out.len() as u64;
+                        if !out.is_empty() {
+                            prefix.push_back(Frame::data(out));
+                        }
+                        if eos {
+                            ended = true;
+                            break;
+                        }
+                        if emitted > 0 {
+                            break;
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            let (out, trailers) =
+                                pipeline.trailers(trailers).map_err(|e| e.reply())?;
+                            emitted += out.len() as u64;
+                            if !out.is_empty() {
+                                prefix.push_back(Frame::data(out));
+                            }
+                            prefix.push_back(Frame::trailers(trailers));
+                        }
+                        ended = true;
+                        break;
+                    }
+                },
+                Some(Err(e)) => {
+                    return Err(LocalReply {
+                        status: StatusCode::BAD_REQUEST,
+                        headers: HeaderMap::new(),
+                        body: Bytes::new(),
+                        details: format!("body read failed: {e}"),
+                        flag: None,
+                    });
+                }
+                None => {
+                    let out = pipeline.push(Bytes::new(), true).map_err(|e| e.reply())?;
+                    emitted += out.len() as u64;
+                    if !out.is_empty() {
+                        prefix.push_back(Frame::data(out));
+                    }
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if ended {
+            if prefix.iter().any(Frame::is_trailers) {
+                // Trailers need chunked framing.
+                head.headers.remove(header::CONTENT_LENGTH);
+            } else if emitted != declared {
+                head.headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(emitted));
+            }
+            return Ok(ProxyBody::frames(prefix));
+        }
+        if emitted != seen {
+            // Rewritten while still streaming: the length is no longer known.
+            head.headers.remove(header::CONTENT_LENGTH);
+            return Ok(ProxyBody::piped(prefix, body, Box::new(pipeline)));
+        }
+        let guard = LengthGuard {
+            pipeline,
+            remaining: declared.saturating_sub(emitted),
+        };
+        Ok(ProxyBody::piped(prefix, body, Box::new(guard)))
     }
 
     /// Runs `on_response_headers` in reverse order; then, unless the response has no body,
@@ -967,6 +1161,47 @@ impl Pipeline {
             }
         }
         Ok((out, list_to_map(&list)))
+    }
+}
+
+/// The rest of a request body whose `Content-Length` went upstream unchanged: a plugin that
+/// changes the length now fails the body (the upstream request is aborted) instead of sending
+/// more or fewer bytes than declared.
+struct LengthGuard {
+    pipeline: Pipeline,
+    remaining: u64,
+}
+
+impl LengthGuard {
+    fn take(&mut self, n: usize, end_of_stream: bool) -> Result<(), BoxError> {
+        let n = n as u64;
+        if n > self.remaining || (end_of_stream && n != self.remaining) {
+            return Err(Box::new(PipelineError(LocalReply {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                headers: HeaderMap::new(),
+                body: Bytes::from_static(b"plugin changed the request body length\n"),
+                details: "wasm_body_length_changed: a plugin changed the length of a request \
+                          body already forwarded with its Content-Length"
+                    .into(),
+                flag: None,
+            })));
+        }
+        self.remaining -= n;
+        Ok(())
+    }
+}
+
+impl BodyFilter for LengthGuard {
+    fn push(&mut self, data: Bytes, end_of_stream: bool) -> Result<Bytes, BoxError> {
+        let out = Pipeline::push(&mut self.pipeline, data, end_of_stream)?;
+        self.take(out.len(), end_of_stream)?;
+        Ok(out)
+    }
+
+    fn trailers(&mut self, trailers: HeaderMap) -> Result<(Bytes, HeaderMap), BoxError> {
+        let (out, trailers) = Pipeline::trailers(&mut self.pipeline, trailers)?;
+        self.take(out.len(), true)?;
+        Ok((out, trailers))
     }
 }
 

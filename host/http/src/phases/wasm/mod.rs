@@ -8,7 +8,7 @@ pub mod exchange;
 
 use std::sync::Arc;
 
-use http::{header, response};
+use http::response;
 use weft_body::ProxyBody;
 use weft_extensions::PluginHandle;
 
@@ -46,6 +46,12 @@ impl Phase for WasmPhase {
     }
 
     async fn request<'a>(&'a self, ctx: &mut RequestCtx<'a>) -> Flow {
+        // Envoy adds these before its filters: plugins see them.
+        crate::forward::prepare::add_proto_and_request_id(
+            &mut ctx.head.headers,
+            ctx.conn,
+            ctx.listener,
+        );
         let route = ctx.route.map(|r| r.name.clone()).unwrap_or_default();
         let props = Arc::new(
             RequestProperties::new(
@@ -59,6 +65,13 @@ impl Phase for WasmPhase {
             )
             .with_security(ctx.conn.security.clone()),
         );
+        // The route's cluster is known before the upstream is picked (not for weighted splits).
+        if let Some(weft_routing::Action::Forward(f)) = ctx.route.map(|r| &r.action)
+            && let weft_routing::Target::Cluster(i) = f.target
+            && let Some(cluster) = ctx.listener.clusters.get(i)
+        {
+            props.set("xds.cluster_name", cluster.name.as_bytes().to_vec());
+        }
         let mut exchange = match WasmExchange::start(&self.chain, props) {
             Ok(e) => e,
             Err(reply) => return Flow::Reply(reply),
@@ -66,18 +79,24 @@ impl Phase for WasmPhase {
         let outcome = exchange
             .request_headers(&mut ctx.head, &ctx.authority, &mut ctx.body, self.max_body)
             .await;
-        let pipeline = exchange.request_body_pipeline();
-        ctx.completion.wasm = Some(exchange);
         if let Outcome::Reply(reply) = outcome {
+            let reply = exchange.reply(reply, self.max_body.max(1)).await;
+            ctx.completion.wasm = Some(exchange);
             return Flow::Reply(reply);
         }
-        if !pipeline.is_empty() && !http_body::Body::is_end_stream(&ctx.body) {
-            // Plugins may change the body's length: send it chunked.
-            ctx.head.headers.remove(header::CONTENT_LENGTH);
-            let body = std::mem::replace(&mut ctx.body, ProxyBody::empty());
-            ctx.body = ProxyBody::piped(Default::default(), body, Box::new(pipeline));
+        let body = std::mem::replace(&mut ctx.body, ProxyBody::empty());
+        match exchange.request_body(&mut ctx.head, body).await {
+            Ok(body) => {
+                ctx.body = body;
+                ctx.completion.wasm = Some(exchange);
+                Flow::Continue
+            }
+            Err(reply) => {
+                let reply = exchange.reply(reply, self.max_body.max(1)).await;
+                ctx.completion.wasm = Some(exchange);
+                Flow::Reply(reply)
+            }
         }
-        Flow::Continue
     }
 
     async fn response<'a>(
@@ -102,6 +121,7 @@ impl Phase for WasmPhase {
                 u64::from(addr.port()).to_le_bytes().to_vec(),
             );
             props.set("xds.cluster_name", cluster.as_bytes().to_vec());
+            props.set("response.code_details", b"via_upstream".to_vec());
         }
         exchange.response(head, body, self.max_body.max(1)).await
     }

@@ -1,0 +1,175 @@
+//! Istio's standard metrics on the request path, and the metadata exchange between sidecars.
+//!
+//! At the request's start ([`on_request`]): an inbound listener reads the caller's workload
+//! from `x-envoy-peer-metadata` (and its node id header); every listener removes both headers
+//! so they never reach the application or leave the mesh; an outbound listener adds this
+//! sidecar's headers to the request it sends upstream. On the response ([`on_response`]): an
+//! outbound listener reads the server's workload from the response's headers and removes
+//! them; an inbound listener answers with its own headers when the request carried the
+//! caller's (as Istio's `peer_metadata` filter does). At the end, the completion reports one
+//! sample to every `istio_*` HTTP family ([`IstioCall::report`]).
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use http::header::{self, HeaderValue};
+use weft_config::schema::TrafficDirection;
+use weft_observe::istio::{
+    HttpReport, PEER_METADATA, PEER_METADATA_ID, Reporter, Reporting, Workload,
+};
+
+use crate::conn::ConnCtx;
+use crate::security::ConnSecurity;
+use crate::settings::ListenerSettings;
+
+/// A request's share of Istio reporting, carried by its completion.
+pub struct IstioCall {
+    reporting: Arc<Reporting>,
+    direction: TrafficDirection,
+    peer: Option<Arc<Workload>>,
+    /// The caller sent exchange headers (an inbound listener answers with its own).
+    caller_exchanged: bool,
+    host: String,
+    grpc: bool,
+    grpc_status: Option<u16>,
+    security: Option<Arc<ConnSecurity>>,
+    request_head_bytes: u64,
+    response_head_bytes: u64,
+}
+
+/// The size of a header section as HTTP/1.1 writes it (`name: value\r\n` each, and the blank
+/// line), which is what Envoy's wire byte meters count on HTTP/1.
+fn head_bytes(headers: &HeaderMap) -> u64 {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+        .sum::<u64>()
+        + 2
+}
+
+/// Starts Istio reporting for a request (`head`, as received on `listener`): reads and removes
+/// the exchange headers, and adds this sidecar's on an outbound listener. `None`: reporting
+/// is off for the listener.
+pub fn on_request(
+    listener: &ListenerSettings,
+    conn: &ConnCtx,
+    head: &mut http::request::Parts,
+    authority: &str,
+) -> Option<Box<IstioCall>> {
+    let reporting = listener.istio.clone()?;
+    let direction = listener.config.traffic_direction;
+    let headers = &mut head.headers;
+    let caller = headers.remove(&PEER_METADATA);
+    let caller_id = headers.remove(&PEER_METADATA_ID);
+    let exchanging = reporting.exchange().is_some();
+    let mut peer = None;
+    if direction == TrafficDirection::Inbound
+        && exchanging
+        && let Some(v) = &caller
+    {
+        peer = reporting.peers.get(v.as_bytes());
+    }
+    let caller_exchanged = caller.is_some() || caller_id.is_some();
+    let grpc = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    // The request line: method, target, version and the separators.
+    let request_line = (head.method.as_str().len()
+        + head.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + 12) as u64;
+    let request_head_bytes = request_line + head_bytes(headers);
+    if direction == TrafficDirection::Outbound
+        && let Some(x) = reporting.exchange()
+    {
+        headers.insert(&PEER_METADATA_ID, x.id.clone());
+        headers.insert(&PEER_METADATA, x.metadata.clone());
+    }
+    Some(Box::new(IstioCall {
+        reporting,
+        direction,
+        peer,
+        caller_exchanged,
+        host: authority.to_owned(),
+        grpc,
+        grpc_status: None,
+        security: conn.security.clone(),
+        request_head_bytes,
+        response_head_bytes: 0,
+    }))
+}
+
+/// Reads, removes and (inbound) answers the exchange headers on the downstream response.
+pub fn on_response(call: &mut IstioCall, headers: &mut HeaderMap) {
+    let server = headers.remove(&PEER_METADATA);
+    headers.remove(&PEER_METADATA_ID);
+    match call.direction {
+        TrafficDirection::Outbound => {
+            if let Some(v) = &server
+                && call.reporting.exchange().is_some()
+            {
+                call.peer = call.reporting.peers.get(v.as_bytes());
+            }
+        }
+        TrafficDirection::Inbound => {
+            if call.caller_exchanged
+                && let Some(x) = call.reporting.exchange()
+            {
+                headers.insert(&PEER_METADATA_ID, x.id.clone());
+                headers.insert(&PEER_METADATA, x.metadata.clone());
+            }
+        }
+        TrafficDirection::Unspecified => {}
+    }
+    if call.grpc {
+        call.grpc_status = headers
+            .get("grpc-status")
+            .and_then(|v: &HeaderValue| v.to_str().ok()?.parse().ok());
+    }
+    // The status line ("HTTP/1.1 200 OK\r\n") and the header section.
+    call.response_head_bytes = 17 + head_bytes(headers);
+}
+
+impl IstioCall {
+    /// Reports the finished request.
+    pub fn report(
+        &self,
+        code: u16,
+        flags: &str,
+        duration_ms: u64,
+        request_body: u64,
+        response_body: u64,
+    ) {
+        let peer_principal = self
+            .security
+            .as_ref()
+            .and_then(|s| s.peer.as_ref())
+            .map(|p| p.uri_san.as_str())
+            .filter(|s| !s.is_empty());
+        let local_principal = self
+            .security
+            .as_ref()
+            .and_then(|s| s.local_uri.as_deref())
+            .filter(|s| !s.is_empty());
+        let reporter = Reporter::of(self.direction);
+        let (peer_principal, local_principal) = match reporter {
+            // The downstream connection's identities are the caller's and ours.
+            Reporter::Destination => (peer_principal, local_principal),
+            // The upstream connection's are not known here (see docs/metrics.md).
+            Reporter::Source => (None, None),
+        };
+        self.reporting.record_http(&HttpReport {
+            reporter,
+            peer: self.peer.as_deref(),
+            peer_principal,
+            local_principal,
+            host: &self.host,
+            grpc: self.grpc,
+            grpc_status: self.grpc_status,
+            code,
+            flags,
+            duration_ms,
+            request_bytes: self.request_head_bytes + request_body,
+            response_bytes: self.response_head_bytes + response_body,
+        });
+    }
+}

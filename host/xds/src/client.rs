@@ -1,0 +1,320 @@
+//! The ADS session: one bidirectional gRPC stream carrying CDS, EDS, LDS and RDS
+//! (state of the world), with ACK/NACK, warming-ordered subscriptions, and reconnection with
+//! jittered exponential back-off. Accepted resources outlive a stream: while disconnected the
+//! last good configuration keeps serving, and on reconnection the versions held are sent so the
+//! control plane can tell what this proxy has.
+//!
+//! Every response is translated, composed with the file's resources and published through the
+//! proxy's reload actor ([`weft_proxy::Proxy::apply_dynamic`]) before it is ACKed; a response
+//! that fails any step is NACKed with the reason as `error_detail`, and nothing of it is kept.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use weft_config::xds::Xds;
+use weft_proxy::Proxy;
+
+use crate::resources::Kind;
+use crate::status::Status;
+use crate::store::Store;
+
+/// gRPC `INVALID_ARGUMENT`, the code Envoy puts in a NACK's `error_detail`.
+const INVALID_ARGUMENT: i32 = 3;
+
+/// Per type: what was accepted, and what this stream has seen and asked for.
+#[derive(Debug, Default, Clone)]
+struct Subscription {
+    /// The last accepted `version_info` (kept across streams).
+    version: String,
+    /// The last nonce received on this stream.
+    nonce: String,
+    /// Resource names asked for (empty: wildcard, for LDS and CDS).
+    names: Vec<String>,
+    /// A request was sent on this stream.
+    sent: bool,
+}
+
+/// The client's state across streams.
+pub(crate) struct Client {
+    pub proxy: Proxy,
+    pub config: Xds,
+    pub endpoint: String,
+    pub node: Node,
+    pub status: Arc<Status>,
+    store: Store,
+    subs: BTreeMap<Kind, Subscription>,
+    /// What was last published (so an unchanged composition is not published again).
+    published: Option<weft_config::DynamicResources>,
+}
+
+/// Why a response was not accepted.
+enum Refused {
+    /// Invalid, or refused by the reload actor: NACKed with this message.
+    Invalid(String),
+    /// The proxy is shutting down.
+    Stopped,
+}
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StreamError {
+    #[error("connect to {0}: {1}")]
+    Connect(String, tonic::transport::Error),
+    #[error("stream: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("the control plane closed the stream")]
+    Closed,
+    #[error("the proxy is shutting down")]
+    Stopped,
+}
+
+impl Client {
+    pub(crate) fn new(
+        proxy: Proxy,
+        config: Xds,
+        endpoint: String,
+        node: Node,
+        status: Arc<Status>,
+    ) -> Client {
+        Client {
+            proxy,
+            config,
+            endpoint,
+            node,
+            status,
+            store: Store::default(),
+            subs: BTreeMap::new(),
+            published: None,
+        }
+    }
+
+    /// Runs streams forever, reconnecting with jittered exponential back-off.
+    pub(crate) async fn run(mut self) {
+        let mut failures: u32 = 0;
+        loop {
+            let result = self.stream(&mut failures).await;
+            self.status.connected(false);
+            match result {
+                Err(StreamError::Stopped) => return,
+                Err(e) => tracing::warn!(control_plane = %self.endpoint, "xds: {e}; reconnecting"),
+                Ok(()) => {}
+            }
+            failures = failures.saturating_add(1);
+            tokio::time::sleep(backoff(
+                self.config.reconnect_base,
+                self.config.reconnect_max,
+                failures,
+            ))
+            .await;
+        }
+    }
+
+    /// One ADS stream, until it fails.
+    async fn stream(&mut self, failures: &mut u32) -> Result<(), StreamError> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.endpoint))
+            .map_err(|e| StreamError::Connect(self.endpoint.clone(), e))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| StreamError::Connect(self.endpoint.clone(), e))?;
+        let mut grpc = AggregatedDiscoveryServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+        for sub in self.subs.values_mut() {
+            sub.nonce.clear();
+            sub.sent = false;
+        }
+        // CDS first; on a reconnection, everything held so far, with its version.
+        self.subscribe(&tx, Kind::Cluster, Vec::new()).await?;
+        if !self.store.clusters.is_empty() || self.subs.contains_key(&Kind::Listener) {
+            self.follow_up(&tx).await?;
+        }
+        let response = grpc
+            .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?;
+        let mut inbound = response.into_inner();
+        self.status.connected(true);
+        tracing::info!(control_plane = %self.endpoint, "xds: connected");
+        while let Some(message) = inbound.next().await {
+            let response = message?;
+            *failures = 0;
+            self.on_response(&tx, response).await?;
+        }
+        Err(StreamError::Closed)
+    }
+
+    /// Sends a request for `kind` with `names`, the accepted version and the last nonce.
+    async fn subscribe(
+        &mut self,
+        tx: &mpsc::Sender<DiscoveryRequest>,
+        kind: Kind,
+        names: Vec<String>,
+    ) -> Result<(), StreamError> {
+        let sub = self.subs.entry(kind).or_default();
+        sub.names = names;
+        sub.sent = true;
+        let request = DiscoveryRequest {
+            version_info: sub.version.clone(),
+            node: Some(self.node.clone()),
+            resource_names: sub.names.clone(),
+            type_url: kind.type_url().into(),
+            response_nonce: sub.nonce.clone(),
+            error_detail: None,
+            ..DiscoveryRequest::default()
+        };
+        tx.send(request).await.map_err(|_| StreamError::Closed)
+    }
+
+    /// Subscriptions that follow from what is held: EDS for the clusters' assignments, LDS once
+    /// every cluster is warm, RDS for the listeners' route configurations.
+    async fn follow_up(&mut self, tx: &mpsc::Sender<DiscoveryRequest>) -> Result<(), StreamError> {
+        let eds: Vec<String> = self.store.eds_names().into_iter().collect();
+        let eds_sub = self.subs.get(&Kind::Endpoint);
+        if !eds.is_empty() && eds_sub.is_none_or(|s| !s.sent || s.names != eds) {
+            self.subscribe(tx, Kind::Endpoint, eds).await?;
+        }
+        let lds_sent = self.subs.get(&Kind::Listener).is_some_and(|s| s.sent);
+        if !lds_sent && self.store.clusters_warm() {
+            self.subscribe(tx, Kind::Listener, Vec::new()).await?;
+        }
+        let rds: Vec<String> = self.store.rds_names().into_iter().collect();
+        let rds_sub = self.subs.get(&Kind::Route);
+        if !rds.is_empty() && rds_sub.is_none_or(|s| !s.sent || s.names != rds) {
+            self.subscribe(tx, Kind::Route, rds).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_response(
+        &mut self,
+        tx: &mpsc::Sender<DiscoveryRequest>,
+        response: DiscoveryResponse,
+    ) -> Result<(), StreamError> {
+        let Some(kind) = Kind::from_type_url(&response.type_url) else {
+            let error = format!("resource type `{}` is unimplemented", response.type_url);
+            self.status
+                .rejected(None, &response.type_url, &response.nonce, &error);
+            let nack = DiscoveryRequest {
+                node: Some(self.node.clone()),
+                type_url: response.type_url.clone(),
+                response_nonce: response.nonce.clone(),
+                error_detail: Some(RpcStatus {
+                    code: INVALID_ARGUMENT,
+                    message: error,
+                    details: Vec::new(),
+                }),
+                ..DiscoveryRequest::default()
+            };
+            return tx.send(nack).await.map_err(|_| StreamError::Closed);
+        };
+        let sub = self.subs.entry(kind).or_default();
+        sub.nonce = response.nonce.clone();
+        match self.accept(kind, &response).await {
+            Err(Refused::Stopped) => Err(StreamError::Stopped),
+            Ok(()) => {
+                let sub = self.subs.entry(kind).or_default();
+                sub.version = response.version_info.clone();
+                let names = match kind {
+                    Kind::Cluster => self.store.clusters.keys().cloned().collect(),
+                    Kind::Endpoint => self.store.endpoints.keys().cloned().collect(),
+                    Kind::Listener => self.store.listeners.keys().cloned().collect(),
+                    Kind::Route => self.store.routes.keys().cloned().collect(),
+                };
+                self.status
+                    .accepted(kind, &response.version_info, &response.nonce, names);
+                let names = sub.names.clone();
+                self.subscribe(tx, kind, names).await?; // the ACK
+                self.follow_up(tx).await
+            }
+            Err(Refused::Invalid(error)) => {
+                tracing::warn!(type_url = %response.type_url, version = %response.version_info,
+                    "xds: rejected, the last good configuration keeps serving: {error}");
+                self.status
+                    .rejected(Some(kind), kind.type_url(), &response.nonce, &error);
+                let sub = self.subs.entry(kind).or_default();
+                let nack = DiscoveryRequest {
+                    version_info: sub.version.clone(),
+                    node: Some(self.node.clone()),
+                    resource_names: sub.names.clone(),
+                    type_url: kind.type_url().into(),
+                    response_nonce: response.nonce.clone(),
+                    error_detail: Some(RpcStatus {
+                        code: INVALID_ARGUMENT,
+                        message: error,
+                        details: Vec::new(),
+                    }),
+                    ..DiscoveryRequest::default()
+                };
+                tx.send(nack).await.map_err(|_| StreamError::Closed)
+            }
+        }
+    }
+
+    /// Translates, composes and publishes one response; on success the store moves on.
+    async fn accept(&mut self, kind: Kind, response: &DiscoveryResponse) -> Result<(), Refused> {
+        let mut next = self
+            .store
+            .with(kind, &response.resources)
+            .map_err(Refused::Invalid)?;
+        let statics: HashSet<String> = self
+            .proxy
+            .file_config()
+            .clusters
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let composed = next.compose(&statics);
+        if self.published.as_ref() != Some(&composed.resources) {
+            match self.proxy.apply_dynamic(composed.resources.clone()).await {
+                Ok(generation) => {
+                    tracing::info!(generation, type_url = kind.type_url(), version = %response.version_info,
+                        "xds: update published");
+                }
+                Err(e) if matches!(*e.0, weft_proxy::ProxyError::Stopped) => {
+                    return Err(Refused::Stopped);
+                }
+                Err(e) => return Err(Refused::Invalid(e.to_string())),
+            }
+            self.published = Some(composed.resources.clone());
+        }
+        next.mark_live(&composed.resources);
+        self.status.warming(composed.warming);
+        self.store = next;
+        Ok(())
+    }
+}
+
+/// The delay before reconnection attempt `failures` (1-based): exponential from `base`, capped
+/// at `max`, with full jitter over its upper half so that proxies restarted together spread out.
+pub(crate) fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let cap = exp.min(max);
+    cap / 2 + cap.mul_f64(fastrand::f64() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(2));
+        for _ in 0..100 {
+            let first = backoff(base, max, 1);
+            assert!(
+                first >= Duration::from_millis(50) && first <= base,
+                "{first:?}"
+            );
+            let third = backoff(base, max, 3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let late = backoff(base, max, 30);
+            assert!(late >= Duration::from_secs(1) && late <= max, "{late:?}");
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! The accepted xDS resources, and their composition into Weft's dynamic resources.
+//!
+//! Warming, as Envoy: an EDS cluster is live only once its endpoints have arrived, and a
+//! listener using RDS only once its route configuration has; until then the previous version of
+//! the same resource (if any) keeps serving, and a new one is simply not there yet. A route to
+//! a cluster that does not exist answers 503, as Envoy's `cluster_not_found_response_code`.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use weft_config::DynamicResources;
+use weft_config::schema::{Cluster, DirectResponseAction, Endpoint, Listener, VirtualHost};
+
+use crate::resources::Kind;
+use crate::translate::{cluster, endpoint, listener, route};
+
+/// Accepted resources by type and name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Store {
+    pub clusters: BTreeMap<String, cluster::Translated>,
+    pub endpoints: BTreeMap<String, Vec<Endpoint>>,
+    pub listeners: BTreeMap<String, listener::Translated>,
+    pub routes: BTreeMap<String, Vec<VirtualHost>>,
+    /// The last published form of each dynamic cluster and listener (served while warming).
+    live_clusters: BTreeMap<String, Cluster>,
+    live_listeners: BTreeMap<String, Listener>,
+}
+
+/// What [`Store::compose`] produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Composed {
+    pub resources: DynamicResources,
+    /// `cds/NAME` or `lds/NAME` of resources waiting for their endpoints or routes.
+    pub warming: Vec<String>,
+}
+
+fn decode<M: Message + Default>(kind: Kind, i: usize, any: &Any) -> Result<M, String> {
+    if any.type_url != kind.type_url() {
+        return Err(format!(
+            "resources[{i}]: type `{}` in a {} response",
+            any.type_url,
+            kind.type_url()
+        ));
+    }
+    M::decode(any.value.as_slice()).map_err(|e| format!("resources[{i}]: {e}"))
+}
+
+impl Store {
+    /// The store with `resources` (one response of `kind`) applied, or why they are refused
+    /// (naming the resource and the field). LDS and CDS replace the whole set; EDS and RDS
+    /// replace the resources named.
+    pub fn with(&self, kind: Kind, resources: &[Any]) -> Result<Store, String> {
+        let mut next = self.clone();
+        let mut seen = HashSet::new();
+        let mut dup = |name: &str| {
+            if seen.insert(name.to_owned()) {
+                Ok(())
+            } else {
+                Err(format!("duplicate resource name `{name}`"))
+            }
+        };
+        match kind {
+            Kind::Cluster => {
+                next.clusters.clear();
+                for (i, any) in resources.iter().enumerate() {
+                    let t = cluster::translate(decode(kind, i, any)?)?;
+                    dup(&t.cluster.name)?;
+                    next.clusters.insert(t.cluster.name.clone(), t);
+                }
+            }
+            Kind::Endpoint => {
+                for (i, any) in resources.iter().enumerate() {
+                    let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
+                        decode(kind, i, any)?;
+                    let name = cla.cluster_name.clone();
+                    dup(&name)?;
+                    let e =
+                        endpoint::endpoints(&format!("cluster_load_assignment \"{name}\""), cla)?;
+                    next.endpoints.insert(name, e);
+                }
+            }
+            Kind::Listener => {
+                next.listeners.clear();
+                for (i, any) in resources.iter().enumerate() {
+                    let t = listener::translate(decode(kind, i, any)?)?;
+                    dup(&t.listener.name)?;
+                    next.listeners.insert(t.listener.name.clone(), t);
+                }
+            }
+            Kind::Route => {
+                for (i, any) in resources.iter().enumerate() {
+                    let rc: envoy_types::pb::envoy::config::route::v3::RouteConfiguration =
+                        decode(kind, i, any)?;
+                    let name = rc.name.clone();
+                    dup(&name)?;
+                    let v =
+                        route::route_configuration(&format!("route_configuration \"{name}\""), rc)?;
+                    next.routes.insert(name, v);
+                }
+            }
+        }
+        next.prune();
+        Ok(next)
+    }
+
+    /// Drops endpoints and routes no cluster or listener refers to any more.
+    fn prune(&mut self) {
+        let eds = self.eds_names();
+        self.endpoints.retain(|n, _| eds.contains(n));
+        let rds = self.rds_names();
+        self.routes.retain(|n, _| rds.contains(n));
+    }
+
+    /// The assignments the clusters need (the EDS subscription).
+    pub fn eds_names(&self) -> BTreeSet<String> {
+        self.clusters
+            .values()
+            .filter_map(|c| c.eds_name.clone())
+            .collect()
+    }
+
+    /// The route configurations the listeners need (the RDS subscription).
+    pub fn rds_names(&self) -> BTreeSet<String> {
+        self.listeners
+            .values()
+            .filter_map(|l| l.rds.clone())
+            .collect()
+    }
+
+    /// True when every cluster has its endpoints (the point where Envoy subscribes to LDS).
+    pub fn clusters_warm(&self) -> bool {
+        self.eds_names()
+            .iter()
+            .all(|n| self.endpoints.contains_key(n))
+    }
+
+    /// Weft's dynamic resources for what is ready; `static_clusters` are the file's.
+    pub fn compose(&self, static_clusters: &HashSet<String>) -> Composed {
+        let mut out = Composed::default();
+        for (name, t) in &self.clusters {
+            let ready = match &t.eds_name {
+                None => Some(t.cluster.clone()),
+                Some(eds) => self.endpoints.get(eds).map(|e| {
+                    let mut c = t.cluster.clone();
+                    c.endpoints = e.clone();
+                    c
+                }),
+            };
+            match ready.or_else(|| self.live_clusters.get(name).cloned()) {
+                Some(c) => out.resources.clusters.push(c),
+                None => out.warming.push(format!("cds/{name}")),
+            }
+        }
+        let known: HashSet<&str> = out
+            .resources
+            .clusters
+            .iter()
+            .map(|c| c.name.as_str())
+            .chain(static_clusters.iter().map(String::as_str))
+            .collect();
+        for (name, t) in &self.listeners {
+            let ready = match &t.rds {
+                None => Some(t.listener.clone()),
+                Some(rds) => self.routes.get(rds).map(|v| {
+                    let mut l = t.listener.clone();
+                    l.virtual_hosts = v.clone();
+                    l
+                }),
+            };
+            let Some(mut l) = ready.or_else(|| self.live_listeners.get(name).cloned()) else {
+                out.warming.push(format!("lds/{name}"));
+                continue;
+            };
+            if l.tcp
+                .as_ref()
+                .is_some_and(|t| !known.contains(t.cluster.as_str()))
+            {
+                out.warming.push(format!("lds/{name}"));
+                continue;
+            }
+            for vh in &mut l.virtual_hosts {
+                for r in &mut vh.routes {
+                    let missing = r.route.as_ref().is_some_and(|a| {
+                        a.cluster
+                            .iter()
+                            .chain(a.weighted_clusters.iter().map(|w| &w.name))
+                            .chain(a.request_mirror_policies.iter().map(|m| &m.cluster))
+                            .any(|c| !known.contains(c.as_str()))
+                    });
+                    if missing {
+                        r.route = None;
+                        r.direct_response = Some(DirectResponseAction {
+                            status: 503,
+                            body: None,
+                        });
+                    }
+                }
+            }
+            out.resources.listeners.push(l);
+        }
+        out
+    }
+
+    /// Records `published` as live (the fallback while a new version warms).
+    pub fn mark_live(&mut self, published: &DynamicResources) {
+        self.live_clusters = published
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.clone()))
+            .collect();
+        self.live_listeners = published
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.clone()))
+            .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3 as c;
+    use envoy_types::pb::envoy::config::endpoint::v3 as e;
+    use envoy_types::pb::envoy::config::route::v3 as r;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    use prost::Name;
+
+    use super::*;
+
+    fn any<M: Name>(m: &M) -> Any {
+        Any {
+            type_url: M::type_url(),
+            value: m.encode_to_vec(),
+        }
+    }
+
+    fn eds(name: &str) -> c::Cluster {
+        c::Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(c::cluster::ClusterDiscoveryType::Type(
+                c::cluster::DiscoveryType::Eds as i32,
+            )),
+            ..Default::default()
+        }
+    }
+
+    fn cla(name: &str, port: u32) -> e::ClusterLoadAssignment {
+        use envoy_types::pb::envoy::config::core::v3 as core;
+        let address = core::Address {
+            address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                address: "127.0.0.1".into(),
+                port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port)),
+                ..Default::default()
+            })),
+        };
+        e::ClusterLoadAssignment {
+            cluster_name: name.into(),
+            endpoints: vec![e::LocalityLbEndpoints {
+                lb_endpoints: vec![
+                    e::LbEndpoint {
+                        host_identifier: Some(e::lb_endpoint::HostIdentifier::Endpoint(
+                            e::Endpoint {
+                                address: Some(address.clone()),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    },
+                    // Unhealthy: takes no traffic.
+                    e::LbEndpoint {
+                        health_status: 2,
+                        host_identifier: Some(e::lb_endpoint::HostIdentifier::Endpoint(
+                            e::Endpoint {
+                                address: Some(address),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unsupported_cluster_fields_are_refused_by_name() {
+        let mut maglev = eds("a");
+        maglev.lb_policy = c::cluster::LbPolicy::Maglev as i32;
+        let err = Store::default()
+            .with(Kind::Cluster, &[any(&maglev)])
+            .unwrap_err();
+        assert_eq!(err, "cluster \"a\".lb_policy: MAGLEV is unimplemented");
+        let mut outlier = eds("b");
+        outlier.outlier_detection = Some(c::OutlierDetection {
+            failure_percentage_threshold: Some(UInt32Value { value: 85 }),
+            ..Default::default()
+        });
+        let err = Store::default()
+            .with(Kind::Cluster, &[any(&outlier)])
+            .unwrap_err();
+        assert!(
+            err.starts_with(
+                "cluster \"b\".outlier_detection.failure_percentage_threshold: unimplemented"
+            ),
+            "{err}"
+        );
+        // Envoy's defaults: 5 consecutive 5xx enforced, gateway failures not enforced.
+        outlier.outlier_detection = Some(c::OutlierDetection {
+            consecutive_gateway_failure: Some(UInt32Value { value: 3 }),
+            ..Default::default()
+        });
+        let s = Store::default()
+            .with(Kind::Cluster, &[any(&outlier)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let od = s.clusters["b"].cluster.outlier_detection.clone();
+        let od = od.unwrap_or_else(|| panic!("mapped"));
+        assert_eq!((od.consecutive_5xx, od.consecutive_gateway_errors), (5, 0));
+        let err = Store::default()
+            .with(Kind::Cluster, &[any(&eds("d")), any(&eds("d"))])
+            .unwrap_err();
+        assert_eq!(err, "duplicate resource name `d`");
+    }
+
+    #[test]
+    fn eds_clusters_warm_until_their_endpoints_arrive_and_unhealthy_ones_are_left_out() {
+        let statics = HashSet::new();
+        let s = Store::default()
+            .with(Kind::Cluster, &[any(&eds("a"))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!s.clusters_warm());
+        let composed = s.compose(&statics);
+        assert_eq!(composed.warming, vec!["cds/a".to_owned()]);
+        assert!(composed.resources.clusters.is_empty());
+        let s = s
+            .with(Kind::Endpoint, &[any(&cla("a", 9000))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.clusters_warm());
+        let composed = s.compose(&statics);
+        assert!(composed.warming.is_empty());
+        assert_eq!(composed.resources.clusters[0].endpoints.len(), 1);
+        assert_eq!(
+            composed.resources.clusters[0].endpoints[0].address,
+            "127.0.0.1:9000"
+        );
+    }
+
+    #[test]
+    fn a_route_to_an_unknown_cluster_answers_503() {
+        let rc = r::RouteConfiguration {
+            name: "rc".into(),
+            virtual_hosts: vec![r::VirtualHost {
+                name: "vh".into(),
+                domains: vec!["*".into()],
+                routes: vec![r::Route {
+                    r#match: Some(r::RouteMatch {
+                        path_specifier: Some(r::route_match::PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(r::route::Action::Route(r::RouteAction {
+                        cluster_specifier: Some(r::route_action::ClusterSpecifier::Cluster(
+                            "nowhere".into(),
+                        )),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let vhosts = route::route_configuration("rc", rc).unwrap_or_else(|e| panic!("{e}"));
+        let mut s = Store::default();
+        let mut l: Listener = serde_json::from_value(serde_json::json!({
+            "name": "l", "address": "127.0.0.1:0"
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        l.virtual_hosts = vhosts;
+        s.listeners.insert(
+            "l".into(),
+            listener::Translated {
+                listener: l,
+                rds: None,
+            },
+        );
+        let composed = s.compose(&HashSet::new());
+        let route = &composed.resources.listeners[0].virtual_hosts[0].routes[0];
+        assert!(route.route.is_none());
+        assert_eq!(route.direct_response.as_ref().map(|d| d.status), Some(503));
+    }
+}

@@ -1,0 +1,84 @@
+//! EDS: `envoy.config.endpoint.v3.ClusterLoadAssignment` → Weft endpoints.
+//!
+//! Endpoints whose health status is `UNKNOWN` or `HEALTHY` take traffic; `UNHEALTHY`,
+//! `DRAINING`, `TIMEOUT` and `DEGRADED` ones are left out (Envoy uses degraded endpoints only
+//! when too few healthy ones remain; Weft does not, see docs/xds.md).
+
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use weft_config::schema::Endpoint;
+
+use crate::fields::reject_rest;
+
+/// The endpoints of an assignment (also a STATIC/STRICT_DNS cluster's `load_assignment`).
+pub(crate) fn endpoints(path: &str, cla: ClusterLoadAssignment) -> Result<Vec<Endpoint>, String> {
+    let mut rest = cla;
+    rest.cluster_name.clear();
+    let localities = std::mem::take(&mut rest.endpoints);
+    if let Some(policy) = rest.policy.take() {
+        let mut p = policy;
+        // Only meaningful across priorities, which are rejected below.
+        p.overprovisioning_factor = None;
+        p.weighted_priority_health = false;
+        reject_rest(&format!("{path}.policy"), &p)?;
+    }
+    reject_rest(path, &rest)?;
+    let mut out = Vec::new();
+    for (i, l) in localities.into_iter().enumerate() {
+        let lpath = format!("{path}.endpoints[{i}]");
+        if l.priority != 0 {
+            return Err(format!(
+                "{lpath}.priority: priorities other than 0 are unimplemented"
+            ));
+        }
+        let mut lrest = l;
+        // Locality and its weight only matter with locality-weighted balancing (not offered).
+        lrest.locality = None;
+        lrest.load_balancing_weight = None;
+        lrest.metadata = None;
+        let list = std::mem::take(&mut lrest.lb_endpoints);
+        if lrest.lb_config.take().is_some() {
+            return Err(format!(
+                "{lpath}: load_balancer_endpoints and leds_cluster_locality_config are unimplemented (use lb_endpoints)"
+            ));
+        }
+        reject_rest(&lpath, &lrest)?;
+        for (j, e) in list.into_iter().enumerate() {
+            let epath = format!("{lpath}.lb_endpoints[{j}]");
+            let mut erest = e;
+            let status = erest.health_status;
+            erest.health_status = 0;
+            erest.metadata = None;
+            let weight = erest.load_balancing_weight.take().map_or(1, |w| w.value);
+            if weight == 0 {
+                return Err(format!("{epath}.load_balancing_weight: must be at least 1"));
+            }
+            let endpoint = match erest.host_identifier.take() {
+                Some(HostIdentifier::Endpoint(ep)) => ep,
+                Some(HostIdentifier::EndpointName(_)) => {
+                    return Err(format!("{epath}.endpoint_name: unimplemented"));
+                }
+                None => return Err(format!("{epath}.endpoint: required")),
+            };
+            reject_rest(&epath, &erest)?;
+            let mut ep = endpoint;
+            let (host, port) =
+                super::socket_address(&format!("{epath}.endpoint.address"), ep.address.as_ref())?;
+            ep.address = None;
+            ep.hostname.clear();
+            reject_rest(&format!("{epath}.endpoint"), &ep)?;
+            // 0 UNKNOWN, 1 HEALTHY take traffic.
+            if status > 1 {
+                continue;
+            }
+            let address = match host.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+                _ => format!("{host}:{port}"),
+            };
+            weft_config::EndpointAddress::parse(&address)
+                .map_err(|why| format!("{epath}.endpoint.address: {why}"))?;
+            out.push(Endpoint { address, weight });
+        }
+    }
+    Ok(out)
+}

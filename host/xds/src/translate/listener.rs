@@ -1,0 +1,230 @@
+//! LDS: `envoy.config.listener.v3.Listener` → [`weft_config::schema::Listener`].
+//!
+//! One filter chain without a match, holding one network filter: the HTTP connection manager
+//! (routes from RDS or inline, the router as its only HTTP filter) or the TCP proxy.
+
+use envoy_types::pb::envoy::config::listener::v3::Listener as XListener;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager::RouteSpecifier, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    TcpProxy, tcp_proxy::ClusterSpecifier,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use weft_config::schema::{Listener, ListenerProtocol};
+
+use super::{ads_only, duration};
+use crate::fields::reject_rest;
+use crate::resources::type_url;
+
+/// A translated listener: Weft's form, and the route configuration it waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Translated {
+    /// Weft's listener; with `rds`, its virtual hosts come from that route configuration.
+    pub listener: Listener,
+    /// The RDS route configuration name, when routes are not inline.
+    pub rds: Option<String>,
+}
+
+fn decode<M: Message + Default>(path: &str, any: &Any, want: &str) -> Result<M, String> {
+    if any.type_url != want {
+        return Err(format!(
+            "{path}.typed_config: `{}` is unimplemented (expected `{want}`)",
+            any.type_url
+        ));
+    }
+    M::decode(any.value.as_slice()).map_err(|e| format!("{path}.typed_config: {e}"))
+}
+
+/// Translates one listener.
+pub(crate) fn translate(l: XListener) -> Result<Translated, String> {
+    let name = l.name.clone();
+    if name.is_empty() {
+        return Err("listener: name must not be empty".into());
+    }
+    let path = format!("listener \"{name}\"");
+    let mut rest = l;
+    rest.name.clear();
+    let (host, port) = super::socket_address(&format!("{path}.address"), rest.address.as_ref())?;
+    rest.address = None;
+    let address = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, port),
+        Err(_) => return Err(format!("{path}.address: `{host}` is not an IP address")),
+    };
+    // Ignored: names and hints that change no behaviour.
+    rest.stat_prefix.clear();
+    rest.metadata = None;
+    rest.traffic_direction = 0;
+    let chains = std::mem::take(&mut rest.filter_chains);
+    reject_rest(&path, &rest)?;
+    let [chain] = <[_; 1]>::try_from(chains).map_err(|chains: Vec<_>| {
+        format!(
+            "{path}.filter_chains: exactly one filter chain is implemented (got {})",
+            chains.len()
+        )
+    })?;
+    let cpath = format!("{path}.filter_chains[0]");
+    let mut crest = chain;
+    if crest
+        .filter_chain_match
+        .take()
+        .is_some_and(|m| m != Default::default())
+    {
+        return Err(format!("{cpath}.filter_chain_match: unimplemented"));
+    }
+    crest.name.clear();
+    crest.metadata = None;
+    let filters = std::mem::take(&mut crest.filters);
+    reject_rest(&cpath, &crest)?;
+    let [filter] = <[_; 1]>::try_from(filters).map_err(|f: Vec<_>| {
+        format!(
+            "{cpath}.filters: exactly one network filter (HTTP connection manager or TCP proxy) is implemented (got {})",
+            f.len()
+        )
+    })?;
+    let fpath = format!("{cpath}.filters[0]");
+    let any = match filter.config_type {
+        Some(ConfigType::TypedConfig(any)) => any,
+        Some(ConfigType::ConfigDiscovery(_)) => {
+            return Err(format!("{fpath}.config_discovery: ECDS is unimplemented"));
+        }
+        None => return Err(format!("{fpath}.typed_config: required")),
+    };
+    let mut out: Listener = serde_json::from_value(serde_json::json!({
+        "name": name,
+        "address": address.to_string(),
+    }))
+    .map_err(|e| format!("{path}: {e}"))?;
+    if any.type_url == type_url::TCP_PROXY {
+        let tcp: TcpProxy = decode(&fpath, &any, type_url::TCP_PROXY)?;
+        out.protocol = ListenerProtocol::Tcp;
+        out.tcp = Some(tcp_proxy(&format!("{fpath}.tcp_proxy"), tcp)?);
+        return Ok(Translated {
+            listener: out,
+            rds: None,
+        });
+    }
+    let hcm: HttpConnectionManager = decode(&fpath, &any, type_url::HCM)?;
+    let hpath = format!("{fpath}.http_connection_manager");
+    let mut hrest = hcm;
+    hrest.stat_prefix.clear();
+    // AUTO, HTTP1 and HTTP2: Weft serves HTTP/1.1 and h2c on every HTTP listener.
+    if hrest.codec_type > 2 {
+        return Err(format!(
+            "{hpath}.codec_type: only AUTO, HTTP1 and HTTP2 are implemented"
+        ));
+    }
+    hrest.codec_type = 0;
+    if let Some(g) = hrest.generate_request_id.take() {
+        out.http.generate_request_id = g.value;
+    }
+    if let Some(kb) = hrest.max_request_headers_kb.take() {
+        out.http.max_request_headers_bytes = kb.value as usize * 1024;
+    }
+    if let Some(t) = hrest.request_headers_timeout.take() {
+        out.http.request_header_timeout =
+            duration(&format!("{hpath}.request_headers_timeout"), &t)?;
+    }
+    if let Some(opts) = hrest.common_http_protocol_options.take() {
+        let mut orest = opts;
+        if let Some(t) = orest.idle_timeout.take() {
+            out.http.idle_timeout = duration(
+                &format!("{hpath}.common_http_protocol_options.idle_timeout"),
+                &t,
+            )?;
+        }
+        if let Some(n) = orest.max_headers_count.take() {
+            out.http.max_request_headers = n.value as usize;
+        }
+        reject_rest(&format!("{hpath}.common_http_protocol_options"), &orest)?;
+    }
+    let filters = std::mem::take(&mut hrest.http_filters);
+    http_filters(&format!("{hpath}.http_filters"), filters)?;
+    let mut rds = None;
+    match hrest.route_specifier.take() {
+        Some(RouteSpecifier::Rds(r)) => {
+            ads_only(
+                &format!("{hpath}.rds.config_source"),
+                r.config_source.as_ref(),
+            )?;
+            if r.route_config_name.is_empty() {
+                return Err(format!("{hpath}.rds.route_config_name: required"));
+            }
+            rds = Some(r.route_config_name);
+        }
+        Some(RouteSpecifier::RouteConfig(rc)) => {
+            out.virtual_hosts =
+                super::route::route_configuration(&format!("{hpath}.route_config"), rc)?;
+        }
+        Some(RouteSpecifier::ScopedRoutes(_)) => {
+            return Err(format!("{hpath}.scoped_routes: unimplemented"));
+        }
+        None => return Err(format!("{hpath}: rds or route_config is required")),
+    }
+    reject_rest(&hpath, &hrest)?;
+    Ok(Translated { listener: out, rds })
+}
+
+/// Only the router, last, is implemented; any other HTTP filter (Wasm included) is NACKed.
+fn http_filters(
+    path: &str,
+    filters: Vec<envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter>,
+) -> Result<(), String> {
+    let n = filters.len();
+    for (i, f) in filters.into_iter().enumerate() {
+        let fpath = format!("{path}[{i}]");
+        let any = match &f.config_type {
+            Some(http_filter::ConfigType::TypedConfig(any)) => Some(any.clone()),
+            Some(http_filter::ConfigType::ConfigDiscovery(_)) => {
+                return Err(format!("{fpath}.config_discovery: ECDS is unimplemented"));
+            }
+            None => None,
+        };
+        let is_router = f.name == "envoy.filters.http.router"
+            || any.as_ref().is_some_and(|a| a.type_url == type_url::ROUTER);
+        if !is_router {
+            if f.disabled {
+                continue;
+            }
+            return Err(format!(
+                "{fpath}: HTTP filter `{}` is unimplemented (only envoy.filters.http.router; \
+                 Wasm through xDS is not implemented yet)",
+                f.name
+            ));
+        }
+        if i + 1 != n {
+            return Err(format!("{fpath}: the router must be the last HTTP filter"));
+        }
+        if let Some(any) = any {
+            let router: Router = decode(&fpath, &any, type_url::ROUTER)?;
+            reject_rest(&format!("{fpath}.router"), &router)?;
+        }
+    }
+    if n == 0 {
+        return Err(format!("{path}: the router filter is required"));
+    }
+    Ok(())
+}
+
+fn tcp_proxy(path: &str, t: TcpProxy) -> Result<weft_config::schema::TcpProxy, String> {
+    let mut rest = t;
+    rest.stat_prefix.clear();
+    let cluster = match rest.cluster_specifier.take() {
+        Some(ClusterSpecifier::Cluster(c)) => c,
+        Some(ClusterSpecifier::WeightedClusters(_)) => {
+            return Err(format!("{path}.weighted_clusters: unimplemented"));
+        }
+        None => return Err(format!("{path}.cluster: required")),
+    };
+    let mut out: weft_config::schema::TcpProxy =
+        serde_json::from_value(serde_json::json!({ "cluster": cluster }))
+            .map_err(|e| format!("{path}: {e}"))?;
+    if let Some(t) = rest.idle_timeout.take() {
+        out.idle_timeout = duration(&format!("{path}.idle_timeout"), &t)?;
+    }
+    reject_rest(path, &rest)?;
+    Ok(out)
+}

@@ -1,0 +1,393 @@
+//! Weft as an xDS client against a test control plane (tests/support/xds.rs): it starts with
+//! only the bootstrap, takes a snapshot (clusters, endpoints, a listener, routes) and serves
+//! it, ACKs each type with the version and nonce it got, NACKs a bad resource naming it while
+//! the last good keeps serving, and rides out a control-plane restart under load.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::route::v3 as route;
+use weft_e2e::xds::{
+    CDS, ControlPlane, EDS, LDS, RDS, Snapshot, assignment, bootstrap, eds_cluster, header,
+    http_listener, prefix_route, route_config,
+};
+use weft_e2e::{TestProxy, eventually, get, metric_value, upstream};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Upstreams `v1` and `v2`, and a snapshot routing `/v1` to v1 (with header changes),
+/// `/only-v2` through a 0/100 weighted split, and `/` through a 50/50 split.
+async fn snapshot(version: &str, v1: SocketAddr, v2: SocketAddr, tag: &str) -> Snapshot {
+    let mut to_v1 = prefix_route("/v1", &[("v1", 1)]);
+    to_v1.request_headers_to_add = vec![header("x-added", tag, false)];
+    to_v1.response_headers_to_add = vec![header("x-resp", "weft-xds", true)];
+    to_v1.request_headers_to_remove = vec!["x-drop".into()];
+    let routes = route_config(
+        "routes",
+        vec![
+            to_v1,
+            prefix_route("/only-v2", &[("v1", 0), ("v2", 100)]),
+            prefix_route("/", &[("v1", 50), ("v2", 50)]),
+        ],
+    );
+    Snapshot::new(version)
+        .with("v1", eds_cluster("v1"))
+        .with("v2", eds_cluster("v2"))
+        .with("v1", assignment("v1", &[(v1, 1)]))
+        .with("v2", assignment("v2", &[(v2, 1)]))
+        .with(
+            "web",
+            http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
+        )
+        .with("routes", routes)
+}
+
+struct Running {
+    tp: TestProxy,
+    _client: weft_xds::XdsClient,
+}
+
+async fn start(cp: &ControlPlane) -> Running {
+    let tp = TestProxy::start(&bootstrap(cp.addr)).await;
+    assert!(
+        tp.proxy.listener_addrs().is_empty(),
+        "only the bootstrap at first"
+    );
+    let client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(
+        eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await,
+        "the xDS listener goes live: {:?}",
+        tp.proxy.last_reload_error()
+    );
+    Running {
+        tp,
+        _client: client,
+    }
+}
+
+#[tokio::test]
+async fn serves_a_snapshot_and_acks_each_type_in_warming_order() {
+    let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
+    let cp = ControlPlane::start(snapshot("1", v1, v2, "one").await).await;
+    let w = start(&cp).await;
+    let url = |p: &str| w.tp.url("web", p);
+
+    // Routing and header changes.
+    let r = weft_e2e::get_with(&url("/v1/x"), &[("x-drop", "secret")]).await;
+    assert_eq!(r.status, 200);
+    let body = r.json();
+    assert_eq!(body["server"], "v1");
+    assert_eq!(body["headers"]["x-added"], "one");
+    assert!(body["headers"].get("x-drop").is_none(), "{body}");
+    assert_eq!(r.header("x-resp"), Some("weft-xds"));
+    // Weights: 0/100 always goes to v2; 50/50 reaches both.
+    for _ in 0..20 {
+        assert_eq!(get(&url("/only-v2")).await.json()["server"], "v2");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..100 {
+        seen.insert(get(&url("/split")).await.json()["server"].to_string());
+    }
+    assert_eq!(seen.len(), 2, "both clusters of a 50/50 split: {seen:?}");
+
+    // Every type was ACKed with the version served and a nonce the server sent.
+    for t in [CDS, EDS, LDS, RDS] {
+        assert!(
+            eventually(WAIT, || async { cp.acked(t, "1") }).await,
+            "{t} ACKed"
+        );
+    }
+    let requests = cp.requests();
+    let first = |t: &str| requests.iter().position(|r| r.type_url == t).unwrap();
+    let eds_ack = requests
+        .iter()
+        .position(|r| r.type_url == EDS && r.version_info == "1")
+        .unwrap();
+    assert!(first(CDS) < first(EDS), "CDS before EDS");
+    assert!(eds_ack < first(LDS), "LDS only once the clusters are warm");
+    assert!(first(LDS) < first(RDS), "RDS after LDS");
+    let node = requests[0].node.clone().unwrap();
+    assert_eq!(
+        node.id,
+        "sidecar~127.0.0.1~test-pod.test-ns~test-ns.svc.cluster.local"
+    );
+    assert_eq!(node.cluster, "test-app.test-ns");
+    assert_eq!(
+        requests.iter().filter(|r| r.error_detail.is_some()).count(),
+        0
+    );
+
+    // Visibility.
+    let dump = get(&format!("http://{}/config_dump", w.tp.admin()))
+        .await
+        .json();
+    let xds = &dump["dynamic"];
+    assert_eq!(xds["connected"], true);
+    let types = xds["resource_types"].as_array().unwrap();
+    assert_eq!(types.len(), 4, "{xds}");
+    assert!(
+        types
+            .iter()
+            .all(|t| t["version_info"] == "1" && t["last_updated"].is_string())
+    );
+    let metrics = w.tp.metrics().await;
+    assert_eq!(metric_value(&metrics, "weft_xds_connected "), 1.0);
+    assert!(
+        metric_value(
+            &metrics,
+            &format!("weft_xds_updates_total{{type_url=\"{RDS}\",result=\"accepted\"}} ")
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_resource_is_nacked_and_the_last_good_keeps_serving() {
+    let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
+    let cp = ControlPlane::start(snapshot("1", v1, v2, "one").await).await;
+    let w = start(&cp).await;
+    assert!(eventually(WAIT, || async { cp.acked(RDS, "1") }).await);
+
+    // Version 2 asks for request hedging, which Weft does not implement.
+    let mut bad = snapshot("2", v1, v2, "two").await;
+    let rds = bad.resources.get_mut(RDS).unwrap();
+    let mut rc: route::RouteConfiguration =
+        prost::Message::decode(rds[0].1.value.as_slice()).unwrap();
+    if let Some(route::route::Action::Route(a)) = &mut rc.virtual_hosts[0].routes[0].action {
+        a.hedge_policy = Some(route::HedgePolicy::default());
+    }
+    rds[0].1.value = prost::Message::encode_to_vec(&rc);
+    cp.set(bad);
+    assert!(eventually(WAIT, || async { cp.nack(RDS).is_some() }).await);
+    let nack = cp.nack(RDS).unwrap();
+    assert_eq!(
+        nack.version_info, "1",
+        "a NACK carries the last accepted version"
+    );
+    assert!(!nack.response_nonce.is_empty());
+    let message = nack.error_detail.unwrap().message;
+    assert!(
+        message.contains(
+            "route_configuration \"routes\".virtual_hosts[0].routes[0].route.hedge_policy"
+        ) && message.contains("unimplemented"),
+        "{message}"
+    );
+    // The other types of version 2 are fine; the routes of version 1 keep serving.
+    let r = get(&w.tp.url("web", "/v1")).await;
+    assert_eq!(r.json()["headers"]["x-added"], "one");
+
+    // A resource that translates but fails Weft's validation is NACKed too.
+    let mut invalid = snapshot("3", v1, v2, "three").await;
+    let mut rc = route_config("routes", vec![prefix_route("/", &[("v1", 1)])]);
+    rc.virtual_hosts[0].routes[0].request_headers_to_add = vec![header("bad header", "x", false)];
+    invalid.resources.insert(RDS.into(), Vec::new());
+    let invalid = invalid.with("routes", rc);
+    cp.set(invalid);
+    assert!(
+        eventually(WAIT, || async {
+            cp.requests().iter().any(|r| {
+                r.type_url == RDS
+                    && r.error_detail.as_ref().is_some_and(|e| {
+                        e.message.contains("listener \"web\"") && e.message.contains("bad header")
+                    })
+            })
+        })
+        .await,
+        "{:?}",
+        cp.requests().last()
+    );
+    assert_eq!(
+        get(&w.tp.url("web", "/v1")).await.json()["headers"]["x-added"],
+        "one"
+    );
+    let metrics = w.tp.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            &format!("weft_xds_updates_total{{type_url=\"{RDS}\",result=\"rejected\"}} ")
+        ) >= 2.0
+    );
+
+    // A good version after the bad ones is taken.
+    cp.set(snapshot("4", v1, v2, "four").await);
+    assert!(
+        eventually(WAIT, || async {
+            get(&w.tp.url("web", "/v1")).await.json()["headers"]["x-added"] == "four"
+        })
+        .await
+    );
+    assert!(cp.acked(RDS, "4") || eventually(WAIT, || async { cp.acked(RDS, "4") }).await);
+}
+
+#[tokio::test]
+async fn a_control_plane_restart_under_load_fails_no_request() {
+    let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
+    let cp = ControlPlane::start(snapshot("1", v1, v2, "one").await).await;
+    let w = start(&cp).await;
+    let url = w.tp.url("web", "/v1");
+
+    // A bounded load: at most 20,000 requests or 120 s, one at a time, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, sent, failed, url) = (stop.clone(), sent.clone(), failed.clone(), url.clone());
+        tokio::spawn(async move {
+            let client = weft_e2e::client();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            for _ in 0..20_000 {
+                if stop.load(Ordering::SeqCst) || tokio::time::Instant::now() > deadline {
+                    break;
+                }
+                let req = http::Request::get(&url)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                let ok = weft_e2e::send(&client, req).await.status == 200;
+                sent.fetch_add(1, Ordering::SeqCst);
+                if !ok {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    let status = w._client.status().clone();
+    assert!(eventually(WAIT, || async { sent.load(Ordering::SeqCst) > 20 }).await);
+
+    // The control plane goes away: Weft notices and keeps serving.
+    let addr = cp.stop().await;
+    assert!(eventually(WAIT, || async { !status.is_connected() }).await);
+    let before = sent.load(Ordering::SeqCst);
+    assert!(eventually(WAIT, || async { sent.load(Ordering::SeqCst) > before + 20 }).await);
+
+    // It comes back on the same address with a new version: Weft reconnects and takes it.
+    let cp = ControlPlane::start_on(addr, snapshot("2", v1, v2, "two").await).await;
+    assert!(
+        eventually(WAIT, || async {
+            get(&url).await.json()["headers"]["x-added"] == "two"
+        })
+        .await,
+        "reconnected and took version 2"
+    );
+    assert!(eventually(WAIT, || async { cp.acked(RDS, "2") }).await);
+    // On reconnection the versions held were sent.
+    assert!(
+        cp.requests()
+            .iter()
+            .any(|r| r.type_url == CDS && r.version_info == "1")
+    );
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    assert!(sent > 40, "{sent}");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+}
+
+/// The same snapshot served to Envoy 1.40 and to Weft: the same requests through both agree on
+/// routing, weighted splits and header changes, and both ACK every type.
+#[tokio::test]
+async fn the_same_snapshot_behaves_the_same_in_envoy_and_weft() {
+    let Some(envoy_bin) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
+    let cp = ControlPlane::start(snapshot("1", v1, v2, "one").await).await;
+    let w = start(&cp).await;
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &envoy_bin,
+        &weft_e2e::xds::envoy_bootstrap(cp.addr),
+    )
+    .await;
+    let weft_url = |p: &str| w.tp.url("web", p);
+
+    for (name, url) in [("weft", weft_url("/v1/x")), ("envoy", envoy.url("/v1/x"))] {
+        let r = weft_e2e::get_with(&url, &[("x-drop", "secret")]).await;
+        let body = r.json();
+        assert_eq!(r.status, 200, "{name}");
+        assert_eq!(body["server"], "v1", "{name}");
+        assert_eq!(body["headers"]["x-added"], "one", "{name}: {body}");
+        assert!(body["headers"].get("x-drop").is_none(), "{name}: {body}");
+        assert_eq!(r.header("x-resp"), Some("weft-xds"), "{name}");
+    }
+    for (name, base) in [("weft", weft_url("")), ("envoy", envoy.url(""))] {
+        for _ in 0..20 {
+            let r = get(&format!("{base}/only-v2")).await;
+            assert_eq!(r.json()["server"], "v2", "{name}: 0/100 split");
+        }
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..100 {
+            let server = get(&format!("{base}/split")).await.json()["server"].to_string();
+            *counts.entry(server).or_insert(0) += 1;
+        }
+        assert_eq!(
+            counts.len(),
+            2,
+            "{name}: a 50/50 split reaches both: {counts:?}"
+        );
+    }
+    // Both ACKed every type at version 1 (each with its own node id).
+    for node in ["test-pod", "envoy-pod"] {
+        for t in [CDS, EDS, LDS, RDS] {
+            assert!(
+                eventually(WAIT, || async {
+                    cp.requests().iter().any(|r| {
+                        r.type_url == t
+                            && r.version_info == "1"
+                            && r.error_detail.is_none()
+                            && r.node.as_ref().is_some_and(|n| n.id.contains(node))
+                    })
+                })
+                .await,
+                "{node} ACKed {t}"
+            );
+        }
+    }
+}
+
+/// Static and dynamic resources compose, and a file reload keeps the dynamic ones.
+#[tokio::test]
+async fn a_file_reload_keeps_the_xds_resources() {
+    let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
+    let file_up = upstream::echo("static").await;
+    let cp = ControlPlane::start(snapshot("1", v1, v2, "one").await).await;
+    let static_part = |path: &str| {
+        format!(
+            r#"listeners:
+  - name: file
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes: [{{ match: {{ path: {{ prefix: "{path}" }} }}, route: {{ cluster: file-up }} }}]
+"#
+        )
+    };
+    let with_file = |path: &str| {
+        format!(
+            "{}  - name: file-up\n    endpoints: [{{ address: \"{file_up}\" }}]\n{}",
+            bootstrap(cp.addr),
+            static_part(path)
+        )
+    };
+    let tp = TestProxy::start(&with_file("/")).await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await);
+    assert_eq!(get(&tp.url("file", "/a")).await.json()["server"], "static");
+    assert_eq!(get(&tp.url("web", "/v1")).await.json()["server"], "v1");
+
+    // The file changes: its listener now only takes /b; the xDS listener stays.
+    tp.write_config(&with_file("/b"));
+    tp.proxy.reload().await.unwrap();
+    assert_eq!(get(&tp.url("file", "/a")).await.status, 404);
+    assert_eq!(get(&tp.url("web", "/v1")).await.json()["server"], "v1");
+    let dump = get(&format!("http://{}/config_dump", tp.admin()))
+        .await
+        .json();
+    let listeners: Vec<&str> = dump["config"]["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listeners, ["file", "web"]);
+}

@@ -1,0 +1,465 @@
+//! A test control plane: an ADS server (state of the world) serving snapshots the test sets,
+//! recording every discovery request (ACKs and NACKs) so tests can wait on them; and builders
+//! for the Envoy resources the tests send.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
+use futures_util::Stream;
+use parking_lot::Mutex;
+use prost::{Message, Name};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Type URLs.
+pub const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// EDS.
+pub const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// LDS.
+pub const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+/// RDS.
+pub const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// A versioned set of resources by type URL, each a (name, resource) list.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// `version_info` of every response built from it.
+    pub version: String,
+    /// Resources by type URL.
+    pub resources: BTreeMap<String, Vec<(String, Any)>>,
+}
+
+impl Snapshot {
+    /// An empty snapshot at `version`.
+    pub fn new(version: &str) -> Snapshot {
+        Snapshot {
+            version: version.into(),
+            resources: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a resource.
+    pub fn with<M: Name>(mut self, name: &str, resource: M) -> Snapshot {
+        let any = envoy_types::pb::google::protobuf::Any {
+            type_url: M::type_url(),
+            value: resource.encode_to_vec(),
+        };
+        self.resources
+            .entry(any.type_url.clone())
+            .or_default()
+            .push((name.into(), any));
+        self
+    }
+}
+
+struct Shared {
+    snapshot: watch::Sender<Snapshot>,
+    requests: Mutex<Vec<DiscoveryRequest>>,
+    nonce: std::sync::atomic::AtomicU64,
+    streams: CancellationToken,
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    /// Its address.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Ads(Arc<Shared>);
+
+type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, tonic::Status>> + Send + 'static>>;
+type DeltaStream =
+    Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, tonic::Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = ResponseStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<ResponseStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            let mut snapshots = shared.snapshot.subscribe();
+            // Per type: the names asked for, and the (version, names) last sent.
+            let mut subs: HashMap<String, Vec<String>> = HashMap::new();
+            let mut sent: HashMap<String, (String, Vec<String>)> = HashMap::new();
+            loop {
+                tokio::select! {
+                    _ = shared.streams.cancelled() => {
+                        let _ = tx.send(Err(tonic::Status::unavailable("control plane stopping"))).await;
+                        return;
+                    }
+                    r = inbound.message() => {
+                        let Ok(Some(r)) = r else { return };
+                        shared.requests.lock().push(r.clone());
+                        subs.insert(r.type_url.clone(), r.resource_names.clone());
+                    }
+                    c = snapshots.changed() => if c.is_err() { return },
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                for (type_url, names) in &subs {
+                    let key = (snapshot.version.clone(), names.clone());
+                    if sent.get(type_url) == Some(&key) {
+                        continue;
+                    }
+                    let resources = snapshot
+                        .resources
+                        .get(type_url)
+                        .into_iter()
+                        .flatten()
+                        .filter(|(n, _)| names.is_empty() || names.contains(n))
+                        .map(|(_, any)| any.clone())
+                        .collect();
+                    let nonce = shared
+                        .nonce
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                        .to_string();
+                    let response = DiscoveryResponse {
+                        version_info: snapshot.version.clone(),
+                        resources,
+                        type_url: type_url.clone(),
+                        nonce,
+                        ..DiscoveryResponse::default()
+                    };
+                    if tx.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                    sent.insert(type_url.clone(), key);
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<DeltaStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("delta xDS"))
+    }
+}
+
+impl ControlPlane {
+    /// Starts on an ephemeral port with `snapshot`.
+    pub async fn start(snapshot: Snapshot) -> ControlPlane {
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), snapshot).await
+    }
+
+    /// Starts on `addr` (a restart binds the same address again).
+    pub async fn start_on(addr: SocketAddr, snapshot: Snapshot) -> ControlPlane {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("reuseaddr");
+        socket.bind(addr).expect("control plane binds");
+        let listener = socket.listen(64).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let shared = Arc::new(Shared {
+            snapshot: watch::Sender::new(snapshot),
+            requests: Mutex::new(Vec::new()),
+            nonce: std::sync::atomic::AtomicU64::new(1),
+            streams: CancellationToken::new(),
+        });
+        let stop = CancellationToken::new();
+        let service = AggregatedDiscoveryServiceServer::new(Ads(shared.clone()));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let until = stop.clone();
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, until.cancelled_owned())
+                .await;
+        });
+        ControlPlane {
+            addr,
+            shared,
+            stop,
+            task,
+        }
+    }
+
+    /// Serves `snapshot` from now on (pushed to every connected proxy).
+    pub fn set(&self, snapshot: Snapshot) {
+        self.shared.snapshot.send_replace(snapshot);
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<DiscoveryRequest> {
+        self.shared.requests.lock().clone()
+    }
+
+    /// True once a request of `type_url` ACKed `version` (no error, that version).
+    pub fn acked(&self, type_url: &str, version: &str) -> bool {
+        self.requests().iter().any(|r| {
+            r.type_url == type_url
+                && r.version_info == version
+                && r.error_detail.is_none()
+                && !r.response_nonce.is_empty()
+        })
+    }
+
+    /// The error message of the first NACK of `type_url`, if any.
+    pub fn nack(&self, type_url: &str) -> Option<DiscoveryRequest> {
+        self.requests()
+            .into_iter()
+            .find(|r| r.type_url == type_url && r.error_detail.is_some())
+    }
+
+    /// Stops serving: open streams end with UNAVAILABLE, the port is closed.
+    pub async fn stop(self) -> SocketAddr {
+        self.shared.streams.cancel();
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.addr
+    }
+}
+
+/// The bootstrap of a Weft that only knows its control plane at `addr`.
+pub fn bootstrap(addr: SocketAddr) -> String {
+    format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+xds:
+  cluster: xds-grpc
+  reconnect_base: 50ms
+  reconnect_max: 500ms
+  node:
+    id: sidecar~127.0.0.1~test-pod.test-ns~test-ns.svc.cluster.local
+    cluster: test-app.test-ns
+    metadata: {{ NAMESPACE: test-ns }}
+clusters:
+  - name: xds-grpc
+    protocol: http2
+    endpoints: [{{ address: "{addr}" }}]
+"#
+    )
+}
+
+fn ads() -> core::ConfigSource {
+    core::ConfigSource {
+        resource_api_version: core::ApiVersion::V3 as i32,
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource::default(),
+        )),
+        ..Default::default()
+    }
+}
+
+fn socket(addr: SocketAddr) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: addr.ip().to_string(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(
+                addr.port(),
+            ))),
+            ..Default::default()
+        })),
+    }
+}
+
+/// An EDS cluster named `name` (endpoints from ADS).
+pub fn eds_cluster(name: &str) -> cluster::Cluster {
+    cluster::Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(PbDuration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The endpoints of cluster `name`: (address, weight).
+pub fn assignment(name: &str, endpoints: &[(SocketAddr, u32)]) -> endpoint::ClusterLoadAssignment {
+    endpoint::ClusterLoadAssignment {
+        cluster_name: name.into(),
+        endpoints: vec![endpoint::LocalityLbEndpoints {
+            lb_endpoints: endpoints
+                .iter()
+                .map(|(a, w)| endpoint::LbEndpoint {
+                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                        endpoint::Endpoint {
+                            address: Some(socket(*a)),
+                            ..Default::default()
+                        },
+                    )),
+                    load_balancing_weight: Some(UInt32Value { value: *w }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// An HTTP listener `name` on `addr` whose routes come from RDS `route_config`.
+pub fn http_listener(name: &str, addr: SocketAddr, route_config: &str) -> listener::Listener {
+    let manager = hcm::HttpConnectionManager {
+        stat_prefix: name.into(),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                config_source: Some(ads()),
+                route_config_name: route_config.into(),
+            },
+        )),
+        http_filters: vec![hcm::HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(
+                envoy_types::pb::google::protobuf::Any {
+                    type_url: Router::type_url(),
+                    value: Router::default().encode_to_vec(),
+                },
+            )),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    listener::Listener {
+        name: name.into(),
+        address: Some(socket(addr)),
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![listener::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(listener::filter::ConfigType::TypedConfig(Any {
+                    type_url: hcm::HttpConnectionManager::type_url(),
+                    value: manager.encode_to_vec(),
+                })),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A header to add (`append`) or set.
+pub fn header(name: &str, value: &str, append: bool) -> core::HeaderValueOption {
+    core::HeaderValueOption {
+        header: Some(core::HeaderValue {
+            key: name.into(),
+            value: value.into(),
+            ..Default::default()
+        }),
+        append_action: if append {
+            core::header_value_option::HeaderAppendAction::AppendIfExistsOrAdd as i32
+        } else {
+            core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+        },
+        ..Default::default()
+    }
+}
+
+/// A route matching path prefix `prefix`, forwarding to `clusters` (one: plain; more: weighted).
+pub fn prefix_route(prefix: &str, clusters: &[(&str, u32)]) -> route::Route {
+    use route::route_action::ClusterSpecifier;
+    let specifier = match clusters {
+        [(one, _)] => ClusterSpecifier::Cluster((*one).into()),
+        many => ClusterSpecifier::WeightedClusters(route::WeightedCluster {
+            clusters: many
+                .iter()
+                .map(|(n, w)| route::weighted_cluster::ClusterWeight {
+                    name: (*n).into(),
+                    weight: Some(UInt32Value { value: *w }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    route::Route {
+        r#match: Some(route::RouteMatch {
+            path_specifier: Some(route::route_match::PathSpecifier::Prefix(prefix.into())),
+            ..Default::default()
+        }),
+        action: Some(route::route::Action::Route(route::RouteAction {
+            cluster_specifier: Some(specifier),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// A route configuration `name` with one virtual host (`*`) holding `routes`.
+pub fn route_config(name: &str, routes: Vec<route::Route>) -> route::RouteConfiguration {
+    route::RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![route::VirtualHost {
+            name: "all".into(),
+            domains: vec!["*".into()],
+            routes,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Envoy's bootstrap for the same control plane and node as [`bootstrap`]: ADS for CDS and LDS
+/// (EDS and RDS follow through `ads: {}` in the resources), admin on port 0.
+pub fn envoy_bootstrap(addr: SocketAddr) -> String {
+    format!(
+        r#"admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+node:
+  id: sidecar~127.0.0.1~envoy-pod.test-ns~test-ns.svc.cluster.local
+  cluster: test-app.test-ns
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds-grpc }} }}]
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+    - name: xds-grpc
+      type: STATIC
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: {{ http2_protocol_options: {{}} }}
+      load_assignment:
+        cluster_name: xds-grpc
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: {{ address: "{ip}", port_value: {port} }}
+"#,
+        ip = addr.ip(),
+        port = addr.port()
+    )
+}
