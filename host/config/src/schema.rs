@@ -16,6 +16,7 @@ pub use crate::matching::{HeaderMatch, PathMatch, QueryMatch};
 pub use crate::observe::{
     Decorator, ListenerAccessLog, ListenerTracing, LogFormat, LogPreset, OtlpProtocol,
     TraceOperation, Tracing,
+};
 pub use crate::telemetry::{
     IstioMetric, IstioMetrics, MetricOverride, MetricSelector, Node, TagOperation, TagOverride,
     Telemetry, WorkloadMode,

@@ -57,6 +57,7 @@ pub async fn handle(
             start,
             listener.settings.metrics.clone(),
             Some(&listener.settings.name),
+            &listener.settings.access_log,
             &req,
         );
         return Ok(reply(
