@@ -8,8 +8,6 @@ use http::{HeaderMap, Method, Uri};
 use weft_config::schema;
 use weft_observe::access_log::{Entry, LineFormat};
 
-use crate::accounting::Completion;
-
 /// A listener's access-log choice, compiled once per generation.
 #[derive(Debug, Clone, Default)]
 pub enum ListenerLog {
@@ -76,29 +74,24 @@ pub(crate) fn capture_request(format: &LineFormat, r: &RequestView<'_>) -> Vec<O
         .collect()
 }
 
-/// Captures the response headers the completion's format reads.
-pub(crate) fn capture_response(c: &mut Completion, headers: &HeaderMap) {
-    let default = c.log_default.clone();
-    if let Some(e) = c.entry.as_mut() {
-        let names = effective(e, &default).response_headers();
-        if names.is_empty() {
-            return;
-        }
-        e.resp_headers = names.iter().map(|h| header(headers, h)).collect();
+/// Captures the response headers `entry`'s format reads (`default`: the access log's format,
+/// when the entry has none of its own).
+pub(crate) fn capture_response(entry: &mut Entry, default: &Arc<LineFormat>, headers: &HeaderMap) {
+    let names = effective(entry, default).response_headers();
+    if names.is_empty() {
+        return;
     }
+    entry.resp_headers = names.iter().map(|h| header(headers, h)).collect();
 }
 
 /// Captures the request headers again, as they go upstream (`x-request-id` generated,
 /// `x-forwarded-for` appended).
-pub(crate) fn recapture_request(c: &mut Completion, r: &RequestView<'_>) {
-    let default = c.log_default.clone();
-    if let Some(e) = c.entry.as_mut() {
-        let f = effective(e, &default);
-        if f.request_headers().is_empty() {
-            return;
-        }
-        e.req_headers = capture_request(f, r);
+pub(crate) fn recapture_request(entry: &mut Entry, default: &Arc<LineFormat>, r: &RequestView<'_>) {
+    let f = effective(entry, default);
+    if f.request_headers().is_empty() {
+        return;
     }
+    entry.req_headers = capture_request(f, r);
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {

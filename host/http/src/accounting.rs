@@ -79,6 +79,22 @@ impl Drop for Completion {
 }
 
 impl Completion {
+    /// Captures the response headers its access-log format reads.
+    pub(crate) fn capture_response(&mut self, headers: &HeaderMap) {
+        if let Some(e) = self.entry.as_mut() {
+            crate::access::capture_response(e, &self.log_default, headers);
+        }
+    }
+
+    /// Captures the request headers its access-log format reads, as they go upstream.
+    pub(crate) fn recapture_request(&mut self, r: &crate::access::RequestView<'_>) {
+        if let Some(e) = self.entry.as_mut() {
+            crate::access::recapture_request(e, &self.log_default, r);
+        }
+    }
+}
+
+impl Completion {
     fn account(&mut self, bytes: u64, errored: bool) {
         if self.accounted {
             return;

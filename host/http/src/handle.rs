@@ -116,7 +116,7 @@ async fn serve(
         watch: watch.clone(),
     };
     // The request's span, before any phase: they all see Weft's span as the parent.
-    ctx.completion.span = crate::trace::start(&mut ctx);
+    ctx.completion.span = ctx.start_span();
     let http = &listener.settings.config.http;
     let mut deadlines = Deadlines {
         request: Deadlines::enabled(http.request_timeout),
@@ -218,7 +218,7 @@ fn respond(
     if let Some(istio) = c.istio.as_mut() {
         crate::istio::on_response(istio, &mut head.headers);
     }
-    crate::access::capture_response(&mut c, &head.headers);
+    c.capture_response(&head.headers);
     let via_upstream = c.endpoint.is_some();
     if let Some(e) = c.entry.as_mut() {
         e.via_upstream = via_upstream;
@@ -279,7 +279,7 @@ fn reply(mut c: Box<Completion>, reply: LocalReply) -> Response<ProxyBody> {
     if let Some(istio) = c.istio.as_mut() {
         crate::istio::on_response(istio, &mut headers);
     }
-    crate::access::capture_response(&mut c, &headers);
+    c.capture_response(&headers);
     let mut resp = Response::new(ProxyBody::full(reply.body).on_complete(c));
     *resp.status_mut() = reply.status;
     *resp.headers_mut() = headers;

@@ -38,8 +38,8 @@ pub mod reply;
 pub mod security;
 pub mod server;
 pub mod settings;
-pub mod trace;
 pub mod timeouts;
+pub mod trace;
 
 pub use conn::Shared;
 pub use listener::{BuildContext, BuildError, HttpListener, ListenerSource, RouteState};

@@ -10,13 +10,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::HeaderName;
+use http::{HeaderMap, HeaderName, request};
 use weft_config::schema::{self, TraceOperation};
 use weft_observe::trace::{self, Exporter, Sampling, SpanRecord};
 
-use crate::accounting::{X_REQUEST_ID, header_str};
-use crate::ctx::RequestCtx;
-
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_CLIENT_TRACE_ID: HeaderName = HeaderName::from_static("x-client-trace-id");
 static X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER: HeaderName =
     HeaderName::from_static("x-envoy-downstream-service-cluster");
@@ -78,12 +76,27 @@ pub struct Active {
     pub upstream_cluster: Option<Arc<str>>,
 }
 
-/// Starts the request's span if the listener traces: decides, propagates, and returns the
-/// span when sampled.
-pub fn start(ctx: &mut RequestCtx<'_>) -> Option<Box<Active>> {
-    let settings = ctx.listener.trace.as_ref()?;
-    let exporter = ctx.conn.shared.tracer.as_ref()?;
-    let headers = &ctx.head.headers;
+/// Where a request came from, for its span's tags (the request context fills it in).
+pub struct Origin<'a> {
+    /// The request's authority, as received.
+    pub authority: &'a str,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The downstream protocol (`HTTP/1.1`, `HTTP/2`, …).
+    pub protocol: &'static str,
+    /// The downstream peer's address.
+    pub peer: std::net::IpAddr,
+}
+
+/// Starts the request's span under the listener's `settings`: decides, propagates (writing
+/// the context into `head`), and returns the span when sampled.
+pub fn start(
+    settings: &TraceSettings,
+    exporter: &Exporter,
+    head: &mut request::Parts,
+    origin: Origin<'_>,
+) -> Option<Box<Active>> {
+    let headers = &head.headers;
     let incoming = trace::extract(headers);
     let client_trace_id = header_str(headers, &X_CLIENT_TRACE_ID).map(str::to_owned);
     let reason = settings.sampling.decide(
@@ -96,7 +109,7 @@ pub fn start(ctx: &mut RequestCtx<'_>) -> Option<Box<Active>> {
     let span_id = trace::new_span_id();
     let sampled = reason.sampled();
     trace::inject(
-        &mut ctx.head.headers,
+        &mut head.headers,
         &trace_id,
         &span_id,
         sampled,
@@ -105,11 +118,11 @@ pub fn start(ctx: &mut RequestCtx<'_>) -> Option<Box<Active>> {
     if !sampled {
         return None;
     }
-    let headers = &ctx.head.headers;
-    let path = ctx.head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let headers = &head.headers;
+    let path = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let path = truncate(path, MAX_PATH_TAG);
     let name = if settings.egress {
-        format!("egress {}", ctx.authority)
+        format!("egress {}", origin.authority)
     } else {
         "ingress".to_owned()
     };
@@ -125,15 +138,11 @@ pub fn start(ctx: &mut RequestCtx<'_>) -> Option<Box<Active>> {
         start: SystemTime::now(),
         exporter: exporter.clone(),
         node_id: settings.node_id.clone(),
-        url: format!("{}://{}{}", ctx.scheme(), ctx.authority, path),
-        method: ctx.head.method.as_str().to_owned(),
-        protocol: if ctx.conn.h2 {
-            "HTTP/2"
-        } else {
-            crate::accounting::version_name(ctx.head.version)
-        },
+        url: format!("{}://{}{}", origin.scheme, origin.authority, path),
+        method: head.method.as_str().to_owned(),
+        protocol: origin.protocol,
         user_agent: header_str(headers, &http::header::USER_AGENT).map(str::to_owned),
-        peer: ctx.conn.peer.ip().to_string(),
+        peer: origin.peer.to_string(),
         client_trace_id,
         downstream_cluster: header_str(headers, &X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER)
             .map(str::to_owned),
@@ -215,4 +224,8 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }

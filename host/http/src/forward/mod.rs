@@ -109,16 +109,14 @@ impl ForwardPhase {
             ctx.is_upgrade,
         );
         let scheme = ctx.scheme();
-        crate::access::recapture_request(
-            &mut ctx.completion,
-            &crate::access::RequestView {
+        ctx.completion
+            .recapture_request(&crate::access::RequestView {
                 method: &ctx.head.method,
                 uri: &ctx.head.uri,
                 authority: Some(&ctx.authority),
                 headers: &ctx.head.headers,
                 scheme,
-            },
-        );
+            });
         if let Some(s) = ctx.completion.span.as_mut()
             && s.request_id.is_none()
         {
