@@ -160,11 +160,12 @@ impl Collector {
 async fn two_hops(collector: &Collector, sampling: f64) -> (TestProxy, TestProxy) {
     let echo = upstream::echo("app").await;
     let b = TestProxy::start(&format!(
-        "tracing:
+        "node:
+  id: sidecar~10.0.0.2~b.ns~ns.svc.cluster.local
+tracing:
   collector: http://{c}
   protocol: http
   service_name: weft-b
-  node_id: sidecar~10.0.0.2~b.ns~ns.svc.cluster.local
   random_sampling: {sampling}
   batch_interval: 10ms
 listeners:

@@ -20,9 +20,6 @@ pub struct Tracing {
     /// `service.name` of the exported resource.
     #[serde(default = "defaults::service_name")]
     pub service_name: String,
-    /// Added to every span as `node_id` and to the resource (Envoy's node id).
-    #[serde(default)]
-    pub node_id: Option<String>,
     /// Percentage of requests that start a trace and are sampled (Istio's default: 1).
     #[serde(default = "defaults::random_sampling")]
     pub random_sampling: f64,

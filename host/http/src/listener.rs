@@ -216,7 +216,11 @@ impl HttpListener {
                 tls,
                 clusters: ctx.clusters.clone(),
                 metrics: metrics.listener(&l.name),
-                trace: crate::trace::TraceSettings::build(ctx.config.tracing.as_ref(), l),
+                trace: crate::trace::TraceSettings::build(
+                    ctx.config.tracing.as_ref(),
+                    ctx.config.node.id.as_deref(),
+                    l,
+                ),
                 access_log: crate::access::ListenerLog::build(l),
                 istio: ctx.config.telemetry.metrics.enabled.then(|| {
                     metrics

@@ -31,8 +31,13 @@ pub struct TraceSettings {
 }
 
 impl TraceSettings {
-    /// Tracing for listener `l` under the configuration's `tracing` (`None`: no spans).
-    pub fn build(config: Option<&schema::Tracing>, l: &schema::Listener) -> Option<Arc<Self>> {
+    /// Tracing for listener `l` under the configuration's `tracing` (`None`: no spans);
+    /// `node_id` (the `node` section's id) tags every span.
+    pub fn build(
+        config: Option<&schema::Tracing>,
+        node_id: Option<&str>,
+        l: &schema::Listener,
+    ) -> Option<Arc<Self>> {
         let t = config?;
         let lt = l.tracing.clone().unwrap_or_default();
         if lt.disabled {
@@ -45,7 +50,7 @@ impl TraceSettings {
                 overall: t.overall_sampling,
             },
             egress: lt.operation == TraceOperation::Egress,
-            node_id: t.node_id.as_deref().map(Arc::from),
+            node_id: node_id.map(Arc::from),
         }))
     }
 }

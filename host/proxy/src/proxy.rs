@@ -63,7 +63,11 @@ impl Proxy {
                 error,
             })?;
         let span_stats = Arc::new(weft_observe::trace::ExportStats::default());
-        let tracer = crate::spans::exporter(config.tracing.as_ref(), span_stats.clone());
+        let tracer = crate::spans::exporter(
+            config.tracing.as_ref(),
+            config.node.id.as_deref(),
+            span_stats.clone(),
+        );
         let mut metrics = Metrics::new();
         metrics.register_collector(Box::new(weft_observe::reporters::ReporterMetrics {
             spans: span_stats,

@@ -8,7 +8,11 @@ use weft_config::schema::{OtlpProtocol, Tracing};
 use weft_observe::trace::{ExportConfig, ExportStats, Exporter, Protocol};
 
 /// Starts the exporter when `tracing` is configured (on the current tokio runtime).
-pub(crate) fn exporter(tracing: Option<&Tracing>, stats: Arc<ExportStats>) -> Option<Exporter> {
+pub(crate) fn exporter(
+    tracing: Option<&Tracing>,
+    node_id: Option<&str>,
+    stats: Arc<ExportStats>,
+) -> Option<Exporter> {
     let t = tracing?;
     // Validation accepted the collector as an `http://` URI.
     let mut endpoint: http::Uri = t.collector.parse().ok()?;
@@ -19,8 +23,8 @@ pub(crate) fn exporter(tracing: Option<&Tracing>, stats: Arc<ExportStats>) -> Op
         endpoint = http::Uri::from_parts(parts).ok()?;
     }
     let mut resource = Vec::new();
-    if let Some(n) = &t.node_id {
-        resource.push(("node_id".to_owned(), n.clone()));
+    if let Some(n) = node_id {
+        resource.push(("node_id".to_owned(), n.to_owned()));
     }
     Some(Exporter::start(
         ExportConfig {
