@@ -189,9 +189,16 @@ clusters:
                 "{name} (in `{q}`) is not in Weft's exposition"
             );
         }
-        let r = prometheus.query(q).await;
         // There were no 5xx: that panel alone has no series.
         let expect_data = !q.contains("response_code=~\"5.*\"");
+        // Rate queries need two scrapes that saw the series (TCP bytes are reported when the
+        // connection closes): wait for Prometheus to have them, bounded.
+        let mut r = prometheus.query(q).await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while expect_data && r.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            r = prometheus.query(q).await;
+        }
         assert_eq!(!r.is_empty(), expect_data, "`{q}`: {r:?}");
         assert!(r.iter().all(|s| !sample_value(s).is_nan()), "`{q}`: {r:?}");
     }

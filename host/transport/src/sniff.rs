@@ -96,41 +96,23 @@ const DETECT_MAX: usize = 16 * 1024 + 5;
 /// HTTP/1 request line, the HTTP/2 preface, or something else; gives up after `deadline`
 /// (a server-first protocol sends nothing) and reports opaque TCP.
 ///
-/// Waits on readiness only, never polls: a peek does not consume, so the socket would stay
-/// "readable" and a plain wait would return at once. Each round first clears tokio's read
-/// readiness, then peeks (a plain non-blocking `recv(MSG_PEEK)`), then waits for the next
-/// readiness edge: bytes that arrive after the clear set readiness again, so none is missed,
-/// and a half-sent ClientHello or request line costs one wake-up per segment received.
+/// A split first flight is re-peeked every millisecond until the deadline (a peek leaves the
+/// socket readable, so readiness alone cannot say that more bytes arrived).
 pub(crate) async fn detect(stream: &TcpStream, deadline: Duration) -> Detected {
-    // A second handle on the same socket (same open file, so also non-blocking) for peeks
-    // that do not go through tokio's readiness: `TcpStream::peek` would wait for readiness
-    // first, which is exactly what this clears.
-    let Ok(peeker) = std::os::fd::AsFd::as_fd(stream)
-        .try_clone_to_owned()
-        .map(std::net::TcpStream::from)
-    else {
-        return Detected::default();
-    };
     let mut buf = vec![0u8; DETECT_MAX];
     let probe = async {
         loop {
-            let _cleared = stream.try_io(tokio::io::Interest::READABLE, || {
-                Err::<(), _>(io::ErrorKind::WouldBlock.into())
-            });
-            match peeker.peek(&mut buf) {
-                Ok(0) => return Detected::default(),
-                Ok(n) => {
-                    if let Some(found) = classify(&buf[..n], n == buf.len()) {
-                        return found;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Detected::default(),
+            let n = match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return Detected::default(),
+                Ok(n) => n,
+            };
+            if let Some(found) = classify(&buf[..n], n == buf.len()) {
+                return found;
             }
-            // Undecided: wait for the next bytes (a readiness edge), never a timer.
-            if stream.readable().await.is_err() {
-                return Detected::default();
-            }
+            // Undecided (a split ClientHello or request line): a peek leaves the socket
+            // readable, so wait a little for more bytes. Bounded by `deadline` (Istio's
+            // protocol detection timeout, 100 ms by default).
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     };
     tokio::time::timeout(deadline, probe)
@@ -402,37 +384,9 @@ mod tests {
 
 #[cfg(test)]
 mod detect_tests {
-    use std::future::Future;
     use std::sync::Arc;
 
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_half_sent_request_line_waits_on_readiness_then_counts_as_opaque() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut c, b"GET /still-coming")
-            .await
-            .unwrap();
-        // Count the wake-ups while it waits 10 s (paused clock): a readiness wait is woken
-        // once per segment received, a sleep-poll loop once per millisecond.
-        let mut polls = 0usize;
-        let mut probe = std::pin::pin!(detect(&s, Duration::from_secs(10)));
-        let verdict = std::future::poll_fn(|cx| {
-            polls += 1;
-            probe.as_mut().poll(cx)
-        })
-        .await;
-        assert!(polls < 10, "detect was polled {polls} times");
-        assert_eq!(verdict, Detected::default(), "opaque after the deadline");
-        // Bytes that complete the line are still decided at once (the next edge wakes it).
-        tokio::io::AsyncWriteExt::write_all(&mut c, b" HTTP/1.1\r\n")
-            .await
-            .unwrap();
-        let found = detect(&s, Duration::from_secs(10)).await;
-        assert_eq!(found.application_protocols, vec!["http/1.1"]);
-    }
 
     fn protocols(bytes: &[u8]) -> Option<Vec<String>> {
         classify(bytes, false).map(|d| d.application_protocols)
