@@ -101,6 +101,12 @@ clusters:
     prometheus
         .query_until(total, |r| r.first().map(sample_value) == Some(24.0))
         .await;
+    // Each target is scraped on its own schedule: wait for the client's (source) side too.
+    prometheus
+        .query_until("sum(istio_requests_total{reporter=\"source\"})", |r| {
+            r.first().map(sample_value) == Some(24.0)
+        })
+        .await;
 
     // The query: incoming requests by workload and response code.
     let by_code = prometheus
