@@ -5,6 +5,7 @@
     reason = "test helpers outside #[test] functions fail loudly on unexpected input"
 )]
 
+mod access_log_formats;
 mod admin;
 mod balancing;
 mod config_dump;
@@ -34,5 +35,6 @@ mod shutdown;
 mod sidecar;
 mod smuggling;
 mod streaming;
+mod trace_spans;
 mod upstream_tls;
 mod xds;

@@ -13,6 +13,10 @@ pub use crate::capture::{
     TransportProtocol,
 };
 pub use crate::matching::{HeaderMatch, PathMatch, QueryMatch};
+pub use crate::observe::{
+    Decorator, ListenerAccessLog, ListenerTracing, LogFormat, LogPreset, OtlpProtocol,
+    TraceOperation, Tracing,
+};
 pub use crate::telemetry::{
     IstioMetric, IstioMetrics, MetricOverride, MetricSelector, Node, TagOperation, TagOverride,
     Telemetry, WorkloadMode,
@@ -50,6 +54,9 @@ pub struct Config {
     /// The certificate agent: this sidecar's identity from a `weft ca serve` endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
+    /// Native tracing: spans exported over OTLP (`docs/tracing.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
     /// The overload manager: a process memory watermark above which Weft sheds load.
     #[serde(default)]
     pub overload: Overload,
@@ -242,12 +249,35 @@ pub struct AccessLog {
     /// `stdout`, `stderr`, `off`, or a file path (appended to).
     #[serde(default = "defaults::access_log_path")]
     pub path: String,
+    /// A named format: `json` (default), `envoy` or `istio` (their default text lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<LogPreset>,
+    /// Envoy command operators, as Envoy's `text_format`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_format: Option<String>,
+    /// Envoy command operators as JSON values, as Envoy's `json_format`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_format: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 impl Default for AccessLog {
     fn default() -> Self {
         AccessLog {
             path: defaults::access_log_path(),
+            format: None,
+            text_format: None,
+            json_format: None,
+        }
+    }
+}
+
+impl AccessLog {
+    /// The format fields.
+    pub fn log_format(&self) -> LogFormat {
+        LogFormat {
+            format: self.format,
+            text_format: self.text_format.clone(),
+            json_format: self.json_format.clone(),
         }
     }
 }
@@ -294,6 +324,12 @@ pub struct Listener {
     /// A token bucket for every request of this listener (HTTP); 429 when empty.
     #[serde(default)]
     pub local_rate_limit: Option<crate::resilience::LocalRateLimit>,
+    /// Tracing on this listener (when `tracing` is configured): operation, or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<ListenerTracing>,
+    /// This listener's access-log format (or `disabled`), overriding `access_log`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<ListenerAccessLog>,
     /// Most connections open at once on this listener; more are closed as soon as they are
     /// accepted and counted (`weft_downstream_cx_overflow`). Unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -359,6 +395,8 @@ impl Listener {
             passthrough_cluster: None,
             protocol_detection_timeout: crate::capture::defaults::protocol_detection_timeout(),
             traffic_direction: TrafficDirection::default(),
+            tracing: None,
+            access_log: None,
         }
     }
 }
@@ -482,6 +520,9 @@ pub struct Route {
     /// A token bucket for this route; 429 when empty.
     #[serde(default)]
     pub local_rate_limit: Option<crate::resilience::LocalRateLimit>,
+    /// The span name of this route's requests, as Envoy's route `decorator`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decorator: Option<Decorator>,
 }
 
 /// The conditions a request must meet; all given conditions must hold.

@@ -243,10 +243,10 @@ fn parser_errors_are_file_line_column_path_message() {
         only_problem("listeners:\n  - { name: éé, address: 127.0.0.1:1, bogus: 1 }\n"),
         "e.yaml:2:39: listeners[0].bogus: unknown field `bogus`, expected one of `name`, `address`, \
          `protocol`, `http`, `virtual_hosts`, `tcp`, `plugins`, `tls`, \
-         `forward_client_cert_details`, `local_rate_limit`, `max_connections`, \
-         `per_connection_buffer_limit_bytes`, `original_dst`, `bind_to_port`, `filter_chains`, \
-         `outbound_traffic_policy`, `passthrough_cluster`, `protocol_detection_timeout`, \
-         `traffic_direction`"
+         `forward_client_cert_details`, `local_rate_limit`, `tracing`, `access_log`, \
+         `max_connections`, `per_connection_buffer_limit_bytes`, `original_dst`, `bind_to_port`, \
+         `filter_chains`, `outbound_traffic_policy`, `passthrough_cluster`, \
+         `protocol_detection_timeout`, `traffic_direction`"
     );
     assert_eq!(
         only_problem("clusters:\n  - name: c\n    endpoints: []\n    lb_policy: fastest\n"),

@@ -2,6 +2,7 @@
 //! patterns and header names. Every problem is collected, not just the first.
 
 mod capture;
+mod observe;
 mod resilience;
 mod tls;
 mod xds;
@@ -24,6 +25,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Found> {
         plugins: config.plugins.iter().map(|p| p.name.as_str()).collect(),
     };
     v.config(config);
+    v.found.extend(observe::check(config));
     v.found.extend(xds::xds(config));
     v.found
 }

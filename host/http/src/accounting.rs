@@ -16,6 +16,7 @@ use weft_observe::flags;
 use weft_observe::metrics::{ClusterMetrics, ListenerMetrics, RouteMetrics, class_index};
 use weft_upstream::Endpoint;
 
+use crate::access::ListenerLog;
 use crate::conn::{Activity, ConnCtx, Shared};
 use crate::phases::wasm::exchange::WasmExchange;
 
@@ -47,6 +48,10 @@ pub struct Completion {
     pub wasm: Option<WasmExchange>,
     /// The cluster's circuit-breaker slot, held until the response ends.
     pub permit: Option<weft_upstream::breaker::Admitted>,
+    /// The request's span, when sampled.
+    pub span: Option<Box<crate::trace::Active>>,
+    /// The access log's default format (when the entry has none of its own).
+    pub(crate) log_default: Arc<weft_observe::access_log::LineFormat>,
     /// Istio's standard metrics for this request (`None`: off on this listener).
     pub istio: Option<Box<crate::istio::IstioCall>>,
     /// Set once accounted for (by the response body's end, or by drop).
@@ -69,6 +74,22 @@ impl Drop for Completion {
                 self.flag = flags::DOWNSTREAM_CONNECTION_TERMINATION;
             }
             self.account(0, true);
+        }
+    }
+}
+
+impl Completion {
+    /// Captures the response headers its access-log format reads.
+    pub(crate) fn capture_response(&mut self, headers: &HeaderMap) {
+        if let Some(e) = self.entry.as_mut() {
+            crate::access::capture_response(e, &self.log_default, headers);
+        }
+    }
+
+    /// Captures the request headers its access-log format reads, as they go upstream.
+    pub(crate) fn recapture_request(&mut self, r: &crate::access::RequestView<'_>) {
+        if let Some(e) = self.entry.as_mut() {
+            crate::access::recapture_request(e, &self.log_default, r);
         }
     }
 }
@@ -127,6 +148,16 @@ impl Completion {
         if self.flag != flags::NONE {
             self.listener.flag(self.flag);
         }
+        if let Some(span) = self.span.take() {
+            span.finish(crate::trace::Outcome {
+                status: self.status,
+                flag: self.flag,
+                request_bytes: self.request_bytes.load(Ordering::Relaxed),
+                response_bytes: bytes,
+                upstream_address: self.endpoint.as_ref().map(|e| e.addr.to_string()),
+                elapsed,
+            });
+        }
         if let Some(istio) = &self.istio {
             istio.report(
                 self.status,
@@ -151,16 +182,45 @@ impl Completion {
     }
 }
 
-/// A fresh completion for `req` on `conn`, counted on `listener`.
+/// A fresh completion for `req` on `conn`, counted on `listener`; `log` is the listener's
+/// access-log choice.
 pub fn completion(
     conn: &ConnCtx,
     start: Instant,
     listener: Arc<ListenerMetrics>,
     listener_name: Option<&Arc<str>>,
+    log: &ListenerLog,
     req: &Request<Incoming>,
 ) -> Box<Completion> {
-    let entry = conn.shared.access_log.enabled().then(|| Entry {
-        start_time: access_log::rfc3339(SystemTime::now()),
+    let (logged, format) = match log {
+        ListenerLog::Off => (false, None),
+        ListenerLog::Default => (true, None),
+        ListenerLog::Format(f) => (true, Some(f.clone())),
+    };
+    let now = SystemTime::now();
+    let entry = (logged && conn.shared.access_log.enabled()).then(|| Entry {
+        start_time: access_log::rfc3339(now),
+        start: Some(now),
+        downstream_local_address: Some(conn.local.to_string()),
+        requested_server_name: conn.security.as_ref().and_then(|s| s.sni.clone()),
+        connection_id: Some(conn.id),
+        req_headers: crate::access::capture_request(
+            format
+                .as_deref()
+                .unwrap_or(conn.shared.access_log.default_format()),
+            &crate::access::RequestView {
+                method: req.method(),
+                uri: req.uri(),
+                authority: authority_of(req),
+                headers: req.headers(),
+                scheme: if conn.security.as_ref().is_some_and(|s| s.tls) {
+                    "https"
+                } else {
+                    "http"
+                },
+            },
+        ),
+        format,
         listener: listener_name
             .cloned()
             .unwrap_or_else(|| conn.listener_name.clone()),
@@ -207,12 +267,14 @@ pub fn completion(
         shared: conn.shared.clone(),
         wasm: None,
         permit: None,
+        span: None,
+        log_default: conn.shared.access_log.default_format().clone(),
         istio: None,
         accounted: false,
     })
 }
 
-fn version_name(v: Version) -> &'static str {
+pub(crate) fn version_name(v: Version) -> &'static str {
     match v {
         Version::HTTP_09 => "HTTP/0.9",
         Version::HTTP_10 => "HTTP/1.0",

@@ -92,11 +92,13 @@ impl weft_body::Progress for Activity {
     }
 }
 
-/// What every connection shares: the access log and the overload manager.
+/// What every connection shares: the access log, the span exporter and the overload manager.
 #[derive(Debug)]
 pub struct Shared {
     /// The access log.
     pub access_log: AccessLog,
+    /// The span exporter (`None`: tracing is off).
+    pub tracer: Option<weft_observe::trace::Exporter>,
     /// The overload manager.
     pub overload: Arc<crate::overload::Overload>,
 }

@@ -59,6 +59,24 @@ impl RequestCtx<'_> {
         }
     }
 
+    /// Starts the request's span when the listener traces and the exporter runs (before any
+    /// phase: they all see Weft's span as the parent).
+    pub fn start_span(&mut self) -> Option<Box<crate::trace::Active>> {
+        let settings = self.listener.trace.as_ref()?;
+        let exporter = self.conn.shared.tracer.as_ref()?;
+        let origin = crate::trace::Origin {
+            authority: &self.authority,
+            scheme: self.scheme(),
+            protocol: if self.conn.h2 {
+                "HTTP/2"
+            } else {
+                crate::accounting::version_name(self.head.version)
+            },
+            peer: self.conn.peer.ip(),
+        };
+        crate::trace::start(settings, exporter, &mut self.head, origin)
+    }
+
     /// `https` on a TLS connection, else `http`.
     pub fn scheme(&self) -> &'static str {
         if self.conn.security.as_ref().is_some_and(|s| s.tls) {

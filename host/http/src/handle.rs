@@ -32,7 +32,14 @@ pub async fn handle(
     conn.activity.begin();
     let Some(listener) = source.http() else {
         // The listener turned into a TCP listener by a reload; this connection is stale.
-        let c = accounting::completion(&conn, start, source.metrics(), None, &req);
+        let c = accounting::completion(
+            &conn,
+            start,
+            source.metrics(),
+            None,
+            &crate::access::ListenerLog::Default,
+            &req,
+        );
         return Ok(reply(
             c,
             LocalReply::text(
@@ -50,6 +57,7 @@ pub async fn handle(
             start,
             listener.settings.metrics.clone(),
             Some(&listener.settings.name),
+            &listener.settings.access_log,
             &req,
         );
         return Ok(reply(
@@ -75,6 +83,7 @@ async fn serve(
         start,
         listener.settings.metrics.clone(),
         Some(&listener.settings.name),
+        &listener.settings.access_log,
         &req,
     );
     let authority = accounting::authority_of(&req).unwrap_or("").to_owned();
@@ -106,6 +115,8 @@ async fn serve(
         upstream: None,
         watch: watch.clone(),
     };
+    // The request's span, before any phase: they all see Weft's span as the parent.
+    ctx.completion.span = ctx.start_span();
     let http = &listener.settings.config.http;
     let mut deadlines = Deadlines {
         request: Deadlines::enabled(http.request_timeout),
@@ -136,6 +147,9 @@ async fn serve(
         e.route = Some(route.name.clone());
     }
     ctx.completion.route = Some(state.metrics.clone());
+    if let (Some(op), Some(span)) = (&state.decorator, ctx.completion.span.as_mut()) {
+        span.name = op.to_string();
+    }
     ctx.route = Some(route);
     if let Action::Forward(f) = &route.action {
         if let Some(idle) = f.idle_timeout {
@@ -204,6 +218,11 @@ fn respond(
     if let Some(istio) = c.istio.as_mut() {
         crate::istio::on_response(istio, &mut head.headers);
     }
+    c.capture_response(&head.headers);
+    let via_upstream = c.endpoint.is_some();
+    if let Some(e) = c.entry.as_mut() {
+        e.via_upstream = via_upstream;
+    }
     Response::from_parts(head, body.on_complete(c))
 }
 
@@ -260,6 +279,7 @@ fn reply(mut c: Box<Completion>, reply: LocalReply) -> Response<ProxyBody> {
     if let Some(istio) = c.istio.as_mut() {
         crate::istio::on_response(istio, &mut headers);
     }
+    c.capture_response(&headers);
     let mut resp = Response::new(ProxyBody::full(reply.body).on_complete(c));
     *resp.status_mut() = reply.status;
     *resp.headers_mut() = headers;

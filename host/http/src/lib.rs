@@ -20,6 +20,7 @@
     reason = "local replies travel on the rare error path; boxing them would cost the common path nothing but noise"
 )]
 
+pub mod access;
 pub mod accounting;
 pub mod chain;
 pub mod conn;
@@ -38,6 +39,7 @@ pub mod security;
 pub mod server;
 pub mod settings;
 pub mod timeouts;
+pub mod trace;
 
 pub use conn::Shared;
 pub use listener::{BuildContext, BuildError, HttpListener, ListenerSource, RouteState};

@@ -78,6 +78,8 @@ pub struct RouteState {
     pub plugins: Vec<Arc<PluginHandle>>,
     /// The route's token bucket (carried over by the next generation).
     pub rate_limit: Option<Arc<TokenBucket>>,
+    /// The span name of its requests (Envoy's route `decorator`).
+    pub decorator: Option<Arc<str>>,
 }
 
 /// What building a listener needs besides its configuration.
@@ -174,6 +176,7 @@ impl HttpListener {
                 chain: Chain::new(steps),
                 plugins,
                 rate_limit,
+                decorator: rc.decorator.as_ref().map(|d| d.operation.as_str().into()),
             });
         }
 
@@ -213,6 +216,12 @@ impl HttpListener {
                 tls,
                 clusters: ctx.clusters.clone(),
                 metrics: metrics.listener(&l.name),
+                trace: crate::trace::TraceSettings::build(
+                    ctx.config.tracing.as_ref(),
+                    ctx.config.node.id.as_deref(),
+                    l,
+                ),
+                access_log: crate::access::ListenerLog::build(l),
                 istio: ctx.config.telemetry.metrics.enabled.then(|| {
                     metrics
                         .istio

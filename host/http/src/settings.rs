@@ -22,6 +22,10 @@ pub struct ListenerSettings {
     pub clusters: Arc<Vec<Arc<Cluster>>>,
     /// Metric handles.
     pub metrics: Arc<ListenerMetrics>,
+    /// The access-log format of its requests.
+    pub access_log: crate::access::ListenerLog,
+    /// Tracing (`None`: no spans, trace headers pass through).
+    pub trace: Option<Arc<crate::trace::TraceSettings>>,
     /// Istio's standard metrics and metadata exchange (`None`: turned off).
     pub istio: Option<Arc<weft_observe::istio::Reporting>>,
 }

@@ -1,7 +1,11 @@
-//! The access log: one JSON object per line for every HTTP request and TCP connection.
+//! The access log: one line for every HTTP request and TCP connection, as Weft's JSON object
+//! or in an Envoy format ([`format`]).
 //!
 //! Entries are handed to a dedicated writer thread through a bounded channel, so a slow disk
-//! never stalls a worker; when the channel is full the entry is dropped and counted.
+//! never stalls a worker; when the channel is full the entry is dropped and counted
+//! (`weft_access_log_dropped_total`). Lines are rendered on the writer thread.
+
+pub mod format;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -9,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
 use serde::Serialize;
+
+pub use format::LineFormat;
 
 /// One access-log line.
 #[derive(Debug, Default, Serialize)]
@@ -71,6 +77,37 @@ pub struct Entry {
     /// Tries sent upstream (1 without retries), as Envoy's `%UPSTREAM_REQUEST_ATTEMPT_COUNT%`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_request_attempt_count: Option<u32>,
+    // The fields below feed Envoy's command operators only (not Weft's JSON line).
+    /// The start time (`%START_TIME(fmt)%`).
+    #[serde(skip)]
+    pub start: Option<std::time::SystemTime>,
+    /// Our address on the downstream connection.
+    #[serde(skip)]
+    pub downstream_local_address: Option<String>,
+    /// The TLS SNI the client asked for.
+    #[serde(skip)]
+    pub requested_server_name: Option<String>,
+    /// The downstream connection's id.
+    #[serde(skip)]
+    pub connection_id: Option<u64>,
+    /// Our address on the upstream connection.
+    #[serde(skip)]
+    pub upstream_local_address: Option<String>,
+    /// Why the upstream connection failed, when it did.
+    #[serde(skip)]
+    pub upstream_transport_failure_reason: Option<String>,
+    /// The response came from the upstream (`via_upstream`).
+    #[serde(skip)]
+    pub via_upstream: bool,
+    /// The request headers the line's format reads, in [`LineFormat::request_headers`] order.
+    #[serde(skip)]
+    pub req_headers: Vec<Option<String>>,
+    /// The response headers the format reads, in [`LineFormat::response_headers`] order.
+    #[serde(skip)]
+    pub resp_headers: Vec<Option<String>>,
+    /// The line's format (`None`: the log's default).
+    #[serde(skip)]
+    pub format: Option<Arc<LineFormat>>,
 }
 
 /// Where access-log lines go.
@@ -78,6 +115,7 @@ pub struct Entry {
 pub struct AccessLog {
     tx: Option<SyncSender<Entry>>,
     dropped: Arc<AtomicU64>,
+    format: Arc<LineFormat>,
 }
 
 impl AccessLog {
@@ -86,11 +124,13 @@ impl AccessLog {
         AccessLog {
             tx: None,
             dropped: Arc::default(),
+            format: Arc::default(),
         }
     }
 
-    /// Opens `path` (`stdout`, `stderr`, `off` or a file, appended to) and starts the writer.
-    pub fn open(path: &str) -> std::io::Result<AccessLog> {
+    /// Opens `path` (`stdout`, `stderr`, `off` or a file, appended to) and starts the writer;
+    /// lines without a format of their own use `format`.
+    pub fn open(path: &str, format: LineFormat) -> std::io::Result<AccessLog> {
         let sink: Box<dyn Write + Send> = match path {
             "off" => return Ok(AccessLog::off()),
             "stdout" | "/dev/stdout" => Box::new(std::io::stdout()),
@@ -103,16 +143,23 @@ impl AccessLog {
             ),
         };
         let (tx, rx) = sync_channel::<Entry>(8192);
+        let format = Arc::new(format);
+        let default = format.clone();
         std::thread::Builder::new()
             .name("weft-access-log".into())
             .spawn(move || {
                 let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
+                let mut line = Vec::with_capacity(1024);
                 while let Ok(first) = rx.recv() {
                     let mut next = Some(first);
                     while let Some(entry) = next {
-                        if serde_json::to_writer(&mut out, &entry).is_ok() {
-                            let _ = out.write_all(b"\n");
-                        }
+                        line.clear();
+                        entry
+                            .format
+                            .as_ref()
+                            .unwrap_or(&default)
+                            .render(&entry, &mut line);
+                        let _ = out.write_all(&line);
                         next = rx.try_recv().ok();
                     }
                     let _ = out.flush();
@@ -121,7 +168,13 @@ impl AccessLog {
         Ok(AccessLog {
             tx: Some(tx),
             dropped: Arc::default(),
+            format,
         })
+    }
+
+    /// The format of lines that have none of their own.
+    pub fn default_format(&self) -> &Arc<LineFormat> {
+        &self.format
     }
 
     /// True when entries are written somewhere.

@@ -8,6 +8,8 @@ pub mod exposition;
 pub mod flags;
 pub mod istio;
 pub mod metrics;
+pub mod reporters;
+pub mod trace;
 pub mod xds;
 
 pub use access_log::{AccessLog, Entry};

@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod reload;
 pub mod signals;
 pub mod source;
+mod spans;
 pub mod state;
 mod watch;
 

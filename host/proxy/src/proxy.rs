@@ -56,15 +56,26 @@ impl Proxy {
                 .map_err(ProxyError::Identity)?;
         }
         let plugins = Arc::new(PluginRegistry::new());
-        let mut metrics = Metrics::new();
-        // Once per process: the plugin families are read from the live handles at each scrape.
-        metrics.register_collector(Box::new(PluginMetrics::new(plugins.clone())));
-        let metrics = Arc::new(metrics);
-        let access_log =
-            AccessLog::open(&config.access_log.path).map_err(|error| ProxyError::AccessLog {
+        let access_log = log_format(&config)
+            .and_then(|f| AccessLog::open(&config.access_log.path, f))
+            .map_err(|error| ProxyError::AccessLog {
                 path: config.access_log.path.clone(),
                 error,
             })?;
+        let span_stats = Arc::new(weft_observe::trace::ExportStats::default());
+        let tracer = crate::spans::exporter(
+            config.tracing.as_ref(),
+            config.node.id.as_deref(),
+            span_stats.clone(),
+        );
+        let mut metrics = Metrics::new();
+        metrics.register_collector(Box::new(weft_observe::reporters::ReporterMetrics {
+            spans: span_stats,
+            access_log: access_log.clone(),
+        }));
+        // Once per process: the plugin families are read from the live handles at each scrape.
+        metrics.register_collector(Box::new(PluginMetrics::new(plugins.clone())));
+        let metrics = Arc::new(metrics);
         let label = source.label();
         let base_dir = source.base_dir();
         let ctx = PluginContext {
@@ -94,6 +105,7 @@ impl Proxy {
                     metrics,
                     http: Arc::new(weft_http::Shared {
                         access_log,
+                        tracer,
                         overload: overload.clone(),
                     }),
                 }),
@@ -267,6 +279,13 @@ impl Proxy {
         }
         self.wait().await
     }
+}
+
+/// The access log's default line format (validated with the configuration, so a failure here
+/// is reported as the access log's error).
+fn log_format(config: &Config) -> std::io::Result<weft_observe::access_log::LineFormat> {
+    weft_observe::access_log::LineFormat::compile(&config.access_log.log_format())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
 }
 
 /// Binds Istio's sidecar ports (read once at start): health, Prometheus, and the merged

@@ -134,6 +134,7 @@ async fn apply_composed(
 async fn apply(state: &State, config: Config) -> Result<u64, ReloadError> {
     let inner = state;
     let previous = inner.generation.load_full();
+    crate::spans::warn_on_fixed_changes(previous.config.tracing.as_ref(), config.tracing.as_ref());
     let id = previous.id + 1;
     let label = inner.source.label();
     let base_dir = inner.source.base_dir();

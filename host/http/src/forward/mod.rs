@@ -95,6 +95,9 @@ impl ForwardPhase {
         if let Some(e) = ctx.completion.entry.as_mut() {
             e.upstream_cluster = Some(cluster.name.clone());
         }
+        if let Some(s) = ctx.completion.span.as_mut() {
+            s.upstream_cluster = Some(cluster.name.clone());
+        }
         let hash = prepare::request_hash(&forward.hash_policy, &ctx.head.headers, ctx.conn.peer);
         admit(ctx, cluster, forward.timeout).await?;
 
@@ -105,6 +108,22 @@ impl ForwardPhase {
             listener,
             ctx.is_upgrade,
         );
+        let scheme = ctx.scheme();
+        ctx.completion
+            .recapture_request(&crate::access::RequestView {
+                method: &ctx.head.method,
+                uri: &ctx.head.uri,
+                authority: Some(&ctx.authority),
+                headers: &ctx.head.headers,
+                scheme,
+            });
+        if let Some(s) = ctx.completion.span.as_mut()
+            && s.request_id.is_none()
+        {
+            s.request_id =
+                crate::accounting::header_str(&ctx.head.headers, &crate::accounting::X_REQUEST_ID)
+                    .map(str::to_owned);
+        }
         if let Some(e) = ctx.completion.entry.as_mut()
             && e.request_id.is_none()
         {

@@ -110,9 +110,16 @@ fn route(
         &format!("{path}.match"),
         rest.r#match.take().unwrap_or_default(),
     )?;
+    // The route's span name (tracing); an empty operation is Envoy's "no decorator".
+    let decorator = rest
+        .decorator
+        .take()
+        .filter(|d| !d.operation.is_empty())
+        .map(|d| weft_config::schema::Decorator {
+            operation: d.operation,
+        });
     // Ignored: observability-only fields.
     rest.metadata = None;
-    rest.decorator = None;
     rest.stat_prefix.clear();
     let mut out = Route {
         name: (!name.is_empty()).then_some(name),
@@ -125,6 +132,7 @@ fn route(
         plugins: Vec::new(),
         fault: None,
         local_rate_limit: None,
+        decorator,
     };
     match rest.action.take() {
         Some(Action::Route(a)) => out.route = Some(route_action(&format!("{path}.route"), a)?),
