@@ -351,3 +351,163 @@ async fn head_on_the_exposition_sends_headers_only() {
         .unwrap();
     assert!(length > 0);
 }
+
+/// A gRPC server normally sends `grpc-status` in the trailers after the response message (only
+/// a "trailers-only" error puts it in the headers): `grpc_response_status` must come from
+/// there, as Istio's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_status_is_read_from_the_response_trailers() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+
+    // An h2c upstream answering every call with one message, then `grpc-status: 7`.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("7"));
+                    trailers.insert(
+                        "grpc-message",
+                        http::HeaderValue::from_static("permission denied"),
+                    );
+                    let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+                        Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    let body = StreamBody::new(futures_util::stream::iter(frames));
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(body)
+                            .unwrap(),
+                    )
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+            });
+        }
+    });
+    let p = TestProxy::start(&format!(
+        r#"
+node: {{ workload_name: ratings-v1, namespace: prod }}
+listeners:
+  - name: inbound
+    address: 127.0.0.1:0
+    traffic_direction: inbound
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes: [{{ route: {{ cluster: grpc }} }}]
+clusters:
+  - {{ name: grpc, protocol: http2, endpoints: [{{ address: "{up}" }}] }}
+"#
+    ))
+    .await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let req = Request::post(p.url("inbound", "/ratings.Ratings/Get"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let resp = client.request(req).await.expect("request sent");
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.expect("body read");
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"7"[..]),
+        "the client gets the upstream's trailers"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            requests(
+                &p.metrics().await,
+                &[
+                    "reporter=\"destination\"",
+                    "request_protocol=\"grpc\"",
+                    "response_code=\"200\"",
+                    "grpc_response_status=\"7\"",
+                ],
+            ) == Some(1.0)
+        })
+        .await,
+        "{}",
+        p.metrics().await
+    );
+}
+
+/// A long-lived TCP connection shows its bytes while it is still open (Istio reports every
+/// `tcp_reporting_duration`), and the close adds only what moved since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_tcp_connections_report_their_bytes_periodically() {
+    let up = tcp_echo(">").await;
+    let p = TestProxy::start(&format!(
+        r#"
+node: {{ workload_name: db-v1, namespace: data }}
+telemetry: {{ metrics: {{ tcp_reporting_interval: 50ms }} }}
+listeners:
+  - name: db
+    address: 127.0.0.1:0
+    protocol: tcp
+    traffic_direction: inbound
+    tcp: {{ cluster: db }}
+clusters:
+  - {{ name: db, endpoints: [{{ address: "{up}" }}] }}
+"#
+    ))
+    .await;
+    let series = |m: &str, family: &str| -> Option<f64> {
+        m.lines()
+            .find(|l| {
+                l.starts_with(&format!("{family}{{"))
+                    && l.contains("reporter=\"destination\"")
+                    && l.contains("destination_workload=\"db-v1\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let mut s = tokio::net::TcpStream::connect(p.addr("db")).await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 6];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b">hello");
+    // Still open: the bytes are reported, the connection is not closed.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let m = p.metrics().await;
+            series(&m, "istio_tcp_received_bytes_total") == Some(5.0)
+                && series(&m, "istio_tcp_sent_bytes_total") == Some(6.0)
+        })
+        .await,
+        "{}",
+        p.metrics().await
+    );
+    let m = p.metrics().await;
+    assert_eq!(series(&m, "istio_tcp_connections_opened_total"), Some(1.0));
+    assert_ne!(
+        series(&m, "istio_tcp_connections_closed_total"),
+        Some(1.0),
+        "{m}"
+    );
+    s.write_all(b"again").await.unwrap();
+    s.read_exact(&mut buf).await.unwrap();
+    drop(s);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let m = p.metrics().await;
+            series(&m, "istio_tcp_connections_closed_total") == Some(1.0)
+                && series(&m, "istio_tcp_received_bytes_total") == Some(10.0)
+                && series(&m, "istio_tcp_sent_bytes_total") == Some(12.0)
+        })
+        .await,
+        "{}",
+        p.metrics().await
+    );
+}

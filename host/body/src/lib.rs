@@ -33,6 +33,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub trait OnComplete: Send + Sync {
     /// Called with the number of body bytes that passed through.
     fn complete(self: Box<Self>, bytes: u64, errored: bool);
+    /// Sees the trailers as they pass (before `complete`), e.g. a gRPC status.
+    fn trailers(&mut self, _trailers: &HeaderMap) {}
 }
 
 /// Told when a body moves (for idle timeouts) and when it ends (for timeouts that start when
@@ -223,6 +225,9 @@ impl http_body::Body for ProxyBody {
                 if let Some(d) = frame.data_ref() {
                     let n = d.len();
                     this.count(n);
+                } else if let (Some(t), Some(hook)) = (frame.trailers_ref(), &mut this.on_complete)
+                {
+                    hook.trailers(t);
                 }
                 if let Some(p) = &this.progress {
                     p.moved();

@@ -73,6 +73,15 @@ pub struct IstioMetrics {
     /// Per-metric changes, applied in order, as Istio's Telemetry `metrics[].overrides`.
     #[serde(default)]
     pub overrides: Vec<MetricOverride>,
+    /// How often an open TCP connection reports the bytes it moved so far (Istio's
+    /// `tcp_reporting_duration`, 5 s): a long-lived connection shows on dashboards before it
+    /// closes.
+    #[serde(default = "tcp_reporting_interval", with = "humantime_serde")]
+    pub tcp_reporting_interval: std::time::Duration,
+}
+
+fn tcp_reporting_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
 }
 
 impl Default for IstioMetrics {
@@ -81,6 +90,7 @@ impl Default for IstioMetrics {
             enabled: true,
             metadata_exchange: true,
             overrides: Vec::new(),
+            tcp_reporting_interval: tcp_reporting_interval(),
         }
     }
 }
@@ -206,6 +216,12 @@ pub const ISTIO_LABELS: [&str; 25] = [
 /// Problems in `telemetry:` (field path, message).
 pub(crate) fn validate(t: &Telemetry) -> Vec<(String, String)> {
     let mut found = Vec::new();
+    if t.metrics.tcp_reporting_interval.is_zero() {
+        found.push((
+            "telemetry.metrics.tcp_reporting_interval".to_owned(),
+            "must be more than 0".to_owned(),
+        ));
+    }
     for (i, o) in t.metrics.overrides.iter().enumerate() {
         for (name, tag) in &o.tag_overrides {
             let path = format!("telemetry.metrics.overrides[{i}].tag_overrides.{name}");

@@ -62,6 +62,12 @@ impl OnComplete for Completion {
     fn complete(mut self: Box<Self>, bytes: u64, errored: bool) {
         self.account(bytes, errored);
     }
+
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(istio) = self.istio.as_mut() {
+            crate::istio::on_trailers(istio, trailers);
+        }
+    }
 }
 
 impl Drop for Completion {

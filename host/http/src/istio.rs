@@ -120,13 +120,27 @@ pub fn on_response(call: &mut IstioCall, headers: &mut HeaderMap) {
         }
         TrafficDirection::Unspecified => {}
     }
-    if call.grpc {
-        call.grpc_status = headers
-            .get("grpc-status")
-            .and_then(|v: &HeaderValue| v.to_str().ok()?.parse().ok());
-    }
+    read_grpc_status(call, headers);
     // The status line ("HTTP/1.1 200 OK\r\n") and the header section.
     call.response_head_bytes = 17 + head_bytes(headers);
+}
+
+/// Reads the gRPC status from the response's trailers, where a gRPC server normally sends it
+/// (a "trailers-only" response carries it in the headers instead: [`on_response`]).
+pub fn on_trailers(call: &mut IstioCall, trailers: &HeaderMap) {
+    read_grpc_status(call, trailers);
+}
+
+fn read_grpc_status(call: &mut IstioCall, headers: &HeaderMap) {
+    if !call.grpc {
+        return;
+    }
+    if let Some(status) = headers
+        .get("grpc-status")
+        .and_then(|v: &HeaderValue| v.to_str().ok()?.parse().ok())
+    {
+        call.grpc_status = Some(status);
+    }
 }
 
 impl IstioCall {

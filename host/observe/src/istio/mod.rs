@@ -402,6 +402,11 @@ fn code_str(code: u16) -> &'static str {
 }
 
 impl Reporting {
+    /// How often an open TCP connection reports its bytes so far.
+    pub fn tcp_reporting_interval(&self) -> std::time::Duration {
+        self.config.1.metrics.tcp_reporting_interval
+    }
+
     /// Builds the shapes for `telemetry`, with `node` resolved against the environment.
     pub fn new(node: &Node, telemetry: &Telemetry) -> Reporting {
         let local_node = LocalNode::from_env(node);

@@ -21,10 +21,15 @@ use weft_wasm::PeerType;
 use crate::slot::TcpTarget;
 use filters::{Close, ConnectionProperties, NetFilters, NetPipe};
 
-/// When bytes last moved on a TCP connection, for its idle timeout.
+/// When bytes last moved on a TCP connection (for its idle timeout), and how many moved each
+/// way so far (for Istio's periodic reports while it is open).
 struct IdleClock {
     epoch: Instant,
     last_ms: AtomicU64,
+    /// Bytes read from the downstream.
+    received: AtomicU64,
+    /// Bytes read from the upstream.
+    sent: AtomicU64,
 }
 
 impl IdleClock {
@@ -32,6 +37,8 @@ impl IdleClock {
         IdleClock {
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
         }
     }
 
@@ -45,18 +52,60 @@ impl IdleClock {
             .elapsed()
             .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
     }
+
+    fn moved(&self) -> (u64, u64) {
+        (
+            self.received.load(Ordering::Relaxed),
+            self.sent.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Istio's TCP byte counters for one open connection: what has been reported so far, so each
+/// report (every `interval`, and the last at close) adds only the bytes since the previous one.
+struct TcpReporting<'a> {
+    reporting: &'a weft_observe::istio::Reporting,
+    reporter: Reporter,
+    interval: Duration,
+    reported: (u64, u64),
+}
+
+impl TcpReporting<'_> {
+    /// Reports the bytes moved since the last report (`closed`: the connection ended).
+    fn report(&mut self, moved: (u64, u64), closed: bool) {
+        let received = moved.0.saturating_sub(self.reported.0);
+        let sent = moved.1.saturating_sub(self.reported.1);
+        self.reported = (self.reported.0.max(moved.0), self.reported.1.max(moved.1));
+        if received == 0 && sent == 0 && !closed {
+            return;
+        }
+        self.reporting.record_tcp(
+            &tcp_report(self.reporter, flags::NONE),
+            false,
+            closed,
+            sent,
+            received,
+        );
+    }
 }
 
 /// Runs `work` to its end, unless the proxy shuts down or nothing moves for `idle` (then
-/// `None`, with the reason in the access-log entry).
+/// `None`, with the reason in the access-log entry). Meanwhile, reports the bytes moved to
+/// Istio's metrics every reporting interval.
 async fn until_idle<R>(
     work: impl std::future::Future<Output = R>,
     clock: &IdleClock,
     idle: Duration,
     shutdown: &CancellationToken,
     entry: &mut Entry,
+    istio: &mut Option<TcpReporting<'_>>,
 ) -> Option<R> {
     let mut work = std::pin::pin!(work);
+    let every = istio
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |r| r.interval);
+    let mut report = tokio::time::interval_at(Instant::now() + every, every);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = work.as_mut() => return Some(r),
@@ -67,14 +116,20 @@ async fn until_idle<R>(
                     return None;
                 }
             }
+            _ = report.tick(), if istio.is_some() => {
+                if let Some(r) = istio.as_mut() {
+                    r.report(clock.moved(), false);
+                }
+            }
         }
     }
 }
 
-/// Counts activity on a TCP stream for the idle timeout.
+/// Counts activity on a TCP stream for the idle timeout, and the bytes read from it.
 struct Metered<'a, S> {
     inner: S,
     clock: &'a IdleClock,
+    read: &'a AtomicU64,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Metered<'_, S> {
@@ -85,8 +140,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<'_, S> {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let n = buf.filled().len() - before;
+        if n > 0 {
             self.clock.touch();
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
         }
         res
     }
@@ -114,27 +171,38 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<'_, S> {
     }
 }
 
-/// Bytes both ways, untouched, until either side closes or the connection idles out.
+/// How a TCP connection is watched while it is copied: its idle timeout, the proxy's
+/// shutdown, Istio's periodic byte reports, and its access-log entry.
+struct Watch<'a, 'r> {
+    clock: IdleClock,
+    idle: Duration,
+    shutdown: &'a CancellationToken,
+    entry: &'a mut Entry,
+    istio: Option<TcpReporting<'r>>,
+}
+
+/// Bytes both ways, untouched, until either side closes or the connection idles out; returns
+/// (received from downstream, sent to downstream).
 async fn copy_plain(
     downstream: &mut TcpStream,
     upstream: &mut UpstreamIo,
-    idle: Duration,
-    shutdown: &CancellationToken,
-    entry: &mut Entry,
+    w: &mut Watch<'_, '_>,
 ) -> (u64, u64) {
-    let clock = IdleClock::new();
     let mut down = Metered {
         inner: downstream,
-        clock: &clock,
+        clock: &w.clock,
+        read: &w.clock.received,
     };
     let mut up = Metered {
         inner: upstream,
-        clock: &clock,
+        clock: &w.clock,
+        read: &w.clock.sent,
     };
     let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
-    match until_idle(copy, &clock, idle, shutdown, entry).await {
+    match until_idle(copy, &w.clock, w.idle, w.shutdown, w.entry, &mut w.istio).await {
         Some(Ok(totals)) => totals,
-        _ => (0, 0),
+        // Cut short: what moved until then.
+        _ => w.clock.moved(),
     }
 }
 
@@ -144,6 +212,7 @@ async fn pump(
     to: &mut (impl AsyncWrite + Unpin),
     pipe: &mut NetPipe,
     clock: &IdleClock,
+    moved: &AtomicU64,
 ) -> Result<u64, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 16 * 1024];
@@ -153,6 +222,7 @@ async fn pump(
         clock.touch();
         let out = pipe.push(&buf[..n], n == 0).map_err(|c| c.0)?;
         total += out.len() as u64;
+        moved.fetch_add(out.len() as u64, Ordering::Relaxed);
         to.write_all(&out).await.map_err(|e| e.to_string())?;
         if n == 0 {
             let _ = to.shutdown().await;
@@ -166,28 +236,26 @@ async fn copy_filtered(
     downstream: &mut TcpStream,
     upstream: &mut UpstreamIo,
     filters: &NetFilters,
-    idle: Duration,
-    shutdown: &CancellationToken,
-    entry: &mut Entry,
+    w: &mut Watch<'_, '_>,
 ) -> (u64, u64) {
     let (mut dr, mut dw) = downstream.split();
     let (mut ur, mut uw) = tokio::io::split(upstream);
     let mut to_up = filters.pipe(true);
     let mut to_down = filters.pipe(false);
-    let clock = IdleClock::new();
+    let clock = &w.clock;
     let both = async {
         tokio::try_join!(
-            pump(&mut dr, &mut uw, &mut to_up, &clock),
-            pump(&mut ur, &mut dw, &mut to_down, &clock)
+            pump(&mut dr, &mut uw, &mut to_up, clock, &clock.received),
+            pump(&mut ur, &mut dw, &mut to_down, clock, &clock.sent)
         )
     };
-    match until_idle(both, &clock, idle, shutdown, entry).await {
+    match until_idle(both, clock, w.idle, w.shutdown, w.entry, &mut w.istio).await {
         Some(Ok(totals)) => totals,
         Some(Err(why)) => {
-            entry.details = Some(why);
-            (0, 0)
+            w.entry.details = Some(why);
+            clock.moved()
         }
-        None => (0, 0),
+        None => clock.moved(),
     }
 }
 
@@ -268,8 +336,20 @@ pub(crate) async fn serve(
         .tcp
         .as_ref()
         .map_or(Duration::from_secs(3600), |t| t.idle_timeout);
+    let mut watch = Watch {
+        clock: IdleClock::new(),
+        idle,
+        shutdown: &shutdown,
+        entry: &mut entry,
+        istio: target.istio.as_deref().map(|r| TcpReporting {
+            reporting: r,
+            reporter,
+            interval: r.tcp_reporting_interval(),
+            reported: (0, 0),
+        }),
+    };
     let (received, sent) = if target.wasm.is_empty() {
-        copy_plain(&mut downstream, &mut upstream, idle, &shutdown, &mut entry).await
+        copy_plain(&mut downstream, &mut upstream, &mut watch).await
     } else {
         let local = original_dst.unwrap_or_else(|| downstream.local_addr().unwrap_or(peer));
         let props = Arc::new(ConnectionProperties::new(
@@ -279,34 +359,20 @@ pub(crate) async fn serve(
         ));
         match NetFilters::start(&target.wasm, props) {
             Ok(filters) => {
-                let r = copy_filtered(
-                    &mut downstream,
-                    &mut upstream,
-                    &filters,
-                    idle,
-                    &shutdown,
-                    &mut entry,
-                )
-                .await;
+                let r = copy_filtered(&mut downstream, &mut upstream, &filters, &mut watch).await;
                 filters.finish(PeerType::Remote);
                 r
             }
             Err(Close(why)) => {
-                entry.details = Some(why);
+                watch.entry.details = Some(why);
                 (0, 0)
             }
         }
     };
     endpoint.active.fetch_sub(1, Ordering::Relaxed);
-    if let Some(r) = &target.istio {
-        // Bytes are reported at close (Istio also reports every few seconds while open).
-        r.record_tcp(
-            &tcp_report(reporter, flags::NONE),
-            false,
-            true,
-            sent,
-            received,
-        );
+    // The bytes not reported yet, and the close.
+    if let Some(mut r) = watch.istio.take() {
+        r.report((received, sent), true);
     }
     entry.bytes_received = received;
     entry.bytes_sent = sent;
