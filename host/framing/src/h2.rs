@@ -19,6 +19,9 @@
 //! discarded, so hyper closes the connection. Every other frame passes through untouched; the
 //! rest of RFC 9113 is the `h2` crate's job.
 //!
+//! The same scan follows the client's header blocks ([`HeaderBlocks`]) for the request header
+//! timeout, which hyper's h2 server does not have.
+//!
 //! The streams the client closed are remembered for the [`CLOSED_STREAMS_KEPT`] most recent
 //! ones, and streams it has open for at most [`OPEN_STREAMS_TRACKED`]; beyond those, frames
 //! are left to `h2`'s own checks (which refuse them with `PROTOCOL_ERROR`), so memory per
@@ -28,10 +31,12 @@ use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -113,13 +118,89 @@ impl H2Violation {
     }
 }
 
+/// `HeaderBlocks::open_since_ms` when no header block is open.
+const CLOSED_BLOCK: u64 = u64::MAX;
+
+/// Where the client's header blocks are, for HTTP/2's request header timeout (hyper's h2
+/// server has none): whether a header block (`HEADERS` without `END_HEADERS`, then
+/// `CONTINUATION`s) is open and since when, and whether any request has arrived yet. The
+/// connection's driver closes a connection whose header block stays open, or that sends no
+/// request at all, for too long.
+#[derive(Debug)]
+pub struct HeaderBlocks {
+    epoch: Instant,
+    /// Milliseconds since `epoch` when the open header block started (`CLOSED_BLOCK`: none open).
+    open_since_ms: AtomicU64,
+    /// A complete header block (a request) has arrived.
+    any: AtomicBool,
+}
+
+impl HeaderBlocks {
+    fn new() -> HeaderBlocks {
+        HeaderBlocks {
+            epoch: Instant::now(),
+            open_since_ms: AtomicU64::new(CLOSED_BLOCK),
+            any: AtomicBool::new(false),
+        }
+    }
+
+    /// How long the client has been keeping the server waiting for a request head: an open
+    /// header block's age, or, before any request, the connection's age.
+    pub fn waiting_for(&self) -> Option<Duration> {
+        let now = self.epoch.elapsed();
+        match self.open_since_ms.load(Ordering::Acquire) {
+            CLOSED_BLOCK if self.any.load(Ordering::Acquire) => None,
+            CLOSED_BLOCK => Some(now),
+            ms => Some(now.saturating_sub(Duration::from_millis(ms))),
+        }
+    }
+
+    /// Whether no request has arrived yet.
+    pub fn no_request_yet(&self) -> bool {
+        !self.any.load(Ordering::Acquire)
+    }
+
+    /// Whether a header block is open (a request head is arriving).
+    pub fn block_open(&self) -> bool {
+        self.open_since_ms.load(Ordering::Acquire) != CLOSED_BLOCK
+    }
+}
+
+impl HeaderBlocks {
+    /// A client frame header of `kind` with `flags` was read.
+    fn on_frame(&self, kind: u8, flags: u8) {
+        match kind {
+            HEADERS | CONTINUATION if flags & FLAG_END_HEADERS != 0 => {
+                self.open_since_ms.store(CLOSED_BLOCK, Ordering::Release);
+                self.any.store(true, Ordering::Release);
+            }
+            HEADERS => {
+                let now = self.epoch.elapsed().as_millis() as u64;
+                let _ = self.open_since_ms.compare_exchange(
+                    CLOSED_BLOCK,
+                    now,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Cloneable handle to what an [`H2GuardedIo`] found.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct H2GuardHandle {
     violation: Arc<AtomicU8>,
+    blocks: Arc<HeaderBlocks>,
 }
 
 impl H2GuardHandle {
+    /// The client's header blocks, for the request header timeout.
+    pub fn header_blocks(&self) -> &Arc<HeaderBlocks> {
+        &self.blocks
+    }
+
     /// The connection error the guard answered, if any.
     pub fn violation(&self) -> Option<H2Violation> {
         H2Violation::from_code(self.violation.load(Ordering::Acquire))
@@ -153,6 +234,8 @@ pub struct FrameScanner {
     open: HashSet<u32>,
     closed: HashSet<u32>,
     closed_order: VecDeque<u32>,
+    /// Told of every frame header, when the scanner runs under a connection.
+    blocks: Option<Arc<HeaderBlocks>>,
 }
 
 impl Default for FrameScanner {
@@ -168,6 +251,7 @@ impl Default for FrameScanner {
             open: HashSet::new(),
             closed: HashSet::new(),
             closed_order: VecDeque::new(),
+            blocks: None,
         }
     }
 }
@@ -274,6 +358,9 @@ impl FrameScanner {
         let kind = h[3];
         let flags = h[4];
         let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+        if let Some(b) = &self.blocks {
+            b.on_frame(kind, flags);
+        }
         let fixed = match kind {
             PING => Some(8),
             WINDOW_UPDATE | RST_STREAM => Some(4),
@@ -404,11 +491,17 @@ pub struct H2GuardedIo<IO> {
 impl<IO> H2GuardedIo<IO> {
     /// Wraps `io` (a connection whose first bytes are the client preface).
     pub fn new(io: IO) -> (H2GuardedIo<IO>, H2GuardHandle) {
-        let handle = H2GuardHandle::default();
+        let handle = H2GuardHandle {
+            violation: Arc::default(),
+            blocks: Arc::new(HeaderBlocks::new()),
+        };
         (
             H2GuardedIo {
                 io,
-                scanner: FrameScanner::default(),
+                scanner: FrameScanner {
+                    blocks: Some(handle.blocks.clone()),
+                    ..FrameScanner::default()
+                },
                 out: OutFrames::default(),
                 phase: Phase::Open,
                 handle: handle.clone(),
@@ -594,6 +687,53 @@ mod tests {
         f.extend_from_slice(&stream.to_be_bytes());
         f.extend_from_slice(payload);
         f
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn header_blocks_are_followed_across_split_reads() {
+        let blocks = Arc::new(HeaderBlocks::new());
+        let mut scanner = FrameScanner {
+            blocks: Some(blocks.clone()),
+            ..FrameScanner::default()
+        };
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(SETTINGS, 0, 0, &[0; 6]));
+        assert_eq!(scanner.scan(&bytes), None);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(
+            blocks.waiting_for(),
+            Some(Duration::from_secs(3)),
+            "no request yet"
+        );
+        // HEADERS without END_HEADERS, fed one byte at a time.
+        for b in frame(HEADERS, 0, 1, &[0; 10]) {
+            assert_eq!(scanner.scan(&[b]), None);
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            blocks.waiting_for(),
+            Some(Duration::from_secs(2)),
+            "block open"
+        );
+        assert!(blocks.block_open());
+        assert_eq!(scanner.scan(&frame(CONTINUATION, 0, 1, &[0; 3])), None);
+        assert_eq!(
+            scanner.scan(&frame(CONTINUATION, FLAG_END_HEADERS, 1, &[0; 3])),
+            None
+        );
+        assert_eq!(blocks.waiting_for(), None, "request complete");
+        assert!(!blocks.no_request_yet());
+        assert_eq!(scanner.scan(&frame(DATA, 0, 1, &[0; 100])), None);
+        assert_eq!(
+            scanner.scan(&frame(
+                HEADERS,
+                FLAG_END_HEADERS | FLAG_END_STREAM,
+                3,
+                &[0; 5]
+            )),
+            None
+        );
+        assert_eq!(blocks.waiting_for(), None);
     }
 
     fn scan_all(frames: &[Vec<u8>]) -> Option<Found> {

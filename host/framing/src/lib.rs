@@ -96,7 +96,7 @@ pub mod upstream;
 use std::time::Duration;
 
 pub use body::ChunkedBody;
-pub use h2::{H2GuardHandle, H2GuardedIo, H2Violation};
+pub use h2::{H2GuardHandle, H2GuardedIo, H2Violation, HeaderBlocks};
 pub use head::{BodyFraming, HeadInfo, HttpVersion, check_head};
 pub use io::{GuardHandle, GuardStats, GuardedIo, LINGER_MAX_BYTES, LINGER_TIMEOUT};
 pub use rejection::Rejection;

@@ -27,7 +27,6 @@ pub mod conn;
 pub mod ctx;
 pub mod forward;
 pub mod h2_semantics;
-pub mod h2_watch;
 pub mod handle;
 pub mod istio;
 pub mod listener;

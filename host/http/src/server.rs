@@ -11,13 +11,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
-use weft_framing::{GuardedIo, H2GuardedIo, Limits};
+use weft_framing::{GuardedIo, H2GuardedIo, HeaderBlocks, Limits};
 use weft_observe::access_log::{self, Entry};
 use weft_observe::flags;
 use weft_observe::metrics::class_index;
 
 use crate::conn::{Activity, ConnCtx, Shared, next_connection_id, peer_ip_value};
-use crate::h2_watch::{H2Watch, HeaderBlocks};
 use crate::listener::ListenerSource;
 use crate::overload::Overload;
 use crate::security::ConnSecurity;
@@ -102,8 +101,10 @@ pub async fn serve_connection<IO>(
             }
         });
         let (io, frames) = H2GuardedIo::new(stream);
-        let (io, blocks) = H2Watch::new(io);
-        checks.header = Some((blocks, settings.request_header_timeout));
+        checks.header = Some((
+            frames.header_blocks().clone(),
+            settings.request_header_timeout,
+        ));
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(settings.max_request_headers_bytes as u32)
