@@ -253,12 +253,14 @@ clusters:
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_connections_and_bytes_are_reported() {
+/// A sidecar for the `db-v1` workload whose inbound TCP listener fronts a TCP echo
+/// (`>` + what it receives); `extra` is more top-level configuration.
+async fn db_sidecar(extra: &str) -> TestProxy {
     let up = tcp_echo(">").await;
-    let p = TestProxy::start(&format!(
+    TestProxy::start(&format!(
         r#"
 node: {{ workload_name: db-v1, namespace: data }}
+{extra}
 listeners:
   - name: db
     address: 127.0.0.1:0
@@ -269,30 +271,37 @@ clusters:
   - {{ name: db, endpoints: [{{ address: "{up}" }}] }}
 "#
     ))
-    .await;
+    .await
+}
+
+/// The value of the `db-v1` destination series of a TCP `family`.
+fn db_series(m: &str, family: &str) -> Option<f64> {
+    m.lines()
+        .find(|l| {
+            l.starts_with(&format!("{family}{{"))
+                && l.contains("reporter=\"destination\"")
+                && l.contains("destination_workload=\"db-v1\"")
+                && l.contains("request_protocol=\"tcp\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_and_bytes_are_reported() {
+    let p = db_sidecar("").await;
     let mut s = tokio::net::TcpStream::connect(p.addr("db")).await.unwrap();
     s.write_all(b"hello").await.unwrap();
     let mut buf = [0u8; 6];
     s.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b">hello");
     drop(s);
-    let series = |m: &str, family: &str| -> Option<f64> {
-        m.lines()
-            .find(|l| {
-                l.starts_with(&format!("{family}{{"))
-                    && l.contains("reporter=\"destination\"")
-                    && l.contains("destination_workload=\"db-v1\"")
-                    && l.contains("request_protocol=\"tcp\"")
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    };
     assert!(
         eventually(Duration::from_secs(5), || async {
             let m = p.metrics().await;
-            series(&m, "istio_tcp_connections_opened_total") == Some(1.0)
-                && series(&m, "istio_tcp_connections_closed_total") == Some(1.0)
-                && series(&m, "istio_tcp_received_bytes_total") == Some(5.0)
-                && series(&m, "istio_tcp_sent_bytes_total") == Some(6.0)
+            db_series(&m, "istio_tcp_connections_opened_total") == Some(1.0)
+                && db_series(&m, "istio_tcp_connections_closed_total") == Some(1.0)
+                && db_series(&m, "istio_tcp_received_bytes_total") == Some(5.0)
+                && db_series(&m, "istio_tcp_sent_bytes_total") == Some(6.0)
         })
         .await,
         "{}",
@@ -448,31 +457,7 @@ clusters:
 /// `tcp_reporting_duration`), and the close adds only what moved since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_tcp_connections_report_their_bytes_periodically() {
-    let up = tcp_echo(">").await;
-    let p = TestProxy::start(&format!(
-        r#"
-node: {{ workload_name: db-v1, namespace: data }}
-telemetry: {{ metrics: {{ tcp_reporting_interval: 50ms }} }}
-listeners:
-  - name: db
-    address: 127.0.0.1:0
-    protocol: tcp
-    traffic_direction: inbound
-    tcp: {{ cluster: db }}
-clusters:
-  - {{ name: db, endpoints: [{{ address: "{up}" }}] }}
-"#
-    ))
-    .await;
-    let series = |m: &str, family: &str| -> Option<f64> {
-        m.lines()
-            .find(|l| {
-                l.starts_with(&format!("{family}{{"))
-                    && l.contains("reporter=\"destination\"")
-                    && l.contains("destination_workload=\"db-v1\"")
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    };
+    let p = db_sidecar("telemetry: { metrics: { tcp_reporting_interval: 50ms } }").await;
     let mut s = tokio::net::TcpStream::connect(p.addr("db")).await.unwrap();
     s.write_all(b"hello").await.unwrap();
     let mut buf = [0u8; 6];
@@ -482,17 +467,20 @@ clusters:
     assert!(
         eventually(Duration::from_secs(5), || async {
             let m = p.metrics().await;
-            series(&m, "istio_tcp_received_bytes_total") == Some(5.0)
-                && series(&m, "istio_tcp_sent_bytes_total") == Some(6.0)
+            db_series(&m, "istio_tcp_received_bytes_total") == Some(5.0)
+                && db_series(&m, "istio_tcp_sent_bytes_total") == Some(6.0)
         })
         .await,
         "{}",
         p.metrics().await
     );
     let m = p.metrics().await;
-    assert_eq!(series(&m, "istio_tcp_connections_opened_total"), Some(1.0));
+    assert_eq!(
+        db_series(&m, "istio_tcp_connections_opened_total"),
+        Some(1.0)
+    );
     assert_ne!(
-        series(&m, "istio_tcp_connections_closed_total"),
+        db_series(&m, "istio_tcp_connections_closed_total"),
         Some(1.0),
         "{m}"
     );
@@ -502,9 +490,9 @@ clusters:
     assert!(
         eventually(Duration::from_secs(5), || async {
             let m = p.metrics().await;
-            series(&m, "istio_tcp_connections_closed_total") == Some(1.0)
-                && series(&m, "istio_tcp_received_bytes_total") == Some(10.0)
-                && series(&m, "istio_tcp_sent_bytes_total") == Some(12.0)
+            db_series(&m, "istio_tcp_connections_closed_total") == Some(1.0)
+                && db_series(&m, "istio_tcp_received_bytes_total") == Some(10.0)
+                && db_series(&m, "istio_tcp_sent_bytes_total") == Some(12.0)
         })
         .await,
         "{}",
