@@ -110,8 +110,13 @@ async fn both_sidecars_report_with_each_others_workload_and_identity() {
     assert_eq!(r.status, 403);
     assert!(!r.headers.contains_key("x-envoy-peer-metadata"));
 
+    // The source side reads the principals off its upstream mTLS connection.
+    let source_principal = format!("source_principal=\"{client_id}\"");
+    let destination_principal = format!("destination_principal=\"{server_id}\"");
     let source = [
         "reporter=\"source\"",
+        &source_principal,
+        &destination_principal,
         "source_workload=\"productpage-v1\"",
         "source_workload_namespace=\"prod\"",
         "source_app=\"productpage\"",
@@ -142,8 +147,6 @@ async fn both_sidecars_report_with_each_others_workload_and_identity() {
         client.metrics().await
     );
 
-    let source_principal = format!("source_principal=\"{client_id}\"");
-    let destination_principal = format!("destination_principal=\"{server_id}\"");
     let destination = [
         "reporter=\"destination\"",
         "source_workload=\"productpage-v1\"",

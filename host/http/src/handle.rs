@@ -216,7 +216,7 @@ fn respond(
 ) -> Response<ProxyBody> {
     c.status = head.status.as_u16();
     if let Some(istio) = c.istio.as_mut() {
-        crate::istio::on_response(istio, &mut head.headers);
+        crate::istio::on_response(istio, &mut head.headers, head.extensions.get());
     }
     c.capture_response(&head.headers);
     let via_upstream = c.endpoint.is_some();
@@ -277,7 +277,7 @@ fn reply(mut c: Box<Completion>, reply: LocalReply) -> Response<ProxyBody> {
     }
     let mut headers = reply.headers;
     if let Some(istio) = c.istio.as_mut() {
-        crate::istio::on_response(istio, &mut headers);
+        crate::istio::on_response(istio, &mut headers, None);
     }
     c.capture_response(&headers);
     let mut resp = Response::new(ProxyBody::full(reply.body).on_complete(c));

@@ -33,6 +33,8 @@ pub struct IstioCall {
     grpc: bool,
     grpc_status: Option<u16>,
     security: Option<Arc<ConnSecurity>>,
+    /// The upstream connection's identities (the source side's principals).
+    upstream: Option<weft_upstream::tls::UpstreamIdentity>,
     request_head_bytes: u64,
     response_head_bytes: u64,
 }
@@ -93,13 +95,20 @@ pub fn on_request(
         grpc,
         grpc_status: None,
         security: conn.security.clone(),
+        upstream: None,
         request_head_bytes,
         response_head_bytes: 0,
     }))
 }
 
-/// Reads, removes and (inbound) answers the exchange headers on the downstream response.
-pub fn on_response(call: &mut IstioCall, headers: &mut HeaderMap) {
+/// Reads, removes and (inbound) answers the exchange headers on the downstream response;
+/// `upstream`: the identities of the TLS connection it came over, if any.
+pub fn on_response(
+    call: &mut IstioCall,
+    headers: &mut HeaderMap,
+    upstream: Option<&weft_upstream::tls::UpstreamIdentity>,
+) {
+    call.upstream = upstream.cloned();
     let server = headers.remove(&PEER_METADATA);
     headers.remove(&PEER_METADATA_ID);
     match call.direction {
@@ -153,24 +162,29 @@ impl IstioCall {
         request_body: u64,
         response_body: u64,
     ) {
-        let peer_principal = self
-            .security
-            .as_ref()
-            .and_then(|s| s.peer.as_ref())
-            .map(|p| p.uri_san.as_str())
-            .filter(|s| !s.is_empty());
-        let local_principal = self
-            .security
-            .as_ref()
-            .and_then(|s| s.local_uri.as_deref())
-            .filter(|s| !s.is_empty());
         let reporter = Reporter::of(self.direction);
         let (peer_principal, local_principal) = match reporter {
             // The downstream connection's identities are the caller's and ours.
-            Reporter::Destination => (peer_principal, local_principal),
-            // The upstream connection's are not known here (see docs/metrics.md).
-            Reporter::Source => (None, None),
+            Reporter::Destination => {
+                let security = self.security.as_ref();
+                (
+                    security
+                        .and_then(|s| s.peer.as_ref())
+                        .map(|p| p.uri_san.as_str()),
+                    security.and_then(|s| s.local_uri.as_deref()),
+                )
+            }
+            // The upstream connection's: the server's and ours.
+            Reporter::Source => {
+                let upstream = self.upstream.as_ref();
+                (
+                    upstream.and_then(|u| u.peer.as_deref()),
+                    upstream.and_then(|u| u.local.as_deref()),
+                )
+            }
         };
+        let peer_principal = peer_principal.filter(|s| !s.is_empty());
+        let local_principal = local_principal.filter(|s| !s.is_empty());
         self.reporting.record_http(&HttpReport {
             reporter,
             peer: self.peer.as_deref(),

@@ -114,7 +114,22 @@ impl UpstreamTls {
         let stream = tls.connector.connect(name, tcp).await.inspect_err(|e| {
             tracing::debug!(error = %e, "upstream TLS handshake failed");
         })?;
-        Ok(UpstreamIo::Tls(Box::new(stream)))
+        let identity = UpstreamIdentity {
+            peer: stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|der| weft_tls::peer::identity(der).ok())
+                .map(|id| Arc::from(id.uri_san)),
+            local: tls
+                .creds
+                .current()
+                .identity
+                .as_ref()
+                .map(|id| Arc::from(id.to_string())),
+        };
+        Ok(UpstreamIo::Tls(Box::new(stream), identity))
     }
 }
 
@@ -123,17 +138,31 @@ impl UpstreamTls {
 pub enum UpstreamIo {
     /// Plain TCP.
     Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// TLS over TCP, and the identities the handshake established.
+    Tls(
+        Box<tokio_rustls::client::TlsStream<TcpStream>>,
+        UpstreamIdentity,
+    ),
+}
+
+/// The SPIFFE identities of a TLS upstream connection (URI SANs): the server's verified
+/// certificate and the one Weft presented. Set on every response the connection carries (the
+/// HTTP client copies it into the response's extensions), for Istio's source-side principals.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamIdentity {
+    /// The upstream's certificate.
+    pub peer: Option<Arc<str>>,
+    /// Weft's own certificate on the connection.
+    pub local: Option<Arc<str>>,
 }
 
 impl Connection for UpstreamIo {
     fn connected(&self) -> Connected {
         match self {
             UpstreamIo::Plain(s) => s.connected(),
-            UpstreamIo::Tls(s) => {
+            UpstreamIo::Tls(s, identity) => {
                 let (tcp, conn) = s.get_ref();
-                let c = tcp.connected();
+                let c = tcp.connected().extra(identity.clone());
                 if conn.alpn_protocol() == Some(b"h2") {
                     c.negotiated_h2()
                 } else {
@@ -152,7 +181,7 @@ impl AsyncRead for UpstreamIo {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            UpstreamIo::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -165,7 +194,7 @@ impl AsyncWrite for UpstreamIo {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            UpstreamIo::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_write_vectored(
@@ -175,25 +204,25 @@ impl AsyncWrite for UpstreamIo {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
             UpstreamIo::Plain(s) => s.is_write_vectored(),
-            UpstreamIo::Tls(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s, _) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            UpstreamIo::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            UpstreamIo::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -211,7 +240,7 @@ impl HttpIo {
     /// Wraps `io`; `http1`: check its responses (never for HTTP/2).
     pub fn new(io: UpstreamIo, http1: bool) -> HttpIo {
         let h2 = match &io {
-            UpstreamIo::Tls(s) => s.get_ref().1.alpn_protocol() == Some(b"h2"),
+            UpstreamIo::Tls(s, _) => s.get_ref().1.alpn_protocol() == Some(b"h2"),
             UpstreamIo::Plain(_) => false,
         };
         HttpIo {
