@@ -55,6 +55,7 @@ clusters:
   - name: reviews
     endpoints: [{{ address: "{server}" }}]
     tls: {{ {tls} }}
+    service: {{ host: reviews.prod.svc.cluster.local }}
 "#
     )
 }
@@ -128,6 +129,10 @@ async fn both_sidecars_report_with_each_others_workload_and_identity() {
         "destination_canonical_service=\"reviews\"",
         "destination_canonical_revision=\"v1\"",
         "destination_cluster=\"c1\"",
+        // The cluster's service (Istio's cluster metadata), not the request's Host.
+        "destination_service=\"reviews.prod.svc.cluster.local\"",
+        "destination_service_name=\"reviews\"",
+        "destination_service_namespace=\"prod\"",
         "request_protocol=\"http\"",
         "connection_security_policy=\"unknown\"",
     ];

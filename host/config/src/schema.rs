@@ -790,6 +790,45 @@ pub struct Cluster {
     /// When fewer than this percentage of endpoints are available, balance over all (0 off).
     #[serde(default = "crate::resilience::defaults::panic_threshold")]
     pub panic_threshold: f64,
+    /// The service this cluster reaches (Istio's cluster metadata `istio.services`): the
+    /// `destination_service*` labels of Istio's metrics for requests sent to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ClusterService>,
+}
+
+/// A cluster's service, as Istio's cluster metadata names it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterService {
+    /// The service's host, e.g. `reviews.prod.svc.cluster.local` (`destination_service`).
+    pub host: String,
+    /// Its short name (`destination_service_name`; default: the host's first label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its namespace (`destination_service_namespace`; default: the host's second label when
+    /// the host is a Kubernetes service name `<name>.<namespace>.svc…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+impl ClusterService {
+    /// The short name.
+    pub fn name(&self) -> &str {
+        match &self.name {
+            Some(n) => n,
+            None => self.host.split('.').next().unwrap_or(&self.host),
+        }
+    }
+
+    /// The namespace, when known.
+    pub fn namespace(&self) -> Option<&str> {
+        if let Some(ns) = &self.namespace {
+            return Some(ns);
+        }
+        let mut labels = self.host.split('.');
+        let (_, ns, svc) = (labels.next(), labels.next(), labels.next());
+        ns.filter(|_| svc == Some("svc"))
+    }
 }
 
 impl Cluster {
@@ -815,6 +854,7 @@ impl Cluster {
             retry_budget: None,
             panic_threshold: crate::resilience::defaults::panic_threshold(),
             per_connection_buffer_limit_bytes: defaults::per_connection_buffer_limit_bytes(),
+            service: None,
         }
     }
 }

@@ -648,3 +648,29 @@ fn telemetry_and_node_problems_name_file_and_field() {
     );
     assert!(dir.contains("listeners[0].traffic_direction"), "{dir}");
 }
+
+#[test]
+fn a_cluster_service_derives_its_name_and_namespace_from_a_kubernetes_host() {
+    use crate::schema::ClusterService;
+    let k8s = ClusterService {
+        host: "reviews.prod.svc.cluster.local".into(),
+        name: None,
+        namespace: None,
+    };
+    assert_eq!((k8s.name(), k8s.namespace()), ("reviews", Some("prod")));
+    let external = ClusterService {
+        host: "api.example.com".into(),
+        name: None,
+        namespace: None,
+    };
+    assert_eq!((external.name(), external.namespace()), ("api", None));
+    let explicit = ClusterService {
+        host: "api.example.com".into(),
+        name: Some("payments".into()),
+        namespace: Some("billing".into()),
+    };
+    assert_eq!(
+        (explicit.name(), explicit.namespace()),
+        ("payments", Some("billing"))
+    );
+}

@@ -98,6 +98,14 @@ impl Validator<'_> {
             }
             self.cluster(&path, c);
             self.found.extend(tls::cluster(&path, c));
+            if let Some(svc) = &c.service
+                && (svc.host.is_empty() || !svc.host.is_ascii())
+            {
+                self.err(
+                    format!("{path}.service.host"),
+                    "must be a non-empty ASCII host name",
+                );
+            }
         }
         if let Some(i) = &config.identity {
             self.found.extend(tls::identity(i));

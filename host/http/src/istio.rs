@@ -35,6 +35,8 @@ pub struct IstioCall {
     security: Option<Arc<ConnSecurity>>,
     /// The upstream connection's identities (the source side's principals).
     upstream: Option<weft_upstream::tls::UpstreamIdentity>,
+    /// The cluster the request went to (its `service` names `destination_service`).
+    cluster: Option<Arc<weft_upstream::Cluster>>,
     request_head_bytes: u64,
     response_head_bytes: u64,
 }
@@ -96,6 +98,7 @@ pub fn on_request(
         grpc_status: None,
         security: conn.security.clone(),
         upstream: None,
+        cluster: None,
         request_head_bytes,
         response_head_bytes: 0,
     }))
@@ -153,6 +156,13 @@ fn read_grpc_status(call: &mut IstioCall, headers: &HeaderMap) {
 }
 
 impl IstioCall {
+    /// The request is sent to `cluster`.
+    pub fn routed_to(&mut self, cluster: &Arc<weft_upstream::Cluster>) {
+        if cluster.config.service.is_some() {
+            self.cluster = Some(cluster.clone());
+        }
+    }
+
     /// Reports the finished request.
     pub fn report(
         &self,
@@ -191,6 +201,10 @@ impl IstioCall {
             peer_principal,
             local_principal,
             host: &self.host,
+            service: self
+                .cluster
+                .as_ref()
+                .and_then(|c| c.config.service.as_ref()),
             grpc: self.grpc,
             grpc_status: self.grpc_status,
             code,

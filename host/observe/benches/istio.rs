@@ -46,6 +46,7 @@ fn bench(c: &mut Criterion) {
     );
     let peer = peer();
     let report = |reporter, code| HttpReport {
+        service: None,
         reporter,
         peer: Some(&peer),
         peer_principal: Some("spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage"),

@@ -360,6 +360,9 @@ async fn send_with_retries(
     let c = &mut ctx.completion;
     cluster.metrics.rq_active.inc();
     c.cluster = Some(cluster.metrics.clone());
+    if let Some(istio) = c.istio.as_mut() {
+        istio.routed_to(cluster);
+    }
     let rm = &cluster.resilience.metrics;
     // The route deadline counts from the request's completion: known here when the body was
     // buffered (retries), else enforced by the caller once the body ends. A timeout too large

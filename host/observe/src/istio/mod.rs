@@ -363,6 +363,8 @@ pub struct HttpReport<'a> {
     pub local_principal: Option<&'a str>,
     /// The request's `Host` (`:authority`).
     pub host: &'a str,
+    /// The service of the cluster the request went to, when the cluster names one.
+    pub service: Option<&'a weft_config::schema::ClusterService>,
     /// A gRPC request (`content-type: application/grpc…`).
     pub grpc: bool,
     /// The gRPC status (`grpc-status` of the response).
@@ -482,6 +484,13 @@ impl Reporting {
         };
         std[14] = service;
         std[15] = service_name;
+        if let Some(svc) = r.service {
+            std[14] = &svc.host;
+            std[15] = svc.name();
+            if let Some(ns) = svc.namespace() {
+                std[16] = ns;
+            }
+        }
         std[20] = if r.grpc { "grpc" } else { "http" };
         std[at::RESPONSE_CODE] = code_str(r.code);
         std[at::GRPC_RESPONSE_STATUS] = match (r.grpc, r.grpc_status) {

@@ -51,6 +51,7 @@ fn reviews() -> Workload {
 
 fn report<'a>(reporter: Reporter, peer: Option<&'a Workload>, code: u16) -> HttpReport<'a> {
     HttpReport {
+        service: None,
         reporter,
         peer,
         peer_principal: None,
