@@ -105,9 +105,7 @@ pub fn inject(
     sampled: bool,
     incoming: Option<&Extracted>,
 ) {
-    let flags = if sampled { "01" } else { "00" };
-    let tp = format!("00-{}-{}-{flags}", hex(trace_id), hex(span_id));
-    if let Ok(v) = HeaderValue::from_str(&tp) {
+    if let Ok(v) = HeaderValue::from_bytes(&traceparent(trace_id, span_id, sampled)) {
         headers.insert(TRACEPARENT.clone(), v);
     }
     let Some(incoming) = incoming else { return };
@@ -269,6 +267,26 @@ fn str_of<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// `00-<trace id>-<span id>-<01|00>`, written in place (every request carries one, sampled or
+/// not, so it avoids `format!`).
+fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> [u8; 55] {
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_into(&mut out[3..35], trace_id);
+    hex_into(&mut out[36..52], span_id);
+    if sampled {
+        out[54] = b'1';
+    }
+    out
+}
+
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -316,6 +334,21 @@ mod tests {
     }
 
     const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[test]
+    fn traceparent_is_written_in_place_as_the_specification_spells_it() {
+        let t: [u8; 16] = core::array::from_fn(|i| (i as u8) * 17);
+        let s: [u8; 8] = core::array::from_fn(|i| 0xf0 | i as u8);
+        for sampled in [false, true] {
+            let want = format!(
+                "00-{}-{}-{}",
+                hex(&t),
+                hex(&s),
+                if sampled { "01" } else { "00" }
+            );
+            assert_eq!(traceparent(&t, &s, sampled).as_slice(), want.as_bytes());
+        }
+    }
 
     #[test]
     fn w3c_is_preferred_and_validated() {
