@@ -59,7 +59,12 @@ RSS_DELTAS = PLUGIN_PAIRS + [("weft-wasm-warm", "weft")]
 SCENARIOS = {
     "A": {
         "title": "Scenario A: HTTP/1.1 small responses, max throughput (wrk)",
-        "metrics": [("rps", "req/s", True), ("p50_ms", "p50 ms", False), ("p99_ms", "p99 ms", False)],
+        "metrics": [
+            ("rps", "req/s", True),
+            ("p50_ms", "p50 ms", False),
+            ("p99_ms", "p99 ms", False),
+            ("cpu_us", "proxy CPU µs/req", False),
+        ],
     },
     "B": {
         "title": "Scenario B: latency at a fixed rate (oha)",
@@ -217,6 +222,18 @@ def spread(values):
     }
 
 
+def cpu_per_request(path, requests):
+    """The proxy's CPU µs per request of one run: `TICKS CLK_TCK` in `path` (utime + stime over
+    the measured run, written by run.sh) over the requests wrk completed; None when missing."""
+    if not requests or not path.exists():
+        return None
+    try:
+        ticks, hz = (int(x) for x in path.read_text().split())
+    except ValueError:
+        return None
+    return ticks / hz * 1e6 / requests if hz > 0 else None
+
+
 def collect(raw, scenario, rounds):
     """{cand: {round: metrics}} plus a list of problems."""
     runs, problems = {}, []
@@ -231,6 +248,8 @@ def collect(raw, scenario, rounds):
             except ValueError as e:
                 problems.append(f"{scenario} round {r} {c}: unparsable output ({e})")
                 continue
+            if scenario == "A":
+                m["cpu_us"] = cpu_per_request(f.with_suffix(".cpu"), m.get("requests"))
             if m["errors"]:
                 problems.append(f"{scenario} round {r} {c}: {m['errors']} errors / non-2xx responses")
             runs.setdefault(c, {})[r] = m
@@ -280,7 +299,7 @@ def analyze(raw):
             per_round = {m: [] for m in metrics}
             for r in sorted(set(runs[a]) & set(runs[b])):
                 for m in metrics:
-                    if runs[b][r][m]:
+                    if runs[a][r].get(m) is not None and runs[b][r].get(m):
                         per_round[m].append(runs[a][r][m] / runs[b][r][m])
             ratios[f"{a}/{b}"] = {m: spread(per_round[m]) for m in metrics}
         out["scenarios"][s] = {
@@ -494,6 +513,8 @@ def markdown(res):
     if res.get("new_vs_old"):
         lines += new_vs_old_markdown(res["new_vs_old"])
     for s, sc in res["scenarios"].items():
+        if meta.get("quick") == "1" and sc.get("skipped") == "not in SCENARIOS":
+            continue  # --quick: only what ran
         lines += [f"## {sc['title']}", ""]
         if "skipped" in sc:
             lines += [f"Skipped: {sc['skipped']}.", ""]
@@ -540,7 +561,7 @@ def markdown(res):
             lines.append(f"| {name} | " + " | ".join(rcell(rs[m]) for m, _, _ in metrics) + " |")
         lines.append("")
     sw = res.get("swap")
-    if sw:
+    if sw and not (meta.get("quick") == "1" and sw.get("skipped") == "not in SCENARIOS"):
         lines += ["## Scenario F: plugin hot-swap under load (Weft only)", ""]
         if "skipped" in sw:
             lines += [f"Skipped: {sw['skipped']}.", ""]

