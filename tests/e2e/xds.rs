@@ -1,7 +1,7 @@
 //! Weft as an xDS client against a test control plane (tests/support/xds.rs): it starts with
 //! only the bootstrap, takes a snapshot (clusters, endpoints, a listener, routes) and serves
 //! it, ACKs each type with the version and nonce it got, NACKs a bad resource naming it while
-//! the last good keeps serving, and rides out a control-plane restart under load.
+//! the last good keeps serving, rides out a control-plane restart under load, and endpoint churn under load.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -390,4 +390,128 @@ async fn a_file_reload_keeps_the_xds_resources() {
         .map(|l| l["name"].as_str().unwrap())
         .collect();
     assert_eq!(listeners, ["file", "web"]);
+}
+
+/// Endpoint churn under load: for 60 s, ten times a second, the control plane adds an endpoint
+/// to cluster `v1` or removes one (two stay throughout, two come and go), while four clients
+/// send requests through it. Not one request fails, every update is ACKed, and the endpoints
+/// that come and go take traffic while they are in.
+#[tokio::test]
+async fn endpoint_churn_under_load_fails_no_request() {
+    const UPDATES: u64 = 600; // 10 a second for 60 s
+    let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
+    let stable = upstream::echo("stable").await;
+    let churn = [
+        upstream::echo("churn-a").await,
+        upstream::echo("churn-b").await,
+    ];
+    let at = |version: u64| {
+        // Versions cycle through: none in, a in, a and b in, b in.
+        let mut eps = vec![(v1, 1), (stable, 1)];
+        match version % 4 {
+            1 => eps.push((churn[0], 1)),
+            2 => eps.extend([(churn[0], 1), (churn[1], 1)]),
+            3 => eps.push((churn[1], 1)),
+            _ => {}
+        }
+        Snapshot::new(&version.to_string())
+            .with("v1", eds_cluster("v1"))
+            .with("v2", eds_cluster("v2"))
+            .with("v1", assignment("v1", &eps))
+            .with("v2", assignment("v2", &[(v2, 1)]))
+            .with(
+                "web",
+                http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
+            )
+            .with(
+                "routes",
+                route_config("routes", vec![prefix_route("/", &[("v1", 1)])]),
+            )
+    };
+    let cp = ControlPlane::start(at(0)).await;
+    let w = start(&cp).await;
+    let url = w.tp.url("web", "/churn");
+
+    // Load: four clients, each at most 100,000 requests or 120 s, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let servers = Arc::new(parking_lot::Mutex::new(std::collections::HashMap::<
+        String,
+        u64,
+    >::new()));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, sent, failed, url, servers) = (
+            stop.clone(),
+            sent.clone(),
+            failed.clone(),
+            url.clone(),
+            servers.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let client = weft_e2e::client();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            for _ in 0..100_000 {
+                if stop.load(Ordering::SeqCst) || tokio::time::Instant::now() > deadline {
+                    break;
+                }
+                let req = http::Request::get(&url)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                let r = weft_e2e::send(&client, req).await;
+                sent.fetch_add(1, Ordering::SeqCst);
+                if r.status == 200 {
+                    let server = r.json()["server"].as_str().unwrap_or("").to_owned();
+                    *servers.lock().entry(server).or_default() += 1;
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    assert!(eventually(WAIT, || async { sent.load(Ordering::SeqCst) > 20 }).await);
+
+    // The churn: a new assignment every 100 ms (the control plane's pace, not a wait).
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for version in 1..=UPDATES {
+        tick.tick().await;
+        cp.set(at(version));
+    }
+    let last = UPDATES.to_string();
+    assert!(
+        eventually(WAIT, || async { cp.acked(EDS, &last) }).await,
+        "the last assignment ACKed"
+    );
+    stop.store(true, Ordering::SeqCst);
+    for l in load {
+        l.await.unwrap();
+    }
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    let servers = servers.lock().clone();
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+    assert!(sent > 1_000, "{sent} requests");
+    for s in ["v1", "stable", "churn-a", "churn-b"] {
+        assert!(servers.get(s).is_some_and(|n| *n > 0), "{s}: {servers:?}");
+    }
+    assert!(!servers.contains_key("v2"), "{servers:?}");
+    assert_eq!(
+        cp.requests()
+            .iter()
+            .filter(|r| r.error_detail.is_some())
+            .count(),
+        0,
+        "no NACK"
+    );
+    // UPDATES % 4 == 0: the churned endpoints are out again and take nothing more.
+    let mut after = std::collections::HashSet::new();
+    for _ in 0..50 {
+        after.insert(get(&url).await.json()["server"].to_string());
+    }
+    assert!(
+        after
+            .iter()
+            .all(|s| s.contains("v1") || s.contains("stable")),
+        "{after:?}"
+    );
 }
