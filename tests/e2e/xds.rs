@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3 as route;
 use weft_e2e::xds::{
-    CDS, ControlPlane, EDS, LDS, RDS, Snapshot, assignment, bootstrap, eds_cluster, header,
-    http_listener, prefix_route, route_config,
+    CDS, ControlPlane, EDS, LDS, RDS, Snapshot, assignment, bootstrap, delta_bootstrap,
+    eds_cluster, header, http_listener, prefix_route, route_config,
 };
 use weft_e2e::{TestProxy, eventually, get, metric_value, upstream};
 
@@ -298,33 +298,7 @@ async fn the_same_snapshot_behaves_the_same_in_envoy_and_weft() {
         &weft_e2e::xds::envoy_bootstrap(cp.addr),
     )
     .await;
-    let weft_url = |p: &str| w.tp.url("web", p);
-
-    for (name, url) in [("weft", weft_url("/v1/x")), ("envoy", envoy.url("/v1/x"))] {
-        let r = weft_e2e::get_with(&url, &[("x-drop", "secret")]).await;
-        let body = r.json();
-        assert_eq!(r.status, 200, "{name}");
-        assert_eq!(body["server"], "v1", "{name}");
-        assert_eq!(body["headers"]["x-added"], "one", "{name}: {body}");
-        assert!(body["headers"].get("x-drop").is_none(), "{name}: {body}");
-        assert_eq!(r.header("x-resp"), Some("weft-xds"), "{name}");
-    }
-    for (name, base) in [("weft", weft_url("")), ("envoy", envoy.url(""))] {
-        for _ in 0..20 {
-            let r = get(&format!("{base}/only-v2")).await;
-            assert_eq!(r.json()["server"], "v2", "{name}: 0/100 split");
-        }
-        let mut counts = std::collections::HashMap::new();
-        for _ in 0..100 {
-            let server = get(&format!("{base}/split")).await.json()["server"].to_string();
-            *counts.entry(server).or_insert(0) += 1;
-        }
-        assert_eq!(
-            counts.len(),
-            2,
-            "{name}: a 50/50 split reaches both: {counts:?}"
-        );
-    }
+    agree(&w.tp.url("web", ""), &envoy.url("")).await;
     // Both ACKed every type at version 1 (each with its own node id).
     for node in ["test-pod", "envoy-pod"] {
         for t in [CDS, EDS, LDS, RDS] {
@@ -341,6 +315,36 @@ async fn the_same_snapshot_behaves_the_same_in_envoy_and_weft() {
                 "{node} ACKed {t}"
             );
         }
+    }
+}
+
+/// The requests of the differential tests, through Weft (`weft`, a base URL) and Envoy: routing,
+/// weighted splits and header changes agree.
+async fn agree(weft: &str, envoy: &str) {
+    for (name, base) in [("weft", weft), ("envoy", envoy)] {
+        let r = weft_e2e::get_with(&format!("{base}/v1/x"), &[("x-drop", "secret")]).await;
+        let body = r.json();
+        assert_eq!(r.status, 200, "{name}");
+        assert_eq!(body["server"], "v1", "{name}");
+        assert_eq!(body["headers"]["x-added"], "one", "{name}: {body}");
+        assert!(body["headers"].get("x-drop").is_none(), "{name}: {body}");
+        assert_eq!(r.header("x-resp"), Some("weft-xds"), "{name}");
+    }
+    for (name, base) in [("weft", weft), ("envoy", envoy)] {
+        for _ in 0..20 {
+            let r = get(&format!("{base}/only-v2")).await;
+            assert_eq!(r.json()["server"], "v2", "{name}: 0/100 split");
+        }
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..100 {
+            let server = get(&format!("{base}/split")).await.json()["server"].to_string();
+            *counts.entry(server).or_insert(0) += 1;
+        }
+        assert_eq!(
+            counts.len(),
+            2,
+            "{name}: a 50/50 split reaches both: {counts:?}"
+        );
     }
 }
 
@@ -514,4 +518,262 @@ async fn endpoint_churn_under_load_fails_no_request() {
             .all(|s| s.contains("v1") || s.contains("stable")),
         "{after:?}"
     );
+}
+
+/// The routes of [`snapshot`] once cluster `v2` is gone: everything to v1.
+fn without_v2(version: &str, v1: SocketAddr, tag: &str) -> Snapshot {
+    let mut to_v1 = prefix_route("/", &[("v1", 1)]);
+    to_v1.request_headers_to_add = vec![header("x-added", tag, false)];
+    Snapshot::new(version)
+        .with("v1", eds_cluster("v1"))
+        .with("v1", assignment("v1", &[(v1, 1)]))
+        .with(
+            "web",
+            http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
+        )
+        .with("routes", route_config("routes", vec![to_v1]))
+}
+
+fn dynamic_clusters(dump: &serde_json::Value) -> Vec<String> {
+    dump["config"]["clusters"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .filter(|n| n != "xds-grpc")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Incremental ADS (`api_type: DELTA_GRPC`): wildcard CDS and LDS, EDS and RDS subscribed by
+/// name in warming order; only what changed is sent and ACKed by nonce; a removed cluster is
+/// dropped and its assignment unsubscribed; a bad resource is NACKed while the last good keeps
+/// serving; on reconnection the versions held are sent and only what changed comes back.
+#[tokio::test]
+async fn delta_ads_subscribes_removes_nacks_and_resumes() {
+    let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
+    let cp = ControlPlane::start(snapshot("1", v1, v2, "one").await).await;
+    let tp = TestProxy::start(&delta_bootstrap(cp.addr)).await;
+    let client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(
+        eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await,
+        "the xDS listener goes live: {:?}",
+        tp.proxy.last_reload_error()
+    );
+    let url = |p: &str| tp.url("web", p);
+    let r = get(&url("/v1")).await;
+    assert_eq!(
+        (
+            r.json()["server"].as_str(),
+            r.json()["headers"]["x-added"].as_str()
+        ),
+        (Some("v1"), Some("one"))
+    );
+    assert_eq!(get(&url("/only-v2")).await.json()["server"], "v2");
+    for t in [CDS, EDS, LDS, RDS] {
+        assert!(
+            eventually(WAIT, || async { cp.delta_acked(t, "1") }).await,
+            "{t} ACKed"
+        );
+    }
+    assert!(cp.requests().is_empty(), "no state-of-the-world stream");
+    let requests = cp.delta_requests();
+    let first = |t: &str| {
+        requests
+            .iter()
+            .position(|r| r.type_url == t)
+            .unwrap_or_else(|| panic!("{t} requested"))
+    };
+    assert!(
+        requests[first(CDS)].resource_names_subscribe.is_empty(),
+        "CDS: wildcard"
+    );
+    assert!(
+        requests[first(LDS)].resource_names_subscribe.is_empty(),
+        "LDS: wildcard"
+    );
+    assert_eq!(requests[first(EDS)].resource_names_subscribe, ["v1", "v2"]);
+    assert_eq!(requests[first(RDS)].resource_names_subscribe, ["routes"]);
+    let responses = cp.delta_responses();
+    let eds_nonce = &responses.iter().find(|r| r.type_url == EDS).unwrap().nonce;
+    let eds_ack = requests
+        .iter()
+        .position(|r| r.type_url == EDS && r.response_nonce == *eds_nonce)
+        .unwrap();
+    assert!(first(CDS) < first(EDS) && eds_ack < first(LDS) && first(LDS) < first(RDS));
+    assert_eq!(
+        requests[0].node.as_ref().unwrap().cluster,
+        "test-app.test-ns"
+    );
+
+    // Version 2 changes one route header: only the route configuration is sent.
+    let before = cp.delta_responses().len();
+    cp.set(snapshot("2", v1, v2, "two").await);
+    assert!(
+        eventually(WAIT, || async {
+            get(&url("/v1")).await.json()["headers"]["x-added"] == "two"
+        })
+        .await
+    );
+    assert!(eventually(WAIT, || async { cp.delta_acked(RDS, "2") }).await);
+    let sent: Vec<_> = cp.delta_responses()[before..]
+        .iter()
+        .map(|r| (r.type_url.clone(), r.resources.len()))
+        .collect();
+    assert_eq!(sent, [(RDS.to_owned(), 1)]);
+
+    // Version 3 drops cluster v2: CDS removes it, Weft drops it and unsubscribes its endpoints.
+    cp.set(without_v2("3", v1, "three"));
+    assert!(eventually(WAIT, || async { cp.delta_acked(CDS, "3") }).await);
+    assert!(
+        cp.delta_responses()
+            .iter()
+            .any(|r| r.type_url == CDS && r.removed_resources == ["v2"])
+    );
+    assert!(
+        eventually(WAIT, || async {
+            cp.delta_requests()
+                .iter()
+                .any(|r| r.type_url == EDS && r.resource_names_unsubscribe == ["v2"])
+        })
+        .await,
+        "EDS v2 unsubscribed"
+    );
+    assert!(
+        eventually(WAIT, || async {
+            let dump = get(&format!("http://{}/config_dump", tp.admin()))
+                .await
+                .json();
+            dynamic_clusters(&dump) == ["v1"]
+        })
+        .await
+    );
+    assert!(
+        eventually(WAIT, || async {
+            get(&url("/only-v2")).await.json()["headers"]["x-added"] == "three"
+        })
+        .await
+    );
+
+    // Version 4 asks for request hedging: NACKed by nonce, naming the field; 3 keeps serving.
+    let mut bad = without_v2("4", v1, "four");
+    let rds = bad.resources.get_mut(RDS).unwrap();
+    let mut rc: route::RouteConfiguration =
+        prost::Message::decode(rds[0].1.value.as_slice()).unwrap();
+    if let Some(route::route::Action::Route(a)) = &mut rc.virtual_hosts[0].routes[0].action {
+        a.hedge_policy = Some(route::HedgePolicy::default());
+    }
+    rds[0].1.value = prost::Message::encode_to_vec(&rc);
+    cp.set(bad);
+    assert!(eventually(WAIT, || async { cp.delta_nack(RDS).is_some() }).await);
+    let nack = cp.delta_nack(RDS).unwrap();
+    let bad_nonce = &cp
+        .delta_responses()
+        .iter()
+        .rfind(|r| r.type_url == RDS)
+        .unwrap()
+        .nonce
+        .clone();
+    assert_eq!(&nack.response_nonce, bad_nonce);
+    let message = nack.error_detail.unwrap().message;
+    assert!(
+        message.contains("route_configuration \"routes\"")
+            && message.contains("hedge_policy")
+            && message.contains("unimplemented"),
+        "{message}"
+    );
+    assert_eq!(get(&url("/v1")).await.json()["headers"]["x-added"], "three");
+    let dump = get(&format!("http://{}/config_dump", tp.admin()))
+        .await
+        .json();
+    let rds_status = dump["dynamic"]["resource_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type_url"] == RDS)
+        .unwrap()
+        .clone();
+    assert_eq!(rds_status["version_info"], "3", "{rds_status}");
+    assert!(
+        rds_status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("hedge_policy")
+    );
+
+    // The control plane restarts with version 5 (new route tag): Weft resumes with the
+    // versions it holds, so only the route configuration comes back.
+    let addr = cp.stop().await;
+    assert!(eventually(WAIT, || async { !client.status().is_connected() }).await);
+    let cp = ControlPlane::start_on(addr, without_v2("5", v1, "five")).await;
+    assert!(
+        eventually(WAIT, || async {
+            get(&url("/v1")).await.json()["headers"]["x-added"] == "five"
+        })
+        .await
+    );
+    assert!(eventually(WAIT, || async { cp.delta_acked(RDS, "5") }).await);
+    let requests = cp.delta_requests();
+    let cds = requests.iter().find(|r| r.type_url == CDS).unwrap();
+    let mut held: Vec<_> = cds.initial_resource_versions.keys().cloned().collect();
+    held.sort();
+    assert_eq!(held, ["v1"], "CDS resumes with what it holds");
+    let rds = requests.iter().find(|r| r.type_url == RDS).unwrap();
+    assert_eq!(rds.resource_names_subscribe, ["routes"]);
+    assert!(rds.initial_resource_versions.contains_key("routes"));
+    let sent: Vec<_> = cp
+        .delta_responses()
+        .iter()
+        .map(|r| r.type_url.clone())
+        .collect();
+    assert_eq!(sent, [RDS.to_owned()], "only what changed while away");
+    assert_eq!(
+        get(&url("/only-v2")).await.json()["server"],
+        "v1",
+        "still no v2"
+    );
+}
+
+/// The same snapshot over incremental ADS to Envoy 1.40 (`api_type: DELTA_GRPC`) and to Weft,
+/// each from its own control plane: the same requests agree, and both ACK every type.
+#[tokio::test]
+async fn the_same_snapshot_over_delta_behaves_the_same_in_envoy_and_weft() {
+    let Some(envoy_bin) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
+    let for_weft = ControlPlane::start(snapshot("1", v1, v2, "one").await).await;
+    let for_envoy = ControlPlane::start(snapshot("1", v1, v2, "one").await).await;
+    let tp = TestProxy::start(&delta_bootstrap(for_weft.addr)).await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await);
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &envoy_bin,
+        &weft_e2e::xds::envoy_delta_bootstrap(for_envoy.addr),
+    )
+    .await;
+    agree(&tp.url("web", ""), &envoy.url("")).await;
+    for (name, cp) in [("weft", &for_weft), ("envoy", &for_envoy)] {
+        for t in [CDS, EDS, LDS, RDS] {
+            assert!(
+                eventually(WAIT, || async { cp.delta_acked(t, "1") }).await,
+                "{name} ACKed {t}"
+            );
+        }
+        assert!(cp.requests().is_empty(), "{name}: delta only");
+        assert!(cp.delta_nack(RDS).is_none() && cp.delta_nack(CDS).is_none());
+    }
+    // Both subscribe to EDS and RDS by name.
+    for (name, cp) in [("weft", &for_weft), ("envoy", &for_envoy)] {
+        let requests = cp.delta_requests();
+        let mut eds: Vec<String> = requests
+            .iter()
+            .filter(|r| r.type_url == EDS)
+            .flat_map(|r| r.resource_names_subscribe.clone())
+            .collect();
+        eds.sort();
+        eds.dedup();
+        assert_eq!(eds, ["v1", "v2"], "{name}");
+    }
 }

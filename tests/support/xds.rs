@@ -1,6 +1,7 @@
-//! A test control plane: an ADS server (state of the world) serving snapshots the test sets,
-//! recording every discovery request (ACKs and NACKs) so tests can wait on them; and builders
-//! for the Envoy resources the tests send.
+//! A test control plane: an ADS server (state of the world and incremental) serving snapshots
+//! the test sets, recording every discovery request (ACKs and NACKs) so tests can wait on them;
+//! and builders for the Envoy resources the tests send. On a delta stream a resource's version is
+//! a hash of its bytes: only what changed is sent, and what left the snapshot is removed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as DeltaResource,
 };
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use futures_util::Stream;
@@ -71,6 +73,8 @@ impl Snapshot {
 struct Shared {
     snapshot: watch::Sender<Snapshot>,
     requests: Mutex<Vec<DiscoveryRequest>>,
+    delta_requests: Mutex<Vec<DeltaDiscoveryRequest>>,
+    delta_responses: Mutex<Vec<DeltaDiscoveryResponse>>,
     nonce: std::sync::atomic::AtomicU64,
     streams: CancellationToken,
 }
@@ -160,10 +164,145 @@ impl AggregatedDiscoveryService for Ads {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+        request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<DeltaStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("delta xDS"))
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            let mut snapshots = shared.snapshot.subscribe();
+            let mut types: BTreeMap<String, DeltaState> = BTreeMap::new();
+            loop {
+                tokio::select! {
+                    _ = shared.streams.cancelled() => {
+                        let _ = tx.send(Err(tonic::Status::unavailable("control plane stopping"))).await;
+                        return;
+                    }
+                    r = inbound.message() => {
+                        let Ok(Some(r)) = r else { return };
+                        shared.delta_requests.lock().push(r.clone());
+                        types.entry(r.type_url.clone()).or_default().on_request(&r);
+                    }
+                    c = snapshots.changed() => if c.is_err() { return },
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                for (type_url, state) in &mut types {
+                    let Some((resources, removed)) = state.diff(&snapshot, type_url) else {
+                        continue;
+                    };
+                    let nonce = shared
+                        .nonce
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                        .to_string();
+                    let response = DeltaDiscoveryResponse {
+                        system_version_info: snapshot.version.clone(),
+                        resources,
+                        type_url: type_url.clone(),
+                        removed_resources: removed,
+                        nonce,
+                        ..DeltaDiscoveryResponse::default()
+                    };
+                    shared.delta_responses.lock().push(response.clone());
+                    if tx.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
+}
+
+/// One type on one delta stream: what the proxy subscribed to and holds (name → version).
+#[derive(Default)]
+struct DeltaState {
+    started: bool,
+    wildcard: bool,
+    names: std::collections::BTreeSet<String>,
+    held: HashMap<String, String>,
+}
+
+impl DeltaState {
+    fn on_request(&mut self, r: &DeltaDiscoveryRequest) {
+        if !self.started {
+            self.started = true;
+            // The first request of a type with no names is a (legacy) wildcard subscription.
+            self.wildcard = r.resource_names_subscribe.is_empty();
+            self.held = r.initial_resource_versions.clone();
+        }
+        for n in &r.resource_names_subscribe {
+            if n == "*" {
+                self.wildcard = true;
+            } else {
+                self.names.insert(n.clone());
+            }
+        }
+        for n in &r.resource_names_unsubscribe {
+            if n == "*" {
+                self.wildcard = false;
+            } else {
+                self.names.remove(n);
+                self.held.remove(n);
+            }
+        }
+    }
+
+    /// What to send (changed resources, removed names), if anything; the proxy then holds it.
+    fn diff(
+        &mut self,
+        snapshot: &Snapshot,
+        type_url: &str,
+    ) -> Option<(Vec<DeltaResource>, Vec<String>)> {
+        let wanted: HashMap<&String, (&Any, String)> = snapshot
+            .resources
+            .get(type_url)
+            .into_iter()
+            .flatten()
+            .filter(|(n, _)| self.wildcard || self.names.contains(n))
+            .map(|(n, any)| (n, (any, content_version(any))))
+            .collect();
+        let mut changed = Vec::new();
+        for (name, (any, version)) in &wanted {
+            if self.held.get(*name) != Some(version) {
+                changed.push(DeltaResource {
+                    name: (*name).clone(),
+                    version: version.clone(),
+                    resource: Some((*any).clone()),
+                    ..Default::default()
+                });
+            }
+        }
+        changed.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut removed: Vec<String> = self
+            .held
+            .keys()
+            .filter(|n| !wanted.contains_key(n))
+            .cloned()
+            .collect();
+        removed.sort();
+        if changed.is_empty() && removed.is_empty() {
+            return None;
+        }
+        for n in &removed {
+            self.held.remove(n);
+        }
+        for r in &changed {
+            self.held.insert(r.name.clone(), r.version.clone());
+        }
+        Some((changed, removed))
+    }
+}
+
+/// A resource's version on the delta stream: a hash of its bytes (unchanged content, unchanged
+/// version, so it is not sent again).
+fn content_version(any: &Any) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    any.type_url.hash(&mut h);
+    any.value.hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 impl ControlPlane {
@@ -182,6 +321,8 @@ impl ControlPlane {
         let shared = Arc::new(Shared {
             snapshot: watch::Sender::new(snapshot),
             requests: Mutex::new(Vec::new()),
+            delta_requests: Mutex::new(Vec::new()),
+            delta_responses: Mutex::new(Vec::new()),
             nonce: std::sync::atomic::AtomicU64::new(1),
             streams: CancellationToken::new(),
         });
@@ -221,6 +362,37 @@ impl ControlPlane {
                 && r.error_detail.is_none()
                 && !r.response_nonce.is_empty()
         })
+    }
+
+    /// Every incremental (delta) request received so far.
+    pub fn delta_requests(&self) -> Vec<DeltaDiscoveryRequest> {
+        self.shared.delta_requests.lock().clone()
+    }
+
+    /// Every incremental (delta) response sent so far.
+    pub fn delta_responses(&self) -> Vec<DeltaDiscoveryResponse> {
+        self.shared.delta_responses.lock().clone()
+    }
+
+    /// True once a delta response of `type_url` at system version `version` was ACKed (a
+    /// request carrying its nonce and no error).
+    pub fn delta_acked(&self, type_url: &str, version: &str) -> bool {
+        let nonces: Vec<String> = self
+            .delta_responses()
+            .into_iter()
+            .filter(|r| r.type_url == type_url && r.system_version_info == version)
+            .map(|r| r.nonce)
+            .collect();
+        self.delta_requests().iter().any(|r| {
+            r.type_url == type_url && r.error_detail.is_none() && nonces.contains(&r.response_nonce)
+        })
+    }
+
+    /// The first delta NACK of `type_url`, if any.
+    pub fn delta_nack(&self, type_url: &str) -> Option<DeltaDiscoveryRequest> {
+        self.delta_requests()
+            .into_iter()
+            .find(|r| r.type_url == type_url && r.error_detail.is_some())
     }
 
     /// The error message of the first NACK of `type_url`, if any.
@@ -423,6 +595,19 @@ pub fn route_config(name: &str, routes: Vec<route::Route>) -> route::RouteConfig
         }],
         ..Default::default()
     }
+}
+
+/// [`bootstrap`] with incremental ADS (`api_type: DELTA_GRPC`).
+pub fn delta_bootstrap(addr: SocketAddr) -> String {
+    bootstrap(addr).replace(
+        "  cluster: xds-grpc\n",
+        "  cluster: xds-grpc\n  api_type: DELTA_GRPC\n",
+    )
+}
+
+/// [`envoy_bootstrap`] with incremental ADS (`api_type: DELTA_GRPC`).
+pub fn envoy_delta_bootstrap(addr: SocketAddr) -> String {
+    envoy_bootstrap(addr).replace("api_type: GRPC", "api_type: DELTA_GRPC")
 }
 
 /// Envoy's bootstrap for the same control plane and node as [`bootstrap`]: ADS for CDS and LDS

@@ -9,6 +9,7 @@
 //!     cluster: reviews.ns
 //!     locality: { region: eu, zone: eu-1a }
 //!     metadata: { NAMESPACE: ns }
+//!   api_type: GRPC                 # or DELTA_GRPC (incremental xDS)
 //! ```
 
 use std::collections::BTreeMap;
@@ -31,6 +32,23 @@ pub struct Xds {
     /// Longest delay between reconnection attempts.
     #[serde(default = "defaults::reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// The ADS variant, as Envoy's `ads_config.api_type`: state of the world (`GRPC`, the
+    /// default) or incremental (`DELTA_GRPC`).
+    #[serde(default)]
+    pub api_type: XdsApiType,
+}
+
+/// Envoy's `ApiConfigSource.api_type`, for ADS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum XdsApiType {
+    /// `StreamAggregatedResources`: every response carries the whole set of its type (LDS,
+    /// CDS) or of the names asked for (EDS, RDS).
+    #[default]
+    #[serde(rename = "GRPC", alias = "grpc")]
+    Grpc,
+    /// `DeltaAggregatedResources`: responses carry only what changed, and what was removed.
+    #[serde(rename = "DELTA_GRPC", alias = "delta_grpc")]
+    DeltaGrpc,
 }
 
 /// Envoy's `Node`: the identity a control plane renders configuration for.

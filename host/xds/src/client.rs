@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use weft_config::xds::Xds;
+use weft_config::xds::{Xds, XdsApiType};
 use weft_proxy::Proxy;
 
 use crate::resources::Kind;
@@ -26,7 +26,7 @@ use crate::status::Status;
 use crate::store::Store;
 
 /// gRPC `INVALID_ARGUMENT`, the code Envoy puts in a NACK's `error_detail`.
-const INVALID_ARGUMENT: i32 = 3;
+pub(crate) const INVALID_ARGUMENT: i32 = 3;
 
 /// Per type: what was accepted, and what this stream has seen and asked for.
 #[derive(Debug, Default, Clone)]
@@ -48,14 +48,16 @@ pub(crate) struct Client {
     pub endpoint: String,
     pub node: Node,
     pub status: Arc<Status>,
-    store: Store,
+    pub(crate) store: Store,
     subs: BTreeMap<Kind, Subscription>,
+    /// Incremental (delta) subscriptions, kept across streams.
+    pub(crate) delta: BTreeMap<Kind, crate::delta::DeltaSubscription>,
     /// What was last published (so an unchanged composition is not published again).
     published: Option<weft_config::DynamicResources>,
 }
 
 /// Why a response was not accepted.
-enum Refused {
+pub(crate) enum Refused {
     /// Invalid, or refused by the reload actor: NACKed with this message.
     Invalid(String),
     /// The proxy is shutting down.
@@ -91,6 +93,7 @@ impl Client {
             status,
             store: Store::default(),
             subs: BTreeMap::new(),
+            delta: BTreeMap::new(),
             published: None,
         }
     }
@@ -99,7 +102,10 @@ impl Client {
     pub(crate) async fn run(mut self) {
         let mut failures: u32 = 0;
         loop {
-            let result = self.stream(&mut failures).await;
+            let result = match self.config.api_type {
+                XdsApiType::Grpc => self.stream(&mut failures).await,
+                XdsApiType::DeltaGrpc => self.delta_stream(&mut failures).await,
+            };
             self.status.connected(false);
             match result {
                 Err(StreamError::Stopped) => return,
@@ -116,15 +122,22 @@ impl Client {
         }
     }
 
-    /// One ADS stream, until it fails.
-    async fn stream(&mut self, failures: &mut u32) -> Result<(), StreamError> {
+    /// The gRPC client of the control plane.
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, StreamError> {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.endpoint))
             .map_err(|e| StreamError::Connect(self.endpoint.clone(), e))?
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await
             .map_err(|e| StreamError::Connect(self.endpoint.clone(), e))?;
-        let mut grpc = AggregatedDiscoveryServiceClient::new(channel);
+        Ok(AggregatedDiscoveryServiceClient::new(channel))
+    }
+
+    /// One ADS stream, until it fails.
+    async fn stream(&mut self, failures: &mut u32) -> Result<(), StreamError> {
+        let mut grpc = self.connect().await?;
         let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
         for sub in self.subs.values_mut() {
             sub.nonce.clear();
@@ -258,10 +271,21 @@ impl Client {
 
     /// Translates, composes and publishes one response; on success the store moves on.
     async fn accept(&mut self, kind: Kind, response: &DiscoveryResponse) -> Result<(), Refused> {
-        let mut next = self
+        let next = self
             .store
             .with(kind, &response.resources)
             .map_err(Refused::Invalid)?;
+        self.publish(kind, next, &response.version_info).await
+    }
+
+    /// Composes `next` with the file's resources and publishes it through the reload actor
+    /// (unless the composition is unchanged); on success `next` becomes the store.
+    pub(crate) async fn publish(
+        &mut self,
+        kind: Kind,
+        mut next: Store,
+        version: &str,
+    ) -> Result<(), Refused> {
         let statics: HashSet<String> = self
             .proxy
             .file_config()
@@ -273,8 +297,12 @@ impl Client {
         if self.published.as_ref() != Some(&composed.resources) {
             match self.proxy.apply_dynamic(composed.resources.clone()).await {
                 Ok(generation) => {
-                    tracing::info!(generation, type_url = kind.type_url(), version = %response.version_info,
-                        "xds: update published");
+                    tracing::info!(
+                        generation,
+                        type_url = kind.type_url(),
+                        version,
+                        "xds: update published"
+                    );
                 }
                 Err(e) if matches!(*e.0, weft_proxy::ProxyError::Stopped) => {
                     return Err(Refused::Stopped);

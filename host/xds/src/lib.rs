@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod delta;
 mod fields;
 pub mod node;
 pub mod resources;

@@ -52,56 +52,92 @@ impl Store {
     /// replace the resources named.
     pub fn with(&self, kind: Kind, resources: &[Any]) -> Result<Store, String> {
         let mut next = self.clone();
-        let mut seen = HashSet::new();
-        let mut dup = |name: &str| {
-            if seen.insert(name.to_owned()) {
-                Ok(())
-            } else {
-                Err(format!("duplicate resource name `{name}`"))
-            }
-        };
         match kind {
-            Kind::Cluster => {
-                next.clusters.clear();
-                for (i, any) in resources.iter().enumerate() {
-                    let t = cluster::translate(decode(kind, i, any)?)?;
-                    dup(&t.cluster.name)?;
-                    next.clusters.insert(t.cluster.name.clone(), t);
-                }
-            }
-            Kind::Endpoint => {
-                for (i, any) in resources.iter().enumerate() {
-                    let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
-                        decode(kind, i, any)?;
-                    let name = cla.cluster_name.clone();
-                    dup(&name)?;
-                    let e =
-                        endpoint::endpoints(&format!("cluster_load_assignment \"{name}\""), cla)?;
-                    next.endpoints.insert(name, e);
-                }
-            }
-            Kind::Listener => {
-                next.listeners.clear();
-                for (i, any) in resources.iter().enumerate() {
-                    let t = listener::translate(decode(kind, i, any)?)?;
-                    dup(&t.listener.name)?;
-                    next.listeners.insert(t.listener.name.clone(), t);
-                }
-            }
-            Kind::Route => {
-                for (i, any) in resources.iter().enumerate() {
-                    let rc: envoy_types::pb::envoy::config::route::v3::RouteConfiguration =
-                        decode(kind, i, any)?;
-                    let name = rc.name.clone();
-                    dup(&name)?;
-                    let v =
-                        route::route_configuration(&format!("route_configuration \"{name}\""), rc)?;
-                    next.routes.insert(name, v);
-                }
+            Kind::Cluster => next.clusters.clear(),
+            Kind::Listener => next.listeners.clear(),
+            Kind::Endpoint | Kind::Route => {}
+        }
+        let mut seen = HashSet::new();
+        for (i, any) in resources.iter().enumerate() {
+            let name = next.insert(kind, i, any)?;
+            if !seen.insert(name.clone()) {
+                return Err(format!("duplicate resource name `{name}`"));
             }
         }
         next.prune();
         Ok(next)
+    }
+
+    /// The store with one incremental (delta) response applied: `added` (resource name,
+    /// resource) added or replaced, `removed` names dropped. A removed assignment leaves its
+    /// cluster with no endpoints (its requests answer 503, as Envoy's); a removed route
+    /// configuration leaves its listener with no virtual hosts (404).
+    pub fn with_delta(
+        &self,
+        kind: Kind,
+        added: &[(String, Any)],
+        removed: &[String],
+    ) -> Result<Store, String> {
+        let mut next = self.clone();
+        let mut seen = HashSet::new();
+        for name in removed {
+            match kind {
+                Kind::Cluster => drop(next.clusters.remove(name)),
+                Kind::Listener => drop(next.listeners.remove(name)),
+                Kind::Endpoint => drop(next.endpoints.insert(name.clone(), Vec::new())),
+                Kind::Route => drop(next.routes.insert(name.clone(), Vec::new())),
+            }
+        }
+        for (i, (name, any)) in added.iter().enumerate() {
+            let inner = next.insert(kind, i, any)?;
+            if !name.is_empty() && *name != inner {
+                return Err(format!(
+                    "resources[{i}]: named `{name}` but the resource inside is `{inner}`"
+                ));
+            }
+            if !seen.insert(inner.clone()) {
+                return Err(format!("duplicate resource name `{inner}`"));
+            }
+            if removed.contains(&inner) {
+                return Err(format!("resource `{inner}` both added and removed"));
+            }
+        }
+        next.prune();
+        Ok(next)
+    }
+
+    /// Translates one resource of `kind` into the store; returns its name.
+    fn insert(&mut self, kind: Kind, i: usize, any: &Any) -> Result<String, String> {
+        Ok(match kind {
+            Kind::Cluster => {
+                let t = cluster::translate(decode(kind, i, any)?)?;
+                let name = t.cluster.name.clone();
+                self.clusters.insert(name.clone(), t);
+                name
+            }
+            Kind::Endpoint => {
+                let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
+                    decode(kind, i, any)?;
+                let name = cla.cluster_name.clone();
+                let e = endpoint::endpoints(&format!("cluster_load_assignment \"{name}\""), cla)?;
+                self.endpoints.insert(name.clone(), e);
+                name
+            }
+            Kind::Listener => {
+                let t = listener::translate(decode(kind, i, any)?)?;
+                let name = t.listener.name.clone();
+                self.listeners.insert(name.clone(), t);
+                name
+            }
+            Kind::Route => {
+                let rc: envoy_types::pb::envoy::config::route::v3::RouteConfiguration =
+                    decode(kind, i, any)?;
+                let name = rc.name.clone();
+                let v = route::route_configuration(&format!("route_configuration \"{name}\""), rc)?;
+                self.routes.insert(name.clone(), v);
+                name
+            }
+        })
     }
 
     /// Drops endpoints and routes no cluster or listener refers to any more.
@@ -344,6 +380,46 @@ mod tests {
             composed.resources.clusters[0].endpoints[0].address,
             "127.0.0.1:9000"
         );
+    }
+
+    #[test]
+    fn a_delta_adds_replaces_and_removes_by_name() {
+        let named = |n: &str, c: c::Cluster| (n.to_owned(), any(&c));
+        let s = Store::default()
+            .with_delta(
+                Kind::Cluster,
+                &[named("a", eds("a")), named("b", eds("b"))],
+                &[],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let s = s
+            .with_delta(Kind::Endpoint, &[("a".into(), any(&cla("a", 9000)))], &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Removing b keeps a and its endpoints; b's assignment is no longer wanted.
+        let s = s
+            .with_delta(Kind::Cluster, &[], &["b".into()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.clusters.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(s.eds_names().into_iter().collect::<Vec<_>>(), ["a"]);
+        // A removed assignment leaves its cluster live with no endpoints.
+        let gone = s
+            .with_delta(Kind::Endpoint, &[], &["a".into()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let composed = gone.compose(&HashSet::new());
+        assert!(composed.warming.is_empty());
+        assert!(composed.resources.clusters[0].endpoints.is_empty());
+        // The resource's name must be the one inside.
+        let err = s
+            .with_delta(Kind::Cluster, &[named("x", eds("y"))], &[])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "resources[0]: named `x` but the resource inside is `y`"
+        );
+        let err = s
+            .with_delta(Kind::Cluster, &[named("a", eds("a"))], &["a".into()])
+            .unwrap_err();
+        assert_eq!(err, "resource `a` both added and removed");
     }
 
     #[test]
