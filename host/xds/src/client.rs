@@ -51,7 +51,7 @@ pub(crate) struct Client {
     pub(crate) store: Store,
     subs: BTreeMap<Kind, Subscription>,
     /// Incremental (delta) subscriptions, kept across streams.
-    pub(crate) delta: BTreeMap<Kind, crate::delta::DeltaSubscription>,
+    pub(crate) delta: BTreeMap<Kind, crate::subscription::DeltaSubscription>,
     /// What was last published (so an unchanged composition is not published again).
     published: Option<weft_config::DynamicResources>,
 }

@@ -9,7 +9,7 @@
 //! state-of-the-world one ([`Client::publish`]), is ACKed (its nonce, no error) once published,
 //! or NACKed with the reason as `error_detail`, keeping nothing of it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
@@ -21,17 +21,6 @@ use tokio::sync::mpsc;
 
 use crate::client::{Client, INVALID_ARGUMENT, Refused, StreamError};
 use crate::resources::Kind;
-
-/// One type's incremental subscription, kept across streams.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct DeltaSubscription {
-    /// Names subscribed to (EDS, RDS); the wildcard types (CDS, LDS) hold none.
-    names: BTreeSet<String>,
-    /// The version of each resource held, by name.
-    versions: BTreeMap<String, String>,
-    /// A request was sent on this stream.
-    sent: bool,
-}
 
 impl Client {
     /// One incremental ADS stream, until it fails.

@@ -16,6 +16,7 @@ pub mod node;
 pub mod resources;
 mod status;
 mod store;
+mod subscription;
 mod translate;
 
 use std::sync::Arc;
