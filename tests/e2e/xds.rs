@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3 as route;
 use weft_e2e::xds::{
-    CDS, ControlPlane, EDS, LDS, RDS, Snapshot, assignment, bootstrap, delta_bootstrap,
-    eds_cluster, header, http_listener, prefix_route, route_config,
+    CDS, ControlPlane, EDS, LDS, RDS, Snapshot, WasmCode, assignment, bootstrap, delta_bootstrap,
+    eds_cluster, header, http_listener, http_listener_with, prefix_route, route_config,
+    static_cluster, string_value, struct_value, wasm_filter,
 };
 use weft_e2e::{TestProxy, eventually, get, metric_value, upstream};
 
@@ -776,4 +777,241 @@ async fn the_same_snapshot_over_delta_behaves_the_same_in_envoy_and_weft() {
         eds.dedup();
         assert_eq!(eds, ["v1", "v2"], "{name}");
     }
+}
+
+/// header-rewrite's configuration: `/api/*` goes to `/v2/*` with the original path in a header
+/// and `x-secret` removed; the response gets `x-api-version: <version>`.
+fn rewrite_config(version: &str) -> serde_json::Value {
+    serde_json::json!({
+        "rules": [{
+            "name": "api",
+            "when": {"paths": ["/api/*"]},
+            "request": {"set": {"x-original-path": "%{request.path}"}, "remove": ["x-secret"]},
+            "response": {"set": {"x-api-version": version}},
+            "path": {"replace_prefix": {"from": "/api/", "to": "/v2/"}}
+        }]
+    })
+}
+
+/// Cluster `up`, and listener `web` with `filters` (then the router) routing everything to it;
+/// with `wasm_server`, a STATIC cluster `wasm-server` to fetch modules from.
+fn wasm_snapshot(
+    version: &str,
+    up: SocketAddr,
+    filters: Vec<weft_e2e::xds::HttpFilter>,
+    wasm_server: Option<SocketAddr>,
+) -> Snapshot {
+    let mut s = Snapshot::new(version)
+        .with("up", eds_cluster("up"))
+        .with("up", assignment("up", &[(up, 1)]))
+        .with(
+            "web",
+            http_listener_with("web", "127.0.0.1:0".parse().unwrap(), "routes", filters),
+        )
+        .with(
+            "routes",
+            route_config("routes", vec![prefix_route("/", &[("up", 1)])]),
+        );
+    if let Some(addr) = wasm_server {
+        s = s.with("wasm-server", static_cluster("wasm-server", addr));
+    }
+    s
+}
+
+/// What the plugin did to one request through `base`: the API version the response got, or
+/// `None` when the plugin did not run.
+async fn rewritten(name: &str, base: &str) -> Option<String> {
+    let r = weft_e2e::get_with(&format!("{base}/api/items"), &[("x-secret", "s")]).await;
+    assert_eq!(r.status, 200, "{name}: {}", r.text());
+    let seen = r.json();
+    let version = r.header("x-api-version").map(str::to_owned);
+    if version.is_some() {
+        assert_eq!(seen["path"], "/v2/items", "{name}: {seen}");
+        assert_eq!(
+            seen["headers"]["x-original-path"], "/api/items",
+            "{name}: {seen}"
+        );
+        assert!(seen["headers"].get("x-secret").is_none(), "{name}: {seen}");
+    } else {
+        assert_eq!(seen["path"], "/api/items", "{name}: {seen}");
+    }
+    version
+}
+
+/// A server of `module` at `/plugin.wasm`, counting the fetches.
+async fn wasm_server(module: Vec<u8>) -> (SocketAddr, Arc<AtomicU64>) {
+    let fetches = Arc::new(AtomicU64::new(0));
+    let counter = fetches.clone();
+    let module = bytes::Bytes::from(module);
+    let addr = upstream::serve(move |req: http::Request<hyper::body::Incoming>| {
+        let (module, counter) = (module.clone(), counter.clone());
+        async move {
+            if req.uri().path() == "/plugin.wasm" {
+                counter.fetch_add(1, Ordering::SeqCst);
+                http::Response::new(http_body_util::Full::new(module))
+            } else {
+                let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                *r.status_mut() = http::StatusCode::NOT_FOUND;
+                r
+            }
+        }
+    })
+    .await;
+    (addr, fetches)
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// A Wasm plugin built from the workspace (plugins/header-rewrite), delivered over xDS as the
+/// `envoy.filters.http.wasm` filter istiod renders, changes the requests and responses through
+/// Weft and through Envoy 1.40 alike: first from a local file, then fetched over HTTP and
+/// checked against its SHA-256 (configuration as a `StringValue`). A module whose digest does
+/// not match is NACKed naming the field, and the last good plugin keeps running.
+#[tokio::test]
+async fn a_wasm_plugin_over_xds_changes_responses_in_weft_and_envoy() {
+    let Some(envoy_bin) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let up = upstream::echo("up").await;
+    let file = weft_e2e::plugins::shipped_plugin("header-rewrite");
+    let module = std::fs::read(&file).unwrap();
+    let (server, fetches) = wasm_server(module.clone()).await;
+    let local = |version: &str| {
+        wasm_filter(
+            "hr",
+            WasmCode::Local(file.clone()),
+            string_value(&rewrite_config(version).to_string()),
+            false,
+        )
+    };
+    let remote = |version: &str, sha256: &str| {
+        wasm_filter(
+            "hr",
+            WasmCode::Remote {
+                uri: format!("http://{server}/plugin.wasm"),
+                cluster: "wasm-server".into(),
+                sha256: sha256.into(),
+            },
+            string_value(&rewrite_config(version).to_string()),
+            false,
+        )
+    };
+    let cp = ControlPlane::start(wasm_snapshot("1", up, vec![local("1")], None)).await;
+    let cache = tempfile::tempdir().unwrap();
+    let boot = bootstrap(cp.addr).replace(
+        "  cluster: xds-grpc\n",
+        &format!(
+            "  cluster: xds-grpc\n  wasm_cache_dir: \"{}\"\n",
+            cache.path().display()
+        ),
+    );
+    let tp = TestProxy::start(&boot).await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(
+        eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await,
+        "{:?}",
+        tp.proxy.last_reload_error()
+    );
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &envoy_bin,
+        &weft_e2e::xds::envoy_bootstrap(cp.addr),
+    )
+    .await;
+    let (weft_base, envoy_base) = (tp.url("web", ""), envoy.url(""));
+    for (name, base) in [("weft", &weft_base), ("envoy", &envoy_base)] {
+        assert_eq!(rewritten(name, base).await.as_deref(), Some("1"), "{name}");
+    }
+
+    // Version 2: the same module, fetched over HTTP and checked against its SHA-256.
+    let sha = sha256_hex(&module);
+    cp.set(wasm_snapshot(
+        "2",
+        up,
+        vec![remote("2", &sha)],
+        Some(server),
+    ));
+    for (name, base) in [("weft", &weft_base), ("envoy", &envoy_base)] {
+        assert!(
+            eventually(WAIT, || async {
+                rewritten(name, base).await.as_deref() == Some("2")
+            })
+            .await,
+            "{name} runs the fetched module: {:?}",
+            tp.proxy.last_reload_error()
+        );
+    }
+    assert!(fetches.load(Ordering::SeqCst) >= 2, "both fetched it");
+    assert!(cache.path().join(format!("{sha}.wasm")).is_file());
+    assert!(eventually(WAIT, || async { cp.acked(LDS, "2") }).await);
+
+    // Version 3 claims another digest: Weft NACKs it naming the field; version 2 keeps running.
+    let wrong = "0".repeat(64);
+    cp.set(wasm_snapshot(
+        "3",
+        up,
+        vec![remote("3", &wrong)],
+        Some(server),
+    ));
+    assert!(
+        eventually(WAIT, || async {
+            cp.requests().iter().any(|r| {
+                r.type_url == LDS
+                    && r.node.as_ref().is_some_and(|n| n.id.contains("test-pod"))
+                    && r.error_detail.as_ref().is_some_and(|e| {
+                        e.message.contains("vm_config.code.remote.sha256")
+                            && e.message.contains(&sha)
+                    })
+            })
+        })
+        .await,
+        "{:?}",
+        cp.requests().last()
+    );
+    assert_eq!(rewritten("weft", &weft_base).await.as_deref(), Some("2"));
+}
+
+/// A plugin configuration given as a `Struct` (the form a `WasmPlugin`'s `pluginConfig` has)
+/// reaches the plugin as its JSON; a listener that drops the filter drops the plugin.
+#[tokio::test]
+async fn a_struct_configuration_reaches_the_plugin_as_json_and_removal_drops_it() {
+    let up = upstream::echo("up").await;
+    let file = weft_e2e::plugins::shipped_plugin("header-rewrite");
+    let filter = wasm_filter(
+        "hr",
+        WasmCode::Local(file),
+        struct_value(&rewrite_config("struct")),
+        true,
+    );
+    let cp = ControlPlane::start(wasm_snapshot("1", up, vec![filter], None)).await;
+    let w = start(&cp).await;
+    let base = w.tp.url("web", "");
+    assert_eq!(rewritten("weft", &base).await.as_deref(), Some("struct"));
+    let dump = get(&format!("http://{}/config_dump", w.tp.admin()))
+        .await
+        .json();
+    let plugin = dump["config"]["plugins"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "hr"))
+        .cloned()
+        .unwrap_or_else(|| panic!("{dump}"));
+    assert_eq!(plugin["failure_policy"], "fail_open", "{plugin}");
+    assert_eq!(plugin["vm_id"], "hr", "{plugin}");
+
+    cp.set(wasm_snapshot("2", up, Vec::new(), None));
+    assert!(eventually(WAIT, || async { rewritten("weft", &base).await.is_none() }).await);
+    let dump = get(&format!("http://{}/config_dump", w.tp.admin()))
+        .await
+        .json();
+    assert!(
+        dump["config"]["plugins"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{dump}"
+    );
 }

@@ -29,6 +29,8 @@ use prost::{Message, Name};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use hcm::HttpFilter;
+
 /// Type URLs.
 pub const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 /// EDS.
@@ -647,4 +649,153 @@ static_resources:
         ip = addr.ip(),
         port = addr.port()
     )
+}
+
+/// Where a Wasm filter's code comes from.
+pub enum WasmCode {
+    /// A local file (absolute path).
+    Local(String),
+    /// Fetched over HTTP through `cluster`, checked against `sha256` (hex).
+    Remote {
+        /// `http://…`.
+        uri: String,
+        /// The cluster to fetch through.
+        cluster: String,
+        /// SHA-256 of the module, hex.
+        sha256: String,
+    },
+}
+
+/// A plugin configuration as Envoy's `Any`: a `StringValue`.
+pub fn string_value(s: &str) -> Any {
+    use envoy_types::pb::google::protobuf::StringValue;
+    Any {
+        type_url: StringValue::type_url(),
+        value: StringValue { value: s.into() }.encode_to_vec(),
+    }
+}
+
+/// A plugin configuration as Envoy's `Any`: a `Struct` built from a JSON object.
+pub fn struct_value(v: &serde_json::Value) -> Any {
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+    fn value(v: &serde_json::Value) -> Value {
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+                values: a.iter().map(value).collect(),
+            }),
+            serde_json::Value::Object(o) => Kind::StructValue(Struct {
+                fields: o.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
+            }),
+        };
+        Value { kind: Some(kind) }
+    }
+    let Some(Kind::StructValue(s)) = value(v).kind else {
+        panic!("a JSON object");
+    };
+    Any {
+        type_url: Struct::type_url(),
+        value: s.encode_to_vec(),
+    }
+}
+
+/// An `envoy.filters.http.wasm` HTTP filter named `name` (also the plugin's name), as istiod
+/// renders one for a `WasmPlugin`: the V8 runtime, `code`, `configuration`, `fail_open`.
+pub fn wasm_filter(
+    name: &str,
+    code: WasmCode,
+    configuration: Any,
+    fail_open: bool,
+) -> hcm::HttpFilter {
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+    use envoy_types::pb::envoy::extensions::wasm::v3 as wasm;
+    let source = match code {
+        WasmCode::Local(file) => core::async_data_source::Specifier::Local(core::DataSource {
+            specifier: Some(core::data_source::Specifier::Filename(file)),
+            ..Default::default()
+        }),
+        WasmCode::Remote {
+            uri,
+            cluster,
+            sha256,
+        } => core::async_data_source::Specifier::Remote(core::RemoteDataSource {
+            http_uri: Some(core::HttpUri {
+                uri,
+                timeout: Some(PbDuration {
+                    seconds: 10,
+                    nanos: 0,
+                }),
+                http_upstream_type: Some(core::http_uri::HttpUpstreamType::Cluster(cluster)),
+            }),
+            sha256,
+            ..Default::default()
+        }),
+    };
+    #[expect(deprecated, reason = "istiod renders fail_open")]
+    let config = wasm::PluginConfig {
+        name: name.into(),
+        root_id: String::new(),
+        configuration: Some(configuration),
+        fail_open,
+        vm: Some(wasm::plugin_config::Vm::VmConfig(wasm::VmConfig {
+            vm_id: name.into(),
+            runtime: "envoy.wasm.runtime.v8".into(),
+            code: Some(core::AsyncDataSource {
+                specifier: Some(source),
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    hcm::HttpFilter {
+        name: name.into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(Any {
+            type_url: Wasm::type_url(),
+            value: Wasm {
+                config: Some(config),
+            }
+            .encode_to_vec(),
+        })),
+        ..Default::default()
+    }
+}
+
+/// [`http_listener`] with `filters` before the router.
+pub fn http_listener_with(
+    name: &str,
+    addr: SocketAddr,
+    route_config: &str,
+    filters: Vec<hcm::HttpFilter>,
+) -> listener::Listener {
+    let mut l = http_listener(name, addr, route_config);
+    let Some(listener::filter::ConfigType::TypedConfig(any)) =
+        &mut l.filter_chains[0].filters[0].config_type
+    else {
+        unreachable!("http_listener builds a typed HCM");
+    };
+    let mut manager = hcm::HttpConnectionManager::decode(any.value.as_slice()).expect("HCM");
+    let router = manager.http_filters.pop().expect("router");
+    manager.http_filters = filters;
+    manager.http_filters.push(router);
+    any.value = manager.encode_to_vec();
+    l
+}
+
+/// A STATIC cluster `name` with one endpoint (e.g. the server Wasm modules are fetched from).
+pub fn static_cluster(name: &str, addr: SocketAddr) -> cluster::Cluster {
+    cluster::Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: Some(PbDuration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        load_assignment: Some(assignment(name, &[(addr, 1)])),
+        ..Default::default()
+    }
 }

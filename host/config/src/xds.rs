@@ -36,6 +36,10 @@ pub struct Xds {
     /// default) or incremental (`DELTA_GRPC`).
     #[serde(default)]
     pub api_type: XdsApiType,
+    /// Where Wasm modules of `vm_config.code.remote` are kept once fetched and checked
+    /// (`<sha256>.wasm`); default `<temp dir>/weft-xds-wasm`.
+    #[serde(default)]
+    pub wasm_cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Envoy's `ApiConfigSource.api_type`, for ADS.

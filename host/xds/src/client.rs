@@ -24,6 +24,7 @@ use weft_proxy::Proxy;
 use crate::resources::Kind;
 use crate::status::Status;
 use crate::store::Store;
+use crate::translate::wasm::REMOTE_PREFIX;
 
 /// gRPC `INVALID_ARGUMENT`, the code Envoy puts in a NACK's `error_detail`.
 pub(crate) const INVALID_ARGUMENT: i32 = 3;
@@ -54,6 +55,8 @@ pub(crate) struct Client {
     pub(crate) delta: BTreeMap<Kind, crate::subscription::DeltaSubscription>,
     /// What was last published (so an unchanged composition is not published again).
     published: Option<weft_config::DynamicResources>,
+    /// Remote Wasm code fetched and checked: SHA-256 → cached file.
+    fetched: std::collections::HashMap<String, String>,
 }
 
 /// Why a response was not accepted.
@@ -95,6 +98,7 @@ impl Client {
             subs: BTreeMap::new(),
             delta: BTreeMap::new(),
             published: None,
+            fetched: std::collections::HashMap::new(),
         }
     }
 
@@ -293,7 +297,10 @@ impl Client {
             .iter()
             .map(|c| c.name.clone())
             .collect();
-        let composed = next.compose(&statics);
+        let mut composed = next.compose(&statics);
+        self.fetch_remote_code(&mut composed)
+            .await
+            .map_err(Refused::Invalid)?;
         if self.published.as_ref() != Some(&composed.resources) {
             match self.proxy.apply_dynamic(composed.resources.clone()).await {
                 Ok(generation) => {
@@ -314,6 +321,58 @@ impl Client {
         next.mark_live(&composed.resources);
         self.status.warming(composed.warming);
         self.store = next;
+        Ok(())
+    }
+}
+
+impl Client {
+    /// Points every plugin whose code is remote at its cached file, fetching what is missing.
+    async fn fetch_remote_code(
+        &mut self,
+        composed: &mut crate::store::Composed,
+    ) -> Result<(), String> {
+        let dir = self
+            .config
+            .wasm_cache_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("weft-xds-wasm"));
+        let file = self.proxy.file_config();
+        for i in 0..composed.resources.plugins.len() {
+            let plugin = &composed.resources.plugins[i];
+            let Some(sha) = plugin.file.strip_prefix(REMOTE_PREFIX) else {
+                continue;
+            };
+            if let Some(path) = self.fetched.get(sha) {
+                composed.resources.plugins[i].file = path.clone();
+                continue;
+            }
+            let Some(remote) = composed.remotes.get(sha) else {
+                return Err(format!(
+                    "plugin `{}`: no remote source for {sha}",
+                    plugin.name
+                ));
+            };
+            let address = composed
+                .resources
+                .clusters
+                .iter()
+                .chain(file.clusters.iter())
+                .find(|c| c.name == remote.cluster)
+                .and_then(|c| c.endpoints.first())
+                .map(|e| e.address.clone())
+                .ok_or_else(|| {
+                    format!(
+                        "{}.http_uri.cluster: `{}` is not a known cluster with an endpoint",
+                        remote.path, remote.cluster
+                    )
+                })?;
+            let path = crate::remote::ensure(&dir, remote, &address)
+                .await?
+                .to_string_lossy()
+                .into_owned();
+            self.fetched.insert(sha.to_owned(), path.clone());
+            composed.resources.plugins[i].file = path;
+        }
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ mod client;
 mod delta;
 mod fields;
 pub mod node;
+mod remote;
 pub mod resources;
 mod status;
 mod store;

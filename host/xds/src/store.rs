@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use weft_config::DynamicResources;
-use weft_config::schema::{Cluster, DirectResponseAction, Endpoint, Listener, VirtualHost};
+use weft_config::schema::{Cluster, DirectResponseAction, Endpoint, Listener, Plugin, VirtualHost};
 
 use crate::resources::Kind;
-use crate::translate::{cluster, endpoint, listener, route};
+use crate::translate::{cluster, endpoint, listener, route, wasm};
 
 /// Accepted resources by type and name.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -25,6 +25,7 @@ pub(crate) struct Store {
     /// The last published form of each dynamic cluster and listener (served while warming).
     live_clusters: BTreeMap<String, Cluster>,
     live_listeners: BTreeMap<String, Listener>,
+    live_plugins: BTreeMap<String, Plugin>,
 }
 
 /// What [`Store::compose`] produced.
@@ -33,6 +34,8 @@ pub(crate) struct Composed {
     pub resources: DynamicResources,
     /// `cds/NAME` or `lds/NAME` of resources waiting for their endpoints or routes.
     pub warming: Vec<String>,
+    /// Wasm code to fetch (by SHA-256) for plugins whose `file` is `xds-remote:<sha256>`.
+    pub remotes: BTreeMap<String, wasm::Remote>,
 }
 
 fn decode<M: Message + Default>(kind: Kind, i: usize, any: &Any) -> Result<M, String> {
@@ -65,6 +68,7 @@ impl Store {
             }
         }
         next.prune();
+        next.check_plugins()?;
         Ok(next)
     }
 
@@ -103,7 +107,31 @@ impl Store {
             }
         }
         next.prune();
+        next.check_plugins()?;
         Ok(next)
+    }
+
+    /// Listeners may share a Wasm plugin (by name) only with the same definition.
+    fn check_plugins(&self) -> Result<(), String> {
+        let mut seen: BTreeMap<&str, (&str, &Plugin)> = BTreeMap::new();
+        for (lname, t) in &self.listeners {
+            for p in &t.plugins {
+                match seen.get(p.plugin.name.as_str()) {
+                    Some((other, q)) if *q != &p.plugin => {
+                        return Err(format!(
+                            "listener \"{lname}\": Wasm plugin `{}` differs from the one of \
+                             that name in listener \"{other}\" (one name, one definition)",
+                            p.plugin.name
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert(&p.plugin.name, (lname, &p.plugin));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Translates one resource of `kind` into the store; returns its name.
@@ -195,6 +223,7 @@ impl Store {
             .map(|c| c.name.as_str())
             .chain(static_clusters.iter().map(String::as_str))
             .collect();
+        let mut plugins: BTreeMap<String, Plugin> = BTreeMap::new();
         for (name, t) in &self.listeners {
             let ready = match &t.rds {
                 None => Some(t.listener.clone()),
@@ -204,6 +233,7 @@ impl Store {
                     l
                 }),
             };
+            let is_ready = ready.is_some();
             let Some(mut l) = ready.or_else(|| self.live_listeners.get(name).cloned()) else {
                 out.warming.push(format!("lds/{name}"));
                 continue;
@@ -233,8 +263,23 @@ impl Store {
                     }
                 }
             }
+            if is_ready {
+                for p in &t.plugins {
+                    plugins.insert(p.plugin.name.clone(), p.plugin.clone());
+                    if let Some(r) = &p.remote {
+                        out.remotes.insert(r.sha256.clone(), r.clone());
+                    }
+                }
+            } else {
+                for r in &l.plugins {
+                    if let Some(p) = self.live_plugins.get(&r.name) {
+                        plugins.entry(r.name.clone()).or_insert_with(|| p.clone());
+                    }
+                }
+            }
             out.resources.listeners.push(l);
         }
+        out.resources.plugins = plugins.into_values().collect();
         out
     }
 
@@ -249,6 +294,11 @@ impl Store {
             .listeners
             .iter()
             .map(|l| (l.name.clone(), l.clone()))
+            .collect();
+        self.live_plugins = published
+            .plugins
+            .iter()
+            .map(|p| (p.name.clone(), p.clone()))
             .collect();
     }
 }
@@ -458,6 +508,7 @@ mod tests {
             listener::Translated {
                 listener: l,
                 rds: None,
+                plugins: Vec::new(),
             },
         );
         let composed = s.compose(&HashSet::new());

@@ -1,7 +1,7 @@
 //! LDS: `envoy.config.listener.v3.Listener` → [`weft_config::schema::Listener`].
 //!
 //! One filter chain without a match, holding one network filter: the HTTP connection manager
-//! (routes from RDS or inline, the router as its only HTTP filter) or the TCP proxy.
+//! (routes from RDS or inline; Wasm HTTP filters, then the router) or the TCP proxy.
 
 use envoy_types::pb::envoy::config::listener::v3::Listener as XListener;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
@@ -27,6 +27,8 @@ pub(crate) struct Translated {
     pub listener: Listener,
     /// The RDS route configuration name, when routes are not inline.
     pub rds: Option<String>,
+    /// The Wasm plugins its HTTP filters define, in filter order (attached by name).
+    pub plugins: Vec<super::wasm::WasmPlugin>,
 }
 
 fn decode<M: Message + Default>(path: &str, any: &Any, want: &str) -> Result<M, String> {
@@ -105,6 +107,7 @@ pub(crate) fn translate(l: XListener) -> Result<Translated, String> {
         return Ok(Translated {
             listener: out,
             rds: None,
+            plugins: Vec::new(),
         });
     }
     let hcm: HttpConnectionManager = decode(&fpath, &any, type_url::HCM)?;
@@ -142,7 +145,15 @@ pub(crate) fn translate(l: XListener) -> Result<Translated, String> {
         reject_rest(&format!("{hpath}.common_http_protocol_options"), &orest)?;
     }
     let filters = std::mem::take(&mut hrest.http_filters);
-    http_filters(&format!("{hpath}.http_filters"), filters)?;
+    let plugins = http_filters(&format!("{hpath}.http_filters"), filters)?;
+    out.plugins = plugins
+        .iter()
+        .map(|p| weft_config::schema::PluginRef {
+            name: p.plugin.name.clone(),
+            configuration: None,
+            disabled: false,
+        })
+        .collect();
     let mut rds = None;
     match hrest.route_specifier.take() {
         Some(RouteSpecifier::Rds(r)) => {
@@ -165,15 +176,22 @@ pub(crate) fn translate(l: XListener) -> Result<Translated, String> {
         None => return Err(format!("{hpath}: rds or route_config is required")),
     }
     reject_rest(&hpath, &hrest)?;
-    Ok(Translated { listener: out, rds })
+    Ok(Translated {
+        listener: out,
+        rds,
+        plugins,
+    })
 }
 
-/// Only the router, last, is implemented; any other HTTP filter (Wasm included) is NACKed.
+/// Wasm filters (`envoy.filters.http.wasm`), then the router, last; any other HTTP filter is
+/// NACKed. A `disabled` filter (enabled per route only, which Weft does not implement) is
+/// skipped.
 fn http_filters(
     path: &str,
     filters: Vec<envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter>,
-) -> Result<(), String> {
+) -> Result<Vec<super::wasm::WasmPlugin>, String> {
     let n = filters.len();
+    let mut plugins: Vec<super::wasm::WasmPlugin> = Vec::new();
     for (i, f) in filters.into_iter().enumerate() {
         let fpath = format!("{path}[{i}]");
         let any = match &f.config_type {
@@ -189,9 +207,23 @@ fn http_filters(
             if f.disabled {
                 continue;
             }
+            if let Some(any) = any
+                .as_ref()
+                .filter(|a| a.type_url == super::wasm::HTTP_WASM)
+            {
+                let p = super::wasm::http_wasm(&fpath, &f.name, any)?;
+                if plugins.iter().any(|q| q.plugin.name == p.plugin.name) {
+                    return Err(format!(
+                        "{fpath}.typed_config.config.name: `{}` twice in one listener",
+                        p.plugin.name
+                    ));
+                }
+                plugins.push(p);
+                continue;
+            }
             return Err(format!(
-                "{fpath}: HTTP filter `{}` is unimplemented (only envoy.filters.http.router; \
-                 Wasm through xDS is not implemented yet)",
+                "{fpath}: HTTP filter `{}` is unimplemented (envoy.filters.http.wasm and \
+                 envoy.filters.http.router are)",
                 f.name
             ));
         }
@@ -206,7 +238,7 @@ fn http_filters(
     if n == 0 {
         return Err(format!("{path}: the router filter is required"));
     }
-    Ok(())
+    Ok(plugins)
 }
 
 fn tcp_proxy(path: &str, t: TcpProxy) -> Result<weft_config::schema::TcpProxy, String> {

@@ -10,6 +10,7 @@ pub(crate) mod cluster;
 pub(crate) mod endpoint;
 pub(crate) mod listener;
 pub(crate) mod route;
+pub(crate) mod wasm;
 
 use std::time::Duration;
 
