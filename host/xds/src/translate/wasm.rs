@@ -266,3 +266,110 @@ fn value_json(v: &protobuf::Value) -> Value {
         Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value_json).collect()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::envoy::extensions::wasm::v3 as w;
+    use prost::Name;
+
+    use super::*;
+
+    fn filter(vm: w::VmConfig, configuration: Option<Any>) -> Any {
+        let wasm = Wasm {
+            config: Some(w::PluginConfig {
+                name: "p".into(),
+                configuration,
+                vm: Some(w::plugin_config::Vm::VmConfig(vm)),
+                ..Default::default()
+            }),
+        };
+        Any {
+            type_url: HTTP_WASM.into(),
+            value: wasm.encode_to_vec(),
+        }
+    }
+
+    fn local(file: &str) -> Option<core::AsyncDataSource> {
+        Some(core::AsyncDataSource {
+            specifier: Some(async_data_source::Specifier::Local(core::DataSource {
+                specifier: Some(data_source::Specifier::Filename(file.into())),
+                ..Default::default()
+            })),
+        })
+    }
+
+    #[test]
+    fn maps_the_plugin_and_refuses_what_weft_cannot_do_by_name() {
+        let vm = w::VmConfig {
+            vm_id: "shared".into(),
+            runtime: "envoy.wasm.runtime.v8".into(),
+            code: local("/p.wasm"),
+            ..Default::default()
+        };
+        let config = protobuf::Struct {
+            fields: [(
+                "n".to_owned(),
+                protobuf::Value {
+                    kind: Some(protobuf::value::Kind::NumberValue(3.0)),
+                },
+            )]
+            .into(),
+        };
+        let any = Any {
+            type_url: protobuf::Struct::type_url(),
+            value: config.encode_to_vec(),
+        };
+        let p = http_wasm("f", "filter", &filter(vm.clone(), Some(any)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.plugin.name, "p");
+        assert_eq!(p.plugin.file, "/p.wasm");
+        assert_eq!(p.plugin.vm_id.as_deref(), Some("shared"));
+        assert_eq!(p.plugin.configuration, Some(serde_json::json!({"n": 3})));
+        assert_eq!(p.plugin.failure_policy, FailurePolicy::FailClosed);
+        assert!(p.remote.is_none());
+
+        let mut null = vm.clone();
+        null.runtime = "envoy.wasm.runtime.null".into();
+        let err = http_wasm("f", "x", &filter(null, None)).unwrap_err();
+        assert!(err.starts_with("f.typed_config.config.vm_config.runtime: `envoy.wasm.runtime.null` is unimplemented"), "{err}");
+
+        let mut relative = vm.clone();
+        relative.code = local("p.wasm");
+        let err = http_wasm("f", "x", &filter(relative, None)).unwrap_err();
+        assert!(
+            err.contains("code.local.filename: `p.wasm` must be absolute"),
+            "{err}"
+        );
+
+        let mut restricted = vm.clone();
+        restricted.capability_restriction_config = Some(w::CapabilityRestrictionConfig::default());
+        let err = http_wasm("f", "x", &filter(restricted, None)).unwrap_err();
+        assert!(
+            err.starts_with(
+                "f.typed_config.config.vm_config.capability_restriction_config: unimplemented"
+            ),
+            "{err}"
+        );
+
+        let mut remote = vm;
+        remote.code = Some(core::AsyncDataSource {
+            specifier: Some(async_data_source::Specifier::Remote(
+                core::RemoteDataSource {
+                    http_uri: Some(core::HttpUri {
+                        uri: "https://h/p.wasm".into(),
+                        http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster("c".into())),
+                        ..Default::default()
+                    }),
+                    sha256: "ab".repeat(32),
+                    ..Default::default()
+                },
+            )),
+        });
+        let err = http_wasm("f", "x", &filter(remote, None)).unwrap_err();
+        assert!(
+            err.contains("http_uri.uri: `https://h/p.wasm`: only http:// is implemented"),
+            "{err}"
+        );
+    }
+}
