@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3 as route;
 use weft_e2e::xds::{
-    CDS, ControlPlane, EDS, LDS, RDS, Snapshot, WasmCode, assignment, bootstrap, delta_bootstrap,
-    eds_cluster, header, http_listener, http_listener_with, prefix_route, route_config,
-    static_cluster, string_value, struct_value, wasm_filter,
+    CDS, ControlPlane, EDS, LDS, RDS, Snapshot, WasmCode, assignment, bootstrap, capture_listener,
+    delta_bootstrap, eds_cluster, header, http_listener, http_listener_with, original_dst_cluster,
+    prefix_route, route_config, static_cluster, string_value, struct_value, tcp_proxy_filter,
+    wasm_filter,
 };
 use weft_e2e::{TestProxy, eventually, get, metric_value, upstream};
 
@@ -1014,4 +1015,180 @@ async fn a_struct_configuration_reaches_the_plugin_as_json_and_removal_drops_it(
             .is_none_or(|a| a.is_empty()),
         "{dump}"
     );
+}
+
+/// A capture listener over LDS, as istiod renders `virtualInbound`: `use_original_dst` with the
+/// original_dst / tls_inspector / http_inspector listener filters, chains matching on
+/// destination port, prefix ranges, transport protocol, SNI and ALPN (one with RDS routes, one
+/// a TCP proxy), and a default chain to an ORIGINAL_DST cluster. It becomes Weft's capture
+/// listener with one `bind_to_port: false` listener per chain, live once the chain's routes
+/// are; a connection that was not redirected is refused as a loop (`NR`). A listener reached
+/// by address (`bind_to_port: false`) is NACKed naming the field.
+#[tokio::test]
+async fn a_capture_listener_over_lds_maps_its_filter_chains() {
+    use envoy_types::pb::envoy::config::core::v3::CidrRange;
+    use envoy_types::pb::envoy::config::listener::v3 as l;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    let app = upstream::echo("app").await;
+    let http_chain = {
+        let mut c = http_listener("x", "127.0.0.1:0".parse().unwrap(), "inbound-routes")
+            .filter_chains
+            .remove(0);
+        c.name = "inbound_http".into();
+        c.filter_chain_match = Some(l::FilterChainMatch {
+            destination_port: Some(UInt32Value { value: 8080 }),
+            transport_protocol: "raw_buffer".into(),
+            application_protocols: vec!["http/1.1".into(), "h2c".into()],
+            ..Default::default()
+        });
+        c
+    };
+    let tls_chain = l::FilterChain {
+        name: "inbound_tls".into(),
+        filter_chain_match: Some(l::FilterChainMatch {
+            destination_port: Some(UInt32Value { value: 8443 }),
+            prefix_ranges: vec![CidrRange {
+                address_prefix: "10.1.2.3".into(),
+                prefix_len: Some(UInt32Value { value: 8 }),
+            }],
+            transport_protocol: "tls".into(),
+            server_names: vec!["app.example.com".into()],
+            application_protocols: vec!["istio-peer-exchange".into()],
+            ..Default::default()
+        }),
+        filters: vec![tcp_proxy_filter("app")],
+        ..Default::default()
+    };
+    let capture = capture_listener(
+        "virtualInbound",
+        "127.0.0.1:0".parse().unwrap(),
+        vec![http_chain, tls_chain],
+        "InboundPassthroughCluster",
+    );
+    let snapshot = |version: &str, with_routes: bool| {
+        let mut s = Snapshot::new(version)
+            .with("app", eds_cluster("app"))
+            .with("app", assignment("app", &[(app, 1)]))
+            .with(
+                "InboundPassthroughCluster",
+                original_dst_cluster("InboundPassthroughCluster"),
+            )
+            .with("virtualInbound", capture.clone())
+            // An ordinary listener beside it, so the test can tell when LDS went live.
+            .with(
+                "web",
+                http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
+            )
+            .with(
+                "routes",
+                route_config("routes", vec![prefix_route("/", &[("app", 1)])]),
+            );
+        if with_routes {
+            s = s.with(
+                "inbound-routes",
+                route_config("inbound-routes", vec![prefix_route("/", &[("app", 1)])]),
+            );
+        }
+        s
+    };
+    // Version 1 lacks the chain's route configuration: the capture listener warms.
+    let cp = ControlPlane::start(snapshot("1", false)).await;
+    let w = start(&cp).await;
+    assert!(eventually(WAIT, || async { cp.acked(LDS, "1") }).await);
+    assert!(w.tp.proxy.listener_addr("virtualInbound").is_none());
+    let dump = get(&format!("http://{}/config_dump", w.tp.admin()))
+        .await
+        .json();
+    assert!(
+        dump["dynamic"]["warming"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "lds/virtualInbound"),
+        "{}",
+        dump["dynamic"]
+    );
+
+    // Version 2 has it: the capture listener and its chains go live.
+    cp.set(snapshot("2", true));
+    assert!(
+        eventually(WAIT, || async {
+            w.tp.proxy.listener_addr("virtualInbound").is_some()
+        })
+        .await,
+        "{:?}",
+        w.tp.proxy.last_reload_error()
+    );
+    let dump = get(&format!("http://{}/config_dump", w.tp.admin()))
+        .await
+        .json();
+    let listeners = dump["config"]["listeners"].as_array().unwrap();
+    let find = |n: &str| {
+        listeners
+            .iter()
+            .find(|l| l["name"] == n)
+            .unwrap_or_else(|| panic!("{n}: {listeners:?}"))
+    };
+    let vi = find("virtualInbound");
+    assert_eq!(vi["original_dst"], true);
+    assert_eq!(vi["passthrough_cluster"], "InboundPassthroughCluster");
+    assert_eq!(vi["protocol_detection_timeout"], "100ms");
+    let chains = vi["filter_chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 2);
+    assert_eq!(chains[0]["listener"], "virtualInbound/inbound_http");
+    assert_eq!(
+        chains[0]["match"],
+        serde_json::json!({"destination_port": 8080, "transport_protocol": "raw_buffer",
+            "application_protocols": ["http/1.1", "h2c"]})
+    );
+    assert_eq!(
+        chains[1]["match"],
+        serde_json::json!({"destination_port": 8443, "prefix_ranges": ["10.0.0.0/8"],
+            "transport_protocol": "tls", "server_names": ["app.example.com"],
+            "application_protocols": ["istio-peer-exchange"]})
+    );
+    let http = find("virtualInbound/inbound_http");
+    assert_eq!(http["bind_to_port"], false);
+    assert_eq!(
+        http["virtual_hosts"][0]["routes"][0]["route"]["cluster"],
+        "app"
+    );
+    let tls = find("virtualInbound/inbound_tls");
+    assert_eq!(
+        (tls["bind_to_port"].clone(), tls["tcp"]["cluster"].clone()),
+        (false.into(), "app".into())
+    );
+    let clusters = dump["config"]["clusters"].as_array().unwrap();
+    let passthrough = clusters
+        .iter()
+        .find(|c| c["name"] == "InboundPassthroughCluster")
+        .unwrap();
+    assert_eq!(passthrough["type"], "original_dst");
+
+    // Not redirected: the original destination is the capture port itself, a loop: closed.
+    let reply = weft_e2e::raw(
+        w.tp.proxy.listener_addr("virtualInbound").unwrap(),
+        b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply, "", "closed without an answer");
+
+    // A listener reached by address through another's use_original_dst: NACKed by field.
+    let mut by_address = http_listener("0.0.0.0_9080", "127.0.0.1:0".parse().unwrap(), "routes");
+    by_address.bind_to_port = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+    cp.set(snapshot("3", true).with("0.0.0.0_9080", by_address));
+    assert!(
+        eventually(WAIT, || async {
+            cp.nack(LDS).is_some_and(|n| {
+                n.error_detail.is_some_and(|e| {
+                    e.message
+                        .contains("listener \"0.0.0.0_9080\".bind_to_port: false is unimplemented")
+                })
+            })
+        })
+        .await,
+        "{:?}",
+        cp.nack(LDS)
+    );
+    assert!(w.tp.proxy.listener_addr("virtualInbound").is_some());
 }

@@ -799,3 +799,85 @@ pub fn static_cluster(name: &str, addr: SocketAddr) -> cluster::Cluster {
         ..Default::default()
     }
 }
+
+/// A TCP proxy network filter to `cluster`.
+pub fn tcp_proxy_filter(cluster: &str) -> listener::Filter {
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+    let proxy = tcp::TcpProxy {
+        stat_prefix: cluster.into(),
+        cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+        ..Default::default()
+    };
+    listener::Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(Any {
+            type_url: tcp::TcpProxy::type_url(),
+            value: proxy.encode_to_vec(),
+        })),
+    }
+}
+
+/// A capture listener as istiod renders `virtualInbound`: the original_dst, tls_inspector and
+/// http_inspector listener filters, `chains`, and a default chain proxying to `passthrough`.
+pub fn capture_listener(
+    name: &str,
+    addr: SocketAddr,
+    chains: Vec<listener::FilterChain>,
+    passthrough: &str,
+) -> listener::Listener {
+    let filter = |name: &str, type_url: &str| listener::ListenerFilter {
+        name: name.into(),
+        config_type: Some(listener::listener_filter::ConfigType::TypedConfig(Any {
+            type_url: type_url.into(),
+            value: Vec::new(),
+        })),
+        ..Default::default()
+    };
+    listener::Listener {
+        name: name.into(),
+        address: Some(socket(addr)),
+        use_original_dst: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+        listener_filters: vec![
+            filter(
+                "envoy.filters.listener.original_dst",
+                "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
+            ),
+            filter(
+                "envoy.filters.listener.tls_inspector",
+                "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+            ),
+            filter(
+                "envoy.filters.listener.http_inspector",
+                "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+            ),
+        ],
+        listener_filters_timeout: Some(PbDuration {
+            seconds: 0,
+            nanos: 100_000_000,
+        }),
+        continue_on_listener_filters_timeout: true,
+        filter_chains: chains,
+        default_filter_chain: Some(listener::FilterChain {
+            name: "passthrough".into(),
+            filters: vec![tcp_proxy_filter(passthrough)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// An ORIGINAL_DST cluster (Istio's `InboundPassthroughCluster` / `PassthroughCluster`).
+pub fn original_dst_cluster(name: &str) -> cluster::Cluster {
+    cluster::Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: cluster::cluster::LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(PbDuration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}

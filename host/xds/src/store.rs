@@ -87,7 +87,7 @@ impl Store {
         for name in removed {
             match kind {
                 Kind::Cluster => drop(next.clusters.remove(name)),
-                Kind::Listener => drop(next.listeners.remove(name)),
+                Kind::Listener => next.remove_listener(name),
                 Kind::Endpoint => drop(next.endpoints.insert(name.clone(), Vec::new())),
                 Kind::Route => drop(next.routes.insert(name.clone(), Vec::new())),
             }
@@ -109,6 +109,15 @@ impl Store {
         next.prune();
         next.check_plugins()?;
         Ok(next)
+    }
+
+    /// Removes listener `name` and, for a capture listener, its chains' listeners.
+    fn remove_listener(&mut self, name: &str) {
+        if let Some(old) = self.listeners.remove(name) {
+            for c in &old.chain_names {
+                self.listeners.remove(c);
+            }
+        }
     }
 
     /// Listeners may share a Wasm plugin (by name) only with the same definition.
@@ -152,8 +161,13 @@ impl Store {
                 name
             }
             Kind::Listener => {
-                let t = listener::translate(decode(kind, i, any)?)?;
+                let mut t = crate::translate::lds::translate(decode(kind, i, any)?)?;
                 let name = t.listener.name.clone();
+                self.remove_listener(&name);
+                for c in std::mem::take(&mut t.chains) {
+                    t.chain_names.push(c.listener.name.clone());
+                    self.listeners.insert(c.listener.name.clone(), c);
+                }
                 self.listeners.insert(name.clone(), t);
                 name
             }
@@ -279,6 +293,22 @@ impl Store {
             }
             out.resources.listeners.push(l);
         }
+        // A capture listener goes live only with every chain's listener.
+        let live: HashSet<String> = out
+            .resources
+            .listeners
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
+        let mut cold = Vec::new();
+        out.resources.listeners.retain(|l| {
+            let ready = l.filter_chains.iter().all(|c| live.contains(&c.listener));
+            if !ready {
+                cold.push(format!("lds/{}", l.name));
+            }
+            ready
+        });
+        out.warming.extend(cold);
         out.resources.plugins = plugins.into_values().collect();
         out
     }
@@ -509,6 +539,8 @@ mod tests {
                 listener: l,
                 rds: None,
                 plugins: Vec::new(),
+                chains: Vec::new(),
+                chain_names: Vec::new(),
             },
         );
         let composed = s.compose(&HashSet::new());

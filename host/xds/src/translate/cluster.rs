@@ -92,7 +92,34 @@ pub(crate) fn translate(c: XCluster) -> Result<Translated, String> {
             }
             c
         }
-        DiscoveryType::LogicalDns | DiscoveryType::OriginalDst => {
+        DiscoveryType::OriginalDst => {
+            let mut c = base(Vec::<String>::new())?;
+            c.kind = weft_config::schema::ClusterType::OriginalDst;
+            let mut options = weft_config::schema::OriginalDstOptions::default();
+            if let Some(
+                envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig::OriginalDstLbConfig(
+                    o,
+                ),
+            ) = rest.lb_config.take()
+            {
+                let opath = format!("{path}.original_dst_lb_config");
+                let mut o = o;
+                options.use_http_header = std::mem::take(&mut o.use_http_header);
+                if o.http_header_name == weft_config::capture::ORIGINAL_DST_HEADER {
+                    o.http_header_name.clear();
+                }
+                reject_rest(&opath, &o)?;
+            }
+            if options != Default::default() {
+                c.original_dst = Some(options);
+            }
+            // The only policy of an ORIGINAL_DST cluster.
+            if rest.lb_policy == LbPolicy::ClusterProvided as i32 {
+                rest.lb_policy = 0;
+            }
+            c
+        }
+        DiscoveryType::LogicalDns => {
             return Err(format!(
                 "{path}.type: {} clusters are unimplemented",
                 kind.as_str_name()

@@ -1,9 +1,7 @@
-//! LDS: `envoy.config.listener.v3.Listener` → [`weft_config::schema::Listener`].
-//!
-//! One filter chain without a match, holding one network filter: the HTTP connection manager
-//! (routes from RDS or inline; Wasm HTTP filters, then the router) or the TCP proxy.
+//! One LDS filter chain → a [`weft_config::schema::Listener`] (`lds.rs` reads the listener
+//! around it). The chain holds one network filter: the HTTP connection manager (routes from
+//! RDS or inline; Wasm HTTP filters, then the router) or the TCP proxy.
 
-use envoy_types::pb::envoy::config::listener::v3::Listener as XListener;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -29,6 +27,11 @@ pub(crate) struct Translated {
     pub rds: Option<String>,
     /// The Wasm plugins its HTTP filters define, in filter order (attached by name).
     pub plugins: Vec<super::wasm::WasmPlugin>,
+    /// A capture listener's filter chains, each a listener (`bind_to_port: false`) of its own
+    /// (moved into the store beside it, leaving their names in `chain_names`).
+    pub chains: Vec<Translated>,
+    /// The names of its chains' listeners, once in the store.
+    pub chain_names: Vec<String>,
 }
 
 fn decode<M: Message + Default>(path: &str, any: &Any, want: &str) -> Result<M, String> {
@@ -41,46 +44,19 @@ fn decode<M: Message + Default>(path: &str, any: &Any, want: &str) -> Result<M, 
     M::decode(any.value.as_slice()).map_err(|e| format!("{path}.typed_config: {e}"))
 }
 
-/// Translates one listener.
-pub(crate) fn translate(l: XListener) -> Result<Translated, String> {
-    let name = l.name.clone();
-    if name.is_empty() {
-        return Err("listener: name must not be empty".into());
-    }
-    let path = format!("listener \"{name}\"");
-    let mut rest = l;
-    rest.name.clear();
-    let (host, port) = super::socket_address(&format!("{path}.address"), rest.address.as_ref())?;
-    rest.address = None;
-    let address = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => std::net::SocketAddr::new(ip, port),
-        Err(_) => return Err(format!("{path}.address: `{host}` is not an IP address")),
-    };
-    // Ignored: names and hints that change no behaviour.
-    rest.stat_prefix.clear();
-    rest.metadata = None;
-    rest.traffic_direction = 0;
-    let chains = std::mem::take(&mut rest.filter_chains);
-    reject_rest(&path, &rest)?;
-    let [chain] = <[_; 1]>::try_from(chains).map_err(|chains: Vec<_>| {
-        format!(
-            "{path}.filter_chains: exactly one filter chain is implemented (got {})",
-            chains.len()
-        )
-    })?;
-    let cpath = format!("{path}.filter_chains[0]");
+/// Translates one filter chain (its match aside) into a listener `name` on `address`.
+pub(crate) fn chain(
+    cpath: &str,
+    name: &str,
+    address: std::net::SocketAddr,
+    chain: envoy_types::pb::envoy::config::listener::v3::FilterChain,
+) -> Result<Translated, String> {
     let mut crest = chain;
-    if crest
-        .filter_chain_match
-        .take()
-        .is_some_and(|m| m != Default::default())
-    {
-        return Err(format!("{cpath}.filter_chain_match: unimplemented"));
-    }
+    crest.filter_chain_match = None;
     crest.name.clear();
     crest.metadata = None;
     let filters = std::mem::take(&mut crest.filters);
-    reject_rest(&cpath, &crest)?;
+    reject_rest(cpath, &crest)?;
     let [filter] = <[_; 1]>::try_from(filters).map_err(|f: Vec<_>| {
         format!(
             "{cpath}.filters: exactly one network filter (HTTP connection manager or TCP proxy) is implemented (got {})",
@@ -99,7 +75,7 @@ pub(crate) fn translate(l: XListener) -> Result<Translated, String> {
         "name": name,
         "address": address.to_string(),
     }))
-    .map_err(|e| format!("{path}: {e}"))?;
+    .map_err(|e| format!("{cpath}: {e}"))?;
     if any.type_url == type_url::TCP_PROXY {
         let tcp: TcpProxy = decode(&fpath, &any, type_url::TCP_PROXY)?;
         out.protocol = ListenerProtocol::Tcp;
@@ -108,6 +84,8 @@ pub(crate) fn translate(l: XListener) -> Result<Translated, String> {
             listener: out,
             rds: None,
             plugins: Vec::new(),
+            chains: Vec::new(),
+            chain_names: Vec::new(),
         });
     }
     let hcm: HttpConnectionManager = decode(&fpath, &any, type_url::HCM)?;
@@ -180,6 +158,8 @@ pub(crate) fn translate(l: XListener) -> Result<Translated, String> {
         listener: out,
         rds,
         plugins,
+        chains: Vec::new(),
+        chain_names: Vec::new(),
     })
 }
 
