@@ -268,3 +268,65 @@ pub(crate) fn detection_timeout(
         .map(|d| duration(&format!("{path}.listener_filters_timeout"), &d))
         .transpose()
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::CidrRange;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+
+    use super::*;
+
+    #[test]
+    fn chain_matches_map_and_source_matches_are_refused_by_name() {
+        let m = chain_match(
+            "m",
+            XMatch {
+                destination_port: Some(UInt32Value { value: 443 }),
+                prefix_ranges: vec![CidrRange {
+                    address_prefix: "10.1.2.3".into(),
+                    prefix_len: Some(UInt32Value { value: 16 }),
+                }],
+                transport_protocol: "tls".into(),
+                server_names: vec!["*.example.com".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.destination_port, Some(443));
+        assert_eq!(m.prefix_ranges[0].to_string(), "10.1.0.0/16");
+        assert_eq!(m.transport_protocol, Some(TransportProtocol::Tls));
+        let err = chain_match(
+            "m",
+            XMatch {
+                source_prefix_ranges: vec![CidrRange::default()],
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("m.source_prefix_ranges: unimplemented"),
+            "{err}"
+        );
+        let err = chain_match(
+            "m",
+            XMatch {
+                transport_protocol: "quic".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "m.transport_protocol: `quic` is unimplemented (tls, raw_buffer)"
+        );
+        let err = chain_match(
+            "m",
+            XMatch {
+                destination_port: Some(UInt32Value { value: 70_000 }),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err, "m.destination_port: 70000 is not a port");
+    }
+}
