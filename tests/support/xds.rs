@@ -881,3 +881,73 @@ pub fn original_dst_cluster(name: &str) -> cluster::Cluster {
         ..Default::default()
     }
 }
+
+/// A TCP proxy listener `name` on `addr` to `cluster`.
+pub fn tcp_listener(name: &str, addr: SocketAddr, cluster: &str) -> listener::Listener {
+    listener::Listener {
+        name: name.into(),
+        address: Some(socket(addr)),
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![tcp_proxy_filter(cluster)],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// An `envoy.transport_sockets.tls` transport socket (`UpstreamTlsContext`) presenting
+/// `files`' certificate, trusting its bundle and requiring the upstream's SPIFFE ID to be
+/// `upstream_id` (a URI SAN matcher, exact), offering `alpn`.
+pub fn upstream_tls(
+    files: &weft_tls::creds::CredentialFiles,
+    upstream_id: &str,
+    alpn: &[&str],
+) -> core::TransportSocket {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    use envoy_types::pb::envoy::r#type::matcher::v3 as m;
+    let path = |p: &std::path::Path| {
+        Some(core::DataSource {
+            specifier: Some(core::data_source::Specifier::Filename(
+                p.to_string_lossy().into_owned(),
+            )),
+            ..Default::default()
+        })
+    };
+    let ctx = tls::UpstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificates: vec![tls::TlsCertificate {
+                certificate_chain: path(&files.cert),
+                private_key: path(&files.key),
+                ..Default::default()
+            }],
+            validation_context_type: Some(
+                tls::common_tls_context::ValidationContextType::ValidationContext(
+                    tls::CertificateValidationContext {
+                        trusted_ca: path(&files.bundle),
+                        match_typed_subject_alt_names: vec![tls::SubjectAltNameMatcher {
+                            san_type: tls::subject_alt_name_matcher::SanType::Uri as i32,
+                            matcher: Some(m::StringMatcher {
+                                match_pattern: Some(m::string_matcher::MatchPattern::Exact(
+                                    upstream_id.into(),
+                                )),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
+            ),
+            alpn_protocols: alpn.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(Any {
+            type_url: tls::UpstreamTlsContext::type_url(),
+            value: ctx.encode_to_vec(),
+        })),
+    }
+}

@@ -162,6 +162,9 @@ pub(crate) fn translate(c: XCluster) -> Result<Translated, String> {
     if rest.http2_protocol_options.take().is_some() {
         cluster.protocol = weft_config::schema::UpstreamProtocol::Http2;
     }
+    if let Some(socket) = rest.transport_socket.take() {
+        cluster.tls = super::tls::upstream(&format!("{path}.transport_socket"), socket)?;
+    }
     reject_rest(&path, &rest)?;
     Ok(Translated { cluster, eds_name })
 }

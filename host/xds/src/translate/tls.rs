@@ -1,0 +1,187 @@
+//! `envoy.transport_sockets.tls` on a cluster (`UpstreamTlsContext`) → the cluster's `tls`
+//! ([`weft_config::tls::ClusterTls`]): mTLS with certificate files and SPIFFE validation.
+//!
+//! Weft's upstream TLS always presents a client certificate and verifies the upstream's SPIFFE
+//! ID (URI SAN) against a trust domain; an Envoy context that asks for something else (no
+//! client certificate, DNS SAN matching, secrets by SDS) is NACKed naming the field.
+
+use envoy_types::pb::envoy::config::core::v3::{DataSource, TransportSocket, data_source};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, UpstreamTlsContext, common_tls_context,
+    subject_alt_name_matcher::SanType, tls_parameters::TlsProtocol,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use prost::Message;
+use weft_config::schema::{ClusterTls, TlsVersion};
+
+use crate::fields::reject_rest;
+
+const UPSTREAM_TLS: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+const RAW_BUFFER: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+
+fn file(path: &str, d: Option<DataSource>) -> Result<String, String> {
+    match d.and_then(|d| d.specifier) {
+        Some(data_source::Specifier::Filename(f)) if !f.is_empty() => Ok(f),
+        None => Err(format!("{path}: required")),
+        Some(_) => Err(format!(
+            "{path}: only `filename` is implemented (inline data and environment variables are not)"
+        )),
+    }
+}
+
+/// A cluster's `transport_socket`: `None` for plaintext (`raw_buffer`), or its TLS.
+pub(crate) fn upstream(path: &str, socket: TransportSocket) -> Result<Option<ClusterTls>, String> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    let any = match socket.config_type {
+        Some(ConfigType::TypedConfig(any)) => any,
+        None if socket.name == "envoy.transport_sockets.raw_buffer" => return Ok(None),
+        None => return Err(format!("{path}.typed_config: required")),
+    };
+    if any.type_url == RAW_BUFFER {
+        return Ok(None);
+    }
+    if any.type_url != UPSTREAM_TLS {
+        return Err(format!(
+            "{path}.typed_config: `{}` is unimplemented (UpstreamTlsContext, RawBuffer)",
+            any.type_url
+        ));
+    }
+    let ctx = UpstreamTlsContext::decode(any.value.as_slice())
+        .map_err(|e| format!("{path}.typed_config: {e}"))?;
+    let path = format!("{path}.typed_config");
+    let mut rest = ctx;
+    let sni = std::mem::take(&mut rest.sni);
+    let mut common = rest.common_tls_context.take().unwrap_or_default();
+    reject_rest(&path, &rest)?;
+    let cpath = format!("{path}.common_tls_context");
+    let alpn = std::mem::take(&mut common.alpn_protocols);
+    let mut min_version = TlsVersion::Tls12;
+    if let Some(params) = common.tls_params.take() {
+        let ppath = format!("{cpath}.tls_params");
+        let mut p = params;
+        min_version = match TlsProtocol::try_from(p.tls_minimum_protocol_version) {
+            Ok(TlsProtocol::TlsAuto | TlsProtocol::TlSv12) => TlsVersion::Tls12,
+            Ok(TlsProtocol::TlSv13) => TlsVersion::Tls13,
+            _ => {
+                return Err(format!(
+                    "{ppath}.tls_minimum_protocol_version: only TLSv1_2 and TLSv1_3 are implemented"
+                ));
+            }
+        };
+        p.tls_minimum_protocol_version = 0;
+        if matches!(
+            TlsProtocol::try_from(p.tls_maximum_protocol_version),
+            Ok(TlsProtocol::TlsAuto | TlsProtocol::TlSv13)
+        ) {
+            p.tls_maximum_protocol_version = 0;
+        }
+        reject_rest(&ppath, &p)?;
+    }
+    if !common.tls_certificate_sds_secret_configs.is_empty() {
+        return Err(format!(
+            "{cpath}.tls_certificate_sds_secret_configs: SDS is unimplemented (use tls_certificates with filenames)"
+        ));
+    }
+    let certs = std::mem::take(&mut common.tls_certificates);
+    let [cert] = <[_; 1]>::try_from(certs).map_err(|c: Vec<_>| {
+        format!(
+            "{cpath}.tls_certificates: exactly one client certificate is required (Weft's upstream TLS is mTLS; got {})",
+            c.len()
+        )
+    })?;
+    let tpath = format!("{cpath}.tls_certificates[0]");
+    let mut cert = cert;
+    let cert_file = file(
+        &format!("{tpath}.certificate_chain"),
+        cert.certificate_chain.take(),
+    )?;
+    let key_file = file(&format!("{tpath}.private_key"), cert.private_key.take())?;
+    reject_rest(&tpath, &cert)?;
+    let validation = match common.validation_context_type.take() {
+        Some(common_tls_context::ValidationContextType::ValidationContext(v)) => v,
+        Some(common_tls_context::ValidationContextType::CombinedValidationContext(c)) => {
+            if c.validation_context_sds_secret_config.is_some() {
+                return Err(format!(
+                    "{cpath}.combined_validation_context.validation_context_sds_secret_config: SDS is unimplemented"
+                ));
+            }
+            c.default_validation_context.unwrap_or_default()
+        }
+        Some(_) => {
+            return Err(format!(
+                "{cpath}.validation_context_sds_secret_config: SDS is unimplemented"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "{cpath}.validation_context: required (Weft always verifies the upstream)"
+            ));
+        }
+    };
+    reject_rest(&cpath, &common)?;
+    let (trust_bundle_file, trust_domain, match_identities) =
+        validation_context(&format!("{cpath}.validation_context"), validation)?;
+    Ok(Some(ClusterTls {
+        sni: (!sni.is_empty()).then_some(sni),
+        cert_file,
+        key_file,
+        trust_bundle_file,
+        trust_domain,
+        match_identities,
+        alpn,
+        min_version,
+    }))
+}
+
+/// The trust bundle, the trust domain and the SPIFFE IDs (patterns) of a validation context.
+fn validation_context(
+    path: &str,
+    v: CertificateValidationContext,
+) -> Result<(String, Option<String>, Vec<String>), String> {
+    let mut rest = v;
+    let bundle = file(&format!("{path}.trusted_ca"), rest.trusted_ca.take())?;
+    let mut identities = Vec::new();
+    let mut domains = std::collections::BTreeSet::new();
+    for (i, m) in std::mem::take(&mut rest.match_typed_subject_alt_names)
+        .into_iter()
+        .enumerate()
+    {
+        let mpath = format!("{path}.match_typed_subject_alt_names[{i}]");
+        if m.san_type != SanType::Uri as i32 {
+            return Err(format!(
+                "{mpath}.san_type: only URI (SPIFFE ID) matching is implemented"
+            ));
+        }
+        let matcher = m.matcher.unwrap_or_default();
+        if matcher.ignore_case {
+            return Err(format!("{mpath}.matcher.ignore_case: unimplemented"));
+        }
+        let pattern = match matcher.match_pattern {
+            Some(MatchPattern::Exact(s)) => s,
+            Some(MatchPattern::Prefix(s)) => format!("{s}*"),
+            Some(MatchPattern::Suffix(s)) => format!("*{s}"),
+            _ => {
+                return Err(format!(
+                    "{mpath}.matcher: only exact, prefix and suffix are implemented"
+                ));
+            }
+        };
+        if let Some(td) = pattern
+            .strip_prefix("spiffe://")
+            .and_then(|r| r.split('/').next())
+            .filter(|td| !td.is_empty() && !td.contains('*'))
+        {
+            domains.insert(td.to_owned());
+        }
+        identities.push(pattern);
+    }
+    if domains.len() > 1 {
+        return Err(format!(
+            "{path}.match_typed_subject_alt_names: SPIFFE IDs of more than one trust domain are unimplemented"
+        ));
+    }
+    reject_rest(path, &rest)?;
+    Ok((bundle, domains.into_iter().next(), identities))
+}
