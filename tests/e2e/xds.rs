@@ -11,9 +11,9 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::route::v3 as route;
 use weft_e2e::xds::{
     CDS, ControlPlane, EDS, LDS, RDS, Snapshot, WasmCode, assignment, bootstrap, capture_listener,
-    delta_bootstrap, eds_cluster, header, http_listener, http_listener_with, original_dst_cluster,
-    prefix_route, route_config, static_cluster, string_value, struct_value, tcp_listener,
-    tcp_proxy_filter, upstream_tls, wasm_filter,
+    delta_bootstrap, downstream_tls, eds_cluster, header, http_listener, http_listener_with,
+    original_dst_cluster, prefix_route, route_config, static_cluster, string_value, struct_value,
+    tcp_listener, tcp_proxy_filter, upstream_tls, wasm_filter,
 };
 use weft_e2e::{TestProxy, eventually, get, metric_value, upstream};
 
@@ -1295,5 +1295,85 @@ async fn a_cds_tls_transport_socket_speaks_mtls_with_spiffe_validation() {
         .await,
         "{:?}",
         cp.nack(CDS)
+    );
+}
+
+/// An LDS filter chain with a `DownstreamTlsContext` (certificate files, trusted CA, client
+/// certificates required) serves mTLS: a client with a certificate of the trust domain gets
+/// through, one without is refused; `require_client_certificate: false` is NACKed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_lds_tls_transport_socket_serves_mtls() {
+    use weft_e2e::mesh::{Pki, tls_get};
+    let pki = Pki::new("cluster.local");
+    let server = pki.issue("web", &pki.id("prod", "web"), Duration::from_secs(3600));
+    let client = pki.issue("app", &pki.id("prod", "app"), Duration::from_secs(3600));
+    let up = upstream::echo("up").await;
+    let listener = |require: bool| {
+        let mut l = http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes");
+        let mut ts = downstream_tls(&server);
+        if !require {
+            use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+            let Some(
+                envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+                    any,
+                ),
+            ) = &mut ts.config_type
+            else {
+                unreachable!()
+            };
+            let mut ctx: tls::DownstreamTlsContext =
+                prost::Message::decode(any.value.as_slice()).unwrap();
+            ctx.require_client_certificate = None;
+            any.value = prost::Message::encode_to_vec(&ctx);
+        }
+        l.filter_chains[0].transport_socket = Some(ts);
+        l
+    };
+    let snapshot = |version: &str, require: bool| {
+        Snapshot::new(version)
+            .with("up", eds_cluster("up"))
+            .with("up", assignment("up", &[(up, 1)]))
+            .with("web", listener(require))
+            .with(
+                "routes",
+                route_config("routes", vec![prefix_route("/", &[("up", 1)])]),
+            )
+    };
+    let cp = ControlPlane::start(snapshot("1", true)).await;
+    let w = start(&cp).await;
+    let addr = w.tp.proxy.listener_addr("web").unwrap();
+    let ok = tls_get(
+        addr,
+        Some(&client),
+        &client.bundle,
+        "cluster.local",
+        false,
+        "/x",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("mTLS request: {e}"));
+    assert_eq!(ok.reply.status, 200);
+    assert_eq!(ok.reply.json()["server"], "up");
+    assert!(
+        tls_get(addr, None, &client.bundle, "cluster.local", false, "/x")
+            .await
+            .is_err(),
+        "no client certificate: refused"
+    );
+    cp.set(snapshot("2", false));
+    assert!(
+        eventually(WAIT, || async {
+            cp.nack(LDS).is_some_and(|n| {
+                n.error_detail.is_some_and(|e| {
+                    e.message.contains(
+                        "listener \"web\".filter_chains[0].transport_socket.typed_config.\
+                         require_client_certificate: must be true",
+                    )
+                })
+            })
+        })
+        .await,
+        "{:?}",
+        cp.nack(LDS)
     );
 }

@@ -951,3 +951,47 @@ pub fn upstream_tls(
         })),
     }
 }
+
+/// An `envoy.transport_sockets.tls` transport socket for a listener (`DownstreamTlsContext`):
+/// `files`' certificate, clients verified against its bundle, a client certificate required.
+pub fn downstream_tls(files: &weft_tls::creds::CredentialFiles) -> core::TransportSocket {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    let path = |p: &std::path::Path| {
+        Some(core::DataSource {
+            specifier: Some(core::data_source::Specifier::Filename(
+                p.to_string_lossy().into_owned(),
+            )),
+            ..Default::default()
+        })
+    };
+    let ctx = tls::DownstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificates: vec![tls::TlsCertificate {
+                certificate_chain: path(&files.cert),
+                private_key: path(&files.key),
+                ..Default::default()
+            }],
+            validation_context_type: Some(
+                tls::common_tls_context::ValidationContextType::ValidationContext(
+                    tls::CertificateValidationContext {
+                        trusted_ca: path(&files.bundle),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+            ..Default::default()
+        }),
+        require_client_certificate: Some(envoy_types::pb::google::protobuf::BoolValue {
+            value: true,
+        }),
+        ..Default::default()
+    };
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(Any {
+            type_url: tls::DownstreamTlsContext::type_url(),
+            value: ctx.encode_to_vec(),
+        })),
+    }
+}

@@ -55,6 +55,10 @@ pub(crate) fn chain(
     crest.filter_chain_match = None;
     crest.name.clear();
     crest.metadata = None;
+    let tls = match crest.transport_socket.take() {
+        Some(socket) => super::tls::downstream(&format!("{cpath}.transport_socket"), socket)?,
+        None => None,
+    };
     let filters = std::mem::take(&mut crest.filters);
     reject_rest(cpath, &crest)?;
     let [filter] = <[_; 1]>::try_from(filters).map_err(|f: Vec<_>| {
@@ -76,6 +80,7 @@ pub(crate) fn chain(
         "address": address.to_string(),
     }))
     .map_err(|e| format!("{cpath}: {e}"))?;
+    out.tls = tls;
     if any.type_url == type_url::TCP_PROXY {
         let tcp: TcpProxy = decode(&fpath, &any, type_url::TCP_PROXY)?;
         out.protocol = ListenerProtocol::Tcp;

@@ -1,5 +1,6 @@
-//! `envoy.transport_sockets.tls` on a cluster (`UpstreamTlsContext`) → the cluster's `tls`
-//! ([`weft_config::tls::ClusterTls`]): mTLS with certificate files and SPIFFE validation.
+//! `envoy.transport_sockets.tls` on a cluster (`UpstreamTlsContext`) → the cluster's `tls`, and
+//! on a listener's filter chain (`DownstreamTlsContext`) → the listener's `tls`: mTLS with
+//! certificate files and SPIFFE validation.
 //!
 //! Weft's upstream TLS always presents a client certificate and verifies the upstream's SPIFFE
 //! ID (URI SAN) against a trust domain; an Envoy context that asks for something else (no
@@ -7,17 +8,19 @@
 
 use envoy_types::pb::envoy::config::core::v3::{DataSource, TransportSocket, data_source};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, UpstreamTlsContext, common_tls_context,
+    CertificateValidationContext, DownstreamTlsContext, UpstreamTlsContext, common_tls_context,
     subject_alt_name_matcher::SanType, tls_parameters::TlsProtocol,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use prost::Message;
-use weft_config::schema::{ClusterTls, TlsVersion};
+use weft_config::schema::{ClusterTls, ListenerTls, TlsMode, TlsVersion};
 
 use crate::fields::reject_rest;
 
 const UPSTREAM_TLS: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+const DOWNSTREAM_TLS: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 const RAW_BUFFER: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
@@ -53,9 +56,98 @@ pub(crate) fn upstream(path: &str, socket: TransportSocket) -> Result<Option<Clu
     let path = format!("{path}.typed_config");
     let mut rest = ctx;
     let sni = std::mem::take(&mut rest.sni);
-    let mut common = rest.common_tls_context.take().unwrap_or_default();
+    let common = rest.common_tls_context.take().unwrap_or_default();
+    reject_rest(&path, &rest)?;
+    let c = common_context(&format!("{path}.common_tls_context"), common)?;
+    Ok(Some(ClusterTls {
+        sni: (!sni.is_empty()).then_some(sni),
+        cert_file: c.cert_file,
+        key_file: c.key_file,
+        trust_bundle_file: c.trust_bundle_file,
+        trust_domain: c.trust_domain,
+        match_identities: c.match_identities,
+        alpn: c.alpn,
+        min_version: c.min_version,
+    }))
+}
+
+/// A filter chain's `transport_socket`: `None` for plaintext, or the listener's TLS (mTLS:
+/// clients must present a certificate chaining to the trusted CA, in the trust domain).
+pub(crate) fn downstream(
+    path: &str,
+    socket: TransportSocket,
+) -> Result<Option<ListenerTls>, String> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    let any = match socket.config_type {
+        Some(ConfigType::TypedConfig(any)) => any,
+        None if socket.name == "envoy.transport_sockets.raw_buffer" => return Ok(None),
+        None => return Err(format!("{path}.typed_config: required")),
+    };
+    if any.type_url == RAW_BUFFER {
+        return Ok(None);
+    }
+    if any.type_url != DOWNSTREAM_TLS {
+        return Err(format!(
+            "{path}.typed_config: `{}` is unimplemented (DownstreamTlsContext, RawBuffer)",
+            any.type_url
+        ));
+    }
+    let ctx = DownstreamTlsContext::decode(any.value.as_slice())
+        .map_err(|e| format!("{path}.typed_config: {e}"))?;
+    let path = format!("{path}.typed_config");
+    let mut rest = ctx;
+    if !rest
+        .require_client_certificate
+        .take()
+        .is_some_and(|b| b.value)
+    {
+        return Err(format!(
+            "{path}.require_client_certificate: must be true (Weft's listener TLS is mTLS; TLS \
+             without client certificates is unimplemented)"
+        ));
+    }
+    let common = rest.common_tls_context.take().unwrap_or_default();
     reject_rest(&path, &rest)?;
     let cpath = format!("{path}.common_tls_context");
+    let c = common_context(&cpath, common)?;
+    if !c.match_identities.is_empty() {
+        return Err(format!(
+            "{cpath}.validation_context.match_typed_subject_alt_names: unimplemented on a \
+             listener (Envoy fails the handshake; Weft authorizes peers per request: use an \
+             AuthorizationPolicy-style `tls.authorization` in the file)"
+        ));
+    }
+    let mut tls: ListenerTls = serde_json::from_value(serde_json::json!({
+        "cert_file": c.cert_file,
+        "key_file": c.key_file,
+        "trust_bundle_file": c.trust_bundle_file,
+    }))
+    .map_err(|e| format!("{path}: {e}"))?;
+    tls.mode = TlsMode::Strict;
+    if !c.alpn.is_empty() {
+        tls.alpn = c.alpn;
+    }
+    tls.min_version = c.min_version;
+    Ok(Some(tls))
+}
+
+/// What Weft takes of a `CommonTlsContext`.
+struct Common {
+    cert_file: String,
+    key_file: String,
+    trust_bundle_file: String,
+    trust_domain: Option<String>,
+    match_identities: Vec<String>,
+    alpn: Vec<String>,
+    min_version: TlsVersion,
+}
+
+fn common_context(
+    cpath: &str,
+    common: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext,
+) -> Result<Common, String> {
+    let cpath = cpath.to_owned();
+    let mut common = common;
     let alpn = std::mem::take(&mut common.alpn_protocols);
     let mut min_version = TlsVersion::Tls12;
     if let Some(params) = common.tls_params.take() {
@@ -123,8 +215,7 @@ pub(crate) fn upstream(path: &str, socket: TransportSocket) -> Result<Option<Clu
     reject_rest(&cpath, &common)?;
     let (trust_bundle_file, trust_domain, match_identities) =
         validation_context(&format!("{cpath}.validation_context"), validation)?;
-    Ok(Some(ClusterTls {
-        sni: (!sni.is_empty()).then_some(sni),
+    Ok(Common {
         cert_file,
         key_file,
         trust_bundle_file,
@@ -132,7 +223,7 @@ pub(crate) fn upstream(path: &str, socket: TransportSocket) -> Result<Option<Clu
         match_identities,
         alpn,
         min_version,
-    }))
+    })
 }
 
 /// The trust bundle, the trust domain and the SPIFFE IDs (patterns) of a validation context.
