@@ -14,6 +14,11 @@
 //!
 //! Usage: `xds_scale <weft binary> <envoy binary> [rounds]`; prints a JSON line per run and a
 //! Markdown table of medians.
+#![forbid(unsafe_code)]
+#![expect(
+    clippy::expect_used,
+    reason = "a benchmark harness: a setup step that fails stops the run, naming the step"
+)]
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
