@@ -995,3 +995,96 @@ pub fn downstream_tls(files: &weft_tls::creds::CredentialFiles) -> core::Transpo
         })),
     }
 }
+
+/// SDS type URL.
+pub const SDS: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+/// An SDS secret `name` holding a TLS certificate (`cert`, `key`: PEM, inline).
+pub fn tls_secret(
+    name: &str,
+    cert: &[u8],
+    key: &[u8],
+) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    let inline = |b: &[u8]| {
+        Some(core::DataSource {
+            specifier: Some(core::data_source::Specifier::InlineBytes(b.to_vec())),
+            ..Default::default()
+        })
+    };
+    tls::Secret {
+        name: name.into(),
+        r#type: Some(tls::secret::Type::TlsCertificate(tls::TlsCertificate {
+            certificate_chain: inline(cert),
+            private_key: inline(key),
+            ..Default::default()
+        })),
+    }
+}
+
+/// An SDS secret `name` holding a validation context (the trusted CA `bundle`, PEM, inline).
+pub fn ca_secret(
+    name: &str,
+    bundle: &[u8],
+) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    tls::Secret {
+        name: name.into(),
+        r#type: Some(tls::secret::Type::ValidationContext(
+            tls::CertificateValidationContext {
+                trusted_ca: Some(core::DataSource {
+                    specifier: Some(core::data_source::Specifier::InlineBytes(bundle.to_vec())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// An `UpstreamTlsContext` transport socket whose certificate is SDS secret `cert` and whose
+/// trusted CA is SDS secret `ca` (both over ADS), as istiod renders it (`default` / `ROOTCA`,
+/// a combined validation context with the upstream's SPIFFE ID).
+pub fn sds_upstream_tls(cert: &str, ca: &str, upstream_id: &str) -> core::TransportSocket {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    use envoy_types::pb::envoy::r#type::matcher::v3 as m;
+    let sds = |name: &str| tls::SdsSecretConfig {
+        name: name.into(),
+        sds_config: Some(ads()),
+    };
+    let ctx = tls::UpstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds(cert)],
+            validation_context_type: Some(
+                tls::common_tls_context::ValidationContextType::CombinedValidationContext(
+                    tls::common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(tls::CertificateValidationContext {
+                            match_typed_subject_alt_names: vec![tls::SubjectAltNameMatcher {
+                                san_type: tls::subject_alt_name_matcher::SanType::Uri as i32,
+                                matcher: Some(m::StringMatcher {
+                                    match_pattern: Some(m::string_matcher::MatchPattern::Exact(
+                                        upstream_id.into(),
+                                    )),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(sds(ca)),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(Any {
+            type_url: tls::UpstreamTlsContext::type_url(),
+            value: ctx.encode_to_vec(),
+        })),
+    }
+}

@@ -40,6 +40,10 @@ pub struct Xds {
     /// (`<sha256>.wasm`); default `<temp dir>/weft-xds-wasm`.
     #[serde(default)]
     pub wasm_cache_dir: Option<std::path::PathBuf>,
+    /// Where SDS secrets are written (`<name>/cert.pem`, `key.pem`, `bundle.pem`) for the TLS
+    /// of dynamic clusters and listeners; default `<temp dir>/weft-xds-secrets-<pid>`.
+    #[serde(default)]
+    pub secrets_dir: Option<std::path::PathBuf>,
 }
 
 /// Envoy's `ApiConfigSource.api_type`, for ADS.

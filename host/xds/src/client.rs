@@ -24,6 +24,7 @@ use weft_proxy::Proxy;
 use crate::resources::Kind;
 use crate::status::Status;
 use crate::store::Store;
+use crate::translate::tls::SDS_PREFIX;
 use crate::translate::wasm::REMOTE_PREFIX;
 
 /// gRPC `INVALID_ARGUMENT`, the code Envoy puts in a NACK's `error_detail`.
@@ -191,6 +192,11 @@ impl Client {
     /// Subscriptions that follow from what is held: EDS for the clusters' assignments, LDS once
     /// every cluster is warm, RDS for the listeners' route configurations.
     async fn follow_up(&mut self, tx: &mpsc::Sender<DiscoveryRequest>) -> Result<(), StreamError> {
+        let sds: Vec<String> = self.store.sds_names().into_iter().collect();
+        let sds_sub = self.subs.get(&Kind::Secret);
+        if !sds.is_empty() && sds_sub.is_none_or(|s| !s.sent || s.names != sds) {
+            self.subscribe(tx, Kind::Secret, sds).await?;
+        }
         let eds: Vec<String> = self.store.eds_names().into_iter().collect();
         let eds_sub = self.subs.get(&Kind::Endpoint);
         if !eds.is_empty() && eds_sub.is_none_or(|s| !s.sent || s.names != eds) {
@@ -239,6 +245,7 @@ impl Client {
                 sub.version = response.version_info.clone();
                 let names = match kind {
                     Kind::Cluster => self.store.clusters.keys().cloned().collect(),
+                    Kind::Secret => self.store.secrets.keys().cloned().collect(),
                     Kind::Endpoint => self.store.endpoints.keys().cloned().collect(),
                     Kind::Listener => self.store.listeners.keys().cloned().collect(),
                     Kind::Route => self.store.routes.keys().cloned().collect(),
@@ -301,6 +308,8 @@ impl Client {
         self.fetch_remote_code(&mut composed)
             .await
             .map_err(Refused::Invalid)?;
+        self.write_secrets(&mut composed)
+            .map_err(Refused::Invalid)?;
         if self.published.as_ref() != Some(&composed.resources) {
             match self.proxy.apply_dynamic(composed.resources.clone()).await {
                 Ok(generation) => {
@@ -326,6 +335,63 @@ impl Client {
 }
 
 impl Client {
+    /// Writes the SDS secrets the composition uses under `xds.secrets_dir` (only files whose
+    /// content changed, atomically; keys mode 0600) and points the TLS paths at them. A new
+    /// version of a secret rewrites its files, which Weft's certificate watcher takes.
+    fn write_secrets(&self, composed: &mut crate::store::Composed) -> Result<(), String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if composed.secrets.is_empty() {
+            return Ok(());
+        }
+        let dir = self.config.secrets_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("weft-xds-secrets-{}", std::process::id()))
+        });
+        for (name, files) in &composed.secrets {
+            let sdir = dir.join(name);
+            std::fs::create_dir_all(&sdir)
+                .map_err(|e| format!("secret \"{name}\": {}: {e}", sdir.display()))?;
+            for (file, bytes) in files {
+                let path = sdir.join(file);
+                if std::fs::read(&path).is_ok_and(|have| have == *bytes) {
+                    continue;
+                }
+                let tmp = sdir.join(format!(".{file}.{}.tmp", fastrand::u64(..)));
+                let write = || -> std::io::Result<()> {
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&tmp)?;
+                    f.write_all(bytes)?;
+                    f.sync_all()?;
+                    std::fs::rename(&tmp, &path)
+                };
+                write().map_err(|e| format!("secret \"{name}\": {}: {e}", path.display()))?;
+            }
+        }
+        let real = |p: &mut String| {
+            if let Some(rest) = p.strip_prefix(SDS_PREFIX) {
+                *p = dir.join(rest).to_string_lossy().into_owned();
+            }
+        };
+        for c in &mut composed.resources.clusters {
+            if let Some(t) = &mut c.tls {
+                real(&mut t.cert_file);
+                real(&mut t.key_file);
+                real(&mut t.trust_bundle_file);
+            }
+        }
+        for l in &mut composed.resources.listeners {
+            if let Some(t) = &mut l.tls {
+                real(&mut t.cert_file);
+                real(&mut t.key_file);
+                real(&mut t.trust_bundle_file);
+            }
+        }
+        Ok(())
+    }
+
     /// Points every plugin whose code is remote at its cached file, fetching what is missing.
     async fn fetch_remote_code(
         &mut self,

@@ -117,6 +117,8 @@ impl Client {
         &mut self,
         tx: &mpsc::Sender<DeltaDiscoveryRequest>,
     ) -> Result<(), StreamError> {
+        let sds = self.store.sds_names();
+        self.delta_names(tx, Kind::Secret, sds).await?;
         let eds = self.store.eds_names();
         self.delta_names(tx, Kind::Endpoint, eds).await?;
         let lds_sent = self.delta.get(&Kind::Listener).is_some_and(|s| s.sent);
@@ -181,6 +183,7 @@ impl Client {
                 }
                 let names = match kind {
                     Kind::Cluster => self.store.clusters.keys().cloned().collect(),
+                    Kind::Secret => self.store.secrets.keys().cloned().collect(),
                     Kind::Endpoint => self.store.endpoints.keys().cloned().collect(),
                     Kind::Listener => self.store.listeners.keys().cloned().collect(),
                     Kind::Route => self.store.routes.keys().cloned().collect(),

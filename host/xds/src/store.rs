@@ -13,7 +13,7 @@ use weft_config::DynamicResources;
 use weft_config::schema::{Cluster, DirectResponseAction, Endpoint, Listener, Plugin, VirtualHost};
 
 use crate::resources::Kind;
-use crate::translate::{cluster, endpoint, listener, route, wasm};
+use crate::translate::{cluster, endpoint, listener, route, secret, wasm};
 
 /// Accepted resources by type and name.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -22,6 +22,7 @@ pub(crate) struct Store {
     pub endpoints: BTreeMap<String, Vec<Endpoint>>,
     pub listeners: BTreeMap<String, listener::Translated>,
     pub routes: BTreeMap<String, Vec<VirtualHost>>,
+    pub secrets: BTreeMap<String, secret::SecretFiles>,
     /// The last published form of each dynamic cluster and listener (served while warming).
     live_clusters: BTreeMap<String, Cluster>,
     live_listeners: BTreeMap<String, Listener>,
@@ -36,6 +37,8 @@ pub(crate) struct Composed {
     pub warming: Vec<String>,
     /// Wasm code to fetch (by SHA-256) for plugins whose `file` is `xds-remote:<sha256>`.
     pub remotes: BTreeMap<String, wasm::Remote>,
+    /// The SDS secrets to write for TLS paths `xds-sds:<name>/<file>`.
+    pub secrets: BTreeMap<String, secret::SecretFiles>,
 }
 
 fn decode<M: Message + Default>(kind: Kind, i: usize, any: &Any) -> Result<M, String> {
@@ -58,7 +61,7 @@ impl Store {
         match kind {
             Kind::Cluster => next.clusters.clear(),
             Kind::Listener => next.listeners.clear(),
-            Kind::Endpoint | Kind::Route => {}
+            Kind::Endpoint | Kind::Route | Kind::Secret => {}
         }
         let mut seen = HashSet::new();
         for (i, any) in resources.iter().enumerate() {
@@ -90,6 +93,8 @@ impl Store {
                 Kind::Listener => next.remove_listener(name),
                 Kind::Endpoint => drop(next.endpoints.insert(name.clone(), Vec::new())),
                 Kind::Route => drop(next.routes.insert(name.clone(), Vec::new())),
+                // A removed secret: whoever uses it waits (warming) until it is back.
+                Kind::Secret => drop(next.secrets.remove(name)),
             }
         }
         for (i, (name, any)) in added.iter().enumerate() {
@@ -146,6 +151,11 @@ impl Store {
     /// Translates one resource of `kind` into the store; returns its name.
     fn insert(&mut self, kind: Kind, i: usize, any: &Any) -> Result<String, String> {
         Ok(match kind {
+            Kind::Secret => {
+                let (name, files) = secret::translate(decode(kind, i, any)?)?;
+                self.secrets.insert(name.clone(), files);
+                name
+            }
             Kind::Cluster => {
                 let t = cluster::translate(decode(kind, i, any)?)?;
                 let name = t.cluster.name.clone();
@@ -188,6 +198,8 @@ impl Store {
         self.endpoints.retain(|n, _| eds.contains(n));
         let rds = self.rds_names();
         self.routes.retain(|n, _| rds.contains(n));
+        let sds = self.sds_names();
+        self.secrets.retain(|n, _| sds.contains(n));
     }
 
     /// The assignments the clusters need (the EDS subscription).
@@ -195,6 +207,16 @@ impl Store {
         self.clusters
             .values()
             .filter_map(|c| c.eds_name.clone())
+            .collect()
+    }
+
+    /// The secrets the clusters and listeners need (the SDS subscription).
+    pub fn sds_names(&self) -> BTreeSet<String> {
+        self.clusters
+            .values()
+            .flat_map(|c| c.secrets.iter())
+            .chain(self.listeners.values().flat_map(|l| l.secrets.iter()))
+            .cloned()
             .collect()
     }
 
@@ -211,13 +233,20 @@ impl Store {
         self.eds_names()
             .iter()
             .all(|n| self.endpoints.contains_key(n))
+            && self
+                .clusters
+                .values()
+                .flat_map(|c| c.secrets.iter())
+                .all(|n| self.secrets.contains_key(n))
     }
 
     /// Weft's dynamic resources for what is ready; `static_clusters` are the file's.
     pub fn compose(&self, static_clusters: &HashSet<String>) -> Composed {
         let mut out = Composed::default();
+        let has_secrets = |names: &[String]| names.iter().all(|n| self.secrets.contains_key(n));
         for (name, t) in &self.clusters {
             let ready = match &t.eds_name {
+                _ if !has_secrets(&t.secrets) => None,
                 None => Some(t.cluster.clone()),
                 Some(eds) => self.endpoints.get(eds).map(|e| {
                     let mut c = t.cluster.clone();
@@ -225,6 +254,13 @@ impl Store {
                     c
                 }),
             };
+            if ready.is_some() {
+                for n in &t.secrets {
+                    if let Some(f) = self.secrets.get(n) {
+                        out.secrets.insert(n.clone(), f.clone());
+                    }
+                }
+            }
             match ready.or_else(|| self.live_clusters.get(name).cloned()) {
                 Some(c) => out.resources.clusters.push(c),
                 None => out.warming.push(format!("cds/{name}")),
@@ -240,6 +276,7 @@ impl Store {
         let mut plugins: BTreeMap<String, Plugin> = BTreeMap::new();
         for (name, t) in &self.listeners {
             let ready = match &t.rds {
+                _ if !has_secrets(&t.secrets) => None,
                 None => Some(t.listener.clone()),
                 Some(rds) => self.routes.get(rds).map(|v| {
                     let mut l = t.listener.clone();
@@ -278,6 +315,11 @@ impl Store {
                 }
             }
             if is_ready {
+                for n in &t.secrets {
+                    if let Some(f) = self.secrets.get(n) {
+                        out.secrets.insert(n.clone(), f.clone());
+                    }
+                }
                 for p in &t.plugins {
                     plugins.insert(p.plugin.name.clone(), p.plugin.clone());
                     if let Some(r) = &p.remote {
@@ -541,6 +583,7 @@ mod tests {
                 plugins: Vec::new(),
                 chains: Vec::new(),
                 chain_names: Vec::new(),
+                secrets: Vec::new(),
             },
         );
         let composed = s.compose(&HashSet::new());

@@ -160,6 +160,7 @@ pub(crate) fn translate(
         plugins: Vec::new(),
         chains: targets,
         chain_names: Vec::new(),
+        secrets: Vec::new(),
     })
 }
 

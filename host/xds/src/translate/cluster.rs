@@ -17,6 +17,8 @@ pub(crate) struct Translated {
     pub cluster: Cluster,
     /// For an EDS cluster, the assignment's name (`service_name`, else the cluster's name).
     pub eds_name: Option<String>,
+    /// SDS secrets its TLS refers to.
+    pub secrets: Vec<String>,
 }
 
 /// Translates one cluster.
@@ -162,11 +164,20 @@ pub(crate) fn translate(c: XCluster) -> Result<Translated, String> {
     if rest.http2_protocol_options.take().is_some() {
         cluster.protocol = weft_config::schema::UpstreamProtocol::Http2;
     }
-    if let Some(socket) = rest.transport_socket.take() {
-        cluster.tls = super::tls::upstream(&format!("{path}.transport_socket"), socket)?;
+    let mut secrets = Vec::new();
+    if let Some(socket) = rest.transport_socket.take()
+        && let Some((tls, names)) =
+            super::tls::upstream(&format!("{path}.transport_socket"), socket)?
+    {
+        cluster.tls = Some(tls);
+        secrets = names;
     }
     reject_rest(&path, &rest)?;
-    Ok(Translated { cluster, eds_name })
+    Ok(Translated {
+        cluster,
+        eds_name,
+        secrets,
+    })
 }
 
 fn circuit_breakers(

@@ -32,6 +32,8 @@ pub(crate) struct Translated {
     pub chains: Vec<Translated>,
     /// The names of its chains' listeners, once in the store.
     pub chain_names: Vec<String>,
+    /// SDS secrets its TLS refers to.
+    pub secrets: Vec<String>,
 }
 
 fn decode<M: Message + Default>(path: &str, any: &Any, want: &str) -> Result<M, String> {
@@ -55,9 +57,14 @@ pub(crate) fn chain(
     crest.filter_chain_match = None;
     crest.name.clear();
     crest.metadata = None;
-    let tls = match crest.transport_socket.take() {
-        Some(socket) => super::tls::downstream(&format!("{cpath}.transport_socket"), socket)?,
-        None => None,
+    let (tls, secrets) = match crest.transport_socket.take() {
+        Some(socket) => {
+            match super::tls::downstream(&format!("{cpath}.transport_socket"), socket)? {
+                Some((tls, secrets)) => (Some(tls), secrets),
+                None => (None, Vec::new()),
+            }
+        }
+        None => (None, Vec::new()),
     };
     let filters = std::mem::take(&mut crest.filters);
     reject_rest(cpath, &crest)?;
@@ -91,6 +98,7 @@ pub(crate) fn chain(
             plugins: Vec::new(),
             chains: Vec::new(),
             chain_names: Vec::new(),
+            secrets,
         });
     }
     let hcm: HttpConnectionManager = decode(&fpath, &any, type_url::HCM)?;
@@ -165,6 +173,7 @@ pub(crate) fn chain(
         plugins,
         chains: Vec::new(),
         chain_names: Vec::new(),
+        secrets,
     })
 }
 

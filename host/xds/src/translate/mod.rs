@@ -12,6 +12,7 @@ pub(crate) mod endpoint;
 pub(crate) mod lds;
 pub(crate) mod listener;
 pub(crate) mod route;
+pub(crate) mod secret;
 pub(crate) mod tls;
 pub(crate) mod wasm;
 

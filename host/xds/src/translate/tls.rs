@@ -35,7 +35,13 @@ fn file(path: &str, d: Option<DataSource>) -> Result<String, String> {
 }
 
 /// A cluster's `transport_socket`: `None` for plaintext (`raw_buffer`), or its TLS.
-pub(crate) fn upstream(path: &str, socket: TransportSocket) -> Result<Option<ClusterTls>, String> {
+/// A TLS context and the SDS secrets it refers to.
+pub(crate) type WithSecrets<T> = Option<(T, Vec<String>)>;
+
+pub(crate) fn upstream(
+    path: &str,
+    socket: TransportSocket,
+) -> Result<WithSecrets<ClusterTls>, String> {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     let any = match socket.config_type {
         Some(ConfigType::TypedConfig(any)) => any,
@@ -59,16 +65,19 @@ pub(crate) fn upstream(path: &str, socket: TransportSocket) -> Result<Option<Clu
     let common = rest.common_tls_context.take().unwrap_or_default();
     reject_rest(&path, &rest)?;
     let c = common_context(&format!("{path}.common_tls_context"), common)?;
-    Ok(Some(ClusterTls {
-        sni: (!sni.is_empty()).then_some(sni),
-        cert_file: c.cert_file,
-        key_file: c.key_file,
-        trust_bundle_file: c.trust_bundle_file,
-        trust_domain: c.trust_domain,
-        match_identities: c.match_identities,
-        alpn: c.alpn,
-        min_version: c.min_version,
-    }))
+    Ok(Some((
+        ClusterTls {
+            sni: (!sni.is_empty()).then_some(sni),
+            cert_file: c.cert_file,
+            key_file: c.key_file,
+            trust_bundle_file: c.trust_bundle_file,
+            trust_domain: c.trust_domain,
+            match_identities: c.match_identities,
+            alpn: c.alpn,
+            min_version: c.min_version,
+        },
+        c.secrets,
+    )))
 }
 
 /// A filter chain's `transport_socket`: `None` for plaintext, or the listener's TLS (mTLS:
@@ -76,7 +85,7 @@ pub(crate) fn upstream(path: &str, socket: TransportSocket) -> Result<Option<Clu
 pub(crate) fn downstream(
     path: &str,
     socket: TransportSocket,
-) -> Result<Option<ListenerTls>, String> {
+) -> Result<WithSecrets<ListenerTls>, String> {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     let any = match socket.config_type {
         Some(ConfigType::TypedConfig(any)) => any,
@@ -128,7 +137,7 @@ pub(crate) fn downstream(
         tls.alpn = c.alpn;
     }
     tls.min_version = c.min_version;
-    Ok(Some(tls))
+    Ok(Some((tls, c.secrets)))
 }
 
 /// What Weft takes of a `CommonTlsContext`.
@@ -140,6 +149,27 @@ struct Common {
     match_identities: Vec<String>,
     alpn: Vec<String>,
     min_version: TlsVersion,
+    /// SDS secrets it refers to.
+    secrets: Vec<String>,
+}
+
+/// The path prefix of a file that is an SDS secret's: `xds-sds:<name>/{cert,key,bundle}.pem`
+/// (the client writes the secret there and points the path at it).
+pub(crate) const SDS_PREFIX: &str = "xds-sds:";
+
+/// An SDS secret's name; only ADS (or no config source, meaning the same) is followed.
+fn sds_name(
+    path: &str,
+    c: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig,
+) -> Result<String, String> {
+    super::ads_only(&format!("{path}.sds_config"), c.sds_config.as_ref())?;
+    if c.name.is_empty() || c.name.contains('/') || c.name == "." || c.name == ".." {
+        return Err(format!(
+            "{path}.name: `{}` is not a usable secret name",
+            c.name
+        ));
+    }
+    Ok(c.name)
 }
 
 fn common_context(
@@ -171,47 +201,102 @@ fn common_context(
         }
         reject_rest(&ppath, &p)?;
     }
-    if !common.tls_certificate_sds_secret_configs.is_empty() {
-        return Err(format!(
-            "{cpath}.tls_certificate_sds_secret_configs: SDS is unimplemented (use tls_certificates with filenames)"
-        ));
-    }
+    let mut secrets = Vec::new();
+    let sds_certs = std::mem::take(&mut common.tls_certificate_sds_secret_configs);
     let certs = std::mem::take(&mut common.tls_certificates);
-    let [cert] = <[_; 1]>::try_from(certs).map_err(|c: Vec<_>| {
-        format!(
-            "{cpath}.tls_certificates: exactly one client certificate is required (Weft's upstream TLS is mTLS; got {})",
-            c.len()
+    let (cert_file, key_file) = if sds_certs.is_empty() {
+        let [cert] = <[_; 1]>::try_from(certs).map_err(|c: Vec<_>| {
+            format!(
+                "{cpath}.tls_certificates: exactly one certificate is required (Weft's TLS is mTLS; got {})",
+                c.len()
+            )
+        })?;
+        let tpath = format!("{cpath}.tls_certificates[0]");
+        let mut cert = cert;
+        let cert_file = file(
+            &format!("{tpath}.certificate_chain"),
+            cert.certificate_chain.take(),
+        )?;
+        let key_file = file(&format!("{tpath}.private_key"), cert.private_key.take())?;
+        reject_rest(&tpath, &cert)?;
+        (cert_file, key_file)
+    } else {
+        if !certs.is_empty() {
+            return Err(format!(
+                "{cpath}.tls_certificates: not with tls_certificate_sds_secret_configs"
+            ));
+        }
+        let [sds] = <[_; 1]>::try_from(sds_certs).map_err(|c: Vec<_>| {
+            format!(
+                "{cpath}.tls_certificate_sds_secret_configs: exactly one is implemented (got {})",
+                c.len()
+            )
+        })?;
+        let name = sds_name(
+            &format!("{cpath}.tls_certificate_sds_secret_configs[0]"),
+            sds,
+        )?;
+        secrets.push(name.clone());
+        (
+            format!("{SDS_PREFIX}{name}/cert.pem"),
+            format!("{SDS_PREFIX}{name}/key.pem"),
         )
-    })?;
-    let tpath = format!("{cpath}.tls_certificates[0]");
-    let mut cert = cert;
-    let cert_file = file(
-        &format!("{tpath}.certificate_chain"),
-        cert.certificate_chain.take(),
-    )?;
-    let key_file = file(&format!("{tpath}.private_key"), cert.private_key.take())?;
-    reject_rest(&tpath, &cert)?;
-    let validation = match common.validation_context_type.take() {
-        Some(common_tls_context::ValidationContextType::ValidationContext(v)) => v,
+    };
+    let (validation, sds_bundle) = match common.validation_context_type.take() {
+        Some(common_tls_context::ValidationContextType::ValidationContext(v)) => (v, None),
         Some(common_tls_context::ValidationContextType::CombinedValidationContext(c)) => {
-            if c.validation_context_sds_secret_config.is_some() {
+            #[expect(
+                deprecated,
+                reason = "a deprecated field that changes behaviour is refused"
+            )]
+            let provider = c.validation_context_certificate_provider.is_some()
+                || c.validation_context_certificate_provider_instance.is_some();
+            if provider {
                 return Err(format!(
-                    "{cpath}.combined_validation_context.validation_context_sds_secret_config: SDS is unimplemented"
+                    "{cpath}.combined_validation_context.validation_context_certificate_provider: unimplemented"
                 ));
             }
-            c.default_validation_context.unwrap_or_default()
+            let sds = c
+                .validation_context_sds_secret_config
+                .map(|s| {
+                    sds_name(
+                        &format!("{cpath}.combined_validation_context.validation_context_sds_secret_config"),
+                        s,
+                    )
+                })
+                .transpose()?;
+            (c.default_validation_context.unwrap_or_default(), sds)
+        }
+        Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
+            let name = sds_name(&format!("{cpath}.validation_context_sds_secret_config"), s)?;
+            (CertificateValidationContext::default(), Some(name))
         }
         Some(_) => {
             return Err(format!(
-                "{cpath}.validation_context_sds_secret_config: SDS is unimplemented"
+                "{cpath}.validation_context_certificate_provider: unimplemented"
             ));
         }
         None => {
             return Err(format!(
-                "{cpath}.validation_context: required (Weft always verifies the upstream)"
+                "{cpath}.validation_context: required (Weft always verifies the peer)"
             ));
         }
     };
+    let mut validation = validation;
+    if let Some(name) = &sds_bundle {
+        if validation.trusted_ca.is_some() {
+            return Err(format!(
+                "{cpath}.combined_validation_context.default_validation_context.trusted_ca: not with an SDS validation context"
+            ));
+        }
+        secrets.push(name.clone());
+        validation.trusted_ca = Some(DataSource {
+            specifier: Some(data_source::Specifier::Filename(format!(
+                "{SDS_PREFIX}{name}/bundle.pem"
+            ))),
+            ..Default::default()
+        });
+    }
     reject_rest(&cpath, &common)?;
     let (trust_bundle_file, trust_domain, match_identities) =
         validation_context(&format!("{cpath}.validation_context"), validation)?;
@@ -223,6 +308,7 @@ fn common_context(
         match_identities,
         alpn,
         min_version,
+        secrets,
     })
 }
 
