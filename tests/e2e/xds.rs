@@ -1523,3 +1523,72 @@ async fn sds_secrets_over_ads_and_rotation_without_restart() {
         assert_eq!(seen.peer_cert_hash, leaf_sha256(&second), "envoy");
     }
 }
+
+/// mTLS to the control plane with SPIFFE validation: the `xds.cluster` has `tls` (certificate
+/// files, the control plane's SPIFFE ID in `match_identities`); the control plane requires the
+/// proxy's identity. Weft connects over mTLS and serves the snapshot; against a control plane
+/// presenting another identity, it never connects (and nothing is served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_to_the_control_plane_with_spiffe_validation() {
+    use weft_e2e::mesh::Pki;
+    let pki = Pki::new("cluster.local");
+    let istiod = pki.id("istio-system", "istiod");
+    let proxy_id = pki.id("test-ns", "test-app");
+    let server = pki.issue("istiod", &istiod, Duration::from_secs(3600));
+    let imposter = pki.issue("imposter", &pki.id("evil", "cp"), Duration::from_secs(3600));
+    let client = pki.issue("proxy", &proxy_id, Duration::from_secs(3600));
+    let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
+    let boot = |addr: SocketAddr| {
+        bootstrap(addr).replace(
+            &format!("    endpoints: [{{ address: \"{addr}\" }}]\n"),
+            &format!(
+                "    endpoints: [{{ address: \"{addr}\" }}]\n    tls: {{ cert_file: \"{}\", key_file: \"{}\", trust_bundle_file: \"{}\", match_identities: [\"{istiod}\"] }}\n",
+                client.cert.display(),
+                client.key.display(),
+                client.bundle.display()
+            ),
+        )
+    };
+    let (cp, mut handshakes) = ControlPlane::start_tls(
+        snapshot("1", v1, v2, "one").await,
+        &server,
+        std::slice::from_ref(&proxy_id),
+    )
+    .await;
+    let tp = TestProxy::start(&boot(cp.addr)).await;
+    let client_x = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(
+        eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await,
+        "{:?}",
+        tp.proxy.last_reload_error()
+    );
+    assert_eq!(
+        get(&tp.url("web", "/v1")).await.json()["server"],
+        "v1",
+        "served over mTLS"
+    );
+    let seen = handshakes.recv().await.expect("a handshake");
+    assert_eq!(seen, Ok(proxy_id.clone()), "the proxy's identity");
+    assert!(client_x.status().is_connected());
+
+    // A control plane with another identity: the handshake fails, nothing is taken.
+    let (evil, mut evil_handshakes) = ControlPlane::start_tls(
+        snapshot("1", v1, v2, "evil").await,
+        &imposter,
+        std::slice::from_ref(&proxy_id),
+    )
+    .await;
+    let tp2 = TestProxy::start(&boot(evil.addr)).await;
+    let client2 = weft_xds::start(&tp2.proxy).unwrap().expect("xds section");
+    let first = tokio::time::timeout(WAIT, evil_handshakes.recv())
+        .await
+        .expect("a connection attempt")
+        .expect("running");
+    assert!(first.is_err(), "{first:?}");
+    assert!(!client2.status().is_connected());
+    assert!(
+        evil.requests().is_empty(),
+        "no discovery request reached it"
+    );
+    assert!(tp2.proxy.listener_addr("web").is_none());
+}

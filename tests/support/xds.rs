@@ -81,6 +81,46 @@ struct Shared {
     streams: CancellationToken,
 }
 
+/// A server-side TLS connection, as tonic's server takes it.
+pub struct TlsConn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl tokio::io::AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// A running control plane.
 pub struct ControlPlane {
     /// Its address.
@@ -344,6 +384,100 @@ impl ControlPlane {
             stop,
             task,
         }
+    }
+
+    /// Starts on an ephemeral port serving ADS over mTLS only: `server`'s certificate, clients
+    /// verified against its bundle and required to present one of `allowed_clients` (SPIFFE
+    /// IDs). Each handshake's outcome is sent on the returned channel (the client's SPIFFE ID,
+    /// or why it failed).
+    pub async fn start_tls(
+        snapshot: Snapshot,
+        server: &weft_tls::creds::CredentialFiles,
+        allowed_clients: &[String],
+    ) -> (
+        ControlPlane,
+        tokio::sync::mpsc::UnboundedReceiver<Result<String, String>>,
+    ) {
+        use weft_tls::config::{MinVersion, ServerOptions};
+        use weft_tls::verify::PeerRules;
+        let creds = weft_tls::creds::Credentials::load(server.clone()).expect("server credentials");
+        let config = weft_tls::config::server_config(
+            creds,
+            &ServerOptions {
+                alpn: vec![b"h2".to_vec()],
+                min_version: MinVersion::Tls12,
+                rules: PeerRules {
+                    trust_domain: None,
+                    allowed: allowed_clients.to_vec(),
+                },
+                require_client_cert: true,
+            },
+        )
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (handshakes, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (conns, incoming) = mpsc::channel::<Result<TlsConn, std::io::Error>>(16);
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, conns, handshakes) =
+                    (acceptor.clone(), conns.clone(), handshakes.clone());
+                tokio::spawn(async move {
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => {
+                            let id = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| weft_tls::peer::identity(c.as_ref()).ok())
+                                .map(|p| p.uri_san)
+                                .unwrap_or_default();
+                            let _ = handshakes.send(Ok(id));
+                            let _ = conns.send(Ok(TlsConn(tls))).await;
+                        }
+                        Err(e) => {
+                            let _ = handshakes.send(Err(e.to_string()));
+                        }
+                    }
+                });
+            }
+        });
+        let shared = Arc::new(Shared {
+            snapshot: watch::Sender::new(snapshot),
+            requests: Mutex::new(Vec::new()),
+            delta_requests: Mutex::new(Vec::new()),
+            delta_responses: Mutex::new(Vec::new()),
+            nonce: std::sync::atomic::AtomicU64::new(1),
+            streams: CancellationToken::new(),
+        });
+        let stop = CancellationToken::new();
+        let service = AggregatedDiscoveryServiceServer::new(Ads(shared.clone()));
+        let until = stop.clone();
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::ReceiverStream::new(incoming),
+                    until.cancelled_owned(),
+                )
+                .await;
+        });
+        (
+            ControlPlane {
+                addr,
+                shared,
+                stop,
+                task,
+            },
+            rx,
+        )
     }
 
     /// Serves `snapshot` from now on (pushed to every connected proxy).

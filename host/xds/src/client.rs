@@ -50,6 +50,8 @@ pub(crate) struct Client {
     pub endpoint: String,
     pub node: Node,
     pub status: Arc<Status>,
+    /// mTLS to the control plane (the `xds.cluster`'s `tls`).
+    pub tls: Option<Arc<weft_upstream::tls::UpstreamTls>>,
     pub(crate) store: Store,
     subs: BTreeMap<Kind, Subscription>,
     /// Incremental (delta) subscriptions, kept across streams.
@@ -88,6 +90,7 @@ impl Client {
         endpoint: String,
         node: Node,
         status: Arc<Status>,
+        tls: Option<Arc<weft_upstream::tls::UpstreamTls>>,
     ) -> Client {
         Client {
             proxy,
@@ -95,6 +98,7 @@ impl Client {
             endpoint,
             node,
             status,
+            tls,
             store: Store::default(),
             subs: BTreeMap::new(),
             delta: BTreeMap::new(),
@@ -131,12 +135,21 @@ impl Client {
     pub(crate) async fn connect(
         &self,
     ) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, StreamError> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.endpoint))
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.endpoint))
             .map_err(|e| StreamError::Connect(self.endpoint.clone(), e))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(|e| StreamError::Connect(self.endpoint.clone(), e))?;
+            .connect_timeout(Duration::from_secs(5));
+        let channel = match &self.tls {
+            None => endpoint.connect().await,
+            Some(tls) => {
+                endpoint
+                    .connect_with_connector(crate::tls::Connector {
+                        address: self.endpoint.clone(),
+                        tls: tls.clone(),
+                    })
+                    .await
+            }
+        }
+        .map_err(|e| StreamError::Connect(self.endpoint.clone(), e))?;
         Ok(AggregatedDiscoveryServiceClient::new(channel))
     }
 
