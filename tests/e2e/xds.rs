@@ -1,7 +1,7 @@
 //! Weft as an xDS client against a test control plane (tests/support/xds.rs): it starts with
 //! only the bootstrap, takes a snapshot (clusters, endpoints, a listener, routes) and serves
 //! it, ACKs each type with the version and nonce it got, NACKs a bad resource naming it while
-//! the last good keeps serving, and rides out a control-plane restart under load.
+//! the last good keeps serving, rides out a control-plane restart under load, and endpoint churn under load.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3 as route;
 use weft_e2e::xds::{
-    CDS, ControlPlane, EDS, LDS, RDS, Snapshot, assignment, bootstrap, eds_cluster, header,
-    http_listener, prefix_route, route_config,
+    CDS, ControlPlane, EDS, LDS, RDS, SDS, Snapshot, WasmCode, assignment, bootstrap, ca_secret,
+    capture_listener, delta_bootstrap, downstream_tls, eds_cluster, header, http_listener,
+    http_listener_with, original_dst_cluster, prefix_route, route_config, sds_upstream_tls,
+    static_cluster, string_value, struct_value, tcp_listener, tcp_proxy_filter, tls_secret,
+    upstream_tls, wasm_filter,
 };
 use weft_e2e::{TestProxy, eventually, get, metric_value, upstream};
 
@@ -298,33 +301,7 @@ async fn the_same_snapshot_behaves_the_same_in_envoy_and_weft() {
         &weft_e2e::xds::envoy_bootstrap(cp.addr),
     )
     .await;
-    let weft_url = |p: &str| w.tp.url("web", p);
-
-    for (name, url) in [("weft", weft_url("/v1/x")), ("envoy", envoy.url("/v1/x"))] {
-        let r = weft_e2e::get_with(&url, &[("x-drop", "secret")]).await;
-        let body = r.json();
-        assert_eq!(r.status, 200, "{name}");
-        assert_eq!(body["server"], "v1", "{name}");
-        assert_eq!(body["headers"]["x-added"], "one", "{name}: {body}");
-        assert!(body["headers"].get("x-drop").is_none(), "{name}: {body}");
-        assert_eq!(r.header("x-resp"), Some("weft-xds"), "{name}");
-    }
-    for (name, base) in [("weft", weft_url("")), ("envoy", envoy.url(""))] {
-        for _ in 0..20 {
-            let r = get(&format!("{base}/only-v2")).await;
-            assert_eq!(r.json()["server"], "v2", "{name}: 0/100 split");
-        }
-        let mut counts = std::collections::HashMap::new();
-        for _ in 0..100 {
-            let server = get(&format!("{base}/split")).await.json()["server"].to_string();
-            *counts.entry(server).or_insert(0) += 1;
-        }
-        assert_eq!(
-            counts.len(),
-            2,
-            "{name}: a 50/50 split reaches both: {counts:?}"
-        );
-    }
+    agree(&w.tp.url("web", ""), &envoy.url("")).await;
     // Both ACKed every type at version 1 (each with its own node id).
     for node in ["test-pod", "envoy-pod"] {
         for t in [CDS, EDS, LDS, RDS] {
@@ -341,6 +318,36 @@ async fn the_same_snapshot_behaves_the_same_in_envoy_and_weft() {
                 "{node} ACKed {t}"
             );
         }
+    }
+}
+
+/// The requests of the differential tests, through Weft (`weft`, a base URL) and Envoy: routing,
+/// weighted splits and header changes agree.
+async fn agree(weft: &str, envoy: &str) {
+    for (name, base) in [("weft", weft), ("envoy", envoy)] {
+        let r = weft_e2e::get_with(&format!("{base}/v1/x"), &[("x-drop", "secret")]).await;
+        let body = r.json();
+        assert_eq!(r.status, 200, "{name}");
+        assert_eq!(body["server"], "v1", "{name}");
+        assert_eq!(body["headers"]["x-added"], "one", "{name}: {body}");
+        assert!(body["headers"].get("x-drop").is_none(), "{name}: {body}");
+        assert_eq!(r.header("x-resp"), Some("weft-xds"), "{name}");
+    }
+    for (name, base) in [("weft", weft), ("envoy", envoy)] {
+        for _ in 0..20 {
+            let r = get(&format!("{base}/only-v2")).await;
+            assert_eq!(r.json()["server"], "v2", "{name}: 0/100 split");
+        }
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..100 {
+            let server = get(&format!("{base}/split")).await.json()["server"].to_string();
+            *counts.entry(server).or_insert(0) += 1;
+        }
+        assert_eq!(
+            counts.len(),
+            2,
+            "{name}: a 50/50 split reaches both: {counts:?}"
+        );
     }
 }
 
@@ -390,4 +397,1198 @@ async fn a_file_reload_keeps_the_xds_resources() {
         .map(|l| l["name"].as_str().unwrap())
         .collect();
     assert_eq!(listeners, ["file", "web"]);
+}
+
+/// Endpoint churn under load: for 60 s, ten times a second, the control plane adds an endpoint
+/// to cluster `v1` or removes one (two stay throughout, two come and go), while four clients
+/// send requests through it. Not one request fails, every update is ACKed, and the endpoints
+/// that come and go take traffic while they are in.
+#[tokio::test]
+async fn endpoint_churn_under_load_fails_no_request() {
+    const UPDATES: u64 = 600; // 10 a second for 60 s
+    let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
+    let stable = upstream::echo("stable").await;
+    let churn = [
+        upstream::echo("churn-a").await,
+        upstream::echo("churn-b").await,
+    ];
+    let at = |version: u64| {
+        // Versions cycle through: none in, a in, a and b in, b in.
+        let mut eps = vec![(v1, 1), (stable, 1)];
+        match version % 4 {
+            1 => eps.push((churn[0], 1)),
+            2 => eps.extend([(churn[0], 1), (churn[1], 1)]),
+            3 => eps.push((churn[1], 1)),
+            _ => {}
+        }
+        Snapshot::new(&version.to_string())
+            .with("v1", eds_cluster("v1"))
+            .with("v2", eds_cluster("v2"))
+            .with("v1", assignment("v1", &eps))
+            .with("v2", assignment("v2", &[(v2, 1)]))
+            .with(
+                "web",
+                http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
+            )
+            .with(
+                "routes",
+                route_config("routes", vec![prefix_route("/", &[("v1", 1)])]),
+            )
+    };
+    let cp = ControlPlane::start(at(0)).await;
+    let w = start(&cp).await;
+    let url = w.tp.url("web", "/churn");
+
+    // Load: four clients, each at most 100,000 requests or 120 s, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let servers = Arc::new(parking_lot::Mutex::new(std::collections::HashMap::<
+        String,
+        u64,
+    >::new()));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, sent, failed, url, servers) = (
+            stop.clone(),
+            sent.clone(),
+            failed.clone(),
+            url.clone(),
+            servers.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let client = weft_e2e::client();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            for _ in 0..100_000 {
+                if stop.load(Ordering::SeqCst) || tokio::time::Instant::now() > deadline {
+                    break;
+                }
+                let req = http::Request::get(&url)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                let r = weft_e2e::send(&client, req).await;
+                sent.fetch_add(1, Ordering::SeqCst);
+                if r.status == 200 {
+                    let server = r.json()["server"].as_str().unwrap_or("").to_owned();
+                    *servers.lock().entry(server).or_default() += 1;
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    assert!(eventually(WAIT, || async { sent.load(Ordering::SeqCst) > 20 }).await);
+
+    // The churn: a new assignment every 100 ms (the control plane's pace, not a wait).
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for version in 1..=UPDATES {
+        tick.tick().await;
+        cp.set(at(version));
+    }
+    let last = UPDATES.to_string();
+    assert!(
+        eventually(WAIT, || async { cp.acked(EDS, &last) }).await,
+        "the last assignment ACKed"
+    );
+    stop.store(true, Ordering::SeqCst);
+    for l in load {
+        l.await.unwrap();
+    }
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    let servers = servers.lock().clone();
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+    assert!(sent > 1_000, "{sent} requests");
+    for s in ["v1", "stable", "churn-a", "churn-b"] {
+        assert!(servers.get(s).is_some_and(|n| *n > 0), "{s}: {servers:?}");
+    }
+    assert!(!servers.contains_key("v2"), "{servers:?}");
+    assert_eq!(
+        cp.requests()
+            .iter()
+            .filter(|r| r.error_detail.is_some())
+            .count(),
+        0,
+        "no NACK"
+    );
+    // UPDATES % 4 == 0: the churned endpoints are out again and take nothing more.
+    let mut after = std::collections::HashSet::new();
+    for _ in 0..50 {
+        after.insert(get(&url).await.json()["server"].to_string());
+    }
+    assert!(
+        after
+            .iter()
+            .all(|s| s.contains("v1") || s.contains("stable")),
+        "{after:?}"
+    );
+}
+
+/// The routes of [`snapshot`] once cluster `v2` is gone: everything to v1.
+fn without_v2(version: &str, v1: SocketAddr, tag: &str) -> Snapshot {
+    let mut to_v1 = prefix_route("/", &[("v1", 1)]);
+    to_v1.request_headers_to_add = vec![header("x-added", tag, false)];
+    Snapshot::new(version)
+        .with("v1", eds_cluster("v1"))
+        .with("v1", assignment("v1", &[(v1, 1)]))
+        .with(
+            "web",
+            http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
+        )
+        .with("routes", route_config("routes", vec![to_v1]))
+}
+
+fn dynamic_clusters(dump: &serde_json::Value) -> Vec<String> {
+    dump["config"]["clusters"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .filter(|n| n != "xds-grpc")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Incremental ADS (`api_type: DELTA_GRPC`): wildcard CDS and LDS, EDS and RDS subscribed by
+/// name in warming order; only what changed is sent and ACKed by nonce; a removed cluster is
+/// dropped and its assignment unsubscribed; a bad resource is NACKed while the last good keeps
+/// serving; on reconnection the versions held are sent and only what changed comes back.
+#[tokio::test]
+async fn delta_ads_subscribes_removes_nacks_and_resumes() {
+    let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
+    let cp = ControlPlane::start(snapshot("1", v1, v2, "one").await).await;
+    let tp = TestProxy::start(&delta_bootstrap(cp.addr)).await;
+    let client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(
+        eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await,
+        "the xDS listener goes live: {:?}",
+        tp.proxy.last_reload_error()
+    );
+    let url = |p: &str| tp.url("web", p);
+    let r = get(&url("/v1")).await;
+    assert_eq!(
+        (
+            r.json()["server"].as_str(),
+            r.json()["headers"]["x-added"].as_str()
+        ),
+        (Some("v1"), Some("one"))
+    );
+    assert_eq!(get(&url("/only-v2")).await.json()["server"], "v2");
+    for t in [CDS, EDS, LDS, RDS] {
+        assert!(
+            eventually(WAIT, || async { cp.delta_acked(t, "1") }).await,
+            "{t} ACKed"
+        );
+    }
+    assert!(cp.requests().is_empty(), "no state-of-the-world stream");
+    let requests = cp.delta_requests();
+    let first = |t: &str| {
+        requests
+            .iter()
+            .position(|r| r.type_url == t)
+            .unwrap_or_else(|| panic!("{t} requested"))
+    };
+    assert!(
+        requests[first(CDS)].resource_names_subscribe.is_empty(),
+        "CDS: wildcard"
+    );
+    assert!(
+        requests[first(LDS)].resource_names_subscribe.is_empty(),
+        "LDS: wildcard"
+    );
+    assert_eq!(requests[first(EDS)].resource_names_subscribe, ["v1", "v2"]);
+    assert_eq!(requests[first(RDS)].resource_names_subscribe, ["routes"]);
+    let responses = cp.delta_responses();
+    let eds_nonce = &responses.iter().find(|r| r.type_url == EDS).unwrap().nonce;
+    let eds_ack = requests
+        .iter()
+        .position(|r| r.type_url == EDS && r.response_nonce == *eds_nonce)
+        .unwrap();
+    assert!(first(CDS) < first(EDS) && eds_ack < first(LDS) && first(LDS) < first(RDS));
+    assert_eq!(
+        requests[0].node.as_ref().unwrap().cluster,
+        "test-app.test-ns"
+    );
+
+    // Version 2 changes one route header: only the route configuration is sent.
+    let before = cp.delta_responses().len();
+    cp.set(snapshot("2", v1, v2, "two").await);
+    assert!(
+        eventually(WAIT, || async {
+            get(&url("/v1")).await.json()["headers"]["x-added"] == "two"
+        })
+        .await
+    );
+    assert!(eventually(WAIT, || async { cp.delta_acked(RDS, "2") }).await);
+    let sent: Vec<_> = cp.delta_responses()[before..]
+        .iter()
+        .map(|r| (r.type_url.clone(), r.resources.len()))
+        .collect();
+    assert_eq!(sent, [(RDS.to_owned(), 1)]);
+
+    // Version 3 drops cluster v2: CDS removes it, Weft drops it and unsubscribes its endpoints.
+    cp.set(without_v2("3", v1, "three"));
+    assert!(eventually(WAIT, || async { cp.delta_acked(CDS, "3") }).await);
+    assert!(
+        cp.delta_responses()
+            .iter()
+            .any(|r| r.type_url == CDS && r.removed_resources == ["v2"])
+    );
+    assert!(
+        eventually(WAIT, || async {
+            cp.delta_requests()
+                .iter()
+                .any(|r| r.type_url == EDS && r.resource_names_unsubscribe == ["v2"])
+        })
+        .await,
+        "EDS v2 unsubscribed"
+    );
+    assert!(
+        eventually(WAIT, || async {
+            let dump = get(&format!("http://{}/config_dump", tp.admin()))
+                .await
+                .json();
+            dynamic_clusters(&dump) == ["v1"]
+        })
+        .await
+    );
+    assert!(
+        eventually(WAIT, || async {
+            get(&url("/only-v2")).await.json()["headers"]["x-added"] == "three"
+        })
+        .await
+    );
+
+    // Version 4 asks for request hedging: NACKed by nonce, naming the field; 3 keeps serving.
+    let mut bad = without_v2("4", v1, "four");
+    let rds = bad.resources.get_mut(RDS).unwrap();
+    let mut rc: route::RouteConfiguration =
+        prost::Message::decode(rds[0].1.value.as_slice()).unwrap();
+    if let Some(route::route::Action::Route(a)) = &mut rc.virtual_hosts[0].routes[0].action {
+        a.hedge_policy = Some(route::HedgePolicy::default());
+    }
+    rds[0].1.value = prost::Message::encode_to_vec(&rc);
+    cp.set(bad);
+    assert!(eventually(WAIT, || async { cp.delta_nack(RDS).is_some() }).await);
+    let nack = cp.delta_nack(RDS).unwrap();
+    let bad_nonce = &cp
+        .delta_responses()
+        .iter()
+        .rfind(|r| r.type_url == RDS)
+        .unwrap()
+        .nonce
+        .clone();
+    assert_eq!(&nack.response_nonce, bad_nonce);
+    let message = nack.error_detail.unwrap().message;
+    assert!(
+        message.contains("route_configuration \"routes\"")
+            && message.contains("hedge_policy")
+            && message.contains("unimplemented"),
+        "{message}"
+    );
+    assert_eq!(get(&url("/v1")).await.json()["headers"]["x-added"], "three");
+    let dump = get(&format!("http://{}/config_dump", tp.admin()))
+        .await
+        .json();
+    let rds_status = dump["dynamic"]["resource_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type_url"] == RDS)
+        .unwrap()
+        .clone();
+    assert_eq!(rds_status["version_info"], "3", "{rds_status}");
+    assert!(
+        rds_status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("hedge_policy")
+    );
+
+    // The control plane restarts with version 5 (new route tag): Weft resumes with the
+    // versions it holds, so only the route configuration comes back.
+    let addr = cp.stop().await;
+    assert!(eventually(WAIT, || async { !client.status().is_connected() }).await);
+    let cp = ControlPlane::start_on(addr, without_v2("5", v1, "five")).await;
+    assert!(
+        eventually(WAIT, || async {
+            get(&url("/v1")).await.json()["headers"]["x-added"] == "five"
+        })
+        .await
+    );
+    assert!(eventually(WAIT, || async { cp.delta_acked(RDS, "5") }).await);
+    let requests = cp.delta_requests();
+    let cds = requests.iter().find(|r| r.type_url == CDS).unwrap();
+    let mut held: Vec<_> = cds.initial_resource_versions.keys().cloned().collect();
+    held.sort();
+    assert_eq!(held, ["v1"], "CDS resumes with what it holds");
+    let rds = requests.iter().find(|r| r.type_url == RDS).unwrap();
+    assert_eq!(rds.resource_names_subscribe, ["routes"]);
+    assert!(rds.initial_resource_versions.contains_key("routes"));
+    let sent: Vec<_> = cp
+        .delta_responses()
+        .iter()
+        .map(|r| r.type_url.clone())
+        .collect();
+    assert_eq!(sent, [RDS.to_owned()], "only what changed while away");
+    assert_eq!(
+        get(&url("/only-v2")).await.json()["server"],
+        "v1",
+        "still no v2"
+    );
+}
+
+/// The same snapshot over incremental ADS to Envoy 1.40 (`api_type: DELTA_GRPC`) and to Weft,
+/// each from its own control plane: the same requests agree, and both ACK every type.
+#[tokio::test]
+async fn the_same_snapshot_over_delta_behaves_the_same_in_envoy_and_weft() {
+    let Some(envoy_bin) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
+    let for_weft = ControlPlane::start(snapshot("1", v1, v2, "one").await).await;
+    let for_envoy = ControlPlane::start(snapshot("1", v1, v2, "one").await).await;
+    let tp = TestProxy::start(&delta_bootstrap(for_weft.addr)).await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await);
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &envoy_bin,
+        &weft_e2e::xds::envoy_delta_bootstrap(for_envoy.addr),
+    )
+    .await;
+    agree(&tp.url("web", ""), &envoy.url("")).await;
+    for (name, cp) in [("weft", &for_weft), ("envoy", &for_envoy)] {
+        for t in [CDS, EDS, LDS, RDS] {
+            assert!(
+                eventually(WAIT, || async { cp.delta_acked(t, "1") }).await,
+                "{name} ACKed {t}"
+            );
+        }
+        assert!(cp.requests().is_empty(), "{name}: delta only");
+        assert!(cp.delta_nack(RDS).is_none() && cp.delta_nack(CDS).is_none());
+    }
+    // Both subscribe to EDS and RDS by name.
+    for (name, cp) in [("weft", &for_weft), ("envoy", &for_envoy)] {
+        let requests = cp.delta_requests();
+        let mut eds: Vec<String> = requests
+            .iter()
+            .filter(|r| r.type_url == EDS)
+            .flat_map(|r| r.resource_names_subscribe.clone())
+            .collect();
+        eds.sort();
+        eds.dedup();
+        assert_eq!(eds, ["v1", "v2"], "{name}");
+    }
+}
+
+/// header-rewrite's configuration: `/api/*` goes to `/v2/*` with the original path in a header
+/// and `x-secret` removed; the response gets `x-api-version: <version>`.
+fn rewrite_config(version: &str) -> serde_json::Value {
+    serde_json::json!({
+        "rules": [{
+            "name": "api",
+            "when": {"paths": ["/api/*"]},
+            "request": {"set": {"x-original-path": "%{request.path}"}, "remove": ["x-secret"]},
+            "response": {"set": {"x-api-version": version}},
+            "path": {"replace_prefix": {"from": "/api/", "to": "/v2/"}}
+        }]
+    })
+}
+
+/// Cluster `up`, and listener `web` with `filters` (then the router) routing everything to it;
+/// with `wasm_server`, a STATIC cluster `wasm-server` to fetch modules from.
+fn wasm_snapshot(
+    version: &str,
+    up: SocketAddr,
+    filters: Vec<weft_e2e::xds::HttpFilter>,
+    wasm_server: Option<SocketAddr>,
+) -> Snapshot {
+    let mut s = Snapshot::new(version)
+        .with("up", eds_cluster("up"))
+        .with("up", assignment("up", &[(up, 1)]))
+        .with(
+            "web",
+            http_listener_with("web", "127.0.0.1:0".parse().unwrap(), "routes", filters),
+        )
+        .with(
+            "routes",
+            route_config("routes", vec![prefix_route("/", &[("up", 1)])]),
+        );
+    if let Some(addr) = wasm_server {
+        s = s.with("wasm-server", static_cluster("wasm-server", addr));
+    }
+    s
+}
+
+/// What the plugin did to one request through `base`: the API version the response got, or
+/// `None` when the plugin did not run.
+async fn rewritten(name: &str, base: &str) -> Option<String> {
+    let r = weft_e2e::get_with(&format!("{base}/api/items"), &[("x-secret", "s")]).await;
+    assert_eq!(r.status, 200, "{name}: {}", r.text());
+    let seen = r.json();
+    let version = r.header("x-api-version").map(str::to_owned);
+    if version.is_some() {
+        assert_eq!(seen["path"], "/v2/items", "{name}: {seen}");
+        assert_eq!(
+            seen["headers"]["x-original-path"], "/api/items",
+            "{name}: {seen}"
+        );
+        assert!(seen["headers"].get("x-secret").is_none(), "{name}: {seen}");
+    } else {
+        assert_eq!(seen["path"], "/api/items", "{name}: {seen}");
+    }
+    version
+}
+
+/// A server of `module` at `/plugin.wasm`, counting the fetches.
+async fn wasm_server(module: Vec<u8>) -> (SocketAddr, Arc<AtomicU64>) {
+    let fetches = Arc::new(AtomicU64::new(0));
+    let counter = fetches.clone();
+    let module = bytes::Bytes::from(module);
+    let addr = upstream::serve(move |req: http::Request<hyper::body::Incoming>| {
+        let (module, counter) = (module.clone(), counter.clone());
+        async move {
+            if req.uri().path() == "/plugin.wasm" {
+                counter.fetch_add(1, Ordering::SeqCst);
+                http::Response::new(http_body_util::Full::new(module))
+            } else {
+                let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                *r.status_mut() = http::StatusCode::NOT_FOUND;
+                r
+            }
+        }
+    })
+    .await;
+    (addr, fetches)
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// A Wasm plugin built from the workspace (plugins/header-rewrite), delivered over xDS as the
+/// `envoy.filters.http.wasm` filter istiod renders, changes the requests and responses through
+/// Weft and through Envoy 1.40 alike: first from a local file, then fetched over HTTP and
+/// checked against its SHA-256 (configuration as a `StringValue`). A module whose digest does
+/// not match is NACKed naming the field, and the last good plugin keeps running.
+#[tokio::test]
+async fn a_wasm_plugin_over_xds_changes_responses_in_weft_and_envoy() {
+    let Some(envoy_bin) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let up = upstream::echo("up").await;
+    let file = weft_e2e::plugins::shipped_plugin("header-rewrite");
+    let module = std::fs::read(&file).unwrap();
+    let (server, fetches) = wasm_server(module.clone()).await;
+    let local = |version: &str| {
+        wasm_filter(
+            "hr",
+            WasmCode::Local(file.clone()),
+            string_value(&rewrite_config(version).to_string()),
+            false,
+        )
+    };
+    let remote = |version: &str, sha256: &str| {
+        wasm_filter(
+            "hr",
+            WasmCode::Remote {
+                uri: format!("http://{server}/plugin.wasm"),
+                cluster: "wasm-server".into(),
+                sha256: sha256.into(),
+            },
+            string_value(&rewrite_config(version).to_string()),
+            false,
+        )
+    };
+    let cp = ControlPlane::start(wasm_snapshot("1", up, vec![local("1")], None)).await;
+    let cache = tempfile::tempdir().unwrap();
+    let boot = bootstrap(cp.addr).replace(
+        "  cluster: xds-grpc\n",
+        &format!(
+            "  cluster: xds-grpc\n  wasm_cache_dir: \"{}\"\n",
+            cache.path().display()
+        ),
+    );
+    let tp = TestProxy::start(&boot).await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(
+        eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await,
+        "{:?}",
+        tp.proxy.last_reload_error()
+    );
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &envoy_bin,
+        &weft_e2e::xds::envoy_bootstrap(cp.addr),
+    )
+    .await;
+    let (weft_base, envoy_base) = (tp.url("web", ""), envoy.url(""));
+    for (name, base) in [("weft", &weft_base), ("envoy", &envoy_base)] {
+        assert_eq!(rewritten(name, base).await.as_deref(), Some("1"), "{name}");
+    }
+
+    // Version 2: the same module, fetched over HTTP and checked against its SHA-256.
+    let sha = sha256_hex(&module);
+    cp.set(wasm_snapshot(
+        "2",
+        up,
+        vec![remote("2", &sha)],
+        Some(server),
+    ));
+    for (name, base) in [("weft", &weft_base), ("envoy", &envoy_base)] {
+        assert!(
+            eventually(WAIT, || async {
+                rewritten(name, base).await.as_deref() == Some("2")
+            })
+            .await,
+            "{name} runs the fetched module: {:?}",
+            tp.proxy.last_reload_error()
+        );
+    }
+    assert!(fetches.load(Ordering::SeqCst) >= 2, "both fetched it");
+    assert!(cache.path().join(format!("{sha}.wasm")).is_file());
+    assert!(eventually(WAIT, || async { cp.acked(LDS, "2") }).await);
+
+    // Version 3 claims another digest: Weft NACKs it naming the field; version 2 keeps running.
+    let wrong = "0".repeat(64);
+    cp.set(wasm_snapshot(
+        "3",
+        up,
+        vec![remote("3", &wrong)],
+        Some(server),
+    ));
+    assert!(
+        eventually(WAIT, || async {
+            cp.requests().iter().any(|r| {
+                r.type_url == LDS
+                    && r.node.as_ref().is_some_and(|n| n.id.contains("test-pod"))
+                    && r.error_detail.as_ref().is_some_and(|e| {
+                        e.message.contains("vm_config.code.remote.sha256")
+                            && e.message.contains(&sha)
+                    })
+            })
+        })
+        .await,
+        "{:?}",
+        cp.requests().last()
+    );
+    assert_eq!(rewritten("weft", &weft_base).await.as_deref(), Some("2"));
+}
+
+/// A plugin configuration given as a `Struct` (the form a `WasmPlugin`'s `pluginConfig` has)
+/// reaches the plugin as its JSON; a listener that drops the filter drops the plugin.
+#[tokio::test]
+async fn a_struct_configuration_reaches_the_plugin_as_json_and_removal_drops_it() {
+    let up = upstream::echo("up").await;
+    let file = weft_e2e::plugins::shipped_plugin("header-rewrite");
+    let filter = wasm_filter(
+        "hr",
+        WasmCode::Local(file),
+        struct_value(&rewrite_config("struct")),
+        true,
+    );
+    let cp = ControlPlane::start(wasm_snapshot("1", up, vec![filter], None)).await;
+    let w = start(&cp).await;
+    let base = w.tp.url("web", "");
+    assert_eq!(rewritten("weft", &base).await.as_deref(), Some("struct"));
+    let dump = get(&format!("http://{}/config_dump", w.tp.admin()))
+        .await
+        .json();
+    let plugin = dump["config"]["plugins"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "hr"))
+        .cloned()
+        .unwrap_or_else(|| panic!("{dump}"));
+    assert_eq!(plugin["failure_policy"], "fail_open", "{plugin}");
+    assert_eq!(plugin["vm_id"], "hr", "{plugin}");
+
+    cp.set(wasm_snapshot("2", up, Vec::new(), None));
+    assert!(eventually(WAIT, || async { rewritten("weft", &base).await.is_none() }).await);
+    let dump = get(&format!("http://{}/config_dump", w.tp.admin()))
+        .await
+        .json();
+    assert!(
+        dump["config"]["plugins"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{dump}"
+    );
+}
+
+/// A capture listener over LDS, as istiod renders `virtualInbound`: `use_original_dst` with the
+/// original_dst / tls_inspector / http_inspector listener filters, chains matching on
+/// destination port, prefix ranges, transport protocol, SNI and ALPN (one with RDS routes, one
+/// a TCP proxy), and a default chain to an ORIGINAL_DST cluster. It becomes Weft's capture
+/// listener with one `bind_to_port: false` listener per chain, live once the chain's routes
+/// are; a connection that was not redirected is refused as a loop (`NR`). A listener reached
+/// by address (`bind_to_port: false`) is NACKed naming the field.
+#[tokio::test]
+async fn a_capture_listener_over_lds_maps_its_filter_chains() {
+    use envoy_types::pb::envoy::config::core::v3::CidrRange;
+    use envoy_types::pb::envoy::config::listener::v3 as l;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    let app = upstream::echo("app").await;
+    let http_chain = {
+        let mut c = http_listener("x", "127.0.0.1:0".parse().unwrap(), "inbound-routes")
+            .filter_chains
+            .remove(0);
+        c.name = "inbound_http".into();
+        c.filter_chain_match = Some(l::FilterChainMatch {
+            destination_port: Some(UInt32Value { value: 8080 }),
+            transport_protocol: "raw_buffer".into(),
+            application_protocols: vec!["http/1.1".into(), "h2c".into()],
+            ..Default::default()
+        });
+        c
+    };
+    let tls_chain = l::FilterChain {
+        name: "inbound_tls".into(),
+        filter_chain_match: Some(l::FilterChainMatch {
+            destination_port: Some(UInt32Value { value: 8443 }),
+            prefix_ranges: vec![CidrRange {
+                address_prefix: "10.1.2.3".into(),
+                prefix_len: Some(UInt32Value { value: 8 }),
+            }],
+            transport_protocol: "tls".into(),
+            server_names: vec!["app.example.com".into()],
+            application_protocols: vec!["istio-peer-exchange".into()],
+            ..Default::default()
+        }),
+        filters: vec![tcp_proxy_filter("app")],
+        ..Default::default()
+    };
+    let capture = capture_listener(
+        "virtualInbound",
+        "127.0.0.1:0".parse().unwrap(),
+        vec![http_chain, tls_chain],
+        "InboundPassthroughCluster",
+    );
+    let snapshot = |version: &str, with_routes: bool| {
+        let mut s = Snapshot::new(version)
+            .with("app", eds_cluster("app"))
+            .with("app", assignment("app", &[(app, 1)]))
+            .with(
+                "InboundPassthroughCluster",
+                original_dst_cluster("InboundPassthroughCluster"),
+            )
+            .with("virtualInbound", capture.clone())
+            // An ordinary listener beside it, so the test can tell when LDS went live.
+            .with(
+                "web",
+                http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
+            )
+            .with(
+                "routes",
+                route_config("routes", vec![prefix_route("/", &[("app", 1)])]),
+            );
+        if with_routes {
+            s = s.with(
+                "inbound-routes",
+                route_config("inbound-routes", vec![prefix_route("/", &[("app", 1)])]),
+            );
+        }
+        s
+    };
+    // Version 1 lacks the chain's route configuration: the capture listener warms.
+    let cp = ControlPlane::start(snapshot("1", false)).await;
+    let w = start(&cp).await;
+    assert!(eventually(WAIT, || async { cp.acked(LDS, "1") }).await);
+    assert!(w.tp.proxy.listener_addr("virtualInbound").is_none());
+    let dump = get(&format!("http://{}/config_dump", w.tp.admin()))
+        .await
+        .json();
+    assert!(
+        dump["dynamic"]["warming"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "lds/virtualInbound"),
+        "{}",
+        dump["dynamic"]
+    );
+
+    // Version 2 has it: the capture listener and its chains go live.
+    cp.set(snapshot("2", true));
+    assert!(
+        eventually(WAIT, || async {
+            w.tp.proxy.listener_addr("virtualInbound").is_some()
+        })
+        .await,
+        "{:?}",
+        w.tp.proxy.last_reload_error()
+    );
+    let dump = get(&format!("http://{}/config_dump", w.tp.admin()))
+        .await
+        .json();
+    let listeners = dump["config"]["listeners"].as_array().unwrap();
+    let find = |n: &str| {
+        listeners
+            .iter()
+            .find(|l| l["name"] == n)
+            .unwrap_or_else(|| panic!("{n}: {listeners:?}"))
+    };
+    let vi = find("virtualInbound");
+    assert_eq!(vi["original_dst"], true);
+    assert_eq!(vi["passthrough_cluster"], "InboundPassthroughCluster");
+    assert_eq!(vi["protocol_detection_timeout"], "100ms");
+    let chains = vi["filter_chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 2);
+    assert_eq!(chains[0]["listener"], "virtualInbound/inbound_http");
+    assert_eq!(
+        chains[0]["match"],
+        serde_json::json!({"destination_port": 8080, "transport_protocol": "raw_buffer",
+            "application_protocols": ["http/1.1", "h2c"]})
+    );
+    assert_eq!(
+        chains[1]["match"],
+        serde_json::json!({"destination_port": 8443, "prefix_ranges": ["10.0.0.0/8"],
+            "transport_protocol": "tls", "server_names": ["app.example.com"],
+            "application_protocols": ["istio-peer-exchange"]})
+    );
+    let http = find("virtualInbound/inbound_http");
+    assert_eq!(http["bind_to_port"], false);
+    assert_eq!(
+        http["virtual_hosts"][0]["routes"][0]["route"]["cluster"],
+        "app"
+    );
+    let tls = find("virtualInbound/inbound_tls");
+    assert_eq!(
+        (tls["bind_to_port"].clone(), tls["tcp"]["cluster"].clone()),
+        (false.into(), "app".into())
+    );
+    let clusters = dump["config"]["clusters"].as_array().unwrap();
+    let passthrough = clusters
+        .iter()
+        .find(|c| c["name"] == "InboundPassthroughCluster")
+        .unwrap();
+    assert_eq!(passthrough["type"], "original_dst");
+
+    // Not redirected: the original destination is the capture port itself, a loop: closed.
+    let reply = weft_e2e::raw(
+        w.tp.proxy.listener_addr("virtualInbound").unwrap(),
+        b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply, "", "closed without an answer");
+
+    // A listener reached by address through another's use_original_dst: NACKed by field.
+    let mut by_address = http_listener("0.0.0.0_9080", "127.0.0.1:0".parse().unwrap(), "routes");
+    by_address.bind_to_port = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+    cp.set(snapshot("3", true).with("0.0.0.0_9080", by_address));
+    assert!(
+        eventually(WAIT, || async {
+            cp.nack(LDS).is_some_and(|n| {
+                n.error_detail.is_some_and(|e| {
+                    e.message
+                        .contains("listener \"0.0.0.0_9080\".bind_to_port: false is unimplemented")
+                })
+            })
+        })
+        .await,
+        "{:?}",
+        cp.nack(LDS)
+    );
+    assert!(w.tp.proxy.listener_addr("virtualInbound").is_some());
+}
+
+/// A CDS cluster with an `UpstreamTlsContext` (certificate files, trusted CA, the upstream's
+/// SPIFFE ID as a URI SAN matcher) speaks mTLS to its upstream with that client certificate,
+/// the same through Envoy 1.40 given the same snapshot; a DNS SAN matcher is NACKed naming the
+/// field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cds_tls_transport_socket_speaks_mtls_with_spiffe_validation() {
+    use weft_e2e::mesh::{Pki, leaf_sha256, tls_echo};
+    let pki = Pki::new("cluster.local");
+    let (server_id, client_id) = (pki.id("prod", "db"), pki.id("prod", "app"));
+    let s = pki.issue("db", &server_id, Duration::from_secs(3600));
+    let c = pki.issue("app", &client_id, Duration::from_secs(3600));
+    let (upstream, mut handshakes) = tls_echo(&s, std::slice::from_ref(&client_id)).await;
+    let cluster = |id: &str| {
+        let mut db = static_cluster("db", upstream);
+        db.transport_socket = Some(upstream_tls(&c, id, &[]));
+        db
+    };
+    let snapshot = |version: &str, db| {
+        Snapshot::new(version).with("db", db).with(
+            "db-in",
+            tcp_listener("db-in", "127.0.0.1:0".parse().unwrap(), "db"),
+        )
+    };
+    let cp = ControlPlane::start(snapshot("1", cluster(&server_id))).await;
+    let tp = TestProxy::start(&bootstrap(cp.addr)).await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(
+        eventually(WAIT, || async { tp.proxy.listener_addr("db-in").is_some() }).await,
+        "{:?}",
+        tp.proxy.last_reload_error()
+    );
+    let envoy = match weft_e2e::envoy::require_envoy() {
+        Some(bin) => Some(
+            weft_e2e::envoy::TestEnvoy::start_bootstrap(
+                &bin,
+                &weft_e2e::xds::envoy_bootstrap(cp.addr),
+            )
+            .await,
+        ),
+        None => None,
+    };
+    let mut through = vec![("weft", tp.proxy.listener_addr("db-in").unwrap())];
+    if let Some(e) = &envoy {
+        through.push(("envoy", e.addr()));
+    }
+    for (name, addr) in through {
+        let payload = format!("through {name} over mTLS\n");
+        let echoed = weft_e2e::tcp_exchange(addr, payload.as_bytes(), payload.len()).await;
+        assert_eq!(String::from_utf8_lossy(&echoed), payload, "{name}");
+        let seen = tokio::time::timeout(Duration::from_secs(5), handshakes.recv())
+            .await
+            .expect("a handshake within 5 s")
+            .expect("running")
+            .unwrap_or_else(|e| panic!("{name}: no TLS to the upstream: {e}"));
+        assert_eq!(seen.peer_id, client_id, "{name}");
+        assert_eq!(seen.peer_cert_hash, leaf_sha256(&c), "{name}");
+    }
+
+    // A DNS SAN matcher: Weft verifies SPIFFE IDs only, so it is refused by name.
+    let mut dns = cluster(&server_id);
+    let mut ts = dns.transport_socket.take().unwrap();
+    {
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+        let Some(
+            envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+                any,
+            ),
+        ) = &mut ts.config_type
+        else {
+            unreachable!()
+        };
+        let mut ctx: tls::UpstreamTlsContext =
+            prost::Message::decode(any.value.as_slice()).unwrap();
+        if let Some(tls::common_tls_context::ValidationContextType::ValidationContext(v)) = ctx
+            .common_tls_context
+            .as_mut()
+            .and_then(|c| c.validation_context_type.as_mut())
+        {
+            v.match_typed_subject_alt_names[0].san_type =
+                tls::subject_alt_name_matcher::SanType::Dns as i32;
+        }
+        any.value = prost::Message::encode_to_vec(&ctx);
+    }
+    dns.transport_socket = Some(ts);
+    cp.set(snapshot("2", dns));
+    assert!(
+        eventually(WAIT, || async {
+            cp.requests().iter().any(|r| {
+                r.type_url == CDS
+                    && r.node.as_ref().is_some_and(|n| n.id.contains("test-pod"))
+                    && r.error_detail.as_ref().is_some_and(|e| {
+                        e.message.contains(
+                            "cluster \"db\".transport_socket.typed_config.common_tls_context.\
+                             validation_context.match_typed_subject_alt_names[0].san_type: \
+                             only URI (SPIFFE ID) matching is implemented",
+                        )
+                    })
+            })
+        })
+        .await,
+        "{:?}",
+        cp.nack(CDS)
+    );
+}
+
+/// An LDS filter chain with a `DownstreamTlsContext` (certificate files, trusted CA, client
+/// certificates required) serves mTLS: a client with a certificate of the trust domain gets
+/// through, one without is refused; `require_client_certificate: false` is NACKed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_lds_tls_transport_socket_serves_mtls() {
+    use weft_e2e::mesh::{Pki, tls_get};
+    let pki = Pki::new("cluster.local");
+    let server = pki.issue("web", &pki.id("prod", "web"), Duration::from_secs(3600));
+    let client = pki.issue("app", &pki.id("prod", "app"), Duration::from_secs(3600));
+    let up = upstream::echo("up").await;
+    let listener = |require: bool| {
+        let mut l = http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes");
+        let mut ts = downstream_tls(&server);
+        if !require {
+            use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+            let Some(
+                envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+                    any,
+                ),
+            ) = &mut ts.config_type
+            else {
+                unreachable!()
+            };
+            let mut ctx: tls::DownstreamTlsContext =
+                prost::Message::decode(any.value.as_slice()).unwrap();
+            ctx.require_client_certificate = None;
+            any.value = prost::Message::encode_to_vec(&ctx);
+        }
+        l.filter_chains[0].transport_socket = Some(ts);
+        l
+    };
+    let snapshot = |version: &str, require: bool| {
+        Snapshot::new(version)
+            .with("up", eds_cluster("up"))
+            .with("up", assignment("up", &[(up, 1)]))
+            .with("web", listener(require))
+            .with(
+                "routes",
+                route_config("routes", vec![prefix_route("/", &[("up", 1)])]),
+            )
+    };
+    let cp = ControlPlane::start(snapshot("1", true)).await;
+    let w = start(&cp).await;
+    let addr = w.tp.proxy.listener_addr("web").unwrap();
+    let ok = tls_get(
+        addr,
+        Some(&client),
+        &client.bundle,
+        "cluster.local",
+        false,
+        "/x",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("mTLS request: {e}"));
+    assert_eq!(ok.reply.status, 200);
+    assert_eq!(ok.reply.json()["server"], "up");
+    assert!(
+        tls_get(addr, None, &client.bundle, "cluster.local", false, "/x")
+            .await
+            .is_err(),
+        "no client certificate: refused"
+    );
+    cp.set(snapshot("2", false));
+    assert!(
+        eventually(WAIT, || async {
+            cp.nack(LDS).is_some_and(|n| {
+                n.error_detail.is_some_and(|e| {
+                    e.message.contains(
+                        "listener \"web\".filter_chains[0].transport_socket.typed_config.\
+                         require_client_certificate: must be true",
+                    )
+                })
+            })
+        })
+        .await,
+        "{:?}",
+        cp.nack(LDS)
+    );
+}
+
+/// SDS over ADS: a cluster whose certificate and trusted CA are SDS secrets (`default`,
+/// `ROOTCA`, as istiod names them) warms until they arrive, then speaks mTLS with that
+/// certificate; a new version of the certificate secret is taken by the cluster's credentials
+/// with no restart and no configuration reload; a fresh Envoy 1.40 given the same snapshot
+/// presents the rotated certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sds_secrets_over_ads_and_rotation_without_restart() {
+    use weft_e2e::mesh::{Pki, leaf_sha256, tls_echo};
+    let pki = Pki::new("cluster.local");
+    let (server_id, client_id) = (pki.id("prod", "db"), pki.id("prod", "app"));
+    let s = pki.issue("db", &server_id, Duration::from_secs(3600));
+    let first = pki.issue("app", &client_id, Duration::from_secs(3600));
+    let second = pki.issue("app2", &client_id, Duration::from_secs(7200));
+    assert_ne!(leaf_sha256(&first), leaf_sha256(&second));
+    let (upstream, mut handshakes) = tls_echo(&s, std::slice::from_ref(&client_id)).await;
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let snapshot = |version: &str, cert: &weft_tls::creds::CredentialFiles, secrets: bool| {
+        let mut db = static_cluster("db", upstream);
+        db.transport_socket = Some(sds_upstream_tls("default", "ROOTCA", &server_id));
+        let mut snap = Snapshot::new(version).with("db", db).with(
+            "db-in",
+            tcp_listener("db-in", "127.0.0.1:0".parse().unwrap(), "db"),
+        );
+        if secrets {
+            snap = snap
+                .with(
+                    "default",
+                    tls_secret("default", &read(&cert.cert), &read(&cert.key)),
+                )
+                .with("ROOTCA", ca_secret("ROOTCA", &read(&cert.bundle)));
+        }
+        snap
+    };
+    // Version 1 has no secrets: the cluster warms, so no listener is requested yet.
+    let cp = ControlPlane::start(snapshot("1", &first, false)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let boot = bootstrap(cp.addr).replace(
+        "  cluster: xds-grpc\n",
+        &format!(
+            "  cluster: xds-grpc\n  secrets_dir: \"{}\"\n",
+            dir.path().display()
+        ),
+    );
+    let tp = TestProxy::start(&boot).await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(
+        eventually(WAIT, || async {
+            cp.requests()
+                .iter()
+                .any(|r| r.type_url == SDS && r.resource_names == ["ROOTCA", "default"])
+        })
+        .await,
+        "SDS subscribed by name"
+    );
+    assert!(!cp.requests().iter().any(|r| r.type_url == LDS), "warming");
+
+    cp.set(snapshot("2", &first, true));
+    assert!(
+        eventually(WAIT, || async { tp.proxy.listener_addr("db-in").is_some() }).await,
+        "{:?}",
+        tp.proxy.last_reload_error()
+    );
+    assert!(eventually(WAIT, || async { cp.acked(SDS, "2") }).await);
+    let key = dir.path().join("default/key.pem");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions())
+            & 0o777,
+        0o600
+    );
+    let addr = tp.proxy.listener_addr("db-in").unwrap();
+    let mut exchange = async |name: &str, addr| {
+        let echoed = weft_e2e::tcp_exchange(addr, b"ping\n", 5).await;
+        assert_eq!(echoed, b"ping\n", "{name}");
+        tokio::time::timeout(Duration::from_secs(5), handshakes.recv())
+            .await
+            .expect("a handshake within 5 s")
+            .expect("running")
+            .unwrap_or_else(|e| panic!("{name}: no TLS to the upstream: {e}"))
+    };
+    let seen = exchange("weft", addr).await;
+    assert_eq!(seen.peer_id, client_id);
+    assert_eq!(seen.peer_cert_hash, leaf_sha256(&first));
+    let generation = tp.proxy.generation().id;
+    let before =
+        get(&format!("http://{}/certs", tp.admin())).await.json()["certificates"][0].clone();
+    assert_eq!(before["owner"], "cluster db");
+
+    // Rotation: version 3 carries the second certificate; the next connection presents it.
+    cp.set(snapshot("3", &second, true));
+    assert!(eventually(WAIT, || async { cp.acked(SDS, "3") }).await);
+    assert_eq!(
+        std::fs::read(dir.path().join("default/cert.pem")).unwrap(),
+        read(&second.cert),
+        "the secret's files are rewritten"
+    );
+    let handshakes = tokio::sync::Mutex::new(handshakes);
+    let connect = async |name: &str, addr| {
+        let echoed = weft_e2e::tcp_exchange(addr, b"ping\n", 5).await;
+        assert_eq!(echoed, b"ping\n", "{name}");
+        tokio::time::timeout(Duration::from_secs(5), handshakes.lock().await.recv())
+            .await
+            .expect("a handshake within 5 s")
+            .expect("running")
+            .unwrap_or_else(|e| panic!("{name}: no TLS to the upstream: {e}"))
+    };
+    // Weft's certificate watcher takes the rewritten files: the cluster's credentials now hold
+    // the second certificate (its 2 h lifetime), with no configuration reload. (The upstream
+    // may still see the first certificate on connections that resume a TLS session.)
+    let cluster_cert = async || {
+        let certs = get(&format!("http://{}/certs", tp.admin())).await.json();
+        certs["certificates"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["owner"] == "cluster db"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(WAIT, || async {
+            let c = cluster_cert().await;
+            c["rotations"] == 1 && c["expiration_time"] != before["expiration_time"]
+        })
+        .await,
+        "rotated: {}",
+        cluster_cert().await
+    );
+    assert_eq!(cluster_cert().await["refused_rotations"], 0);
+    assert_eq!(connect("weft", addr).await.peer_id, client_id);
+    assert_eq!(
+        tp.proxy.generation().id,
+        generation,
+        "no reload of the configuration"
+    );
+
+    // Envoy, given the same snapshot, presents the same certificate.
+    if let Some(bin) = weft_e2e::envoy::require_envoy() {
+        let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+            &bin,
+            &weft_e2e::xds::envoy_bootstrap(cp.addr),
+        )
+        .await;
+        let seen = connect("envoy", envoy.addr()).await;
+        assert_eq!(seen.peer_cert_hash, leaf_sha256(&second), "envoy");
+    }
+}
+
+/// mTLS to the control plane with SPIFFE validation: the `xds.cluster` has `tls` (certificate
+/// files, the control plane's SPIFFE ID in `match_identities`); the control plane requires the
+/// proxy's identity. Weft connects over mTLS and serves the snapshot; against a control plane
+/// presenting another identity, it never connects (and nothing is served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_to_the_control_plane_with_spiffe_validation() {
+    use weft_e2e::mesh::Pki;
+    let pki = Pki::new("cluster.local");
+    let istiod = pki.id("istio-system", "istiod");
+    let proxy_id = pki.id("test-ns", "test-app");
+    let server = pki.issue("istiod", &istiod, Duration::from_secs(3600));
+    let imposter = pki.issue("imposter", &pki.id("evil", "cp"), Duration::from_secs(3600));
+    let client = pki.issue("proxy", &proxy_id, Duration::from_secs(3600));
+    let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
+    let boot = |addr: SocketAddr| {
+        bootstrap(addr).replace(
+            &format!("    endpoints: [{{ address: \"{addr}\" }}]\n"),
+            &format!(
+                "    endpoints: [{{ address: \"{addr}\" }}]\n    tls: {{ cert_file: \"{}\", key_file: \"{}\", trust_bundle_file: \"{}\", match_identities: [\"{istiod}\"] }}\n",
+                client.cert.display(),
+                client.key.display(),
+                client.bundle.display()
+            ),
+        )
+    };
+    let (cp, mut handshakes) = ControlPlane::start_tls(
+        snapshot("1", v1, v2, "one").await,
+        &server,
+        std::slice::from_ref(&proxy_id),
+    )
+    .await;
+    let tp = TestProxy::start(&boot(cp.addr)).await;
+    let client_x = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(
+        eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await,
+        "{:?}",
+        tp.proxy.last_reload_error()
+    );
+    assert_eq!(
+        get(&tp.url("web", "/v1")).await.json()["server"],
+        "v1",
+        "served over mTLS"
+    );
+    let seen = handshakes.recv().await.expect("a handshake");
+    assert_eq!(seen, Ok(proxy_id.clone()), "the proxy's identity");
+    assert!(client_x.status().is_connected());
+
+    // A control plane with another identity: the handshake fails, nothing is taken.
+    let (evil, mut evil_handshakes) = ControlPlane::start_tls(
+        snapshot("1", v1, v2, "evil").await,
+        &imposter,
+        std::slice::from_ref(&proxy_id),
+    )
+    .await;
+    let tp2 = TestProxy::start(&boot(evil.addr)).await;
+    let client2 = weft_xds::start(&tp2.proxy).unwrap().expect("xds section");
+    let first = tokio::time::timeout(WAIT, evil_handshakes.recv())
+        .await
+        .expect("a connection attempt")
+        .expect("running");
+    assert!(first.is_err(), "{first:?}");
+    assert!(!client2.status().is_connected());
+    assert!(
+        evil.requests().is_empty(),
+        "no discovery request reached it"
+    );
+    assert!(tp2.proxy.listener_addr("web").is_none());
 }

@@ -4,9 +4,9 @@
 use std::collections::HashSet;
 
 use crate::error::{ConfigError, Problem};
-use crate::schema::{Cluster, Config, Listener};
+use crate::schema::{Cluster, Config, Listener, Plugin};
 
-/// Listeners and clusters from a dynamic source (xDS), added to the file's.
+/// Listeners, clusters and plugins from a dynamic source (xDS), added to the file's.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DynamicResources {
     /// Listeners (names must not clash with the file's).
@@ -14,12 +14,15 @@ pub struct DynamicResources {
     /// Clusters (names must not clash with the file's); unlike the file's, they may have no
     /// endpoints (every request then gets 503 `UH`, as in Envoy).
     pub clusters: Vec<Cluster>,
+    /// Plugins the dynamic listeners attach (Wasm HTTP filters; names must not clash with the
+    /// file's).
+    pub plugins: Vec<Plugin>,
 }
 
 impl DynamicResources {
     /// True when there is nothing dynamic.
     pub fn is_empty(&self) -> bool {
-        self.listeners.is_empty() && self.clusters.is_empty()
+        self.listeners.is_empty() && self.clusters.is_empty() && self.plugins.is_empty()
     }
 }
 
@@ -50,10 +53,24 @@ pub fn compose(
             ));
         }
     }
+    let statics: HashSet<&str> = file.plugins.iter().map(|p| p.name.as_str()).collect();
+    for p in &dynamic.plugins {
+        if statics.contains(p.name.as_str()) {
+            problems.push(problem(
+                format!("plugin \"{}\"", p.name),
+                "a static plugin of that name exists in the file",
+            ));
+        }
+    }
     let mut config = file.clone();
-    let (nl, nc) = (config.listeners.len(), config.clusters.len());
+    let (nl, nc, np) = (
+        config.listeners.len(),
+        config.clusters.len(),
+        config.plugins.len(),
+    );
     config.listeners.extend(dynamic.listeners.iter().cloned());
     config.clusters.extend(dynamic.clusters.iter().cloned());
+    config.plugins.extend(dynamic.plugins.iter().cloned());
     for (path, message) in crate::validate::validate(&config) {
         let renamed = rename(&path, "listeners", nl, |i| {
             dynamic
@@ -67,6 +84,14 @@ pub fn compose(
                     .clusters
                     .get(i)
                     .map(|c| format!("cluster \"{}\"", c.name))
+            })
+        })
+        .or_else(|| {
+            rename(&path, "plugins", np, |i| {
+                dynamic
+                    .plugins
+                    .get(i)
+                    .map(|p| format!("plugin \"{}\"", p.name))
             })
         });
         match renamed {
@@ -152,6 +177,7 @@ mod tests {
         let dynamic = DynamicResources {
             listeners: Vec::new(),
             clusters: vec![dup, empty],
+            plugins: Vec::new(),
         };
         let err = compose(&config, &dynamic, "xds").unwrap_err();
         let problems: Vec<_> = err.problems().iter().map(|p| p.render("xds")).collect();

@@ -9,6 +9,7 @@
 //!     cluster: reviews.ns
 //!     locality: { region: eu, zone: eu-1a }
 //!     metadata: { NAMESPACE: ns }
+//!   api_type: GRPC                 # or DELTA_GRPC (incremental xDS)
 //! ```
 
 use std::collections::BTreeMap;
@@ -31,6 +32,31 @@ pub struct Xds {
     /// Longest delay between reconnection attempts.
     #[serde(default = "defaults::reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// The ADS variant, as Envoy's `ads_config.api_type`: state of the world (`GRPC`, the
+    /// default) or incremental (`DELTA_GRPC`).
+    #[serde(default)]
+    pub api_type: XdsApiType,
+    /// Where Wasm modules of `vm_config.code.remote` are kept once fetched and checked
+    /// (`<sha256>.wasm`); default `<temp dir>/weft-xds-wasm`.
+    #[serde(default)]
+    pub wasm_cache_dir: Option<std::path::PathBuf>,
+    /// Where SDS secrets are written (`<name>/cert.pem`, `key.pem`, `bundle.pem`) for the TLS
+    /// of dynamic clusters and listeners; default `<temp dir>/weft-xds-secrets-<pid>`.
+    #[serde(default)]
+    pub secrets_dir: Option<std::path::PathBuf>,
+}
+
+/// Envoy's `ApiConfigSource.api_type`, for ADS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum XdsApiType {
+    /// `StreamAggregatedResources`: every response carries the whole set of its type (LDS,
+    /// CDS) or of the names asked for (EDS, RDS).
+    #[default]
+    #[serde(rename = "GRPC", alias = "grpc")]
+    Grpc,
+    /// `DeltaAggregatedResources`: responses carry only what changed, and what was removed.
+    #[serde(rename = "DELTA_GRPC", alias = "delta_grpc")]
+    DeltaGrpc,
 }
 
 /// Envoy's `Node`: the identity a control plane renders configuration for.

@@ -18,15 +18,17 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use weft_config::xds::Xds;
+use weft_config::xds::{Xds, XdsApiType};
 use weft_proxy::Proxy;
 
 use crate::resources::Kind;
 use crate::status::Status;
 use crate::store::Store;
+use crate::translate::tls::SDS_PREFIX;
+use crate::translate::wasm::REMOTE_PREFIX;
 
 /// gRPC `INVALID_ARGUMENT`, the code Envoy puts in a NACK's `error_detail`.
-const INVALID_ARGUMENT: i32 = 3;
+pub(crate) const INVALID_ARGUMENT: i32 = 3;
 
 /// Per type: what was accepted, and what this stream has seen and asked for.
 #[derive(Debug, Default, Clone)]
@@ -48,14 +50,20 @@ pub(crate) struct Client {
     pub endpoint: String,
     pub node: Node,
     pub status: Arc<Status>,
-    store: Store,
+    /// mTLS to the control plane (the `xds.cluster`'s `tls`).
+    pub tls: Option<Arc<weft_upstream::tls::UpstreamTls>>,
+    pub(crate) store: Store,
     subs: BTreeMap<Kind, Subscription>,
+    /// Incremental (delta) subscriptions, kept across streams.
+    pub(crate) delta: BTreeMap<Kind, crate::subscription::DeltaSubscription>,
     /// What was last published (so an unchanged composition is not published again).
     published: Option<weft_config::DynamicResources>,
+    /// Remote Wasm code fetched and checked: SHA-256 → cached file.
+    fetched: std::collections::HashMap<String, String>,
 }
 
 /// Why a response was not accepted.
-enum Refused {
+pub(crate) enum Refused {
     /// Invalid, or refused by the reload actor: NACKed with this message.
     Invalid(String),
     /// The proxy is shutting down.
@@ -82,6 +90,7 @@ impl Client {
         endpoint: String,
         node: Node,
         status: Arc<Status>,
+        tls: Option<Arc<weft_upstream::tls::UpstreamTls>>,
     ) -> Client {
         Client {
             proxy,
@@ -89,9 +98,12 @@ impl Client {
             endpoint,
             node,
             status,
+            tls,
             store: Store::default(),
             subs: BTreeMap::new(),
+            delta: BTreeMap::new(),
             published: None,
+            fetched: std::collections::HashMap::new(),
         }
     }
 
@@ -99,7 +111,10 @@ impl Client {
     pub(crate) async fn run(mut self) {
         let mut failures: u32 = 0;
         loop {
-            let result = self.stream(&mut failures).await;
+            let result = match self.config.api_type {
+                XdsApiType::Grpc => self.stream(&mut failures).await,
+                XdsApiType::DeltaGrpc => self.delta_stream(&mut failures).await,
+            };
             self.status.connected(false);
             match result {
                 Err(StreamError::Stopped) => return,
@@ -116,15 +131,31 @@ impl Client {
         }
     }
 
+    /// The gRPC client of the control plane.
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, StreamError> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.endpoint))
+            .map_err(|e| StreamError::Connect(self.endpoint.clone(), e))?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = match &self.tls {
+            None => endpoint.connect().await,
+            Some(tls) => {
+                endpoint
+                    .connect_with_connector(crate::tls::Connector {
+                        address: self.endpoint.clone(),
+                        tls: tls.clone(),
+                    })
+                    .await
+            }
+        }
+        .map_err(|e| StreamError::Connect(self.endpoint.clone(), e))?;
+        Ok(AggregatedDiscoveryServiceClient::new(channel))
+    }
+
     /// One ADS stream, until it fails.
     async fn stream(&mut self, failures: &mut u32) -> Result<(), StreamError> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.endpoint))
-            .map_err(|e| StreamError::Connect(self.endpoint.clone(), e))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(|e| StreamError::Connect(self.endpoint.clone(), e))?;
-        let mut grpc = AggregatedDiscoveryServiceClient::new(channel);
+        let mut grpc = self.connect().await?;
         let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
         for sub in self.subs.values_mut() {
             sub.nonce.clear();
@@ -174,6 +205,11 @@ impl Client {
     /// Subscriptions that follow from what is held: EDS for the clusters' assignments, LDS once
     /// every cluster is warm, RDS for the listeners' route configurations.
     async fn follow_up(&mut self, tx: &mpsc::Sender<DiscoveryRequest>) -> Result<(), StreamError> {
+        let sds: Vec<String> = self.store.sds_names().into_iter().collect();
+        let sds_sub = self.subs.get(&Kind::Secret);
+        if !sds.is_empty() && sds_sub.is_none_or(|s| !s.sent || s.names != sds) {
+            self.subscribe(tx, Kind::Secret, sds).await?;
+        }
         let eds: Vec<String> = self.store.eds_names().into_iter().collect();
         let eds_sub = self.subs.get(&Kind::Endpoint);
         if !eds.is_empty() && eds_sub.is_none_or(|s| !s.sent || s.names != eds) {
@@ -222,6 +258,7 @@ impl Client {
                 sub.version = response.version_info.clone();
                 let names = match kind {
                     Kind::Cluster => self.store.clusters.keys().cloned().collect(),
+                    Kind::Secret => self.store.secrets.keys().cloned().collect(),
                     Kind::Endpoint => self.store.endpoints.keys().cloned().collect(),
                     Kind::Listener => self.store.listeners.keys().cloned().collect(),
                     Kind::Route => self.store.routes.keys().cloned().collect(),
@@ -258,10 +295,21 @@ impl Client {
 
     /// Translates, composes and publishes one response; on success the store moves on.
     async fn accept(&mut self, kind: Kind, response: &DiscoveryResponse) -> Result<(), Refused> {
-        let mut next = self
+        let next = self
             .store
             .with(kind, &response.resources)
             .map_err(Refused::Invalid)?;
+        self.publish(kind, next, &response.version_info).await
+    }
+
+    /// Composes `next` with the file's resources and publishes it through the reload actor
+    /// (unless the composition is unchanged); on success `next` becomes the store.
+    pub(crate) async fn publish(
+        &mut self,
+        kind: Kind,
+        mut next: Store,
+        version: &str,
+    ) -> Result<(), Refused> {
         let statics: HashSet<String> = self
             .proxy
             .file_config()
@@ -269,12 +317,21 @@ impl Client {
             .iter()
             .map(|c| c.name.clone())
             .collect();
-        let composed = next.compose(&statics);
+        let mut composed = next.compose(&statics);
+        self.fetch_remote_code(&mut composed)
+            .await
+            .map_err(Refused::Invalid)?;
+        self.write_secrets(&mut composed)
+            .map_err(Refused::Invalid)?;
         if self.published.as_ref() != Some(&composed.resources) {
             match self.proxy.apply_dynamic(composed.resources.clone()).await {
                 Ok(generation) => {
-                    tracing::info!(generation, type_url = kind.type_url(), version = %response.version_info,
-                        "xds: update published");
+                    tracing::info!(
+                        generation,
+                        type_url = kind.type_url(),
+                        version,
+                        "xds: update published"
+                    );
                 }
                 Err(e) if matches!(*e.0, weft_proxy::ProxyError::Stopped) => {
                     return Err(Refused::Stopped);
@@ -286,6 +343,115 @@ impl Client {
         next.mark_live(&composed.resources);
         self.status.warming(composed.warming);
         self.store = next;
+        Ok(())
+    }
+}
+
+impl Client {
+    /// Writes the SDS secrets the composition uses under `xds.secrets_dir` (only files whose
+    /// content changed, atomically; keys mode 0600) and points the TLS paths at them. A new
+    /// version of a secret rewrites its files, which Weft's certificate watcher takes.
+    fn write_secrets(&self, composed: &mut crate::store::Composed) -> Result<(), String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if composed.secrets.is_empty() {
+            return Ok(());
+        }
+        let dir = self.config.secrets_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("weft-xds-secrets-{}", std::process::id()))
+        });
+        for (name, files) in &composed.secrets {
+            let sdir = dir.join(name);
+            std::fs::create_dir_all(&sdir)
+                .map_err(|e| format!("secret \"{name}\": {}: {e}", sdir.display()))?;
+            for (file, bytes) in files {
+                let path = sdir.join(file);
+                if std::fs::read(&path).is_ok_and(|have| have == *bytes) {
+                    continue;
+                }
+                let tmp = sdir.join(format!(".{file}.{}.tmp", fastrand::u64(..)));
+                let write = || -> std::io::Result<()> {
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&tmp)?;
+                    f.write_all(bytes)?;
+                    f.sync_all()?;
+                    std::fs::rename(&tmp, &path)
+                };
+                write().map_err(|e| format!("secret \"{name}\": {}: {e}", path.display()))?;
+            }
+        }
+        let real = |p: &mut String| {
+            if let Some(rest) = p.strip_prefix(SDS_PREFIX) {
+                *p = dir.join(rest).to_string_lossy().into_owned();
+            }
+        };
+        for c in &mut composed.resources.clusters {
+            if let Some(t) = &mut c.tls {
+                real(&mut t.cert_file);
+                real(&mut t.key_file);
+                real(&mut t.trust_bundle_file);
+            }
+        }
+        for l in &mut composed.resources.listeners {
+            if let Some(t) = &mut l.tls {
+                real(&mut t.cert_file);
+                real(&mut t.key_file);
+                real(&mut t.trust_bundle_file);
+            }
+        }
+        Ok(())
+    }
+
+    /// Points every plugin whose code is remote at its cached file, fetching what is missing.
+    async fn fetch_remote_code(
+        &mut self,
+        composed: &mut crate::store::Composed,
+    ) -> Result<(), String> {
+        let dir = self
+            .config
+            .wasm_cache_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("weft-xds-wasm"));
+        let file = self.proxy.file_config();
+        for i in 0..composed.resources.plugins.len() {
+            let plugin = &composed.resources.plugins[i];
+            let Some(sha) = plugin.file.strip_prefix(REMOTE_PREFIX) else {
+                continue;
+            };
+            if let Some(path) = self.fetched.get(sha) {
+                composed.resources.plugins[i].file = path.clone();
+                continue;
+            }
+            let Some(remote) = composed.remotes.get(sha) else {
+                return Err(format!(
+                    "plugin `{}`: no remote source for {sha}",
+                    plugin.name
+                ));
+            };
+            let address = composed
+                .resources
+                .clusters
+                .iter()
+                .chain(file.clusters.iter())
+                .find(|c| c.name == remote.cluster)
+                .and_then(|c| c.endpoints.first())
+                .map(|e| e.address.clone())
+                .ok_or_else(|| {
+                    format!(
+                        "{}.http_uri.cluster: `{}` is not a known cluster with an endpoint",
+                        remote.path, remote.cluster
+                    )
+                })?;
+            let path = crate::remote::ensure(&dir, remote, &address)
+                .await?
+                .to_string_lossy()
+                .into_owned();
+            self.fetched.insert(sha.to_owned(), path.clone());
+            composed.resources.plugins[i].file = path;
+        }
         Ok(())
     }
 }

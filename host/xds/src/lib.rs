@@ -10,11 +10,15 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod delta;
 mod fields;
 pub mod node;
+mod remote;
 pub mod resources;
 mod status;
 mod store;
+mod subscription;
+mod tls;
 mod translate;
 
 use std::sync::Arc;
@@ -28,6 +32,9 @@ pub enum XdsError {
     /// The `xds.cluster` has no endpoint to dial.
     #[error("xds.cluster `{0}`: no endpoint")]
     NoEndpoint(String),
+    /// The `xds.cluster`'s TLS material could not be loaded.
+    #[error("xds.cluster `{0}`: tls: {1}")]
+    Tls(String, String),
 }
 
 /// The running client; dropping it stops the stream (the configuration it set keeps serving).
@@ -56,7 +63,7 @@ pub fn start(proxy: &Proxy) -> Result<Option<XdsClient>, XdsError> {
     let Some(config) = file.xds.clone() else {
         return Ok(None);
     };
-    // Validation guarantees the cluster exists, speaks h2 and has no TLS.
+    // Validation guarantees the cluster exists and speaks h2.
     let endpoint = file
         .clusters
         .iter()
@@ -64,6 +71,21 @@ pub fn start(proxy: &Proxy) -> Result<Option<XdsClient>, XdsError> {
         .and_then(|c| c.endpoints.first())
         .map(|e| e.address.clone())
         .ok_or_else(|| XdsError::NoEndpoint(config.cluster.clone()))?;
+    // Validation guarantees absolute paths for the control plane's TLS files.
+    let tls = file
+        .clusters
+        .iter()
+        .find(|c| c.name == config.cluster)
+        .and_then(|c| c.tls.as_ref())
+        .map(|t| {
+            weft_upstream::tls::UpstreamTls::build(
+                t,
+                weft_config::schema::UpstreamProtocol::Http2,
+                std::path::Path::new("/"),
+            )
+        })
+        .transpose()
+        .map_err(|e| XdsError::Tls(config.cluster.clone(), e.to_string()))?;
     let node = node::node(&config.node, std::env::vars());
     let status = Arc::new(Status::new(
         endpoint.clone(),
@@ -71,7 +93,7 @@ pub fn start(proxy: &Proxy) -> Result<Option<XdsClient>, XdsError> {
         proxy.metrics().xds.clone(),
     ));
     proxy.set_dynamic_status(status.clone());
-    let client = client::Client::new(proxy.clone(), config, endpoint, node, status.clone());
+    let client = client::Client::new(proxy.clone(), config, endpoint, node, status.clone(), tls);
     let task = tokio::spawn(client.run());
     Ok(Some(XdsClient { task, status }))
 }

@@ -10,6 +10,8 @@ pub mod type_url {
     pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
     /// RDS.
     pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    /// SDS.
+    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
     /// The HTTP connection manager network filter.
     pub const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
     /// The TCP proxy network filter.
@@ -19,12 +21,14 @@ pub mod type_url {
     pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 }
 
-/// A resource type of the four Weft subscribes to, in Envoy's order: clusters, then their
+/// A resource type Weft subscribes to, in Envoy's order: clusters, then their secrets and
 /// endpoints, then listeners, then their routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     /// CDS.
     Cluster,
+    /// SDS (secrets the clusters' and listeners' TLS refer to).
+    Secret,
     /// EDS.
     Endpoint,
     /// LDS.
@@ -34,13 +38,20 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// All four, in subscription order.
-    pub const ALL: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
+    /// All of them, in subscription order.
+    pub const ALL: [Kind; 5] = [
+        Kind::Cluster,
+        Kind::Secret,
+        Kind::Endpoint,
+        Kind::Listener,
+        Kind::Route,
+    ];
 
     /// The type URL.
     pub fn type_url(self) -> &'static str {
         match self {
             Kind::Cluster => type_url::CLUSTER,
+            Kind::Secret => type_url::SECRET,
             Kind::Endpoint => type_url::ENDPOINT,
             Kind::Listener => type_url::LISTENER,
             Kind::Route => type_url::ROUTE,
@@ -61,6 +72,7 @@ impl Kind {
     pub fn short(self) -> &'static str {
         match self {
             Kind::Cluster => "cds",
+            Kind::Secret => "sds",
             Kind::Endpoint => "eds",
             Kind::Listener => "lds",
             Kind::Route => "rds",

@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use weft_config::DynamicResources;
-use weft_config::schema::{Cluster, DirectResponseAction, Endpoint, Listener, VirtualHost};
+use weft_config::schema::{Cluster, DirectResponseAction, Endpoint, Listener, Plugin, VirtualHost};
 
 use crate::resources::Kind;
-use crate::translate::{cluster, endpoint, listener, route};
+use crate::translate::{cluster, endpoint, listener, route, secret, wasm};
 
 /// Accepted resources by type and name.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -22,9 +22,11 @@ pub(crate) struct Store {
     pub endpoints: BTreeMap<String, Vec<Endpoint>>,
     pub listeners: BTreeMap<String, listener::Translated>,
     pub routes: BTreeMap<String, Vec<VirtualHost>>,
+    pub secrets: BTreeMap<String, secret::SecretFiles>,
     /// The last published form of each dynamic cluster and listener (served while warming).
     live_clusters: BTreeMap<String, Cluster>,
     live_listeners: BTreeMap<String, Listener>,
+    live_plugins: BTreeMap<String, Plugin>,
 }
 
 /// What [`Store::compose`] produced.
@@ -33,6 +35,10 @@ pub(crate) struct Composed {
     pub resources: DynamicResources,
     /// `cds/NAME` or `lds/NAME` of resources waiting for their endpoints or routes.
     pub warming: Vec<String>,
+    /// Wasm code to fetch (by SHA-256) for plugins whose `file` is `xds-remote:<sha256>`.
+    pub remotes: BTreeMap<String, wasm::Remote>,
+    /// The SDS secrets to write for TLS paths `xds-sds:<name>/<file>`.
+    pub secrets: BTreeMap<String, secret::SecretFiles>,
 }
 
 fn decode<M: Message + Default>(kind: Kind, i: usize, any: &Any) -> Result<M, String> {
@@ -52,56 +58,138 @@ impl Store {
     /// replace the resources named.
     pub fn with(&self, kind: Kind, resources: &[Any]) -> Result<Store, String> {
         let mut next = self.clone();
-        let mut seen = HashSet::new();
-        let mut dup = |name: &str| {
-            if seen.insert(name.to_owned()) {
-                Ok(())
-            } else {
-                Err(format!("duplicate resource name `{name}`"))
-            }
-        };
         match kind {
-            Kind::Cluster => {
-                next.clusters.clear();
-                for (i, any) in resources.iter().enumerate() {
-                    let t = cluster::translate(decode(kind, i, any)?)?;
-                    dup(&t.cluster.name)?;
-                    next.clusters.insert(t.cluster.name.clone(), t);
-                }
-            }
-            Kind::Endpoint => {
-                for (i, any) in resources.iter().enumerate() {
-                    let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
-                        decode(kind, i, any)?;
-                    let name = cla.cluster_name.clone();
-                    dup(&name)?;
-                    let e =
-                        endpoint::endpoints(&format!("cluster_load_assignment \"{name}\""), cla)?;
-                    next.endpoints.insert(name, e);
-                }
-            }
-            Kind::Listener => {
-                next.listeners.clear();
-                for (i, any) in resources.iter().enumerate() {
-                    let t = listener::translate(decode(kind, i, any)?)?;
-                    dup(&t.listener.name)?;
-                    next.listeners.insert(t.listener.name.clone(), t);
-                }
-            }
-            Kind::Route => {
-                for (i, any) in resources.iter().enumerate() {
-                    let rc: envoy_types::pb::envoy::config::route::v3::RouteConfiguration =
-                        decode(kind, i, any)?;
-                    let name = rc.name.clone();
-                    dup(&name)?;
-                    let v =
-                        route::route_configuration(&format!("route_configuration \"{name}\""), rc)?;
-                    next.routes.insert(name, v);
-                }
+            Kind::Cluster => next.clusters.clear(),
+            Kind::Listener => next.listeners.clear(),
+            Kind::Endpoint | Kind::Route | Kind::Secret => {}
+        }
+        let mut seen = HashSet::new();
+        for (i, any) in resources.iter().enumerate() {
+            let name = next.insert(kind, i, any)?;
+            if !seen.insert(name.clone()) {
+                return Err(format!("duplicate resource name `{name}`"));
             }
         }
         next.prune();
+        next.check_plugins()?;
         Ok(next)
+    }
+
+    /// The store with one incremental (delta) response applied: `added` (resource name,
+    /// resource) added or replaced, `removed` names dropped. A removed assignment leaves its
+    /// cluster with no endpoints (its requests answer 503, as Envoy's); a removed route
+    /// configuration leaves its listener with no virtual hosts (404).
+    pub fn with_delta(
+        &self,
+        kind: Kind,
+        added: &[(String, Any)],
+        removed: &[String],
+    ) -> Result<Store, String> {
+        let mut next = self.clone();
+        let mut seen = HashSet::new();
+        for name in removed {
+            match kind {
+                Kind::Cluster => drop(next.clusters.remove(name)),
+                Kind::Listener => next.remove_listener(name),
+                Kind::Endpoint => drop(next.endpoints.insert(name.clone(), Vec::new())),
+                Kind::Route => drop(next.routes.insert(name.clone(), Vec::new())),
+                // A removed secret: whoever uses it waits (warming) until it is back.
+                Kind::Secret => drop(next.secrets.remove(name)),
+            }
+        }
+        for (i, (name, any)) in added.iter().enumerate() {
+            let inner = next.insert(kind, i, any)?;
+            if !name.is_empty() && *name != inner {
+                return Err(format!(
+                    "resources[{i}]: named `{name}` but the resource inside is `{inner}`"
+                ));
+            }
+            if !seen.insert(inner.clone()) {
+                return Err(format!("duplicate resource name `{inner}`"));
+            }
+            if removed.contains(&inner) {
+                return Err(format!("resource `{inner}` both added and removed"));
+            }
+        }
+        next.prune();
+        next.check_plugins()?;
+        Ok(next)
+    }
+
+    /// Removes listener `name` and, for a capture listener, its chains' listeners.
+    fn remove_listener(&mut self, name: &str) {
+        if let Some(old) = self.listeners.remove(name) {
+            for c in &old.chain_names {
+                self.listeners.remove(c);
+            }
+        }
+    }
+
+    /// Listeners may share a Wasm plugin (by name) only with the same definition.
+    fn check_plugins(&self) -> Result<(), String> {
+        let mut seen: BTreeMap<&str, (&str, &Plugin)> = BTreeMap::new();
+        for (lname, t) in &self.listeners {
+            for p in &t.plugins {
+                match seen.get(p.plugin.name.as_str()) {
+                    Some((other, q)) if *q != &p.plugin => {
+                        return Err(format!(
+                            "listener \"{lname}\": Wasm plugin `{}` differs from the one of \
+                             that name in listener \"{other}\" (one name, one definition)",
+                            p.plugin.name
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert(&p.plugin.name, (lname, &p.plugin));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Translates one resource of `kind` into the store; returns its name.
+    fn insert(&mut self, kind: Kind, i: usize, any: &Any) -> Result<String, String> {
+        Ok(match kind {
+            Kind::Secret => {
+                let (name, files) = secret::translate(decode(kind, i, any)?)?;
+                self.secrets.insert(name.clone(), files);
+                name
+            }
+            Kind::Cluster => {
+                let t = cluster::translate(decode(kind, i, any)?)?;
+                let name = t.cluster.name.clone();
+                self.clusters.insert(name.clone(), t);
+                name
+            }
+            Kind::Endpoint => {
+                let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
+                    decode(kind, i, any)?;
+                let name = cla.cluster_name.clone();
+                let e = endpoint::endpoints(&format!("cluster_load_assignment \"{name}\""), cla)?;
+                self.endpoints.insert(name.clone(), e);
+                name
+            }
+            Kind::Listener => {
+                let mut t = crate::translate::lds::translate(decode(kind, i, any)?)?;
+                let name = t.listener.name.clone();
+                self.remove_listener(&name);
+                for c in std::mem::take(&mut t.chains) {
+                    t.chain_names.push(c.listener.name.clone());
+                    self.listeners.insert(c.listener.name.clone(), c);
+                }
+                self.listeners.insert(name.clone(), t);
+                name
+            }
+            Kind::Route => {
+                let rc: envoy_types::pb::envoy::config::route::v3::RouteConfiguration =
+                    decode(kind, i, any)?;
+                let name = rc.name.clone();
+                let v = route::route_configuration(&format!("route_configuration \"{name}\""), rc)?;
+                self.routes.insert(name.clone(), v);
+                name
+            }
+        })
     }
 
     /// Drops endpoints and routes no cluster or listener refers to any more.
@@ -110,6 +198,8 @@ impl Store {
         self.endpoints.retain(|n, _| eds.contains(n));
         let rds = self.rds_names();
         self.routes.retain(|n, _| rds.contains(n));
+        let sds = self.sds_names();
+        self.secrets.retain(|n, _| sds.contains(n));
     }
 
     /// The assignments the clusters need (the EDS subscription).
@@ -117,6 +207,16 @@ impl Store {
         self.clusters
             .values()
             .filter_map(|c| c.eds_name.clone())
+            .collect()
+    }
+
+    /// The secrets the clusters and listeners need (the SDS subscription).
+    pub fn sds_names(&self) -> BTreeSet<String> {
+        self.clusters
+            .values()
+            .flat_map(|c| c.secrets.iter())
+            .chain(self.listeners.values().flat_map(|l| l.secrets.iter()))
+            .cloned()
             .collect()
     }
 
@@ -133,13 +233,20 @@ impl Store {
         self.eds_names()
             .iter()
             .all(|n| self.endpoints.contains_key(n))
+            && self
+                .clusters
+                .values()
+                .flat_map(|c| c.secrets.iter())
+                .all(|n| self.secrets.contains_key(n))
     }
 
     /// Weft's dynamic resources for what is ready; `static_clusters` are the file's.
     pub fn compose(&self, static_clusters: &HashSet<String>) -> Composed {
         let mut out = Composed::default();
+        let has_secrets = |names: &[String]| names.iter().all(|n| self.secrets.contains_key(n));
         for (name, t) in &self.clusters {
             let ready = match &t.eds_name {
+                _ if !has_secrets(&t.secrets) => None,
                 None => Some(t.cluster.clone()),
                 Some(eds) => self.endpoints.get(eds).map(|e| {
                     let mut c = t.cluster.clone();
@@ -147,6 +254,13 @@ impl Store {
                     c
                 }),
             };
+            if ready.is_some() {
+                for n in &t.secrets {
+                    if let Some(f) = self.secrets.get(n) {
+                        out.secrets.insert(n.clone(), f.clone());
+                    }
+                }
+            }
             match ready.or_else(|| self.live_clusters.get(name).cloned()) {
                 Some(c) => out.resources.clusters.push(c),
                 None => out.warming.push(format!("cds/{name}")),
@@ -159,8 +273,10 @@ impl Store {
             .map(|c| c.name.as_str())
             .chain(static_clusters.iter().map(String::as_str))
             .collect();
+        let mut plugins: BTreeMap<String, Plugin> = BTreeMap::new();
         for (name, t) in &self.listeners {
             let ready = match &t.rds {
+                _ if !has_secrets(&t.secrets) => None,
                 None => Some(t.listener.clone()),
                 Some(rds) => self.routes.get(rds).map(|v| {
                     let mut l = t.listener.clone();
@@ -168,6 +284,7 @@ impl Store {
                     l
                 }),
             };
+            let is_ready = ready.is_some();
             let Some(mut l) = ready.or_else(|| self.live_listeners.get(name).cloned()) else {
                 out.warming.push(format!("lds/{name}"));
                 continue;
@@ -197,8 +314,44 @@ impl Store {
                     }
                 }
             }
+            if is_ready {
+                for n in &t.secrets {
+                    if let Some(f) = self.secrets.get(n) {
+                        out.secrets.insert(n.clone(), f.clone());
+                    }
+                }
+                for p in &t.plugins {
+                    plugins.insert(p.plugin.name.clone(), p.plugin.clone());
+                    if let Some(r) = &p.remote {
+                        out.remotes.insert(r.sha256.clone(), r.clone());
+                    }
+                }
+            } else {
+                for r in &l.plugins {
+                    if let Some(p) = self.live_plugins.get(&r.name) {
+                        plugins.entry(r.name.clone()).or_insert_with(|| p.clone());
+                    }
+                }
+            }
             out.resources.listeners.push(l);
         }
+        // A capture listener goes live only with every chain's listener.
+        let live: HashSet<String> = out
+            .resources
+            .listeners
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
+        let mut cold = Vec::new();
+        out.resources.listeners.retain(|l| {
+            let ready = l.filter_chains.iter().all(|c| live.contains(&c.listener));
+            if !ready {
+                cold.push(format!("lds/{}", l.name));
+            }
+            ready
+        });
+        out.warming.extend(cold);
+        out.resources.plugins = plugins.into_values().collect();
         out
     }
 
@@ -213,6 +366,11 @@ impl Store {
             .listeners
             .iter()
             .map(|l| (l.name.clone(), l.clone()))
+            .collect();
+        self.live_plugins = published
+            .plugins
+            .iter()
+            .map(|p| (p.name.clone(), p.clone()))
             .collect();
     }
 }
@@ -347,6 +505,46 @@ mod tests {
     }
 
     #[test]
+    fn a_delta_adds_replaces_and_removes_by_name() {
+        let named = |n: &str, c: c::Cluster| (n.to_owned(), any(&c));
+        let s = Store::default()
+            .with_delta(
+                Kind::Cluster,
+                &[named("a", eds("a")), named("b", eds("b"))],
+                &[],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let s = s
+            .with_delta(Kind::Endpoint, &[("a".into(), any(&cla("a", 9000)))], &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Removing b keeps a and its endpoints; b's assignment is no longer wanted.
+        let s = s
+            .with_delta(Kind::Cluster, &[], &["b".into()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.clusters.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(s.eds_names().into_iter().collect::<Vec<_>>(), ["a"]);
+        // A removed assignment leaves its cluster live with no endpoints.
+        let gone = s
+            .with_delta(Kind::Endpoint, &[], &["a".into()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let composed = gone.compose(&HashSet::new());
+        assert!(composed.warming.is_empty());
+        assert!(composed.resources.clusters[0].endpoints.is_empty());
+        // The resource's name must be the one inside.
+        let err = s
+            .with_delta(Kind::Cluster, &[named("x", eds("y"))], &[])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "resources[0]: named `x` but the resource inside is `y`"
+        );
+        let err = s
+            .with_delta(Kind::Cluster, &[named("a", eds("a"))], &["a".into()])
+            .unwrap_err();
+        assert_eq!(err, "resource `a` both added and removed");
+    }
+
+    #[test]
     fn a_route_to_an_unknown_cluster_answers_503() {
         let rc = r::RouteConfiguration {
             name: "rc".into(),
@@ -382,6 +580,10 @@ mod tests {
             listener::Translated {
                 listener: l,
                 rds: None,
+                plugins: Vec::new(),
+                chains: Vec::new(),
+                chain_names: Vec::new(),
+                secrets: Vec::new(),
             },
         );
         let composed = s.compose(&HashSet::new());

@@ -23,15 +23,23 @@ pub(crate) fn xds(config: &Config) -> Vec<(String, String)> {
                     ),
                 ));
             }
-            if c.tls.is_some() {
-                found.push((
-                    "xds.cluster".to_owned(),
-                    format!(
-                        "cluster `{}` has `tls`: TLS to the control plane is unimplemented \
-                         (plaintext only for now)",
-                        c.name
-                    ),
-                ));
+            if let Some(t) = &c.tls {
+                for (field, file) in [
+                    ("cert_file", &t.cert_file),
+                    ("key_file", &t.key_file),
+                    ("trust_bundle_file", &t.trust_bundle_file),
+                ] {
+                    if !std::path::Path::new(file).is_absolute() {
+                        found.push((
+                            "xds.cluster".to_owned(),
+                            format!(
+                                "cluster `{}`: tls.{field} must be an absolute path for the \
+                                 control plane's cluster",
+                                c.name
+                            ),
+                        ));
+                    }
+                }
             }
         }
     }

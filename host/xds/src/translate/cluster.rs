@@ -17,6 +17,8 @@ pub(crate) struct Translated {
     pub cluster: Cluster,
     /// For an EDS cluster, the assignment's name (`service_name`, else the cluster's name).
     pub eds_name: Option<String>,
+    /// SDS secrets its TLS refers to.
+    pub secrets: Vec<String>,
 }
 
 /// Translates one cluster.
@@ -92,7 +94,34 @@ pub(crate) fn translate(c: XCluster) -> Result<Translated, String> {
             }
             c
         }
-        DiscoveryType::LogicalDns | DiscoveryType::OriginalDst => {
+        DiscoveryType::OriginalDst => {
+            let mut c = base(Vec::<String>::new())?;
+            c.kind = weft_config::schema::ClusterType::OriginalDst;
+            let mut options = weft_config::schema::OriginalDstOptions::default();
+            if let Some(
+                envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig::OriginalDstLbConfig(
+                    o,
+                ),
+            ) = rest.lb_config.take()
+            {
+                let opath = format!("{path}.original_dst_lb_config");
+                let mut o = o;
+                options.use_http_header = std::mem::take(&mut o.use_http_header);
+                if o.http_header_name == weft_config::capture::ORIGINAL_DST_HEADER {
+                    o.http_header_name.clear();
+                }
+                reject_rest(&opath, &o)?;
+            }
+            if options != Default::default() {
+                c.original_dst = Some(options);
+            }
+            // The only policy of an ORIGINAL_DST cluster.
+            if rest.lb_policy == LbPolicy::ClusterProvided as i32 {
+                rest.lb_policy = 0;
+            }
+            c
+        }
+        DiscoveryType::LogicalDns => {
             return Err(format!(
                 "{path}.type: {} clusters are unimplemented",
                 kind.as_str_name()
@@ -135,8 +164,20 @@ pub(crate) fn translate(c: XCluster) -> Result<Translated, String> {
     if rest.http2_protocol_options.take().is_some() {
         cluster.protocol = weft_config::schema::UpstreamProtocol::Http2;
     }
+    let mut secrets = Vec::new();
+    if let Some(socket) = rest.transport_socket.take()
+        && let Some((tls, names)) =
+            super::tls::upstream(&format!("{path}.transport_socket"), socket)?
+    {
+        cluster.tls = Some(tls);
+        secrets = names;
+    }
     reject_rest(&path, &rest)?;
-    Ok(Translated { cluster, eds_name })
+    Ok(Translated {
+        cluster,
+        eds_name,
+        secrets,
+    })
 }
 
 fn circuit_breakers(

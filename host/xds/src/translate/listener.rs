@@ -1,9 +1,7 @@
-//! LDS: `envoy.config.listener.v3.Listener` → [`weft_config::schema::Listener`].
-//!
-//! One filter chain without a match, holding one network filter: the HTTP connection manager
-//! (routes from RDS or inline, the router as its only HTTP filter) or the TCP proxy.
+//! One LDS filter chain → a [`weft_config::schema::Listener`] (`lds.rs` reads the listener
+//! around it). The chain holds one network filter: the HTTP connection manager (routes from
+//! RDS or inline; Wasm HTTP filters, then the router) or the TCP proxy.
 
-use envoy_types::pb::envoy::config::listener::v3::Listener as XListener;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -27,6 +25,15 @@ pub(crate) struct Translated {
     pub listener: Listener,
     /// The RDS route configuration name, when routes are not inline.
     pub rds: Option<String>,
+    /// The Wasm plugins its HTTP filters define, in filter order (attached by name).
+    pub plugins: Vec<super::wasm::WasmPlugin>,
+    /// A capture listener's filter chains, each a listener (`bind_to_port: false`) of its own
+    /// (moved into the store beside it, leaving their names in `chain_names`).
+    pub chains: Vec<Translated>,
+    /// The names of its chains' listeners, once in the store.
+    pub chain_names: Vec<String>,
+    /// SDS secrets its TLS refers to.
+    pub secrets: Vec<String>,
 }
 
 fn decode<M: Message + Default>(path: &str, any: &Any, want: &str) -> Result<M, String> {
@@ -39,46 +46,28 @@ fn decode<M: Message + Default>(path: &str, any: &Any, want: &str) -> Result<M, 
     M::decode(any.value.as_slice()).map_err(|e| format!("{path}.typed_config: {e}"))
 }
 
-/// Translates one listener.
-pub(crate) fn translate(l: XListener) -> Result<Translated, String> {
-    let name = l.name.clone();
-    if name.is_empty() {
-        return Err("listener: name must not be empty".into());
-    }
-    let path = format!("listener \"{name}\"");
-    let mut rest = l;
-    rest.name.clear();
-    let (host, port) = super::socket_address(&format!("{path}.address"), rest.address.as_ref())?;
-    rest.address = None;
-    let address = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => std::net::SocketAddr::new(ip, port),
-        Err(_) => return Err(format!("{path}.address: `{host}` is not an IP address")),
-    };
-    // Ignored: names and hints that change no behaviour.
-    rest.stat_prefix.clear();
-    rest.metadata = None;
-    rest.traffic_direction = 0;
-    let chains = std::mem::take(&mut rest.filter_chains);
-    reject_rest(&path, &rest)?;
-    let [chain] = <[_; 1]>::try_from(chains).map_err(|chains: Vec<_>| {
-        format!(
-            "{path}.filter_chains: exactly one filter chain is implemented (got {})",
-            chains.len()
-        )
-    })?;
-    let cpath = format!("{path}.filter_chains[0]");
+/// Translates one filter chain (its match aside) into a listener `name` on `address`.
+pub(crate) fn chain(
+    cpath: &str,
+    name: &str,
+    address: std::net::SocketAddr,
+    chain: envoy_types::pb::envoy::config::listener::v3::FilterChain,
+) -> Result<Translated, String> {
     let mut crest = chain;
-    if crest
-        .filter_chain_match
-        .take()
-        .is_some_and(|m| m != Default::default())
-    {
-        return Err(format!("{cpath}.filter_chain_match: unimplemented"));
-    }
+    crest.filter_chain_match = None;
     crest.name.clear();
     crest.metadata = None;
+    let (tls, secrets) = match crest.transport_socket.take() {
+        Some(socket) => {
+            match super::tls::downstream(&format!("{cpath}.transport_socket"), socket)? {
+                Some((tls, secrets)) => (Some(tls), secrets),
+                None => (None, Vec::new()),
+            }
+        }
+        None => (None, Vec::new()),
+    };
     let filters = std::mem::take(&mut crest.filters);
-    reject_rest(&cpath, &crest)?;
+    reject_rest(cpath, &crest)?;
     let [filter] = <[_; 1]>::try_from(filters).map_err(|f: Vec<_>| {
         format!(
             "{cpath}.filters: exactly one network filter (HTTP connection manager or TCP proxy) is implemented (got {})",
@@ -97,7 +86,8 @@ pub(crate) fn translate(l: XListener) -> Result<Translated, String> {
         "name": name,
         "address": address.to_string(),
     }))
-    .map_err(|e| format!("{path}: {e}"))?;
+    .map_err(|e| format!("{cpath}: {e}"))?;
+    out.tls = tls;
     if any.type_url == type_url::TCP_PROXY {
         let tcp: TcpProxy = decode(&fpath, &any, type_url::TCP_PROXY)?;
         out.protocol = ListenerProtocol::Tcp;
@@ -105,6 +95,10 @@ pub(crate) fn translate(l: XListener) -> Result<Translated, String> {
         return Ok(Translated {
             listener: out,
             rds: None,
+            plugins: Vec::new(),
+            chains: Vec::new(),
+            chain_names: Vec::new(),
+            secrets,
         });
     }
     let hcm: HttpConnectionManager = decode(&fpath, &any, type_url::HCM)?;
@@ -142,7 +136,15 @@ pub(crate) fn translate(l: XListener) -> Result<Translated, String> {
         reject_rest(&format!("{hpath}.common_http_protocol_options"), &orest)?;
     }
     let filters = std::mem::take(&mut hrest.http_filters);
-    http_filters(&format!("{hpath}.http_filters"), filters)?;
+    let plugins = http_filters(&format!("{hpath}.http_filters"), filters)?;
+    out.plugins = plugins
+        .iter()
+        .map(|p| weft_config::schema::PluginRef {
+            name: p.plugin.name.clone(),
+            configuration: None,
+            disabled: false,
+        })
+        .collect();
     let mut rds = None;
     match hrest.route_specifier.take() {
         Some(RouteSpecifier::Rds(r)) => {
@@ -165,15 +167,25 @@ pub(crate) fn translate(l: XListener) -> Result<Translated, String> {
         None => return Err(format!("{hpath}: rds or route_config is required")),
     }
     reject_rest(&hpath, &hrest)?;
-    Ok(Translated { listener: out, rds })
+    Ok(Translated {
+        listener: out,
+        rds,
+        plugins,
+        chains: Vec::new(),
+        chain_names: Vec::new(),
+        secrets,
+    })
 }
 
-/// Only the router, last, is implemented; any other HTTP filter (Wasm included) is NACKed.
+/// Wasm filters (`envoy.filters.http.wasm`), then the router, last; any other HTTP filter is
+/// NACKed. A `disabled` filter (enabled per route only, which Weft does not implement) is
+/// skipped.
 fn http_filters(
     path: &str,
     filters: Vec<envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter>,
-) -> Result<(), String> {
+) -> Result<Vec<super::wasm::WasmPlugin>, String> {
     let n = filters.len();
+    let mut plugins: Vec<super::wasm::WasmPlugin> = Vec::new();
     for (i, f) in filters.into_iter().enumerate() {
         let fpath = format!("{path}[{i}]");
         let any = match &f.config_type {
@@ -189,9 +201,23 @@ fn http_filters(
             if f.disabled {
                 continue;
             }
+            if let Some(any) = any
+                .as_ref()
+                .filter(|a| a.type_url == super::wasm::HTTP_WASM)
+            {
+                let p = super::wasm::http_wasm(&fpath, &f.name, any)?;
+                if plugins.iter().any(|q| q.plugin.name == p.plugin.name) {
+                    return Err(format!(
+                        "{fpath}.typed_config.config.name: `{}` twice in one listener",
+                        p.plugin.name
+                    ));
+                }
+                plugins.push(p);
+                continue;
+            }
             return Err(format!(
-                "{fpath}: HTTP filter `{}` is unimplemented (only envoy.filters.http.router; \
-                 Wasm through xDS is not implemented yet)",
+                "{fpath}: HTTP filter `{}` is unimplemented (envoy.filters.http.wasm and \
+                 envoy.filters.http.router are)",
                 f.name
             ));
         }
@@ -206,7 +232,7 @@ fn http_filters(
     if n == 0 {
         return Err(format!("{path}: the router filter is required"));
     }
-    Ok(())
+    Ok(plugins)
 }
 
 fn tcp_proxy(path: &str, t: TcpProxy) -> Result<weft_config::schema::TcpProxy, String> {

@@ -6,10 +6,15 @@
 //! instead of being served differently from what the control plane meant. The fields read
 //! and the fields ignored (those that change no behaviour Weft has) are listed in docs/xds.md.
 
+pub(crate) mod capture;
 pub(crate) mod cluster;
 pub(crate) mod endpoint;
+pub(crate) mod lds;
 pub(crate) mod listener;
 pub(crate) mod route;
+pub(crate) mod secret;
+pub(crate) mod tls;
+pub(crate) mod wasm;
 
 use std::time::Duration;
 
