@@ -5,7 +5,7 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbPolicy,
 };
 use weft_config::resilience::CircuitBreakers;
-use weft_config::schema::{Cluster, LbPolicy as WeftLb};
+use weft_config::schema::{Cluster, ClusterService, LbPolicy as WeftLb};
 
 use super::{ads_only, duration};
 use crate::fields::reject_rest;
@@ -21,6 +21,26 @@ pub(crate) struct Translated {
     pub secrets: Vec<String>,
 }
 
+/// Istio's service of a cluster, `metadata.filter_metadata.istio.services[0]` (`host`, `name`,
+/// `namespace`), which istiod sets on every service cluster.
+fn istio_service(
+    metadata: Option<&envoy_types::pb::envoy::config::core::v3::Metadata>,
+) -> Option<ClusterService> {
+    let istio = super::wasm::struct_json(metadata?.filter_metadata.get("istio")?);
+    let svc = istio.get("services")?.get(0)?;
+    let text = |k: &str| {
+        svc.get(k)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    Some(ClusterService {
+        host: text("host")?,
+        name: text("name"),
+        namespace: text("namespace"),
+    })
+}
+
 /// Translates one cluster.
 pub(crate) fn translate(c: XCluster) -> Result<Translated, String> {
     let name = c.name.clone();
@@ -30,9 +50,10 @@ pub(crate) fn translate(c: XCluster) -> Result<Translated, String> {
     let path = format!("cluster \"{name}\"");
     let mut rest = c;
     rest.name.clear();
-    // Ignored: names and metadata that change no behaviour.
+    // Istio's service metadata names the `destination_service*` labels; the rest of the
+    // metadata, and the names, change no behaviour.
+    let service = istio_service(rest.metadata.take().as_ref());
     rest.alt_stat_name.clear();
-    rest.metadata = None;
     rest.stats_matcher = None;
     rest.track_cluster_stats = None;
 
@@ -173,6 +194,7 @@ pub(crate) fn translate(c: XCluster) -> Result<Translated, String> {
         secrets = names;
     }
     reject_rest(&path, &rest)?;
+    cluster.service = service;
     Ok(Translated {
         cluster,
         eds_name,
@@ -286,4 +308,66 @@ fn outlier(
     rest.enforcing_local_origin_success_rate = None;
     reject_rest(path, &rest)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+
+    use super::*;
+
+    fn text(s: &str) -> Value {
+        Value {
+            kind: Some(Kind::StringValue(s.into())),
+        }
+    }
+
+    #[test]
+    fn istio_service_metadata_names_the_cluster_service() {
+        let service = Struct {
+            fields: [
+                ("host".to_owned(), text("reviews.prod.svc.cluster.local")),
+                ("name".to_owned(), text("reviews")),
+                ("namespace".to_owned(), text("prod")),
+            ]
+            .into(),
+        };
+        let istio = Struct {
+            fields: [(
+                "services".to_owned(),
+                Value {
+                    kind: Some(Kind::ListValue(ListValue {
+                        values: vec![Value {
+                            kind: Some(Kind::StructValue(service)),
+                        }],
+                    })),
+                },
+            )]
+            .into(),
+        };
+        let c = XCluster {
+            name: "outbound|9080||reviews.prod.svc.cluster.local".into(),
+            metadata: Some(Metadata {
+                filter_metadata: [("istio".to_owned(), istio)].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t = translate(c).expect("translates");
+        assert_eq!(
+            t.cluster.service,
+            Some(ClusterService {
+                host: "reviews.prod.svc.cluster.local".into(),
+                name: Some("reviews".into()),
+                namespace: Some("prod".into()),
+            })
+        );
+        let plain = translate(XCluster {
+            name: "plain".into(),
+            ..Default::default()
+        })
+        .expect("translates");
+        assert_eq!(plain.cluster.service, None);
+    }
 }

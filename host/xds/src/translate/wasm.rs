@@ -240,7 +240,7 @@ fn configuration(path: &str, any: &Any) -> Result<Value, String> {
     }
 }
 
-fn struct_json(s: &protobuf::Struct) -> Value {
+pub(crate) fn struct_json(s: &protobuf::Struct) -> Value {
     Value::Object(
         s.fields
             .iter()
