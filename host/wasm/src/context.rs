@@ -236,6 +236,10 @@ pub(crate) struct HostState {
     pub(crate) stream_context: u32,
     pub(crate) root_context: u32,
     pub(crate) stream: Option<StreamData>,
+    /// Streams of this instance held by a `Pause` with nothing pending (Envoy's
+    /// `StopIteration`), by context id: a root callback (`on_tick`, `on_queue_ready`, a callout
+    /// response) reaches them through `proxy_set_effective_context` and resumes them.
+    pub(crate) parked: HashMap<u32, Parked>,
     /// The callout response visible during `on_http_call_response`.
     pub(crate) callout: Option<HttpCallResponse>,
     /// Callouts dispatched by the current callback.
@@ -271,6 +275,7 @@ impl HostState {
             stream_context: 0,
             root_context: 0,
             stream: None,
+            parked: HashMap::new(),
             callout: None,
             calls: Vec::new(),
             next_token: 0,
@@ -283,13 +288,48 @@ impl HostState {
         }
     }
 
-    /// The stream data of the effective context, if it is the loaded stream.
+    /// The stream data of the effective context: the loaded stream, or a parked one.
     pub(crate) fn stream_mut(&mut self) -> Result<&mut StreamData, Status> {
-        if self.context_id != self.stream_context {
-            return Err(Status::BadArgument);
+        if self.context_id == self.stream_context
+            && let Some(s) = self.stream.as_mut()
+        {
+            return Ok(s);
         }
-        self.stream.as_mut().ok_or(Status::BadArgument)
+        self.parked
+            .get_mut(&self.context_id)
+            .map(|p| &mut p.data)
+            .ok_or(Status::BadArgument)
     }
+
+    /// The stream data of the effective context, read-only.
+    pub(crate) fn stream_ref(&self) -> Option<&StreamData> {
+        if self.context_id == self.stream_context
+            && let Some(s) = self.stream.as_ref()
+        {
+            return Some(s);
+        }
+        self.parked.get(&self.context_id).map(|p| &p.data)
+    }
+
+    /// True when `id` names a stream a callback can address: the loaded one or a parked one.
+    pub(crate) fn addressable(&self, id: u32) -> bool {
+        (id == self.stream_context && self.stream.is_some()) || self.parked.contains_key(&id)
+    }
+
+    /// Wakes the effective context's stream if it is parked (it asked for something: resume,
+    /// local reply, close).
+    pub(crate) fn wake_parked(&self) {
+        if let Some(p) = self.parked.get(&self.context_id) {
+            p.wake.notify_one();
+        }
+    }
+}
+
+/// A stream held by its plugin (paused with nothing pending), waiting for a root callback to
+/// resume it.
+pub(crate) struct Parked {
+    pub(crate) data: StreamData,
+    pub(crate) wake: Arc<tokio::sync::Notify>,
 }
 
 /// What the embedding (the proxy, or the test harness) provides to plugins.

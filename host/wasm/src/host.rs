@@ -230,8 +230,9 @@ fn timers_and_contexts(linker: &mut Linker<HostState>) -> Result<()> {
         |mut caller: Caller<'_, HostState>, id: i32| {
             let state = caller.data_mut();
             let id = id as u32;
-            // Only the loaded stream and the root context are reachable from a callback.
-            if id == state.root_context || (id == state.stream_context && state.stream.is_some()) {
+            // The root context, the loaded stream and the instance's parked streams (paused
+            // with nothing pending, waiting for e.g. `on_tick` to resume them) are reachable.
+            if id == state.root_context || state.addressable(id) {
                 state.context_id = id;
                 status(Status::Ok)
             } else {
@@ -582,6 +583,7 @@ fn stream_control(linker: &mut Linker<HostState>) -> Result<()> {
                     stream.effects.resume_response = true
                 }
             }
+            caller.data().wake_parked();
             status(Status::Ok)
         },
     )?;
@@ -592,6 +594,7 @@ fn stream_control(linker: &mut Linker<HostState>) -> Result<()> {
             tri!(StreamType::from_raw(ty).ok_or(Status::BadArgument));
             let stream = tri!(caller.data_mut().stream_mut());
             stream.effects.close = true;
+            caller.data().wake_parked();
             status(Status::Ok)
         },
     )?;
@@ -601,6 +604,7 @@ fn stream_control(linker: &mut Linker<HostState>) -> Result<()> {
         "proxy_continue_request",
         |mut caller: Caller<'_, HostState>| {
             tri!(caller.data_mut().stream_mut()).effects.resume_request = true;
+            caller.data().wake_parked();
             status(Status::Ok)
         },
     )?;
@@ -609,6 +613,7 @@ fn stream_control(linker: &mut Linker<HostState>) -> Result<()> {
         "proxy_continue_response",
         |mut caller: Caller<'_, HostState>| {
             tri!(caller.data_mut().stream_mut()).effects.resume_response = true;
+            caller.data().wake_parked();
             status(Status::Ok)
         },
     )?;
@@ -652,6 +657,7 @@ fn stream_control(linker: &mut Linker<HostState>) -> Result<()> {
                 headers,
                 grpc_status: (grpc >= 0).then_some(grpc),
             });
+            caller.data().wake_parked();
             status(Status::Ok)
         },
     )?;
@@ -672,10 +678,7 @@ fn properties(linker: &mut Linker<HostState>) -> Result<()> {
                 "plugin_root_id" => Some(plugin.root_id.as_bytes().to_vec()),
                 "plugin_vm_id" => Some(plugin.vm_id.as_bytes().to_vec()),
                 _ => {
-                    let stream = state
-                        .stream
-                        .as_ref()
-                        .filter(|_| state.context_id == state.stream_context);
+                    let stream = state.stream_ref();
                     let own = stream
                         .and_then(|s| s.filter_state.get(&joined))
                         .or_else(|| state.root_state.get(&joined))

@@ -159,6 +159,8 @@ pub(crate) struct Slot {
     pub(crate) broken: AtomicBool,
     next_context: AtomicU32,
     pub(crate) streams: AtomicUsize,
+    /// Streams parked in this instance (paused, waiting for a root callback).
+    pub(crate) parked: AtomicUsize,
 }
 
 /// The root context id of every instance.
@@ -466,6 +468,7 @@ impl Plugin {
             broken: AtomicBool::new(false),
             next_context: AtomicU32::new(ROOT_CONTEXT + 1),
             streams: AtomicUsize::new(0),
+            parked: AtomicUsize::new(0),
         }))
     }
 
@@ -591,6 +594,11 @@ impl Plugin {
             _ => self.stats.traps.fetch_add(1, Ordering::Relaxed),
         };
         self.pool.lock().retain(|s| s.id != slot.id);
+        // Streams parked in the instance can no longer be resumed by it: wake them (they see
+        // the failure).
+        for p in slot.state.lock().store.data().parked.values() {
+            p.wake.notify_one();
+        }
         tracing::warn!(plugin = %self.name, policy = ?self.policy, "plugin instance failed and was discarded: {failure}");
         self.record_failure(&failure.to_string());
     }
@@ -625,11 +633,26 @@ impl Plugin {
     }
 
     /// Runs `on_tick` on the first healthy instance (timers fire once per plugin, not once per
-    /// worker). Returns false when no tick period is set.
+    /// worker), and on every other instance holding parked streams (paused with nothing
+    /// pending), whose root context is the only one that can resume them. Returns false when
+    /// no tick period is set.
     pub fn tick(&self) -> bool {
-        let Some(slot) = self.primary() else {
-            return false;
+        let slots: Vec<Arc<Slot>> = {
+            let pool = self.pool.lock();
+            pool.iter()
+                .enumerate()
+                .filter(|(i, s)| *i == 0 || s.parked.load(Ordering::Relaxed) > 0)
+                .map(|(_, s)| s.clone())
+                .collect()
         };
+        let mut ticked = false;
+        for slot in slots {
+            ticked |= self.tick_on(&slot);
+        }
+        ticked
+    }
+
+    fn tick_on(&self, slot: &Arc<Slot>) -> bool {
         let result = {
             let Ok(mut state) = slot.lock() else {
                 return false;
@@ -652,11 +675,11 @@ impl Plugin {
         };
         match result {
             Ok(calls) => {
-                self.dispatch_root_calls(&slot, calls);
+                self.dispatch_root_calls(slot, calls);
                 true
             }
             Err(f) => {
-                self.instance_failed(&slot, &f);
+                self.instance_failed(slot, &f);
                 true
             }
         }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::Failure;
-use crate::context::{Effects, HttpCallRequest, HttpCallResponse, Phase, Properties, StreamData};
+use crate::context::{
+    Effects, HttpCallRequest, HttpCallResponse, Parked, Phase, Properties, StreamData,
+};
 use crate::plugin::{InstanceState, Plugin, ROOT_CONTEXT, Slot, deliver_call_response};
 use crate::types::{Action, PeerType};
 
@@ -18,6 +20,8 @@ pub struct Stream {
     calls: Vec<HttpCallRequest>,
     finished: bool,
     failed: bool,
+    /// The stream's data is parked in its instance (see [`Stream::park`]).
+    parked: bool,
 }
 
 impl std::fmt::Debug for Stream {
@@ -42,6 +46,7 @@ impl Stream {
             calls: Vec::new(),
             finished: false,
             failed: false,
+            parked: false,
         };
         plugin.stats.streams.fetch_add(1, Ordering::Relaxed);
         stream.slot.streams.fetch_add(1, Ordering::Relaxed);
@@ -61,7 +66,9 @@ impl Stream {
 
     /// The stream's data (headers, bodies) as the plugin sees and changes it.
     pub fn data(&mut self) -> &mut StreamData {
-        // The data is only out of `self` during a callback, which holds `&mut self`.
+        // The data is only out of `self` during a callback, which holds `&mut self`, or while
+        // parked: take it back.
+        self.unpark();
         self.data
             .get_or_insert_with(|| StreamData::new(Arc::new(crate::context::NoProperties)))
     }
@@ -81,11 +88,78 @@ impl Stream {
         self.failed
     }
 
+    /// Holds the stream in its instance while its plugin has paused it with nothing pending
+    /// (Envoy's `StopIteration`): a root callback (`on_tick`, `on_queue_ready`, a root callout's
+    /// response) can then address it with `proxy_set_effective_context`, edit its headers and
+    /// resume it (or reply, or close it). The returned `Notify` is signalled when it does; the
+    /// caller then [`unpark`](Stream::unpark)s and reads the effects. Effects already requested
+    /// are kept, so a stream that already asked to resume is woken at once.
+    pub fn park(&mut self) -> Result<Arc<tokio::sync::Notify>, Failure> {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        if self.parked {
+            return Err(Failure::Unavailable("the stream is already parked".into()));
+        }
+        let Some(data) = self.data.take() else {
+            return Err(Failure::Unavailable(
+                "the stream has no data to park".into(),
+            ));
+        };
+        let pending = {
+            let e = &data.effects;
+            e.resume_request || e.resume_response || e.local_response.is_some() || e.close
+        };
+        let mut state = match self.slot.lock() {
+            Ok(s) => s,
+            Err(f) => {
+                self.data = Some(data);
+                return Err(f);
+            }
+        };
+        state.store.data_mut().parked.insert(
+            self.id,
+            Parked {
+                data,
+                wake: wake.clone(),
+            },
+        );
+        drop(state);
+        self.parked = true;
+        self.slot.parked.fetch_add(1, Ordering::Relaxed);
+        if pending {
+            wake.notify_one();
+        }
+        Ok(wake)
+    }
+
+    /// Takes the stream's data back from its instance after [`park`](Stream::park) (a no-op
+    /// when it is not parked).
+    pub fn unpark(&mut self) {
+        if !std::mem::take(&mut self.parked) {
+            return;
+        }
+        self.slot.parked.fetch_sub(1, Ordering::Relaxed);
+        if self.slot.broken.load(Ordering::SeqCst) {
+            // The instance failed while the stream waited: it can never be resumed.
+            self.failed = true;
+        }
+        // A broken instance's lock is refused, but its store still holds the data: take it.
+        let mut state = self.slot.state.lock();
+        if let Some(p) = state.store.data_mut().parked.remove(&self.id) {
+            self.data = Some(p.data);
+        }
+    }
+
+    /// True while the stream is parked.
+    pub fn is_parked(&self) -> bool {
+        self.parked
+    }
+
     fn call<R>(
         &mut self,
         phase: Phase,
         f: impl FnOnce(&mut InstanceState, i32) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
+        self.unpark();
         if self.failed || self.slot.broken.load(Ordering::SeqCst) {
             self.failed = true;
             return Err(Failure::Unavailable(format!(
@@ -251,6 +325,7 @@ impl Stream {
             return;
         }
         self.finished = true;
+        self.unpark();
         self.slot.streams.fetch_sub(1, Ordering::Relaxed);
         if self.failed {
             return;
