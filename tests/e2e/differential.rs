@@ -806,3 +806,74 @@ async fn abi_http1_response_trailers_as_envoy() {
         assert!(!body.contains("x-trailer"), "{who}: {body}");
     }
 }
+
+/// The values of header `name`, in order.
+fn all_values(r: &Reply, name: &str) -> Vec<String> {
+    r.headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
+/// #5: two plugins with the same `vm_id` and module share one VM: one `on_vm_start` per plugin
+/// root context as Envoy counts them, and both root contexts live in the VM serving the request
+/// (Wasm globals are shared). Each plugin keeps its own name and configuration.
+#[tokio::test]
+async fn abi_plugins_sharing_vm_id_share_one_vm() {
+    let Some(binary) = require_envoy() else {
+        return;
+    };
+    let up = echo("up").await;
+    let config = r#"{"vm_info":true}"#;
+    let weft = TestProxy::start(&format!(
+        r#"
+plugins:
+  - {{ name: one, file: {file}, vm_id: shared, configuration: {config} }}
+  - {{ name: two, file: {file}, vm_id: shared, configuration: {config} }}
+  - {{ name: alone, file: {file}, configuration: {config} }}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    plugins: [{{ name: one }}, {{ name: two }}, {{ name: alone }}]
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes: [{{ route: {{ cluster: up }} }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+        file = quoted(fx::ABI_PROBE),
+        config = quoted(config),
+    ))
+    .await;
+    let plugin = |name: &str, vm_id: &str| EnvoyPlugin {
+        vm_id: vm_id.to_owned(),
+        ..EnvoyPlugin::new(name, fx::ABI_PROBE, config)
+    };
+    let envoy = TestEnvoy::start(
+        &binary,
+        &[
+            plugin("one", "shared"),
+            plugin("two", "shared"),
+            plugin("alone", "alone"),
+        ],
+        up,
+        &[],
+    )
+    .await;
+    let p = Pair { weft, envoy };
+    for _ in 0..3 {
+        let (e, w) = p.both("GET", "/vm", &[], b"").await;
+        for k in ["plugin-name", "vm-starts", "root-contexts"] {
+            let name = format!("x-probe-{k}");
+            assert_eq!(all_values(&e, &name), all_values(&w, &name), "{name}");
+        }
+        // Response callbacks run in reverse order: `alone` reports first.
+        assert_eq!(
+            all_values(&e, "x-probe-root-contexts"),
+            ["1", "2", "2"],
+            "envoy: the shared VM holds both root contexts"
+        );
+    }
+}

@@ -289,6 +289,9 @@ impl PluginRegistry {
         spec.source = file.display().to_string();
         spec.root_id = plugin.root_id.clone();
         spec.vm_id = plugin.vm_id.clone().unwrap_or_else(|| plugin.name.clone());
+        // An explicit `vm_id` shares one VM with the other plugins of that `vm_id` and module
+        // (Envoy's behaviour); the default (the plugin's name) keeps the plugin in its own.
+        spec.share_vm = plugin.vm_id.is_some();
         spec.configuration = configuration;
         spec.vm_configuration = config_bytes(&plugin.vm_configuration);
         spec.env = plugin

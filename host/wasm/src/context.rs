@@ -245,8 +245,8 @@ pub(crate) struct HostState {
     /// Callouts dispatched by the current callback.
     pub(crate) calls: Vec<HttpCallRequest>,
     pub(crate) next_token: u32,
-    /// The tick period the root context asked for.
-    pub(crate) tick_period: Option<Duration>,
+    /// The tick period each root context asked for (one per plugin sharing the VM).
+    pub(crate) tick_periods: HashMap<u32, Duration>,
     /// Root-context filter state (`proxy_set_property` outside a stream).
     pub(crate) root_state: HashMap<String, Vec<u8>>,
     /// `proxy_get_status` of the last callout.
@@ -279,7 +279,7 @@ impl HostState {
             callout: None,
             calls: Vec::new(),
             next_token: 0,
-            tick_period: None,
+            tick_periods: HashMap::new(),
             root_state: HashMap::new(),
             last_status: (0, Vec::new()),
             started: std::time::Instant::now(),

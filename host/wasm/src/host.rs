@@ -220,7 +220,14 @@ fn timers_and_contexts(linker: &mut Linker<HostState>) -> Result<()> {
             if state.context_id != state.root_context {
                 return status(Status::BadArgument);
             }
-            state.tick_period = (ms != 0).then(|| Duration::from_millis(ms as u32 as u64));
+            let root = state.root_context;
+            if ms == 0 {
+                state.tick_periods.remove(&root);
+            } else {
+                state
+                    .tick_periods
+                    .insert(root, Duration::from_millis(ms as u32 as u64));
+            }
             status(Status::Ok)
         },
     )?;

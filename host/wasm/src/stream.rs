@@ -8,7 +8,7 @@ use crate::Failure;
 use crate::context::{
     Effects, HttpCallRequest, HttpCallResponse, Parked, Phase, Properties, StreamData,
 };
-use crate::plugin::{InstanceState, Plugin, ROOT_CONTEXT, Slot, deliver_call_response};
+use crate::plugin::{InstanceState, Plugin, Slot, deliver_call_response};
 use crate::types::{Action, PeerType};
 
 /// One plugin's context for one stream.
@@ -50,9 +50,10 @@ impl Stream {
         };
         plugin.stats.streams.fetch_add(1, Ordering::Relaxed);
         stream.slot.streams.fetch_add(1, Ordering::Relaxed);
+        let root = plugin.root;
         stream.call(Phase::Idle, |state, ctx| {
             match &state.funcs.context_create {
-                Some(f) => f.call(&mut state.store, (ctx, ROOT_CONTEXT as i32)),
+                Some(f) => f.call(&mut state.store, (ctx, root as i32)),
                 None => Ok(()),
             }
         })?;
@@ -171,6 +172,7 @@ impl Stream {
         let id = self.id;
         let result = {
             let mut state = self.slot.lock()?;
+            state.enter(&self.plugin.info, self.plugin.root);
             let store = state.store.data_mut();
             store.stream = self.data.take();
             store.stream_context = id;
