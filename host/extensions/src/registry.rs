@@ -318,7 +318,15 @@ impl PluginRegistry {
             max_failures: plugin.max_failures,
             window: plugin.failure_window,
         };
-        spec.instances = plugin.instances;
+        // 0 (the default): one instance per worker thread of the runtime, so that every worker
+        // can run the plugin at once.
+        spec.instances = match plugin.instances {
+            0 => tokio::runtime::Handle::try_current()
+                .map(|h| h.metrics().num_workers())
+                .unwrap_or(1)
+                .clamp(1, 64),
+            n => n,
+        };
         spec.log_level = log_level(&plugin.log_level);
         spec
     }

@@ -167,6 +167,17 @@ pub(crate) struct Slot {
     pub(crate) streams: AtomicUsize,
     /// Streams parked in this instance (paused, waiting for a root callback).
     pub(crate) parked: AtomicUsize,
+    /// One permit: who may run a callback on the instance now. Async callers wait for it
+    /// without blocking their worker thread; the mutex behind it is then uncontended by them.
+    pub(crate) gate: Arc<tokio::sync::Semaphore>,
+    /// The VM's count of live instances (decremented when this one is dropped).
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The root context id of every instance.
@@ -267,6 +278,8 @@ pub struct Plugin {
     pub(crate) vm: Arc<Vm>,
     /// This plugin's root context id in its VM.
     pub(crate) root: u32,
+    /// Itself (for background work).
+    me: Weak<Plugin>,
     reload: ReloadPolicy,
     health: Mutex<Health>,
     queue_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u32>>>,
@@ -317,6 +330,15 @@ impl Drop for Plugin {
     }
 }
 
+/// Uncounts an instance that failed to start.
+struct Uncount<'a>(&'a AtomicUsize);
+
+impl Drop for Uncount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A plugin of a VM: its root context id and settings.
 pub(crate) struct Member {
     pub(crate) root: u32,
@@ -335,6 +357,14 @@ pub(crate) struct Vm {
     next_slot_id: AtomicU64,
     next_context: Arc<AtomicU32>,
     pub(crate) members: Mutex<Vec<Member>>,
+    /// Instances alive (pooled, or discarded but still held by streams).
+    live: Arc<AtomicUsize>,
+    /// The pool's largest size ever (healthy instances at once).
+    peak: AtomicUsize,
+    /// Single flight for replacements: async waiters queue on `replacing` (never blocking a
+    /// worker); the builder (on the blocking pool, or a synchronous caller) holds `building`.
+    replacing: tokio::sync::Mutex<()>,
+    building: Mutex<()>,
 }
 
 impl Vm {
@@ -369,6 +399,9 @@ impl Vm {
             start.call(&mut store, ()).map_err(start_err)?;
         }
         let funcs = Funcs::resolve(&instance, &mut store)?;
+        self.live.fetch_add(1, Ordering::Relaxed);
+        // From here the slot's Drop uncounts it; a failure below drops the store only.
+        let uncount = Uncount(&self.live);
         let mut state = InstanceState { store, funcs };
         let members: Vec<(u32, Arc<PluginInfo>)> = self
             .members
@@ -379,6 +412,7 @@ impl Vm {
         for (root, info) in &members {
             start_root(&mut state, info, *root)?;
         }
+        std::mem::forget(uncount);
         Ok(Arc::new(Slot {
             id: self.next_slot_id.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(state),
@@ -386,7 +420,20 @@ impl Vm {
             next_context: self.next_context.clone(),
             streams: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
+            gate: Arc::new(tokio::sync::Semaphore::new(1)),
+            live: self.live.clone(),
         }))
+    }
+
+    /// Adds a healthy instance to the pool unless it is full; records the pool's peak size.
+    fn add(&self, slot: Arc<Slot>) -> bool {
+        let mut pool = self.pool.lock();
+        if pool.len() >= self.target_instances {
+            return false;
+        }
+        pool.push(slot);
+        self.peak.fetch_max(pool.len(), Ordering::Relaxed);
+        true
     }
 }
 
@@ -575,11 +622,15 @@ impl Plugin {
                         root,
                         info: Arc::downgrade(&info),
                     }]),
+                    live: Arc::new(AtomicUsize::new(0)),
+                    peak: AtomicUsize::new(0),
+                    replacing: tokio::sync::Mutex::new(()),
+                    building: Mutex::new(()),
                 });
                 // The canary, then the rest of the pool.
                 for _ in 0..vm.target_instances {
                     let slot = vm.new_instance(&info)?;
-                    vm.pool.lock().push(slot);
+                    vm.add(slot);
                 }
                 if let Some(r) = registry.as_mut() {
                     let erased: Arc<dyn std::any::Any + Send + Sync> = vm.clone();
@@ -589,7 +640,8 @@ impl Plugin {
             }
         };
         drop(registry);
-        let plugin = Arc::new(Plugin {
+        let plugin = Arc::new_cyclic(|me| Plugin {
+            me: me.clone(),
             name: spec.name.clone(),
             sha256,
             abi_version: abi,
@@ -668,43 +720,75 @@ impl Plugin {
         }
     }
 
-    /// An instance for a new stream (round robin over healthy ones); under the `reload` policy
-    /// a missing instance is recreated once the backoff has passed.
-    pub(crate) fn checkout(&self) -> Result<Arc<Slot>, Failure> {
-        {
-            let pool = self.vm.pool.lock();
-            if !pool.is_empty() {
-                let i = self.vm.next_slot.fetch_add(1, Ordering::Relaxed) % pool.len();
-                return Ok(pool[i].clone());
-            }
+    /// The least-loaded healthy instance (fewest open streams; ties in round robin).
+    fn pick(&self) -> Option<Arc<Slot>> {
+        let pool = self.vm.pool.lock();
+        let n = pool.len();
+        if n == 0 {
+            return None;
         }
+        let start = self.vm.next_slot.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .map(|k| &pool[(start + k) % n])
+            .min_by_key(|s| s.streams.load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    /// Why no instance can be made now, if so (policy, quarantine, back-off).
+    fn cannot_replace(&self) -> Option<Failure> {
         if self.policy != FailurePolicy::Reload {
-            return Err(Failure::Unavailable(format!(
+            return Some(Failure::Unavailable(format!(
                 "plugin {} is broken",
                 self.name
             )));
         }
+        let h = self.health.lock();
+        if h.quarantined {
+            return Some(Failure::Unavailable(format!(
+                "plugin {} is quarantined",
+                self.name
+            )));
+        }
+        if h.retry_at.is_some_and(|t| Instant::now() < t) {
+            return Some(Failure::Unavailable(format!(
+                "plugin {} is restarting (backoff)",
+                self.name
+            )));
+        }
+        None
+    }
+
+    /// An instance for a new stream: the least-loaded healthy one. Under the `reload` policy,
+    /// with none left and the back-off passed, one replacement is built (single flight: the
+    /// pool never grows past its size). [`Plugin::ready`] builds it off the worker thread
+    /// first; this synchronous path only builds when called without it.
+    pub(crate) fn checkout(&self) -> Result<Arc<Slot>, Failure> {
+        if let Some(slot) = self.pick() {
+            return Ok(slot);
+        }
+        if let Some(f) = self.cannot_replace() {
+            return Err(f);
+        }
+        self.refill_one(1)
+    }
+
+    /// Single flight: unless the pool already has `until` instances (then the least-loaded
+    /// one), builds one and adds it (never past the pool's size).
+    fn refill_one(&self, until: usize) -> Result<Arc<Slot>, Failure> {
+        let _flight = self.vm.building.lock();
+        if self.vm.pool.lock().len() >= until
+            && let Some(slot) = self.pick()
         {
-            let h = self.health.lock();
-            if h.quarantined {
-                return Err(Failure::Unavailable(format!(
-                    "plugin {} is quarantined",
-                    self.name
-                )));
-            }
-            if h.retry_at.is_some_and(|t| Instant::now() < t) {
-                return Err(Failure::Unavailable(format!(
-                    "plugin {} is restarting (backoff)",
-                    self.name
-                )));
-            }
+            return Ok(slot);
+        }
+        if let Some(f) = self.cannot_replace() {
+            return Err(f);
         }
         match self.vm.new_instance(&self.info) {
             Ok(slot) => {
                 self.stats.replaced.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(plugin = %self.name, "replaced a failed instance");
-                // Refill to the target size, then hand out the new one.
-                self.vm.pool.lock().push(slot.clone());
+                self.vm.add(slot.clone());
                 self.health.lock().retry_at = None;
                 Ok(slot)
             }
@@ -716,6 +800,67 @@ impl Plugin {
                 )))
             }
         }
+    }
+
+    /// Makes sure a new stream will find an instance without building one on the worker
+    /// thread: under the `reload` policy, with none left, one replacement is built on the
+    /// blocking pool while callers wait asynchronously (single flight). A no-op when an
+    /// instance is there or none can be made (the stream then gets the reason).
+    pub async fn ready(self: &Arc<Self>) {
+        if self.vm.pool.lock().len() > 0 || self.cannot_replace().is_some() {
+            return;
+        }
+        let _flight = self.vm.replacing.lock().await;
+        if self.vm.pool.lock().len() > 0 {
+            return;
+        }
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || me.refill_one(1)).await;
+    }
+
+    /// In the background after a failure (reload policy): once the back-off has passed,
+    /// rebuilds the pool to its size, one instance at a time on the blocking pool, single
+    /// flight with [`Plugin::ready`].
+    fn refill_later(&self) {
+        if self.policy != FailurePolicy::Reload {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = self.me.clone();
+        let wait = self.health.lock().retry_at.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        handle.spawn(async move {
+            tokio::time::sleep(wait).await;
+            let Some(p) = weak.upgrade() else { return };
+            let _flight = p.vm.replacing.lock().await;
+            while p.vm.pool.lock().len() < p.vm.target_instances && p.cannot_replace().is_none() {
+                let me = p.clone();
+                let target = p.vm.target_instances;
+                match tokio::task::spawn_blocking(move || me.refill_one(target)).await {
+                    Ok(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+        });
+    }
+
+    /// Instances alive now (pooled, or discarded but still held by a stream).
+    pub fn live_instances(&self) -> usize {
+        self.vm.live.load(Ordering::Relaxed)
+    }
+
+    /// The most healthy instances ever pooled at once in this plugin's VM (never more than
+    /// its size: replacements are single flight).
+    pub fn peak_instances(&self) -> usize {
+        self.vm.peak.load(Ordering::Relaxed)
+    }
+
+    /// The pool's size.
+    pub fn target_instances(&self) -> usize {
+        self.vm.target_instances
     }
 
     /// Drops `slot` after a failure and applies the policy's bookkeeping.
@@ -736,6 +881,7 @@ impl Plugin {
         }
         tracing::warn!(plugin = %self.name, policy = ?self.policy, "plugin instance failed and was discarded: {failure}");
         self.record_failure(&failure.to_string());
+        self.refill_later();
     }
 
     fn record_failure(&self, what: &str) {

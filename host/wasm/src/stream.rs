@@ -22,6 +22,8 @@ pub struct Stream {
     failed: bool,
     /// The stream's data is parked in its instance (see [`Stream::park`]).
     parked: bool,
+    /// The instance's gate, acquired asynchronously for the next callback (see [`Stream::gate`]).
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for Stream {
@@ -34,9 +36,31 @@ impl std::fmt::Debug for Stream {
 }
 
 impl Stream {
+    /// [`Stream::new`] after waiting, without blocking the worker thread, for an instance to
+    /// exist (a `reload` replacement is built on the blocking pool, single flight) and for the
+    /// chosen instance to be free.
+    pub async fn start(
+        plugin: &Arc<Plugin>,
+        properties: Arc<dyn Properties>,
+    ) -> Result<Stream, Failure> {
+        plugin.ready().await;
+        let slot = plugin.checkout()?;
+        let permit = slot.gate.clone().acquire_owned().await.ok();
+        Stream::with_slot(plugin, slot, properties, permit)
+    }
+
     /// Creates the stream context (`proxy_on_context_create(id, root)`) on a pooled instance.
     pub fn new(plugin: &Arc<Plugin>, properties: Arc<dyn Properties>) -> Result<Stream, Failure> {
         let slot = plugin.checkout()?;
+        Stream::with_slot(plugin, slot, properties, None)
+    }
+
+    fn with_slot(
+        plugin: &Arc<Plugin>,
+        slot: Arc<Slot>,
+        properties: Arc<dyn Properties>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Stream, Failure> {
         let id = slot.next_context_id();
         let mut stream = Stream {
             plugin: plugin.clone(),
@@ -47,6 +71,7 @@ impl Stream {
             finished: false,
             failed: false,
             parked: false,
+            permit,
         };
         plugin.stats.streams.fetch_add(1, Ordering::Relaxed);
         stream.slot.streams.fetch_add(1, Ordering::Relaxed);
@@ -150,6 +175,20 @@ impl Stream {
         }
     }
 
+    /// The gate of the stream's instance: an async caller acquires a permit (waiting without
+    /// blocking its worker thread while another stream's callback runs on the instance) and
+    /// [`grant`](Stream::grant)s it to the stream before its next callback, which then finds
+    /// the instance free. Callers that cannot wait (body filters, `on_log` at the end) call
+    /// without one and wait on the instance's lock for at most one callback.
+    pub fn gate(&self) -> Arc<tokio::sync::Semaphore> {
+        self.slot.gate.clone()
+    }
+
+    /// Hands a permit of [`gate`](Stream::gate) to the next callback (released after it).
+    pub fn grant(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.permit = Some(permit);
+    }
+
     /// True while the stream is parked.
     pub fn is_parked(&self) -> bool {
         self.parked
@@ -161,6 +200,12 @@ impl Stream {
         f: impl FnOnce(&mut InstanceState, i32) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
         self.unpark();
+        // The permit granted for this callback (if any) is released when it returns; without
+        // one, take it if free so that async waiters queue behind this callback.
+        let _permit = self
+            .permit
+            .take()
+            .or_else(|| self.slot.gate.clone().try_acquire_owned().ok());
         if self.failed || self.slot.broken.load(Ordering::SeqCst) {
             self.failed = true;
             return Err(Failure::Unavailable(format!(

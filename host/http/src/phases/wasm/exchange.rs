@@ -239,6 +239,15 @@ fn lock(stream: &Arc<Mutex<Stream>>) -> MutexGuard<'_, Stream> {
     stream.lock()
 }
 
+/// Waits, without blocking the worker thread, until the stream's instance is free, and grants
+/// the next callback the permit (see `Stream::gate`).
+async fn gated(stream: &Arc<Mutex<Stream>>) {
+    let gate = lock(stream).gate();
+    if let Ok(permit) = gate.acquire_owned().await {
+        lock(stream).grant(permit);
+    }
+}
+
 /// Request headers as plugins see them: pseudo-headers first, `host` folded into `:authority`.
 fn request_list(head: &request::Parts, authority: &str) -> HeaderList {
     let mut list = HeaderList::default();
@@ -354,7 +363,7 @@ fn list_to_map(list: &HeaderList) -> HeaderMap {
 impl WasmExchange {
     /// Creates a stream context in every plugin of `chain`, applying failure policies to
     /// plugins that cannot serve.
-    pub fn start(
+    pub async fn start(
         chain: &[Arc<PluginHandle>],
         properties: Arc<RequestProperties>,
     ) -> Result<WasmExchange, LocalReply> {
@@ -362,7 +371,10 @@ impl WasmExchange {
         for handle in chain {
             let policy = handle.policy();
             let started = match &*handle.current() {
-                PluginVersion::Loaded(plugin) => Stream::new(plugin, properties.clone()),
+                PluginVersion::Loaded(plugin) => {
+                    let plugin = plugin.clone();
+                    Stream::start(&plugin, properties.clone()).await
+                }
                 PluginVersion::Failed { error } => {
                     Err(Failure::Unavailable(format!("not loaded: {error}")))
                 }
@@ -432,6 +444,7 @@ impl WasmExchange {
                 continue;
             }
             let end_of_stream = buffered.is_none() && http_body::Body::is_end_stream(body);
+            gated(&self.stages[i].stream).await;
             let action = {
                 let mut s = lock(&self.stages[i].stream);
                 s.data().request_headers = std::mem::take(&mut list);
@@ -537,6 +550,7 @@ impl WasmExchange {
             let plugin = lock(&self.stages[i].stream).plugin().clone();
             for call in calls {
                 let response = plugin_call(&plugin, &call).await;
+                gated(&self.stages[i].stream).await;
                 let r = lock(&self.stages[i].stream).on_http_call_response(&call, response);
                 if let Err(f) = r {
                     return match self.failed(i, &f) {
@@ -820,6 +834,7 @@ impl WasmExchange {
             if self.stages[i].skipped {
                 continue;
             }
+            gated(&self.stages[i].stream).await;
             let action = {
                 let mut s = lock(&self.stages[i].stream);
                 s.data().response_headers = std::mem::take(&mut list);

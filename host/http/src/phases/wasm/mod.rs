@@ -77,7 +77,7 @@ impl Phase for WasmPhase {
             Some(weft_routing::Action::Forward(f)) => f.timeout,
             _ => None,
         };
-        let mut exchange = match WasmExchange::start(&self.chain, props) {
+        let mut exchange = match WasmExchange::start(&self.chain, props).await {
             Ok(e) => e.with_hold_limit(hold_limit),
             Err(reply) => return Flow::Reply(reply),
         };
