@@ -240,6 +240,8 @@ pub(crate) struct HostState {
     /// `StopIteration`), by context id: a root callback (`on_tick`, `on_queue_ready`, a callout
     /// response) reaches them through `proxy_set_effective_context` and resumes them.
     pub(crate) parked: HashMap<u32, Parked>,
+    /// Metric handles this instance used, by id.
+    pub(crate) metrics: HashMap<u32, Arc<crate::shared::Metric>>,
     /// The callout response visible during `on_http_call_response`.
     pub(crate) callout: Option<HttpCallResponse>,
     /// Callouts dispatched by the current callback.
@@ -276,6 +278,7 @@ impl HostState {
             root_context: 0,
             stream: None,
             parked: HashMap::new(),
+            metrics: HashMap::new(),
             callout: None,
             calls: Vec::new(),
             next_token: 0,
@@ -314,6 +317,17 @@ impl HostState {
     /// True when `id` names a stream a callback can address: the loaded one or a parked one.
     pub(crate) fn addressable(&self, id: u32) -> bool {
         (id == self.stream_context && self.stream.is_some()) || self.parked.contains_key(&id)
+    }
+
+    /// Metric `id`, from this instance's cache of handles (the process-wide registry is
+    /// locked only on an instance's first use of an id).
+    pub(crate) fn metric(&mut self, id: u32) -> Option<Arc<crate::shared::Metric>> {
+        if let Some(m) = self.metrics.get(&id) {
+            return Some(m.clone());
+        }
+        let m = crate::shared::metric(id)?;
+        self.metrics.insert(id, m.clone());
+        Some(m)
     }
 
     /// Wakes the effective context's stream if it is parked (it asked for something: resume,

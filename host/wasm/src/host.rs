@@ -323,17 +323,22 @@ fn buffers(linker: &mut Linker<HostState>) -> Result<()> {
          ptr_out: i32,
          len_out: i32| {
             let ty = tri!(BufferType::from_raw(ty).ok_or(Status::BadArgument));
-            let bytes = match config_buffer(caller.data(), ty) {
-                Some(r) => tri!(r),
-                None => tri!(buffer_ref(caller.data_mut(), ty)).clone(),
-            };
             let start = start as u32 as usize;
             let max = max as u32 as usize;
-            if start > bytes.len() {
-                return status(Status::BadArgument);
-            }
-            let end = start.saturating_add(max).min(bytes.len());
-            return_bytes(&mut caller, &bytes[start..end], ptr_out, len_out)
+            // Only the requested range is copied out of the host buffer (once more into
+            // guest memory), never the whole buffer.
+            let slice = |bytes: &[u8]| -> std::result::Result<Vec<u8>, Status> {
+                if start > bytes.len() {
+                    return Err(Status::BadArgument);
+                }
+                let end = start.saturating_add(max).min(bytes.len());
+                Ok(bytes[start..end].to_vec())
+            };
+            let bytes = match config_buffer(caller.data(), ty) {
+                Some(r) => tri!(slice(&tri!(r))),
+                None => tri!(slice(tri!(buffer_ref(caller.data_mut(), ty)))),
+            };
+            return_bytes(&mut caller, &bytes, ptr_out, len_out)
         },
     )?;
     linker.func_wrap(
@@ -1054,20 +1059,25 @@ fn metrics(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap(
         ENV,
         "proxy_increment_metric",
-        |_: Caller<'_, HostState>, id: i32, delta: i64| status(shared::increment(id as u32, delta)),
+        |mut caller: Caller<'_, HostState>, id: i32, delta: i64| {
+            let m = caller.data_mut().metric(id as u32);
+            status(shared::increment(m.as_deref(), delta))
+        },
     )?;
     linker.func_wrap(
         ENV,
         "proxy_record_metric",
-        |_: Caller<'_, HostState>, id: i32, value: i64| {
-            status(shared::record(id as u32, value as u64))
+        |mut caller: Caller<'_, HostState>, id: i32, value: i64| {
+            let m = caller.data_mut().metric(id as u32);
+            status(shared::record(m.as_deref(), value as u64))
         },
     )?;
     linker.func_wrap(
         ENV,
         "proxy_get_metric",
         |mut caller: Caller<'_, HostState>, id: i32, out: i32| {
-            let v = tri!(shared::get_metric(id as u32));
+            let m = caller.data_mut().metric(id as u32);
+            let v = tri!(shared::get_metric(m.as_deref()));
             let mem = tri!(memory(&caller));
             tri!(mem.write_u64(&mut caller, out, v).map_err(Status::from));
             status(Status::Ok)
