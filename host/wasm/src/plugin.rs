@@ -807,11 +807,11 @@ impl Plugin {
     /// blocking pool while callers wait asynchronously (single flight). A no-op when an
     /// instance is there or none can be made (the stream then gets the reason).
     pub async fn ready(self: &Arc<Self>) {
-        if self.vm.pool.lock().len() > 0 || self.cannot_replace().is_some() {
+        if !self.vm.pool.lock().is_empty() || self.cannot_replace().is_some() {
             return;
         }
         let _flight = self.vm.replacing.lock().await;
-        if self.vm.pool.lock().len() > 0 {
+        if !self.vm.pool.lock().is_empty() {
             return;
         }
         let me = self.clone();
