@@ -34,6 +34,7 @@ cargo build --manifest-path "$ROOT/Cargo.toml" --release -q -p weft
 WEFT="$TARGET/release/weft"
 # The same modules Weft embeds, for Envoy.
 for p in authz header-rewrite telemetry; do
+    [[ " $PLUGINS " == *" $p "* ]] || continue
     cargo build --manifest-path "$ROOT/Cargo.toml" --release -q --target wasm32-wasip1 -p "weft-$p" \
         --target-dir "$TARGET/weft-plugins"
 done
