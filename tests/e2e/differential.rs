@@ -678,27 +678,77 @@ async fn abi_request_content_length_is_kept() {
     assert!(w.json()["headers"]["transfer-encoding"].is_null());
 }
 
-/// #4 (and the GET part of #3): `Pause` from `on_request_headers` with nothing pending, then
-/// `on_request_body(end_of_stream)` comes once for a body; a GET gets no body callback and no
-/// `content-length: 0` upstream. NOT YET LIKE ENVOY (#3): Envoy holds the stream until the
-/// root's `on_tick` resumes it (its `x-tick: resumed` reaches the upstream); Weft's root
-/// context cannot address a paused stream from `on_tick` (`set_effective_context` is
-/// `BadArgument` there), so Weft goes on once the body is in, without the header.
+/// #3 and #4: `Pause` from `on_request_headers` with nothing pending holds the stream until
+/// the root's `on_tick` resumes it (`set_effective_context` + `resume_http_request`): the
+/// `x-tick: resumed` header it adds then reaches the upstream. A body is delivered to
+/// `on_request_body(end_of_stream)` once; a GET gets no body callback and no `content-length: 0`
+/// upstream. Weft runs two instances per plugin: several requests spread over both (the
+/// instance holding a stream runs `on_tick` too).
 #[tokio::test]
-async fn abi_paused_request_body_delivered_once() {
+async fn abi_paused_request_held_until_tick_resumes_it() {
     let up = echo("up").await;
     let Some(p) = probe_pair(up, r#"{"pause_tick":true}"#, &[]).await else {
         return;
     };
-    let (e, w) = p.both("POST", "/paused", &[], b"abc").await;
-    same_probes(&e, &w, &["body-eos"]);
-    assert_eq!(e.header("x-probe-body-eos"), Some("1"));
-    same_upstream_view(&e, &w, &["content-length"]);
-    assert_eq!(e.json()["headers"]["x-tick"], "resumed");
-    let (e, w) = p.both("GET", "/paused", &[], b"").await;
-    same_probes(&e, &w, &["body-eos"]);
-    assert_eq!(e.header("x-probe-body-eos"), Some("0"));
-    same_upstream_view(&e, &w, &["content-length", "transfer-encoding"]);
+    for _ in 0..2 {
+        let (e, w) = p.both("POST", "/paused", &[], b"abc").await;
+        same_probes(&e, &w, &["body-eos"]);
+        assert_eq!(e.header("x-probe-body-eos"), Some("1"));
+        same_upstream_view(&e, &w, &["content-length", "x-tick"]);
+        assert_eq!(e.json()["headers"]["x-tick"], "resumed");
+        let (e, w) = p.both("GET", "/paused", &[], b"").await;
+        same_probes(&e, &w, &["body-eos"]);
+        assert_eq!(e.header("x-probe-body-eos"), Some("0"));
+        same_upstream_view(&e, &w, &["content-length", "transfer-encoding", "x-tick"]);
+        assert_eq!(e.json()["headers"]["x-tick"], "resumed");
+    }
+    // Concurrent paused requests, all held and resumed (bounded: four requests).
+    let url = p.weft.url("main", "/paused");
+    let replies = futures_util::future::join_all((0..4).map(|_| weft_e2e::get(&url))).await;
+    for r in replies {
+        assert_eq!(r.status, 200, "{:?}", r.text());
+        assert_eq!(r.json()["headers"]["x-tick"], "resumed");
+    }
+}
+
+/// #3, where Weft does better than Envoy: a request its plugin pauses and never resumes is held
+/// at most for the route timeout, then answered 504 (Envoy holds it until the stream idle
+/// timeout, 5 minutes by default). The upstream never sees it.
+#[tokio::test]
+async fn paused_request_never_resumed_ends_at_route_timeout() {
+    let rec = weft_e2e::recording::recording().await;
+    let up = rec.addr;
+    let p = TestProxy::start(&format!(
+        r#"
+plugins:
+  - name: abi
+    file: {file}
+    configuration: '{{"pause_forever":true}}'
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    plugins: [{{ name: abi }}]
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes: [{{ route: {{ cluster: up, timeout: 300ms }} }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+        file = quoted(fx::ABI_PROBE),
+    ))
+    .await;
+    let r = weft_e2e::get(&p.url("main", "/held")).await;
+    assert_eq!(r.status, 504, "{:?}", r.text());
+    let r = send(
+        &client(),
+        http::Request::post(p.url("main", "/held"))
+            .body(Full::new(Bytes::from_static(b"abc")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 504, "{:?}", r.text());
+    assert_eq!(rec.heads(), 0, "the upstream saw a held request");
 }
 
 /// #8: a plugin's local reply runs through its own `on_response_headers` (it may add headers),
@@ -754,5 +804,76 @@ async fn abi_http1_response_trailers_as_envoy() {
         assert!(head.contains("\r\ncontent-length: "), "{who}: {head}");
         assert!(!head.contains("transfer-encoding"), "{who}: {head}");
         assert!(!body.contains("x-trailer"), "{who}: {body}");
+    }
+}
+
+/// The values of header `name`, in order.
+fn all_values(r: &Reply, name: &str) -> Vec<String> {
+    r.headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
+/// #5: two plugins with the same `vm_id` and module share one VM: one `on_vm_start` per plugin
+/// root context as Envoy counts them, and both root contexts live in the VM serving the request
+/// (Wasm globals are shared). Each plugin keeps its own name and configuration.
+#[tokio::test]
+async fn abi_plugins_sharing_vm_id_share_one_vm() {
+    let Some(binary) = require_envoy() else {
+        return;
+    };
+    let up = echo("up").await;
+    let config = r#"{"vm_info":true}"#;
+    let weft = TestProxy::start(&format!(
+        r#"
+plugins:
+  - {{ name: one, file: {file}, vm_id: shared, configuration: {config} }}
+  - {{ name: two, file: {file}, vm_id: shared, configuration: {config} }}
+  - {{ name: alone, file: {file}, configuration: {config} }}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    plugins: [{{ name: one }}, {{ name: two }}, {{ name: alone }}]
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes: [{{ route: {{ cluster: up }} }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+        file = quoted(fx::ABI_PROBE),
+        config = quoted(config),
+    ))
+    .await;
+    let plugin = |name: &str, vm_id: &str| EnvoyPlugin {
+        vm_id: vm_id.to_owned(),
+        ..EnvoyPlugin::new(name, fx::ABI_PROBE, config)
+    };
+    let envoy = TestEnvoy::start(
+        &binary,
+        &[
+            plugin("one", "shared"),
+            plugin("two", "shared"),
+            plugin("alone", "alone"),
+        ],
+        up,
+        &[],
+    )
+    .await;
+    let p = Pair { weft, envoy };
+    for _ in 0..3 {
+        let (e, w) = p.both("GET", "/vm", &[], b"").await;
+        for k in ["plugin-name", "vm-starts", "root-contexts"] {
+            let name = format!("x-probe-{k}");
+            assert_eq!(all_values(&e, &name), all_values(&w, &name), "{name}");
+        }
+        // Response callbacks run in reverse order: `alone` reports first.
+        assert_eq!(
+            all_values(&e, "x-probe-root-contexts"),
+            ["1", "2", "2"],
+            "envoy: the shared VM holds both root contexts"
+        );
     }
 }

@@ -602,3 +602,80 @@ clusters:
     assert_eq!(r.status, 413, "{}", r.text());
     assert_eq!(received.load(Ordering::Relaxed), 60_000);
 }
+
+/// Instance pools under concurrency, on a multi-thread runtime: concurrent requests share a
+/// plugin's two instances (waiting for them asynchronously), and concurrent traps under the
+/// `reload` policy replace instances one at a time, so the pool never holds more than its size
+/// (`weft_plugin_instances_peak`); it refills in the background. Bounded: 48 requests per
+/// route, 8 at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_never_oversubscribe_the_instance_pool() {
+    let up = echo("up").await;
+    let p = TestProxy::start(&format!(
+        r#"
+plugins:
+{}
+{}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes:
+          - {{ match: {{ path: {{ prefix: /trap }} }}, route: {{ cluster: up }}, plugins: [{{ name: trap }}] }}
+          - {{ route: {{ cluster: up }}, plugins: [{{ name: adder }}] }}
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+        plugin("adder", fx::HEADER_ADDER, "    configuration: v1\n    instances: 2\n"),
+        plugin(
+            "trap",
+            fx::TRAP,
+            "    instances: 2\n    reload_backoff: 0s\n    max_failures: 100000\n"
+        ),
+    ))
+    .await;
+    for (path, status) in [("/ok", 200), ("/trap", 503)] {
+        let url = p.url("main", path);
+        let sem = Arc::new(tokio::sync::Semaphore::new(8));
+        let tasks: Vec<_> = (0..48)
+            .map(|_| {
+                let (url, sem) = (url.clone(), sem.clone());
+                tokio::spawn(async move {
+                    let _permit = sem.acquire().await;
+                    get(&url).await.status
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), status, "{path}");
+        }
+    }
+    let m = p.metrics().await;
+    for name in ["adder", "trap"] {
+        let peak = metric_value(
+            &m,
+            &format!(r#"weft_plugin_instances_peak{{plugin="{name}"}}"#),
+        );
+        assert!((1.0..=2.0).contains(&peak), "{name}: peak {peak}\n{m}");
+    }
+    assert!(metric_value(&m, r#"weft_plugin_instances_replaced_total{plugin="trap"}"#) >= 1.0);
+    assert!(metric_value(&m, r#"weft_plugin_traps_total{plugin="trap"}"#) >= 48.0);
+    // The trapping plugin's pool refills in the background, to its size and no more.
+    let refilled = weft_e2e::eventually(Duration::from_secs(10), || async {
+        let m = p.metrics().await;
+        metric_value(&m, r#"weft_plugin_healthy_instances{plugin="trap"}"#) == 2.0
+    })
+    .await;
+    assert!(refilled, "{}", p.metrics().await);
+    let m = p.metrics().await;
+    assert_eq!(
+        metric_value(&m, r#"weft_plugin_instances_peak{plugin="trap"}"#),
+        2.0
+    );
+    assert_eq!(
+        metric_value(&m, r#"weft_plugin_instances_peak{plugin="adder"}"#),
+        2.0
+    );
+}

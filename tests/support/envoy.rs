@@ -65,6 +65,8 @@ pub struct EnvoyPlugin {
     pub configuration: String,
     /// `config.fail_open`.
     pub fail_open: bool,
+    /// `vm_config.vm_id` (plugins with the same `vm_id` and code share one VM).
+    pub vm_id: String,
 }
 
 impl EnvoyPlugin {
@@ -75,6 +77,7 @@ impl EnvoyPlugin {
             file: file.to_owned(),
             configuration: configuration.to_owned(),
             fail_open: false,
+            vm_id: String::new(),
         }
     }
 }
@@ -132,6 +135,7 @@ fn bootstrap(
                           "@type": type.googleapis.com/google.protobuf.StringValue
                           value: {configuration}
                         vm_config:
+                          vm_id: {vm_id}
                           runtime: envoy.wasm.runtime.v8
                           code: {{ local: {{ filename: {file} }} }}
 "#,
@@ -139,6 +143,7 @@ fn bootstrap(
             fail_open = p.fail_open,
             configuration = quoted(&p.configuration),
             file = quoted(&p.file),
+            vm_id = quoted(&p.vm_id),
         ));
     }
     let mut clusters = cluster("up", upstream);

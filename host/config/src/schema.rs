@@ -166,7 +166,7 @@ pub struct Plugin {
     /// Most shared-data bytes (keys and values) per `vm_id` (more: `BadArgument`).
     #[serde(default = "defaults::plugin_shared_bytes")]
     pub max_shared_data_bytes: usize,
-    /// Instances in the plugin's pool (independent of worker threads).
+    /// Instances in the plugin's pool; 0 (the default): one per worker thread.
     #[serde(default = "defaults::plugin_instances")]
     pub instances: usize,
     /// Log level of the plugin: `trace`, `debug`, `info`, `warn`, `error`, `critical`.
@@ -1005,9 +1005,9 @@ pub mod defaults {
     pub fn plugin_shared_bytes() -> usize {
         16 * 1024 * 1024
     }
-    /// 2.
+    /// 0: one instance per worker thread.
     pub fn plugin_instances() -> usize {
-        2
+        0
     }
     /// `info`.
     pub fn plugin_log_level() -> String {

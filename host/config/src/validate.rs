@@ -222,8 +222,11 @@ impl Validator<'_> {
                 "must be within 1..=100000",
             );
         }
-        if !(1..=64).contains(&p.instances) {
-            self.err(format!("{path}.instances"), "must be within 1..=64");
+        if p.instances > 64 {
+            self.err(
+                format!("{path}.instances"),
+                "must be within 0..=64 (0: one per worker thread)",
+            );
         }
         if !["trace", "debug", "info", "warn", "error", "critical"].contains(&p.log_level.as_str())
         {

@@ -25,7 +25,7 @@ use crate::registry::{PluginHandle, PluginRegistry, PluginVersion};
 
 /// The per-plugin families, one series per handle (label `plugin`): name, help, type. The
 /// values of a [`PluginReading`] follow this order.
-const PLUGIN_FAMILIES: [(&str, &str, MetricType); 9] = [
+const PLUGIN_FAMILIES: [(&str, &str, MetricType); 10] = [
     (
         "plugin_streams",
         "Streams a plugin served.",
@@ -65,6 +65,11 @@ const PLUGIN_FAMILIES: [(&str, &str, MetricType); 9] = [
     (
         "plugin_healthy_instances",
         "Healthy instances in a plugin's pool.",
+        MetricType::Gauge,
+    ),
+    (
+        "plugin_instances_peak",
+        "Most healthy instances of a plugin's VM at once (never more than its pool size).",
         MetricType::Gauge,
     ),
 ];
@@ -175,7 +180,7 @@ struct PluginReading {
     /// The `plugin` label: `name`, or `name[configuration]` for a route override.
     label: String,
     /// One value per [`PLUGIN_FAMILIES`] entry.
-    values: [u64; 9],
+    values: [u64; 10],
 }
 
 /// One plugin-defined metric's values.
@@ -210,10 +215,11 @@ impl PluginReading {
                     s.replaced.load(Ordering::Relaxed),
                     swaps,
                     p.healthy_instances() as u64,
+                    p.peak_instances() as u64,
                 ]
             }
             PluginVersion::Failed { .. } => {
-                let mut v = [0; 9];
+                let mut v = [0; 10];
                 v[SWAPS] = swaps;
                 v
             }
@@ -458,11 +464,11 @@ mod tests {
             plugins: vec![
                 PluginReading {
                     label: "authz".into(),
-                    values: [12, 1, 2, 3, 4, 5, 6, 7, 2],
+                    values: [12, 1, 2, 3, 4, 5, 6, 7, 2, 2],
                 },
                 PluginReading {
                     label: r#"hr["v"]"#.into(),
-                    values: [0, 0, 0, 0, 0, 0, 0, 1, 0],
+                    values: [0, 0, 0, 0, 0, 0, 0, 1, 0, 0],
                 },
             ],
             queue_dropped: 9,
@@ -505,6 +511,10 @@ weft_plugin_swaps_total{plugin="hr[\"v\"]"} 1
 # TYPE weft_plugin_healthy_instances gauge
 weft_plugin_healthy_instances{plugin="authz"} 2
 weft_plugin_healthy_instances{plugin="hr[\"v\"]"} 0
+# HELP weft_plugin_instances_peak Most healthy instances of a plugin's VM at once (never more than its pool size).
+# TYPE weft_plugin_instances_peak gauge
+weft_plugin_instances_peak{plugin="authz"} 2
+weft_plugin_instances_peak{plugin="hr[\"v\"]"} 0
 # HELP weft_wasm_shared_queue_dropped Items dropped from full plugin shared queues.
 # TYPE weft_wasm_shared_queue_dropped counter
 weft_wasm_shared_queue_dropped_total 9

@@ -289,6 +289,9 @@ impl PluginRegistry {
         spec.source = file.display().to_string();
         spec.root_id = plugin.root_id.clone();
         spec.vm_id = plugin.vm_id.clone().unwrap_or_else(|| plugin.name.clone());
+        // An explicit `vm_id` shares one VM with the other plugins of that `vm_id` and module
+        // (Envoy's behaviour); the default (the plugin's name) keeps the plugin in its own.
+        spec.share_vm = plugin.vm_id.is_some();
         spec.configuration = configuration;
         spec.vm_configuration = config_bytes(&plugin.vm_configuration);
         spec.env = plugin
@@ -315,7 +318,15 @@ impl PluginRegistry {
             max_failures: plugin.max_failures,
             window: plugin.failure_window,
         };
-        spec.instances = plugin.instances;
+        // 0 (the default): one instance per worker thread of the runtime, so that every worker
+        // can run the plugin at once.
+        spec.instances = match plugin.instances {
+            0 => tokio::runtime::Handle::try_current()
+                .map(|h| h.metrics().num_workers())
+                .unwrap_or(1)
+                .clamp(1, 64),
+            n => n,
+        };
         spec.log_level = log_level(&plugin.log_level);
         spec
     }

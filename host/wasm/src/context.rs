@@ -236,13 +236,19 @@ pub(crate) struct HostState {
     pub(crate) stream_context: u32,
     pub(crate) root_context: u32,
     pub(crate) stream: Option<StreamData>,
+    /// Streams of this instance held by a `Pause` with nothing pending (Envoy's
+    /// `StopIteration`), by context id: a root callback (`on_tick`, `on_queue_ready`, a callout
+    /// response) reaches them through `proxy_set_effective_context` and resumes them.
+    pub(crate) parked: HashMap<u32, Parked>,
+    /// Metric handles this instance used, by id.
+    pub(crate) metrics: HashMap<u32, Arc<crate::shared::Metric>>,
     /// The callout response visible during `on_http_call_response`.
     pub(crate) callout: Option<HttpCallResponse>,
     /// Callouts dispatched by the current callback.
     pub(crate) calls: Vec<HttpCallRequest>,
     pub(crate) next_token: u32,
-    /// The tick period the root context asked for.
-    pub(crate) tick_period: Option<Duration>,
+    /// The tick period each root context asked for (one per plugin sharing the VM).
+    pub(crate) tick_periods: HashMap<u32, Duration>,
     /// Root-context filter state (`proxy_set_property` outside a stream).
     pub(crate) root_state: HashMap<String, Vec<u8>>,
     /// `proxy_get_status` of the last callout.
@@ -271,10 +277,12 @@ impl HostState {
             stream_context: 0,
             root_context: 0,
             stream: None,
+            parked: HashMap::new(),
+            metrics: HashMap::new(),
             callout: None,
             calls: Vec::new(),
             next_token: 0,
-            tick_period: None,
+            tick_periods: HashMap::new(),
             root_state: HashMap::new(),
             last_status: (0, Vec::new()),
             started: std::time::Instant::now(),
@@ -283,13 +291,59 @@ impl HostState {
         }
     }
 
-    /// The stream data of the effective context, if it is the loaded stream.
+    /// The stream data of the effective context: the loaded stream, or a parked one.
     pub(crate) fn stream_mut(&mut self) -> Result<&mut StreamData, Status> {
-        if self.context_id != self.stream_context {
-            return Err(Status::BadArgument);
+        if self.context_id == self.stream_context
+            && let Some(s) = self.stream.as_mut()
+        {
+            return Ok(s);
         }
-        self.stream.as_mut().ok_or(Status::BadArgument)
+        self.parked
+            .get_mut(&self.context_id)
+            .map(|p| &mut p.data)
+            .ok_or(Status::BadArgument)
     }
+
+    /// The stream data of the effective context, read-only.
+    pub(crate) fn stream_ref(&self) -> Option<&StreamData> {
+        if self.context_id == self.stream_context
+            && let Some(s) = self.stream.as_ref()
+        {
+            return Some(s);
+        }
+        self.parked.get(&self.context_id).map(|p| &p.data)
+    }
+
+    /// True when `id` names a stream a callback can address: the loaded one or a parked one.
+    pub(crate) fn addressable(&self, id: u32) -> bool {
+        (id == self.stream_context && self.stream.is_some()) || self.parked.contains_key(&id)
+    }
+
+    /// Metric `id`, from this instance's cache of handles (the process-wide registry is
+    /// locked only on an instance's first use of an id).
+    pub(crate) fn metric(&mut self, id: u32) -> Option<Arc<crate::shared::Metric>> {
+        if let Some(m) = self.metrics.get(&id) {
+            return Some(m.clone());
+        }
+        let m = crate::shared::metric(id)?;
+        self.metrics.insert(id, m.clone());
+        Some(m)
+    }
+
+    /// Wakes the effective context's stream if it is parked (it asked for something: resume,
+    /// local reply, close).
+    pub(crate) fn wake_parked(&self) {
+        if let Some(p) = self.parked.get(&self.context_id) {
+            p.wake.notify_one();
+        }
+    }
+}
+
+/// A stream held by its plugin (paused with nothing pending), waiting for a root callback to
+/// resume it.
+pub(crate) struct Parked {
+    pub(crate) data: StreamData,
+    pub(crate) wake: Arc<tokio::sync::Notify>,
 }
 
 /// What the embedding (the proxy, or the test harness) provides to plugins.

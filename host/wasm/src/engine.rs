@@ -2,10 +2,12 @@
 //! pooling allocator with copy-on-write memory images, and an on-disk cache of compiled
 //! modules keyed by the module's sha256 and the engine's compatibility hash.
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -54,7 +56,13 @@ struct Inner {
     engine: Engine,
     cache_dir: Option<PathBuf>,
     stop: Arc<AtomicBool>,
+    /// VMs shared by plugins with the same `vm_id`, module and VM configuration (type-erased
+    /// to keep this module free of the plugin layer), by that key.
+    shared_vms: parking_lot::Mutex<HashMap<VmKey, Weak<dyn Any + Send + Sync>>>,
 }
+
+/// What identifies a shared VM, as Envoy keys them: `vm_id`, module sha256, VM configuration.
+pub(crate) type VmKey = (String, String, Vec<u8>);
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -122,8 +130,18 @@ impl WasmEngine {
                 engine,
                 cache_dir: options.cache_dir,
                 stop,
+                shared_vms: parking_lot::Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// The registry of shared VMs, locked (plugins loading into one VM are serialized).
+    pub(crate) fn shared_vms(
+        &self,
+    ) -> parking_lot::MutexGuard<'_, HashMap<VmKey, Weak<dyn Any + Send + Sync>>> {
+        let mut vms = self.inner.shared_vms.lock();
+        vms.retain(|_, w| w.strong_count() > 0);
+        vms
     }
 
     /// The wasmtime engine.

@@ -220,7 +220,14 @@ fn timers_and_contexts(linker: &mut Linker<HostState>) -> Result<()> {
             if state.context_id != state.root_context {
                 return status(Status::BadArgument);
             }
-            state.tick_period = (ms != 0).then(|| Duration::from_millis(ms as u32 as u64));
+            let root = state.root_context;
+            if ms == 0 {
+                state.tick_periods.remove(&root);
+            } else {
+                state
+                    .tick_periods
+                    .insert(root, Duration::from_millis(ms as u32 as u64));
+            }
             status(Status::Ok)
         },
     )?;
@@ -230,8 +237,9 @@ fn timers_and_contexts(linker: &mut Linker<HostState>) -> Result<()> {
         |mut caller: Caller<'_, HostState>, id: i32| {
             let state = caller.data_mut();
             let id = id as u32;
-            // Only the loaded stream and the root context are reachable from a callback.
-            if id == state.root_context || (id == state.stream_context && state.stream.is_some()) {
+            // The root context, the loaded stream and the instance's parked streams (paused
+            // with nothing pending, waiting for e.g. `on_tick` to resume them) are reachable.
+            if id == state.root_context || state.addressable(id) {
                 state.context_id = id;
                 status(Status::Ok)
             } else {
@@ -315,17 +323,22 @@ fn buffers(linker: &mut Linker<HostState>) -> Result<()> {
          ptr_out: i32,
          len_out: i32| {
             let ty = tri!(BufferType::from_raw(ty).ok_or(Status::BadArgument));
-            let bytes = match config_buffer(caller.data(), ty) {
-                Some(r) => tri!(r),
-                None => tri!(buffer_ref(caller.data_mut(), ty)).clone(),
-            };
             let start = start as u32 as usize;
             let max = max as u32 as usize;
-            if start > bytes.len() {
-                return status(Status::BadArgument);
-            }
-            let end = start.saturating_add(max).min(bytes.len());
-            return_bytes(&mut caller, &bytes[start..end], ptr_out, len_out)
+            // Only the requested range is copied out of the host buffer (once more into
+            // guest memory), never the whole buffer.
+            let slice = |bytes: &[u8]| -> std::result::Result<Vec<u8>, Status> {
+                if start > bytes.len() {
+                    return Err(Status::BadArgument);
+                }
+                let end = start.saturating_add(max).min(bytes.len());
+                Ok(bytes[start..end].to_vec())
+            };
+            let bytes = match config_buffer(caller.data(), ty) {
+                Some(r) => tri!(slice(&tri!(r))),
+                None => tri!(slice(tri!(buffer_ref(caller.data_mut(), ty)))),
+            };
+            return_bytes(&mut caller, &bytes, ptr_out, len_out)
         },
     )?;
     linker.func_wrap(
@@ -582,6 +595,7 @@ fn stream_control(linker: &mut Linker<HostState>) -> Result<()> {
                     stream.effects.resume_response = true
                 }
             }
+            caller.data().wake_parked();
             status(Status::Ok)
         },
     )?;
@@ -592,6 +606,7 @@ fn stream_control(linker: &mut Linker<HostState>) -> Result<()> {
             tri!(StreamType::from_raw(ty).ok_or(Status::BadArgument));
             let stream = tri!(caller.data_mut().stream_mut());
             stream.effects.close = true;
+            caller.data().wake_parked();
             status(Status::Ok)
         },
     )?;
@@ -601,6 +616,7 @@ fn stream_control(linker: &mut Linker<HostState>) -> Result<()> {
         "proxy_continue_request",
         |mut caller: Caller<'_, HostState>| {
             tri!(caller.data_mut().stream_mut()).effects.resume_request = true;
+            caller.data().wake_parked();
             status(Status::Ok)
         },
     )?;
@@ -609,6 +625,7 @@ fn stream_control(linker: &mut Linker<HostState>) -> Result<()> {
         "proxy_continue_response",
         |mut caller: Caller<'_, HostState>| {
             tri!(caller.data_mut().stream_mut()).effects.resume_response = true;
+            caller.data().wake_parked();
             status(Status::Ok)
         },
     )?;
@@ -652,6 +669,7 @@ fn stream_control(linker: &mut Linker<HostState>) -> Result<()> {
                 headers,
                 grpc_status: (grpc >= 0).then_some(grpc),
             });
+            caller.data().wake_parked();
             status(Status::Ok)
         },
     )?;
@@ -672,10 +690,7 @@ fn properties(linker: &mut Linker<HostState>) -> Result<()> {
                 "plugin_root_id" => Some(plugin.root_id.as_bytes().to_vec()),
                 "plugin_vm_id" => Some(plugin.vm_id.as_bytes().to_vec()),
                 _ => {
-                    let stream = state
-                        .stream
-                        .as_ref()
-                        .filter(|_| state.context_id == state.stream_context);
+                    let stream = state.stream_ref();
                     let own = stream
                         .and_then(|s| s.filter_state.get(&joined))
                         .or_else(|| state.root_state.get(&joined))
@@ -1044,20 +1059,25 @@ fn metrics(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap(
         ENV,
         "proxy_increment_metric",
-        |_: Caller<'_, HostState>, id: i32, delta: i64| status(shared::increment(id as u32, delta)),
+        |mut caller: Caller<'_, HostState>, id: i32, delta: i64| {
+            let m = caller.data_mut().metric(id as u32);
+            status(shared::increment(m.as_deref(), delta))
+        },
     )?;
     linker.func_wrap(
         ENV,
         "proxy_record_metric",
-        |_: Caller<'_, HostState>, id: i32, value: i64| {
-            status(shared::record(id as u32, value as u64))
+        |mut caller: Caller<'_, HostState>, id: i32, value: i64| {
+            let m = caller.data_mut().metric(id as u32);
+            status(shared::record(m.as_deref(), value as u64))
         },
     )?;
     linker.func_wrap(
         ENV,
         "proxy_get_metric",
         |mut caller: Caller<'_, HostState>, id: i32, out: i32| {
-            let v = tri!(shared::get_metric(id as u32));
+            let m = caller.data_mut().metric(id as u32);
+            let v = tri!(shared::get_metric(m.as_deref()));
             let mem = tri!(memory(&caller));
             tri!(mem.write_u64(&mut caller, out, v).map_err(Status::from));
             status(Status::Ok)

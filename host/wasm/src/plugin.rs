@@ -94,6 +94,10 @@ pub struct PluginSpec {
     pub clock: Arc<dyn Clock>,
     /// Where plugin logs are also captured (the test harness reads them).
     pub log_capture: Option<LogCapture>,
+    /// Share one VM with the other plugins of the same `vm_id`, module and VM configuration
+    /// (Envoy's behaviour: one root context per plugin in the shared VM). Instance count and
+    /// memory cap are those of the plugin that created the VM.
+    pub share_vm: bool,
 }
 
 impl PluginSpec {
@@ -117,6 +121,7 @@ impl PluginSpec {
             properties: Arc::new(crate::context::NoProperties),
             clock: Arc::new(SystemClock),
             log_capture: None,
+            share_vm: false,
         }
     }
 }
@@ -157,8 +162,22 @@ pub(crate) struct Slot {
     pub(crate) id: u64,
     pub(crate) state: Mutex<InstanceState>,
     pub(crate) broken: AtomicBool,
-    next_context: AtomicU32,
+    /// Context ids, shared by every instance of the VM (root contexts and streams).
+    next_context: Arc<AtomicU32>,
     pub(crate) streams: AtomicUsize,
+    /// Streams parked in this instance (paused, waiting for a root callback).
+    pub(crate) parked: AtomicUsize,
+    /// One permit: who may run a callback on the instance now. Async callers wait for it
+    /// without blocking their worker thread; the mutex behind it is then uncontended by them.
+    pub(crate) gate: Arc<tokio::sync::Semaphore>,
+    /// The VM's count of live instances (decremented when this one is dropped).
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The root context id of every instance.
@@ -254,13 +273,14 @@ pub struct Plugin {
     /// Counters.
     pub stats: PluginStats,
     pub(crate) info: Arc<PluginInfo>,
-    pre: InstancePre<HostState>,
-    engine: WasmEngine,
+    /// The VM (instance pool) this plugin runs in; shared with other plugins of the same
+    /// `vm_id`, module and VM configuration when the spec asks for it.
+    pub(crate) vm: Arc<Vm>,
+    /// This plugin's root context id in its VM.
+    pub(crate) root: u32,
+    /// Itself (for background work).
+    me: Weak<Plugin>,
     reload: ReloadPolicy,
-    target_instances: usize,
-    pool: Mutex<Vec<Arc<Slot>>>,
-    next_slot: AtomicUsize,
-    next_slot_id: AtomicU64,
     health: Mutex<Health>,
     queue_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u32>>>,
     driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -281,6 +301,227 @@ impl Drop for Plugin {
         if let Some(task) = self.driver.lock().take() {
             task.abort();
         }
+        // In a VM other plugins still use, this plugin's root context ends (`on_done`,
+        // `on_delete`), as Envoy ends a removed plugin's root context.
+        let others = {
+            let mut members = self.vm.members.lock();
+            members.retain(|m| m.root != self.root && m.info.strong_count() > 0);
+            !members.is_empty()
+        };
+        if others {
+            let ticks = self.deadline_ticks();
+            for slot in self.vm.pool.lock().clone() {
+                let Ok(mut state) = slot.lock() else { continue };
+                state.enter(&self.info, self.root);
+                let root = self.root;
+                if let Some(f) = state.funcs.done.clone() {
+                    let _ = run(&mut state, ticks, Phase::Done, root, |s| {
+                        f.call(s, root as i32).map(|_| ())
+                    });
+                }
+                if let Some(f) = state.funcs.delete.clone() {
+                    let _ = run(&mut state, ticks, Phase::Done, root, |s| {
+                        f.call(s, root as i32)
+                    });
+                }
+                state.store.data_mut().tick_periods.remove(&root);
+            }
+        }
+    }
+}
+
+/// Uncounts an instance that failed to start.
+struct Uncount<'a>(&'a AtomicUsize);
+
+impl Drop for Uncount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A plugin of a VM: its root context id and settings.
+pub(crate) struct Member {
+    pub(crate) root: u32,
+    pub(crate) info: Weak<PluginInfo>,
+}
+
+/// One VM: a linked module and its pool of instances. Plugins with the same `vm_id`, module and
+/// VM configuration share one (Envoy's behaviour): each instance holds one root context per
+/// plugin, each started with `on_context_create`, `on_vm_start` and `on_configure`.
+pub(crate) struct Vm {
+    pre: InstancePre<HostState>,
+    engine: WasmEngine,
+    target_instances: usize,
+    pub(crate) pool: Mutex<Vec<Arc<Slot>>>,
+    next_slot: AtomicUsize,
+    next_slot_id: AtomicU64,
+    next_context: Arc<AtomicU32>,
+    pub(crate) members: Mutex<Vec<Member>>,
+    /// Instances alive (pooled, or discarded but still held by streams).
+    live: Arc<AtomicUsize>,
+    /// The pool's largest size ever (healthy instances at once).
+    peak: AtomicUsize,
+    /// Single flight for replacements: async waiters queue on `replacing` (never blocking a
+    /// worker); the builder (on the blocking pool, or a synchronous caller) holds `building`.
+    replacing: tokio::sync::Mutex<()>,
+    building: Mutex<()>,
+}
+
+impl Vm {
+    /// Creates and initializes one instance: every live member's root context is started.
+    fn new_instance(&self, creator: &Arc<PluginInfo>) -> Result<Arc<Slot>, LoadError> {
+        let mut store = Store::new(self.engine.engine(), HostState::new(creator.clone()));
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(cpu_budget_check);
+        let ticks = deadline_ticks(creator);
+        arm_deadline(&mut store, ticks);
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| LoadError::Start(format!("{e:#}")))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or(LoadError::MissingExport("memory"))?;
+        let alloc = typed::<i32, i32>(&instance, &mut store, "proxy_on_memory_allocate")?
+            .or(typed::<i32, i32>(&instance, &mut store, "malloc")?)
+            .ok_or(LoadError::MissingExport("proxy_on_memory_allocate"))?;
+        store.data_mut().memory = Some(GuestMemory::new(memory));
+        store.data_mut().alloc = Some(alloc);
+        // Reactor start functions.
+        let start_err = |e: wasmtime::Error| LoadError::Start(format!("{e:#}"));
+        if let Some(init) = typed::<(), ()>(&instance, &mut store, "_initialize")? {
+            init.call(&mut store, ()).map_err(start_err)?;
+            if let Some(main) = typed::<(i32, i32), i32>(&instance, &mut store, "main")? {
+                arm_deadline(&mut store, ticks);
+                main.call(&mut store, (0, 0)).map_err(start_err)?;
+            }
+        } else if let Some(start) = typed::<(), ()>(&instance, &mut store, "_start")? {
+            start.call(&mut store, ()).map_err(start_err)?;
+        }
+        let funcs = Funcs::resolve(&instance, &mut store)?;
+        self.live.fetch_add(1, Ordering::Relaxed);
+        // From here the slot's Drop uncounts it; a failure below drops the store only.
+        let uncount = Uncount(&self.live);
+        let mut state = InstanceState { store, funcs };
+        let members: Vec<(u32, Arc<PluginInfo>)> = self
+            .members
+            .lock()
+            .iter()
+            .filter_map(|m| Some((m.root, m.info.upgrade()?)))
+            .collect();
+        for (root, info) in &members {
+            start_root(&mut state, info, *root)?;
+        }
+        std::mem::forget(uncount);
+        Ok(Arc::new(Slot {
+            id: self.next_slot_id.fetch_add(1, Ordering::Relaxed),
+            state: Mutex::new(state),
+            broken: AtomicBool::new(false),
+            next_context: self.next_context.clone(),
+            streams: AtomicUsize::new(0),
+            parked: AtomicUsize::new(0),
+            gate: Arc::new(tokio::sync::Semaphore::new(1)),
+            live: self.live.clone(),
+        }))
+    }
+
+    /// Adds a healthy instance to the pool unless it is full; records the pool's peak size.
+    fn add(&self, slot: Arc<Slot>) -> bool {
+        let mut pool = self.pool.lock();
+        if pool.len() >= self.target_instances {
+            return false;
+        }
+        pool.push(slot);
+        self.peak.fetch_max(pool.len(), Ordering::Relaxed);
+        true
+    }
+}
+
+/// Starts root context `root` of plugin `info` in an instance: `on_context_create`,
+/// `on_vm_start` (Envoy calls it on every plugin's root context, also in a shared VM) and
+/// `on_configure`.
+fn start_root(
+    state: &mut InstanceState,
+    info: &Arc<PluginInfo>,
+    root: u32,
+) -> Result<(), LoadError> {
+    let ticks = deadline_ticks(info);
+    let call_err = |f: Failure| LoadError::Start(f.to_string());
+    state.enter(info, root);
+    let id = root as i32;
+    if let Some(f) = state.funcs.context_create.clone() {
+        run(state, ticks, Phase::Idle, root, |s| f.call(s, (id, 0))).map_err(call_err)?;
+    }
+    if let Some(f) = state.funcs.vm_start.clone() {
+        let size = info.vm_configuration.len() as i32;
+        let ok = run(state, ticks, Phase::VmStart, root, |s| {
+            f.call(s, (id, size))
+        })
+        .map_err(call_err)?;
+        if ok == 0 {
+            return Err(LoadError::VmStartFailed);
+        }
+    }
+    if let Some(f) = state.funcs.configure.clone() {
+        let size = info.configuration.len() as i32;
+        let ok = run(state, ticks, Phase::Configure, root, |s| {
+            f.call(s, (id, size))
+        })
+        .map_err(call_err)?;
+        if ok == 0 {
+            let reason = info
+                .last_warning
+                .lock()
+                .take()
+                .unwrap_or_else(|| "the plugin logged no reason".to_owned());
+            return Err(LoadError::ConfigureRejected(reason));
+        }
+    }
+    Ok(())
+}
+
+fn deadline_ticks(info: &PluginInfo) -> u64 {
+    let tick = EPOCH_TICK.as_micros().max(1);
+    (info.limits.cpu_deadline.as_micros() / tick).max(1) as u64
+}
+
+impl Funcs {
+    fn resolve(instance: &Instance, store: &mut Store<HostState>) -> Result<Funcs, LoadError> {
+        Ok(Funcs {
+            context_create: typed(instance, store, "proxy_on_context_create")?,
+            vm_start: typed(instance, store, "proxy_on_vm_start")?,
+            configure: typed(instance, store, "proxy_on_configure")?,
+            request_headers: typed(instance, store, "proxy_on_request_headers")?,
+            request_body: typed(instance, store, "proxy_on_request_body")?,
+            request_trailers: typed(instance, store, "proxy_on_request_trailers")?,
+            response_headers: typed(instance, store, "proxy_on_response_headers")?,
+            response_body: typed(instance, store, "proxy_on_response_body")?,
+            response_trailers: typed(instance, store, "proxy_on_response_trailers")?,
+            http_call_response: typed(instance, store, "proxy_on_http_call_response")?,
+            tick: typed(instance, store, "proxy_on_tick")?,
+            queue_ready: typed(instance, store, "proxy_on_queue_ready")?,
+            log: typed(instance, store, "proxy_on_log")?,
+            done: typed(instance, store, "proxy_on_done")?,
+            delete: typed(instance, store, "proxy_on_delete")?,
+            new_connection: typed(instance, store, "proxy_on_new_connection")?,
+            downstream_data: typed(instance, store, "proxy_on_downstream_data")?,
+            upstream_data: typed(instance, store, "proxy_on_upstream_data")?,
+            downstream_close: typed(instance, store, "proxy_on_downstream_connection_close")?,
+            upstream_close: typed(instance, store, "proxy_on_upstream_connection_close")?,
+        })
+    }
+}
+
+impl InstanceState {
+    /// Makes `info`'s root context the current one for the next callbacks (host functions read
+    /// the plugin's settings from it). Cheap when it already is.
+    pub(crate) fn enter(&mut self, info: &Arc<PluginInfo>, root: u32) {
+        let data = self.store.data_mut();
+        if !Arc::ptr_eq(&data.plugin, info) {
+            data.plugin = info.clone();
+            data.limiter.max_memory = info.limits.memory_bytes.max(data.limiter.max_memory);
+        }
+        data.root_context = root;
     }
 }
 
@@ -311,13 +552,6 @@ impl Plugin {
     ) -> Result<Arc<Plugin>, LoadError> {
         let (module, sha256) = engine.compile(&spec.wasm)?;
         let abi = abi_version(&module)?;
-        let mut linker = Linker::new(engine.engine());
-        host::add_to_linker(&mut linker).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        host::stub_other_wasi_imports(&mut linker, &module)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let pre = linker
-            .instantiate_pre(&module)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let (queue_tx, queue_rx) = tokio::sync::mpsc::unbounded_channel();
         let info = Arc::new(PluginInfo {
             name: spec.name.clone(),
@@ -339,139 +573,95 @@ impl Plugin {
             )),
             logs_dropped: AtomicU64::new(0),
         });
-        let plugin = Arc::new(Plugin {
+        let key = (
+            spec.vm_id.clone(),
+            sha256.clone(),
+            spec.vm_configuration.clone(),
+        );
+        // Plugins loading into one shared VM are serialized by the registry's lock.
+        let mut registry = spec.share_vm.then(|| engine.shared_vms());
+        let existing = registry
+            .as_ref()
+            .and_then(|r| r.get(&key)?.upgrade())
+            .and_then(|vm| vm.downcast::<Vm>().ok())
+            // A VM missing instances (failures) is not joined: the plugin gets fresh ones.
+            .filter(|vm| vm.pool.lock().len() >= vm.target_instances);
+        let (vm, root) = match existing {
+            Some(vm) => {
+                let root = vm.next_context.fetch_add(1, Ordering::Relaxed);
+                let slots = vm.pool.lock().clone();
+                for slot in slots {
+                    let mut state = slot.lock().map_err(|f| LoadError::Start(f.to_string()))?;
+                    start_root(&mut state, &info, root)?;
+                }
+                vm.members.lock().push(Member {
+                    root,
+                    info: Arc::downgrade(&info),
+                });
+                (vm, root)
+            }
+            None => {
+                let mut linker = Linker::new(engine.engine());
+                host::add_to_linker(&mut linker).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+                host::stub_other_wasi_imports(&mut linker, &module)
+                    .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+                let pre = linker
+                    .instantiate_pre(&module)
+                    .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+                let next_context = Arc::new(AtomicU32::new(ROOT_CONTEXT));
+                let root = next_context.fetch_add(1, Ordering::Relaxed);
+                let vm = Arc::new(Vm {
+                    pre,
+                    engine: engine.clone(),
+                    target_instances: spec.instances.max(1),
+                    pool: Mutex::new(Vec::new()),
+                    next_slot: AtomicUsize::new(0),
+                    next_slot_id: AtomicU64::new(1),
+                    next_context,
+                    members: Mutex::new(vec![Member {
+                        root,
+                        info: Arc::downgrade(&info),
+                    }]),
+                    live: Arc::new(AtomicUsize::new(0)),
+                    peak: AtomicUsize::new(0),
+                    replacing: tokio::sync::Mutex::new(()),
+                    building: Mutex::new(()),
+                });
+                // The canary, then the rest of the pool.
+                for _ in 0..vm.target_instances {
+                    let slot = vm.new_instance(&info)?;
+                    vm.add(slot);
+                }
+                if let Some(r) = registry.as_mut() {
+                    let erased: Arc<dyn std::any::Any + Send + Sync> = vm.clone();
+                    r.insert(key, Arc::downgrade(&erased));
+                }
+                (vm, root)
+            }
+        };
+        drop(registry);
+        let plugin = Arc::new_cyclic(|me| Plugin {
+            me: me.clone(),
             name: spec.name.clone(),
             sha256,
             abi_version: abi,
             policy: spec.failure_policy,
             stats: PluginStats::default(),
             info,
-            pre,
-            engine: engine.clone(),
+            vm,
+            root,
             reload: spec.reload.clone(),
-            target_instances: spec.instances.max(1),
-            pool: Mutex::new(Vec::new()),
-            next_slot: AtomicUsize::new(0),
-            next_slot_id: AtomicU64::new(1),
             health: Mutex::new(Health::default()),
             queue_rx: Mutex::new(Some(queue_rx)),
             driver: Mutex::new(None),
             loaded_at: std::time::SystemTime::now(),
         });
-        // The canary, then the rest of the pool.
-        for _ in 0..plugin.target_instances {
-            let slot = plugin.new_instance()?;
-            plugin.pool.lock().push(slot);
-        }
         plugin.start_driver();
         Ok(plugin)
     }
 
-    /// Creates and initializes one instance (root context configured).
-    fn new_instance(&self) -> Result<Arc<Slot>, LoadError> {
-        let mut store = Store::new(self.engine.engine(), HostState::new(self.info.clone()));
-        store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_callback(cpu_budget_check);
-        let ticks = self.deadline_ticks();
-        arm_deadline(&mut store, ticks);
-        let instance = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| LoadError::Start(format!("{e:#}")))?;
-        let memory = instance
-            .get_memory(&mut store, "memory")
-            .ok_or(LoadError::MissingExport("memory"))?;
-        let alloc = typed::<i32, i32>(&instance, &mut store, "proxy_on_memory_allocate")?
-            .or(typed::<i32, i32>(&instance, &mut store, "malloc")?)
-            .ok_or(LoadError::MissingExport("proxy_on_memory_allocate"))?;
-        store.data_mut().memory = Some(GuestMemory::new(memory));
-        store.data_mut().alloc = Some(alloc);
-        store.data_mut().root_context = ROOT_CONTEXT;
-        store.data_mut().context_id = ROOT_CONTEXT;
-        // Reactor start functions.
-        let start_err = |e: wasmtime::Error| LoadError::Start(format!("{e:#}"));
-        if let Some(init) = typed::<(), ()>(&instance, &mut store, "_initialize")? {
-            init.call(&mut store, ()).map_err(start_err)?;
-            if let Some(main) = typed::<(i32, i32), i32>(&instance, &mut store, "main")? {
-                arm_deadline(&mut store, ticks);
-                main.call(&mut store, (0, 0)).map_err(start_err)?;
-            }
-        } else if let Some(start) = typed::<(), ()>(&instance, &mut store, "_start")? {
-            start.call(&mut store, ()).map_err(start_err)?;
-        }
-        let funcs = Funcs {
-            context_create: typed(&instance, &mut store, "proxy_on_context_create")?,
-            vm_start: typed(&instance, &mut store, "proxy_on_vm_start")?,
-            configure: typed(&instance, &mut store, "proxy_on_configure")?,
-            request_headers: typed(&instance, &mut store, "proxy_on_request_headers")?,
-            request_body: typed(&instance, &mut store, "proxy_on_request_body")?,
-            request_trailers: typed(&instance, &mut store, "proxy_on_request_trailers")?,
-            response_headers: typed(&instance, &mut store, "proxy_on_response_headers")?,
-            response_body: typed(&instance, &mut store, "proxy_on_response_body")?,
-            response_trailers: typed(&instance, &mut store, "proxy_on_response_trailers")?,
-            http_call_response: typed(&instance, &mut store, "proxy_on_http_call_response")?,
-            tick: typed(&instance, &mut store, "proxy_on_tick")?,
-            queue_ready: typed(&instance, &mut store, "proxy_on_queue_ready")?,
-            log: typed(&instance, &mut store, "proxy_on_log")?,
-            done: typed(&instance, &mut store, "proxy_on_done")?,
-            delete: typed(&instance, &mut store, "proxy_on_delete")?,
-            new_connection: typed(&instance, &mut store, "proxy_on_new_connection")?,
-            downstream_data: typed(&instance, &mut store, "proxy_on_downstream_data")?,
-            upstream_data: typed(&instance, &mut store, "proxy_on_upstream_data")?,
-            downstream_close: typed(
-                &instance,
-                &mut store,
-                "proxy_on_downstream_connection_close",
-            )?,
-            upstream_close: typed(&instance, &mut store, "proxy_on_upstream_connection_close")?,
-        };
-        let mut state = InstanceState { store, funcs };
-        let call_err = |f: Failure| LoadError::Start(f.to_string());
-        let root = ROOT_CONTEXT as i32;
-        if let Some(f) = state.funcs.context_create.clone() {
-            run(&mut state, ticks, Phase::Idle, ROOT_CONTEXT, |s| {
-                f.call(s, (root, 0))
-            })
-            .map_err(call_err)?;
-        }
-        if let Some(f) = state.funcs.vm_start.clone() {
-            let size = self.info.vm_configuration.len() as i32;
-            let ok = run(&mut state, ticks, Phase::VmStart, ROOT_CONTEXT, |s| {
-                f.call(s, (root, size))
-            })
-            .map_err(call_err)?;
-            if ok == 0 {
-                return Err(LoadError::VmStartFailed);
-            }
-        }
-        if let Some(f) = state.funcs.configure.clone() {
-            let size = self.info.configuration.len() as i32;
-            let ok = run(&mut state, ticks, Phase::Configure, ROOT_CONTEXT, |s| {
-                f.call(s, (root, size))
-            })
-            .map_err(call_err)?;
-            if ok == 0 {
-                let reason = self
-                    .info
-                    .last_warning
-                    .lock()
-                    .take()
-                    .unwrap_or_else(|| "the plugin logged no reason".to_owned());
-                return Err(LoadError::ConfigureRejected(reason));
-            }
-        }
-        Ok(Arc::new(Slot {
-            id: self.next_slot_id.fetch_add(1, Ordering::Relaxed),
-            state: Mutex::new(state),
-            broken: AtomicBool::new(false),
-            next_context: AtomicU32::new(ROOT_CONTEXT + 1),
-            streams: AtomicUsize::new(0),
-        }))
-    }
-
     pub(crate) fn deadline_ticks(&self) -> u64 {
-        let tick = EPOCH_TICK.as_micros().max(1);
-        (self.info.limits.cpu_deadline.as_micros() / tick).max(1) as u64
+        deadline_ticks(&self.info)
     }
 
     /// The embedding (for running callouts).
@@ -491,7 +681,7 @@ impl Plugin {
 
     /// Healthy instances now.
     pub fn healthy_instances(&self) -> usize {
-        self.pool.lock().len()
+        self.vm.pool.lock().len()
     }
 
     /// True when the plugin cannot serve: quarantined, or no instance left and no replacement
@@ -523,50 +713,82 @@ impl Plugin {
             } else {
                 "broken"
             }
-        } else if healthy < self.target_instances {
+        } else if healthy < self.vm.target_instances {
             "degraded"
         } else {
             "ok"
         }
     }
 
-    /// An instance for a new stream (round robin over healthy ones); under the `reload` policy
-    /// a missing instance is recreated once the backoff has passed.
-    pub(crate) fn checkout(&self) -> Result<Arc<Slot>, Failure> {
-        {
-            let pool = self.pool.lock();
-            if !pool.is_empty() {
-                let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % pool.len();
-                return Ok(pool[i].clone());
-            }
+    /// The least-loaded healthy instance (fewest open streams; ties in round robin).
+    fn pick(&self) -> Option<Arc<Slot>> {
+        let pool = self.vm.pool.lock();
+        let n = pool.len();
+        if n == 0 {
+            return None;
         }
+        let start = self.vm.next_slot.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .map(|k| &pool[(start + k) % n])
+            .min_by_key(|s| s.streams.load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    /// Why no instance can be made now, if so (policy, quarantine, back-off).
+    fn cannot_replace(&self) -> Option<Failure> {
         if self.policy != FailurePolicy::Reload {
-            return Err(Failure::Unavailable(format!(
+            return Some(Failure::Unavailable(format!(
                 "plugin {} is broken",
                 self.name
             )));
         }
-        {
-            let h = self.health.lock();
-            if h.quarantined {
-                return Err(Failure::Unavailable(format!(
-                    "plugin {} is quarantined",
-                    self.name
-                )));
-            }
-            if h.retry_at.is_some_and(|t| Instant::now() < t) {
-                return Err(Failure::Unavailable(format!(
-                    "plugin {} is restarting (backoff)",
-                    self.name
-                )));
-            }
+        let h = self.health.lock();
+        if h.quarantined {
+            return Some(Failure::Unavailable(format!(
+                "plugin {} is quarantined",
+                self.name
+            )));
         }
-        match self.new_instance() {
+        if h.retry_at.is_some_and(|t| Instant::now() < t) {
+            return Some(Failure::Unavailable(format!(
+                "plugin {} is restarting (backoff)",
+                self.name
+            )));
+        }
+        None
+    }
+
+    /// An instance for a new stream: the least-loaded healthy one. Under the `reload` policy,
+    /// with none left and the back-off passed, one replacement is built (single flight: the
+    /// pool never grows past its size). [`Plugin::ready`] builds it off the worker thread
+    /// first; this synchronous path only builds when called without it.
+    pub(crate) fn checkout(&self) -> Result<Arc<Slot>, Failure> {
+        if let Some(slot) = self.pick() {
+            return Ok(slot);
+        }
+        if let Some(f) = self.cannot_replace() {
+            return Err(f);
+        }
+        self.refill_one(1)
+    }
+
+    /// Single flight: unless the pool already has `until` instances (then the least-loaded
+    /// one), builds one and adds it (never past the pool's size).
+    fn refill_one(&self, until: usize) -> Result<Arc<Slot>, Failure> {
+        let _flight = self.vm.building.lock();
+        if self.vm.pool.lock().len() >= until
+            && let Some(slot) = self.pick()
+        {
+            return Ok(slot);
+        }
+        if let Some(f) = self.cannot_replace() {
+            return Err(f);
+        }
+        match self.vm.new_instance(&self.info) {
             Ok(slot) => {
                 self.stats.replaced.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(plugin = %self.name, "replaced a failed instance");
-                // Refill to the target size, then hand out the new one.
-                self.pool.lock().push(slot.clone());
+                self.vm.add(slot.clone());
                 self.health.lock().retry_at = None;
                 Ok(slot)
             }
@@ -580,6 +802,67 @@ impl Plugin {
         }
     }
 
+    /// Makes sure a new stream will find an instance without building one on the worker
+    /// thread: under the `reload` policy, with none left, one replacement is built on the
+    /// blocking pool while callers wait asynchronously (single flight). A no-op when an
+    /// instance is there or none can be made (the stream then gets the reason).
+    pub async fn ready(self: &Arc<Self>) {
+        if !self.vm.pool.lock().is_empty() || self.cannot_replace().is_some() {
+            return;
+        }
+        let _flight = self.vm.replacing.lock().await;
+        if !self.vm.pool.lock().is_empty() {
+            return;
+        }
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || me.refill_one(1)).await;
+    }
+
+    /// In the background after a failure (reload policy): once the back-off has passed,
+    /// rebuilds the pool to its size, one instance at a time on the blocking pool, single
+    /// flight with [`Plugin::ready`].
+    fn refill_later(&self) {
+        if self.policy != FailurePolicy::Reload {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = self.me.clone();
+        let wait = self.health.lock().retry_at.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        handle.spawn(async move {
+            tokio::time::sleep(wait).await;
+            let Some(p) = weak.upgrade() else { return };
+            let _flight = p.vm.replacing.lock().await;
+            while p.vm.pool.lock().len() < p.vm.target_instances && p.cannot_replace().is_none() {
+                let me = p.clone();
+                let target = p.vm.target_instances;
+                match tokio::task::spawn_blocking(move || me.refill_one(target)).await {
+                    Ok(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+        });
+    }
+
+    /// Instances alive now (pooled, or discarded but still held by a stream).
+    pub fn live_instances(&self) -> usize {
+        self.vm.live.load(Ordering::Relaxed)
+    }
+
+    /// The most healthy instances ever pooled at once in this plugin's VM (never more than
+    /// its size: replacements are single flight).
+    pub fn peak_instances(&self) -> usize {
+        self.vm.peak.load(Ordering::Relaxed)
+    }
+
+    /// The pool's size.
+    pub fn target_instances(&self) -> usize {
+        self.vm.target_instances
+    }
+
     /// Drops `slot` after a failure and applies the policy's bookkeeping.
     pub(crate) fn instance_failed(&self, slot: &Slot, failure: &Failure) {
         if slot.broken.swap(true, Ordering::SeqCst) {
@@ -590,9 +873,15 @@ impl Plugin {
             Failure::OutOfMemory => self.stats.out_of_memory.fetch_add(1, Ordering::Relaxed),
             _ => self.stats.traps.fetch_add(1, Ordering::Relaxed),
         };
-        self.pool.lock().retain(|s| s.id != slot.id);
+        self.vm.pool.lock().retain(|s| s.id != slot.id);
+        // Streams parked in the instance can no longer be resumed by it: wake them (they see
+        // the failure).
+        for p in slot.state.lock().store.data().parked.values() {
+            p.wake.notify_one();
+        }
         tracing::warn!(plugin = %self.name, policy = ?self.policy, "plugin instance failed and was discarded: {failure}");
         self.record_failure(&failure.to_string());
+        self.refill_later();
     }
 
     fn record_failure(&self, what: &str) {
@@ -625,38 +914,51 @@ impl Plugin {
     }
 
     /// Runs `on_tick` on the first healthy instance (timers fire once per plugin, not once per
-    /// worker). Returns false when no tick period is set.
+    /// worker), and on every other instance holding parked streams (paused with nothing
+    /// pending), whose root context is the only one that can resume them. Returns false when
+    /// no tick period is set.
     pub fn tick(&self) -> bool {
-        let Some(slot) = self.primary() else {
-            return false;
+        let slots: Vec<Arc<Slot>> = {
+            let pool = self.vm.pool.lock();
+            pool.iter()
+                .enumerate()
+                .filter(|(i, s)| *i == 0 || s.parked.load(Ordering::Relaxed) > 0)
+                .map(|(_, s)| s.clone())
+                .collect()
         };
+        let mut ticked = false;
+        for slot in slots {
+            ticked |= self.tick_on(&slot);
+        }
+        ticked
+    }
+
+    fn tick_on(&self, slot: &Arc<Slot>) -> bool {
+        let root = self.root;
         let result = {
             let Ok(mut state) = slot.lock() else {
                 return false;
             };
-            if state.store.data().tick_period.is_none() {
+            if !state.store.data().tick_periods.contains_key(&root) {
                 return false;
             }
             let Some(f) = state.funcs.tick.clone() else {
                 return false;
             };
-            let r = run(
-                &mut state,
-                self.deadline_ticks(),
-                Phase::Tick,
-                ROOT_CONTEXT,
-                |s| f.call(s, ROOT_CONTEXT as i32),
-            );
+            state.enter(&self.info, root);
+            let r = run(&mut state, self.deadline_ticks(), Phase::Tick, root, |s| {
+                f.call(s, root as i32)
+            });
             let calls = std::mem::take(&mut state.store.data_mut().calls);
             r.map(|()| calls)
         };
         match result {
             Ok(calls) => {
-                self.dispatch_root_calls(&slot, calls);
+                self.dispatch_root_calls(slot, calls);
                 true
             }
             Err(f) => {
-                self.instance_failed(&slot, &f);
+                self.instance_failed(slot, &f);
                 true
             }
         }
@@ -666,11 +968,11 @@ impl Plugin {
     pub fn tick_period(&self) -> Option<Duration> {
         let slot = self.primary()?;
         let state = slot.lock().ok()?;
-        state.store.data().tick_period
+        state.store.data().tick_periods.get(&self.root).copied()
     }
 
     fn primary(&self) -> Option<Arc<Slot>> {
-        self.pool.lock().first().cloned()
+        self.vm.pool.lock().first().cloned()
     }
 
     /// Delivers `on_queue_ready` for `queue` on the primary instance.
@@ -678,6 +980,7 @@ impl Plugin {
         let Some(slot) = self.primary() else {
             return;
         };
+        let root = self.root;
         let result = {
             let Ok(mut state) = slot.lock() else {
                 return;
@@ -685,12 +988,13 @@ impl Plugin {
             let Some(f) = state.funcs.queue_ready.clone() else {
                 return;
             };
+            state.enter(&self.info, root);
             let r = run(
                 &mut state,
                 self.deadline_ticks(),
                 Phase::QueueReady,
-                ROOT_CONTEXT,
-                |s| f.call(s, (ROOT_CONTEXT as i32, queue as i32)),
+                root,
+                |s| f.call(s, (root as i32, queue as i32)),
             );
             let calls = std::mem::take(&mut state.store.data_mut().calls);
             r.map(|()| calls)
@@ -713,6 +1017,8 @@ impl Plugin {
         };
         for call in calls {
             let embedder = self.info.embedder.clone();
+            let info = self.info.clone();
+            let root = self.root;
             let slot = slot.clone();
             let ticks = self.deadline_ticks();
             let token = call.token;
@@ -725,6 +1031,7 @@ impl Plugin {
                 let Ok(mut state) = slot.lock() else {
                     return;
                 };
+                state.enter(&info, root);
                 let _ = deliver_call_response(&mut state, ticks, ctx, token, response);
             });
         }

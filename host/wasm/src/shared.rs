@@ -281,14 +281,16 @@ pub(crate) fn define_metric(plugin: &str, name: &str, kind: MetricType) -> u32 {
     id
 }
 
-fn metric(id: u32) -> Option<Arc<Metric>> {
+/// The metric `id` (takes the registry's lock: instances cache the handle, see
+/// `HostState::metric`).
+pub(crate) fn metric(id: u32) -> Option<Arc<Metric>> {
     let m = metrics().lock();
     m.by_id.get((id as usize).checked_sub(1)?).cloned()
 }
 
 /// `proxy_increment_metric`.
-pub(crate) fn increment(id: u32, delta: i64) -> Status {
-    let Some(m) = metric(id) else {
+pub(crate) fn increment(m: Option<&Metric>, delta: i64) -> Status {
+    let Some(m) = m else {
         return Status::NotFound;
     };
     match m.kind {
@@ -302,8 +304,8 @@ pub(crate) fn increment(id: u32, delta: i64) -> Status {
 }
 
 /// `proxy_record_metric`.
-pub(crate) fn record(id: u32, value: u64) -> Status {
-    let Some(m) = metric(id) else {
+pub(crate) fn record(m: Option<&Metric>, value: u64) -> Status {
+    let Some(m) = m else {
         return Status::NotFound;
     };
     match m.kind {
@@ -328,8 +330,8 @@ pub(crate) fn record(id: u32, value: u64) -> Status {
 }
 
 /// `proxy_get_metric`: histograms are not readable (as in Envoy).
-pub(crate) fn get_metric(id: u32) -> Result<u64, Status> {
-    let m = metric(id).ok_or(Status::NotFound)?;
+pub(crate) fn get_metric(m: Option<&Metric>) -> Result<u64, Status> {
+    let m = m.ok_or(Status::NotFound)?;
     match m.kind {
         MetricType::Histogram => Err(Status::BadArgument),
         _ => Ok(m.value.load(Ordering::Relaxed) as u64),
@@ -409,19 +411,22 @@ mod tests {
 
     #[test]
     fn counters_refuse_negative_deltas_and_histograms_are_unreadable() {
-        let c = define_metric("p", "c", MetricType::Counter);
+        let id = define_metric("p", "c", MetricType::Counter);
+        let c = metric(id);
+        let c = c.as_deref();
         assert_eq!(increment(c, 2), Status::Ok);
         assert_eq!(increment(c, -1), Status::BadArgument);
         assert_eq!(get_metric(c), Ok(2));
         // `proxy_record_metric` on a counter adds, as in Envoy.
         assert_eq!(record(c, 3), Status::Ok);
         assert_eq!(get_metric(c), Ok(5));
-        let h = define_metric("p", "h", MetricType::Histogram);
-        assert_eq!(record(h, 5), Status::Ok);
-        assert_eq!(get_metric(h), Err(Status::BadArgument));
+        let h = metric(define_metric("p", "h", MetricType::Histogram));
+        assert_eq!(record(h.as_deref(), 5), Status::Ok);
+        assert_eq!(get_metric(h.as_deref()), Err(Status::BadArgument));
+        assert_eq!(increment(metric(9_999_999).as_deref(), 1), Status::NotFound);
         assert_eq!(
             define_metric("p", "c", MetricType::Counter),
-            c,
+            id,
             "same key, same id"
         );
     }

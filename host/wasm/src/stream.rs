@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::Failure;
-use crate::context::{Effects, HttpCallRequest, HttpCallResponse, Phase, Properties, StreamData};
-use crate::plugin::{InstanceState, Plugin, ROOT_CONTEXT, Slot, deliver_call_response};
+use crate::context::{
+    Effects, HttpCallRequest, HttpCallResponse, Parked, Phase, Properties, StreamData,
+};
+use crate::plugin::{InstanceState, Plugin, Slot, deliver_call_response};
 use crate::types::{Action, PeerType};
 
 /// One plugin's context for one stream.
@@ -18,6 +20,10 @@ pub struct Stream {
     calls: Vec<HttpCallRequest>,
     finished: bool,
     failed: bool,
+    /// The stream's data is parked in its instance (see [`Stream::park`]).
+    parked: bool,
+    /// The instance's gate, acquired asynchronously for the next callback (see [`Stream::gate`]).
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for Stream {
@@ -30,9 +36,31 @@ impl std::fmt::Debug for Stream {
 }
 
 impl Stream {
+    /// [`Stream::new`] after waiting, without blocking the worker thread, for an instance to
+    /// exist (a `reload` replacement is built on the blocking pool, single flight) and for the
+    /// chosen instance to be free.
+    pub async fn start(
+        plugin: &Arc<Plugin>,
+        properties: Arc<dyn Properties>,
+    ) -> Result<Stream, Failure> {
+        plugin.ready().await;
+        let slot = plugin.checkout()?;
+        let permit = slot.gate.clone().acquire_owned().await.ok();
+        Stream::with_slot(plugin, slot, properties, permit)
+    }
+
     /// Creates the stream context (`proxy_on_context_create(id, root)`) on a pooled instance.
     pub fn new(plugin: &Arc<Plugin>, properties: Arc<dyn Properties>) -> Result<Stream, Failure> {
         let slot = plugin.checkout()?;
+        Stream::with_slot(plugin, slot, properties, None)
+    }
+
+    fn with_slot(
+        plugin: &Arc<Plugin>,
+        slot: Arc<Slot>,
+        properties: Arc<dyn Properties>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Stream, Failure> {
         let id = slot.next_context_id();
         let mut stream = Stream {
             plugin: plugin.clone(),
@@ -42,12 +70,15 @@ impl Stream {
             calls: Vec::new(),
             finished: false,
             failed: false,
+            parked: false,
+            permit,
         };
         plugin.stats.streams.fetch_add(1, Ordering::Relaxed);
         stream.slot.streams.fetch_add(1, Ordering::Relaxed);
+        let root = plugin.root;
         stream.call(Phase::Idle, |state, ctx| {
             match &state.funcs.context_create {
-                Some(f) => f.call(&mut state.store, (ctx, ROOT_CONTEXT as i32)),
+                Some(f) => f.call(&mut state.store, (ctx, root as i32)),
                 None => Ok(()),
             }
         })?;
@@ -61,7 +92,9 @@ impl Stream {
 
     /// The stream's data (headers, bodies) as the plugin sees and changes it.
     pub fn data(&mut self) -> &mut StreamData {
-        // The data is only out of `self` during a callback, which holds `&mut self`.
+        // The data is only out of `self` during a callback, which holds `&mut self`, or while
+        // parked: take it back.
+        self.unpark();
         self.data
             .get_or_insert_with(|| StreamData::new(Arc::new(crate::context::NoProperties)))
     }
@@ -81,11 +114,98 @@ impl Stream {
         self.failed
     }
 
+    /// Holds the stream in its instance while its plugin has paused it with nothing pending
+    /// (Envoy's `StopIteration`): a root callback (`on_tick`, `on_queue_ready`, a root callout's
+    /// response) can then address it with `proxy_set_effective_context`, edit its headers and
+    /// resume it (or reply, or close it). The returned `Notify` is signalled when it does; the
+    /// caller then [`unpark`](Stream::unpark)s and reads the effects. Effects already requested
+    /// are kept, so a stream that already asked to resume is woken at once.
+    pub fn park(&mut self) -> Result<Arc<tokio::sync::Notify>, Failure> {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        if self.parked {
+            return Err(Failure::Unavailable("the stream is already parked".into()));
+        }
+        let Some(data) = self.data.take() else {
+            return Err(Failure::Unavailable(
+                "the stream has no data to park".into(),
+            ));
+        };
+        let pending = {
+            let e = &data.effects;
+            e.resume_request || e.resume_response || e.local_response.is_some() || e.close
+        };
+        let mut state = match self.slot.lock() {
+            Ok(s) => s,
+            Err(f) => {
+                self.data = Some(data);
+                return Err(f);
+            }
+        };
+        state.store.data_mut().parked.insert(
+            self.id,
+            Parked {
+                data,
+                wake: wake.clone(),
+            },
+        );
+        drop(state);
+        self.parked = true;
+        self.slot.parked.fetch_add(1, Ordering::Relaxed);
+        if pending {
+            wake.notify_one();
+        }
+        Ok(wake)
+    }
+
+    /// Takes the stream's data back from its instance after [`park`](Stream::park) (a no-op
+    /// when it is not parked).
+    pub fn unpark(&mut self) {
+        if !std::mem::take(&mut self.parked) {
+            return;
+        }
+        self.slot.parked.fetch_sub(1, Ordering::Relaxed);
+        if self.slot.broken.load(Ordering::SeqCst) {
+            // The instance failed while the stream waited: it can never be resumed.
+            self.failed = true;
+        }
+        // A broken instance's lock is refused, but its store still holds the data: take it.
+        let mut state = self.slot.state.lock();
+        if let Some(p) = state.store.data_mut().parked.remove(&self.id) {
+            self.data = Some(p.data);
+        }
+    }
+
+    /// The gate of the stream's instance: an async caller acquires a permit (waiting without
+    /// blocking its worker thread while another stream's callback runs on the instance) and
+    /// [`grant`](Stream::grant)s it to the stream before its next callback, which then finds
+    /// the instance free. Callers that cannot wait (body filters, `on_log` at the end) call
+    /// without one and wait on the instance's lock for at most one callback.
+    pub fn gate(&self) -> Arc<tokio::sync::Semaphore> {
+        self.slot.gate.clone()
+    }
+
+    /// Hands a permit of [`gate`](Stream::gate) to the next callback (released after it).
+    pub fn grant(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.permit = Some(permit);
+    }
+
+    /// True while the stream is parked.
+    pub fn is_parked(&self) -> bool {
+        self.parked
+    }
+
     fn call<R>(
         &mut self,
         phase: Phase,
         f: impl FnOnce(&mut InstanceState, i32) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
+        self.unpark();
+        // The permit granted for this callback (if any) is released when it returns; without
+        // one, take it if free so that async waiters queue behind this callback.
+        let _permit = self
+            .permit
+            .take()
+            .or_else(|| self.slot.gate.clone().try_acquire_owned().ok());
         if self.failed || self.slot.broken.load(Ordering::SeqCst) {
             self.failed = true;
             return Err(Failure::Unavailable(format!(
@@ -97,6 +217,7 @@ impl Stream {
         let id = self.id;
         let result = {
             let mut state = self.slot.lock()?;
+            state.enter(&self.plugin.info, self.plugin.root);
             let store = state.store.data_mut();
             store.stream = self.data.take();
             store.stream_context = id;
@@ -251,6 +372,7 @@ impl Stream {
             return;
         }
         self.finished = true;
+        self.unpark();
         self.slot.streams.fetch_sub(1, Ordering::Relaxed);
         if self.failed {
             return;

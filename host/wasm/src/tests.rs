@@ -629,3 +629,56 @@ fn reload_backoff_saturates_instead_of_overflowing() {
         MAX_BACKOFF
     );
 }
+
+/// The `x-probe-<key>` value a probe stream reports in its response headers.
+fn probe_of(s: &mut Stream, key: &str) -> Option<String> {
+    header(&s.data().response_headers, &format!("x-probe-{key}"))
+}
+
+fn probe_stream(p: &Arc<Plugin>) -> Stream {
+    let mut s = Stream::new(p, Arc::new(NoProperties)).unwrap();
+    request(&mut s, "/");
+    assert_eq!(s.on_request_headers(true).unwrap(), Action::Continue);
+    s.data().response_headers.add(":status", b"200");
+    assert_eq!(s.on_response_headers(true).unwrap(), Action::Continue);
+    s
+}
+
+#[test]
+fn plugins_sharing_a_vm_id_share_one_vm_and_leave_it_cleanly() {
+    let shared = |name: &str| {
+        let mut s = spec(name, fx::ABI_PROBE, r#"{"vm_info":true}"#);
+        s.vm_id = "shared-unit".into();
+        s.share_vm = true;
+        s
+    };
+    let one = load(shared("one"));
+    let two = load(shared("two"));
+    assert!(Arc::ptr_eq(&one.vm, &two.vm), "one VM for both");
+    assert_ne!(one.root, two.root, "one root context per plugin");
+    // Not shared without `share_vm`, nor with another `vm_id`.
+    let mut own = shared("own");
+    own.share_vm = false;
+    let own = load(own);
+    assert!(!Arc::ptr_eq(&own.vm, &one.vm));
+    for p in [&one, &two] {
+        let mut s = probe_stream(p);
+        assert_eq!(probe_of(&mut s, "root-contexts").as_deref(), Some("2"));
+        assert_eq!(probe_of(&mut s, "plugin-name"), Some(p.name.clone()));
+        s.finish();
+    }
+    let mut s = probe_stream(&own);
+    assert_eq!(probe_of(&mut s, "root-contexts").as_deref(), Some("1"));
+    s.finish();
+    // A new generation of `two` joins the VM; the old one's root context ends with it.
+    let two_again = load(shared("two"));
+    assert!(Arc::ptr_eq(&two_again.vm, &one.vm));
+    drop(two);
+    assert_eq!(one.vm.members.lock().len(), 2);
+    let mut s = probe_stream(&two_again);
+    assert_eq!(probe_of(&mut s, "root-contexts").as_deref(), Some("3"));
+    s.finish();
+    let mut s = probe_stream(&one);
+    assert_eq!(probe_of(&mut s, "plugin-name").as_deref(), Some("one"));
+    s.finish();
+}

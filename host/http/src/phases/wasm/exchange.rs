@@ -194,6 +194,8 @@ pub struct WasmExchange {
     body_delivered: bool,
     /// A plugin answered the request headers with a local reply.
     local_reply: bool,
+    /// How long a plugin may hold a paused request (the route timeout).
+    hold_limit: Option<std::time::Duration>,
 }
 
 fn reply_from(local: LocalResponse) -> LocalReply {
@@ -235,6 +237,15 @@ fn failure_reply(label: &str, failure: &Failure) -> LocalReply {
 
 fn lock(stream: &Arc<Mutex<Stream>>) -> MutexGuard<'_, Stream> {
     stream.lock()
+}
+
+/// Waits, without blocking the worker thread, until the stream's instance is free, and grants
+/// the next callback the permit (see `Stream::gate`).
+async fn gated(stream: &Arc<Mutex<Stream>>) {
+    let gate = lock(stream).gate();
+    if let Ok(permit) = gate.acquire_owned().await {
+        lock(stream).grant(permit);
+    }
 }
 
 /// Request headers as plugins see them: pseudo-headers first, `host` folded into `:authority`.
@@ -352,7 +363,7 @@ fn list_to_map(list: &HeaderList) -> HeaderMap {
 impl WasmExchange {
     /// Creates a stream context in every plugin of `chain`, applying failure policies to
     /// plugins that cannot serve.
-    pub fn start(
+    pub async fn start(
         chain: &[Arc<PluginHandle>],
         properties: Arc<RequestProperties>,
     ) -> Result<WasmExchange, LocalReply> {
@@ -360,7 +371,10 @@ impl WasmExchange {
         for handle in chain {
             let policy = handle.policy();
             let started = match &*handle.current() {
-                PluginVersion::Loaded(plugin) => Stream::new(plugin, properties.clone()),
+                PluginVersion::Loaded(plugin) => {
+                    let plugin = plugin.clone();
+                    Stream::start(&plugin, properties.clone()).await
+                }
                 PluginVersion::Failed { error } => {
                     Err(Failure::Unavailable(format!("not loaded: {error}")))
                 }
@@ -385,7 +399,15 @@ impl WasmExchange {
             properties,
             body_delivered: false,
             local_reply: false,
+            hold_limit: None,
         })
+    }
+
+    /// Bounds how long a plugin may hold a request it paused with nothing pending (the route
+    /// timeout; `None`: only the stream idle timeout bounds it).
+    pub fn with_hold_limit(mut self, limit: Option<std::time::Duration>) -> WasmExchange {
+        self.hold_limit = limit;
+        self
     }
 
     /// The request's attributes (to record the response code and upstream later).
@@ -422,6 +444,7 @@ impl WasmExchange {
                 continue;
             }
             let end_of_stream = buffered.is_none() && http_body::Body::is_end_stream(body);
+            gated(&self.stages[i].stream).await;
             let action = {
                 let mut s = lock(&self.stages[i].stream);
                 s.data().request_headers = std::mem::take(&mut list);
@@ -440,10 +463,30 @@ impl WasmExchange {
             if paused {
                 lock(&self.stages[i].stream).data().request_headers = list.clone();
             }
-            let settled = self.settle(i, action).await;
+            let mut settled = self.settle(i, action).await;
+            if matches!(settled, Settled::Stalled) {
+                // Paused with nothing pending (Envoy's StopIteration). A body the plugin may be
+                // waiting for is buffered (bounded) and delivered whole to every plugin, once;
+                // then, unless a callback resumed it, the stream is held until the plugin
+                // resumes it from a root callback (`on_tick`, …), bounded by the route timeout.
+                // A request without a body gets no body callback and no `Content-Length: 0`.
+                if buffered.is_none() && !http_body::Body::is_end_stream(body) {
+                    let whole = match buffer_body(body, max_body).await {
+                        Ok(b) => b,
+                        Err(reply) => return Outcome::Reply(reply),
+                    };
+                    let out = match self.request_body_whole(whole, i) {
+                        Ok(b) => b,
+                        Err(r) => return Outcome::Reply(r),
+                    };
+                    buffered = Some(out);
+                }
+                settled = self.hold(i).await;
+            }
             {
                 let mut s = lock(&self.stages[i].stream);
-                // Callbacks after a pause (callout responses) may have edited the headers.
+                // Callbacks after a pause (callout responses, a body callback, a root callback
+                // that resumed it) may have edited the headers.
                 if paused && !self.stages[i].skipped {
                     list = s.data().request_headers.clone();
                 }
@@ -451,39 +494,14 @@ impl WasmExchange {
                 // Keep a copy for `on_log`, which may read the request headers.
                 s.data().request_headers = list.clone();
             }
-            match settled {
-                Settled::Reply(r) => {
-                    // As Envoy's encoder chain: the reply passes back through this plugin and
-                    // those before it, not through the plugins after it.
-                    for later in &mut self.stages[i + 1..] {
-                        later.skipped = true;
-                    }
-                    self.local_reply = true;
-                    return Outcome::Reply(r);
+            if let Settled::Reply(r) = settled {
+                // As Envoy's encoder chain: the reply passes back through this plugin and
+                // those before it, not through the plugins after it.
+                for later in &mut self.stages[i + 1..] {
+                    later.skipped = true;
                 }
-                Settled::Continue => {}
-                Settled::Stalled if buffered.is_none() && http_body::Body::is_end_stream(body) => {
-                    // Paused with nothing pending on a request without a body: there is no
-                    // body to wait for (Envoy delivers no `on_request_body` either). Go on,
-                    // adding no `Content-Length: 0`.
-                }
-                Settled::Stalled if buffered.is_some() => {}
-                Settled::Stalled => {
-                    // Paused with nothing pending: the plugin waits for the body (Envoy's
-                    // StopIteration). Buffer it (bounded) and deliver it whole to every plugin.
-                    let whole = match buffer_body(body, max_body).await {
-                        Ok(b) => b,
-                        Err(reply) => return Outcome::Reply(reply),
-                    };
-                    let out = match self.request_body_whole(whole) {
-                        Ok(b) => b,
-                        Err(r) => return Outcome::Reply(r),
-                    };
-                    // A plugin may edit headers while it holds the body.
-                    list = lock(&self.stages[i].stream).data().request_headers.clone();
-                    modified = true;
-                    buffered = Some(out);
-                }
+                self.local_reply = true;
+                return Outcome::Reply(r);
             }
         }
         if modified {
@@ -532,6 +550,7 @@ impl WasmExchange {
             let plugin = lock(&self.stages[i].stream).plugin().clone();
             for call in calls {
                 let response = plugin_call(&plugin, &call).await;
+                gated(&self.stages[i].stream).await;
                 let r = lock(&self.stages[i].stream).on_http_call_response(&call, response);
                 if let Err(f) = r {
                     return match self.failed(i, &f) {
@@ -548,7 +567,10 @@ impl WasmExchange {
         }
     }
 
-    fn request_body_whole(&mut self, whole: Bytes) -> Result<Bytes, LocalReply> {
+    /// Delivers the whole request body to every plugin (`on_request_body`, end of stream).
+    /// Effects of stage `holder` (the one that paused) other than a local reply are kept for
+    /// [`hold`](Self::hold): it may resume from its body callback.
+    fn request_body_whole(&mut self, whole: Bytes, holder: usize) -> Result<Bytes, LocalReply> {
         let mut data = whole.to_vec();
         for i in 0..self.stages.len() {
             if self.stages[i].skipped {
@@ -564,12 +586,79 @@ impl WasmExchange {
             if let Err(f) = r {
                 self.failed(i, &f)?;
             }
-            let effects = lock(&self.stages[i].stream).take_effects();
-            if let Some(local) = effects.local_response {
+            let local = {
+                let mut s = lock(&self.stages[i].stream);
+                if i == holder {
+                    s.data().effects.local_response.take()
+                } else {
+                    s.take_effects().local_response
+                }
+            };
+            if let Some(local) = local {
                 return Err(reply_from(local));
             }
         }
         Ok(Bytes::from(data))
+    }
+
+    /// Holds stage `i`, paused with nothing pending, until its plugin resumes it (or replies,
+    /// or closes it) from a root callback — Envoy keeps such a stream until
+    /// `proxy_continue_stream`. Bounded by the route timeout (504, flag `UT`; Envoy would hold
+    /// it until the stream idle timeout). A failure of the instance meanwhile applies the
+    /// plugin's failure policy.
+    async fn hold(&mut self, i: usize) -> Settled {
+        let deadline = self.hold_limit.map(|d| tokio::time::Instant::now() + d);
+        loop {
+            let parked = lock(&self.stages[i].stream).park();
+            let wake = match parked {
+                Ok(w) => w,
+                Err(f) => return self.failed_settled(i, &f),
+            };
+            let woke = match deadline {
+                Some(d) => tokio::time::timeout_at(d, wake.notified()).await.is_ok(),
+                None => {
+                    wake.notified().await;
+                    true
+                }
+            };
+            let failed = {
+                let mut s = lock(&self.stages[i].stream);
+                s.unpark();
+                s.failed()
+            };
+            if failed {
+                let f = Failure::Unavailable(format!(
+                    "plugin {} instance failed while it held the request",
+                    self.stages[i].handle.label()
+                ));
+                return self.failed_settled(i, &f);
+            }
+            if !woke {
+                return Settled::Reply(
+                    LocalReply::text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream request timeout",
+                        weft_observe::flags::UPSTREAM_TIMEOUT,
+                    )
+                    .detailed(&format!(
+                        "plugin {} held the request past the route timeout",
+                        self.stages[i].handle.label()
+                    )),
+                );
+            }
+            match self.settle(i, Action::Pause).await {
+                Settled::Stalled => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The failure policy of stage `i` as a settlement.
+    fn failed_settled(&mut self, i: usize, failure: &Failure) -> Settled {
+        match self.failed(i, failure) {
+            Ok(()) => Settled::Continue,
+            Err(reply) => Settled::Reply(reply),
+        }
     }
 
     /// A body filter that streams request body frames through the chain.
@@ -745,6 +834,7 @@ impl WasmExchange {
             if self.stages[i].skipped {
                 continue;
             }
+            gated(&self.stages[i].stream).await;
             let action = {
                 let mut s = lock(&self.stages[i].stream);
                 s.data().response_headers = std::mem::take(&mut list);

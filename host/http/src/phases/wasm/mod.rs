@@ -72,8 +72,13 @@ impl Phase for WasmPhase {
         {
             props.set("xds.cluster_name", cluster.name.as_bytes().to_vec());
         }
-        let mut exchange = match WasmExchange::start(&self.chain, props) {
-            Ok(e) => e,
+        // A plugin holding a paused request is bounded by the route timeout.
+        let hold_limit = match ctx.route.map(|r| &r.action) {
+            Some(weft_routing::Action::Forward(f)) => f.timeout,
+            _ => None,
+        };
+        let mut exchange = match WasmExchange::start(&self.chain, props).await {
+            Ok(e) => e.with_hold_limit(hold_limit),
             Err(reply) => return Flow::Reply(reply),
         };
         let outcome = exchange
