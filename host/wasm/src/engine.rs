@@ -168,15 +168,21 @@ impl WasmEngine {
         if let Some(path) = &cache_file
             && path.exists()
         {
-            #[expect(unsafe_code, reason = "loading our own precompiled cache entry")]
-            // SAFETY: the file was written by `Module::serialize` of an engine with the same
-            // compatibility hash (it is in the file name), in a cache directory only Weft writes;
-            // wasmtime still checks the header and rejects a mismatched or foreign artifact.
-            let cached = unsafe { Module::deserialize_file(&self.inner.engine, path) };
-            match cached {
-                Ok(m) => return Ok((m, digest)),
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "ignoring a bad module cache entry")
+            if let Err(why) = trusted_cache_entry(path) {
+                tracing::warn!(file = %path.display(), %why, "not loading an untrusted module cache entry: compiling instead");
+            } else {
+                #[expect(unsafe_code, reason = "loading our own precompiled cache entry")]
+                // SAFETY: the file was written by `Module::serialize` of an engine with the same
+                // compatibility hash (it is in the file name), in a cache directory that
+                // `trusted_cache_entry` just checked belongs to this process's user and that no one
+                // else can write (nor the file); wasmtime still checks the header and rejects a
+                // mismatched or foreign artifact.
+                let cached = unsafe { Module::deserialize_file(&self.inner.engine, path) };
+                match cached {
+                    Ok(m) => return Ok((m, digest)),
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "ignoring a bad module cache entry")
+                    }
                 }
             }
         }
@@ -186,11 +192,22 @@ impl WasmEngine {
             && let Ok(serialized) = module.serialize()
         {
             let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)?;
                 }
                 let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                std::fs::write(&tmp, &serialized)?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(&serialized)?;
                 std::fs::rename(&tmp, path)
             };
             if let Err(e) = write() {
@@ -199,6 +216,36 @@ impl WasmEngine {
         }
         Ok((module, digest))
     }
+}
+
+/// A module cache entry may be deserialized (which trusts its machine code) only when it and its
+/// directory belong to this process's effective user and neither is writable by group or others:
+/// otherwise another user could have planted code in it. `Err`: why not.
+pub(crate) fn trusted_cache_entry(file: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let dir = file.parent().ok_or("the entry has no directory")?;
+    for (what, path) in [("directory", dir), ("file", file)] {
+        let m = std::fs::symlink_metadata(path).map_err(|e| format!("{what}: {e}"))?;
+        if m.file_type().is_symlink() {
+            return Err(format!("the {what} {} is a symbolic link", path.display()));
+        }
+        if m.uid() != me {
+            return Err(format!(
+                "the {what} {} belongs to uid {}, not to this process's uid {me}",
+                path.display(),
+                m.uid()
+            ));
+        }
+        if m.mode() & 0o022 != 0 {
+            return Err(format!(
+                "the {what} {} is writable by group or others (mode {:o})",
+                path.display(),
+                m.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -682,3 +682,39 @@ fn plugins_sharing_a_vm_id_share_one_vm_and_leave_it_cleanly() {
     assert_eq!(probe_of(&mut s, "plugin-name").as_deref(), Some("one"));
     s.finish();
 }
+
+#[test]
+fn module_cache_entries_are_trusted_only_when_private_to_this_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("weft-cache-trust-{}", std::process::id()));
+    let e = WasmEngine::new(EngineOptions {
+        cache_dir: Some(dir.clone()),
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    let bytes = fx::bytes(fx::HEADER_ADDER);
+    e.compile(&bytes).unwrap();
+    let entry = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    // As Weft creates them: directory 0700, entry 0600.
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&entry), 0o600);
+    assert_eq!(crate::engine::trusted_cache_entry(&entry), Ok(()));
+    // A directory others can write to is not trusted, nor a file others can write.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let why = crate::engine::trusted_cache_entry(&entry).unwrap_err();
+    assert!(why.contains("directory") && why.contains("777"), "{why}");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let why = crate::engine::trusted_cache_entry(&entry).unwrap_err();
+    assert!(why.contains("file") && why.contains("666"), "{why}");
+    // The untrusted entry is not loaded: the module is compiled again, and still works.
+    let (_, sha) = e.compile(&bytes).unwrap();
+    assert_eq!(sha.len(), 64);
+    let _ = std::fs::remove_dir_all(dir);
+}
