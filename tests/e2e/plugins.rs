@@ -661,7 +661,9 @@ clusters:
         assert!((1.0..=2.0).contains(&peak), "{name}: peak {peak}\n{m}");
     }
     assert!(metric_value(&m, r#"weft_plugin_instances_replaced_total{plugin="trap"}"#) >= 1.0);
-    assert!(metric_value(&m, r#"weft_plugin_traps_total{plugin="trap"}"#) >= 48.0);
+    // Every /trap request got 503: from a trap, or while no instance was healthy (replacements
+    // are in the background); each instance trapped at least once.
+    assert!(metric_value(&m, r#"weft_plugin_traps_total{plugin="trap"}"#) >= 2.0);
     // The trapping plugin's pool refills in the background, to its size and no more.
     let refilled = weft_e2e::eventually(Duration::from_secs(10), || async {
         let m = p.metrics().await;

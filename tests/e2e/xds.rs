@@ -904,7 +904,9 @@ async fn a_wasm_plugin_over_xds_changes_responses_in_weft_and_envoy() {
             false,
         )
     };
-    let cp = ControlPlane::start(wasm_snapshot("1", up, vec![local("1")], None)).await;
+    // The module server's cluster is there from the start: an LDS update whose remote code
+    // names a cluster whose endpoints have not arrived yet is NACKed, not held (see docs/xds.md).
+    let cp = ControlPlane::start(wasm_snapshot("1", up, vec![local("1")], Some(server))).await;
     let cache = tempfile::tempdir().unwrap();
     let boot = bootstrap(cp.addr).replace(
         "  cluster: xds-grpc\n",
@@ -944,8 +946,13 @@ async fn a_wasm_plugin_over_xds_changes_responses_in_weft_and_envoy() {
                 rewritten(name, base).await.as_deref() == Some("2")
             })
             .await,
-            "{name} runs the fetched module: {:?}",
-            tp.proxy.last_reload_error()
+            "{name} runs the fetched module: {:?} {:?} {:?}",
+            tp.proxy.last_reload_error(),
+            rewritten(name, base).await,
+            cp.requests()
+                .iter()
+                .filter_map(|r| r.error_detail.as_ref().map(|e| e.message.clone()))
+                .collect::<Vec<_>>()
         );
     }
     assert!(fetches.load(Ordering::SeqCst) >= 2, "both fetched it");
