@@ -426,9 +426,7 @@ clusters:
 "#
     ))
     .await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Full<Bytes>>();
+    let client = weft_e2e::h2_client();
     let req = Request::post(p.url("inbound", "/ratings.Ratings/Get"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
