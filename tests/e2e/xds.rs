@@ -12,9 +12,9 @@ use envoy_types::pb::envoy::config::route::v3 as route;
 use weft_e2e::xds::{
     CDS, ControlPlane, EDS, LDS, RDS, SDS, Snapshot, WasmCode, assignment, bootstrap, ca_secret,
     capture_listener, delta_bootstrap, downstream_tls, eds_cluster, header, http_listener,
-    http_listener_with, original_dst_cluster, prefix_route, route_config, sds_upstream_tls,
-    static_cluster, string_value, struct_value, tcp_listener, tcp_proxy_filter, tls_secret,
-    upstream_tls, wasm_filter,
+    http_listener_with, network_wasm_filter, original_dst_cluster, prefix_route, route_config,
+    sds_upstream_tls, static_cluster, string_value, struct_value, tcp_listener, tcp_proxy_filter,
+    tls_secret, upstream_tls, wasm_filter,
 };
 use weft_e2e::{TestProxy, eventually, get, metric_value, upstream};
 
@@ -1598,4 +1598,102 @@ async fn mtls_to_the_control_plane_with_spiffe_validation() {
         "no discovery request reached it"
     );
     assert!(tp2.proxy.listener_addr("web").is_none());
+}
+
+/// What a TCP round trip through `addr` gives back for `hello` (a bounded read of 9 bytes).
+async fn tcp_round_trip(addr: SocketAddr) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < 9 {
+        match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    got
+}
+
+/// A network Wasm filter (`envoy.filters.network.wasm`, as istiod renders a `WasmPlugin` of
+/// `type: NETWORK`) before the TCP proxy runs on each connection in Weft and in Envoy 1.40
+/// alike: the same fixture upper-cases what the client sends and tags what comes back. A
+/// network filter Weft does not run is NACKed naming it, and the last good keeps serving.
+#[tokio::test]
+async fn a_network_wasm_filter_over_xds_rewrites_tcp_in_weft_and_envoy() {
+    let Some(envoy_bin) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let up = upstream::tcp_echo("").await;
+    let listener = |filter: envoy_types::pb::envoy::config::listener::v3::Filter| {
+        let mut l = tcp_listener("tcp", "127.0.0.1:0".parse().unwrap(), "up");
+        l.filter_chains[0].filters.insert(0, filter);
+        l
+    };
+    let rewrite = network_wasm_filter(
+        "rw",
+        WasmCode::Local(weft_test_artifacts::TCP_REWRITE.into()),
+        string_value("tag:"),
+    );
+    let snap = |version: &str, l| {
+        Snapshot::new(version)
+            .with("up", eds_cluster("up"))
+            .with("up", assignment("up", &[(up, 1)]))
+            .with("tcp", l)
+    };
+    let cp = ControlPlane::start(snap("1", listener(rewrite))).await;
+    let tp = TestProxy::start(&bootstrap(cp.addr)).await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(
+        eventually(WAIT, || async { tp.proxy.listener_addr("tcp").is_some() }).await,
+        "{:?}",
+        tp.proxy.last_reload_error()
+    );
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &envoy_bin,
+        &weft_e2e::xds::envoy_bootstrap(cp.addr),
+    )
+    .await;
+    let weft_addr = tp.proxy.listener_addr("tcp").unwrap();
+    for (name, addr) in [("weft", weft_addr), ("envoy", envoy.addr())] {
+        assert_eq!(
+            String::from_utf8_lossy(&tcp_round_trip(addr).await),
+            "tag:HELLO",
+            "{name}"
+        );
+    }
+
+    let rbac = envoy_types::pb::envoy::config::listener::v3::Filter {
+        name: "envoy.filters.network.rbac".into(),
+        config_type: Some(
+            envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
+                envoy_types::pb::google::protobuf::Any {
+                    type_url: "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
+                        .into(),
+                    value: Vec::new(),
+                },
+            ),
+        ),
+    };
+    cp.set(snap("2", listener(rbac)));
+    assert!(
+        eventually(WAIT, || async {
+            cp.requests().iter().any(|r| {
+                r.type_url == LDS
+                    && r.node.as_ref().is_some_and(|n| n.id.contains("test-pod"))
+                    && r.error_detail.as_ref().is_some_and(|e| {
+                        e.message
+                            .contains("filters[0]: network filter `envoy.filters.network.rbac`")
+                    })
+            })
+        })
+        .await,
+        "{:?}",
+        cp.requests().last()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&tcp_round_trip(weft_addr).await),
+        "tag:HELLO"
+    );
 }

@@ -845,6 +845,42 @@ pub fn wasm_filter(
     fail_open: bool,
 ) -> hcm::HttpFilter {
     use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+    hcm::HttpFilter {
+        name: name.into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(Any {
+            type_url: Wasm::type_url(),
+            value: Wasm {
+                config: Some(plugin_config(name, code, configuration, fail_open)),
+            }
+            .encode_to_vec(),
+        })),
+        ..Default::default()
+    }
+}
+
+/// An `envoy.filters.network.wasm` network filter named `name` (also the plugin's name), as
+/// istiod renders one for a `WasmPlugin` of `type: NETWORK`.
+pub fn network_wasm_filter(name: &str, code: WasmCode, configuration: Any) -> listener::Filter {
+    use envoy_types::pb::envoy::extensions::filters::network::wasm::v3::Wasm;
+    listener::Filter {
+        name: name.into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(Any {
+            type_url: Wasm::type_url(),
+            value: Wasm {
+                config: Some(plugin_config(name, code, configuration, false)),
+            }
+            .encode_to_vec(),
+        })),
+    }
+}
+
+/// The `PluginConfig` both Wasm filters carry.
+fn plugin_config(
+    name: &str,
+    code: WasmCode,
+    configuration: Any,
+    fail_open: bool,
+) -> envoy_types::pb::envoy::extensions::wasm::v3::PluginConfig {
     use envoy_types::pb::envoy::extensions::wasm::v3 as wasm;
     let source = match code {
         WasmCode::Local(file) => core::async_data_source::Specifier::Local(core::DataSource {
@@ -869,7 +905,7 @@ pub fn wasm_filter(
         }),
     };
     #[expect(deprecated, reason = "istiod renders fail_open")]
-    let config = wasm::PluginConfig {
+    wasm::PluginConfig {
         name: name.into(),
         root_id: String::new(),
         configuration: Some(configuration),
@@ -881,17 +917,6 @@ pub fn wasm_filter(
                 specifier: Some(source),
             }),
             ..Default::default()
-        })),
-        ..Default::default()
-    };
-    hcm::HttpFilter {
-        name: name.into(),
-        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(Any {
-            type_url: Wasm::type_url(),
-            value: Wasm {
-                config: Some(config),
-            }
-            .encode_to_vec(),
         })),
         ..Default::default()
     }

@@ -1,6 +1,7 @@
 //! One LDS filter chain → a [`weft_config::schema::Listener`] (`lds.rs` reads the listener
-//! around it). The chain holds one network filter: the HTTP connection manager (routes from
-//! RDS or inline; Wasm HTTP filters, then the router) or the TCP proxy.
+//! around it). The chain ends in one terminal network filter: the HTTP connection manager
+//! (routes from RDS or inline; Wasm HTTP filters, then the router) or the TCP proxy, which
+//! network Wasm filters may precede.
 
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
@@ -66,15 +67,46 @@ pub(crate) fn chain(
         }
         None => (None, Vec::new()),
     };
-    let filters = std::mem::take(&mut crest.filters);
+    let mut filters = std::mem::take(&mut crest.filters);
     reject_rest(cpath, &crest)?;
-    let [filter] = <[_; 1]>::try_from(filters).map_err(|f: Vec<_>| {
-        format!(
-            "{cpath}.filters: exactly one network filter (HTTP connection manager or TCP proxy) is implemented (got {})",
-            f.len()
-        )
-    })?;
-    let fpath = format!("{cpath}.filters[0]");
+    // The last network filter terminates the chain (HTTP connection manager or TCP proxy);
+    // before a TCP proxy, network Wasm filters (`envoy.filters.network.wasm`) may run.
+    let Some(filter) = filters.pop() else {
+        return Err(format!(
+            "{cpath}.filters: a network filter (HTTP connection manager or TCP proxy) is required"
+        ));
+    };
+    let last = filters.len();
+    let mut network_plugins: Vec<super::wasm::WasmPlugin> = Vec::new();
+    for (i, f) in filters.into_iter().enumerate() {
+        let fpath = format!("{cpath}.filters[{i}]");
+        let any = match f.config_type {
+            Some(ConfigType::TypedConfig(any)) => any,
+            Some(ConfigType::ConfigDiscovery(_)) => {
+                return Err(format!("{fpath}.config_discovery: ECDS is unimplemented"));
+            }
+            None => return Err(format!("{fpath}.typed_config: required")),
+        };
+        if any.type_url != super::wasm::NETWORK_WASM {
+            return Err(format!(
+                "{fpath}: network filter `{}` ({}) is unimplemented (before the terminal filter \
+                 only envoy.filters.network.wasm is)",
+                f.name, any.type_url
+            ));
+        }
+        let p = super::wasm::network_wasm(&fpath, &f.name, &any)?;
+        if network_plugins
+            .iter()
+            .any(|q| q.plugin.name == p.plugin.name)
+        {
+            return Err(format!(
+                "{fpath}.typed_config.config.name: `{}` twice in one filter chain",
+                p.plugin.name
+            ));
+        }
+        network_plugins.push(p);
+    }
+    let fpath = format!("{cpath}.filters[{last}]");
     let any = match filter.config_type {
         Some(ConfigType::TypedConfig(any)) => any,
         Some(ConfigType::ConfigDiscovery(_)) => {
@@ -92,14 +124,22 @@ pub(crate) fn chain(
         let tcp: TcpProxy = decode(&fpath, &any, type_url::TCP_PROXY)?;
         out.protocol = ListenerProtocol::Tcp;
         out.tcp = Some(tcp_proxy(&format!("{fpath}.tcp_proxy"), tcp)?);
+        out.plugins = plugin_refs(&network_plugins);
         return Ok(Translated {
             listener: out,
             rds: None,
-            plugins: Vec::new(),
+            plugins: network_plugins,
             chains: Vec::new(),
             chain_names: Vec::new(),
             secrets,
         });
+    }
+    if !network_plugins.is_empty() {
+        return Err(format!(
+            "{cpath}.filters[0]: a network Wasm filter before the HTTP connection manager is \
+             unimplemented (Weft runs network Wasm filters on TCP proxy chains; use \
+             envoy.filters.http.wasm on HTTP)"
+        ));
     }
     let hcm: HttpConnectionManager = decode(&fpath, &any, type_url::HCM)?;
     let hpath = format!("{fpath}.http_connection_manager");
@@ -137,14 +177,7 @@ pub(crate) fn chain(
     }
     let filters = std::mem::take(&mut hrest.http_filters);
     let plugins = http_filters(&format!("{hpath}.http_filters"), filters)?;
-    out.plugins = plugins
-        .iter()
-        .map(|p| weft_config::schema::PluginRef {
-            name: p.plugin.name.clone(),
-            configuration: None,
-            disabled: false,
-        })
-        .collect();
+    out.plugins = plugin_refs(&plugins);
     let mut rds = None;
     match hrest.route_specifier.take() {
         Some(RouteSpecifier::Rds(r)) => {
@@ -175,6 +208,18 @@ pub(crate) fn chain(
         chain_names: Vec::new(),
         secrets,
     })
+}
+
+/// The listener's references to its Wasm filters' plugins, in filter order.
+fn plugin_refs(plugins: &[super::wasm::WasmPlugin]) -> Vec<weft_config::schema::PluginRef> {
+    plugins
+        .iter()
+        .map(|p| weft_config::schema::PluginRef {
+            name: p.plugin.name.clone(),
+            configuration: None,
+            disabled: false,
+        })
+        .collect()
 }
 
 /// Wasm filters (`envoy.filters.http.wasm`), then the router, last; any other HTTP filter is

@@ -1,4 +1,5 @@
-//! `envoy.filters.http.wasm` (an HTTP filter of the HTTP connection manager) → a Weft plugin
+//! `envoy.filters.http.wasm` (an HTTP filter of the HTTP connection manager) and
+//! `envoy.filters.network.wasm` (a network filter before the TCP proxy) → a Weft plugin
 //! ([`weft_config::schema::Plugin`]) and its attachment to the listener.
 //!
 //! The code comes from a local file (`vm_config.code.local.filename`) or from an HTTP server
@@ -21,6 +22,10 @@ use crate::fields::reject_rest;
 
 /// The type URL of the HTTP Wasm filter's configuration.
 pub(crate) const HTTP_WASM: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+
+/// The type URL of the network Wasm filter's configuration.
+pub(crate) const NETWORK_WASM: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm";
 
 /// The file name prefix of a plugin whose code is still to be fetched: `xds-remote:<sha256>`.
 pub(crate) const REMOTE_PREFIX: &str = "xds-remote:";
@@ -55,11 +60,35 @@ pub(crate) fn http_wasm(path: &str, filter_name: &str, any: &Any) -> Result<Wasm
         Wasm::decode(any.value.as_slice()).map_err(|e| format!("{path}.typed_config: {e}"))?;
     let path = format!("{path}.typed_config");
     let mut rest = wasm;
-    let Some(mut config) = rest.config.take() else {
+    let Some(config) = rest.config.take() else {
         return Err(format!("{path}.config: required"));
     };
     reject_rest(&path, &rest)?;
-    let cpath = format!("{path}.config");
+    plugin_config(&format!("{path}.config"), filter_name, config)
+}
+
+/// Translates the network Wasm filter `filter_name` at `path` (its plugin runs on each
+/// connection of a TCP proxy listener: `proxy_on_new_connection`, `_downstream_data`, …).
+pub(crate) fn network_wasm(path: &str, filter_name: &str, any: &Any) -> Result<WasmPlugin, String> {
+    use envoy_types::pb::envoy::extensions::filters::network::wasm::v3::Wasm as NetworkWasm;
+    let wasm = NetworkWasm::decode(any.value.as_slice())
+        .map_err(|e| format!("{path}.typed_config: {e}"))?;
+    let path = format!("{path}.typed_config");
+    let mut rest = wasm;
+    let Some(config) = rest.config.take() else {
+        return Err(format!("{path}.config: required"));
+    };
+    reject_rest(&path, &rest)?;
+    plugin_config(&format!("{path}.config"), filter_name, config)
+}
+
+/// A filter's `PluginConfig` (the same message in the HTTP and the network filter) at `cpath`.
+fn plugin_config(
+    cpath: &str,
+    filter_name: &str,
+    config: envoy_types::pb::envoy::extensions::wasm::v3::PluginConfig,
+) -> Result<WasmPlugin, String> {
+    let mut config = config;
     let name = if config.name.is_empty() {
         filter_name.to_owned()
     } else {
@@ -100,7 +129,7 @@ pub(crate) fn http_wasm(path: &str, filter_name: &str, any: &Any) -> Result<Wasm
     let Some(plugin_config::Vm::VmConfig(mut vm)) = config.vm.take() else {
         return Err(format!("{cpath}.vm_config: required"));
     };
-    reject_rest(&cpath, &config)?;
+    reject_rest(cpath, &config)?;
     let vpath = format!("{cpath}.vm_config");
     let vm_id = std::mem::take(&mut vm.vm_id);
     match vm.runtime.as_str() {
