@@ -1697,3 +1697,193 @@ async fn a_network_wasm_filter_over_xds_rewrites_tcp_in_weft_and_envoy() {
         "tag:HELLO"
     );
 }
+
+/// An HTTP filter `name` with `typed_config` of `type_url` and `value`.
+fn http_filter(name: &str, type_url: &str, value: Vec<u8>) -> weft_e2e::xds::HttpFilter {
+    weft_e2e::xds::HttpFilter {
+        name: name.into(),
+        config_type: Some(
+            envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(
+                envoy_types::pb::google::protobuf::Any {
+                    type_url: type_url.into(),
+                    value,
+                },
+            ),
+        ),
+        ..Default::default()
+    }
+}
+
+/// istiod's sidecar HTTP filter chain: Envoy's fault, CORS and gRPC-stats filters (with the
+/// configurations istiod gives them) and, with `istio`, its own metadata-exchange, ALPN and
+/// stats filters (which only Istio's Envoy build knows).
+fn istiod_filters(istio: bool) -> Vec<weft_e2e::xds::HttpFilter> {
+    let mut filters = vec![
+        http_filter(
+            "envoy.filters.http.grpc_stats",
+            "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+            // emit_filter_state: true
+            vec![0x08, 0x01],
+        ),
+        http_filter(
+            "envoy.filters.http.fault",
+            "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            Vec::new(),
+        ),
+        http_filter(
+            "envoy.filters.http.cors",
+            "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors",
+            Vec::new(),
+        ),
+    ];
+    if istio {
+        // A TypedStruct (type_url 1, value 2: an empty Struct) of the peer-metadata filter.
+        let mut typed = Vec::new();
+        prost::encoding::string::encode(
+            1,
+            &"type.googleapis.com/io.istio.http.peer_metadata.Config".to_owned(),
+            &mut typed,
+        );
+        prost::encoding::message::encode(
+            2,
+            &envoy_types::pb::google::protobuf::Struct::default(),
+            &mut typed,
+        );
+        filters.insert(
+            0,
+            http_filter(
+                "istio.metadata_exchange",
+                "type.googleapis.com/udpa.type.v1.TypedStruct",
+                typed,
+            ),
+        );
+        filters.push(http_filter(
+            "istio.alpn",
+            "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
+            Vec::new(),
+        ));
+        // disable_host_header_fallback: true, tcp_reporting_duration: 5 s.
+        filters.push(http_filter(
+            "istio.stats",
+            "type.googleapis.com/stats.PluginConfig",
+            vec![0x30, 0x01, 0x3a, 0x02, 0x08, 0x05],
+        ));
+    }
+    filters
+}
+
+/// A route to `up` with istiod's rendering of a VirtualService `fault` (an `HTTPFault` in the
+/// route's `typed_per_filter_config`).
+fn faulted_route(prefix: &str, abort: u32, delay_ms: Option<u32>) -> route::Route {
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3 as common;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
+    use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+    use prost::Message;
+    let all = Some(FractionalPercent {
+        numerator: 100,
+        denominator: 0,
+    });
+    let config = fault::HttpFault {
+        abort: Some(fault::FaultAbort {
+            percentage: all,
+            error_type: Some(fault::fault_abort::ErrorType::HttpStatus(abort)),
+            ..Default::default()
+        }),
+        delay: delay_ms.map(|ms| common::FaultDelay {
+            percentage: all,
+            fault_delay_secifier: Some(common::fault_delay::FaultDelaySecifier::FixedDelay(
+                envoy_types::pb::google::protobuf::Duration {
+                    seconds: 0,
+                    nanos: ms as i32 * 1_000_000,
+                },
+            )),
+        }),
+        ..Default::default()
+    };
+    let mut r = prefix_route(prefix, &[("up", 1)]);
+    r.typed_per_filter_config.insert(
+        "envoy.filters.http.fault".into(),
+        envoy_types::pb::google::protobuf::Any {
+            type_url: "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault".into(),
+            value: config.encode_to_vec(),
+        },
+    );
+    r
+}
+
+/// The HTTP filters istiod puts in every sidecar listener are accepted (Weft implements them
+/// natively), and a VirtualService fault rendered into a route's `typed_per_filter_config`
+/// aborts requests the same way in Weft and in Envoy 1.40; Istio's own filters (metadata
+/// exchange, ALPN, stats: only Istio's Envoy build has them) are accepted by Weft too.
+#[tokio::test]
+async fn istiod_http_filters_and_route_faults_behave_the_same_in_envoy_and_weft() {
+    let Some(envoy_bin) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let up = upstream::echo("up").await;
+    let snap = |version: &str, istio: bool| {
+        Snapshot::new(version)
+            .with("up", eds_cluster("up"))
+            .with("up", assignment("up", &[(up, 1)]))
+            .with(
+                "web",
+                http_listener_with(
+                    "web",
+                    "127.0.0.1:0".parse().unwrap(),
+                    "routes",
+                    istiod_filters(istio),
+                ),
+            )
+            .with(
+                "routes",
+                route_config(
+                    "routes",
+                    vec![
+                        faulted_route("/abort", 418, None),
+                        faulted_route("/late-abort", 503, Some(1)),
+                        prefix_route("/", &[("up", 1)]),
+                    ],
+                ),
+            )
+    };
+    let cp = ControlPlane::start(snap("1", false)).await;
+    let w = start(&cp).await;
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &envoy_bin,
+        &weft_e2e::xds::envoy_bootstrap(cp.addr),
+    )
+    .await;
+    let weft_base = w.tp.url("web", "");
+    for (name, base) in [("weft", weft_base.as_str()), ("envoy", &envoy.url(""))] {
+        assert_eq!(get(&format!("{base}/abort/x")).await.status, 418, "{name}");
+        assert_eq!(
+            get(&format!("{base}/late-abort")).await.status,
+            503,
+            "{name}"
+        );
+        let r = get(&format!("{base}/ok")).await;
+        assert_eq!(r.status, 200, "{name}");
+        assert_eq!(r.json()["server"], "up", "{name}");
+    }
+
+    // Version 2 adds Istio's own filters: Weft ACKs it and keeps serving the same way.
+    cp.set(snap("2", true));
+    assert!(
+        eventually(WAIT, || async {
+            cp.requests().iter().any(|r| {
+                r.type_url == LDS
+                    && r.version_info == "2"
+                    && r.error_detail.is_none()
+                    && r.node.as_ref().is_some_and(|n| n.id.contains("test-pod"))
+            })
+        })
+        .await,
+        "{:?}",
+        cp.requests()
+            .iter()
+            .filter_map(|r| r.error_detail.as_ref().map(|e| e.message.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(get(&format!("{weft_base}/abort")).await.status, 418);
+    assert_eq!(get(&format!("{weft_base}/ok")).await.status, 200);
+}

@@ -260,9 +260,14 @@ fn http_filters(
                 plugins.push(p);
                 continue;
             }
+            if let Some(any) = &any
+                && super::native::http_filter(&fpath, any)?
+            {
+                continue;
+            }
             return Err(format!(
-                "{fpath}: HTTP filter `{}` is unimplemented (envoy.filters.http.wasm and \
-                 envoy.filters.http.router are)",
+                "{fpath}: HTTP filter `{}` is unimplemented (envoy.filters.http.wasm, \
+                 envoy.filters.http.router and the filters istiod adds are: see docs/xds.md)",
                 f.name
             ));
         }

@@ -11,6 +11,7 @@ pub(crate) mod cluster;
 pub(crate) mod endpoint;
 pub(crate) mod lds;
 pub(crate) mod listener;
+pub(crate) mod native;
 pub(crate) mod route;
 pub(crate) mod secret;
 pub(crate) mod tls;

@@ -121,6 +121,7 @@ fn route(
     // Ignored: observability-only fields.
     rest.metadata = None;
     rest.stat_prefix.clear();
+    let fault = per_filter_config(path, std::mem::take(&mut rest.typed_per_filter_config))?;
     let mut out = Route {
         name: (!name.is_empty()).then_some(name),
         matcher,
@@ -130,7 +131,7 @@ fn route(
         request_headers,
         response_headers,
         plugins: Vec::new(),
-        fault: None,
+        fault,
         local_rate_limit: None,
         decorator,
     };
@@ -176,6 +177,96 @@ fn route(
     }
     reject_rest(path, &rest)?;
     Ok(out)
+}
+
+/// A route's `typed_per_filter_config`: the fault filter's `HTTPFault` (how istiod renders a
+/// VirtualService's `fault`) becomes the route's fault; any other filter's NACKs.
+fn per_filter_config(
+    path: &str,
+    configs: std::collections::HashMap<String, envoy_types::pb::google::protobuf::Any>,
+) -> Result<Option<weft_config::resilience::Fault>, String> {
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{HttpFault, fault_abort};
+    use prost::Message;
+    use weft_config::resilience::{Fault, FaultAbort, FaultDelay};
+
+    let mut fault = None;
+    let mut names: Vec<_> = configs.into_iter().collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, any) in names {
+        let fpath = format!("{path}.typed_per_filter_config[\"{name}\"]");
+        if any.type_url != super::native::FAULT {
+            return Err(format!(
+                "{fpath}: `{}` is unimplemented (only the fault filter's HTTPFault is)",
+                any.type_url
+            ));
+        }
+        let mut f = HttpFault::decode(any.value.as_slice()).map_err(|e| format!("{fpath}: {e}"))?;
+        let mut out = Fault {
+            delay: None,
+            abort: None,
+            headers: Vec::new(),
+        };
+        if let Some(d) = f.delay.take() {
+            let dpath = format!("{fpath}.delay");
+            let fixed = match d.fault_delay_secifier {
+                Some(FaultDelaySecifier::FixedDelay(t)) => {
+                    duration(&format!("{dpath}.fixed_delay"), &t)?
+                }
+                Some(FaultDelaySecifier::HeaderDelay(_)) => {
+                    return Err(format!("{dpath}.header_delay: unimplemented"));
+                }
+                None => return Err(format!("{dpath}.fixed_delay: required")),
+            };
+            out.delay = Some(FaultDelay {
+                fixed_delay: fixed,
+                percentage: percent(d.percentage),
+            });
+        }
+        if let Some(a) = f.abort.take() {
+            let apath = format!("{fpath}.abort");
+            if !a.response_body.is_empty() {
+                return Err(format!("{apath}.response_body: unimplemented"));
+            }
+            let (http_status, grpc_status) = match a.error_type {
+                Some(fault_abort::ErrorType::HttpStatus(s)) => {
+                    let s = u16::try_from(s)
+                        .ok()
+                        .filter(|s| (200..600).contains(s))
+                        .ok_or_else(|| format!("{apath}.http_status: {s} is not 200-599"))?;
+                    (Some(s), None)
+                }
+                Some(fault_abort::ErrorType::GrpcStatus(s)) => (None, Some(s)),
+                Some(fault_abort::ErrorType::HeaderAbort(_)) => {
+                    return Err(format!("{apath}.header_abort: unimplemented"));
+                }
+                None => return Err(format!("{apath}: http_status or grpc_status is required")),
+            };
+            out.abort = Some(FaultAbort {
+                http_status,
+                grpc_status,
+                percentage: percent(a.percentage),
+            });
+        }
+        for (i, h) in std::mem::take(&mut f.headers).into_iter().enumerate() {
+            out.headers
+                .push(header_match(&format!("{fpath}.headers[{i}]"), h)?);
+        }
+        reject_rest(&fpath, &f)?;
+        fault = Some(out);
+    }
+    Ok(fault)
+}
+
+/// An Envoy `FractionalPercent` in percent (unset is 0 %, as Envoy reads it).
+fn percent(p: Option<envoy_types::pb::envoy::r#type::v3::FractionalPercent>) -> f64 {
+    let Some(p) = p else { return 0.0 };
+    let denominator = match p.denominator {
+        1 => 10_000.0,
+        2 => 1_000_000.0,
+        _ => 100.0,
+    };
+    (f64::from(p.numerator) * 100.0 / denominator).min(100.0)
 }
 
 fn route_match(path: &str, m: r::RouteMatch) -> Result<RouteMatch, String> {
