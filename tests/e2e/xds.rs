@@ -1887,3 +1887,129 @@ async fn istiod_http_filters_and_route_faults_behave_the_same_in_envoy_and_weft(
     assert_eq!(get(&format!("{weft_base}/abort")).await.status, 418);
     assert_eq!(get(&format!("{weft_base}/ok")).await.status, 200);
 }
+
+/// RDS route actions Weft maps from Envoy's form — a `regex_rewrite` with an RE2 group
+/// reference, a `hash_policy` on a header over a `RING_HASH` cluster, a mirror policy — behave
+/// the same in Weft and in Envoy 1.40 on the same snapshot.
+#[tokio::test]
+async fn rds_regex_rewrite_hash_policy_and_mirror_agree_in_envoy_and_weft() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+    use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+    use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatchAndSubstitute, RegexMatcher};
+    use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+    let Some(envoy_bin) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let up = upstream::echo("up").await;
+    let (a, b) = (upstream::echo("a").await, upstream::echo("b").await);
+    let shadow = weft_e2e::recording::recording().await;
+    let with_action = |prefix: &str, cluster: &str, f: &dyn Fn(&mut route::RouteAction)| {
+        let mut r = prefix_route(prefix, &[(cluster, 1)]);
+        if let Some(route::route::Action::Route(a)) = r.action.as_mut() {
+            f(a);
+        }
+        r
+    };
+    let rewrite = with_action("/re/", "up", &|a| {
+        a.regex_rewrite = Some(RegexMatchAndSubstitute {
+            pattern: Some(RegexMatcher {
+                regex: "^/re/([0-9]+)$".into(),
+                ..Default::default()
+            }),
+            substitution: "/num/\\1".into(),
+        });
+    });
+    let hashed = with_action("/hash", "pair", &|a| {
+        a.hash_policy = vec![route::route_action::HashPolicy {
+            policy_specifier: Some(route::route_action::hash_policy::PolicySpecifier::Header(
+                route::route_action::hash_policy::Header {
+                    header_name: "x-user".into(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }];
+    });
+    let mirrored = with_action("/mirror", "up", &|a| {
+        a.request_mirror_policies = vec![route::route_action::RequestMirrorPolicy {
+            cluster: "shadow".into(),
+            runtime_fraction: Some(RuntimeFractionalPercent {
+                default_value: Some(FractionalPercent {
+                    numerator: 100,
+                    denominator: 0,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+    });
+    let mut pair = eds_cluster("pair");
+    pair.lb_policy = LbPolicy::RingHash as i32;
+    let snap = Snapshot::new("1")
+        .with("up", eds_cluster("up"))
+        .with("up", assignment("up", &[(up, 1)]))
+        .with("pair", pair)
+        .with("pair", assignment("pair", &[(a, 1), (b, 1)]))
+        .with("shadow", eds_cluster("shadow"))
+        .with("shadow", assignment("shadow", &[(shadow.addr, 1)]))
+        .with(
+            "web",
+            http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
+        )
+        .with(
+            "routes",
+            route_config(
+                "routes",
+                vec![rewrite, hashed, mirrored, prefix_route("/", &[("up", 1)])],
+            ),
+        );
+    let cp = ControlPlane::start(snap).await;
+    let w = start(&cp).await;
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &envoy_bin,
+        &weft_e2e::xds::envoy_bootstrap(cp.addr),
+    )
+    .await;
+    for (name, base) in [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))] {
+        let r = get(&format!("{base}/re/42")).await;
+        assert_eq!(r.status, 200, "{name}");
+        assert_eq!(r.json()["path"], "/num/42", "{name}: {}", r.text());
+
+        // One user always lands on the same endpoint; several users reach both.
+        let mut servers = std::collections::BTreeSet::new();
+        for user in 0..16 {
+            let first =
+                weft_e2e::get_with(&format!("{base}/hash"), &[("x-user", &user.to_string())])
+                    .await
+                    .json()["server"]
+                    .to_string();
+            for _ in 0..3 {
+                let again =
+                    weft_e2e::get_with(&format!("{base}/hash"), &[("x-user", &user.to_string())])
+                        .await
+                        .json()["server"]
+                        .to_string();
+                assert_eq!(again, first, "{name}: user {user} moved");
+            }
+            servers.insert(first);
+        }
+        assert_eq!(servers.len(), 2, "{name}: {servers:?}");
+
+        let before = shadow.heads();
+        let r = get(&format!("{base}/mirror/x")).await;
+        assert_eq!(r.json()["server"], "up", "{name}");
+        assert!(
+            eventually(WAIT, || async { shadow.heads() > before }).await,
+            "{name}: the shadow got a copy"
+        );
+        let seen = shadow.heads_since(before);
+        assert_eq!(seen[0].path, "/mirror/x", "{name}");
+        let host = seen[0]
+            .headers
+            .iter()
+            .find(|(n, _)| n == "host")
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        assert!(host.contains("-shadow"), "{name}: {host}");
+    }
+}

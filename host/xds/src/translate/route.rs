@@ -428,8 +428,129 @@ fn route_action(path: &str, a: r::RouteAction) -> Result<ForwardAction, String> 
     if let Some(p) = rest.retry_policy.take() {
         out.retry_policy = Some(retry_policy(&format!("{path}.retry_policy"), p)?);
     }
+    if let Some(rr) = rest.regex_rewrite.take() {
+        out.regex_rewrite = Some(regex_rewrite(&format!("{path}.regex_rewrite"), rr)?);
+    }
+    for (i, h) in std::mem::take(&mut rest.hash_policy)
+        .into_iter()
+        .enumerate()
+    {
+        out.hash_policy
+            .push(hash_policy(&format!("{path}.hash_policy[{i}]"), h)?);
+    }
+    for (i, m) in std::mem::take(&mut rest.request_mirror_policies)
+        .into_iter()
+        .enumerate()
+    {
+        out.request_mirror_policies
+            .push(mirror(&format!("{path}.request_mirror_policies[{i}]"), m)?);
+    }
     reject_rest(path, &rest)?;
     Ok(out)
+}
+
+/// `regex_rewrite`: Envoy's RE2 substitution (`\1` for a group, `\\` for a backslash) in the
+/// regex crate's syntax (`${1}`, `$$` for a dollar).
+fn regex_rewrite(
+    path: &str,
+    rr: envoy_types::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute,
+) -> Result<weft_config::schema::RegexRewrite, String> {
+    let mut rest = rr;
+    let Some(mut pattern) = rest.pattern.take() else {
+        return Err(format!("{path}.pattern: required"));
+    };
+    let regex = std::mem::take(&mut pattern.regex);
+    pattern.engine_type = None;
+    reject_rest(&format!("{path}.pattern"), &pattern)?;
+    let from = std::mem::take(&mut rest.substitution);
+    reject_rest(path, &rest)?;
+    let mut substitution = String::with_capacity(from.len() + 4);
+    let mut chars = from.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => substitution.push_str("$$"),
+            '\\' => match chars.next() {
+                Some(d) if d.is_ascii_digit() => {
+                    substitution.push_str("${");
+                    substitution.push(d);
+                    substitution.push('}');
+                }
+                Some('\\') => substitution.push('\\'),
+                _ => {
+                    return Err(format!(
+                        "{path}.substitution: `{from}`: a backslash must be followed by a digit or a backslash"
+                    ));
+                }
+            },
+            c => substitution.push(c),
+        }
+    }
+    Ok(weft_config::schema::RegexRewrite {
+        pattern: regex,
+        substitution,
+    })
+}
+
+/// One `hash_policy`: a header, a cookie (without `ttl`: Weft does not generate cookies) or
+/// the source IP. `terminal` is accepted: Weft uses the first policy that yields a key.
+fn hash_policy(
+    path: &str,
+    h: r::route_action::HashPolicy,
+) -> Result<weft_config::schema::HashPolicy, String> {
+    use r::route_action::hash_policy::PolicySpecifier as P;
+    let mut rest = h;
+    rest.terminal = false;
+    let mut out = weft_config::schema::HashPolicy::default();
+    match rest.policy_specifier.take() {
+        Some(P::Header(mut hd)) => {
+            out.header = Some(std::mem::take(&mut hd.header_name));
+            reject_rest(&format!("{path}.header"), &hd)?;
+        }
+        Some(P::Cookie(mut c)) => {
+            out.cookie = Some(std::mem::take(&mut c.name));
+            reject_rest(&format!("{path}.cookie"), &c)?;
+        }
+        Some(P::ConnectionProperties(c)) if c.source_ip => out.source_ip = true,
+        Some(P::ConnectionProperties(_)) => {
+            return Err(format!(
+                "{path}.connection_properties.source_ip: must be true"
+            ));
+        }
+        Some(_) => {
+            return Err(format!(
+                "{path}: only header, cookie and connection_properties are implemented"
+            ));
+        }
+        None => return Err(format!("{path}: a policy is required")),
+    }
+    reject_rest(path, &rest)?;
+    Ok(out)
+}
+
+/// One `request_mirror_policies` entry: the shadow cluster and its share (the runtime key is
+/// ignored: Weft has no runtime layer; `trace_sampled` is ignored).
+fn mirror(
+    path: &str,
+    m: r::route_action::RequestMirrorPolicy,
+) -> Result<weft_config::resilience::MirrorPolicy, String> {
+    let mut rest = m;
+    let cluster = std::mem::take(&mut rest.cluster);
+    if cluster.is_empty() {
+        return Err(format!(
+            "{path}.cluster: required (cluster_header is unimplemented)"
+        ));
+    }
+    let percentage = match rest.runtime_fraction.take() {
+        Some(f) => percent(f.default_value),
+        None => 100.0,
+    };
+    rest.trace_sampled = None;
+    reject_rest(path, &rest)?;
+    Ok(weft_config::resilience::MirrorPolicy {
+        cluster,
+        percentage: Some(percentage),
+        runtime_fraction: None,
+    })
 }
 
 fn retry_policy(
@@ -547,4 +668,49 @@ fn mutations(
         one("request", req_add, req_remove)?,
         one("response", resp_add, resp_remove)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatchAndSubstitute, RegexMatcher};
+
+    use super::*;
+
+    fn rewrite(substitution: &str) -> Result<String, String> {
+        regex_rewrite(
+            "r",
+            RegexMatchAndSubstitute {
+                pattern: Some(RegexMatcher {
+                    regex: "^/(a)(b)$".into(),
+                    ..Default::default()
+                }),
+                substitution: substitution.into(),
+            },
+        )
+        .map(|r| r.substitution)
+    }
+
+    #[test]
+    fn re2_substitutions_become_the_regex_crates() {
+        assert_eq!(rewrite("/x/\\2/\\1").as_deref(), Ok("/x/${2}/${1}"));
+        assert_eq!(rewrite("/$1\\\\").as_deref(), Ok("/$$1\\"));
+        let err = rewrite("/\\x").unwrap_err();
+        assert!(err.starts_with("r.substitution: `/\\x`"), "{err}");
+    }
+
+    #[test]
+    fn fractional_percents_in_percent() {
+        use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+        let p = |numerator, denominator| {
+            percent(Some(FractionalPercent {
+                numerator,
+                denominator,
+            }))
+        };
+        assert_eq!(p(50, 0), 50.0);
+        assert_eq!(p(2_500, 1), 25.0);
+        assert_eq!(p(10, 2), 0.001);
+        assert_eq!(p(200, 0), 100.0);
+        assert_eq!(percent(None), 0.0);
+    }
 }
