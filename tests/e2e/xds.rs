@@ -2013,3 +2013,104 @@ async fn rds_regex_rewrite_hash_policy_and_mirror_agree_in_envoy_and_weft() {
         assert!(host.contains("-shadow"), "{name}: {host}");
     }
 }
+
+/// CDS fields istiod renders for a DestinationRule and an HTTP/2 service — an active HTTP
+/// health check and `typed_extension_protocol_options` with an explicit HTTP/2 — behave the
+/// same in Weft and in Envoy 1.40: the endpoint failing its check takes no traffic, and the
+/// upstream is spoken to over h2c.
+#[tokio::test]
+async fn cds_health_checks_and_http2_protocol_options_agree_in_envoy_and_weft() {
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+        ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+    };
+    use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+    use prost::Message;
+    let Some(envoy_bin) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let node = |name: &'static str, healthy: bool| {
+        upstream::serve(
+            move |req: http::Request<hyper::body::Incoming>| async move {
+                let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                    format!("{name} {:?}", req.version()),
+                )));
+                if req.uri().path() == "/healthz" && !healthy {
+                    *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                r
+            },
+        )
+    };
+    let (good, bad) = (node("good", true).await, node("bad", false).await);
+    let ms = |n: i32| PbDuration {
+        seconds: 0,
+        nanos: n * 1_000_000,
+    };
+    let mut cluster = eds_cluster("hc");
+    cluster.health_checks = vec![core::HealthCheck {
+        timeout: Some(ms(500)),
+        interval: Some(ms(100)),
+        unhealthy_threshold: Some(UInt32Value { value: 1 }),
+        healthy_threshold: Some(UInt32Value { value: 1 }),
+        health_checker: Some(core::health_check::HealthChecker::HttpHealthCheck(
+            core::health_check::HttpHealthCheck {
+                path: "/healthz".into(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }];
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    core::Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..Default::default()
+    };
+    cluster.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        envoy_types::pb::google::protobuf::Any {
+            type_url: "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+                .into(),
+            value: options.encode_to_vec(),
+        },
+    );
+    let snap = Snapshot::new("1")
+        .with("hc", cluster)
+        .with("hc", assignment("hc", &[(good, 1), (bad, 1)]))
+        .with(
+            "web",
+            http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
+        )
+        .with(
+            "routes",
+            route_config("routes", vec![prefix_route("/", &[("hc", 1)])]),
+        );
+    let cp = ControlPlane::start(snap).await;
+    let w = start(&cp).await;
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &envoy_bin,
+        &weft_e2e::xds::envoy_bootstrap(cp.addr),
+    )
+    .await;
+    for (name, base) in [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))] {
+        let all_good = || async {
+            for _ in 0..10 {
+                if get(&format!("{base}/x")).await.text() != "good HTTP/2.0" {
+                    return false;
+                }
+            }
+            true
+        };
+        assert!(
+            eventually(WAIT, all_good).await,
+            "{name}: {}",
+            get(&format!("{base}/x")).await.text()
+        );
+    }
+}

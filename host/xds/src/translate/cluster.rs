@@ -4,6 +4,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster as XCluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbPolicy,
 };
+use envoy_types::pb::google::protobuf::Any;
 use weft_config::resilience::CircuitBreakers;
 use weft_config::schema::{Cluster, ClusterService, LbPolicy as WeftLb};
 
@@ -185,6 +186,44 @@ pub(crate) fn translate(c: XCluster) -> Result<Translated, String> {
     if rest.http2_protocol_options.take().is_some() {
         cluster.protocol = weft_config::schema::UpstreamProtocol::Http2;
     }
+    for (i, hc) in std::mem::take(&mut rest.health_checks)
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            return Err(format!(
+                "{path}.health_checks[{i}]: at most one health check is implemented"
+            ));
+        }
+        cluster
+            .health_checks
+            .push(health_check(&format!("{path}.health_checks[{i}]"), hc)?);
+    }
+    let mut options: Vec<_> = std::mem::take(&mut rest.typed_extension_protocol_options)
+        .into_iter()
+        .collect();
+    options.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, any) in options {
+        protocol_options(
+            &format!("{path}.typed_extension_protocol_options[\"{key}\"]"),
+            &any,
+            &mut cluster,
+        )?;
+    }
+    for (i, f) in std::mem::take(&mut rest.filters).into_iter().enumerate() {
+        let fpath = format!("{path}.filters[{i}]");
+        let type_url = f.typed_config.as_ref().map(|a| a.type_url.as_str());
+        // istiod's upstream TCP metadata exchange (ALPN `istio-peer-exchange`): Weft labels TCP
+        // metrics from the peer's SPIFFE identity instead; nothing to run.
+        if type_url == Some(TCP_METADATA_EXCHANGE) {
+            continue;
+        }
+        return Err(format!(
+            "{fpath}: upstream network filter `{}` is unimplemented (only istiod's \
+             istio.metadata_exchange is accepted)",
+            f.name
+        ));
+    }
     let mut secrets = Vec::new();
     if let Some(socket) = rest.transport_socket.take()
         && let Some((tls, names)) =
@@ -200,6 +239,167 @@ pub(crate) fn translate(c: XCluster) -> Result<Translated, String> {
         eds_name,
         secrets,
     })
+}
+
+/// The type of istiod's upstream `istio.metadata_exchange` filter.
+const TCP_METADATA_EXCHANGE: &str =
+    "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange";
+
+/// The key of the HTTP protocol options in `typed_extension_protocol_options`.
+const HTTP_PROTOCOL_OPTIONS: &str =
+    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// `typed_extension_protocol_options`: Envoy's `HttpProtocolOptions` with an explicit HTTP/1.1
+/// or HTTP/2 (`cluster.protocol`) and the common options' `idle_timeout`.
+fn protocol_options(path: &str, any: &Any, cluster: &mut Cluster) -> Result<(), String> {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+        UpstreamProtocolOptions as U, explicit_http_config::ProtocolConfig as P,
+    };
+    use prost::Message;
+    if any.type_url != HTTP_PROTOCOL_OPTIONS {
+        return Err(format!(
+            "{path}: `{}` is unimplemented (only HttpProtocolOptions is)",
+            any.type_url
+        ));
+    }
+    let mut rest =
+        HttpProtocolOptions::decode(any.value.as_slice()).map_err(|e| format!("{path}: {e}"))?;
+    match rest.upstream_protocol_options.take() {
+        None => {}
+        Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
+            Some(P::HttpProtocolOptions(o)) => {
+                reject_rest(
+                    &format!("{path}.explicit_http_config.http_protocol_options"),
+                    &o,
+                )?;
+                cluster.protocol = weft_config::schema::UpstreamProtocol::Http1;
+            }
+            Some(P::Http2ProtocolOptions(mut o)) => {
+                // Weft's client follows the server's SETTINGS; Istio's stream cap changes
+                // nothing there.
+                o.max_concurrent_streams = None;
+                reject_rest(
+                    &format!("{path}.explicit_http_config.http2_protocol_options"),
+                    &o,
+                )?;
+                cluster.protocol = weft_config::schema::UpstreamProtocol::Http2;
+            }
+            Some(P::Http3ProtocolOptions(_)) => {
+                return Err(format!(
+                    "{path}.explicit_http_config.http3_protocol_options: unimplemented"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "{path}.explicit_http_config: a protocol is required"
+                ));
+            }
+        },
+        Some(U::UseDownstreamProtocolConfig(_)) => {
+            return Err(format!(
+                "{path}.use_downstream_protocol_config: unimplemented (Weft speaks one protocol \
+                 per cluster: use explicit_http_config)"
+            ));
+        }
+        Some(U::AutoConfig(_)) => {
+            return Err(format!(
+                "{path}.auto_config: unimplemented (Weft speaks one protocol per cluster: use \
+                 explicit_http_config)"
+            ));
+        }
+    }
+    if let Some(mut common) = rest.common_http_protocol_options.take() {
+        let cpath = format!("{path}.common_http_protocol_options");
+        if let Some(t) = common.idle_timeout.take() {
+            cluster.idle_timeout = duration(&format!("{cpath}.idle_timeout"), &t)?;
+        }
+        reject_rest(&cpath, &common)?;
+    }
+    reject_rest(path, &rest)
+}
+
+/// One active health check: HTTP (`path`, `host`, `expected_statuses`) or TCP connect (no
+/// payloads), with Envoy's timing and thresholds.
+fn health_check(
+    path: &str,
+    hc: envoy_types::pb::envoy::config::core::v3::HealthCheck,
+) -> Result<weft_config::resilience::HealthCheck, String> {
+    use envoy_types::pb::envoy::config::core::v3::health_check::HealthChecker as H;
+    use weft_config::resilience::{HealthCheck, HttpHealthCheck, StatusSpec, TcpHealthCheck};
+    let mut rest = hc;
+    let timeout = rest
+        .timeout
+        .take()
+        .ok_or_else(|| format!("{path}.timeout: required"))?;
+    let interval = rest
+        .interval
+        .take()
+        .ok_or_else(|| format!("{path}.interval: required"))?;
+    let mut out: HealthCheck = serde_json::from_value(serde_json::json!({ "tcp": {} }))
+        .map_err(|e| format!("{path}: {e}"))?;
+    out.tcp = None;
+    out.timeout = duration(&format!("{path}.timeout"), &timeout)?;
+    out.interval = duration(&format!("{path}.interval"), &interval)?;
+    if let Some(j) = rest.interval_jitter.take() {
+        out.interval_jitter = duration(&format!("{path}.interval_jitter"), &j)?;
+    }
+    let threshold = |name: &str, v: Option<envoy_types::pb::google::protobuf::UInt32Value>| {
+        v.map(|v| v.value)
+            .ok_or_else(|| format!("{path}.{name}: required"))
+    };
+    out.unhealthy_threshold = threshold("unhealthy_threshold", rest.unhealthy_threshold.take())?;
+    out.healthy_threshold = threshold("healthy_threshold", rest.healthy_threshold.take())?;
+    // Weft keeps one connection per check anyway; only Envoy's default (reuse) is accepted.
+    if rest.reuse_connection.take().is_some_and(|b| !b.value) {
+        return Err(format!("{path}.reuse_connection: false is unimplemented"));
+    }
+    match rest.health_checker.take() {
+        Some(H::HttpHealthCheck(h)) => {
+            let hpath = format!("{path}.http_health_check");
+            let mut h = h;
+            let mut http: HttpHealthCheck = serde_json::from_value(serde_json::json!({}))
+                .map_err(|e| format!("{hpath}: {e}"))?;
+            http.path = std::mem::take(&mut h.path);
+            if http.path.is_empty() {
+                return Err(format!("{hpath}.path: required"));
+            }
+            let host = std::mem::take(&mut h.host);
+            http.host = (!host.is_empty()).then_some(host);
+            let expected = std::mem::take(&mut h.expected_statuses);
+            if !expected.is_empty() {
+                http.expected_statuses = Vec::new();
+            }
+            for (i, r) in expected.into_iter().enumerate() {
+                // Envoy's ranges are half-open: [start, end).
+                if r.start < 100 || r.end > 600 || r.end <= r.start {
+                    return Err(format!(
+                        "{hpath}.expected_statuses[{i}]: [{}, {}) is not a range of statuses",
+                        r.start, r.end
+                    ));
+                }
+                http.expected_statuses.push(StatusSpec::Range(format!(
+                    "{}-{}",
+                    r.start,
+                    r.end - 1
+                )));
+            }
+            reject_rest(&hpath, &h)?;
+            out.http = Some(http);
+        }
+        Some(H::TcpHealthCheck(t)) => {
+            reject_rest(&format!("{path}.tcp_health_check"), &t)?;
+            out.tcp = Some(TcpHealthCheck {});
+        }
+        Some(_) => {
+            return Err(format!(
+                "{path}: only http_health_check and tcp_health_check are implemented"
+            ));
+        }
+        None => return Err(format!("{path}: a health checker is required")),
+    }
+    reject_rest(path, &rest)?;
+    Ok(out)
 }
 
 fn circuit_breakers(
@@ -369,5 +569,89 @@ mod tests {
         })
         .expect("translates");
         assert_eq!(plain.cluster.service, None);
+    }
+}
+
+#[cfg(test)]
+mod protocol_tests {
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+        UpstreamProtocolOptions, UseDownstreamHttpConfig,
+    };
+    use envoy_types::pb::envoy::r#type::v3::Int64Range;
+    use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn downstream_protocol_selection_is_refused_by_field() {
+        let options = HttpProtocolOptions {
+            upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                UseDownstreamHttpConfig::default(),
+            )),
+            ..Default::default()
+        };
+        let any = Any {
+            type_url: HTTP_PROTOCOL_OPTIONS.into(),
+            value: options.encode_to_vec(),
+        };
+        let err = protocol_options("o", &any, &mut Cluster::named("c")).unwrap_err();
+        assert!(
+            err.starts_with("o.use_downstream_protocol_config: unimplemented"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn health_check_statuses_are_half_open_ranges() {
+        let hc = |expected: Vec<Int64Range>| core::HealthCheck {
+            timeout: Some(PbDuration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            interval: Some(PbDuration {
+                seconds: 2,
+                nanos: 0,
+            }),
+            unhealthy_threshold: Some(UInt32Value { value: 2 }),
+            healthy_threshold: Some(UInt32Value { value: 3 }),
+            health_checker: Some(core::health_check::HealthChecker::HttpHealthCheck(
+                core::health_check::HttpHealthCheck {
+                    path: "/ready".into(),
+                    expected_statuses: expected,
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        let out = health_check(
+            "h",
+            hc(vec![Int64Range {
+                start: 200,
+                end: 300,
+            }]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let http = out.http.unwrap_or_else(|| panic!("an HTTP check"));
+        assert_eq!(http.path, "/ready");
+        assert_eq!(
+            http.expected_statuses,
+            vec![weft_config::resilience::StatusSpec::Range("200-299".into())]
+        );
+        assert_eq!((out.unhealthy_threshold, out.healthy_threshold), (2, 3));
+        let err = health_check(
+            "h",
+            hc(vec![Int64Range {
+                start: 300,
+                end: 300,
+            }]),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("h.http_health_check.expected_statuses[0]"),
+            "{err}"
+        );
     }
 }
