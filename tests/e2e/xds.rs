@@ -2114,3 +2114,91 @@ async fn cds_health_checks_and_http2_protocol_options_agree_in_envoy_and_weft() 
         );
     }
 }
+
+/// istiod's default route retry policy (`connect-failure,refused-stream,unavailable,cancelled,
+/// retriable-status-codes` on 503, two retries, the `previous_hosts` predicate) and a route
+/// timeout behave the same in Weft and in Envoy 1.40: a first attempt answered 503 is retried
+/// once and the client sees 200; an upstream that does not answer in time gives 504.
+#[tokio::test]
+async fn istiod_retry_policy_and_route_timeouts_agree_in_envoy_and_weft() {
+    use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
+    let Some(envoy_bin) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    // Every odd-numbered attempt (the first of each request, requests being sequential)
+    // answers 503.
+    let attempts = Arc::new(AtomicU64::new(0));
+    let counter = attempts.clone();
+    let flaky = upstream::serve(move |_req: http::Request<hyper::body::Incoming>| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                format!("attempt {n}"),
+            )));
+            if n % 2 == 0 {
+                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            r
+        }
+    })
+    .await;
+    let held = upstream::gated().await;
+    let mut retried = prefix_route("/retry", &[("flaky", 1)]);
+    let mut timed = prefix_route("/held", &[("held", 1)]);
+    if let Some(route::route::Action::Route(a)) = retried.action.as_mut() {
+        a.retry_policy = Some(route::RetryPolicy {
+            retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+                .into(),
+            num_retries: Some(UInt32Value { value: 2 }),
+            retriable_status_codes: vec![503],
+            retry_host_predicate: vec![route::retry_policy::RetryHostPredicate {
+                name: "envoy.retry_host_predicates.previous_hosts".into(),
+                config_type: Some(route::retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                    Any {
+                        type_url: "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate".into(),
+                        value: Vec::new(),
+                    },
+                )),
+            }],
+            host_selection_retry_max_attempts: 5,
+            ..Default::default()
+        });
+    }
+    if let Some(route::route::Action::Route(a)) = timed.action.as_mut() {
+        a.timeout = Some(PbDuration {
+            seconds: 0,
+            nanos: 200_000_000,
+        });
+    }
+    let snap = Snapshot::new("1")
+        .with("flaky", eds_cluster("flaky"))
+        .with("flaky", assignment("flaky", &[(flaky, 1)]))
+        .with("held", eds_cluster("held"))
+        .with("held", assignment("held", &[(held.addr, 1)]))
+        .with(
+            "web",
+            http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
+        )
+        .with("routes", route_config("routes", vec![retried, timed]));
+    let cp = ControlPlane::start(snap).await;
+    let w = start(&cp).await;
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &envoy_bin,
+        &weft_e2e::xds::envoy_bootstrap(cp.addr),
+    )
+    .await;
+    for (name, base) in [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))] {
+        let before = attempts.load(Ordering::SeqCst);
+        for _ in 0..5 {
+            let r = get(&format!("{base}/retry")).await;
+            assert_eq!(r.status, 200, "{name}: {}", r.text());
+        }
+        assert_eq!(
+            attempts.load(Ordering::SeqCst) - before,
+            10,
+            "{name}: two attempts per request"
+        );
+        let r = get(&format!("{base}/held")).await;
+        assert_eq!(r.status, 504, "{name}: {}", r.text());
+    }
+}

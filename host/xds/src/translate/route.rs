@@ -579,6 +579,26 @@ fn retry_policy(
         }
         v["retry_back_off"] = bo;
     }
+    // istiod's default on every route: retry on another host (`previous_hosts`), trying up to
+    // `host_selection_retry_max_attempts` picks. Weft always excludes the endpoints a request
+    // has tried while others remain, so the predicate changes nothing.
+    for (i, p) in std::mem::take(&mut rest.retry_host_predicate)
+        .into_iter()
+        .enumerate()
+    {
+        use r::retry_policy::retry_host_predicate::ConfigType;
+        let previous_hosts = p.name == "envoy.retry_host_predicates.previous_hosts"
+            || matches!(&p.config_type, Some(ConfigType::TypedConfig(a)) if a.type_url
+                == "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate");
+        if !previous_hosts {
+            return Err(format!(
+                "{path}.retry_host_predicate[{i}]: `{}` is unimplemented (only \
+                 envoy.retry_host_predicates.previous_hosts, which Weft always applies)",
+                p.name
+            ));
+        }
+    }
+    rest.host_selection_retry_max_attempts = 0;
     reject_rest(path, &rest)?;
     serde_json::from_value(v).map_err(|e| format!("{path}: {e}"))
 }
