@@ -2135,7 +2135,7 @@ async fn istiod_retry_policy_and_route_timeouts_agree_in_envoy_and_weft() {
             let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
                 format!("attempt {n}"),
             )));
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
             }
             r
