@@ -2202,3 +2202,146 @@ async fn istiod_retry_policy_and_route_timeouts_agree_in_envoy_and_weft() {
         assert_eq!(r.status, 504, "{name}: {}", r.text());
     }
 }
+
+/// An HTTP connection manager as istiod renders a sidecar's (`use_remote_address: false`,
+/// `normalize_path: true`, `path_with_escaped_slashes_action: KEEP_UNCHANGED`, a websocket
+/// upgrade, `stream_idle_timeout: 0s`, the UUID request ID extension, a `server_name`,
+/// `forward_client_cert_details: APPEND_FORWARD` with `set_current_client_cert_details`, a
+/// file access log in Istio's format) behaves the same in Weft and in Envoy 1.40: the path is
+/// normalized before routing, `x-forwarded-for` is left as the client sent it, and the
+/// response's `server` is the configured name.
+#[tokio::test]
+async fn an_istiod_connection_manager_behaves_the_same_in_envoy_and_weft() {
+    use envoy_types::pb::envoy::config::accesslog::v3 as accesslog;
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3 as file;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration as PbDuration};
+    use prost::{Message, Name};
+    let Some(envoy_bin) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let up = upstream::echo("up").await;
+    let mut l = http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes");
+    let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) =
+        &mut l.filter_chains[0].filters[0].config_type
+    else {
+        unreachable!("http_listener builds a typed HCM");
+    };
+    let mut manager = hcm::HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    manager.use_remote_address = Some(BoolValue { value: false });
+    manager.normalize_path = Some(BoolValue { value: true });
+    manager.path_with_escaped_slashes_action =
+        hcm::http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged as i32;
+    manager.upgrade_configs = vec![hcm::http_connection_manager::UpgradeConfig {
+        upgrade_type: "websocket".into(),
+        ..Default::default()
+    }];
+    manager.stream_idle_timeout = Some(PbDuration {
+        seconds: 0,
+        nanos: 0,
+    });
+    manager.request_id_extension = Some(hcm::RequestIdExtension {
+        typed_config: Some(Any {
+            type_url: "type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig"
+                .into(),
+            value: Vec::new(),
+        }),
+    });
+    manager.server_name = "istio-envoy".into();
+    manager.forward_client_cert_details =
+        hcm::http_connection_manager::ForwardClientCertDetails::AppendForward as i32;
+    manager.set_current_client_cert_details =
+        Some(hcm::http_connection_manager::SetCurrentClientCertDetails {
+            subject: Some(BoolValue { value: true }),
+            dns: true,
+            uri: true,
+            ..Default::default()
+        });
+    let log = file::FileAccessLog {
+        path: "/dev/stdout".into(),
+        access_log_format: Some(file::file_access_log::AccessLogFormat::LogFormat(
+            envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString {
+                format: Some(
+                    envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format::TextFormatSource(
+                        envoy_types::pb::envoy::config::core::v3::DataSource {
+                            specifier: Some(
+                                envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineString(
+                                    "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE%\n".into(),
+                                ),
+                            ),
+                            ..Default::default()
+                        },
+                    ),
+                ),
+                ..Default::default()
+            },
+        )),
+    };
+    manager.access_log = vec![accesslog::AccessLog {
+        name: "envoy.access_loggers.file".into(),
+        config_type: Some(accesslog::access_log::ConfigType::TypedConfig(Any {
+            type_url: file::FileAccessLog::type_url(),
+            value: log.encode_to_vec(),
+        })),
+        ..Default::default()
+    }];
+    any.value = manager.encode_to_vec();
+    let snap = Snapshot::new("1")
+        .with("up", eds_cluster("up"))
+        .with("up", assignment("up", &[(up, 1)]))
+        .with("web", l)
+        .with(
+            "routes",
+            route_config(
+                "routes",
+                vec![
+                    prefix_route("/b/", &[("up", 1)]),
+                    route::Route {
+                        r#match: Some(route::RouteMatch {
+                            path_specifier: Some(route::route_match::PathSpecifier::Prefix(
+                                "/".into(),
+                            )),
+                            ..Default::default()
+                        }),
+                        action: Some(route::route::Action::DirectResponse(
+                            route::DirectResponseAction {
+                                status: 404,
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    },
+                ],
+            ),
+        );
+    let cp = ControlPlane::start(snap).await;
+    let w = start(&cp).await;
+    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
+        &envoy_bin,
+        &weft_e2e::xds::envoy_bootstrap(cp.addr),
+    )
+    .await;
+    for (name, base) in [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))] {
+        // `/a/../b/x` is `/b/x` before routing: the `/b/` route takes it.
+        let r = weft_e2e::get_with(
+            &format!("{base}/a/%2e%2E/b/x?q=1"),
+            &[("x-forwarded-for", "192.0.2.7")],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        let seen = r.json();
+        assert_eq!(seen["path"], "/b/x?q=1", "{name}: {seen}");
+        assert_eq!(
+            seen["headers"]["x-forwarded-for"], "192.0.2.7",
+            "{name}: {seen}"
+        );
+        assert_eq!(r.header("server"), Some("istio-envoy"), "{name}");
+        let r = get(&format!("{base}/nowhere")).await;
+        assert_eq!(r.status, 404, "{name}");
+        assert_eq!(
+            r.header("server"),
+            Some("istio-envoy"),
+            "{name}: a local reply too"
+        );
+    }
+}

@@ -445,6 +445,39 @@ pub struct HttpSettings {
     /// (Envoy's `request_timeout`). Zero (the default) disables it.
     #[serde(default, with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Append the downstream peer's address to `x-forwarded-for` (Envoy's
+    /// `use_remote_address`); `false` leaves the header as the client sent it (Istio's
+    /// sidecars).
+    #[serde(default = "defaults::yes")]
+    pub use_remote_address: bool,
+    /// Remove `.` and `..` segments (also `%2e`-encoded) from the path before routing, as RFC
+    /// 3986 §5.2.4 and Envoy's `normalize_path`; a path that climbs above the root gets 400.
+    #[serde(default)]
+    pub normalize_path: bool,
+    /// Merge runs of `/` in the path into one before routing (Envoy's `merge_slashes`).
+    #[serde(default)]
+    pub merge_slashes: bool,
+    /// What happens to the response's `server` header (Envoy's
+    /// `server_header_transformation`).
+    #[serde(default)]
+    pub server_header_transformation: ServerHeaderTransformation,
+    /// The `server` value written by `overwrite` / `append_if_absent` (Envoy's
+    /// `server_name`, default `envoy`).
+    #[serde(default = "defaults::server_name")]
+    pub server_name: String,
+}
+
+/// Envoy's `server_header_transformation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerHeaderTransformation {
+    /// Leave the upstream's `server` as it is, absent or not (Weft's default).
+    #[default]
+    PassThrough,
+    /// Replace it with `server_name` (Envoy's default).
+    Overwrite,
+    /// Add `server_name` when the response has none.
+    AppendIfAbsent,
 }
 
 impl Default for HttpSettings {
@@ -457,6 +490,11 @@ impl Default for HttpSettings {
             generate_request_id: true,
             stream_idle_timeout: defaults::stream_idle_timeout(),
             request_timeout: Duration::ZERO,
+            use_remote_address: true,
+            normalize_path: false,
+            merge_slashes: false,
+            server_header_transformation: ServerHeaderTransformation::PassThrough,
+            server_name: defaults::server_name(),
         }
     }
 }
@@ -958,6 +996,11 @@ pub mod defaults {
         1
     }
     /// true.
+    /// `envoy`, Envoy's `server_name`.
+    pub fn server_name() -> String {
+        "envoy".to_owned()
+    }
+
     pub fn yes() -> bool {
         true
     }

@@ -69,7 +69,48 @@ pub async fn handle(
             ),
         ));
     }
-    Ok(serve(req, &conn, &listener, start).await)
+    let mut response = serve(req, &conn, &listener, start).await;
+    server_header(response.headers_mut(), &listener.settings.config.http);
+    Ok(response)
+}
+
+/// Applies the listener's `server_header_transformation` to a response (upstream or local).
+fn server_header(headers: &mut http::HeaderMap, http: &weft_config::schema::HttpSettings) {
+    use weft_config::schema::ServerHeaderTransformation as T;
+    let write = match http.server_header_transformation {
+        T::PassThrough => false,
+        T::Overwrite => true,
+        T::AppendIfAbsent => !headers.contains_key(http::header::SERVER),
+    };
+    if write && let Ok(v) = http::HeaderValue::from_str(&http.server_name) {
+        headers.insert(http::header::SERVER, v);
+    }
+}
+
+/// The listener's path normalization (`normalize_path`, `merge_slashes`) on the request's
+/// path, before routing; a normalized path that is not a valid request target gets 400.
+fn normalize_path(
+    head: &mut http::request::Parts,
+    http: &weft_config::schema::HttpSettings,
+) -> Result<(), LocalReply> {
+    let refused = || {
+        LocalReply::text(StatusCode::BAD_REQUEST, "", flags::NONE)
+            .detailed("path_normalization_failed")
+    };
+    let normalized =
+        match crate::normalize::path(head.uri.path(), http.normalize_path, http.merge_slashes) {
+            std::borrow::Cow::Borrowed(_) => return Ok(()),
+            std::borrow::Cow::Owned(p) => p,
+        };
+    let path_and_query = match head.uri.query() {
+        Some(q) => format!("{normalized}?{q}"),
+        None => normalized,
+    };
+    let mut parts = head.uri.clone().into_parts();
+    parts.path_and_query =
+        Some(http::uri::PathAndQuery::try_from(path_and_query).map_err(|_| refused())?);
+    head.uri = http::Uri::from_parts(parts).map_err(|_| refused())?;
+    Ok(())
 }
 
 async fn serve(
@@ -124,6 +165,11 @@ async fn serve(
     };
     ctx.completion.istio =
         crate::istio::on_request(ctx.listener, ctx.conn, &mut ctx.head, &ctx.authority);
+    if (http.normalize_path || http.merge_slashes)
+        && let Err(r) = normalize_path(&mut ctx.head, http)
+    {
+        return reply(ctx.completion, r);
+    }
 
     // Before routing.
     if let (Flow::Reply(r), _) = listener.chain.request(&mut ctx).await {

@@ -30,6 +30,7 @@ pub mod h2_semantics;
 pub mod handle;
 pub mod istio;
 pub mod listener;
+pub mod normalize;
 pub mod overload;
 pub mod phase;
 pub mod phases;

@@ -72,15 +72,18 @@ pub(crate) fn prepare_upstream_headers(
     is_upgrade: bool,
 ) {
     strip_hop_by_hop(headers, is_upgrade);
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => {
-            HeaderValue::from_str(&format!("{prev}, {}", conn.peer.ip())).ok()
+    // Envoy appends the peer only with `use_remote_address` (Istio's sidecars leave it off).
+    if listener.config.http.use_remote_address {
+        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.is_empty() => {
+                HeaderValue::from_str(&format!("{prev}, {}", conn.peer.ip())).ok()
+            }
+            // The common case: the connection's own address, formatted once per connection.
+            _ => Some(conn.peer_ip.clone()),
+        };
+        if let Some(v) = xff {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
         }
-        // The common case: the connection's own address, formatted once per connection.
-        _ => Some(conn.peer_ip.clone()),
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     add_proto_and_request_id(headers, conn, listener);
     crate::security::apply_xfcc(

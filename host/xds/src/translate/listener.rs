@@ -152,6 +152,7 @@ pub(crate) fn chain(
         ));
     }
     hrest.codec_type = 0;
+    super::hcm::settings(&hpath, &mut hrest, &mut out)?;
     if let Some(g) = hrest.generate_request_id.take() {
         out.http.generate_request_id = g.value;
     }

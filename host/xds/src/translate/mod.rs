@@ -9,6 +9,7 @@
 pub(crate) mod capture;
 pub(crate) mod cluster;
 pub(crate) mod endpoint;
+pub(crate) mod hcm;
 pub(crate) mod lds;
 pub(crate) mod listener;
 pub(crate) mod native;
