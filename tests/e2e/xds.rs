@@ -53,6 +53,11 @@ struct Running {
 }
 
 async fn start(cp: &ControlPlane) -> Running {
+    start_for(cp, "web").await
+}
+
+/// Weft on `cp`'s bootstrap, once the xDS listener `listener` is live.
+async fn start_for(cp: &ControlPlane, listener: &str) -> Running {
     let tp = TestProxy::start(&bootstrap(cp.addr)).await;
     assert!(
         tp.proxy.listener_addrs().is_empty(),
@@ -60,7 +65,10 @@ async fn start(cp: &ControlPlane) -> Running {
     );
     let client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
     assert!(
-        eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await,
+        eventually(WAIT, || async {
+            tp.proxy.listener_addr(listener).is_some()
+        })
+        .await,
         "the xDS listener goes live: {:?}",
         tp.proxy.last_reload_error()
     );
@@ -68,6 +76,11 @@ async fn start(cp: &ControlPlane) -> Running {
         tp,
         _client: client,
     }
+}
+
+/// Envoy 1.40 on the same control plane (node `envoy-pod`).
+async fn start_envoy(bin: &std::path::Path, cp: &ControlPlane) -> weft_e2e::envoy::TestEnvoy {
+    weft_e2e::envoy::TestEnvoy::start_bootstrap(bin, &weft_e2e::xds::envoy_bootstrap(cp.addr)).await
 }
 
 #[tokio::test]
@@ -296,11 +309,7 @@ async fn the_same_snapshot_behaves_the_same_in_envoy_and_weft() {
     let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
     let cp = ControlPlane::start(snapshot("1", v1, v2, "one").await).await;
     let w = start(&cp).await;
-    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
-        &envoy_bin,
-        &weft_e2e::xds::envoy_bootstrap(cp.addr),
-    )
-    .await;
+    let envoy = start_envoy(&envoy_bin, &cp).await;
     agree(&w.tp.url("web", ""), &envoy.url("")).await;
     // Both ACKed every type at version 1 (each with its own node id).
     for node in ["test-pod", "envoy-pod"] {
@@ -922,11 +931,7 @@ async fn a_wasm_plugin_over_xds_changes_responses_in_weft_and_envoy() {
         "{:?}",
         tp.proxy.last_reload_error()
     );
-    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
-        &envoy_bin,
-        &weft_e2e::xds::envoy_bootstrap(cp.addr),
-    )
-    .await;
+    let envoy = start_envoy(&envoy_bin, &cp).await;
     let (weft_base, envoy_base) = (tp.url("web", ""), envoy.url(""));
     for (name, base) in [("weft", &weft_base), ("envoy", &envoy_base)] {
         assert_eq!(rewritten(name, base).await.as_deref(), Some("1"), "{name}");
@@ -1643,18 +1648,8 @@ async fn a_network_wasm_filter_over_xds_rewrites_tcp_in_weft_and_envoy() {
             .with("tcp", l)
     };
     let cp = ControlPlane::start(snap("1", listener(rewrite))).await;
-    let tp = TestProxy::start(&bootstrap(cp.addr)).await;
-    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
-    assert!(
-        eventually(WAIT, || async { tp.proxy.listener_addr("tcp").is_some() }).await,
-        "{:?}",
-        tp.proxy.last_reload_error()
-    );
-    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
-        &envoy_bin,
-        &weft_e2e::xds::envoy_bootstrap(cp.addr),
-    )
-    .await;
+    let Running { tp, _client } = start_for(&cp, "tcp").await;
+    let envoy = start_envoy(&envoy_bin, &cp).await;
     let weft_addr = tp.proxy.listener_addr("tcp").unwrap();
     for (name, addr) in [("weft", weft_addr), ("envoy", envoy.addr())] {
         assert_eq!(
@@ -1848,11 +1843,7 @@ async fn istiod_http_filters_and_route_faults_behave_the_same_in_envoy_and_weft(
     };
     let cp = ControlPlane::start(snap("1", false)).await;
     let w = start(&cp).await;
-    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
-        &envoy_bin,
-        &weft_e2e::xds::envoy_bootstrap(cp.addr),
-    )
-    .await;
+    let envoy = start_envoy(&envoy_bin, &cp).await;
     let weft_base = w.tp.url("web", "");
     for (name, base) in [("weft", weft_base.as_str()), ("envoy", &envoy.url(""))] {
         assert_eq!(get(&format!("{base}/abort/x")).await.status, 418, "{name}");
@@ -1965,11 +1956,7 @@ async fn rds_regex_rewrite_hash_policy_and_mirror_agree_in_envoy_and_weft() {
         );
     let cp = ControlPlane::start(snap).await;
     let w = start(&cp).await;
-    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
-        &envoy_bin,
-        &weft_e2e::xds::envoy_bootstrap(cp.addr),
-    )
-    .await;
+    let envoy = start_envoy(&envoy_bin, &cp).await;
     for (name, base) in [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))] {
         let r = get(&format!("{base}/re/42")).await;
         assert_eq!(r.status, 200, "{name}");
@@ -2093,11 +2080,7 @@ async fn cds_health_checks_and_http2_protocol_options_agree_in_envoy_and_weft() 
         );
     let cp = ControlPlane::start(snap).await;
     let w = start(&cp).await;
-    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
-        &envoy_bin,
-        &weft_e2e::xds::envoy_bootstrap(cp.addr),
-    )
-    .await;
+    let envoy = start_envoy(&envoy_bin, &cp).await;
     for (name, base) in [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))] {
         let all_good = || async {
             for _ in 0..10 {
@@ -2182,11 +2165,7 @@ async fn istiod_retry_policy_and_route_timeouts_agree_in_envoy_and_weft() {
         .with("routes", route_config("routes", vec![retried, timed]));
     let cp = ControlPlane::start(snap).await;
     let w = start(&cp).await;
-    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
-        &envoy_bin,
-        &weft_e2e::xds::envoy_bootstrap(cp.addr),
-    )
-    .await;
+    let envoy = start_envoy(&envoy_bin, &cp).await;
     for (name, base) in [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))] {
         let before = attempts.load(Ordering::SeqCst);
         for _ in 0..5 {
@@ -2316,11 +2295,7 @@ async fn an_istiod_connection_manager_behaves_the_same_in_envoy_and_weft() {
         );
     let cp = ControlPlane::start(snap).await;
     let w = start(&cp).await;
-    let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
-        &envoy_bin,
-        &weft_e2e::xds::envoy_bootstrap(cp.addr),
-    )
-    .await;
+    let envoy = start_envoy(&envoy_bin, &cp).await;
     for (name, base) in [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))] {
         // `/a/../b/x` is `/b/x` before routing: the `/b/` route takes it.
         let r = weft_e2e::get_with(
