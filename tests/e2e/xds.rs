@@ -1599,3 +1599,149 @@ async fn mtls_to_the_control_plane_with_spiffe_validation() {
     );
     assert!(tp2.proxy.listener_addr("web").is_none());
 }
+
+/// One cluster `c` whose endpoints are `eps`, behind listener `web` (`/` → `c`).
+fn one_cluster(version: &str, eps: &[SocketAddr], connect_timeout_s: i64) -> Snapshot {
+    let mut c = eds_cluster("c");
+    c.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: connect_timeout_s,
+        nanos: 0,
+    });
+    let eps: Vec<(SocketAddr, u32)> = eps.iter().map(|a| (*a, 1)).collect();
+    Snapshot::new(version)
+        .with("c", c)
+        .with("c", assignment("c", &eps))
+        .with(
+            "web",
+            http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
+        )
+        .with(
+            "routes",
+            route_config("routes", vec![prefix_route("/", &[("c", 1)])]),
+        )
+}
+
+fn live_cluster(tp: &TestProxy, name: &str) -> Arc<weft_upstream::Cluster> {
+    tp.proxy
+        .generation()
+        .clusters
+        .iter()
+        .find(|c| &*c.name == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("cluster {name} is live"))
+}
+
+/// An EDS update swaps the cluster's endpoint set in place: same generation, same cluster
+/// (pools and statistics kept), the new endpoints take the traffic and `/config_dump` shows
+/// them; a resend of identical resources changes nothing; a CDS change rebuilds that cluster
+/// (a new generation) keeping the endpoints the EDS update put in place; a file reload
+/// afterwards reuses the cluster. In both ADS variants.
+async fn endpoint_update_in_place(delta: bool) {
+    let (a, b) = (upstream::echo("a").await, upstream::echo("b").await);
+    let cp = ControlPlane::start(one_cluster("1", &[a], 1)).await;
+    let yaml = if delta {
+        delta_bootstrap(cp.addr)
+    } else {
+        bootstrap(cp.addr)
+    };
+    let tp = TestProxy::start(&yaml).await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    let acked = |t: &str, v: &str| {
+        if delta {
+            cp.delta_acked(t, v)
+        } else {
+            cp.acked(t, v)
+        }
+    };
+    assert!(eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await);
+    assert_eq!(get(&tp.url("web", "/x")).await.json()["server"], "a");
+    let generation = tp.proxy.generation().id;
+    let before = live_cluster(&tp, "c");
+
+    // Version 2: the endpoint moves from a to b.
+    cp.set(one_cluster("2", &[b], 1));
+    assert!(
+        eventually(WAIT, || async { acked(EDS, "2") }).await,
+        "EDS 2 ACKed"
+    );
+    assert_eq!(get(&tp.url("web", "/x")).await.json()["server"], "b");
+    assert_eq!(tp.proxy.generation().id, generation, "no new generation");
+    assert!(
+        Arc::ptr_eq(&before, &live_cluster(&tp, "c")),
+        "the same cluster, its endpoint set swapped"
+    );
+    let dump = get(&format!("http://{}/config_dump", tp.admin()))
+        .await
+        .json();
+    let c = dump["config"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "c")
+        .cloned()
+        .unwrap();
+    assert_eq!(c["endpoints"][0]["address"], b.to_string(), "{c}");
+    assert_eq!(c["endpoints"].as_array().unwrap().len(), 1, "{c}");
+
+    // Version 3 carries the same resources: ACKed, nothing rebuilt. (The delta control plane
+    // versions resources by their bytes, so it sends nothing at all.)
+    if !delta {
+        cp.set(one_cluster("3", &[b], 1));
+        assert!(eventually(WAIT, || async { acked(EDS, "3") && acked(CDS, "3") }).await);
+        assert_eq!(tp.proxy.generation().id, generation);
+    }
+
+    // Version 4 changes the cluster's settings: a new generation and a new cluster, which
+    // keeps the endpoints of the EDS update.
+    cp.set(one_cluster("4", &[b], 2));
+    assert!(eventually(WAIT, || async { acked(CDS, "4") }).await);
+    assert!(tp.proxy.generation().id > generation);
+    let rebuilt = live_cluster(&tp, "c");
+    assert!(!Arc::ptr_eq(&before, &rebuilt));
+    assert_eq!(
+        rebuilt.endpoints().endpoints[0].addr,
+        b,
+        "the endpoints put in place survive the rebuild"
+    );
+    assert_eq!(get(&tp.url("web", "/x")).await.json()["server"], "b");
+
+    // An in-place update, then a file reload: the cluster is reused, with its new endpoints.
+    cp.set(one_cluster("5", &[a, b], 2));
+    assert!(eventually(WAIT, || async { acked(EDS, "5") }).await);
+    let after_eds = live_cluster(&tp, "c");
+    assert!(Arc::ptr_eq(&rebuilt, &after_eds));
+    tp.proxy.reload().await.unwrap();
+    let reloaded = live_cluster(&tp, "c");
+    assert!(
+        Arc::ptr_eq(&after_eds, &reloaded),
+        "a reload reuses a cluster whose endpoints were replaced in place"
+    );
+    assert_eq!(reloaded.endpoints().endpoints.len(), 2);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        seen.insert(get(&tp.url("web", "/x")).await.json()["server"].to_string());
+    }
+    assert_eq!(seen.len(), 2, "both endpoints take traffic: {seen:?}");
+    let nacks = if delta {
+        cp.delta_requests()
+            .iter()
+            .filter(|r| r.error_detail.is_some())
+            .count()
+    } else {
+        cp.requests()
+            .iter()
+            .filter(|r| r.error_detail.is_some())
+            .count()
+    };
+    assert_eq!(nacks, 0);
+}
+
+#[tokio::test]
+async fn an_endpoint_update_swaps_the_endpoint_set_in_place() {
+    endpoint_update_in_place(false).await;
+}
+
+#[tokio::test]
+async fn a_delta_endpoint_update_swaps_the_endpoint_set_in_place() {
+    endpoint_update_in_place(true).await;
+}

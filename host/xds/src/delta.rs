@@ -155,6 +155,14 @@ impl Client {
         };
         let result = match delta_parts(&response) {
             Err(e) => Err(Refused::Invalid(e)),
+            // What is held, byte for byte: nothing to translate or publish.
+            Ok(parts)
+                if self
+                    .store
+                    .unchanged_delta(kind, &parts.added, &parts.removed) =>
+            {
+                Ok(parts)
+            }
             Ok(parts) => match self.store.with_delta(kind, &parts.added, &parts.removed) {
                 Err(e) => Err(Refused::Invalid(e)),
                 Ok(next) => self

@@ -5,7 +5,8 @@
 //! the same resource (if any) keeps serving, and a new one is simply not there yet. A route to
 //! a cluster that does not exist answers 503, as Envoy's `cluster_not_found_response_code`.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
@@ -27,6 +28,10 @@ pub(crate) struct Store {
     live_clusters: BTreeMap<String, Cluster>,
     live_listeners: BTreeMap<String, Listener>,
     live_plugins: BTreeMap<String, Plugin>,
+    /// The encoded bytes of each resource held, by type and name: a resource received again
+    /// byte for byte is neither decoded nor translated again, and a response that repeats
+    /// what is held changes nothing (Envoy compares resource hashes the same way).
+    sources: BTreeMap<Kind, BTreeMap<String, Arc<[u8]>>>,
 }
 
 /// What [`Store::compose`] produced.
@@ -58,6 +63,7 @@ impl Store {
     /// replace the resources named.
     pub fn with(&self, kind: Kind, resources: &[Any]) -> Result<Store, String> {
         let mut next = self.clone();
+        let held = self.held(kind);
         match kind {
             Kind::Cluster => next.clusters.clear(),
             Kind::Listener => next.listeners.clear(),
@@ -65,14 +71,145 @@ impl Store {
         }
         let mut seen = HashSet::new();
         for (i, any) in resources.iter().enumerate() {
-            let name = next.insert(kind, i, any)?;
+            let name = match held.get(any.value.as_slice()) {
+                Some(name) if any.type_url == kind.type_url() => {
+                    next.keep(self, kind, name);
+                    (*name).to_owned()
+                }
+                _ => next.insert(kind, i, any)?,
+            };
             if !seen.insert(name.clone()) {
                 return Err(format!("duplicate resource name `{name}`"));
             }
+            next.sources
+                .entry(kind)
+                .or_default()
+                .insert(name, any.value.as_slice().into());
         }
         next.prune();
         next.check_plugins()?;
         Ok(next)
+    }
+
+    /// The held resources of `kind` by their encoded bytes.
+    fn held(&self, kind: Kind) -> HashMap<&[u8], &str> {
+        self.sources
+            .get(&kind)
+            .map(|m| m.iter().map(|(n, b)| (&**b, n.as_str())).collect())
+            .unwrap_or_default()
+    }
+
+    /// True when a state-of-the-world response of `kind` carries exactly what is held (every
+    /// resource byte for byte; for CDS and LDS also no more and no fewer): applying it would
+    /// change nothing.
+    pub fn unchanged(&self, kind: Kind, resources: &[Any]) -> bool {
+        let held = self.held(kind);
+        let whole = matches!(kind, Kind::Cluster | Kind::Listener);
+        if whole && resources.len() != held.len() {
+            return false;
+        }
+        let mut seen = HashSet::new();
+        resources.iter().all(|any| {
+            any.type_url == kind.type_url()
+                && held
+                    .get(any.value.as_slice())
+                    .is_some_and(|name| seen.insert(*name))
+        })
+    }
+
+    /// True when a delta response (`added`, `removed`) changes nothing held.
+    pub fn unchanged_delta(&self, kind: Kind, added: &[(String, Any)], removed: &[String]) -> bool {
+        let held = self.held(kind);
+        removed.is_empty()
+            && added.iter().all(|(name, any)| {
+                any.type_url == kind.type_url()
+                    && held
+                        .get(any.value.as_slice())
+                        .is_some_and(|n| name.is_empty() || *n == name)
+            })
+    }
+
+    /// Copies held resource `name` of `kind` from `from` (where it was translated from the same
+    /// bytes) into this store.
+    fn keep(&mut self, from: &Store, kind: Kind, name: &str) {
+        match kind {
+            Kind::Cluster => {
+                if let Some(c) = from.clusters.get(name) {
+                    self.clusters.insert(name.to_owned(), c.clone());
+                }
+            }
+            Kind::Listener => {
+                self.remove_listener(name);
+                if let Some(l) = from.listeners.get(name) {
+                    for c in &l.chain_names {
+                        if let Some(chain) = from.listeners.get(c) {
+                            self.listeners.insert(c.clone(), chain.clone());
+                        }
+                    }
+                    self.listeners.insert(name.to_owned(), l.clone());
+                }
+            }
+            // Replaced by name: what is held is still there.
+            Kind::Endpoint | Kind::Route | Kind::Secret => {}
+        }
+    }
+
+    /// Forgets the bytes of resources no longer held.
+    fn prune_sources(&mut self) {
+        for (kind, m) in &mut self.sources {
+            m.retain(|n, _| match kind {
+                Kind::Cluster => self.clusters.contains_key(n),
+                Kind::Secret => self.secrets.contains_key(n),
+                Kind::Endpoint => self.endpoints.contains_key(n),
+                Kind::Listener => self.listeners.contains_key(n),
+                Kind::Route => self.routes.contains_key(n),
+            });
+        }
+    }
+
+    /// Dynamic clusters whose endpoints differ in `next` (an EDS response applied to this
+    /// store) and nothing else: each was live with its endpoints before and stays so (its
+    /// assignment had arrived, its secrets are there), so the composition changes in those
+    /// clusters' endpoint lists only. `None` when the response changes more (a cluster goes
+    /// live: its routes change from 503 to routed).
+    pub fn endpoint_changes(&self, next: &Store) -> Option<Vec<(String, Vec<Endpoint>)>> {
+        if next.endpoints.len() != self.endpoints.len() {
+            return None;
+        }
+        let mut changed = HashSet::new();
+        for (name, eps) in &next.endpoints {
+            match self.endpoints.get(name) {
+                None => return None,
+                Some(old) if old != eps => {
+                    changed.insert(name.as_str());
+                }
+                Some(_) => {}
+            }
+        }
+        let mut out = Vec::new();
+        for t in next.clusters.values() {
+            let Some(eds) = &t.eds_name else { continue };
+            if !changed.contains(eds.as_str()) {
+                continue;
+            }
+            if !t.secrets.iter().all(|n| next.secrets.contains_key(n))
+                || !self.live_clusters.contains_key(&t.cluster.name)
+            {
+                return None;
+            }
+            out.push((t.cluster.name.clone(), next.endpoints.get(eds)?.clone()));
+        }
+        Some(out)
+    }
+
+    /// Records endpoint lists put in place without a new composition (see
+    /// [`Store::endpoint_changes`]).
+    pub fn patch_live_endpoints(&mut self, changes: &[(String, Vec<Endpoint>)]) {
+        for (name, eps) in changes {
+            if let Some(c) = self.live_clusters.get_mut(name) {
+                c.endpoints = eps.clone();
+            }
+        }
     }
 
     /// The store with one incremental (delta) response applied: `added` (resource name,
@@ -88,6 +225,9 @@ impl Store {
         let mut next = self.clone();
         let mut seen = HashSet::new();
         for name in removed {
+            if let Some(m) = next.sources.get_mut(&kind) {
+                m.remove(name);
+            }
             match kind {
                 Kind::Cluster => drop(next.clusters.remove(name)),
                 Kind::Listener => next.remove_listener(name),
@@ -97,8 +237,19 @@ impl Store {
                 Kind::Secret => drop(next.secrets.remove(name)),
             }
         }
+        let held = self.held(kind);
         for (i, (name, any)) in added.iter().enumerate() {
-            let inner = next.insert(kind, i, any)?;
+            let inner = match held.get(any.value.as_slice()) {
+                Some(n) if any.type_url == kind.type_url() => {
+                    next.keep(self, kind, n);
+                    (*n).to_owned()
+                }
+                _ => next.insert(kind, i, any)?,
+            };
+            next.sources
+                .entry(kind)
+                .or_default()
+                .insert(inner.clone(), any.value.as_slice().into());
             if !name.is_empty() && *name != inner {
                 return Err(format!(
                     "resources[{i}]: named `{name}` but the resource inside is `{inner}`"
@@ -200,6 +351,7 @@ impl Store {
         self.routes.retain(|n, _| rds.contains(n));
         let sds = self.sds_names();
         self.secrets.retain(|n, _| sds.contains(n));
+        self.prune_sources();
     }
 
     /// The assignments the clusters need (the EDS subscription).
@@ -542,6 +694,43 @@ mod tests {
             .with_delta(Kind::Cluster, &[named("a", eds("a"))], &["a".into()])
             .unwrap_err();
         assert_eq!(err, "resource `a` both added and removed");
+    }
+
+    #[test]
+    fn resends_change_nothing_and_endpoint_changes_are_found_per_cluster() {
+        let s = Store::default()
+            .with(Kind::Cluster, &[any(&eds("a")), any(&eds("b"))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.unchanged(Kind::Cluster, &[any(&eds("b")), any(&eds("a"))]));
+        assert!(!s.unchanged(Kind::Cluster, &[any(&eds("a"))]), "b removed");
+        let s = s
+            .with(Kind::Endpoint, &[any(&cla("a", 9000))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        // b's assignment arriving makes b go live: not an endpoint-only change.
+        let next = s
+            .with(Kind::Endpoint, &[any(&cla("b", 9001))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.endpoint_changes(&next), None);
+        let mut s = next;
+        s.mark_live(&s.compose(&HashSet::new()).resources);
+        assert!(s.unchanged(Kind::Endpoint, &[any(&cla("a", 9000))]));
+        let next = s
+            .with(
+                Kind::Endpoint,
+                &[any(&cla("a", 9000)), any(&cla("b", 9002))],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let changes = s
+            .endpoint_changes(&next)
+            .unwrap_or_else(|| panic!("in place"));
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].0, "b");
+        assert_eq!(changes[0].1[0].address, "127.0.0.1:9002");
+        // An identical resend is kept without translation, and still composes the same.
+        let again = s
+            .with(Kind::Cluster, &[any(&eds("a")), any(&eds("b"))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again, s);
     }
 
     #[test]
