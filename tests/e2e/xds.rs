@@ -1031,7 +1031,8 @@ async fn a_struct_configuration_reaches_the_plugin_as_json_and_removal_drops_it(
 /// a TCP proxy), and a default chain to an ORIGINAL_DST cluster. It becomes Weft's capture
 /// listener with one `bind_to_port: false` listener per chain, live once the chain's routes
 /// are; a connection that was not redirected is refused as a loop (`NR`). A listener reached
-/// by address (`bind_to_port: false`) is NACKed naming the field.
+/// by address (`bind_to_port: false`) adds its chain, narrowed to its address, to the capture
+/// listener.
 #[tokio::test]
 async fn a_capture_listener_over_lds_maps_its_filter_chains() {
     use envoy_types::pb::envoy::config::core::v3::CidrRange;
@@ -1181,16 +1182,41 @@ async fn a_capture_listener_over_lds_maps_its_filter_chains() {
     .await;
     assert_eq!(reply, "", "closed without an answer");
 
-    // A listener reached by address through another's use_original_dst: NACKed by field.
-    let mut by_address = http_listener("0.0.0.0_9080", "127.0.0.1:0".parse().unwrap(), "routes");
+    // A listener reached by address through another's use_original_dst: its chain joins the
+    // capture listener, narrowed to its port and address; one without a port is NACKed.
+    let mut by_address = http_listener("10.9.9.9_9080", "10.9.9.9:9080".parse().unwrap(), "routes");
     by_address.bind_to_port = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
-    cp.set(snapshot("3", true).with("0.0.0.0_9080", by_address));
+    cp.set(snapshot("3", true).with("10.9.9.9_9080", by_address.clone()));
+    assert!(eventually(WAIT, || async { cp.acked(LDS, "3") }).await);
+    let dump = get(&format!("http://{}/config_dump", w.tp.admin()))
+        .await
+        .json();
+    let listeners = dump["config"]["listeners"].as_array().unwrap();
+    let vi = listeners
+        .iter()
+        .find(|l| l["name"] == "virtualInbound")
+        .unwrap();
+    let chains = vi["filter_chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 3, "{vi}");
+    assert_eq!(chains[2]["listener"], "10.9.9.9_9080/0");
+    assert_eq!(
+        chains[2]["match"],
+        serde_json::json!({"destination_port": 9080, "prefix_ranges": ["10.9.9.9/32"]})
+    );
+    assert!(
+        !listeners.iter().any(|l| l["name"] == "10.9.9.9_9080"),
+        "not a listener of its own"
+    );
+    by_address.address = http_listener("x", "10.9.9.9:0".parse().unwrap(), "r").address;
+    cp.set(snapshot("4", true).with("10.9.9.9_9080", by_address));
     assert!(
         eventually(WAIT, || async {
             cp.nack(LDS).is_some_and(|n| {
                 n.error_detail.is_some_and(|e| {
-                    e.message
-                        .contains("listener \"0.0.0.0_9080\".bind_to_port: false is unimplemented")
+                    e.message.contains(
+                        "listener \"10.9.9.9_9080\".filter_chains[0]: a listener with \
+                         bind_to_port: false needs a port in its address",
+                    )
                 })
             })
         })
@@ -1744,4 +1770,159 @@ async fn an_endpoint_update_swaps_the_endpoint_set_in_place() {
 #[tokio::test]
 async fn a_delta_endpoint_update_swaps_the_endpoint_set_in_place() {
     endpoint_update_in_place(true).await;
+}
+
+/// Deletes the test's network namespace, also when the test fails.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+fn sh(program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}): scripts/test.sh installs iproute2 and iptables")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Istio's outbound shape over LDS: `virtualOutbound` (15001, `use_original_dst`, no chains of
+/// its own) and per-port listeners with `bind_to_port: false` — a wildcard `0.0.0.0_8080` and
+/// an exact `10.99.0.2_8080` — each with its own RDS routes. In a network namespace of its own
+/// whose iptables rule redirects connections to 10.99.0.0/24 port 8080 to 15001, a connection
+/// to 10.99.0.1:8080 reaches the wildcard listener's chain and one to 10.99.0.2:8080 the exact
+/// one's (Envoy's order: the exact address first), through `SO_ORIGINAL_DST`. Needs root,
+/// `ip` and `iptables`; a machine without network namespaces fails the test with the reason.
+#[test]
+fn captured_connections_reach_the_bind_to_port_false_listener_of_their_original_destination() {
+    static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let ns = format!(
+        "weftxds{}{}",
+        std::process::id() % 100_000,
+        RUN.fetch_add(1, Ordering::Relaxed)
+    );
+    sh("ip", &["netns", "add", &ns]);
+    let _guard = Netns(ns.clone());
+    sh("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+    for ip in ["10.99.0.1/32", "10.99.0.2/32"] {
+        sh("ip", &["-n", &ns, "addr", "add", ip, "dev", "lo"]);
+    }
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            "10.99.0.0/24",
+            "--dport",
+            "8080",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ],
+    );
+    let path = format!("/run/netns/{ns}");
+    // Every socket of the test (control plane, upstreams, Weft, clients) is made by threads
+    // of a runtime started inside the namespace.
+    let outcome = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(by_address_in_netns());
+    })
+    .join();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn by_address_in_netns() {
+    let (wild, exact) = (upstream::echo("wild").await, upstream::echo("exact").await);
+    let by_address = |name: &str, addr: &str, routes: &str| {
+        let mut l = http_listener(name, addr.parse().unwrap(), routes);
+        l.bind_to_port = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+        l
+    };
+    let mut outbound = capture_listener(
+        "virtualOutbound",
+        "0.0.0.0:15001".parse().unwrap(),
+        Vec::new(),
+        "PassthroughCluster",
+    );
+    // istiod's virtualOutbound: use_original_dst only.
+    outbound.listener_filters.clear();
+    outbound.listener_filters_timeout = None;
+    let snapshot = Snapshot::new("1")
+        .with("wild", eds_cluster("wild"))
+        .with("wild", assignment("wild", &[(wild, 1)]))
+        .with("exact", eds_cluster("exact"))
+        .with("exact", assignment("exact", &[(exact, 1)]))
+        .with(
+            "PassthroughCluster",
+            original_dst_cluster("PassthroughCluster"),
+        )
+        .with("virtualOutbound", outbound)
+        .with(
+            "0.0.0.0_8080",
+            by_address("0.0.0.0_8080", "0.0.0.0:8080", "wild-routes"),
+        )
+        .with(
+            "10.99.0.2_8080",
+            by_address("10.99.0.2_8080", "10.99.0.2:8080", "exact-routes"),
+        )
+        .with(
+            "wild-routes",
+            route_config("wild-routes", vec![prefix_route("/", &[("wild", 1)])]),
+        )
+        .with(
+            "exact-routes",
+            route_config("exact-routes", vec![prefix_route("/", &[("exact", 1)])]),
+        );
+    let cp = ControlPlane::start(snapshot).await;
+    let tp = TestProxy::start(&bootstrap(cp.addr)).await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(
+        eventually(WAIT, || async {
+            tp.proxy.listener_addr("virtualOutbound").is_some()
+        })
+        .await,
+        "{:?} {:?}",
+        tp.proxy.last_reload_error(),
+        cp.nack(LDS)
+    );
+    assert!(
+        tp.proxy.listener_addr("0.0.0.0_8080").is_none(),
+        "binds nothing"
+    );
+    let wild_reply = get("http://10.99.0.1:8080/x").await;
+    assert_eq!(wild_reply.status, 200, "{:?}", wild_reply.body);
+    assert_eq!(wild_reply.json()["server"], "wild");
+    let exact_reply = get("http://10.99.0.2:8080/x").await;
+    assert_eq!(exact_reply.json()["server"], "exact");
 }

@@ -427,6 +427,10 @@ impl Store {
             .collect();
         let mut plugins: BTreeMap<String, Plugin> = BTreeMap::new();
         for (name, t) in &self.listeners {
+            if t.by_address.is_some() {
+                // Not a listener of its own: its chains join the capture listeners (below).
+                continue;
+            }
             let ready = match &t.rds {
                 _ if !has_secrets(&t.secrets) => None,
                 None => Some(t.listener.clone()),
@@ -487,13 +491,34 @@ impl Store {
             }
             out.resources.listeners.push(l);
         }
-        // A capture listener goes live only with every chain's listener.
+        // Listeners with bind_to_port: false join the capture listeners with use_original_dst,
+        // each once all its chains' listeners are live (until then it is warming).
         let live: HashSet<String> = out
             .resources
             .listeners
             .iter()
             .map(|l| l.name.clone())
             .collect();
+        let mut handoff = Vec::new();
+        for (name, t) in &self.listeners {
+            if let Some(chains) = &t.by_address {
+                if chains.iter().all(|c| live.contains(&c.listener)) {
+                    handoff.extend(chains.iter().cloned());
+                } else {
+                    out.warming.push(format!("lds/{name}"));
+                }
+            }
+        }
+        for l in &mut out.resources.listeners {
+            if self.listeners.get(&l.name).is_some_and(|t| t.hands_off) {
+                // Its own chains (`<name>/…`) only: a version served while warming carries
+                // the hand-off chains it was published with.
+                let own = format!("{}/", l.name);
+                l.filter_chains.retain(|c| c.listener.starts_with(&own));
+                l.filter_chains.extend(handoff.iter().cloned());
+            }
+        }
+        // A capture listener goes live only with every chain's listener.
         let mut cold = Vec::new();
         out.resources.listeners.retain(|l| {
             let ready = l.filter_chains.iter().all(|c| live.contains(&c.listener));
@@ -773,6 +798,8 @@ mod tests {
                 chains: Vec::new(),
                 chain_names: Vec::new(),
                 secrets: Vec::new(),
+                by_address: None,
+                hands_off: false,
             },
         );
         let composed = s.compose(&HashSet::new());

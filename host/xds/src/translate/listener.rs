@@ -34,6 +34,13 @@ pub(crate) struct Translated {
     pub chain_names: Vec<String>,
     /// SDS secrets its TLS refers to.
     pub secrets: Vec<String>,
+    /// A listener with `bind_to_port: false`, reached by address through a capture listener
+    /// with `use_original_dst`: not a Weft listener itself, but these chains (pointing at its
+    /// chains' listeners, matching its port and address) added to those capture listeners.
+    pub by_address: Option<Vec<weft_config::schema::FilterChain>>,
+    /// A capture listener with `use_original_dst: true`: it hands connections to the
+    /// `by_address` listeners.
+    pub hands_off: bool,
 }
 
 fn decode<M: Message + Default>(path: &str, any: &Any, want: &str) -> Result<M, String> {
@@ -99,6 +106,8 @@ pub(crate) fn chain(
             chains: Vec::new(),
             chain_names: Vec::new(),
             secrets,
+            by_address: None,
+            hands_off: false,
         });
     }
     let hcm: HttpConnectionManager = decode(&fpath, &any, type_url::HCM)?;
@@ -174,6 +183,8 @@ pub(crate) fn chain(
         chains: Vec::new(),
         chain_names: Vec::new(),
         secrets,
+        by_address: None,
+        hands_off: false,
     })
 }
 
