@@ -1025,6 +1025,113 @@ async fn a_struct_configuration_reaches_the_plugin_as_json_and_removal_drops_it(
     );
 }
 
+/// A Wasm filter whose configuration arrives by ECDS (`config_discovery` on the HTTP filter,
+/// a `TypedExtensionConfig` over ADS): the listener warms until it arrives, the plugin then
+/// runs, a new version of the extension configuration alone changes the plugin's behaviour
+/// (the listener resource unchanged, its socket kept), and an unsupported type is NACKed
+/// naming the resource, the last good plugin still running. In both ADS variants.
+async fn wasm_over_ecds(delta: bool) {
+    use weft_e2e::xds::{ECDS, ecds_filter, extension_config};
+    let up = upstream::echo("up").await;
+    let file = weft_e2e::plugins::shipped_plugin("header-rewrite");
+    let ext = |version: &str| {
+        extension_config(
+            "hr-ext",
+            wasm_filter(
+                "hr",
+                WasmCode::Local(file.clone()),
+                string_value(&rewrite_config(version).to_string()),
+                false,
+            ),
+        )
+    };
+    let snapshot = |version: &str, config: Option<&str>| {
+        let s = wasm_snapshot(version, up, vec![ecds_filter("hr-ext")], None);
+        match config {
+            Some(c) => s.with("hr-ext", ext(c)),
+            None => s,
+        }
+    };
+    let acked = |cp: &ControlPlane, t: &str, v: &str| {
+        if delta {
+            cp.delta_acked(t, v)
+        } else {
+            cp.acked(t, v)
+        }
+    };
+    // Version 1 lacks the extension configuration: the listener warms.
+    let cp = ControlPlane::start(snapshot("1", None)).await;
+    let yaml = if delta {
+        delta_bootstrap(cp.addr)
+    } else {
+        bootstrap(cp.addr)
+    };
+    let tp = TestProxy::start(&yaml).await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(eventually(WAIT, || async { acked(&cp, LDS, "1") }).await);
+    assert!(tp.proxy.listener_addr("web").is_none(), "warming");
+    let subscribed = if delta {
+        cp.delta_requests()
+            .iter()
+            .any(|r| r.type_url == ECDS && r.resource_names_subscribe == ["hr-ext"])
+    } else {
+        cp.requests()
+            .iter()
+            .any(|r| r.type_url == ECDS && r.resource_names == ["hr-ext"])
+    };
+    assert!(
+        subscribed,
+        "the extension configuration is subscribed by name"
+    );
+
+    cp.set(snapshot("2", Some("one")));
+    assert!(
+        eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await,
+        "{:?}",
+        tp.proxy.last_reload_error()
+    );
+    let addr = tp.proxy.listener_addr("web");
+    let base = tp.url("web", "");
+    assert_eq!(rewritten("weft", &base).await.as_deref(), Some("one"));
+
+    // Only the extension configuration changes.
+    cp.set(snapshot("3", Some("two")));
+    assert!(eventually(WAIT, || async { acked(&cp, ECDS, "3") }).await);
+    assert_eq!(rewritten("weft", &base).await.as_deref(), Some("two"));
+    assert_eq!(tp.proxy.listener_addr("web"), addr, "the same socket");
+
+    // A TypedExtensionConfig of another type: NACKed by name, the plugin keeps running.
+    let mut bad = ext("three");
+    if let Some(c) = bad.typed_config.as_mut() {
+        c.type_url = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault".into();
+    }
+    cp.set(wasm_snapshot("4", up, vec![ecds_filter("hr-ext")], None).with("hr-ext", bad));
+    let nacked = |cp: &ControlPlane| {
+        let message = if delta {
+            cp.delta_nack(ECDS)
+                .and_then(|n| n.error_detail.map(|e| e.message))
+        } else {
+            cp.nack(ECDS)
+                .and_then(|n| n.error_detail.map(|e| e.message))
+        };
+        message.is_some_and(|m| {
+            m.contains("typed_extension_config \"hr-ext\".typed_config: `type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault` is unimplemented over ECDS")
+        })
+    };
+    assert!(eventually(WAIT, || async { nacked(&cp) }).await);
+    assert_eq!(rewritten("weft", &base).await.as_deref(), Some("two"));
+}
+
+#[tokio::test]
+async fn a_wasm_filter_over_ecds_updates_without_a_listener_change() {
+    wasm_over_ecds(false).await;
+}
+
+#[tokio::test]
+async fn a_wasm_filter_over_delta_ecds_updates_without_a_listener_change() {
+    wasm_over_ecds(true).await;
+}
+
 /// A capture listener over LDS, as istiod renders `virtualInbound`: `use_original_dst` with the
 /// original_dst / tls_inspector / http_inspector listener filters, chains matching on
 /// destination port, prefix ranges, transport protocol, SNI and ALPN (one with RDS routes, one

@@ -224,6 +224,11 @@ impl Client {
         if !rds.is_empty() && rds_sub.is_none_or(|s| !s.sent || s.names != rds) {
             self.subscribe(tx, Kind::Route, rds).await?;
         }
+        let ecds: Vec<String> = self.store.ecds_names().into_iter().collect();
+        let ecds_sub = self.subs.get(&Kind::Extension);
+        if !ecds.is_empty() && ecds_sub.is_none_or(|s| !s.sent || s.names != ecds) {
+            self.subscribe(tx, Kind::Extension, ecds).await?;
+        }
         Ok(())
     }
 
@@ -262,6 +267,7 @@ impl Client {
                     Kind::Endpoint => self.store.endpoints.keys().cloned().collect(),
                     Kind::Listener => self.store.listeners.keys().cloned().collect(),
                     Kind::Route => self.store.routes.keys().cloned().collect(),
+                    Kind::Extension => self.store.extensions.keys().cloned().collect(),
                 };
                 self.status
                     .accepted(kind, &response.version_info, &response.nonce, names);

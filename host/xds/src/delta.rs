@@ -126,7 +126,9 @@ impl Client {
             self.delta_wildcard(tx, Kind::Listener).await?;
         }
         let rds = self.store.rds_names();
-        self.delta_names(tx, Kind::Route, rds).await
+        self.delta_names(tx, Kind::Route, rds).await?;
+        let ecds = self.store.ecds_names();
+        self.delta_names(tx, Kind::Extension, ecds).await
     }
 
     async fn on_delta(
@@ -195,6 +197,7 @@ impl Client {
                     Kind::Endpoint => self.store.endpoints.keys().cloned().collect(),
                     Kind::Listener => self.store.listeners.keys().cloned().collect(),
                     Kind::Route => self.store.routes.keys().cloned().collect(),
+                    Kind::Extension => self.store.extensions.keys().cloned().collect(),
                 };
                 self.status
                     .accepted(kind, &response.system_version_info, &response.nonce, names);

@@ -24,6 +24,8 @@ pub(crate) struct Store {
     pub listeners: BTreeMap<String, listener::Translated>,
     pub routes: BTreeMap<String, Vec<VirtualHost>>,
     pub secrets: BTreeMap<String, secret::SecretFiles>,
+    /// ECDS: HTTP Wasm filter configurations by resource name.
+    pub extensions: BTreeMap<String, wasm::WasmPlugin>,
     /// The last published form of each dynamic cluster and listener (served while warming).
     live_clusters: BTreeMap<String, Cluster>,
     live_listeners: BTreeMap<String, Listener>,
@@ -67,7 +69,7 @@ impl Store {
         match kind {
             Kind::Cluster => next.clusters.clear(),
             Kind::Listener => next.listeners.clear(),
-            Kind::Endpoint | Kind::Route | Kind::Secret => {}
+            Kind::Endpoint | Kind::Route | Kind::Secret | Kind::Extension => {}
         }
         let mut seen = HashSet::new();
         for (i, any) in resources.iter().enumerate() {
@@ -150,7 +152,7 @@ impl Store {
                 }
             }
             // Replaced by name: what is held is still there.
-            Kind::Endpoint | Kind::Route | Kind::Secret => {}
+            Kind::Endpoint | Kind::Route | Kind::Secret | Kind::Extension => {}
         }
     }
 
@@ -163,6 +165,7 @@ impl Store {
                 Kind::Endpoint => self.endpoints.contains_key(n),
                 Kind::Listener => self.listeners.contains_key(n),
                 Kind::Route => self.routes.contains_key(n),
+                Kind::Extension => self.extensions.contains_key(n),
             });
         }
     }
@@ -235,6 +238,8 @@ impl Store {
                 Kind::Route => drop(next.routes.insert(name.clone(), Vec::new())),
                 // A removed secret: whoever uses it waits (warming) until it is back.
                 Kind::Secret => drop(next.secrets.remove(name)),
+                // A removed extension configuration: its listeners warm until it is back.
+                Kind::Extension => drop(next.extensions.remove(name)),
             }
         }
         let held = self.held(kind);
@@ -332,6 +337,28 @@ impl Store {
                 self.listeners.insert(name.clone(), t);
                 name
             }
+            Kind::Extension => {
+                let tec: envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig =
+                    decode(kind, i, any)?;
+                let name = tec.name.clone();
+                let path = format!("typed_extension_config \"{name}\"");
+                if name.is_empty() {
+                    return Err(format!("resources[{i}]: name must not be empty"));
+                }
+                let Some(config) = tec.typed_config else {
+                    return Err(format!("{path}.typed_config: required"));
+                };
+                if config.type_url != wasm::HTTP_WASM {
+                    return Err(format!(
+                        "{path}.typed_config: `{}` is unimplemented over ECDS (only \
+                         envoy.extensions.filters.http.wasm.v3.Wasm is)",
+                        config.type_url
+                    ));
+                }
+                let p = wasm::http_wasm(&path, &name, &config)?;
+                self.extensions.insert(name.clone(), p);
+                name
+            }
             Kind::Route => {
                 let rc: envoy_types::pb::envoy::config::route::v3::RouteConfiguration =
                     decode(kind, i, any)?;
@@ -351,6 +378,8 @@ impl Store {
         self.routes.retain(|n, _| rds.contains(n));
         let sds = self.sds_names();
         self.secrets.retain(|n, _| sds.contains(n));
+        let ecds = self.ecds_names();
+        self.extensions.retain(|n, _| ecds.contains(n));
         self.prune_sources();
     }
 
@@ -377,6 +406,15 @@ impl Store {
         self.listeners
             .values()
             .filter_map(|l| l.rds.clone())
+            .collect()
+    }
+
+    /// The extension configurations the listeners' HTTP filters discover (the ECDS
+    /// subscription).
+    pub fn ecds_names(&self) -> BTreeSet<String> {
+        self.listeners
+            .values()
+            .flat_map(|l| l.ecds.iter().map(|(_, n)| n.clone()))
             .collect()
     }
 
@@ -431,8 +469,9 @@ impl Store {
                 // Not a listener of its own: its chains join the capture listeners (below).
                 continue;
             }
+            let has_extensions = t.ecds.iter().all(|(_, n)| self.extensions.contains_key(n));
             let ready = match &t.rds {
-                _ if !has_secrets(&t.secrets) => None,
+                _ if !has_secrets(&t.secrets) || !has_extensions => None,
                 None => Some(t.listener.clone()),
                 Some(rds) => self.routes.get(rds).map(|v| {
                     let mut l = t.listener.clone();
@@ -476,7 +515,19 @@ impl Store {
                         out.secrets.insert(n.clone(), f.clone());
                     }
                 }
-                for p in &t.plugins {
+                // Discovered filters (ECDS) take their places among the inline ones.
+                for (at, n) in &t.ecds {
+                    if let Some(p) = self.extensions.get(n) {
+                        let r = weft_config::schema::PluginRef {
+                            name: p.plugin.name.clone(),
+                            configuration: None,
+                            disabled: false,
+                        };
+                        l.plugins.insert((*at).min(l.plugins.len()), r);
+                    }
+                }
+                let discovered = t.ecds.iter().filter_map(|(_, n)| self.extensions.get(n));
+                for p in t.plugins.iter().chain(discovered) {
                     plugins.insert(p.plugin.name.clone(), p.plugin.clone());
                     if let Some(r) = &p.remote {
                         out.remotes.insert(r.sha256.clone(), r.clone());
@@ -800,6 +851,7 @@ mod tests {
                 secrets: Vec::new(),
                 by_address: None,
                 hands_off: false,
+                ecds: Vec::new(),
             },
         );
         let composed = s.compose(&HashSet::new());

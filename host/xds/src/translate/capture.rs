@@ -156,6 +156,7 @@ pub(crate) fn translate(
         secrets: Vec::new(),
         by_address: None,
         hands_off: false,
+        ecds: Vec::new(),
     })
 }
 
@@ -288,6 +289,7 @@ pub(crate) fn by_address(
         secrets: Vec::new(),
         by_address: Some(handoff),
         hands_off: false,
+        ecds: Vec::new(),
     })
 }
 
