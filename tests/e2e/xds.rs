@@ -405,7 +405,21 @@ async fn a_file_reload_keeps_the_xds_resources() {
 /// that come and go take traffic while they are in.
 #[tokio::test]
 async fn endpoint_churn_under_load_fails_no_request() {
-    const UPDATES: u64 = 600; // 10 a second for 60 s
+    churn(false, 600).await; // 10 a second for 60 s
+}
+
+/// The same churn over incremental (delta) ADS, where each update carries only the changed
+/// assignment and is applied in place: 10 a second for 16 s (shorter, for the CI budget; the
+/// state-of-the-world test above runs the full 60 s).
+#[tokio::test]
+async fn delta_endpoint_churn_under_load_fails_no_request() {
+    churn(true, 160).await;
+}
+
+/// `updates` endpoint changes of cluster `v1`, one every 100 ms, under load from four clients
+/// (`updates` a multiple of 4: the churned endpoints end out).
+async fn churn(delta: bool, updates: u64) {
+    assert_eq!(updates % 4, 0);
     let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
     let stable = upstream::echo("stable").await;
     let churn = [
@@ -436,8 +450,15 @@ async fn endpoint_churn_under_load_fails_no_request() {
             )
     };
     let cp = ControlPlane::start(at(0)).await;
-    let w = start(&cp).await;
-    let url = w.tp.url("web", "/churn");
+    let tp = TestProxy::start(&if delta {
+        delta_bootstrap(cp.addr)
+    } else {
+        bootstrap(cp.addr)
+    })
+    .await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await);
+    let url = tp.url("web", "/churn");
 
     // Load: four clients, each at most 100,000 requests or 120 s, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -481,13 +502,20 @@ async fn endpoint_churn_under_load_fails_no_request() {
     // The churn: a new assignment every 100 ms (the control plane's pace, not a wait).
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for version in 1..=UPDATES {
+    for version in 1..=updates {
         tick.tick().await;
         cp.set(at(version));
     }
-    let last = UPDATES.to_string();
+    let last = updates.to_string();
     assert!(
-        eventually(WAIT, || async { cp.acked(EDS, &last) }).await,
+        eventually(WAIT, || async {
+            if delta {
+                cp.delta_acked(EDS, &last)
+            } else {
+                cp.acked(EDS, &last)
+            }
+        })
+        .await,
         "the last assignment ACKed"
     );
     stop.store(true, Ordering::SeqCst);
@@ -502,15 +530,19 @@ async fn endpoint_churn_under_load_fails_no_request() {
         assert!(servers.get(s).is_some_and(|n| *n > 0), "{s}: {servers:?}");
     }
     assert!(!servers.contains_key("v2"), "{servers:?}");
-    assert_eq!(
+    let nacks = if delta {
+        cp.delta_requests()
+            .iter()
+            .filter(|r| r.error_detail.is_some())
+            .count()
+    } else {
         cp.requests()
             .iter()
             .filter(|r| r.error_detail.is_some())
-            .count(),
-        0,
-        "no NACK"
-    );
-    // UPDATES % 4 == 0: the churned endpoints are out again and take nothing more.
+            .count()
+    };
+    assert_eq!(nacks, 0, "no NACK");
+    // updates % 4 == 0: the churned endpoints are out again and take nothing more.
     let mut after = std::collections::HashSet::new();
     for _ in 0..50 {
         after.insert(get(&url).await.json()["server"].to_string());
