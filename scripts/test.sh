@@ -32,7 +32,8 @@ if ! command -v prometheus >/dev/null 2>&1; then
 fi
 export WEFT_PROMETHEUS="${WEFT_PROMETHEUS:-$(command -v prometheus)}"
 # iptables, iproute2 (ip netns) and setpriv (util-linux): the sidecar test in network
-# namespaces (host/weft/tests/netns.rs) runs `weft iptables` and Weft as the proxy user.
+# namespaces (host/weft/tests/netns.rs) runs `weft iptables` and Weft as the proxy user;
+# the xDS by-address listener test (tests/e2e/xds.rs) adds a REDIRECT rule in a namespace.
 missing=()
 command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)

@@ -414,7 +414,21 @@ async fn a_file_reload_keeps_the_xds_resources() {
 /// that come and go take traffic while they are in.
 #[tokio::test]
 async fn endpoint_churn_under_load_fails_no_request() {
-    const UPDATES: u64 = 600; // 10 a second for 60 s
+    churn(false, 600).await; // 10 a second for 60 s
+}
+
+/// The same churn over incremental (delta) ADS, where each update carries only the changed
+/// assignment and is applied in place: 10 a second for 16 s (shorter, for the CI budget; the
+/// state-of-the-world test above runs the full 60 s).
+#[tokio::test]
+async fn delta_endpoint_churn_under_load_fails_no_request() {
+    churn(true, 160).await;
+}
+
+/// `updates` endpoint changes of cluster `v1`, one every 100 ms, under load from four clients
+/// (`updates` a multiple of 4: the churned endpoints end out).
+async fn churn(delta: bool, updates: u64) {
+    assert_eq!(updates % 4, 0);
     let (v1, v2) = (upstream::echo("v1").await, upstream::echo("v2").await);
     let stable = upstream::echo("stable").await;
     let churn = [
@@ -445,8 +459,15 @@ async fn endpoint_churn_under_load_fails_no_request() {
             )
     };
     let cp = ControlPlane::start(at(0)).await;
-    let w = start(&cp).await;
-    let url = w.tp.url("web", "/churn");
+    let tp = TestProxy::start(&if delta {
+        delta_bootstrap(cp.addr)
+    } else {
+        bootstrap(cp.addr)
+    })
+    .await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await);
+    let url = tp.url("web", "/churn");
 
     // Load: four clients, each at most 100,000 requests or 120 s, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -490,13 +511,20 @@ async fn endpoint_churn_under_load_fails_no_request() {
     // The churn: a new assignment every 100 ms (the control plane's pace, not a wait).
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for version in 1..=UPDATES {
+    for version in 1..=updates {
         tick.tick().await;
         cp.set(at(version));
     }
-    let last = UPDATES.to_string();
+    let last = updates.to_string();
     assert!(
-        eventually(WAIT, || async { cp.acked(EDS, &last) }).await,
+        eventually(WAIT, || async {
+            if delta {
+                cp.delta_acked(EDS, &last)
+            } else {
+                cp.acked(EDS, &last)
+            }
+        })
+        .await,
         "the last assignment ACKed"
     );
     stop.store(true, Ordering::SeqCst);
@@ -511,15 +539,19 @@ async fn endpoint_churn_under_load_fails_no_request() {
         assert!(servers.get(s).is_some_and(|n| *n > 0), "{s}: {servers:?}");
     }
     assert!(!servers.contains_key("v2"), "{servers:?}");
-    assert_eq!(
+    let nacks = if delta {
+        cp.delta_requests()
+            .iter()
+            .filter(|r| r.error_detail.is_some())
+            .count()
+    } else {
         cp.requests()
             .iter()
             .filter(|r| r.error_detail.is_some())
-            .count(),
-        0,
-        "no NACK"
-    );
-    // UPDATES % 4 == 0: the churned endpoints are out again and take nothing more.
+            .count()
+    };
+    assert_eq!(nacks, 0, "no NACK");
+    // updates % 4 == 0: the churned endpoints are out again and take nothing more.
     let mut after = std::collections::HashSet::new();
     for _ in 0..50 {
         after.insert(get(&url).await.json()["server"].to_string());
@@ -1030,13 +1062,121 @@ async fn a_struct_configuration_reaches_the_plugin_as_json_and_removal_drops_it(
     );
 }
 
+/// A Wasm filter whose configuration arrives by ECDS (`config_discovery` on the HTTP filter,
+/// a `TypedExtensionConfig` over ADS): the listener warms until it arrives, the plugin then
+/// runs, a new version of the extension configuration alone changes the plugin's behaviour
+/// (the listener resource unchanged, its socket kept), and an unsupported type is NACKed
+/// naming the resource, the last good plugin still running. In both ADS variants.
+async fn wasm_over_ecds(delta: bool) {
+    use weft_e2e::xds::{ECDS, ecds_filter, extension_config};
+    let up = upstream::echo("up").await;
+    let file = weft_e2e::plugins::shipped_plugin("header-rewrite");
+    let ext = |version: &str| {
+        extension_config(
+            "hr-ext",
+            wasm_filter(
+                "hr",
+                WasmCode::Local(file.clone()),
+                string_value(&rewrite_config(version).to_string()),
+                false,
+            ),
+        )
+    };
+    let snapshot = |version: &str, config: Option<&str>| {
+        let s = wasm_snapshot(version, up, vec![ecds_filter("hr-ext")], None);
+        match config {
+            Some(c) => s.with("hr-ext", ext(c)),
+            None => s,
+        }
+    };
+    let acked = |cp: &ControlPlane, t: &str, v: &str| {
+        if delta {
+            cp.delta_acked(t, v)
+        } else {
+            cp.acked(t, v)
+        }
+    };
+    // Version 1 lacks the extension configuration: the listener warms.
+    let cp = ControlPlane::start(snapshot("1", None)).await;
+    let yaml = if delta {
+        delta_bootstrap(cp.addr)
+    } else {
+        bootstrap(cp.addr)
+    };
+    let tp = TestProxy::start(&yaml).await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(eventually(WAIT, || async { acked(&cp, LDS, "1") }).await);
+    assert!(tp.proxy.listener_addr("web").is_none(), "warming");
+    let subscribed = if delta {
+        cp.delta_requests()
+            .iter()
+            .any(|r| r.type_url == ECDS && r.resource_names_subscribe == ["hr-ext"])
+    } else {
+        cp.requests()
+            .iter()
+            .any(|r| r.type_url == ECDS && r.resource_names == ["hr-ext"])
+    };
+    assert!(
+        subscribed,
+        "the extension configuration is subscribed by name"
+    );
+
+    cp.set(snapshot("2", Some("one")));
+    assert!(
+        eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await,
+        "{:?}",
+        tp.proxy.last_reload_error()
+    );
+    let addr = tp.proxy.listener_addr("web");
+    let base = tp.url("web", "");
+    assert_eq!(rewritten("weft", &base).await.as_deref(), Some("one"));
+
+    // Only the extension configuration changes.
+    cp.set(snapshot("3", Some("two")));
+    assert!(eventually(WAIT, || async { acked(&cp, ECDS, "3") }).await);
+    assert_eq!(rewritten("weft", &base).await.as_deref(), Some("two"));
+    assert_eq!(tp.proxy.listener_addr("web"), addr, "the same socket");
+
+    // A TypedExtensionConfig of another type: NACKed by name, the plugin keeps running.
+    let mut bad = ext("three");
+    if let Some(c) = bad.typed_config.as_mut() {
+        c.type_url = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault".into();
+    }
+    cp.set(wasm_snapshot("4", up, vec![ecds_filter("hr-ext")], None).with("hr-ext", bad));
+    let nacked = |cp: &ControlPlane| {
+        let message = if delta {
+            cp.delta_nack(ECDS)
+                .and_then(|n| n.error_detail.map(|e| e.message))
+        } else {
+            cp.nack(ECDS)
+                .and_then(|n| n.error_detail.map(|e| e.message))
+        };
+        message.is_some_and(|m| {
+            m.contains("typed_extension_config \"hr-ext\".typed_config: `type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault` is unimplemented over ECDS")
+        })
+    };
+    assert!(eventually(WAIT, || async { nacked(&cp) }).await);
+    assert_eq!(rewritten("weft", &base).await.as_deref(), Some("two"));
+}
+
+#[tokio::test]
+async fn a_wasm_filter_over_ecds_updates_without_a_listener_change() {
+    wasm_over_ecds(false).await;
+}
+
+#[tokio::test]
+async fn a_wasm_filter_over_delta_ecds_updates_without_a_listener_change() {
+    wasm_over_ecds(true).await;
+}
+
 /// A capture listener over LDS, as istiod renders `virtualInbound`: `use_original_dst` with the
 /// original_dst / tls_inspector / http_inspector listener filters, chains matching on
 /// destination port, prefix ranges, transport protocol, SNI and ALPN (one with RDS routes, one
 /// a TCP proxy), and a default chain to an ORIGINAL_DST cluster. It becomes Weft's capture
 /// listener with one `bind_to_port: false` listener per chain, live once the chain's routes
 /// are; a connection that was not redirected is refused as a loop (`NR`). A listener reached
-/// by address (`bind_to_port: false`) is NACKed naming the field.
+/// by address (`bind_to_port: false`) adds its chain, narrowed to its address, to the capture
+/// listener.
 #[tokio::test]
 async fn a_capture_listener_over_lds_maps_its_filter_chains() {
     use envoy_types::pb::envoy::config::core::v3::CidrRange;
@@ -1186,16 +1326,41 @@ async fn a_capture_listener_over_lds_maps_its_filter_chains() {
     .await;
     assert_eq!(reply, "", "closed without an answer");
 
-    // A listener reached by address through another's use_original_dst: NACKed by field.
-    let mut by_address = http_listener("0.0.0.0_9080", "127.0.0.1:0".parse().unwrap(), "routes");
+    // A listener reached by address through another's use_original_dst: its chain joins the
+    // capture listener, narrowed to its port and address; one without a port is NACKed.
+    let mut by_address = http_listener("10.9.9.9_9080", "10.9.9.9:9080".parse().unwrap(), "routes");
     by_address.bind_to_port = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
-    cp.set(snapshot("3", true).with("0.0.0.0_9080", by_address));
+    cp.set(snapshot("3", true).with("10.9.9.9_9080", by_address.clone()));
+    assert!(eventually(WAIT, || async { cp.acked(LDS, "3") }).await);
+    let dump = get(&format!("http://{}/config_dump", w.tp.admin()))
+        .await
+        .json();
+    let listeners = dump["config"]["listeners"].as_array().unwrap();
+    let vi = listeners
+        .iter()
+        .find(|l| l["name"] == "virtualInbound")
+        .unwrap();
+    let chains = vi["filter_chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 3, "{vi}");
+    assert_eq!(chains[2]["listener"], "10.9.9.9_9080/0");
+    assert_eq!(
+        chains[2]["match"],
+        serde_json::json!({"destination_port": 9080, "prefix_ranges": ["10.9.9.9/32"]})
+    );
+    assert!(
+        !listeners.iter().any(|l| l["name"] == "10.9.9.9_9080"),
+        "not a listener of its own"
+    );
+    by_address.address = http_listener("x", "10.9.9.9:0".parse().unwrap(), "r").address;
+    cp.set(snapshot("4", true).with("10.9.9.9_9080", by_address));
     assert!(
         eventually(WAIT, || async {
             cp.nack(LDS).is_some_and(|n| {
                 n.error_detail.is_some_and(|e| {
-                    e.message
-                        .contains("listener \"0.0.0.0_9080\".bind_to_port: false is unimplemented")
+                    e.message.contains(
+                        "listener \"10.9.9.9_9080\".filter_chains[0]: a listener with \
+                         bind_to_port: false needs a port in its address",
+                    )
                 })
             })
         })
@@ -2319,4 +2484,305 @@ async fn an_istiod_connection_manager_behaves_the_same_in_envoy_and_weft() {
             "{name}: a local reply too"
         );
     }
+}
+
+/// One cluster `c` whose endpoints are `eps`, behind listener `web` (`/` → `c`).
+fn one_cluster(version: &str, eps: &[SocketAddr], connect_timeout_s: i64) -> Snapshot {
+    let mut c = eds_cluster("c");
+    c.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: connect_timeout_s,
+        nanos: 0,
+    });
+    let eps: Vec<(SocketAddr, u32)> = eps.iter().map(|a| (*a, 1)).collect();
+    Snapshot::new(version)
+        .with("c", c)
+        .with("c", assignment("c", &eps))
+        .with(
+            "web",
+            http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
+        )
+        .with(
+            "routes",
+            route_config("routes", vec![prefix_route("/", &[("c", 1)])]),
+        )
+}
+
+fn live_cluster(tp: &TestProxy, name: &str) -> Arc<weft_upstream::Cluster> {
+    tp.proxy
+        .generation()
+        .clusters
+        .iter()
+        .find(|c| &*c.name == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("cluster {name} is live"))
+}
+
+/// An EDS update swaps the cluster's endpoint set in place: same generation, same cluster
+/// (pools and statistics kept), the new endpoints take the traffic and `/config_dump` shows
+/// them; a resend of identical resources changes nothing; a CDS change rebuilds that cluster
+/// (a new generation) keeping the endpoints the EDS update put in place; a file reload
+/// afterwards reuses the cluster. In both ADS variants.
+async fn endpoint_update_in_place(delta: bool) {
+    let (a, b) = (upstream::echo("a").await, upstream::echo("b").await);
+    let cp = ControlPlane::start(one_cluster("1", &[a], 1)).await;
+    let yaml = if delta {
+        delta_bootstrap(cp.addr)
+    } else {
+        bootstrap(cp.addr)
+    };
+    let tp = TestProxy::start(&yaml).await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    let acked = |t: &str, v: &str| {
+        if delta {
+            cp.delta_acked(t, v)
+        } else {
+            cp.acked(t, v)
+        }
+    };
+    assert!(eventually(WAIT, || async { tp.proxy.listener_addr("web").is_some() }).await);
+    assert_eq!(get(&tp.url("web", "/x")).await.json()["server"], "a");
+    let generation = tp.proxy.generation().id;
+    let before = live_cluster(&tp, "c");
+
+    // Version 2: the endpoint moves from a to b.
+    cp.set(one_cluster("2", &[b], 1));
+    assert!(
+        eventually(WAIT, || async { acked(EDS, "2") }).await,
+        "EDS 2 ACKed"
+    );
+    assert_eq!(get(&tp.url("web", "/x")).await.json()["server"], "b");
+    assert_eq!(tp.proxy.generation().id, generation, "no new generation");
+    assert!(
+        Arc::ptr_eq(&before, &live_cluster(&tp, "c")),
+        "the same cluster, its endpoint set swapped"
+    );
+    let dump = get(&format!("http://{}/config_dump", tp.admin()))
+        .await
+        .json();
+    let c = dump["config"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "c")
+        .cloned()
+        .unwrap();
+    assert_eq!(c["endpoints"][0]["address"], b.to_string(), "{c}");
+    assert_eq!(c["endpoints"].as_array().unwrap().len(), 1, "{c}");
+
+    // Version 3 carries the same resources: ACKed, nothing rebuilt. (The delta control plane
+    // versions resources by their bytes, so it sends nothing at all.)
+    if !delta {
+        cp.set(one_cluster("3", &[b], 1));
+        assert!(eventually(WAIT, || async { acked(EDS, "3") && acked(CDS, "3") }).await);
+        assert_eq!(tp.proxy.generation().id, generation);
+    }
+
+    // Version 4 changes the cluster's settings: a new generation and a new cluster, which
+    // keeps the endpoints of the EDS update.
+    cp.set(one_cluster("4", &[b], 2));
+    assert!(eventually(WAIT, || async { acked(CDS, "4") }).await);
+    assert!(tp.proxy.generation().id > generation);
+    let rebuilt = live_cluster(&tp, "c");
+    assert!(!Arc::ptr_eq(&before, &rebuilt));
+    assert_eq!(
+        rebuilt.endpoints().endpoints[0].addr,
+        b,
+        "the endpoints put in place survive the rebuild"
+    );
+    assert_eq!(get(&tp.url("web", "/x")).await.json()["server"], "b");
+
+    // An in-place update, then a file reload: the cluster is reused, with its new endpoints.
+    cp.set(one_cluster("5", &[a, b], 2));
+    assert!(eventually(WAIT, || async { acked(EDS, "5") }).await);
+    let after_eds = live_cluster(&tp, "c");
+    assert!(Arc::ptr_eq(&rebuilt, &after_eds));
+    tp.proxy.reload().await.unwrap();
+    let reloaded = live_cluster(&tp, "c");
+    assert!(
+        Arc::ptr_eq(&after_eds, &reloaded),
+        "a reload reuses a cluster whose endpoints were replaced in place"
+    );
+    assert_eq!(reloaded.endpoints().endpoints.len(), 2);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        seen.insert(get(&tp.url("web", "/x")).await.json()["server"].to_string());
+    }
+    assert_eq!(seen.len(), 2, "both endpoints take traffic: {seen:?}");
+    let nacks = if delta {
+        cp.delta_requests()
+            .iter()
+            .filter(|r| r.error_detail.is_some())
+            .count()
+    } else {
+        cp.requests()
+            .iter()
+            .filter(|r| r.error_detail.is_some())
+            .count()
+    };
+    assert_eq!(nacks, 0);
+}
+
+#[tokio::test]
+async fn an_endpoint_update_swaps_the_endpoint_set_in_place() {
+    endpoint_update_in_place(false).await;
+}
+
+#[tokio::test]
+async fn a_delta_endpoint_update_swaps_the_endpoint_set_in_place() {
+    endpoint_update_in_place(true).await;
+}
+
+/// Deletes the test's network namespace, also when the test fails.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+fn sh(program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} ({e}): scripts/test.sh installs iproute2 and iptables")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Istio's outbound shape over LDS: `virtualOutbound` (15001, `use_original_dst`, no chains of
+/// its own) and per-port listeners with `bind_to_port: false` — a wildcard `0.0.0.0_8080` and
+/// an exact `10.99.0.2_8080` — each with its own RDS routes. In a network namespace of its own
+/// whose iptables rule redirects connections to 10.99.0.0/24 port 8080 to 15001, a connection
+/// to 10.99.0.1:8080 reaches the wildcard listener's chain and one to 10.99.0.2:8080 the exact
+/// one's (Envoy's order: the exact address first), through `SO_ORIGINAL_DST`. Needs root,
+/// `ip` and `iptables`; a machine without network namespaces fails the test with the reason.
+#[test]
+fn captured_connections_reach_the_bind_to_port_false_listener_of_their_original_destination() {
+    static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let ns = format!(
+        "weftxds{}{}",
+        std::process::id() % 100_000,
+        RUN.fetch_add(1, Ordering::Relaxed)
+    );
+    sh("ip", &["netns", "add", &ns]);
+    let _guard = Netns(ns.clone());
+    sh("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+    for ip in ["10.99.0.1/32", "10.99.0.2/32"] {
+        sh("ip", &["-n", &ns, "addr", "add", ip, "dev", "lo"]);
+    }
+    sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            "10.99.0.0/24",
+            "--dport",
+            "8080",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ],
+    );
+    let path = format!("/run/netns/{ns}");
+    // Every socket of the test (control plane, upstreams, Weft, clients) is made by threads
+    // of a runtime started inside the namespace.
+    let outcome = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(by_address_in_netns());
+    })
+    .join();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn by_address_in_netns() {
+    let (wild, exact) = (upstream::echo("wild").await, upstream::echo("exact").await);
+    let by_address = |name: &str, addr: &str, routes: &str| {
+        let mut l = http_listener(name, addr.parse().unwrap(), routes);
+        l.bind_to_port = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+        l
+    };
+    let mut outbound = capture_listener(
+        "virtualOutbound",
+        "0.0.0.0:15001".parse().unwrap(),
+        Vec::new(),
+        "PassthroughCluster",
+    );
+    // istiod's virtualOutbound: use_original_dst only.
+    outbound.listener_filters.clear();
+    outbound.listener_filters_timeout = None;
+    let snapshot = Snapshot::new("1")
+        .with("wild", eds_cluster("wild"))
+        .with("wild", assignment("wild", &[(wild, 1)]))
+        .with("exact", eds_cluster("exact"))
+        .with("exact", assignment("exact", &[(exact, 1)]))
+        .with(
+            "PassthroughCluster",
+            original_dst_cluster("PassthroughCluster"),
+        )
+        .with("virtualOutbound", outbound)
+        .with(
+            "0.0.0.0_8080",
+            by_address("0.0.0.0_8080", "0.0.0.0:8080", "wild-routes"),
+        )
+        .with(
+            "10.99.0.2_8080",
+            by_address("10.99.0.2_8080", "10.99.0.2:8080", "exact-routes"),
+        )
+        .with(
+            "wild-routes",
+            route_config("wild-routes", vec![prefix_route("/", &[("wild", 1)])]),
+        )
+        .with(
+            "exact-routes",
+            route_config("exact-routes", vec![prefix_route("/", &[("exact", 1)])]),
+        );
+    let cp = ControlPlane::start(snapshot).await;
+    let tp = TestProxy::start(&bootstrap(cp.addr)).await;
+    let _client = weft_xds::start(&tp.proxy).unwrap().expect("xds section");
+    assert!(
+        eventually(WAIT, || async {
+            tp.proxy.listener_addr("virtualOutbound").is_some()
+        })
+        .await,
+        "{:?} {:?}",
+        tp.proxy.last_reload_error(),
+        cp.nack(LDS)
+    );
+    assert!(
+        tp.proxy.listener_addr("0.0.0.0_8080").is_none(),
+        "binds nothing"
+    );
+    let wild_reply = get("http://10.99.0.1:8080/x").await;
+    assert_eq!(wild_reply.status, 200, "{:?}", wild_reply.body);
+    assert_eq!(wild_reply.json()["server"], "wild");
+    let exact_reply = get("http://10.99.0.2:8080/x").await;
+    assert_eq!(exact_reply.json()["server"], "exact");
 }

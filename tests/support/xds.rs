@@ -39,6 +39,8 @@ pub const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadA
 pub const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 /// RDS.
 pub const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// ECDS.
+pub const ECDS: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
 
 /// A versioned set of resources by type URL, each a (name, resource) list.
 #[derive(Debug, Clone, Default)]
@@ -919,6 +921,35 @@ fn plugin_config(
             ..Default::default()
         })),
         ..Default::default()
+    }
+}
+
+/// An HTTP filter `name` whose configuration comes by ECDS over ADS (`config_discovery`),
+/// an `envoy.filters.http.wasm` configuration, as istiod renders a `WasmPlugin` with ECDS.
+pub fn ecds_filter(name: &str) -> hcm::HttpFilter {
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+    hcm::HttpFilter {
+        name: name.into(),
+        config_type: Some(hcm::http_filter::ConfigType::ConfigDiscovery(
+            core::ExtensionConfigSource {
+                config_source: Some(ads()),
+                type_urls: vec![Wasm::type_url()],
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// The ECDS resource `name` carrying `filter`'s typed configuration (e.g. a [`wasm_filter`]).
+pub fn extension_config(name: &str, filter: hcm::HttpFilter) -> core::TypedExtensionConfig {
+    let typed_config = match filter.config_type {
+        Some(hcm::http_filter::ConfigType::TypedConfig(any)) => Some(any),
+        _ => None,
+    };
+    core::TypedExtensionConfig {
+        name: name.into(),
+        typed_config,
     }
 }
 

@@ -115,6 +115,27 @@ pub fn compose(
     }
 }
 
+/// Checks the new endpoint list of dynamic cluster `cluster` (an in-place endpoint update,
+/// which leaves every other part of the configuration as it is) with the same rules a whole
+/// configuration's validation applies to it; problems are named `cluster "x".endpoints[i]…`.
+pub fn check_endpoints(cluster: &Cluster, label: &str) -> Result<(), ConfigError> {
+    let name = format!("cluster \"{}\"", cluster.name);
+    let mut found = crate::validate::endpoints(&name, cluster);
+    if cluster.kind == crate::schema::ClusterType::OriginalDst && !cluster.endpoints.is_empty() {
+        found.push((
+            format!("{name}.endpoints"),
+            "an `original_dst` cluster connects to the original destination: no endpoints".into(),
+        ));
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        file: label.to_owned(),
+        problems: found.into_iter().map(|(p, m)| problem(p, m)).collect(),
+    })
+}
+
 fn problem(path: String, message: impl Into<String>) -> Problem {
     Problem {
         path,

@@ -29,7 +29,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 
-pub use compose::{DynamicResources, compose};
+pub use compose::{DynamicResources, check_endpoints, compose};
 pub use error::{ConfigError, Problem};
 pub use locate::{Location, SourceMap};
 pub use schema::Config;

@@ -622,17 +622,7 @@ impl Validator<'_> {
             self.err(format!("{path}.name"), "must not be empty");
         }
         capture::cluster(&mut self.found, path, c);
-        for (i, e) in c.endpoints.iter().enumerate() {
-            if let Err(why) = EndpointAddress::parse(&e.address) {
-                self.err(format!("{path}.endpoints[{i}].address"), why);
-            }
-            if e.weight == 0 {
-                self.err(
-                    format!("{path}.endpoints[{i}].weight"),
-                    "must be at least 1",
-                );
-            }
-        }
+        self.found.extend(endpoints(path, c));
         if c.choice_count < 2 {
             self.err(format!("{path}.choice_count"), "must be at least 2");
         }
@@ -674,6 +664,23 @@ impl Validator<'_> {
             );
         }
     }
+}
+
+/// The checks of a cluster's endpoint list (also run alone on an in-place endpoint update).
+pub(crate) fn endpoints(path: &str, c: &Cluster) -> Vec<Found> {
+    let mut found = Vec::new();
+    for (i, e) in c.endpoints.iter().enumerate() {
+        if let Err(why) = EndpointAddress::parse(&e.address) {
+            found.push((format!("{path}.endpoints[{i}].address"), why));
+        }
+        if e.weight == 0 {
+            found.push((
+                format!("{path}.endpoints[{i}].weight"),
+                "must be at least 1".into(),
+            ));
+        }
+    }
+    found
 }
 
 fn check_domain(d: &str) -> Result<(), String> {

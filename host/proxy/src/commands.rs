@@ -43,6 +43,11 @@ pub(crate) enum Command {
         resources: Box<weft_config::DynamicResources>,
         reply: oneshot::Sender<Result<u64, ReloadError>>,
     },
+    /// Replace the endpoints of these dynamic clusters in place (xDS EDS updates).
+    Endpoints {
+        changes: Vec<(String, Vec<weft_config::schema::Endpoint>)>,
+        reply: oneshot::Sender<Result<u64, ReloadError>>,
+    },
     /// Hot-swap every variant of plugin `name` from its file.
     Plugin {
         name: String,

@@ -55,6 +55,20 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// This generation with `config` in place of its configuration, everything compiled kept
+    /// (same id, listeners and clusters): after an in-place endpoint update, whose new
+    /// endpoint lists `config` shows.
+    pub(crate) fn with_config(&self, config: Config) -> Generation {
+        Generation {
+            id: self.id,
+            loaded_at: self.loaded_at,
+            source: self.source.clone(),
+            config: Arc::new(config),
+            clusters: self.clusters.clone(),
+            listeners: self.listeners.clone(),
+        }
+    }
+
     /// The HTTP listener `name`, if it is one.
     pub fn http_listener(&self, name: &str) -> Option<&Arc<HttpListener>> {
         match self.listeners.get(name).map(|l| &**l) {
@@ -94,10 +108,12 @@ impl Generation {
         plugins: PluginContext<'_>,
     ) -> Result<Generation, BuildError> {
         let mut clusters = Vec::with_capacity(config.clusters.len());
+        let by_name: HashMap<&str, &Arc<Cluster>> = previous
+            .map(|p| p.clusters.iter().map(|c| (&*c.name, c)).collect())
+            .unwrap_or_default();
         for (i, c) in config.clusters.iter().enumerate() {
-            let reused = previous
-                .and_then(|p| p.clusters.iter().find(|old| old.config == *c))
-                .cloned();
+            let old = by_name.get(c.name.as_str()).copied();
+            let reused = old.filter(|old| old.same_config(c)).cloned();
             clusters.push(match reused {
                 Some(old) => old,
                 None => {
@@ -114,9 +130,7 @@ impl Generation {
                     };
                     let fresh = Arc::new(Cluster::with_tls(c, metrics, tls).await);
                     // Same name, new settings: endpoints keep their health and ejections.
-                    if let Some(old) =
-                        previous.and_then(|p| p.clusters.iter().find(|old| old.name == fresh.name))
-                    {
+                    if let Some(old) = old {
                         fresh.adopt_endpoint_state(old);
                     }
                     fresh

@@ -175,6 +175,25 @@ impl Proxy {
         rx.await.unwrap_or_else(|_| Err(ReloadError::stopped()))
     }
 
+    /// Replaces the endpoint lists of dynamic clusters (by name) in place, through the reload
+    /// actor: an xDS endpoint (EDS) update. The lists are checked as a full reload checks them;
+    /// then each cluster's endpoint set is swapped (pools, statistics and the health of
+    /// unchanged endpoints kept) and the live generation shows the new lists, with no rebuild
+    /// of listeners or routes. A cluster that cannot be updated in place (one resolving DNS
+    /// names) makes the whole update a full rebuild, as [`Proxy::apply_dynamic`]. On error
+    /// nothing changes. Returns the live generation's id.
+    pub async fn apply_endpoints(
+        &self,
+        changes: Vec<(String, Vec<weft_config::schema::Endpoint>)>,
+    ) -> Result<u64, ReloadError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let command = crate::commands::Command::Endpoints { changes, reply: tx };
+        if self.inner.commands.send(command).await.is_err() {
+            return Err(ReloadError::stopped());
+        }
+        rx.await.unwrap_or_else(|_| Err(ReloadError::stopped()))
+    }
+
     /// Shows `status` in `/config_dump` (under `dynamic`).
     pub fn set_dynamic_status(&self, status: Arc<dyn crate::dynamic::DynamicStatus>) {
         *self.inner.dynamic_status.lock() = Some(status);

@@ -68,6 +68,13 @@ pub(crate) fn spawn_actor(state: Arc<State>, mut inbox: mpsc::Receiver<Command>)
                     record(&state, &result);
                     let _ = reply.send(result);
                 }
+                Command::Endpoints { changes, reply } => {
+                    let result = apply_endpoints(&state, changes).await;
+                    if result.is_err() {
+                        record(&state, &result);
+                    }
+                    let _ = reply.send(result);
+                }
                 Command::Plugin { name, reply } => {
                     let result = state.plugins.reload(&name).await.map_err(Arc::new);
                     let _ = reply.send(result);
@@ -127,6 +134,99 @@ async fn apply_composed(
     let id = apply(state, config).await?;
     *state.file_config.lock() = Arc::new(file);
     *state.dynamic.lock() = Arc::new(dynamic);
+    Ok(id)
+}
+
+/// Replaces dynamic clusters' endpoint lists in place (xDS EDS). The new lists are checked;
+/// then, if every cluster named is live and can swap its endpoints in place, the sets are
+/// swapped and the live generation is republished with the same compiled listeners and
+/// clusters and a configuration showing the new lists. Otherwise (a cluster that resolves DNS
+/// names, or one not in the live generation) the dynamic resources with the new lists are
+/// applied as a whole, like any dynamic update. Nothing changes on error.
+async fn apply_endpoints(
+    state: &State,
+    changes: Vec<(String, Vec<weft_config::schema::Endpoint>)>,
+) -> Result<u64, ReloadError> {
+    let invalid = |e| ReloadError(Arc::new(ProxyError::Config(e)));
+    let mut dynamic = (**state.dynamic.lock()).clone();
+    let index: std::collections::HashMap<String, usize> = dynamic
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.clone(), i))
+        .collect();
+    for (name, endpoints) in &changes {
+        let Some(&i) = index.get(name) else {
+            return Err(invalid(weft_config::ConfigError::Invalid {
+                file: "xds".into(),
+                problems: vec![weft_config::Problem {
+                    path: format!("cluster \"{name}\""),
+                    location: None,
+                    message: "endpoint update for a cluster that is not live".into(),
+                }],
+            }));
+        };
+        let cluster = &mut dynamic.clusters[i];
+        cluster.endpoints = endpoints.clone();
+        weft_config::check_endpoints(cluster, "xds").map_err(invalid)?;
+    }
+    let generation = state.generation.load_full();
+    let live: std::collections::HashMap<&str, &Arc<weft_upstream::Cluster>> =
+        generation.clusters.iter().map(|c| (&*c.name, c)).collect();
+    let in_place = changes.iter().all(|(name, endpoints)| {
+        live.get(name.as_str()).is_some_and(|c| {
+            !c.is_original_dst()
+                && endpoints.iter().all(|e| {
+                    matches!(
+                        weft_config::EndpointAddress::parse(&e.address),
+                        Ok(weft_config::EndpointAddress::Ip(_))
+                    )
+                })
+                && c.config
+                    .endpoints
+                    .iter()
+                    .chain(c.applied_endpoints().iter())
+                    .all(|e| {
+                        matches!(
+                            weft_config::EndpointAddress::parse(&e.address),
+                            Ok(weft_config::EndpointAddress::Ip(_))
+                        )
+                    })
+        })
+    });
+    if !in_place {
+        let file = state.file_config.lock().clone();
+        let result = apply_composed(state, (*file).clone(), dynamic).await;
+        record(state, &result);
+        return result;
+    }
+    let mut config = (*generation.config).clone();
+    let positions: std::collections::HashMap<String, usize> = config
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.clone(), i))
+        .collect();
+    for (name, endpoints) in &changes {
+        if let Some(&i) = positions.get(name) {
+            config.clusters[i].endpoints = endpoints.clone();
+        }
+        if let Some(c) = live.get(name.as_str()) {
+            // Checked above: an IP-only cluster without DNS refresh, so this cannot refuse.
+            let swapped = c.set_endpoints(endpoints);
+            debug_assert!(swapped, "cluster {name}: in-place endpoint update refused");
+        }
+    }
+    let id = generation.id;
+    state
+        .generation
+        .store(Arc::new(generation.with_config(config)));
+    *state.dynamic.lock() = Arc::new(dynamic);
+    tracing::debug!(
+        generation = id,
+        clusters = changes.len(),
+        "endpoints updated in place"
+    );
     Ok(id)
 }
 

@@ -42,6 +42,9 @@ pub struct Cluster {
     /// The balancing policy.
     pub policy: LbPolicy,
     endpoints: Arc<ArcSwap<EndpointSet>>,
+    /// The configured endpoints now applied: `config.endpoints`, or what
+    /// [`Cluster::set_endpoints`] last put in place (an xDS endpoint update).
+    applied: ArcSwap<Vec<schema::Endpoint>>,
     /// Pooled client (keeps connections across reloads while the cluster is unchanged).
     pub client: HttpClient,
     /// Its metrics.
@@ -156,6 +159,7 @@ impl Cluster {
             config: config.clone(),
             policy: config.lb_policy,
             endpoints,
+            applied: ArcSwap::from_pointee(config.endpoints.clone()),
             client: builder.build(connector),
             metrics,
             resilience,
@@ -195,6 +199,80 @@ impl Cluster {
                 "connect timeout",
             )),
         }
+    }
+
+    /// True when `config` is this cluster's configuration with the endpoints now applied (a
+    /// reload can then reuse it, keeping its pools and statistics).
+    pub fn same_config(&self, config: &schema::Cluster) -> bool {
+        let applied = self.applied.load();
+        if **applied != config.endpoints {
+            return false;
+        }
+        if self.config.endpoints == config.endpoints {
+            return self.config == *config;
+        }
+        // The endpoints were replaced in place: compare the rest.
+        let mut rest = config.clone();
+        rest.endpoints = self.config.endpoints.clone();
+        self.config == rest
+    }
+
+    /// Replaces the endpoint set in place, as an xDS endpoint (EDS) update does in Envoy: no
+    /// new cluster, pools kept; endpoints whose address and weight are unchanged keep their
+    /// statistics, health and ejections. Only IP endpoints, and only for a cluster that
+    /// resolves no DNS names (whose refresh would put its own addresses back): otherwise
+    /// returns false and changes nothing, and the caller rebuilds the cluster instead.
+    pub fn set_endpoints(&self, endpoints: &[schema::Endpoint]) -> bool {
+        if self.refresh.is_some() || self.is_original_dst() {
+            return false;
+        }
+        let mut addrs = Vec::with_capacity(endpoints.len());
+        for e in endpoints {
+            match EndpointAddress::parse(&e.address) {
+                Ok(EndpointAddress::Ip(a)) => addrs.push((a, e.weight)),
+                _ => return false,
+            }
+        }
+        let current = self.endpoints.load_full();
+        let mut fresh: Vec<Arc<Endpoint>> = Vec::with_capacity(addrs.len());
+        for (addr, weight) in addrs {
+            if fresh.iter().any(|e| e.addr == addr) {
+                continue;
+            }
+            let reuse = current
+                .endpoints
+                .iter()
+                .find(|e| e.addr == addr && e.weight == weight);
+            fresh.push(match reuse {
+                Some(e) => e.clone(),
+                None => {
+                    let e = Arc::new(Endpoint::new(addr, weight));
+                    // Same address, new weight: keep its health and ejection state.
+                    if let Some(old) = current.endpoints.iter().find(|o| o.addr == addr) {
+                        e.health.adopt(&old.health);
+                    }
+                    e
+                }
+            });
+        }
+        self.endpoints
+            .store(Arc::new(EndpointSet::build(policy_of(&self.config), fresh)));
+        self.applied.store(Arc::new(endpoints.to_vec()));
+        if !self.config.health_checks.is_empty() {
+            let healthy = self
+                .endpoints()
+                .endpoints
+                .iter()
+                .filter(|e| !e.health.failed_active_hc.load(Ordering::Relaxed))
+                .count();
+            self.resilience.metrics.healthy.set(healthy as i64);
+        }
+        true
+    }
+
+    /// The configured endpoints now applied (`config.endpoints` unless replaced in place).
+    pub fn applied_endpoints(&self) -> Arc<Vec<schema::Endpoint>> {
+        self.applied.load_full()
     }
 
     /// The current endpoint set.

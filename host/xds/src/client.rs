@@ -224,6 +224,11 @@ impl Client {
         if !rds.is_empty() && rds_sub.is_none_or(|s| !s.sent || s.names != rds) {
             self.subscribe(tx, Kind::Route, rds).await?;
         }
+        let ecds: Vec<String> = self.store.ecds_names().into_iter().collect();
+        let ecds_sub = self.subs.get(&Kind::Extension);
+        if !ecds.is_empty() && ecds_sub.is_none_or(|s| !s.sent || s.names != ecds) {
+            self.subscribe(tx, Kind::Extension, ecds).await?;
+        }
         Ok(())
     }
 
@@ -262,6 +267,7 @@ impl Client {
                     Kind::Endpoint => self.store.endpoints.keys().cloned().collect(),
                     Kind::Listener => self.store.listeners.keys().cloned().collect(),
                     Kind::Route => self.store.routes.keys().cloned().collect(),
+                    Kind::Extension => self.store.extensions.keys().cloned().collect(),
                 };
                 self.status
                     .accepted(kind, &response.version_info, &response.nonce, names);
@@ -295,6 +301,11 @@ impl Client {
 
     /// Translates, composes and publishes one response; on success the store moves on.
     async fn accept(&mut self, kind: Kind, response: &DiscoveryResponse) -> Result<(), Refused> {
+        if self.store.unchanged(kind, &response.resources) {
+            // What is held, byte for byte (a resend after a change of another type, or on
+            // reconnection): nothing to translate or publish.
+            return Ok(());
+        }
         let next = self
             .store
             .with(kind, &response.resources)
@@ -310,6 +321,12 @@ impl Client {
         mut next: Store,
         version: &str,
     ) -> Result<(), Refused> {
+        if kind == Kind::Endpoint
+            && self.published.is_some()
+            && let Some(changes) = self.store.endpoint_changes(&next)
+        {
+            return self.publish_endpoints(next, changes, version).await;
+        }
         let statics: HashSet<String> = self
             .proxy
             .file_config()
@@ -348,6 +365,49 @@ impl Client {
 }
 
 impl Client {
+    /// An EDS update that changes only live clusters' endpoint lists: the lists are swapped
+    /// in place by the reload actor ([`Proxy::apply_endpoints`]: checked, then each cluster's
+    /// endpoint set replaced, no listener or route rebuilt), as Envoy updates one cluster's
+    /// host set. Refused like any update (NACK, nothing kept) if a list is invalid.
+    async fn publish_endpoints(
+        &mut self,
+        mut next: Store,
+        changes: Vec<(String, Vec<weft_config::schema::Endpoint>)>,
+        version: &str,
+    ) -> Result<(), Refused> {
+        if !changes.is_empty() {
+            match self.proxy.apply_endpoints(changes.clone()).await {
+                Ok(generation) => {
+                    tracing::info!(
+                        generation,
+                        clusters = changes.len(),
+                        version,
+                        "xds: endpoints updated in place"
+                    );
+                }
+                Err(e) if matches!(*e.0, weft_proxy::ProxyError::Stopped) => {
+                    return Err(Refused::Stopped);
+                }
+                Err(e) => return Err(Refused::Invalid(e.to_string())),
+            }
+            if let Some(published) = &mut self.published {
+                let index: std::collections::HashMap<&str, usize> = changes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (n, _))| (n.as_str(), i))
+                    .collect();
+                for c in &mut published.clusters {
+                    if let Some(&i) = index.get(c.name.as_str()) {
+                        c.endpoints = changes[i].1.clone();
+                    }
+                }
+            }
+        }
+        next.patch_live_endpoints(&changes);
+        self.store = next;
+        Ok(())
+    }
+
     /// Writes the SDS secrets the composition uses under `xds.secrets_dir` (only files whose
     /// content changed, atomically; keys mode 0600) and points the TLS paths at them. A new
     /// version of a secret rewrites its files, which Weft's certificate watcher takes.

@@ -126,7 +126,9 @@ impl Client {
             self.delta_wildcard(tx, Kind::Listener).await?;
         }
         let rds = self.store.rds_names();
-        self.delta_names(tx, Kind::Route, rds).await
+        self.delta_names(tx, Kind::Route, rds).await?;
+        let ecds = self.store.ecds_names();
+        self.delta_names(tx, Kind::Extension, ecds).await
     }
 
     async fn on_delta(
@@ -155,6 +157,14 @@ impl Client {
         };
         let result = match delta_parts(&response) {
             Err(e) => Err(Refused::Invalid(e)),
+            // What is held, byte for byte: nothing to translate or publish.
+            Ok(parts)
+                if self
+                    .store
+                    .unchanged_delta(kind, &parts.added, &parts.removed) =>
+            {
+                Ok(parts)
+            }
             Ok(parts) => match self.store.with_delta(kind, &parts.added, &parts.removed) {
                 Err(e) => Err(Refused::Invalid(e)),
                 Ok(next) => self
@@ -187,6 +197,7 @@ impl Client {
                     Kind::Endpoint => self.store.endpoints.keys().cloned().collect(),
                     Kind::Listener => self.store.listeners.keys().cloned().collect(),
                     Kind::Route => self.store.routes.keys().cloned().collect(),
+                    Kind::Extension => self.store.extensions.keys().cloned().collect(),
                 };
                 self.status
                     .accepted(kind, &response.system_version_info, &response.nonce, names);

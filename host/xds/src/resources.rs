@@ -10,6 +10,8 @@ pub mod type_url {
     pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
     /// RDS.
     pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    /// ECDS (extension configurations: Wasm HTTP filters).
+    pub const EXTENSION: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
     /// SDS.
     pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
     /// The HTTP connection manager network filter.
@@ -35,16 +37,19 @@ pub enum Kind {
     Listener,
     /// RDS.
     Route,
+    /// ECDS (the HTTP filters' configurations the listeners discover).
+    Extension,
 }
 
 impl Kind {
     /// All of them, in subscription order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Cluster,
         Kind::Secret,
         Kind::Endpoint,
         Kind::Listener,
         Kind::Route,
+        Kind::Extension,
     ];
 
     /// The type URL.
@@ -55,6 +60,7 @@ impl Kind {
             Kind::Endpoint => type_url::ENDPOINT,
             Kind::Listener => type_url::LISTENER,
             Kind::Route => type_url::ROUTE,
+            Kind::Extension => type_url::EXTENSION,
         }
     }
 
@@ -76,6 +82,7 @@ impl Kind {
             Kind::Endpoint => "eds",
             Kind::Listener => "lds",
             Kind::Route => "rds",
+            Kind::Extension => "ecds",
         }
     }
 }

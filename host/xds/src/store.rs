@@ -5,7 +5,8 @@
 //! the same resource (if any) keeps serving, and a new one is simply not there yet. A route to
 //! a cluster that does not exist answers 503, as Envoy's `cluster_not_found_response_code`.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
@@ -23,10 +24,16 @@ pub(crate) struct Store {
     pub listeners: BTreeMap<String, listener::Translated>,
     pub routes: BTreeMap<String, Vec<VirtualHost>>,
     pub secrets: BTreeMap<String, secret::SecretFiles>,
+    /// ECDS: HTTP Wasm filter configurations by resource name.
+    pub extensions: BTreeMap<String, wasm::WasmPlugin>,
     /// The last published form of each dynamic cluster and listener (served while warming).
     live_clusters: BTreeMap<String, Cluster>,
     live_listeners: BTreeMap<String, Listener>,
     live_plugins: BTreeMap<String, Plugin>,
+    /// The encoded bytes of each resource held, by type and name: a resource received again
+    /// byte for byte is neither decoded nor translated again, and a response that repeats
+    /// what is held changes nothing (Envoy compares resource hashes the same way).
+    sources: BTreeMap<Kind, BTreeMap<String, Arc<[u8]>>>,
 }
 
 /// What [`Store::compose`] produced.
@@ -58,21 +65,154 @@ impl Store {
     /// replace the resources named.
     pub fn with(&self, kind: Kind, resources: &[Any]) -> Result<Store, String> {
         let mut next = self.clone();
+        let held = self.held(kind);
         match kind {
             Kind::Cluster => next.clusters.clear(),
             Kind::Listener => next.listeners.clear(),
-            Kind::Endpoint | Kind::Route | Kind::Secret => {}
+            Kind::Endpoint | Kind::Route | Kind::Secret | Kind::Extension => {}
         }
         let mut seen = HashSet::new();
         for (i, any) in resources.iter().enumerate() {
-            let name = next.insert(kind, i, any)?;
+            let name = match held.get(any.value.as_slice()) {
+                Some(name) if any.type_url == kind.type_url() => {
+                    next.keep(self, kind, name);
+                    (*name).to_owned()
+                }
+                _ => next.insert(kind, i, any)?,
+            };
             if !seen.insert(name.clone()) {
                 return Err(format!("duplicate resource name `{name}`"));
             }
+            next.sources
+                .entry(kind)
+                .or_default()
+                .insert(name, any.value.as_slice().into());
         }
         next.prune();
         next.check_plugins()?;
         Ok(next)
+    }
+
+    /// The held resources of `kind` by their encoded bytes.
+    fn held(&self, kind: Kind) -> HashMap<&[u8], &str> {
+        self.sources
+            .get(&kind)
+            .map(|m| m.iter().map(|(n, b)| (&**b, n.as_str())).collect())
+            .unwrap_or_default()
+    }
+
+    /// True when a state-of-the-world response of `kind` carries exactly what is held (every
+    /// resource byte for byte; for CDS and LDS also no more and no fewer): applying it would
+    /// change nothing.
+    pub fn unchanged(&self, kind: Kind, resources: &[Any]) -> bool {
+        let held = self.held(kind);
+        let whole = matches!(kind, Kind::Cluster | Kind::Listener);
+        if whole && resources.len() != held.len() {
+            return false;
+        }
+        let mut seen = HashSet::new();
+        resources.iter().all(|any| {
+            any.type_url == kind.type_url()
+                && held
+                    .get(any.value.as_slice())
+                    .is_some_and(|name| seen.insert(*name))
+        })
+    }
+
+    /// True when a delta response (`added`, `removed`) changes nothing held.
+    pub fn unchanged_delta(&self, kind: Kind, added: &[(String, Any)], removed: &[String]) -> bool {
+        let held = self.held(kind);
+        removed.is_empty()
+            && added.iter().all(|(name, any)| {
+                any.type_url == kind.type_url()
+                    && held
+                        .get(any.value.as_slice())
+                        .is_some_and(|n| name.is_empty() || *n == name)
+            })
+    }
+
+    /// Copies held resource `name` of `kind` from `from` (where it was translated from the same
+    /// bytes) into this store.
+    fn keep(&mut self, from: &Store, kind: Kind, name: &str) {
+        match kind {
+            Kind::Cluster => {
+                if let Some(c) = from.clusters.get(name) {
+                    self.clusters.insert(name.to_owned(), c.clone());
+                }
+            }
+            Kind::Listener => {
+                self.remove_listener(name);
+                if let Some(l) = from.listeners.get(name) {
+                    for c in &l.chain_names {
+                        if let Some(chain) = from.listeners.get(c) {
+                            self.listeners.insert(c.clone(), chain.clone());
+                        }
+                    }
+                    self.listeners.insert(name.to_owned(), l.clone());
+                }
+            }
+            // Replaced by name: what is held is still there.
+            Kind::Endpoint | Kind::Route | Kind::Secret | Kind::Extension => {}
+        }
+    }
+
+    /// Forgets the bytes of resources no longer held.
+    fn prune_sources(&mut self) {
+        for (kind, m) in &mut self.sources {
+            m.retain(|n, _| match kind {
+                Kind::Cluster => self.clusters.contains_key(n),
+                Kind::Secret => self.secrets.contains_key(n),
+                Kind::Endpoint => self.endpoints.contains_key(n),
+                Kind::Listener => self.listeners.contains_key(n),
+                Kind::Route => self.routes.contains_key(n),
+                Kind::Extension => self.extensions.contains_key(n),
+            });
+        }
+    }
+
+    /// Dynamic clusters whose endpoints differ in `next` (an EDS response applied to this
+    /// store) and nothing else: each was live with its endpoints before and stays so (its
+    /// assignment had arrived, its secrets are there), so the composition changes in those
+    /// clusters' endpoint lists only. `None` when the response changes more (a cluster goes
+    /// live: its routes change from 503 to routed).
+    pub fn endpoint_changes(&self, next: &Store) -> Option<Vec<(String, Vec<Endpoint>)>> {
+        if next.endpoints.len() != self.endpoints.len() {
+            return None;
+        }
+        let mut changed = HashSet::new();
+        for (name, eps) in &next.endpoints {
+            match self.endpoints.get(name) {
+                None => return None,
+                Some(old) if old != eps => {
+                    changed.insert(name.as_str());
+                }
+                Some(_) => {}
+            }
+        }
+        let mut out = Vec::new();
+        for t in next.clusters.values() {
+            let Some(eds) = &t.eds_name else { continue };
+            if !changed.contains(eds.as_str()) {
+                continue;
+            }
+            if !t.secrets.iter().all(|n| next.secrets.contains_key(n))
+                || !self.live_clusters.contains_key(&t.cluster.name)
+            {
+                return None;
+            }
+            out.push((t.cluster.name.clone(), next.endpoints.get(eds)?.clone()));
+        }
+        Some(out)
+    }
+
+    /// Records endpoint lists put in place without a new composition (see
+    /// [`Store::endpoint_changes`]).
+    pub fn patch_live_endpoints(&mut self, changes: &[(String, Vec<Endpoint>)]) {
+        for (name, eps) in changes {
+            if let Some(c) = self.live_clusters.get_mut(name) {
+                c.endpoints = eps.clone();
+            }
+        }
     }
 
     /// The store with one incremental (delta) response applied: `added` (resource name,
@@ -88,6 +228,9 @@ impl Store {
         let mut next = self.clone();
         let mut seen = HashSet::new();
         for name in removed {
+            if let Some(m) = next.sources.get_mut(&kind) {
+                m.remove(name);
+            }
             match kind {
                 Kind::Cluster => drop(next.clusters.remove(name)),
                 Kind::Listener => next.remove_listener(name),
@@ -95,10 +238,23 @@ impl Store {
                 Kind::Route => drop(next.routes.insert(name.clone(), Vec::new())),
                 // A removed secret: whoever uses it waits (warming) until it is back.
                 Kind::Secret => drop(next.secrets.remove(name)),
+                // A removed extension configuration: its listeners warm until it is back.
+                Kind::Extension => drop(next.extensions.remove(name)),
             }
         }
+        let held = self.held(kind);
         for (i, (name, any)) in added.iter().enumerate() {
-            let inner = next.insert(kind, i, any)?;
+            let inner = match held.get(any.value.as_slice()) {
+                Some(n) if any.type_url == kind.type_url() => {
+                    next.keep(self, kind, n);
+                    (*n).to_owned()
+                }
+                _ => next.insert(kind, i, any)?,
+            };
+            next.sources
+                .entry(kind)
+                .or_default()
+                .insert(inner.clone(), any.value.as_slice().into());
             if !name.is_empty() && *name != inner {
                 return Err(format!(
                     "resources[{i}]: named `{name}` but the resource inside is `{inner}`"
@@ -181,6 +337,28 @@ impl Store {
                 self.listeners.insert(name.clone(), t);
                 name
             }
+            Kind::Extension => {
+                let tec: envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig =
+                    decode(kind, i, any)?;
+                let name = tec.name.clone();
+                let path = format!("typed_extension_config \"{name}\"");
+                if name.is_empty() {
+                    return Err(format!("resources[{i}]: name must not be empty"));
+                }
+                let Some(config) = tec.typed_config else {
+                    return Err(format!("{path}.typed_config: required"));
+                };
+                if config.type_url != wasm::HTTP_WASM {
+                    return Err(format!(
+                        "{path}.typed_config: `{}` is unimplemented over ECDS (only \
+                         envoy.extensions.filters.http.wasm.v3.Wasm is)",
+                        config.type_url
+                    ));
+                }
+                let p = wasm::http_wasm(&path, &name, &config)?;
+                self.extensions.insert(name.clone(), p);
+                name
+            }
             Kind::Route => {
                 let rc: envoy_types::pb::envoy::config::route::v3::RouteConfiguration =
                     decode(kind, i, any)?;
@@ -200,6 +378,9 @@ impl Store {
         self.routes.retain(|n, _| rds.contains(n));
         let sds = self.sds_names();
         self.secrets.retain(|n, _| sds.contains(n));
+        let ecds = self.ecds_names();
+        self.extensions.retain(|n, _| ecds.contains(n));
+        self.prune_sources();
     }
 
     /// The assignments the clusters need (the EDS subscription).
@@ -225,6 +406,15 @@ impl Store {
         self.listeners
             .values()
             .filter_map(|l| l.rds.clone())
+            .collect()
+    }
+
+    /// The extension configurations the listeners' HTTP filters discover (the ECDS
+    /// subscription).
+    pub fn ecds_names(&self) -> BTreeSet<String> {
+        self.listeners
+            .values()
+            .flat_map(|l| l.ecds.iter().map(|(_, n)| n.clone()))
             .collect()
     }
 
@@ -275,8 +465,13 @@ impl Store {
             .collect();
         let mut plugins: BTreeMap<String, Plugin> = BTreeMap::new();
         for (name, t) in &self.listeners {
+            if t.by_address.is_some() {
+                // Not a listener of its own: its chains join the capture listeners (below).
+                continue;
+            }
+            let has_extensions = t.ecds.iter().all(|(_, n)| self.extensions.contains_key(n));
             let ready = match &t.rds {
-                _ if !has_secrets(&t.secrets) => None,
+                _ if !has_secrets(&t.secrets) || !has_extensions => None,
                 None => Some(t.listener.clone()),
                 Some(rds) => self.routes.get(rds).map(|v| {
                     let mut l = t.listener.clone();
@@ -320,7 +515,19 @@ impl Store {
                         out.secrets.insert(n.clone(), f.clone());
                     }
                 }
-                for p in &t.plugins {
+                // Discovered filters (ECDS) take their places among the inline ones.
+                for (at, n) in &t.ecds {
+                    if let Some(p) = self.extensions.get(n) {
+                        let r = weft_config::schema::PluginRef {
+                            name: p.plugin.name.clone(),
+                            configuration: None,
+                            disabled: false,
+                        };
+                        l.plugins.insert((*at).min(l.plugins.len()), r);
+                    }
+                }
+                let discovered = t.ecds.iter().filter_map(|(_, n)| self.extensions.get(n));
+                for p in t.plugins.iter().chain(discovered) {
                     plugins.insert(p.plugin.name.clone(), p.plugin.clone());
                     if let Some(r) = &p.remote {
                         out.remotes.insert(r.sha256.clone(), r.clone());
@@ -335,13 +542,34 @@ impl Store {
             }
             out.resources.listeners.push(l);
         }
-        // A capture listener goes live only with every chain's listener.
+        // Listeners with bind_to_port: false join the capture listeners with use_original_dst,
+        // each once all its chains' listeners are live (until then it is warming).
         let live: HashSet<String> = out
             .resources
             .listeners
             .iter()
             .map(|l| l.name.clone())
             .collect();
+        let mut handoff = Vec::new();
+        for (name, t) in &self.listeners {
+            if let Some(chains) = &t.by_address {
+                if chains.iter().all(|c| live.contains(&c.listener)) {
+                    handoff.extend(chains.iter().cloned());
+                } else {
+                    out.warming.push(format!("lds/{name}"));
+                }
+            }
+        }
+        for l in &mut out.resources.listeners {
+            if self.listeners.get(&l.name).is_some_and(|t| t.hands_off) {
+                // Its own chains (`<name>/…`) only: a version served while warming carries
+                // the hand-off chains it was published with.
+                let own = format!("{}/", l.name);
+                l.filter_chains.retain(|c| c.listener.starts_with(&own));
+                l.filter_chains.extend(handoff.iter().cloned());
+            }
+        }
+        // A capture listener goes live only with every chain's listener.
         let mut cold = Vec::new();
         out.resources.listeners.retain(|l| {
             let ready = l.filter_chains.iter().all(|c| live.contains(&c.listener));
@@ -545,6 +773,43 @@ mod tests {
     }
 
     #[test]
+    fn resends_change_nothing_and_endpoint_changes_are_found_per_cluster() {
+        let s = Store::default()
+            .with(Kind::Cluster, &[any(&eds("a")), any(&eds("b"))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.unchanged(Kind::Cluster, &[any(&eds("b")), any(&eds("a"))]));
+        assert!(!s.unchanged(Kind::Cluster, &[any(&eds("a"))]), "b removed");
+        let s = s
+            .with(Kind::Endpoint, &[any(&cla("a", 9000))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        // b's assignment arriving makes b go live: not an endpoint-only change.
+        let next = s
+            .with(Kind::Endpoint, &[any(&cla("b", 9001))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.endpoint_changes(&next), None);
+        let mut s = next;
+        s.mark_live(&s.compose(&HashSet::new()).resources);
+        assert!(s.unchanged(Kind::Endpoint, &[any(&cla("a", 9000))]));
+        let next = s
+            .with(
+                Kind::Endpoint,
+                &[any(&cla("a", 9000)), any(&cla("b", 9002))],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let changes = s
+            .endpoint_changes(&next)
+            .unwrap_or_else(|| panic!("in place"));
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].0, "b");
+        assert_eq!(changes[0].1[0].address, "127.0.0.1:9002");
+        // An identical resend is kept without translation, and still composes the same.
+        let again = s
+            .with(Kind::Cluster, &[any(&eds("a")), any(&eds("b"))])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again, s);
+    }
+
+    #[test]
     fn a_route_to_an_unknown_cluster_answers_503() {
         let rc = r::RouteConfiguration {
             name: "rc".into(),
@@ -584,6 +849,9 @@ mod tests {
                 chains: Vec::new(),
                 chain_names: Vec::new(),
                 secrets: Vec::new(),
+                by_address: None,
+                hands_off: false,
+                ecds: Vec::new(),
             },
         );
         let composed = s.compose(&HashSet::new());

@@ -57,13 +57,6 @@ fn listener_filter_name(
 /// True for a capture listener; takes the fields that make it one (and those of its listener
 /// filters), refusing what Weft cannot do.
 pub(crate) fn is_capture(path: &str, l: &mut XListener) -> Result<bool, String> {
-    if l.bind_to_port.as_ref().is_some_and(|b| !b.value) {
-        return Err(format!(
-            "{path}.bind_to_port: false is unimplemented (listeners reached by address through \
-             another listener's use_original_dst; Weft's capture listener takes the filter \
-             chains itself)"
-        ));
-    }
     l.bind_to_port = None;
     let mut capture = l.use_original_dst.take().is_some_and(|b| b.value);
     let mut sniffs = false;
@@ -161,6 +154,142 @@ pub(crate) fn translate(
         chains: targets,
         chain_names: Vec::new(),
         secrets: Vec::new(),
+        by_address: None,
+        hands_off: false,
+        ecds: Vec::new(),
+    })
+}
+
+/// A listener with `bind_to_port: false` (istiod's per-port outbound listeners such as
+/// `0.0.0.0_8080`, or per-address ones such as `10.0.0.5_3306`), which Envoy reaches only by
+/// handing it a connection captured by a `use_original_dst` listener whose original
+/// destination is its address. Each filter chain (and the default chain) becomes a listener
+/// of its own, `<listener>/<chain name or index>` (`bind_to_port: false`), and a capture chain
+/// pointing at it whose match is the chain's, narrowed to the listener's port and (unless it
+/// is a wildcard address) its IP. These chains are added to every capture listener with
+/// `use_original_dst: true`; Envoy's order, a listener on the exact address before the
+/// wildcard one, then that listener's most specific chain, follows from the narrowed matches
+/// (a port, then the longest prefix, win).
+pub(crate) fn by_address(
+    path: &str,
+    name: &str,
+    address: std::net::SocketAddr,
+    l: XListener,
+) -> Result<Translated, String> {
+    let mut rest = l;
+    rest.bind_to_port = None;
+    if rest.use_original_dst.take().is_some_and(|b| b.value) {
+        return Err(format!(
+            "{path}.use_original_dst: not on a listener with bind_to_port: false (it is \
+             reached through a capture listener, it does not capture)"
+        ));
+    }
+    for (i, f) in std::mem::take(&mut rest.listener_filters)
+        .iter()
+        .enumerate()
+    {
+        let fname = listener_filter_name(f);
+        if f.filter_disabled.is_some() {
+            return Err(format!(
+                "{path}.listener_filters[{i}].filter_disabled: unimplemented"
+            ));
+        }
+        // The capture listener that hands the connection over sniffs TLS and HTTP when a
+        // chain's match needs them.
+        if fname != LISTENER_FILTERS[1] && fname != LISTENER_FILTERS[2] {
+            return Err(format!(
+                "{path}.listener_filters[{i}]: listener filter `{fname}` is unimplemented on a \
+                 listener with bind_to_port: false (tls_inspector and http_inspector are)"
+            ));
+        }
+    }
+    // The capture listener's protocol detection applies (its timeout, opaque TCP after it).
+    rest.listener_filters_timeout = None;
+    rest.continue_on_listener_filters_timeout = false;
+    let chains = std::mem::take(&mut rest.filter_chains);
+    let default_chain = rest.default_filter_chain.take();
+    reject_rest(path, &rest)?;
+    let ip = address.ip();
+    let narrow = |cpath: &str, m: FilterChainMatch| -> Result<Option<FilterChainMatch>, String> {
+        let mut m = m;
+        if address.port() == 0 {
+            return Err(format!(
+                "{cpath}: a listener with bind_to_port: false needs a port in its address"
+            ));
+        }
+        match m.destination_port {
+            Some(p) if p != address.port() => return Ok(None),
+            _ => m.destination_port = Some(address.port()),
+        }
+        if !ip.is_unspecified() {
+            if !m.prefix_ranges.is_empty() && !m.prefix_ranges.iter().any(|n| n.contains(&ip)) {
+                return Ok(None);
+            }
+            let host = ipnet::IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 })
+                .map_err(|e| format!("{cpath}: {e}"))?;
+            m.prefix_ranges = vec![host];
+        }
+        Ok(Some(m))
+    };
+    let mut targets: Vec<Translated> = Vec::new();
+    let mut handoff = Vec::new();
+    let all = chains
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (format!("{path}.filter_chains[{i}]"), i.to_string(), c))
+        .chain(default_chain.map(|c| {
+            (
+                format!("{path}.default_filter_chain"),
+                "default".to_owned(),
+                c,
+            )
+        }));
+    for (cpath, index, chain) in all {
+        let label = if chain.name.is_empty() {
+            index
+        } else {
+            chain.name.clone()
+        };
+        let is_default = cpath.ends_with(".default_filter_chain");
+        let given = chain.filter_chain_match.clone().unwrap_or_default();
+        if is_default && given != XMatch::default() {
+            return Err(format!("{cpath}.filter_chain_match: must be empty"));
+        }
+        let matcher = chain_match(&format!("{cpath}.filter_chain_match"), given)?;
+        let target = format!("{name}/{label}");
+        if targets.iter().any(|t| t.listener.name == target) {
+            return Err(format!("{cpath}.name: `{label}` twice"));
+        }
+        let mut t = super::listener::chain(&cpath, &target, address, chain)?;
+        t.listener.bind_to_port = false;
+        // A chain that can never match this listener's connections (another port, or a
+        // range without its address) is left out, as Envoy never selects it.
+        let Some(matcher) = narrow(&cpath, matcher)? else {
+            continue;
+        };
+        handoff.push(FilterChain {
+            name: Some(target.clone()),
+            matcher,
+            listener: target,
+        });
+        targets.push(t);
+    }
+    let placeholder: Listener = serde_json::from_value(serde_json::json!({
+        "name": name,
+        "address": address.to_string(),
+        "bind_to_port": false,
+    }))
+    .map_err(|e| format!("{path}: {e}"))?;
+    Ok(Translated {
+        listener: placeholder,
+        rds: None,
+        plugins: Vec::new(),
+        chains: targets,
+        chain_names: Vec::new(),
+        secrets: Vec::new(),
+        by_address: Some(handoff),
+        hands_off: false,
+        ecds: Vec::new(),
     })
 }
 

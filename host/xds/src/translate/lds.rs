@@ -25,6 +25,10 @@ pub(crate) fn translate(l: XListener) -> Result<Translated, String> {
     rest.stat_prefix.clear();
     rest.metadata = None;
     rest.traffic_direction = 0;
+    if rest.bind_to_port.as_ref().is_some_and(|b| !b.value) {
+        return super::capture::by_address(&path, &name, address, rest);
+    }
+    let hands_off = rest.use_original_dst.as_ref().is_some_and(|b| b.value);
     let capture = super::capture::is_capture(&path, &mut rest)?;
     let chains = std::mem::take(&mut rest.filter_chains);
     if capture {
@@ -32,6 +36,7 @@ pub(crate) fn translate(l: XListener) -> Result<Translated, String> {
         let timeout = super::capture::detection_timeout(&path, &mut rest)?;
         reject_rest(&path, &rest)?;
         let mut t = super::capture::translate(&path, &name, address, chains, default_chain)?;
+        t.hands_off = hands_off;
         match timeout {
             // Envoy's 0 waits for the first bytes forever; Weft's longest wait is 60 s, after
             // which the connection is opaque TCP (documented in docs/xds.md).

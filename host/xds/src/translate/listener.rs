@@ -35,6 +35,16 @@ pub(crate) struct Translated {
     pub chain_names: Vec<String>,
     /// SDS secrets its TLS refers to.
     pub secrets: Vec<String>,
+    /// A listener with `bind_to_port: false`, reached by address through a capture listener
+    /// with `use_original_dst`: not a Weft listener itself, but these chains (pointing at its
+    /// chains' listeners, matching its port and address) added to those capture listeners.
+    pub by_address: Option<Vec<weft_config::schema::FilterChain>>,
+    /// A capture listener with `use_original_dst: true`: it hands connections to the
+    /// `by_address` listeners.
+    pub hands_off: bool,
+    /// HTTP filters whose configuration comes by ECDS: (position among the listener's
+    /// plugins, extension configuration name). The listener warms until they arrive.
+    pub ecds: Vec<(usize, String)>,
 }
 
 fn decode<M: Message + Default>(path: &str, any: &Any, want: &str) -> Result<M, String> {
@@ -132,6 +142,9 @@ pub(crate) fn chain(
             chains: Vec::new(),
             chain_names: Vec::new(),
             secrets,
+            by_address: None,
+            hands_off: false,
+            ecds: Vec::new(),
         });
     }
     if !network_plugins.is_empty() {
@@ -177,7 +190,7 @@ pub(crate) fn chain(
         reject_rest(&format!("{hpath}.common_http_protocol_options"), &orest)?;
     }
     let filters = std::mem::take(&mut hrest.http_filters);
-    let plugins = http_filters(&format!("{hpath}.http_filters"), filters)?;
+    let (plugins, ecds) = http_filters(&format!("{hpath}.http_filters"), filters)?;
     out.plugins = plugin_refs(&plugins);
     let mut rds = None;
     match hrest.route_specifier.take() {
@@ -208,8 +221,14 @@ pub(crate) fn chain(
         chains: Vec::new(),
         chain_names: Vec::new(),
         secrets,
+        by_address: None,
+        hands_off: false,
+        ecds,
     })
 }
+
+/// A connection manager's Wasm plugins in filter order, and its ECDS filters (position, name).
+type HttpFilters = (Vec<super::wasm::WasmPlugin>, Vec<(usize, String)>);
 
 /// The listener's references to its Wasm filters' plugins, in filter order.
 fn plugin_refs(plugins: &[super::wasm::WasmPlugin]) -> Vec<weft_config::schema::PluginRef> {
@@ -229,15 +248,24 @@ fn plugin_refs(plugins: &[super::wasm::WasmPlugin]) -> Vec<weft_config::schema::
 fn http_filters(
     path: &str,
     filters: Vec<envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter>,
-) -> Result<Vec<super::wasm::WasmPlugin>, String> {
+) -> Result<HttpFilters, String> {
     let n = filters.len();
     let mut plugins: Vec<super::wasm::WasmPlugin> = Vec::new();
+    let mut ecds: Vec<(usize, String)> = Vec::new();
     for (i, f) in filters.into_iter().enumerate() {
         let fpath = format!("{path}[{i}]");
         let any = match &f.config_type {
             Some(http_filter::ConfigType::TypedConfig(any)) => Some(any.clone()),
-            Some(http_filter::ConfigType::ConfigDiscovery(_)) => {
-                return Err(format!("{fpath}.config_discovery: ECDS is unimplemented"));
+            Some(http_filter::ConfigType::ConfigDiscovery(d)) => {
+                if f.disabled {
+                    continue;
+                }
+                let name = discovered(&fpath, &f.name, d)?;
+                if ecds.iter().any(|(_, n)| *n == name) {
+                    return Err(format!("{fpath}.name: `{name}` twice in one listener"));
+                }
+                ecds.push((plugins.len() + ecds.len(), name));
+                continue;
             }
             None => None,
         };
@@ -283,7 +311,39 @@ fn http_filters(
     if n == 0 {
         return Err(format!("{path}: the router filter is required"));
     }
-    Ok(plugins)
+    Ok((plugins, ecds))
+}
+
+/// An HTTP filter whose configuration comes by ECDS (`config_discovery`): a Wasm filter
+/// configuration over ADS, named by the filter's name. Returns that name.
+fn discovered(
+    path: &str,
+    name: &str,
+    d: &envoy_types::pb::envoy::config::core::v3::ExtensionConfigSource,
+) -> Result<String, String> {
+    let dpath = format!("{path}.config_discovery");
+    if name.is_empty() {
+        return Err(format!(
+            "{path}.name: required (the extension configuration's name)"
+        ));
+    }
+    ads_only(&format!("{dpath}.config_source"), d.config_source.as_ref())?;
+    if d.default_config.is_some() {
+        return Err(format!("{dpath}.default_config: unimplemented"));
+    }
+    if d.apply_default_config_without_warming {
+        return Err(format!(
+            "{dpath}.apply_default_config_without_warming: unimplemented (the listener warms \
+             until the configuration arrives)"
+        ));
+    }
+    if d.type_urls.is_empty() || d.type_urls.iter().any(|t| t != super::wasm::HTTP_WASM) {
+        return Err(format!(
+            "{dpath}.type_urls: only `{}` is implemented over ECDS",
+            super::wasm::HTTP_WASM
+        ));
+    }
+    Ok(name.to_owned())
 }
 
 fn tcp_proxy(path: &str, t: TcpProxy) -> Result<weft_config::schema::TcpProxy, String> {
