@@ -2786,3 +2786,98 @@ async fn by_address_in_netns() {
     let exact_reply = get("http://10.99.0.2:8080/x").await;
     assert_eq!(exact_reply.json()["server"], "exact");
 }
+
+/// EDS priorities, as istiod renders locality failover (the local zone at priority 0, the
+/// others below): in Weft as in Envoy 1.40, the healthy priority-0 endpoint takes every
+/// request; once its health check fails, the traffic fails over to priority 1.
+#[tokio::test]
+async fn eds_priorities_fail_over_the_same_in_envoy_and_weft() {
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+    let Some(envoy_bin) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let failing = Arc::new(AtomicBool::new(false));
+    let node = |name: &'static str, failing: Option<Arc<AtomicBool>>| {
+        upstream::serve(move |req: http::Request<hyper::body::Incoming>| {
+            let down = failing.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+            async move {
+                let mut r =
+                    http::Response::new(http_body_util::Full::new(bytes::Bytes::from(name)));
+                if req.uri().path() == "/healthz" && down {
+                    *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                r
+            }
+        })
+    };
+    let (near, far) = (
+        node("near", Some(failing.clone())).await,
+        node("far", None).await,
+    );
+    let mut cluster = eds_cluster("zoned");
+    cluster.health_checks = vec![core::HealthCheck {
+        timeout: Some(PbDuration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        interval: Some(PbDuration {
+            seconds: 0,
+            nanos: 100_000_000,
+        }),
+        // Envoy checks a cluster that has not had traffic yet only this often (default 60 s).
+        no_traffic_interval: Some(PbDuration {
+            seconds: 0,
+            nanos: 100_000_000,
+        }),
+        unhealthy_threshold: Some(UInt32Value { value: 1 }),
+        healthy_threshold: Some(UInt32Value { value: 1 }),
+        health_checker: Some(core::health_check::HealthChecker::HttpHealthCheck(
+            core::health_check::HttpHealthCheck {
+                path: "/healthz".into(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }];
+    let mut cla = assignment("zoned", &[(near, 1)]);
+    let mut far_locality = assignment("zoned", &[(far, 1)]).endpoints.remove(0);
+    far_locality.priority = 1;
+    cla.endpoints.push(far_locality);
+    let snap = Snapshot::new("1")
+        .with("zoned", cluster)
+        .with("zoned", cla)
+        .with(
+            "web",
+            http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
+        )
+        .with(
+            "routes",
+            route_config("routes", vec![prefix_route("/", &[("zoned", 1)])]),
+        );
+    let cp = ControlPlane::start(snap).await;
+    let w = start(&cp).await;
+    let envoy = start_envoy(&envoy_bin, &cp).await;
+    let bases = [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))];
+    let all_to = |base: String, want: &'static str| async move {
+        for _ in 0..20 {
+            if get(&format!("{base}/x")).await.text() != want {
+                return false;
+            }
+        }
+        true
+    };
+    for (name, base) in &bases {
+        assert!(
+            eventually(WAIT, || all_to(base.clone(), "near")).await,
+            "{name}: priority 0 takes everything while healthy"
+        );
+    }
+    failing.store(true, Ordering::SeqCst);
+    for (name, base) in &bases {
+        assert!(
+            eventually(WAIT, || all_to(base.clone(), "far")).await,
+            "{name}: fails over to priority 1"
+        );
+    }
+}

@@ -906,6 +906,15 @@ pub struct Endpoint {
     /// Relative weight, at least 1.
     #[serde(default = "defaults::weight")]
     pub weight: u32,
+    /// Priority level (0, the default, is the highest): traffic goes to the highest level
+    /// while it is healthy enough and spills to the next as its endpoints fail, as Envoy's
+    /// priority levels (Istio's locality failover).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Default values, one function each so serde and the docs agree.

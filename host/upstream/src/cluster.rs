@@ -93,18 +93,18 @@ impl Cluster {
         let resilience_metrics = metrics.cluster_resilience(&config.name);
         let metrics = metrics.cluster(&config.name);
         let policy = policy_of(config);
-        let addresses: Vec<(EndpointAddress, u32)> = config
+        let addresses: Vec<(EndpointAddress, u32, u32)> = config
             .endpoints
             .iter()
             .filter_map(|e| {
                 EndpointAddress::parse(&e.address)
                     .ok()
-                    .map(|a| (a, e.weight))
+                    .map(|a| (a, e.weight, e.priority))
             })
             .collect();
         let has_dns = addresses
             .iter()
-            .any(|(a, _)| matches!(a, EndpointAddress::Dns { .. }));
+            .any(|(a, _, _)| matches!(a, EndpointAddress::Dns { .. }));
         let resolved = resolve_all(&addresses, &[]).await;
         let endpoints = Arc::new(ArcSwap::from_pointee(EndpointSet::build(policy, resolved)));
         let refresh = has_dns.then(|| {
@@ -229,24 +229,24 @@ impl Cluster {
         let mut addrs = Vec::with_capacity(endpoints.len());
         for e in endpoints {
             match EndpointAddress::parse(&e.address) {
-                Ok(EndpointAddress::Ip(a)) => addrs.push((a, e.weight)),
+                Ok(EndpointAddress::Ip(a)) => addrs.push((a, e.weight, e.priority)),
                 _ => return false,
             }
         }
         let current = self.endpoints.load_full();
         let mut fresh: Vec<Arc<Endpoint>> = Vec::with_capacity(addrs.len());
-        for (addr, weight) in addrs {
+        for (addr, weight, priority) in addrs {
             if fresh.iter().any(|e| e.addr == addr) {
                 continue;
             }
             let reuse = current
                 .endpoints
                 .iter()
-                .find(|e| e.addr == addr && e.weight == weight);
+                .find(|e| e.addr == addr && e.weight == weight && e.priority == priority);
             fresh.push(match reuse {
                 Some(e) => e.clone(),
                 None => {
-                    let e = Arc::new(Endpoint::new(addr, weight));
+                    let e = Arc::new(Endpoint::new(addr, weight).at_priority(priority));
                     // Same address, new weight: keep its health and ejection state.
                     if let Some(old) = current.endpoints.iter().find(|o| o.addr == addr) {
                         e.health.adopt(&old.health);
@@ -300,13 +300,33 @@ impl Cluster {
     }
 }
 
+/// Another state with only one priority level's endpoints available.
+struct InLevel<'a> {
+    inner: &'a dyn EndpointState,
+    set: &'a EndpointSet,
+    level: u32,
+}
+
+impl EndpointState for InLevel<'_> {
+    fn is_available(&self, index: usize) -> bool {
+        self.set
+            .endpoints
+            .get(index)
+            .is_some_and(|e| e.priority == self.level)
+            && self.inner.is_available(index)
+    }
+    fn active_requests(&self, index: usize) -> u64 {
+        self.inner.active_requests(index)
+    }
+}
+
 /// Resolves every address; endpoints whose address is unchanged keep their statistics.
 async fn resolve_all(
-    addresses: &[(EndpointAddress, u32)],
+    addresses: &[(EndpointAddress, u32, u32)],
     previous: &[Arc<Endpoint>],
 ) -> Vec<Arc<Endpoint>> {
     let mut out: Vec<Arc<Endpoint>> = Vec::new();
-    for (address, weight) in addresses {
+    for (address, weight, priority) in addresses {
         let addrs: Vec<SocketAddr> = match address {
             EndpointAddress::Ip(a) => vec![*a],
             EndpointAddress::Dns { host, port } => {
@@ -348,10 +368,10 @@ async fn resolve_all(
             }
             let reuse = previous
                 .iter()
-                .find(|e| e.addr == addr && e.weight == *weight);
+                .find(|e| e.addr == addr && e.weight == *weight && e.priority == *priority);
             out.push(match reuse {
                 Some(e) => e.clone(),
-                None => Arc::new(Endpoint::new(addr, *weight)),
+                None => Arc::new(Endpoint::new(addr, *weight).at_priority(*priority)),
             });
         }
     }
@@ -420,6 +440,17 @@ impl Cluster {
             } else {
                 set
             };
+        // Several priority levels: the pick stays within the level Envoy's priority load
+        // chooses (when none has an available endpoint, panic mode or not, all levels).
+        let level = set.pick_level(now).map(|level| InLevel {
+            inner: state,
+            set,
+            level,
+        });
+        let state: &dyn EndpointState = match &level {
+            Some(l) => l,
+            None => state,
+        };
         let mut ctx = PickContext::new(state);
         ctx.hash = hash;
         let picked = match tried.last() {

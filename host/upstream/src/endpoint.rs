@@ -18,6 +18,8 @@ pub struct Endpoint {
     pub authority: http::uri::Authority,
     /// Balancing weight.
     pub weight: u32,
+    /// Priority level (0 highest).
+    pub priority: u32,
     /// Requests in flight.
     pub active: AtomicU64,
     /// Requests sent.
@@ -36,6 +38,8 @@ pub struct EndpointSet {
     /// The endpoints, indexed as the balancer sees them.
     pub endpoints: Vec<Arc<Endpoint>>,
     balancer: Option<Balancer>,
+    /// The priority levels present, in order, when there is more than one.
+    levels: Option<Vec<u32>>,
 }
 
 impl EndpointState for EndpointSet {
@@ -67,10 +71,35 @@ impl EndpointSet {
                 .inspect_err(|e| tracing::error!(error = %e, "cannot build load balancer"))
                 .ok()
         };
+        let mut levels: Vec<u32> = endpoints.iter().map(|e| e.priority).collect();
+        levels.sort_unstable();
+        levels.dedup();
         EndpointSet {
             endpoints,
             balancer,
+            levels: (levels.len() > 1).then_some(levels),
         }
+    }
+
+    /// With several priority levels, the level this pick goes to (Envoy's priority load over
+    /// the endpoints' availability now); `None` with one level, or none available.
+    pub(crate) fn pick_level(&self, now: u64) -> Option<u32> {
+        let levels = self.levels.as_ref()?;
+        let counts: Vec<(u32, usize, usize)> = levels
+            .iter()
+            .map(|&p| {
+                let mut total = 0;
+                let mut available = 0;
+                for e in self.endpoints.iter().filter(|e| e.priority == p) {
+                    total += 1;
+                    if e.health.is_available(now) {
+                        available += 1;
+                    }
+                }
+                (p, total, available)
+            })
+            .collect();
+        choose_level(&counts, fastrand::f64())
     }
 
     /// The balancer (`None` when there is no endpoint).
@@ -95,6 +124,7 @@ impl Endpoint {
             addr,
             authority,
             weight,
+            priority: 0,
             active: AtomicU64::new(0),
             rq_total: AtomicU64::new(0),
             rq_error: AtomicU64::new(0),
@@ -102,6 +132,56 @@ impl Endpoint {
             health: Default::default(),
         }
     }
+
+    /// The same endpoint at priority level `priority`.
+    pub(crate) fn at_priority(mut self, priority: u32) -> Endpoint {
+        self.priority = priority;
+        self
+    }
+}
+
+/// Envoy's default overprovisioning factor, in percent: a level whose endpoints are 5/7
+/// available still takes all of its share.
+const OVERPROVISIONING: f64 = 140.0;
+
+/// The priority level a request goes to, Envoy's way: each level's health is its available
+/// share of endpoints times the overprovisioning factor (at most 100 %); the highest level
+/// takes its health's worth of the traffic, the next takes what is left up to its own health,
+/// and so on; when the healths add up to less than 100 %, the shares are scaled up. `levels`
+/// is `(priority, endpoints, available)` in priority order; `draw` is uniform in `[0, 1)`.
+/// `None` when no level has an available endpoint.
+pub fn choose_level(levels: &[(u32, usize, usize)], draw: f64) -> Option<u32> {
+    let health: Vec<f64> = levels
+        .iter()
+        .map(|&(_, total, available)| {
+            if total == 0 {
+                0.0
+            } else {
+                (available as f64 * OVERPROVISIONING / total as f64).min(100.0)
+            }
+        })
+        .collect();
+    let mut left = 100.0;
+    let loads: Vec<f64> = health
+        .iter()
+        .map(|h| {
+            let take = h.min(left);
+            left -= take;
+            take
+        })
+        .collect();
+    let sum: f64 = loads.iter().sum();
+    if sum <= 0.0 {
+        return None;
+    }
+    let mut at = draw * sum;
+    for (i, load) in loads.iter().enumerate() {
+        if at < *load {
+            return Some(levels[i].0);
+        }
+        at -= load;
+    }
+    loads.iter().rposition(|l| *l > 0.0).map(|i| levels[i].0)
 }
 
 /// Live health of one endpoint. Every field is an atomic: writers are the health checker, the
@@ -199,5 +279,38 @@ impl EndpointHealth {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod priority_tests {
+    use super::choose_level;
+
+    fn share(levels: &[(u32, usize, usize)]) -> Vec<(u32, usize)> {
+        let mut counts: Vec<(u32, usize)> = levels.iter().map(|l| (l.0, 0)).collect();
+        for i in 0..1000 {
+            let draw = (i as f64 + 0.5) / 1000.0;
+            if let Some(p) = choose_level(levels, draw)
+                && let Some(c) = counts.iter_mut().find(|c| c.0 == p)
+            {
+                c.1 += 1;
+            }
+        }
+        counts
+    }
+
+    #[test]
+    fn priority_load_follows_envoys_overprovisioned_health() {
+        // All healthy: everything to level 0.
+        assert_eq!(share(&[(0, 4, 4), (1, 4, 4)]), vec![(0, 1000), (1, 0)]);
+        // 3 of 4 available: 75 % x 1.4 = 105 %, still all of it.
+        assert_eq!(share(&[(0, 4, 3), (1, 4, 4)]), vec![(0, 1000), (1, 0)]);
+        // 1 of 2: 70 % stays, 30 % spills to level 1.
+        assert_eq!(share(&[(0, 2, 1), (1, 2, 2)]), vec![(0, 700), (1, 300)]);
+        // Level 0 down: all to level 1.
+        assert_eq!(share(&[(0, 2, 0), (1, 3, 3)]), vec![(0, 0), (1, 1000)]);
+        // Both degraded (28 % + 28 %): the shares are scaled up to 100 %.
+        assert_eq!(share(&[(0, 5, 1), (1, 5, 1)]), vec![(0, 500), (1, 500)]);
+        assert_eq!(choose_level(&[(0, 2, 0), (1, 2, 0)], 0.5), None);
     }
 }

@@ -350,6 +350,9 @@ fn health_check(
     };
     out.unhealthy_threshold = threshold("unhealthy_threshold", rest.unhealthy_threshold.take())?;
     out.healthy_threshold = threshold("healthy_threshold", rest.healthy_threshold.take())?;
+    // Envoy checks an idle cluster only every `no_traffic_interval` (60 s); Weft checks every
+    // `interval` whether or not traffic flows, so the field changes nothing worse.
+    rest.no_traffic_interval = None;
     // Weft keeps one connection per check anyway; only Envoy's default (reuse) is accepted.
     if rest.reuse_connection.take().is_some_and(|b| !b.value) {
         return Err(format!("{path}.reuse_connection: false is unimplemented"));

@@ -1,6 +1,7 @@
 //! EDS: `envoy.config.endpoint.v3.ClusterLoadAssignment` → Weft endpoints.
 //!
-//! Endpoints whose health status is `UNKNOWN` or `HEALTHY` take traffic; `UNHEALTHY`,
+//! Each locality's `priority` becomes its endpoints' priority level. Endpoints whose health
+//! status is `UNKNOWN` or `HEALTHY` take traffic; `UNHEALTHY`,
 //! `DRAINING`, `TIMEOUT` and `DEGRADED` ones are left out (Envoy uses degraded endpoints only
 //! when too few healthy ones remain; Weft does not, see docs/xds.md).
 
@@ -17,21 +18,23 @@ pub(crate) fn endpoints(path: &str, cla: ClusterLoadAssignment) -> Result<Vec<En
     let localities = std::mem::take(&mut rest.endpoints);
     if let Some(policy) = rest.policy.take() {
         let mut p = policy;
-        // Only meaningful across priorities, which are rejected below.
-        p.overprovisioning_factor = None;
-        p.weighted_priority_health = false;
+        // Weft spreads load across priorities with Envoy's default factor (140 %).
+        if p.overprovisioning_factor
+            .take()
+            .is_some_and(|f| f.value != 140)
+        {
+            return Err(format!(
+                "{path}.policy.overprovisioning_factor: only the default, 140, is implemented"
+            ));
+        }
         reject_rest(&format!("{path}.policy"), &p)?;
     }
     reject_rest(path, &rest)?;
     let mut out = Vec::new();
     for (i, l) in localities.into_iter().enumerate() {
         let lpath = format!("{path}.endpoints[{i}]");
-        if l.priority != 0 {
-            return Err(format!(
-                "{lpath}.priority: priorities other than 0 are unimplemented"
-            ));
-        }
         let mut lrest = l;
+        let priority = std::mem::take(&mut lrest.priority);
         // Locality and its weight only matter with locality-weighted balancing (not offered).
         lrest.locality = None;
         lrest.load_balancing_weight = None;
@@ -77,7 +80,11 @@ pub(crate) fn endpoints(path: &str, cla: ClusterLoadAssignment) -> Result<Vec<En
             };
             weft_config::EndpointAddress::parse(&address)
                 .map_err(|why| format!("{epath}.endpoint.address: {why}"))?;
-            out.push(Endpoint { address, weight });
+            out.push(Endpoint {
+                address,
+                weight,
+                priority,
+            });
         }
     }
     Ok(out)
