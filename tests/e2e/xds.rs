@@ -2881,3 +2881,93 @@ async fn eds_priorities_fail_over_the_same_in_envoy_and_weft() {
         );
     }
 }
+
+/// istiod's auto mTLS: a cluster's `transport_socket_matches` (TLS for endpoints labelled
+/// `tlsMode: istio`, plaintext for the rest) over EDS endpoints with and without that label.
+/// Through Weft as through Envoy 1.40, the labelled endpoint is reached over mTLS (its
+/// handshake seen) and the other in plaintext, on the same cluster.
+#[tokio::test]
+async fn auto_mtls_transport_socket_matches_agree_in_envoy_and_weft() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::google::protobuf::{Any, Struct, Value, value::Kind};
+    use weft_e2e::mesh::{Pki, tls_echo};
+    let Some(envoy_bin) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let pki = Pki::new("cluster.local");
+    let (server_id, client_id) = (pki.id("prod", "db"), pki.id("prod", "app"));
+    let s = pki.issue("db", &server_id, Duration::from_secs(3600));
+    let c = pki.issue("app", &client_id, Duration::from_secs(3600));
+    let (meshed, mut handshakes) = tls_echo(&s, std::slice::from_ref(&client_id)).await;
+    let legacy = upstream::tcp_echo("plain:").await;
+    let tls_mode = |mode: &str| Struct {
+        fields: [(
+            "tlsMode".to_owned(),
+            Value {
+                kind: Some(Kind::StringValue(mode.into())),
+            },
+        )]
+        .into(),
+    };
+    let mut cluster = eds_cluster("db");
+    cluster.transport_socket_matches = vec![
+        TransportSocketMatch {
+            name: "tlsMode-istio".into(),
+            r#match: Some(tls_mode("istio")),
+            transport_socket: Some(upstream_tls(&c, &server_id, &[])),
+        },
+        TransportSocketMatch {
+            name: "tlsMode-disabled".into(),
+            r#match: Some(Struct::default()),
+            transport_socket: Some(core::TransportSocket {
+                name: "envoy.transport_sockets.raw_buffer".into(),
+                config_type: Some(core::transport_socket::ConfigType::TypedConfig(Any {
+                    type_url:
+                        "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+                            .into(),
+                    value: Vec::new(),
+                })),
+            }),
+        },
+    ];
+    let mut cla = assignment("db", &[(meshed, 1), (legacy, 1)]);
+    cla.endpoints[0].lb_endpoints[0].metadata = Some(core::Metadata {
+        filter_metadata: [("envoy.transport_socket_match".to_owned(), tls_mode("istio"))].into(),
+        ..Default::default()
+    });
+    let snap = Snapshot::new("1").with("db", cluster).with("db", cla).with(
+        "db-in",
+        tcp_listener("db-in", "127.0.0.1:0".parse().unwrap(), "db"),
+    );
+    let cp = ControlPlane::start(snap).await;
+    let Running { tp, _client } = start_for(&cp, "db-in").await;
+    let envoy = start_envoy(&envoy_bin, &cp).await;
+    for (name, addr) in [
+        ("weft", tp.proxy.listener_addr("db-in").unwrap()),
+        ("envoy", envoy.addr()),
+    ] {
+        let (mut over_tls, mut plain) = (0, 0);
+        for i in 0..4 {
+            let payload = format!("{name} {i}\n");
+            let echoed = weft_e2e::tcp_exchange(addr, payload.as_bytes(), payload.len()).await;
+            let echoed = String::from_utf8_lossy(&echoed).into_owned();
+            if echoed == payload {
+                over_tls += 1;
+                let seen = tokio::time::timeout(Duration::from_secs(5), handshakes.recv())
+                    .await
+                    .expect("a handshake within 5 s")
+                    .expect("running")
+                    .unwrap_or_else(|e| panic!("{name}: no TLS to the meshed endpoint: {e}"));
+                assert_eq!(seen.peer_id, client_id, "{name}");
+            } else {
+                assert!(echoed.starts_with("plain:"), "{name}: {echoed:?}");
+                plain += 1;
+            }
+        }
+        assert!(
+            over_tls > 0 && plain > 0,
+            "{name}: {over_tls} over TLS, {plain} plain"
+        );
+    }
+}

@@ -911,6 +911,10 @@ pub struct Endpoint {
     /// priority levels (Istio's locality failover).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: u32,
+    /// Labels the cluster's `tls.endpoint_match` is checked against (Envoy's
+    /// `envoy.transport_socket_match` endpoint metadata, e.g. Istio's `tlsMode: istio`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -237,7 +237,7 @@ fn parser_errors_are_file_line_column_path_message() {
         only_problem(
             "clusters:\n  - name: é\n    endpoints:\n      - { address: 127.0.0.1:1, wieght: 2 }\n"
         ),
-        "e.yaml:4:33: clusters[0].endpoints[0].wieght: unknown field `wieght`, expected one of `address`, `weight`, `priority`"
+        "e.yaml:4:33: clusters[0].endpoints[0].wieght: unknown field `wieght`, expected one of `address`, `weight`, `priority`, `labels`"
     );
     assert_eq!(
         only_problem("listeners:\n  - { name: éé, address: 127.0.0.1:1, bogus: 1 }\n"),

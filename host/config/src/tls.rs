@@ -132,6 +132,20 @@ pub struct ClusterTls {
     /// `TLSv1_2` (default) or `TLSv1_3`.
     #[serde(default)]
     pub min_version: TlsVersion,
+    /// With labels here, TLS is used only to the endpoints whose `labels` include all of them;
+    /// the others are reached in plaintext (Envoy's `transport_socket_matches`, Istio's auto
+    /// mTLS: `{ tlsMode: istio }`). Unset: every endpoint over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_match: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl ClusterTls {
+    /// Whether an endpoint with `labels` is reached over TLS.
+    pub fn applies_to(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.endpoint_match
+            .as_ref()
+            .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    }
 }
 
 /// The certificate agent (istio-agent's role): gets this sidecar's certificate from a

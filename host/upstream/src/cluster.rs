@@ -93,18 +93,18 @@ impl Cluster {
         let resilience_metrics = metrics.cluster_resilience(&config.name);
         let metrics = metrics.cluster(&config.name);
         let policy = policy_of(config);
-        let addresses: Vec<(EndpointAddress, u32, u32)> = config
+        let addresses: Vec<(EndpointAddress, Placement)> = config
             .endpoints
             .iter()
             .filter_map(|e| {
                 EndpointAddress::parse(&e.address)
                     .ok()
-                    .map(|a| (a, e.weight, e.priority))
+                    .map(|a| (a, Placement::of(config, e)))
             })
             .collect();
         let has_dns = addresses
             .iter()
-            .any(|(a, _, _)| matches!(a, EndpointAddress::Dns { .. }));
+            .any(|(a, _)| matches!(a, EndpointAddress::Dns { .. }));
         let resolved = resolve_all(&addresses, &[]).await;
         let endpoints = Arc::new(ArcSwap::from_pointee(EndpointSet::build(policy, resolved)));
         let refresh = has_dns.then(|| {
@@ -134,6 +134,7 @@ impl Cluster {
             inner: connector,
             opened: metrics.cx_total.clone(),
             tls: tls.clone(),
+            endpoints: endpoints.clone(),
             http1: config.protocol == UpstreamProtocol::Http1,
         };
         let mut builder = Client::builder(TokioExecutor::new());
@@ -185,7 +186,8 @@ impl Cluster {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            UpstreamTls::wrap(self.tls.as_deref(), tcp).await
+            let tls = self.tls.as_deref().filter(|_| !endpoint.plaintext);
+            UpstreamTls::wrap(tls, tcp).await
         };
         match tokio::time::timeout(self.config.connect_timeout, connect).await {
             Ok(r) => {
@@ -229,24 +231,24 @@ impl Cluster {
         let mut addrs = Vec::with_capacity(endpoints.len());
         for e in endpoints {
             match EndpointAddress::parse(&e.address) {
-                Ok(EndpointAddress::Ip(a)) => addrs.push((a, e.weight, e.priority)),
+                Ok(EndpointAddress::Ip(a)) => addrs.push((a, Placement::of(&self.config, e))),
                 _ => return false,
             }
         }
         let current = self.endpoints.load_full();
         let mut fresh: Vec<Arc<Endpoint>> = Vec::with_capacity(addrs.len());
-        for (addr, weight, priority) in addrs {
+        for (addr, place) in addrs {
             if fresh.iter().any(|e| e.addr == addr) {
                 continue;
             }
             let reuse = current
                 .endpoints
                 .iter()
-                .find(|e| e.addr == addr && e.weight == weight && e.priority == priority);
+                .find(|e| e.addr == addr && place.fits(e));
             fresh.push(match reuse {
                 Some(e) => e.clone(),
                 None => {
-                    let e = Arc::new(Endpoint::new(addr, weight).at_priority(priority));
+                    let e = Arc::new(place.endpoint(addr));
                     // Same address, new weight: keep its health and ejection state.
                     if let Some(old) = current.endpoints.iter().find(|o| o.addr == addr) {
                         e.health.adopt(&old.health);
@@ -321,12 +323,42 @@ impl EndpointState for InLevel<'_> {
 }
 
 /// Resolves every address; endpoints whose address is unchanged keep their statistics.
+/// Where an endpoint sits: its weight, priority level and whether it is reached in plaintext.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    weight: u32,
+    priority: u32,
+    plaintext: bool,
+}
+
+impl Placement {
+    fn of(config: &schema::Cluster, e: &schema::Endpoint) -> Placement {
+        Placement {
+            weight: e.weight,
+            priority: e.priority,
+            plaintext: config
+                .tls
+                .as_ref()
+                .is_some_and(|t| !t.applies_to(&e.labels)),
+        }
+    }
+
+    /// Whether a live endpoint already sits here (and can keep its statistics).
+    fn fits(&self, e: &Endpoint) -> bool {
+        e.weight == self.weight && e.priority == self.priority && e.plaintext == self.plaintext
+    }
+
+    fn endpoint(&self, addr: SocketAddr) -> Endpoint {
+        Endpoint::new(addr, self.weight).placed(self.priority, self.plaintext)
+    }
+}
+
 async fn resolve_all(
-    addresses: &[(EndpointAddress, u32, u32)],
+    addresses: &[(EndpointAddress, Placement)],
     previous: &[Arc<Endpoint>],
 ) -> Vec<Arc<Endpoint>> {
     let mut out: Vec<Arc<Endpoint>> = Vec::new();
-    for (address, weight, priority) in addresses {
+    for (address, place) in addresses {
         let addrs: Vec<SocketAddr> = match address {
             EndpointAddress::Ip(a) => vec![*a],
             EndpointAddress::Dns { host, port } => {
@@ -366,12 +398,10 @@ async fn resolve_all(
             if out.iter().any(|e| e.addr == addr) {
                 continue;
             }
-            let reuse = previous
-                .iter()
-                .find(|e| e.addr == addr && e.weight == *weight && e.priority == *priority);
+            let reuse = previous.iter().find(|e| e.addr == addr && place.fits(e));
             out.push(match reuse {
                 Some(e) => e.clone(),
-                None => Arc::new(Endpoint::new(addr, *weight).at_priority(*priority)),
+                None => Arc::new(place.endpoint(addr)),
             });
         }
     }
@@ -385,6 +415,8 @@ pub struct CountingConnector {
     inner: HttpConnector,
     opened: Counter,
     tls: Option<Arc<UpstreamTls>>,
+    /// The cluster's endpoints (some may be reached in plaintext despite `tls`).
+    endpoints: Arc<ArcSwap<EndpointSet>>,
     /// HTTP/1 cluster: responses are checked ([`HttpIo`]).
     http1: bool,
 }
@@ -399,9 +431,14 @@ impl tower_service::Service<Uri> for CountingConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
+        let plaintext = self.tls.is_some()
+            && uri
+                .authority()
+                .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+                .is_some_and(|addr| self.endpoints.load().is_plaintext(&addr));
         let fut = self.inner.call(uri);
         let opened = self.opened.clone();
-        let tls = self.tls.clone();
+        let tls = self.tls.clone().filter(|_| !plaintext);
         let http1 = self.http1;
         Box::pin(async move {
             let io: TcpStream = fut.await?.into_inner();

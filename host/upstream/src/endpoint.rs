@@ -20,6 +20,9 @@ pub struct Endpoint {
     pub weight: u32,
     /// Priority level (0 highest).
     pub priority: u32,
+    /// Reached without TLS although the cluster has TLS (its labels miss the cluster's
+    /// `tls.endpoint_match`).
+    pub plaintext: bool,
     /// Requests in flight.
     pub active: AtomicU64,
     /// Requests sent.
@@ -40,6 +43,8 @@ pub struct EndpointSet {
     balancer: Option<Balancer>,
     /// The priority levels present, in order, when there is more than one.
     levels: Option<Vec<u32>>,
+    /// The endpoints reached in plaintext although the cluster has TLS.
+    plaintext: std::collections::HashSet<SocketAddr>,
 }
 
 impl EndpointState for EndpointSet {
@@ -74,10 +79,16 @@ impl EndpointSet {
         let mut levels: Vec<u32> = endpoints.iter().map(|e| e.priority).collect();
         levels.sort_unstable();
         levels.dedup();
+        let plaintext = endpoints
+            .iter()
+            .filter(|e| e.plaintext)
+            .map(|e| e.addr)
+            .collect();
         EndpointSet {
             endpoints,
             balancer,
             levels: (levels.len() > 1).then_some(levels),
+            plaintext,
         }
     }
 
@@ -100,6 +111,11 @@ impl EndpointSet {
             })
             .collect();
         choose_level(&counts, fastrand::f64())
+    }
+
+    /// Whether `addr` is reached in plaintext although the cluster has TLS.
+    pub fn is_plaintext(&self, addr: &SocketAddr) -> bool {
+        !self.plaintext.is_empty() && self.plaintext.contains(addr)
     }
 
     /// The balancer (`None` when there is no endpoint).
@@ -125,6 +141,7 @@ impl Endpoint {
             authority,
             weight,
             priority: 0,
+            plaintext: false,
             active: AtomicU64::new(0),
             rq_total: AtomicU64::new(0),
             rq_error: AtomicU64::new(0),
@@ -133,9 +150,10 @@ impl Endpoint {
         }
     }
 
-    /// The same endpoint at priority level `priority`.
-    pub(crate) fn at_priority(mut self, priority: u32) -> Endpoint {
+    /// The same endpoint at priority level `priority`, reached in plaintext or not.
+    pub(crate) fn placed(mut self, priority: u32, plaintext: bool) -> Endpoint {
         self.priority = priority;
+        self.plaintext = plaintext;
         self
     }
 }

@@ -122,7 +122,7 @@ async fn check(probe: &Probe, e: &Endpoint, tls: Option<&UpstreamTls>) -> bool {
     let Ok(tcp) = tokio::net::TcpStream::connect(e.addr).await else {
         return false;
     };
-    match tls {
+    match tls.filter(|_| !e.plaintext) {
         None => probe_over(probe, tcp).await,
         Some(t) => {
             let name = t

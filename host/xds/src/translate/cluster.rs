@@ -232,6 +232,18 @@ pub(crate) fn translate(c: XCluster) -> Result<Translated, String> {
         cluster.tls = Some(tls);
         secrets = names;
     }
+    let matches = std::mem::take(&mut rest.transport_socket_matches);
+    if !matches.is_empty() {
+        let (tls, names) = socket_matches(&format!("{path}.transport_socket_matches"), matches)?;
+        if cluster.tls.is_some() {
+            return Err(format!(
+                "{path}.transport_socket: a TLS default beside transport_socket_matches is \
+                 unimplemented (Weft reaches unmatched endpoints in plaintext)"
+            ));
+        }
+        cluster.tls = Some(tls);
+        secrets = names;
+    }
     reject_rest(&path, &rest)?;
     cluster.service = service;
     Ok(Translated {
@@ -239,6 +251,48 @@ pub(crate) fn translate(c: XCluster) -> Result<Translated, String> {
         eds_name,
         secrets,
     })
+}
+
+/// `transport_socket_matches` as istiod renders auto mTLS: first a TLS socket for the
+/// endpoints whose `envoy.transport_socket_match` metadata has the match's labels (`tlsMode:
+/// istio`), then raw-buffer sockets (the others, in plaintext).
+fn socket_matches(
+    path: &str,
+    matches: Vec<envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch>,
+) -> Result<(weft_config::schema::ClusterTls, Vec<String>), String> {
+    let mut tls = None;
+    for (i, m) in matches.into_iter().enumerate() {
+        let mpath = format!("{path}[{i}]");
+        let criteria = m
+            .r#match
+            .as_ref()
+            .map(super::endpoint::labels)
+            .unwrap_or_default();
+        let Some(socket) = m.transport_socket else {
+            return Err(format!("{mpath}.transport_socket: required"));
+        };
+        match super::tls::upstream(&format!("{mpath}.transport_socket"), socket)? {
+            Some((mut t, names)) => {
+                if i != 0 || criteria.is_empty() {
+                    return Err(format!(
+                        "{mpath}: only a first, labelled TLS match (istiod's `tlsMode: istio`) \
+                         followed by plaintext matches is implemented"
+                    ));
+                }
+                t.endpoint_match = Some(criteria);
+                tls = Some((t, names));
+            }
+            // Plaintext for what the TLS match leaves, whatever this match's labels.
+            None if i > 0 => {}
+            None => {
+                return Err(format!(
+                    "{mpath}: only a first, labelled TLS match (istiod's `tlsMode: istio`) \
+                     followed by plaintext matches is implemented"
+                ));
+            }
+        }
+    }
+    tls.ok_or_else(|| format!("{path}: a TLS match is required"))
 }
 
 /// The type of istiod's upstream `istio.metadata_exchange` filter.

@@ -11,6 +11,25 @@ use weft_config::schema::Endpoint;
 
 use crate::fields::reject_rest;
 
+/// The endpoint metadata key Envoy's `transport_socket_matches` read.
+const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+
+/// A metadata `Struct` as labels: strings as they are, other values as their JSON.
+pub(crate) fn labels(
+    s: &envoy_types::pb::google::protobuf::Struct,
+) -> std::collections::BTreeMap<String, String> {
+    match super::wasm::struct_json(s) {
+        serde_json::Value::Object(m) => m
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => (k, s),
+                other => (k, other.to_string()),
+            })
+            .collect(),
+        _ => Default::default(),
+    }
+}
+
 /// The endpoints of an assignment (also a STATIC/STRICT_DNS cluster's `load_assignment`).
 pub(crate) fn endpoints(path: &str, cla: ClusterLoadAssignment) -> Result<Vec<Endpoint>, String> {
     let mut rest = cla;
@@ -51,7 +70,14 @@ pub(crate) fn endpoints(path: &str, cla: ClusterLoadAssignment) -> Result<Vec<En
             let mut erest = e;
             let status = erest.health_status;
             erest.health_status = 0;
-            erest.metadata = None;
+            // The labels a cluster's transport_socket_matches select on (Istio: `tlsMode`);
+            // the rest of the metadata changes nothing.
+            let labels = erest
+                .metadata
+                .take()
+                .and_then(|m| m.filter_metadata.get(TRANSPORT_SOCKET_MATCH).cloned())
+                .map(|s| labels(&s))
+                .unwrap_or_default();
             let weight = erest.load_balancing_weight.take().map_or(1, |w| w.value);
             if weight == 0 {
                 return Err(format!("{epath}.load_balancing_weight: must be at least 1"));
@@ -84,6 +110,7 @@ pub(crate) fn endpoints(path: &str, cla: ClusterLoadAssignment) -> Result<Vec<En
                 address,
                 weight,
                 priority,
+                labels,
             });
         }
     }

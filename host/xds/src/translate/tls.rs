@@ -75,6 +75,7 @@ pub(crate) fn upstream(
             match_identities: c.match_identities,
             alpn: c.alpn,
             min_version: c.min_version,
+            endpoint_match: None,
         },
         c.secrets,
     )))
