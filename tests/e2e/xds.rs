@@ -2840,9 +2840,22 @@ async fn eds_priorities_fail_over_the_same_in_envoy_and_weft() {
         )),
         ..Default::default()
     }];
+    // As istiod renders locality failover: locality-weighted balancing, weighted localities.
+    cluster.common_lb_config = Some(
+        envoy_types::pb::envoy::config::cluster::v3::cluster::CommonLbConfig {
+            locality_config_specifier: Some(
+                envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                    Default::default(),
+                ),
+            ),
+            ..Default::default()
+        },
+    );
     let mut cla = assignment("zoned", &[(near, 1)]);
+    cla.endpoints[0].load_balancing_weight = Some(UInt32Value { value: 1 });
     let mut far_locality = assignment("zoned", &[(far, 1)]).endpoints.remove(0);
     far_locality.priority = 1;
+    far_locality.load_balancing_weight = Some(UInt32Value { value: 1 });
     cla.endpoints.push(far_locality);
     let snap = Snapshot::new("1")
         .with("zoned", cluster)

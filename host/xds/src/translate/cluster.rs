@@ -186,6 +186,9 @@ pub(crate) fn translate(c: XCluster) -> Result<Translated, String> {
     if rest.http2_protocol_options.take().is_some() {
         cluster.protocol = weft_config::schema::UpstreamProtocol::Http2;
     }
+    if let Some(common) = rest.common_lb_config.take() {
+        common_lb_config(&format!("{path}.common_lb_config"), common, &mut cluster)?;
+    }
     for (i, hc) in std::mem::take(&mut rest.health_checks)
         .into_iter()
         .enumerate()
@@ -293,6 +296,41 @@ fn socket_matches(
         }
     }
     tls.ok_or_else(|| format!("{path}: a TLS match is required"))
+}
+
+/// `common_lb_config` as istiod renders it (present on every cluster, often empty): the panic
+/// threshold; locality-weighted balancing (the EDS translation folds a locality's weight into
+/// its endpoints' weights); zone-aware routing only when turned off (`routing_enabled: 0`).
+fn common_lb_config(
+    path: &str,
+    c: envoy_types::pb::envoy::config::cluster::v3::cluster::CommonLbConfig,
+    cluster: &mut Cluster,
+) -> Result<(), String> {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::LocalityConfigSpecifier as L;
+    let mut rest = c;
+    if let Some(p) = rest.healthy_panic_threshold.take() {
+        if !(0.0..=100.0).contains(&p.value) {
+            return Err(format!(
+                "{path}.healthy_panic_threshold: {} is not a percentage",
+                p.value
+            ));
+        }
+        cluster.panic_threshold = p.value;
+    }
+    match rest.locality_config_specifier.take() {
+        None | Some(L::LocalityWeightedLbConfig(_)) => {}
+        Some(L::ZoneAwareLbConfig(z)) => {
+            // istiod sets `routing_enabled: 0 %` to turn Envoy's zone-aware routing off,
+            // which Weft never does.
+            if z.routing_enabled.is_none_or(|r| r.value != 0.0) {
+                return Err(format!(
+                    "{path}.zone_aware_lb_config: zone-aware routing is unimplemented \
+                     (only routing_enabled: 0 is accepted)"
+                ));
+            }
+        }
+    }
+    reject_rest(path, &rest)
 }
 
 /// The type of istiod's upstream `istio.metadata_exchange` filter.
