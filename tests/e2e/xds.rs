@@ -2984,3 +2984,73 @@ async fn auto_mtls_transport_socket_matches_agree_in_envoy_and_weft() {
         );
     }
 }
+
+/// A cluster with `use_downstream_protocol_config` (how istiod renders a port whose protocol
+/// is sniffed): in Weft as in Envoy 1.40, an HTTP/1.1 request goes upstream as HTTP/1.1 and an
+/// HTTP/2 one as HTTP/2, on the same cluster.
+#[tokio::test]
+async fn use_downstream_protocol_agrees_in_envoy_and_weft() {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+        UpstreamProtocolOptions, UseDownstreamHttpConfig,
+    };
+    use http_body_util::BodyExt;
+    use prost::Message;
+    let Some(envoy_bin) = weft_e2e::envoy::require_envoy() else {
+        return;
+    };
+    let up = upstream::serve(|req: http::Request<hyper::body::Incoming>| async move {
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(format!(
+            "{:?}",
+            req.version()
+        ))))
+    })
+    .await;
+    let mut cluster = eds_cluster("sniffed");
+    cluster.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        envoy_types::pb::google::protobuf::Any {
+            type_url: "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+                .into(),
+            value: HttpProtocolOptions {
+                upstream_protocol_options: Some(
+                    UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
+                        http_protocol_options: Some(Default::default()),
+                        http2_protocol_options: Some(Default::default()),
+                        ..Default::default()
+                    }),
+                ),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        },
+    );
+    let snap = Snapshot::new("1")
+        .with("sniffed", cluster)
+        .with("sniffed", assignment("sniffed", &[(up, 1)]))
+        .with(
+            "web",
+            http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
+        )
+        .with(
+            "routes",
+            route_config("routes", vec![prefix_route("/", &[("sniffed", 1)])]),
+        );
+    let cp = ControlPlane::start(snap).await;
+    let w = start(&cp).await;
+    let envoy = start_envoy(&envoy_bin, &cp).await;
+    for (name, base) in [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))] {
+        assert_eq!(
+            get(&format!("{base}/h1")).await.text(),
+            "HTTP/1.1",
+            "{name}"
+        );
+        let h2 = weft_e2e::h2_client();
+        let r = h2
+            .get(format!("{base}/h2").parse().unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(String::from_utf8_lossy(&body), "HTTP/2.0", "{name}");
+    }
+}

@@ -762,6 +762,10 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 with prior knowledge (h2c).
     Http2,
+    /// The downstream request's protocol: HTTP/1.1 for HTTP/1.x requests, HTTP/2 for HTTP/2
+    /// ones, each over its own pool (Envoy's `use_downstream_protocol_config`, Istio's
+    /// clusters for ports whose protocol is sniffed). Health checks use HTTP/1.1.
+    Downstream,
 }
 
 /// An upstream service.

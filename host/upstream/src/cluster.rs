@@ -45,8 +45,11 @@ pub struct Cluster {
     /// The configured endpoints now applied: `config.endpoints`, or what
     /// [`Cluster::set_endpoints`] last put in place (an xDS endpoint update).
     applied: ArcSwap<Vec<schema::Endpoint>>,
-    /// Pooled client (keeps connections across reloads while the cluster is unchanged).
+    /// Pooled client (keeps connections across reloads while the cluster is unchanged); for a
+    /// `downstream` cluster, the HTTP/1.1 one.
     pub client: HttpClient,
+    /// A `downstream` cluster's HTTP/2 pool.
+    client_h2: Option<HttpClient>,
     /// Its metrics.
     pub metrics: Arc<ClusterMetrics>,
     /// Circuit breakers, health checking, outlier detection.
@@ -125,34 +128,43 @@ impl Cluster {
                 }
             })
         });
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_local_address(config.source_address);
-        connector.enforce_http(true);
-        let connector = CountingConnector {
-            inner: connector,
-            opened: metrics.cx_total.clone(),
-            tls: tls.clone(),
-            endpoints: endpoints.clone(),
-            http1: config.protocol == UpstreamProtocol::Http1,
+        let client = |h2: bool, tls: Option<Arc<UpstreamTls>>| {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(config.connect_timeout));
+            connector.set_local_address(config.source_address);
+            connector.enforce_http(true);
+            let connector = CountingConnector {
+                inner: connector,
+                opened: metrics.cx_total.clone(),
+                tls,
+                endpoints: endpoints.clone(),
+                http1: !h2,
+            };
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(config.idle_timeout);
+            // Bounded buffers: a slow downstream reader stops the upstream reads
+            // (back-pressure) instead of letting a response pile up in the proxy.
+            let limit = weft_config::BufferLimit(config.per_connection_buffer_limit_bytes);
+            builder
+                .http1_max_buf_size(limit.http1_buf(16 * 1024))
+                .http2_initial_stream_window_size(limit.h2_stream_window())
+                .http2_initial_connection_window_size(limit.h2_connection_window())
+                .http2_max_send_buf_size(limit.h2_send_buf());
+            if h2 {
+                builder.http2_only(true);
+            }
+            builder.build(connector)
         };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(config.idle_timeout);
-        // Bounded buffers: a slow downstream reader stops the upstream reads (back-pressure)
-        // instead of letting a response pile up in the proxy.
-        let limit = weft_config::BufferLimit(config.per_connection_buffer_limit_bytes);
-        builder
-            .http1_max_buf_size(limit.http1_buf(16 * 1024))
-            .http2_initial_stream_window_size(limit.h2_stream_window())
-            .http2_initial_connection_window_size(limit.h2_connection_window())
-            .http2_max_send_buf_size(limit.h2_send_buf());
-        if config.protocol == UpstreamProtocol::Http2 {
-            builder.http2_only(true);
-        }
+        let main_client = client(config.protocol == UpstreamProtocol::Http2, tls.clone());
+        // A `downstream` cluster's HTTP/2 pool (its TLS offering `h2`).
+        let client_h2 = (config.protocol == UpstreamProtocol::Downstream).then(|| {
+            let tls_h2 = tls.as_ref().map(|t| t.with_alpn(&[b"h2"]));
+            client(true, tls_h2)
+        });
         let resilience =
             ClusterResilience::start(config, &endpoints, resilience_metrics, tls.clone());
         Cluster {
@@ -161,7 +173,8 @@ impl Cluster {
             policy: config.lb_policy,
             endpoints,
             applied: ArcSwap::from_pointee(config.endpoints.clone()),
-            client: builder.build(connector),
+            client: main_client,
+            client_h2,
             metrics,
             resilience,
             tls,
@@ -275,6 +288,26 @@ impl Cluster {
     /// The configured endpoints now applied (`config.endpoints` unless replaced in place).
     pub fn applied_endpoints(&self) -> Arc<Vec<schema::Endpoint>> {
         self.applied.load_full()
+    }
+
+    /// The HTTP version a request that came downstream as `downstream` goes upstream as.
+    pub fn upstream_version(&self, downstream: http::Version) -> http::Version {
+        match self.config.protocol {
+            UpstreamProtocol::Http1 => http::Version::HTTP_11,
+            UpstreamProtocol::Http2 => http::Version::HTTP_2,
+            UpstreamProtocol::Downstream if downstream == http::Version::HTTP_2 => {
+                http::Version::HTTP_2
+            }
+            UpstreamProtocol::Downstream => http::Version::HTTP_11,
+        }
+    }
+
+    /// The pool a request of upstream `version` goes through.
+    pub fn client_for(&self, version: http::Version) -> &HttpClient {
+        match &self.client_h2 {
+            Some(h2) if version == http::Version::HTTP_2 => h2,
+            _ => &self.client,
+        }
     }
 
     /// The current endpoint set.

@@ -68,7 +68,10 @@ impl UpstreamTls {
         let alpn: Vec<Vec<u8>> = if cfg.alpn.is_empty() {
             match protocol {
                 schema::UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
-                schema::UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+                // The HTTP/2 pool of a `downstream` cluster uses `with_alpn`.
+                schema::UpstreamProtocol::Http1 | schema::UpstreamProtocol::Downstream => {
+                    vec![b"http/1.1".to_vec()]
+                }
             }
         } else {
             cfg.alpn.iter().map(|a| a.as_bytes().to_vec()).collect()
@@ -101,6 +104,17 @@ impl UpstreamTls {
 }
 
 impl UpstreamTls {
+    /// The same client side (credentials, verification, SNI) offering `alpn` instead.
+    pub fn with_alpn(&self, alpn: &[&[u8]]) -> Arc<UpstreamTls> {
+        let mut config = (**self.connector.config()).clone();
+        config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        Arc::new(UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            sni: self.sni.clone(),
+            creds: self.creds.clone(),
+        })
+    }
+
     /// `tcp` as it should carry the cluster's traffic: plaintext without `tls`, else after a
     /// TLS handshake (SNI from the configuration, else the endpoint's IP, which sends none).
     pub async fn wrap(tls: Option<&UpstreamTls>, tcp: TcpStream) -> std::io::Result<UpstreamIo> {

@@ -42,7 +42,7 @@ pub(crate) async fn send(
     req: http::Request<ProxyBody>,
     deadline: Option<Instant>,
 ) -> Tried {
-    let call = cluster.client.request(req);
+    let call = cluster.client_for(req.version()).request(req);
     match deadline {
         Some(d) => match tokio::time::timeout_at(d, call).await {
             Ok(Ok(r)) => Tried::Response(r),

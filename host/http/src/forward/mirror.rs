@@ -41,6 +41,8 @@ pub(crate) struct Copy<'a> {
     pub path: &'a PathAndQuery,
     pub body: Option<&'a Bytes>,
     pub timeout: Option<Duration>,
+    /// The downstream request's HTTP version (a `downstream` cluster follows it).
+    pub version: Version,
 }
 
 /// Sends `copy` to `m`'s cluster if the dice say so; returns at once.
@@ -79,11 +81,8 @@ pub(crate) fn send(m: &Mirror, copy: &Copy<'_>) {
     *req.method_mut() = copy.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    *req.version_mut() = match m.cluster.config.protocol {
-        weft_config::schema::UpstreamProtocol::Http1 => Version::HTTP_11,
-        weft_config::schema::UpstreamProtocol::Http2 => Version::HTTP_2,
-    };
-    let client = m.cluster.client.clone();
+    *req.version_mut() = m.cluster.upstream_version(copy.version);
+    let client = m.cluster.client_for(req.version()).clone();
     let timeout = copy.timeout.unwrap_or(Duration::from_secs(15));
     tokio::spawn(async move {
         let _permit = permit;

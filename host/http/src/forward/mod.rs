@@ -135,7 +135,8 @@ impl ForwardPhase {
             Some(h) => Some(h.clone()),
             None => HeaderValue::from_str(&ctx.authority).ok(),
         };
-        if cluster.config.protocol == weft_config::schema::UpstreamProtocol::Http2 {
+        let version = cluster.upstream_version(ctx.head.version);
+        if version == Version::HTTP_2 {
             // HTTP/2 carries the authority in `:authority`, which the pooled client sets to
             // the endpoint; a `Host` that differs from it is malformed (RFC 9113 §8.3.1: a
             // client MUST NOT send one, and Weft's own HTTP/2 server refuses it).
@@ -160,10 +161,6 @@ impl ForwardPhase {
                 "invalid request path",
                 flags::NONE,
             ));
-        };
-        let version = match cluster.config.protocol {
-            weft_config::schema::UpstreamProtocol::Http1 => Version::HTTP_11,
-            weft_config::schema::UpstreamProtocol::Http2 => Version::HTTP_2,
         };
 
         // Retries and mirrors need the body whole (when it is small enough to keep).
@@ -193,6 +190,7 @@ impl ForwardPhase {
                     RequestBody::Stream(_) => None,
                 },
                 timeout: forward.timeout,
+                version: ctx.head.version,
             };
             for m in mirrors {
                 mirror::send(m, &copy);

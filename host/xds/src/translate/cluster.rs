@@ -388,11 +388,20 @@ fn protocol_options(path: &str, any: &Any, cluster: &mut Cluster) -> Result<(), 
                 ));
             }
         },
-        Some(U::UseDownstreamProtocolConfig(_)) => {
-            return Err(format!(
-                "{path}.use_downstream_protocol_config: unimplemented (Weft speaks one protocol \
-                 per cluster: use explicit_http_config)"
-            ));
+        Some(U::UseDownstreamProtocolConfig(d)) => {
+            let dpath = format!("{path}.use_downstream_protocol_config");
+            if let Some(o) = &d.http_protocol_options {
+                reject_rest(&format!("{dpath}.http_protocol_options"), o)?;
+            }
+            if let Some(o) = &d.http2_protocol_options {
+                let mut o = o.clone();
+                o.max_concurrent_streams = None;
+                reject_rest(&format!("{dpath}.http2_protocol_options"), &o)?;
+            }
+            if d.http3_protocol_options.is_some() {
+                return Err(format!("{dpath}.http3_protocol_options: unimplemented"));
+            }
+            cluster.protocol = weft_config::schema::UpstreamProtocol::Downstream;
         }
         Some(U::AutoConfig(_)) => {
             return Err(format!(
@@ -681,22 +690,31 @@ mod protocol_tests {
     use super::*;
 
     #[test]
-    fn downstream_protocol_selection_is_refused_by_field() {
-        let options = HttpProtocolOptions {
+    fn downstream_protocol_selection_maps_and_alpn_selection_is_refused() {
+        let any = |options: HttpProtocolOptions| Any {
+            type_url: HTTP_PROTOCOL_OPTIONS.into(),
+            value: options.encode_to_vec(),
+        };
+        let mut c = Cluster::named("c");
+        let downstream = HttpProtocolOptions {
             upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
                 UseDownstreamHttpConfig::default(),
             )),
             ..Default::default()
         };
-        let any = Any {
-            type_url: HTTP_PROTOCOL_OPTIONS.into(),
-            value: options.encode_to_vec(),
-        };
-        let err = protocol_options("o", &any, &mut Cluster::named("c")).unwrap_err();
-        assert!(
-            err.starts_with("o.use_downstream_protocol_config: unimplemented"),
-            "{err}"
+        protocol_options("o", &any(downstream), &mut c).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.protocol,
+            weft_config::schema::UpstreamProtocol::Downstream
         );
+        let auto = HttpProtocolOptions {
+            upstream_protocol_options: Some(
+                UpstreamProtocolOptions::AutoConfig(Default::default()),
+            ),
+            ..Default::default()
+        };
+        let err = protocol_options("o", &any(auto), &mut c).unwrap_err();
+        assert!(err.starts_with("o.auto_config: unimplemented"), "{err}");
     }
 
     #[test]
