@@ -193,13 +193,17 @@ pub(crate) fn chain(
     })
 }
 
+/// The Wasm filters of an HTTP connection manager: inline ones, and (position among them all,
+/// extension configuration name) of those discovered by ECDS.
+type HttpFilters = (Vec<super::wasm::WasmPlugin>, Vec<(usize, String)>);
+
 /// Wasm filters (`envoy.filters.http.wasm`), then the router, last; any other HTTP filter is
 /// NACKed. A `disabled` filter (enabled per route only, which Weft does not implement) is
 /// skipped.
 fn http_filters(
     path: &str,
     filters: Vec<envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter>,
-) -> Result<(Vec<super::wasm::WasmPlugin>, Vec<(usize, String)>), String> {
+) -> Result<HttpFilters, String> {
     let n = filters.len();
     let mut plugins: Vec<super::wasm::WasmPlugin> = Vec::new();
     let mut ecds: Vec<(usize, String)> = Vec::new();
