@@ -227,7 +227,8 @@ pub(crate) fn chain(
     })
 }
 
-/// A connection manager's Wasm plugins in filter order, and its ECDS filters (position, name).
+/// The Wasm filters of an HTTP connection manager: inline ones, and (position among them all,
+/// extension configuration name) of those discovered by ECDS.
 type HttpFilters = (Vec<super::wasm::WasmPlugin>, Vec<(usize, String)>);
 
 /// The listener's references to its Wasm filters' plugins, in filter order.
