@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 
 use crate::abi::{GuestMemory, HeaderList};
+use crate::headers::Headers;
 use crate::shared::QueueOwner;
 use crate::types::{LogLevel, Status};
 
@@ -95,14 +96,14 @@ pub struct Effects {
 
 /// The data of one HTTP stream (or TCP connection) as plugins see it.
 pub struct StreamData {
-    /// Request headers, pseudo-headers first.
-    pub request_headers: HeaderList,
+    /// Request headers, pseudo-headers first: the embedding's live map, moved in.
+    pub request_headers: Headers,
     /// Request trailers.
-    pub request_trailers: HeaderList,
-    /// Response headers, `:status` first.
-    pub response_headers: HeaderList,
+    pub request_trailers: Headers,
+    /// Response headers, `:status` first: the embedding's live map, moved in.
+    pub response_headers: Headers,
     /// Response trailers.
-    pub response_trailers: HeaderList,
+    pub response_trailers: Headers,
     /// The request body bytes the current callback sees.
     pub request_body: Vec<u8>,
     /// The response body bytes the current callback sees.
@@ -135,10 +136,10 @@ impl StreamData {
     /// Empty stream data with `properties`.
     pub fn new(properties: Arc<dyn Properties>) -> StreamData {
         StreamData {
-            request_headers: HeaderList::default(),
-            request_trailers: HeaderList::default(),
-            response_headers: HeaderList::default(),
-            response_trailers: HeaderList::default(),
+            request_headers: Headers::default(),
+            request_trailers: Headers::default(),
+            response_headers: Headers::default(),
+            response_trailers: Headers::default(),
             request_body: Vec::new(),
             response_body: Vec::new(),
             downstream_data: Vec::new(),

@@ -10,6 +10,7 @@ use wasmtime::{Caller, Linker, Module, Val};
 use crate::abi::{GuestMemory, HeaderList, ReturnError, valid_header_name, valid_header_value};
 use crate::codec::path_segments;
 use crate::context::{HostState, HttpCallRequest, LocalResponse, Phase, truncate_line};
+use crate::headers::Headers;
 use crate::shared;
 use crate::types::{BufferType, LogLevel, MapType, MetricType, Status, StreamType};
 
@@ -393,23 +394,54 @@ fn buffers(linker: &mut Linker<HostState>) -> Result<()> {
     Ok(())
 }
 
+/// A header map a host function addresses: a live map of the stream, or a callout's
+/// response (read-only).
+enum MapRef<'a> {
+    Live(&'a mut Headers),
+    Callout(&'a HeaderList),
+}
+
+impl<'a> MapRef<'a> {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        match self {
+            MapRef::Live(h) => h.get(name),
+            MapRef::Callout(l) => l.get(name),
+        }
+    }
+
+    fn serialize(&self) -> Vec<u8> {
+        match self {
+            MapRef::Live(h) => h.serialize(),
+            MapRef::Callout(l) => l.serialize(),
+        }
+    }
+
+    /// The live map, for a write (callout maps are refused before this).
+    fn live(self) -> std::result::Result<&'a mut Headers, Status> {
+        match self {
+            MapRef::Live(h) => Ok(h),
+            MapRef::Callout(_) => Err(Status::BadArgument),
+        }
+    }
+}
+
 /// The header map `ty`, read-only or writable.
 fn map_ref(
     state: &mut HostState,
     ty: MapType,
     write: bool,
-) -> std::result::Result<&mut HeaderList, Status> {
+) -> std::result::Result<MapRef<'_>, Status> {
     match ty {
         MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers => {
             if write {
                 return Err(Status::BadArgument);
             }
-            let c = state.callout.as_mut().ok_or(Status::NotFound)?;
-            Ok(if ty == MapType::HttpCallResponseHeaders {
-                &mut c.headers
+            let c = state.callout.as_ref().ok_or(Status::NotFound)?;
+            Ok(MapRef::Callout(if ty == MapType::HttpCallResponseHeaders {
+                &c.headers
             } else {
-                &mut c.trailers
-            })
+                &c.trailers
+            }))
         }
         MapType::GrpcReceiveInitialMetadata | MapType::GrpcReceiveTrailingMetadata => {
             Err(Status::Unimplemented)
@@ -424,7 +456,7 @@ fn map_ref(
             // `on_log`); the response maps do not exist before the response. A write outside
             // them is `BadArgument`, as in Envoy. A read of a response map before the response
             // is `NotFound` (Envoy: `BadArgument`, which makes Rust SDK plugins panic).
-            let responding = !stream.response_headers.0.is_empty();
+            let responding = !stream.response_headers.is_empty();
             let request_map = matches!(
                 ty,
                 MapType::HttpRequestHeaders | MapType::HttpRequestTrailers
@@ -443,12 +475,12 @@ fn map_ref(
             if write {
                 stream.headers_modified = true;
             }
-            Ok(match ty {
+            Ok(MapRef::Live(match ty {
                 MapType::HttpRequestHeaders => &mut stream.request_headers,
                 MapType::HttpRequestTrailers => &mut stream.request_trailers,
                 MapType::HttpResponseHeaders => &mut stream.response_headers,
                 _ => &mut stream.response_trailers,
-            })
+            }))
         }
     }
 }
@@ -477,13 +509,8 @@ fn header_maps(linker: &mut Linker<HostState>) -> Result<()> {
             {
                 return status(Status::BadArgument);
             }
-            let map = tri!(map_ref(caller.data_mut(), ty, true));
-            *map = HeaderList(
-                list.0
-                    .into_iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                    .collect(),
-            );
+            let map = tri!(tri!(map_ref(caller.data_mut(), ty, true)).live());
+            tri!(map.set_list(&list).map_err(|_| Status::BadArgument));
             status(Status::Ok)
         },
     )?;
@@ -543,11 +570,12 @@ fn header_maps(linker: &mut Linker<HostState>) -> Result<()> {
                 if !valid_header_name(&key) || !valid_header_value(&value) {
                     return status(Status::BadArgument);
                 }
-                let map = tri!(map_ref(caller.data_mut(), ty, true));
-                match op {
+                let map = tri!(tri!(map_ref(caller.data_mut(), ty, true)).live());
+                let written = match op {
                     Op::Add => map.add(&key, &value),
                     Op::Replace => map.replace(&key, &value),
-                }
+                };
+                tri!(written.map_err(|_| Status::BadArgument));
                 status(Status::Ok)
             },
         )?;
@@ -558,7 +586,7 @@ fn header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         |mut caller: Caller<'_, HostState>, ty: i32, kp: i32, kl: i32| {
             let ty = tri!(MapType::from_raw(ty).ok_or(Status::BadArgument));
             let key = header_key(ty, tri!(read_str(&caller, kp, kl)));
-            tri!(map_ref(caller.data_mut(), ty, true)).remove(&key);
+            tri!(tri!(map_ref(caller.data_mut(), ty, true)).live()).remove(&key);
             status(Status::Ok)
         },
     )?;
@@ -699,9 +727,8 @@ fn properties(linker: &mut Linker<HostState>) -> Result<()> {
                     let from_headers = stream.and_then(|s| {
                         let le = |n: u64| Some(n.to_le_bytes().to_vec());
                         // Envoy's `*.total_size`: header bytes (names and values) plus body.
-                        let total = |list: &HeaderList, body: &[&str]| {
-                            let headers: usize =
-                                list.0.iter().map(|(k, v)| k.len() + v.len()).sum();
+                        let total = |list: &Headers, body: &[&str]| {
+                            let headers = list.byte_size();
                             let body = s
                                 .properties
                                 .get(body)
@@ -709,7 +736,7 @@ fn properties(linker: &mut Linker<HostState>) -> Result<()> {
                                 .map_or(0, u64::from_le_bytes);
                             le(headers as u64 + body)
                         };
-                        let responding = !s.response_headers.0.is_empty();
+                        let responding = !s.response_headers.is_empty();
                         match segments.as_slice() {
                             [a, b] if a == "request" && b == "headers" => {
                                 return Some(s.request_headers.serialize());

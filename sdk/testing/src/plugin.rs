@@ -16,7 +16,7 @@ use weft_wasm::{
     Plugin, PluginSpec, Properties, WasmEngine,
 };
 
-use crate::{CannedResponse, ManualClock, find, to_pairs};
+use crate::{CannedResponse, ManualClock, find, list_pairs};
 
 /// One engine per test process (it owns the epoch ticker and the pooling reservation).
 fn engine() -> Result<WasmEngine, LoadError> {
@@ -92,7 +92,7 @@ impl ScriptedCallouts {
     pub(crate) fn answer(&self, call: &HttpCallRequest) -> Option<HttpCallResponse> {
         self.calls.lock().push(RecordedCallout {
             cluster: call.cluster.clone(),
-            headers: to_pairs(&call.headers),
+            headers: list_pairs(&call.headers),
             body: call.body.clone(),
             timeout: call.timeout,
         });
