@@ -137,7 +137,7 @@ macro_rules! tri {
     ($e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(s) => return status(s),
+            Err(s) => return status(Status::from(s)),
         }
     };
 }
@@ -187,15 +187,9 @@ fn logging(linker: &mut Linker<HostState>) -> Result<()> {
     Ok(())
 }
 
+/// A log level; a value past critical is logged as critical (the line is not lost).
 fn level_of(raw: i32) -> LogLevel {
-    match raw {
-        0 => LogLevel::Trace,
-        1 => LogLevel::Debug,
-        2 => LogLevel::Info,
-        3 => LogLevel::Warn,
-        4 => LogLevel::Error,
-        _ => LogLevel::Critical,
-    }
+    LogLevel::try_from(raw).unwrap_or(LogLevel::Critical)
 }
 
 fn timers_and_contexts(linker: &mut Linker<HostState>) -> Result<()> {
@@ -323,7 +317,7 @@ fn buffers(linker: &mut Linker<HostState>) -> Result<()> {
          max: i32,
          ptr_out: i32,
          len_out: i32| {
-            let ty = tri!(BufferType::from_raw(ty).ok_or(Status::BadArgument));
+            let ty = tri!(BufferType::try_from(ty));
             let start = start as u32 as usize;
             let max = max as u32 as usize;
             // Only the requested range is copied out of the host buffer (once more into
@@ -346,7 +340,7 @@ fn buffers(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_get_buffer_status",
         |mut caller: Caller<'_, HostState>, ty: i32, len_out: i32, flags_out: i32| {
-            let ty = tri!(BufferType::from_raw(ty).ok_or(Status::BadArgument));
+            let ty = tri!(BufferType::try_from(ty));
             let len = match config_buffer(caller.data(), ty) {
                 Some(r) => tri!(r).len(),
                 None => tri!(buffer_ref(caller.data_mut(), ty)).len(),
@@ -367,7 +361,7 @@ fn buffers(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_set_buffer_bytes",
         |mut caller: Caller<'_, HostState>, ty: i32, start: i32, size: i32, ptr: i32, len: i32| {
-            let ty = tri!(BufferType::from_raw(ty).ok_or(Status::BadArgument));
+            let ty = tri!(BufferType::try_from(ty));
             if matches!(
                 ty,
                 BufferType::PluginConfiguration
@@ -490,7 +484,7 @@ fn header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_get_header_map_pairs",
         |mut caller: Caller<'_, HostState>, ty: i32, ptr_out: i32, len_out: i32| {
-            let ty = tri!(MapType::from_raw(ty).ok_or(Status::BadArgument));
+            let ty = tri!(MapType::try_from(ty));
             let bytes = tri!(map_ref(caller.data_mut(), ty, false)).serialize();
             return_bytes(&mut caller, &bytes, ptr_out, len_out)
         },
@@ -499,7 +493,7 @@ fn header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_set_header_map_pairs",
         |mut caller: Caller<'_, HostState>, ty: i32, ptr: i32, len: i32| {
-            let ty = tri!(MapType::from_raw(ty).ok_or(Status::BadArgument));
+            let ty = tri!(MapType::try_from(ty));
             let bytes = tri!(read(&caller, ptr, len));
             let list = tri!(HeaderList::deserialize(&bytes).ok_or(Status::BadArgument));
             if list
@@ -518,7 +512,7 @@ fn header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_get_header_map_size",
         |mut caller: Caller<'_, HostState>, ty: i32, out: i32| {
-            let ty = tri!(MapType::from_raw(ty).ok_or(Status::BadArgument));
+            let ty = tri!(MapType::try_from(ty));
             let size = tri!(map_ref(caller.data_mut(), ty, false))
                 .serialize()
                 .len();
@@ -539,7 +533,7 @@ fn header_maps(linker: &mut Linker<HostState>) -> Result<()> {
          kl: i32,
          ptr_out: i32,
          len_out: i32| {
-            let ty = tri!(MapType::from_raw(ty).ok_or(Status::BadArgument));
+            let ty = tri!(MapType::try_from(ty));
             let key = header_key(ty, tri!(read_str(&caller, kp, kl)));
             let value = tri!(map_ref(caller.data_mut(), ty, false))
                 .get(&key)
@@ -563,7 +557,7 @@ fn header_maps(linker: &mut Linker<HostState>) -> Result<()> {
                   kl: i32,
                   vp: i32,
                   vl: i32| {
-                let ty = tri!(MapType::from_raw(ty).ok_or(Status::BadArgument));
+                let ty = tri!(MapType::try_from(ty));
                 let key = header_key(ty, tri!(read_str(&caller, kp, kl)));
                 let value = tri!(read(&caller, vp, vl));
                 // No CR, LF or NUL from a plugin ever reaches the wire.
@@ -584,7 +578,7 @@ fn header_maps(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_remove_header_map_value",
         |mut caller: Caller<'_, HostState>, ty: i32, kp: i32, kl: i32| {
-            let ty = tri!(MapType::from_raw(ty).ok_or(Status::BadArgument));
+            let ty = tri!(MapType::try_from(ty));
             let key = header_key(ty, tri!(read_str(&caller, kp, kl)));
             tri!(tri!(map_ref(caller.data_mut(), ty, true)).live()).remove(&key);
             status(Status::Ok)
@@ -613,7 +607,7 @@ fn stream_control(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_continue_stream",
         |mut caller: Caller<'_, HostState>, ty: i32| {
-            let ty = tri!(StreamType::from_raw(ty).ok_or(Status::BadArgument));
+            let ty = tri!(StreamType::try_from(ty));
             let stream = tri!(caller.data_mut().stream_mut());
             match ty {
                 StreamType::HttpRequest | StreamType::Downstream => {
@@ -631,7 +625,7 @@ fn stream_control(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_close_stream",
         |mut caller: Caller<'_, HostState>, ty: i32| {
-            tri!(StreamType::from_raw(ty).ok_or(Status::BadArgument));
+            tri!(StreamType::try_from(ty));
             let stream = tri!(caller.data_mut().stream_mut());
             stream.effects.close = true;
             caller.data().wake_parked();
@@ -1071,7 +1065,7 @@ fn metrics(linker: &mut Linker<HostState>) -> Result<()> {
         ENV,
         "proxy_define_metric",
         |mut caller: Caller<'_, HostState>, ty: i32, np: i32, nl: i32, id_out: i32| {
-            let kind = tri!(MetricType::from_raw(ty).ok_or(Status::BadArgument));
+            let kind = tri!(MetricType::try_from(ty));
             let name = tri!(read_str(&caller, np, nl));
             if name.is_empty() {
                 return status(Status::BadArgument);
