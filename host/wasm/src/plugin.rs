@@ -602,7 +602,11 @@ impl Plugin {
             }
             None => {
                 let mut linker = Linker::new(engine.engine());
-                host::add_to_linker(&mut linker).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+                host::add_to_linker(
+                    &mut linker,
+                    host::Abi::parse(abi).unwrap_or(host::Abi::V0_2_1),
+                )
+                .map_err(|e| LoadError::Link(format!("{e:#}")))?;
                 host::stub_other_wasi_imports(&mut linker, &module)
                     .map_err(|e| LoadError::Link(format!("{e:#}")))?;
                 let pre = linker
