@@ -320,13 +320,13 @@ impl HostState {
         (id == self.stream_context && self.stream.is_some()) || self.parked.contains_key(&id)
     }
 
-    /// Metric `id`, from this instance's cache of handles (the process-wide registry is
+    /// Metric `id`, from this instance's cache of handles (the runtime's registry is
     /// locked only on an instance's first use of an id).
     pub(crate) fn metric(&mut self, id: u32) -> Option<Arc<crate::shared::Metric>> {
         if let Some(m) = self.metrics.get(&id) {
             return Some(m.clone());
         }
-        let m = crate::shared::metric(id)?;
+        let m = self.plugin.shared.metric(id)?;
         self.metrics.insert(id, m.clone());
         Some(m)
     }
@@ -491,6 +491,8 @@ pub(crate) struct PluginInfo {
     pub(crate) embedder: Arc<dyn Embedder>,
     pub(crate) log_capture: Option<LogCapture>,
     pub(crate) queue_tx: tokio::sync::mpsc::UnboundedSender<u32>,
+    /// The runtime's shared data, queues and metrics.
+    pub(crate) shared: Arc<crate::shared::SharedState>,
     /// The last warning or error the plugin logged (what a refused configuration reports).
     pub(crate) last_warning: Mutex<Option<String>>,
     /// The log-rate token bucket.

@@ -27,7 +27,7 @@ pub use context::{
     Clock, Effects, Embedder, HttpCallRequest, HttpCallResponse, LocalResponse, NoCallouts,
     NoProperties, PluginLimits, Properties, StreamData, SystemClock,
 };
-pub use engine::{EngineOptions, WasmEngine};
+pub use engine::{EngineOptions, WasmEngine, WasmRuntime};
 pub use headers::{Headers, InvalidHeader};
 /// The `http` crate the live header maps come from (so embedders use the same version).
 pub use http;

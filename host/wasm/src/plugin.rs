@@ -567,6 +567,7 @@ impl Plugin {
             embedder,
             log_capture: spec.log_capture.clone(),
             queue_tx,
+            shared: engine.shared().clone(),
             last_warning: Mutex::new(None),
             log_bucket: Mutex::new(crate::context::LogBucket::new(
                 spec.limits.log_lines_per_second,

@@ -188,7 +188,7 @@ fn shared_data_metrics_and_wasi() {
         assert_eq!(header(&h, "x-random").map(|v| v.len()), Some(16));
         assert!(header(&h, "x-time").unwrap().parse::<u64>().unwrap() > 1_600_000_000_000_000_000);
     }
-    let metrics = shared::all_metrics();
+    let metrics = engine().shared().all_metrics();
     let counter = metrics
         .iter()
         .find(|m| m.plugin == "shared" && m.name == "hostcalls_requests")
@@ -468,12 +468,12 @@ fn ticks_fire_once_per_plugin_and_queues_wake_the_root() {
     assert_eq!(p.tick_period(), Some(Duration::from_millis(10)));
     assert!(p.tick());
     assert!(p.tick());
-    let (ticks, _) = shared::get("vm-ticker", "ticks").unwrap();
+    let (ticks, _) = engine().shared().get("vm-ticker", "ticks").unwrap();
     assert_eq!(ticks, b"2", "each tick ran once, not once per instance");
     let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
     request(&mut s, "/queued");
     s.on_request_headers(true).unwrap();
-    let id = shared::resolve_queue("vm-ticker", "q1").unwrap();
+    let id = engine().shared().resolve_queue("vm-ticker", "q1").unwrap();
     p.queue_ready(id);
     assert!(
         logs.lock()
@@ -593,9 +593,12 @@ fn every_bound_answers_the_plugin_without_growing_host_memory() {
     for (i, want, what) in expected {
         assert_eq!(status(i), want, "call {i} ({what}): {h:?}");
     }
-    assert!(shared::get("bounds-abuse", "big").is_none());
-    assert!(shared::get("bounds-abuse", "huge").is_none());
-    assert_eq!(shared::get("bounds-abuse", "small").unwrap().0, b"v");
+    assert!(engine().shared().get("bounds-abuse", "big").is_none());
+    assert!(engine().shared().get("bounds-abuse", "huge").is_none());
+    assert_eq!(
+        engine().shared().get("bounds-abuse", "small").unwrap().0,
+        b"v"
+    );
     // Lines were cut to max_log_line_bytes (plus the marker), and the flood was rate limited:
     // the burst of 5 lines lets the stdout line, the log line and 3 flood lines through.
     let logs = capture.lock().clone();
@@ -733,4 +736,41 @@ fn module_cache_entries_are_trusted_only_when_private_to_this_user() {
     let (_, sha) = e.compile(&bytes).unwrap();
     assert_eq!(sha.len(), 64);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn two_runtimes_with_the_same_vm_id_share_nothing() {
+    let runtime = || {
+        WasmRuntime::new(EngineOptions {
+            cache_dir: None,
+            ..EngineOptions::default()
+        })
+        .unwrap()
+    };
+    let (a, b) = (runtime(), runtime());
+    let plugin = |rt: &WasmRuntime| {
+        let mut sp = spec("iso", fx::HOSTCALLS, r#"{"tick_ms": 10, "queue": "q-iso"}"#);
+        sp.vm_id = "vm-iso".into();
+        Plugin::load(rt, sp, Arc::new(NoCallouts)).unwrap()
+    };
+    let (pa, pb) = (plugin(&a), plugin(&b));
+    assert!(pa.tick());
+    assert!(pa.tick());
+    assert_eq!(a.shared().get("vm-iso", "ticks").unwrap().0, b"2");
+    assert!(
+        b.shared().get("vm-iso", "ticks").is_none(),
+        "the other runtime's shared data is untouched"
+    );
+    assert!(pb.tick());
+    assert_eq!(b.shared().get("vm-iso", "ticks").unwrap().0, b"1");
+    assert_eq!(a.shared().get("vm-iso", "ticks").unwrap().0, b"2");
+    // Each runtime has its own queue registry.
+    assert!(a.shared().resolve_queue("vm-iso", "q-iso").is_some());
+    assert_ne!(
+        a.shared().resolve_queue("vm-iso", "q-iso").map(|_| "a"),
+        runtime()
+            .shared()
+            .resolve_queue("vm-iso", "q-iso")
+            .map(|_| "a"),
+    );
 }

@@ -18,7 +18,11 @@ pub(super) fn proxy_define_metric(
                 return status(Status::BadArgument);
             }
             let plugin = caller.data().plugin.name.clone();
-            let id = shared::define_metric(&plugin, &name, kind);
+            let id = caller
+                .data()
+                .plugin
+                .shared
+                .define_metric(&plugin, &name, kind);
             let mem = tri!(memory(&caller));
             tri!(mem.write_u32(&mut caller, id_out, id).map_err(Status::from));
             status(Status::Ok)

@@ -14,7 +14,9 @@ pub(super) fn proxy_register_shared_queue(
         |mut caller: Caller<'_, HostState>, np: i32, nl: i32, id_out: i32| {
             let name = tri!(read_str(&caller, np, nl));
             let plugin = caller.data().plugin.clone();
-            let id = shared::register_queue(&plugin.vm_id, &name, plugin.queue_owner());
+            let id = plugin
+                .shared
+                .register_queue(&plugin.vm_id, &name, plugin.queue_owner());
             let mem = tri!(memory(&caller));
             tri!(mem.write_u32(&mut caller, id_out, id).map_err(Status::from));
             status(Status::Ok)
@@ -40,7 +42,14 @@ pub(super) fn proxy_resolve_shared_queue(
             } else {
                 vm
             };
-            let id = tri!(shared::resolve_queue(&vm, &name).ok_or(Status::NotFound));
+            let id = tri!(
+                caller
+                    .data()
+                    .plugin
+                    .shared
+                    .resolve_queue(&vm, &name)
+                    .ok_or(Status::NotFound)
+            );
             let mem = tri!(memory(&caller));
             tri!(mem.write_u32(&mut caller, id_out, id).map_err(Status::from));
             status(Status::Ok)
@@ -69,7 +78,13 @@ pub(super) fn proxy_enqueue_shared_queue(
                 return status(Status::BadArgument);
             }
             let value = tri!(read(&caller, vp, vl));
-            status(shared::enqueue(id as u32, value, limits))
+            status(
+                caller
+                    .data()
+                    .plugin
+                    .shared
+                    .enqueue(id as u32, value, limits),
+            )
         },
     )?;
     Ok(())
@@ -85,7 +100,7 @@ pub(super) fn proxy_dequeue_shared_queue(
         module,
         name,
         |mut caller: Caller<'_, HostState>, id: i32, ptr_out: i32, len_out: i32| {
-            let value = tri!(shared::dequeue(id as u32));
+            let value = tri!(caller.data().plugin.shared.dequeue(id as u32));
             return_bytes(&mut caller, &value, ptr_out, len_out)
         },
     )?;

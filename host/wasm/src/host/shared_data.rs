@@ -19,7 +19,7 @@ pub(super) fn proxy_get_shared_data(
          cas_out: i32| {
             let key = tri!(read_str(&caller, kp, kl));
             let vm = caller.data().plugin.vm_id.clone();
-            let Some((value, cas)) = shared::get(&vm, &key) else {
+            let Some((value, cas)) = caller.data().plugin.shared.get(&vm, &key) else {
                 return status(Status::NotFound);
             };
             let mem = tri!(memory(&caller));
@@ -57,7 +57,11 @@ pub(super) fn proxy_set_shared_data(
                 max_keys: plugin.limits.max_shared_data_keys,
                 max_bytes: plugin.limits.max_shared_data_bytes,
             };
-            status(shared::set(&plugin.vm_id, &key, value, cas as u32, limits))
+            status(
+                plugin
+                    .shared
+                    .set(&plugin.vm_id, &key, value, cas as u32, limits),
+            )
         },
     )?;
     Ok(())
