@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use crate::abi::{GuestMemory, HeaderList};
 use crate::headers::Headers;
 use crate::shared::QueueOwner;
-use crate::types::{LogLevel, Status};
+use crate::types::{BufferType, LogLevel, MapType, Status};
 
 /// Read-only attributes the embedding exposes to `proxy_get_property` (Envoy's attribute
 /// paths: `request.path`, `source.address`, …). Values use Envoy's encodings: strings raw,
@@ -148,6 +148,68 @@ impl StreamData {
             filter_state: HashMap::new(),
             effects: Effects::default(),
             headers_modified: false,
+        }
+    }
+}
+
+/// The embedding trait: what host functions read and write of the live stream being served —
+/// its header maps (the embedding's own `http::HeaderMap`s, see [`Headers`]), body buffers, local
+/// reply (with its gRPC status) and resumption. Callouts go through [`Embedder`], attributes
+/// through [`Properties`]. [`StreamData`] implements it for the proxy and for the plugin test
+/// harness alike, so both run one code path.
+pub trait StreamHost {
+    /// True once the response has begun (its headers exist).
+    fn responding(&self) -> bool;
+    /// The live header map `map` (request/response headers or trailers; `None` for any other
+    /// map). `write` records that a plugin may change it (the embedding then applies the
+    /// pseudo-headers back).
+    fn header_map_mut(&mut self, map: MapType, write: bool) -> Option<&mut Headers>;
+    /// The body bytes of `buffer` the current callback sees (`None` for buffers that are not
+    /// the stream's).
+    fn body_mut(&mut self, buffer: BufferType) -> Option<&mut Vec<u8>>;
+    /// Asks for a local reply, acted on once the callback returns.
+    fn send_local_response(&mut self, reply: LocalResponse);
+    /// Asks to resume the request (`true`) or the response.
+    fn resume(&mut self, request: bool);
+}
+
+impl StreamHost for StreamData {
+    fn responding(&self) -> bool {
+        !self.response_headers.is_empty()
+    }
+
+    fn header_map_mut(&mut self, map: MapType, write: bool) -> Option<&mut Headers> {
+        if write {
+            self.headers_modified = true;
+        }
+        Some(match map {
+            MapType::HttpRequestHeaders => &mut self.request_headers,
+            MapType::HttpRequestTrailers => &mut self.request_trailers,
+            MapType::HttpResponseHeaders => &mut self.response_headers,
+            MapType::HttpResponseTrailers => &mut self.response_trailers,
+            _ => return None,
+        })
+    }
+
+    fn body_mut(&mut self, buffer: BufferType) -> Option<&mut Vec<u8>> {
+        Some(match buffer {
+            BufferType::HttpRequestBody => &mut self.request_body,
+            BufferType::HttpResponseBody => &mut self.response_body,
+            BufferType::DownstreamData => &mut self.downstream_data,
+            BufferType::UpstreamData => &mut self.upstream_data,
+            _ => return None,
+        })
+    }
+
+    fn send_local_response(&mut self, reply: LocalResponse) {
+        self.effects.local_response = Some(reply);
+    }
+
+    fn resume(&mut self, request: bool) {
+        if request {
+            self.effects.resume_request = true;
+        } else {
+            self.effects.resume_response = true;
         }
     }
 }

@@ -25,7 +25,7 @@ pub mod types;
 pub use abi::HeaderList;
 pub use context::{
     Clock, Effects, Embedder, HttpCallRequest, HttpCallResponse, LocalResponse, NoCallouts,
-    NoProperties, PluginLimits, Properties, StreamData, SystemClock,
+    NoProperties, PluginLimits, Properties, StreamData, StreamHost, SystemClock,
 };
 pub use engine::{EngineOptions, WasmEngine, WasmRuntime};
 pub use headers::{Headers, InvalidHeader};

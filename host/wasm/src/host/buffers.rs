@@ -14,25 +14,20 @@ fn buffer_ref(state: &mut HostState, ty: BufferType) -> std::result::Result<&mut
             .as_mut()
             .map(|c| &mut c.body)
             .ok_or(Status::NotFound),
-        BufferType::HttpRequestBody => {
-            let s = state.stream_mut()?;
-            Ok(&mut s.request_body)
-        }
-        BufferType::HttpResponseBody => {
-            let s = state.stream_mut()?;
-            Ok(&mut s.response_body)
+        BufferType::HttpRequestBody | BufferType::HttpResponseBody => {
+            state.stream_mut()?.body_mut(ty).ok_or(Status::NotFound)
         }
         BufferType::DownstreamData => {
             if !matches!(phase, Phase::DownstreamData | Phase::NewConnection) {
                 return Err(Status::NotFound);
             }
-            Ok(&mut state.stream_mut()?.downstream_data)
+            state.stream_mut()?.body_mut(ty).ok_or(Status::NotFound)
         }
         BufferType::UpstreamData => {
             if phase != Phase::UpstreamData {
                 return Err(Status::NotFound);
             }
-            Ok(&mut state.stream_mut()?.upstream_data)
+            state.stream_mut()?.body_mut(ty).ok_or(Status::NotFound)
         }
         BufferType::GrpcReceiveBuffer => Err(Status::Unimplemented),
     }

@@ -63,7 +63,7 @@ fn map_ref(
             // `on_log`); the response maps do not exist before the response. A write outside
             // them is `BadArgument`, as in Envoy. A read of a response map before the response
             // is `NotFound` (Envoy: `BadArgument`, which makes Rust SDK plugins panic).
-            let responding = !stream.response_headers.is_empty();
+            let responding = stream.responding();
             let request_map = matches!(
                 ty,
                 MapType::HttpRequestHeaders | MapType::HttpRequestTrailers
@@ -79,15 +79,10 @@ fn map_ref(
                     Status::NotFound
                 });
             }
-            if write {
-                stream.headers_modified = true;
-            }
-            Ok(MapRef::Live(match ty {
-                MapType::HttpRequestHeaders => &mut stream.request_headers,
-                MapType::HttpRequestTrailers => &mut stream.request_trailers,
-                MapType::HttpResponseHeaders => &mut stream.response_headers,
-                _ => &mut stream.response_trailers,
-            }))
+            stream
+                .header_map_mut(ty, write)
+                .map(MapRef::Live)
+                .ok_or(Status::BadArgument)
         }
     }
 }

@@ -9,7 +9,7 @@ use wasmtime::{Caller, Linker, Module, Val};
 
 use crate::abi::{GuestMemory, HeaderList, ReturnError, valid_header_name, valid_header_value};
 use crate::codec::path_segments;
-use crate::context::{HostState, HttpCallRequest, LocalResponse, Phase, truncate_line};
+use crate::context::{HostState, HttpCallRequest, LocalResponse, Phase, StreamHost, truncate_line};
 use crate::headers::Headers;
 use crate::shared;
 use crate::types::{BufferType, LogLevel, MapType, MetricType, Status, StreamType};

@@ -54,12 +54,8 @@ pub(super) fn proxy_continue_stream(
             let ty = tri!(StreamType::try_from(ty));
             let stream = tri!(caller.data_mut().stream_mut());
             match ty {
-                StreamType::HttpRequest | StreamType::Downstream => {
-                    stream.effects.resume_request = true
-                }
-                StreamType::HttpResponse | StreamType::Upstream => {
-                    stream.effects.resume_response = true
-                }
+                StreamType::HttpRequest | StreamType::Downstream => stream.resume(true),
+                StreamType::HttpResponse | StreamType::Upstream => stream.resume(false),
             }
             caller.data().wake_parked();
             status(Status::Ok)
@@ -95,7 +91,7 @@ pub(super) fn proxy_continue_request(
     name: &'static str,
 ) -> Result<()> {
     linker.func_wrap(module, name, |mut caller: Caller<'_, HostState>| {
-        tri!(caller.data_mut().stream_mut()).effects.resume_request = true;
+        tri!(caller.data_mut().stream_mut()).resume(true);
         caller.data().wake_parked();
         status(Status::Ok)
     })?;
@@ -109,7 +105,7 @@ pub(super) fn proxy_continue_response(
     name: &'static str,
 ) -> Result<()> {
     linker.func_wrap(module, name, |mut caller: Caller<'_, HostState>| {
-        tri!(caller.data_mut().stream_mut()).effects.resume_response = true;
+        tri!(caller.data_mut().stream_mut()).resume(false);
         caller.data().wake_parked();
         status(Status::Ok)
     })?;
@@ -160,7 +156,7 @@ pub(super) fn proxy_send_local_response(
                 return status(Status::BadArgument);
             }
             let stream = tri!(caller.data_mut().stream_mut());
-            stream.effects.local_response = Some(LocalResponse {
+            stream.send_local_response(LocalResponse {
                 status: code as u16,
                 details,
                 body,
