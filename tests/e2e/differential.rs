@@ -413,6 +413,42 @@ async fn abi_host_aliases_authority() {
     assert_eq!(w.header("x-probe-host"), w.header("x-probe-authority"));
 }
 
+/// `:scheme` on a plaintext listener is `http` in both (on TLS it is `https`: tests/e2e/mtls.rs).
+#[tokio::test]
+async fn abi_scheme_agrees() {
+    let Some((e, w, _p)) = probe_once(r#"{"scheme":true}"#, &[]).await else {
+        return;
+    };
+    same_probes(&e, &w, &["scheme"]);
+    assert_eq!(w.header("x-probe-scheme"), Some("Ok:http"));
+}
+
+/// A local reply with a gRPC status: on a gRPC request, a trailers-only gRPC reply (HTTP 200,
+/// `grpc-status` the plugin's, the body as `grpc-message`); on any other request the gRPC
+/// status is ignored. Weft used to drop it (issue 12).
+#[tokio::test]
+async fn abi_local_reply_grpc_status_agrees() {
+    let up = echo("up").await;
+    let Some(p) = probe_pair(up, r#"{"local_grpc":[403,7]}"#, &[]).await else {
+        return;
+    };
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+    let (e, w) = p.both("POST", "/pkg.Svc/Call", &grpc, b"").await;
+    same_status_and_headers(
+        &e,
+        &w,
+        &["content-type", "grpc-status", "grpc-message", "x-local"],
+    );
+    assert_eq!(w.status, 200);
+    assert_eq!(w.header("grpc-status"), Some("7"));
+    assert_eq!(w.header("grpc-message"), Some("denied by probe"));
+    assert_eq!(w.text(), e.text());
+    let (e, w) = p.both("GET", "/plain", &[], b"").await;
+    same_status_and_headers(&e, &w, &["grpc-status", "x-local"]);
+    assert_eq!(w.status, 403);
+    assert_eq!(w.text(), e.text());
+}
+
 /// The write part (`add=…,replace=…,remove=…`) of an `ops` probe.
 fn writes(r: &Reply, key: &str) -> String {
     let v = r.header(&format!("x-probe-{key}")).unwrap_or("<absent>");

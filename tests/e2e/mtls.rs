@@ -59,15 +59,16 @@ async fn mtls_two_sidecars_h2_with_identity_flowing_on() {
     let c = pki.issue("client", &client_id, HOUR);
     let app = echo("app").await;
     let plugin = format!(
-        "plugins:\n  - name: props\n    file: {}\n    configuration: {{echo_properties: [connection.mtls, source.principal, connection.uri_san_peer_certificate, connection.subject_peer_certificate, request.scheme]}}\n",
-        fx::HOSTCALLS
+        "plugins:\n  - name: props\n    file: {}\n    configuration: {{echo_properties: [connection.mtls, source.principal, connection.uri_san_peer_certificate, connection.subject_peer_certificate, request.scheme]}}\n  - name: probe\n    file: {}\n    configuration: '{{\"scheme\":true}}'\n",
+        fx::HOSTCALLS,
+        fx::ABI_PROBE
     );
     let b = TestProxy::start(&format!(
         "{plugin}{}",
         inbound(
             app,
             &format!("mode: strict, {}", tls_files_yaml(&s)),
-            "    forward_client_cert_details: sanitize_set\n    plugins: [{ name: props }]\n"
+            "    forward_client_cert_details: sanitize_set\n    plugins: [{ name: props }, { name: probe }]\n"
         )
     ))
     .await;
@@ -109,6 +110,8 @@ async fn mtls_two_sidecars_h2_with_identity_flowing_on() {
         "O=cluster.local"
     );
     assert_eq!(j["headers"]["x-prop-request-scheme"], "https");
+    // The request headers plugins see say so too (`:scheme` was always `http`, issue 12).
+    assert_eq!(r.header("x-probe-scheme"), Some("Ok:https"));
 
     // The hop between the sidecars is HTTP/2 over mTLS, and the server side knows the peer.
     let lines = b.access_log_lines(1).await;

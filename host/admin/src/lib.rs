@@ -164,7 +164,9 @@ async fn route(proxy: Arc<dyn AdminApi>, req: Request<Incoming>) -> Response<Pro
         (&Method::GET, "/plugins") => plugins(&*proxy),
         (&Method::GET, "/stats/plugin_metrics") => json_response(
             StatusCode::OK,
-            &json!(weft_extensions::metrics::plugin_metric_names()),
+            &json!(weft_extensions::metrics::plugin_metric_names(
+                proxy.plugins()
+            )),
         ),
         (&Method::GET, "/chains") => json_response(StatusCode::OK, &proxy.chains()),
         (&Method::GET, "/certs") => json_response(StatusCode::OK, &proxy.certs()),

@@ -127,8 +127,9 @@ impl Collector for PluginMetrics {
 /// every metric a plugin defined, the name it gave (`base;k=v;…`) next to the family and labels
 /// it is exported as. Sanitizing names is lossy (`a.b` and `a_b` both become `a_b`); this list
 /// is how a series is traced back to the exact plugin-defined name.
-pub fn plugin_metric_names() -> Vec<serde_json::Value> {
-    weft_wasm::shared::all_metrics()
+pub fn plugin_metric_names(plugins: &PluginRegistry) -> Vec<serde_json::Value> {
+    plugins
+        .plugin_metrics()
         .iter()
         .map(|m| {
             let reading = CustomReading {
@@ -239,8 +240,9 @@ impl Readings {
                 .iter()
                 .map(|h| PluginReading::of(h))
                 .collect(),
-            queue_dropped: weft_wasm::shared::QUEUE_DROPS.load(Ordering::Relaxed),
-            custom: weft_wasm::shared::all_metrics()
+            queue_dropped: plugins.queue_drops(),
+            custom: plugins
+                .plugin_metrics()
                 .iter()
                 .map(|m| CustomReading {
                     plugin: m.plugin.clone(),

@@ -169,6 +169,9 @@ type HandleKey = (String, Option<String>);
 /// All plugin handles of the process, the engine, and the embedder for callouts.
 pub struct PluginRegistry {
     embedder: Arc<ProxyEmbedder>,
+    /// This proxy's Wasm runtime (engine, module cache, shared data, queues, metrics), created
+    /// on first use; never shared with another registry.
+    runtime: std::sync::OnceLock<Result<WasmEngine, LoadError>>,
     handles: Mutex<HashMap<HandleKey, Arc<PluginHandle>>>,
 }
 
@@ -185,10 +188,36 @@ impl Default for PluginRegistry {
 }
 
 impl PluginRegistry {
-    /// A registry; the (process-wide) engine is created on first use.
+    /// This registry's Wasm runtime, created on first use.
+    pub fn runtime(&self) -> Result<WasmEngine, LoadError> {
+        self.runtime
+            .get_or_init(|| WasmEngine::new(EngineOptions::default()))
+            .clone()
+    }
+
+    /// Plugin-defined metrics of this registry's plugins (none before the runtime exists).
+    pub fn plugin_metrics(&self) -> Vec<Arc<weft_wasm::shared::Metric>> {
+        match self.runtime.get() {
+            Some(Ok(rt)) => rt.shared().all_metrics(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Items dropped from this registry's full shared queues.
+    pub fn queue_drops(&self) -> u64 {
+        match self.runtime.get() {
+            Some(Ok(rt)) => rt.shared().queue_drops(),
+            _ => 0,
+        }
+    }
+}
+
+impl PluginRegistry {
+    /// A registry; its own Wasm runtime is created on first use.
     pub fn new() -> PluginRegistry {
         PluginRegistry {
             embedder: Arc::new(ProxyEmbedder::default()),
+            runtime: std::sync::OnceLock::new(),
             handles: Mutex::new(HashMap::new()),
         }
     }
@@ -332,7 +361,7 @@ impl PluginRegistry {
     }
 
     async fn load(&self, spec: PluginSpec) -> Result<Arc<Plugin>, LoadError> {
-        let engine = shared_engine()?;
+        let engine = self.runtime()?;
         let embedder: Arc<dyn Embedder> = self.embedder.clone();
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
@@ -413,14 +442,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// One engine per process.
-fn shared_engine() -> Result<WasmEngine, LoadError> {
-    static ENGINE: std::sync::OnceLock<Result<WasmEngine, LoadError>> = std::sync::OnceLock::new();
-    ENGINE
-        .get_or_init(|| WasmEngine::new(EngineOptions::default()))
-        .clone()
 }
 
 /// Callouts from plugins go to the live generation's clusters.

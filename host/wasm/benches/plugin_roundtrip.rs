@@ -53,12 +53,15 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut s = Stream::new(&plugin, props.clone()).expect("stream");
             let h = &mut s.data().request_headers;
-            h.add(":method", b"GET");
-            h.add(":path", b"/");
-            h.add(":authority", b"example.com");
-            h.add("user-agent", b"bench");
+            h.add(":method", b"GET").expect("valid header");
+            h.add(":path", b"/").expect("valid header");
+            h.add(":authority", b"example.com").expect("valid header");
+            h.add("user-agent", b"bench").expect("valid header");
             s.on_request_headers(true).expect("request headers");
-            s.data().response_headers.add(":status", b"200");
+            s.data()
+                .response_headers
+                .add(":status", b"200")
+                .expect("valid header");
             s.on_response_headers(true).expect("response headers");
             s.finish();
         })

@@ -12,8 +12,9 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 
 use crate::abi::{GuestMemory, HeaderList};
+use crate::headers::Headers;
 use crate::shared::QueueOwner;
-use crate::types::{LogLevel, Status};
+use crate::types::{BufferType, LogLevel, MapType, Status};
 
 /// Read-only attributes the embedding exposes to `proxy_get_property` (Envoy's attribute
 /// paths: `request.path`, `source.address`, …). Values use Envoy's encodings: strings raw,
@@ -95,14 +96,14 @@ pub struct Effects {
 
 /// The data of one HTTP stream (or TCP connection) as plugins see it.
 pub struct StreamData {
-    /// Request headers, pseudo-headers first.
-    pub request_headers: HeaderList,
+    /// Request headers, pseudo-headers first: the embedding's live map, moved in.
+    pub request_headers: Headers,
     /// Request trailers.
-    pub request_trailers: HeaderList,
-    /// Response headers, `:status` first.
-    pub response_headers: HeaderList,
+    pub request_trailers: Headers,
+    /// Response headers, `:status` first: the embedding's live map, moved in.
+    pub response_headers: Headers,
     /// Response trailers.
-    pub response_trailers: HeaderList,
+    pub response_trailers: Headers,
     /// The request body bytes the current callback sees.
     pub request_body: Vec<u8>,
     /// The response body bytes the current callback sees.
@@ -135,10 +136,10 @@ impl StreamData {
     /// Empty stream data with `properties`.
     pub fn new(properties: Arc<dyn Properties>) -> StreamData {
         StreamData {
-            request_headers: HeaderList::default(),
-            request_trailers: HeaderList::default(),
-            response_headers: HeaderList::default(),
-            response_trailers: HeaderList::default(),
+            request_headers: Headers::default(),
+            request_trailers: Headers::default(),
+            response_headers: Headers::default(),
+            response_trailers: Headers::default(),
             request_body: Vec::new(),
             response_body: Vec::new(),
             downstream_data: Vec::new(),
@@ -147,6 +148,68 @@ impl StreamData {
             filter_state: HashMap::new(),
             effects: Effects::default(),
             headers_modified: false,
+        }
+    }
+}
+
+/// The embedding trait: what host functions read and write of the live stream being served —
+/// its header maps (the embedding's own `http::HeaderMap`s, see [`Headers`]), body buffers, local
+/// reply (with its gRPC status) and resumption. Callouts go through [`Embedder`], attributes
+/// through [`Properties`]. [`StreamData`] implements it for the proxy and for the plugin test
+/// harness alike, so both run one code path.
+pub trait StreamHost {
+    /// True once the response has begun (its headers exist).
+    fn responding(&self) -> bool;
+    /// The live header map `map` (request/response headers or trailers; `None` for any other
+    /// map). `write` records that a plugin may change it (the embedding then applies the
+    /// pseudo-headers back).
+    fn header_map_mut(&mut self, map: MapType, write: bool) -> Option<&mut Headers>;
+    /// The body bytes of `buffer` the current callback sees (`None` for buffers that are not
+    /// the stream's).
+    fn body_mut(&mut self, buffer: BufferType) -> Option<&mut Vec<u8>>;
+    /// Asks for a local reply, acted on once the callback returns.
+    fn send_local_response(&mut self, reply: LocalResponse);
+    /// Asks to resume the request (`true`) or the response.
+    fn resume(&mut self, request: bool);
+}
+
+impl StreamHost for StreamData {
+    fn responding(&self) -> bool {
+        !self.response_headers.is_empty()
+    }
+
+    fn header_map_mut(&mut self, map: MapType, write: bool) -> Option<&mut Headers> {
+        if write {
+            self.headers_modified = true;
+        }
+        Some(match map {
+            MapType::HttpRequestHeaders => &mut self.request_headers,
+            MapType::HttpRequestTrailers => &mut self.request_trailers,
+            MapType::HttpResponseHeaders => &mut self.response_headers,
+            MapType::HttpResponseTrailers => &mut self.response_trailers,
+            _ => return None,
+        })
+    }
+
+    fn body_mut(&mut self, buffer: BufferType) -> Option<&mut Vec<u8>> {
+        Some(match buffer {
+            BufferType::HttpRequestBody => &mut self.request_body,
+            BufferType::HttpResponseBody => &mut self.response_body,
+            BufferType::DownstreamData => &mut self.downstream_data,
+            BufferType::UpstreamData => &mut self.upstream_data,
+            _ => return None,
+        })
+    }
+
+    fn send_local_response(&mut self, reply: LocalResponse) {
+        self.effects.local_response = Some(reply);
+    }
+
+    fn resume(&mut self, request: bool) {
+        if request {
+            self.effects.resume_request = true;
+        } else {
+            self.effects.resume_response = true;
         }
     }
 }
@@ -319,13 +382,13 @@ impl HostState {
         (id == self.stream_context && self.stream.is_some()) || self.parked.contains_key(&id)
     }
 
-    /// Metric `id`, from this instance's cache of handles (the process-wide registry is
+    /// Metric `id`, from this instance's cache of handles (the runtime's registry is
     /// locked only on an instance's first use of an id).
     pub(crate) fn metric(&mut self, id: u32) -> Option<Arc<crate::shared::Metric>> {
         if let Some(m) = self.metrics.get(&id) {
             return Some(m.clone());
         }
-        let m = crate::shared::metric(id)?;
+        let m = self.plugin.shared.metric(id)?;
         self.metrics.insert(id, m.clone());
         Some(m)
     }
@@ -490,6 +553,8 @@ pub(crate) struct PluginInfo {
     pub(crate) embedder: Arc<dyn Embedder>,
     pub(crate) log_capture: Option<LogCapture>,
     pub(crate) queue_tx: tokio::sync::mpsc::UnboundedSender<u32>,
+    /// The runtime's shared data, queues and metrics.
+    pub(crate) shared: Arc<crate::shared::SharedState>,
     /// The last warning or error the plugin logged (what a refused configuration reports).
     pub(crate) last_warning: Mutex<Option<String>>,
     /// The log-rate token bucket.

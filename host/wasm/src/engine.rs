@@ -46,9 +46,11 @@ fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("weft").join("wasm"))
 }
 
-/// The shared engine; cheap to clone.
+/// A Wasm runtime, owned by one proxy: the wasmtime engine (and its epoch ticker), the module
+/// cache, the VMs plugins share, and the data, queues and metrics they share. Nothing of it is
+/// process-wide: two runtimes in one process share nothing. Cheap to clone (a handle).
 #[derive(Clone)]
-pub struct WasmEngine {
+pub struct WasmRuntime {
     inner: Arc<Inner>,
 }
 
@@ -59,6 +61,8 @@ struct Inner {
     /// VMs shared by plugins with the same `vm_id`, module and VM configuration (type-erased
     /// to keep this module free of the plugin layer), by that key.
     shared_vms: parking_lot::Mutex<HashMap<VmKey, Weak<dyn Any + Send + Sync>>>,
+    /// Shared data, queues and plugin-defined metrics of this runtime's plugins.
+    shared: Arc<crate::shared::SharedState>,
 }
 
 /// What identifies a shared VM, as Envoy keys them: `vm_id`, module sha256, VM configuration.
@@ -70,9 +74,9 @@ impl Drop for Inner {
     }
 }
 
-impl std::fmt::Debug for WasmEngine {
+impl std::fmt::Debug for WasmRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmEngine")
+        f.debug_struct("WasmRuntime")
             .field("cache_dir", &self.inner.cache_dir)
             .finish()
     }
@@ -95,9 +99,17 @@ fn config(options: &EngineOptions, pooling: bool) -> Config {
     c
 }
 
-impl WasmEngine {
+/// The former name of [`WasmRuntime`].
+pub type WasmEngine = WasmRuntime;
+
+impl WasmRuntime {
+    /// Shared data, queues and plugin-defined metrics of this runtime's plugins.
+    pub fn shared(&self) -> &Arc<crate::shared::SharedState> {
+        &self.inner.shared
+    }
+
     /// Builds the engine and starts the epoch ticker thread.
-    pub fn new(options: EngineOptions) -> Result<WasmEngine, LoadError> {
+    pub fn new(options: EngineOptions) -> Result<WasmRuntime, LoadError> {
         let engine = if options.pooling {
             match Engine::new(&config(&options, true)) {
                 Ok(e) => e,
@@ -125,12 +137,13 @@ impl WasmEngine {
                 }
             })
             .map_err(|e| LoadError::Engine(e.to_string()))?;
-        Ok(WasmEngine {
+        Ok(WasmRuntime {
             inner: Arc::new(Inner {
                 engine,
                 cache_dir: options.cache_dir,
                 stop,
                 shared_vms: parking_lot::Mutex::new(HashMap::new()),
+                shared: Arc::default(),
             }),
         })
     }

@@ -15,6 +15,7 @@ mod abi;
 pub mod codec;
 mod context;
 pub mod engine;
+pub mod headers;
 mod host;
 pub mod plugin;
 pub mod shared;
@@ -24,9 +25,12 @@ pub mod types;
 pub use abi::HeaderList;
 pub use context::{
     Clock, Effects, Embedder, HttpCallRequest, HttpCallResponse, LocalResponse, NoCallouts,
-    NoProperties, PluginLimits, Properties, StreamData, SystemClock,
+    NoProperties, PluginLimits, Properties, StreamData, StreamHost, SystemClock,
 };
-pub use engine::{EngineOptions, WasmEngine};
+pub use engine::{EngineOptions, WasmEngine, WasmRuntime};
+pub use headers::{Headers, InvalidHeader};
+/// The `http` crate the live header maps come from (so embedders use the same version).
+pub use http;
 pub use plugin::{FailurePolicy, Plugin, PluginSpec, ReloadPolicy};
 pub use stream::Stream;
 pub use types::{Action, LogLevel, PeerType};

@@ -567,6 +567,7 @@ impl Plugin {
             embedder,
             log_capture: spec.log_capture.clone(),
             queue_tx,
+            shared: engine.shared().clone(),
             last_warning: Mutex::new(None),
             log_bucket: Mutex::new(crate::context::LogBucket::new(
                 spec.limits.log_lines_per_second,
@@ -602,7 +603,11 @@ impl Plugin {
             }
             None => {
                 let mut linker = Linker::new(engine.engine());
-                host::add_to_linker(&mut linker).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+                host::add_to_linker(
+                    &mut linker,
+                    host::Abi::parse(abi).unwrap_or(host::Abi::V0_2_1),
+                )
+                .map_err(|e| LoadError::Link(format!("{e:#}")))?;
                 host::stub_other_wasi_imports(&mut linker, &module)
                     .map_err(|e| LoadError::Link(format!("{e:#}")))?;
                 let pre = linker

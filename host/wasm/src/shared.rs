@@ -1,9 +1,11 @@
-//! Process-wide state plugins share: key-value data with compare-and-swap and queues (both
-//! scoped by VM id, as in Envoy), and plugin-defined metrics.
+//! The state plugins of one runtime share ([`SharedState`], owned by the
+//! [`WasmRuntime`](crate::WasmRuntime), never process-wide: two proxies in one process share
+//! nothing): key-value data with compare-and-swap and queues (both scoped by VM id, as in
+//! Envoy), and plugin-defined metrics.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
@@ -13,6 +15,29 @@ use crate::types::{MetricType, Status};
 pub const MAX_SHARED_VALUE: usize = 1024 * 1024;
 /// The most items a shared queue holds; more is refused with `InternalFailure`.
 pub const MAX_QUEUE_ITEMS: usize = 10_000;
+
+/// What the plugins of one runtime share: data, queues, metrics.
+#[derive(Default)]
+pub struct SharedState {
+    data: Mutex<Data>,
+    queues: Mutex<Queues>,
+    metrics: Mutex<Metrics>,
+    /// Items dropped from full shared queues since start.
+    queue_drops: AtomicU64,
+}
+
+impl std::fmt::Debug for SharedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedState").finish_non_exhaustive()
+    }
+}
+
+impl SharedState {
+    /// Items dropped from full shared queues since start.
+    pub fn queue_drops(&self) -> u64 {
+        self.queue_drops.load(Ordering::Relaxed)
+    }
+}
 
 #[derive(Default)]
 struct Data {
@@ -64,134 +89,141 @@ struct Queues {
     next: u32,
 }
 
-fn data() -> &'static Mutex<Data> {
-    static DATA: OnceLock<Mutex<Data>> = OnceLock::new();
-    DATA.get_or_init(Mutex::default)
-}
-
-fn queues() -> &'static Mutex<Queues> {
-    static Q: OnceLock<Mutex<Queues>> = OnceLock::new();
-    Q.get_or_init(Mutex::default)
-}
-
-/// Reads `key` in `vm_id`'s namespace: value and CAS token.
-pub(crate) fn get(vm_id: &str, key: &str) -> Option<(Vec<u8>, u32)> {
-    let d = data().lock();
-    d.map.get(&(vm_id.to_owned(), key.to_owned())).cloned()
-}
-
-/// Writes `key`; a non-zero `cas` must match the current token of an existing key (for a
-/// missing key it is ignored, as in Envoy). A value over
-/// [`MAX_SHARED_VALUE`], a new key past `limits.max_keys`, or a write that takes `vm_id` past
-/// `limits.max_bytes` (keys and values) is refused with `BadArgument`, and nothing changes.
-pub(crate) fn set(vm_id: &str, key: &str, value: Vec<u8>, cas: u32, limits: DataLimits) -> Status {
-    if value.len() > MAX_SHARED_VALUE {
-        return Status::BadArgument;
+impl SharedState {
+    /// Reads `key` in `vm_id`'s namespace: value and CAS token.
+    pub(crate) fn get(&self, vm_id: &str, key: &str) -> Option<(Vec<u8>, u32)> {
+        let d = self.data.lock();
+        d.map.get(&(vm_id.to_owned(), key.to_owned())).cloned()
     }
-    let mut d = data().lock();
-    let Data { map, usage } = &mut *d;
-    let (keys, bytes) = usage.get(vm_id).copied().unwrap_or((0, 0));
-    let entry = map.entry((vm_id.to_owned(), key.to_owned()));
-    let (keys, bytes) = match entry {
-        std::collections::hash_map::Entry::Occupied(mut o) => {
-            let (v, token) = o.get_mut();
-            if cas != 0 && cas != *token {
-                return Status::CasMismatch;
-            }
-            let bytes = bytes.saturating_sub(v.len()) + value.len();
-            if bytes > limits.max_bytes {
-                return Status::BadArgument;
-            }
-            *v = value;
-            *token = token.wrapping_add(1).max(1);
-            (keys, bytes)
+}
+
+impl SharedState {
+    /// Writes `key`; a non-zero `cas` must match the current token of an existing key (for a
+    /// missing key it is ignored, as in Envoy). A value over
+    /// [`MAX_SHARED_VALUE`], a new key past `limits.max_keys`, or a write that takes `vm_id` past
+    /// `limits.max_bytes` (keys and values) is refused with `BadArgument`, and nothing changes.
+    pub(crate) fn set(
+        &self,
+        vm_id: &str,
+        key: &str,
+        value: Vec<u8>,
+        cas: u32,
+        limits: DataLimits,
+    ) -> Status {
+        if value.len() > MAX_SHARED_VALUE {
+            return Status::BadArgument;
         }
-        std::collections::hash_map::Entry::Vacant(v) => {
-            // A CAS token for a key that does not exist is ignored (Envoy: the write succeeds).
-            let bytes = bytes + key.len() + value.len();
-            if keys >= limits.max_keys || bytes > limits.max_bytes {
-                return Status::BadArgument;
+        let mut d = self.data.lock();
+        let Data { map, usage } = &mut *d;
+        let (keys, bytes) = usage.get(vm_id).copied().unwrap_or((0, 0));
+        let entry = map.entry((vm_id.to_owned(), key.to_owned()));
+        let (keys, bytes) = match entry {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let (v, token) = o.get_mut();
+                if cas != 0 && cas != *token {
+                    return Status::CasMismatch;
+                }
+                let bytes = bytes.saturating_sub(v.len()) + value.len();
+                if bytes > limits.max_bytes {
+                    return Status::BadArgument;
+                }
+                *v = value;
+                *token = token.wrapping_add(1).max(1);
+                (keys, bytes)
             }
-            v.insert((value, 1));
-            (keys + 1, bytes)
-        }
-    };
-    usage.insert(vm_id.to_owned(), (keys, bytes));
-    Status::Ok
-}
-
-/// Registers (or re-registers) `name` in `vm_id`; the caller becomes the owner.
-pub(crate) fn register_queue(vm_id: &str, name: &str, owner: QueueOwner) -> u32 {
-    let mut q = queues().lock();
-    if let Some((id, queue)) = q
-        .by_id
-        .iter_mut()
-        .find(|(_, v)| v.vm_id == vm_id && v.name == name)
-    {
-        queue.owner = Some(owner);
-        return *id;
-    }
-    q.next += 1;
-    let id = q.next;
-    q.by_id.insert(
-        id,
-        Queue {
-            vm_id: vm_id.to_owned(),
-            name: name.to_owned(),
-            items: VecDeque::new(),
-            bytes: 0,
-            owner: Some(owner),
-        },
-    );
-    id
-}
-
-/// Finds the queue `name` of `vm_id`.
-pub(crate) fn resolve_queue(vm_id: &str, name: &str) -> Option<u32> {
-    let q = queues().lock();
-    q.by_id
-        .iter()
-        .find(|(_, v)| v.vm_id == vm_id && v.name == name)
-        .map(|(id, _)| *id)
-}
-
-/// Appends to queue `id` and wakes its owner. An item over `limits.max_item` is refused with
-/// `BadArgument`. A full queue (items, or `limits.max_bytes`) drops its oldest items (a status
-/// other than OK would trap plugins built with the Rust SDK, which panics on it), and counts the
-/// drops.
-pub(crate) fn enqueue(id: u32, value: Vec<u8>, limits: QueueLimits) -> Status {
-    if value.len() > limits.max_item || value.len() > limits.max_bytes {
-        return Status::BadArgument;
-    }
-    let mut q = queues().lock();
-    let Some(queue) = q.by_id.get_mut(&id) else {
-        return Status::NotFound;
-    };
-    while queue.items.len() >= MAX_QUEUE_ITEMS || queue.bytes + value.len() > limits.max_bytes {
-        let Some(old) = queue.items.pop_front() else {
-            break;
+            std::collections::hash_map::Entry::Vacant(v) => {
+                // A CAS token for a key that does not exist is ignored (Envoy: the write succeeds).
+                let bytes = bytes + key.len() + value.len();
+                if keys >= limits.max_keys || bytes > limits.max_bytes {
+                    return Status::BadArgument;
+                }
+                v.insert((value, 1));
+                (keys + 1, bytes)
+            }
         };
-        queue.bytes -= old.len();
-        QUEUE_DROPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        usage.insert(vm_id.to_owned(), (keys, bytes));
+        Status::Ok
     }
-    queue.bytes += value.len();
-    queue.items.push_back(value);
-    if let Some(owner) = &queue.owner {
-        let _ = owner.notify.send(id);
-    }
-    Status::Ok
 }
 
-/// Items dropped from full shared queues since start.
-pub static QUEUE_DROPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+impl SharedState {
+    /// Registers (or re-registers) `name` in `vm_id`; the caller becomes the owner.
+    pub(crate) fn register_queue(&self, vm_id: &str, name: &str, owner: QueueOwner) -> u32 {
+        let mut q = self.queues.lock();
+        if let Some((id, queue)) = q
+            .by_id
+            .iter_mut()
+            .find(|(_, v)| v.vm_id == vm_id && v.name == name)
+        {
+            queue.owner = Some(owner);
+            return *id;
+        }
+        q.next += 1;
+        let id = q.next;
+        q.by_id.insert(
+            id,
+            Queue {
+                vm_id: vm_id.to_owned(),
+                name: name.to_owned(),
+                items: VecDeque::new(),
+                bytes: 0,
+                owner: Some(owner),
+            },
+        );
+        id
+    }
+}
 
-/// Takes the oldest item of queue `id`.
-pub(crate) fn dequeue(id: u32) -> Result<Vec<u8>, Status> {
-    let mut q = queues().lock();
-    let queue = q.by_id.get_mut(&id).ok_or(Status::NotFound)?;
-    let item = queue.items.pop_front().ok_or(Status::Empty)?;
-    queue.bytes -= item.len();
-    Ok(item)
+impl SharedState {
+    /// Finds the queue `name` of `vm_id`.
+    pub(crate) fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
+        let q = self.queues.lock();
+        q.by_id
+            .iter()
+            .find(|(_, v)| v.vm_id == vm_id && v.name == name)
+            .map(|(id, _)| *id)
+    }
+}
+
+impl SharedState {
+    /// Appends to queue `id` and wakes its owner. An item over `limits.max_item` is refused with
+    /// `BadArgument`. A full queue (items, or `limits.max_bytes`) drops its oldest items (a status
+    /// other than OK would trap plugins built with the Rust SDK, which panics on it), and counts the
+    /// drops.
+    pub(crate) fn enqueue(&self, id: u32, value: Vec<u8>, limits: QueueLimits) -> Status {
+        if value.len() > limits.max_item || value.len() > limits.max_bytes {
+            return Status::BadArgument;
+        }
+        let mut q = self.queues.lock();
+        let Some(queue) = q.by_id.get_mut(&id) else {
+            return Status::NotFound;
+        };
+        while queue.items.len() >= MAX_QUEUE_ITEMS || queue.bytes + value.len() > limits.max_bytes {
+            let Some(old) = queue.items.pop_front() else {
+                break;
+            };
+            queue.bytes -= old.len();
+            self.queue_drops
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        queue.bytes += value.len();
+        queue.items.push_back(value);
+        if let Some(owner) = &queue.owner {
+            let _ = owner.notify.send(id);
+        }
+        Status::Ok
+    }
+}
+
+impl SharedState {
+    /// Takes the oldest item of queue `id`.
+    pub(crate) fn dequeue(&self, id: u32) -> Result<Vec<u8>, Status> {
+        let mut q = self.queues.lock();
+        let queue = q.by_id.get_mut(&id).ok_or(Status::NotFound)?;
+        let item = queue.items.pop_front().ok_or(Status::Empty)?;
+        queue.bytes -= item.len();
+        Ok(item)
+    }
 }
 
 /// One plugin-defined metric.
@@ -256,36 +288,35 @@ struct Metrics {
     by_key: HashMap<(String, String, u8), u32>,
 }
 
-fn metrics() -> &'static Mutex<Metrics> {
-    static M: OnceLock<Mutex<Metrics>> = OnceLock::new();
-    M.get_or_init(Mutex::default)
-}
-
-/// Defines (or finds) a metric; ids are process-wide and stable across plugin reloads.
-pub(crate) fn define_metric(plugin: &str, name: &str, kind: MetricType) -> u32 {
-    let mut m = metrics().lock();
-    let key = (plugin.to_owned(), name.to_owned(), kind as u8);
-    if let Some(id) = m.by_key.get(&key) {
-        return *id;
+impl SharedState {
+    /// Defines (or finds) a metric; ids are process-wide and stable across plugin reloads.
+    pub(crate) fn define_metric(&self, plugin: &str, name: &str, kind: MetricType) -> u32 {
+        let mut m = self.metrics.lock();
+        let key = (plugin.to_owned(), name.to_owned(), kind as u8);
+        if let Some(id) = m.by_key.get(&key) {
+            return *id;
+        }
+        let id = m.by_id.len() as u32 + 1;
+        m.by_id.push(Arc::new(Metric {
+            plugin: plugin.to_owned(),
+            name: name.to_owned(),
+            kind,
+            value: AtomicI64::new(0),
+            count: AtomicU64::new(0),
+            buckets: Default::default(),
+        }));
+        m.by_key.insert(key, id);
+        id
     }
-    let id = m.by_id.len() as u32 + 1;
-    m.by_id.push(Arc::new(Metric {
-        plugin: plugin.to_owned(),
-        name: name.to_owned(),
-        kind,
-        value: AtomicI64::new(0),
-        count: AtomicU64::new(0),
-        buckets: Default::default(),
-    }));
-    m.by_key.insert(key, id);
-    id
 }
 
-/// The metric `id` (takes the registry's lock: instances cache the handle, see
-/// `HostState::metric`).
-pub(crate) fn metric(id: u32) -> Option<Arc<Metric>> {
-    let m = metrics().lock();
-    m.by_id.get((id as usize).checked_sub(1)?).cloned()
+impl SharedState {
+    /// The metric `id` (takes the registry's lock: instances cache the handle, see
+    /// `HostState::metric`).
+    pub(crate) fn metric(&self, id: u32) -> Option<Arc<Metric>> {
+        let m = self.metrics.lock();
+        m.by_id.get((id as usize).checked_sub(1)?).cloned()
+    }
 }
 
 /// `proxy_increment_metric`.
@@ -338,9 +369,11 @@ pub(crate) fn get_metric(m: Option<&Metric>) -> Result<u64, Status> {
     }
 }
 
-/// Every plugin-defined metric, for `/metrics`.
-pub fn all_metrics() -> Vec<Arc<Metric>> {
-    metrics().lock().by_id.clone()
+impl SharedState {
+    /// Every plugin-defined metric, for `/metrics`.
+    pub fn all_metrics(&self) -> Vec<Arc<Metric>> {
+        self.metrics.lock().by_id.clone()
+    }
 }
 
 #[cfg(test)]
@@ -349,70 +382,78 @@ mod tests {
 
     #[test]
     fn cas_semantics() {
+        let st = SharedState::default();
         // As Envoy: a token for a key that does not exist yet is ignored.
         assert_eq!(
-            set("t-vm", "k", b"a".to_vec(), 7, DataLimits::NONE),
+            st.set("t-vm", "k", b"a".to_vec(), 7, DataLimits::NONE),
             Status::Ok
         );
-        let (v, cas) = get("t-vm", "k").unwrap();
+        let (v, cas) = st.get("t-vm", "k").unwrap();
         assert_eq!(v, b"a");
         assert_eq!(
-            set("t-vm", "k", b"b".to_vec(), cas + 1, DataLimits::NONE),
+            st.set("t-vm", "k", b"b".to_vec(), cas + 1, DataLimits::NONE),
             Status::CasMismatch
         );
         assert_eq!(
-            set("t-vm", "k", b"b".to_vec(), cas, DataLimits::NONE),
+            st.set("t-vm", "k", b"b".to_vec(), cas, DataLimits::NONE),
             Status::Ok
         );
-        assert_eq!(get("t-vm", "k").unwrap().0, b"b");
-        assert!(get("other-vm", "k").is_none(), "namespaced by VM id");
+        assert_eq!(st.get("t-vm", "k").unwrap().0, b"b");
+        assert!(st.get("other-vm", "k").is_none(), "namespaced by VM id");
     }
 
     #[test]
     fn shared_data_is_bounded_per_vm_in_keys_and_bytes() {
+        let st = SharedState::default();
         let l = DataLimits {
             max_keys: 2,
             max_bytes: 10,
         };
-        assert_eq!(set("b-vm", "a", b"12".to_vec(), 0, l), Status::Ok); // 3 bytes
-        assert_eq!(set("b-vm", "b", b"12".to_vec(), 0, l), Status::Ok); // 6 bytes
+        assert_eq!(st.set("b-vm", "a", b"12".to_vec(), 0, l), Status::Ok); // 3 bytes
+        assert_eq!(st.set("b-vm", "b", b"12".to_vec(), 0, l), Status::Ok); // 6 bytes
         assert_eq!(
-            set("b-vm", "c", Vec::new(), 0, l),
+            st.set("b-vm", "c", Vec::new(), 0, l),
             Status::BadArgument,
             "a third key"
         );
         assert_eq!(
-            set("b-vm", "a", b"1234567".to_vec(), 0, l),
+            st.set("b-vm", "a", b"1234567".to_vec(), 0, l),
             Status::BadArgument,
             "11 bytes"
         );
-        assert_eq!(set("b-vm", "a", b"123456".to_vec(), 0, l), Status::Ok); // 10 bytes
-        assert_eq!(get("b-vm", "a").unwrap().0, b"123456");
-        assert_eq!(set("b-vm2", "c", Vec::new(), 0, l), Status::Ok, "per vm_id");
+        assert_eq!(st.set("b-vm", "a", b"123456".to_vec(), 0, l), Status::Ok); // 10 bytes
+        assert_eq!(st.get("b-vm", "a").unwrap().0, b"123456");
+        assert_eq!(
+            st.set("b-vm2", "c", Vec::new(), 0, l),
+            Status::Ok,
+            "per vm_id"
+        );
     }
 
     #[test]
     fn shared_queues_are_bounded_in_item_size_and_bytes() {
+        let st = SharedState::default();
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let id = register_queue("qb-vm", "q", QueueOwner { notify: tx });
+        let id = st.register_queue("qb-vm", "q", QueueOwner { notify: tx });
         let l = QueueLimits {
             max_item: 4,
             max_bytes: 8,
         };
-        assert_eq!(enqueue(id, b"12345".to_vec(), l), Status::BadArgument);
+        assert_eq!(st.enqueue(id, b"12345".to_vec(), l), Status::BadArgument);
         for item in [b"aaaa", b"bbbb", b"cccc"] {
-            assert_eq!(enqueue(id, item.to_vec(), l), Status::Ok);
+            assert_eq!(st.enqueue(id, item.to_vec(), l), Status::Ok);
         }
         // 12 bytes do not fit in 8: the oldest item was dropped.
-        assert_eq!(dequeue(id).unwrap(), b"bbbb");
-        assert_eq!(dequeue(id).unwrap(), b"cccc");
-        assert_eq!(dequeue(id), Err(Status::Empty));
+        assert_eq!(st.dequeue(id).unwrap(), b"bbbb");
+        assert_eq!(st.dequeue(id).unwrap(), b"cccc");
+        assert_eq!(st.dequeue(id), Err(Status::Empty));
     }
 
     #[test]
     fn counters_refuse_negative_deltas_and_histograms_are_unreadable() {
-        let id = define_metric("p", "c", MetricType::Counter);
-        let c = metric(id);
+        let st = SharedState::default();
+        let id = st.define_metric("p", "c", MetricType::Counter);
+        let c = st.metric(id);
         let c = c.as_deref();
         assert_eq!(increment(c, 2), Status::Ok);
         assert_eq!(increment(c, -1), Status::BadArgument);
@@ -420,14 +461,32 @@ mod tests {
         // `proxy_record_metric` on a counter adds, as in Envoy.
         assert_eq!(record(c, 3), Status::Ok);
         assert_eq!(get_metric(c), Ok(5));
-        let h = metric(define_metric("p", "h", MetricType::Histogram));
+        let h = st.metric(st.define_metric("p", "h", MetricType::Histogram));
         assert_eq!(record(h.as_deref(), 5), Status::Ok);
         assert_eq!(get_metric(h.as_deref()), Err(Status::BadArgument));
-        assert_eq!(increment(metric(9_999_999).as_deref(), 1), Status::NotFound);
         assert_eq!(
-            define_metric("p", "c", MetricType::Counter),
+            increment(st.metric(9_999_999).as_deref(), 1),
+            Status::NotFound
+        );
+        assert_eq!(
+            st.define_metric("p", "c", MetricType::Counter),
             id,
             "same key, same id"
         );
+    }
+
+    #[test]
+    fn two_states_share_nothing() {
+        let (a, b) = (SharedState::default(), SharedState::default());
+        assert_eq!(
+            a.set("vm", "k", b"a".to_vec(), 0, DataLimits::NONE),
+            Status::Ok
+        );
+        assert!(b.get("vm", "k").is_none());
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        a.register_queue("vm", "q", QueueOwner { notify: tx });
+        assert!(b.resolve_queue("vm", "q").is_none());
+        a.define_metric("p", "c", MetricType::Counter);
+        assert!(b.all_metrics().is_empty());
     }
 }

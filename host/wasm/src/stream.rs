@@ -245,7 +245,7 @@ impl Stream {
 
     /// `proxy_on_request_headers`.
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Result<Action, Failure> {
-        let n = self.data().request_headers.0.len() as i32;
+        let n = self.data().request_headers.len() as i32;
         self.action(Phase::RequestHeaders, |s, ctx| {
             match &s.funcs.request_headers {
                 Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
@@ -265,7 +265,7 @@ impl Stream {
 
     /// `proxy_on_request_trailers`.
     pub fn on_request_trailers(&mut self) -> Result<Action, Failure> {
-        let n = self.data().request_trailers.0.len() as i32;
+        let n = self.data().request_trailers.len() as i32;
         self.action(Phase::RequestTrailers, |s, ctx| {
             match &s.funcs.request_trailers {
                 Some(f) => f.call(&mut s.store, (ctx, n)),
@@ -276,7 +276,7 @@ impl Stream {
 
     /// `proxy_on_response_headers`.
     pub fn on_response_headers(&mut self, end_of_stream: bool) -> Result<Action, Failure> {
-        let n = self.data().response_headers.0.len() as i32;
+        let n = self.data().response_headers.len() as i32;
         self.action(Phase::ResponseHeaders, |s, ctx| {
             match &s.funcs.response_headers {
                 Some(f) => f.call(&mut s.store, (ctx, n, end_of_stream as i32)),
@@ -296,7 +296,7 @@ impl Stream {
 
     /// `proxy_on_response_trailers`.
     pub fn on_response_trailers(&mut self) -> Result<Action, Failure> {
-        let n = self.data().response_trailers.0.len() as i32;
+        let n = self.data().response_trailers.len() as i32;
         self.action(Phase::ResponseTrailers, |s, ctx| {
             match &s.funcs.response_trailers {
                 Some(f) => f.call(&mut s.store, (ctx, n)),

@@ -41,12 +41,29 @@ impl Properties for Props {
 
 fn request(stream: &mut Stream, path: &str) {
     let h = &mut stream.data().request_headers;
-    h.add(":method", b"GET");
-    h.add(":path", path.as_bytes());
-    h.add(":authority", b"example.com");
+    h.add(":method", b"GET").unwrap();
+    h.add(":path", path.as_bytes()).unwrap();
+    h.add(":authority", b"example.com").unwrap();
 }
 
-fn header(list: &HeaderList, name: &str) -> Option<String> {
+/// Header lookup over a live map or a list (callouts, local replies).
+trait HeaderGet {
+    fn get(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl HeaderGet for HeaderList {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        HeaderList::get(self, name)
+    }
+}
+
+impl HeaderGet for Headers {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        Headers::get(self, name)
+    }
+}
+
+fn header(list: &impl HeaderGet, name: &str) -> Option<String> {
     list.get(name)
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
@@ -62,7 +79,7 @@ fn header_adder_adds_request_and_response_headers() {
         header(&s.data().request_headers, "x-plugin-seen").as_deref(),
         Some("v1")
     );
-    s.data().response_headers.add(":status", b"200");
+    s.data().response_headers.add(":status", b"200").unwrap();
     assert_eq!(s.on_response_headers(true).unwrap(), Action::Continue);
     assert_eq!(
         header(&s.data().response_headers, "x-plugin").as_deref(),
@@ -108,7 +125,7 @@ fn local_reply_is_an_effect_after_the_callback() {
     ));
     let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
     request(&mut s, "/");
-    s.data().request_headers.add("x-block", b"1");
+    s.data().request_headers.add("x-block", b"1").unwrap();
     assert_eq!(s.on_request_headers(true).unwrap(), Action::Pause);
     let reply = s.take_effects().local_response.unwrap();
     assert_eq!(reply.status, 403);
@@ -162,7 +179,7 @@ fn shared_data_metrics_and_wasi() {
         let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
         request(&mut s, "/x");
         s.on_request_headers(true).unwrap();
-        s.data().response_headers.add(":status", b"200");
+        s.data().response_headers.add(":status", b"200").unwrap();
         s.on_response_headers(true).unwrap();
         let h = s.data().response_headers.clone();
         assert_eq!(header(&h, "x-hits"), Some(expected.to_string()));
@@ -171,7 +188,7 @@ fn shared_data_metrics_and_wasi() {
         assert_eq!(header(&h, "x-random").map(|v| v.len()), Some(16));
         assert!(header(&h, "x-time").unwrap().parse::<u64>().unwrap() > 1_600_000_000_000_000_000);
     }
-    let metrics = shared::all_metrics();
+    let metrics = engine().shared().all_metrics();
     let counter = metrics
         .iter()
         .find(|m| m.plugin == "shared" && m.name == "hostcalls_requests")
@@ -262,7 +279,7 @@ fn bad_pointers_get_statuses_and_control_characters_never_reach_headers() {
     );
     assert!(h.get("x-inject").is_none());
     assert!(
-        h.0.iter()
+        h.iter()
             .all(|(_, v)| !v.contains(&b'\r') && !v.contains(&b'\n'))
     );
 }
@@ -451,12 +468,12 @@ fn ticks_fire_once_per_plugin_and_queues_wake_the_root() {
     assert_eq!(p.tick_period(), Some(Duration::from_millis(10)));
     assert!(p.tick());
     assert!(p.tick());
-    let (ticks, _) = shared::get("vm-ticker", "ticks").unwrap();
+    let (ticks, _) = engine().shared().get("vm-ticker", "ticks").unwrap();
     assert_eq!(ticks, b"2", "each tick ran once, not once per instance");
     let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
     request(&mut s, "/queued");
     s.on_request_headers(true).unwrap();
-    let id = shared::resolve_queue("vm-ticker", "q1").unwrap();
+    let id = engine().shared().resolve_queue("vm-ticker", "q1").unwrap();
     p.queue_ready(id);
     assert!(
         logs.lock()
@@ -491,14 +508,13 @@ fn add_appends_to_existing_values() {
     ));
     let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
     request(&mut s, "/");
-    s.data().request_headers.add("x-order", b"first");
+    s.data().request_headers.add("x-order", b"first").unwrap();
     s.on_request_headers(true).unwrap();
     let values: Vec<String> = s
         .data()
         .request_headers
-        .0
         .iter()
-        .filter(|(k, _)| k == "x-order")
+        .filter(|(k, _)| *k == "x-order")
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         .collect();
     assert_eq!(values, ["first", "second"]);
@@ -511,7 +527,7 @@ fn the_remaining_host_functions_answer_as_specified() {
     let p = load(sp);
     let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
     request(&mut s, "/misc");
-    s.data().request_headers.add("x-original", b"kept");
+    s.data().request_headers.add("x-original", b"kept").unwrap();
     s.on_request_headers(true).unwrap();
     let h = s.data().request_headers.clone();
     assert_eq!(
@@ -577,9 +593,12 @@ fn every_bound_answers_the_plugin_without_growing_host_memory() {
     for (i, want, what) in expected {
         assert_eq!(status(i), want, "call {i} ({what}): {h:?}");
     }
-    assert!(shared::get("bounds-abuse", "big").is_none());
-    assert!(shared::get("bounds-abuse", "huge").is_none());
-    assert_eq!(shared::get("bounds-abuse", "small").unwrap().0, b"v");
+    assert!(engine().shared().get("bounds-abuse", "big").is_none());
+    assert!(engine().shared().get("bounds-abuse", "huge").is_none());
+    assert_eq!(
+        engine().shared().get("bounds-abuse", "small").unwrap().0,
+        b"v"
+    );
     // Lines were cut to max_log_line_bytes (plus the marker), and the flood was rate limited:
     // the burst of 5 lines lets the stdout line, the log line and 3 flood lines through.
     let logs = capture.lock().clone();
@@ -639,7 +658,7 @@ fn probe_stream(p: &Arc<Plugin>) -> Stream {
     let mut s = Stream::new(p, Arc::new(NoProperties)).unwrap();
     request(&mut s, "/");
     assert_eq!(s.on_request_headers(true).unwrap(), Action::Continue);
-    s.data().response_headers.add(":status", b"200");
+    s.data().response_headers.add(":status", b"200").unwrap();
     assert_eq!(s.on_response_headers(true).unwrap(), Action::Continue);
     s
 }
@@ -717,4 +736,41 @@ fn module_cache_entries_are_trusted_only_when_private_to_this_user() {
     let (_, sha) = e.compile(&bytes).unwrap();
     assert_eq!(sha.len(), 64);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn two_runtimes_with_the_same_vm_id_share_nothing() {
+    let runtime = || {
+        WasmRuntime::new(EngineOptions {
+            cache_dir: None,
+            ..EngineOptions::default()
+        })
+        .unwrap()
+    };
+    let (a, b) = (runtime(), runtime());
+    let plugin = |rt: &WasmRuntime| {
+        let mut sp = spec("iso", fx::HOSTCALLS, r#"{"tick_ms": 10, "queue": "q-iso"}"#);
+        sp.vm_id = "vm-iso".into();
+        Plugin::load(rt, sp, Arc::new(NoCallouts)).unwrap()
+    };
+    let (pa, pb) = (plugin(&a), plugin(&b));
+    assert!(pa.tick());
+    assert!(pa.tick());
+    assert_eq!(a.shared().get("vm-iso", "ticks").unwrap().0, b"2");
+    assert!(
+        b.shared().get("vm-iso", "ticks").is_none(),
+        "the other runtime's shared data is untouched"
+    );
+    assert!(pb.tick());
+    assert_eq!(b.shared().get("vm-iso", "ticks").unwrap().0, b"1");
+    assert_eq!(a.shared().get("vm-iso", "ticks").unwrap().0, b"2");
+    // Each runtime has its own queue registry.
+    assert!(a.shared().resolve_queue("vm-iso", "q-iso").is_some());
+    assert_ne!(
+        a.shared().resolve_queue("vm-iso", "q-iso").map(|_| "a"),
+        runtime()
+            .shared()
+            .resolve_queue("vm-iso", "q-iso")
+            .map(|_| "a"),
+    );
 }

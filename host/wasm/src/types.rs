@@ -1,5 +1,22 @@
 //! The proxy-wasm ABI v0.2.1 enumerations, with the spec's numeric values.
 
+/// A raw ABI value that names no member of its enumeration (a map type 9, a log level 7, …):
+/// the host function returns `BadArgument`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} value {value}")]
+pub struct UnknownValue {
+    /// The enumeration (`MapType`, `BufferType`, …).
+    pub kind: &'static str,
+    /// The value the guest passed.
+    pub value: i32,
+}
+
+impl From<UnknownValue> for Status {
+    fn from(_: UnknownValue) -> Status {
+        Status::BadArgument
+    }
+}
+
 /// Status codes returned by host functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
@@ -82,9 +99,11 @@ pub enum BufferType {
     CallData,
 }
 
-impl BufferType {
-    pub(crate) fn from_raw(v: i32) -> Option<BufferType> {
-        Some(match v {
+impl TryFrom<i32> for BufferType {
+    type Error = UnknownValue;
+
+    fn try_from(v: i32) -> Result<BufferType, UnknownValue> {
+        Ok(match v {
             0 => BufferType::HttpRequestBody,
             1 => BufferType::HttpResponseBody,
             2 => BufferType::DownstreamData,
@@ -94,7 +113,12 @@ impl BufferType {
             6 => BufferType::VmConfiguration,
             7 => BufferType::PluginConfiguration,
             8 => BufferType::CallData,
-            _ => return None,
+            _ => {
+                return Err(UnknownValue {
+                    kind: "BufferType",
+                    value: v,
+                });
+            }
         })
     }
 }
@@ -120,9 +144,11 @@ pub enum MapType {
     HttpCallResponseTrailers,
 }
 
-impl MapType {
-    pub(crate) fn from_raw(v: i32) -> Option<MapType> {
-        Some(match v {
+impl TryFrom<i32> for MapType {
+    type Error = UnknownValue;
+
+    fn try_from(v: i32) -> Result<MapType, UnknownValue> {
+        Ok(match v {
             0 => MapType::HttpRequestHeaders,
             1 => MapType::HttpRequestTrailers,
             2 => MapType::HttpResponseHeaders,
@@ -131,7 +157,12 @@ impl MapType {
             5 => MapType::GrpcReceiveTrailingMetadata,
             6 => MapType::HttpCallResponseHeaders,
             7 => MapType::HttpCallResponseTrailers,
-            _ => return None,
+            _ => {
+                return Err(UnknownValue {
+                    kind: "MapType",
+                    value: v,
+                });
+            }
         })
     }
 }
@@ -149,14 +180,21 @@ pub enum StreamType {
     Upstream,
 }
 
-impl StreamType {
-    pub(crate) fn from_raw(v: i32) -> Option<StreamType> {
-        Some(match v {
+impl TryFrom<i32> for StreamType {
+    type Error = UnknownValue;
+
+    fn try_from(v: i32) -> Result<StreamType, UnknownValue> {
+        Ok(match v {
             0 => StreamType::HttpRequest,
             1 => StreamType::HttpResponse,
             2 => StreamType::Downstream,
             3 => StreamType::Upstream,
-            _ => return None,
+            _ => {
+                return Err(UnknownValue {
+                    kind: "StreamType",
+                    value: v,
+                });
+            }
         })
     }
 }
@@ -185,13 +223,20 @@ pub enum MetricType {
     Histogram,
 }
 
-impl MetricType {
-    pub(crate) fn from_raw(v: i32) -> Option<MetricType> {
-        Some(match v {
+impl TryFrom<i32> for MetricType {
+    type Error = UnknownValue;
+
+    fn try_from(v: i32) -> Result<MetricType, UnknownValue> {
+        Ok(match v {
             0 => MetricType::Counter,
             1 => MetricType::Gauge,
             2 => MetricType::Histogram,
-            _ => return None,
+            _ => {
+                return Err(UnknownValue {
+                    kind: "MetricType",
+                    value: v,
+                });
+            }
         })
     }
 }
@@ -211,4 +256,46 @@ pub enum LogLevel {
     Error = 4,
     /// 5.
     Critical = 5,
+}
+
+impl TryFrom<i32> for LogLevel {
+    type Error = UnknownValue;
+
+    fn try_from(v: i32) -> Result<LogLevel, UnknownValue> {
+        Ok(match v {
+            0 => LogLevel::Trace,
+            1 => LogLevel::Debug,
+            2 => LogLevel::Info,
+            3 => LogLevel::Warn,
+            4 => LogLevel::Error,
+            5 => LogLevel::Critical,
+            _ => {
+                return Err(UnknownValue {
+                    kind: "LogLevel",
+                    value: v,
+                });
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_values_decode_or_name_what_is_wrong() {
+        assert_eq!(MapType::try_from(2), Ok(MapType::HttpResponseHeaders));
+        assert_eq!(BufferType::try_from(8), Ok(BufferType::CallData));
+        assert_eq!(StreamType::try_from(3), Ok(StreamType::Upstream));
+        assert_eq!(MetricType::try_from(1), Ok(MetricType::Gauge));
+        assert_eq!(LogLevel::try_from(5), Ok(LogLevel::Critical));
+        let e = MapType::try_from(8).unwrap_err();
+        assert_eq!(e.to_string(), "unknown MapType value 8");
+        assert_eq!(Status::from(e), Status::BadArgument);
+        assert!(BufferType::try_from(-1).is_err());
+        assert!(LogLevel::try_from(6).is_err());
+        assert!(MetricType::try_from(3).is_err());
+        assert!(StreamType::try_from(4).is_err());
+    }
 }

@@ -4,10 +4,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use weft_wasm::{Action, Failure, HeaderList, LocalResponse, Properties, Stream};
+use weft_wasm::http::header::{HeaderName, HeaderValue};
+use weft_wasm::http::{HeaderMap, Method};
+use weft_wasm::{Action, Failure, Headers, LocalResponse, Properties, Stream};
 
 use crate::plugin::{AttributeMap, TestPlugin};
-use crate::{CannedResponse, find, to_pairs};
+use crate::{CannedResponse, find, list_pairs, to_pairs};
 
 /// What the plugin did with a request or response phase.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +68,7 @@ impl LocalReply {
     fn from_host(r: LocalResponse) -> LocalReply {
         LocalReply {
             status: r.status,
-            headers: to_pairs(&r.headers),
+            headers: list_pairs(&r.headers),
             body: r.body,
             details: r.details,
             grpc_status: r.grpc_status,
@@ -277,23 +279,38 @@ impl<'p> Exchange<'p> {
     /// Sends the request headers (and body, and trailers) through the plugin, answering any
     /// callouts it makes from the scripts. Returns what the plugin decided.
     pub fn send_request(&mut self) -> Outcome {
-        let mut headers = HeaderList::default();
-        headers.add(":method", self.method.as_bytes());
-        headers.add(":scheme", self.scheme.as_bytes());
-        headers.add(":authority", self.authority.as_bytes());
-        headers.add(":path", self.path.as_bytes());
-        for (k, v) in &self.headers {
-            headers.add(k, v.as_bytes());
+        // The same live map the proxy moves in: an `http::HeaderMap` with the pseudo-headers
+        // of the request line (`host` folded into `:authority`).
+        let mut map = HeaderMap::new();
+        let pairs = self.headers.iter().map(|(k, v)| (k, v.as_bytes()));
+        for (k, v) in pairs.chain(self.raw_headers.iter().map(|(k, v)| (k, v.as_slice()))) {
+            match (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_bytes(v),
+            ) {
+                (Ok(n), Ok(v)) => {
+                    map.append(n, v);
+                }
+                _ => {
+                    return Outcome::Failed(format!(
+                        "request header `{k}` is not valid on the wire (a proxy would refuse it)"
+                    ));
+                }
+            }
         }
-        for (k, v) in &self.raw_headers {
-            headers.add(k, v);
-        }
+        let method = match Method::from_bytes(self.method.as_bytes()) {
+            Ok(m) => m,
+            Err(_) => return Outcome::Failed(format!("invalid method `{}`", self.method)),
+        };
+        let headers = Headers::request(&method, &self.scheme, &self.authority, &self.path, map);
         let has_body = !self.body.is_empty();
         let has_trailers = !self.trailers.is_empty();
         let body = self.body.clone();
-        let mut trailers = HeaderList::default();
+        let mut trailers = Headers::default();
         for (k, v) in &self.trailers {
-            trailers.add(k, v.as_bytes());
+            if trailers.add(k, v.as_bytes()).is_err() {
+                return Outcome::Failed(format!("request trailer `{k}` is not valid on the wire"));
+            }
         }
         let result = (|| -> Result<Outcome, Failure> {
             let stream = self.stream()?;
@@ -330,7 +347,10 @@ impl<'p> Exchange<'p> {
             u64::from(response.status).to_le_bytes().to_vec(),
         );
         let has_body = !response.body.is_empty();
-        let headers = response.header_list();
+        let headers = match response.headers() {
+            Ok(h) => h,
+            Err(e) => return Outcome::Failed(e),
+        };
         let body = response.body;
         let result = (|| -> Result<Outcome, Failure> {
             let stream = self.stream()?;

@@ -136,6 +136,7 @@ impl CannedResponse {
             .body(value.to_string())
     }
 
+    /// As a callout's response (callout maps are lists: they are the plugin's to read only).
     pub(crate) fn header_list(&self) -> weft_wasm::HeaderList {
         let mut list = weft_wasm::HeaderList::default();
         list.add(":status", self.status.to_string().as_bytes());
@@ -144,10 +145,36 @@ impl CannedResponse {
         }
         list
     }
+
+    /// The response's live map as the proxy moves it in: `:status`, then an `http::HeaderMap`.
+    pub(crate) fn headers(&self) -> Result<weft_wasm::Headers, String> {
+        let status = weft_wasm::http::StatusCode::from_u16(self.status)
+            .map_err(|_| format!("invalid response status {}", self.status))?;
+        let mut map = weft_wasm::http::HeaderMap::new();
+        for (k, v) in &self.headers {
+            let n = weft_wasm::http::header::HeaderName::from_bytes(k.as_bytes());
+            let v = weft_wasm::http::header::HeaderValue::from_str(v);
+            match (n, v) {
+                (Ok(n), Ok(v)) => {
+                    map.append(n, v);
+                }
+                _ => return Err(format!("response header `{k}` is not valid on the wire")),
+            }
+        }
+        Ok(weft_wasm::Headers::response(status, map))
+    }
 }
 
 /// Headers as strings (lossy UTF-8).
-pub(crate) fn to_pairs(list: &weft_wasm::HeaderList) -> Vec<(String, String)> {
+pub(crate) fn to_pairs(headers: &weft_wasm::Headers) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned()))
+        .collect()
+}
+
+/// A list's pairs as strings (lossy UTF-8).
+pub(crate) fn list_pairs(list: &weft_wasm::HeaderList) -> Vec<(String, String)> {
     list.0
         .iter()
         .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))

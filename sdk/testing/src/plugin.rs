@@ -16,9 +16,10 @@ use weft_wasm::{
     Plugin, PluginSpec, Properties, WasmEngine,
 };
 
-use crate::{CannedResponse, ManualClock, find, to_pairs};
+use crate::{CannedResponse, ManualClock, find, list_pairs};
 
-/// One engine per test process (it owns the epoch ticker and the pooling reservation).
+/// One runtime per test process (it owns the epoch ticker and the pooling reservation; plugins
+/// under test share its data, queues and metrics, which are keyed by plugin name and vm_id).
 fn engine() -> Result<WasmEngine, LoadError> {
     static ENGINE: OnceLock<Result<WasmEngine, LoadError>> = OnceLock::new();
     ENGINE
@@ -92,7 +93,7 @@ impl ScriptedCallouts {
     pub(crate) fn answer(&self, call: &HttpCallRequest) -> Option<HttpCallResponse> {
         self.calls.lock().push(RecordedCallout {
             cluster: call.cluster.clone(),
-            headers: to_pairs(&call.headers),
+            headers: list_pairs(&call.headers),
             body: call.body.clone(),
             timeout: call.timeout,
         });
@@ -444,7 +445,10 @@ impl TestPlugin {
     }
 
     fn metric(&self, name: &str) -> Option<Arc<weft_wasm::shared::Metric>> {
-        weft_wasm::shared::all_metrics()
+        engine()
+            .ok()?
+            .shared()
+            .all_metrics()
             .into_iter()
             .find(|m| m.plugin == self.name && m.name == name)
     }
@@ -472,7 +476,10 @@ impl TestPlugin {
 
     /// The names of the metrics the plugin defined, sorted.
     pub fn metric_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = weft_wasm::shared::all_metrics()
+        let all = engine()
+            .map(|e| e.shared().all_metrics())
+            .unwrap_or_default();
+        let mut names: Vec<String> = all
             .into_iter()
             .filter(|m| m.plugin == self.name)
             .map(|m| m.name.clone())

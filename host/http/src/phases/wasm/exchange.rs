@@ -13,7 +13,7 @@ use http::{StatusCode, request, response};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use parking_lot::{Mutex, MutexGuard};
-use weft_wasm::{Action, Failure, FailurePolicy, HeaderList, LocalResponse, Properties, Stream};
+use weft_wasm::{Action, Failure, FailurePolicy, Headers, LocalResponse, Properties, Stream};
 
 use weft_body::{BodyFilter, BoxError, ProxyBody};
 use weft_extensions::{PluginHandle, PluginVersion};
@@ -38,6 +38,8 @@ pub struct RequestProperties {
     size: Option<u64>,
     dynamic: Mutex<Vec<(&'static str, Vec<u8>)>>,
     security: Option<Arc<crate::security::ConnSecurity>>,
+    /// A gRPC request (a plugin's local reply becomes a gRPC reply).
+    grpc: bool,
 }
 
 impl RequestProperties {
@@ -73,6 +75,7 @@ impl RequestProperties {
                 .and_then(|v| v.to_str().ok()?.parse().ok()),
             dynamic: Mutex::new(Vec::new()),
             security: None,
+            grpc: is_grpc(head),
         }
     }
 
@@ -80,6 +83,11 @@ impl RequestProperties {
     pub fn with_security(mut self, security: Option<Arc<crate::security::ConnSecurity>>) -> Self {
         self.security = security;
         self
+    }
+
+    /// True when the request came over TLS (plugins see `:scheme: https`).
+    pub fn is_tls(&self) -> bool {
+        self.security.as_ref().is_some_and(|c| c.tls)
     }
 
     /// Records the body bytes received and sent, for `on_log` (`request.size`,
@@ -113,11 +121,7 @@ impl Properties for RequestProperties {
             ["request", "path"] => s(self.uri.path_and_query().map_or("/", |p| p.as_str())),
             ["request", "url_path"] => s(self.uri.path()),
             ["request", "host"] => s(&self.authority),
-            ["request", "scheme"] => s(if self.security.as_ref().is_some_and(|c| c.tls) {
-                "https"
-            } else {
-                "http"
-            }),
+            ["request", "scheme"] => s(if self.is_tls() { "https" } else { "http" }),
             ["request", "method"] => s(self.method.as_str()),
             ["request", "query"] => s(self.uri.query().unwrap_or("")),
             ["request", "protocol"] => s(if self.h2 { "HTTP/2" } else { "HTTP/1.1" }),
@@ -198,7 +202,12 @@ pub struct WasmExchange {
     hold_limit: Option<std::time::Duration>,
 }
 
-fn reply_from(local: LocalResponse) -> LocalReply {
+/// A plugin's local reply as the client gets it. On a gRPC request (`content-type:
+/// application/grpc…`) it is, as Envoy sends it, a trailers-only gRPC response: HTTP 200,
+/// `content-type: application/grpc`, `grpc-status` (the plugin's, or mapped from the HTTP
+/// status when it gave none) and the body as `grpc-message`. Elsewhere the gRPC status is
+/// ignored, as in Envoy.
+fn reply_from(local: LocalResponse, grpc: bool) -> LocalReply {
     let mut headers = HeaderMap::new();
     for (k, v) in &local.headers.0 {
         if let (Ok(n), Ok(v)) = (
@@ -208,6 +217,37 @@ fn reply_from(local: LocalResponse) -> LocalReply {
             headers.append(n, v);
         }
     }
+    let details = if local.details.is_empty() {
+        "wasm_local_reply".to_owned()
+    } else {
+        local.details
+    };
+    if grpc {
+        let code = local
+            .grpc_status
+            .and_then(|g| u32::try_from(g).ok())
+            .unwrap_or_else(|| http_to_grpc_status(local.status));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(
+            HeaderName::from_static("grpc-status"),
+            HeaderValue::from(code),
+        );
+        if !local.body.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&grpc_message(&local.body))
+        {
+            headers.insert(HeaderName::from_static("grpc-message"), v);
+        }
+        return LocalReply {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::new(),
+            details,
+            flag: None,
+        };
+    }
     // As Envoy: a body without a declared type is text.
     if !local.body.is_empty() && !headers.contains_key(header::CONTENT_TYPE) {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -216,13 +256,42 @@ fn reply_from(local: LocalResponse) -> LocalReply {
         status: StatusCode::from_u16(local.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         headers,
         body: Bytes::from(local.body),
-        details: if local.details.is_empty() {
-            "wasm_local_reply".to_owned()
-        } else {
-            local.details
-        },
+        details,
         flag: None,
     }
+}
+
+/// Envoy's `Grpc::Utility::httpToGrpcStatus`.
+fn http_to_grpc_status(status: u16) -> u32 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
+
+/// A `grpc-message` value: the gRPC spec's percent-encoding (bytes outside printable ASCII,
+/// and `%`).
+fn grpc_message(body: &[u8]) -> String {
+    let mut out = String::with_capacity(body.len());
+    for &b in body {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// True for a gRPC request (Envoy's `Grpc::Common::isGrpcRequestHeaders`).
+fn is_grpc(head: &request::Parts) -> bool {
+    head.headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 fn failure_reply(label: &str, failure: &Failure) -> LocalReply {
@@ -248,39 +317,35 @@ async fn gated(stream: &Arc<Mutex<Stream>>) {
     }
 }
 
-/// Request headers as plugins see them: pseudo-headers first, `host` folded into `:authority`.
-fn request_list(head: &request::Parts, authority: &str) -> HeaderList {
-    let mut list = HeaderList::default();
-    list.add(":method", head.method.as_str().as_bytes());
-    list.add(":scheme", b"http");
-    list.add(":authority", authority.as_bytes());
-    list.add(
-        ":path",
-        head.uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .as_bytes(),
-    );
-    for (k, v) in &head.headers {
-        if k != header::HOST {
-            list.add(k.as_str(), v.as_bytes());
-        }
-    }
-    list
+/// Request headers as plugins see them: the request's own header map, moved (not copied), with
+/// the pseudo-headers of the request line first and `host` folded into `:authority`.
+fn request_map(head: &mut request::Parts, authority: &str, scheme: &'static str) -> Headers {
+    let map = std::mem::take(&mut head.headers);
+    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    Headers::request(&head.method, scheme, authority, path, map)
 }
 
-/// Writes plugin-edited request headers back.
-fn apply_request_list(head: &mut request::Parts, list: &HeaderList) {
-    let mut headers = HeaderMap::with_capacity(list.0.len());
-    for (k, v) in &list.0 {
-        match k.as_str() {
-            ":method" => {
-                if let Ok(m) = http::Method::from_bytes(v) {
+/// Moves the (possibly plugin-edited) request headers back into the request; the request line
+/// follows the pseudo-headers only when a plugin wrote to the map.
+fn restore_request(
+    head: &mut request::Parts,
+    headers: &mut Headers,
+    modified: bool,
+    had_host: bool,
+) {
+    let (pseudo, mut map) = headers.take_parts();
+    for (k, v) in pseudo {
+        match k.as_ref() {
+            ":authority" if modified || had_host => {
+                map.insert(header::HOST, v);
+            }
+            ":method" if modified => {
+                if let Ok(m) = http::Method::from_bytes(v.as_bytes()) {
                     head.method = m;
                 }
             }
-            ":path" => {
-                if let Ok(pq) = http::uri::PathAndQuery::try_from(v.as_slice()) {
+            ":path" if modified => {
+                if let Ok(pq) = http::uri::PathAndQuery::try_from(v.as_bytes()) {
                     let mut parts = head.uri.clone().into_parts();
                     parts.path_and_query = Some(pq);
                     if let Ok(u) = http::Uri::from_parts(parts) {
@@ -288,76 +353,28 @@ fn apply_request_list(head: &mut request::Parts, list: &HeaderList) {
                     }
                 }
             }
-            ":authority" => {
-                if let Ok(v) = HeaderValue::from_bytes(v) {
-                    headers.insert(header::HOST, v);
-                }
-            }
-            k if k.starts_with(':') => {}
-            k => {
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(k.as_bytes()),
-                    HeaderValue::from_bytes(v),
-                ) {
-                    headers.append(n, v);
-                }
-            }
+            _ => {}
         }
     }
-    head.headers = headers;
+    head.headers = map;
 }
 
-fn response_list(head: &response::Parts) -> HeaderList {
-    let mut list = HeaderList::default();
-    list.add(":status", head.status.as_str().as_bytes());
-    for (k, v) in &head.headers {
-        list.add(k.as_str(), v.as_bytes());
-    }
-    list
+/// Response headers as plugins see them: the response's own map, moved, after `:status`.
+fn response_map(head: &mut response::Parts) -> Headers {
+    Headers::response(head.status, std::mem::take(&mut head.headers))
 }
 
-fn apply_response_list(head: &mut response::Parts, list: &HeaderList) {
-    let mut headers = HeaderMap::with_capacity(list.0.len());
-    for (k, v) in &list.0 {
-        if k == ":status" {
-            if let Some(s) = std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.parse::<u16>().ok())
-                && let Ok(status) = StatusCode::from_u16(s)
-            {
-                head.status = status;
-            }
-        } else if !k.starts_with(':')
-            && let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_bytes(v),
-            )
-        {
-            headers.append(n, v);
-        }
+/// Moves the response headers back; `:status` is applied when a plugin wrote to the map.
+fn restore_response(head: &mut response::Parts, headers: &mut Headers, modified: bool) {
+    let (pseudo, map) = headers.take_parts();
+    if modified
+        && let Some((_, v)) = pseudo.iter().find(|(k, _)| k == ":status")
+        && let Some(s) = v.to_str().ok().and_then(|s| s.parse::<u16>().ok())
+        && let Ok(status) = StatusCode::from_u16(s)
+    {
+        head.status = status;
     }
-    head.headers = headers;
-}
-
-fn map_to_list(map: &HeaderMap) -> HeaderList {
-    let mut list = HeaderList::default();
-    for (k, v) in map {
-        list.add(k.as_str(), v.as_bytes());
-    }
-    list
-}
-
-fn list_to_map(list: &HeaderList) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (k, v) in &list.0 {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_bytes(v),
-        ) {
-            map.append(n, v);
-        }
-    }
-    map
+    head.headers = map;
 }
 
 impl WasmExchange {
@@ -436,7 +453,8 @@ impl WasmExchange {
         body: &mut ProxyBody,
         max_body: usize,
     ) -> Outcome {
-        let mut list = request_list(head, authority);
+        let had_host = head.headers.contains_key(header::HOST);
+        let mut headers = request_map(head, authority, self.scheme());
         let mut modified = false;
         let mut buffered: Option<Bytes> = None;
         for i in 0..self.stages.len() {
@@ -445,24 +463,27 @@ impl WasmExchange {
             }
             let end_of_stream = buffered.is_none() && http_body::Body::is_end_stream(body);
             gated(&self.stages[i].stream).await;
+            // The live map is moved into the plugin's stream for the callback and back out.
             let action = {
                 let mut s = lock(&self.stages[i].stream);
-                s.data().request_headers = std::mem::take(&mut list);
+                s.data().request_headers = std::mem::take(&mut headers);
                 let r = s.on_request_headers(end_of_stream);
-                list = std::mem::take(&mut s.data().request_headers);
+                if !matches!(r, Ok(Action::Pause)) {
+                    headers = std::mem::take(&mut s.data().request_headers);
+                }
                 r
             };
             let action = match action {
                 Ok(a) => a,
                 Err(f) => match self.failed(i, &f) {
                     Ok(()) => continue,
-                    Err(r) => return Outcome::Reply(r),
+                    Err(r) => {
+                        restore_request(head, &mut headers, modified, had_host);
+                        return Outcome::Reply(r);
+                    }
                 },
             };
             let paused = action == Action::Pause;
-            if paused {
-                lock(&self.stages[i].stream).data().request_headers = list.clone();
-            }
             let mut settled = self.settle(i, action).await;
             if matches!(settled, Settled::Stalled) {
                 // Paused with nothing pending (Envoy's StopIteration). A body the plugin may be
@@ -471,28 +492,35 @@ impl WasmExchange {
                 // resumes it from a root callback (`on_tick`, …), bounded by the route timeout.
                 // A request without a body gets no body callback and no `Content-Length: 0`.
                 if buffered.is_none() && !http_body::Body::is_end_stream(body) {
-                    let whole = match buffer_body(body, max_body).await {
-                        Ok(b) => b,
-                        Err(reply) => return Outcome::Reply(reply),
-                    };
-                    let out = match self.request_body_whole(whole, i) {
-                        Ok(b) => b,
-                        Err(r) => return Outcome::Reply(r),
-                    };
-                    buffered = Some(out);
+                    // The plugins before this one see the headers in their body callback too.
+                    let seen = lock(&self.stages[i].stream).data().request_headers.clone();
+                    for stage in &self.stages[..i] {
+                        lock(&stage.stream).data().request_headers = seen.clone();
+                    }
+                    drop(seen);
+                    let whole = buffer_body(body, max_body).await;
+                    let out = whole.and_then(|w| self.request_body_whole(w, i));
+                    match out {
+                        Ok(b) => buffered = Some(b),
+                        Err(reply) => {
+                            let mut s = lock(&self.stages[i].stream);
+                            headers = std::mem::take(&mut s.data().request_headers);
+                            drop(s);
+                            restore_request(head, &mut headers, modified, had_host);
+                            return Outcome::Reply(reply);
+                        }
+                    }
                 }
                 settled = self.hold(i).await;
             }
             {
                 let mut s = lock(&self.stages[i].stream);
                 // Callbacks after a pause (callout responses, a body callback, a root callback
-                // that resumed it) may have edited the headers.
-                if paused && !self.stages[i].skipped {
-                    list = s.data().request_headers.clone();
+                // that resumed it) may have edited the headers: they stayed in the stream.
+                if paused {
+                    headers = std::mem::take(&mut s.data().request_headers);
                 }
                 modified |= std::mem::take(&mut s.data().headers_modified);
-                // Keep a copy for `on_log`, which may read the request headers.
-                s.data().request_headers = list.clone();
             }
             if let Settled::Reply(r) = settled {
                 // As Envoy's encoder chain: the reply passes back through this plugin and
@@ -501,12 +529,15 @@ impl WasmExchange {
                     later.skipped = true;
                 }
                 self.local_reply = true;
+                self.share_request(&headers);
+                restore_request(head, &mut headers, modified, had_host);
                 return Outcome::Reply(r);
             }
         }
-        if modified {
-            apply_request_list(head, &list);
-        }
+        // Every plugin keeps the final request headers for `on_log`: one shared snapshot (a
+        // reference each), not a copy per plugin.
+        self.share_request(&headers);
+        restore_request(head, &mut headers, modified, had_host);
         if let Some(b) = buffered {
             // Every plugin has seen the whole body, with `end_of_stream`: once.
             self.body_delivered = true;
@@ -518,6 +549,33 @@ impl WasmExchange {
         Outcome::Continue
     }
 
+    /// Gives every plugin of the chain a reference to the final request headers (for the
+    /// response phase and `on_log`, where they are read-only).
+    fn share_request(&self, headers: &Headers) {
+        if headers.is_empty() {
+            return;
+        }
+        for stage in &self.stages {
+            lock(&stage.stream).data().request_headers = headers.clone();
+        }
+    }
+
+    /// The response counterpart of [`share_request`](Self::share_request).
+    fn share_response(&self, headers: &Headers) {
+        for stage in &self.stages {
+            lock(&stage.stream).data().response_headers = headers.clone();
+        }
+    }
+
+    /// `:scheme` as plugins see it: `https` on a TLS listener.
+    fn scheme(&self) -> &'static str {
+        if self.properties.is_tls() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// After a pausing callback: runs callouts and their responses until the plugin resumes,
     /// replies, or has nothing left to wait for.
     async fn settle(&mut self, i: usize, mut action: Action) -> Settled {
@@ -527,7 +585,7 @@ impl WasmExchange {
                 (s.take_effects(), s.take_calls())
             };
             if let Some(local) = effects.local_response {
-                return Settled::Reply(reply_from(local));
+                return Settled::Reply(reply_from(local, self.properties.grpc));
             }
             if effects.close {
                 return Settled::Reply(LocalReply {
@@ -595,7 +653,7 @@ impl WasmExchange {
                 }
             };
             if let Some(local) = local {
-                return Err(reply_from(local));
+                return Err(reply_from(local, self.properties.grpc));
             }
         }
         Ok(Bytes::from(data))
@@ -663,7 +721,7 @@ impl WasmExchange {
 
     /// A body filter that streams request body frames through the chain.
     pub fn request_body_pipeline(&self) -> Pipeline {
-        Pipeline::new(&self.stages, Direction::Request)
+        Pipeline::new(&self.stages, Direction::Request, self.properties.grpc)
     }
 
     /// A reply the chain made (a plugin's local reply, or a failure under `fail_closed`), as
@@ -825,7 +883,7 @@ impl WasmExchange {
             "response.code",
             u64::from(head.status.as_u16()).to_le_bytes().to_vec(),
         );
-        let mut list = response_list(head);
+        let mut headers = response_map(head);
         let mut modified = false;
         let end_of_stream = http_body::Body::is_end_stream(&body);
         let mut whole_body: Option<Bytes> = None;
@@ -837,48 +895,61 @@ impl WasmExchange {
             gated(&self.stages[i].stream).await;
             let action = {
                 let mut s = lock(&self.stages[i].stream);
-                s.data().response_headers = std::mem::take(&mut list);
+                s.data().response_headers = std::mem::take(&mut headers);
                 let r = s.on_response_headers(end_of_stream);
-                list = std::mem::take(&mut s.data().response_headers);
+                if !matches!(r, Ok(Action::Pause)) {
+                    headers = std::mem::take(&mut s.data().response_headers);
+                }
                 r
             };
             let action = match action {
                 Ok(a) => a,
                 Err(f) => {
-                    self.failed(i, &f)?;
+                    if let Err(r) = self.failed(i, &f) {
+                        restore_response(head, &mut headers, modified);
+                        return Err(r);
+                    }
                     continue;
                 }
             };
             let paused = action == Action::Pause;
-            if paused {
-                lock(&self.stages[i].stream).data().response_headers = list.clone();
-            }
             let settled = self.settle(i, action).await;
             {
                 let mut s = lock(&self.stages[i].stream);
-                if paused && !self.stages[i].skipped {
-                    list = s.data().response_headers.clone();
+                if paused {
+                    headers = std::mem::take(&mut s.data().response_headers);
                 }
                 modified |= std::mem::take(&mut s.data().headers_modified);
-                s.data().response_headers = list.clone();
             }
             match settled {
-                Settled::Reply(r) => return Err(r),
+                Settled::Reply(r) => {
+                    self.share_response(&headers);
+                    restore_response(head, &mut headers, modified);
+                    return Err(r);
+                }
                 Settled::Continue => {}
                 Settled::Stalled if whole_body.is_none() => {
+                    // Later plugins (and this one's body callback) still see the headers.
+                    self.share_response(&headers);
                     let whole = buffer_body(&mut body, max_body).await.map_err(|mut r| {
                         r.status = StatusCode::INTERNAL_SERVER_ERROR;
                         r
-                    })?;
-                    whole_body = Some(whole);
+                    });
+                    match whole {
+                        Ok(w) => whole_body = Some(w),
+                        Err(r) => {
+                            restore_response(head, &mut headers, modified);
+                            return Err(r);
+                        }
+                    }
                 }
                 Settled::Stalled => {}
             }
         }
-        if modified {
-            apply_response_list(head, &list);
-        }
-        let mut pipeline = Pipeline::new(&self.stages, Direction::Response);
+        // Every plugin keeps the final response headers (body callbacks, `on_log`): shared.
+        self.share_response(&headers);
+        restore_response(head, &mut headers, modified);
+        let mut pipeline = Pipeline::new(&self.stages, Direction::Response, self.properties.grpc);
         if let Some(whole) = whole_body {
             let out = pipeline.push(whole, true).map_err(|e| e.reply())?;
             head.headers
@@ -1075,6 +1146,8 @@ pub struct Pipeline {
     ended: bool,
     /// Set once a plugin held more than its `max_body_bytes`: every later push fails the same.
     overflowed: Option<LocalReply>,
+    /// The request is gRPC (a local reply is a gRPC one).
+    grpc: bool,
 }
 
 /// A plugin failed or replied in the middle of a body.
@@ -1114,7 +1187,7 @@ impl std::fmt::Display for PipelineError {
 impl std::error::Error for PipelineError {}
 
 impl Pipeline {
-    fn new(stages: &[Stage], direction: Direction) -> Pipeline {
+    fn new(stages: &[Stage], direction: Direction, grpc: bool) -> Pipeline {
         let mut v: Vec<PipeStage> = stages
             .iter()
             .filter(|s| !s.skipped)
@@ -1135,6 +1208,7 @@ impl Pipeline {
             direction,
             ended: false,
             overflowed: None,
+            grpc,
         }
     }
 
@@ -1187,7 +1261,7 @@ impl Pipeline {
                 (r.0, r.1, s.take_effects())
             };
             if let Some(local) = effects.local_response {
-                return Err(PipelineError(reply_from(local)));
+                return Err(PipelineError(reply_from(local, self.grpc)));
             }
             match result {
                 Ok(Action::Pause)
@@ -1224,7 +1298,7 @@ impl Pipeline {
         } else {
             self.push(Bytes::new(), true)?
         };
-        let mut list = map_to_list(&trailers);
+        let mut list = Headers::from_map(trailers);
         for stage in &mut self.stages {
             if stage.disabled {
                 continue;
@@ -1234,13 +1308,13 @@ impl Pipeline {
                 Direction::Request => {
                     s.data().request_trailers = std::mem::take(&mut list);
                     let r = s.on_request_trailers();
-                    list = s.data().request_trailers.clone();
+                    list = std::mem::take(&mut s.data().request_trailers);
                     r
                 }
                 Direction::Response => {
                     s.data().response_trailers = std::mem::take(&mut list);
                     let r = s.on_response_trailers();
-                    list = s.data().response_trailers.clone();
+                    list = std::mem::take(&mut s.data().response_trailers);
                     r
                 }
             };
@@ -1250,7 +1324,15 @@ impl Pipeline {
                 return Err(PipelineError(failure_reply(&stage.label, &f)));
             }
         }
-        Ok((out, list_to_map(&list)))
+        // Every plugin keeps the trailers for `on_log` (shared, read-only).
+        for stage in &self.stages {
+            let mut s = lock(&stage.stream);
+            match self.direction {
+                Direction::Request => s.data().request_trailers = list.clone(),
+                Direction::Response => s.data().response_trailers = list.clone(),
+            }
+        }
+        Ok((out, list.take_parts().1))
     }
 }
 

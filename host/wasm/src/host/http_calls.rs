@@ -1,0 +1,89 @@
+//! HTTP callouts and the status of the last one.
+
+use super::*;
+
+/// `proxy_http_call`.
+pub(super) fn proxy_http_call(
+    linker: &mut Linker<HostState>,
+    module: &'static str,
+    name: &'static str,
+) -> Result<()> {
+    linker.func_wrap(
+        module,
+        name,
+        |mut caller: Caller<'_, HostState>,
+         up: i32,
+         ul: i32,
+         hp: i32,
+         hl: i32,
+         bp: i32,
+         bl: i32,
+         tp: i32,
+         tl: i32,
+         timeout_ms: i32,
+         token_out: i32| {
+            let cluster = tri!(read_str(&caller, up, ul));
+            let headers = tri!(
+                HeaderList::deserialize(&tri!(read(&caller, hp, hl))).ok_or(Status::BadArgument)
+            );
+            let body = tri!(read(&caller, bp, bl));
+            let trailers = tri!(
+                HeaderList::deserialize(&tri!(read(&caller, tp, tl))).ok_or(Status::BadArgument)
+            );
+            // Envoy requires these three and a known cluster.
+            if [":method", ":path", ":authority"]
+                .iter()
+                .any(|h| headers.get(h).is_none())
+                || headers
+                    .0
+                    .iter()
+                    .any(|(k, v)| !valid_header_name(k) || !valid_header_value(v))
+                || !caller.data().plugin.embedder.has_cluster(&cluster)
+            {
+                return status(Status::BadArgument);
+            }
+            let state = caller.data_mut();
+            state.next_token = state.next_token.wrapping_add(1).max(1);
+            let token = state.next_token;
+            let context_id = state.context_id;
+            state.calls.push(HttpCallRequest {
+                token,
+                context_id,
+                cluster,
+                headers,
+                body,
+                trailers,
+                timeout: Duration::from_millis(timeout_ms.max(0) as u64),
+            });
+            let mem = tri!(memory(&caller));
+            tri!(
+                mem.write_u32(&mut caller, token_out, token)
+                    .map_err(Status::from)
+            );
+            status(Status::Ok)
+        },
+    )?;
+    Ok(())
+}
+
+/// `proxy_get_status`.
+pub(super) fn proxy_get_status(
+    linker: &mut Linker<HostState>,
+    module: &'static str,
+    name: &'static str,
+) -> Result<()> {
+    linker.func_wrap(
+        module,
+        name,
+        |mut caller: Caller<'_, HostState>, code_out: i32, ptr_out: i32, len_out: i32| {
+            let (code, msg) = caller.data().last_status.clone();
+            let mem = tri!(memory(&caller));
+            tri!(
+                mem.write_u32(&mut caller, code_out, code)
+                    .map_err(Status::from)
+            );
+            return_bytes(&mut caller, &msg, ptr_out, len_out)
+        },
+    )?;
+    Ok(())
+}
