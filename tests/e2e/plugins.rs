@@ -681,3 +681,47 @@ clusters:
         2.0
     );
 }
+
+/// A plugin whose callback burns CPU (2 ms, `cpu_burner`) is recognised as slow after its first
+/// slow callback; its later callbacks run off the async worker (`block_in_place`), counted by
+/// `weft_plugin_offloaded_calls_total`, and requests keep their plugin's effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_plugin_runs_off_the_async_worker() {
+    let up = echo("up").await;
+    let p = TestProxy::start(&format!(
+        r#"
+plugins:
+{}
+{}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes:
+          - match: {{ path: {{ prefix: /slow }} }}
+            route: {{ cluster: up }}
+            plugins: [{{ name: burn }}]
+          - route: {{ cluster: up }}
+            plugins: [{{ name: adder }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+        plugin("burn", fx::CPU_BURNER, "    configuration: \"2000\"\n"),
+        plugin("adder", fx::HEADER_ADDER, "    configuration: fast\n"),
+    ))
+    .await;
+    for _ in 0..3 {
+        let r = get(&p.url("main", "/slow")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["headers"]["x-burned-us"], "2000");
+        let r = get(&p.url("main", "/fast")).await;
+        assert_eq!(r.json()["headers"]["x-plugin-seen"], "fast");
+    }
+    let m = p.metrics().await;
+    assert!(
+        metric_value(&m, r#"weft_plugin_offloaded_calls_total{plugin="burn"}"#) >= 1.0,
+        "{m}"
+    );
+}

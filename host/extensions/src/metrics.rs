@@ -25,7 +25,7 @@ use crate::registry::{PluginHandle, PluginRegistry, PluginVersion};
 
 /// The per-plugin families, one series per handle (label `plugin`): name, help, type. The
 /// values of a [`PluginReading`] follow this order.
-const PLUGIN_FAMILIES: [(&str, &str, MetricType); 10] = [
+const PLUGIN_FAMILIES: [(&str, &str, MetricType); 11] = [
     (
         "plugin_streams",
         "Streams a plugin served.",
@@ -71,6 +71,11 @@ const PLUGIN_FAMILIES: [(&str, &str, MetricType); 10] = [
         "plugin_instances_peak",
         "Most healthy instances of a plugin's VM at once (never more than its pool size).",
         MetricType::Gauge,
+    ),
+    (
+        "plugin_offloaded_calls",
+        "Plugin callbacks run off the async worker because the plugin was slow.",
+        MetricType::Counter,
     ),
 ];
 
@@ -181,7 +186,7 @@ struct PluginReading {
     /// The `plugin` label: `name`, or `name[configuration]` for a route override.
     label: String,
     /// One value per [`PLUGIN_FAMILIES`] entry.
-    values: [u64; 10],
+    values: [u64; 11],
 }
 
 /// One plugin-defined metric's values.
@@ -217,10 +222,11 @@ impl PluginReading {
                     swaps,
                     p.healthy_instances() as u64,
                     p.peak_instances() as u64,
+                    s.pace.offloaded.load(Ordering::Relaxed),
                 ]
             }
             PluginVersion::Failed { .. } => {
-                let mut v = [0; 10];
+                let mut v = [0; 11];
                 v[SWAPS] = swaps;
                 v
             }
@@ -466,11 +472,11 @@ mod tests {
             plugins: vec![
                 PluginReading {
                     label: "authz".into(),
-                    values: [12, 1, 2, 3, 4, 5, 6, 7, 2, 2],
+                    values: [12, 1, 2, 3, 4, 5, 6, 7, 2, 2, 9],
                 },
                 PluginReading {
                     label: r#"hr["v"]"#.into(),
-                    values: [0, 0, 0, 0, 0, 0, 0, 1, 0, 0],
+                    values: [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
                 },
             ],
             queue_dropped: 9,
@@ -517,6 +523,10 @@ weft_plugin_healthy_instances{plugin="hr[\"v\"]"} 0
 # TYPE weft_plugin_instances_peak gauge
 weft_plugin_instances_peak{plugin="authz"} 2
 weft_plugin_instances_peak{plugin="hr[\"v\"]"} 0
+# HELP weft_plugin_offloaded_calls Plugin callbacks run off the async worker because the plugin was slow.
+# TYPE weft_plugin_offloaded_calls counter
+weft_plugin_offloaded_calls_total{plugin="authz"} 9
+weft_plugin_offloaded_calls_total{plugin="hr[\"v\"]"} 0
 # HELP weft_wasm_shared_queue_dropped Items dropped from full plugin shared queues.
 # TYPE weft_wasm_shared_queue_dropped counter
 weft_wasm_shared_queue_dropped_total 9

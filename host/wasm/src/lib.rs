@@ -17,6 +17,7 @@ mod context;
 pub mod engine;
 pub mod headers;
 mod host;
+pub mod pace;
 pub mod plugin;
 pub mod shared;
 pub mod stream;

@@ -249,6 +249,8 @@ pub struct PluginStats {
     pub rejected: AtomicU64,
     /// Instances created after the first ones (reload policy).
     pub replaced: AtomicU64,
+    /// Callbacks run off the async worker because the plugin was slow ([`crate::pace`]).
+    pub pace: crate::pace::Pace,
 }
 
 #[derive(Debug, Default)]

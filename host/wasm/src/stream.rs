@@ -221,7 +221,11 @@ impl Stream {
             let store = state.store.data_mut();
             store.stream = self.data.take();
             store.stream_context = id;
-            let r = run_with(&mut state, ticks, phase, id, f);
+            let r = self
+                .plugin
+                .stats
+                .pace
+                .run(|| run_with(&mut state, ticks, phase, id, f));
             let store = state.store.data_mut();
             self.data = store.stream.take();
             store.stream_context = 0;

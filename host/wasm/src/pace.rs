@@ -1,0 +1,96 @@
+//! Keeping a slow plugin from stalling the other requests of its worker.
+//!
+//! A guest callback runs on the tokio worker thread that polls the request. One that burns
+//! milliseconds of CPU would hold up every other connection of that worker meanwhile, on other
+//! routes too. So each plugin keeps a pace: once one of its callbacks has taken
+//! [`SLOW_CALL`] or more, its callbacks for the next [`STAY_SLOW`] run under
+//! [`tokio::task::block_in_place`], which hands the worker's other tasks to another thread
+//! while the guest runs (multi-threaded runtimes only, i.e. `workers` > 1). Fast plugins never
+//! pay for it: their calls only read the clock twice.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A callback this long marks its plugin slow.
+pub const SLOW_CALL: Duration = Duration::from_micros(250);
+/// How long a plugin stays slow after its last slow callback.
+pub const STAY_SLOW: Duration = Duration::from_secs(10);
+
+/// One plugin's pace.
+#[derive(Debug, Default)]
+pub struct Pace {
+    /// Until when (ms on [`clock_ms`]) callbacks are run off the worker; 0: never slow yet.
+    slow_until_ms: AtomicU64,
+    /// Callbacks run off the worker.
+    pub offloaded: AtomicU64,
+}
+
+fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+impl Pace {
+    /// Runs one guest callback, off the worker when the plugin has been slow lately.
+    pub fn run<R>(&self, call: impl FnOnce() -> R) -> R {
+        let until = self.slow_until_ms.load(Ordering::Relaxed);
+        let offload = until != 0 && clock_ms() < until && on_multi_thread_runtime();
+        let start = Instant::now();
+        let r = if offload {
+            self.offloaded.fetch_add(1, Ordering::Relaxed);
+            tokio::task::block_in_place(call)
+        } else {
+            call()
+        };
+        if start.elapsed() >= SLOW_CALL {
+            let stay = u64::try_from(STAY_SLOW.as_millis()).unwrap_or(u64::MAX);
+            self.slow_until_ms
+                .store(clock_ms().saturating_add(stay), Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn burn() {
+        let t = Instant::now();
+        while t.elapsed() < SLOW_CALL * 2 {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_call_sends_the_next_ones_off_the_worker() {
+        let pace = Pace::default();
+        pace.run(burn);
+        assert_eq!(
+            pace.offloaded.load(Ordering::Relaxed),
+            0,
+            "the first slow call runs inline"
+        );
+        pace.run(|| ());
+        assert_eq!(
+            pace.offloaded.load(Ordering::Relaxed),
+            1,
+            "then off the worker"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_current_thread_runtime_always_runs_inline() {
+        let pace = Pace::default();
+        pace.run(burn);
+        pace.run(|| ());
+        assert_eq!(pace.offloaded.load(Ordering::Relaxed), 0);
+    }
+}
