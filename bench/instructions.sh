@@ -11,9 +11,13 @@
 #   bench/instructions.sh wasm                 # no plugin vs one trivial plugin (header_adder)
 #   REQUESTS=5000 bench/instructions.sh istio
 #   WEFT_BIN=/path/to/older/weft bench/instructions.sh wasm   # the same for another binary
+#   WEFT_BINS="base=/path/weft-a new=/path/weft-b" bench/instructions.sh builds   # builds side by side
+#   H2=1 ... bench/instructions.sh builds      # HTTP/2 (h2c, prior knowledge) instead of HTTP/1.1
+#   KEEP=/some/dir ...                         # keep callgrind's output there (callgrind_annotate)
 #
-# Environment: REQUESTS (3000), WARMUP (500), CONNS (4), WEFT_BIN (default: cargo build --release
-# -p weft). Needs valgrind, nginx, h2load (nghttp2-client); installs them with apt when missing.
+# Environment: REQUESTS (3000), WARMUP (500), CONNS (4), STREAMS (h2load -m, 1), WEFT_BIN (default:
+# cargo build --release -p weft), WEFT_BINS (set `builds`: NAME=BINARY pairs, Istio metrics off),
+# H2 (1: h2c requests), KEEP (a directory for the callgrind files, one per variant). Needs valgrind, nginx, h2load (nghttp2-client); installs them with apt when missing.
 # Results: bench/results/instructions-<set>.md (and stdout).
 set -euo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,13 +26,26 @@ SET=${1:-istio}
 REQUESTS=${REQUESTS:-3000}
 WARMUP=${WARMUP:-500}
 CONNS=${CONNS:-4}
+STREAMS=${STREAMS:-1}
+declare -A BIN
 case "$SET" in
     istio) VARIANTS=(off on) ;;
     tracing) VARIANTS=(off 1 100) ;;
     wasm) VARIANTS=(none header-adder) ;;
-    *) echo "instructions.sh: unknown set '$SET' (istio, tracing, wasm)" >&2; exit 2 ;;
+    builds)
+        VARIANTS=()
+        for pair in ${WEFT_BINS:-}; do
+            name=${pair%%=*} bin=${pair#*=}
+            [[ $name =~ ^[A-Za-z0-9_.-]+$ && -x $bin ]] || { echo "instructions.sh: WEFT_BINS entry '$pair' is not NAME=EXECUTABLE" >&2; exit 2; }
+            VARIANTS+=("$name")
+            BIN[$name]=$bin
+        done
+        [ ${#VARIANTS[@]} -gt 0 ] || { echo "instructions.sh: set 'builds' needs WEFT_BINS=\"NAME=BINARY ...\"" >&2; exit 2; }
+        ;;
+    *) echo "instructions.sh: unknown set '$SET' (istio, tracing, wasm, builds)" >&2; exit 2 ;;
 esac
-for v in REQUESTS WARMUP CONNS; do
+if [ "${H2:-0}" = 1 ]; then PROTO=() PROTO_NAME="HTTP/2 (h2c)"; else PROTO=(--h1) PROTO_NAME="HTTP/1.1"; fi
+for v in REQUESTS WARMUP CONNS STREAMS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "instructions.sh: $v must be a positive integer" >&2; exit 2; }
 done
 missing=()
@@ -38,7 +55,7 @@ command -v h2load >/dev/null || missing+=(nghttp2-client)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-if [ -z "${WEFT_BIN:-}" ]; then
+if [ -z "${WEFT_BIN:-}" ] && [ "$SET" != builds ]; then
     (cd "$ROOT" && cargo build --release -q -p weft)
     WEFT_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/weft"
 fi
@@ -76,7 +93,7 @@ config() { # VARIANT PORT ADMIN
     echo "node: { name: productpage-v1-0, namespace: bookinfo, workload_name: productpage-v1, app: productpage, version: v1, cluster: Kubernetes }"
     case "$SET:$1" in
         istio:on) echo "telemetry: { metrics: { enabled: true } }" ;;
-        istio:off | tracing:* | wasm:*) echo "telemetry: { metrics: { enabled: false } }" ;;
+        istio:off | tracing:* | wasm:* | builds:*) echo "telemetry: { metrics: { enabled: false } }" ;;
     esac
     if [ "$SET:$1" = wasm:header-adder ]; then
         echo "plugins: [{ name: adder, file: \"$ADDER\", configuration: v1 }]"
@@ -103,28 +120,30 @@ for v in "${VARIANTS[@]}"; do
     port=18370 admin=18371
     config "$v" $port $admin >"$RUN/$v.yaml"
     valgrind --tool=callgrind --instr-atstart=no \
-        --callgrind-out-file="$RUN/cg.$v.%p" "$WEFT_BIN" run -c "$RUN/$v.yaml" >"$RUN/$v.log" 2>&1 &
+        --callgrind-out-file="$RUN/cg.$v.%p" "${BIN[$v]:-$WEFT_BIN}" run -c "$RUN/$v.yaml" >"$RUN/$v.log" 2>&1 &
     pid=$!
     PIDS+=($pid)
     wait_port $port || { echo "weft ($v) did not start under valgrind" >&2; exit 1; }
-    h2load --h1 -n "$WARMUP" -c "$CONNS" "http://127.0.0.1:$port/x" >/dev/null
+    h2load "${PROTO[@]}" -n "$WARMUP" -c "$CONNS" -m "$STREAMS" "http://127.0.0.1:$port/x" >/dev/null
     callgrind_control -i on $pid >/dev/null
-    out=$(h2load --h1 -n "$REQUESTS" -c "$CONNS" "http://127.0.0.1:$port/x")
+    out=$(h2load "${PROTO[@]}" -n "$REQUESTS" -c "$CONNS" -m "$STREAMS" "http://127.0.0.1:$port/x")
     callgrind_control -i off $pid >/dev/null
     grep -q "$REQUESTS succeeded" <<<"$out" || { echo "weft ($v): not every request succeeded:" >&2; echo "$out" >&2; exit 1; }
     kill -INT $pid
     wait $pid 2>/dev/null || true
     IR[$v]=$(total_ir "$RUN"/cg.$v.*)
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$RUN"/cg.$v.* "$KEEP"/; fi
     echo "$v: ${IR[$v]} instructions over $REQUESTS requests"
 done
 
 base=${IR[${VARIANTS[0]}]}
-OUT="$ROOT/bench/results/instructions-$SET${OUT_SUFFIX:-}.md"
+SUFFIX=""; [ "${H2:-0}" = 1 ] && SUFFIX=-h2
+OUT="$ROOT/bench/results/instructions-$SET$SUFFIX${OUT_SUFFIX:-}.md"
 mkdir -p "$ROOT/bench/results"
 {
     echo "# Instructions per request: $SET ($(date -u +%Y-%m-%dT%H:%MZ))"
     echo
-    echo "callgrind, $REQUESTS HTTP/1.1 requests (h2load, $CONNS connections) after $WARMUP warm-up requests, one worker."
+    echo "callgrind, $REQUESTS $PROTO_NAME requests (h2load, $CONNS connections, $STREAMS streams each) after $WARMUP warm-up requests, one worker."
     echo
     echo "| variant | instructions/request | vs ${VARIANTS[0]} | added instructions/request |"
     echo "|---|---|---|---|"

@@ -43,7 +43,7 @@ pub struct HeadInfo {
 }
 
 /// `tchar` of RFC 9110 §5.6.2.
-pub(crate) fn is_tchar(b: u8) -> bool {
+const fn is_tchar_slow(b: u8) -> bool {
     matches!(
         b,
         b'!' | b'#'
@@ -61,6 +61,28 @@ pub(crate) fn is_tchar(b: u8) -> bool {
             | b'|'
             | b'~'
     ) || b.is_ascii_alphanumeric()
+}
+
+/// [`is_tchar_slow`] for every byte value: one load per byte on the hot path.
+static TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = is_tchar_slow(b as u8);
+        b += 1;
+    }
+    table
+};
+
+/// `tchar` of RFC 9110 §5.6.2.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    TCHAR[usize::from(b)]
+}
+
+/// Every byte of `v` is a `tchar`.
+fn all_tchar(v: &[u8]) -> bool {
+    // No early exit: the loop stays branch-free (names are short and almost always valid).
+    v.iter().fold(true, |ok, &b| ok & is_tchar(b))
 }
 
 /// A byte allowed inside a field value: HTAB, visible ASCII, SP, obs-text.
@@ -139,25 +161,28 @@ fn parse_content_length(v: &[u8]) -> Result<u64, Rejection> {
 /// Splits off the next CRLF-terminated line. Line endings were already
 /// checked, so every LF is preceded by CR.
 fn next_line(input: &[u8]) -> Option<(&[u8], &[u8])> {
-    let lf = input.iter().position(|&b| b == b'\n')?;
+    let lf = memchr::memchr(b'\n', input)?;
     let line = input.get(..lf.checked_sub(1)?)?;
     let rest = input.get(lf + 1..)?;
     Some((line, rest))
 }
 
 fn check_request_line(line: &[u8]) -> Result<(HttpVersion, &[u8]), Rejection> {
-    let mut parts = line.split(|&b| b == b' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let mut spaces = memchr::memchr_iter(b' ', line);
+    let (Some(sp1), Some(sp2), None) = (spaces.next(), spaces.next(), spaces.next()) else {
         return Err(Rejection::MalformedRequestLine);
     };
-    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
+    let (method, target, version) = (&line[..sp1], &line[sp1 + 1..sp2], &line[sp2 + 1..]);
+    if method.is_empty() || !all_tchar(method) {
         return Err(Rejection::MalformedRequestLine);
     }
     // Visible ASCII only: a URI has no other bytes, and hyper's parser (httparse) refuses
     // them, so a guard accepting them would be laxer than the parser behind it.
-    if target.is_empty() || target.iter().any(|&b| b <= 0x20 || b >= 0x7f) {
+    if target.is_empty()
+        || target
+            .iter()
+            .fold(false, |bad, &b| bad | !(0x21..0x7f).contains(&b))
+    {
         return Err(Rejection::MalformedRequestLine);
     }
     let version = match version {
@@ -189,18 +214,16 @@ pub fn check_head(head: &[u8], limits: &Limits) -> Result<HeadInfo, Rejection> {
     if head.len() > limits.max_header_bytes {
         return Err(Rejection::HeadTooLarge);
     }
-    // Strict CRLF everywhere.
-    let mut prev_cr = false;
-    for &b in head {
-        match b {
-            b'\n' if !prev_cr => return Err(Rejection::InvalidLineEnding),
-            _ if prev_cr && b != b'\n' => return Err(Rejection::InvalidLineEnding),
-            _ => {}
+    // Strict CRLF everywhere: every CR is followed by a LF, every LF follows a CR.
+    for i in memchr::memchr2_iter(b'\r', b'\n', head) {
+        let ok = if head[i] == b'\r' {
+            head.get(i + 1) == Some(&b'\n')
+        } else {
+            i > 0 && head[i - 1] == b'\r'
+        };
+        if !ok {
+            return Err(Rejection::InvalidLineEnding);
         }
-        prev_cr = b == b'\r';
-    }
-    if prev_cr {
-        return Err(Rejection::InvalidLineEnding);
     }
 
     let mut rest = head;
@@ -239,14 +262,17 @@ pub fn check_head(head: &[u8], limits: &Limits) -> Result<HeadInfo, Rejection> {
         if line.first().copied().is_some_and(is_ows) {
             return Err(Rejection::ObsFold);
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             return Err(Rejection::InvalidHeaderName);
         };
         let (name, value) = (&line[..colon], &line[colon + 1..]);
-        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+        if name.is_empty() || !all_tchar(name) {
             return Err(Rejection::InvalidHeaderName);
         }
-        if !value.iter().all(|&b| is_field_value_byte(b)) {
+        if !value
+            .iter()
+            .fold(true, |ok, &b| ok & is_field_value_byte(b))
+        {
             return Err(Rejection::InvalidHeaderValue);
         }
         let value = trim_ows(value);
@@ -324,24 +350,35 @@ impl HeadScanner {
     /// at the head's first byte). Returns the head length once the final
     /// empty line has been seen.
     pub(crate) fn scan(&mut self, buf: &[u8], limits: &Limits) -> Result<Option<usize>, Rejection> {
+        let max = limits.max_header_bytes;
         let mut i = self.scanned;
-        while let Some(&b) = buf.get(i) {
-            let prev = i.checked_sub(1).and_then(|p| buf.get(p)).copied();
-            if prev == Some(b'\r') && b != b'\n' {
+        // Only CR, LF and the byte after a CR matter: jump from one CR or LF to the next.
+        while i < buf.len() {
+            if i > 0 && buf[i - 1] == b'\r' && buf[i] != b'\n' {
                 return Err(Rejection::InvalidLineEnding);
             }
-            if b == b'\n' {
-                if prev != Some(b'\r') {
+            let Some(j) = memchr::memchr2(b'\r', b'\n', &buf[i..]).map(|o| i + o) else {
+                if buf.len() > max {
+                    return Err(Rejection::HeadTooLarge);
+                }
+                i = buf.len();
+                break;
+            };
+            if j > max {
+                return Err(Rejection::HeadTooLarge);
+            }
+            if buf[j] == b'\n' {
+                if j == 0 || buf[j - 1] != b'\r' {
                     return Err(Rejection::InvalidLineEnding);
                 }
-                // Line is buf[line_start .. i - 1].
-                let empty = i == self.line_start + 1;
+                // Line is buf[line_start .. j - 1].
+                let empty = j == self.line_start + 1;
                 if empty {
                     if self.lines == 0 && !self.leading_skipped {
                         self.leading_skipped = true;
                     } else {
-                        let len = i + 1;
-                        if len > limits.max_header_bytes {
+                        let len = j + 1;
+                        if len > max {
                             return Err(Rejection::HeadTooLarge);
                         }
                         self.scanned = len;
@@ -353,10 +390,10 @@ impl HeadScanner {
                         return Err(Rejection::TooManyHeaders);
                     }
                 }
-                self.line_start = i + 1;
+                self.line_start = j + 1;
             }
-            i += 1;
-            if i > limits.max_header_bytes {
+            i = j + 1;
+            if i > max {
                 return Err(Rejection::HeadTooLarge);
             }
         }
@@ -749,5 +786,96 @@ mod tests {
         );
         s.reset();
         assert_eq!(s.scan(&[b'a'; 32], &l), Ok(None));
+    }
+
+    /// The byte-by-byte scanner the memchr one replaced: the reference for its verdicts.
+    fn scan_reference(
+        st: &mut (usize, usize, usize, bool),
+        buf: &[u8],
+        limits: &Limits,
+    ) -> Result<Option<usize>, Rejection> {
+        let (scanned, line_start, lines, leading_skipped) = st;
+        let mut i = *scanned;
+        while let Some(&b) = buf.get(i) {
+            let prev = i.checked_sub(1).and_then(|p| buf.get(p)).copied();
+            if prev == Some(b'\r') && b != b'\n' {
+                return Err(Rejection::InvalidLineEnding);
+            }
+            if b == b'\n' {
+                if prev != Some(b'\r') {
+                    return Err(Rejection::InvalidLineEnding);
+                }
+                if i == *line_start + 1 {
+                    if *lines == 0 && !*leading_skipped {
+                        *leading_skipped = true;
+                    } else {
+                        if i + 1 > limits.max_header_bytes {
+                            return Err(Rejection::HeadTooLarge);
+                        }
+                        *scanned = i + 1;
+                        return Ok(Some(i + 1));
+                    }
+                } else {
+                    *lines += 1;
+                    if *lines - 1 > limits.max_headers {
+                        return Err(Rejection::TooManyHeaders);
+                    }
+                }
+                *line_start = i + 1;
+            }
+            i += 1;
+            if i > limits.max_header_bytes {
+                return Err(Rejection::HeadTooLarge);
+            }
+        }
+        *scanned = i;
+        Ok(None)
+    }
+
+    /// The scanner jumps between CR and LF bytes: for every input, limit and delivery in two
+    /// parts, it must give the byte-by-byte scanner's verdict.
+    #[test]
+    fn scanner_matches_the_bytewise_reference() {
+        let heads: [&[u8]; 10] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\r\n\r\n",
+            b"\nGET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\nrest",
+            b"GET /a-long-target-with-no-line-end-at-all",
+            b"GET / HTTP/1.1\r\nX: \r\r",
+        ];
+        for head in heads {
+            for max_header_bytes in [0, 1, 5, 16, 17, 18, 19, 30, 31, 32, 60 * 1024] {
+                for max_headers in [0, 1, 2, 100] {
+                    let limits = Limits {
+                        max_header_bytes,
+                        max_headers,
+                        ..Limits::default()
+                    };
+                    for cut in 0..=head.len() {
+                        let mut st = (0, 0, 0, false);
+                        let mut expected = scan_reference(&mut st, &head[..cut], &limits);
+                        if expected == Ok(None) {
+                            expected = scan_reference(&mut st, head, &limits);
+                        }
+                        let mut scanner = HeadScanner::default();
+                        let mut got = scanner.scan(&head[..cut], &limits);
+                        if got == Ok(None) {
+                            got = scanner.scan(head, &limits);
+                        }
+                        assert_eq!(
+                            got,
+                            expected,
+                            "{:?} cut {cut} max bytes {max_header_bytes} max headers {max_headers}",
+                            String::from_utf8_lossy(head)
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -88,6 +88,11 @@ impl Default for ResponseTracker {
     }
 }
 
+/// `line` without its trailing CR, if any.
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
 fn trim(mut v: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = v {
         v = rest;
@@ -113,14 +118,16 @@ impl ResponseTracker {
         self.violation
     }
 
-    /// Checks head bytes for CR and LF outside CRLF; `eol`: `chunk` is followed by a LF.
+    /// Checks head bytes for CR and LF outside CRLF; `chunk` holds no LF (it runs up to the
+    /// next LF or the end of the input), `eol`: `chunk` is followed by a LF. A CR may only be
+    /// the last byte before a LF (possibly in a later input).
     fn check_line_ending(&mut self, chunk: &[u8], eol: bool) {
-        for &b in chunk {
-            if self.cr_pending || b == b'\n' {
+        if let Some((last, rest)) = chunk.split_last() {
+            if self.cr_pending || memchr::memchr(b'\r', rest).is_some() {
                 self.violation = Some(Violation::BareCrLf);
                 return;
             }
-            self.cr_pending = b == b'\r';
+            self.cr_pending = *last == b'\r';
         }
         if eol {
             if !self.cr_pending {
@@ -171,10 +178,8 @@ impl ResponseTracker {
         while !data.is_empty() {
             match &mut self.state {
                 State::Head => {
-                    let (chunk, eol) = match data.iter().position(|&b| b == b'\n') {
-                        Some(p) => (&data[..p], Some(p)),
-                        None => (data, None),
-                    };
+                    let eol = memchr::memchr(b'\n', data);
+                    let chunk = eol.map_or(data, |p| &data[..p]);
                     if self.strict {
                         self.check_line_ending(chunk, eol.is_some());
                         if self.violation.is_some() {
@@ -182,35 +187,40 @@ impl ResponseTracker {
                             return true;
                         }
                     }
-                    if !self.skipping {
-                        if self.line.len() + chunk.len() > MAX_LINE {
-                            self.line
-                                .extend_from_slice(&chunk[..MAX_LINE - self.line.len()]);
-                            if self.line_is_interesting() {
+                    let Some(p) = eol else {
+                        // A partial line: keep it (up to MAX_LINE) for when its end arrives.
+                        if !self.skipping && self.buffer_partial(chunk) {
+                            self.state = State::Desync;
+                            return true;
+                        }
+                        break;
+                    };
+                    data = &data[p + 1..];
+                    if std::mem::take(&mut self.skipping) {
+                        continue;
+                    }
+                    if self.line.is_empty() {
+                        // The whole line is in this input: read it in place, no copy.
+                        if chunk.len() > MAX_LINE {
+                            if self.line_is_interesting(&chunk[..MAX_LINE]) {
                                 self.state = State::Desync;
                                 return true;
                             }
-                            self.line.clear();
-                            self.skipping = true;
-                        } else {
-                            self.line.extend_from_slice(chunk);
+                            continue;
                         }
-                    }
-                    match eol {
-                        None => data = &[],
-                        Some(p) => {
-                            data = &data[p + 1..];
-                            let skipped = std::mem::take(&mut self.skipping);
-                            let mut line = std::mem::take(&mut self.line);
-                            if line.last() == Some(&b'\r') {
-                                line.pop();
-                            }
-                            if !skipped {
-                                notable |= self.on_line(&line);
-                            }
-                            line.clear();
-                            self.line = line;
+                        notable |= self.on_line(strip_cr(chunk));
+                    } else {
+                        if self.buffer_partial(chunk) {
+                            self.state = State::Desync;
+                            return true;
                         }
+                        if std::mem::take(&mut self.skipping) {
+                            continue;
+                        }
+                        let line = std::mem::take(&mut self.line);
+                        notable |= self.on_line(strip_cr(&line));
+                        self.line = line;
+                        self.line.clear();
                     }
                 }
                 State::Body(body) => match body.feed(data) {
@@ -235,12 +245,34 @@ impl ResponseTracker {
         notable
     }
 
-    fn line_is_interesting(&self) -> bool {
+    /// Appends `chunk` to the partial line kept in `line`. A line longer than MAX_LINE is
+    /// skipped up to its LF (`skipping`) unless its first MAX_LINE bytes are interesting, in
+    /// which case it returns true (the caller desynchronises).
+    fn buffer_partial(&mut self, chunk: &[u8]) -> bool {
+        if self.line.len() + chunk.len() > MAX_LINE {
+            self.line
+                .extend_from_slice(&chunk[..MAX_LINE - self.line.len()]);
+            let line = std::mem::take(&mut self.line);
+            if self.line_is_interesting(&line) {
+                return true;
+            }
+            self.line = line;
+            self.line.clear();
+            self.skipping = true;
+        } else {
+            self.line.extend_from_slice(chunk);
+        }
+        false
+    }
+
+    /// A (too long) head line the tracker must understand: the status line, or a header
+    /// that frames the response.
+    fn line_is_interesting(&self, line: &[u8]) -> bool {
         if self.fields.status.is_none() {
             return true;
         }
-        let name = match self.line.iter().position(|&b| b == b':') {
-            Some(c) => &self.line[..c],
+        let name = match memchr::memchr(b':', line) {
+            Some(c) => &line[..c],
             None => return false,
         };
         [&b"content-length"[..], b"transfer-encoding", b"connection"]
@@ -281,7 +313,7 @@ impl ResponseTracker {
         if line.is_empty() {
             return self.on_head_end();
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             self.state = State::Desync;
             return true;
         };
@@ -495,5 +527,94 @@ mod tests {
         let mut t = ResponseTracker::default();
         assert!(t.feed(b"garbage\r\n"));
         assert!(t.desynced());
+    }
+
+    /// What a tracker concluded after a stream: completed responses, boundary, desync,
+    /// switch, violation, close.
+    fn outcome(t: &ResponseTracker) -> (u64, bool, bool, bool, Option<Violation>, bool) {
+        (
+            t.completed(),
+            t.at_boundary(),
+            t.desynced(),
+            t.switched(),
+            t.violation(),
+            t.last_closes(),
+        )
+    }
+
+    /// The tracker reads lines in place when a whole line is in one input and buffers them
+    /// otherwise: both must reach the same conclusion for every split of the same stream.
+    #[test]
+    fn every_split_reaches_the_same_outcome() {
+        let mut long = b"HTTP/1.1 200 OK\r\nx-long: ".to_vec();
+        long.extend(std::iter::repeat_n(b'b', MAX_LINE + 3));
+        long.extend_from_slice(b"\r\ncontent-length: 2\r\n\r\nok");
+        let streams: Vec<Vec<u8>> = vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: b\r\n\r\nhelloHTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx".to_vec(),
+            b"HTTP/1.1 200 OK\r\nx-bad: a\rb\r\ncontent-length: 0\r\n\r\n".to_vec(),
+            b"HTTP/1.1 200 OK\nx-bad: lf\r\ncontent-length: 0\r\n\r\n".to_vec(),
+            b"HTTP/1.1 200 OK\r\nx-bad: cr\r\r\n\r\n".to_vec(),
+            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n".to_vec(),
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\nraw\nbytes".to_vec(),
+            long,
+        ];
+        for stream in &streams {
+            for strict in [false, true] {
+                let fresh = || {
+                    let mut t = if strict {
+                        ResponseTracker::strict()
+                    } else {
+                        ResponseTracker::default()
+                    };
+                    t.push_request(GET);
+                    t.push_request(GET);
+                    t
+                };
+                let mut whole = fresh();
+                whole.feed(stream);
+                let expected = outcome(&whole);
+                let mut bytewise = fresh();
+                feed_bytewise(&mut bytewise, stream);
+                assert_eq!(outcome(&bytewise), expected, "bytewise, strict {strict}");
+                for cut in 0..=stream.len() {
+                    let mut t = fresh();
+                    t.feed(&stream[..cut]);
+                    t.feed(&stream[cut..]);
+                    assert_eq!(outcome(&t), expected, "cut at {cut}, strict {strict}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strict_verdicts() {
+        let verdict = |stream: &[u8]| {
+            let mut t = ResponseTracker::strict();
+            t.push_request(GET);
+            t.feed(stream);
+            (t.completed(), t.violation())
+        };
+        assert_eq!(
+            verdict(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+            (1, None)
+        );
+        assert_eq!(
+            verdict(b"HTTP/1.1 200 OK\r\nx: a\rb\r\n\r\n"),
+            (0, Some(Violation::BareCrLf))
+        );
+        assert_eq!(
+            verdict(b"HTTP/1.1 200 OK\nx: a\r\n\r\n"),
+            (0, Some(Violation::BareCrLf))
+        );
+        assert_eq!(
+            verdict(b"HTTP/1.1 200 OK\r\nx: a\r\r\n\r\n"),
+            (0, Some(Violation::BareCrLf))
+        );
+        assert_eq!(
+            verdict(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"),
+            (0, Some(Violation::InvalidChunk))
+        );
     }
 }

@@ -25,9 +25,26 @@ pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// A header [`strip_hop_by_hop`] removes by name (the names `Connection` nominates go only
+/// when `Connection` itself is present, so they need no check of their own).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::TRAILER
+        || *name == header::TE
+        || *name == header::UPGRADE
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the Connection header names.
 /// With `keep_upgrade`, `Upgrade` and `Connection: upgrade` are kept for the next hop.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // The common case, no hop-by-hop header at all: one pass over the names instead of a
+    // hashed removal for each of them.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let nominated: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
