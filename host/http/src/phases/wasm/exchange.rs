@@ -1226,7 +1226,9 @@ impl Pipeline {
             return Ok(data);
         }
         self.ended = end_of_stream;
-        let mut chunk = data.to_vec();
+        // No copy when the chunk's buffer is not shared; then the chunk moves from stage to
+        // stage (copied only onto bytes a paused plugin still holds).
+        let mut chunk = Vec::from(data);
         for stage in &mut self.stages {
             if stage.disabled {
                 continue;
@@ -1242,7 +1244,11 @@ impl Pipeline {
                 self.overflowed = Some(reply.clone());
                 return Err(PipelineError(reply));
             }
-            stage.held.extend_from_slice(&chunk);
+            if stage.held.is_empty() {
+                stage.held = std::mem::take(&mut chunk);
+            } else {
+                stage.held.extend_from_slice(&chunk);
+            }
             let (result, out, effects) = {
                 let mut s = lock(&stage.stream);
                 let held = std::mem::take(&mut stage.held);
