@@ -47,7 +47,11 @@ impl Pace {
     pub fn run<R>(&self, call: impl FnOnce() -> R) -> R {
         let until = self.slow_until_ms.load(Ordering::Relaxed);
         let slow = until != 0 && clock_ms() < until;
-        let timed = slow || self.calls.fetch_add(1, Ordering::Relaxed) % SAMPLE == 0;
+        let timed = slow
+            || self
+                .calls
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(SAMPLE);
         if !timed {
             return call();
         }
