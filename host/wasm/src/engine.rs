@@ -85,6 +85,7 @@ impl std::fmt::Debug for WasmRuntime {
 fn config(options: &EngineOptions, pooling: bool) -> Config {
     let mut c = Config::new();
     c.epoch_interruption(true);
+    c.parallel_compilation(false);
     c.cranelift_opt_level(OptLevel::Speed);
     c.memory_init_cow(true);
     c.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(20));
@@ -180,27 +181,22 @@ impl WasmRuntime {
             .map(|d| d.join(format!("{digest}-{:016x}.cwasm", h.finish())));
         if let Some(path) = &cache_file
             && path.exists()
+            && let Some(m) = self.load_cached(path)
         {
-            if let Err(why) = trusted_cache_entry(path) {
-                tracing::warn!(file = %path.display(), %why, "not loading an untrusted module cache entry: compiling instead");
-            } else {
-                #[expect(unsafe_code, reason = "loading our own precompiled cache entry")]
-                // SAFETY: the file was written by `Module::serialize` of an engine with the same
-                // compatibility hash (it is in the file name), in a cache directory that
-                // `trusted_cache_entry` just checked belongs to this process's user and that no one
-                // else can write (nor the file); wasmtime still checks the header and rejects a
-                // mismatched or foreign artifact.
-                let cached = unsafe { Module::deserialize_file(&self.inner.engine, path) };
-                match cached {
-                    Ok(m) => return Ok((m, digest)),
-                    Err(e) => {
-                        tracing::warn!(file = %path.display(), error = %e, "ignoring a bad module cache entry")
-                    }
-                }
-            }
+            return Ok((m, digest));
         }
-        let module = Module::new(&self.inner.engine, bytes)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        // Compiled on a thread of its own (with wasmtime's parallel compilation off): when it
+        // exits, the allocator's caches of Cranelift's short-lived memory go with it and the
+        // freed pages are purged, instead of staying in a pool thread (issue 12, item 8).
+        let compiled = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("weft-wasm-compile".into())
+                .spawn_scoped(s, || Module::new(&self.inner.engine, bytes))
+                .map_err(|e| LoadError::Compile(format!("cannot start the compile thread: {e}")))?
+                .join()
+                .map_err(|_| LoadError::Compile("the compile thread panicked".into()))
+        })?;
+        let module = compiled.map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         if let Some(path) = &cache_file
             && let Ok(serialized) = module.serialize()
         {
@@ -223,11 +219,41 @@ impl WasmRuntime {
                 f.write_all(&serialized)?;
                 std::fs::rename(&tmp, path)
             };
-            if let Err(e) = write() {
-                tracing::debug!(error = %e, "cannot write the module cache");
+            match write() {
+                // Run from the file just written: its code is then clean, file-backed pages
+                // (shared and reclaimable) rather than anonymous memory for the process's life.
+                Ok(()) => {
+                    drop(serialized);
+                    if let Some(mapped) = self.load_cached(path) {
+                        return Ok((mapped, digest));
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot write the module cache"),
             }
         }
         Ok((module, digest))
+    }
+
+    /// The cached compilation at `path`, if it may be trusted and loads.
+    fn load_cached(&self, path: &std::path::Path) -> Option<Module> {
+        if let Err(why) = trusted_cache_entry(path) {
+            tracing::warn!(file = %path.display(), %why, "not loading an untrusted module cache entry: compiling instead");
+            return None;
+        }
+        #[expect(unsafe_code, reason = "loading our own precompiled cache entry")]
+        // SAFETY: the file was written by `Module::serialize` of an engine with the same
+        // compatibility hash (it is in the file name), in a cache directory that
+        // `trusted_cache_entry` just checked belongs to this process's user and that no one
+        // else can write (nor the file); wasmtime still checks the header and rejects a
+        // mismatched or foreign artifact.
+        let cached = unsafe { Module::deserialize_file(&self.inner.engine, path) };
+        match cached {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "ignoring a bad module cache entry");
+                None
+            }
+        }
     }
 }
 
