@@ -78,6 +78,36 @@ async fn start_for(cp: &ControlPlane, listener: &str) -> Running {
     }
 }
 
+/// A snapshot of `cluster` with `endpoints` behind listener `web` (`/` → the cluster).
+fn web_to(
+    cluster: envoy_types::pb::envoy::config::cluster::v3::Cluster,
+    endpoints: &[(SocketAddr, u32)],
+) -> Snapshot {
+    let name = cluster.name.clone();
+    Snapshot::new("1")
+        .with(&name, assignment(&name, endpoints))
+        .with(&name, cluster)
+        .with(
+            "web",
+            http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
+        )
+        .with(
+            "routes",
+            route_config("routes", vec![prefix_route("/", &[(name.as_str(), 1)])]),
+        )
+}
+
+/// A control plane serving `snapshot`, with Weft (listener `web` live) and Envoy 1.40 on it.
+async fn weft_and_envoy(
+    envoy_bin: &std::path::Path,
+    snapshot: Snapshot,
+) -> (Running, weft_e2e::envoy::TestEnvoy, ControlPlane) {
+    let cp = ControlPlane::start(snapshot).await;
+    let w = start(&cp).await;
+    let envoy = start_envoy(envoy_bin, &cp).await;
+    (w, envoy, cp)
+}
+
 /// Envoy 1.40 on the same control plane (node `envoy-pod`).
 async fn start_envoy(bin: &std::path::Path, cp: &ControlPlane) -> weft_e2e::envoy::TestEnvoy {
     weft_e2e::envoy::TestEnvoy::start_bootstrap(bin, &weft_e2e::xds::envoy_bootstrap(cp.addr)).await
@@ -2119,9 +2149,7 @@ async fn rds_regex_rewrite_hash_policy_and_mirror_agree_in_envoy_and_weft() {
                 vec![rewrite, hashed, mirrored, prefix_route("/", &[("up", 1)])],
             ),
         );
-    let cp = ControlPlane::start(snap).await;
-    let w = start(&cp).await;
-    let envoy = start_envoy(&envoy_bin, &cp).await;
+    let (w, envoy, _cp) = weft_and_envoy(&envoy_bin, snap).await;
     for (name, base) in [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))] {
         let r = get(&format!("{base}/re/42")).await;
         assert_eq!(r.status, 200, "{name}");
@@ -2232,20 +2260,7 @@ async fn cds_health_checks_and_http2_protocol_options_agree_in_envoy_and_weft() 
             value: options.encode_to_vec(),
         },
     );
-    let snap = Snapshot::new("1")
-        .with("hc", cluster)
-        .with("hc", assignment("hc", &[(good, 1), (bad, 1)]))
-        .with(
-            "web",
-            http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
-        )
-        .with(
-            "routes",
-            route_config("routes", vec![prefix_route("/", &[("hc", 1)])]),
-        );
-    let cp = ControlPlane::start(snap).await;
-    let w = start(&cp).await;
-    let envoy = start_envoy(&envoy_bin, &cp).await;
+    let (w, envoy, _cp) = weft_and_envoy(&envoy_bin, web_to(cluster, &[(good, 1), (bad, 1)])).await;
     for (name, base) in [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))] {
         let all_good = || async {
             for _ in 0..10 {
@@ -2328,9 +2343,7 @@ async fn istiod_retry_policy_and_route_timeouts_agree_in_envoy_and_weft() {
             http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
         )
         .with("routes", route_config("routes", vec![retried, timed]));
-    let cp = ControlPlane::start(snap).await;
-    let w = start(&cp).await;
-    let envoy = start_envoy(&envoy_bin, &cp).await;
+    let (w, envoy, _cp) = weft_and_envoy(&envoy_bin, snap).await;
     for (name, base) in [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))] {
         let before = attempts.load(Ordering::SeqCst);
         for _ in 0..5 {
@@ -2458,9 +2471,7 @@ async fn an_istiod_connection_manager_behaves_the_same_in_envoy_and_weft() {
                 ],
             ),
         );
-    let cp = ControlPlane::start(snap).await;
-    let w = start(&cp).await;
-    let envoy = start_envoy(&envoy_bin, &cp).await;
+    let (w, envoy, _cp) = weft_and_envoy(&envoy_bin, snap).await;
     for (name, base) in [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))] {
         // `/a/../b/x` is `/b/x` before routing: the `/b/` route takes it.
         let r = weft_e2e::get_with(
@@ -2868,9 +2879,7 @@ async fn eds_priorities_fail_over_the_same_in_envoy_and_weft() {
             "routes",
             route_config("routes", vec![prefix_route("/", &[("zoned", 1)])]),
         );
-    let cp = ControlPlane::start(snap).await;
-    let w = start(&cp).await;
-    let envoy = start_envoy(&envoy_bin, &cp).await;
+    let (w, envoy, _cp) = weft_and_envoy(&envoy_bin, snap).await;
     let bases = [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))];
     let all_to = |base: String, want: &'static str| async move {
         for _ in 0..20 {
@@ -3025,20 +3034,7 @@ async fn use_downstream_protocol_agrees_in_envoy_and_weft() {
             .encode_to_vec(),
         },
     );
-    let snap = Snapshot::new("1")
-        .with("sniffed", cluster)
-        .with("sniffed", assignment("sniffed", &[(up, 1)]))
-        .with(
-            "web",
-            http_listener("web", "127.0.0.1:0".parse().unwrap(), "routes"),
-        )
-        .with(
-            "routes",
-            route_config("routes", vec![prefix_route("/", &[("sniffed", 1)])]),
-        );
-    let cp = ControlPlane::start(snap).await;
-    let w = start(&cp).await;
-    let envoy = start_envoy(&envoy_bin, &cp).await;
+    let (w, envoy, _cp) = weft_and_envoy(&envoy_bin, web_to(cluster, &[(up, 1)])).await;
     for (name, base) in [("weft", w.tp.url("web", "")), ("envoy", envoy.url(""))] {
         assert_eq!(
             get(&format!("{base}/h1")).await.text(),
