@@ -260,13 +260,19 @@ fn per_filter_config(
 
 /// An Envoy `FractionalPercent` in percent (unset is 0 %, as Envoy reads it).
 fn percent(p: Option<envoy_types::pb::envoy::r#type::v3::FractionalPercent>) -> f64 {
+    use weft_config::resilience::{Denominator, FractionalPercent};
     let Some(p) = p else { return 0.0 };
     let denominator = match p.denominator {
-        1 => 10_000.0,
-        2 => 1_000_000.0,
-        _ => 100.0,
+        1 => Denominator::TenThousand,
+        2 => Denominator::Million,
+        _ => Denominator::Hundred,
     };
-    (f64::from(p.numerator) * 100.0 / denominator).min(100.0)
+    FractionalPercent {
+        numerator: p.numerator,
+        denominator,
+    }
+    .percent()
+    .min(100.0)
 }
 
 fn route_match(path: &str, m: r::RouteMatch) -> Result<RouteMatch, String> {
