@@ -172,6 +172,8 @@ pub struct PluginRegistry {
     /// This proxy's Wasm runtime (engine, module cache, shared data, queues, metrics), created
     /// on first use; never shared with another registry.
     runtime: std::sync::OnceLock<Result<WasmEngine, LoadError>>,
+    /// The settings that runtime is created with.
+    engine_options: EngineOptions,
     handles: Mutex<HashMap<HandleKey, Arc<PluginHandle>>>,
 }
 
@@ -191,7 +193,7 @@ impl PluginRegistry {
     /// This registry's Wasm runtime, created on first use.
     pub fn runtime(&self) -> Result<WasmEngine, LoadError> {
         self.runtime
-            .get_or_init(|| WasmEngine::new(EngineOptions::default()))
+            .get_or_init(|| WasmEngine::new(self.engine_options.clone()))
             .clone()
     }
 
@@ -215,9 +217,15 @@ impl PluginRegistry {
 impl PluginRegistry {
     /// A registry; its own Wasm runtime is created on first use.
     pub fn new() -> PluginRegistry {
+        Self::with_engine_options(EngineOptions::default())
+    }
+
+    /// A registry whose Wasm runtime is created with `options` (e.g. a child-process compiler).
+    pub fn with_engine_options(options: EngineOptions) -> PluginRegistry {
         PluginRegistry {
             embedder: Arc::new(ProxyEmbedder::default()),
             runtime: std::sync::OnceLock::new(),
+            engine_options: options,
             handles: Mutex::new(HashMap::new()),
         }
     }

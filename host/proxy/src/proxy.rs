@@ -39,6 +39,10 @@ pub struct StartOptions {
     /// sidecar asking for its own identity (`weft run` takes it from `WEFT_SPIFFE_ID`, which
     /// `weft inject` sets from the pod's namespace and service account).
     pub spiffe_id: Option<String>,
+    /// Compile plugins in a child process running this executable's `plugin compile` (`weft
+    /// run` passes its own path): the compiler's memory then never enters the proxy. `None`:
+    /// compile on a thread of the proxy.
+    pub plugin_compiler: Option<std::path::PathBuf>,
 }
 
 impl Proxy {
@@ -55,7 +59,12 @@ impl Proxy {
                 .await
                 .map_err(ProxyError::Identity)?;
         }
-        let plugins = Arc::new(PluginRegistry::new());
+        let plugins = Arc::new(PluginRegistry::with_engine_options(
+            weft_wasm::EngineOptions {
+                compiler: options.plugin_compiler.clone(),
+                ..weft_wasm::EngineOptions::default()
+            },
+        ));
         let access_log = log_format(&config)
             .and_then(|f| AccessLog::open(&config.access_log.path, f))
             .map_err(|error| ProxyError::AccessLog {

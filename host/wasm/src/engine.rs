@@ -27,6 +27,11 @@ pub struct EngineOptions {
     pub pooling: bool,
     /// Largest linear memory any plugin may have (the pooling allocator reserves this).
     pub max_memory_bytes: usize,
+    /// An executable that compiles modules in a child process (`<it> plugin compile - --output -`
+    /// with this engine's settings; `weft run` sets it to the `weft` binary itself). Cranelift's
+    /// working memory then never enters the proxy: the compiled code comes back through the
+    /// module cache file. `None` (or no cache directory): compile on a thread of this process.
+    pub compiler: Option<PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -35,6 +40,7 @@ impl Default for EngineOptions {
             cache_dir: default_cache_dir(),
             pooling: true,
             max_memory_bytes: 256 * 1024 * 1024,
+            compiler: None,
         }
     }
 }
@@ -57,6 +63,10 @@ pub struct WasmRuntime {
 struct Inner {
     engine: Engine,
     cache_dir: Option<PathBuf>,
+    /// The settings a child compiler must use to produce artifacts this engine accepts.
+    pooling: bool,
+    max_memory_bytes: usize,
+    compiler: Option<PathBuf>,
     stop: Arc<AtomicBool>,
     /// VMs shared by plugins with the same `vm_id`, module and VM configuration (type-erased
     /// to keep this module free of the plugin layer), by that key.
@@ -111,17 +121,20 @@ impl WasmRuntime {
 
     /// Builds the engine and starts the epoch ticker thread.
     pub fn new(options: EngineOptions) -> Result<WasmRuntime, LoadError> {
-        let engine = if options.pooling {
+        let (engine, pooling) = if options.pooling {
             match Engine::new(&config(&options, true)) {
-                Ok(e) => e,
+                Ok(e) => (e, true),
                 Err(e) => {
                     tracing::warn!(error = %e, "pooling allocator unavailable; using on-demand allocation");
-                    Engine::new(&config(&options, false))
-                        .map_err(|e| LoadError::Engine(e.to_string()))?
+                    let e = Engine::new(&config(&options, false))
+                        .map_err(|e| LoadError::Engine(e.to_string()))?;
+                    (e, false)
                 }
             }
         } else {
-            Engine::new(&config(&options, false)).map_err(|e| LoadError::Engine(e.to_string()))?
+            let e = Engine::new(&config(&options, false))
+                .map_err(|e| LoadError::Engine(e.to_string()))?;
+            (e, false)
         };
         let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
@@ -142,6 +155,9 @@ impl WasmRuntime {
             inner: Arc::new(Inner {
                 engine,
                 cache_dir: options.cache_dir,
+                pooling,
+                max_memory_bytes: options.max_memory_bytes,
+                compiler: options.compiler,
                 stop,
                 shared_vms: parking_lot::Mutex::new(HashMap::new()),
                 shared: Arc::default(),
@@ -185,41 +201,29 @@ impl WasmRuntime {
         {
             return Ok((m, digest));
         }
-        // Compiled on a thread of its own (with wasmtime's parallel compilation off): when it
-        // exits, the allocator's caches of Cranelift's short-lived memory go with it and the
-        // freed pages are purged, instead of staying in a pool thread (issue 12, item 8).
-        let compiled = std::thread::scope(|s| {
-            std::thread::Builder::new()
-                .name("weft-wasm-compile".into())
-                .spawn_scoped(s, || Module::new(&self.inner.engine, bytes))
-                .map_err(|e| LoadError::Compile(format!("cannot start the compile thread: {e}")))?
-                .join()
-                .map_err(|_| LoadError::Compile("the compile thread panicked".into()))
-        })?;
-        let module = compiled.map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        if let (Some(path), Some(compiler)) = (&cache_file, &self.inner.compiler) {
+            match self.compile_in_child(compiler, bytes) {
+                Ok(artifact) => match write_cache_entry(path, &artifact) {
+                    Ok(()) => {
+                        drop(artifact);
+                        if let Some(mapped) = self.load_cached(path) {
+                            tracing::info!(module = %digest, "plugin module compiled in a child process");
+                            return Ok((mapped, digest));
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot write the module cache"),
+                },
+                Err(ChildCompile::Rejected(why)) => return Err(LoadError::Compile(why)),
+                Err(ChildCompile::Unavailable(why)) => {
+                    tracing::warn!(compiler = %compiler.display(), %why, "cannot compile in a child process: compiling in this one");
+                }
+            }
+        }
+        let module = self.compile_here(bytes)?;
         if let Some(path) = &cache_file
             && let Ok(serialized) = module.serialize()
         {
-            let write = || -> std::io::Result<()> {
-                use std::io::Write;
-                use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-                if let Some(dir) = path.parent() {
-                    std::fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o700)
-                        .create(dir)?;
-                }
-                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                f.write_all(&serialized)?;
-                std::fs::rename(&tmp, path)
-            };
-            match write() {
+            match write_cache_entry(path, &serialized) {
                 // Run from the file just written: its code is then clean, file-backed pages
                 // (shared and reclaimable) rather than anonymous memory for the process's life.
                 Ok(()) => {
@@ -232,6 +236,95 @@ impl WasmRuntime {
             }
         }
         Ok((module, digest))
+    }
+
+    /// Compiles `bytes` in this process, on a thread of its own (with wasmtime's parallel
+    /// compilation off): when it exits, the allocator's caches of Cranelift's short-lived memory
+    /// go with it and the freed pages are purged, instead of staying in a pool thread.
+    fn compile_here(&self, bytes: &[u8]) -> Result<Module, LoadError> {
+        let compiled = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("weft-wasm-compile".into())
+                .spawn_scoped(s, || Module::new(&self.inner.engine, bytes))
+                .map_err(|e| LoadError::Compile(format!("cannot start the compile thread: {e}")))?
+                .join()
+                .map_err(|_| LoadError::Compile("the compile thread panicked".into()))
+        })?;
+        compiled.map_err(|e| LoadError::Compile(format!("{e:#}")))
+    }
+
+    /// Compiles `bytes` and returns the serialized artifact (what `weft plugin compile` writes):
+    /// loadable by any engine with this one's settings.
+    pub fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotWasm);
+        }
+        let module = self.compile_here(bytes)?;
+        module
+            .serialize()
+            .map_err(|e| LoadError::Compile(format!("serialize: {e:#}")))
+    }
+
+    /// The arguments a child compiler needs to build artifacts for this engine.
+    pub fn compiler_args(&self) -> Vec<String> {
+        vec![
+            "plugin".into(),
+            "compile".into(),
+            "-".into(),
+            "--output".into(),
+            "-".into(),
+            format!("--pooling={}", self.inner.pooling),
+            format!("--max-memory-bytes={}", self.inner.max_memory_bytes),
+        ]
+    }
+
+    /// Runs `compiler plugin compile` on `bytes` (module on stdin, artifact on stdout).
+    fn compile_in_child(
+        &self,
+        compiler: &std::path::Path,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, ChildCompile> {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(compiler)
+            .args(self.compiler_args())
+            .env("WEFT_LOG", "error")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| ChildCompile::Unavailable(format!("spawn: {e}")))?;
+        // Written from a thread: the child may fill its stdout pipe before reading all of stdin.
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| ChildCompile::Unavailable("no stdin pipe".into()))?;
+        let output = std::thread::scope(|s| {
+            let writer = s.spawn(move || stdin.write_all(bytes));
+            let output = child.wait_with_output();
+            let _ = writer.join();
+            output
+        })
+        .map_err(|e| ChildCompile::Unavailable(format!("wait: {e}")))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = stderr.trim();
+        match output.status.code() {
+            Some(0) if output.stdout.starts_with(b"\x7fELF") => Ok(output.stdout),
+            Some(0) => Err(ChildCompile::Unavailable(
+                "the child wrote no compiled module".into(),
+            )),
+            // `weft plugin compile` exits 3 when the module itself does not compile.
+            Some(3) => Err(ChildCompile::Rejected(
+                stderr
+                    .strip_prefix("compile: ")
+                    .unwrap_or(stderr)
+                    .to_owned(),
+            )),
+            _ => Err(ChildCompile::Unavailable(format!(
+                "{}: {stderr}",
+                output.status
+            ))),
+        }
     }
 
     /// The cached compilation at `path`, if it may be trusted and loads.
@@ -255,6 +348,35 @@ impl WasmRuntime {
             }
         }
     }
+}
+
+/// Why a child compile gave no artifact.
+enum ChildCompile {
+    /// The module does not compile (the child said why).
+    Rejected(String),
+    /// The child could not run or did not answer: compile in this process instead.
+    Unavailable(String),
+}
+
+/// Writes a compiled artifact to the module cache (directory 0700, file 0600, atomically).
+fn write_cache_entry(path: &std::path::Path, artifact: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(artifact)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// A module cache entry may be deserialized (which trusts its machine code) only when it and its

@@ -68,9 +68,35 @@ enum Command {
     },
     /// Add the Weft sidecar to Kubernetes manifests (as `istioctl kube-inject`).
     Inject(crate::inject::InjectArgs),
+    /// Plugin tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Install (or print, or remove) the iptables rules that capture a pod's TCP traffic
     /// into Weft (outbound to 15001, inbound to 15006), as Istio's istio-iptables.
     Iptables(crate::iptables::IptablesArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Compile a plugin ahead of time. Without `--output`, into the module cache that `weft run`
+    /// reads (a deployment step, e.g. an init container); with it, the compiled module goes to
+    /// that file (`-`: standard output). `weft run` itself compiles each new plugin this way, in
+    /// a child process, so the compiler's memory never stays in the proxy.
+    Compile {
+        /// The plugin's `.wasm` file (`-`: standard input).
+        module: PathBuf,
+        /// Where to write the compiled module (`-`: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Engine setting the artifact must match: the pooling allocator.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, hide = true)]
+        pooling: bool,
+        /// Engine setting the artifact must match: the largest linear memory.
+        #[arg(long, default_value_t = 256 * 1024 * 1024, hide = true)]
+        max_memory_bytes: usize,
+    },
 }
 
 /// Runs the parsed command line.
@@ -90,6 +116,87 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Ca { command } => crate::ca::main(command),
         Command::Inject(args) => crate::inject::main(args),
         Command::Iptables(args) => crate::iptables::main(args),
+        Command::Plugin {
+            command:
+                PluginCommand::Compile {
+                    module,
+                    output,
+                    pooling,
+                    max_memory_bytes,
+                },
+        } => compile_plugin(&module, output.as_deref(), pooling, max_memory_bytes),
+    }
+}
+
+/// `weft plugin compile`. Exit codes: 0 compiled, 3 the module does not compile (stderr says
+/// why; the proxy's child-process compile relies on it), 1 anything else.
+fn compile_plugin(
+    module: &std::path::Path,
+    output: Option<&std::path::Path>,
+    pooling: bool,
+    max_memory_bytes: usize,
+) -> ExitCode {
+    use std::io::{Read, Write};
+    let stdio = std::path::Path::new("-");
+    let mut bytes = Vec::new();
+    let read = if module == stdio {
+        std::io::stdin().read_to_end(&mut bytes).map(|_| ())
+    } else {
+        std::fs::read(module).map(|b| bytes = b)
+    };
+    if let Err(e) = read {
+        eprintln!("{}: {e}", module.display());
+        return ExitCode::FAILURE;
+    }
+    let options = weft_wasm::EngineOptions {
+        pooling,
+        max_memory_bytes,
+        cache_dir: if output.is_some() {
+            None
+        } else {
+            weft_wasm::EngineOptions::default().cache_dir
+        },
+        compiler: None,
+    };
+    let runtime = match weft_wasm::WasmRuntime::new(options) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let compile_failed = |e: weft_wasm::LoadError| {
+        eprintln!("{e}");
+        ExitCode::from(3)
+    };
+    let Some(output) = output else {
+        return match runtime.compile(&bytes) {
+            Ok((_, digest)) => {
+                println!(
+                    "{}: compiled into the module cache ({digest})",
+                    module.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => compile_failed(e),
+        };
+    };
+    let artifact = match runtime.precompile(&bytes) {
+        Ok(a) => a,
+        Err(e) => return compile_failed(e),
+    };
+    let written = if output == stdio {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&artifact).and_then(|()| out.flush())
+    } else {
+        std::fs::write(output, &artifact)
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}: {e}", output.display());
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -217,6 +324,9 @@ fn run(
             StartOptions {
                 watch: !demo,
                 spiffe_id,
+                // Plugins compile in a child `weft plugin compile`: Cranelift's memory stays out
+                // of the proxy (issue 12, item 8; docs/performance.md).
+                plugin_compiler: std::env::current_exe().ok(),
                 ..Default::default()
             },
         )

@@ -280,3 +280,97 @@ fn ca_init_intermediate_and_issue_write_a_verifiable_chain() {
     let _ = serve.kill();
     let _ = serve.wait();
 }
+
+#[test]
+fn plugin_compile_writes_an_artifact_or_names_why_the_module_does_not_compile() {
+    let module = weft_test_artifacts::HEADER_ADDER;
+    // To a file, and through standard input and output (as the proxy's child compile runs it).
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("header_adder.cwasm");
+    let status = weft()
+        .args(["plugin", "compile", module, "-o"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(std::fs::read(&out).unwrap().starts_with(b"\x7fELF"));
+    let mut child = weft()
+        .args(["plugin", "compile", "-", "--output", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = weft_test_artifacts::bytes(module);
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&bytes));
+    let piped = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(piped.status.success());
+    assert!(piped.stdout.starts_with(b"\x7fELF"));
+    // Into the module cache (no --output): the deployment step.
+    let cache = tempfile::tempdir().unwrap();
+    let status = weft()
+        .args(["plugin", "compile", module])
+        .env("XDG_CACHE_HOME", cache.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let entries: Vec<_> = std::fs::read_dir(cache.path().join("weft/wasm"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].ends_with(".cwasm"), "{entries:?}");
+    // A module that does not compile: exit code 3 and the compiler's reason.
+    let bad = dir.path().join("bad.wasm");
+    std::fs::write(&bad, b"\0asm\x01\0\0\0\xff").unwrap();
+    let out = weft()
+        .args(["plugin", "compile", "-o", "-"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("malformed section id"), "{stderr}");
+}
+
+#[test]
+fn a_runtime_with_a_child_compiler_runs_the_plugin_from_the_cache_file() {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = |cache_dir: &str, compiler: &std::path::Path| {
+        weft_wasm::WasmRuntime::new(weft_wasm::EngineOptions {
+            cache_dir: Some(cache.path().join(cache_dir)),
+            compiler: Some(compiler.into()),
+            ..weft_wasm::EngineOptions::default()
+        })
+        .unwrap()
+    };
+    let bytes = weft_test_artifacts::bytes(weft_test_artifacts::HEADER_ADDER);
+    let rt = runtime("child", std::path::Path::new(env!("CARGO_BIN_EXE_weft")));
+    let (module, digest) = rt.compile(&bytes).unwrap();
+    assert!(
+        module
+            .exports()
+            .any(|e| e.name() == "proxy_on_request_headers")
+    );
+    let entry = std::fs::read_dir(cache.path().join("child"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with(&digest));
+    assert!(entry.is_some(), "the child's artifact is in the cache");
+    // The child's verdict on a module that does not compile is the load error.
+    let err = rt.compile(b"\0asm\x01\0\0\0\xff").unwrap_err().to_string();
+    assert!(
+        err.starts_with("compile: ") && err.contains("malformed section id"),
+        "{err}"
+    );
+    // A compiler that cannot run: compiled in this process instead.
+    let missing = cache.path().join("no-such-weft");
+    let rt = runtime("fallback", &missing);
+    let (module, _) = rt.compile(&bytes).unwrap();
+    assert!(
+        module
+            .exports()
+            .any(|e| e.name() == "proxy_on_request_headers")
+    );
+}
