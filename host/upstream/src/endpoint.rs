@@ -43,6 +43,10 @@ pub struct EndpointSet {
     balancer: Option<Balancer>,
     /// The priority levels present, in order, when there is more than one.
     levels: Option<Vec<u32>>,
+    /// Each level's endpoint and available counts, as last counted, and the millisecond they
+    /// were counted in: a pick counts again only when the clock has moved on (health and
+    /// ejections change on millisecond boundaries at the finest), not on every request.
+    level_counts: arc_swap::ArcSwapOption<(u64, Vec<(u32, usize, usize)>)>,
     /// The endpoints reached in plaintext although the cluster has TLS.
     plaintext: std::collections::HashSet<SocketAddr>,
 }
@@ -88,6 +92,7 @@ impl EndpointSet {
             endpoints,
             balancer,
             levels: (levels.len() > 1).then_some(levels),
+            level_counts: arc_swap::ArcSwapOption::empty(),
             plaintext,
         }
     }
@@ -96,21 +101,24 @@ impl EndpointSet {
     /// the endpoints' availability now); `None` with one level, or none available.
     pub(crate) fn pick_level(&self, now: u64) -> Option<u32> {
         let levels = self.levels.as_ref()?;
-        let counts: Vec<(u32, usize, usize)> = levels
-            .iter()
-            .map(|&p| {
-                let mut total = 0;
-                let mut available = 0;
-                for e in self.endpoints.iter().filter(|e| e.priority == p) {
-                    total += 1;
-                    if e.health.is_available(now) {
-                        available += 1;
-                    }
+        if let Some(counted) = self.level_counts.load().as_deref()
+            && counted.0 == now
+        {
+            return choose_level(&counted.1, fastrand::f64());
+        }
+        let mut counts: Vec<(u32, usize, usize)> = levels.iter().map(|&p| (p, 0, 0)).collect();
+        for e in &self.endpoints {
+            // `levels` is sorted and holds every endpoint's level.
+            if let Ok(i) = levels.binary_search(&e.priority) {
+                counts[i].1 += 1;
+                if e.health.is_available(now) {
+                    counts[i].2 += 1;
                 }
-                (p, total, available)
-            })
-            .collect();
-        choose_level(&counts, fastrand::f64())
+            }
+        }
+        let level = choose_level(&counts, fastrand::f64());
+        self.level_counts.store(Some(Arc::new((now, counts))));
+        level
     }
 
     /// Whether `addr` is reached in plaintext although the cluster has TLS.
