@@ -35,6 +35,9 @@ pub struct Endpoint {
     pub health: EndpointHealth,
 }
 
+/// The millisecond a count was taken in, and per priority level `(level, endpoints, available)`.
+type LevelCounts = (u64, Vec<(u32, usize, usize)>);
+
 /// The endpoints of a cluster at one moment, with the balancer built over them.
 #[derive(Debug)]
 pub struct EndpointSet {
@@ -46,7 +49,7 @@ pub struct EndpointSet {
     /// Each level's endpoint and available counts, as last counted, and the millisecond they
     /// were counted in: a pick counts again only when the clock has moved on (health and
     /// ejections change on millisecond boundaries at the finest), not on every request.
-    level_counts: arc_swap::ArcSwapOption<(u64, Vec<(u32, usize, usize)>)>,
+    level_counts: arc_swap::ArcSwapOption<LevelCounts>,
     /// The endpoints reached in plaintext although the cluster has TLS.
     plaintext: std::collections::HashSet<SocketAddr>,
 }
