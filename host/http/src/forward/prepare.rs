@@ -25,33 +25,62 @@ pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// A header [`strip_hop_by_hop`] removes by name (the names `Connection` nominates go only
-/// when `Connection` itself is present, so they need no check of their own).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::TRAILER
-        || *name == header::TE
-        || *name == header::UPGRADE
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
+/// The hop-by-hop headers [`strip_hop_by_hop`] removes by name, one bit each (the names
+/// `Connection` nominates go only when `Connection` itself is present).
+const CONNECTION: u8 = 1;
+const TRANSFER_ENCODING: u8 = 1 << 1;
+const TRAILER: u8 = 1 << 2;
+const TE: u8 = 1 << 3;
+const UPGRADE: u8 = 1 << 4;
+const KEEP_ALIVE_BIT: u8 = 1 << 5;
+const PROXY_CONNECTION_BIT: u8 = 1 << 6;
+
+/// Which hop-by-hop headers `name` is (0: none).
+fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    if *name == header::CONNECTION {
+        CONNECTION
+    } else if *name == header::TRANSFER_ENCODING {
+        TRANSFER_ENCODING
+    } else if *name == header::TRAILER {
+        TRAILER
+    } else if *name == header::TE {
+        TE
+    } else if *name == header::UPGRADE {
+        UPGRADE
+    } else if *name == KEEP_ALIVE {
+        KEEP_ALIVE_BIT
+    } else if *name == PROXY_CONNECTION {
+        PROXY_CONNECTION_BIT
+    } else {
+        0
+    }
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the Connection header names.
 /// With `keep_upgrade`, `Upgrade` and `Connection: upgrade` are kept for the next hop.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // The common case, no hop-by-hop header at all: one pass over the names instead of a
-    // hashed removal for each of them.
-    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names finds which are present; only those are removed (a hashed
+    // removal each), and the common case, none at all, returns here.
+    let present = headers.keys().fold(0u8, |acc, n| acc | hop_by_hop_bit(n));
+    if present == 0 && !keep_upgrade {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present & CONNECTION != 0 {
         let nominated: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter_map(|t| {
+                let t = t.trim();
+                // `keep-alive` and `close`, the usual tokens, need no removal of their own
+                // (`close` names no header; `keep-alive` is removed below if present).
+                if t.eq_ignore_ascii_case("keep-alive") || t.eq_ignore_ascii_case("close") {
+                    None
+                } else {
+                    HeaderName::from_bytes(t.as_bytes()).ok()
+                }
+            })
             .collect();
         for name in nominated {
             if keep_upgrade && name == header::UPGRADE {
@@ -64,18 +93,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::TRAILER);
-    if let Some(te) = headers.get(header::TE)
+    if present & KEEP_ALIVE_BIT != 0 {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if present & PROXY_CONNECTION_BIT != 0 {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if present & TRANSFER_ENCODING != 0 {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if present & TRAILER != 0 {
+        headers.remove(header::TRAILER);
+    }
+    if present & TE != 0
+        && let Some(te) = headers.get(header::TE)
         && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
     {
         headers.remove(header::TE);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & UPGRADE != 0 {
         headers.remove(header::UPGRADE);
     }
 }
@@ -195,6 +233,39 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-keep"]);
+    }
+
+    #[test]
+    fn only_the_hop_by_hop_headers_present_go_whatever_connection_says() {
+        // nginx's usual response head: `Connection: keep-alive` and nothing else hop-by-hop.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["content-length"]
+        );
+        // Tokens in any case, `close`, a nominated Keep-Alive header, and a repeated
+        // Connection header; Host is never removed by nomination.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("Close, X-A"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("KEEP-ALIVE , host"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert(header::HOST, HeaderValue::from_static("example"));
+        h.insert(header::TRAILER, HeaderValue::from_static("x-t"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["host"]);
+        // Nothing hop-by-hop: untouched.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
     }
 
     #[test]

@@ -207,6 +207,9 @@ struct Group {
     families: Vec<Family>,
     shape: Shape,
     series: RwLock<SeriesMap>,
+    /// The series the last report went to: a sidecar's reports mostly repeat one label set,
+    /// and comparing with it is cheaper than hashing every label to look it up.
+    last: arc_swap::ArcSwapOption<Series>,
 }
 
 /// Series by label values.
@@ -236,10 +239,20 @@ impl Group {
                 Source::Fixed(v) => v,
             });
         }
-        let found = self.series.read().get(&Probe(&values)).cloned();
-        let series = match found {
-            Some(s) => s,
-            None => self.create(&values),
+        use hashbrown::Equivalent;
+        let last = self.last.load();
+        let looked_up;
+        let series: &Series = match last.as_deref() {
+            Some(s) if Probe(&values).equivalent(&s.labels) => s,
+            _ => {
+                let found = self.series.read().get(&Probe(&values)).cloned();
+                looked_up = match found {
+                    Some(s) => s,
+                    None => self.create(&values),
+                };
+                self.last.store(Some(looked_up.clone()));
+                &looked_up
+            }
         };
         for (family, metric) in &series.metrics {
             let amount = amounts.get(*family);
@@ -734,6 +747,7 @@ fn groups(telemetry: &Telemetry, reporter: Reporter, tcp: bool) -> Vec<Group> {
                 families: vec![family],
                 shape,
                 series: RwLock::new(SeriesMap::new()),
+                last: arc_swap::ArcSwapOption::empty(),
             }),
         }
     }
