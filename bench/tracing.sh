@@ -10,24 +10,19 @@
 # Results: bench/results/tracing-<time>.md (and stdout).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-8} CONNS=${CONNS:-32}
 RUN=$(mktemp -d /tmp/weft-tracing-bench.XXXXXX)
 OUT="$ROOT/bench/results/tracing-$(date -u +%Y%m%dT%H%M%SZ).md"
 mkdir -p "$ROOT/bench/results" "$RUN/tmp"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+trap bench_kill_pids EXIT
 
-for cmd in nginx wrk; do
-    command -v $cmd >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk; }
-done
-if [ -z "${WEFT_BIN:-}" ]; then
-    cargo build --manifest-path "$ROOT/Cargo.toml" --release -q -p weft
-    WEFT_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/weft"
-fi
+bench_need nginx nginx-light wrk wrk
+bench_weft "$ROOT"
+WEFT_BIN=$WEFT
 
-nginx -p "$RUN" -e "$RUN/error.log" -c "$ROOT/bench/configs/upstream-nginx.conf" &
-PIDS+=($!)
+bench_upstream "$ROOT" "$RUN"
 # The collector: accepts every OTLP/HTTP export (200, empty body) and counts the bytes.
 taskset -c 0 python3 - 18350 >"$RUN/sink.log" 2>&1 <<'PY' &
 import http.server, sys
@@ -57,8 +52,6 @@ weft_config() { # off|PERCENT port admin
     }
 }
 
-wait_port() { for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; return 1; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 declare -A RPS CPU
 measure() { # off|PERCENT round

