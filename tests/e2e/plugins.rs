@@ -603,6 +603,68 @@ clusters:
     assert_eq!(received.load(Ordering::Relaxed), 60_000);
 }
 
+/// The response side of `max_body_bytes`: a plugin that buffers the response body to its end,
+/// under a 2 MiB upstream response, gets a 500 (Envoy's buffer overflow for a response) whose
+/// head says so; the held bytes never reach the client. Within the bound the body passes whole.
+#[tokio::test]
+async fn a_response_body_held_past_max_body_bytes_is_a_500_before_any_byte() {
+    let up = serve(|req: http::Request<hyper::body::Incoming>| async move {
+        let size = if req.uri().path() == "/big" {
+            2 * 1024 * 1024
+        } else {
+            60_000
+        };
+        http::Response::new(Full::from(vec![b'r'; size]))
+    })
+    .await;
+    let p = TestProxy::start(&format!(
+        r#"
+plugins:
+{}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes:
+          - route: {{ cluster: up }}
+            plugins: [{{ name: hold }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+        // Pauses in on_response_body until the end of the stream.
+        plugin(
+            "hold",
+            fx::HOSTCALLS,
+            "    configuration: {response_body: \"buffer\"}\n    max_body_bytes: 65536\n"
+        ),
+    ))
+    .await;
+    let r = send(
+        &client(),
+        http::Request::get(p.url("main", "/small"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 60_000);
+    let r = send(
+        &client(),
+        http::Request::get(p.url("main", "/big"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(
+        !r.body.windows(16).any(|w| w == [b'r'; 16]),
+        "none of the held upstream bytes reached the client"
+    );
+    assert!(r.text().contains("too large"), "{}", r.text());
+}
+
 /// Instance pools under concurrency, on a multi-thread runtime: concurrent requests share a
 /// plugin's two instances (waiting for them asynchronously), and concurrent traps under the
 /// `reload` policy replace instances one at a time, so the pool never holds more than its size
