@@ -7,7 +7,8 @@
 //! [`tokio::task::block_in_place`], which hands the worker's other tasks to another thread
 //! while the guest runs (multi-threaded runtimes only, i.e. `workers` > 1). Fast plugins barely
 //! pay for it: one callback in [`SAMPLE`] reads the clock (twice); the others only bump a
-//! counter, so a slow plugin is caught within a few of its callbacks.
+//! counter, so a slow plugin is caught within a few of its callbacks. On a current-thread
+//! runtime (`workers: 1`) there is no other thread to hand work to, so nothing is timed at all.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,9 +43,38 @@ fn on_multi_thread_runtime() -> bool {
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
+thread_local! {
+    /// The flavor of the runtime this thread was seen running tasks of: 0 unknown (or none),
+    /// 1 current-thread, 2 multi-thread. A tokio thread serves one runtime for its life in the
+    /// proxy; should a thread be reused by another runtime (tests), a stale "current-thread"
+    /// only leaves it unpaced, and "multi-thread" is checked again before `block_in_place`
+    /// (which panics on a current-thread runtime).
+    static FLAVOR: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// True when callbacks on this thread can never be offloaded (a current-thread runtime).
+fn cannot_offload() -> bool {
+    FLAVOR.with(|c| {
+        let known = c.get();
+        if known != 0 {
+            return known == 1;
+        }
+        let flavor = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => 1,
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => 2,
+            _ => 0,
+        };
+        c.set(flavor);
+        flavor == 1
+    })
+}
+
 impl Pace {
     /// Runs one guest callback, off the worker when the plugin has been slow lately.
     pub fn run<R>(&self, call: impl FnOnce() -> R) -> R {
+        if cannot_offload() {
+            return call();
+        }
         let until = self.slow_until_ms.load(Ordering::Relaxed);
         let slow = until != 0 && clock_ms() < until;
         let timed = slow
