@@ -3,18 +3,21 @@
 //! A guest callback runs on the tokio worker thread that polls the request. One that burns
 //! milliseconds of CPU would hold up every other connection of that worker meanwhile, on other
 //! routes too. So each plugin keeps a pace: once one of its callbacks has taken
-//! [`SLOW_CALL`] or more, its callbacks for the next [`STAY_SLOW`] run under
+//! [`SLOW_CALL`] of CPU or more, its callbacks for the next [`STAY_SLOW`] run under
 //! [`tokio::task::block_in_place`], which hands the worker's other tasks to another thread
 //! while the guest runs (multi-threaded runtimes only, i.e. `workers` > 1). Fast plugins barely
-//! pay for it: one callback in [`SAMPLE`] reads the clock (twice); the others only bump a
-//! counter, so a slow plugin is caught within a few of its callbacks. On a current-thread
+//! pay for it: one callback in [`SAMPLE`] reads the thread's CPU clock (twice); the others only
+//! bump a counter, so a slow plugin is caught within a few of its callbacks. CPU time, not wall
+//! time: on a busy machine a trivial callback is often descheduled for longer than
+//! [`SLOW_CALL`], and wall time marked such plugins slow for good (every callback then paid a
+//! `block_in_place` hand-off: a trivial plugin cost 2.5x the proxy's CPU with two workers). On a current-thread
 //! runtime (`workers: 1`) there is no other thread to hand work to, so nothing is timed at all.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// A callback this long marks its plugin slow.
+/// A callback using this much CPU marks its plugin slow.
 pub const SLOW_CALL: Duration = Duration::from_micros(250);
 /// How long a plugin stays slow after its last slow callback.
 pub const STAY_SLOW: Duration = Duration::from_secs(10);
@@ -86,13 +89,14 @@ impl Pace {
             return call();
         }
         let offload = slow && on_multi_thread_runtime();
-        let start = Instant::now();
+        let start = cpu_time::ThreadTime::now();
         let r = if offload {
             self.offloaded.fetch_add(1, Ordering::Relaxed);
             tokio::task::block_in_place(call)
         } else {
             call()
         };
+        // Under `block_in_place` the callback still runs on this thread.
         if start.elapsed() >= SLOW_CALL {
             let stay = u64::try_from(STAY_SLOW.as_millis()).unwrap_or(u64::MAX);
             self.slow_until_ms
@@ -107,7 +111,7 @@ mod tests {
     use super::*;
 
     fn burn() {
-        let t = Instant::now();
+        let t = cpu_time::ThreadTime::now();
         while t.elapsed() < SLOW_CALL * 2 {
             std::hint::spin_loop();
         }
