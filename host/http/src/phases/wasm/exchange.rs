@@ -104,6 +104,10 @@ impl RequestProperties {
     }
 
     /// Records `response.code_details` (no copy when it is unchanged or static).
+    #[expect(
+        clippy::ptr_arg,
+        reason = "the Cow is cloned: free for the static details, as most are"
+    )]
     pub fn set_code_details(&self, details: &std::borrow::Cow<'static, str>) {
         let mut d = self.dynamic.lock();
         if d.code_details.as_deref() != Some(&**details) {
