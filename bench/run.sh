@@ -26,7 +26,9 @@
 # (600), NO_INSTALL=1 to install nothing.
 # WORKERS=N (1): workers of weft, envoy, nginx and haproxy (`workers: N`, `--concurrency N`,
 # `worker_processes N`, `nbthread N`; their configs are rendered into the run directory); with
-# N > 1 nothing is pinned (the proxies need both cores); the plugin candidates keep one worker.
+# N > 1 nothing is pinned (the proxies need both cores); the plugin candidates (A and E) follow
+# it too: weft-wasm* with `workers: N` and `instances: N` per plugin, envoy-wasm* with
+# `--concurrency N` (the two-worker Wasm scenario is `WORKERS=2 SCENARIOS=A,E`).
 # WEFT_BIN=PATH: benchmark that weft binary instead of building this checkout (cargo build
 # --release -p weft, into $CARGO_TARGET_DIR if set).
 # WEFT_BASE_BIN=PATH: a second, older weft binary (e.g. from bench/build-base.sh REV), run side by
@@ -335,8 +337,10 @@ elif run_child cargo build --release -q --target wasm32-wasip1 --manifest-path "
     >"$RAW/logs/wasm-build.log" 2>&1 && [ -f "$WASM_BUILT" ] && cp -f "$WASM_BUILT" "$PLUGIN"; then
     HAVE_PLUGIN=1
     meta plugin "header_adder.wasm, $(stat -c %s "$PLUGIN") bytes, sha256 $(sha256sum "$PLUGIN" | cut -c1-16), configuration v1"
+    # WORKERS > 1: Weft's plugin candidates get as many workers and instances per plugin.
+    WASM_WORKERS=(-e "s/^workers: 1\$/workers: $WORKERS/" -e "s/^\( *\)instances: 1\$/\1instances: $WORKERS/")
     for f in weft-wasm.yaml envoy-wasm.yaml; do
-        sed "s|@PLUGIN@|$PLUGIN|g" "$BENCH/configs/$f" >"$RUN/$f"
+        sed -e "s|@PLUGIN@|$PLUGIN|g" "${WASM_WORKERS[@]}" "$BENCH/configs/$f" >"$RUN/$f"
         cp -f "$RUN/$f" "$RAW/configs/$f"
     done
     # Scenario E's candidates load their own (identical) copy, so that scenario F's rewrites of
@@ -344,9 +348,13 @@ elif run_child cargo build --release -q --target wasm32-wasip1 --manifest-path "
     mkdir -p "$RUN/wasm3"
     cp -f "$PLUGIN" "$PLUGIN3"
     for f in weft-wasm3.yaml envoy-wasm3.yaml; do
-        sed "s|@PLUGIN@|$PLUGIN3|g" "$BENCH/configs/$f" >"$RUN/$f"
+        sed -e "s|@PLUGIN@|$PLUGIN3|g" "${WASM_WORKERS[@]}" "$BENCH/configs/$f" >"$RUN/$f"
         cp -f "$RUN/$f" "$RAW/configs/$f"
     done
+    if [ "$WORKERS" != 1 ] && ! { grep -q "^workers: $WORKERS\$" "$RUN/weft-wasm.yaml" &&
+        grep -q "^workers: $WORKERS\$" "$RUN/weft-wasm3.yaml"; }; then
+        log "WARNING: could not render the plugin configs for WORKERS=$WORKERS"
+    fi
 else
     log "WARNING: header_adder.wasm failed to build (see $RAW/logs/wasm-build.log); skipping weft-wasm and envoy-wasm"
     SKIP[weft-wasm]="plugin build failed"
@@ -600,10 +608,10 @@ if [ $HAVE_ENVOY = 1 ]; then
     start_candidate envoy "$ENVOY" -c "$BENCH/configs/envoy.yaml" --concurrency "$WORKERS" \
         --disable-hot-restart --log-level warn && CANDS+=(envoy)
     if [ $HAVE_PLUGIN = 1 ]; then
-        start_candidate envoy-wasm "$ENVOY" -c "$RUN/envoy-wasm.yaml" --concurrency 1 \
+        start_candidate envoy-wasm "$ENVOY" -c "$RUN/envoy-wasm.yaml" --concurrency "$WORKERS" \
             --disable-hot-restart --log-level warn && verify_plugin envoy-wasm && CANDS+=(envoy-wasm)
         if want E; then
-            start_candidate envoy-wasm3 "$ENVOY" -c "$RUN/envoy-wasm3.yaml" --concurrency 1 \
+            start_candidate envoy-wasm3 "$ENVOY" -c "$RUN/envoy-wasm3.yaml" --concurrency "$WORKERS" \
                 --disable-hot-restart --log-level warn && verify_plugin envoy-wasm3 v1 v2 v3 && CANDS+=(envoy-wasm3)
         fi
     fi

@@ -111,24 +111,15 @@ impl Completion {
         if let Some(w) = self.wasm.take() {
             let p = w.properties();
             if self.status != 0 {
-                p.set(
-                    "response.code",
-                    u64::from(self.status).to_le_bytes().to_vec(),
-                );
+                p.set_response_code(self.status);
             }
             if self.code_details.is_empty() {
                 self.code_details = flags::code_details(self.flag)
                     .unwrap_or(if self.status == 0 { "" } else { "via_upstream" })
                     .into();
             }
-            p.set(
-                "response.code_details",
-                self.code_details.as_bytes().to_vec(),
-            );
-            p.set(
-                "response.flags",
-                flags::envoy_bits(self.flag).to_le_bytes().to_vec(),
-            );
+            p.set_code_details(&self.code_details);
+            p.set_flags(flags::envoy_bits(self.flag));
             p.record_sizes(self.request_bytes.load(Ordering::Relaxed), bytes);
             w.finish();
         }

@@ -19,6 +19,12 @@ impl GuestMemory {
         GuestMemory { memory }
     }
 
+    /// Runs `f` on the guest's whole memory, in place (no copy); `f` checks its ranges with
+    /// `range`.
+    pub(crate) fn with_data<R>(&self, store: impl AsContext, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self.memory.data(&store))
+    }
+
     /// Copies `len` bytes at `ptr` out of the guest.
     pub(crate) fn read(
         &self,

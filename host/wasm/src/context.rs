@@ -298,7 +298,8 @@ pub(crate) struct HostState {
     /// The context whose stream data is loaded in `stream`.
     pub(crate) stream_context: u32,
     pub(crate) root_context: u32,
-    pub(crate) stream: Option<StreamData>,
+    /// Boxed: moved in and out of the store around every callback (a pointer, not the struct).
+    pub(crate) stream: Option<Box<StreamData>>,
     /// Streams of this instance held by a `Pause` with nothing pending (Envoy's
     /// `StopIteration`), by context id: a root callback (`on_tick`, `on_queue_ready`, a callout
     /// response) reaches them through `proxy_set_effective_context` and resumes them.
@@ -357,24 +358,24 @@ impl HostState {
     /// The stream data of the effective context: the loaded stream, or a parked one.
     pub(crate) fn stream_mut(&mut self) -> Result<&mut StreamData, Status> {
         if self.context_id == self.stream_context
-            && let Some(s) = self.stream.as_mut()
+            && let Some(s) = self.stream.as_deref_mut()
         {
             return Ok(s);
         }
         self.parked
             .get_mut(&self.context_id)
-            .map(|p| &mut p.data)
+            .map(|p| &mut *p.data)
             .ok_or(Status::BadArgument)
     }
 
     /// The stream data of the effective context, read-only.
     pub(crate) fn stream_ref(&self) -> Option<&StreamData> {
         if self.context_id == self.stream_context
-            && let Some(s) = self.stream.as_ref()
+            && let Some(s) = self.stream.as_deref()
         {
             return Some(s);
         }
-        self.parked.get(&self.context_id).map(|p| &p.data)
+        self.parked.get(&self.context_id).map(|p| &*p.data)
     }
 
     /// True when `id` names a stream a callback can address: the loaded one or a parked one.
@@ -405,7 +406,7 @@ impl HostState {
 /// A stream held by its plugin (paused with nothing pending), waiting for a root callback to
 /// resume it.
 pub(crate) struct Parked {
-    pub(crate) data: StreamData,
+    pub(crate) data: Box<StreamData>,
     pub(crate) wake: Arc<tokio::sync::Notify>,
 }
 

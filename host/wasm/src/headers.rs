@@ -40,6 +40,25 @@ fn name(name: &str) -> Result<HeaderName, InvalidHeader> {
     HeaderName::from_bytes(name.as_bytes()).map_err(|_| InvalidHeader)
 }
 
+/// A header name checked and converted once: a pseudo-header (kept in order before the map,
+/// lower-case) or a regular one.
+#[derive(Debug, Clone)]
+pub(crate) enum Key {
+    Pseudo(Cow<'static, str>),
+    Regular(HeaderName),
+}
+
+impl Key {
+    /// `name` as a key.
+    pub(crate) fn parse(key: &str) -> Result<Key, InvalidHeader> {
+        if key.starts_with(':') {
+            Ok(Key::Pseudo(pseudo_name(key)))
+        } else {
+            name(key).map(Key::Regular)
+        }
+    }
+}
+
 /// A pseudo-header's name with a static spelling when it is one of the standard ones.
 fn pseudo_name(name: &str) -> Cow<'static, str> {
     for known in [":method", ":scheme", ":authority", ":path", ":status"] {
@@ -188,13 +207,18 @@ impl Headers {
     /// [`InvalidHeader`] when the name or value is not valid on the wire.
     pub fn add(&mut self, key: &str, v: &[u8]) -> Result<(), InvalidHeader> {
         let v = value(v)?;
-        if key.starts_with(':') {
-            self.inner_mut().pseudo.push((pseudo_name(key), v));
-        } else {
-            let n = name(key)?;
-            self.inner_mut().map.append(n, v);
-        }
+        self.add_parsed(Key::parse(key)?, v);
         Ok(())
+    }
+
+    /// Appends a pair already checked.
+    pub(crate) fn add_parsed(&mut self, key: Key, v: HeaderValue) {
+        match key {
+            Key::Pseudo(k) => self.inner_mut().pseudo.push((k, v)),
+            Key::Regular(n) => {
+                self.inner_mut().map.append(n, v);
+            }
+        }
     }
 
     /// Replaces every value of `key` with `v` (keeping the first position).
@@ -204,27 +228,37 @@ impl Headers {
     /// [`InvalidHeader`] when the name or value is not valid on the wire.
     pub fn replace(&mut self, key: &str, v: &[u8]) -> Result<(), InvalidHeader> {
         let v = value(v)?;
-        if key.starts_with(':') {
-            let pseudo = &mut self.inner_mut().pseudo;
-            match pseudo.iter().position(|(k, _)| k.eq_ignore_ascii_case(key)) {
-                Some(pos) => {
-                    pseudo[pos].1 = v;
-                    let mut i = pos + 1;
-                    while i < pseudo.len() {
-                        if pseudo[i].0.eq_ignore_ascii_case(key) {
-                            pseudo.remove(i);
-                        } else {
-                            i += 1;
+        self.replace_parsed(Key::parse(key)?, v);
+        Ok(())
+    }
+
+    /// Replaces every value of a key already checked.
+    pub(crate) fn replace_parsed(&mut self, key: Key, v: HeaderValue) {
+        match key {
+            Key::Pseudo(key) => {
+                let pseudo = &mut self.inner_mut().pseudo;
+                match pseudo
+                    .iter()
+                    .position(|(k, _)| k.eq_ignore_ascii_case(&key))
+                {
+                    Some(pos) => {
+                        pseudo[pos].1 = v;
+                        let mut i = pos + 1;
+                        while i < pseudo.len() {
+                            if pseudo[i].0.eq_ignore_ascii_case(&key) {
+                                pseudo.remove(i);
+                            } else {
+                                i += 1;
+                            }
                         }
                     }
+                    None => pseudo.push((key, v)),
                 }
-                None => pseudo.push((pseudo_name(key), v)),
             }
-        } else {
-            let n = name(key)?;
-            self.inner_mut().map.insert(n, v);
+            Key::Regular(n) => {
+                self.inner_mut().map.insert(n, v);
+            }
         }
-        Ok(())
     }
 
     /// Removes every value of `key`.

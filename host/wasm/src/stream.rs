@@ -16,7 +16,8 @@ pub struct Stream {
     plugin: Arc<Plugin>,
     slot: Arc<Slot>,
     id: u32,
-    data: Option<StreamData>,
+    /// Boxed: moved into the instance's store for each callback and back (a pointer move).
+    data: Option<Box<StreamData>>,
     calls: Vec<HttpCallRequest>,
     finished: bool,
     failed: bool,
@@ -45,7 +46,11 @@ impl Stream {
     ) -> Result<Stream, Failure> {
         plugin.ready().await;
         let slot = plugin.checkout()?;
-        let permit = slot.gate.clone().acquire_owned().await.ok();
+        // The usual case: the instance is free, no need to wait.
+        let permit = match slot.gate.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => slot.gate.clone().acquire_owned().await.ok(),
+        };
         Stream::with_slot(plugin, slot, properties, permit)
     }
 
@@ -66,7 +71,7 @@ impl Stream {
             plugin: plugin.clone(),
             slot,
             id,
-            data: Some(StreamData::new(properties)),
+            data: Some(Box::new(StreamData::new(properties))),
             calls: Vec::new(),
             finished: false,
             failed: false,
@@ -95,8 +100,9 @@ impl Stream {
         // The data is only out of `self` during a callback, which holds `&mut self`, or while
         // parked: take it back.
         self.unpark();
-        self.data
-            .get_or_insert_with(|| StreamData::new(Arc::new(crate::context::NoProperties)))
+        self.data.get_or_insert_with(|| {
+            Box::new(StreamData::new(Arc::new(crate::context::NoProperties)))
+        })
     }
 
     /// Effects requested so far (local reply, resume, close), leaving none behind.
@@ -199,6 +205,17 @@ impl Stream {
         phase: Phase,
         f: impl FnOnce(&mut InstanceState, i32) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
+        let ticks = self.plugin.deadline_ticks();
+        let id = self.id;
+        self.locked(|state| run_with(state, ticks, phase, id, f))
+    }
+
+    /// Runs `body` (one or more guest callbacks, each through [`run_with`]) with the stream's
+    /// data loaded into its instance: one lock, one move of the data in and out, one pace.
+    fn locked<R>(
+        &mut self,
+        body: impl FnOnce(&mut InstanceState) -> Result<R, Failure>,
+    ) -> Result<R, Failure> {
         self.unpark();
         // The permit granted for this callback (if any) is released when it returns; without
         // one, take it if free so that async waiters queue behind this callback.
@@ -213,7 +230,6 @@ impl Stream {
                 self.plugin.name
             )));
         }
-        let ticks = self.plugin.deadline_ticks();
         let id = self.id;
         let result = {
             let mut state = self.slot.lock()?;
@@ -221,11 +237,7 @@ impl Stream {
             let store = state.store.data_mut();
             store.stream = self.data.take();
             store.stream_context = id;
-            let r = self
-                .plugin
-                .stats
-                .pace
-                .run(|| run_with(&mut state, ticks, phase, id, f));
+            let r = self.plugin.stats.pace.run(|| body(&mut state));
             let store = state.store.data_mut();
             self.data = store.stream.take();
             store.stream_context = 0;
@@ -381,17 +393,27 @@ impl Stream {
         if self.failed {
             return;
         }
-        let _ = self.call(Phase::Log, |s, ctx| match &s.funcs.log {
-            Some(f) => f.call(&mut s.store, ctx),
-            None => Ok(()),
-        });
-        let _ = self.call(Phase::Done, |s, ctx| match &s.funcs.done {
-            Some(f) => f.call(&mut s.store, ctx).map(|_| ()),
-            None => Ok(()),
-        });
-        let _ = self.call(Phase::Done, |s, ctx| match &s.funcs.delete {
-            Some(f) => f.call(&mut s.store, ctx),
-            None => Ok(()),
+        // The three callbacks in one go: one lock and one load of the stream's data. A failure
+        // ends the sequence (the instance is discarded), as separate calls would.
+        let ticks = self.plugin.deadline_ticks();
+        let id = self.id;
+        let _ = self.locked(|state| {
+            run_with(state, ticks, Phase::Log, id, |s, ctx| match &s.funcs.log {
+                Some(f) => f.call(&mut s.store, ctx),
+                None => Ok(()),
+            })?;
+            run_with(state, ticks, Phase::Done, id, |s, ctx| {
+                match &s.funcs.done {
+                    Some(f) => f.call(&mut s.store, ctx).map(|_| ()),
+                    None => Ok(()),
+                }
+            })?;
+            run_with(state, ticks, Phase::Done, id, |s, ctx| {
+                match &s.funcs.delete {
+                    Some(f) => f.call(&mut s.store, ctx),
+                    None => Ok(()),
+                }
+            })
         });
         if !self.failed {
             self.plugin.stream_succeeded();

@@ -219,18 +219,35 @@ pub(super) fn add_or_replace(
         name,
         move |mut caller: Caller<'_, HostState>, ty: i32, kp: i32, kl: i32, vp: i32, vl: i32| {
             let ty = tri!(MapType::try_from(ty));
-            let key = header_key(ty, tri!(read_str(&caller, kp, kl)));
-            let value = tri!(read(&caller, vp, vl));
-            // No CR, LF or NUL from a plugin ever reaches the wire.
-            if !valid_header_name(&key) || !valid_header_value(&value) {
-                return status(Status::BadArgument);
-            }
+            let mem = tri!(memory(&caller));
+            // Read in place: the name and value are checked and converted straight from guest
+            // memory (no intermediate copies), in the order of separate reads.
+            let parsed = mem.with_data(&caller, |data| {
+                let range =
+                    |p, l| crate::codec::guest_range(p, l, data.len()).map_err(Status::from);
+                let key =
+                    std::str::from_utf8(&data[range(kp, kl)?]).map_err(|_| Status::BadArgument)?;
+                let key = if ty == MapType::HttpRequestHeaders && key.eq_ignore_ascii_case("host") {
+                    ":authority"
+                } else {
+                    key
+                };
+                let value = &data[range(vp, vl)?];
+                // No CR, LF or NUL from a plugin ever reaches the wire.
+                if !valid_header_name(key) || !valid_header_value(value) {
+                    return Err(Status::BadArgument);
+                }
+                let key = crate::headers::Key::parse(key).map_err(|_| Status::BadArgument)?;
+                let value =
+                    http::HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
+                Ok((key, value))
+            });
+            let (key, value) = tri!(parsed);
             let map = tri!(tri!(map_ref(caller.data_mut(), ty, true)).live());
-            let written = match op {
-                Op::Add => map.add(&key, &value),
-                Op::Replace => map.replace(&key, &value),
-            };
-            tri!(written.map_err(|_| Status::BadArgument));
+            match op {
+                Op::Add => map.add_parsed(key, value),
+                Op::Replace => map.replace_parsed(key, value),
+            }
             status(Status::Ok)
         },
     )?;

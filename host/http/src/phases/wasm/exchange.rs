@@ -36,7 +36,7 @@ pub struct RequestProperties {
     user_agent: Option<HeaderValue>,
     referer: Option<HeaderValue>,
     size: Option<u64>,
-    dynamic: Mutex<Vec<(&'static str, Vec<u8>)>>,
+    dynamic: Mutex<Dynamic>,
     security: Option<Arc<crate::security::ConnSecurity>>,
     /// A gRPC request (a plugin's local reply becomes a gRPC reply).
     grpc: bool,
@@ -73,7 +73,7 @@ impl RequestProperties {
                 .headers
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok()),
-            dynamic: Mutex::new(Vec::new()),
+            dynamic: Mutex::new(Dynamic::default()),
             security: None,
             grpc: is_grpc(head),
         }
@@ -93,22 +93,52 @@ impl RequestProperties {
     /// Records the body bytes received and sent, for `on_log` (`request.size`,
     /// `response.size`; the `*.total_size` add the header bytes).
     pub fn record_sizes(&self, received: u64, sent: u64) {
-        self.set("request.size", received.to_le_bytes().to_vec());
-        self.set("response.size", sent.to_le_bytes().to_vec());
+        let mut d = self.dynamic.lock();
+        d.request_size = Some(received);
+        d.response_size = Some(sent);
     }
 
-    /// Records a value known later (`response.code`, `upstream.address`).
+    /// Records `response.code`.
+    pub fn set_response_code(&self, code: u16) {
+        self.dynamic.lock().response_code = Some(code);
+    }
+
+    /// Records `response.code_details` (no copy when it is unchanged or static).
+    #[expect(
+        clippy::ptr_arg,
+        reason = "the Cow is cloned: free for the static details, as most are"
+    )]
+    pub fn set_code_details(&self, details: &std::borrow::Cow<'static, str>) {
+        let mut d = self.dynamic.lock();
+        if d.code_details.as_deref() != Some(&**details) {
+            d.code_details = Some(details.clone());
+        }
+    }
+
+    /// Records `response.flags` (Envoy's bit set).
+    pub fn set_flags(&self, flags: u64) {
+        self.dynamic.lock().flags = Some(flags);
+    }
+
+    /// Records the cluster (`xds.cluster_name`).
+    pub fn set_cluster(&self, cluster: &Arc<str>) {
+        self.dynamic.lock().cluster = Some(cluster.clone());
+    }
+
+    /// Records the upstream picked (`upstream.address`, `upstream.port`, `xds.cluster_name`)
+    /// and `response.code_details: via_upstream`.
+    pub fn set_upstream(&self, cluster: &Arc<str>, addr: SocketAddr) {
+        let mut d = self.dynamic.lock();
+        d.upstream = Some(addr);
+        d.cluster = Some(cluster.clone());
+        d.code_details = Some(std::borrow::Cow::Borrowed("via_upstream"));
+    }
+
+    /// Records any other value known later, by its dotted path.
     pub fn set(&self, key: &'static str, value: Vec<u8>) {
         let mut d = self.dynamic.lock();
-        d.retain(|(k, _)| *k != key);
-        d.push((key, value));
-    }
-}
-
-impl RequestProperties {
-    fn dynamic_value(&self, key: &str) -> Option<Vec<u8>> {
-        let d = self.dynamic.lock();
-        d.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+        d.other.retain(|(k, _)| *k != key);
+        d.other.push((key, value));
     }
 }
 
@@ -129,9 +159,28 @@ impl Properties for RequestProperties {
             ["request", "id"] => h(&self.request_id),
             ["request", "useragent"] => h(&self.user_agent),
             ["request", "referer"] => h(&self.referer),
-            ["request", "size"] => self
-                .dynamic_value("request.size")
-                .or_else(|| self.size.and_then(n)),
+            ["request", "size"] => self.dynamic.lock().request_size.or(self.size).and_then(n),
+            ["response", "code"] => self.dynamic.lock().response_code.map(u64::from).and_then(n),
+            ["response", "code_details"] => {
+                let d = self.dynamic.lock();
+                d.code_details.as_deref().and_then(s)
+            }
+            // Nothing sent yet and no flag raised, as Envoy reports them before the response
+            // (the response phase and `on_log` record the real ones).
+            ["response", "size"] => n(self.dynamic.lock().response_size.unwrap_or(0)),
+            ["response", "flags"] => n(self.dynamic.lock().flags.unwrap_or(0)),
+            ["upstream", "address"] => {
+                let addr = self.dynamic.lock().upstream;
+                addr.and_then(|a| s(&a.to_string()))
+            }
+            ["upstream", "port"] => {
+                let addr = self.dynamic.lock().upstream;
+                addr.and_then(|a| n(u64::from(a.port())))
+            }
+            ["xds", "cluster_name"] => {
+                let cluster = self.dynamic.lock().cluster.clone();
+                cluster.and_then(|c| s(&c))
+            }
             ["source", "address"] => s(&self.peer.to_string()),
             ["source", "port"] => n(u64::from(self.peer.port())),
             ["destination", "address"] => s(&self.local.to_string()),
@@ -160,18 +209,27 @@ impl Properties for RequestProperties {
             _ => {
                 let key = path.join(".");
                 let d = self.dynamic.lock();
-                d.iter()
+                d.other
+                    .iter()
                     .find(|(k, _)| *k == key)
                     .map(|(_, v)| v.clone())
-                    .or_else(|| match path {
-                        // Nothing sent yet and no flag raised, as Envoy reports them before
-                        // the response (the response phase and `on_log` record the real ones).
-                        ["response", "size"] | ["response", "flags"] => n(0),
-                        _ => None,
-                    })
             }
         }
     }
+}
+
+/// Attributes known only later in the request, kept typed and encoded when a plugin asks.
+#[derive(Default)]
+struct Dynamic {
+    response_code: Option<u16>,
+    code_details: Option<std::borrow::Cow<'static, str>>,
+    flags: Option<u64>,
+    request_size: Option<u64>,
+    response_size: Option<u64>,
+    upstream: Option<SocketAddr>,
+    cluster: Option<Arc<str>>,
+    /// Anything else recorded with [`RequestProperties::set`].
+    other: Vec<(&'static str, Vec<u8>)>,
 }
 
 /// One plugin's stream for this request.
@@ -311,7 +369,18 @@ fn lock(stream: &Arc<Mutex<Stream>>) -> MutexGuard<'_, Stream> {
 /// Waits, without blocking the worker thread, until the stream's instance is free, and grants
 /// the next callback the permit (see `Stream::gate`).
 async fn gated(stream: &Arc<Mutex<Stream>>) {
-    let gate = lock(stream).gate();
+    let gate = {
+        let mut s = lock(stream);
+        let gate = s.gate();
+        // The usual case: the instance is free, no need to wait.
+        match gate.try_acquire_owned() {
+            Ok(permit) => {
+                s.grant(permit);
+                return;
+            }
+            Err(_) => s.gate(),
+        }
+    };
     if let Ok(permit) = gate.acquire_owned().await {
         lock(stream).grant(permit);
     }
@@ -339,12 +408,17 @@ fn restore_request(
             ":authority" if modified || had_host => {
                 map.insert(header::HOST, v);
             }
-            ":method" if modified => {
+            // A write to the map usually leaves the request line alone: compare before parsing.
+            ":method" if modified && v.as_bytes() != head.method.as_str().as_bytes() => {
                 if let Ok(m) = http::Method::from_bytes(v.as_bytes()) {
                     head.method = m;
                 }
             }
-            ":path" if modified => {
+            ":path"
+                if modified
+                    && Some(v.as_bytes())
+                        != head.uri.path_and_query().map(|p| p.as_str().as_bytes()) =>
+            {
                 if let Ok(pq) = http::uri::PathAndQuery::try_from(v.as_bytes()) {
                     let mut parts = head.uri.clone().into_parts();
                     parts.path_and_query = Some(pq);
@@ -730,12 +804,9 @@ impl WasmExchange {
     /// rewrite the body); every reply records `response.code` and `response.code_details` for
     /// `on_log`.
     pub async fn reply(&mut self, reply: LocalReply, max_body: usize) -> LocalReply {
-        self.properties.set(
-            "response.code",
-            u64::from(reply.status.as_u16()).to_le_bytes().to_vec(),
-        );
+        self.properties.set_response_code(reply.status.as_u16());
         self.properties
-            .set("response.code_details", reply.details.clone().into_bytes());
+            .set_code_details(&std::borrow::Cow::Owned(reply.details.clone()));
         if !std::mem::take(&mut self.local_reply) {
             return reply;
         }
@@ -879,10 +950,7 @@ impl WasmExchange {
         body: ProxyBody,
         max_body: usize,
     ) -> Result<ProxyBody, LocalReply> {
-        self.properties.set(
-            "response.code",
-            u64::from(head.status.as_u16()).to_le_bytes().to_vec(),
-        );
+        self.properties.set_response_code(head.status.as_u16());
         let mut headers = response_map(head);
         let mut modified = false;
         let end_of_stream = http_body::Body::is_end_stream(&body);
@@ -1129,7 +1197,8 @@ pub enum Direction {
 }
 
 struct PipeStage {
-    label: String,
+    /// The plugin (its label is built only for an error reply).
+    handle: Arc<PluginHandle>,
     stream: Arc<Mutex<Stream>>,
     policy: FailurePolicy,
     held: Vec<u8>,
@@ -1192,7 +1261,7 @@ impl Pipeline {
             .iter()
             .filter(|s| !s.skipped)
             .map(|s| PipeStage {
-                label: s.handle.label(),
+                handle: s.handle.clone(),
                 stream: s.stream.clone(),
                 policy: s.policy,
                 held: Vec::new(),
@@ -1240,7 +1309,7 @@ impl Pipeline {
                 // buffer overflow, 413 for a request; 500 for a response (its headers are still
                 // held while the first bytes pass, see `WasmExchange::response`).
                 stage.held = Vec::new();
-                let reply = body_too_large(self.direction, &stage.label);
+                let reply = body_too_large(self.direction, &stage.handle.label());
                 self.overflowed = Some(reply.clone());
                 return Err(PipelineError(reply));
             }
@@ -1274,7 +1343,7 @@ impl Pipeline {
                     if !end_of_stream && !effects.resume_request && !effects.resume_response =>
                 {
                     if out.len() > stage.max_held {
-                        let reply = body_too_large(self.direction, &stage.label);
+                        let reply = body_too_large(self.direction, &stage.handle.label());
                         self.overflowed = Some(reply.clone());
                         return Err(PipelineError(reply));
                     }
@@ -1288,7 +1357,7 @@ impl Pipeline {
                         // Pass what it held, unchanged.
                         chunk = out;
                     } else {
-                        return Err(PipelineError(failure_reply(&stage.label, &f)));
+                        return Err(PipelineError(failure_reply(&stage.handle.label(), &f)));
                     }
                 }
             }
@@ -1327,7 +1396,7 @@ impl Pipeline {
             if let Err(f) = r
                 && stage.policy != FailurePolicy::FailOpen
             {
-                return Err(PipelineError(failure_reply(&stage.label, &f)));
+                return Err(PipelineError(failure_reply(&stage.handle.label(), &f)));
             }
         }
         // Every plugin keeps the trailers for `on_log` (shared, read-only).

@@ -70,7 +70,7 @@ impl Phase for WasmPhase {
             && let weft_routing::Target::Cluster(i) = f.target
             && let Some(cluster) = ctx.listener.clusters.get(i)
         {
-            props.set("xds.cluster_name", cluster.name.as_bytes().to_vec());
+            props.set_cluster(&cluster.name);
         }
         // A plugin holding a paused request is bounded by the route timeout.
         let hold_limit = match ctx.route.map(|r| &r.action) {
@@ -119,14 +119,7 @@ impl Phase for WasmPhase {
             return Ok(body);
         };
         if let Some((cluster, addr)) = upstream {
-            let props = exchange.properties();
-            props.set("upstream.address", addr.to_string().into_bytes());
-            props.set(
-                "upstream.port",
-                u64::from(addr.port()).to_le_bytes().to_vec(),
-            );
-            props.set("xds.cluster_name", cluster.as_bytes().to_vec());
-            props.set("response.code_details", b"via_upstream".to_vec());
+            exchange.properties().set_upstream(&cluster, addr);
         }
         exchange.response(head, body, self.max_body.max(1)).await
     }
