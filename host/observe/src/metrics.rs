@@ -72,6 +72,13 @@ pub struct ClusterClassLabels {
     pub code_class: String,
 }
 
+/// Labels of per-worker series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    /// The worker's index, `0`, `1`, …
+    pub worker: String,
+}
+
 /// Labels of the reload counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -103,6 +110,8 @@ pub struct Metrics {
     pub config_reload: Family<ResultLabels, Counter>,
     /// The live configuration generation.
     pub config_generation: Gauge,
+    /// Connections accepted by each worker (`runtime.accept: reuseport` only).
+    pub worker_cx: Family<WorkerLabels, Counter>,
     /// Mesh TLS series (`connection_security_policy`, handshake errors, authorization).
     pub tls: TlsMetrics,
     /// Traffic management (retries, breakers, health, faults, mirrors, rate limits).
@@ -237,6 +246,7 @@ impl Metrics {
             upstream_cx_total: Family::default(),
             config_reload: Family::default(),
             config_generation: Gauge::default(),
+            worker_cx: Family::default(),
             tls: TlsMetrics::default(),
             resilience: Default::default(),
             overload: OverloadMetrics::default(),
@@ -323,6 +333,11 @@ impl Metrics {
             "config_generation",
             "The live configuration generation",
             m.config_generation.clone(),
+        );
+        reg.register(
+            "worker_downstream_cx",
+            "Downstream connections accepted by each worker (runtime.accept: reuseport)",
+            m.worker_cx.clone(),
         );
         m.tls.register(reg);
         m.resilience.register(reg);

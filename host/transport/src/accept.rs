@@ -6,22 +6,45 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::slot::{ListenerGen, ListenerSlot, Shared};
+use crate::slot::{Bound, ListenerGen, ListenerSlot, Shared};
 
-/// Runs the accept loop of `slot` until it is stopped or the proxy shuts down.
-pub fn serve(
+/// Runs the accept loops of `bound` (one per socket: on the calling runtime, or each on its
+/// worker's) until its slot is stopped or the proxy shuts down.
+pub fn serve(bound: Bound, shared: Arc<Shared>, tracker: TaskTracker, shutdown: CancellationToken) {
+    let Bound { slot, sockets } = bound;
+    for (listener, worker) in sockets {
+        let counter = worker.as_ref().map(|w| w.accepted.clone());
+        let task = accept_loop(
+            slot.clone(),
+            listener,
+            counter,
+            shared.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        );
+        match worker {
+            Some(w) => tracker.spawn_on(task, &w.handle),
+            None => tracker.spawn(task),
+        };
+    }
+}
+
+/// Accepts on `listener` until `slot` is stopped or the proxy shuts down; each connection is
+/// served in a task of its own on the same runtime.
+async fn accept_loop(
     slot: Arc<ListenerSlot>,
     listener: TcpListener,
+    worker_cx: Option<Counter>,
     shared: Arc<Shared>,
-    tracker: TaskTracker,
+    conns: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let conns = tracker.clone();
-    tracker.spawn(async move {
+    {
         let mut overload = shared.http.overload.subscribe();
         loop {
             // Above the memory watermark: accept nothing until it clears (new connections wait
@@ -52,6 +75,9 @@ pub fn serve(
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    if let Some(c) = &worker_cx {
+                        c.inc();
+                    }
                     let lgen = slot.current();
                     let metrics = lgen.metrics().clone();
                     let Some(open) = OpenConnection::admit(&slot, lgen.config().max_connections)
@@ -102,7 +128,7 @@ pub fn serve(
             }
         }
         tracing::debug!(listener = %slot.name, "accept loop stopped");
-    });
+    }
 }
 
 /// A connection counted against its listener's `max_connections` until dropped.
