@@ -52,6 +52,7 @@ impl Workers {
             let spawned = std::thread::Builder::new()
                 .name(format!("weft-worker-{i}"))
                 .spawn(move || {
+                    weft_upstream::worker::enter(i, count);
                     runtime.block_on(until.cancelled());
                     tracing::debug!(worker = i, "worker stopped");
                 });
