@@ -29,6 +29,10 @@
 # N > 1 nothing is pinned (the proxies need both cores); the plugin candidates (A and E) follow
 # it too: weft-wasm* with `workers: N` and `instances: N` per plugin, envoy-wasm* with
 # `--concurrency N` (the two-worker Wasm scenario is `WORKERS=2 SCENARIOS=A,E`).
+# WEFT_ACCEPT=shared|reuseport: `runtime.accept` of the weft candidate (default: the config's,
+# shared); WEFT_BASE_ACCEPT the same for weft-base. With WEFT_BASE_BIN=WEFT_BIN both modes run
+# side by side, e.g. WORKERS=2 WEFT_BIN=B WEFT_BASE_BIN=B WEFT_ACCEPT=reuseport
+# WEFT_BASE_ACCEPT=shared bench/run.sh --quick (weft = reuseport, weft-base = shared).
 # WEFT_BIN=PATH: benchmark that weft binary instead of building this checkout (cargo build
 # --release -p weft, into $CARGO_TARGET_DIR if set).
 # WEFT_BASE_BIN=PATH: a second, older weft binary (e.g. from bench/build-base.sh REV), run side by
@@ -86,6 +90,14 @@ WEFT_BIN=${WEFT_BIN:-}
 WORKERS=${WORKERS:-1}
 WITH_ENVOY=${WITH_ENVOY:-0}
 WEFT_BASE_BIN=${WEFT_BASE_BIN:-}
+WEFT_ACCEPT=${WEFT_ACCEPT:-}
+WEFT_BASE_ACCEPT=${WEFT_BASE_ACCEPT:-}
+for v in WEFT_ACCEPT WEFT_BASE_ACCEPT; do
+    if ! [[ ${!v} =~ ^(|shared|reuseport)$ ]]; then
+        echo "bench: $v must be shared or reuseport (got '${!v}')" >&2
+        exit 2
+    fi
+done
 
 SCENARIOS=${SCENARIOS^^}
 SCENARIOS=${SCENARIOS// /}
@@ -139,6 +151,17 @@ if [ "$WORKERS" != 1 ]; then
         exit 1
     fi
     cp -f "$WEFT_CONF" "$NGINX_CONF" "$HAPROXY_CONF" "$RAW/configs/"
+fi
+# with_accept FILE MODE: appends `runtime.accept: MODE` to a Weft config (no-op without MODE).
+with_accept() {
+    [ -n "$2" ] || return 0
+    printf 'runtime:\n  accept: %s\n' "$2" >>"$1"
+}
+if [ -n "$WEFT_ACCEPT" ]; then
+    cp -f "$WEFT_CONF" "$RUN/weft-accept.yaml"
+    WEFT_CONF="$RUN/weft-accept.yaml"
+    with_accept "$WEFT_CONF" "$WEFT_ACCEPT"
+    cp -f "$WEFT_CONF" "$RAW/configs/weft.yaml"
 fi
 : >"$META"
 : >"$INSTALL_LOG"
@@ -429,7 +452,14 @@ if [ -n "$WEFT_BASE_BIN" ]; then
     meta weft_base_bin "$WEFT_BASE_BIN"
     log "weft-base: $WEFT_BASE_BIN (WEFT_BASE_BIN)"
     : >"$RAW/logs/weft-base-validate.log"
-    render_base weft-base "$WEFT_CONF" 18100 15900 && validate_base weft-base && HAVE_BASE=1
+    if render_base weft-base "$WEFT_CONF" 18100 15900; then
+        if [ -n "$WEFT_BASE_ACCEPT" ]; then
+            sed -i '/^runtime:$/,/^  accept: /d' "$RUN/weft-base.yaml"
+            with_accept "$RUN/weft-base.yaml" "$WEFT_BASE_ACCEPT"
+            cp -f "$RUN/weft-base.yaml" "$RAW/configs/weft-base.yaml"
+        fi
+        validate_base weft-base && HAVE_BASE=1
+    fi
     if [ $HAVE_PLUGIN = 1 ]; then
         mkdir -p "$RUN/base"
         cp -f "$PLUGIN" "$RUN/base/header_adder.wasm"
@@ -647,6 +677,8 @@ meta candidates "$(IFS=,; echo "${CANDS[*]}")"
 meta scenarios "$SCENARIOS"
 meta quick "$QUICK"
 meta workers "$WORKERS"
+meta weft_accept "${WEFT_ACCEPT:-shared (config)}"
+meta weft_base_accept "${WEFT_BASE_ACCEPT:-as weft}"
 meta h2_connections "$H2_CONNS"
 meta h2_streams "$H2_STREAMS"
 meta big_connections "$BIG_CONNS"

@@ -37,4 +37,5 @@ mod smuggling;
 mod streaming;
 mod trace_spans;
 mod upstream_tls;
+mod workers;
 mod xds;

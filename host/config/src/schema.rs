@@ -39,6 +39,9 @@ pub struct Config {
     /// Worker threads of the proxy's runtime; 0 means one per core.
     #[serde(default)]
     pub workers: usize,
+    /// How the workers share the listeners (`runtime.accept`).
+    #[serde(default, skip_serializing_if = "Runtime::is_default")]
+    pub runtime: Runtime,
     /// How long a graceful shutdown waits for in-flight requests.
     #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -72,6 +75,36 @@ pub struct Config {
     /// Weft as an xDS client: the control plane and this node's identity (`xds.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xds: Option<crate::xds::Xds>,
+}
+
+/// How the proxy's workers run (fixed at start: a reload that changes it is logged and
+/// takes effect at the next restart).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// How accepted connections reach the workers.
+    #[serde(default)]
+    pub accept: AcceptMode,
+}
+
+impl Runtime {
+    fn is_default(&self) -> bool {
+        *self == Runtime::default()
+    }
+}
+
+/// How accepted connections reach the workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptMode {
+    /// One socket per listener, accepted on one multi-threaded runtime whose workers steal
+    /// each other's tasks (connections move between workers).
+    #[default]
+    Shared,
+    /// Every worker is a single-threaded runtime with its own `SO_REUSEPORT` socket per
+    /// listener: the kernel spreads new connections over the workers, and a connection stays
+    /// on the worker that accepted it (Linux only).
+    Reuseport,
 }
 
 /// The overload manager (Envoy's idea, one memory watermark): while the process's resident

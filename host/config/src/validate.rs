@@ -51,6 +51,14 @@ impl Validator<'_> {
         if config.workers > 1024 {
             self.err("workers", format!("{} is more than 1024", config.workers));
         }
+        if config.runtime.accept == crate::schema::AcceptMode::Reuseport
+            && !cfg!(target_os = "linux")
+        {
+            self.err(
+                "runtime.accept",
+                "`reuseport` needs Linux (other systems do not spread connections over SO_REUSEPORT sockets)",
+            );
+        }
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
         addresses.insert(config.admin.address);

@@ -9,6 +9,7 @@ pub mod flags;
 pub mod istio;
 pub mod metrics;
 pub mod reporters;
+pub mod sharded;
 pub mod trace;
 pub mod xds;
 

@@ -12,9 +12,10 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_config::Config;
+use weft_config::schema::AcceptMode;
 use weft_extensions::{PluginContext, PluginError, PluginMetrics, PluginRegistry};
 use weft_observe::{AccessLog, Metrics};
-use weft_transport::{ListenerGen, Shared};
+use weft_transport::{Acceptors, ListenerGen, Shared, Workers};
 
 use crate::commands::ReloadError;
 use crate::generation::Generation;
@@ -103,6 +104,12 @@ impl Proxy {
         let admin_address = options
             .admin_address
             .unwrap_or(generation.config.admin.address);
+        let acceptors = match generation.config.runtime.accept {
+            AcceptMode::Shared => Acceptors::Shared,
+            AcceptMode::Reuseport => Acceptors::Reuseport(Arc::new(
+                Workers::start(generation.config.workers, &metrics).map_err(ProxyError::Workers)?,
+            )),
+        };
         let (commands, inbox) = tokio::sync::mpsc::channel(64);
         let overload = Arc::new(weft_http::overload::Overload::new(metrics.overload.clone()));
         let proxy = Proxy {
@@ -119,6 +126,7 @@ impl Proxy {
                     }),
                 }),
                 tracker: TaskTracker::new(),
+                acceptors,
                 shutdown: CancellationToken::new(),
                 ready: AtomicBool::new(false),
                 last_error: Mutex::new(None),

@@ -235,6 +235,9 @@ async fn apply(state: &State, config: Config) -> Result<u64, ReloadError> {
     let inner = state;
     let previous = inner.generation.load_full();
     crate::spans::warn_on_fixed_changes(previous.config.tracing.as_ref(), config.tracing.as_ref());
+    if (previous.config.workers, &previous.config.runtime) != (config.workers, &config.runtime) {
+        tracing::warn!("workers and runtime.accept apply at the next restart");
+    }
     let id = previous.id + 1;
     let label = inner.source.label();
     let base_dir = inner.source.base_dir();
@@ -282,7 +285,7 @@ pub(crate) async fn publish(state: &State, generation: Arc<Generation>) -> Resul
             if keep {
                 continue;
             }
-            match weft_transport::bind(lgen.clone()).await {
+            match weft_transport::bind(lgen.clone(), &inner.acceptors).await {
                 Ok(bound) => fresh.push(bound),
                 Err(error) => {
                     return Err(ProxyError::Bind {
@@ -331,12 +334,12 @@ pub(crate) async fn publish(state: &State, generation: Arc<Generation>) -> Resul
             tracing::info!(listener = %name, "listener closed");
         }
     }
-    for (slot, listener) in fresh {
+    for bound in fresh {
+        let slot = &bound.slot;
         tracing::info!(listener = %slot.name, address = %slot.local_addr, "listening");
         slots.insert(slot.name.to_string(), slot.clone());
         weft_transport::serve(
-            slot,
-            listener,
+            bound,
             inner.shared.clone(),
             inner.tracker.clone(),
             inner.shutdown.clone(),

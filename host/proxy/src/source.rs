@@ -74,6 +74,9 @@ pub enum ProxyError {
         /// The OS error.
         error: std::io::Error,
     },
+    /// The worker runtimes (`runtime.accept: reuseport`) could not be started.
+    #[error("runtime.accept reuseport: cannot start the workers: {0}")]
+    Workers(std::io::Error),
     /// The certificate agent could not obtain a workload certificate.
     #[error("identity: {0}")]
     Identity(weft_tls::TlsError),

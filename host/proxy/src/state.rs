@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use weft_config::Config;
 use weft_extensions::{PluginError, PluginRegistry};
 use weft_observe::Metrics;
-use weft_transport::{ListenerGen, ListenerSlot, Shared};
+use weft_transport::{Acceptors, ListenerGen, ListenerSlot, Shared};
 
 use crate::commands::{Command, ReloadError};
 use crate::generation::Generation;
@@ -29,6 +29,8 @@ pub(crate) struct State {
     pub(crate) slots: Mutex<HashMap<String, Arc<ListenerSlot>>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) tracker: TaskTracker,
+    /// Where listeners are accepted (fixed at start).
+    pub(crate) acceptors: Acceptors,
     pub(crate) shutdown: CancellationToken,
     pub(crate) ready: AtomicBool,
     pub(crate) last_error: Mutex<Option<String>>,

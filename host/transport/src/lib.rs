@@ -11,8 +11,10 @@ pub mod slot;
 pub mod sniff;
 pub mod tcp;
 pub mod tls;
+pub mod workers;
 
 pub use accept::serve;
 pub use capture::{CaptureChain, CaptureEntry};
-pub use slot::{HttpEntry, ListenerGen, ListenerSlot, Shared, TcpTarget, bind};
+pub use slot::{Bound, HttpEntry, ListenerGen, ListenerSlot, Shared, TcpTarget, bind};
 pub use tls::ListenerTls;
+pub use workers::{Acceptors, Workers};

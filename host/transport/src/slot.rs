@@ -17,6 +17,7 @@ use weft_observe::metrics::ListenerMetrics;
 use weft_upstream::Cluster;
 
 use crate::tls::ListenerTls;
+use crate::workers::{Acceptors, Worker};
 
 /// What every connection shares: metrics and what the HTTP layer shares (the access log).
 #[derive(Debug)]
@@ -118,26 +119,64 @@ impl ListenerSlot {
     }
 }
 
-/// Binds `lgen`'s address and returns its slot; the accept loop starts with [`serve`].
-pub async fn bind(lgen: Arc<ListenerGen>) -> std::io::Result<(Arc<ListenerSlot>, TcpListener)> {
+/// A listener's slot and its bound sockets, not accepting yet ([`crate::serve`] starts them).
+#[derive(Debug)]
+pub struct Bound {
+    /// The slot.
+    pub slot: Arc<ListenerSlot>,
+    /// The sockets: one accepted on the binding runtime, or one per worker, registered with
+    /// (and to be accepted on) that worker's runtime.
+    pub(crate) sockets: Vec<(TcpListener, Option<Worker>)>,
+}
+
+/// Binds `lgen`'s address and returns its slot: one socket, or under
+/// [`Acceptors::Reuseport`] one `SO_REUSEPORT` socket per worker (all on the port the first
+/// one got when the configuration says port 0).
+pub async fn bind(lgen: Arc<ListenerGen>, acceptors: &Acceptors) -> std::io::Result<Bound> {
     let cfg = lgen.config();
-    let socket = match cfg.address {
+    let mut sockets = Vec::new();
+    match acceptors {
+        Acceptors::Shared => sockets.push((listen(cfg.address, false)?, None)),
+        Acceptors::Reuseport(workers) => {
+            let mut address = cfg.address;
+            for worker in workers.all() {
+                // Registered with the worker's I/O driver: its accept loop runs there.
+                let listener = {
+                    let _on = worker.handle.enter();
+                    listen(address, true)?
+                };
+                address = listener.local_addr()?;
+                sockets.push((listener, Some(worker.clone())));
+            }
+        }
+    }
+    let Some((first, _)) = sockets.first() else {
+        return Err(std::io::Error::other("no worker to accept on"));
+    };
+    let slot = Arc::new(ListenerSlot {
+        name: cfg.name.as_str().into(),
+        local_addr: first.local_addr()?,
+        configured_addr: cfg.address,
+        current: ArcSwap::new(lgen.clone()),
+        stop: CancellationToken::new(),
+        open: AtomicU32::new(0),
+    });
+    Ok(Bound { slot, sockets })
+}
+
+/// A listening socket on `address` (registered with the current runtime).
+fn listen(address: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
+    let socket = match address {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    if reuseport {
+        socket.set_reuseport(true)?;
+    }
     socket.set_nodelay(true)?;
-    socket.bind(cfg.address)?;
-    let listener = socket.listen(1024)?;
-    let slot = Arc::new(ListenerSlot {
-        name: cfg.name.as_str().into(),
-        local_addr: listener.local_addr()?,
-        configured_addr: cfg.address,
-        current: ArcSwap::new(lgen),
-        stop: CancellationToken::new(),
-        open: AtomicU32::new(0),
-    });
-    Ok((slot, listener))
+    socket.bind(address)?;
+    socket.listen(1024)
 }
 
 impl ListenerSource for ListenerSlot {

@@ -4,8 +4,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,6 +32,60 @@ use crate::tls::{HttpIo, UpstreamIo, UpstreamTls};
 /// HTTP client type used for every cluster.
 pub type HttpClient = Client<CountingConnector, ProxyBody>;
 
+/// A cluster's connection pools: the main one and a `downstream` cluster's HTTP/2 one.
+#[derive(Debug)]
+struct Pools {
+    main: HttpClient,
+    h2: Option<HttpClient>,
+}
+
+impl Pools {
+    fn build(
+        config: &schema::Cluster,
+        cx_total: &Counter,
+        endpoints: &Arc<ArcSwap<EndpointSet>>,
+        tls: Option<&Arc<UpstreamTls>>,
+    ) -> Pools {
+        let client = |h2: bool, tls: Option<Arc<UpstreamTls>>| {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(config.connect_timeout));
+            connector.set_local_address(config.source_address);
+            connector.enforce_http(true);
+            let connector = CountingConnector {
+                inner: connector,
+                opened: cx_total.clone(),
+                tls,
+                endpoints: endpoints.clone(),
+                http1: !h2,
+            };
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(config.idle_timeout);
+            // Bounded buffers: a slow downstream reader stops the upstream reads
+            // (back-pressure) instead of letting a response pile up in the proxy.
+            let limit = weft_config::BufferLimit(config.per_connection_buffer_limit_bytes);
+            builder
+                .http1_max_buf_size(limit.http1_buf(16 * 1024))
+                .http2_initial_stream_window_size(limit.h2_stream_window())
+                .http2_initial_connection_window_size(limit.h2_connection_window())
+                .http2_max_send_buf_size(limit.h2_send_buf());
+            if h2 {
+                builder.http2_only(true);
+            }
+            builder.build(connector)
+        };
+        Pools {
+            main: client(config.protocol == UpstreamProtocol::Http2, tls.cloned()),
+            // A `downstream` cluster's HTTP/2 pool (its TLS offering `h2`).
+            h2: (config.protocol == UpstreamProtocol::Downstream)
+                .then(|| client(true, tls.map(|t| t.with_alpn(&[b"h2"])))),
+        }
+    }
+}
+
 /// An upstream cluster.
 #[derive(Debug)]
 pub struct Cluster {
@@ -46,10 +100,16 @@ pub struct Cluster {
     /// [`Cluster::set_endpoints`] last put in place (an xDS endpoint update).
     applied: ArcSwap<Vec<schema::Endpoint>>,
     /// Pooled client (keeps connections across reloads while the cluster is unchanged); for a
-    /// `downstream` cluster, the HTTP/1.1 one.
+    /// `downstream` cluster, the HTTP/1.1 one. Shared by every thread (what runs outside a
+    /// per-worker runtime: plugin HTTP calls, `runtime.accept: shared`).
     pub client: HttpClient,
-    /// A `downstream` cluster's HTTP/2 pool.
-    client_h2: Option<HttpClient>,
+    /// The shared pools (`client` and a `downstream` cluster's HTTP/2 pool).
+    pools: Pools,
+    /// Each `runtime.accept: reuseport` worker's own pools, made on its first request: a
+    /// request and its upstream connection then stay on one worker, with no wake-up of
+    /// another worker's thread per request.
+    /// (Set aside on the first request from a worker: nothing in `shared` mode.)
+    per_worker: OnceLock<Box<[OnceLock<Pools>]>>,
     /// Its metrics.
     pub metrics: Arc<ClusterMetrics>,
     /// Circuit breakers, health checking, outlier detection.
@@ -128,43 +188,7 @@ impl Cluster {
                 }
             })
         });
-        let client = |h2: bool, tls: Option<Arc<UpstreamTls>>| {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            connector.set_connect_timeout(Some(config.connect_timeout));
-            connector.set_local_address(config.source_address);
-            connector.enforce_http(true);
-            let connector = CountingConnector {
-                inner: connector,
-                opened: metrics.cx_total.clone(),
-                tls,
-                endpoints: endpoints.clone(),
-                http1: !h2,
-            };
-            let mut builder = Client::builder(TokioExecutor::new());
-            builder
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(config.idle_timeout);
-            // Bounded buffers: a slow downstream reader stops the upstream reads
-            // (back-pressure) instead of letting a response pile up in the proxy.
-            let limit = weft_config::BufferLimit(config.per_connection_buffer_limit_bytes);
-            builder
-                .http1_max_buf_size(limit.http1_buf(16 * 1024))
-                .http2_initial_stream_window_size(limit.h2_stream_window())
-                .http2_initial_connection_window_size(limit.h2_connection_window())
-                .http2_max_send_buf_size(limit.h2_send_buf());
-            if h2 {
-                builder.http2_only(true);
-            }
-            builder.build(connector)
-        };
-        let main_client = client(config.protocol == UpstreamProtocol::Http2, tls.clone());
-        // A `downstream` cluster's HTTP/2 pool (its TLS offering `h2`).
-        let client_h2 = (config.protocol == UpstreamProtocol::Downstream).then(|| {
-            let tls_h2 = tls.as_ref().map(|t| t.with_alpn(&[b"h2"]));
-            client(true, tls_h2)
-        });
+        let pools = Pools::build(config, &metrics.cx_total, &endpoints, tls.as_ref());
         let resilience =
             ClusterResilience::start(config, &endpoints, resilience_metrics, tls.clone());
         Cluster {
@@ -173,8 +197,9 @@ impl Cluster {
             policy: config.lb_policy,
             endpoints,
             applied: ArcSwap::from_pointee(config.endpoints.clone()),
-            client: main_client,
-            client_h2,
+            client: pools.main.clone(),
+            pools,
+            per_worker: OnceLock::new(),
             metrics,
             resilience,
             tls,
@@ -302,11 +327,32 @@ impl Cluster {
         }
     }
 
-    /// The pool a request of upstream `version` goes through.
+    /// The pool a request of upstream `version` goes through: the calling worker's own
+    /// (`runtime.accept: reuseport`) or the shared one.
     pub fn client_for(&self, version: http::Version) -> &HttpClient {
-        match &self.client_h2 {
+        let own = crate::worker::current().and_then(|i| {
+            self.per_worker
+                .get_or_init(|| {
+                    std::iter::repeat_with(OnceLock::new)
+                        .take(crate::worker::count())
+                        .collect()
+                })
+                .get(i)
+        });
+        let pools = match own {
+            Some(slot) => slot.get_or_init(|| {
+                Pools::build(
+                    &self.config,
+                    &self.metrics.cx_total,
+                    &self.endpoints,
+                    self.tls.as_ref(),
+                )
+            }),
+            None => &self.pools,
+        };
+        match &pools.h2 {
             Some(h2) if version == http::Version::HTTP_2 => h2,
-            _ => &self.client,
+            _ => &pools.main,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod health;
 pub mod outlier;
 pub mod resilience;
 pub mod tls;
+pub mod worker;
 
 pub use cluster::{Cluster, HttpClient};
 pub use endpoint::{Endpoint, EndpointHealth, EndpointSet};

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use weft_config::schema::AcceptMode;
 use weft_proxy::{ConfigSource, Proxy, Signals, StartOptions};
 
 include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
@@ -273,14 +274,16 @@ fn run(
     };
     // Read the configuration once up front: the worker count comes from it, and a bad file
     // should fail before anything binds.
-    let workers = match source.load() {
-        Ok(c) => c.workers,
+    let (workers, accept) = match source.load() {
+        Ok(c) => (c.workers, c.runtime.accept),
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    let mut builder = if workers == 1 {
+    // `runtime.accept: reuseport`: the proxy starts its own single-threaded worker runtimes;
+    // this one only runs the control plane (admin, reloads, xDS, watchers).
+    let mut builder = if workers == 1 || accept == AcceptMode::Reuseport {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
