@@ -106,16 +106,7 @@ pub(super) fn proxy_get_buffer_status(
                 Some(r) => tri!(r).len(),
                 None => tri!(buffer_ref(caller.data_mut(), ty)).len(),
             };
-            let mem = tri!(memory(&caller));
-            tri!(
-                mem.write_u32(&mut caller, len_out, len as u32)
-                    .map_err(Status::from)
-            );
-            tri!(
-                mem.write_u32(&mut caller, flags_out, 0)
-                    .map_err(Status::from)
-            );
-            status(Status::Ok)
+            return_u32s(&mut caller, &[(len_out, len as u32), (flags_out, 0)])
         },
     )?;
     Ok(())

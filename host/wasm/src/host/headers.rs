@@ -162,12 +162,7 @@ pub(super) fn proxy_get_header_map_size(
             let size = tri!(map_ref(caller.data_mut(), ty, false))
                 .serialize()
                 .len();
-            let mem = tri!(memory(&caller));
-            tri!(
-                mem.write_u32(&mut caller, out, size as u32)
-                    .map_err(Status::from)
-            );
-            status(Status::Ok)
+            return_u32s(&mut caller, &[(out, size as u32)])
         },
     )?;
     Ok(())

@@ -55,12 +55,7 @@ pub(super) fn proxy_http_call(
                 trailers,
                 timeout: Duration::from_millis(timeout_ms.max(0) as u64),
             });
-            let mem = tri!(memory(&caller));
-            tri!(
-                mem.write_u32(&mut caller, token_out, token)
-                    .map_err(Status::from)
-            );
-            status(Status::Ok)
+            return_u32s(&mut caller, &[(token_out, token)])
         },
     )?;
     Ok(())
@@ -77,11 +72,7 @@ pub(super) fn proxy_get_status(
         name,
         |mut caller: Caller<'_, HostState>, code_out: i32, ptr_out: i32, len_out: i32| {
             let (code, msg) = caller.data().last_status.clone();
-            let mem = tri!(memory(&caller));
-            tri!(
-                mem.write_u32(&mut caller, code_out, code)
-                    .map_err(Status::from)
-            );
+            tri!(write_u32s(&mut caller, &[(code_out, code)]));
             return_bytes(&mut caller, &msg, ptr_out, len_out)
         },
     )?;

@@ -43,9 +43,7 @@ pub(super) fn proxy_get_log_level(
         name,
         |mut caller: Caller<'_, HostState>, out: i32| {
             let level = caller.data().plugin.log_level as u32;
-            let mem = tri!(memory(&caller));
-            tri!(mem.write_u32(&mut caller, out, level).map_err(Status::from));
-            status(Status::Ok)
+            return_u32s(&mut caller, &[(out, level)])
         },
     )?;
     Ok(())

@@ -23,9 +23,7 @@ pub(super) fn proxy_define_metric(
                 .plugin
                 .shared
                 .define_metric(&plugin, &name, kind);
-            let mem = tri!(memory(&caller));
-            tri!(mem.write_u32(&mut caller, id_out, id).map_err(Status::from));
-            status(Status::Ok)
+            return_u32s(&mut caller, &[(id_out, id)])
         },
     )?;
     Ok(())

@@ -28,6 +28,28 @@ fn status(s: Status) -> Result<i32> {
     Ok(s.raw())
 }
 
+/// Writes each `(pointer, value)` into guest memory; `Ok` when all were written, else the
+/// status the guest gets (`InvalidMemoryAccess` for a bad pointer).
+fn write_u32s(
+    caller: &mut Caller<'_, HostState>,
+    values: &[(i32, u32)],
+) -> std::result::Result<(), Status> {
+    let mem = memory(caller)?;
+    for &(ptr, value) in values {
+        mem.write_u32(&mut *caller, ptr, value)
+            .map_err(Status::from)?;
+    }
+    Ok(())
+}
+
+/// [`write_u32s`], then `Ok`: the tail of every host function whose results are numbers.
+fn return_u32s(caller: &mut Caller<'_, HostState>, values: &[(i32, u32)]) -> Result<i32> {
+    status(match write_u32s(caller, values) {
+        Ok(()) => Status::Ok,
+        Err(s) => s,
+    })
+}
+
 /// Copies `bytes` into guest memory allocated by the guest, storing pointer and length.
 fn return_bytes(
     caller: &mut Caller<'_, HostState>,

@@ -17,9 +17,7 @@ pub(super) fn proxy_register_shared_queue(
             let id = plugin
                 .shared
                 .register_queue(&plugin.vm_id, &name, plugin.queue_owner());
-            let mem = tri!(memory(&caller));
-            tri!(mem.write_u32(&mut caller, id_out, id).map_err(Status::from));
-            status(Status::Ok)
+            return_u32s(&mut caller, &[(id_out, id)])
         },
     )?;
     Ok(())
@@ -50,9 +48,7 @@ pub(super) fn proxy_resolve_shared_queue(
                     .resolve_queue(&vm, &name)
                     .ok_or(Status::NotFound)
             );
-            let mem = tri!(memory(&caller));
-            tri!(mem.write_u32(&mut caller, id_out, id).map_err(Status::from));
-            status(Status::Ok)
+            return_u32s(&mut caller, &[(id_out, id)])
         },
     )?;
     Ok(())

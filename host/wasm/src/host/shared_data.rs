@@ -22,11 +22,7 @@ pub(super) fn proxy_get_shared_data(
             let Some((value, cas)) = caller.data().plugin.shared.get(&vm, &key) else {
                 return status(Status::NotFound);
             };
-            let mem = tri!(memory(&caller));
-            tri!(
-                mem.write_u32(&mut caller, cas_out, cas)
-                    .map_err(Status::from)
-            );
+            tri!(write_u32s(&mut caller, &[(cas_out, cas)]));
             return_bytes(&mut caller, &value, ptr_out, len_out)
         },
     )?;
