@@ -69,3 +69,40 @@ pct_ms() {
 
 # cpu_ticks PID: the process's user + system CPU time so far, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# Envoy configuration pieces the bench scripts share (one worker's static config in front of a
+# static cluster). Compose them, e.g.:
+#   { envoy_admin 18301; echo "static_resources:"; echo "  listeners:"
+#     envoy_http_listener main 18300 "$filters"; echo "  clusters:"; envoy_static_cluster up 18081; }
+# envoy_admin PORT: the admin block.
+envoy_admin() { echo "admin: { address: { socket_address: { address: 127.0.0.1, port_value: $1 } } }"; }
+
+# envoy_http_listener NAME PORT [HTTP_FILTERS]: an HTTP listener (stat prefix NAME) routing
+# everything to cluster `up`; HTTP_FILTERS (YAML list items indented by 18 spaces, each line
+# starting with a newline) go before the router.
+envoy_http_listener() {
+    cat <<YAML
+    - name: $1
+      address: { socket_address: { address: 127.0.0.1, port_value: $2 } }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: $1
+                route_config: { virtual_hosts: [{ name: any, domains: ["*"], routes: [{ match: { prefix: "/" }, route: { cluster: up } }] }] }
+                http_filters:${3:-}
+                  - name: envoy.filters.http.router
+                    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+YAML
+}
+
+# envoy_static_cluster NAME PORT: a static cluster of 127.0.0.1:PORT.
+envoy_static_cluster() {
+    cat <<YAML
+    - name: $1
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment: { cluster_name: $1, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $2 } } } }] }] }
+YAML
+}

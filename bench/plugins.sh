@@ -88,29 +88,12 @@ envoy_config() { # plugin|none port admin
                           runtime: envoy.wasm.runtime.v8
                           code: { local: { filename: \"${FILE[$1]}\" } }"
     fi
-    cat <<YAML
-admin: { address: { socket_address: { address: 127.0.0.1, port_value: $3 } } }
-static_resources:
-  listeners:
-    - name: main
-      address: { socket_address: { address: 127.0.0.1, port_value: $2 } }
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: ingress
-                route_config:
-                  virtual_hosts: [{ name: any, domains: ["*"], routes: [{ match: { prefix: "/" }, route: { cluster: up } }] }]
-                http_filters:$filter
-                  - name: envoy.filters.http.router
-                    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
-  clusters:
-    - name: up
-      type: STATIC
-      connect_timeout: 1s
-      load_assignment: { cluster_name: up, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 18081 } } } }] }] }
-YAML
+    envoy_admin "$3"
+    echo "static_resources:"
+    echo "  listeners:"
+    envoy_http_listener main "$2" "$filter"
+    echo "  clusters:"
+    envoy_static_cluster up 18081
 }
 
 

@@ -67,40 +67,13 @@ envoy_config() { # burn port admin
     fi
     # Envoy has no per-route Wasm filter: the slow plugin sits on a second listener (port+2),
     # which the /slow load uses; both listeners share the two workers, as Weft's routes do.
-    cat <<YAML
-admin: { address: { socket_address: { address: 127.0.0.1, port_value: $3 } } }
-static_resources:
-  listeners:
-    - name: fast
-      address: { socket_address: { address: 127.0.0.1, port_value: $2 } }
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: fast
-                route_config: { virtual_hosts: [{ name: any, domains: ["*"], routes: [{ match: { prefix: "/" }, route: { cluster: up } }] }] }
-                http_filters:
-                  - name: envoy.filters.http.router
-                    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
-    - name: slow
-      address: { socket_address: { address: 127.0.0.1, port_value: $(($2 + 2)) } }
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: slow
-                route_config: { virtual_hosts: [{ name: any, domains: ["*"], routes: [{ match: { prefix: "/" }, route: { cluster: up } }] }] }
-                http_filters:$slow_filter
-                  - name: envoy.filters.http.router
-                    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
-  clusters:
-    - name: up
-      type: STATIC
-      connect_timeout: 1s
-      load_assignment: { cluster_name: up, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 18081 } } } }] }] }
-YAML
+    envoy_admin "$3"
+    echo "static_resources:"
+    echo "  listeners:"
+    envoy_http_listener fast "$2"
+    envoy_http_listener slow $(($2 + 2)) "$slow_filter"
+    echo "  clusters:"
+    envoy_static_cluster up 18081
 }
 
 
