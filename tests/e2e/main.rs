@@ -36,6 +36,7 @@ mod sidecar;
 mod smuggling;
 mod streaming;
 mod trace_spans;
+mod upstream_pool;
 mod upstream_tls;
 mod workers;
 mod xds;

@@ -1,0 +1,131 @@
+//! Upstream HTTP/1.1 connections driven by the request's own task (weft-upstream `inline`):
+//! kept alive and reused, never reused once the upstream closed them, closed after the
+//! cluster's idle timeout, and still correct for bodies of every framing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use weft_e2e::{TestProxy, get};
+
+/// Reads one request head (no body) from `s`; false at EOF.
+async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..end + 4);
+            return true;
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A raw HTTP/1.1 upstream: counts the connections it accepts; answers each request `ok`
+/// (`content-length: 2`, no `Connection: close`); with `close_after_each`, closes the
+/// connection right after each response, silently. Sends an event when a connection ends.
+async fn upstream(
+    close_after_each: bool,
+) -> (SocketAddr, Arc<AtomicU64>, mpsc::UnboundedReceiver<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicU64::new(0));
+    let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let closed = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while read_head(&mut s, &mut buf).await {
+                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(reply).await.is_err() || close_after_each {
+                        break;
+                    }
+                }
+                drop(s);
+                let _ = closed.send(());
+            });
+        }
+    });
+    (addr, accepted, closed_rx)
+}
+
+fn config(up: SocketAddr, idle_timeout: &str) -> String {
+    format!(
+        r#"
+access_log: {{ path: "off" }}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes: [{{ route: {{ cluster: up }} }}]
+clusters:
+  - {{ name: up, idle_timeout: {idle_timeout}, endpoints: [{{ address: "{up}" }}] }}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_requests_reuse_one_upstream_connection() {
+    let (up, accepted, _closed) = upstream(false).await;
+    let p = TestProxy::start(&config(up, "60s")).await;
+    for i in 0..20 {
+        let r = get(&p.url("main", &format!("/n/{i}"))).await;
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.body, "ok", "request {i}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one kept-alive upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_upstream_closed_while_idle_is_not_reused() {
+    let (up, accepted, mut closed) = upstream(true).await;
+    let p = TestProxy::start(&config(up, "60s")).await;
+    for i in 0..10 {
+        let r = get(&p.url("main", &format!("/n/{i}"))).await;
+        assert_eq!(r.status, 200, "request {i}: {:?}", r.body);
+        assert_eq!(r.body, "ok", "request {i}");
+        // The upstream has closed this request's connection (its FIN is on its way).
+        tokio::time::timeout(Duration::from_secs(10), closed.recv())
+            .await
+            .expect("the upstream closes the connection")
+            .expect("closed event");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        10,
+        "a new connection for each request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_upstream_connection_is_closed_after_the_idle_timeout() {
+    let (up, accepted, mut closed) = upstream(false).await;
+    let p = TestProxy::start(&config(up, "200ms")).await;
+    let r = get(&p.url("main", "/")).await;
+    assert_eq!(r.status, 200);
+    // Weft closes it (the upstream sees EOF) with no further traffic.
+    tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("Weft closes the idle upstream connection")
+        .expect("closed event");
+    // And the next request opens a new one.
+    let r = get(&p.url("main", "/")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
