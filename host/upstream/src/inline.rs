@@ -17,7 +17,7 @@
 //!
 //! HTTP/2 clusters, HTTP upgrades and `CONNECT` keep hyper's pooled client.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -69,11 +69,22 @@ impl std::fmt::Debug for Lease {
     }
 }
 
-/// A cluster's idle HTTP/1.1 connections, per endpoint address (most recently used last).
+/// A cluster's idle HTTP/1.1 connections, per endpoint address (most recently used last;
+/// hashbrown's default hasher: the std `SipHash` cost ~1.5k instructions per request in hyper's pool).
 pub struct InlinePool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<IdleSet>,
     idle_timeout: Duration,
     max_buf_size: usize,
+    /// A handle on the pool itself, for the sweeper it starts.
+    this: Weak<InlinePool>,
+}
+
+/// The idle connections, and whether a sweeper watches them: one runs only while the pool holds
+/// idle connections (a sidecar may have thousands of clusters, mostly unused: no timer each).
+#[derive(Default)]
+struct IdleSet {
+    by_addr: HashMap<SocketAddr, Vec<Idle>>,
+    sweeping: bool,
 }
 
 impl std::fmt::Debug for InlinePool {
@@ -113,25 +124,23 @@ impl std::error::Error for InlineError {
 
 impl InlinePool {
     /// A pool closing connections idle for `idle_timeout`, with hyper's read buffer bounded
-    /// by `max_buf_size`; its sweeper runs until the pool is dropped.
+    /// by `max_buf_size`. Its sweeper is a task of the runtime that first returns a connection
+    /// to it, running while it holds idle connections.
     pub fn start(idle_timeout: Duration, max_buf_size: usize) -> Arc<InlinePool> {
-        let pool = Arc::new(InlinePool {
-            idle: Mutex::new(HashMap::new()),
+        Arc::new_cyclic(|this| InlinePool {
+            idle: Mutex::new(IdleSet::default()),
             idle_timeout,
             max_buf_size,
-        });
-        let weak = Arc::downgrade(&pool);
-        let every = idle_timeout.clamp(Duration::from_millis(50), Duration::from_secs(1));
-        tokio::spawn(sweep(weak, every));
-        pool
+            this: this.clone(),
+        })
     }
 
     /// Idle connections (all endpoints).
     pub fn idle_count(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        self.lock().by_addr.values().map(Vec::len).sum()
     }
 
-    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, IdleSet> {
         self.idle.lock()
     }
 
@@ -143,7 +152,7 @@ impl InlinePool {
         cx: &mut Context<'_>,
     ) -> Option<(SendRequest<ProxyBody>, Conn)> {
         loop {
-            let idle = self.lock().get_mut(&addr).and_then(Vec::pop)?;
+            let idle = self.lock().by_addr.get_mut(&addr).and_then(Vec::pop)?;
             if idle.since.elapsed() >= self.idle_timeout {
                 continue;
             }
@@ -157,11 +166,21 @@ impl InlinePool {
     }
 
     fn put(&self, addr: SocketAddr, send: SendRequest<ProxyBody>, conn: Conn) {
-        self.lock().entry(addr).or_default().push(Idle {
+        let mut idle = self.lock();
+        idle.by_addr.entry(addr).or_default().push(Idle {
             send,
             conn,
             since: Instant::now(),
         });
+        if !idle.sweeping
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            idle.sweeping = true;
+            let every = self
+                .idle_timeout
+                .clamp(Duration::from_millis(50), Duration::from_secs(1));
+            runtime.spawn(sweep(self.this.clone(), every));
+        }
     }
 }
 
@@ -174,9 +193,10 @@ fn usable(send: &mut SendRequest<ProxyBody>, conn: &mut Conn, cx: &mut Context<'
     matches!(send.poll_ready(cx), Poll::Ready(Ok(())))
 }
 
-/// Every `every`: drops connections idle for the pool's `idle_timeout` or closed meanwhile.
+/// Every `every`: drops connections idle for the pool's `idle_timeout` or closed meanwhile;
+/// ends when the pool has no idle connection left (the next one returned starts another).
 async fn sweep(pool: Weak<InlinePool>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -185,12 +205,16 @@ async fn sweep(pool: Weak<InlinePool>, every: Duration) {
         };
         let mut cx = Context::from_waker(Waker::noop());
         let mut idle = pool.lock();
-        for conns in idle.values_mut() {
+        for conns in idle.by_addr.values_mut() {
             conns.retain_mut(|i| {
                 i.since.elapsed() < pool.idle_timeout && usable(&mut i.send, &mut i.conn, &mut cx)
             });
         }
-        idle.retain(|_, v| !v.is_empty());
+        idle.by_addr.retain(|_, v| !v.is_empty());
+        if idle.by_addr.is_empty() {
+            idle.sweeping = false;
+            return;
+        }
     }
 }
 
