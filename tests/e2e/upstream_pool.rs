@@ -129,3 +129,45 @@ async fn an_idle_upstream_connection_is_closed_after_the_idle_timeout() {
     assert_eq!(r.body, "ok");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+/// With `runtime.accept: reuseport` each worker drives its own upstream connections (a
+/// connection registered with one worker's reactor is never polled from another's): however the
+/// kernel spreads the client connections, the requests reuse at most one upstream connection per
+/// worker, and every one is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuseport_workers_each_reuse_their_own_upstream_connection() {
+    let (up, accepted, _closed) = upstream(false).await;
+    let yaml = format!("workers: 2\nruntime:\n  accept: reuseport\n{}", config(up, "60s"));
+    let p = TestProxy::start(&yaml).await;
+    for i in 0..30 {
+        let r = get(&p.url("main", &format!("/w/{i}"))).await;
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.body, "ok", "request {i}");
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&opened),
+        "{opened} upstream connections for 30 sequential requests on two workers"
+    );
+}
+
+/// Request bodies of every size go through inline connections whole, one after another on a
+/// reused connection (the body is sent while the request's task polls the connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_go_through_whole() {
+    let up = weft_e2e::upstream::echo("up").await;
+    let p = TestProxy::start(&config(up, "60s")).await;
+    let client = weft_e2e::client();
+    for (i, len) in [0usize, 1, 16 * 1024, 256 * 1024, 3].into_iter().enumerate() {
+        let req = http::Request::post(p.url("main", &format!("/echo/{i}")))
+            .body(http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; len])))
+            .expect("request");
+        let r = weft_e2e::send(&client, req).await;
+        assert_eq!(r.status, 200, "request {i}");
+        let text = String::from_utf8_lossy(&r.body);
+        assert!(
+            text.contains(&format!("\"body_bytes\":{len}")),
+            "request {i}: the upstream got {len} body bytes: {text}"
+        );
+    }
+}
