@@ -166,7 +166,7 @@ async fn request_bodies_go_through_whole() {
         assert_eq!(r.status, 200, "request {i}");
         let text = String::from_utf8_lossy(&r.body);
         assert!(
-            text.contains(&format!("\"body_bytes\":{len}")),
+            text.contains(&format!("\"body_bytes\": {len},")),
             "request {i}: the upstream got {len} body bytes: {text}"
         );
     }
