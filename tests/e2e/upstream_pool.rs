@@ -137,7 +137,10 @@ async fn an_idle_upstream_connection_is_closed_after_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reuseport_workers_each_reuse_their_own_upstream_connection() {
     let (up, accepted, _closed) = upstream(false).await;
-    let yaml = format!("workers: 2\nruntime:\n  accept: reuseport\n{}", config(up, "60s"));
+    let yaml = format!(
+        "workers: 2\nruntime:\n  accept: reuseport\n{}",
+        config(up, "60s")
+    );
     let p = TestProxy::start(&yaml).await;
     for i in 0..30 {
         let r = get(&p.url("main", &format!("/w/{i}"))).await;
@@ -158,9 +161,15 @@ async fn request_bodies_go_through_whole() {
     let up = weft_e2e::upstream::echo("up").await;
     let p = TestProxy::start(&config(up, "60s")).await;
     let client = weft_e2e::client();
-    for (i, len) in [0usize, 1, 16 * 1024, 256 * 1024, 3].into_iter().enumerate() {
+    for (i, len) in [0usize, 1, 16 * 1024, 256 * 1024, 3]
+        .into_iter()
+        .enumerate()
+    {
         let req = http::Request::post(p.url("main", &format!("/echo/{i}")))
-            .body(http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; len])))
+            .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+                b'x';
+                len
+            ])))
             .expect("request");
         let r = weft_e2e::send(&client, req).await;
         assert_eq!(r.status, 200, "request {i}");

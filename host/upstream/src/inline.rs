@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use weft_body::{BoxError, ProxyBody};
 
 use crate::endpoint::Endpoint;
-use crate::tls::HttpIo;
+use crate::tls::{HttpIo, UpstreamIdentity, UpstreamIo};
 
 /// Boxed: hyper's connection state (buffers, parser) is large, and it moves between the pool,
 /// the request and the response body; a box makes each move a pointer copy (unboxed, the
@@ -46,10 +46,15 @@ type Conn = Box<Connection<TokioIo<HttpIo>, ProxyBody>>;
 /// How many idle connections in a row may refuse a request (closing) before a new one is opened.
 const STALE_TRIES: usize = 4;
 
+/// The identities a TLS connection established: set on every response it carries, as hyper's
+/// pooled client does with the connection's `Connected` extras (Istio's source-side principals).
+type Identity = Option<UpstreamIdentity>;
+
 /// An idle connection.
 struct Idle {
     send: SendRequest<ProxyBody>,
     conn: Conn,
+    identity: Identity,
     since: Instant,
 }
 
@@ -57,6 +62,7 @@ struct Idle {
 pub struct Lease {
     send: SendRequest<ProxyBody>,
     conn: Conn,
+    identity: Identity,
     addr: SocketAddr,
     pool: Arc<InlinePool>,
 }
@@ -150,26 +156,30 @@ impl InlinePool {
         &self,
         addr: SocketAddr,
         cx: &mut Context<'_>,
-    ) -> Option<(SendRequest<ProxyBody>, Conn)> {
+    ) -> Option<(SendRequest<ProxyBody>, Conn, Identity)> {
         loop {
             let idle = self.lock().by_addr.get_mut(&addr).and_then(Vec::pop)?;
             if idle.since.elapsed() >= self.idle_timeout {
                 continue;
             }
             let Idle {
-                mut send, mut conn, ..
+                mut send,
+                mut conn,
+                identity,
+                ..
             } = idle;
-            if let Some((send, conn)) = usable(&mut send, &mut conn, cx).then_some((send, conn)) {
-                return Some((send, conn));
+            if usable(&mut send, &mut conn, cx) {
+                return Some((send, conn, identity));
             }
         }
     }
 
-    fn put(&self, addr: SocketAddr, send: SendRequest<ProxyBody>, conn: Conn) {
+    fn put(&self, addr: SocketAddr, send: SendRequest<ProxyBody>, conn: Conn, identity: Identity) {
         let mut idle = self.lock();
         idle.by_addr.entry(addr).or_default().push(Idle {
             send,
             conn,
+            identity,
             since: Instant::now(),
         });
         if !idle.sweeping
@@ -230,7 +240,7 @@ pub async fn send<C, F>(
 ) -> Result<(http::Response<Incoming>, Option<Lease>), InlineError>
 where
     C: FnOnce() -> F,
-    F: Future<Output = std::io::Result<crate::tls::UpstreamIo>>,
+    F: Future<Output = std::io::Result<UpstreamIo>>,
 {
     let addr = endpoint.addr;
     let mut connect = Some(connect);
@@ -241,7 +251,7 @@ where
         } else {
             None
         };
-        let (mut send, mut conn) = match pooled {
+        let (mut send, mut conn, identity) = match pooled {
             Some(c) => c,
             None => {
                 let Some(connect) = connect.take() else {
@@ -251,13 +261,17 @@ where
                     )));
                 };
                 let io = connect().await.map_err(InlineError::Connect)?;
+                let identity = match &io {
+                    UpstreamIo::Tls(_, id) => Some(id.clone()),
+                    UpstreamIo::Plain(_) => None,
+                };
                 let io = TokioIo::new(HttpIo::new(io, true));
                 let (send, conn) = Builder::new()
                     .max_buf_size(pool.max_buf_size)
                     .handshake(io)
                     .await
                     .map_err(InlineError::Http)?;
-                (send, Box::new(conn))
+                (send, Box::new(conn), identity)
             }
         };
         let mut response = std::pin::pin!(send.try_send_request(req));
@@ -271,11 +285,15 @@ where
         })
         .await;
         match got {
-            Ok(resp) => {
+            Ok(mut resp) => {
+                if let Some(id) = &identity {
+                    resp.extensions_mut().insert(id.clone());
+                }
                 // When the connection already ended, the body has all it will get.
                 let lease = (!conn_done).then(|| Lease {
                     send,
                     conn,
+                    identity,
                     addr,
                     pool: pool.clone(),
                 });
@@ -335,7 +353,7 @@ impl InlineBody {
         if let Some(mut l) = self.lease.take()
             && usable(&mut l.send, &mut l.conn, cx)
         {
-            l.pool.put(l.addr, l.send, l.conn);
+            l.pool.put(l.addr, l.send, l.conn, l.identity);
         }
     }
 }
