@@ -10,6 +10,10 @@ use weft_upstream::{Cluster, Endpoint};
 use super::retry::TryOutcome;
 
 /// How one try to an endpoint ended, before any retry decision.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per try and matched at once; boxing the response would allocate per request"
+)]
 pub(crate) enum Tried {
     /// Response headers arrived (with the inline connection its body is read through, if any).
     Response(http::Response<Incoming>, Option<Lease>),
