@@ -129,7 +129,7 @@ fn local_reply_is_an_effect_after_the_callback() {
     assert_eq!(s.on_request_headers(true).unwrap(), Action::Pause);
     let reply = s.take_effects().local_response.unwrap();
     assert_eq!(reply.status, 403);
-    assert_eq!(reply.body, b"denied\n");
+    assert_eq!(&reply.body[..], b"denied\n");
     assert_eq!(
         header(&reply.headers, "x-denied-by").as_deref(),
         Some("hostcalls")
@@ -145,15 +145,15 @@ fn body_edit(mode: &str, body: &str) -> String {
     let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
     request(&mut s, "/");
     s.on_request_headers(false).unwrap();
-    s.data().request_body = body.as_bytes()[..2].to_vec();
+    s.data().request_body = body.as_bytes()[..2].to_vec().into();
     assert_eq!(
         s.on_request_body(false).unwrap(),
         Action::Pause,
         "buffers until the end"
     );
-    s.data().request_body = body.as_bytes().to_vec();
+    s.data().request_body = body.as_bytes().to_vec().into();
     assert_eq!(s.on_request_body(true).unwrap(), Action::Continue);
-    String::from_utf8(s.data().request_body.clone()).unwrap()
+    String::from_utf8(s.data().request_body.to_vec()).unwrap()
 }
 
 #[test]
