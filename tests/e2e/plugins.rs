@@ -816,31 +816,32 @@ async fn an_8_mib_streamed_body_through_a_plugin_arrives_intact_with_the_clients
     );
     let digest = format!("{:x}", Sha256::digest(&data));
     let served = data.clone();
-    let up = weft_e2e::upstream::serve_incoming(move |req: http::Request<hyper::body::Incoming>| {
-        let served = served.clone();
-        async move {
-            if req.uri().path() == "/down" {
-                return http::Response::new(Full::new(served));
-            }
-            let framing = format!(
-                "cl={} te={} x-seen={}",
-                header_text(req.headers(), "content-length"),
-                header_text(req.headers(), "transfer-encoding"),
-                header_text(req.headers(), "x-seen"),
-            );
-            let mut body = req.into_body();
-            let (mut hash, mut n) = (Sha256::new(), 0usize);
-            while let Some(Ok(frame)) = body.frame().await {
-                if let Some(d) = frame.data_ref() {
-                    hash.update(d);
-                    n += d.len();
+    let up =
+        weft_e2e::upstream::serve_incoming(move |req: http::Request<hyper::body::Incoming>| {
+            let served = served.clone();
+            async move {
+                if req.uri().path() == "/down" {
+                    return http::Response::new(Full::new(served));
                 }
+                let framing = format!(
+                    "cl={} te={} x-seen={}",
+                    header_text(req.headers(), "content-length"),
+                    header_text(req.headers(), "transfer-encoding"),
+                    header_text(req.headers(), "x-seen"),
+                );
+                let mut body = req.into_body();
+                let (mut hash, mut n) = (Sha256::new(), 0usize);
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Some(d) = frame.data_ref() {
+                        hash.update(d);
+                        n += d.len();
+                    }
+                }
+                let text = format!("{framing} len={n} sha={:x}", hash.finalize());
+                http::Response::new(Full::new(Bytes::from(text)))
             }
-            let text = format!("{framing} len={n} sha={:x}", hash.finalize());
-            http::Response::new(Full::new(Bytes::from(text)))
-        }
-    })
-    .await;
+        })
+        .await;
     let p = TestProxy::start(&format!(
         r#"
 access_log: {{ path: "off" }}
