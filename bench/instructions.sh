@@ -18,7 +18,7 @@
 #
 # Environment: REQUESTS (3000), WARMUP (500), CONNS (4), STREAMS (h2load -m, 1), WEFT_BIN (default:
 # cargo build --release -p weft), WEFT_BINS (set `builds`: NAME=BINARY pairs, Istio metrics off),
-# H2 (1: h2c requests), BODY (bytes of random POST body per request; 0, the default: GET), KEEP (a directory for the callgrind files, one per variant). Needs valgrind, nginx, h2load (nghttp2-client); installs them with apt when missing.
+# H2 (1: h2c requests), WEFT_PORT (Weft's listener, 18370; the admin port is the next one), BODY (bytes of random POST body per request; 0, the default: GET), KEEP (a directory for the callgrind files, one per variant). Needs valgrind, nginx, h2load (nghttp2-client); installs them with apt when missing.
 # Results: bench/results/instructions-<set>.md (and stdout).
 set -euo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -126,7 +126,7 @@ total_ir() { awk '/^totals:/ { s += $2 } END { printf "%d\n", s }' "$@"; }
 
 declare -A IR
 for v in "${VARIANTS[@]}"; do
-    port=18370 admin=18371
+    port=${WEFT_PORT:-18370} admin=$(( ${WEFT_PORT:-18370} + 1 ))
     config "$v" $port $admin >"$RUN/$v.yaml"
     valgrind --tool=callgrind --instr-atstart=no \
         --callgrind-out-file="$RUN/cg.$v.%p" "${BIN[$v]:-$WEFT_BIN}" run -c "$RUN/$v.yaml" >"$RUN/$v.log" 2>&1 &

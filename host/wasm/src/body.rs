@@ -12,10 +12,14 @@ use bytes::{Bytes, BytesMut};
 /// buffer would otherwise leave it in ever smaller pieces).
 const MAX_CHUNKS_AFTER_WRITE: usize = 16;
 
-/// The bytes of a body buffer: `Bytes` chunks in order, and their total length.
+/// The bytes of a body buffer: `Bytes` chunks in order, and their total length. The first chunk
+/// is kept inline, so a buffer of one chunk (a body frame passing through) allocates nothing.
 #[derive(Clone, Default)]
 pub struct BodyBuffer {
-    chunks: VecDeque<Bytes>,
+    /// The first chunk; `None` only when the buffer is empty.
+    head: Option<Bytes>,
+    /// The chunks after `head`.
+    rest: VecDeque<Bytes>,
     len: usize,
 }
 
@@ -23,7 +27,7 @@ impl std::fmt::Debug for BodyBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BodyBuffer")
             .field("len", &self.len)
-            .field("chunks", &self.chunks.len())
+            .field("chunks", &self.chunk_count())
             .finish()
     }
 }
@@ -86,6 +90,32 @@ impl From<String> for BodyBuffer {
     }
 }
 
+/// The chunk of `chunks` holding byte `pos` and the offset in it (`None` at or past the end).
+fn locate<'a>(chunks: impl Iterator<Item = &'a Bytes>, pos: usize) -> Option<(usize, usize)> {
+    let mut at = 0;
+    for (i, c) in chunks.enumerate() {
+        if pos < at + c.len() {
+            return Some((i, pos - at));
+        }
+        at += c.len();
+    }
+    None
+}
+
+/// Splits `chunks` so that one begins at `pos`; returns its index (the end when `pos` is at or
+/// past the end). Views only: nothing is copied.
+fn split_at(chunks: &mut VecDeque<Bytes>, pos: usize) -> usize {
+    match locate(chunks.iter(), pos) {
+        Some((i, 0)) => i,
+        Some((i, off)) => {
+            let tail = chunks[i].split_off(off);
+            chunks.insert(i + 1, tail);
+            i + 1
+        }
+        None => chunks.len(),
+    }
+}
+
 impl BodyBuffer {
     /// An empty buffer.
     pub fn new() -> BodyBuffer {
@@ -104,17 +134,17 @@ impl BodyBuffer {
 
     /// How many chunks hold the bytes (0 when empty).
     pub fn chunk_count(&self) -> usize {
-        self.chunks.len()
+        usize::from(self.head.is_some()) + self.rest.len()
     }
 
     /// The chunks, in order.
     pub fn chunks(&self) -> impl Iterator<Item = &Bytes> {
-        self.chunks.iter()
+        self.head.iter().chain(self.rest.iter())
     }
 
     /// The chunks, moved out in order (no copy).
     pub fn into_chunks(self) -> impl Iterator<Item = Bytes> {
-        self.chunks.into_iter()
+        self.head.into_iter().chain(self.rest)
     }
 
     /// Appends `chunk` as it is (no copy). Empty chunks are dropped.
@@ -123,12 +153,20 @@ impl BodyBuffer {
             return;
         }
         self.len += chunk.len();
-        self.chunks.push_back(chunk);
+        if self.head.is_none() {
+            self.head = Some(chunk);
+        } else {
+            self.rest.push_back(chunk);
+        }
     }
 
     /// Appends every chunk of `other` (no copy).
     pub fn append(&mut self, other: BodyBuffer) {
-        for c in other.chunks {
+        if self.head.is_none() {
+            *self = other;
+            return;
+        }
+        for c in other.into_chunks() {
             self.push(c);
         }
     }
@@ -140,20 +178,17 @@ impl BodyBuffer {
 
     /// The bytes as one `Bytes`: a single chunk is returned as it is (the same allocation);
     /// several are copied once into one.
-    pub fn into_bytes(mut self) -> Bytes {
-        match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.pop_front().unwrap_or_default(),
-            _ => self.flattened(),
+    pub fn into_bytes(self) -> Bytes {
+        if self.rest.is_empty() {
+            return self.head.unwrap_or_default();
         }
+        self.flattened()
     }
 
     /// The bytes as a `Vec` (no copy when the buffer is one chunk owning its allocation).
-    pub fn into_vec(mut self) -> Vec<u8> {
-        if self.chunks.len() == 1
-            && let Some(c) = self.chunks.pop_front()
-        {
-            return Vec::from(c);
+    pub fn into_vec(self) -> Vec<u8> {
+        if self.rest.is_empty() {
+            return self.head.map(Vec::from).unwrap_or_default();
         }
         self.to_vec()
     }
@@ -161,7 +196,7 @@ impl BodyBuffer {
     /// A copy of the bytes as a `Vec`.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.len);
-        for c in &self.chunks {
+        for c in self.chunks() {
             v.extend_from_slice(c);
         }
         v
@@ -169,23 +204,23 @@ impl BodyBuffer {
 
     /// Joins the chunks into one (one copy into a `BytesMut`); nothing to do for zero or one.
     pub fn flatten(&mut self) {
-        if self.chunks.len() > 1 {
+        if !self.rest.is_empty() {
             let one = self.flattened();
-            self.chunks.clear();
-            self.chunks.push_back(one);
+            self.rest.clear();
+            self.head = Some(one);
         }
     }
 
     fn flattened(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(self.len);
-        for c in &self.chunks {
+        for c in self.chunks() {
             out.extend_from_slice(c);
         }
         out.freeze()
     }
 
     fn iter_bytes(&self) -> impl Iterator<Item = u8> + '_ {
-        self.chunks.iter().flat_map(|c| c.iter().copied())
+        self.chunks().flat_map(|c| c.iter().copied())
     }
 
     /// The bytes `[start, start + max)`, cut at the end of the buffer: `proxy_get_buffer_bytes`.
@@ -199,39 +234,14 @@ impl BodyBuffer {
         if start == end {
             return Some(Bytes::new());
         }
-        if let Some((i, off)) = self.locate(start)
-            && end - start <= self.chunks[i].len() - off
+        if let Some((i, off)) = locate(self.chunks(), start)
+            && let Some(c) = self.chunks().nth(i)
+            && end - start <= c.len() - off
         {
-            return Some(self.chunks[i].slice(off..off + (end - start)));
+            return Some(c.slice(off..off + (end - start)));
         }
         self.flatten();
-        self.chunks.front().map(|c| c.slice(start..end))
-    }
-
-    /// The chunk holding byte `pos` and the offset in it (`None` at or past the end).
-    fn locate(&self, pos: usize) -> Option<(usize, usize)> {
-        let mut at = 0;
-        for (i, c) in self.chunks.iter().enumerate() {
-            if pos < at + c.len() {
-                return Some((i, pos - at));
-            }
-            at += c.len();
-        }
-        None
-    }
-
-    /// Splits the chunks so that one begins at `pos` (`0 < pos < len`); returns its index.
-    /// Views only: nothing is copied.
-    fn split_at(&mut self, pos: usize) -> usize {
-        match self.locate(pos) {
-            Some((i, 0)) => i,
-            Some((i, off)) => {
-                let tail = self.chunks[i].split_off(off);
-                self.chunks.insert(i + 1, tail);
-                i + 1
-            }
-            None => self.chunks.len(),
-        }
+        self.head.as_ref().map(|c| c.slice(start..end))
     }
 
     /// `proxy_set_buffer_bytes` (Envoy's semantics): replaces `[start, start + size)` with
@@ -242,20 +252,22 @@ impl BodyBuffer {
             self.push(data);
         } else {
             let end = start.saturating_add(size).min(self.len);
-            let first = self.split_at(start);
-            let last = if end >= self.len {
-                self.chunks.len()
-            } else {
-                self.split_at(end)
-            };
-            let removed: usize = self.chunks.drain(first..last).map(|c| c.len()).sum();
+            let mut chunks = std::mem::take(&mut self.rest);
+            if let Some(h) = self.head.take() {
+                chunks.push_front(h);
+            }
+            let first = split_at(&mut chunks, start);
+            let last = split_at(&mut chunks, end);
+            let removed: usize = chunks.drain(first..last).map(|c| c.len()).sum();
             self.len -= removed;
             if !data.is_empty() {
                 self.len += data.len();
-                self.chunks.insert(first, data);
+                chunks.insert(first, data);
             }
+            self.head = chunks.pop_front();
+            self.rest = chunks;
         }
-        if self.chunks.len() > MAX_CHUNKS_AFTER_WRITE {
+        if self.chunk_count() > MAX_CHUNKS_AFTER_WRITE {
             self.flatten();
         }
     }
