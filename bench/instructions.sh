@@ -13,11 +13,12 @@
 #   WEFT_BIN=/path/to/older/weft bench/instructions.sh wasm   # the same for another binary
 #   WEFT_BINS="base=/path/weft-a new=/path/weft-b" bench/instructions.sh builds   # builds side by side
 #   H2=1 ... bench/instructions.sh builds      # HTTP/2 (h2c, prior knowledge) instead of HTTP/1.1
+#   BODY=16384 bench/instructions.sh wasm      # POST a 16 KiB body with every request (body path)
 #   KEEP=/some/dir ...                         # keep callgrind's output there (callgrind_annotate)
 #
 # Environment: REQUESTS (3000), WARMUP (500), CONNS (4), STREAMS (h2load -m, 1), WEFT_BIN (default:
 # cargo build --release -p weft), WEFT_BINS (set `builds`: NAME=BINARY pairs, Istio metrics off),
-# H2 (1: h2c requests), KEEP (a directory for the callgrind files, one per variant). Needs valgrind, nginx, h2load (nghttp2-client); installs them with apt when missing.
+# H2 (1: h2c requests), WEFT_PORT (Weft's listener, 18370; the admin port is the next one), BODY (bytes of random POST body per request; 0, the default: GET), KEEP (a directory for the callgrind files, one per variant). Needs valgrind, nginx, h2load (nghttp2-client); installs them with apt when missing.
 # Results: bench/results/instructions-<set>.md (and stdout).
 set -euo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -48,6 +49,8 @@ if [ "${H2:-0}" = 1 ]; then PROTO=() PROTO_NAME="HTTP/2 (h2c)"; else PROTO=(--h1
 for v in REQUESTS WARMUP CONNS STREAMS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "instructions.sh: $v must be a positive integer" >&2; exit 2; }
 done
+BODY=${BODY:-0}
+[[ $BODY =~ ^[0-9]+$ ]] || { echo "instructions.sh: BODY must be a number of bytes" >&2; exit 2; }
 missing=()
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v nginx >/dev/null || missing+=(nginx-light)
@@ -72,6 +75,12 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 mkdir -p "$RUN/upstream/tmp"
+# BODY: every request is a POST of the same random bytes (h2load -d sends them with a Content-Length).
+DATA=()
+if [ "$BODY" -gt 0 ]; then
+    head -c "$BODY" /dev/urandom >"$RUN/body"
+    DATA=(-d "$RUN/body")
+fi
 nginx -p "$RUN/upstream/" -e "$RUN/upstream/error.log" -c "$BENCH/configs/upstream-nginx.conf" &
 PIDS+=($!)
 # The OTLP/HTTP collector for the tracing set: accepts every export.
@@ -117,16 +126,16 @@ total_ir() { awk '/^totals:/ { s += $2 } END { printf "%d\n", s }' "$@"; }
 
 declare -A IR
 for v in "${VARIANTS[@]}"; do
-    port=18370 admin=18371
+    port=${WEFT_PORT:-18370} admin=$(( ${WEFT_PORT:-18370} + 1 ))
     config "$v" $port $admin >"$RUN/$v.yaml"
     valgrind --tool=callgrind --instr-atstart=no \
         --callgrind-out-file="$RUN/cg.$v.%p" "${BIN[$v]:-$WEFT_BIN}" run -c "$RUN/$v.yaml" >"$RUN/$v.log" 2>&1 &
     pid=$!
     PIDS+=($pid)
     wait_port $port || { echo "weft ($v) did not start under valgrind" >&2; exit 1; }
-    h2load "${PROTO[@]}" -n "$WARMUP" -c "$CONNS" -m "$STREAMS" "http://127.0.0.1:$port/x" >/dev/null
+    h2load "${PROTO[@]}" "${DATA[@]}" -n "$WARMUP" -c "$CONNS" -m "$STREAMS" "http://127.0.0.1:$port/x" >/dev/null
     callgrind_control -i on $pid >/dev/null
-    out=$(h2load "${PROTO[@]}" -n "$REQUESTS" -c "$CONNS" -m "$STREAMS" "http://127.0.0.1:$port/x")
+    out=$(h2load "${PROTO[@]}" "${DATA[@]}" -n "$REQUESTS" -c "$CONNS" -m "$STREAMS" "http://127.0.0.1:$port/x")
     callgrind_control -i off $pid >/dev/null
     grep -q "$REQUESTS succeeded" <<<"$out" || { echo "weft ($v): not every request succeeded:" >&2; echo "$out" >&2; exit 1; }
     kill -INT $pid
@@ -138,12 +147,14 @@ done
 
 base=${IR[${VARIANTS[0]}]}
 SUFFIX=""; [ "${H2:-0}" = 1 ] && SUFFIX=-h2
+[ "$BODY" -gt 0 ] && SUFFIX="$SUFFIX-body$BODY"
+BODY_NAME=""; [ "$BODY" -gt 0 ] && BODY_NAME=" POST ($BODY-byte body)"
 OUT="$ROOT/bench/results/instructions-$SET$SUFFIX${OUT_SUFFIX:-}.md"
 mkdir -p "$ROOT/bench/results"
 {
     echo "# Instructions per request: $SET ($(date -u +%Y-%m-%dT%H:%MZ))"
     echo
-    echo "callgrind, $REQUESTS $PROTO_NAME requests (h2load, $CONNS connections, $STREAMS streams each) after $WARMUP warm-up requests, one worker."
+    echo "callgrind, $REQUESTS $PROTO_NAME$BODY_NAME requests (h2load, $CONNS connections, $STREAMS streams each) after $WARMUP warm-up requests, one worker."
     echo
     echo "| variant | instructions/request | vs ${VARIANTS[0]} | added instructions/request |"
     echo "|---|---|---|---|"

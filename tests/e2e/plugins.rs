@@ -794,3 +794,123 @@ clusters:
         "no callback of the slow plugin ran off the worker in 64 requests"
     );
 }
+
+/// Body buffers are the embedding's `Bytes` chunks: an 8 MiB body streamed through a plugin
+/// that does not touch it (it reads headers and sees every body chunk) reaches the upstream
+/// intact, past the plugin's 1 MiB `max_body_bytes` (nothing is held), with the client's framing
+/// (`Content-Length` kept; chunked stays chunked); an 8 MiB response comes back intact with its
+/// `Content-Length`. Bounded: two uploads and one download, 60 s each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_8_mib_streamed_body_through_a_plugin_arrives_intact_with_the_clients_framing() {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use sha2::{Digest, Sha256};
+
+    const SIZE: usize = 8 * 1024 * 1024;
+    const FRAME: usize = 64 * 1024;
+    let data = Bytes::from(
+        (0..SIZE as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let digest = format!("{:x}", Sha256::digest(&data));
+    let served = data.clone();
+    let up =
+        weft_e2e::upstream::serve_incoming(move |req: http::Request<hyper::body::Incoming>| {
+            let served = served.clone();
+            async move {
+                if req.uri().path() == "/down" {
+                    return http::Response::new(Full::new(served));
+                }
+                let framing = format!(
+                    "cl={} te={} x-seen={}",
+                    header_text(req.headers(), "content-length"),
+                    header_text(req.headers(), "transfer-encoding"),
+                    header_text(req.headers(), "x-seen"),
+                );
+                let mut body = req.into_body();
+                let (mut hash, mut n) = (Sha256::new(), 0usize);
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Some(d) = frame.data_ref() {
+                        hash.update(d);
+                        n += d.len();
+                    }
+                }
+                let text = format!("{framing} len={n} sha={:x}", hash.finalize());
+                http::Response::new(Full::new(Bytes::from(text)))
+            }
+        })
+        .await;
+    let p = TestProxy::start(&format!(
+        r#"
+access_log: {{ path: "off" }}
+plugins:
+{}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes:
+          - route: {{ cluster: up }}
+            plugins: [{{ name: seen }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+        plugin(
+            "seen",
+            fx::HOSTCALLS,
+            "    configuration: {add_request_header: [x-seen, yes]}\n    max_body_bytes: 1048576\n"
+        ),
+    ))
+    .await;
+    let client: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
+    for with_length in [true, false] {
+        let frames: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = (0..SIZE)
+            .step_by(FRAME)
+            .map(|at| Ok(http_body::Frame::data(data.slice(at..at + FRAME))))
+            .collect();
+        let mut req = http::Request::post(p.url("main", "/up"));
+        if with_length {
+            req = req.header("content-length", SIZE.to_string());
+        }
+        let req = req
+            .body(StreamBody::new(futures_util::stream::iter(frames)))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(60), async {
+            let resp = client.request(req).await.expect("upload sent");
+            let status = resp.status();
+            let text = resp.into_body().collect().await.expect("reply").to_bytes();
+            (status, String::from_utf8_lossy(&text).into_owned())
+        })
+        .await
+        .expect("upload finishes within 60 s");
+        let framing = if with_length {
+            format!("cl={SIZE} te=-")
+        } else {
+            "cl=- te=chunked".to_owned()
+        };
+        assert_eq!(resp.0, 200, "{}", resp.1);
+        assert_eq!(
+            resp.1,
+            format!("{framing} x-seen=yes len={SIZE} sha={digest}"),
+            "with_length: {with_length}"
+        );
+    }
+    let r = tokio::time::timeout(Duration::from_secs(60), get(&p.url("main", "/down")))
+        .await
+        .expect("download finishes within 60 s");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some(SIZE.to_string().as_str()));
+    assert_eq!(r.body.len(), SIZE);
+    assert_eq!(format!("{:x}", Sha256::digest(&r.body)), digest);
+}
+
+fn header_text(headers: &http::HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_else(|| "-".to_owned())
+}

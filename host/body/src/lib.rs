@@ -21,6 +21,21 @@ use http::HeaderMap;
 pub trait BodyFilter: Send + Sync {
     /// Passes one data chunk (`end_of_stream` on the last); returns what to send on.
     fn push(&mut self, data: Bytes, end_of_stream: bool) -> Result<Bytes, BoxError>;
+    /// As [`push`](Self::push), appending what to send on to `out` as data frames: a filter
+    /// that releases several chunks at once (bytes it held) sends them as they are instead of
+    /// joining them into one.
+    fn push_frames(
+        &mut self,
+        data: Bytes,
+        end_of_stream: bool,
+        out: &mut VecDeque<Frame<Bytes>>,
+    ) -> Result<(), BoxError> {
+        let chunk = self.push(data, end_of_stream)?;
+        if !chunk.is_empty() {
+            out.push_back(Frame::data(chunk));
+        }
+        Ok(())
+    }
     /// Passes the trailers (the end of the stream); returns data to send before them, and the
     /// trailers to send.
     fn trailers(&mut self, trailers: HeaderMap) -> Result<(Bytes, HeaderMap), BoxError>;
@@ -322,21 +337,19 @@ impl Piped {
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => {
                     self.done = true;
-                    match self.pipeline.push(Bytes::new(), true) {
-                        Ok(out) if !out.is_empty() => self.prefix.push_back(Frame::data(out)),
-                        Ok(_) => {}
-                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    if let Err(e) = self
+                        .pipeline
+                        .push_frames(Bytes::new(), true, &mut self.prefix)
+                    {
+                        return Poll::Ready(Some(Err(e)));
                     }
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         let eos = http_body::Body::is_end_stream(&self.inner);
-                        match self.pipeline.push(data, eos) {
-                            Ok(out) if !out.is_empty() => {
-                                return Poll::Ready(Some(Ok(Frame::data(out))));
-                            }
-                            Ok(_) => {}
-                            Err(e) => return Poll::Ready(Some(Err(e))),
+                        // The frames out go through `prefix` (empty here), in order.
+                        if let Err(e) = self.pipeline.push_frames(data, eos, &mut self.prefix) {
+                            return Poll::Ready(Some(Err(e)));
                         }
                     }
                     Err(frame) => {

@@ -498,7 +498,7 @@ fn synthesized(status: u16, body: &str) -> HttpCallResponse {
     headers.add("content-type", b"text/plain");
     HttpCallResponse {
         headers,
-        body: body.as_bytes().to_vec(),
+        body: body.as_bytes().to_vec().into(),
         trailers: HeaderList::default(),
     }
 }
@@ -569,7 +569,7 @@ async fn callout(cluster: &Cluster, call: HttpCallRequest) -> Option<HttpCallRes
     let body: Bytes = collected.to_bytes();
     Some(HttpCallResponse {
         headers,
-        body: body.to_vec(),
+        body: body.into(),
         trailers,
     })
 }

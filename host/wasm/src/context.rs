@@ -9,9 +9,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::abi::{GuestMemory, HeaderList};
+use crate::body::BodyBuffer;
 use crate::headers::Headers;
 use crate::shared::QueueOwner;
 use crate::types::{BufferType, LogLevel, MapType, Status};
@@ -42,7 +44,7 @@ pub struct LocalResponse {
     /// Details (for the access log).
     pub details: String,
     /// Body.
-    pub body: Vec<u8>,
+    pub body: Bytes,
     /// Extra headers (validated: no CR, LF or NUL).
     pub headers: HeaderList,
     /// gRPC status, `None` for -1.
@@ -61,7 +63,7 @@ pub struct HttpCallRequest {
     /// Headers, with `:method`, `:path` and `:authority`.
     pub headers: HeaderList,
     /// Body.
-    pub body: Vec<u8>,
+    pub body: Bytes,
     /// Trailers.
     pub trailers: HeaderList,
     /// Deadline.
@@ -73,8 +75,8 @@ pub struct HttpCallRequest {
 pub struct HttpCallResponse {
     /// Response headers, with `:status`.
     pub headers: HeaderList,
-    /// Body.
-    pub body: Vec<u8>,
+    /// Body (the plugin may rewrite it with `proxy_set_buffer_bytes`).
+    pub body: BodyBuffer,
     /// Trailers.
     pub trailers: HeaderList,
 }
@@ -104,14 +106,14 @@ pub struct StreamData {
     pub response_headers: Headers,
     /// Response trailers.
     pub response_trailers: Headers,
-    /// The request body bytes the current callback sees.
-    pub request_body: Vec<u8>,
+    /// The request body bytes the current callback sees (the embedding's chunks, moved in).
+    pub request_body: BodyBuffer,
     /// The response body bytes the current callback sees.
-    pub response_body: Vec<u8>,
+    pub response_body: BodyBuffer,
     /// TCP: downstream bytes the current callback sees.
-    pub downstream_data: Vec<u8>,
+    pub downstream_data: BodyBuffer,
     /// TCP: upstream bytes the current callback sees.
-    pub upstream_data: Vec<u8>,
+    pub upstream_data: BodyBuffer,
     /// Attributes from the embedding.
     pub properties: Arc<dyn Properties>,
     /// Values written with `proxy_set_property` (Envoy's filter state), by dotted path.
@@ -140,10 +142,10 @@ impl StreamData {
             request_trailers: Headers::default(),
             response_headers: Headers::default(),
             response_trailers: Headers::default(),
-            request_body: Vec::new(),
-            response_body: Vec::new(),
-            downstream_data: Vec::new(),
-            upstream_data: Vec::new(),
+            request_body: BodyBuffer::new(),
+            response_body: BodyBuffer::new(),
+            downstream_data: BodyBuffer::new(),
+            upstream_data: BodyBuffer::new(),
             properties,
             filter_state: HashMap::new(),
             effects: Effects::default(),
@@ -165,8 +167,8 @@ pub trait StreamHost {
     /// pseudo-headers back).
     fn header_map_mut(&mut self, map: MapType, write: bool) -> Option<&mut Headers>;
     /// The body bytes of `buffer` the current callback sees (`None` for buffers that are not
-    /// the stream's).
-    fn body_mut(&mut self, buffer: BufferType) -> Option<&mut Vec<u8>>;
+    /// the stream's): the embedding's `Bytes` chunks, read and written in place.
+    fn body_mut(&mut self, buffer: BufferType) -> Option<&mut BodyBuffer>;
     /// Asks for a local reply, acted on once the callback returns.
     fn send_local_response(&mut self, reply: LocalResponse);
     /// Asks to resume the request (`true`) or the response.
@@ -191,7 +193,7 @@ impl StreamHost for StreamData {
         })
     }
 
-    fn body_mut(&mut self, buffer: BufferType) -> Option<&mut Vec<u8>> {
+    fn body_mut(&mut self, buffer: BufferType) -> Option<&mut BodyBuffer> {
         Some(match buffer {
             BufferType::HttpRequestBody => &mut self.request_body,
             BufferType::HttpResponseBody => &mut self.response_body,

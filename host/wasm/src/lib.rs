@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 mod abi;
+pub mod body;
 pub mod codec;
 mod context;
 pub mod engine;
@@ -24,6 +25,9 @@ pub mod stream;
 pub mod types;
 
 pub use abi::HeaderList;
+pub use body::BodyBuffer;
+/// The `bytes` crate body buffers are made of (so embedders use the same version).
+pub use bytes;
 pub use context::{
     Clock, Effects, Embedder, HttpCallRequest, HttpCallResponse, LocalResponse, NoCallouts,
     NoProperties, PluginLimits, Properties, StreamData, StreamHost, SystemClock,

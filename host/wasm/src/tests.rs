@@ -129,7 +129,7 @@ fn local_reply_is_an_effect_after_the_callback() {
     assert_eq!(s.on_request_headers(true).unwrap(), Action::Pause);
     let reply = s.take_effects().local_response.unwrap();
     assert_eq!(reply.status, 403);
-    assert_eq!(reply.body, b"denied\n");
+    assert_eq!(&reply.body[..], b"denied\n");
     assert_eq!(
         header(&reply.headers, "x-denied-by").as_deref(),
         Some("hostcalls")
@@ -137,6 +137,14 @@ fn local_reply_is_an_effect_after_the_callback() {
 }
 
 fn body_edit(mode: &str, body: &str) -> String {
+    let (a, b) = body.split_at(body.len() / 2);
+    body_edit_chunks(mode, &[a, b])
+}
+
+/// The hostcalls fixture's body `mode` on a body that arrives as `parts` (one `Bytes` chunk
+/// each, delivered at once at the end of the stream).
+fn body_edit_chunks(mode: &str, parts: &[&str]) -> String {
+    let body: String = parts.concat();
     let p = load(spec(
         "body",
         fx::HOSTCALLS,
@@ -145,15 +153,29 @@ fn body_edit(mode: &str, body: &str) -> String {
     let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
     request(&mut s, "/");
     s.on_request_headers(false).unwrap();
-    s.data().request_body = body.as_bytes()[..2].to_vec();
+    s.data().request_body = body.as_bytes()[..2].to_vec().into();
     assert_eq!(
         s.on_request_body(false).unwrap(),
         Action::Pause,
         "buffers until the end"
     );
-    s.data().request_body = body.as_bytes().to_vec();
+    let mut chunks = crate::BodyBuffer::new();
+    for part in parts {
+        chunks.push(bytes::Bytes::copy_from_slice(part.as_bytes()));
+    }
+    s.data().request_body = chunks;
     assert_eq!(s.on_request_body(true).unwrap(), Action::Continue);
-    String::from_utf8(s.data().request_body.clone()).unwrap()
+    String::from_utf8(s.data().request_body.to_vec()).unwrap()
+}
+
+#[test]
+fn buffer_host_calls_work_on_chunked_bodies() {
+    let parts = ["hel", "", "lo wo", "rld"];
+    assert_eq!(body_edit_chunks("append:!", &parts), "hello world!");
+    assert_eq!(body_edit_chunks("prepend:>", &parts), ">hello world");
+    assert_eq!(body_edit_chunks("replace:bye", &parts), "bye");
+    // Reads the whole body (a range spanning the chunks), changes nothing.
+    assert_eq!(body_edit_chunks("buffer", &parts), "hello world");
 }
 
 #[test]

@@ -69,7 +69,7 @@ impl LocalReply {
         LocalReply {
             status: r.status,
             headers: list_pairs(&r.headers),
-            body: r.body,
+            body: r.body.to_vec(),
             details: r.details,
             grpc_status: r.grpc_status,
         }
@@ -322,10 +322,10 @@ impl<'p> Exchange<'p> {
             }
             if has_body {
                 let stream = self.stream()?;
-                stream.data().request_body = body;
+                stream.data().request_body = body.into();
                 let action = stream.on_request_body(!has_trailers)?;
                 let outcome = self.settle(action, Phase::Request)?;
-                let seen = std::mem::take(&mut self.stream()?.data().request_body);
+                let seen = self.stream()?.data().request_body.take().into_vec();
                 self.request_body_seen = seen;
                 if outcome != Outcome::Continue || !has_trailers {
                     return Ok(outcome);
@@ -361,10 +361,10 @@ impl<'p> Exchange<'p> {
                 return Ok(outcome);
             }
             let stream = self.stream()?;
-            stream.data().response_body = body;
+            stream.data().response_body = body.into();
             let action = stream.on_response_body(true)?;
             let outcome = self.settle(action, Phase::Response)?;
-            let seen = std::mem::take(&mut self.stream()?.data().response_body);
+            let seen = self.stream()?.data().response_body.take().into_vec();
             self.response_body_seen = seen;
             Ok(outcome)
         })();

@@ -94,14 +94,14 @@ impl ScriptedCallouts {
         self.calls.lock().push(RecordedCallout {
             cluster: call.cluster.clone(),
             headers: list_pairs(&call.headers),
-            body: call.body.clone(),
+            body: call.body.to_vec(),
             timeout: call.timeout,
         });
         let script = self.scripts.lock().get(&call.cluster).cloned();
         match script {
             Some(Script::Respond(r)) => Some(HttpCallResponse {
                 headers: r.header_list(),
-                body: r.body,
+                body: r.body.into(),
                 trailers: weft_wasm::HeaderList::default(),
             }),
             Some(Script::Fail) | None => None,

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
-use weft_wasm::{Action, Failure, FailurePolicy, PeerType, Properties, Stream};
+use weft_wasm::bytes::Bytes;
+use weft_wasm::{Action, BodyBuffer, Failure, FailurePolicy, PeerType, Properties, Stream};
 
 use weft_extensions::{PluginHandle, PluginVersion};
 
@@ -116,7 +117,7 @@ impl NetFilters {
             .iter()
             .map(|s| PipeStage {
                 stage: s.clone(),
-                held: Vec::new(),
+                held: BodyBuffer::new(),
                 disabled: false,
             })
             .collect();
@@ -139,7 +140,7 @@ impl NetFilters {
 
 struct PipeStage {
     stage: Stage,
-    held: Vec<u8>,
+    held: BodyBuffer,
     disabled: bool,
 }
 
@@ -152,23 +153,23 @@ pub struct NetPipe {
 impl NetPipe {
     /// Passes `data` through every plugin; returns what to forward.
     pub fn push(&mut self, data: &[u8], end_of_stream: bool) -> Result<Vec<u8>, Close> {
-        let mut chunk = data.to_vec();
+        let mut chunk = BodyBuffer::from(Bytes::copy_from_slice(data));
         for st in &mut self.stages {
             if st.disabled {
                 continue;
             }
-            st.held.extend_from_slice(&chunk);
-            let held = std::mem::take(&mut st.held);
+            st.held.append(chunk.take());
+            let held = st.held.take();
             let (result, out, effects) = {
                 let mut s = lock(&st.stage.stream);
                 let r = if self.downstream {
                     s.data().downstream_data = held;
                     let r = s.on_downstream_data(end_of_stream);
-                    (r, std::mem::take(&mut s.data().downstream_data))
+                    (r, s.data().downstream_data.take())
                 } else {
                     s.data().upstream_data = held;
                     let r = s.on_upstream_data(end_of_stream);
-                    (r, std::mem::take(&mut s.data().upstream_data))
+                    (r, s.data().upstream_data.take())
                 };
                 (r.0, r.1, s.take_effects())
             };
@@ -196,6 +197,6 @@ impl NetPipe {
                 }
             }
         }
-        Ok(chunk)
+        Ok(chunk.into_vec())
     }
 }

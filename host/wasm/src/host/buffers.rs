@@ -1,9 +1,14 @@
 //! Buffers: bodies, TCP data, callout bodies, configurations.
 
 use super::*;
+use crate::body::BodyBuffer;
+use bytes::Bytes;
 
 /// The bytes of buffer `ty` visible now, or a status when it is not available.
-fn buffer_ref(state: &mut HostState, ty: BufferType) -> std::result::Result<&mut Vec<u8>, Status> {
+fn buffer_ref(
+    state: &mut HostState,
+    ty: BufferType,
+) -> std::result::Result<&mut BodyBuffer, Status> {
     let phase = state.phase;
     match ty {
         BufferType::PluginConfiguration | BufferType::VmConfiguration | BufferType::CallData => {
@@ -34,18 +39,15 @@ fn buffer_ref(state: &mut HostState, ty: BufferType) -> std::result::Result<&mut
 }
 
 /// Configuration buffers are readable only in the callback they belong to.
-fn config_buffer(
-    state: &HostState,
-    ty: BufferType,
-) -> Option<std::result::Result<Vec<u8>, Status>> {
+fn config_buffer(state: &HostState, ty: BufferType) -> Option<std::result::Result<&[u8], Status>> {
     match ty {
         BufferType::PluginConfiguration => Some(if state.phase == Phase::Configure {
-            Ok(state.plugin.configuration.clone())
+            Ok(state.plugin.configuration.as_slice())
         } else {
             Err(Status::NotFound)
         }),
         BufferType::VmConfiguration => Some(if state.phase == Phase::VmStart {
-            Ok(state.plugin.vm_configuration.clone())
+            Ok(state.plugin.vm_configuration.as_slice())
         } else {
             Err(Status::NotFound)
         }),
@@ -72,18 +74,24 @@ pub(super) fn proxy_get_buffer_bytes(
             let ty = tri!(BufferType::try_from(ty));
             let start = start as u32 as usize;
             let max = max as u32 as usize;
-            // Only the requested range is copied out of the host buffer (once more into
-            // guest memory), never the whole buffer.
-            let slice = |bytes: &[u8]| -> std::result::Result<Vec<u8>, Status> {
-                if start > bytes.len() {
-                    return Err(Status::BadArgument);
+            // Only the requested range is copied, straight into guest memory: a range inside
+            // one chunk of a body is a view of it (a range spanning chunks flattens the body
+            // once); a configuration's range is copied out first (the guest allocator runs
+            // before the copy).
+            let bytes: Bytes = match config_buffer(caller.data(), ty) {
+                Some(r) => {
+                    let cfg = tri!(r);
+                    if start > cfg.len() {
+                        return status(Status::BadArgument);
+                    }
+                    let end = start.saturating_add(max).min(cfg.len());
+                    Bytes::copy_from_slice(&cfg[start..end])
                 }
-                let end = start.saturating_add(max).min(bytes.len());
-                Ok(bytes[start..end].to_vec())
-            };
-            let bytes = match config_buffer(caller.data(), ty) {
-                Some(r) => tri!(slice(&tri!(r))),
-                None => tri!(slice(tri!(buffer_ref(caller.data_mut(), ty)))),
+                None => tri!(
+                    tri!(buffer_ref(caller.data_mut(), ty))
+                        .range(start, max)
+                        .ok_or(Status::BadArgument)
+                ),
             };
             return_bytes(&mut caller, &bytes, ptr_out, len_out)
         },
@@ -137,12 +145,7 @@ pub(super) fn proxy_set_buffer_bytes(
             let size = size as u32 as usize;
             // The spec's semantics: replace [start, start + size) with the data; start at or
             // past the end appends; (0, 0) prepends.
-            if start >= buf.len() {
-                buf.extend_from_slice(&data);
-            } else {
-                let end = start.saturating_add(size).min(buf.len());
-                buf.splice(start..end, data);
-            }
+            buf.set(start, size, Bytes::from(data));
             status(Status::Ok)
         },
     )?;

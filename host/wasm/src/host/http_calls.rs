@@ -51,7 +51,7 @@ pub(super) fn proxy_http_call(
                 context_id,
                 cluster,
                 headers,
-                body,
+                body: body.into(),
                 trailers,
                 timeout: Duration::from_millis(timeout_ms.max(0) as u64),
             });

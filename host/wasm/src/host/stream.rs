@@ -159,7 +159,7 @@ pub(super) fn proxy_send_local_response(
             stream.send_local_response(LocalResponse {
                 status: code as u16,
                 details,
-                body,
+                body: body.into(),
                 headers,
                 grpc_status: (grpc >= 0).then_some(grpc),
             });

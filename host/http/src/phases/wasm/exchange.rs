@@ -13,7 +13,9 @@ use http::{StatusCode, request, response};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use parking_lot::{Mutex, MutexGuard};
-use weft_wasm::{Action, Failure, FailurePolicy, Headers, LocalResponse, Properties, Stream};
+use weft_wasm::{
+    Action, BodyBuffer, Failure, FailurePolicy, Headers, LocalResponse, Properties, Stream,
+};
 
 use weft_body::{BodyFilter, BoxError, ProxyBody};
 use weft_extensions::{PluginHandle, PluginVersion};
@@ -313,7 +315,7 @@ fn reply_from(local: LocalResponse, grpc: bool) -> LocalReply {
     LocalReply {
         status: StatusCode::from_u16(local.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         headers,
-        body: Bytes::from(local.body),
+        body: local.body,
         details,
         flag: None,
     }
@@ -530,7 +532,7 @@ impl WasmExchange {
         let had_host = head.headers.contains_key(header::HOST);
         let mut headers = request_map(head, authority, self.scheme());
         let mut modified = false;
-        let mut buffered: Option<Bytes> = None;
+        let mut buffered: Option<BodyBuffer> = None;
         for i in 0..self.stages.len() {
             if self.stages[i].skipped {
                 continue;
@@ -618,7 +620,7 @@ impl WasmExchange {
             head.headers.remove(header::TRANSFER_ENCODING);
             head.headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
-            *body = ProxyBody::full(b);
+            *body = ProxyBody::frames(data_frames(b).collect());
         }
         Outcome::Continue
     }
@@ -702,17 +704,21 @@ impl WasmExchange {
     /// Delivers the whole request body to every plugin (`on_request_body`, end of stream).
     /// Effects of stage `holder` (the one that paused) other than a local reply are kept for
     /// [`hold`](Self::hold): it may resume from its body callback.
-    fn request_body_whole(&mut self, whole: Bytes, holder: usize) -> Result<Bytes, LocalReply> {
-        let mut data = whole.to_vec();
+    fn request_body_whole(
+        &mut self,
+        whole: BodyBuffer,
+        holder: usize,
+    ) -> Result<BodyBuffer, LocalReply> {
+        let mut data = whole;
         for i in 0..self.stages.len() {
             if self.stages[i].skipped {
                 continue;
             }
             let r = {
                 let mut s = lock(&self.stages[i].stream);
-                s.data().request_body = std::mem::take(&mut data);
+                s.data().request_body = data.take();
                 let r = s.on_request_body(true);
-                data = std::mem::take(&mut s.data().request_body);
+                data = s.data().request_body.take();
                 r
             };
             if let Err(f) = r {
@@ -730,7 +736,7 @@ impl WasmExchange {
                 return Err(reply_from(local, self.properties.grpc));
             }
         }
-        Ok(Bytes::from(data))
+        Ok(data)
     }
 
     /// Holds stage `i`, paused with nothing pending, until its plugin resumes it (or replies,
@@ -871,11 +877,11 @@ impl WasmExchange {
                     Ok(data) => {
                         seen += data.len() as u64;
                         let eos = http_body::Body::is_end_stream(&body);
-                        let out = pipeline.push(data, eos).map_err(|e| e.reply())?;
+                        let out = pipeline
+                            .push_buffer(data.into(), eos)
+                            .map_err(|e| e.reply())?;
                         emitted += out.len() as u64;
-                        if !out.is_empty() {
-                            prefix.push_back(Frame::data(out));
-                        }
+                        prefix.extend(data_frames(out));
                         if eos {
                             ended = true;
                             break;
@@ -908,11 +914,11 @@ impl WasmExchange {
                     });
                 }
                 None => {
-                    let out = pipeline.push(Bytes::new(), true).map_err(|e| e.reply())?;
+                    let out = pipeline
+                        .push_buffer(BodyBuffer::new(), true)
+                        .map_err(|e| e.reply())?;
                     emitted += out.len() as u64;
-                    if !out.is_empty() {
-                        prefix.push_back(Frame::data(out));
-                    }
+                    prefix.extend(data_frames(out));
                     ended = true;
                     break;
                 }
@@ -954,7 +960,7 @@ impl WasmExchange {
         let mut headers = response_map(head);
         let mut modified = false;
         let end_of_stream = http_body::Body::is_end_stream(&body);
-        let mut whole_body: Option<Bytes> = None;
+        let mut whole_body: Option<BodyBuffer> = None;
         let mut body = body;
         for i in (0..self.stages.len()).rev() {
             if self.stages[i].skipped {
@@ -1019,10 +1025,10 @@ impl WasmExchange {
         restore_response(head, &mut headers, modified);
         let mut pipeline = Pipeline::new(&self.stages, Direction::Response, self.properties.grpc);
         if let Some(whole) = whole_body {
-            let out = pipeline.push(whole, true).map_err(|e| e.reply())?;
+            let out = pipeline.push_buffer(whole, true).map_err(|e| e.reply())?;
             head.headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-            return Ok(ProxyBody::full(out));
+            return Ok(ProxyBody::frames(data_frames(out).collect()));
         }
         if end_of_stream || pipeline.is_empty() {
             return Ok(body);
@@ -1038,11 +1044,11 @@ impl WasmExchange {
                     Ok(data) => {
                         seen += data.len();
                         let eos = http_body::Body::is_end_stream(&body);
-                        let out = pipeline.push(data, eos).map_err(|e| e.reply())?;
+                        let out = pipeline
+                            .push_buffer(data.into(), eos)
+                            .map_err(|e| e.reply())?;
                         emitted += out.len();
-                        if !out.is_empty() {
-                            prefix.push_back(Frame::data(out));
-                        }
+                        prefix.extend(data_frames(out));
                         if eos {
                             ended = true;
                             break;
@@ -1086,11 +1092,11 @@ impl WasmExchange {
                     });
                 }
                 None => {
-                    let out = pipeline.push(Bytes::new(), true).map_err(|e| e.reply())?;
+                    let out = pipeline
+                        .push_buffer(BodyBuffer::new(), true)
+                        .map_err(|e| e.reply())?;
                     emitted += out.len();
-                    if !out.is_empty() {
-                        prefix.push_back(Frame::data(out));
-                    }
+                    prefix.extend(data_frames(out));
                     ended = true;
                     break;
                 }
@@ -1141,9 +1147,9 @@ enum Settled {
     Reply(LocalReply),
 }
 
-/// Reads the whole body, refusing more than `max` bytes with 413.
-async fn buffer_body(body: &mut ProxyBody, max: usize) -> Result<Bytes, LocalReply> {
-    let mut out = Vec::new();
+/// Reads the whole body (its chunks, not copied), refusing more than `max` bytes with 413.
+async fn buffer_body(body: &mut ProxyBody, max: usize) -> Result<BodyBuffer, LocalReply> {
+    let mut out = BodyBuffer::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| LocalReply {
             status: StatusCode::BAD_REQUEST,
@@ -1153,7 +1159,7 @@ async fn buffer_body(body: &mut ProxyBody, max: usize) -> Result<Bytes, LocalRep
             flag: None,
         })?;
         if let Ok(data) = frame.into_data() {
-            out.extend_from_slice(&data);
+            out.push(data);
             if out.len() > max {
                 return Err(LocalReply {
                     status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -1165,7 +1171,12 @@ async fn buffer_body(body: &mut ProxyBody, max: usize) -> Result<Bytes, LocalRep
             }
         }
     }
-    Ok(Bytes::from(out))
+    Ok(out)
+}
+
+/// The chunks of `buffer` as data frames, as they are (not joined).
+fn data_frames(buffer: BodyBuffer) -> impl Iterator<Item = Frame<Bytes>> {
+    buffer.into_chunks().map(Frame::data)
 }
 
 /// The reply for a body over a plugin's `max_body_bytes` (Envoy: 413 for a request, 500 for a
@@ -1201,7 +1212,8 @@ struct PipeStage {
     handle: Arc<PluginHandle>,
     stream: Arc<Mutex<Stream>>,
     policy: FailurePolicy,
-    held: Vec<u8>,
+    /// What the plugin holds while paused: the chunks as they came (not copied).
+    held: BodyBuffer,
     /// The plugin's `max_body_bytes`: the most it may hold while paused.
     max_held: usize,
     disabled: bool,
@@ -1264,7 +1276,7 @@ impl Pipeline {
                 handle: s.handle.clone(),
                 stream: s.stream.clone(),
                 policy: s.policy,
-                held: Vec::new(),
+                held: BodyBuffer::new(),
                 max_held: s.handle.config.max_body_bytes,
                 disabled: false,
             })
@@ -1286,8 +1298,20 @@ impl Pipeline {
         self.stages.is_empty()
     }
 
-    /// Passes `data` through every stage; returns what comes out.
+    /// Passes `data` through every stage; returns what comes out, as one chunk (chunks a
+    /// plugin held are joined: [`push_buffer`](Self::push_buffer) keeps them apart).
     pub fn push(&mut self, data: Bytes, end_of_stream: bool) -> Result<Bytes, PipelineError> {
+        Ok(self.push_buffer(data.into(), end_of_stream)?.into_bytes())
+    }
+
+    /// Passes `data` through every stage; returns what comes out. Nothing is copied: the
+    /// chunks move from stage to stage, onto those a paused plugin holds; a chunk no plugin
+    /// changed comes out as the same `Bytes` it came in as.
+    pub fn push_buffer(
+        &mut self,
+        data: BodyBuffer,
+        end_of_stream: bool,
+    ) -> Result<BodyBuffer, PipelineError> {
         if let Some(reply) = &self.overflowed {
             return Err(PipelineError(reply.clone()));
         }
@@ -1295,9 +1319,7 @@ impl Pipeline {
             return Ok(data);
         }
         self.ended = end_of_stream;
-        // No copy when the chunk's buffer is not shared; then the chunk moves from stage to
-        // stage (copied only onto bytes a paused plugin still holds).
-        let mut chunk = Vec::from(data);
+        let mut chunk = data;
         for stage in &mut self.stages {
             if stage.disabled {
                 continue;
@@ -1308,29 +1330,25 @@ impl Pipeline {
                 // The plugin paused and would hold more than its `max_body_bytes`: Envoy's
                 // buffer overflow, 413 for a request; 500 for a response (its headers are still
                 // held while the first bytes pass, see `WasmExchange::response`).
-                stage.held = Vec::new();
+                stage.held = BodyBuffer::new();
                 let reply = body_too_large(self.direction, &stage.handle.label());
                 self.overflowed = Some(reply.clone());
                 return Err(PipelineError(reply));
             }
-            if stage.held.is_empty() {
-                stage.held = std::mem::take(&mut chunk);
-            } else {
-                stage.held.extend_from_slice(&chunk);
-            }
+            stage.held.append(chunk.take());
             let (result, out, effects) = {
                 let mut s = lock(&stage.stream);
-                let held = std::mem::take(&mut stage.held);
+                let held = stage.held.take();
                 let r = match self.direction {
                     Direction::Request => {
                         s.data().request_body = held;
                         let r = s.on_request_body(end_of_stream);
-                        (r, std::mem::take(&mut s.data().request_body))
+                        (r, s.data().request_body.take())
                     }
                     Direction::Response => {
                         s.data().response_body = held;
                         let r = s.on_response_body(end_of_stream);
-                        (r, std::mem::take(&mut s.data().response_body))
+                        (r, s.data().response_body.take())
                     }
                 };
                 (r.0, r.1, s.take_effects())
@@ -1348,7 +1366,7 @@ impl Pipeline {
                         return Err(PipelineError(reply));
                     }
                     stage.held = out;
-                    return Ok(Bytes::new());
+                    return Ok(BodyBuffer::new());
                 }
                 Ok(_) => chunk = out,
                 Err(f) => {
@@ -1362,7 +1380,7 @@ impl Pipeline {
                 }
             }
         }
-        Ok(Bytes::from(chunk))
+        Ok(chunk)
     }
 
     /// The end of the body with trailers: held bytes are released (end of stream), then each
@@ -1445,6 +1463,18 @@ impl BodyFilter for LengthGuard {
         Ok(out)
     }
 
+    fn push_frames(
+        &mut self,
+        data: Bytes,
+        end_of_stream: bool,
+        out: &mut VecDeque<Frame<Bytes>>,
+    ) -> Result<(), BoxError> {
+        let chunks = Pipeline::push_buffer(&mut self.pipeline, data.into(), end_of_stream)?;
+        self.take(chunks.len(), end_of_stream)?;
+        out.extend(data_frames(chunks));
+        Ok(())
+    }
+
     fn trailers(&mut self, trailers: HeaderMap) -> Result<(Bytes, HeaderMap), BoxError> {
         let (out, trailers) = Pipeline::trailers(&mut self.pipeline, trailers)?;
         self.take(out.len(), true)?;
@@ -1457,7 +1487,136 @@ impl BodyFilter for Pipeline {
         Pipeline::push(self, data, end_of_stream).map_err(|e| Box::new(e) as BoxError)
     }
 
+    fn push_frames(
+        &mut self,
+        data: Bytes,
+        end_of_stream: bool,
+        out: &mut VecDeque<Frame<Bytes>>,
+    ) -> Result<(), BoxError> {
+        let chunks = Pipeline::push_buffer(self, data.into(), end_of_stream)
+            .map_err(|e| Box::new(e) as BoxError)?;
+        out.extend(data_frames(chunks));
+        Ok(())
+    }
+
     fn trailers(&mut self, trailers: HeaderMap) -> Result<(Bytes, HeaderMap), BoxError> {
         Pipeline::trailers(self, trailers).map_err(|e| Box::new(e) as BoxError)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use weft_extensions::PluginRegistry;
+
+    /// A chain of one `hostcalls` fixture plugin with `configuration` and `max_body_bytes`.
+    async fn exchange(configuration: serde_json::Value, max_body: usize) -> WasmExchange {
+        let plugin: weft_config::schema::Plugin = serde_json::from_value(serde_json::json!({
+            "name": "hostcalls",
+            "file": weft_test_artifacts::HOSTCALLS,
+            "configuration": configuration,
+            "max_body_bytes": max_body,
+        }))
+        .expect("plugin entry");
+        let registry = PluginRegistry::new();
+        let handle = registry
+            .resolve(std::path::Path::new("/"), &plugin, None, true)
+            .await
+            .expect("fixture loads");
+        let (head, ()) = http::Request::new(()).into_parts();
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("address");
+        let props = Arc::new(RequestProperties::new(
+            &head,
+            "example.com",
+            addr,
+            addr,
+            Arc::from("r"),
+            1,
+            false,
+        ));
+        match WasmExchange::start(&[handle], props).await {
+            Ok(e) => e,
+            Err(r) => panic!("chain failed to start: {}", r.details),
+        }
+    }
+
+    /// Chunks as hyper hands them over: views of one shared read buffer.
+    fn hyper_like_chunks(sizes: &[usize]) -> Vec<Bytes> {
+        let total: usize = sizes.iter().sum();
+        let mut buf = BytesMut::from(&(0..total).map(|i| i as u8).collect::<Vec<u8>>()[..]);
+        sizes.iter().map(|n| buf.split_to(*n).freeze()).collect()
+    }
+
+    fn post(len: usize) -> request::Parts {
+        let (mut head, ()) = http::Request::post("/")
+            .body(())
+            .expect("request")
+            .into_parts();
+        head.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        head
+    }
+
+    async fn drain(mut body: ProxyBody) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.expect("body frame").into_data() {
+                out.push(data);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn chunks_no_plugin_changes_go_upstream_without_a_copy() {
+        let mut ex = exchange(serde_json::json!({}), 1 << 20).await;
+        let chunks = hyper_like_chunks(&[1000, 20_000, 3]);
+        let mut head = post(21_003);
+        let body = ProxyBody::frames(chunks.iter().cloned().map(Frame::data).collect());
+        let out = match ex.request_body(&mut head, body).await {
+            Ok(b) => drain(b).await,
+            Err(r) => panic!("refused: {}", r.details),
+        };
+        assert_eq!(out.len(), chunks.len());
+        for (sent, got) in chunks.iter().zip(&out) {
+            assert_eq!(sent, got);
+            // The same bytes in memory: moved through the plugin, not copied.
+            assert_eq!(sent.as_ptr(), got.as_ptr());
+        }
+        // The client's framing is kept.
+        assert_eq!(head.headers[header::CONTENT_LENGTH], "21003");
+        ex.finish();
+    }
+
+    #[tokio::test]
+    async fn held_chunks_are_released_whole_and_bounded_by_their_length() {
+        // The plugin pauses until the end of the stream, then reads the whole body.
+        let config = serde_json::json!({"request_body": "buffer"});
+        let ex = exchange(config.clone(), 64 * 1024).await;
+        let mut pipeline = ex.request_body_pipeline();
+        let chunks = hyper_like_chunks(&[10_000, 10_000, 5]);
+        for c in &chunks[..2] {
+            let out = pipeline.push_buffer(c.clone().into(), false);
+            assert!(out.map(|o| o.is_empty()).unwrap_or(false));
+        }
+        let out = match pipeline.push_buffer(chunks[2].clone().into(), true) {
+            Ok(o) => o,
+            Err(e) => panic!("refused: {e}"),
+        };
+        let whole: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(out.to_vec(), whole);
+        ex.finish();
+
+        // Past `max_body_bytes` while paused: 413, counted on the held chunks' length.
+        let ex = exchange(config, 15_000).await;
+        let mut pipeline = ex.request_body_pipeline();
+        let out = pipeline.push_buffer(chunks[0].clone().into(), false);
+        assert!(out.map(|o| o.is_empty()).unwrap_or(false));
+        match pipeline.push_buffer(chunks[1].clone().into(), false) {
+            Ok(_) => panic!("20000 bytes held past a 15000-byte bound"),
+            Err(e) => assert_eq!(e.reply().status, StatusCode::PAYLOAD_TOO_LARGE),
+        }
+        ex.finish();
     }
 }
