@@ -1,6 +1,8 @@
-//! Upstream HTTP/1.1 connections driven by the request's own task (weft-upstream `inline`):
-//! kept alive and reused, never reused once the upstream closed them, closed after the
-//! cluster's idle timeout, and still correct for bodies of every framing.
+//! Upstream HTTP/1.1 connection pooling: connections kept alive and reused, never reused once
+//! the upstream closed them, closed after the cluster's idle timeout, kept per worker under
+//! `runtime.accept: reuseport`, and correct for request bodies of every size. (Written for the
+//! inline pool of branch `perf`, which was measured and not kept: docs/performance.md; they hold
+//! for hyper's pooled client as well.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -12,7 +12,6 @@ pub mod clock;
 pub mod cluster;
 pub mod endpoint;
 pub mod health;
-pub mod inline;
 pub mod outlier;
 pub mod resilience;
 pub mod tls;

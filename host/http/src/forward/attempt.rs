@@ -3,22 +3,17 @@
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Error as ClientError;
 use tokio::time::Instant;
-use weft_body::{BoxError, ProxyBody};
-use weft_upstream::inline::{InlineError, Lease};
-use weft_upstream::{Cluster, Endpoint};
+use weft_body::ProxyBody;
+use weft_upstream::Cluster;
 
 use super::retry::TryOutcome;
 
 /// How one try to an endpoint ended, before any retry decision.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "made once per try and matched at once; boxing the response would allocate per request"
-)]
 pub(crate) enum Tried {
-    /// Response headers arrived (with the inline connection its body is read through, if any).
-    Response(http::Response<Incoming>, Option<Lease>),
+    /// Response headers arrived.
+    Response(http::Response<Incoming>),
     /// The try failed before response headers.
-    Failed(TryOutcome, BoxError),
+    Failed(TryOutcome, ClientError),
     /// The per-try or route deadline passed.
     TimedOut,
 }
@@ -27,7 +22,7 @@ impl Tried {
     /// What the retry policy and outlier detection see of it.
     pub(crate) fn outcome(&self) -> TryOutcome {
         match self {
-            Tried::Response(r, _) => {
+            Tried::Response(r) => {
                 let grpc = r
                     .headers()
                     .get("grpc-status")
@@ -41,47 +36,23 @@ impl Tried {
     }
 }
 
-/// Sends `req` to `endpoint`, bounded by `deadline`: on a connection of `cluster`'s inline
-/// HTTP/1.1 pool, driven by this task, when `inline` (origin-form URI, `Host` set); else
-/// through its pooled client (absolute URI).
+/// Sends `req` through `cluster`'s pool, bounded by `deadline`.
 pub(crate) async fn send(
     cluster: &Cluster,
-    endpoint: &Endpoint,
     req: http::Request<ProxyBody>,
     deadline: Option<Instant>,
-    inline: bool,
 ) -> Tried {
-    let call = async {
-        match cluster.inline_pool().filter(|_| inline) {
-            Some(pool) => {
-                weft_upstream::inline::send(pool, endpoint, req, || cluster.connect(endpoint))
-                    .await
-                    .map_err(|e| {
-                        let outcome = match e {
-                            InlineError::Connect(_) => TryOutcome::ConnectFailure,
-                            InlineError::Http(_) => TryOutcome::Reset,
-                        };
-                        (outcome, BoxError::from(e))
-                    })
-            }
-            None => cluster
-                .client_for(req.version())
-                .request(req)
-                .await
-                .map(|r| (r, None))
-                .map_err(|e| (classify(&e), BoxError::from(e))),
-        }
-    };
-    let done = match deadline {
+    let call = cluster.client_for(req.version()).request(req);
+    match deadline {
         Some(d) => match tokio::time::timeout_at(d, call).await {
-            Ok(done) => done,
-            Err(_) => return Tried::TimedOut,
+            Ok(Ok(r)) => Tried::Response(r),
+            Ok(Err(e)) => Tried::Failed(classify(&e), e),
+            Err(_) => Tried::TimedOut,
         },
-        None => call.await,
-    };
-    match done {
-        Ok((r, lease)) => Tried::Response(r, lease),
-        Err((outcome, e)) => Tried::Failed(outcome, e),
+        None => match call.await {
+            Ok(r) => Tried::Response(r),
+            Err(e) => Tried::Failed(classify(&e), e),
+        },
     }
 }
 

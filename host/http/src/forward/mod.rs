@@ -229,9 +229,9 @@ impl ForwardPhase {
                 ))
             }
         };
-        let (resp, lease, endpoint) = sent?;
+        let (resp, endpoint) = sent?;
         ctx.upstream = Some((cluster.name.clone(), endpoint.addr));
-        Ok(self.downstream_response(ctx, resp, lease))
+        Ok(self.downstream_response(ctx, resp))
     }
 
     /// The upstream's response head made fit for the downstream hop; an upgrade is spliced.
@@ -239,7 +239,6 @@ impl ForwardPhase {
         &self,
         ctx: &mut RequestCtx<'_>,
         mut resp: http::Response<Incoming>,
-        lease: Option<weft_upstream::inline::Lease>,
     ) -> (response::Parts, ProxyBody) {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(down) = ctx.upgrade.take()
@@ -253,11 +252,7 @@ impl ForwardPhase {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         parts.version = Version::HTTP_11;
-        let body = match lease {
-            Some(lease) => weft_upstream::inline::InlineBody::new(body, lease).into_proxy_body(),
-            None => ProxyBody::incoming(body),
-        };
-        (parts, body)
+        (parts, ProxyBody::incoming(body))
     }
 }
 
@@ -354,14 +349,7 @@ async fn send_with_retries(
     hash: Option<u64>,
     timeout: Option<Duration>,
     retry: Option<&RetryConfig>,
-) -> Result<
-    (
-        http::Response<Incoming>,
-        Option<weft_upstream::inline::Lease>,
-        Arc<Endpoint>,
-    ),
-    LocalReply,
-> {
+) -> Result<(http::Response<Incoming>, Arc<Endpoint>), LocalReply> {
     // An `original_dst` cluster has one destination per request: the connection's original
     // destination, or the header's when the cluster trusts it.
     let original_dst = cluster
@@ -383,12 +371,6 @@ async fn send_with_retries(
     let mut attempt: u32 = 0;
     let mut tried_endpoints: Vec<usize> = Vec::new();
     let mut retry_permit: Option<weft_upstream::breaker::Permit> = None;
-    // HTTP/1.1 on a connection this task drives (not for upgrades and CONNECT, which hand the
-    // connection over).
-    let inline = cluster.inline_pool().is_some()
-        && !ctx.is_upgrade
-        && upstream.version == Version::HTTP_11
-        && upstream.method != http::Method::CONNECT;
     loop {
         // An owned snapshot: it is held across the upstream call.
         let set = arc_swap::Guard::into_inner(cluster.endpoints());
@@ -406,16 +388,11 @@ async fn send_with_retries(
             e.upstream_host = Some(endpoint.addr.to_string());
             e.upstream_request_attempt_count = Some(attempt + 1);
         }
-        let uri = if inline {
-            // Origin-form: serialized as-is on the connection.
-            Ok(Uri::from(upstream.path.clone()))
-        } else {
-            Uri::builder()
-                .scheme("http")
-                .authority(endpoint.authority.clone())
-                .path_and_query(upstream.path.clone())
-                .build()
-        };
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(endpoint.authority.clone())
+            .path_and_query(upstream.path.clone())
+            .build();
         let Ok(uri) = uri else {
             return Err(LocalReply::text(
                 StatusCode::BAD_REQUEST,
@@ -448,12 +425,6 @@ async fn send_with_retries(
             // The last possible try (the only one without a retry policy) takes them.
             std::mem::take(&mut upstream.headers)
         };
-        if inline && !req.headers().contains_key(header::HOST) {
-            // What hyper's pooled client adds from the absolute URI.
-            if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
-                req.headers_mut().insert(header::HOST, host);
-            }
-        }
         if chunked_get {
             req.headers_mut().insert(
                 header::TRANSFER_ENCODING,
@@ -477,7 +448,7 @@ async fn send_with_retries(
             .and_then(|r| r.per_try_timeout)
             .and_then(|t| now.checked_add(t))
             .filter(|p| deadline.is_none_or(|d| *p < d));
-        let tried = attempt::send(cluster, &endpoint, req, per_try.or(deadline), inline).await;
+        let tried = attempt::send(cluster, req, per_try.or(deadline)).await;
         let upstream_time = now.elapsed();
         cluster.metrics.rq_time.observe(upstream_time.as_secs_f64());
         if let Some(e) = c.entry.as_mut() {
@@ -553,12 +524,12 @@ async fn send_with_retries(
             }
         };
         return match tried {
-            Tried::Response(r, lease) => {
+            Tried::Response(r) => {
                 if exhausted {
                     c.flag = flags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
                 }
                 cluster.metrics.rq[class_index(r.status().as_u16())].inc();
-                Ok((r, lease, endpoint))
+                Ok((r, endpoint))
             }
             Tried::TimedOut => {
                 cluster.metrics.rq_timeout.inc();
@@ -572,11 +543,11 @@ async fn send_with_retries(
             Tried::Failed(o, e) => {
                 // The request body failed in a plugin (a local reply, a failure, or a body over
                 // `max_body_bytes`): answer what the plugin pipeline decided.
-                if let Some(reply) = crate::phases::wasm::PipelineError::find(e.as_ref()) {
+                if let Some(reply) = crate::phases::wasm::PipelineError::find(&e) {
                     return Err(reply);
                 }
                 cluster.metrics.rq[4].inc();
-                if attempt::framing_error(e.as_ref()) {
+                if attempt::framing_error(&e) {
                     // The upstream broke HTTP/1 framing (bare CR/LF in a head, a bad chunk):
                     // nothing of it reaches the client.
                     tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream protocol error");
@@ -609,7 +580,7 @@ async fn send_with_retries(
 /// Counts a try that will be retried.
 fn count_failed_try(cluster: &Cluster, endpoint: &Endpoint, tried: &Tried, outcome: TryOutcome) {
     match tried {
-        Tried::Response(r, _) => {
+        Tried::Response(r) => {
             cluster.metrics.rq[class_index(r.status().as_u16())].inc();
         }
         Tried::Failed(..) => {
