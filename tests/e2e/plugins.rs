@@ -749,21 +749,9 @@ clusters:
 /// `weft_plugin_offloaded_calls_total`, and requests keep their plugin's effect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_plugin_runs_off_the_async_worker() {
-    slow_plugin_is_offloaded("").await;
-}
-
-/// The same under `runtime.accept: reuseport`: each worker is a runtime of its own (one worker
-/// thread, multi-threaded scheduler), so `block_in_place` can hand the worker's other
-/// connections to another thread there too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_plugin_runs_off_a_reuseport_worker() {
-    slow_plugin_is_offloaded("workers: 2\nruntime:\n  accept: reuseport\n").await;
-}
-
-async fn slow_plugin_is_offloaded(runtime: &str) {
     let up = echo("up").await;
     let p = TestProxy::start(&format!(
-        r#"{runtime}
+        r#"
 plugins:
 {}
 {}

@@ -1,5 +1,5 @@
-//! Per-worker runtimes for `runtime.accept: reuseport`: each worker is a tokio runtime with one
-//! worker thread of its own, and every listener has one `SO_REUSEPORT` socket per worker
+//! Per-worker runtimes for `runtime.accept: reuseport`: each worker is a single-threaded tokio
+//! runtime on a thread of its own, and every listener has one `SO_REUSEPORT` socket per worker
 //! ([`crate::slot::bind`]), accepted on that worker only. The kernel spreads new connections
 //! over the sockets, and a connection, its requests and the upstream connections they open stay
 //! on the worker that accepted it: nothing is stolen between workers.
@@ -33,8 +33,8 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `count` workers (`0`: one per core), each a runtime with one worker thread named
-    /// `weft-worker-N`.
+    /// Starts `count` workers (`0`: one per core), each a single-threaded runtime on a thread
+    /// named `weft-worker-N`.
     pub fn start(count: usize, metrics: &Metrics) -> std::io::Result<Workers> {
         let count = if count == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -44,23 +44,15 @@ impl Workers {
         let stop = CancellationToken::new();
         let mut workers = Vec::with_capacity(count);
         for i in 0..count {
-            // One worker thread, but the multi-threaded scheduler: a slow plugin's callback
-            // then runs under `block_in_place` (weft-wasm's pace), which hands this worker's
-            // other connections to a fresh thread meanwhile; a current-thread runtime has no
-            // such hand-off, and one slow callback stalled every connection of the worker.
-            // Every thread of the runtime (its worker, and the one that takes over during a
-            // `block_in_place`) is this worker for the per-worker pools.
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name(format!("weft-worker-{i}"))
-                .on_thread_start(move || weft_upstream::worker::enter(i, count))
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let handle = runtime.handle().clone();
             let until = stop.clone();
             let spawned = std::thread::Builder::new()
-                .name(format!("weft-worker-{i}-main"))
+                .name(format!("weft-worker-{i}"))
                 .spawn(move || {
+                    weft_upstream::worker::enter(i, count);
                     runtime.block_on(until.cancelled());
                     tracing::debug!(worker = i, "worker stopped");
                 });
