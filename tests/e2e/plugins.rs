@@ -1,6 +1,7 @@
 //! proxy-wasm plugins in a running Weft: placement and order, callouts, body rewrites,
 //! failure policies, CPU deadlines, hot swap under load, admin and metrics.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -13,6 +14,28 @@ use weft_test_artifacts as fx;
 
 fn plugin(name: &str, file: &str, extra: &str) -> String {
     format!("  - name: {name}\n    file: {file}\n{extra}")
+}
+
+/// A configuration (after the `top` lines) whose listener `main` has one route, to cluster `up`
+/// at `up`, running the plugin `name` that `declared` (a [`plugin`] entry) defines.
+fn one_plugin_route(top: &str, declared: &str, name: &str, up: SocketAddr) -> String {
+    format!(
+        r#"{top}
+plugins:
+{declared}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes:
+          - route: {{ cluster: up }}
+            plugins: [{{ name: {name} }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#
+    )
 }
 
 #[tokio::test]
@@ -561,29 +584,16 @@ clusters:
 #[tokio::test]
 async fn a_request_body_held_past_max_body_bytes_is_refused_with_413() {
     let (sink, received) = weft_e2e::upstream::sink().await;
-    let p = TestProxy::start(&format!(
-        r#"
-plugins:
-{}
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    virtual_hosts:
-      - name: any
-        domains: ["*"]
-        routes:
-          - match: {{ path: {{ prefix: / }} }}
-            route: {{ cluster: sink }}
-            plugins: [{{ name: hold }}]
-clusters:
-  - {{ name: sink, endpoints: [{{ address: "{sink}" }}] }}
-"#,
+    let p = TestProxy::start(&one_plugin_route(
+        "",
         // Pauses in on_request_body until the end of the stream.
-        plugin(
+        &plugin(
             "hold",
             fx::HOSTCALLS,
-            "    configuration: {request_body: \"buffer\"}\n    max_body_bytes: 65536\n"
+            "    configuration: {request_body: \"buffer\"}\n    max_body_bytes: 65536\n",
         ),
+        "hold",
+        sink,
     ))
     .await;
     // Within the bound: held, then forwarded whole.
@@ -617,28 +627,16 @@ async fn a_response_body_held_past_max_body_bytes_is_a_500_before_any_byte() {
         http::Response::new(Full::from(vec![b'r'; size]))
     })
     .await;
-    let p = TestProxy::start(&format!(
-        r#"
-plugins:
-{}
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    virtual_hosts:
-      - name: any
-        domains: ["*"]
-        routes:
-          - route: {{ cluster: up }}
-            plugins: [{{ name: hold }}]
-clusters:
-  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
-"#,
+    let p = TestProxy::start(&one_plugin_route(
+        "",
         // Pauses in on_response_body until the end of the stream.
-        plugin(
+        &plugin(
             "hold",
             fx::HOSTCALLS,
-            "    configuration: {response_body: \"buffer\"}\n    max_body_bytes: 65536\n"
+            "    configuration: {response_body: \"buffer\"}\n    max_body_bytes: 65536\n",
         ),
+        "hold",
+        up,
     ))
     .await;
     let r = send(
@@ -842,28 +840,15 @@ async fn an_8_mib_streamed_body_through_a_plugin_arrives_intact_with_the_clients
             }
         })
         .await;
-    let p = TestProxy::start(&format!(
-        r#"
-access_log: {{ path: "off" }}
-plugins:
-{}
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    virtual_hosts:
-      - name: any
-        domains: ["*"]
-        routes:
-          - route: {{ cluster: up }}
-            plugins: [{{ name: seen }}]
-clusters:
-  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
-"#,
-        plugin(
+    let p = TestProxy::start(&one_plugin_route(
+        "access_log: { path: \"off\" }",
+        &plugin(
             "seen",
             fx::HOSTCALLS,
-            "    configuration: {add_request_header: [x-seen, yes]}\n    max_body_bytes: 1048576\n"
+            "    configuration: {add_request_header: [x-seen, yes]}\n    max_body_bytes: 1048576\n",
         ),
+        "seen",
+        up,
     ))
     .await;
     let client: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
