@@ -19,23 +19,14 @@ use http::HeaderMap;
 /// A filter a body's frames pass through (the proxy-wasm body phases implement it). An error
 /// ends the body with that error.
 pub trait BodyFilter: Send + Sync {
-    /// Passes one data chunk (`end_of_stream` on the last); returns what to send on.
-    fn push(&mut self, data: Bytes, end_of_stream: bool) -> Result<Bytes, BoxError>;
-    /// As [`push`](Self::push), appending what to send on to `out` as data frames: a filter
-    /// that releases several chunks at once (bytes it held) sends them as they are instead of
-    /// joining them into one.
-    fn push_frames(
+    /// Passes one data chunk (`end_of_stream` on the last), appending what to send on to `out`
+    /// as data frames: chunks a filter held are released as they are, not joined.
+    fn push(
         &mut self,
         data: Bytes,
         end_of_stream: bool,
         out: &mut VecDeque<Frame<Bytes>>,
-    ) -> Result<(), BoxError> {
-        let chunk = self.push(data, end_of_stream)?;
-        if !chunk.is_empty() {
-            out.push_back(Frame::data(chunk));
-        }
-        Ok(())
-    }
+    ) -> Result<(), BoxError>;
     /// Passes the trailers (the end of the stream); returns data to send before them, and the
     /// trailers to send.
     fn trailers(&mut self, trailers: HeaderMap) -> Result<(Bytes, HeaderMap), BoxError>;
@@ -319,10 +310,7 @@ impl Piped {
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => {
                     self.done = true;
-                    if let Err(e) = self
-                        .pipeline
-                        .push_frames(Bytes::new(), true, &mut self.prefix)
-                    {
+                    if let Err(e) = self.pipeline.push(Bytes::new(), true, &mut self.prefix) {
                         return Poll::Ready(Some(Err(e)));
                     }
                 }
@@ -330,7 +318,7 @@ impl Piped {
                     Ok(data) => {
                         let eos = http_body::Body::is_end_stream(&self.inner);
                         // The frames out go through `prefix` (empty here), in order.
-                        if let Err(e) = self.pipeline.push_frames(data, eos, &mut self.prefix) {
+                        if let Err(e) = self.pipeline.push(data, eos, &mut self.prefix) {
                             return Poll::Ready(Some(Err(e)));
                         }
                     }

@@ -1298,12 +1298,6 @@ impl Pipeline {
         self.stages.is_empty()
     }
 
-    /// Passes `data` through every stage; returns what comes out, as one chunk (chunks a
-    /// plugin held are joined: [`push_buffer`](Self::push_buffer) keeps them apart).
-    pub fn push(&mut self, data: Bytes, end_of_stream: bool) -> Result<Bytes, PipelineError> {
-        Ok(self.push_buffer(data.into(), end_of_stream)?.into_bytes())
-    }
-
     /// Passes `data` through every stage; returns what comes out. Nothing is copied: the
     /// chunks move from stage to stage, onto those a paused plugin holds; a chunk no plugin
     /// changed comes out as the same `Bytes` it came in as.
@@ -1389,7 +1383,7 @@ impl Pipeline {
         let out = if self.ended {
             Bytes::new()
         } else {
-            self.push(Bytes::new(), true)?
+            self.push_buffer(BodyBuffer::new(), true)?.into_bytes()
         };
         let mut list = Headers::from_map(trailers);
         for stage in &mut self.stages {
@@ -1457,13 +1451,7 @@ impl LengthGuard {
 }
 
 impl BodyFilter for LengthGuard {
-    fn push(&mut self, data: Bytes, end_of_stream: bool) -> Result<Bytes, BoxError> {
-        let out = Pipeline::push(&mut self.pipeline, data, end_of_stream)?;
-        self.take(out.len(), end_of_stream)?;
-        Ok(out)
-    }
-
-    fn push_frames(
+    fn push(
         &mut self,
         data: Bytes,
         end_of_stream: bool,
@@ -1483,11 +1471,7 @@ impl BodyFilter for LengthGuard {
 }
 
 impl BodyFilter for Pipeline {
-    fn push(&mut self, data: Bytes, end_of_stream: bool) -> Result<Bytes, BoxError> {
-        Pipeline::push(self, data, end_of_stream).map_err(|e| Box::new(e) as BoxError)
-    }
-
-    fn push_frames(
+    fn push(
         &mut self,
         data: Bytes,
         end_of_stream: bool,
