@@ -25,7 +25,7 @@ use crate::registry::{PluginHandle, PluginRegistry, PluginVersion};
 
 /// The per-plugin families, one series per handle (label `plugin`): name, help, type. The
 /// values of a [`PluginReading`] follow this order.
-const PLUGIN_FAMILIES: [(&str, &str, MetricType); 11] = [
+const PLUGIN_FAMILIES: [(&str, &str, MetricType); 12] = [
     (
         "plugin_streams",
         "Streams a plugin served.",
@@ -75,6 +75,11 @@ const PLUGIN_FAMILIES: [(&str, &str, MetricType); 11] = [
     (
         "plugin_offloaded_calls",
         "Plugin callbacks run off the async worker because the plugin was slow.",
+        MetricType::Counter,
+    ),
+    (
+        "plugin_instance_waits",
+        "Plugin callbacks that waited for their instance to finish another stream's callback.",
         MetricType::Counter,
     ),
 ];
@@ -186,7 +191,7 @@ struct PluginReading {
     /// The `plugin` label: `name`, or `name[configuration]` for a route override.
     label: String,
     /// One value per [`PLUGIN_FAMILIES`] entry.
-    values: [u64; 11],
+    values: [u64; 12],
 }
 
 /// One plugin-defined metric's values.
@@ -223,10 +228,11 @@ impl PluginReading {
                     p.healthy_instances() as u64,
                     p.peak_instances() as u64,
                     s.pace.offloaded.load(Ordering::Relaxed),
+                    s.instance_waits.load(Ordering::Relaxed),
                 ]
             }
             PluginVersion::Failed { .. } => {
-                let mut v = [0; 11];
+                let mut v = [0; 12];
                 v[SWAPS] = swaps;
                 v
             }
@@ -472,11 +478,11 @@ mod tests {
             plugins: vec![
                 PluginReading {
                     label: "authz".into(),
-                    values: [12, 1, 2, 3, 4, 5, 6, 7, 2, 2, 9],
+                    values: [12, 1, 2, 3, 4, 5, 6, 7, 2, 2, 9, 4],
                 },
                 PluginReading {
                     label: r#"hr["v"]"#.into(),
-                    values: [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
+                    values: [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0],
                 },
             ],
             queue_dropped: 9,
@@ -527,6 +533,10 @@ weft_plugin_instances_peak{plugin="hr[\"v\"]"} 0
 # TYPE weft_plugin_offloaded_calls counter
 weft_plugin_offloaded_calls_total{plugin="authz"} 9
 weft_plugin_offloaded_calls_total{plugin="hr[\"v\"]"} 0
+# HELP weft_plugin_instance_waits Plugin callbacks that waited for their instance to finish another stream's callback.
+# TYPE weft_plugin_instance_waits counter
+weft_plugin_instance_waits_total{plugin="authz"} 4
+weft_plugin_instance_waits_total{plugin="hr[\"v\"]"} 0
 # HELP weft_wasm_shared_queue_dropped Items dropped from full plugin shared queues.
 # TYPE weft_wasm_shared_queue_dropped counter
 weft_wasm_shared_queue_dropped_total 9

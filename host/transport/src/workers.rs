@@ -53,6 +53,7 @@ impl Workers {
                 .name(format!("weft-worker-{i}"))
                 .spawn(move || {
                     weft_upstream::worker::enter(i, count);
+                    weft_wasm::affinity::enter_worker(i);
                     runtime.block_on(until.cancelled());
                     tracing::debug!(worker = i, "worker stopped");
                 });

@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 mod abi;
+pub mod affinity;
 pub mod body;
 pub mod codec;
 mod context;

@@ -186,7 +186,25 @@ pub(crate) const ROOT_CONTEXT: u32 = 1;
 impl Slot {
     /// Locks the instance for a callback; refused once the instance is broken.
     pub(crate) fn lock(&self) -> Result<SlotGuard<'_>, Failure> {
-        let guard = self.state.lock();
+        self.guard(self.state.lock())
+    }
+
+    /// [`Slot::lock`], counting in `waits` when another thread holds the instance (the caller
+    /// then blocks its thread for the rest of that callback).
+    pub(crate) fn lock_counted(&self, waits: &AtomicU64) -> Result<SlotGuard<'_>, Failure> {
+        match self.state.try_lock() {
+            Some(guard) => self.guard(guard),
+            None => {
+                waits.fetch_add(1, Ordering::Relaxed);
+                self.lock()
+            }
+        }
+    }
+
+    fn guard<'a>(
+        &'a self,
+        guard: parking_lot::MutexGuard<'a, InstanceState>,
+    ) -> Result<SlotGuard<'a>, Failure> {
         if self.broken.load(Ordering::SeqCst) {
             return Err(Failure::Unavailable(
                 "the plugin instance was discarded after a failure".into(),
@@ -251,6 +269,8 @@ pub struct PluginStats {
     pub replaced: AtomicU64,
     /// Callbacks run off the async worker because the plugin was slow ([`crate::pace`]).
     pub pace: crate::pace::Pace,
+    /// Callbacks that found their instance running another stream's callback and waited.
+    pub instance_waits: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -727,12 +747,19 @@ impl Plugin {
         }
     }
 
-    /// The least-loaded healthy instance (fewest open streams; ties in round robin).
+    /// The instance for a new stream: the calling worker thread's home instance while it is
+    /// free (see [`crate::affinity`]), else the least-loaded healthy one (fewest open streams;
+    /// ties in round robin).
     fn pick(&self) -> Option<Arc<Slot>> {
         let pool = self.vm.pool.lock();
         let n = pool.len();
         if n == 0 {
             return None;
+        }
+        if let Some(home) = crate::affinity::home(n).and_then(|i| pool.get(i))
+            && home.gate.available_permits() > 0
+        {
+            return Some(home.clone());
         }
         let start = self.vm.next_slot.fetch_add(1, Ordering::Relaxed) % n;
         (0..n)

@@ -49,7 +49,10 @@ impl Stream {
         // The usual case: the instance is free, no need to wait.
         let permit = match slot.gate.clone().try_acquire_owned() {
             Ok(p) => Some(p),
-            Err(_) => slot.gate.clone().acquire_owned().await.ok(),
+            Err(_) => {
+                plugin.stats.instance_waits.fetch_add(1, Ordering::Relaxed);
+                slot.gate.clone().acquire_owned().await.ok()
+            }
         };
         Stream::with_slot(plugin, slot, properties, permit)
     }
@@ -88,6 +91,12 @@ impl Stream {
             }
         })?;
         Ok(stream)
+    }
+
+    /// The id of the pooled instance the stream runs on.
+    #[cfg(test)]
+    pub(crate) fn instance_id(&self) -> u64 {
+        self.slot.id
     }
 
     /// The plugin.
@@ -232,7 +241,7 @@ impl Stream {
         }
         let id = self.id;
         let result = {
-            let mut state = self.slot.lock()?;
+            let mut state = self.slot.lock_counted(&self.plugin.stats.instance_waits)?;
             state.enter(&self.plugin.info, self.plugin.root);
             let store = state.store.data_mut();
             store.stream = self.data.take();

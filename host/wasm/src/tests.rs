@@ -504,6 +504,45 @@ fn ticks_fire_once_per_plugin_and_queues_wake_the_root() {
     );
 }
 
+/// Each worker thread's new streams go to its home instance (`affinity`) while it is free; a
+/// thread that is no worker spreads its streams over the least-loaded instances.
+#[test]
+fn worker_threads_keep_to_their_home_instance() {
+    let mut sp = spec("affine", fx::HEADER_ADDER, "v1");
+    sp.instances = 2;
+    let p = load(sp);
+    let on_worker = |index: Option<usize>| {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            if let Some(i) = index {
+                crate::affinity::enter_worker(i);
+            }
+            // Four streams open at once on this thread.
+            let streams: Vec<Stream> = (0..4)
+                .map(|_| Stream::new(&p, Arc::new(NoProperties)).unwrap())
+                .collect();
+            let ids: Vec<u64> = streams.iter().map(Stream::instance_id).collect();
+            for mut s in streams {
+                s.finish();
+            }
+            ids
+        })
+        .join()
+        .unwrap()
+    };
+    let first = on_worker(Some(0));
+    let second = on_worker(Some(1));
+    assert!(first.iter().all(|&id| id == first[0]), "{first:?}");
+    assert!(second.iter().all(|&id| id == second[0]), "{second:?}");
+    assert_ne!(first[0], second[0], "two workers, two instances");
+    let elsewhere = on_worker(None);
+    assert_eq!(
+        elsewhere.iter().filter(|&&id| id == first[0]).count(),
+        2,
+        "least-loaded: {elsewhere:?}"
+    );
+}
+
 #[test]
 fn the_module_cache_round_trips() {
     let dir = std::env::temp_dir().join(format!("weft-cache-test-{}", std::process::id()));

@@ -290,6 +290,15 @@ fn run(
         if workers > 1 {
             b.worker_threads(workers);
         }
+        // Each thread gets a home plugin instance (`weft_wasm::affinity`). The worker threads
+        // start first and take indices 0..workers; blocking-pool threads started later
+        // take the ones after.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        b.on_thread_start(move || {
+            weft_wasm::affinity::enter_worker(
+                next.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            );
+        });
         b
     };
     let runtime = match builder.enable_all().thread_name("weft-worker").build() {

@@ -380,7 +380,13 @@ async fn gated(stream: &Arc<Mutex<Stream>>) {
                 s.grant(permit);
                 return;
             }
-            Err(_) => s.gate(),
+            Err(_) => {
+                s.plugin()
+                    .stats
+                    .instance_waits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                s.gate()
+            }
         }
     };
     if let Ok(permit) = gate.acquire_owned().await {
