@@ -581,6 +581,63 @@ clusters:
     assert_eq!(plugins["plugins"][0]["stats"]["streams"], 1);
 }
 
+/// TCP data through a network plugin travels as the chunks the proxy read (`Bytes`, written
+/// out as they are unless a plugin rewrites them): 4 MiB of upper-case text, which the
+/// plugin's upper-casing leaves as it is, goes up and comes back (an echo upstream; the empty
+/// tag prepends nothing) intact and in order. Bounded: one connection, 4 MiB, 60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_mib_through_a_network_plugin_arrive_intact_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 4 * 1024 * 1024;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((s, _)) = l.accept().await else {
+            return;
+        };
+        let (mut r, mut w) = s.into_split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    });
+    let p = TestProxy::start(&format!(
+        r#"
+plugins:
+{}
+listeners:
+  - name: tcp
+    address: 127.0.0.1:0
+    protocol: tcp
+    tcp: {{ cluster: up }}
+    plugins: [{{ name: rewrite }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+        plugin("rewrite", fx::TCP_REWRITE, "    configuration: \"\"\n"),
+    ))
+    .await;
+    let data: Vec<u8> = (0..SIZE as u32)
+        .map(|i| {
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                [(i.wrapping_mul(2_654_435_761) >> 26) as usize % 36]
+        })
+        .collect();
+    let s = tokio::net::TcpStream::connect(p.addr("tcp")).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::with_capacity(SIZE);
+    tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut back))
+        .await
+        .expect("the echo came back within 60 s")
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(back.len(), SIZE);
+    assert_eq!(sha256_hex(&back), sha256_hex(&data));
+}
+
 #[tokio::test]
 async fn a_request_body_held_past_max_body_bytes_is_refused_with_413() {
     let (sink, received) = weft_e2e::upstream::sink().await;

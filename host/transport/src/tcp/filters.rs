@@ -151,9 +151,10 @@ pub struct NetPipe {
 }
 
 impl NetPipe {
-    /// Passes `data` through every plugin; returns what to forward.
-    pub fn push(&mut self, data: &[u8], end_of_stream: bool) -> Result<Vec<u8>, Close> {
-        let mut chunk = BodyBuffer::from(Bytes::copy_from_slice(data));
+    /// Passes `data` through every plugin; returns what to forward (the same `Bytes` when no
+    /// plugin changed it).
+    pub fn push(&mut self, data: Bytes, end_of_stream: bool) -> Result<BodyBuffer, Close> {
+        let mut chunk = BodyBuffer::from(data);
         for st in &mut self.stages {
             if st.disabled {
                 continue;
@@ -184,7 +185,7 @@ impl NetPipe {
                     if !end_of_stream && !effects.resume_request && !effects.resume_response =>
                 {
                     st.held = out;
-                    return Ok(Vec::new());
+                    return Ok(BodyBuffer::new());
                 }
                 Ok(_) => chunk = out,
                 Err(f) => {
@@ -197,6 +198,6 @@ impl NetPipe {
                 }
             }
         }
-        Ok(chunk.into_vec())
+        Ok(chunk)
     }
 }

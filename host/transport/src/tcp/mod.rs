@@ -17,6 +17,7 @@ use weft_observe::flags;
 use weft_observe::istio::{Reporter, TcpReport};
 use weft_upstream::tls::UpstreamIo;
 use weft_wasm::PeerType;
+use weft_wasm::bytes::BytesMut;
 
 use crate::slot::TcpTarget;
 use filters::{Close, ConnectionProperties, NetFilters, NetPipe};
@@ -206,6 +207,9 @@ async fn copy_plain(
     }
 }
 
+/// Bytes read from a socket at a time by [`pump`].
+const READ_SIZE: usize = 16 * 1024;
+
 /// One direction through the network filters until the sender closes; returns bytes sent.
 async fn pump(
     from: &mut (impl AsyncRead + Unpin),
@@ -215,15 +219,22 @@ async fn pump(
     moved: &AtomicU64,
 ) -> Result<u64, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 16 * 1024];
+    // Each read lands in `buf` and goes through the plugins as that same allocation (a
+    // `Bytes`), written out chunk by chunk: no copy unless a plugin rewrites the data. Once the
+    // chunk has been written and dropped, `reserve` takes the allocation back.
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut total = 0u64;
     loop {
-        let n = from.read(&mut buf).await.map_err(|e| e.to_string())?;
+        buf.reserve(READ_SIZE);
+        let n = from.read_buf(&mut buf).await.map_err(|e| e.to_string())?;
         clock.touch();
-        let out = pipe.push(&buf[..n], n == 0).map_err(|c| c.0)?;
-        total += out.len() as u64;
-        moved.fetch_add(out.len() as u64, Ordering::Relaxed);
-        to.write_all(&out).await.map_err(|e| e.to_string())?;
+        let out = pipe.push(buf.split().freeze(), n == 0).map_err(|c| c.0)?;
+        let len = out.len() as u64;
+        for chunk in out.into_chunks() {
+            to.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        }
+        total += len;
+        moved.fetch_add(len, Ordering::Relaxed);
         if n == 0 {
             let _ = to.shutdown().await;
             return Ok(total);
