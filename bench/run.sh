@@ -29,8 +29,8 @@
 # N > 1 nothing is pinned (the proxies need both cores); the plugin candidates (A and E) follow
 # it too: weft-wasm* with `workers: N` and `instances: N` per plugin, envoy-wasm* with
 # `--concurrency N` (the two-worker Wasm scenario is `WORKERS=2 SCENARIOS=A,E`).
-# WEFT_ACCEPT=shared|reuseport: `runtime.accept` of the weft candidate (default: the config's,
-# shared); WEFT_BASE_ACCEPT the same for weft-base. With WEFT_BASE_BIN=WEFT_BIN both modes run
+# WEFT_ACCEPT=shared|reuseport: `runtime.accept` of the weft candidates (weft, weft-wasm,
+# weft-wasm3; default: the config's); WEFT_BASE_ACCEPT the same for weft-base*. With WEFT_BASE_BIN=WEFT_BIN both modes run
 # side by side, e.g. WORKERS=2 WEFT_BIN=B WEFT_BASE_BIN=B WEFT_ACCEPT=reuseport
 # WEFT_BASE_ACCEPT=shared bench/run.sh --quick (weft = reuseport, weft-base = shared).
 # WEFT_BIN=PATH: benchmark that weft binary instead of building this checkout (cargo build
@@ -364,6 +364,7 @@ elif run_child cargo build --release -q --target wasm32-wasip1 --manifest-path "
     WASM_WORKERS=(-e "s/^workers: 1\$/workers: $WORKERS/" -e "s/^\( *\)instances: 1\$/\1instances: $WORKERS/")
     for f in weft-wasm.yaml envoy-wasm.yaml; do
         sed -e "s|@PLUGIN@|$PLUGIN|g" "${WASM_WORKERS[@]}" "$BENCH/configs/$f" >"$RUN/$f"
+        case $f in weft-*) with_accept "$RUN/$f" "$WEFT_ACCEPT" ;; esac
         cp -f "$RUN/$f" "$RAW/configs/$f"
     done
     # Scenario E's candidates load their own (identical) copy, so that scenario F's rewrites of
@@ -372,6 +373,7 @@ elif run_child cargo build --release -q --target wasm32-wasip1 --manifest-path "
     cp -f "$PLUGIN" "$PLUGIN3"
     for f in weft-wasm3.yaml envoy-wasm3.yaml; do
         sed -e "s|@PLUGIN@|$PLUGIN3|g" "${WASM_WORKERS[@]}" "$BENCH/configs/$f" >"$RUN/$f"
+        case $f in weft-*) with_accept "$RUN/$f" "$WEFT_ACCEPT" ;; esac
         cp -f "$RUN/$f" "$RAW/configs/$f"
     done
     if [ "$WORKERS" != 1 ] && ! { grep -q "^workers: $WORKERS\$" "$RUN/weft-wasm.yaml" &&
@@ -464,9 +466,15 @@ if [ -n "$WEFT_BASE_BIN" ]; then
         mkdir -p "$RUN/base"
         cp -f "$PLUGIN" "$RUN/base/header_adder.wasm"
         render_base weft-base-wasm "$BENCH/configs/weft-wasm.yaml" 18104 15904 "$RUN/base/header_adder.wasm" &&
+            sed -i "${WASM_WORKERS[@]}" "$RUN/weft-base-wasm.yaml" &&
+            with_accept "$RUN/weft-base-wasm.yaml" "$WEFT_BASE_ACCEPT" &&
+            cp -f "$RUN/weft-base-wasm.yaml" "$RAW/configs/" &&
             validate_base weft-base-wasm && HAVE_BASE_WASM=1
         if want E; then
             render_base weft-base-wasm3 "$BENCH/configs/weft-wasm3.yaml" 18106 15906 "$PLUGIN3" &&
+                sed -i "${WASM_WORKERS[@]}" "$RUN/weft-base-wasm3.yaml" &&
+                with_accept "$RUN/weft-base-wasm3.yaml" "$WEFT_BASE_ACCEPT" &&
+                cp -f "$RUN/weft-base-wasm3.yaml" "$RAW/configs/" &&
                 validate_base weft-base-wasm3 && HAVE_BASE_WASM3=1
         fi
     else
