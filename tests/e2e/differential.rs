@@ -26,7 +26,8 @@ fn quoted(s: &str) -> String {
 }
 
 /// Starts the pair, or `None` when Envoy is absent and `WEFT_SKIP_ENVOY=1`.
-/// `weft_extra` is added to Weft's plugin entry (e.g. a failure policy).
+/// `weft_extra` follows Weft's plugin entry: indented lines extend it (e.g. a failure policy),
+/// unindented ones are top-level keys (e.g. `runtime`).
 async fn pair(
     up: SocketAddr,
     name: &str,
@@ -605,13 +606,19 @@ async fn abi_critical_log_is_critical() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    // This test's runtime is single-threaded: the proxy's tasks, and the plugin's callbacks,
-    // run on this thread.
+    // This test's runtime is single-threaded and Weft runs on it (`runtime.accept: shared`; the
+    // default, `reuseport`, would run the plugin on worker threads of their own): the proxy's
+    // tasks, and the plugin's callbacks, run on this thread, under this subscriber.
     let _guard = tracing::subscriber::set_default(subscriber);
     let config = r#"{"log_critical":"probe critical line"}"#;
-    let Some((e, w, p)) = probe_once(config, &[]).await else {
+    let up = echo("up").await;
+    let on_this_thread = "runtime:\n  accept: shared";
+    let Some(p) =
+        pair_with_clusters(up, "abi", fx::ABI_PROBE, config, on_this_thread, false, &[]).await
+    else {
         return;
     };
+    let (e, w) = p.both("POST", "/probe", &[], b"abc").await;
     same_probes(&e, &w, &["log-critical"]);
     let envoy_log = p.envoy.log();
     assert!(

@@ -80,7 +80,8 @@ clusters:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_requests_reuse_one_upstream_connection() {
     let (up, accepted, _closed) = upstream(false).await;
-    let p = TestProxy::start(&config(up, "60s")).await;
+    // One worker: with `reuseport` each worker keeps its own pool (see the per-worker test).
+    let p = TestProxy::start(&format!("workers: 1\n{}", config(up, "60s"))).await;
     for i in 0..20 {
         let r = get(&p.url("main", &format!("/n/{i}"))).await;
         assert_eq!(r.status, 200, "request {i}");
