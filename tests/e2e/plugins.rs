@@ -821,7 +821,7 @@ clusters:
         plugin(
             "burn",
             fx::CPU_BURNER,
-            "    configuration: \"2000\"\n    cpu_deadline: 10s\n"
+            "    configuration: \"2000\"\n    cpu_deadline: 10s\n    instances: 1\n"
         ),
         plugin("adder", fx::HEADER_ADDER, "    configuration: fast\n"),
     )
@@ -876,19 +876,34 @@ async fn a_slow_plugin_runs_off_a_reuseport_worker() {
 /// `/fast` request is answered, its plugin's effect intact, while the upstream has not yet
 /// received the `/slow` request whose `on_request_headers` is still burning. The one worker
 /// makes "the same worker" certain. "Still burning" is an event: the offloaded-calls counter
-/// rose (it counts a callback as it starts) and the upstream has not seen `/slow`.
+/// rose (it counts a callback as it starts) and the upstream has not seen `/slow`. A second
+/// `/slow` request meanwhile wants the same (only) instance of the slow plugin: it waits for
+/// the instance's gate without blocking the worker (had it blocked on the instance's lock,
+/// `/fast` would only be served once the first burn ended and its request went upstream).
 async fn the_worker_serves_fast_requests_during_a_slow_callback(p: &TestProxy, up: &Recording) {
     until_offloaded(p, "1000", false).await;
     let base = offloaded(p).await;
     let seen = up.heads();
     // Three seconds of burn: long against one request on the fast route, whatever the load;
     // the test never waits for it except at the end.
-    let url = p.url("main", "/slow");
-    let slow = tokio::spawn(async move { get_with(&url, &[("x-burn-us", "3000000")]).await });
+    let slow_request = |burn: &'static str| {
+        let url = p.url("main", "/slow");
+        tokio::spawn(async move { get_with(&url, &[("x-burn-us", burn)]).await })
+    };
+    let slow = slow_request("3000000");
     let started =
         weft_e2e::eventually(Duration::from_secs(30), || async { offloaded(p).await > base })
             .await;
     assert!(started, "the slow callback never started off the worker");
+    // The second one is accepted by the worker (its connection counted), which then reads it
+    // and waits for the instance.
+    let waiting = slow_request("1000");
+    let accepted = weft_e2e::eventually(Duration::from_secs(30), || async {
+        let m = p.metrics().await;
+        metric_value(&m, r#"weft_downstream_cx_active{listener="main"}"#) >= 2.0
+    })
+    .await;
+    assert!(accepted, "the second /slow connection was not accepted");
     let r = get(&p.url("main", "/fast")).await;
     assert_eq!(r.status, 200);
     let heads = up.heads_since(seen);
@@ -908,14 +923,19 @@ async fn the_worker_serves_fast_requests_during_a_slow_callback(p: &TestProxy, u
         Some(&b"fast"[..]),
         "{heads:?}"
     );
-    let r = slow.await.expect("slow request task");
-    assert_eq!(r.status, 200);
+    assert_eq!(slow.await.expect("slow request task").status, 200);
+    assert_eq!(waiting.await.expect("waiting request task").status, 200);
     let heads = up.heads_since(seen);
-    let slow = heads.iter().find(|h| h.path == "/slow");
+    let mut burned: Vec<_> = heads
+        .iter()
+        .filter(|h| h.path == "/slow")
+        .filter_map(|h| header(h, "x-burned-us"))
+        .collect();
+    burned.sort();
     assert_eq!(
-        slow.and_then(|h| header(h, "x-burned-us")).as_deref(),
-        Some(&b"3000000"[..]),
-        "{heads:?}"
+        burned,
+        [b"1000".to_vec(), b"3000000".to_vec()],
+        "both slow requests keep the plugin's effect: {heads:?}"
     );
 }
 
