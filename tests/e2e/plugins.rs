@@ -891,9 +891,10 @@ async fn the_worker_serves_fast_requests_during_a_slow_callback(p: &TestProxy, u
         tokio::spawn(async move { get_with(&url, &[("x-burn-us", burn)]).await })
     };
     let slow = slow_request("3000000");
-    let started =
-        weft_e2e::eventually(Duration::from_secs(30), || async { offloaded(p).await > base })
-            .await;
+    let started = weft_e2e::eventually(Duration::from_secs(30), || async {
+        offloaded(p).await > base
+    })
+    .await;
     assert!(started, "the slow callback never started off the worker");
     // The second one is accepted by the worker (its connection counted), which then reads it
     // and waits for the instance.

@@ -135,9 +135,7 @@ impl Pace {
     /// false on a multi-threaded runtime ([`Pace::run`] uses `block_in_place` there) and off a
     /// runtime. One relaxed load while the plugin is fast.
     pub fn offload_now(&self) -> bool {
-        self.slow_until_ms.load(Ordering::Relaxed) != 0
-            && flavor() == CURRENT_THREAD
-            && self.slow()
+        self.slow_until_ms.load(Ordering::Relaxed) != 0 && flavor() == CURRENT_THREAD && self.slow()
     }
 
     /// Runs one guest callback, timing a sample of them; on a multi-threaded runtime off the
@@ -227,7 +225,10 @@ mod tests {
                 break;
             }
         }
-        assert!(pace.offload_now(), "a slow plugin is caught on a current-thread runtime");
+        assert!(
+            pace.offload_now(),
+            "a slow plugin is caught on a current-thread runtime"
+        );
         assert_eq!(
             pace.offloaded.load(Ordering::Relaxed),
             0,
@@ -236,9 +237,15 @@ mod tests {
         let worker = std::thread::current().id();
         let p = pace.clone();
         let ran_on = off_worker(move || p.run(std::thread::current)).await;
-        assert!(ran_on.is_some_and(|t| t.id() != worker), "ran on another thread");
+        assert!(
+            ran_on.is_some_and(|t| t.id() != worker),
+            "ran on another thread"
+        );
         assert_eq!(pace.offloaded.load(Ordering::Relaxed), 1);
-        assert!(pace.offload_now(), "a fast offloaded call does not end the slow period");
+        assert!(
+            pace.offload_now(),
+            "a fast offloaded call does not end the slow period"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
