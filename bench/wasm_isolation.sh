@@ -10,7 +10,9 @@
 #   WEFT_ACCEPT="shared reuseport" bench/wasm_isolation.sh   # Weft once per `runtime.accept` mode
 #
 # WEFT_ACCEPT: the `runtime.accept` modes Weft runs with, each measured as its own proxy
-# (`weft-shared`, `weft-reuseport`) in the same run as Envoy (default: shared).
+# (`weft-shared`, `weft-reuseport`) in the same run as Envoy (default: shared). `shared-pool`:
+# `shared` with WEFT_OFFLOAD=pool (slow callbacks to the blocking pool instead of
+# `block_in_place`, to compare the two hand-offs).
 #
 # Results: bench/results/wasm-isolation-<time>.md (and stdout). The load generators run on the
 # same two cores as the proxies: read the ratios, not the absolute latencies.
@@ -23,8 +25,8 @@ WEFT_ACCEPT=${WEFT_ACCEPT:-shared}
 PROXIES=()
 for mode in $WEFT_ACCEPT; do
     case "$mode" in
-        shared | reuseport) PROXIES+=("weft-$mode") ;;
-        *) echo "wasm_isolation.sh: WEFT_ACCEPT entry '$mode' is not shared or reuseport" >&2; exit 2 ;;
+        shared | reuseport | shared-pool) PROXIES+=("weft-$mode") ;;
+        *) echo "wasm_isolation.sh: WEFT_ACCEPT entry '$mode' is not shared, reuseport or shared-pool" >&2; exit 2 ;;
     esac
 done
 PROXIES+=(envoy)
@@ -95,8 +97,10 @@ declare -A P99 P50 RPS
 measure() { # proxy burn round
     local proxy=$1 burn=$2 port=18400 admin=18401 pid slow_url fast_url
     if [ "$proxy" != envoy ]; then
-        weft_config "$burn" $port $admin "${proxy#weft-}" >"$RUN/weft.yaml"
-        "$WEFT" run -c "$RUN/weft.yaml" >"$RUN/weft.log" 2>&1 &
+        local mode=${proxy#weft-} offload=
+        [ "$mode" = shared-pool ] && mode=shared offload=pool
+        weft_config "$burn" $port $admin "$mode" >"$RUN/weft.yaml"
+        WEFT_OFFLOAD=$offload "$WEFT" run -c "$RUN/weft.yaml" >"$RUN/weft.log" 2>&1 &
         slow_url="http://127.0.0.1:$port/slow"
     else
         envoy_config "$burn" $port $admin >"$RUN/envoy.yaml"

@@ -124,6 +124,13 @@ pub async fn off_worker<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'st
     }
 }
 
+/// `WEFT_OFFLOAD=pool` (read once; a benchmark switch, see docs/performance.md): the blocking
+/// pool on multi-threaded runtimes too, instead of `block_in_place`, to compare the two.
+fn pool_everywhere() -> bool {
+    static POOL: OnceLock<bool> = OnceLock::new();
+    *POOL.get_or_init(|| std::env::var("WEFT_OFFLOAD").is_ok_and(|v| v == "pool"))
+}
+
 impl Pace {
     fn slow(&self) -> bool {
         let until = self.slow_until_ms.load(Ordering::Relaxed);
@@ -135,7 +142,13 @@ impl Pace {
     /// false on a multi-threaded runtime ([`Pace::run`] uses `block_in_place` there) and off a
     /// runtime. One relaxed load while the plugin is fast.
     pub fn offload_now(&self) -> bool {
-        self.slow_until_ms.load(Ordering::Relaxed) != 0 && flavor() == CURRENT_THREAD && self.slow()
+        self.slow_until_ms.load(Ordering::Relaxed) != 0
+            && match flavor() {
+                CURRENT_THREAD => true,
+                MULTI_THREAD => pool_everywhere(),
+                _ => false,
+            }
+            && self.slow()
     }
 
     /// Runs one guest callback, timing a sample of them; on a multi-threaded runtime off the
@@ -154,7 +167,7 @@ impl Pace {
         if !timed {
             return call();
         }
-        if slow && flavor() == MULTI_THREAD && on_multi_thread_runtime() {
+        if slow && flavor() == MULTI_THREAD && !pool_everywhere() && on_multi_thread_runtime() {
             self.offloaded.fetch_add(1, Ordering::Relaxed);
             // Under `block_in_place` the callback still runs on this thread.
             return self.timed(|| tokio::task::block_in_place(call));
