@@ -16,6 +16,8 @@
 //!   for the callback), so nothing is copied for the hand-off. Synchronous call sites (body
 //!   callbacks inside a body poll, trailers, `on_log`/`on_done`/`on_delete` at the end, context
 //!   creation, root callbacks such as `on_tick`) run inline, timed like any other.
+//!   `WEFT_OFFLOAD=pool` in the environment uses the blocking pool on multi-threaded runtimes
+//!   too (a benchmark switch to compare the two hand-offs; docs/performance.md).
 //!
 //! While an offloaded callback runs, it holds its instance (the instance's gate and lock): other
 //! streams of that instance wait for the gate asynchronously at their async call sites; their
