@@ -17,7 +17,8 @@
 //!   callbacks inside a body poll, trailers, `on_log`/`on_done`/`on_delete` at the end, context
 //!   creation, root callbacks such as `on_tick`) run inline, timed like any other.
 //!   `WEFT_OFFLOAD=pool` in the environment uses the blocking pool on multi-threaded runtimes
-//!   too (a benchmark switch to compare the two hand-offs; docs/performance.md).
+//!   too, `WEFT_OFFLOAD=off` never leaves the worker (benchmark switches: comparing the two
+//!   hand-offs; callgrind, under which every callback takes long enough to look slow).
 //!
 //! While an offloaded callback runs, it holds its instance (the instance's gate and lock): other
 //! streams of that instance wait for the gate asynchronously at their async call sites; their
@@ -126,11 +127,26 @@ pub async fn off_worker<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'st
     }
 }
 
-/// `WEFT_OFFLOAD=pool` (read once; a benchmark switch, see docs/performance.md): the blocking
-/// pool on multi-threaded runtimes too, instead of `block_in_place`, to compare the two.
+/// The `WEFT_OFFLOAD` environment variable (read once; a benchmark switch, see
+/// docs/performance.md): unset, the hand-offs above; `pool`, the blocking pool on
+/// multi-threaded runtimes too, instead of `block_in_place`, to compare the two; `off`, never
+/// off the worker (callbacks are still timed), e.g. under callgrind, where every callback is
+/// slow.
+fn switch() -> u8 {
+    static SWITCH: OnceLock<u8> = OnceLock::new();
+    *SWITCH.get_or_init(|| match std::env::var("WEFT_OFFLOAD").as_deref() {
+        Ok("pool") => POOL,
+        Ok("off") => OFF,
+        _ => DEFAULT,
+    })
+}
+
+const DEFAULT: u8 = 0;
+const POOL: u8 = 1;
+const OFF: u8 = 2;
+
 fn pool_everywhere() -> bool {
-    static POOL: OnceLock<bool> = OnceLock::new();
-    *POOL.get_or_init(|| std::env::var("WEFT_OFFLOAD").is_ok_and(|v| v == "pool"))
+    switch() == POOL
 }
 
 impl Pace {
@@ -145,6 +161,7 @@ impl Pace {
     /// runtime. One relaxed load while the plugin is fast.
     pub fn offload_now(&self) -> bool {
         self.slow_until_ms.load(Ordering::Relaxed) != 0
+            && switch() != OFF
             && match flavor() {
                 CURRENT_THREAD => true,
                 MULTI_THREAD => pool_everywhere(),
@@ -169,7 +186,7 @@ impl Pace {
         if !timed {
             return call();
         }
-        if slow && flavor() == MULTI_THREAD && !pool_everywhere() && on_multi_thread_runtime() {
+        if slow && flavor() == MULTI_THREAD && switch() == DEFAULT && on_multi_thread_runtime() {
             self.offloaded.fetch_add(1, Ordering::Relaxed);
             // Under `block_in_place` the callback still runs on this thread.
             return self.timed(|| tokio::task::block_in_place(call));
