@@ -17,8 +17,9 @@
 //!   callbacks inside a body poll, trailers, `on_log`/`on_done`/`on_delete` at the end, context
 //!   creation, root callbacks such as `on_tick`) run inline, timed like any other.
 //!   `WEFT_OFFLOAD=pool` in the environment uses the blocking pool on multi-threaded runtimes
-//!   too, `WEFT_OFFLOAD=off` never leaves the worker (benchmark switches: comparing the two
-//!   hand-offs; callgrind, under which every callback takes long enough to look slow).
+//!   too, `WEFT_OFFLOAD=off` times callbacks but never marks a plugin slow (benchmark switches:
+//!   comparing the two hand-offs; measuring a fast plugin's cost under callgrind, where every
+//!   callback takes long enough to look slow).
 //!
 //! While an offloaded callback runs, it holds its instance (the instance's gate and lock): other
 //! streams of that instance wait for the gate asynchronously at their async call sites; their
@@ -129,9 +130,10 @@ pub async fn off_worker<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'st
 
 /// The `WEFT_OFFLOAD` environment variable (read once; a benchmark switch, see
 /// docs/performance.md): unset, the hand-offs above; `pool`, the blocking pool on
-/// multi-threaded runtimes too, instead of `block_in_place`, to compare the two; `off`, never
-/// off the worker (callbacks are still timed), e.g. under callgrind, where every callback is
-/// slow.
+/// multi-threaded runtimes too, instead of `block_in_place`, to compare the two; `off`,
+/// callbacks are sampled and timed as a fast plugin's are, but never mark the plugin slow
+/// (callgrind: it measures what a fast plugin pays; under callgrind every callback would
+/// otherwise look slow and go off the worker).
 fn switch() -> u8 {
     static SWITCH: OnceLock<u8> = OnceLock::new();
     *SWITCH.get_or_init(|| match std::env::var("WEFT_OFFLOAD").as_deref() {
@@ -198,7 +200,7 @@ impl Pace {
     fn timed<R>(&self, call: impl FnOnce() -> R) -> R {
         let start = cpu_time::ThreadTime::now();
         let r = call();
-        if start.elapsed() >= SLOW_CALL {
+        if start.elapsed() >= SLOW_CALL && switch() != OFF {
             let stay = u64::try_from(STAY_SLOW.as_millis()).unwrap_or(u64::MAX);
             self.slow_until_ms
                 .store(clock_ms().saturating_add(stay), Ordering::Relaxed);
