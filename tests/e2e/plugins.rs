@@ -856,7 +856,8 @@ async fn until_offloaded(p: &TestProxy, burn_us: &str, fast_json: bool) {
 
 /// `runtime.accept: reuseport` with two workers (each a current-thread runtime, where
 /// `block_in_place` is impossible): a slow plugin's callbacks are handed to the blocking pool
-/// (`weft_plugin_offloaded_calls_total` rises) and the requests keep both plugins' effects.
+/// (`weft_plugin_offloaded_calls_total` rises) and the requests keep both plugins' effects; a
+/// plugin without `instances` gets one instance per worker.
 #[tokio::test]
 async fn a_slow_plugin_runs_off_a_reuseport_worker() {
     let up = echo("up").await;
@@ -870,6 +871,14 @@ async fn a_slow_plugin_runs_off_a_reuseport_worker() {
         assert_eq!(r.json()["headers"]["x-burned-us"], "2000");
     }
     assert!(offloaded(&p).await >= before + 4.0);
+    // `instances` unset: one instance per worker runtime (plugins load on the single-threaded
+    // control runtime, whose one thread is not the count).
+    let m = p.metrics().await;
+    assert_eq!(
+        metric_value(&m, r#"weft_plugin_healthy_instances{plugin="adder"}"#),
+        2.0,
+        "{m}"
+    );
 }
 
 /// While a slow callback runs off the worker, the same worker serves another connection: a
