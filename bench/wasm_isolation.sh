@@ -12,8 +12,7 @@
 # WEFT_ACCEPT: the `runtime.accept` modes Weft runs with, each measured as its own proxy
 # (`weft-shared`, `weft-reuseport`) in the same run as Envoy (default: shared). `shared-pool`:
 # `shared` with WEFT_OFFLOAD=pool (slow callbacks to the blocking pool instead of
-# `block_in_place`, to compare the two hand-offs); `reuseport-same`: `reuseport` with
-# WEFT_OFFLOAD=same (the blocking threads keep the workers' priority instead of a nicer one).
+# `block_in_place`, to compare the two hand-offs).
 #
 # Results: bench/results/wasm-isolation-<time>.md (and stdout). The load generators run on the
 # same two cores as the proxies: read the ratios, not the absolute latencies.
@@ -26,8 +25,8 @@ WEFT_ACCEPT=${WEFT_ACCEPT:-shared}
 PROXIES=()
 for mode in $WEFT_ACCEPT; do
     case "$mode" in
-        shared | reuseport | shared-pool | reuseport-same) PROXIES+=("weft-$mode") ;;
-        *) echo "wasm_isolation.sh: WEFT_ACCEPT entry '$mode' is not shared, reuseport, shared-pool or reuseport-same" >&2; exit 2 ;;
+        shared | reuseport | shared-pool) PROXIES+=("weft-$mode") ;;
+        *) echo "wasm_isolation.sh: WEFT_ACCEPT entry '$mode' is not shared, reuseport or shared-pool" >&2; exit 2 ;;
     esac
 done
 PROXIES+=(envoy)
@@ -100,7 +99,6 @@ measure() { # proxy burn round
     if [ "$proxy" != envoy ]; then
         local mode=${proxy#weft-} offload=
         [ "$mode" = shared-pool ] && mode=shared offload=pool
-        [ "$mode" = reuseport-same ] && mode=reuseport offload=same
         weft_config "$burn" $port $admin "$mode" >"$RUN/weft.yaml"
         WEFT_OFFLOAD=$offload "$WEFT" run -c "$RUN/weft.yaml" >"$RUN/weft.log" 2>&1 &
         slow_url="http://127.0.0.1:$port/slow"

@@ -110,7 +110,6 @@ fn flavor() -> u8 {
 /// resumed here; `None` when the runtime is shutting down and never ran it.
 pub async fn off_worker<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> Option<R> {
     let task = tokio::task::spawn_blocking(move || {
-        lower_priority();
         OFFLOADED.with(|c| c.set(true));
         // Reset even when `call` unwinds: the thread goes back to the pool.
         struct Reset;
@@ -129,36 +128,9 @@ pub async fn off_worker<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'st
     }
 }
 
-/// How much nicer than the worker a thread running offloaded callbacks is.
-#[cfg(target_os = "linux")]
-const OFFLOAD_NICE: i32 = 10;
-
-/// Lowers the calling blocking-pool thread's scheduling priority (once per thread), so that the
-/// worker threads, whose connections wait on them, preempt a slow plugin's callback at once
-/// when they wake on a core it is burning (Linux: the nice value is per thread). The thread
-/// keeps it for the other blocking work of its runtime (instance builds, file reads), which
-/// only waits a little more for a busy core. A failure (e.g. a seccomp filter) leaves it as
-/// it was.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        thread_local! {
-            static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-        }
-        LOWERED.with(|l| {
-            if l.replace(true) || switch() == POOL_SAME_PRIORITY {
-                return;
-            }
-            let now = rustix::process::getpriority_process(None).unwrap_or(0);
-            let _ = rustix::process::setpriority_process(None, (now + OFFLOAD_NICE).min(19));
-        });
-    }
-}
-
 /// The `WEFT_OFFLOAD` environment variable (read once; a benchmark switch, see
 /// docs/performance.md): unset, the hand-offs above; `pool`, the blocking pool on
-/// multi-threaded runtimes too, instead of `block_in_place`, to compare the two; `same`, the
-/// blocking pool's threads keep the worker's priority (see [`lower_priority`]); `off`,
+/// multi-threaded runtimes too, instead of `block_in_place`, to compare the two; `off`,
 /// callbacks are sampled and timed as a fast plugin's are, but never mark the plugin slow
 /// (callgrind: it measures what a fast plugin pays; under callgrind every callback would
 /// otherwise look slow and go off the worker).
@@ -167,7 +139,6 @@ fn switch() -> u8 {
     *SWITCH.get_or_init(|| match std::env::var("WEFT_OFFLOAD").as_deref() {
         Ok("pool") => POOL,
         Ok("off") => OFF,
-        Ok("same") => POOL_SAME_PRIORITY,
         _ => DEFAULT,
     })
 }
@@ -175,7 +146,6 @@ fn switch() -> u8 {
 const DEFAULT: u8 = 0;
 const POOL: u8 = 1;
 const OFF: u8 = 2;
-const POOL_SAME_PRIORITY: u8 = 3;
 
 fn pool_everywhere() -> bool {
     switch() == POOL
@@ -218,7 +188,7 @@ impl Pace {
         if !timed {
             return call();
         }
-        if slow && flavor() == MULTI_THREAD && switch() != POOL && on_multi_thread_runtime() {
+        if slow && flavor() == MULTI_THREAD && switch() == DEFAULT && on_multi_thread_runtime() {
             self.offloaded.fetch_add(1, Ordering::Relaxed);
             // Under `block_in_place` the callback still runs on this thread.
             return self.timed(|| tokio::task::block_in_place(call));
@@ -328,14 +298,6 @@ mod tests {
         .await;
         assert_eq!(served, Some(true), "the worker ran another task meanwhile");
         assert!(other.await.is_ok());
-    }
-
-    #[cfg(target_os = "linux")]
-    #[tokio::test(flavor = "current_thread")]
-    async fn offloaded_calls_run_at_a_lower_priority_than_the_worker() {
-        let worker = rustix::process::getpriority_process(None).unwrap_or(0);
-        let pool = off_worker(|| rustix::process::getpriority_process(None).ok()).await;
-        assert_eq!(pool.flatten(), Some((worker + OFFLOAD_NICE).min(19)));
     }
 
     #[tokio::test(flavor = "current_thread")]
