@@ -7,6 +7,12 @@
 # (--concurrency 2, the same .wasm) in the same run. Bounded: every wrk is -d$DURATION.
 #
 #   bench/wasm_isolation.sh                 # ROUNDS=2 DURATION=8 BURN_US=2000 SLOW_CONNS=2 FAST_CONNS=4
+#   WEFT_ACCEPT="shared reuseport" bench/wasm_isolation.sh   # Weft once per `runtime.accept` mode
+#
+# WEFT_ACCEPT: the `runtime.accept` modes Weft runs with, each measured as its own proxy
+# (`weft-shared`, `weft-reuseport`) in the same run as Envoy (default: shared). `shared-pool`:
+# `shared` with WEFT_OFFLOAD=pool (slow callbacks to the blocking pool instead of
+# `block_in_place`, to compare the two hand-offs).
 #
 # Results: bench/results/wasm-isolation-<time>.md (and stdout). The load generators run on the
 # same two cores as the proxies: read the ratios, not the absolute latencies.
@@ -15,6 +21,15 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/bench/lib.sh"
 ROUNDS=${ROUNDS:-2} DURATION=${DURATION:-8} BURN_US=${BURN_US:-2000}
 SLOW_CONNS=${SLOW_CONNS:-2} FAST_CONNS=${FAST_CONNS:-4}
+WEFT_ACCEPT=${WEFT_ACCEPT:-shared}
+PROXIES=()
+for mode in $WEFT_ACCEPT; do
+    case "$mode" in
+        shared | reuseport | shared-pool) PROXIES+=("weft-$mode") ;;
+        *) echo "wasm_isolation.sh: WEFT_ACCEPT entry '$mode' is not shared, reuseport or shared-pool" >&2; exit 2 ;;
+    esac
+done
+PROXIES+=(envoy)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 RUN=$(mktemp -d /tmp/weft-isolation-bench.XXXXXX)
 OUT="$ROOT/bench/results/wasm-isolation-$(date -u +%Y%m%dT%H%M%SZ).md"
@@ -31,13 +46,14 @@ WASM="$TARGET/weft-fixtures/wasm32-wasip1/release/cpu_burner.wasm"
 
 bench_upstream "$ROOT" "$RUN"
 
-weft_config() { # burn(yes|no) port admin: the slow route carries the plugin only when burning
+weft_config() { # burn(yes|no) port admin accept: the slow route carries the plugin only when burning
     local plugins="[]"
     [ "$1" = yes ] && plugins="[{ name: burn }]"
     cat <<YAML
 admin: { address: 127.0.0.1:$3 }
 access_log: { path: "off" }
 workers: 2
+runtime: { accept: $4 }
 plugins:
   - { name: burn, file: "$WASM", configuration: "$BURN_US" }
 listeners:
@@ -80,9 +96,11 @@ envoy_config() { # burn port admin
 declare -A P99 P50 RPS
 measure() { # proxy burn round
     local proxy=$1 burn=$2 port=18400 admin=18401 pid slow_url fast_url
-    if [ "$proxy" = weft ]; then
-        weft_config "$burn" $port $admin >"$RUN/weft.yaml"
-        "$WEFT" run -c "$RUN/weft.yaml" >"$RUN/weft.log" 2>&1 &
+    if [ "$proxy" != envoy ]; then
+        local mode=${proxy#weft-} offload=
+        [ "$mode" = shared-pool ] && mode=shared offload=pool
+        weft_config "$burn" $port $admin "$mode" >"$RUN/weft.yaml"
+        WEFT_OFFLOAD=$offload "$WEFT" run -c "$RUN/weft.yaml" >"$RUN/weft.log" 2>&1 &
         slow_url="http://127.0.0.1:$port/slow"
     else
         envoy_config "$burn" $port $admin >"$RUN/envoy.yaml"
@@ -111,7 +129,7 @@ measure() { # proxy burn round
 }
 
 for r in $(seq 1 "$ROUNDS"); do
-    for proxy in weft envoy; do
+    for proxy in "${PROXIES[@]}"; do
         for burn in no yes; do measure "$proxy" "$burn" "$r"; done
     done
 done
@@ -125,7 +143,7 @@ of() { local -n t=$1; local v=(); for r in $(seq 1 "$ROUNDS"); do v+=("${t[$2.$3
     echo
     echo "| proxy | /fast p99 without / with the slow plugin (ms) | ratio (target <= 1.10) | /fast p50 without / with (ms) | /slow req/s with the plugin |"
     echo "|---|---|---|---|---|"
-    for proxy in weft envoy; do
+    for proxy in "${PROXIES[@]}"; do
         awk -v x="$proxy" -v a="$(of P99 "$proxy" no)" -v b="$(of P99 "$proxy" yes)" -v c="$(of P50 "$proxy" no)" \
             -v d="$(of P50 "$proxy" yes)" -v s="$(of RPS "$proxy" yes)" \
             'BEGIN {printf "| %s | %.2f / %.2f | %.2fx | %.2f / %.2f | %.0f |\n", x, a, b, b/a, c, d, s}'

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use weft_e2e::recording::{Recording, SeenHead, recording};
 use weft_e2e::upstream::{echo, serve};
-use weft_e2e::{TestProxy, client, get, metric_value, send};
+use weft_e2e::{TestProxy, client, get, get_with, metric_value, send};
 use weft_test_artifacts as fx;
 
 fn plugin(name: &str, file: &str, extra: &str) -> String {
@@ -848,6 +849,179 @@ clusters:
         offloaded >= 1.0,
         "no callback of the slow plugin ran off the worker in 64 requests"
     );
+}
+
+/// The configuration of the slow-plugin tests (after the `top` lines): `/slow` runs `burn`
+/// (`cpu_burner`, 2 ms per request unless `x-burn-us` says otherwise, a CPU budget long enough
+/// for a long burn), every other path runs `adder` (`header_adder`, `x-plugin-seen: fast`).
+fn slow_and_fast(top: &str, up: SocketAddr) -> String {
+    format!(
+        r#"{top}
+plugins:
+{}
+{}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes:
+          - match: {{ path: {{ prefix: /slow }} }}
+            route: {{ cluster: up }}
+            plugins: [{{ name: burn }}]
+          - route: {{ cluster: up }}
+            plugins: [{{ name: adder }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+        plugin(
+            "burn",
+            fx::CPU_BURNER,
+            "    configuration: \"2000\"\n    cpu_deadline: 10s\n    instances: 1\n"
+        ),
+        plugin("adder", fx::HEADER_ADDER, "    configuration: fast\n"),
+    )
+}
+
+/// `weft_plugin_offloaded_calls_total` of the `burn` plugin.
+async fn offloaded(p: &TestProxy) -> f64 {
+    metric_value(
+        &p.metrics().await,
+        r#"weft_plugin_offloaded_calls_total{plugin="burn"}"#,
+    )
+}
+
+/// Sends `/slow` requests (each burning `burn_us`) until a callback of the slow plugin ran off
+/// the worker (a random one callback in 8 is timed while a plugin is fast: bounded at 64
+/// requests), checking every request keeps both plugins' effects.
+async fn until_offloaded(p: &TestProxy, burn_us: &str, fast_json: bool) {
+    for _ in 0..64 {
+        let r = get_with(&p.url("main", "/slow"), &[("x-burn-us", burn_us)]).await;
+        assert_eq!(r.status, 200);
+        if fast_json {
+            assert_eq!(r.json()["headers"]["x-burned-us"], burn_us);
+            let r = get(&p.url("main", "/fast")).await;
+            assert_eq!(r.json()["headers"]["x-plugin-seen"], "fast");
+        }
+        if offloaded(p).await >= 1.0 {
+            return;
+        }
+    }
+    panic!("no callback of the slow plugin ran off the worker in 64 requests");
+}
+
+/// `runtime.accept: reuseport` with two workers (each a current-thread runtime, where
+/// `block_in_place` is impossible): a slow plugin's callbacks are handed to the blocking pool
+/// (`weft_plugin_offloaded_calls_total` rises) and the requests keep both plugins' effects; a
+/// plugin without `instances` gets one instance per worker.
+#[tokio::test]
+async fn a_slow_plugin_runs_off_a_reuseport_worker() {
+    let up = echo("up").await;
+    let top = "workers: 2\nruntime:\n  accept: reuseport";
+    let p = TestProxy::start(&slow_and_fast(top, up)).await;
+    until_offloaded(&p, "2000", true).await;
+    // Once slow, each request's callbacks keep going off the worker, effects intact.
+    let before = offloaded(&p).await;
+    for _ in 0..4 {
+        let r = get(&p.url("main", "/slow")).await;
+        assert_eq!(r.json()["headers"]["x-burned-us"], "2000");
+    }
+    assert!(offloaded(&p).await >= before + 4.0);
+    // `instances` unset: one instance per worker runtime (plugins load on the single-threaded
+    // control runtime, whose one thread is not the count).
+    let m = p.metrics().await;
+    assert_eq!(
+        metric_value(&m, r#"weft_plugin_healthy_instances{plugin="adder"}"#),
+        2.0,
+        "{m}"
+    );
+}
+
+/// While a slow callback runs off the worker, the same worker serves another connection: a
+/// `/fast` request is answered, its plugin's effect intact, while the upstream has not yet
+/// received the `/slow` request whose `on_request_headers` is still burning. The one worker
+/// makes "the same worker" certain. "Still burning" is an event: the offloaded-calls counter
+/// rose (it counts a callback as it starts) and the upstream has not seen `/slow`. A second
+/// `/slow` request meanwhile wants the same (only) instance of the slow plugin: it waits for
+/// the instance's gate without blocking the worker (had it blocked on the instance's lock,
+/// `/fast` would only be served once the first burn ended and its request went upstream).
+async fn the_worker_serves_fast_requests_during_a_slow_callback(p: &TestProxy, up: &Recording) {
+    until_offloaded(p, "1000", false).await;
+    let base = offloaded(p).await;
+    let seen = up.heads();
+    // Three seconds of burn: long against one request on the fast route, whatever the load;
+    // the test never waits for it except at the end.
+    let slow_request = |burn: &'static str| {
+        let url = p.url("main", "/slow");
+        tokio::spawn(async move { get_with(&url, &[("x-burn-us", burn)]).await })
+    };
+    let slow = slow_request("3000000");
+    let started = weft_e2e::eventually(Duration::from_secs(30), || async {
+        offloaded(p).await > base
+    })
+    .await;
+    assert!(started, "the slow callback never started off the worker");
+    // The second one is accepted by the worker (its connection counted), which then reads it
+    // and waits for the instance.
+    let waiting = slow_request("1000");
+    let accepted = weft_e2e::eventually(Duration::from_secs(30), || async {
+        let m = p.metrics().await;
+        metric_value(&m, r#"weft_downstream_cx_active{listener="main"}"#) >= 2.0
+    })
+    .await;
+    assert!(accepted, "the second /slow connection was not accepted");
+    let r = get(&p.url("main", "/fast")).await;
+    assert_eq!(r.status, 200);
+    let heads = up.heads_since(seen);
+    assert!(
+        heads.iter().all(|h| h.path != "/slow"),
+        "the /slow request reached the upstream before /fast was answered: {heads:?}"
+    );
+    let fast = heads.iter().find(|h| h.path == "/fast");
+    let header = |h: &SeenHead, name: &str| {
+        h.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        fast.and_then(|h| header(h, "x-plugin-seen")).as_deref(),
+        Some(&b"fast"[..]),
+        "{heads:?}"
+    );
+    assert_eq!(slow.await.expect("slow request task").status, 200);
+    assert_eq!(waiting.await.expect("waiting request task").status, 200);
+    let heads = up.heads_since(seen);
+    let mut burned: Vec<_> = heads
+        .iter()
+        .filter(|h| h.path == "/slow")
+        .filter_map(|h| header(h, "x-burned-us"))
+        .collect();
+    burned.sort();
+    assert_eq!(
+        burned,
+        [b"1000".to_vec(), b"3000000".to_vec()],
+        "both slow requests keep the plugin's effect: {heads:?}"
+    );
+}
+
+/// `runtime.accept: reuseport`, one worker.
+#[tokio::test]
+async fn a_reuseport_worker_serves_another_connection_while_a_slow_callback_runs() {
+    let up = recording().await;
+    let top = "workers: 1\nruntime:\n  accept: reuseport";
+    let p = TestProxy::start(&slow_and_fast(top, up.addr)).await;
+    the_worker_serves_fast_requests_during_a_slow_callback(&p, &up).await;
+}
+
+/// `workers: 1` with `runtime.accept: shared`: the proxy runs on one current-thread runtime
+/// (this test's, shared with the test's own client and upstream), which keeps serving too.
+#[tokio::test(flavor = "current_thread")]
+async fn a_single_worker_serves_another_connection_while_a_slow_callback_runs() {
+    let up = recording().await;
+    let p = TestProxy::start(&slow_and_fast("workers: 1", up.addr)).await;
+    the_worker_serves_fast_requests_during_a_slow_callback(&p, &up).await;
 }
 
 /// Body buffers are the embedding's `Bytes` chunks: an 8 MiB body streamed through a plugin

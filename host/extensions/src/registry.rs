@@ -175,6 +175,10 @@ pub struct PluginRegistry {
     /// The settings that runtime is created with.
     engine_options: EngineOptions,
     handles: Mutex<HashMap<HandleKey, Arc<PluginHandle>>>,
+    /// The instances of a plugin with `instances: 0` when the workers are not the loading
+    /// runtime's (`runtime.accept: reuseport`: plugins load on the control runtime, a
+    /// single-threaded one, and each worker is a runtime of its own).
+    default_instances: Option<usize>,
 }
 
 impl std::fmt::Debug for PluginRegistry {
@@ -227,7 +231,18 @@ impl PluginRegistry {
             runtime: std::sync::OnceLock::new(),
             engine_options: options,
             handles: Mutex::new(HashMap::new()),
+            default_instances: None,
         }
+    }
+
+    /// Plugins with `instances: 0` get `workers` instances (at least 1, at most 64) instead of
+    /// one per worker thread of the runtime that loads them: for per-worker runtimes
+    /// (`runtime.accept: reuseport`), where that runtime is the single-threaded control one and
+    /// one instance would be shared by every worker (a slow callback on it would make the
+    /// others wait).
+    pub fn with_default_instances(mut self, workers: usize) -> PluginRegistry {
+        self.default_instances = Some(workers.clamp(1, 64));
+        self
     }
 
     /// Points callouts at a generation's clusters.
@@ -357,12 +372,13 @@ impl PluginRegistry {
         };
         // 0 (the default): one instance per worker thread of the runtime, so that every worker
         // can run the plugin at once.
-        spec.instances = match plugin.instances {
-            0 => tokio::runtime::Handle::try_current()
+        spec.instances = match (plugin.instances, self.default_instances) {
+            (0, Some(n)) => n,
+            (0, None) => tokio::runtime::Handle::try_current()
                 .map(|h| h.metrics().num_workers())
                 .unwrap_or(1)
                 .clamp(1, 64),
-            n => n,
+            (n, _) => n,
         };
         spec.log_level = log_level(&plugin.log_level);
         spec

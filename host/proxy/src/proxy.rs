@@ -60,12 +60,15 @@ impl Proxy {
                 .await
                 .map_err(ProxyError::Identity)?;
         }
-        let plugins = Arc::new(PluginRegistry::with_engine_options(
-            weft_wasm::EngineOptions {
-                compiler: options.plugin_compiler.clone(),
-                ..weft_wasm::EngineOptions::default()
-            },
-        ));
+        let mut registry = PluginRegistry::with_engine_options(weft_wasm::EngineOptions {
+            compiler: options.plugin_compiler.clone(),
+            ..weft_wasm::EngineOptions::default()
+        });
+        if config.runtime.accept == AcceptMode::Reuseport {
+            // Plugins load here, on the control runtime: one instance per worker runtime.
+            registry = registry.with_default_instances(Workers::count(config.workers));
+        }
+        let plugins = Arc::new(registry);
         let access_log = log_format(&config)
             .and_then(|f| AccessLog::open(&config.access_log.path, f))
             .map_err(|error| ProxyError::AccessLog {

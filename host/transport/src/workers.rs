@@ -36,11 +36,7 @@ impl Workers {
     /// Starts `count` workers (`0`: one per core), each a single-threaded runtime on a thread
     /// named `weft-worker-N`.
     pub fn start(count: usize, metrics: &Metrics) -> std::io::Result<Workers> {
-        let count = if count == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            count
-        };
+        let count = Workers::count(count);
         let stop = CancellationToken::new();
         let mut workers = Vec::with_capacity(count);
         for i in 0..count {
@@ -71,6 +67,15 @@ impl Workers {
             workers.push(Worker { handle, accepted });
         }
         Ok(Workers { workers, stop })
+    }
+
+    /// How many workers `start(count)` starts: `count`, or one per core for `0`.
+    pub fn count(count: usize) -> usize {
+        if count == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            count
+        }
     }
 
     /// The workers, in order.

@@ -3,17 +3,40 @@
 //! A guest callback runs on the tokio worker thread that polls the request. One that burns
 //! milliseconds of CPU would hold up every other connection of that worker meanwhile, on other
 //! routes too. So each plugin keeps a pace: once one of its callbacks has taken
-//! [`SLOW_CALL`] of CPU or more, its callbacks for the next [`STAY_SLOW`] run under
-//! [`tokio::task::block_in_place`], which hands the worker's other tasks to another thread
-//! while the guest runs (multi-threaded runtimes only, i.e. `workers` > 1). Fast plugins barely
-//! pay for it: a random one callback in [`SAMPLE`] (and a plugin's first) reads the thread's CPU
-//! clock (twice), so a slow plugin is caught within a few of its callbacks. Random, not every
-//! `SAMPLE`-th: with four callbacks per request (a bodiless response) a fixed stride of 8 timed
-//! only `proxy_on_context_create` and never caught a slow `on_request_headers`. CPU time, not wall
-//! time: on a busy machine a trivial callback is often descheduled for longer than
-//! [`SLOW_CALL`], and wall time marked such plugins slow for good (every callback then paid a
-//! `block_in_place` hand-off: a trivial plugin cost 2.5x the proxy's CPU with two workers). On a current-thread
-//! runtime (`workers: 1`) there is no other thread to hand work to, so nothing is timed at all.
+//! [`SLOW_CALL`] of CPU or more, its callbacks for the next [`STAY_SLOW`] run off the worker:
+//!
+//! - on a multi-threaded runtime (`runtime.accept: shared` with `workers` > 1) under
+//!   [`tokio::task::block_in_place`], which hands the worker's other tasks to another thread
+//!   while the guest runs on this one;
+//! - on a current-thread runtime (every `runtime.accept: reuseport` worker, and `workers: 1`),
+//!   where `block_in_place` is impossible, the async call sites of the HTTP exchange ask
+//!   [`Pace::offload_now`] and, when it says so, hand the one callback to the runtime's blocking
+//!   pool with [`off_worker`] (`spawn_blocking`) and await it: the worker keeps serving its other
+//!   connections meanwhile. The stream's data is owned by the stream (headers are moved into it
+//!   for the callback), so nothing is copied for the hand-off. Synchronous call sites (body
+//!   callbacks inside a body poll, trailers, `on_log`/`on_done`/`on_delete` at the end, context
+//!   creation, root callbacks such as `on_tick`) run inline, timed like any other.
+//!   `WEFT_OFFLOAD=pool` in the environment uses the blocking pool on multi-threaded runtimes
+//!   too, `WEFT_OFFLOAD=off` times callbacks but never marks a plugin slow (benchmark switches:
+//!   comparing the two hand-offs; measuring a fast plugin's cost under callgrind, where every
+//!   callback takes long enough to look slow).
+//!
+//! While an offloaded callback runs, it holds its instance (the instance's gate and lock): other
+//! streams of that instance wait for the gate asynchronously at their async call sites; their
+//! synchronous ones wait on the instance lock for at most that one callback, as on a
+//! multi-threaded runtime. Bound: a stream only hands a callback over once it holds its
+//! instance's gate, so at most one callback per instance is offloaded at any time (blocking
+//! threads in use ≤ the plugins' instances, whatever the load; tokio's pool caps them at 512 per
+//! runtime in any case), and nothing is queued unboundedly (waiters wait for the gate).
+//!
+//! Fast plugins barely pay for it: a random one callback in [`SAMPLE`] (and a plugin's first)
+//! reads the thread's CPU clock (twice), so a slow plugin is caught within a few of its
+//! callbacks. Random, not every `SAMPLE`-th: with four callbacks per request (a bodiless
+//! response) a fixed stride of 8 timed only `proxy_on_context_create` and never caught a slow
+//! `on_request_headers`. CPU time, not wall time: on a busy machine a trivial callback is often
+//! descheduled for longer than [`SLOW_CALL`], and wall time marked such plugins slow for good
+//! (every callback then paid a `block_in_place` hand-off: a trivial plugin cost 2.5x the
+//! proxy's CPU with two workers).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,40 +71,116 @@ fn on_multi_thread_runtime() -> bool {
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
+/// What this thread runs tasks of (see [`FLAVOR`]).
+const UNKNOWN: u8 = 0;
+const CURRENT_THREAD: u8 = 1;
+const MULTI_THREAD: u8 = 2;
+
 thread_local! {
     /// The flavor of the runtime this thread was seen running tasks of: 0 unknown (or none),
     /// 1 current-thread, 2 multi-thread. A tokio thread serves one runtime for its life in the
-    /// proxy; should a thread be reused by another runtime (tests), a stale "current-thread"
-    /// only leaves it unpaced, and "multi-thread" is checked again before `block_in_place`
-    /// (which panics on a current-thread runtime).
-    static FLAVOR: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+    /// proxy; should a thread be reused by another runtime (tests), a stale flavor only picks
+    /// the wrong hand-off for a slow plugin: "multi-thread" is checked again before
+    /// `block_in_place` (which panics on a current-thread runtime), and a stale
+    /// "current-thread" hands slow callbacks to the blocking pool, which works on both.
+    static FLAVOR: std::cell::Cell<u8> = const { std::cell::Cell::new(UNKNOWN) };
+    /// Set while [`off_worker`] runs a callback on a blocking-pool thread.
+    static OFFLOADED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// True when callbacks on this thread can never be offloaded (a current-thread runtime).
-fn cannot_offload() -> bool {
+/// The flavor of the runtime whose task this thread runs (cached per thread).
+fn flavor() -> u8 {
     FLAVOR.with(|c| {
         let known = c.get();
-        if known != 0 {
-            return known == 1;
+        if known != UNKNOWN {
+            return known;
         }
         let flavor = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => 1,
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => 2,
-            _ => 0,
+            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => CURRENT_THREAD,
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => MULTI_THREAD,
+            _ => UNKNOWN,
         };
         c.set(flavor);
-        flavor == 1
+        flavor
     })
 }
 
-impl Pace {
-    /// Runs one guest callback, off the worker when the plugin has been slow lately.
-    pub fn run<R>(&self, call: impl FnOnce() -> R) -> R {
-        if cannot_offload() {
-            return call();
+/// Runs `call` (one guest callback of a slow plugin, see [`Pace::offload_now`]) on the
+/// runtime's blocking pool and waits for it without blocking the worker. A panic in `call` is
+/// resumed here; `None` when the runtime is shutting down and never ran it.
+pub async fn off_worker<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+    let task = tokio::task::spawn_blocking(move || {
+        OFFLOADED.with(|c| c.set(true));
+        // Reset even when `call` unwinds: the thread goes back to the pool.
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                OFFLOADED.with(|c| c.set(false));
+            }
         }
+        let _reset = Reset;
+        call()
+    });
+    match task.await {
+        Ok(r) => Some(r),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
+    }
+}
+
+/// The `WEFT_OFFLOAD` environment variable (read once; a benchmark switch, see
+/// docs/performance.md): unset, the hand-offs above; `pool`, the blocking pool on
+/// multi-threaded runtimes too, instead of `block_in_place`, to compare the two; `off`,
+/// callbacks are sampled and timed as a fast plugin's are, but never mark the plugin slow
+/// (callgrind: it measures what a fast plugin pays; under callgrind every callback would
+/// otherwise look slow and go off the worker).
+fn switch() -> u8 {
+    static SWITCH: OnceLock<u8> = OnceLock::new();
+    *SWITCH.get_or_init(|| match std::env::var("WEFT_OFFLOAD").as_deref() {
+        Ok("pool") => POOL,
+        Ok("off") => OFF,
+        _ => DEFAULT,
+    })
+}
+
+const DEFAULT: u8 = 0;
+const POOL: u8 = 1;
+const OFF: u8 = 2;
+
+fn pool_everywhere() -> bool {
+    switch() == POOL
+}
+
+impl Pace {
+    fn slow(&self) -> bool {
         let until = self.slow_until_ms.load(Ordering::Relaxed);
-        let slow = until != 0 && clock_ms() < until;
+        until != 0 && clock_ms() < until
+    }
+
+    /// True when the caller, an async call site on a current-thread runtime, should run the
+    /// plugin's next callback through [`off_worker`]: the plugin has been slow lately. Always
+    /// false on a multi-threaded runtime ([`Pace::run`] uses `block_in_place` there) and off a
+    /// runtime. One relaxed load while the plugin is fast.
+    pub fn offload_now(&self) -> bool {
+        self.slow_until_ms.load(Ordering::Relaxed) != 0
+            && switch() != OFF
+            && match flavor() {
+                CURRENT_THREAD => true,
+                MULTI_THREAD => pool_everywhere(),
+                _ => false,
+            }
+            && self.slow()
+    }
+
+    /// Runs one guest callback, timing a sample of them; on a multi-threaded runtime off the
+    /// worker (`block_in_place`) when the plugin has been slow lately.
+    pub fn run<R>(&self, call: impl FnOnce() -> R) -> R {
+        if OFFLOADED.with(|c| c.get()) {
+            // Already on a blocking-pool thread (`off_worker`): count and time it.
+            self.offloaded.fetch_add(1, Ordering::Relaxed);
+            return self.timed(call);
+        }
+        let slow = self.slow();
         let timed = slow
             || fastrand::u32(..SAMPLE) == 0
             || (!self.started.load(Ordering::Relaxed)
@@ -89,16 +188,19 @@ impl Pace {
         if !timed {
             return call();
         }
-        let offload = slow && on_multi_thread_runtime();
-        let start = cpu_time::ThreadTime::now();
-        let r = if offload {
+        if slow && flavor() == MULTI_THREAD && switch() == DEFAULT && on_multi_thread_runtime() {
             self.offloaded.fetch_add(1, Ordering::Relaxed);
-            tokio::task::block_in_place(call)
-        } else {
-            call()
-        };
-        // Under `block_in_place` the callback still runs on this thread.
-        if start.elapsed() >= SLOW_CALL {
+            // Under `block_in_place` the callback still runs on this thread.
+            return self.timed(|| tokio::task::block_in_place(call));
+        }
+        self.timed(call)
+    }
+
+    /// Runs `call`, marking the plugin slow when it took [`SLOW_CALL`] of this thread's CPU.
+    fn timed<R>(&self, call: impl FnOnce() -> R) -> R {
+        let start = cpu_time::ThreadTime::now();
+        let r = call();
+        if start.elapsed() >= SLOW_CALL && switch() != OFF {
             let stay = u64::try_from(STAY_SLOW.as_millis()).unwrap_or(u64::MAX);
             self.slow_until_ms
                 .store(clock_ms().saturating_add(stay), Ordering::Relaxed);
@@ -110,6 +212,7 @@ impl Pace {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn burn() {
         let t = cpu_time::ThreadTime::now();
@@ -135,11 +238,71 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_current_thread_runtime_always_runs_inline() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_multi_thread_runtime_never_asks_for_the_blocking_pool() {
         let pace = Pace::default();
         pace.run(burn);
+        assert!(pace.slow(), "a slow first call marks the plugin slow");
+        assert!(!pace.offload_now(), "block_in_place is used there instead");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_current_thread_runtime_times_calls_and_offloads_a_slow_plugin() {
+        let pace = Arc::new(Pace::default());
+        assert!(!pace.offload_now(), "never slow yet");
         pace.run(|| ());
-        assert_eq!(pace.offloaded.load(Ordering::Relaxed), 0);
+        assert!(!pace.offload_now(), "a fast first call leaves it fast");
+        // A slow call is caught within a bounded number of calls (one in SAMPLE is timed).
+        for _ in 0..(SAMPLE * 64) {
+            pace.run(burn);
+            if pace.offload_now() {
+                break;
+            }
+        }
+        assert!(
+            pace.offload_now(),
+            "a slow plugin is caught on a current-thread runtime"
+        );
+        assert_eq!(
+            pace.offloaded.load(Ordering::Relaxed),
+            0,
+            "inline calls are not counted as offloaded"
+        );
+        let worker = std::thread::current().id();
+        let p = pace.clone();
+        let ran_on = off_worker(move || p.run(std::thread::current)).await;
+        assert!(
+            ran_on.is_some_and(|t| t.id() != worker),
+            "ran on another thread"
+        );
+        assert_eq!(pace.offloaded.load(Ordering::Relaxed), 1);
+        assert!(
+            pace.offload_now(),
+            "a fast offloaded call does not end the slow period"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_worker_serves_other_tasks_while_an_offloaded_call_runs() {
+        let pace = Arc::new(Pace::default());
+        // The offloaded call waits for a task that only the (single) worker thread can run: it
+        // completes only if the worker is free meanwhile (bounded wait, no deadlock on failure).
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = tokio::spawn(async move {
+            let _ = tx.send(());
+        });
+        let p = pace.clone();
+        let served = off_worker(move || {
+            p.run(|| rx.recv_timeout(std::time::Duration::from_secs(30)).is_ok())
+        })
+        .await;
+        assert_eq!(served, Some(true), "the worker ran another task meanwhile");
+        assert!(other.await.is_ok());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panic_in_an_offloaded_call_reaches_the_caller() {
+        let caught = tokio::spawn(off_worker(|| -> u8 { panic!("guest host bug") })).await;
+        assert!(caught.is_err_and(|e| e.is_panic()));
     }
 }

@@ -204,6 +204,13 @@ impl Stream {
         self.permit = Some(permit);
     }
 
+    /// True when an async caller should run this stream's next callback off the worker with
+    /// [`crate::pace::off_worker`] (a slow plugin on a current-thread runtime; see
+    /// [`crate::pace`]). Cheap: one relaxed load while the plugin is fast.
+    pub fn offload_now(&self) -> bool {
+        self.plugin.stats.pace.offload_now()
+    }
+
     /// True while the stream is parked.
     pub fn is_parked(&self) -> bool {
         self.parked

@@ -394,6 +394,30 @@ async fn gated(stream: &Arc<Mutex<Stream>>) {
     }
 }
 
+/// Runs one callback of `stream` (after [`gated`]): inline, or, for a slow plugin on a
+/// current-thread runtime (`runtime.accept: reuseport`, `workers: 1`), on the runtime's blocking
+/// pool, awaited without blocking the worker (see `weft_wasm::pace`). `cancelled` stands for the
+/// outcome when the runtime shuts down before the blocking pool ran the callback.
+async fn callback<R: Send + 'static>(
+    stream: &Arc<Mutex<Stream>>,
+    f: impl FnOnce(&mut Stream) -> R + Send + 'static,
+    cancelled: impl FnOnce(Failure) -> R,
+) -> R {
+    {
+        let mut s = lock(stream);
+        if !s.offload_now() {
+            return f(&mut s);
+        }
+    }
+    let s = stream.clone();
+    match weft_wasm::pace::off_worker(move || f(&mut s.lock())).await {
+        Some(r) => r,
+        None => cancelled(Failure::Unavailable(
+            "the runtime shut down before the plugin's callback ran".into(),
+        )),
+    }
+}
+
 /// Request headers as plugins see them: the request's own header map, moved (not copied), with
 /// the pseudo-headers of the request line first and `host` folded into `:authority`.
 fn request_map(head: &mut request::Parts, authority: &str, scheme: &'static str) -> Headers {
@@ -546,15 +570,25 @@ impl WasmExchange {
             let end_of_stream = buffered.is_none() && http_body::Body::is_end_stream(body);
             gated(&self.stages[i].stream).await;
             // The live map is moved into the plugin's stream for the callback and back out.
-            let action = {
-                let mut s = lock(&self.stages[i].stream);
-                s.data().request_headers = std::mem::take(&mut headers);
-                let r = s.on_request_headers(end_of_stream);
-                if !matches!(r, Ok(Action::Pause)) {
-                    headers = std::mem::take(&mut s.data().request_headers);
-                }
-                r
-            };
+            let live = std::mem::take(&mut headers);
+            let (action, back) = callback(
+                &self.stages[i].stream,
+                move |s| {
+                    s.data().request_headers = live;
+                    let r = s.on_request_headers(end_of_stream);
+                    let back = if matches!(r, Ok(Action::Pause)) {
+                        Headers::default()
+                    } else {
+                        std::mem::take(&mut s.data().request_headers)
+                    };
+                    (r, back)
+                },
+                |f| (Err(f), Headers::default()),
+            )
+            .await;
+            if !matches!(action, Ok(Action::Pause)) {
+                headers = back;
+            }
             let action = match action {
                 Ok(a) => a,
                 Err(f) => match self.failed(i, &f) {
@@ -580,8 +614,10 @@ impl WasmExchange {
                         lock(&stage.stream).data().request_headers = seen.clone();
                     }
                     drop(seen);
-                    let whole = buffer_body(body, max_body).await;
-                    let out = whole.and_then(|w| self.request_body_whole(w, i));
+                    let out = match buffer_body(body, max_body).await {
+                        Ok(w) => self.request_body_whole(w, i).await,
+                        Err(r) => Err(r),
+                    };
                     match out {
                         Ok(b) => buffered = Some(b),
                         Err(reply) => {
@@ -691,7 +727,12 @@ impl WasmExchange {
             for call in calls {
                 let response = plugin_call(&plugin, &call).await;
                 gated(&self.stages[i].stream).await;
-                let r = lock(&self.stages[i].stream).on_http_call_response(&call, response);
+                let r = callback(
+                    &self.stages[i].stream,
+                    move |s| s.on_http_call_response(&call, response),
+                    Err,
+                )
+                .await;
                 if let Err(f) = r {
                     return match self.failed(i, &f) {
                         Ok(()) => Settled::Continue,
@@ -710,7 +751,7 @@ impl WasmExchange {
     /// Delivers the whole request body to every plugin (`on_request_body`, end of stream).
     /// Effects of stage `holder` (the one that paused) other than a local reply are kept for
     /// [`hold`](Self::hold): it may resume from its body callback.
-    fn request_body_whole(
+    async fn request_body_whole(
         &mut self,
         whole: BodyBuffer,
         holder: usize,
@@ -720,13 +761,19 @@ impl WasmExchange {
             if self.stages[i].skipped {
                 continue;
             }
-            let r = {
-                let mut s = lock(&self.stages[i].stream);
-                s.data().request_body = data.take();
-                let r = s.on_request_body(true);
-                data = s.data().request_body.take();
-                r
-            };
+            gated(&self.stages[i].stream).await;
+            let body = data.take();
+            let (r, back) = callback(
+                &self.stages[i].stream,
+                move |s| {
+                    s.data().request_body = body;
+                    let r = s.on_request_body(true);
+                    (r, s.data().request_body.take())
+                },
+                |f| (Err(f), BodyBuffer::new()),
+            )
+            .await;
+            data = back;
             if let Err(f) = r {
                 self.failed(i, &f)?;
             }
@@ -973,15 +1020,25 @@ impl WasmExchange {
                 continue;
             }
             gated(&self.stages[i].stream).await;
-            let action = {
-                let mut s = lock(&self.stages[i].stream);
-                s.data().response_headers = std::mem::take(&mut headers);
-                let r = s.on_response_headers(end_of_stream);
-                if !matches!(r, Ok(Action::Pause)) {
-                    headers = std::mem::take(&mut s.data().response_headers);
-                }
-                r
-            };
+            let live = std::mem::take(&mut headers);
+            let (action, back) = callback(
+                &self.stages[i].stream,
+                move |s| {
+                    s.data().response_headers = live;
+                    let r = s.on_response_headers(end_of_stream);
+                    let back = if matches!(r, Ok(Action::Pause)) {
+                        Headers::default()
+                    } else {
+                        std::mem::take(&mut s.data().response_headers)
+                    };
+                    (r, back)
+                },
+                |f| (Err(f), Headers::default()),
+            )
+            .await;
+            if !matches!(action, Ok(Action::Pause)) {
+                headers = back;
+            }
             let action = match action {
                 Ok(a) => a,
                 Err(f) => {
