@@ -207,6 +207,42 @@ async fn copy_plain(
     }
 }
 
+/// Writes a buffer's chunks in order: one `write_all` for a single chunk (the usual case: the
+/// bytes as read), else vectored writes, so that a chunk a plugin prepended leaves with the data
+/// in one segment rather than as a write of its own.
+async fn write_chunks(
+    to: &mut (impl AsyncWrite + Unpin),
+    out: weft_wasm::BodyBuffer,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    use weft_wasm::bytes::Buf;
+    if out.chunk_count() <= 1 {
+        return to.write_all(&out.into_bytes()).await;
+    }
+    let mut chunks: std::collections::VecDeque<_> = out.into_chunks().collect();
+    while !chunks.is_empty() {
+        let slices: Vec<std::io::IoSlice<'_>> =
+            chunks.iter().map(|c| std::io::IoSlice::new(c)).collect();
+        let mut n = to.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let Some(first) = chunks.front_mut() else {
+                break;
+            };
+            if n >= first.len() {
+                n -= first.len();
+                chunks.pop_front();
+            } else {
+                first.advance(n);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Bytes read from a socket at a time by [`pump`].
 const READ_SIZE: usize = 16 * 1024;
 
@@ -230,9 +266,7 @@ async fn pump(
         clock.touch();
         let out = pipe.push(buf.split().freeze(), n == 0).map_err(|c| c.0)?;
         let len = out.len() as u64;
-        for chunk in out.into_chunks() {
-            to.write_all(&chunk).await.map_err(|e| e.to_string())?;
-        }
+        write_chunks(to, out).await.map_err(|e| e.to_string())?;
         total += len;
         moved.fetch_add(len, Ordering::Relaxed);
         if n == 0 {
