@@ -10,7 +10,7 @@
 #   WEFT_ACCEPT="shared reuseport" bench/wasm_isolation.sh   # Weft once per `runtime.accept` mode
 #
 # WEFT_ACCEPT: the `runtime.accept` modes Weft runs with, each measured as its own proxy
-# (`weft-shared`, `weft-reuseport`) in the same run as Envoy (default: shared). `shared-pool`:
+# (`weft-shared`, `weft-reuseport`) in the same run as Envoy (default: "reuseport shared", the default mode and the other). `shared-pool`:
 # `shared` with WEFT_OFFLOAD=pool (slow callbacks to the blocking pool instead of
 # `block_in_place`, to compare the two hand-offs).
 #
@@ -21,7 +21,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/bench/lib.sh"
 ROUNDS=${ROUNDS:-2} DURATION=${DURATION:-8} BURN_US=${BURN_US:-2000}
 SLOW_CONNS=${SLOW_CONNS:-2} FAST_CONNS=${FAST_CONNS:-4}
-WEFT_ACCEPT=${WEFT_ACCEPT:-shared}
+WEFT_ACCEPT=${WEFT_ACCEPT:-reuseport shared}
 PROXIES=()
 for mode in $WEFT_ACCEPT; do
     case "$mode" in

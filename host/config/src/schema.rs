@@ -93,17 +93,19 @@ impl Runtime {
     }
 }
 
-/// How accepted connections reach the workers.
+/// How accepted connections reach the workers. The default is `reuseport` on Linux (as
+/// Envoy's listeners, which set `SO_REUSEPORT` by default there), `shared` elsewhere.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AcceptMode {
     /// One socket per listener, accepted on one multi-threaded runtime whose workers steal
     /// each other's tasks (connections move between workers).
-    #[default]
+    #[cfg_attr(not(target_os = "linux"), default)]
     Shared,
     /// Every worker is a single-threaded runtime with its own `SO_REUSEPORT` socket per
     /// listener: the kernel spreads new connections over the workers, and a connection stays
     /// on the worker that accepted it (Linux only).
+    #[cfg_attr(target_os = "linux", default)]
     Reuseport,
 }
 
