@@ -806,35 +806,15 @@ clusters:
 }
 
 /// A plugin whose callback burns CPU (2 ms, `cpu_burner`) is recognised as slow after a timed
-/// slow callback (a random one in 8 is timed); its later callbacks run off the async worker (`block_in_place`), counted by
+/// slow callback (a random one in 8 is timed); under `accept: shared` (two workers stealing
+/// each other's tasks) its later callbacks run off the async worker with `block_in_place`
+/// (the default `reuseport` workers use the blocking pool: the tests below), counted by
 /// `weft_plugin_offloaded_calls_total`, and requests keep their plugin's effect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_plugin_runs_off_the_async_worker() {
     let up = echo("up").await;
-    let p = TestProxy::start(&format!(
-        r#"
-plugins:
-{}
-{}
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    virtual_hosts:
-      - name: any
-        domains: ["*"]
-        routes:
-          - match: {{ path: {{ prefix: /slow }} }}
-            route: {{ cluster: up }}
-            plugins: [{{ name: burn }}]
-          - route: {{ cluster: up }}
-            plugins: [{{ name: adder }}]
-clusters:
-  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
-"#,
-        plugin("burn", fx::CPU_BURNER, "    configuration: \"2000\"\n"),
-        plugin("adder", fx::HEADER_ADDER, "    configuration: fast\n"),
-    ))
-    .await;
+    let shared = "workers: 2\nruntime:\n  accept: shared";
+    let p = TestProxy::start(&slow_and_fast(shared, up)).await;
     // One callback in 8 (at random) is timed while a plugin is fast: a bounded number of
     // requests until one of the slow ones was, and a later callback ran off the worker.
     let mut offloaded = 0.0;

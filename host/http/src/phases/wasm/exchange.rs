@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use parking_lot::{Mutex, MutexGuard};
 use weft_wasm::{
     Action, BodyBuffer, Failure, FailurePolicy, Headers, LocalResponse, Properties, Stream,
+    StreamData,
 };
 
 use weft_body::{BodyFilter, BoxError, ProxyBody};
@@ -418,6 +419,40 @@ async fn callback<R: Send + 'static>(
     }
 }
 
+/// One headers callback (`run`: `on_request_headers` or `on_response_headers`) once the
+/// stream's instance is free: the live map is moved into the plugin's stream (`field`) for the
+/// callback and back out into `headers`, unless the plugin paused (then it stays in the stream,
+/// for the callbacks that resume it).
+async fn headers_callback(
+    stream: &Arc<Mutex<Stream>>,
+    headers: &mut Headers,
+    end_of_stream: bool,
+    field: fn(&mut StreamData) -> &mut Headers,
+    run: fn(&mut Stream, bool) -> Result<Action, Failure>,
+) -> Result<Action, Failure> {
+    gated(stream).await;
+    let live = std::mem::take(headers);
+    let (action, back) = callback(
+        stream,
+        move |s| {
+            *field(s.data()) = live;
+            let r = run(s, end_of_stream);
+            let back = if matches!(r, Ok(Action::Pause)) {
+                Headers::default()
+            } else {
+                std::mem::take(field(s.data()))
+            };
+            (r, back)
+        },
+        |f| (Err(f), Headers::default()),
+    )
+    .await;
+    if !matches!(action, Ok(Action::Pause)) {
+        *headers = back;
+    }
+    action
+}
+
 /// Request headers as plugins see them: the request's own header map, moved (not copied), with
 /// the pseudo-headers of the request line first and `host` folded into `:authority`.
 fn request_map(head: &mut request::Parts, authority: &str, scheme: &'static str) -> Headers {
@@ -568,27 +603,14 @@ impl WasmExchange {
                 continue;
             }
             let end_of_stream = buffered.is_none() && http_body::Body::is_end_stream(body);
-            gated(&self.stages[i].stream).await;
-            // The live map is moved into the plugin's stream for the callback and back out.
-            let live = std::mem::take(&mut headers);
-            let (action, back) = callback(
+            let action = headers_callback(
                 &self.stages[i].stream,
-                move |s| {
-                    s.data().request_headers = live;
-                    let r = s.on_request_headers(end_of_stream);
-                    let back = if matches!(r, Ok(Action::Pause)) {
-                        Headers::default()
-                    } else {
-                        std::mem::take(&mut s.data().request_headers)
-                    };
-                    (r, back)
-                },
-                |f| (Err(f), Headers::default()),
+                &mut headers,
+                end_of_stream,
+                |d| &mut d.request_headers,
+                Stream::on_request_headers,
             )
             .await;
-            if !matches!(action, Ok(Action::Pause)) {
-                headers = back;
-            }
             let action = match action {
                 Ok(a) => a,
                 Err(f) => match self.failed(i, &f) {
@@ -1019,26 +1041,14 @@ impl WasmExchange {
             if self.stages[i].skipped {
                 continue;
             }
-            gated(&self.stages[i].stream).await;
-            let live = std::mem::take(&mut headers);
-            let (action, back) = callback(
+            let action = headers_callback(
                 &self.stages[i].stream,
-                move |s| {
-                    s.data().response_headers = live;
-                    let r = s.on_response_headers(end_of_stream);
-                    let back = if matches!(r, Ok(Action::Pause)) {
-                        Headers::default()
-                    } else {
-                        std::mem::take(&mut s.data().response_headers)
-                    };
-                    (r, back)
-                },
-                |f| (Err(f), Headers::default()),
+                &mut headers,
+                end_of_stream,
+                |d| &mut d.response_headers,
+                Stream::on_response_headers,
             )
             .await;
-            if !matches!(action, Ok(Action::Pause)) {
-                headers = back;
-            }
             let action = match action {
                 Ok(a) => a,
                 Err(f) => {
