@@ -17,6 +17,7 @@ pub mod body;
 pub mod codec;
 mod context;
 pub mod engine;
+pub mod gate;
 pub mod headers;
 mod host;
 pub mod pace;

@@ -169,7 +169,7 @@ pub(crate) struct Slot {
     pub(crate) parked: AtomicUsize,
     /// One permit: who may run a callback on the instance now. Async callers wait for it
     /// without blocking their worker thread; the mutex behind it is then uncontended by them.
-    pub(crate) gate: Arc<tokio::sync::Semaphore>,
+    pub(crate) gate: Arc<crate::gate::Gate>,
     /// The VM's count of live instances (decremented when this one is dropped).
     live: Arc<AtomicUsize>,
 }
@@ -442,7 +442,7 @@ impl Vm {
             next_context: self.next_context.clone(),
             streams: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
-            gate: Arc::new(tokio::sync::Semaphore::new(1)),
+            gate: crate::gate::Gate::new(),
             live: self.live.clone(),
         }))
     }
@@ -757,7 +757,7 @@ impl Plugin {
             return None;
         }
         if let Some(home) = crate::affinity::home(n).and_then(|i| pool.get(i))
-            && home.gate.available_permits() > 0
+            && home.gate.is_free()
         {
             return Some(home.clone());
         }

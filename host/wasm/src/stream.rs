@@ -24,7 +24,7 @@ pub struct Stream {
     /// The stream's data is parked in its instance (see [`Stream::park`]).
     parked: bool,
     /// The instance's gate, acquired asynchronously for the next callback (see [`Stream::gate`]).
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    permit: Option<crate::gate::Pass>,
 }
 
 impl std::fmt::Debug for Stream {
@@ -47,13 +47,14 @@ impl Stream {
         plugin.ready().await;
         let slot = plugin.checkout()?;
         // The usual case: the instance is free, no need to wait.
-        let permit = match slot.gate.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
+        let permit = match slot.gate.try_enter() {
+            Some(p) => p,
+            None => {
                 plugin.stats.instance_waits.fetch_add(1, Ordering::Relaxed);
-                slot.gate.clone().acquire_owned().await.ok()
+                slot.gate.enter().await
             }
         };
+        let permit = Some(permit);
         Stream::with_slot(plugin, slot, properties, permit)
     }
 
@@ -67,7 +68,7 @@ impl Stream {
         plugin: &Arc<Plugin>,
         slot: Arc<Slot>,
         properties: Arc<dyn Properties>,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        permit: Option<crate::gate::Pass>,
     ) -> Result<Stream, Failure> {
         let id = slot.next_context_id();
         let mut stream = Stream {
@@ -195,12 +196,22 @@ impl Stream {
     /// [`grant`](Stream::grant)s it to the stream before its next callback, which then finds
     /// the instance free. Callers that cannot wait (body filters, `on_log` at the end) call
     /// without one and wait on the instance's lock for at most one callback.
-    pub fn gate(&self) -> Arc<tokio::sync::Semaphore> {
+    pub fn gate(&self) -> Arc<crate::gate::Gate> {
         self.slot.gate.clone()
     }
 
+    /// Takes the instance's gate for the next callback if it is free now (or already held):
+    /// true; false when another stream's callback holds it (then wait on [`gate`](Stream::gate)).
+    pub fn try_gate(&mut self) -> bool {
+        if self.permit.is_some() {
+            return true;
+        }
+        self.permit = self.slot.gate.try_enter();
+        self.permit.is_some()
+    }
+
     /// Hands a permit of [`gate`](Stream::gate) to the next callback (released after it).
-    pub fn grant(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+    pub fn grant(&mut self, permit: crate::gate::Pass) {
         self.permit = Some(permit);
     }
 
@@ -235,10 +246,7 @@ impl Stream {
         self.unpark();
         // The permit granted for this callback (if any) is released when it returns; without
         // one, take it if free so that async waiters queue behind this callback.
-        let _permit = self
-            .permit
-            .take()
-            .or_else(|| self.slot.gate.clone().try_acquire_owned().ok());
+        let _permit = self.permit.take().or_else(|| self.slot.gate.try_enter());
         if self.failed || self.slot.broken.load(Ordering::SeqCst) {
             self.failed = true;
             return Err(Failure::Unavailable(format!(

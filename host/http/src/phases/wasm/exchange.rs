@@ -374,25 +374,18 @@ fn lock(stream: &Arc<Mutex<Stream>>) -> MutexGuard<'_, Stream> {
 async fn gated(stream: &Arc<Mutex<Stream>>) {
     let gate = {
         let mut s = lock(stream);
-        let gate = s.gate();
         // The usual case: the instance is free, no need to wait.
-        match gate.try_acquire_owned() {
-            Ok(permit) => {
-                s.grant(permit);
-                return;
-            }
-            Err(_) => {
-                s.plugin()
-                    .stats
-                    .instance_waits
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                s.gate()
-            }
+        if s.try_gate() {
+            return;
         }
+        s.plugin()
+            .stats
+            .instance_waits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.gate()
     };
-    if let Ok(permit) = gate.acquire_owned().await {
-        lock(stream).grant(permit);
-    }
+    let pass = gate.enter().await;
+    lock(stream).grant(pass);
 }
 
 /// Runs one callback of `stream` (after [`gated`]): inline, or, for a slow plugin on a
