@@ -13,13 +13,14 @@ use weft_e2e::upstream::{echo, serve};
 use weft_e2e::{TestProxy, client, get, get_with, metric_value, send};
 use weft_test_artifacts as fx;
 
-fn plugin(name: &str, file: &str, extra: &str) -> String {
+/// A `plugins:` entry: `name` loading `file`, then the `extra` lines (indented by 4).
+pub(crate) fn plugin(name: &str, file: &str, extra: &str) -> String {
     format!("  - name: {name}\n    file: {file}\n{extra}")
 }
 
 /// A configuration (after the `top` lines) whose listener `main` has one route, to cluster `up`
 /// at `up`, running the plugin `name` that `declared` (a [`plugin`] entry) defines.
-fn one_plugin_route(top: &str, declared: &str, name: &str, up: SocketAddr) -> String {
+pub(crate) fn one_plugin_route(top: &str, declared: &str, name: &str, up: SocketAddr) -> String {
     format!(
         r#"{top}
 plugins:

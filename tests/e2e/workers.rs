@@ -155,28 +155,15 @@ async fn an_unknown_accept_mode_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reuseport_workers_each_run_their_own_plugin_instance() {
     let up = echo("up").await;
-    let yaml = format!(
-        r#"
-workers: 2
-runtime:
-  accept: reuseport
-plugins:
-  - name: adder
-    file: {}
-    configuration: affine
-    instances: 2
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    plugins: [{{ name: adder }}]
-    virtual_hosts:
-      - name: any
-        domains: ["*"]
-        routes: [{{ route: {{ cluster: up }} }}]
-clusters:
-  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
-"#,
-        weft_test_artifacts::HEADER_ADDER
+    let yaml = crate::plugins::one_plugin_route(
+        "workers: 2\nruntime:\n  accept: reuseport",
+        &crate::plugins::plugin(
+            "adder",
+            weft_test_artifacts::HEADER_ADDER,
+            "    configuration: affine\n    instances: 2\n",
+        ),
+        "adder",
+        up,
     );
     let p = TestProxy::start(&yaml).await;
     spread(&p, "main", [0.0, 0.0]).await;
