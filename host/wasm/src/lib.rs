@@ -20,6 +20,7 @@ pub mod engine;
 pub mod gate;
 pub mod headers;
 mod host;
+pub mod offload;
 pub mod pace;
 pub mod plugin;
 pub mod shared;

@@ -10,13 +10,14 @@
 //!   while the guest runs on this one;
 //! - on a current-thread runtime (every `runtime.accept: reuseport` worker, and `workers: 1`),
 //!   where `block_in_place` is impossible, the async call sites of the HTTP exchange ask
-//!   [`Pace::offload_now`] and, when it says so, hand the one callback to the runtime's blocking
-//!   pool with [`off_worker`] (`spawn_blocking`) and await it: the worker keeps serving its other
-//!   connections meanwhile. The stream's data is owned by the stream (headers are moved into it
+//!   [`Pace::offload_now`] and, when it says so, hand the one callback to an offload thread
+//!   with [`off_worker`] ([`crate::offload`]: threads at the lowest CPU priority, so the slow
+//!   callback gets only the CPU the workers leave) and await it: the worker keeps serving its
+//!   other connections meanwhile. The stream's data is owned by the stream (headers are moved into it
 //!   for the callback), so nothing is copied for the hand-off. Synchronous call sites (body
 //!   callbacks inside a body poll, trailers, `on_log`/`on_done`/`on_delete` at the end, context
 //!   creation, root callbacks such as `on_tick`) run inline, timed like any other.
-//!   `WEFT_OFFLOAD=pool` in the environment uses the blocking pool on multi-threaded runtimes
+//!   `WEFT_OFFLOAD=pool` in the environment uses the offload threads on multi-threaded runtimes
 //!   too, `WEFT_OFFLOAD=off` times callbacks but never marks a plugin slow (benchmark switches:
 //!   comparing the two hand-offs; measuring a fast plugin's cost under callgrind, where every
 //!   callback takes long enough to look slow).
@@ -25,9 +26,9 @@
 //! streams of that instance wait for the gate asynchronously at their async call sites; their
 //! synchronous ones wait on the instance lock for at most that one callback, as on a
 //! multi-threaded runtime. Bound: a stream only hands a callback over once it holds its
-//! instance's gate, so at most one callback per instance is offloaded at any time (blocking
-//! threads in use ≤ the plugins' instances, whatever the load; tokio's pool caps them at 512 per
-//! runtime in any case), and nothing is queued unboundedly (waiters wait for the gate).
+//! instance's gate, so at most one callback per instance is offloaded (queued for or running on
+//! an offload thread) at any time, whatever the load, and nothing is queued unboundedly
+//! (waiters wait for the gate).
 //!
 //! Fast plugins barely pay for it: a random one callback in [`SAMPLE`] (and a plugin's first)
 //! reads the thread's CPU clock (twice), so a slow plugin is caught within a few of its
@@ -82,9 +83,9 @@ thread_local! {
     /// proxy; should a thread be reused by another runtime (tests), a stale flavor only picks
     /// the wrong hand-off for a slow plugin: "multi-thread" is checked again before
     /// `block_in_place` (which panics on a current-thread runtime), and a stale
-    /// "current-thread" hands slow callbacks to the blocking pool, which works on both.
+    /// "current-thread" hands slow callbacks to the offload threads, which works on both.
     static FLAVOR: std::cell::Cell<u8> = const { std::cell::Cell::new(UNKNOWN) };
-    /// Set while [`off_worker`] runs a callback on a blocking-pool thread.
+    /// Set while [`off_worker`] runs a callback on an offload thread.
     static OFFLOADED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -105,13 +106,13 @@ fn flavor() -> u8 {
     })
 }
 
-/// Runs `call` (one guest callback of a slow plugin, see [`Pace::offload_now`]) on the
-/// runtime's blocking pool and waits for it without blocking the worker. A panic in `call` is
-/// resumed here; `None` when the runtime is shutting down and never ran it.
+/// Runs `call` (one guest callback of a slow plugin, see [`Pace::offload_now`]) on one of the
+/// low-priority offload threads ([`crate::offload`]) and waits for it without blocking the
+/// worker. A panic in `call` is resumed here; `None` when it could not run.
 pub async fn off_worker<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> Option<R> {
-    let task = tokio::task::spawn_blocking(move || {
+    crate::offload::run(move || {
         OFFLOADED.with(|c| c.set(true));
-        // Reset even when `call` unwinds: the thread goes back to the pool.
+        // Reset even when `call` unwinds: the thread goes on with other jobs.
         struct Reset;
         impl Drop for Reset {
             fn drop(&mut self) {
@@ -120,16 +121,12 @@ pub async fn off_worker<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'st
         }
         let _reset = Reset;
         call()
-    });
-    match task.await {
-        Ok(r) => Some(r),
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => None,
-    }
+    })
+    .await
 }
 
 /// The `WEFT_OFFLOAD` environment variable (read once; a benchmark switch, see
-/// docs/performance.md): unset, the hand-offs above; `pool`, the blocking pool on
+/// docs/performance.md): unset, the hand-offs above; `pool`, the offload threads on
 /// multi-threaded runtimes too, instead of `block_in_place`, to compare the two; `off`,
 /// callbacks are sampled and timed as a fast plugin's are, but never mark the plugin slow
 /// (callgrind: it measures what a fast plugin pays; under callgrind every callback would
@@ -176,7 +173,7 @@ impl Pace {
     /// worker (`block_in_place`) when the plugin has been slow lately.
     pub fn run<R>(&self, call: impl FnOnce() -> R) -> R {
         if OFFLOADED.with(|c| c.get()) {
-            // Already on a blocking-pool thread (`off_worker`): count and time it.
+            // Already on an offload thread (`off_worker`): count and time it.
             self.offloaded.fetch_add(1, Ordering::Relaxed);
             return self.timed(call);
         }

@@ -25,6 +25,9 @@ pub struct Stream {
     parked: bool,
     /// The instance's gate, acquired asynchronously for the next callback (see [`Stream::gate`]).
     permit: Option<crate::gate::Pass>,
+    /// `proxy_on_context_create` ran: it runs with the stream's first callback, under the same
+    /// lock (one instance entry fewer per stream).
+    created: bool,
 }
 
 impl std::fmt::Debug for Stream {
@@ -54,14 +57,15 @@ impl Stream {
                 slot.gate.enter().await
             }
         };
-        let permit = Some(permit);
-        Stream::with_slot(plugin, slot, properties, permit)
+        Ok(Stream::with_slot(plugin, slot, properties, Some(permit)))
     }
 
-    /// Creates the stream context (`proxy_on_context_create(id, root)`) on a pooled instance.
+    /// A stream context on a pooled instance. `proxy_on_context_create(id, root)` runs just
+    /// before the stream's first callback, in the same instance entry (so a trap there fails
+    /// that callback, and the plugin's failure policy applies as for any callback).
     pub fn new(plugin: &Arc<Plugin>, properties: Arc<dyn Properties>) -> Result<Stream, Failure> {
         let slot = plugin.checkout()?;
-        Stream::with_slot(plugin, slot, properties, None)
+        Ok(Stream::with_slot(plugin, slot, properties, None))
     }
 
     fn with_slot(
@@ -69,9 +73,9 @@ impl Stream {
         slot: Arc<Slot>,
         properties: Arc<dyn Properties>,
         permit: Option<crate::gate::Pass>,
-    ) -> Result<Stream, Failure> {
+    ) -> Stream {
         let id = slot.next_context_id();
-        let mut stream = Stream {
+        let stream = Stream {
             plugin: plugin.clone(),
             slot,
             id,
@@ -81,17 +85,11 @@ impl Stream {
             failed: false,
             parked: false,
             permit,
+            created: false,
         };
         plugin.stats.streams.fetch_add(1, Ordering::Relaxed);
         stream.slot.streams.fetch_add(1, Ordering::Relaxed);
-        let root = plugin.root;
-        stream.call(Phase::Idle, |state, ctx| {
-            match &state.funcs.context_create {
-                Some(f) => f.call(&mut state.store, (ctx, root as i32)),
-                None => Ok(()),
-            }
-        })?;
-        Ok(stream)
+        stream
     }
 
     /// The id of the pooled instance the stream runs on.
@@ -255,13 +253,26 @@ impl Stream {
             )));
         }
         let id = self.id;
+        let create = !std::mem::replace(&mut self.created, true);
+        let root = self.plugin.root;
+        let ticks = self.plugin.deadline_ticks();
         let result = {
             let mut state = self.slot.lock_counted(&self.plugin.stats.instance_waits)?;
-            state.enter(&self.plugin.info, self.plugin.root);
+            state.enter(&self.plugin.info, root);
             let store = state.store.data_mut();
             store.stream = self.data.take();
             store.stream_context = id;
-            let r = self.plugin.stats.pace.run(|| body(&mut state));
+            let r = self.plugin.stats.pace.run(|| {
+                if create {
+                    run_with(&mut state, ticks, Phase::Idle, id, |s, ctx| {
+                        match &s.funcs.context_create {
+                            Some(f) => f.call(&mut s.store, (ctx, root as i32)),
+                            None => Ok(()),
+                        }
+                    })?;
+                }
+                body(&mut state)
+            });
             let store = state.store.data_mut();
             self.data = store.stream.take();
             store.stream_context = 0;

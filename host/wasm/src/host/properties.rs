@@ -1,6 +1,7 @@
 //! Properties: attributes from the embedding, filter state.
 
 use super::*;
+use crate::context::StreamData;
 
 /// `proxy_get_property`.
 pub(super) fn proxy_get_property(
@@ -80,6 +81,7 @@ pub(super) fn proxy_get_property(
                                 .and_then(|s| s.properties.get(&refs))
                                 .or_else(|| plugin.properties.get(&refs))
                         })
+                        .or_else(|| stream.and_then(|s| header_attribute(s, &segments)))
                         .or(own)
                 }
             };
@@ -90,6 +92,22 @@ pub(super) fn proxy_get_property(
         },
     )?;
     Ok(())
+}
+
+/// Envoy's request attributes that are request headers, read from the stream's live map as
+/// Envoy reads them (after the embedding's own attributes, which may override them).
+fn header_attribute(s: &StreamData, segments: &[String]) -> Option<Vec<u8>> {
+    let name = match segments {
+        [a, b] if a == "request" => match b.as_str() {
+            "host" => ":authority",
+            "id" => "x-request-id",
+            "useragent" => "user-agent",
+            "referer" => "referer",
+            _ => return None,
+        },
+        _ => return None,
+    };
+    s.request_headers.get(name).map(<[u8]>::to_vec)
 }
 
 /// `proxy_set_property`.

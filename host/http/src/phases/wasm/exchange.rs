@@ -24,20 +24,18 @@ use weft_extensions::{PluginHandle, PluginVersion};
 use crate::reply::LocalReply;
 
 /// Attributes of one request, for `proxy_get_property`, with Envoy's names and encodings.
-/// Captured cheaply (shared `Uri`, `Method` and header values) and encoded on demand.
+/// Captured cheaply (shared `Uri` and `Method`) and encoded on demand. The attributes that are
+/// request headers (`request.host`, `request.id`, `request.useragent`, `request.referer`) are
+/// read by the host from the stream's live map, as Envoy reads them.
 pub struct RequestProperties {
     method: http::Method,
     uri: http::Uri,
-    authority: String,
     peer: SocketAddr,
     local: SocketAddr,
     route: Arc<str>,
     connection_id: u64,
     h2: bool,
     time_ns: u64,
-    request_id: Option<HeaderValue>,
-    user_agent: Option<HeaderValue>,
-    referer: Option<HeaderValue>,
     size: Option<u64>,
     dynamic: Mutex<Dynamic>,
     security: Option<Arc<crate::security::ConnSecurity>>,
@@ -49,7 +47,6 @@ impl RequestProperties {
     /// Captures the request's attributes.
     pub fn new(
         head: &request::Parts,
-        authority: &str,
         peer: SocketAddr,
         local: SocketAddr,
         route: Arc<str>,
@@ -59,7 +56,6 @@ impl RequestProperties {
         RequestProperties {
             method: head.method.clone(),
             uri: head.uri.clone(),
-            authority: authority.to_owned(),
             peer,
             local,
             route,
@@ -69,9 +65,6 @@ impl RequestProperties {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_nanos() as u64,
-            request_id: head.headers.get("x-request-id").cloned(),
-            user_agent: head.headers.get(header::USER_AGENT).cloned(),
-            referer: head.headers.get(header::REFERER).cloned(),
             size: head
                 .headers
                 .get(header::CONTENT_LENGTH)
@@ -149,19 +142,14 @@ impl Properties for RequestProperties {
     fn get(&self, path: &[&str]) -> Option<Vec<u8>> {
         let s = |v: &str| Some(v.as_bytes().to_vec());
         let n = |v: u64| Some(v.to_le_bytes().to_vec());
-        let h = |v: &Option<HeaderValue>| v.as_ref().map(|v| v.as_bytes().to_vec());
         match path {
             ["request", "path"] => s(self.uri.path_and_query().map_or("/", |p| p.as_str())),
             ["request", "url_path"] => s(self.uri.path()),
-            ["request", "host"] => s(&self.authority),
             ["request", "scheme"] => s(if self.is_tls() { "https" } else { "http" }),
             ["request", "method"] => s(self.method.as_str()),
             ["request", "query"] => s(self.uri.query().unwrap_or("")),
             ["request", "protocol"] => s(if self.h2 { "HTTP/2" } else { "HTTP/1.1" }),
             ["request", "time"] => n(self.time_ns),
-            ["request", "id"] => h(&self.request_id),
-            ["request", "useragent"] => h(&self.user_agent),
-            ["request", "referer"] => h(&self.referer),
             ["request", "size"] => self.dynamic.lock().request_size.or(self.size).and_then(n),
             ["response", "code"] => self.dynamic.lock().response_code.map(u64::from).and_then(n),
             ["response", "code_details"] => {
@@ -389,9 +377,9 @@ async fn gated(stream: &Arc<Mutex<Stream>>) {
 }
 
 /// Runs one callback of `stream` (after [`gated`]): inline, or, for a slow plugin on a
-/// current-thread runtime (`runtime.accept: reuseport`, `workers: 1`), on the runtime's blocking
-/// pool, awaited without blocking the worker (see `weft_wasm::pace`). `cancelled` stands for the
-/// outcome when the runtime shuts down before the blocking pool ran the callback.
+/// current-thread runtime (`runtime.accept: reuseport`, `workers: 1`), on a low-priority
+/// offload thread, awaited without blocking the worker (see `weft_wasm::pace`). `cancelled`
+/// stands for the outcome when the callback could not run there.
 async fn callback<R: Send + 'static>(
     stream: &Arc<Mutex<Stream>>,
     f: impl FnOnce(&mut Stream) -> R + Send + 'static,
@@ -1578,7 +1566,6 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:1".parse().expect("address");
         let props = Arc::new(RequestProperties::new(
             &head,
-            "example.com",
             addr,
             addr,
             Arc::from("r"),

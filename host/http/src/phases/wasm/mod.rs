@@ -56,7 +56,6 @@ impl Phase for WasmPhase {
         let props = Arc::new(
             RequestProperties::new(
                 &ctx.head,
-                &ctx.authority,
                 ctx.conn.peer,
                 ctx.conn.local,
                 route,
