@@ -567,7 +567,7 @@ clusters:
     let tmp = dir.path().join("p.wasm.tmp");
     let mut checks = 0u32;
     let swapped = weft_e2e::eventually(Duration::from_secs(10), || {
-        if checks % 25 == 0 {
+        if checks.is_multiple_of(25) {
             let mut module = fx::bytes(fx::HOSTCALLS);
             module.extend_from_slice(&[0, 3, 1, b'r', (checks / 25 % 256) as u8]);
             std::fs::write(&tmp, &module).unwrap();
