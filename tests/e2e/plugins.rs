@@ -514,6 +514,85 @@ clusters:
     );
 }
 
+/// Without plugins no plugin watcher runs; the first generation with a plugin file starts it.
+#[tokio::test]
+async fn a_plugin_added_by_a_reload_is_watched() {
+    let up = echo("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.wasm");
+    std::fs::write(&file, fx::bytes(fx::HEADER_ADDER)).unwrap();
+    let config = |plugins: &str, listener_plugins: &str| {
+        format!(
+            r#"
+{plugins}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+{listener_plugins}
+    virtual_hosts:
+      - name: any
+        domains: ["*"]
+        routes: [{{ route: {{ cluster: up }} }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#
+        )
+    };
+    let p = TestProxy::start_with(&config("", ""), true).await;
+    let url = p.url("main", "/");
+    assert_eq!(get(&url).await.header("x-plugin"), None);
+    // The configuration watcher loads the new file (the listener keeps its port).
+    p.write_config(&config(
+        &format!(
+            "plugins:\n{}",
+            plugin(
+                "p",
+                &file.display().to_string(),
+                "    configuration: '{}'\n"
+            )
+        ),
+        "    plugins: [{ name: p }]",
+    ));
+    let loaded = weft_e2e::eventually(Duration::from_secs(10), || {
+        let url = url.clone();
+        async move { get(&url).await.header("x-plugin") == Some("{}") }
+    })
+    .await;
+    assert!(loaded, "the reload loaded the plugin");
+    // The plugin watcher starts after the generation is published, so a change made at once
+    // could come before it looks: write a new version (the hostcalls module with a custom
+    // section numbered `round`, so each write differs) every 25th check (the checks come every
+    // 20 ms; the watcher debounces for 200 ms) until one is swapped in.
+    let plugins_url = format!("http://{}/plugins", p.admin());
+    let tmp = dir.path().join("p.wasm.tmp");
+    let mut checks = 0u32;
+    let swapped = weft_e2e::eventually(Duration::from_secs(10), || {
+        if checks.is_multiple_of(25) {
+            let mut module = fx::bytes(fx::HOSTCALLS);
+            module.extend_from_slice(&[0, 3, 1, b'r', (checks / 25 % 256) as u8]);
+            std::fs::write(&tmp, &module).unwrap();
+            std::fs::rename(&tmp, &file).unwrap();
+        }
+        checks += 1;
+        let plugins_url = plugins_url.clone();
+        async move {
+            let v = get(&plugins_url).await.json();
+            v["plugins"][0]["swaps"].as_u64().unwrap_or(0) >= 1
+        }
+    })
+    .await;
+    assert!(
+        swapped,
+        "the watcher swapped the plugin: {}",
+        get(&plugins_url).await.text()
+    );
+    assert_eq!(
+        get(&url).await.header("x-plugin"),
+        None,
+        "the new module serves"
+    );
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(data)

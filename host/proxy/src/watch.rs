@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weft_extensions::{PluginVersion, is_builtin, sha256_hex};
-use weft_watch::Watcher;
+use weft_watch::{Changed, Watcher};
 
 use crate::state::State;
 
@@ -68,15 +68,16 @@ fn plugin_files(state: &State) -> Vec<PathBuf> {
     files
 }
 
+/// A plugin watcher and its change channel.
+type PluginWatch = (Watcher, tokio::sync::mpsc::Receiver<Changed>);
+
+/// Follows the live generation's plugin files. The watcher (two threads: inotify and the
+/// debouncer) starts with the first generation that has plugin files, not before: a proxy
+/// without plugins runs none (docs/performance.md, "Idle RSS: start-up code grouped").
 fn spawn_plugin_watcher(state: Arc<State>) {
-    let (mut watcher, mut changes) = match Watcher::new(plugin_files(&state), DEBOUNCE) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch plugin files; POST /plugins/<name>/reload still works");
-            return;
-        }
-    };
     let mut published = state.published.subscribe();
+    let mut watch: Option<PluginWatch> = None;
+    follow_plugin_files(&mut watch, plugin_files(&state));
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -85,11 +86,9 @@ fn spawn_plugin_watcher(state: Arc<State>) {
                     if r.is_err() {
                         return;
                     }
-                    if let Err(e) = watcher.set_targets(plugin_files(&state)) {
-                        tracing::warn!(error = %e, "cannot watch the new generation's plugin files");
-                    }
+                    follow_plugin_files(&mut watch, plugin_files(&state));
                 }
-                changed = changes.recv() => {
+                changed = next_change(&mut watch) => {
                     let Some(changed) = changed else { return };
                     let mut names: Vec<String> = Vec::new();
                     for h in state.plugins().handles() {
@@ -118,4 +117,31 @@ fn spawn_plugin_watcher(state: Arc<State>) {
             }
         }
     });
+}
+
+/// Points the plugin watcher at `files`, starting it when there are files to watch and none
+/// runs yet. Failing to watch is logged: the admin endpoint still reloads plugins.
+fn follow_plugin_files(watch: &mut Option<PluginWatch>, files: Vec<PathBuf>) {
+    match watch {
+        Some((watcher, _)) => {
+            if let Err(e) = watcher.set_targets(files) {
+                tracing::warn!(error = %e, "cannot watch the new generation's plugin files");
+            }
+        }
+        None if files.is_empty() => {}
+        None => match Watcher::new(files, DEBOUNCE) {
+            Ok(w) => *watch = Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch plugin files; POST /plugins/<name>/reload still works");
+            }
+        },
+    }
+}
+
+/// The plugin watcher's next change; pending for ever while no watcher runs.
+async fn next_change(watch: &mut Option<PluginWatch>) -> Option<Changed> {
+    match watch {
+        Some((_, changes)) => changes.recv().await,
+        None => std::future::pending().await,
+    }
 }
