@@ -3,7 +3,16 @@
 //! A guest callback runs on the tokio worker thread that polls the request. One that burns
 //! milliseconds of CPU would hold up every other connection of that worker meanwhile, on other
 //! routes too. So each plugin keeps a pace: once one of its callbacks has taken
-//! [`SLOW_CALL`] of CPU or more, its callbacks for the next [`STAY_SLOW`] run off the worker:
+//! [`SLOW_CALL`] of CPU or more twice within [`STRIKE_WINDOW`] (or once [`VERY_SLOW_CALL`]), its
+//! callbacks for the next [`STAY_SLOW`] run off the worker. One callback between the two bounds
+//! alone is not enough: the kernel charges the work it does on an interrupt (network softirqs,
+//! page faults) to the thread it interrupts, and under load a trivial callback now and then
+//! shows a few hundred µs; marking the plugin slow on that would send all its callbacks to the
+//! low-priority offload threads for 10 s (measured: a trivial plugin at 0.32× the req/s). For
+//! the same reason a slow period ends early after [`RECOVER`] fast callbacks in a row (every
+//! callback is timed while slow): a plugin slow in one callback (say `on_request_headers`) has a
+//! slow one among every few, a plugin marked slow by the kernel's noise recovers within a few
+//! requests.
 //!
 //! - on a multi-threaded runtime (`runtime.accept: shared` with `workers` > 1) under
 //!   [`tokio::task::block_in_place`], which hands the worker's other tasks to another thread
@@ -45,6 +54,12 @@ use std::time::{Duration, Instant};
 
 /// A callback using this much CPU marks its plugin slow.
 pub const SLOW_CALL: Duration = Duration::from_micros(250);
+/// A callback using this much CPU marks its plugin slow at once.
+pub const VERY_SLOW_CALL: Duration = Duration::from_millis(1);
+/// Two [`SLOW_CALL`]s this close mark the plugin slow.
+pub const STRIKE_WINDOW: Duration = Duration::from_secs(1);
+/// This many fast callbacks in a row end a slow period.
+pub const RECOVER: u64 = 16;
 /// How long a plugin stays slow after its last slow callback.
 pub const STAY_SLOW: Duration = Duration::from_secs(10);
 /// One callback in this many (at random) is timed (every one while the plugin is slow).
@@ -59,6 +74,10 @@ pub struct Pace {
     pub offloaded: AtomicU64,
     /// Set once a callback ran (the first one is always timed).
     started: std::sync::atomic::AtomicBool,
+    /// When (ms on [`clock_ms`], plus one: 0 is never) the last [`SLOW_CALL`] ended.
+    last_strike_ms: AtomicU64,
+    /// Fast callbacks in a row while slow.
+    fast_streak: AtomicU64,
 }
 
 fn clock_ms() -> u64 {
@@ -193,14 +212,32 @@ impl Pace {
         self.timed(call)
     }
 
-    /// Runs `call`, marking the plugin slow when it took [`SLOW_CALL`] of this thread's CPU.
+    /// Runs `call`, marking the plugin slow when it took [`VERY_SLOW_CALL`] of this thread's
+    /// CPU, or [`SLOW_CALL`] within [`STRIKE_WINDOW`] of another such callback.
     fn timed<R>(&self, call: impl FnOnce() -> R) -> R {
         let start = cpu_time::ThreadTime::now();
         let r = call();
-        if start.elapsed() >= SLOW_CALL && switch() != OFF {
-            let stay = u64::try_from(STAY_SLOW.as_millis()).unwrap_or(u64::MAX);
-            self.slow_until_ms
-                .store(clock_ms().saturating_add(stay), Ordering::Relaxed);
+        let used = start.elapsed();
+        if used < SLOW_CALL {
+            if self.slow_until_ms.load(Ordering::Relaxed) != 0
+                && self.fast_streak.fetch_add(1, Ordering::Relaxed) + 1 >= RECOVER
+            {
+                self.fast_streak.store(0, Ordering::Relaxed);
+                self.slow_until_ms.store(0, Ordering::Relaxed);
+            }
+        } else if switch() != OFF {
+            self.fast_streak.store(0, Ordering::Relaxed);
+            let now = clock_ms();
+            let window = u64::try_from(STRIKE_WINDOW.as_millis()).unwrap_or(u64::MAX);
+            let last = self
+                .last_strike_ms
+                .swap(now.saturating_add(1), Ordering::Relaxed);
+            let again = last != 0 && now.saturating_add(1).saturating_sub(last) <= window;
+            if used >= VERY_SLOW_CALL || again {
+                let stay = u64::try_from(STAY_SLOW.as_millis()).unwrap_or(u64::MAX);
+                self.slow_until_ms
+                    .store(now.saturating_add(stay), Ordering::Relaxed);
+            }
         }
         r
     }
@@ -213,7 +250,7 @@ mod tests {
 
     fn burn() {
         let t = cpu_time::ThreadTime::now();
-        while t.elapsed() < SLOW_CALL * 2 {
+        while t.elapsed() < VERY_SLOW_CALL * 2 {
             std::hint::spin_loop();
         }
     }
@@ -232,6 +269,49 @@ mod tests {
             pace.offloaded.load(Ordering::Relaxed),
             1,
             "then off the worker"
+        );
+    }
+
+    #[test]
+    fn a_run_of_fast_calls_ends_a_slow_period() {
+        let pace = Pace::default();
+        pace.timed(burn);
+        assert!(pace.slow());
+        for _ in 0..RECOVER - 1 {
+            pace.timed(|| ());
+        }
+        assert!(pace.slow(), "fewer than RECOVER fast calls keep it slow");
+        pace.timed(burn);
+        for _ in 0..RECOVER - 1 {
+            pace.timed(|| ());
+        }
+        assert!(pace.slow(), "a slow call restarts the count");
+        pace.timed(|| ());
+        assert!(
+            !pace.slow(),
+            "RECOVER fast calls in a row end the slow period"
+        );
+    }
+
+    #[test]
+    fn one_moderately_slow_call_is_not_enough_two_close_together_are() {
+        let moderate = || {
+            let t = cpu_time::ThreadTime::now();
+            while t.elapsed() < SLOW_CALL + SLOW_CALL / 2 {
+                std::hint::spin_loop();
+            }
+        };
+        let pace = Pace::default();
+        pace.timed(moderate);
+        assert!(
+            !pace.slow(),
+            "one callback of 375 us may be the kernel's work"
+        );
+        pace.timed(|| ());
+        pace.timed(moderate);
+        assert!(
+            pace.slow(),
+            "a second one within the window marks the plugin slow"
         );
     }
 
