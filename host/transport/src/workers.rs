@@ -50,7 +50,7 @@ impl Workers {
                 .spawn(move || {
                     weft_upstream::worker::enter(i, count);
                     weft_wasm::affinity::enter_worker(i);
-                    runtime.block_on(until.cancelled());
+                    runtime.block_on(idle_until(until));
                     tracing::debug!(worker = i, "worker stopped");
                 });
             if let Err(e) = spawned {
@@ -81,6 +81,28 @@ impl Workers {
     /// The workers, in order.
     pub fn all(&self) -> &[Worker] {
         &self.workers
+    }
+}
+
+/// How far ahead an idle worker's timer driver plans its next wake-up, at most.
+///
+/// tokio's timer wakes its own driver (an `eventfd` write, and one more turn of the event loop)
+/// whenever a timer is registered that expires before the driver's planned wake-up. An idle
+/// worker plans it far ahead, so at low load every request's route timeout did that. With a
+/// wake-up planned at most this far ahead, timeouts longer than it (route timeouts are seconds)
+/// never need it; the cost is one wake-up of an idle worker per period.
+const TIMER_HORIZON: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A worker's main future: idles until `until` is cancelled, keeping the timer driver's
+/// planned wake-up within [`TIMER_HORIZON`].
+async fn idle_until(until: CancellationToken) {
+    let mut horizon = tokio::time::interval(TIMER_HORIZON);
+    horizon.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = until.cancelled() => return,
+            _ = horizon.tick() => {}
+        }
     }
 }
 

@@ -204,9 +204,14 @@ impl ForwardPhase {
         };
         // The route timeout starts when the downstream request is complete (Envoy's
         // semantics): a slow upload is bounded by the request-level timeouts instead.
+        // When the request is already complete (no body, or a buffered one), the tries'
+        // deadline in `send_with_retries` is this same instant and enforces it: no second
+        // timer (a timer is a wheel insertion, and at low load a wake-up of the worker's
+        // driver through its eventfd).
         let watch = ctx.watch.clone();
         let route_timer = async {
             match forward.timeout {
+                Some(_) if watch.completed_at().is_some() => std::future::pending().await,
                 Some(t) => {
                     let done = watch.completed().await;
                     match done.checked_add(t) {
