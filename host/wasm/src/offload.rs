@@ -29,7 +29,7 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// The process's offload threads: where jobs are sent.
 struct Pool {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
 }
 
 fn pool() -> Option<&'static Pool> {
@@ -67,9 +67,7 @@ fn start() -> Option<Pool> {
             Err(e) => tracing::warn!(error = %e, "could not start a wasm offload thread"),
         }
     }
-    (started > 0).then(|| Pool {
-        jobs: Mutex::new(tx),
-    })
+    (started > 0).then(|| Pool { jobs: tx })
 }
 
 /// Gives the calling thread the lowest priority: Linux's `SCHED_IDLE` policy (a thread of any
@@ -113,7 +111,7 @@ pub async fn run<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -
     });
     match pool() {
         Some(pool) => {
-            if pool.jobs.lock().send(job).is_err() {
+            if pool.jobs.send(job).is_err() {
                 return None;
             }
         }

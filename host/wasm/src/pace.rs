@@ -74,16 +74,19 @@ pub struct Pace {
     pub offloaded: AtomicU64,
     /// Set once a callback ran (the first one is always timed).
     started: std::sync::atomic::AtomicBool,
-    /// When (ms on [`clock_ms`], plus one: 0 is never) the last [`SLOW_CALL`] ended.
+    /// When (ms on [`clock_ms`]; 0 is never) the last [`SLOW_CALL`] ended.
     last_strike_ms: AtomicU64,
     /// Fast callbacks in a row while slow.
     fast_streak: AtomicU64,
 }
 
+/// Milliseconds since the first call, plus one: 0 never reads as a time, so it can mean "never".
 fn clock_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(start.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
 }
 
 fn on_multi_thread_runtime() -> bool {
@@ -229,10 +232,8 @@ impl Pace {
             self.fast_streak.store(0, Ordering::Relaxed);
             let now = clock_ms();
             let window = u64::try_from(STRIKE_WINDOW.as_millis()).unwrap_or(u64::MAX);
-            let last = self
-                .last_strike_ms
-                .swap(now.saturating_add(1), Ordering::Relaxed);
-            let again = last != 0 && now.saturating_add(1).saturating_sub(last) <= window;
+            let last = self.last_strike_ms.swap(now, Ordering::Relaxed);
+            let again = last != 0 && now.saturating_sub(last) <= window;
             if used >= VERY_SLOW_CALL || again {
                 let stay = u64::try_from(STAY_SLOW.as_millis()).unwrap_or(u64::MAX);
                 self.slow_until_ms

@@ -231,12 +231,13 @@ impl<'p> Exchange<'p> {
             Some((p, q)) => (p.to_owned(), q.to_owned()),
             None => (self.path.clone(), String::new()),
         };
-        let derived: [(&str, Vec<u8>); 10] = [
+        // `request.host`, `request.id`, `request.useragent` and `request.referer` are not
+        // here: the host reads them from the stream's live request map, as in the proxy.
+        let derived: [(&str, Vec<u8>); 9] = [
             ("request.path", self.path.clone().into_bytes()),
             ("request.url_path", url_path.into_bytes()),
             ("request.query", query.into_bytes()),
             ("request.method", self.method.clone().into_bytes()),
-            ("request.host", self.authority.clone().into_bytes()),
             ("request.scheme", self.scheme.clone().into_bytes()),
             ("request.protocol", b"HTTP/1.1".to_vec()),
             ("source.address", b"127.0.0.1:40000".to_vec()),
@@ -245,15 +246,6 @@ impl<'p> Exchange<'p> {
         ];
         for (k, v) in derived {
             own.entry(k.to_owned()).or_insert(v);
-        }
-        for (k, v) in [
-            ("request.id", "x-request-id"),
-            ("request.useragent", "user-agent"),
-            ("request.referer", "referer"),
-        ] {
-            if let Some(value) = find(&self.headers, v) {
-                own.entry(k.to_owned()).or_insert(value.into_bytes());
-            }
         }
         let now = self
             .plugin
