@@ -84,7 +84,8 @@ fn build() -> Result<(), Box<dyn Error>> {
 /// (`symbol-order.txt`, written by `bench/symbol_order.sh`) are laid out together at the start
 /// of `.text`, so start-up maps a few contiguous pages of code instead of 64 kB fault-around
 /// windows scattered through 28 MB (about 8 MiB less idle RSS; docs/performance.md, "Idle RSS:
-/// start-up code grouped"). Only with lld, the default linker of x86_64-unknown-linux-gnu since
+/// start-up code grouped"); so do a plugin's start-up and the request path (groups in the
+/// file). Only with lld, the default linker of x86_64-unknown-linux-gnu since
 /// Rust 1.90 (GNU ld has no `--symbol-ordering-file`): skipped when a linker or linker flavour
 /// is chosen explicitly. Names the linker does not find (a stale file, another profile) are
 /// skipped silently, so the file can only cost idle RSS, never a build.
