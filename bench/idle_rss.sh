@@ -12,6 +12,7 @@
 # Output: a markdown table on stdout (kB → MiB, medians over the rounds).
 set -euo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+. "$BENCH/lib.sh"
 ROUNDS=${ROUNDS:-3}
 CONFIG=${CONFIG:-$BENCH/configs/weft.yaml}
 [ -n "${WEFT_BINS:-}" ] || { echo "idle_rss.sh: WEFT_BINS=\"NAME=BINARY ...\" is required" >&2; exit 2; }
@@ -46,12 +47,7 @@ for r in $(seq 1 "$ROUNDS"); do
         "${BIN[$name]}" run -c "$RUN/weft.yaml" >"$RUN/$name.log" 2>&1 &
         pid=$!
         PIDS+=("$pid")
-        ok=0
-        for _ in $(seq 1 300); do
-            if curl -fs "http://$ADMIN/ready" >/dev/null 2>&1; then ok=1; break; fi
-            sleep 0.05
-        done
-        [ $ok = 1 ] || { echo "idle_rss.sh: $name did not become ready (see its log)" >&2; cat "$RUN/$name.log" >&2; exit 1; }
+        wait_admin_ready "$ADMIN" || { echo "idle_rss.sh: $name did not become ready (see its log)" >&2; cat "$RUN/$name.log" >&2; exit 1; }
         sleep 1
         OUT[$name.$r]="$(field "$pid" VmRSS) $(field "$pid" RssAnon) $(field "$pid" RssFile) $(exe_kb "$pid" "${BIN[$name]}") $(field "$pid" Threads)"
         kill -TERM "$pid"

@@ -62,6 +62,16 @@ wait_port() {
     return 1
 }
 
+# wait_admin_ready ADMIN [TRIES] [STEP]: waits (STEP seconds, 0.05 by default, TRIES times, 300 by
+# default) until Weft's admin endpoint http://ADMIN/ready answers 200; returns 1 if it never does.
+wait_admin_ready() {
+    for _ in $(seq 1 "${2:-300}"); do
+        curl -fs "http://$1/ready" >/dev/null 2>&1 && return 0
+        sleep "${3:-0.05}"
+    done
+    return 1
+}
+
 # pct_ms P: reads wrk's --latency output and prints its percentile line P (e.g. "99%") in ms.
 pct_ms() {
     awk -v p="$1" '$1 == p {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}'

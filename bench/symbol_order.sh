@@ -84,12 +84,7 @@ start() {
     valgrind --tool=callgrind --demangle=no --compress-strings=no --compress-pos=no \
         --callgrind-out-file="$RUN/$1.cg" "$WEFT_BIN" run -c "$2" >"$RUN/$1.log" 2>&1 &
     PID=$!
-    local ok=0
-    for _ in $(seq 1 600); do
-        if curl -fs "http://$ADMIN/ready" >/dev/null 2>&1; then ok=1; break; fi
-        sleep 0.1
-    done
-    [ $ok = 1 ] || { echo "symbol_order.sh: weft did not become ready under valgrind" >&2; cat "$RUN/$1.log" >&2; exit 1; }
+    wait_admin_ready "$ADMIN" 600 0.1 || { echo "symbol_order.sh: weft did not become ready under valgrind" >&2; cat "$RUN/$1.log" >&2; exit 1; }
     sleep 2
     callgrind_control -d "$PID" >/dev/null 2>&1
     mv "$(ls -t "$RUN/$1.cg".* | head -1)" "$RUN/$1.startup"

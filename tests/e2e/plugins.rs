@@ -21,10 +21,19 @@ pub(crate) fn plugin(name: &str, file: &str, extra: &str) -> String {
 /// A configuration (after the `top` lines) whose listener `main` has one route, to cluster `up`
 /// at `up`, running the plugin `name` that `declared` (a [`plugin`] entry) defines.
 pub(crate) fn one_plugin_route(top: &str, declared: &str, name: &str, up: SocketAddr) -> String {
+    one_route(
+        top,
+        &format!("plugins:\n{declared}"),
+        &format!("\n            plugins: [{{ name: {name} }}]"),
+        up,
+    )
+}
+
+/// [`one_plugin_route`]'s configuration with any `plugins` block and route lines (empty: none).
+fn one_route(top: &str, plugins: &str, route_lines: &str, up: SocketAddr) -> String {
     format!(
         r#"{top}
-plugins:
-{declared}
+{plugins}
 listeners:
   - name: main
     address: 127.0.0.1:0
@@ -32,8 +41,7 @@ listeners:
       - name: any
         domains: ["*"]
         routes:
-          - route: {{ cluster: up }}
-            plugins: [{{ name: {name} }}]
+          - route: {{ cluster: up }}{route_lines}
 clusters:
   - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
 "#
@@ -457,31 +465,12 @@ async fn a_plugin_file_change_is_swapped_in_by_the_watcher() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.wasm");
     std::fs::write(&file, fx::bytes(fx::HEADER_ADDER)).unwrap();
-    let p = TestProxy::start_with(
-        &format!(
-            r#"
-plugins:
-{}
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    plugins: [{{ name: p }}]
-    virtual_hosts:
-      - name: any
-        domains: ["*"]
-        routes: [{{ route: {{ cluster: up }} }}]
-clusters:
-  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
-"#,
-            plugin(
-                "p",
-                &file.display().to_string(),
-                "    configuration: '{}'\n"
-            ),
-        ),
-        true,
-    )
-    .await;
+    let declared = plugin(
+        "p",
+        &file.display().to_string(),
+        "    configuration: '{}'\n",
+    );
+    let p = TestProxy::start_with(&one_plugin_route("", &declared, "p", up), true).await;
     assert_eq!(
         get(&p.url("main", "/")).await.header("x-plugin"),
         Some("{}")
@@ -502,6 +491,12 @@ clusters:
         }
     })
     .await;
+    assert_swapped_in(&p, swapped).await;
+}
+
+/// The watcher swapped the header-adding plugin for the hostcalls one, which now serves.
+async fn assert_swapped_in(p: &TestProxy, swapped: bool) {
+    let plugins_url = format!("http://{}/plugins", p.admin());
     assert!(
         swapped,
         "the watcher swapped the plugin: {}",
@@ -521,38 +516,16 @@ async fn a_plugin_added_by_a_reload_is_watched() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.wasm");
     std::fs::write(&file, fx::bytes(fx::HEADER_ADDER)).unwrap();
-    let config = |plugins: &str, listener_plugins: &str| {
-        format!(
-            r#"
-{plugins}
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-{listener_plugins}
-    virtual_hosts:
-      - name: any
-        domains: ["*"]
-        routes: [{{ route: {{ cluster: up }} }}]
-clusters:
-  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
-"#
-        )
-    };
-    let p = TestProxy::start_with(&config("", ""), true).await;
+    let p = TestProxy::start_with(&one_route("", "", "", up), true).await;
     let url = p.url("main", "/");
     assert_eq!(get(&url).await.header("x-plugin"), None);
     // The configuration watcher loads the new file (the listener keeps its port).
-    p.write_config(&config(
-        &format!(
-            "plugins:\n{}",
-            plugin(
-                "p",
-                &file.display().to_string(),
-                "    configuration: '{}'\n"
-            )
-        ),
-        "    plugins: [{ name: p }]",
-    ));
+    let declared = plugin(
+        "p",
+        &file.display().to_string(),
+        "    configuration: '{}'\n",
+    );
+    p.write_config(&one_plugin_route("", &declared, "p", up));
     let loaded = weft_e2e::eventually(Duration::from_secs(10), || {
         let url = url.clone();
         async move { get(&url).await.header("x-plugin") == Some("{}") }
@@ -581,16 +554,7 @@ clusters:
         }
     })
     .await;
-    assert!(
-        swapped,
-        "the watcher swapped the plugin: {}",
-        get(&plugins_url).await.text()
-    );
-    assert_eq!(
-        get(&url).await.header("x-plugin"),
-        None,
-        "the new module serves"
-    );
+    assert_swapped_in(&p, swapped).await;
 }
 
 fn sha256_hex(data: &[u8]) -> String {
