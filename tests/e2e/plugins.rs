@@ -462,14 +462,7 @@ clusters:
 #[tokio::test]
 async fn a_plugin_file_change_is_swapped_in_by_the_watcher() {
     let up = echo("up").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("p.wasm");
-    std::fs::write(&file, fx::bytes(fx::HEADER_ADDER)).unwrap();
-    let declared = plugin(
-        "p",
-        &file.display().to_string(),
-        "    configuration: '{}'\n",
-    );
+    let (dir, file, declared) = header_adder_file();
     let p = TestProxy::start_with(&one_plugin_route("", &declared, "p", up), true).await;
     assert_eq!(
         get(&p.url("main", "/")).await.header("x-plugin"),
@@ -494,6 +487,20 @@ async fn a_plugin_file_change_is_swapped_in_by_the_watcher() {
     assert_swapped_in(&p, swapped).await;
 }
 
+/// A temporary directory with `p.wasm`, the header-adding fixture, and the `plugins` entry `p`
+/// that loads it (configuration `{}`).
+fn header_adder_file() -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.wasm");
+    std::fs::write(&file, fx::bytes(fx::HEADER_ADDER)).unwrap();
+    let declared = plugin(
+        "p",
+        &file.display().to_string(),
+        "    configuration: '{}'\n",
+    );
+    (dir, file, declared)
+}
+
 /// The watcher swapped the header-adding plugin for the hostcalls one, which now serves.
 async fn assert_swapped_in(p: &TestProxy, swapped: bool) {
     let plugins_url = format!("http://{}/plugins", p.admin());
@@ -513,18 +520,11 @@ async fn assert_swapped_in(p: &TestProxy, swapped: bool) {
 #[tokio::test]
 async fn a_plugin_added_by_a_reload_is_watched() {
     let up = echo("up").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("p.wasm");
-    std::fs::write(&file, fx::bytes(fx::HEADER_ADDER)).unwrap();
+    let (dir, file, declared) = header_adder_file();
     let p = TestProxy::start_with(&one_route("", "", "", up), true).await;
     let url = p.url("main", "/");
     assert_eq!(get(&url).await.header("x-plugin"), None);
     // The configuration watcher loads the new file (the listener keeps its port).
-    let declared = plugin(
-        "p",
-        &file.display().to_string(),
-        "    configuration: '{}'\n",
-    );
     p.write_config(&one_plugin_route("", &declared, "p", up));
     let loaded = weft_e2e::eventually(Duration::from_secs(10), || {
         let url = url.clone();
