@@ -325,6 +325,9 @@ pub(crate) struct HostState {
     pub(crate) cpu_checkpoint: Option<(std::time::Duration, std::time::Duration)>,
     /// Wall time of the running call's first deadline window (counted as CPU at the checkpoint).
     pub(crate) first_window: std::time::Duration,
+    /// Header names this instance wrote lately, parsed (`proxy_add_header_map_value`,
+    /// `proxy_replace_header_map_value`).
+    pub(crate) header_names: crate::headers::NameCache,
 }
 
 impl HostState {
@@ -354,6 +357,7 @@ impl HostState {
             started: std::time::Instant::now(),
             cpu_checkpoint: None,
             first_window: std::time::Duration::ZERO,
+            header_names: crate::headers::NameCache::default(),
         }
     }
 

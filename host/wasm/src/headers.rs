@@ -40,6 +40,40 @@ fn name(name: &str) -> Result<HeaderName, InvalidHeader> {
     HeaderName::from_bytes(name.as_bytes()).map_err(|_| InvalidHeader)
 }
 
+/// The last few regular header names a plugin instance wrote, parsed: plugins write the same
+/// few names on every request, and parsing one is two validations and, for a custom name, an
+/// allocation. Bounded: [`NameCache::SLOTS`] names of at most [`NameCache::MAX_LEN`] bytes.
+#[derive(Debug, Default)]
+pub(crate) struct NameCache {
+    names: [Option<HeaderName>; NameCache::SLOTS],
+    next: usize,
+}
+
+impl NameCache {
+    const SLOTS: usize = 4;
+    const MAX_LEN: usize = 64;
+
+    /// The cached name whose (lower-case) bytes are exactly `raw`.
+    pub(crate) fn get(&self, raw: &[u8]) -> Option<HeaderName> {
+        self.names
+            .iter()
+            .flatten()
+            .find(|n| n.as_str().as_bytes() == raw)
+            .cloned()
+    }
+
+    /// Remembers `name` (a short one), replacing the oldest entry.
+    pub(crate) fn put(&mut self, name: &HeaderName) {
+        if name.as_str().len() > NameCache::MAX_LEN {
+            return;
+        }
+        if let Some(slot) = self.names.get_mut(self.next) {
+            *slot = Some(name.clone());
+        }
+        self.next = (self.next + 1) % NameCache::SLOTS;
+    }
+}
+
 /// A header name checked and converted once: a pseudo-header (kept in order before the map,
 /// lower-case) or a regular one.
 #[derive(Debug, Clone)]
@@ -347,6 +381,27 @@ fn status_str(s: StatusCode) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_name_cache_keeps_the_last_four_short_names_by_their_exact_bytes() {
+        let mut cache = NameCache::default();
+        let names: Vec<HeaderName> = ["x-a", "x-b", "x-c", "x-d", "x-e"]
+            .iter()
+            .map(|n| HeaderName::from_static(n))
+            .collect();
+        for n in &names[..4] {
+            cache.put(n);
+        }
+        assert_eq!(cache.get(b"x-a"), Some(names[0].clone()));
+        assert_eq!(cache.get(b"X-A"), None, "only the exact (lower-case) bytes hit");
+        cache.put(&names[4]);
+        assert_eq!(cache.get(b"x-a"), None, "the oldest was replaced");
+        assert_eq!(cache.get(b"x-e"), Some(names[4].clone()));
+        let long = HeaderName::from_bytes(&[b'x'; 65]).unwrap();
+        cache.put(&long);
+        assert_eq!(cache.get(long.as_str().as_bytes()), None, "long names are not kept");
+        assert_eq!(cache.get(b"x-b"), Some(names[1].clone()));
+    }
 
     #[test]
     fn request_map_is_live_and_folds_host() {

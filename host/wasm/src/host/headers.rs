@@ -216,28 +216,35 @@ pub(super) fn add_or_replace(
             let ty = tri!(MapType::try_from(ty));
             let mem = tri!(memory(&caller));
             // Read in place: the name and value are checked and converted straight from guest
-            // memory (no intermediate copies), in the order of separate reads.
+            // memory (no intermediate copies). A name this instance wrote lately was checked
+            // and parsed then: it comes from the instance's name cache.
             let parsed = mem.with_data(&caller, |data| {
                 let range =
                     |p, l| crate::codec::guest_range(p, l, data.len()).map_err(Status::from);
-                let key =
-                    std::str::from_utf8(&data[range(kp, kl)?]).map_err(|_| Status::BadArgument)?;
-                let key = if ty == MapType::HttpRequestHeaders && key.eq_ignore_ascii_case("host") {
-                    ":authority"
-                } else {
-                    key
-                };
+                let raw = &data[range(kp, kl)?];
                 let value = &data[range(vp, vl)?];
                 // No CR, LF or NUL from a plugin ever reaches the wire.
-                if !valid_header_name(key) || !valid_header_value(value) {
+                if !valid_header_value(value) {
+                    return Err(Status::BadArgument);
+                }
+                let value =
+                    http::HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
+                let host = ty == MapType::HttpRequestHeaders && raw.eq_ignore_ascii_case(b"host");
+                if !host && let Some(name) = caller.data().header_names.get(raw) {
+                    return Ok((crate::headers::Key::Regular(name), value, false));
+                }
+                let key = std::str::from_utf8(raw).map_err(|_| Status::BadArgument)?;
+                let key = if host { ":authority" } else { key };
+                if !valid_header_name(key) {
                     return Err(Status::BadArgument);
                 }
                 let key = crate::headers::Key::parse(key).map_err(|_| Status::BadArgument)?;
-                let value =
-                    http::HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
-                Ok((key, value))
+                Ok((key, value, true))
             });
-            let (key, value) = tri!(parsed);
+            let (key, value, parsed_now) = tri!(parsed);
+            if parsed_now && let crate::headers::Key::Regular(name) = &key {
+                caller.data_mut().header_names.put(name);
+            }
             let map = tri!(tri!(map_ref(caller.data_mut(), ty, true)).live());
             match op {
                 Op::Add => map.add_parsed(key, value),
