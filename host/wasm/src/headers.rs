@@ -393,13 +393,21 @@ mod tests {
             cache.put(n);
         }
         assert_eq!(cache.get(b"x-a"), Some(names[0].clone()));
-        assert_eq!(cache.get(b"X-A"), None, "only the exact (lower-case) bytes hit");
+        assert_eq!(
+            cache.get(b"X-A"),
+            None,
+            "only the exact (lower-case) bytes hit"
+        );
         cache.put(&names[4]);
         assert_eq!(cache.get(b"x-a"), None, "the oldest was replaced");
         assert_eq!(cache.get(b"x-e"), Some(names[4].clone()));
         let long = HeaderName::from_bytes(&[b'x'; 65]).unwrap();
         cache.put(&long);
-        assert_eq!(cache.get(long.as_str().as_bytes()), None, "long names are not kept");
+        assert_eq!(
+            cache.get(long.as_str().as_bytes()),
+            None,
+            "long names are not kept"
+        );
         assert_eq!(cache.get(b"x-b"), Some(names[1].clone()));
     }
 
