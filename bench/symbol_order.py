@@ -33,7 +33,7 @@ def own_costs(path, binary):
                     costs[fn] += 0  # listed even when it ran no instruction of its own
             elif line.startswith("calls="):
                 skip_next = True
-            elif line[:1].isdigit() or line[:1] in "+-*":
+            elif line[:1] and (line[:1].isdigit() or line[:1] in "+-*"):
                 if skip_next:
                     skip_next = False
                     continue
@@ -41,11 +41,7 @@ def own_costs(path, binary):
                     parts = line.split()
                     if len(parts) >= 2 and parts[1].isdigit():
                         costs[fn] += int(parts[1])
-            elif line.startswith(("cfn=", "cob=", "cfi=", "cfl=")):
-                pass
-            elif "=" in line:
-                # fl=, fi=, fe= change the file, not the function.
-                pass
+            # Other lines (fl=, fi=, fe=, cfn=, cob=, …) change neither the function nor a cost.
     return costs
 
 
