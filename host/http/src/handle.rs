@@ -22,6 +22,10 @@ use crate::timeouts::{self, Deadlines, StreamWatch};
 use weft_body::Progress;
 use weft_routing::Action;
 
+/// Headers forwarding adds to most requests: `host` (from an HTTP/2 `:authority`),
+/// `x-forwarded-proto` and `x-request-id`.
+const ADDED_REQUEST_HEADERS: usize = 3;
+
 /// Serves one request of a downstream connection.
 pub async fn handle(
     req: Request<Incoming>,
@@ -134,7 +138,11 @@ async fn serve(
     }
     let is_upgrade = !conn.h2 && is_upgrade_request(req.headers());
     let upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (head, body) = req.into_parts();
+    let (mut head, body) = req.into_parts();
+    // Room for the headers forwarding adds (`host`, `x-forwarded-proto`, `x-request-id`) in one
+    // step: an HTTP/2 request's map is sized to the headers it arrived with, and three inserts
+    // into it would grow (re-hash) it three times. Best effort: a map at its size limit stays.
+    let _ = head.headers.try_reserve(ADDED_REQUEST_HEADERS);
     let watch = Arc::new(StreamWatch::new(conn.activity.clone()));
     let body = ProxyBody::incoming(body)
         .metered(completion.request_bytes.clone())
