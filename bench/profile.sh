@@ -4,8 +4,11 @@
 # (cpu-clock sampling, works without hardware counters) on the Weft process during the run.
 #
 #   bench/profile.sh [WEFT_BINARY]        # default: $CARGO_TARGET_DIR/release/weft (or target/)
+#   H2=1 bench/profile.sh                 # HTTP/2 downstream (scenario C: h2load, h2c prior
+#                                         # knowledge, CONNS connections x H2_STREAMS streams)
 #
-# Environment: DURATION (8 s of recording), CONNS (wrk connections, 32), TOP (25 symbols),
+# Environment: DURATION (8 s of recording), CONNS (wrk connections, 32), H2 (1: h2load instead
+# of wrk), H2_STREAMS (h2load -m, 10), TOP (25 symbols),
 # OUT (bench/results/profile). Writes OUT/perf.data, OUT/top.txt (self time per symbol and per
 # shared object) and OUT/wrk.txt, and prints top.txt. Installs nothing: needs perf
 # (apt-get install linux-perf), nginx, wrk and taskset.
@@ -21,7 +24,11 @@ TOP=${TOP:-25}
 OUT=${OUT:-$BENCH/results/profile}
 WEFT=${1:-${CARGO_TARGET_DIR:-$ROOT/target}/release/weft}
 
-for c in perf nginx wrk taskset curl; do
+H2=${H2:-0}
+H2_STREAMS=${H2_STREAMS:-10}
+LOADGEN=wrk
+[ "$H2" = 1 ] && LOADGEN=h2load
+for c in perf nginx $LOADGEN taskset curl; do
     command -v "$c" >/dev/null || {
         echo "profile: $c is missing" >&2
         exit 1
@@ -70,8 +77,16 @@ WPID=$!
 PIDS+=("$WPID")
 wait_200 18100
 
-taskset -c 0 wrk -t1 -c"$CONNS" -d2s http://127.0.0.1:18100/ >/dev/null # warm-up
-taskset -c 0 timeout $((DURATION + 30)) wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" http://127.0.0.1:18100/ \
+# The load, on CPU 0: wrk (HTTP/1.1) or h2load (h2c), a warm-up run first.
+load() {
+    if [ "$H2" = 1 ]; then
+        taskset -c 0 h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D "$1" http://127.0.0.1:18100/
+    else
+        taskset -c 0 wrk -t1 -c"$CONNS" -d"${1}s" http://127.0.0.1:18100/
+    fi
+}
+load 2 >/dev/null
+timeout $((DURATION + 30)) bash -c "$(declare -f load); H2=$H2 H2_STREAMS=$H2_STREAMS CONNS=$CONNS load $((DURATION + 2))" \
     >"$OUT/wrk.txt" 2>&1 &
 LOAD=$!
 sleep 1
@@ -79,8 +94,8 @@ perf record -q -F 1999 -p "$WPID" -o "$OUT/perf.data" -- sleep "$DURATION" 2>"$O
 wait "$LOAD" || true
 
 {
-    echo "# $(basename "$WEFT") $("$WEFT" --version 2>&1 | head -1), wrk -c$CONNS, ${DURATION}s of samples, $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
-    grep -E '^Requests/sec' "$OUT/wrk.txt" || true
+    echo "# $(basename "$WEFT") $("$WEFT" --version 2>&1 | head -1), $LOADGEN -c$CONNS$([ "$H2" = 1 ] && echo " -m$H2_STREAMS"), ${DURATION}s of samples, $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
+    grep -E '^Requests/sec|^finished in' "$OUT/wrk.txt" || true
     echo "samples: $(perf report -i "$OUT/perf.data" --stdio 2>/dev/null | awk '/^# Samples:/ { print $3; exit }')"
     echo
     echo "## Self time by shared object"

@@ -88,8 +88,13 @@ fn map_ref(
 }
 
 /// Envoy keeps `Host` as `:authority`: on the request headers, `host` names `:authority`.
+fn is_host_alias(ty: MapType, name: &[u8]) -> bool {
+    ty == MapType::HttpRequestHeaders && name.eq_ignore_ascii_case(b"host")
+}
+
+/// The name a plugin gave, with the `host` alias (see [`is_host_alias`]) resolved.
 fn header_key(ty: MapType, key: String) -> String {
-    if ty == MapType::HttpRequestHeaders && key.eq_ignore_ascii_case("host") {
+    if is_host_alias(ty, key.as_bytes()) {
         ":authority".to_owned()
     } else {
         key
@@ -229,7 +234,7 @@ pub(super) fn add_or_replace(
                 }
                 let value =
                     http::HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
-                let host = ty == MapType::HttpRequestHeaders && raw.eq_ignore_ascii_case(b"host");
+                let host = is_host_alias(ty, raw);
                 if !host && let Some(name) = caller.data().header_names.get(raw) {
                     return Ok((crate::headers::Key::Regular(name), value, false));
                 }
