@@ -101,13 +101,28 @@ fn config(options: &EngineOptions, pooling: bool) -> Config {
     c.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(20));
     if pooling {
         let mut pool = wasmtime::PoolingAllocationConfig::default();
-        pool.total_memories(1000);
-        pool.total_tables(1000);
-        pool.total_core_instances(1000);
+        let slots = pool_slots();
+        pool.total_memories(slots);
+        pool.total_tables(slots);
+        pool.total_core_instances(slots);
         pool.max_memory_size(options.max_memory_bytes);
         c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     }
     c
+}
+
+/// Slots of the pooling allocator (memories, tables, instances): 1,000, or the
+/// `WEFT_WASM_POOL_SLOTS` environment variable (1 to 1,000). A profiling switch:
+/// `bench/symbol_order.sh` sets it small, because valgrind cannot reserve the address space of
+/// 1,000 memories and wasmtime would fall back to on-demand allocation; with a few slots the
+/// profile runs the pooling path the proxy runs natively.
+fn pool_slots() -> u32 {
+    const DEFAULT: u32 = 1000;
+    std::env::var("WEFT_WASM_POOL_SLOTS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|n| (1..=DEFAULT).contains(n))
+        .unwrap_or(DEFAULT)
 }
 
 /// The former name of [`WasmRuntime`].
