@@ -6,9 +6,9 @@ mod cli;
 mod inject;
 mod iptables;
 
-/// jemalloc, with background purging (`JEMALLOC_SYS_WITH_MALLOC_CONF` in `.cargo/config.toml`):
-/// memory freed after a burst of slow clients goes back to the OS within seconds, where glibc's
-/// allocator kept it (docs/hardening.md, measured by bench/hardening.py).
+/// jemalloc, with background purging and one arena per CPU (`JEMALLOC_SYS_WITH_MALLOC_CONF` in
+/// `.cargo/config.toml`): memory freed after a burst of slow clients goes back to the OS within
+/// seconds, where glibc's allocator kept it (docs/hardening.md, measured by bench/hardening.py).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
