@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http_body_util::Full;
+use weft_e2e::envoy::{http_bootstrap, static_cluster};
 use weft_e2e::faulty::{Faulty, Mode};
 use weft_e2e::upstream::{echo, gated};
 use weft_e2e::{TestProxy, client, eventually, get, get_with, metric_value, send};
@@ -1146,47 +1147,22 @@ async fn retries_and_ejection_agree_with_envoy() {
         return;
     };
     let (via_envoy, via_weft) = (Faulty::start("e").await, Faulty::start("w").await);
-    let socket = |a: std::net::SocketAddr| {
-        format!("{{ address: \"{}\", port_value: {} }}", a.ip(), a.port())
-    };
     let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
         &binary,
-        &format!(
-            r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-    - name: main
-      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: ingress
-                route_config:
-                  virtual_hosts:
-                    - name: any
-                      domains: ["*"]
-                      include_request_attempt_count: true
+        &http_bootstrap(
+            r#"                      include_request_attempt_count: true
                       routes:
-                        - match: {{ prefix: "/" }}
+                        - match: { prefix: "/" }
                           route:
                             cluster: up
-                            retry_policy: {{ retry_on: 5xx, num_retries: 2, retry_back_off: {{ base_interval: 0.001s }} }}
-                http_filters:
-                  - name: envoy.filters.http.router
-                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-    - name: up
-      type: STATIC
-      connect_timeout: 1s
-      outlier_detection: {{ consecutive_5xx: 3, interval: 0.1s, base_ejection_time: 30s, max_ejection_percent: 100 }}
-      load_assignment:
-        cluster_name: up
-        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {} }} }} }}] }}]
+                            retry_policy: { retry_on: 5xx, num_retries: 2, retry_back_off: { base_interval: 0.001s } }
 "#,
-            socket(via_envoy.addr)
+            "",
+            &static_cluster(
+                "up",
+                via_envoy.addr,
+                "      outlier_detection: { consecutive_5xx: 3, interval: 0.1s, base_ejection_time: 30s, max_ejection_percent: 100 }\n",
+            ),
         ),
     )
     .await;
@@ -1250,46 +1226,32 @@ async fn circuit_breakers_agree_with_envoy() {
     };
     let gates = [gated().await, gated().await, gated().await, gated().await];
     let ups = [gates[0].addr, gates[1].addr, gates[2].addr, gates[3].addr];
-    let socket = |a: std::net::SocketAddr| {
-        format!("{{ address: \"{}\", port_value: {} }}", a.ip(), a.port())
-    };
     let cluster = |name: &str, breakers: &str, a: std::net::SocketAddr| {
-        format!(
-            "    - name: {name}\n      type: STATIC\n      connect_timeout: 1s\n      circuit_breakers: {{ thresholds: [{breakers}] }}\n      load_assignment:\n        cluster_name: {name}\n        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {} }} }} }}] }}]\n",
-            socket(a)
+        static_cluster(
+            name,
+            a,
+            &format!("      circuit_breakers: {{ thresholds: [{breakers}] }}\n"),
         )
     };
     let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
         &binary,
-        &format!(
-            r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-    - name: main
-      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: ingress
-                route_config:
-                  virtual_hosts:
-                    - name: any
-                      domains: ["*"]
-                      routes:
-                        - match: {{ prefix: "/pending" }}
-                          route: {{ cluster: narrow }}
-                        - match: {{ prefix: "/" }}
-                          route: {{ cluster: guarded }}
-                http_filters:
-                  - name: envoy.filters.http.router
-                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-{}{}"#,
-            cluster("guarded", "{ max_requests: 1 }", ups[0]),
-            cluster("narrow", "{ max_connections: 1, max_pending_requests: 1 }", ups[1]),
+        &http_bootstrap(
+            r#"                      routes:
+                        - match: { prefix: "/pending" }
+                          route: { cluster: narrow }
+                        - match: { prefix: "/" }
+                          route: { cluster: guarded }
+"#,
+            "",
+            &format!(
+                "{}{}",
+                cluster("guarded", "{ max_requests: 1 }", ups[0]),
+                cluster(
+                    "narrow",
+                    "{ max_connections: 1, max_pending_requests: 1 }",
+                    ups[1]
+                ),
+            ),
         ),
     )
     .await;
@@ -1398,62 +1360,36 @@ async fn faults_and_local_rate_limits_agree_with_envoy() {
     let up = echo("up").await;
     let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
         &binary,
-        &format!(
-            r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-    - name: main
-      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: ingress
-                route_config:
-                  virtual_hosts:
-                    - name: any
-                      domains: ["*"]
-                      routes:
-                        - match: {{ prefix: "/abort" }}
-                          route: {{ cluster: up }}
+        &http_bootstrap(
+            r#"                      routes:
+                        - match: { prefix: "/abort" }
+                          route: { cluster: up }
                           typed_per_filter_config:
                             envoy.filters.http.fault:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
-                              abort: {{ http_status: 418, percentage: {{ numerator: 100 }} }}
-                        - match: {{ prefix: "/grpc" }}
-                          route: {{ cluster: up }}
+                              abort: { http_status: 418, percentage: { numerator: 100 } }
+                        - match: { prefix: "/grpc" }
+                          route: { cluster: up }
                           typed_per_filter_config:
                             envoy.filters.http.fault:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
-                              abort: {{ grpc_status: 14, percentage: {{ numerator: 100 }} }}
-                        - match: {{ prefix: "/limited" }}
-                          route: {{ cluster: up }}
+                              abort: { grpc_status: 14, percentage: { numerator: 100 } }
+                        - match: { prefix: "/limited" }
+                          route: { cluster: up }
                           typed_per_filter_config:
                             envoy.filters.http.local_ratelimit:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
                               stat_prefix: rl
-                              token_bucket: {{ max_tokens: 2, tokens_per_fill: 1, fill_interval: 3600s }}
-                              filter_enabled: {{ runtime_key: rl_enabled, default_value: {{ numerator: 100 }} }}
-                              filter_enforced: {{ runtime_key: rl_enforced, default_value: {{ numerator: 100 }} }}
-                http_filters:
-                  - name: envoy.filters.http.fault
-                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault }}
-                  - name: envoy.filters.http.local_ratelimit
-                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit, stat_prefix: rl }}
-                  - name: envoy.filters.http.router
-                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-    - name: up
-      type: STATIC
-      connect_timeout: 1s
-      load_assignment:
-        cluster_name: up
-        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: "{}", port_value: {} }} }} }} }}] }}]
+                              token_bucket: { max_tokens: 2, tokens_per_fill: 1, fill_interval: 3600s }
+                              filter_enabled: { runtime_key: rl_enabled, default_value: { numerator: 100 } }
+                              filter_enforced: { runtime_key: rl_enforced, default_value: { numerator: 100 } }
 "#,
-            up.ip(),
-            up.port()
+            r#"                  - name: envoy.filters.http.fault
+                    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault }
+                  - name: envoy.filters.http.local_ratelimit
+                    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit, stat_prefix: rl }
+"#,
+            &static_cluster("up", up, ""),
         ),
     )
     .await;
@@ -1556,44 +1492,22 @@ async fn health_check_flags_agree_with_envoy() {
     let (via_envoy, via_weft) = (Faulty::start("e").await, Faulty::start("w").await);
     let envoy = weft_e2e::envoy::TestEnvoy::start_bootstrap(
         &binary,
-        &format!(
-            r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-    - name: main
-      address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: ingress
-                route_config:
-                  virtual_hosts:
-                    - name: any
-                      domains: ["*"]
-                      routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: up }} }}]
-                http_filters:
-                  - name: envoy.filters.http.router
-                    typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-    - name: up
-      type: STATIC
-      connect_timeout: 1s
-      health_checks:
+        &http_bootstrap(
+            r#"                      routes: [{ match: { prefix: "/" }, route: { cluster: up } }]
+"#,
+            "",
+            &static_cluster(
+                "up",
+                via_envoy.addr,
+                r#"      health_checks:
         - timeout: 1s
           interval: 0.05s
           no_traffic_interval: 0.05s
           unhealthy_threshold: 2
           healthy_threshold: 1
-          http_health_check: {{ path: /healthz }}
-      load_assignment:
-        cluster_name: up
-        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: "{}", port_value: {} }} }} }} }}] }}]
+          http_health_check: { path: /healthz }
 "#,
-            via_envoy.addr.ip(),
-            via_envoy.addr.port()
+            ),
         ),
     )
     .await;

@@ -96,12 +96,15 @@ fn quoted(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
 
-fn cluster(name: &str, addr: SocketAddr) -> String {
+/// One static cluster `name` with a single endpoint at `addr`; `options` are further cluster
+/// fields, each line indented by six spaces and ending in a newline (e.g.
+/// `"      outlier_detection: { consecutive_5xx: 3 }\n"`), or empty.
+pub fn static_cluster(name: &str, addr: SocketAddr, options: &str) -> String {
     format!(
         r#"    - name: {name}
       type: STATIC
       connect_timeout: 1s
-      load_assignment:
+{options}      load_assignment:
         cluster_name: {name}
         endpoints:
           - lb_endpoints:
@@ -114,8 +117,46 @@ fn cluster(name: &str, addr: SocketAddr) -> String {
     )
 }
 
-/// The static bootstrap: listener and admin on port 0 of 127.0.0.1 (Envoy binds, the admin
-/// tells which port it got: no window in which another process can take it).
+/// A static bootstrap around one HTTP listener, `main`, with one virtual host for every domain;
+/// the listener and the admin on port 0 of 127.0.0.1 (Envoy binds, the admin tells which port
+/// it got: no window in which another process can take it).
+/// - `virtual_host`: the virtual host's fields besides its name and domains (`routes:` and any
+///   options), each line indented by 22 spaces;
+/// - `filters`: the HTTP filters before the router, each `- name:` indented by 18 spaces;
+/// - `clusters`: the clusters, e.g. from [`static_cluster`].
+pub fn http_bootstrap(virtual_host: &str, filters: &str, clusters: &str) -> String {
+    format!(
+        r#"admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+static_resources:
+  listeners:
+    - name: main
+      address:
+        socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: ingress
+                codec_type: AUTO
+                route_config:
+                  name: local
+                  virtual_hosts:
+                    - name: any
+                      domains: ["*"]
+{virtual_host}                http_filters:
+{filters}                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{clusters}"#
+    )
+}
+
+/// The plugins' bootstrap: `plugins` (in order) then the router, everything routed to
+/// `upstream` (cluster `up`), `extra` more clusters by name.
 fn bootstrap(
     plugins: &[EnvoyPlugin],
     upstream: SocketAddr,
@@ -146,40 +187,17 @@ fn bootstrap(
             vm_id = quoted(&p.vm_id),
         ));
     }
-    let mut clusters = cluster("up", upstream);
+    let mut clusters = static_cluster("up", upstream, "");
     for (name, addr) in extra {
-        clusters.push_str(&cluster(name, *addr));
+        clusters.push_str(&static_cluster(name, *addr, ""));
     }
-    format!(
-        r#"admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-static_resources:
-  listeners:
-    - name: main
-      address:
-        socket_address: {{ address: 127.0.0.1, port_value: 0 }}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: ingress
-                codec_type: AUTO
-                route_config:
-                  name: local
-                  virtual_hosts:
-                    - name: any
-                      domains: ["*"]
-                      routes:
-                        - match: {{ prefix: "/" }}
-                          route: {{ cluster: up }}
-                http_filters:
-{filters}                  - name: envoy.filters.http.router
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-{clusters}"#
+    http_bootstrap(
+        r#"                      routes:
+                        - match: { prefix: "/" }
+                          route: { cluster: up }
+"#,
+        &filters,
+        &clusters,
     )
 }
 
