@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
-use weft_e2e::envoy::{TestEnvoy, require_envoy};
+use weft_e2e::envoy::{TestEnvoy, http_bootstrap_with, require_envoy, static_cluster};
 use weft_e2e::upstream::{closed_port, echo};
 use weft_e2e::{Reply, TestProxy, client, eventually, get_with, send};
 
@@ -159,46 +159,27 @@ const FORMAT: &str = "%REQ(:METHOD)%|%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%|%PROTOCO
 fn envoy_bootstrap(up: SocketAddr, dead: SocketAddr, log: &Path) -> String {
     // JSON strings are YAML scalars.
     let format = serde_json::Value::String(FORMAT.to_owned());
-    format!(
-        r#"
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
-static_resources:
-  listeners:
-  - name: main
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: main
-          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: {log}
-              log_format: {{ text_format_source: {{ inline_string: {format} }} }}
-          route_config:
-            virtual_hosts:
-            - name: any
-              domains: ["*"]
-              routes:
-              - {{ name: ok, match: {{ prefix: /ok }}, route: {{ cluster: up }} }}
-              - {{ name: dead, match: {{ prefix: /dead }}, route: {{ cluster: dead }} }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-  - name: up
-    connect_timeout: 1s
-    load_assignment: {{ cluster_name: up, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {up_port} }} }} }} }}] }}] }}
-  - name: dead
-    connect_timeout: 1s
-    load_assignment: {{ cluster_name: dead, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {dead_port} }} }} }} }}] }}] }}
+    http_bootstrap_with(
+        &format!(
+            r#"                access_log:
+                  - name: envoy.access_loggers.file
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+                      path: {log}
+                      log_format: {{ text_format_source: {{ inline_string: {format} }} }}
 "#,
-        log = log.display(),
-        up_port = up.port(),
-        dead_port = dead.port(),
+            log = log.display(),
+        ),
+        r#"                      routes:
+                        - { name: ok, match: { prefix: /ok }, route: { cluster: up } }
+                        - { name: dead, match: { prefix: /dead }, route: { cluster: dead } }
+"#,
+        "",
+        &format!(
+            "{}{}",
+            static_cluster("up", up, ""),
+            static_cluster("dead", dead, "")
+        ),
     )
 }
 

@@ -125,6 +125,12 @@ pub fn static_cluster(name: &str, addr: SocketAddr, options: &str) -> String {
 /// - `filters`: the HTTP filters before the router, each `- name:` indented by 18 spaces;
 /// - `clusters`: the clusters, e.g. from [`static_cluster`].
 pub fn http_bootstrap(virtual_host: &str, filters: &str, clusters: &str) -> String {
+    http_bootstrap_with("", virtual_host, filters, clusters)
+}
+
+/// [`http_bootstrap`] with more fields of the HTTP connection manager (`hcm`, e.g. `access_log:`),
+/// each line indented by 16 spaces.
+pub fn http_bootstrap_with(hcm: &str, virtual_host: &str, filters: &str, clusters: &str) -> String {
     format!(
         r#"admin:
   address:
@@ -141,7 +147,7 @@ static_resources:
                 "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
                 stat_prefix: ingress
                 codec_type: AUTO
-                route_config:
+{hcm}                route_config:
                   name: local
                   virtual_hosts:
                     - name: any
