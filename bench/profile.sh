@@ -10,8 +10,8 @@
 # Environment: DURATION (8 s of recording), CONNS (wrk connections, 32), H2 (1: h2load instead
 # of wrk), H2_STREAMS (h2load -m, 10), TOP (25 symbols),
 # OUT (bench/results/profile). Writes OUT/perf.data, OUT/top.txt (self time per symbol and per
-# shared object) and OUT/wrk.txt, and prints top.txt. Installs nothing: needs perf
-# (apt-get install linux-perf), nginx, wrk and taskset.
+# shared object) and OUT/wrk.txt (wrk's or h2load's output), and prints top.txt. Installs
+# nothing: needs perf (apt-get install linux-perf), nginx, wrk (h2load with H2=1) and taskset.
 
 set -euo pipefail
 
@@ -77,17 +77,16 @@ WPID=$!
 PIDS+=("$WPID")
 wait_200 18100
 
-# The load, on CPU 0: wrk (HTTP/1.1) or h2load (h2c), a warm-up run first.
+# The load, on CPU 0, for SECONDS: wrk (HTTP/1.1) or h2load (h2c); a warm-up run first.
 load() {
     if [ "$H2" = 1 ]; then
-        taskset -c 0 h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D "$1" http://127.0.0.1:18100/
+        taskset -c 0 timeout $(($1 + 30)) h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D "$1" http://127.0.0.1:18100/
     else
-        taskset -c 0 wrk -t1 -c"$CONNS" -d"${1}s" http://127.0.0.1:18100/
+        taskset -c 0 timeout $(($1 + 30)) wrk -t1 -c"$CONNS" -d"${1}s" http://127.0.0.1:18100/
     fi
 }
 load 2 >/dev/null
-timeout $((DURATION + 30)) bash -c "$(declare -f load); H2=$H2 H2_STREAMS=$H2_STREAMS CONNS=$CONNS load $((DURATION + 2))" \
-    >"$OUT/wrk.txt" 2>&1 &
+load $((DURATION + 2)) >"$OUT/wrk.txt" 2>&1 &
 LOAD=$!
 sleep 1
 perf record -q -F 1999 -p "$WPID" -o "$OUT/perf.data" -- sleep "$DURATION" 2>"$OUT/perf-record.log"
