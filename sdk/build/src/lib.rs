@@ -176,6 +176,7 @@ impl WasmBuild {
     /// Runs the build. Cargo's output goes to stderr (stdout is a build script's directive
     /// channel). Returns the `.wasm` path of each named package, checked to be WebAssembly.
     pub fn run(&self) -> Result<Vec<PathBuf>, BuildError> {
+        ensure_target();
         let mut cmd = self.command();
         cmd.stdout(Stdio::from(std::io::stderr()))
             .stderr(Stdio::inherit());
@@ -204,6 +205,45 @@ impl WasmBuild {
             })
             .collect()
     }
+}
+
+/// Installs the `wasm32-wasip1` standard library with rustup when the compiler lacks it.
+///
+/// `rust-toolchain.toml` names the target, but rustup applies that list only when it installs
+/// the toolchain: on a machine that already had the pinned toolchain (a fresh CI or developer
+/// machine often does), the first `cargo run` would fail for want of `core`. Best effort: no
+/// rustup, or a failed install, leaves the error to the build itself (which names the fix).
+fn ensure_target() {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| OsString::from("rustc"));
+    let libdir = Command::new(rustc)
+        .args(["--print", "target-libdir", "--target", WASM_TARGET])
+        .stderr(Stdio::null())
+        .output();
+    let Ok(out) = libdir else { return };
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() && !dir.is_empty() && has_core(Path::new(&dir)) {
+        return;
+    }
+    eprintln!(
+        "weft-plugin-build: the {WASM_TARGET} target is not installed; running `rustup target add {WASM_TARGET}`"
+    );
+    // RUSTUP_TOOLCHAIN (set by rustup's cargo proxy) selects the same toolchain as this build.
+    let _ = Command::new("rustup")
+        .args(["target", "add", WASM_TARGET])
+        .stdout(Stdio::from(std::io::stderr()))
+        .stderr(Stdio::inherit())
+        .status();
+}
+
+/// Whether a target library directory holds the `core` crate.
+fn has_core(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("libcore-") && name.ends_with(".rlib")
+        })
+    })
 }
 
 fn leaks(key: &str) -> bool {
