@@ -583,27 +583,35 @@ async fn mtls_bundle_rotation_takes_effect_for_new_handshakes() {
     assert!(trusted, "the new bundle takes effect for new handshakes");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtls_agent_gets_and_renews_its_certificate_from_ca_serve() {
-    let pki = Pki::new("cluster.local");
+/// A certificate agent's surroundings: `weft ca serve` on an ephemeral port, run from the same
+/// CA directory layout the CLI writes and accepting one bootstrap token for `ns/prod`; the
+/// trust bundle and token files the agent reads; where it writes its credentials.
+struct AgentSetup {
+    ca_addr: std::net::SocketAddr,
+    ca_bundle: std::path::PathBuf,
+    token: std::path::PathBuf,
+    out: std::path::PathBuf,
+    files: CredentialFiles,
+}
+
+async fn agent_setup(pki: &Pki) -> AgentSetup {
+    const TOKEN: &str = "bootstrap-token-0123456789";
     let ca_bundle = pki.dir.join("ca-bundle.pem");
     std::fs::write(&ca_bundle, pki.ca.bundle_pem()).expect("w");
     let token = pki.dir.join("token");
-    std::fs::write(&token, "bootstrap-token-0123456789\n").expect("w");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("w");
     let ca_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let ca_addr = ca_listener.local_addr().expect("addr");
-    // `weft ca serve` runs from the same CA directory layout the CLI writes.
     let ca_dir = pki.dir.join("ca");
     pki.ca.save(&ca_dir).expect("save");
-    let serving = weft_ca::Ca::load(&ca_dir).expect("load");
     tokio::spawn(weft_ca::server::serve(
-        serving,
+        weft_ca::Ca::load(&ca_dir).expect("load"),
         ca_listener,
         weft_ca::server::ServeOptions {
             tokens: vec![weft_ca::server::Token {
-                token: "bootstrap-token-0123456789".into(),
+                token: TOKEN.into(),
                 pattern: "spiffe://cluster.local/ns/prod/*".into(),
             }],
             default_ttl: HOUR,
@@ -616,6 +624,25 @@ async fn mtls_agent_gets_and_renews_its_certificate_from_ca_serve() {
         key: out.join("key.pem"),
         bundle: out.join("bundle.pem"),
     };
+    AgentSetup {
+        ca_addr,
+        ca_bundle,
+        token,
+        out,
+        files,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_agent_gets_and_renews_its_certificate_from_ca_serve() {
+    let pki = Pki::new("cluster.local");
+    let AgentSetup {
+        ca_addr,
+        ca_bundle,
+        token,
+        out,
+        files,
+    } = agent_setup(&pki).await;
     let app = echo("app").await;
     let server_id = pki.id("prod", "server");
     let b = TestProxy::start(&format!(
@@ -674,34 +701,13 @@ identity:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_agent_asks_for_the_spiffe_id_given_at_start_over_the_configured_one() {
     let pki = Pki::new("cluster.local");
-    let ca_bundle = pki.dir.join("ca-bundle.pem");
-    std::fs::write(&ca_bundle, pki.ca.bundle_pem()).expect("w");
-    let token = pki.dir.join("token");
-    std::fs::write(&token, "bootstrap-token-0123456789\n").expect("w");
-    let ca_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let ca_addr = ca_listener.local_addr().expect("addr");
-    let ca_dir = pki.dir.join("ca");
-    pki.ca.save(&ca_dir).expect("save");
-    tokio::spawn(weft_ca::server::serve(
-        weft_ca::Ca::load(&ca_dir).expect("load"),
-        ca_listener,
-        weft_ca::server::ServeOptions {
-            tokens: vec![weft_ca::server::Token {
-                token: "bootstrap-token-0123456789".into(),
-                pattern: "spiffe://cluster.local/ns/prod/*".into(),
-            }],
-            default_ttl: HOUR,
-            max_ttl: HOUR,
-        },
-    ));
-    let out = pki.dir.join("workload");
-    let files = CredentialFiles {
-        cert: out.join("cert.pem"),
-        key: out.join("key.pem"),
-        bundle: out.join("bundle.pem"),
-    };
+    let AgentSetup {
+        ca_addr,
+        ca_bundle,
+        token,
+        out,
+        files,
+    } = agent_setup(&pki).await;
     let app = echo("app").await;
     let path = pki.dir.join("weft.yaml");
     std::fs::write(

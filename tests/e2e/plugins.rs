@@ -565,6 +565,30 @@ fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
+/// A proxy with one TCP listener to `up` through the `tcp_rewrite` fixture (upper-cases what
+/// goes up, prepends `tag` to what comes back).
+async fn tcp_rewrite_proxy(up: SocketAddr, tag: &str) -> TestProxy {
+    TestProxy::start(&format!(
+        r#"
+plugins:
+{}
+listeners:
+  - name: tcp
+    address: 127.0.0.1:0
+    protocol: tcp
+    tcp: {{ cluster: up }}
+    plugins: [{{ name: rewrite }}]
+clusters:
+  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
+"#,
+        plugin(
+            "rewrite",
+            fx::TCP_REWRITE,
+            &format!("    configuration: {tag:?}\n")
+        ),
+    ))
+    .await
+}
 #[tokio::test]
 async fn network_filters_rewrite_tcp_bytes_both_ways_and_can_close() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -591,22 +615,7 @@ async fn network_filters_rewrite_tcp_bytes_both_ways_and_can_close() {
             });
         }
     });
-    let p = TestProxy::start(&format!(
-        r#"
-plugins:
-{}
-listeners:
-  - name: tcp
-    address: 127.0.0.1:0
-    protocol: tcp
-    tcp: {{ cluster: up }}
-    plugins: [{{ name: rewrite }}]
-clusters:
-  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
-"#,
-        plugin("rewrite", fx::TCP_REWRITE, "    configuration: \"tag:\"\n"),
-    ))
-    .await;
+    let p = tcp_rewrite_proxy(up, "tag:").await;
     let mut s = tokio::net::TcpStream::connect(p.addr("tcp")).await.unwrap();
     s.write_all(b"hello").await.unwrap();
     let mut buf = [0u8; 64];
@@ -649,22 +658,7 @@ async fn four_mib_through_a_network_plugin_arrive_intact_both_ways() {
         let _ = tokio::io::copy(&mut r, &mut w).await;
         let _ = w.shutdown().await;
     });
-    let p = TestProxy::start(&format!(
-        r#"
-plugins:
-{}
-listeners:
-  - name: tcp
-    address: 127.0.0.1:0
-    protocol: tcp
-    tcp: {{ cluster: up }}
-    plugins: [{{ name: rewrite }}]
-clusters:
-  - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
-"#,
-        plugin("rewrite", fx::TCP_REWRITE, "    configuration: \"\"\n"),
-    ))
-    .await;
+    let p = tcp_rewrite_proxy(up, "").await;
     let data: Vec<u8> = (0..SIZE as u32)
         .map(|i| {
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"

@@ -233,12 +233,7 @@ async fn a_bad_resource_is_nacked_and_the_last_good_keeps_serving() {
     cp.set(invalid);
     assert!(
         eventually(WAIT, || async {
-            cp.requests().iter().any(|r| {
-                r.type_url == RDS
-                    && r.error_detail.as_ref().is_some_and(|e| {
-                        e.message.contains("listener \"web\"") && e.message.contains("bad header")
-                    })
-            })
+            cp.nacked(RDS, None, &["listener \"web\"", "bad header"])
         })
         .await,
         "{:?}",
@@ -1036,14 +1031,11 @@ async fn a_wasm_plugin_over_xds_changes_responses_in_weft_and_envoy() {
     ));
     assert!(
         eventually(WAIT, || async {
-            cp.requests().iter().any(|r| {
-                r.type_url == LDS
-                    && r.node.as_ref().is_some_and(|n| n.id.contains("test-pod"))
-                    && r.error_detail.as_ref().is_some_and(|e| {
-                        e.message.contains("vm_config.code.remote.sha256")
-                            && e.message.contains(&sha)
-                    })
-            })
+            cp.nacked(
+                LDS,
+                Some("test-pod"),
+                &["vm_config.code.remote.sha256", &sha],
+            )
         })
         .await,
         "{:?}",
@@ -1385,14 +1377,14 @@ async fn a_capture_listener_over_lds_maps_its_filter_chains() {
     cp.set(snapshot("4", true).with("10.9.9.9_9080", by_address));
     assert!(
         eventually(WAIT, || async {
-            cp.nack(LDS).is_some_and(|n| {
-                n.error_detail.is_some_and(|e| {
-                    e.message.contains(
-                        "listener \"10.9.9.9_9080\".filter_chains[0]: a listener with \
-                         bind_to_port: false needs a port in its address",
-                    )
-                })
-            })
+            cp.nacked(
+                LDS,
+                None,
+                &[
+                    "listener \"10.9.9.9_9080\".filter_chains[0]: a listener with \
+                   bind_to_port: false needs a port in its address",
+                ],
+            )
         })
         .await,
         "{:?}",
@@ -1488,17 +1480,15 @@ async fn a_cds_tls_transport_socket_speaks_mtls_with_spiffe_validation() {
     cp.set(snapshot("2", dns));
     assert!(
         eventually(WAIT, || async {
-            cp.requests().iter().any(|r| {
-                r.type_url == CDS
-                    && r.node.as_ref().is_some_and(|n| n.id.contains("test-pod"))
-                    && r.error_detail.as_ref().is_some_and(|e| {
-                        e.message.contains(
-                            "cluster \"db\".transport_socket.typed_config.common_tls_context.\
-                             validation_context.match_typed_subject_alt_names[0].san_type: \
-                             only URI (SPIFFE ID) matching is implemented",
-                        )
-                    })
-            })
+            cp.nacked(
+                CDS,
+                Some("test-pod"),
+                &[
+                    "cluster \"db\".transport_socket.typed_config.common_tls_context.\
+                   validation_context.match_typed_subject_alt_names[0].san_type: \
+                   only URI (SPIFFE ID) matching is implemented",
+                ],
+            )
         })
         .await,
         "{:?}",
@@ -1571,14 +1561,14 @@ async fn an_lds_tls_transport_socket_serves_mtls() {
     cp.set(snapshot("2", false));
     assert!(
         eventually(WAIT, || async {
-            cp.nack(LDS).is_some_and(|n| {
-                n.error_detail.is_some_and(|e| {
-                    e.message.contains(
-                        "listener \"web\".filter_chains[0].transport_socket.typed_config.\
-                         require_client_certificate: must be true",
-                    )
-                })
-            })
+            cp.nacked(
+                LDS,
+                None,
+                &[
+                    "listener \"web\".filter_chains[0].transport_socket.typed_config.\
+                   require_client_certificate: must be true",
+                ],
+            )
         })
         .await,
         "{:?}",
@@ -1869,14 +1859,11 @@ async fn a_network_wasm_filter_over_xds_rewrites_tcp_in_weft_and_envoy() {
     cp.set(snap("2", listener(rbac)));
     assert!(
         eventually(WAIT, || async {
-            cp.requests().iter().any(|r| {
-                r.type_url == LDS
-                    && r.node.as_ref().is_some_and(|n| n.id.contains("test-pod"))
-                    && r.error_detail.as_ref().is_some_and(|e| {
-                        e.message
-                            .contains("filters[0]: network filter `envoy.filters.network.rbac`")
-                    })
-            })
+            cp.nacked(
+                LDS,
+                Some("test-pod"),
+                &["filters[0]: network filter `envoy.filters.network.rbac`"],
+            )
         })
         .await,
         "{:?}",

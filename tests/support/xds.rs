@@ -533,6 +533,18 @@ impl ControlPlane {
             .find(|r| r.type_url == type_url && r.error_detail.is_some())
     }
 
+    /// Whether a NACK of `type_url` arrived, from a node whose id contains `node` (any node
+    /// when `None`), with an error message containing every one of `needles`.
+    pub fn nacked(&self, type_url: &str, node: Option<&str>, needles: &[&str]) -> bool {
+        self.requests().iter().any(|r| {
+            r.type_url == type_url
+                && node.is_none_or(|id| r.node.as_ref().is_some_and(|n| n.id.contains(id)))
+                && r.error_detail
+                    .as_ref()
+                    .is_some_and(|e| needles.iter().all(|s| e.message.contains(s)))
+        })
+    }
+
     /// The error message of the first NACK of `type_url`, if any.
     pub fn nack(&self, type_url: &str) -> Option<DiscoveryRequest> {
         self.requests()
