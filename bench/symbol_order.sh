@@ -100,8 +100,6 @@ stop() {
 # Start-up without a plugin (the idle-RSS benchmark's configuration).
 start plain "$RUN/plain.yaml"
 stop
-# Start-up with the plugin, then the request path: HTTP/1.1 and h2c (prior knowledge), GETs and
-# POSTs, with and without the plugin. Bounded counts; under valgrind this takes a few minutes.
 # The module cache warmed natively first, as on any start after the first: otherwise, on a
 # machine that never ran this plugin, the profile is of Cranelift compiling it in-process
 # (under valgrind the compiling child is not used): about 1,700 functions a warm start never
@@ -110,6 +108,8 @@ stop
 PID=$!
 wait_admin_ready "$ADMIN" 300 0.1 || { echo "symbol_order.sh: weft did not start natively" >&2; cat "$RUN/warm.log" >&2; exit 1; }
 stop
+# Start-up with the plugin, then the request path: HTTP/1.1 and h2c (prior knowledge), GETs and
+# POSTs, with and without the plugin. Bounded counts; under valgrind this takes a few minutes.
 start plugin "$RUN/weft.yaml"
 if grep -q "pooling allocator unavailable" "$RUN/plugin.log"; then
     echo "symbol_order.sh: the pooling allocator could not reserve under valgrind (lower WEFT_WASM_POOL_SLOTS)" >&2
