@@ -9,6 +9,7 @@
 #   bench/instructions.sh istio                # Istio metrics on vs off
 #   bench/instructions.sh tracing              # tracing off vs 1 % vs 100 % (OTLP/HTTP to a sink)
 #   bench/instructions.sh wasm                 # no plugin vs one trivial plugin (header_adder)
+#   bench/instructions.sh wasm3                # no plugin vs one vs three (the same module, three names)
 #   REQUESTS=5000 bench/instructions.sh istio
 #   WEFT_BIN=/path/to/older/weft bench/instructions.sh wasm   # the same for another binary
 #   WEFT_BINS="base=/path/weft-a new=/path/weft-b" bench/instructions.sh builds   # builds side by side
@@ -33,6 +34,7 @@ case "$SET" in
     istio) VARIANTS=(off on) ;;
     tracing) VARIANTS=(off 1 100) ;;
     wasm) VARIANTS=(none header-adder) ;;
+    wasm3) VARIANTS=(none header-adder header-adder-x3) ;;
     builds)
         VARIANTS=()
         for pair in ${WEFT_BINS:-}; do
@@ -62,7 +64,7 @@ if [ -z "${WEFT_BIN:-}" ] && [ "$SET" != builds ]; then
     (cd "$ROOT" && cargo build --release -q -p weft)
     WEFT_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/weft"
 fi
-if [ "$SET" = wasm ]; then
+if [ "$SET" = wasm ] || [ "$SET" = wasm3 ]; then
     # The trivial header-adding fixture (request header x-plugin-seen, response header x-plugin).
     (cd "$ROOT" && cargo build --manifest-path tests/fixtures/wasm/Cargo.toml --release -q \
         --target wasm32-wasip1 -p header_adder --target-dir "${CARGO_TARGET_DIR:-$ROOT/target}/weft-fixtures")
@@ -102,11 +104,15 @@ config() { # VARIANT PORT ADMIN
     echo "node: { name: productpage-v1-0, namespace: bookinfo, workload_name: productpage-v1, app: productpage, version: v1, cluster: Kubernetes }"
     case "$SET:$1" in
         istio:on) echo "telemetry: { metrics: { enabled: true } }" ;;
-        istio:off | tracing:* | wasm:* | builds:*) echo "telemetry: { metrics: { enabled: false } }" ;;
+        istio:off | tracing:* | wasm:* | wasm3:* | builds:*) echo "telemetry: { metrics: { enabled: false } }" ;;
     esac
-    if [ "$SET:$1" = wasm:header-adder ]; then
-        echo "plugins: [{ name: adder, file: \"$ADDER\", configuration: v1 }]"
-    fi
+    case "$1" in
+        header-adder) echo "plugins: [{ name: adder, file: \"$ADDER\", configuration: v1 }]" ;;
+        header-adder-x3)
+            echo "plugins:"
+            for n in 1 2 3; do echo "  - { name: adder$n, file: \"$ADDER\", configuration: v$n }"; done
+            ;;
+    esac
     if [ "$SET" = tracing ] && [ "$1" != off ]; then
         echo "tracing: { collector: \"http://127.0.0.1:18350/v1/traces\", protocol: http, random_sampling: $1, max_queue: 8192 }"
     fi
@@ -114,7 +120,10 @@ config() { # VARIANT PORT ADMIN
     echo "  - name: main"
     echo "    address: 127.0.0.1:$2"
     echo "    traffic_direction: outbound"
-    [ "$SET:$1" = wasm:header-adder ] && echo "    plugins: [{ name: adder }]"
+    case "$1" in
+        header-adder) echo "    plugins: [{ name: adder }]" ;;
+        header-adder-x3) echo "    plugins: [{ name: adder1 }, { name: adder2 }, { name: adder3 }]" ;;
+    esac
     echo "    virtual_hosts: [{ name: any, domains: [\"*\"], routes: [{ route: { cluster: up } }] }]"
     echo "clusters: [{ name: up, endpoints: [{ address: \"127.0.0.1:18081\" }] }]"
 }

@@ -36,7 +36,7 @@ pub use context::{
     NoProperties, PluginLimits, Properties, StreamData, StreamHost, SystemClock,
 };
 pub use engine::{EngineOptions, WasmEngine, WasmRuntime};
-pub use headers::{Headers, InvalidHeader};
+pub use headers::{Headers, InvalidHeader, Pseudo};
 /// The `http` crate the live header maps come from (so embedders use the same version).
 pub use http;
 pub use plugin::{FailurePolicy, Plugin, PluginSpec, ReloadPolicy};

@@ -39,14 +39,21 @@
 //! an offload thread) at any time, whatever the load, and nothing is queued unboundedly
 //! (waiters wait for the gate).
 //!
-//! Fast plugins barely pay for it: a random one callback in [`SAMPLE`] (and a plugin's first)
-//! reads the thread's CPU clock (twice), so a slow plugin is caught within a few of its
-//! callbacks. Random, not every `SAMPLE`-th: with four callbacks per request (a bodiless
-//! response) a fixed stride of 8 timed only `proxy_on_context_create` and never caught a slow
-//! `on_request_headers`. CPU time, not wall time: on a busy machine a trivial callback is often
-//! descheduled for longer than [`SLOW_CALL`], and wall time marked such plugins slow for good
-//! (every callback then paid a `block_in_place` hand-off: a trivial plugin cost 2.5x the
-//! proxy's CPU with two workers).
+//! Fast plugins barely pay for it: a random one callback in [`SAMPLE`] is timed on the
+//! monotonic clock (no system call: the vDSO), so a slow plugin is caught within a few of its
+//! callbacks. Wall time only screens: a sampled callback that took [`SLOW_CALL`] of wall time
+//! may have been descheduled, so it marks nothing but makes the plugin *suspect*, and then every
+//! callback reads the thread's CPU clock (two system calls) until [`RECOVER`] in a row were
+//! fast. (Reading the CPU clock on every sampled callback cost a fast plugin one system call per
+//! request: `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` has no vDSO path.) A plugin's first
+//! callback is always timed on the CPU clock.
+//!
+//! Random, not every `SAMPLE`-th: with four callbacks per request (a bodiless response) a
+//! fixed stride of 8 timed only `proxy_on_context_create` and never caught a slow
+//! `on_request_headers`. The CPU clock decides, not wall time: on a busy machine a trivial
+//! callback is often descheduled for longer than [`SLOW_CALL`], and wall time marked such
+//! plugins slow for good (every callback then paid a `block_in_place` hand-off: a trivial plugin
+//! cost 2.5x the proxy's CPU with two workers).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +85,11 @@ pub struct Pace {
     last_strike_ms: AtomicU64,
     /// Fast callbacks in a row while slow.
     fast_streak: AtomicU64,
+    /// A sampled callback took [`SLOW_CALL`] of wall time: every callback is timed on the
+    /// CPU clock until [`RECOVER`] in a row were fast.
+    suspect: std::sync::atomic::AtomicBool,
+    /// Fast CPU-timed callbacks in a row while suspect.
+    suspect_streak: AtomicU64,
 }
 
 /// Milliseconds since the first call, plus one: 0 never reads as a time, so it can mean "never".
@@ -200,11 +212,14 @@ impl Pace {
             return self.timed(call);
         }
         let slow = self.slow();
-        let timed = slow
-            || fastrand::u32(..SAMPLE) == 0
+        let cpu_timed = slow
+            || self.suspect.load(Ordering::Relaxed)
             || (!self.started.load(Ordering::Relaxed)
                 && !self.started.swap(true, Ordering::Relaxed));
-        if !timed {
+        if !cpu_timed {
+            if fastrand::u32(..SAMPLE) == 0 {
+                return self.screened(call);
+            }
             return call();
         }
         if slow && flavor() == MULTI_THREAD && switch() == DEFAULT && on_multi_thread_runtime() {
@@ -215,6 +230,18 @@ impl Pace {
         self.timed(call)
     }
 
+    /// Runs a sampled callback timed on the monotonic clock: one that took [`SLOW_CALL`] of
+    /// wall time makes the plugin suspect (its next callbacks are timed on the CPU clock).
+    fn screened<R>(&self, call: impl FnOnce() -> R) -> R {
+        let start = Instant::now();
+        let r = call();
+        if start.elapsed() >= SLOW_CALL && switch() != OFF {
+            self.suspect_streak.store(0, Ordering::Relaxed);
+            self.suspect.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
     /// Runs `call`, marking the plugin slow when it took [`VERY_SLOW_CALL`] of this thread's
     /// CPU, or [`SLOW_CALL`] within [`STRIKE_WINDOW`] of another such callback.
     fn timed<R>(&self, call: impl FnOnce() -> R) -> R {
@@ -222,6 +249,11 @@ impl Pace {
         let r = call();
         let used = start.elapsed();
         if used < SLOW_CALL {
+            if self.suspect.load(Ordering::Relaxed)
+                && self.suspect_streak.fetch_add(1, Ordering::Relaxed) + 1 >= RECOVER
+            {
+                self.suspect.store(false, Ordering::Relaxed);
+            }
             if self.slow_until_ms.load(Ordering::Relaxed) != 0
                 && self.fast_streak.fetch_add(1, Ordering::Relaxed) + 1 >= RECOVER
             {
@@ -230,6 +262,7 @@ impl Pace {
             }
         } else if switch() != OFF {
             self.fast_streak.store(0, Ordering::Relaxed);
+            self.suspect_streak.store(0, Ordering::Relaxed);
             let now = clock_ms();
             let window = u64::try_from(STRIKE_WINDOW.as_millis()).unwrap_or(u64::MAX);
             let last = self.last_strike_ms.swap(now, Ordering::Relaxed);
@@ -314,6 +347,29 @@ mod tests {
             pace.slow(),
             "a second one within the window marks the plugin slow"
         );
+    }
+
+    #[test]
+    fn wall_time_only_makes_a_plugin_suspect_and_the_cpu_clock_decides() {
+        let pace = Pace::default();
+        pace.run(|| ());
+        // A sampled callback that took long in wall time (here it burned CPU, as a callback
+        // that was descheduled would only have waited): nothing is marked yet.
+        pace.screened(burn);
+        assert!(pace.suspect.load(Ordering::Relaxed));
+        assert!(!pace.slow(), "wall time alone never marks a plugin slow");
+        // Suspect: the CPU clock times every callback; fast ones in a row clear it.
+        for _ in 0..RECOVER - 1 {
+            pace.run(|| ());
+        }
+        assert!(pace.suspect.load(Ordering::Relaxed), "fewer than RECOVER");
+        pace.run(|| ());
+        assert!(!pace.suspect.load(Ordering::Relaxed), "RECOVER fast calls");
+        assert!(!pace.slow());
+        // Suspect again, and the next callback really uses the CPU: slow at once.
+        pace.screened(burn);
+        pace.run(burn);
+        assert!(pace.slow(), "a CPU-timed slow callback of a suspect plugin");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -502,10 +502,18 @@ fn start_root(
     Ok(())
 }
 
+/// The CPU deadline in epoch ticks (at least one). Runs before every callback: 64-bit
+/// arithmetic, the tick a constant (a `u128` division is a libcall).
 fn deadline_ticks(info: &PluginInfo) -> u64 {
-    let tick = EPOCH_TICK.as_micros().max(1);
-    (info.limits.cpu_deadline.as_micros() / tick).max(1) as u64
+    let micros = u64::try_from(info.limits.cpu_deadline.as_micros()).unwrap_or(u64::MAX);
+    (micros / TICK_MICROS).max(1)
 }
+
+/// [`EPOCH_TICK`] in microseconds (at least one).
+const TICK_MICROS: u64 = {
+    let t = EPOCH_TICK.as_micros();
+    if t == 0 { 1 } else { t as u64 }
+};
 
 impl Funcs {
     fn resolve(instance: &Instance, store: &mut Store<HostState>) -> Result<Funcs, LoadError> {
@@ -1148,8 +1156,8 @@ fn cpu_budget_check(
     if used >= budget {
         return Ok(wasmtime::UpdateDeadline::Interrupt);
     }
-    let tick = EPOCH_TICK.as_micros().max(1);
-    let remaining = ((budget - used).as_micros() / tick).max(1) as u64;
+    let left = u64::try_from((budget - used).as_micros()).unwrap_or(u64::MAX);
+    let remaining = (left / TICK_MICROS).max(1);
     Ok(wasmtime::UpdateDeadline::Continue(remaining))
 }
 

@@ -104,6 +104,7 @@ impl Stream {
     }
 
     /// The stream's data (headers, bodies) as the plugin sees and changes it.
+    #[inline]
     pub fn data(&mut self) -> &mut StreamData {
         // The data is only out of `self` during a callback, which holds `&mut self`, or while
         // parked: take it back.
@@ -173,10 +174,18 @@ impl Stream {
 
     /// Takes the stream's data back from its instance after [`park`](Stream::park) (a no-op
     /// when it is not parked).
+    #[inline]
     pub fn unpark(&mut self) {
-        if !std::mem::take(&mut self.parked) {
-            return;
+        if self.parked {
+            self.unpark_parked();
         }
+    }
+
+    /// [`unpark`](Stream::unpark) of a parked stream (kept out of line: every data access
+    /// checks, few streams are parked).
+    #[cold]
+    fn unpark_parked(&mut self) {
+        self.parked = false;
         self.slot.parked.fetch_sub(1, Ordering::Relaxed);
         if self.slot.broken.load(Ordering::SeqCst) {
             // The instance failed while the stream waited: it can never be resumed.

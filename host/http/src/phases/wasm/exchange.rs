@@ -14,7 +14,7 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use parking_lot::{Mutex, MutexGuard};
 use weft_wasm::{
-    Action, BodyBuffer, Failure, FailurePolicy, Headers, LocalResponse, Properties, Stream,
+    Action, BodyBuffer, Failure, FailurePolicy, Headers, LocalResponse, Properties, Pseudo, Stream,
     StreamData,
 };
 
@@ -450,7 +450,17 @@ fn restore_request(
     modified: bool,
     had_host: bool,
 ) {
-    let (pseudo, mut map) = headers.take_parts();
+    let (pseudo, map) = headers.take_parts();
+    apply_request(head, pseudo, map, modified, had_host);
+}
+
+fn apply_request(
+    head: &mut request::Parts,
+    pseudo: Pseudo,
+    mut map: HeaderMap,
+    modified: bool,
+    had_host: bool,
+) {
     for (k, v) in pseudo {
         match k.as_ref() {
             ":authority" if modified || had_host => {
@@ -489,6 +499,10 @@ fn response_map(head: &mut response::Parts) -> Headers {
 /// Moves the response headers back; `:status` is applied when a plugin wrote to the map.
 fn restore_response(head: &mut response::Parts, headers: &mut Headers, modified: bool) {
     let (pseudo, map) = headers.take_parts();
+    apply_response(head, &pseudo, map, modified);
+}
+
+fn apply_response(head: &mut response::Parts, pseudo: &Pseudo, map: HeaderMap, modified: bool) {
     if modified
         && let Some((_, v)) = pseudo.iter().find(|(k, _)| k == ":status")
         && let Some(s) = v.to_str().ok().and_then(|s| s.parse::<u16>().ok())
@@ -650,15 +664,11 @@ impl WasmExchange {
                     later.skipped = true;
                 }
                 self.local_reply = true;
-                self.share_request(&headers);
-                restore_request(head, &mut headers, modified, had_host);
+                self.finish_request(head, &mut headers, modified, had_host);
                 return Outcome::Reply(r);
             }
         }
-        // Every plugin keeps the final request headers for `on_log`: one shared snapshot (a
-        // reference each), not a copy per plugin.
-        self.share_request(&headers);
-        restore_request(head, &mut headers, modified, had_host);
+        self.finish_request(head, &mut headers, modified, had_host);
         if let Some(b) = buffered {
             // Every plugin has seen the whole body, with `end_of_stream`: once.
             self.body_delivered = true;
@@ -668,6 +678,28 @@ impl WasmExchange {
             *body = ProxyBody::frames(data_frames(b).collect());
         }
         Outcome::Continue
+    }
+
+    /// Moves the final request headers back into the request ([`restore_request`]) and gives
+    /// every plugin a reference to one read-only copy of them, for the response phase and
+    /// `on_log` (the request's own map goes upstream).
+    fn finish_request(
+        &self,
+        head: &mut request::Parts,
+        headers: &mut Headers,
+        modified: bool,
+        had_host: bool,
+    ) {
+        let (pseudo, map, snapshot) = headers.take_parts_keeping();
+        self.share_request(&snapshot);
+        apply_request(head, pseudo, map, modified, had_host);
+    }
+
+    /// The response counterpart of [`finish_request`](Self::finish_request).
+    fn finish_response(&self, head: &mut response::Parts, headers: &mut Headers, modified: bool) {
+        let (pseudo, map, snapshot) = headers.take_parts_keeping();
+        self.share_response(&snapshot);
+        apply_response(head, &pseudo, map, modified);
     }
 
     /// Gives every plugin of the chain a reference to the final request headers (for the
@@ -912,8 +944,11 @@ impl WasmExchange {
         head: &mut request::Parts,
         mut body: ProxyBody,
     ) -> Result<ProxyBody, LocalReply> {
+        if self.body_delivered || http_body::Body::is_end_stream(&body) {
+            return Ok(body);
+        }
         let mut pipeline = self.request_body_pipeline();
-        if self.body_delivered || pipeline.is_empty() || http_body::Body::is_end_stream(&body) {
+        if pipeline.is_empty() {
             return Ok(body);
         }
         let declared = head
@@ -1051,8 +1086,7 @@ impl WasmExchange {
             }
             match settled {
                 Settled::Reply(r) => {
-                    self.share_response(&headers);
-                    restore_response(head, &mut headers, modified);
+                    self.finish_response(head, &mut headers, modified);
                     return Err(r);
                 }
                 Settled::Continue => {}
@@ -1075,8 +1109,7 @@ impl WasmExchange {
             }
         }
         // Every plugin keeps the final response headers (body callbacks, `on_log`): shared.
-        self.share_response(&headers);
-        restore_response(head, &mut headers, modified);
+        self.finish_response(head, &mut headers, modified);
         let mut pipeline = Pipeline::new(&self.stages, Direction::Response, self.properties.grpc);
         if let Some(whole) = whole_body {
             let out = pipeline.push_buffer(whole, true).map_err(|e| e.reply())?;
@@ -1157,9 +1190,19 @@ impl WasmExchange {
             }
         }
         if ended {
-            head.headers.remove(header::TRANSFER_ENCODING);
-            head.headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(emitted));
+            // The usual case, a body the plugins passed unchanged with its `Content-Length`:
+            // nothing to rewrite (formatting the length allocates).
+            let framed = !head.headers.contains_key(header::TRANSFER_ENCODING)
+                && head
+                    .headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                    == Some(emitted);
+            if !framed {
+                head.headers.remove(header::TRANSFER_ENCODING);
+                head.headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(emitted));
+            }
             return Ok(ProxyBody::frames(prefix));
         }
         if emitted != seen {
