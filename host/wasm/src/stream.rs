@@ -124,6 +124,16 @@ impl Stream {
         std::mem::take(&mut self.calls)
     }
 
+    /// True when a callback left something for the caller to act on: an effect (local reply,
+    /// resume, close, done) or a callout. False after the usual callback, which only returns.
+    pub fn has_pending(&mut self) -> bool {
+        if !self.calls.is_empty() {
+            return true;
+        }
+        let e = &self.data().effects;
+        e.local_response.is_some() || e.resume_request || e.resume_response || e.close || e.done
+    }
+
     /// True once a callback failed (the instance is gone).
     pub fn failed(&self) -> bool {
         self.failed

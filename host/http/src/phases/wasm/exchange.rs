@@ -400,6 +400,16 @@ async fn callback<R: Send + 'static>(
     }
 }
 
+/// What a headers callback returned.
+struct HeadersOutcome {
+    action: Result<Action, Failure>,
+    /// The plugin continued and left no effect and no callout: nothing to settle (the usual
+    /// case; [`WasmExchange::settle`] would return `Continue` at once).
+    quiet: bool,
+    /// Quiet, and the plugin wrote to the headers (read and cleared under the callback's lock).
+    modified: bool,
+}
+
 /// One headers callback (`run`: `on_request_headers` or `on_response_headers`) once the
 /// stream's instance is free: the live map is moved into the plugin's stream (`field`) for the
 /// callback and back out into `headers`, unless the plugin paused (then it stays in the stream,
@@ -410,10 +420,10 @@ async fn headers_callback(
     end_of_stream: bool,
     field: fn(&mut StreamData) -> &mut Headers,
     run: fn(&mut Stream, bool) -> Result<Action, Failure>,
-) -> Result<Action, Failure> {
+) -> HeadersOutcome {
     gated(stream).await;
     let live = std::mem::take(headers);
-    let (action, back) = callback(
+    let (outcome, back) = callback(
         stream,
         move |s| {
             *field(s.data()) = live;
@@ -423,15 +433,29 @@ async fn headers_callback(
             } else {
                 std::mem::take(field(s.data()))
             };
-            (r, back)
+            let quiet = matches!(r, Ok(Action::Continue)) && !s.has_pending();
+            let modified = quiet && std::mem::take(&mut s.data().headers_modified);
+            let outcome = HeadersOutcome {
+                action: r,
+                quiet,
+                modified,
+            };
+            (outcome, back)
         },
-        |f| (Err(f), Headers::default()),
+        |f| {
+            let outcome = HeadersOutcome {
+                action: Err(f),
+                quiet: false,
+                modified: false,
+            };
+            (outcome, Headers::default())
+        },
     )
     .await;
-    if !matches!(action, Ok(Action::Pause)) {
+    if !matches!(outcome.action, Ok(Action::Pause)) {
         *headers = back;
     }
-    action
+    outcome
 }
 
 /// Request headers as plugins see them: the request's own header map, moved (not copied), with
@@ -598,7 +622,7 @@ impl WasmExchange {
                 continue;
             }
             let end_of_stream = buffered.is_none() && http_body::Body::is_end_stream(body);
-            let action = headers_callback(
+            let outcome = headers_callback(
                 &self.stages[i].stream,
                 &mut headers,
                 end_of_stream,
@@ -606,7 +630,11 @@ impl WasmExchange {
                 Stream::on_request_headers,
             )
             .await;
-            let action = match action {
+            if outcome.quiet {
+                modified |= outcome.modified;
+                continue;
+            }
+            let action = match outcome.action {
                 Ok(a) => a,
                 Err(f) => match self.failed(i, &f) {
                     Ok(()) => continue,
@@ -1057,7 +1085,7 @@ impl WasmExchange {
             if self.stages[i].skipped {
                 continue;
             }
-            let action = headers_callback(
+            let outcome = headers_callback(
                 &self.stages[i].stream,
                 &mut headers,
                 end_of_stream,
@@ -1065,7 +1093,11 @@ impl WasmExchange {
                 Stream::on_response_headers,
             )
             .await;
-            let action = match action {
+            if outcome.quiet {
+                modified |= outcome.modified;
+                continue;
+            }
+            let action = match outcome.action {
                 Ok(a) => a,
                 Err(f) => {
                     if let Err(r) = self.failed(i, &f) {
