@@ -12,7 +12,9 @@
 # Candidates: weft (bench/configs/weft.yaml: Istio metrics on, the default), weft-nometrics (the
 # same, metrics off), hyper-legacy (hyper's HTTP/1.1 server + hyper-util's pooled legacy client,
 # Weft's pair), hyper-conn (one upstream connection per downstream connection, no pool), haproxy.
-# With H2=1: weft, weft-nometrics, hyper-h2 (hyper's HTTP/2 server + the legacy client), haproxy.
+# With H2=1: weft, weft-nometrics, hyper-h2 (hyper's HTTP/2 server + the legacy client),
+# hyper-h2-conn (the same with one upstream connection per downstream connection, as
+# hyper-conn), hyper-h2-local (hyper's HTTP/2 server answering by itself, no upstream), haproxy.
 #
 # Instructions: valgrind callgrind, every thread, REQUESTS (3000) requests by h2load (CONNS=4)
 # after WARMUP (500). Load: each candidate pinned to CPU 1, nginx and wrk (HTTP/1.1, `-t1 -c32`;
@@ -59,8 +61,8 @@ sed -e 's/^workers: 1$/workers: 1\ntelemetry: { metrics: { enabled: false } }/' 
 grep -q 'enabled: false' "$RUN/weft-nometrics.yaml" || { echo "floor.sh: could not render weft-nometrics.yaml" >&2; exit 1; }
 
 if [ "$H2" = 1 ]; then
-    CANDIDATES=(weft weft-nometrics hyper-h2 haproxy)
-    declare -A PORT=([weft]=18100 [weft-nometrics]=18120 [hyper-h2]=18392 [haproxy]=18113)
+    CANDIDATES=(weft weft-nometrics hyper-h2 hyper-h2-conn hyper-h2-local haproxy)
+    declare -A PORT=([weft]=18100 [weft-nometrics]=18120 [hyper-h2]=18392 [hyper-h2-conn]=18394 [hyper-h2-local]=18393 [haproxy]=18113)
 else
     CANDIDATES=(weft weft-nometrics hyper-legacy hyper-conn haproxy)
     declare -A PORT=([weft]=18100 [weft-nometrics]=18120 [hyper-legacy]=18390 [hyper-conn]=18391 [haproxy]=18103)
@@ -81,6 +83,8 @@ command_of() {
         hyper-legacy) echo "$FLOOR legacy 127.0.0.1:${PORT[$1]} 127.0.0.1:18081" ;;
         hyper-conn) echo "$FLOOR conn 127.0.0.1:${PORT[$1]} 127.0.0.1:18081" ;;
         hyper-h2) echo "$FLOOR h2 127.0.0.1:${PORT[$1]} 127.0.0.1:18081" ;;
+        hyper-h2-conn) echo "$FLOOR h2-conn 127.0.0.1:${PORT[$1]} 127.0.0.1:18081" ;;
+        hyper-h2-local) echo "$FLOOR h2-local 127.0.0.1:${PORT[$1]} 127.0.0.1:18081" ;;
         haproxy) echo "haproxy -db -f $BENCH/configs/haproxy.cfg" ;;
     esac
 }

@@ -10,7 +10,12 @@
 //! - `conn`: HTTP/1.1 server, one upstream HTTP/1.1 connection per downstream connection,
 //!   driven by `hyper::client::conn::http1` (no pool, no pool key, no channel to a pool task
 //!   other than the connection's own);
-//! - `h2`: HTTP/2 server (prior knowledge), the pooled legacy client upstream (HTTP/1.1).
+//! - `h2`: HTTP/2 server (prior knowledge), the pooled legacy client upstream (HTTP/1.1);
+//! - `h2-conn`: HTTP/2 server, upstream as in `conn` (a stream that finds the connection's
+//!   upstream sender taken opens another; with one stream at a time, as `bench/floor.sh` sends,
+//!   each downstream connection keeps one upstream connection);
+//! - `h2-local`: HTTP/2 server answering `hello world` itself (no upstream): hyper's HTTP/2
+//!   server alone.
 //!
 //! ```text
 //! hyper_floor MODE LISTEN_ADDR UPSTREAM_ADDR
@@ -41,11 +46,13 @@ enum Mode {
     Legacy,
     Conn,
     H2,
+    H2Conn,
+    H2Local,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: hyper_floor legacy|conn|h2 LISTEN_ADDR UPSTREAM_ADDR";
+    let usage = "usage: hyper_floor legacy|conn|h2|h2-conn|h2-local LISTEN_ADDR UPSTREAM_ADDR";
     let [_, mode, listen, upstream] = args.as_slice() else {
         return Err(usage.into());
     };
@@ -53,6 +60,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "legacy" => Mode::Legacy,
         "conn" => Mode::Conn,
         "h2" => Mode::H2,
+        "h2-conn" => Mode::H2Conn,
+        "h2-local" => Mode::H2Local,
         other => return Err(format!("unknown mode '{other}'; {usage}").into()),
     };
     let listen: SocketAddr = listen
@@ -102,6 +111,34 @@ async fn serve(
                             .serve_connection(io, service),
                     );
                 }
+            }
+            Mode::H2Conn => {
+                let slot: Arc<Mutex<Option<SendRequest<Incoming>>>> = Arc::new(Mutex::new(None));
+                let service = service_fn(move |mut req: Request<Incoming>| {
+                    *req.version_mut() = http::Version::HTTP_11;
+                    if let Some(host) = req.uri().authority().map(|a| a.as_str().to_owned())
+                        && let Ok(value) = http::HeaderValue::from_str(&host)
+                    {
+                        req.headers_mut().insert(http::header::HOST, value);
+                    }
+                    *req.uri_mut() = req
+                        .uri()
+                        .path_and_query()
+                        .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+                    dedicated(req, slot.clone(), upstream)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .serve_connection(io, service),
+                );
+            }
+            Mode::H2Local => {
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .serve_connection(io, service_fn(local)),
+                );
             }
             Mode::Conn => {
                 // Requests on an HTTP/1.1 connection come one after the other: the sender is
@@ -174,6 +211,11 @@ async fn connect(upstream: SocketAddr) -> Option<SendRequest<Incoming>> {
         .ok()?;
     tokio::spawn(conn);
     Some(sender)
+}
+
+async fn local(_: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let body = http_body_util::Full::new(Bytes::from_static(b"hello world\n"));
+    Ok(Response::new(body.map_err(|never| match never {}).boxed()))
 }
 
 fn bad_gateway() -> Response<Body> {

@@ -1,8 +1,6 @@
-//! Upstream HTTP/1.1 connection pooling: connections kept alive and reused, never reused once
-//! the upstream closed them, closed after the cluster's idle timeout, kept per worker under
-//! `runtime.accept: reuseport`, and correct for request bodies of every size. (Written for the
-//! inline pool of branch `perf`, which was measured and not kept: docs/performance.md; they hold
-//! for hyper's pooled client as well.)
+//! Upstream HTTP/1.1 connections pooled per worker (weft-upstream `h1_pool`):
+//! kept alive and reused, never reused once the upstream closed them, closed after the
+//! cluster's idle timeout, and still correct for bodies of every framing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -157,7 +155,7 @@ async fn reuseport_workers_each_reuse_their_own_upstream_connection() {
     );
 }
 
-/// Request bodies of every size go through inline connections whole, one after another on a
+/// Request bodies of every size go through pooled connections whole, one after another on a
 /// reused connection (the body is sent while the request's task polls the connection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_go_through_whole() {

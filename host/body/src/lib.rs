@@ -60,6 +60,8 @@ enum Kind {
     /// Frames already read, then the rest of the body they came from.
     Chain(VecDeque<Frame<Bytes>>, Box<ProxyBody>),
     Piped(Box<Piped>),
+    /// Any other body (an upstream response read through a connection the request drives).
+    Boxed(Pin<Box<dyn http_body::Body<Data = Bytes, Error = BoxError> + Send + Sync>>),
 }
 
 /// A body whose frames pass through a plugin pipeline, after some already-filtered frames.
@@ -118,6 +120,13 @@ impl ProxyBody {
     /// A streamed body from hyper.
     pub fn incoming(body: Incoming) -> ProxyBody {
         ProxyBody::of(Kind::Incoming(body))
+    }
+
+    /// Another body (e.g. one that also drives the connection it is read from).
+    pub fn boxed(
+        body: impl http_body::Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
+    ) -> ProxyBody {
+        ProxyBody::of(Kind::Boxed(Box::pin(body)))
     }
 
     /// Already-produced frames.
@@ -208,6 +217,13 @@ impl http_body::Body for ProxyBody {
                 Poll::Pending => Poll::Pending,
             },
             Kind::Frames(frames) => Poll::Ready(frames.pop_front().map(Ok)),
+            Kind::Boxed(body) => {
+                let r = body.as_mut().poll_frame(cx);
+                if matches!(r, Poll::Ready(Some(Err(_)))) {
+                    this.errored = true;
+                }
+                r
+            }
             Kind::Chain(prefix, inner) => match prefix.pop_front() {
                 Some(f) => Poll::Ready(Some(Ok(f))),
                 None => {
@@ -259,6 +275,7 @@ impl http_body::Body for ProxyBody {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
             Kind::Incoming(body) => body.is_end_stream(),
+            Kind::Boxed(body) => body.is_end_stream(),
             Kind::Frames(f) => f.is_empty(),
             Kind::Chain(prefix, inner) => prefix.is_empty() && inner.is_end_stream(),
             Kind::Piped(p) => p.done && p.prefix.is_empty(),
@@ -270,6 +287,7 @@ impl http_body::Body for ProxyBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Incoming(body) => body.size_hint(),
+            Kind::Boxed(body) => body.size_hint(),
             Kind::Frames(f) => SizeHint::with_exact(
                 f.iter()
                     .filter_map(|f| f.data_ref())

@@ -32,11 +32,15 @@ use crate::tls::{HttpIo, UpstreamIo, UpstreamTls};
 /// HTTP client type used for every cluster.
 pub type HttpClient = Client<CountingConnector, ProxyBody>;
 
-/// A cluster's connection pools: the main one and a `downstream` cluster's HTTP/2 one.
+/// A cluster's connection pools: the main one, a `downstream` cluster's HTTP/2 one, and the
+/// pooled HTTP/1.1 connections ([`crate::h1_pool`]).
 #[derive(Debug)]
 struct Pools {
     main: HttpClient,
     h2: Option<HttpClient>,
+    /// Every cluster whose HTTP/1.1 requests cannot become HTTP/2 (no `h2` in its TLS ALPN);
+    /// upgrades and `CONNECT` still use `main`.
+    h1: Option<Arc<crate::h1_pool::H1Pool>>,
 }
 
 impl Pools {
@@ -77,11 +81,19 @@ impl Pools {
             }
             builder.build(connector)
         };
+        let limit = weft_config::BufferLimit(config.per_connection_buffer_limit_bytes);
+        let h1 = (config.protocol != UpstreamProtocol::Http2
+            && config
+                .tls
+                .as_ref()
+                .is_none_or(|t| !t.alpn.iter().any(|a| a == "h2")))
+        .then(|| crate::h1_pool::H1Pool::start(config.idle_timeout, limit.http1_buf(16 * 1024)));
         Pools {
             main: client(config.protocol == UpstreamProtocol::Http2, tls.cloned()),
             // A `downstream` cluster's HTTP/2 pool (its TLS offering `h2`).
             h2: (config.protocol == UpstreamProtocol::Downstream)
                 .then(|| client(true, tls.map(|t| t.with_alpn(&[b"h2"])))),
+            h1,
         }
     }
 }
@@ -330,6 +342,21 @@ impl Cluster {
     /// The pool a request of upstream `version` goes through: the calling worker's own
     /// (`runtime.accept: reuseport`) or the shared one.
     pub fn client_for(&self, version: http::Version) -> &HttpClient {
+        let pools = self.pools();
+        match &pools.h2 {
+            Some(h2) if version == http::Version::HTTP_2 => h2,
+            _ => &pools.main,
+        }
+    }
+
+    /// The calling worker's HTTP/1.1 pool (`None`: the cluster has none, its requests
+    /// go through [`client_for`](Self::client_for)).
+    pub fn h1_pool(&self) -> Option<&Arc<crate::h1_pool::H1Pool>> {
+        self.pools().h1.as_ref()
+    }
+
+    /// The calling worker's own pools (`runtime.accept: reuseport`) or the shared ones.
+    fn pools(&self) -> &Pools {
         let own = crate::worker::current().and_then(|i| {
             self.per_worker
                 .get_or_init(|| {
@@ -339,7 +366,7 @@ impl Cluster {
                 })
                 .get(i)
         });
-        let pools = match own {
+        match own {
             Some(slot) => slot.get_or_init(|| {
                 Pools::build(
                     &self.config,
@@ -349,10 +376,6 @@ impl Cluster {
                 )
             }),
             None => &self.pools,
-        };
-        match &pools.h2 {
-            Some(h2) if version == http::Version::HTTP_2 => h2,
-            _ => &pools.main,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod breaker;
 pub mod clock;
 pub mod cluster;
 pub mod endpoint;
+pub mod h1_pool;
 pub mod health;
 pub mod outlier;
 pub mod resilience;

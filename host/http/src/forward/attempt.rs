@@ -3,17 +3,22 @@
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Error as ClientError;
 use tokio::time::Instant;
-use weft_body::ProxyBody;
-use weft_upstream::Cluster;
+use weft_body::{BoxError, ProxyBody};
+use weft_upstream::h1_pool::{H1Error, Lease};
+use weft_upstream::{Cluster, Endpoint};
 
 use super::retry::TryOutcome;
 
 /// How one try to an endpoint ended, before any retry decision.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per try and matched at once; boxing the response would allocate per request"
+)]
 pub(crate) enum Tried {
-    /// Response headers arrived.
-    Response(http::Response<Incoming>),
+    /// Response headers arrived (with the pooled HTTP/1.1 connection its body is read through, if any).
+    Response(http::Response<Incoming>, Option<Lease>),
     /// The try failed before response headers.
-    Failed(TryOutcome, ClientError),
+    Failed(TryOutcome, BoxError),
     /// The per-try or route deadline passed.
     TimedOut,
 }
@@ -22,7 +27,7 @@ impl Tried {
     /// What the retry policy and outlier detection see of it.
     pub(crate) fn outcome(&self) -> TryOutcome {
         match self {
-            Tried::Response(r) => {
+            Tried::Response(r, _) => {
                 let grpc = r
                     .headers()
                     .get("grpc-status")
@@ -36,23 +41,47 @@ impl Tried {
     }
 }
 
-/// Sends `req` through `cluster`'s pool, bounded by `deadline`.
+/// Sends `req` to `endpoint`, bounded by `deadline`: on a connection of `cluster`'s
+/// HTTP/1.1 pool when `h1` (origin-form URI, `Host` set); else
+/// through its pooled client (absolute URI).
 pub(crate) async fn send(
     cluster: &Cluster,
+    endpoint: &Endpoint,
     req: http::Request<ProxyBody>,
     deadline: Option<Instant>,
+    h1: bool,
 ) -> Tried {
-    let call = cluster.client_for(req.version()).request(req);
-    match deadline {
+    let call = async {
+        match cluster.h1_pool().filter(|_| h1) {
+            Some(pool) => {
+                weft_upstream::h1_pool::send(pool, endpoint, req, || cluster.connect(endpoint))
+                    .await
+                    .map_err(|e| {
+                        let outcome = match e {
+                            H1Error::Connect(_) => TryOutcome::ConnectFailure,
+                            H1Error::Http(_) => TryOutcome::Reset,
+                        };
+                        (outcome, BoxError::from(e))
+                    })
+            }
+            None => cluster
+                .client_for(req.version())
+                .request(req)
+                .await
+                .map(|r| (r, None))
+                .map_err(|e| (classify(&e), BoxError::from(e))),
+        }
+    };
+    let done = match deadline {
         Some(d) => match tokio::time::timeout_at(d, call).await {
-            Ok(Ok(r)) => Tried::Response(r),
-            Ok(Err(e)) => Tried::Failed(classify(&e), e),
-            Err(_) => Tried::TimedOut,
+            Ok(done) => done,
+            Err(_) => return Tried::TimedOut,
         },
-        None => match call.await {
-            Ok(r) => Tried::Response(r),
-            Err(e) => Tried::Failed(classify(&e), e),
-        },
+        None => call.await,
+    };
+    match done {
+        Ok((r, lease)) => Tried::Response(r, lease),
+        Err((outcome, e)) => Tried::Failed(outcome, e),
     }
 }
 

@@ -234,9 +234,9 @@ impl ForwardPhase {
                 ))
             }
         };
-        let (resp, endpoint) = sent?;
+        let (resp, lease, endpoint) = sent?;
         ctx.upstream = Some((cluster.name.clone(), endpoint.addr));
-        Ok(self.downstream_response(ctx, resp))
+        Ok(self.downstream_response(ctx, resp, lease))
     }
 
     /// The upstream's response head made fit for the downstream hop; an upgrade is spliced.
@@ -244,6 +244,7 @@ impl ForwardPhase {
         &self,
         ctx: &mut RequestCtx<'_>,
         mut resp: http::Response<Incoming>,
+        lease: Option<weft_upstream::h1_pool::Lease>,
     ) -> (response::Parts, ProxyBody) {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(down) = ctx.upgrade.take()
@@ -257,7 +258,11 @@ impl ForwardPhase {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         parts.version = Version::HTTP_11;
-        (parts, ProxyBody::incoming(body))
+        let body = match lease {
+            Some(lease) => weft_upstream::h1_pool::H1Body::new(body, lease).into_proxy_body(),
+            None => ProxyBody::incoming(body),
+        };
+        (parts, body)
     }
 }
 
@@ -354,7 +359,14 @@ async fn send_with_retries(
     hash: Option<u64>,
     timeout: Option<Duration>,
     retry: Option<&RetryConfig>,
-) -> Result<(http::Response<Incoming>, Arc<Endpoint>), LocalReply> {
+) -> Result<
+    (
+        http::Response<Incoming>,
+        Option<weft_upstream::h1_pool::Lease>,
+        Arc<Endpoint>,
+    ),
+    LocalReply,
+> {
     // An `original_dst` cluster has one destination per request: the connection's original
     // destination, or the header's when the cluster trusts it.
     let original_dst = cluster
@@ -376,6 +388,12 @@ async fn send_with_retries(
     let mut attempt: u32 = 0;
     let mut tried_endpoints: Vec<usize> = Vec::new();
     let mut retry_permit: Option<weft_upstream::breaker::Permit> = None;
+    // HTTP/1.1 through the cluster's own pool (not for upgrades and CONNECT, which hand the
+    // connection over: hyper's pooled client keeps them).
+    let h1 = cluster.h1_pool().is_some()
+        && !ctx.is_upgrade
+        && upstream.version == Version::HTTP_11
+        && upstream.method != http::Method::CONNECT;
     loop {
         // An owned snapshot: it is held across the upstream call.
         let set = arc_swap::Guard::into_inner(cluster.endpoints());
@@ -393,11 +411,16 @@ async fn send_with_retries(
             e.upstream_host = Some(endpoint.addr.to_string());
             e.upstream_request_attempt_count = Some(attempt + 1);
         }
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(endpoint.authority.clone())
-            .path_and_query(upstream.path.clone())
-            .build();
+        let uri = if h1 {
+            // Origin-form: serialized as-is on the connection.
+            Ok(Uri::from(upstream.path.clone()))
+        } else {
+            Uri::builder()
+                .scheme("http")
+                .authority(endpoint.authority.clone())
+                .path_and_query(upstream.path.clone())
+                .build()
+        };
         let Ok(uri) = uri else {
             return Err(LocalReply::text(
                 StatusCode::BAD_REQUEST,
@@ -430,6 +453,12 @@ async fn send_with_retries(
             // The last possible try (the only one without a retry policy) takes them.
             std::mem::take(&mut upstream.headers)
         };
+        if h1 && !req.headers().contains_key(header::HOST) {
+            // What hyper's pooled client adds from the absolute URI.
+            if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
         if chunked_get {
             req.headers_mut().insert(
                 header::TRANSFER_ENCODING,
@@ -453,7 +482,7 @@ async fn send_with_retries(
             .and_then(|r| r.per_try_timeout)
             .and_then(|t| now.checked_add(t))
             .filter(|p| deadline.is_none_or(|d| *p < d));
-        let tried = attempt::send(cluster, req, per_try.or(deadline)).await;
+        let tried = attempt::send(cluster, &endpoint, req, per_try.or(deadline), h1).await;
         let upstream_time = now.elapsed();
         cluster.metrics.rq_time.observe(upstream_time.as_secs_f64());
         if let Some(e) = c.entry.as_mut() {
@@ -529,12 +558,12 @@ async fn send_with_retries(
             }
         };
         return match tried {
-            Tried::Response(r) => {
+            Tried::Response(r, lease) => {
                 if exhausted {
                     c.flag = flags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
                 }
                 cluster.metrics.rq[class_index(r.status().as_u16())].inc();
-                Ok((r, endpoint))
+                Ok((r, lease, endpoint))
             }
             Tried::TimedOut => {
                 cluster.metrics.rq_timeout.inc();
@@ -548,11 +577,11 @@ async fn send_with_retries(
             Tried::Failed(o, e) => {
                 // The request body failed in a plugin (a local reply, a failure, or a body over
                 // `max_body_bytes`): answer what the plugin pipeline decided.
-                if let Some(reply) = crate::phases::wasm::PipelineError::find(&e) {
+                if let Some(reply) = crate::phases::wasm::PipelineError::find(e.as_ref()) {
                     return Err(reply);
                 }
                 cluster.metrics.rq[4].inc();
-                if attempt::framing_error(&e) {
+                if attempt::framing_error(e.as_ref()) {
                     // The upstream broke HTTP/1 framing (bare CR/LF in a head, a bad chunk):
                     // nothing of it reaches the client.
                     tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream protocol error");
@@ -585,7 +614,7 @@ async fn send_with_retries(
 /// Counts a try that will be retried.
 fn count_failed_try(cluster: &Cluster, endpoint: &Endpoint, tried: &Tried, outcome: TryOutcome) {
     match tried {
-        Tried::Response(r) => {
+        Tried::Response(r, _) => {
             cluster.metrics.rq[class_index(r.status().as_u16())].inc();
         }
         Tried::Failed(..) => {
