@@ -18,7 +18,7 @@
 #
 # Instructions: valgrind callgrind, every thread, REQUESTS (3000) requests by h2load (CONNS=4)
 # after WARMUP (500). Load: each candidate pinned to CPU 1, nginx and wrk (HTTP/1.1, `-t1 -c32`;
-# h2load -c32 -m1 with H2=1) on CPU 0, ROUNDS (3) interleaved rounds of DURATION (4) seconds;
+# h2load -c32 -m STREAMS (1) with H2=1) on CPU 0, ROUNDS (3) interleaved rounds of DURATION (4) seconds;
 # CPU per request = the candidate's utime + stime over the round ÷ requests completed.
 # Environment: WEFT_BIN (default: cargo build --release -p weft), FLOOR_BIN (default: cargo build
 # --release -p weft-e2e --example hyper_floor). Needs valgrind, nginx, haproxy, wrk, h2load;
@@ -33,8 +33,9 @@ WARMUP=${WARMUP:-500}
 CONNS=${CONNS:-4}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-4}
+STREAMS=${STREAMS:-1}
 H2=${H2:-0}
-for v in REQUESTS WARMUP CONNS ROUNDS DURATION; do
+for v in REQUESTS WARMUP CONNS ROUNDS DURATION STREAMS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "floor.sh: $v must be a positive integer" >&2; exit 2; }
 done
 case "$PART" in all | instructions | load) ;; *) echo "floor.sh: PART is all, instructions or load" >&2; exit 2 ;; esac
@@ -152,7 +153,7 @@ if [ "$PART" != instructions ]; then
     declare -A RPS_SUM CPU_SUM
     load() { # PORT → prints "requests seconds"
         if [ "$H2" = 1 ]; then
-            taskset -c 0 h2load -c 32 -m 1 -D "$DURATION" "http://127.0.0.1:$1/x" 2>/dev/null |
+            taskset -c 0 h2load -c 32 -m "$STREAMS" -D "$DURATION" "http://127.0.0.1:$1/x" 2>/dev/null |
                 awk '/^finished in/ { gsub(/s,/, "", $3); t = $3 } /requests:.*succeeded/ { print $8, t }'
         else
             taskset -c 0 wrk -t1 -c32 -d"${DURATION}s" "http://127.0.0.1:$1/x" |
@@ -181,7 +182,7 @@ if [ "$PART" != instructions ]; then
         done
     done
     {
-        echo "## Under load (mean of $ROUNDS interleaved rounds of ${DURATION} s, candidate pinned to CPU 1)"
+        echo "## Under load (mean of $ROUNDS interleaved rounds of ${DURATION} s, candidate pinned to CPU 1; h2load -m $STREAMS with H2=1)"
         echo
         echo "| candidate | req/s | ÷ haproxy | CPU µs/request | ÷ haproxy |"
         echo "|---|---:|---:|---:|---:|"
