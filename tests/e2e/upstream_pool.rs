@@ -181,3 +181,137 @@ async fn request_bodies_go_through_whole() {
         );
     }
 }
+
+/// A raw HTTP/1.1 upstream that answers by method and path: `HEAD` with a head only (its
+/// `content-length: 2` describes the GET), `/nc` with `204`, `/stall` with the first 64 KiB of
+/// a 1 MiB body and then nothing until the connection ends, anything else `ok`. Counts the connections it accepts; sends an event when one ends.
+async fn varied_upstream() -> (SocketAddr, Arc<AtomicU64>, mpsc::UnboundedReceiver<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicU64::new(0));
+    let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let closed = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // The request line is at the start of the buffer before `read_head` drains it.
+                    let mut line = String::new();
+                    loop {
+                        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                            line = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            break;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    if line.is_empty() || !read_head(&mut s, &mut buf).await {
+                        break;
+                    }
+                    let written = if line.starts_with("HEAD ") {
+                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+                            .await
+                    } else if line.starts_with("GET /nc ") {
+                        s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await
+                    } else if line.starts_with("GET /stall ") {
+                        // 64 KiB of a 1 MiB body, then nothing until the connection ends.
+                        let mut reply =
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n".to_vec();
+                        reply.resize(reply.len() + 64 * 1024, b'b');
+                        if s.write_all(&reply).await.is_ok() {
+                            let mut rest = [0u8; 1024];
+                            while matches!(s.read(&mut rest).await, Ok(n) if n > 0) {}
+                        }
+                        break;
+                    } else {
+                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                    };
+                    if written.is_err() {
+                        break;
+                    }
+                }
+                drop(s);
+                let _ = closed.send(());
+            });
+        }
+    });
+    (addr, accepted, closed_rx)
+}
+
+/// A response with no body to read (`HEAD`, `204`) is never polled to its end by the
+/// downstream side: its connection still goes back to the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_and_no_content_responses_leave_their_connection_reusable() {
+    let (up, accepted, _closed) = varied_upstream().await;
+    let p = TestProxy::start(&format!("workers: 1\n{}", config(up, "60s"))).await;
+    let client = weft_e2e::client();
+    for i in 0..3 {
+        let head = http::Request::head(p.url("main", &format!("/h/{i}")))
+            .body(http_body_util::Full::default())
+            .expect("request");
+        let r = weft_e2e::send(&client, head).await;
+        assert_eq!(r.status, 200, "HEAD {i}");
+        assert!(r.body.is_empty(), "HEAD {i}: no body");
+        let r = get(&p.url("main", "/nc")).await;
+        assert_eq!(r.status, 204, "204 {i}");
+        let r = get(&p.url("main", &format!("/g/{i}"))).await;
+        assert_eq!(
+            (r.status.as_u16(), r.text()),
+            (200, "ok".to_owned()),
+            "GET {i}"
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "HEAD, 204 and GET responses all leave the one upstream connection reusable"
+    );
+}
+
+/// A client that goes away in the middle of a response: the upstream connection that still
+/// owes the rest of that body is closed, never handed to the next request (which would read
+/// the old body's bytes as its response).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_abandoned_mid_body_does_not_return_its_connection() {
+    let (up, accepted, mut closed) = varied_upstream().await;
+    let p = TestProxy::start(&format!("workers: 1\n{}", config(up, "60s"))).await;
+    let mut c = TcpStream::connect(p.addr("main")).await.expect("connect");
+    c.write_all(b"GET /stall HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let mut got = Vec::new();
+    while got.len() < 32 * 1024 {
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout(Duration::from_secs(10), c.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            other => panic!("the first part of the response did not arrive: {other:?}"),
+        }
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{:?}", &got[..32]);
+    drop(c);
+    // Weft gives up on that response: the upstream sees its connection end.
+    tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("the abandoned upstream connection is closed")
+        .expect("closed event");
+    for i in 0..3 {
+        let r = get(&p.url("main", &format!("/after/{i}"))).await;
+        assert_eq!(
+            (r.status.as_u16(), r.text()),
+            (200, "ok".to_owned()),
+            "request {i}"
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the abandoned connection, then one reused connection for the next requests"
+    );
+}
