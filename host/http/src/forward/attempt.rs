@@ -15,7 +15,8 @@ use super::retry::TryOutcome;
     reason = "made once per try and matched at once; boxing the response would allocate per request"
 )]
 pub(crate) enum Tried {
-    /// Response headers arrived (with the pooled HTTP/1.1 connection its body is read through, if any).
+    /// Response headers arrived (with the pooled HTTP/1.1 connection its body is read
+    /// through, if any).
     Response(http::Response<Incoming>, Option<Lease>),
     /// The try failed before response headers.
     Failed(TryOutcome, BoxError),
@@ -41,9 +42,9 @@ impl Tried {
     }
 }
 
-/// Sends `req` to `endpoint`, bounded by `deadline`: on a connection of `cluster`'s
-/// HTTP/1.1 pool when `h1` (origin-form URI, `Host` set); else
-/// through its pooled client (absolute URI).
+/// Sends `req` to `endpoint`, bounded by `deadline`: on a connection of `cluster`'s HTTP/1.1
+/// pool when `h1` (origin-form URI, `Host` set), else through its hyper pooled client
+/// (absolute URI).
 pub(crate) async fn send(
     cluster: &Cluster,
     endpoint: &Endpoint,
