@@ -971,6 +971,15 @@ async fn a_slow_plugin_runs_off_a_reuseport_worker() {
 /// `/fast` would only be served once the first burn ended and its request went upstream).
 async fn the_worker_serves_fast_requests_during_a_slow_callback(p: &TestProxy, up: &Recording) {
     until_offloaded(p, "1000", false).await;
+    // The warm-up requests' connections are closed, so their streams have ended: no end
+    // callback of theirs (`on_log`, `on_done`, run inline) can wait on the worker for the
+    // instance that the slow callback below will hold.
+    let settled = weft_e2e::eventually(Duration::from_secs(30), || async {
+        let m = p.metrics().await;
+        metric_value(&m, r#"weft_downstream_cx_active{listener="main"}"#) == 0.0
+    })
+    .await;
+    assert!(settled, "the warm-up connections did not close");
     let base = offloaded(p).await;
     let seen = up.heads();
     // Three seconds of burn: long against one request on the fast route, whatever the load;
