@@ -131,18 +131,25 @@ impl ForwardPhase {
                 crate::accounting::header_str(&ctx.head.headers, &crate::accounting::X_REQUEST_ID)
                     .map(str::to_owned);
         }
-        let host_value = match &forward.host_rewrite {
-            Some(h) => Some(h.clone()),
-            None => HeaderValue::from_str(&ctx.authority).ok(),
-        };
         let version = cluster.upstream_version(ctx.head.version);
         if version == Version::HTTP_2 {
             // HTTP/2 carries the authority in `:authority`, which the pooled client sets to
             // the endpoint; a `Host` that differs from it is malformed (RFC 9113 §8.3.1: a
             // client MUST NOT send one, and Weft's own HTTP/2 server refuses it).
             ctx.head.headers.remove(header::HOST);
-        } else if let Some(h) = host_value {
-            ctx.head.headers.insert(header::HOST, h);
+        } else if let Some(h) = &forward.host_rewrite {
+            ctx.head.headers.insert(header::HOST, h.clone());
+        } else if ctx
+            .head
+            .headers
+            .get(header::HOST)
+            .is_none_or(|h| h.as_bytes() != ctx.authority.as_bytes())
+        {
+            // An HTTP/1.1 request usually carries exactly this `Host` already: kept as it is
+            // (a new value is one allocation); from HTTP/2's `:authority` it is built here.
+            if let Ok(h) = HeaderValue::from_str(&ctx.authority) {
+                ctx.head.headers.insert(header::HOST, h);
+            }
         }
         let path = match forward.rewrite.apply(ctx.head.uri.path()) {
             Some(p) => match ctx.head.uri.query() {
