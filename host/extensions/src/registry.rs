@@ -491,6 +491,7 @@ impl Embedder for ProxyEmbedder {
             .cloned();
         Box::pin(async move {
             let cluster = cluster?;
+            let grpc = call.grpc;
             let timeout = if call.timeout.is_zero() {
                 Duration::from_secs(10)
             } else {
@@ -499,7 +500,7 @@ impl Embedder for ProxyEmbedder {
             match tokio::time::timeout(timeout, callout(&cluster, call)).await {
                 Ok(r) => r,
                 // Envoy's async client answers a timed-out call itself; plugins check for it.
-                Err(_) => Some(synthesized(504, "upstream request timeout")),
+                Err(_) => Some(made_up(grpc, 504, "upstream request timeout")),
             }
         })
     }
@@ -519,12 +520,23 @@ fn synthesized(status: u16, body: &str) -> HttpCallResponse {
     }
 }
 
+/// [`synthesized`], or for a gRPC call the "trailers-only" gRPC reply Envoy's router makes of
+/// the same failure.
+fn made_up(grpc: bool, status: u16, text: &str) -> HttpCallResponse {
+    if grpc {
+        weft_wasm::grpc::local_reply(status, text)
+    } else {
+        synthesized(status, text)
+    }
+}
+
 /// Performs one callout. Failures before a response are answered as Envoy's router answers them
 /// (503 with its text); a response whose body fails (reset, over `MAX_CALLOUT_BODY`) is `None`
 /// (Envoy: `on_http_call_response` with no headers).
 async fn callout(cluster: &Cluster, call: HttpCallRequest) -> Option<HttpCallResponse> {
+    let grpc = call.grpc;
     let Some(endpoint) = cluster.endpoints().pick(None).cloned() else {
-        return Some(synthesized(503, "no healthy upstream"));
+        return Some(made_up(grpc, 503, "no healthy upstream"));
     };
     let method = call.headers.get(":method").unwrap_or(b"GET");
     let path = String::from_utf8_lossy(call.headers.get(":path").unwrap_or(b"/")).into_owned();
@@ -558,7 +570,8 @@ async fn callout(cluster: &Cluster, call: HttpCallRequest) -> Option<HttpCallRes
             } else {
                 "connection termination"
             };
-            return Some(synthesized(
+            return Some(made_up(
+                grpc,
                 503,
                 &format!(
                     "upstream connect error or disconnect/reset before headers. reset reason: {reason}"

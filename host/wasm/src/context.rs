@@ -68,6 +68,10 @@ pub struct HttpCallRequest {
     pub trailers: HeaderList,
     /// Deadline.
     pub timeout: Duration,
+    /// Set for a unary gRPC call (`proxy_grpc_call`): the request is the gRPC one (`POST
+    /// /service/method`, one length-prefixed message) and its outcome reaches
+    /// `proxy_on_grpc_receive` / `proxy_on_grpc_close` instead of `proxy_on_http_call_response`.
+    pub grpc: bool,
 }
 
 /// An HTTP callout's outcome, as the plugin sees it.
@@ -319,6 +323,11 @@ pub(crate) struct HostState {
     pub(crate) root_state: HashMap<String, Vec<u8>>,
     /// `proxy_get_status` of the last callout.
     pub(crate) last_status: (u32, Vec<u8>),
+    /// The gRPC message visible during `proxy_on_grpc_receive` (`GrpcReceiveBuffer`).
+    pub(crate) grpc_message: Option<BodyBuffer>,
+    /// Tokens of this instance's gRPC calls still in flight, oldest first (for
+    /// `proxy_grpc_cancel` / `proxy_grpc_close`; bounded, see [`crate::grpc::MAX_PENDING`]).
+    pub(crate) grpc_pending: std::collections::VecDeque<u32>,
     pub(crate) started: std::time::Instant,
     /// The running call's CPU checkpoint, taken at its first epoch wake-up (never for calls
     /// that end sooner): thread CPU time then, and the CPU time assumed used before it.
@@ -354,6 +363,8 @@ impl HostState {
             tick_periods: HashMap::new(),
             root_state: HashMap::new(),
             last_status: (0, Vec::new()),
+            grpc_message: None,
+            grpc_pending: std::collections::VecDeque::new(),
             started: std::time::Instant::now(),
             cpu_checkpoint: None,
             first_window: std::time::Duration::ZERO,

@@ -18,6 +18,7 @@ pub mod codec;
 mod context;
 pub mod engine;
 pub mod gate;
+pub mod grpc;
 pub mod headers;
 mod host;
 pub mod offload;

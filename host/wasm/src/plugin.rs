@@ -139,6 +139,8 @@ pub(crate) struct Funcs {
     pub(crate) response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     pub(crate) response_trailers: Option<TypedFunc<(i32, i32), i32>>,
     pub(crate) http_call_response: Option<CallResponseFn>,
+    pub(crate) grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
+    pub(crate) grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
     pub(crate) tick: Option<TypedFunc<i32, ()>>,
     pub(crate) queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     pub(crate) log: Option<TypedFunc<i32, ()>>,
@@ -528,6 +530,8 @@ impl Funcs {
             response_body: typed(instance, store, "proxy_on_response_body")?,
             response_trailers: typed(instance, store, "proxy_on_response_trailers")?,
             http_call_response: typed(instance, store, "proxy_on_http_call_response")?,
+            grpc_receive: typed(instance, store, "proxy_on_grpc_receive")?,
+            grpc_close: typed(instance, store, "proxy_on_grpc_close")?,
             tick: typed(instance, store, "proxy_on_tick")?,
             queue_ready: typed(instance, store, "proxy_on_queue_ready")?,
             log: typed(instance, store, "proxy_on_log")?,
@@ -1065,6 +1069,7 @@ impl Plugin {
             let ticks = self.deadline_ticks();
             let token = call.token;
             let ctx = call.context_id;
+            let grpc = call.grpc;
             handle.spawn(async move {
                 let response = embedder.http_call(call).await;
                 if slot.broken.load(Ordering::SeqCst) {
@@ -1074,7 +1079,7 @@ impl Plugin {
                     return;
                 };
                 state.enter(&info, root);
-                let _ = deliver_call_response(&mut state, ticks, ctx, token, response);
+                let _ = deliver_call_response(&mut state, ticks, ctx, token, grpc, response);
             });
         }
     }
@@ -1213,8 +1218,12 @@ pub(crate) fn deliver_call_response(
     ticks: u64,
     context_id: u32,
     token: u32,
+    grpc: bool,
     response: Option<HttpCallResponse>,
 ) -> Result<(), Failure> {
+    if grpc {
+        return deliver_grpc_response(state, ticks, context_id, token, response);
+    }
     let Some(f) = state.funcs.http_call_response.clone() else {
         return Ok(());
     };
@@ -1244,4 +1253,54 @@ pub(crate) fn deliver_call_response(
     });
     state.store.data_mut().callout = None;
     r
+}
+
+/// Delivers a unary gRPC call's outcome as Envoy does: a message to `proxy_on_grpc_receive`
+/// (readable as `GrpcReceiveBuffer`), a failure to `proxy_on_grpc_close` (its status and
+/// message through `proxy_get_status`). A call the plugin cancelled gets nothing.
+fn deliver_grpc_response(
+    state: &mut InstanceState,
+    ticks: u64,
+    context_id: u32,
+    token: u32,
+    response: Option<HttpCallResponse>,
+) -> Result<(), Failure> {
+    {
+        let pending = &mut state.store.data_mut().grpc_pending;
+        match pending.iter().position(|&t| t == token) {
+            Some(i) => {
+                pending.remove(i);
+            }
+            // Cancelled (or forgotten past `MAX_PENDING`, then delivered: nothing is lost).
+            None if pending.len() < crate::grpc::MAX_PENDING => return Ok(()),
+            None => {}
+        }
+    }
+    match crate::grpc::outcome(response) {
+        crate::grpc::Outcome::Message(message) => {
+            let Some(f) = state.funcs.grpc_receive.clone() else {
+                return Ok(());
+            };
+            let size = message.len() as i32;
+            {
+                let data = state.store.data_mut();
+                data.last_status = (0, Vec::new());
+                data.grpc_message = Some(message.into());
+            }
+            let r = run(state, ticks, Phase::HttpCallResponse, context_id, |s| {
+                f.call(s, (context_id as i32, token as i32, size))
+            });
+            state.store.data_mut().grpc_message = None;
+            r
+        }
+        crate::grpc::Outcome::Close(code, message) => {
+            let Some(f) = state.funcs.grpc_close.clone() else {
+                return Ok(());
+            };
+            state.store.data_mut().last_status = (code, message);
+            run(state, ticks, Phase::HttpCallResponse, context_id, |s| {
+                f.call(s, (context_id as i32, token as i32, code as i32))
+            })
+        }
+    }
 }

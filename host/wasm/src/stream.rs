@@ -375,7 +375,8 @@ impl Stream {
         })
     }
 
-    /// Delivers a callout's outcome (`None`: it failed) to `proxy_on_http_call_response`.
+    /// Delivers a callout's outcome (`None`: it failed) to `proxy_on_http_call_response`, or
+    /// for a gRPC call to `proxy_on_grpc_receive` / `proxy_on_grpc_close`.
     pub fn on_http_call_response(
         &mut self,
         call: &HttpCallRequest,
@@ -383,9 +384,10 @@ impl Stream {
     ) -> Result<(), Failure> {
         let ctx = call.context_id;
         let token = call.token;
+        let grpc = call.grpc;
         let ticks = self.plugin.deadline_ticks();
         self.call(Phase::HttpCallResponse, move |state, _| {
-            deliver_call_response(state, ticks, ctx, token, response)
+            deliver_call_response(state, ticks, ctx, token, grpc, response)
                 .map_err(|f| wasmtime::Error::new(FailureError(f)))
         })
     }

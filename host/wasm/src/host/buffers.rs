@@ -34,7 +34,7 @@ fn buffer_ref(
             }
             state.stream_mut()?.body_mut(ty).ok_or(Status::NotFound)
         }
-        BufferType::GrpcReceiveBuffer => Err(Status::Unimplemented),
+        BufferType::GrpcReceiveBuffer => state.grpc_message.as_mut().ok_or(Status::NotFound),
     }
 }
 

@@ -1,6 +1,112 @@
-//! gRPC callouts: not implemented, every call answers `Unimplemented` (docs/abi.md).
+//! gRPC callouts. Unary calls (`proxy_grpc_call`, with `proxy_grpc_cancel` / `proxy_grpc_close`
+//! on their tokens) are implemented ([`crate::grpc`]); streams (`proxy_grpc_stream`,
+//! `proxy_grpc_send`, and cancel/close on a stream's token) answer `Unimplemented`
+//! (docs/abi.md).
 
 use super::*;
+use crate::grpc::{MAX_PENDING, Target, frame, request_headers};
+
+/// `proxy_grpc_call`: checks the target and arguments, queues the call as a callout with
+/// `grpc` set, and returns its token.
+pub(super) fn proxy_grpc_call(
+    linker: &mut Linker<HostState>,
+    module: &'static str,
+    name: &'static str,
+) -> Result<()> {
+    linker.func_wrap(
+        module,
+        name,
+        |mut caller: Caller<'_, HostState>,
+         sp: i32,
+         sl: i32,
+         np: i32,
+         nl: i32,
+         mp: i32,
+         ml: i32,
+         hp: i32,
+         hl: i32,
+         bp: i32,
+         bl: i32,
+         timeout_ms: i32,
+         token_out: i32| {
+            let service = tri!(read(&caller, sp, sl));
+            let service_name = tri!(read_str(&caller, np, nl));
+            let method = tri!(read_str(&caller, mp, ml));
+            let metadata = tri!(
+                HeaderList::deserialize(&tri!(read(&caller, hp, hl))).ok_or(Status::BadArgument)
+            );
+            let message = tri!(read(&caller, bp, bl));
+            let embedder = caller.data().plugin.embedder.clone();
+            // Envoy: bytes that are not a `GrpcService` name a cluster, which must exist
+            // (`ParseFailure` otherwise, kept from ABI 0.1).
+            let (cluster, authority) = match Target::parse(&service) {
+                Target::Cluster(c) if embedder.has_cluster(&c) => (c.clone(), c),
+                Target::Cluster(_) => return status(Status::ParseFailure),
+                Target::Service { cluster, authority } if embedder.has_cluster(&cluster) => {
+                    let authority = authority.unwrap_or_else(|| cluster.clone());
+                    (cluster, authority)
+                }
+                Target::Service { .. } | Target::Unsupported => {
+                    return status(Status::BadArgument);
+                }
+            };
+            if service_name.is_empty()
+                || method.is_empty()
+                || metadata.0.iter().any(|(k, v)| {
+                    k.starts_with(':') || !valid_header_name(k) || !valid_header_value(v)
+                })
+            {
+                return status(Status::BadArgument);
+            }
+            let timeout_ms = timeout_ms.max(0) as u64;
+            let headers = request_headers(&service_name, &method, &authority, timeout_ms, metadata);
+            let state = caller.data_mut();
+            state.next_token = state.next_token.wrapping_add(1).max(1);
+            let token = state.next_token;
+            let context_id = state.context_id;
+            if state.grpc_pending.len() >= MAX_PENDING {
+                state.grpc_pending.pop_front();
+            }
+            state.grpc_pending.push_back(token);
+            state.calls.push(HttpCallRequest {
+                token,
+                context_id,
+                cluster,
+                headers,
+                body: frame(&message),
+                trailers: HeaderList::default(),
+                timeout: Duration::from_millis(timeout_ms),
+                grpc: true,
+            });
+            return_u32s(&mut caller, &[(token_out, token)])
+        },
+    )?;
+    Ok(())
+}
+
+/// `proxy_grpc_cancel` and `proxy_grpc_close`: on a call still in flight, forget it (no
+/// callback will come for it), as Envoy cancels the request; `NotFound` for any other token.
+pub(super) fn proxy_grpc_cancel(
+    linker: &mut Linker<HostState>,
+    module: &'static str,
+    name: &'static str,
+) -> Result<()> {
+    linker.func_wrap(
+        module,
+        name,
+        |mut caller: Caller<'_, HostState>, token: i32| {
+            let pending = &mut caller.data_mut().grpc_pending;
+            match pending.iter().position(|&t| t == token as u32) {
+                Some(i) => {
+                    pending.remove(i);
+                    status(Status::Ok)
+                }
+                None => status(Status::NotFound),
+            }
+        },
+    )?;
+    Ok(())
+}
 
 /// Defines `module.name` as a function of `params` i32 arguments that always answers `answer`.
 fn define_stub(
@@ -24,14 +130,14 @@ fn define_stub(
     Ok(())
 }
 
-/// `proxy_grpc_*`: a stub of the function's arity answering `Unimplemented`.
+/// `proxy_grpc_stream` / `proxy_grpc_send`: a stub of the function's arity answering
+/// `Unimplemented` (gRPC streams are not supported).
 pub(super) fn grpc_stub(
     linker: &mut Linker<HostState>,
     module: &'static str,
     name: &'static str,
 ) -> Result<()> {
     let params = match name {
-        "proxy_grpc_call" => 12,
         "proxy_grpc_stream" => 9,
         "proxy_grpc_send" => 4,
         _ => 1,

@@ -54,6 +54,7 @@ pub(super) fn proxy_http_call(
                 body: body.into(),
                 trailers,
                 timeout: Duration::from_millis(timeout_ms.max(0) as u64),
+                grpc: false,
             });
             return_u32s(&mut caller, &[(token_out, token)])
         },

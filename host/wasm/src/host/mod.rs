@@ -359,7 +359,7 @@ pub(crate) const HOST_FUNCTIONS: &[HostFn] = &[
         module: ENV,
         name: "proxy_grpc_call",
         abi: Abi::ALL,
-        define: grpc::grpc_stub,
+        define: grpc::proxy_grpc_call,
     },
     HostFn {
         module: ENV,
@@ -377,13 +377,13 @@ pub(crate) const HOST_FUNCTIONS: &[HostFn] = &[
         module: ENV,
         name: "proxy_grpc_cancel",
         abi: Abi::ALL,
-        define: grpc::grpc_stub,
+        define: grpc::proxy_grpc_cancel,
     },
     HostFn {
         module: ENV,
         name: "proxy_grpc_close",
         abi: Abi::ALL,
-        define: grpc::grpc_stub,
+        define: grpc::proxy_grpc_cancel,
     },
     HostFn {
         module: ENV,

@@ -275,7 +275,7 @@ fn reply_from(local: LocalResponse, grpc: bool) -> LocalReply {
         let code = local
             .grpc_status
             .and_then(|g| u32::try_from(g).ok())
-            .unwrap_or_else(|| http_to_grpc_status(local.status));
+            .unwrap_or_else(|| weft_wasm::grpc::http_to_grpc_status(local.status));
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
@@ -310,17 +310,6 @@ fn reply_from(local: LocalResponse, grpc: bool) -> LocalReply {
     }
 }
 
-/// Envoy's `Grpc::Utility::httpToGrpcStatus`.
-fn http_to_grpc_status(status: u16) -> u32 {
-    match status {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502..=504 => 14,
-        _ => 2,
-    }
-}
 
 /// A `grpc-message` value: the gRPC spec's percent-encoding (bytes outside printable ASCII,
 /// and `%`).
