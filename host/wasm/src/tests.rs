@@ -458,6 +458,76 @@ fn callouts_pause_then_resume_with_the_response() {
     }
 }
 
+/// A unary gRPC call: the request a plugin's `dispatch_grpc_call` becomes, and each outcome
+/// delivered as Envoy delivers it (a message to `on_grpc_receive`, anything else to
+/// `on_grpc_close` with `proxy_get_status`).
+#[test]
+fn a_grpc_call_is_framed_and_its_outcomes_reach_the_plugin() {
+    let config = r#"{"grpc": {"cluster": "authz", "message": "ping", "timeout_ms": 1500}}"#;
+    let p = Plugin::load(
+        &engine(),
+        spec("grpc", fx::ABI_PROBE, config),
+        Arc::new(ScriptedCallouts),
+    )
+    .unwrap();
+    let ok = || {
+        let mut r = HttpCallResponse::default();
+        r.headers.add(":status", b"200");
+        r.headers.add("content-type", b"application/grpc");
+        r.body = crate::grpc::frame(b"pong").into();
+        r.trailers.add("grpc-status", b"0");
+        r
+    };
+    let mut trailers_only = HttpCallResponse::default();
+    trailers_only.headers.add(":status", b"200");
+    trailers_only.headers.add("grpc-status", b"7");
+    trailers_only.headers.add("grpc-message", b"denied");
+    let cases = [
+        (Some(ok()), "0", "pong", "<none>"),
+        (Some(trailers_only), "7", "<none>", "denied"),
+        (None, "13", "<none>", "<none>"),
+    ];
+    for (reply, status, body, message) in cases {
+        let mut s = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+        request(&mut s, "/");
+        assert_eq!(s.on_request_headers(true).unwrap(), Action::Pause);
+        let call = s.take_calls().remove(0);
+        assert!(call.grpc);
+        assert_eq!(call.cluster, "authz");
+        let h = |n: &str| header(&call.headers, n);
+        assert_eq!(h(":method").as_deref(), Some("POST"));
+        assert_eq!(h(":path").as_deref(), Some("/weft.test.Echo/Say"));
+        assert_eq!(h(":authority").as_deref(), Some("authz"));
+        assert_eq!(h("content-type").as_deref(), Some("application/grpc"));
+        assert_eq!(h("te").as_deref(), Some("trailers"));
+        assert_eq!(h("grpc-timeout").as_deref(), Some("1500m"));
+        assert_eq!(h("x-probe-md").as_deref(), Some("1"));
+        assert_eq!(&call.body[..], &crate::grpc::frame(b"ping")[..]);
+        s.on_http_call_response(&call, reply).unwrap();
+        assert!(s.take_effects().resume_request, "resumed after {status}");
+        s.data().response_headers.add(":status", b"200").unwrap();
+        s.on_response_headers(true).unwrap();
+        assert_eq!(probe_of(&mut s, "grpc-status").as_deref(), Some(status));
+        assert_eq!(probe_of(&mut s, "grpc-body").as_deref(), Some(body));
+        assert_eq!(probe_of(&mut s, "grpc-message").as_deref(), Some(message));
+        s.finish();
+    }
+    // A cluster that does not exist: `ParseFailure` (Envoy), reported by the SDK.
+    let p = Plugin::load(
+        &engine(),
+        spec("grpc-nope", fx::ABI_PROBE, r#"{"grpc": {"cluster": "nope"}}"#),
+        Arc::new(ScriptedCallouts),
+    )
+    .unwrap();
+    let mut s = probe_stream(&p);
+    assert!(s.take_calls().is_empty());
+    assert_eq!(
+        probe_of(&mut s, "grpc-dispatch").as_deref(),
+        Some("ParseFailure")
+    );
+    s.finish();
+}
+
 #[test]
 fn a_callout_to_an_unknown_cluster_is_refused() {
     let config = r#"{"callout": {"cluster": "nope"}}"#;

@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 
 pub use exchange::{Exchange, LocalReply, Outcome};
-pub use plugin::{PluginBuilder, RecordedCallout, TestPlugin};
+pub use plugin::{GrpcReply, PluginBuilder, RecordedCallout, TestPlugin};
 pub use weft_wasm::{Action, LoadError, LogLevel};
 
 /// Builds the plugin crate at `manifest_dir` for `wasm32-wasip1` (once per process) and returns

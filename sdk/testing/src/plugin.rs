@@ -43,7 +43,44 @@ impl Properties for PluginAttributes {
 #[derive(Debug, Clone)]
 enum Script {
     Respond(CannedResponse),
+    Grpc(GrpcReply),
     Fail,
+}
+
+/// A scripted answer to a unary gRPC call (`proxy_grpc_call`), as the server would send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcReply {
+    /// Status `OK` with this message: the plugin's `on_grpc_call_response` gets status 0 and
+    /// the message's size.
+    Message(Vec<u8>),
+    /// A failure: this gRPC status and message (a "trailers-only" reply).
+    Status(u32, String),
+}
+
+impl GrpcReply {
+    /// The reply as the HTTP/2 exchange that carries it.
+    fn response(&self) -> HttpCallResponse {
+        let mut headers = weft_wasm::HeaderList::default();
+        headers.add(":status", b"200");
+        headers.add("content-type", b"application/grpc");
+        let mut trailers = weft_wasm::HeaderList::default();
+        let body = match self {
+            GrpcReply::Message(m) => {
+                trailers.add("grpc-status", b"0");
+                weft_wasm::grpc::frame(m)
+            }
+            GrpcReply::Status(code, message) => {
+                headers.add("grpc-status", code.to_string().as_bytes());
+                headers.add("grpc-message", message.as_bytes());
+                weft_wasm::bytes::Bytes::new()
+            }
+        };
+        HttpCallResponse {
+            headers,
+            body: body.into(),
+            trailers,
+        }
+    }
 }
 
 /// A callout the plugin made.
@@ -53,10 +90,13 @@ pub struct RecordedCallout {
     pub cluster: String,
     /// Headers, including `:method`, `:path` and `:authority`.
     pub headers: Vec<(String, String)>,
-    /// Body.
+    /// Body; for a gRPC call, its message (without the 5-byte frame prefix).
     pub body: Vec<u8>,
     /// The timeout the plugin gave.
     pub timeout: Duration,
+    /// A unary gRPC call (`proxy_grpc_call`): `:path` is `/service/method`, and the headers
+    /// carry the plugin's initial metadata.
+    pub grpc: bool,
 }
 
 impl RecordedCallout {
@@ -91,11 +131,16 @@ impl ScriptedCallouts {
 
     /// Records `call` and returns its scripted outcome (`None`: the call failed).
     pub(crate) fn answer(&self, call: &HttpCallRequest) -> Option<HttpCallResponse> {
+        let body = match call.grpc {
+            true => call.body.get(5..).unwrap_or_default().to_vec(),
+            false => call.body.to_vec(),
+        };
         self.calls.lock().push(RecordedCallout {
             cluster: call.cluster.clone(),
             headers: list_pairs(&call.headers),
-            body: call.body.to_vec(),
+            body,
             timeout: call.timeout,
+            grpc: call.grpc,
         });
         let script = self.scripts.lock().get(&call.cluster).cloned();
         match script {
@@ -104,6 +149,7 @@ impl ScriptedCallouts {
                 body: r.body.into(),
                 trailers: weft_wasm::HeaderList::default(),
             }),
+            Some(Script::Grpc(g)) => Some(g.response()),
             Some(Script::Fail) | None => None,
         }
     }
@@ -190,6 +236,13 @@ impl PluginBuilder {
     pub fn callout(mut self, cluster: &str, response: CannedResponse) -> PluginBuilder {
         self.scripts
             .push((cluster.to_owned(), Script::Respond(response)));
+        self
+    }
+
+    /// gRPC calls to `cluster` get `reply` (the plugin names the cluster, or a `GrpcService`
+    /// whose `envoy_grpc.cluster_name` is it).
+    pub fn grpc_callout(mut self, cluster: &str, reply: GrpcReply) -> PluginBuilder {
+        self.scripts.push((cluster.to_owned(), Script::Grpc(reply)));
         self
     }
 
@@ -397,6 +450,11 @@ impl TestPlugin {
     /// Callouts to `cluster` get `response` from now on.
     pub fn set_callout(&self, cluster: &str, response: CannedResponse) {
         self.callouts.set(cluster, Script::Respond(response));
+    }
+
+    /// gRPC calls to `cluster` get `reply` from now on.
+    pub fn set_grpc_callout(&self, cluster: &str, reply: GrpcReply) {
+        self.callouts.set(cluster, Script::Grpc(reply));
     }
 
     /// Callouts to `cluster` fail from now on.
