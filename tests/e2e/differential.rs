@@ -36,10 +36,20 @@ async fn pair(
     weft_extra: &str,
     envoy_fail_open: bool,
 ) -> Option<Pair> {
-    pair_with_clusters(up, name, file, config, weft_extra, envoy_fail_open, &[]).await
+    let none = Clusters::default();
+    pair_with_clusters(up, name, file, config, weft_extra, envoy_fail_open, none).await
 }
 
-/// [`pair`] with more clusters by name (callout targets) in both proxies.
+/// Clusters by name (callout targets) that both proxies get besides `up`.
+#[derive(Clone, Copy, Default)]
+struct Clusters<'a> {
+    /// HTTP/1.1 ones.
+    http1: &'a [(&'a str, SocketAddr)],
+    /// HTTP/2 ones (h2c with prior knowledge, what gRPC callouts need).
+    http2: &'a [(&'a str, SocketAddr)],
+}
+
+/// [`pair`] with more `clusters`.
 async fn pair_with_clusters(
     up: SocketAddr,
     name: &str,
@@ -47,12 +57,16 @@ async fn pair_with_clusters(
     config: &str,
     weft_extra: &str,
     envoy_fail_open: bool,
-    clusters: &[(&str, SocketAddr)],
+    clusters: Clusters<'_>,
 ) -> Option<Pair> {
     let binary = require_envoy()?;
-    let weft_clusters: String = clusters
-        .iter()
-        .map(|(n, a)| format!("  - {{ name: {n}, endpoints: [{{ address: \"{a}\" }}] }}\n"))
+    let http1 = clusters.http1.iter().map(|c| (c, ""));
+    let http2 = clusters.http2.iter().map(|c| (c, " protocol: http2,"));
+    let weft_clusters: String = http1
+        .chain(http2)
+        .map(|((n, a), protocol)| {
+            format!("  - {{ name: {n},{protocol} endpoints: [{{ address: \"{a}\" }}] }}\n")
+        })
         .collect();
     let weft = TestProxy::start(&format!(
         r#"
@@ -80,7 +94,8 @@ clusters:
         fail_open: envoy_fail_open,
         ..EnvoyPlugin::new(name, file, config)
     };
-    let envoy = TestEnvoy::start(&binary, &[plugin], up, clusters).await;
+    let envoy =
+        TestEnvoy::start_with_h2(&binary, &[plugin], up, clusters.http1, clusters.http2).await;
     Some(Pair { weft, envoy })
 }
 
@@ -371,13 +386,26 @@ fn probes(r: &Reply) -> Vec<String> {
 
 /// Starts a pair on `abi_probe` with `config`.
 async fn probe_pair(up: SocketAddr, config: &str, clusters: &[(&str, SocketAddr)]) -> Option<Pair> {
+    let clusters = Clusters {
+        http1: clusters,
+        ..Clusters::default()
+    };
     pair_with_clusters(up, "abi", fx::ABI_PROBE, config, "", false, clusters).await
 }
 
 /// One request through a fresh pair on `abi_probe` with `config`: `(envoy, weft, pair)`.
 async fn probe_once(config: &str, clusters: &[(&str, SocketAddr)]) -> Option<(Reply, Reply, Pair)> {
+    let clusters = Clusters {
+        http1: clusters,
+        ..Clusters::default()
+    };
+    probe_once_with(config, clusters).await
+}
+
+/// [`probe_once`] with HTTP/2 clusters too.
+async fn probe_once_with(config: &str, clusters: Clusters<'_>) -> Option<(Reply, Reply, Pair)> {
     let up = echo("up").await;
-    let p = probe_pair(up, config, clusters).await?;
+    let p = pair_with_clusters(up, "abi", fx::ABI_PROBE, config, "", false, clusters).await?;
     let (e, w) = p.both("POST", "/probe", &[], b"abc").await;
     println!("envoy {:#?}\nweft {:#?}", probes(&e), probes(&w));
     Some((e, w, p))
@@ -520,6 +548,131 @@ async fn abi_failed_callouts_get_envoys_replies() {
     same_probes(&e, &w, &keys);
 }
 
+/// The gRPC upstream as cluster `grpc` (HTTP/2), and `abi_probe` calling its `method` with
+/// `options` (more `grpc` fields, e.g. `,"timeout_ms":200`): one request, `(envoy, weft, pair)`.
+async fn grpc_probe(cluster: &str, method: &str, options: &str) -> Option<(Reply, Reply, Pair)> {
+    let grpc = weft_e2e::upstream::grpc_unary().await;
+    let closed = weft_e2e::upstream::closed_port().await;
+    let config = format!(r#"{{"grpc":{{"cluster":"{cluster}","method":"{method}"{options}}}}}"#);
+    let clusters = Clusters {
+        http2: &[("grpc", grpc), ("closed", closed)],
+        ..Clusters::default()
+    };
+    probe_once_with(&config, clusters).await
+}
+
+/// A unary gRPC callout (`proxy_grpc_call`) from `on_request_headers` reaches
+/// `on_grpc_call_response` with status 0 and the reply's message (without its 5-byte gRPC frame
+/// header); the request carries the plugin's metadata, `te: trailers` and `/{service}/{method}`.
+#[tokio::test]
+async fn abi_grpc_call_unary_reaches_on_grpc_call_response() {
+    let Some((e, w, _p)) = grpc_probe("grpc", "Say", "").await else {
+        return;
+    };
+    let body = "hello hi md=1 te=trailers path=/weft.test.Echo/Say";
+    assert_eq!(e.status, 200, "{:?}", probes(&e));
+    assert_eq!(e.header("x-probe-grpc-status"), Some("0"));
+    assert_eq!(e.header("x-probe-grpc-body"), Some(body));
+    assert_eq!(
+        e.header("x-probe-grpc-size"),
+        Some(body.len().to_string().as_str())
+    );
+    assert_eq!(e.header("x-probe-grpc-dispatch"), None);
+    same_probes(
+        &e,
+        &w,
+        &["grpc-status", "grpc-size", "grpc-body", "grpc-message"],
+    );
+    assert_eq!(w.status, e.status);
+    same_upstream_view(&e, &w, &[]);
+}
+
+/// A probe key and its value.
+type Probe = (&'static str, &'static str);
+
+/// Failed unary gRPC callouts: a trailers-only error (`Fail`), an error in the trailers after
+/// the head (`FailLate`), an HTTP 500 without gRPC headers (`Http500`), a deadline (`Slow`,
+/// 200 ms) and a cluster that does not exist (the dispatch fails: `ParseFailure`). What Envoy
+/// 1.40 reports, pinned below: `on_grpc_call_response` with the gRPC status, size 0, no body,
+/// and as status message the reply's `grpc-message` followed by the response code details in
+/// braces (`no such thing{via_upstream}`), or the details alone without a message (HTTP 500:
+/// Unknown, `via_upstream`); the deadline is Unavailable (14),
+/// `upstream request timeout{response_timeout}`.
+#[tokio::test]
+async fn abi_grpc_call_failures_match_envoy() {
+    let failed = |status, message| {
+        [
+            ("grpc-status", status),
+            ("grpc-size", "0"),
+            ("grpc-body", "<none>"),
+            ("grpc-message", message),
+        ]
+    };
+    // (cluster, method, more `grpc` fields, the probes Envoy reports)
+    let cases: [(&str, &str, &str, &[Probe]); 6] = [
+        (
+            "closed",
+            "Say",
+            "",
+            &failed(
+                "14",
+                "upstream connect error or disconnect/reset before headers. reset reason: remote \
+                 connection failure{upstream_reset_before_response_started{remote_connection_\
+                 failure|delayed_connect_error:_Connection_refused}}",
+            ),
+        ),
+        (
+            "grpc",
+            "Fail",
+            "",
+            &failed("5", "no such thing{via_upstream}"),
+        ),
+        (
+            "grpc",
+            "FailLate",
+            "",
+            &failed("7", "denied late{via_upstream}"),
+        ),
+        ("grpc", "Http500", "", &failed("2", "via_upstream")),
+        (
+            "grpc",
+            "Slow",
+            r#","timeout_ms":200"#,
+            &failed("14", "upstream request timeout{response_timeout}"),
+        ),
+        ("nope", "Say", "", &[("grpc-dispatch", "ParseFailure")]),
+    ];
+    // Every case runs before any assertion on Weft, so that all differences are reported.
+    let mut differences = Vec::new();
+    for (cluster, method, options, envoy_saw) in cases {
+        let Some((e, w, _p)) = grpc_probe(cluster, method, options).await else {
+            return;
+        };
+        let case = format!("{cluster}/{method}");
+        println!("CASE {case}: envoy {} {:?}", e.status, probes(&e));
+        println!("CASE {case}: weft {} {:?}", w.status, probes(&w));
+        assert_eq!(e.status, 200, "envoy {case}: {:?}", probes(&e));
+        for (k, v) in envoy_saw {
+            let name = format!("x-probe-{k}");
+            assert_eq!(e.header(&name), Some(*v), "envoy {case}: {:?}", probes(&e));
+            if e.header(&name) != w.header(&name) {
+                differences.push(format!(
+                    "{case} {name}: envoy {:?}, weft {:?}",
+                    e.header(&name),
+                    w.header(&name)
+                ));
+            }
+        }
+        if w.status != e.status {
+            differences.push(format!(
+                "{case} status: envoy {}, weft {}",
+                e.status, w.status
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{differences:#?}");
+}
+
 /// #13: `proxy_record_metric` on a counter adds (5 then 3 → 8); a negative increment is
 /// `BadArgument`; a gauge is set. A CAS token on a shared-data key that does not exist is
 /// ignored: the write succeeds.
@@ -613,8 +766,16 @@ async fn abi_critical_log_is_critical() {
     let config = r#"{"log_critical":"probe critical line"}"#;
     let up = echo("up").await;
     let on_this_thread = "runtime:\n  accept: shared";
-    let Some(p) =
-        pair_with_clusters(up, "abi", fx::ABI_PROBE, config, on_this_thread, false, &[]).await
+    let Some(p) = pair_with_clusters(
+        up,
+        "abi",
+        fx::ABI_PROBE,
+        config,
+        on_this_thread,
+        false,
+        Clusters::default(),
+    )
+    .await
     else {
         return;
     };

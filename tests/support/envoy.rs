@@ -117,6 +117,15 @@ pub fn static_cluster(name: &str, addr: SocketAddr, options: &str) -> String {
     )
 }
 
+/// [`static_cluster`] options for HTTP/2 (h2c with prior knowledge) to the endpoint, what Envoy's
+/// gRPC client needs (Weft: `protocol: http2`).
+pub const HTTP2_CLUSTER: &str = r#"      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config:
+            http2_protocol_options: {}
+"#;
+
 /// A static bootstrap around one HTTP listener, `main`, with one virtual host for every domain;
 /// the listener and the admin on port 0 of 127.0.0.1 (Envoy binds, the admin tells which port
 /// it got: no window in which another process can take it).
@@ -162,11 +171,12 @@ static_resources:
 }
 
 /// The plugins' bootstrap: `plugins` (in order) then the router, everything routed to
-/// `upstream` (cluster `up`), `extra` more clusters by name.
+/// `upstream` (cluster `up`), `extra` more clusters by name, `h2` more on HTTP/2.
 fn bootstrap(
     plugins: &[EnvoyPlugin],
     upstream: SocketAddr,
     extra: &[(&str, SocketAddr)],
+    h2: &[(&str, SocketAddr)],
 ) -> String {
     let mut filters = String::new();
     for p in plugins {
@@ -196,6 +206,9 @@ fn bootstrap(
     let mut clusters = static_cluster("up", upstream, "");
     for (name, addr) in extra {
         clusters.push_str(&static_cluster(name, *addr, ""));
+    }
+    for (name, addr) in h2 {
+        clusters.push_str(&static_cluster(name, *addr, HTTP2_CLUSTER));
     }
     http_bootstrap(
         r#"                      routes:
@@ -244,7 +257,19 @@ impl TestEnvoy {
         upstream: SocketAddr,
         extra: &[(&str, SocketAddr)],
     ) -> TestEnvoy {
-        TestEnvoy::start_bootstrap(binary, &bootstrap(plugins, upstream, extra)).await
+        TestEnvoy::start_with_h2(binary, plugins, upstream, extra, &[]).await
+    }
+
+    /// [`TestEnvoy::start`] with more clusters, `h2`, on HTTP/2 (h2c with prior knowledge: gRPC
+    /// callout targets).
+    pub async fn start_with_h2(
+        binary: &Path,
+        plugins: &[EnvoyPlugin],
+        upstream: SocketAddr,
+        extra: &[(&str, SocketAddr)],
+        h2: &[(&str, SocketAddr)],
+    ) -> TestEnvoy {
+        TestEnvoy::start_bootstrap(binary, &bootstrap(plugins, upstream, extra, h2)).await
     }
 
     /// Starts Envoy on a whole bootstrap text (listener `main` and the admin on port 0 of

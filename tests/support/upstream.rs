@@ -242,3 +242,130 @@ where
     });
     addr
 }
+
+/// A gRPC reply body. Empty, it ends with the response head (trailers-only replies).
+type GrpcBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// `message` in one gRPC frame (uncompressed; 4-byte big-endian length).
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(5 + message.len());
+    out.push(0);
+    out.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    out.extend_from_slice(message);
+    out.into()
+}
+
+/// A unary gRPC server on an ephemeral port, h2c with prior knowledge. `POST /{service}/{method}`
+/// answers by method:
+/// - `Say`: `200`, `content-type: application/grpc`, one message
+///   `hello <request message> md=<x-probe-md> te=<te> path=<path>` (`-` for a header the request
+///   lacks), then trailers `grpc-status: 0`;
+/// - `Fail`: trailers-only: `200` with `grpc-status: 5`, `grpc-message: no such thing`, no body;
+/// - `FailLate`: `200`, no message, trailers `grpc-status: 7`, `grpc-message: denied late`;
+/// - `Slow`: never answers;
+/// - `Http500` (or any other method): `500`, no gRPC headers, empty body.
+pub async fn grpc_unary() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req| async move {
+                    Ok::<_, Infallible>(grpc_reply(req).await)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// [`grpc_unary`]'s answer to `req`.
+async fn grpc_reply(req: Request<Incoming>) -> Response<GrpcBody> {
+    use hyper::body::Frame;
+    let header = |name: &str| {
+        req.headers().get(name).map_or_else(
+            || "-".to_owned(),
+            |v| String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        )
+    };
+    let (md, te, path) = (
+        header("x-probe-md"),
+        header("te"),
+        req.uri().path().to_owned(),
+    );
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    // The first frame's message (a unary request has one).
+    let message = body
+        .get(1..5)
+        .map(|len| u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize)
+        .and_then(|len| body.get(5..5 + len))
+        .unwrap_or_default();
+    let trailers = |pairs: &[(&'static str, &'static str)]| {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, http::HeaderValue::from_static(v));
+        }
+        Frame::trailers(map)
+    };
+    match path.rsplit('/').next().unwrap_or_default() {
+        "Say" => {
+            let reply = format!(
+                "hello {} md={md} te={te} path={path}",
+                String::from_utf8_lossy(message)
+            );
+            let data = Frame::data(grpc_frame(reply.as_bytes()));
+            let frames = vec![data, trailers(&[("grpc-status", "0")])];
+            grpc_response(200, &[("content-type", "application/grpc")], frames)
+        }
+        "Fail" => grpc_response(
+            200,
+            &[
+                ("content-type", "application/grpc"),
+                ("grpc-status", "5"),
+                ("grpc-message", "no such thing"),
+            ],
+            vec![],
+        ),
+        "FailLate" => grpc_response(
+            200,
+            &[("content-type", "application/grpc")],
+            vec![trailers(&[
+                ("grpc-status", "7"),
+                ("grpc-message", "denied late"),
+            ])],
+        ),
+        "Slow" => std::future::pending().await,
+        _ => grpc_response(500, &[], vec![]),
+    }
+}
+
+/// A response of [`grpc_unary`]: `status`, `headers`, then the body's `frames`; without frames an
+/// empty body, so that the head carries END_STREAM (a trailers-only reply).
+fn grpc_response(
+    status: u16,
+    headers: &[(&str, &str)],
+    frames: Vec<hyper::body::Frame<Bytes>>,
+) -> Response<GrpcBody> {
+    let mut b = Response::builder().status(status);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let body = if frames.is_empty() {
+        http_body_util::Empty::new().boxed()
+    } else {
+        let frames = frames.into_iter().map(Ok::<_, Infallible>);
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+    };
+    b.body(body).expect("a valid response")
+}

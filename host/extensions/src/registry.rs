@@ -500,7 +500,12 @@ impl Embedder for ProxyEmbedder {
             match tokio::time::timeout(timeout, callout(&cluster, call)).await {
                 Ok(r) => r,
                 // Envoy's async client answers a timed-out call itself; plugins check for it.
-                Err(_) => Some(made_up(grpc, 504, "upstream request timeout")),
+                Err(_) => Some(made_up(
+                    grpc,
+                    504,
+                    "upstream request timeout",
+                    "response_timeout",
+                )),
             }
         })
     }
@@ -517,14 +522,15 @@ fn synthesized(status: u16, body: &str) -> HttpCallResponse {
         headers,
         body: body.as_bytes().to_vec().into(),
         trailers: HeaderList::default(),
+        details: None,
     }
 }
 
 /// [`synthesized`], or for a gRPC call the "trailers-only" gRPC reply Envoy's router makes of
-/// the same failure.
-fn made_up(grpc: bool, status: u16, text: &str) -> HttpCallResponse {
+/// the same failure, with Envoy's response code `details` (part of a gRPC failure's message).
+fn made_up(grpc: bool, status: u16, text: &str, details: &str) -> HttpCallResponse {
     if grpc {
-        weft_wasm::grpc::local_reply(status, text)
+        weft_wasm::grpc::local_reply(status, text, details)
     } else {
         synthesized(status, text)
     }
@@ -536,7 +542,12 @@ fn made_up(grpc: bool, status: u16, text: &str) -> HttpCallResponse {
 async fn callout(cluster: &Cluster, call: HttpCallRequest) -> Option<HttpCallResponse> {
     let grpc = call.grpc;
     let Some(endpoint) = cluster.endpoints().pick(None).cloned() else {
-        return Some(made_up(grpc, 503, "no healthy upstream"));
+        return Some(made_up(
+            grpc,
+            503,
+            "no healthy upstream",
+            "no_healthy_upstream",
+        ));
     };
     let method = call.headers.get(":method").unwrap_or(b"GET");
     let path = String::from_utf8_lossy(call.headers.get(":path").unwrap_or(b"/")).into_owned();
@@ -565,10 +576,23 @@ async fn callout(cluster: &Cluster, call: HttpCallRequest) -> Option<HttpCallRes
     let resp = match cluster.client.request(req).await {
         Ok(resp) => resp,
         Err(e) => {
-            let reason = if e.is_connect() {
-                "remote connection failure"
+            let (reason, details) = if e.is_connect() {
+                // Envoy's details name the socket error: `delayed_connect_error:_Connection_refused`.
+                let failure = match os_error(&e) {
+                    Some(text) => format!("|delayed_connect_error:_{}", text.replace(' ', "_")),
+                    None => String::new(),
+                };
+                (
+                    "remote connection failure",
+                    format!(
+                        "upstream_reset_before_response_started{{remote_connection_failure{failure}}}"
+                    ),
+                )
             } else {
-                "connection termination"
+                (
+                    "connection termination",
+                    "upstream_reset_before_response_started{connection_termination}".to_owned(),
+                )
             };
             return Some(made_up(
                 grpc,
@@ -576,6 +600,7 @@ async fn callout(cluster: &Cluster, call: HttpCallRequest) -> Option<HttpCallRes
                 &format!(
                     "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
                 ),
+                &details,
             ));
         }
     };
@@ -600,7 +625,28 @@ async fn callout(cluster: &Cluster, call: HttpCallRequest) -> Option<HttpCallRes
         headers,
         body: body.into(),
         trailers,
+        details: None,
     })
+}
+
+/// The operating system's text for the socket error under `e` (`Connection refused`), as
+/// `strerror` gives it.
+fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(code) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            let text = std::io::Error::from_raw_os_error(code).to_string();
+            return Some(match text.split_once(" (os error") {
+                Some((t, _)) => t.to_owned(),
+                None => text,
+            });
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// How a configuration names a module embedded in the binary: `file: builtin:<name>`.

@@ -83,6 +83,10 @@ pub struct HttpCallResponse {
     pub body: BodyBuffer,
     /// Trailers.
     pub trailers: HeaderList,
+    /// Envoy's response code details for a reply the host made up itself (`response_timeout`,
+    /// `upstream_reset_before_response_started{…}`, `no_healthy_upstream`); `None` for the
+    /// upstream's own response (`via_upstream`). A gRPC call's failure message carries them.
+    pub details: Option<String>,
 }
 
 /// What a callback asked the host to do once it returns.

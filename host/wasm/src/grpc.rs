@@ -151,7 +151,7 @@ pub(crate) fn request_headers(
 }
 
 /// `message` as one gRPC frame: uncompressed flag, big-endian length, the bytes.
-pub(crate) fn frame(message: &[u8]) -> Bytes {
+pub fn frame(message: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(5 + message.len());
     b.put_u8(0);
     b.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
@@ -183,8 +183,9 @@ pub fn http_to_grpc_status(status: u16) -> u32 {
 
 /// The reply a host makes up for a gRPC call that got no response (timeout, connect failure):
 /// Envoy's router answers a gRPC request with a "trailers-only" response carrying the status
-/// its HTTP status maps to, and its text as `grpc-message`.
-pub fn local_reply(http_status: u16, text: &str) -> HttpCallResponse {
+/// its HTTP status maps to, and its text as `grpc-message`; `details` are its response code
+/// details (see [`HttpCallResponse::details`]).
+pub fn local_reply(http_status: u16, text: &str, details: &str) -> HttpCallResponse {
     let mut headers = HeaderList::default();
     headers.add(":status", b"200");
     headers.add("content-type", b"application/grpc");
@@ -195,7 +196,18 @@ pub fn local_reply(http_status: u16, text: &str) -> HttpCallResponse {
     headers.add("grpc-message", text.as_bytes());
     HttpCallResponse {
         headers,
+        details: Some(details.to_owned()),
         ..HttpCallResponse::default()
+    }
+}
+
+/// A failure's message as Envoy's async gRPC client gives it: the `grpc-message`, followed by
+/// the exchange's response code details in braces; the details alone without a message.
+fn with_details(message: Vec<u8>, details: &str) -> Vec<u8> {
+    match (message.is_empty(), details.is_empty()) {
+        (true, _) => details.as_bytes().to_vec(),
+        (false, true) => message,
+        (false, false) => [&message[..], b"{", details.as_bytes(), b"}"].concat(),
     }
 }
 
@@ -225,6 +237,7 @@ pub(crate) fn outcome(response: Option<HttpCallResponse>) -> Outcome {
         headers,
         body,
         trailers,
+        details,
     }) = response
     else {
         return Outcome::Close(code::INTERNAL, Vec::new());
@@ -260,8 +273,12 @@ pub(crate) fn outcome(response: Option<HttpCallResponse>) -> Outcome {
     };
     match (status, last) {
         (0, Some(m)) => Outcome::Message(m),
+        // Envoy's unary request ends so itself, without details.
         (0, None) => Outcome::Close(code::INTERNAL, Vec::new()),
-        (s, _) => Outcome::Close(s, message),
+        (s, _) => Outcome::Close(
+            s,
+            with_details(message, details.as_deref().unwrap_or("via_upstream")),
+        ),
     }
 }
 
@@ -309,6 +326,7 @@ mod tests {
             headers: h,
             body: Bytes::copy_from_slice(body).into(),
             trailers: t,
+            details: None,
         }
     }
 
@@ -354,7 +372,7 @@ mod tests {
                     b"",
                     &[],
                 ),
-                Outcome::Close(5, b"gone".to_vec()),
+                Outcome::Close(5, b"gone{via_upstream}".to_vec()),
             ),
             (
                 reply(
@@ -363,15 +381,15 @@ mod tests {
                     b"",
                     &[("grpc-status", "7"), ("grpc-message", "no")],
                 ),
-                Outcome::Close(7, b"no".to_vec()),
+                Outcome::Close(7, b"no{via_upstream}".to_vec()),
             ),
             (
                 reply("500", &[], b"", &[]),
-                Outcome::Close(code::UNKNOWN, vec![]),
+                Outcome::Close(code::UNKNOWN, b"via_upstream".to_vec()),
             ),
             (
                 reply("503", &[], b"busy", &[]),
-                Outcome::Close(code::UNAVAILABLE, vec![]),
+                Outcome::Close(code::UNAVAILABLE, b"via_upstream".to_vec()),
             ),
             (
                 reply("200", &[GRPC], b"", &[("grpc-status", "0")]),
@@ -379,19 +397,22 @@ mod tests {
             ),
             (
                 reply("200", &[GRPC], &frame(b"x"), &[]),
-                Outcome::Close(code::UNKNOWN, vec![]),
+                Outcome::Close(code::UNKNOWN, b"via_upstream".to_vec()),
             ),
             (
                 reply("200", &[], &frame(b"x"), &[("grpc-status", "0")]),
-                Outcome::Close(code::INTERNAL, vec![]),
+                Outcome::Close(code::INTERNAL, b"via_upstream".to_vec()),
             ),
             (
                 reply("200", &[GRPC], &frame(b"x")[..3], &[("grpc-status", "0")]),
-                Outcome::Close(code::INTERNAL, vec![]),
+                Outcome::Close(code::INTERNAL, b"via_upstream".to_vec()),
             ),
             (
-                local_reply(504, "upstream request timeout"),
-                Outcome::Close(code::UNAVAILABLE, b"upstream request timeout".to_vec()),
+                local_reply(504, "upstream request timeout", "response_timeout"),
+                Outcome::Close(
+                    code::UNAVAILABLE,
+                    b"upstream request timeout{response_timeout}".to_vec(),
+                ),
             ),
         ];
         for (r, want) in cases {

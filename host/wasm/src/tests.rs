@@ -484,7 +484,7 @@ fn a_grpc_call_is_framed_and_its_outcomes_reach_the_plugin() {
     trailers_only.headers.add("grpc-message", b"denied");
     let cases = [
         (Some(ok()), "0", "pong", "<none>"),
-        (Some(trailers_only), "7", "<none>", "denied"),
+        (Some(trailers_only), "7", "<none>", "denied{via_upstream}"),
         (None, "13", "<none>", "<none>"),
     ];
     for (reply, status, body, message) in cases {
@@ -515,7 +515,11 @@ fn a_grpc_call_is_framed_and_its_outcomes_reach_the_plugin() {
     // A cluster that does not exist: `ParseFailure` (Envoy), reported by the SDK.
     let p = Plugin::load(
         &engine(),
-        spec("grpc-nope", fx::ABI_PROBE, r#"{"grpc": {"cluster": "nope"}}"#),
+        spec(
+            "grpc-nope",
+            fx::ABI_PROBE,
+            r#"{"grpc": {"cluster": "nope"}}"#,
+        ),
         Arc::new(ScriptedCallouts),
     )
     .unwrap();

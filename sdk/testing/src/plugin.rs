@@ -79,6 +79,7 @@ impl GrpcReply {
             headers,
             body: body.into(),
             trailers,
+            details: None,
         }
     }
 }
@@ -148,6 +149,7 @@ impl ScriptedCallouts {
                 headers: r.header_list(),
                 body: r.body.into(),
                 trailers: weft_wasm::HeaderList::default(),
+                details: None,
             }),
             Some(Script::Grpc(g)) => Some(g.response()),
             Some(Script::Fail) | None => None,

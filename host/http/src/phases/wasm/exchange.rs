@@ -310,7 +310,6 @@ fn reply_from(local: LocalResponse, grpc: bool) -> LocalReply {
     }
 }
 
-
 /// A `grpc-message` value: the gRPC spec's percent-encoding (bytes outside printable ASCII,
 /// and `%`).
 fn grpc_message(body: &[u8]) -> String {
