@@ -673,6 +673,20 @@ async fn abi_grpc_call_failures_match_envoy() {
     assert!(differences.is_empty(), "{differences:#?}");
 }
 
+/// `proxy_grpc_cancel` on a call in flight is `Ok` and no callback comes for it; on the same
+/// token again (or any unknown one) `NotFound`. The probe cancels at once and continues.
+#[tokio::test]
+async fn abi_grpc_cancel_matches_envoy() {
+    let Some((e, w, _p)) = grpc_probe("grpc", "Say", r#","cancel":true"#).await else {
+        return;
+    };
+    assert_eq!(e.header("x-probe-grpc-cancel"), Some("Ok(())"));
+    assert_eq!(e.header("x-probe-grpc-cancel-again"), Some("Err(NotFound)"));
+    assert_eq!(e.header("x-probe-grpc-status"), None, "{:?}", probes(&e));
+    same_probes(&e, &w, &["grpc-cancel", "grpc-cancel-again"]);
+    assert_eq!(w.header("x-probe-grpc-status"), None, "{:?}", probes(&w));
+}
+
 /// #13: `proxy_record_metric` on a counter adds (5 then 3 → 8); a negative increment is
 /// `BadArgument`; a gauge is set. A CAS token on a shared-data key that does not exist is
 /// ignored: the write succeeds.

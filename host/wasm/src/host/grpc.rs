@@ -95,10 +95,13 @@ pub(super) fn proxy_grpc_cancel(
         module,
         name,
         |mut caller: Caller<'_, HostState>, token: i32| {
-            let pending = &mut caller.data_mut().grpc_pending;
-            match pending.iter().position(|&t| t == token as u32) {
+            let token = token as u32;
+            let state = caller.data_mut();
+            match state.grpc_pending.iter().position(|&t| t == token) {
                 Some(i) => {
-                    pending.remove(i);
+                    state.grpc_pending.remove(i);
+                    // Not sent yet (made by this same callback): it never will be.
+                    state.calls.retain(|c| !(c.grpc && c.token == token));
                     status(Status::Ok)
                 }
                 None => status(Status::NotFound),
