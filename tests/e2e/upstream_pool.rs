@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use weft_e2e::{TestProxy, get};
 
@@ -27,35 +27,45 @@ async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     }
 }
 
+/// An upstream running `serve` on each connection: counts the connections it accepts and
+/// sends an event when one ends.
+async fn counted<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicU64>, mpsc::UnboundedReceiver<()>)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let accepted = Arc::new(AtomicU64::new(0));
+    let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+    let count = accepted.clone();
+    let serve = Arc::new(serve);
+    let addr = weft_e2e::upstream::accept_each(move |s| {
+        count.fetch_add(1, Ordering::SeqCst);
+        let (closed, serve) = (closed_tx.clone(), serve.clone());
+        async move {
+            serve(s).await;
+            let _ = closed.send(());
+        }
+    })
+    .await;
+    (addr, accepted, closed_rx)
+}
+
 /// A raw HTTP/1.1 upstream: counts the connections it accepts; answers each request `ok`
 /// (`content-length: 2`, no `Connection: close`); with `close_after_each`, closes the
 /// connection right after each response, silently. Sends an event when a connection ends.
 async fn upstream(
     close_after_each: bool,
 ) -> (SocketAddr, Arc<AtomicU64>, mpsc::UnboundedReceiver<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicU64::new(0));
-    let (closed_tx, closed_rx) = mpsc::unbounded_channel();
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            let closed = closed_tx.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                while read_head(&mut s, &mut buf).await {
-                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if s.write_all(reply).await.is_err() || close_after_each {
-                        break;
-                    }
-                }
-                drop(s);
-                let _ = closed.send(());
-            });
+    counted(move |mut s| async move {
+        let mut buf = Vec::new();
+        while read_head(&mut s, &mut buf).await {
+            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            if s.write_all(reply).await.is_err() || close_after_each {
+                break;
+            }
         }
-    });
-    (addr, accepted, closed_rx)
+    })
+    .await
 }
 
 fn config(up: SocketAddr, idle_timeout: &str) -> String {
@@ -184,65 +194,52 @@ async fn request_bodies_go_through_whole() {
 
 /// A raw HTTP/1.1 upstream that answers by method and path: `HEAD` with a head only (its
 /// `content-length: 2` describes the GET), `/nc` with `204`, `/stall` with the first 64 KiB of
-/// a 1 MiB body and then nothing until the connection ends, anything else `ok`. Counts the connections it accepts; sends an event when one ends.
+/// a 1 MiB body and then nothing until the connection ends, anything else `ok`. Counts the
+/// connections it accepts; sends an event when one ends.
 async fn varied_upstream() -> (SocketAddr, Arc<AtomicU64>, mpsc::UnboundedReceiver<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicU64::new(0));
-    let (closed_tx, closed_rx) = mpsc::unbounded_channel();
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            let closed = closed_tx.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    // The request line is at the start of the buffer before `read_head` drains it.
-                    let mut line = String::new();
-                    loop {
-                        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
-                            line = String::from_utf8_lossy(&buf[..end]).into_owned();
-                            break;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    if line.is_empty() || !read_head(&mut s, &mut buf).await {
-                        break;
-                    }
-                    let written = if line.starts_with("HEAD ") {
-                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
-                            .await
-                    } else if line.starts_with("GET /nc ") {
-                        s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await
-                    } else if line.starts_with("GET /stall ") {
-                        // 64 KiB of a 1 MiB body, then nothing until the connection ends.
-                        let mut reply =
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n".to_vec();
-                        reply.resize(reply.len() + 64 * 1024, b'b');
-                        if s.write_all(&reply).await.is_ok() {
-                            let mut rest = [0u8; 1024];
-                            while matches!(s.read(&mut rest).await, Ok(n) if n > 0) {}
-                        }
-                        break;
-                    } else {
-                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await
-                    };
-                    if written.is_err() {
-                        break;
-                    }
+    counted(|mut s| async move {
+        let mut buf = Vec::new();
+        loop {
+            // The request line is at the start of the buffer before `read_head` drains it.
+            let mut line = String::new();
+            loop {
+                if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                    line = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    break;
                 }
-                drop(s);
-                let _ = closed.send(());
-            });
+                let mut chunk = [0u8; 4096];
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            if line.is_empty() || !read_head(&mut s, &mut buf).await {
+                break;
+            }
+            let written = if line.starts_with("HEAD ") {
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+                    .await
+            } else if line.starts_with("GET /nc ") {
+                s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await
+            } else if line.starts_with("GET /stall ") {
+                // 64 KiB of a 1 MiB body, then nothing until the connection ends.
+                let mut reply = b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n".to_vec();
+                reply.resize(reply.len() + 64 * 1024, b'b');
+                if s.write_all(&reply).await.is_ok() {
+                    let mut rest = [0u8; 1024];
+                    while matches!(s.read(&mut rest).await, Ok(n) if n > 0) {}
+                }
+                break;
+            } else {
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+            };
+            if written.is_err() {
+                break;
+            }
         }
-    });
-    (addr, accepted, closed_rx)
+    })
+    .await
 }
 
 /// A response with no body to read (`HEAD`, `204`) is never polled to its end by the

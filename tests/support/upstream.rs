@@ -13,7 +13,26 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Listens on an ephemeral port of 127.0.0.1 and runs `serve` on every connection it accepts,
+/// each in a task of its own, for as long as the test runs. Returns the address.
+pub async fn accept_each<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            if let Ok((s, _)) = l.accept().await {
+                tokio::spawn(serve(s));
+            }
+        }
+    });
+    addr
+}
 
 /// An echo upstream named `name` on an ephemeral port (answers with JSON about the request).
 pub async fn echo(name: &str) -> SocketAddr {
@@ -98,52 +117,36 @@ pub async fn gated() -> Gate {
 
 /// An upstream that reads the request head then closes the connection without answering.
 pub async fn reset() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                drop(s);
-            });
-        }
-    });
-    addr
+    accept_each(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        drop(s);
+    })
+    .await
 }
 
 /// A raw TCP echo server: every chunk read comes back prefixed with `prefix`.
 pub async fn tcp_echo(prefix: &str) -> SocketAddr {
     use tokio::io::AsyncWriteExt;
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
     let prefix = prefix.as_bytes().to_vec();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            let prefix = prefix.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    let n = match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    let mut out = prefix.clone();
-                    out.extend_from_slice(&buf[..n]);
-                    if s.write_all(&out).await.is_err() {
-                        return;
-                    }
+    accept_each(move |mut s| {
+        let prefix = prefix.clone();
+        async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut out = prefix.clone();
+                out.extend_from_slice(&buf[..n]);
+                if s.write_all(&out).await.is_err() {
+                    return;
                 }
-            });
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// A port with nothing listening on it.
@@ -180,30 +183,21 @@ pub async fn sink() -> (SocketAddr, Arc<AtomicU64>) {
 /// A WebSocket echo server: every text or binary message comes back unchanged.
 pub async fn websocket_echo() -> SocketAddr {
     use futures_util::{SinkExt, StreamExt};
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        if ws.send(msg).await.is_err() {
-                            break;
-                        }
-                    } else if msg.is_close() {
-                        break;
-                    }
+    accept_each(|s| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+            return;
+        };
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() || msg.is_binary() {
+                if ws.send(msg).await.is_err() {
+                    break;
                 }
-            });
+            } else if msg.is_close() {
+                break;
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// Serves `f` (with a buffered request) on an ephemeral port, HTTP/1.1 and h2c.
@@ -221,26 +215,19 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else {
-                continue;
-            };
-            let f = f.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let f = f.clone();
-                    async move { Ok::<_, Infallible>(f(req).await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
-                    .await;
+    accept_each(move |s| {
+        let f = f.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let f = f.clone();
+                async move { Ok::<_, Infallible>(f(req).await) }
             });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                .await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// A gRPC reply body. Empty, it ends with the response head (trailers-only replies).
@@ -265,24 +252,16 @@ fn grpc_frame(message: &[u8]) -> Bytes {
 /// - `Slow`: never answers;
 /// - `Http500` (or any other method): `500`, no gRPC headers, empty body.
 pub async fn grpc_unary() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req| async move {
-                    Ok::<_, Infallible>(grpc_reply(req).await)
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    accept_each(|s| async move {
+        let svc =
+            hyper::service::service_fn(
+                |req| async move { Ok::<_, Infallible>(grpc_reply(req).await) },
+            );
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(s), svc)
+            .await;
+    })
+    .await
 }
 
 /// [`grpc_unary`]'s answer to `req`.

@@ -344,6 +344,16 @@ pub(crate) struct HostState {
 }
 
 impl HostState {
+    /// Queues `call` as made by the running callback's context, with the next token (never
+    /// 0), which it returns.
+    pub(crate) fn push_call(&mut self, mut call: HttpCallRequest) -> u32 {
+        self.next_token = self.next_token.wrapping_add(1).max(1);
+        call.token = self.next_token;
+        call.context_id = self.context_id;
+        self.calls.push(call);
+        self.next_token
+    }
+
     pub(crate) fn new(plugin: Arc<PluginInfo>) -> HostState {
         let max_memory = plugin.limits.memory_bytes;
         HostState {

@@ -61,16 +61,9 @@ pub(super) fn proxy_grpc_call(
             let timeout_ms = timeout_ms.max(0) as u64;
             let headers = request_headers(&service_name, &method, &authority, timeout_ms, metadata);
             let state = caller.data_mut();
-            state.next_token = state.next_token.wrapping_add(1).max(1);
-            let token = state.next_token;
-            let context_id = state.context_id;
-            if state.grpc_pending.len() >= MAX_PENDING {
-                state.grpc_pending.pop_front();
-            }
-            state.grpc_pending.push_back(token);
-            state.calls.push(HttpCallRequest {
-                token,
-                context_id,
+            let token = state.push_call(HttpCallRequest {
+                token: 0,
+                context_id: 0,
                 cluster,
                 headers,
                 body: frame(&message),
@@ -78,6 +71,10 @@ pub(super) fn proxy_grpc_call(
                 timeout: Duration::from_millis(timeout_ms),
                 grpc: true,
             });
+            if state.grpc_pending.len() >= MAX_PENDING {
+                state.grpc_pending.pop_front();
+            }
+            state.grpc_pending.push_back(token);
             return_u32s(&mut caller, &[(token_out, token)])
         },
     )?;

@@ -42,13 +42,9 @@ pub(super) fn proxy_http_call(
             {
                 return status(Status::BadArgument);
             }
-            let state = caller.data_mut();
-            state.next_token = state.next_token.wrapping_add(1).max(1);
-            let token = state.next_token;
-            let context_id = state.context_id;
-            state.calls.push(HttpCallRequest {
-                token,
-                context_id,
+            let token = caller.data_mut().push_call(HttpCallRequest {
+                token: 0,
+                context_id: 0,
                 cluster,
                 headers,
                 body: body.into(),
