@@ -971,9 +971,9 @@ async fn a_slow_plugin_runs_off_a_reuseport_worker() {
 /// `/fast` would only be served once the first burn ended and its request went upstream).
 async fn the_worker_serves_fast_requests_during_a_slow_callback(p: &TestProxy, up: &Recording) {
     until_offloaded(p, "1000", false).await;
-    // The warm-up requests' connections are closed, so their streams have ended: no end
-    // callback of theirs (`on_log`, `on_done`, run inline) can wait on the worker for the
-    // instance that the slow callback below will hold.
+    // The warm-up requests' connections are closed first: the count of active connections
+    // below is then the two `/slow` ones alone. (Their streams' end callbacks would not block
+    // the worker either: one that finds the instance busy waits in a task of its own.)
     let settled = weft_e2e::eventually(Duration::from_secs(30), || async {
         let m = p.metrics().await;
         metric_value(&m, r#"weft_downstream_cx_active{listener="main"}"#) == 0.0

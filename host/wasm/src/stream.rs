@@ -139,6 +139,11 @@ impl Stream {
         self.failed
     }
 
+    /// True once the stream ended ([`finish`](Stream::finish)).
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
     /// Holds the stream in its instance while its plugin has paused it with nothing pending
     /// (Envoy's `StopIteration`): a root callback (`on_tick`, `on_queue_ready`, a root callout's
     /// response) can then address it with `proxy_set_effective_context`, edit its headers and

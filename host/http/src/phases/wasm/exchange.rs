@@ -1232,10 +1232,40 @@ impl WasmExchange {
         Ok(ProxyBody::piped(prefix, body, Box::new(pipeline)))
     }
 
-    /// `on_log`, `on_done`, `on_delete` for every plugin, in chain order.
-    pub fn finish(&self) {
-        for stage in &self.stages {
-            lock(&stage.stream).finish();
+    /// `on_log`, `on_done`, `on_delete` for every plugin, in chain order: inline while each
+    /// plugin's instance is free and the plugin is not slow (the usual case). From the first
+    /// that is busy (another stream's callback holds it, e.g. a slow plugin's, offloaded) or
+    /// slow, the rest of the chain ends in a task of its own, in the same order, waiting for
+    /// each instance without blocking the worker, and running a slow plugin's end callbacks
+    /// off the worker as its other callbacks are.
+    pub fn finish(self) {
+        let mut streams = self.stages.into_iter().map(|stage| stage.stream);
+        while let Some(stream) = streams.next() {
+            {
+                let mut s = lock(&stream);
+                if s.try_gate() && !s.offload_now() {
+                    s.finish();
+                    continue;
+                }
+            }
+            let rest: Vec<Arc<Mutex<Stream>>> = std::iter::once(stream).chain(streams).collect();
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        for stream in rest {
+                            gated(&stream).await;
+                            callback(&stream, Stream::finish, |_| ()).await;
+                        }
+                    });
+                }
+                // No runtime to wait on (a test harness): wait on each instance here.
+                Err(_) => {
+                    for stream in rest {
+                        lock(&stream).finish();
+                    }
+                }
+            }
+            return;
         }
     }
 }
@@ -1666,6 +1696,40 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A stream's end callbacks never wait on the worker for an instance that another stream's
+    /// callback holds: `finish` returns at once (on this current-thread runtime, waiting would
+    /// deadlock the test), and they run once the instance is free.
+    #[tokio::test]
+    async fn end_callbacks_wait_for_a_busy_instance_without_blocking_the_worker() {
+        let mut ex = exchange(serde_json::json!({}), 1 << 20).await;
+        // The first callback uses the permit the stream started with.
+        let (mut head, ()) = http::Request::get("/")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let mut body = ProxyBody::empty();
+        assert!(matches!(
+            ex.request_headers(&mut head, "a", &mut body, 1 << 20).await,
+            Outcome::Continue
+        ));
+        let stream = ex.stages[0].stream.clone();
+        let gate = lock(&stream).gate();
+        let held = gate.enter().await;
+        ex.finish();
+        assert!(
+            !lock(&stream).is_finished(),
+            "ended while the instance was busy"
+        );
+        drop(held);
+        for _ in 0..1000 {
+            if lock(&stream).is_finished() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the end callbacks never ran once the instance was free");
     }
 
     #[tokio::test]
