@@ -216,8 +216,8 @@ impl Stream {
     /// The gate of the stream's instance: an async caller acquires a permit (waiting without
     /// blocking its worker thread while another stream's callback runs on the instance) and
     /// [`grant`](Stream::grant)s it to the stream before its next callback, which then finds
-    /// the instance free. Callers that cannot wait (body filters, `on_log` at the end) call
-    /// without one and wait on the instance's lock for at most one callback.
+    /// the instance free. Callers that cannot wait (body filters) call without one and wait on
+    /// the instance's lock for at most one callback.
     pub fn gate(&self) -> Arc<crate::gate::Gate> {
         self.slot.gate.clone()
     }
