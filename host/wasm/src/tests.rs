@@ -512,6 +512,24 @@ fn a_grpc_call_is_framed_and_its_outcomes_reach_the_plugin() {
         assert_eq!(probe_of(&mut s, "grpc-message").as_deref(), Some(message));
         s.finish();
     }
+    // A gRPC stream: not implemented, an error the SDK returns (not a trap).
+    let p = Plugin::load(
+        &engine(),
+        spec(
+            "grpc-stream",
+            fx::ABI_PROBE,
+            r#"{"grpc": {"cluster": "authz", "stream": true}}"#,
+        ),
+        Arc::new(ScriptedCallouts),
+    )
+    .unwrap();
+    let mut s = probe_stream(&p);
+    assert!(!s.failed());
+    assert_eq!(
+        probe_of(&mut s, "grpc-stream").as_deref(),
+        Some("Err(InternalFailure)")
+    );
+    s.finish();
     // A cluster that does not exist: `ParseFailure` (Envoy), reported by the SDK.
     let p = Plugin::load(
         &engine(),

@@ -1,7 +1,6 @@
 //! gRPC callouts. Unary calls (`proxy_grpc_call`, with `proxy_grpc_cancel` / `proxy_grpc_close`
 //! on their tokens) are implemented ([`crate::grpc`]); streams (`proxy_grpc_stream`,
-//! `proxy_grpc_send`, and cancel/close on a stream's token) answer `Unimplemented`
-//! (docs/abi.md).
+//! `proxy_grpc_send`) are not (see [`grpc_stub`] and docs/abi.md).
 
 use super::*;
 use crate::grpc::{MAX_PENDING, Target, frame, request_headers};
@@ -108,39 +107,38 @@ pub(super) fn proxy_grpc_cancel(
     Ok(())
 }
 
-/// Defines `module.name` as a function of `params` i32 arguments that always answers `answer`.
-fn define_stub(
+/// gRPC streams are not implemented: logged once per process, at the first attempt.
+static STREAMS_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `proxy_grpc_stream` / `proxy_grpc_send`: gRPC streams are not implemented. Opening one
+/// answers `InternalFailure`, which the Rust SDK returns as an error (on `Unimplemented` its
+/// `open_grpc_stream` panics, and the plugin would trap); sending on one answers `NotFound`
+/// (no stream has that token). The first attempt in the process logs a warning naming it.
+pub(super) fn grpc_stub(
     linker: &mut Linker<HostState>,
-    module: &str,
-    name: &str,
-    params: usize,
-    answer: Status,
+    module: &'static str,
+    name: &'static str,
 ) -> Result<()> {
+    let (params, answer) = match name {
+        "proxy_grpc_stream" => (9, Status::InternalFailure),
+        _ => (4, Status::NotFound),
+    };
     let ty = wasmtime::FuncType::new(
         linker.engine(),
         std::iter::repeat_n(wasmtime::ValType::I32, params),
         [wasmtime::ValType::I32],
     );
-    linker.func_new(module, name, ty, move |_, _, results| {
+    linker.func_new(module, name, ty, move |caller, _, results| {
+        if !STREAMS_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                plugin = %caller.data().plugin.name,
+                "{name}: gRPC streams are not implemented (unary calls are); answered {answer:?}"
+            );
+        }
         if let Some(r) = results.first_mut() {
             *r = Val::I32(answer.raw());
         }
         Ok(())
     })?;
     Ok(())
-}
-
-/// `proxy_grpc_stream` / `proxy_grpc_send`: a stub of the function's arity answering
-/// `Unimplemented` (gRPC streams are not supported).
-pub(super) fn grpc_stub(
-    linker: &mut Linker<HostState>,
-    module: &'static str,
-    name: &'static str,
-) -> Result<()> {
-    let params = match name {
-        "proxy_grpc_stream" => 9,
-        "proxy_grpc_send" => 4,
-        _ => 1,
-    };
-    define_stub(linker, module, name, params, Status::Unimplemented)
 }
