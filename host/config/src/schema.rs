@@ -201,6 +201,9 @@ pub struct Plugin {
     /// Most shared-data bytes (keys and values) per `vm_id` (more: `BadArgument`).
     #[serde(default = "defaults::plugin_shared_bytes")]
     pub max_shared_data_bytes: usize,
+    /// Most HTTP and gRPC callouts of the plugin in flight at once (more: `InternalFailure`).
+    #[serde(default = "defaults::plugin_callouts")]
+    pub max_callouts_in_flight: usize,
     /// Instances in the plugin's pool; 0 (the default): one per worker thread.
     #[serde(default = "defaults::plugin_instances")]
     pub instances: usize,
@@ -1095,6 +1098,10 @@ pub mod defaults {
     /// 4096.
     pub fn plugin_shared_keys() -> usize {
         4096
+    }
+    /// 1024.
+    pub fn plugin_callouts() -> usize {
+        1024
     }
     /// 16 MiB.
     pub fn plugin_shared_bytes() -> usize {

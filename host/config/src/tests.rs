@@ -522,6 +522,7 @@ fn plugin_bounds_have_defaults_and_bad_values_are_refused_with_their_path() {
     assert_eq!(p.max_queue_bytes, 4 * 1024 * 1024);
     assert_eq!(p.max_shared_data_keys, 4096);
     assert_eq!(p.max_shared_data_bytes, 16 * 1024 * 1024);
+    assert_eq!(p.max_callouts_in_flight, 1024);
     for (field, value) in [
         ("max_body_bytes", "0"),
         ("max_random_bytes", "0"),
@@ -532,6 +533,7 @@ fn plugin_bounds_have_defaults_and_bad_values_are_refused_with_their_path() {
         ("max_queue_bytes", "10"),
         ("max_shared_data_keys", "0"),
         ("max_shared_data_bytes", "2000000000000"),
+        ("max_callouts_in_flight", "0"),
     ] {
         let text = format!("plugins:\n  - name: p\n    file: p.wasm\n    {field}: {value}\n");
         let problem = only_problem(&text);

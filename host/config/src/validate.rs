@@ -213,6 +213,12 @@ impl Validator<'_> {
                 1..=GIB,
                 "1 B..=1 GiB",
             ),
+            (
+                "max_callouts_in_flight",
+                p.max_callouts_in_flight,
+                1..=1_000_000,
+                "1..=1000000",
+            ),
         ] {
             if !range.contains(&value) {
                 self.err(format!("{path}.{field}"), format!("must be within {text}"));

@@ -363,6 +363,7 @@ impl PluginRegistry {
             max_queue_bytes: plugin.max_queue_bytes,
             max_shared_data_keys: plugin.max_shared_data_keys,
             max_shared_data_bytes: plugin.max_shared_data_bytes,
+            max_callouts_in_flight: plugin.max_callouts_in_flight,
         };
         spec.failure_policy = policy(plugin.failure_policy);
         spec.reload = ReloadPolicy {

@@ -72,6 +72,18 @@ pub struct HttpCallRequest {
     /// /service/method`, one length-prefixed message) and its outcome reaches
     /// `proxy_on_grpc_receive` / `proxy_on_grpc_close` instead of `proxy_on_http_call_response`.
     pub grpc: bool,
+    /// Counts the call in its plugin's callouts in flight until the last clone is dropped.
+    pub(crate) in_flight: Option<Arc<InFlight>>,
+}
+
+/// One callout counted in its plugin's callouts in flight; dropping it ends the count.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// An HTTP callout's outcome, as the plugin sees it.
@@ -345,13 +357,28 @@ pub(crate) struct HostState {
 
 impl HostState {
     /// Queues `call` as made by the running callback's context, with the next token (never
-    /// 0), which it returns.
-    pub(crate) fn push_call(&mut self, mut call: HttpCallRequest) -> u32 {
+    /// 0), which it returns; `InternalFailure` (nothing queued) when the plugin already has
+    /// `max_callouts_in_flight` callouts in flight.
+    pub(crate) fn push_call(
+        &mut self,
+        mut call: HttpCallRequest,
+    ) -> Result<u32, crate::types::Status> {
+        let counter = &self.plugin.callouts_in_flight;
+        let limit = self.plugin.limits.max_callouts_in_flight;
+        let admitted = counter.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| (n < limit).then_some(n + 1),
+        );
+        if admitted.is_err() {
+            return Err(crate::types::Status::InternalFailure);
+        }
+        call.in_flight = Some(Arc::new(InFlight(counter.clone())));
         self.next_token = self.next_token.wrapping_add(1).max(1);
         call.token = self.next_token;
         call.context_id = self.context_id;
         self.calls.push(call);
-        self.next_token
+        Ok(self.next_token)
     }
 
     pub(crate) fn new(plugin: Arc<PluginInfo>) -> HostState {
@@ -500,6 +527,9 @@ pub struct PluginLimits {
     pub max_shared_data_keys: usize,
     /// Most shared-data bytes (keys and values) per `vm_id` (a write past it: `BadArgument`).
     pub max_shared_data_bytes: usize,
+    /// Most callouts (HTTP and gRPC) of the plugin in flight at once, from dispatch until the
+    /// response is delivered or the call is dropped (one more: `InternalFailure`).
+    pub max_callouts_in_flight: usize,
 }
 
 impl Default for PluginLimits {
@@ -516,6 +546,7 @@ impl Default for PluginLimits {
             max_queue_bytes: 4 * 1024 * 1024,
             max_shared_data_keys: 4096,
             max_shared_data_bytes: 16 * 1024 * 1024,
+            max_callouts_in_flight: 1024,
         }
     }
 }
@@ -593,6 +624,8 @@ pub(crate) struct PluginInfo {
     pub(crate) log_bucket: Mutex<LogBucket>,
     /// Log lines dropped by the rate limit.
     pub(crate) logs_dropped: std::sync::atomic::AtomicU64,
+    /// The plugin's callouts in flight (see [`PluginLimits::max_callouts_in_flight`]).
+    pub(crate) callouts_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl PluginInfo {

@@ -607,6 +607,7 @@ impl Plugin {
                 spec.limits.log_lines_per_second,
             )),
             logs_dropped: AtomicU64::new(0),
+            callouts_in_flight: Arc::default(),
         });
         let key = (
             spec.vm_id.clone(),

@@ -550,6 +550,42 @@ fn a_grpc_call_is_framed_and_its_outcomes_reach_the_plugin() {
     s.finish();
 }
 
+/// Callouts in flight are bounded per plugin: past `max_callouts_in_flight` a dispatch is
+/// refused (`InternalFailure`, an error for the SDK, no trap) until one completes.
+#[test]
+fn callouts_in_flight_are_bounded_per_plugin() {
+    let mut s = spec(
+        "bounded",
+        fx::ABI_PROBE,
+        r#"{"callout": {"cluster": "authz"}}"#,
+    );
+    s.limits.max_callouts_in_flight = 1;
+    let p = Plugin::load(&engine(), s, Arc::new(ScriptedCallouts)).unwrap();
+    let mut first = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+    request(&mut first, "/");
+    assert_eq!(first.on_request_headers(true).unwrap(), Action::Pause);
+    let call = first.take_calls().remove(0);
+    // The first call is in flight: the second stream's dispatch is refused.
+    let mut second = probe_stream(&p);
+    assert!(second.take_calls().is_empty());
+    assert_eq!(
+        probe_of(&mut second, "callout-dispatch").as_deref(),
+        Some("InternalFailure")
+    );
+    second.finish();
+    // Delivered and dropped: the next one goes out.
+    let mut ok = HttpCallResponse::default();
+    ok.headers.add(":status", b"200");
+    first.on_http_call_response(&call, Some(ok)).unwrap();
+    drop(call);
+    first.finish();
+    let mut third = Stream::new(&p, Arc::new(NoProperties)).unwrap();
+    request(&mut third, "/");
+    assert_eq!(third.on_request_headers(true).unwrap(), Action::Pause);
+    assert_eq!(third.take_calls().len(), 1);
+    third.finish();
+}
+
 #[test]
 fn a_callout_to_an_unknown_cluster_is_refused() {
     let config = r#"{"callout": {"cluster": "nope"}}"#;

@@ -42,7 +42,7 @@ pub(super) fn proxy_http_call(
             {
                 return status(Status::BadArgument);
             }
-            let token = caller.data_mut().push_call(HttpCallRequest {
+            let token = tri!(caller.data_mut().push_call(HttpCallRequest {
                 token: 0,
                 context_id: 0,
                 cluster,
@@ -51,7 +51,8 @@ pub(super) fn proxy_http_call(
                 trailers,
                 timeout: Duration::from_millis(timeout_ms.max(0) as u64),
                 grpc: false,
-            });
+                in_flight: None,
+            }));
             return_u32s(&mut caller, &[(token_out, token)])
         },
     )?;
