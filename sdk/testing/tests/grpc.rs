@@ -47,3 +47,26 @@ fn a_scripted_grpc_reply_reaches_the_plugin() {
     );
     ex.finish();
 }
+
+/// A root context's call (from `on_tick`) is answered too, to the root context.
+#[test]
+fn a_root_context_grpc_call_is_answered_to_the_root_context() {
+    let plugin = TestPlugin::builder(weft_test_artifacts::ABI_PROBE)
+        .configuration(r#"{"grpc": {"cluster": "authz", "message": "tick", "from_tick": true}}"#)
+        .grpc_callout("authz", GrpcReply::Message(b"pong".to_vec()))
+        .load()
+        .expect("the probe loads");
+    assert!(plugin.tick(), "the probe asked for ticks");
+    let calls = plugin.callouts();
+    assert_eq!(calls.len(), 1);
+    assert!(calls[0].grpc);
+    assert_eq!(calls[0].body, b"tick");
+    let mut ex = plugin.request();
+    assert!(ex.send_request().is_continue());
+    ex.send_response(CannedResponse::new(200));
+    assert_eq!(
+        ex.response_header("x-probe-root-grpc").as_deref(),
+        Some("0:pong")
+    );
+    ex.finish();
+}
