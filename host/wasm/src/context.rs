@@ -76,6 +76,30 @@ pub struct HttpCallRequest {
     pub(crate) in_flight: Option<Arc<InFlight>>,
 }
 
+impl HttpCallRequest {
+    /// A call not queued yet: [`HostState::push_call`] gives it its token, context and count.
+    pub(crate) fn new(
+        cluster: String,
+        headers: HeaderList,
+        body: Bytes,
+        trailers: HeaderList,
+        timeout: Duration,
+        grpc: bool,
+    ) -> HttpCallRequest {
+        HttpCallRequest {
+            token: 0,
+            context_id: 0,
+            cluster,
+            headers,
+            body,
+            trailers,
+            timeout,
+            grpc,
+            in_flight: None,
+        }
+    }
+}
+
 /// One callout counted in its plugin's callouts in flight; dropping it ends the count.
 #[derive(Debug)]
 pub(crate) struct InFlight(Arc<std::sync::atomic::AtomicUsize>);

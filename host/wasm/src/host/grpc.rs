@@ -60,17 +60,14 @@ pub(super) fn proxy_grpc_call(
             let timeout_ms = timeout_ms.max(0) as u64;
             let headers = request_headers(&service_name, &method, &authority, timeout_ms, metadata);
             let state = caller.data_mut();
-            let token = tri!(state.push_call(HttpCallRequest {
-                token: 0,
-                context_id: 0,
+            let token = tri!(state.push_call(HttpCallRequest::new(
                 cluster,
                 headers,
-                body: frame(&message),
-                trailers: HeaderList::default(),
-                timeout: Duration::from_millis(timeout_ms),
-                grpc: true,
-                in_flight: None,
-            }));
+                frame(&message),
+                HeaderList::default(),
+                Duration::from_millis(timeout_ms),
+                true,
+            )));
             if state.grpc_pending.len() >= MAX_PENDING {
                 state.grpc_pending.pop_front();
             }

@@ -42,17 +42,14 @@ pub(super) fn proxy_http_call(
             {
                 return status(Status::BadArgument);
             }
-            let token = tri!(caller.data_mut().push_call(HttpCallRequest {
-                token: 0,
-                context_id: 0,
+            let token = tri!(caller.data_mut().push_call(HttpCallRequest::new(
                 cluster,
                 headers,
-                body: body.into(),
+                body.into(),
                 trailers,
-                timeout: Duration::from_millis(timeout_ms.max(0) as u64),
-                grpc: false,
-                in_flight: None,
-            }));
+                Duration::from_millis(timeout_ms.max(0) as u64),
+                false,
+            )));
             return_u32s(&mut caller, &[(token_out, token)])
         },
     )?;

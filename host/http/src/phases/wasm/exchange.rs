@@ -1258,7 +1258,7 @@ impl WasmExchange {
                         }
                     });
                 }
-                // No runtime to wait on (a test harness): wait on each instance here.
+                // No runtime to wait on (dropped outside one, e.g. at shutdown): wait here.
                 Err(_) => {
                     for stream in rest {
                         lock(&stream).finish();
